@@ -1,0 +1,15 @@
+// Package verify checks what a node presents: that its EK is trusted, that its
+// AK is a restricted signing key resident in a TPM, and that its quotes are
+// fresh, signed by that AK and consistent with the reported PCR values.
+//
+// The result of a successful verification is a *Verified, which only this
+// package can construct; policies evaluate nothing else, so unverified data
+// cannot reach a decision. This package never opens a TPM.
+//
+// A typical broker calls Node when a challenge is requested and again when it
+// is answered, then Quotes with the consumed challenge:
+//
+//	node, err := verify.Node(ekPub, ekCert, intermediates, akPub, trust)
+//	...
+//	v, err := verify.Quotes(node, secretHash, quotes, verify.QuoteOpts{})
+package verify

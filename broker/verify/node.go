@@ -1,0 +1,343 @@
+package verify
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Input size limits. The broker's API enforces the same numbers.
+const (
+	MaxPublicSize      = 1 << 10
+	MaxCertSize        = 8 << 10
+	MaxIntermediates   = 8
+	MaxQuoteAttestSize = 8 << 10
+	MaxSignatureSize   = 1 << 10
+	MaxQuotes          = 4
+	MaxEventLogSize    = 1 << 20
+	maxPCRIndex        = 23
+	minRSABits         = 2048
+	tpmSANManufacturer = "2.23.133.2.1"
+	tpmSANModel        = "2.23.133.2.2"
+	tpmSANVersion      = "2.23.133.2.3"
+	oidSubjectAltName  = "2.5.29.17"
+)
+
+// CA is a named set of EK certificate authorities, such as a TPM vendor's
+// roots and intermediates.
+type CA struct {
+	Name          string
+	Roots         *x509.CertPool
+	Intermediates *x509.CertPool
+}
+
+// Trust says which EKs are trusted. The zero value trusts nothing.
+type Trust struct {
+	// EKHashes lists EKs trusted by hash (see EKHash), with or without a
+	// certificate.
+	EKHashes []string
+	// CAs lists the authorities an EK certificate may chain to.
+	CAs []CA
+	// AllowSHA1 accepts SHA-1 as an AK name algorithm. Default false: an AK
+	// named with SHA-1 is refused. (Quotes have their own switch, QuoteOpts.)
+	AllowSHA1 bool
+	// Now is the time at which certificates must be valid; zero means now.
+	Now time.Time
+}
+
+// EKCert holds the facts read from a verified EK certificate.
+type EKCert struct {
+	Manufacturer string // TPM manufacturer from the TPM SAN, e.g. "id:00001014"
+	Model        string
+	Version      string
+	Subject      string
+	Issuer       string
+	NotAfter     time.Time
+}
+
+// NodeIdentity is a node whose EK is trusted and whose AK has the attributes
+// of a restricted, TPM-resident signing key. It does not yet prove that the AK
+// lives in the EK's TPM: that is what credential activation, checked in
+// Quotes, adds.
+type NodeIdentity struct {
+	ekPublic tpm2.TPMTPublic
+	ekHash   string
+	ekCA     string
+	ekCert   *EKCert
+	akPublic tpm2.TPMTPublic
+	akKey    crypto.PublicKey
+	akName   []byte
+}
+
+// EKPublic returns the EK public area, for MakeCredential and import blobs.
+func (n *NodeIdentity) EKPublic() *tpm2.TPMTPublic { return &n.ekPublic }
+
+// EKHash returns the EK's identity hash (see EKHash).
+func (n *NodeIdentity) EKHash() string { return n.ekHash }
+
+// AKName returns the AK's TPM name (nameAlg || digest of the public area).
+func (n *NodeIdentity) AKName() []byte { return slices.Clone(n.akName) }
+
+// EKHash returns the identity of an EK: the lowercase hex SHA-256 of its
+// public key in PKIX (SubjectPublicKeyInfo) DER form. It is the same whether
+// computed from the TPM public area or from the EK certificate.
+func EKHash(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("unable to encode EK public key: %w", err)
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Node checks the EK (trusted by hash or by certificate chain) and the AK
+// (attributes, algorithm, size). ekPublic and akPublic are TPMT_PUBLIC
+// encodings; ekCert and intermediates are DER and may be empty.
+func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust) (*NodeIdentity, error) {
+	switch {
+	case len(ekPublic) == 0:
+		return nil, fail(CheckInput, "ek_public is empty", nil)
+	case len(ekPublic) > MaxPublicSize:
+		return nil, fail(CheckInput, "ek_public is too large", nil)
+	case len(akPublic) == 0:
+		return nil, fail(CheckInput, "ak_public is empty", nil)
+	case len(akPublic) > MaxPublicSize:
+		return nil, fail(CheckInput, "ak_public is too large", nil)
+	case len(ekCert) > MaxCertSize:
+		return nil, fail(CheckInput, "ek_certificate is too large", nil)
+	case len(intermediates) > MaxIntermediates:
+		return nil, fail(CheckInput, "too many ek_intermediates", nil)
+	}
+	for _, c := range intermediates {
+		if len(c) > MaxCertSize {
+			return nil, fail(CheckInput, "an ek_intermediates entry is too large", nil)
+		}
+	}
+	n := &NodeIdentity{}
+	if err := n.checkEK(ekPublic, ekCert, intermediates, trust); err != nil {
+		return nil, err
+	}
+	if err := n.checkAK(akPublic, trust.AllowSHA1); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byte, trust Trust) error {
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](ekPublic)
+	if err != nil {
+		return fail(CheckInput, "ek_public is not a TPMT_PUBLIC", err)
+	}
+	attrs := pub.ObjectAttributes
+	if !attrs.Restricted || !attrs.Decrypt || attrs.SignEncrypt || !attrs.FixedTPM || !attrs.FixedParent {
+		return fail(CheckEKTrust, "ek_public is not a restricted, fixed decryption key", nil)
+	}
+	key, err := tpm2.Pub(*pub)
+	if err != nil {
+		return fail(CheckInput, "ek_public holds no usable public key", err)
+	}
+	if _, err := tpm2.ImportEncapsulationKey(pub); err != nil {
+		return fail(CheckInput, "ek_public cannot receive a credential", err)
+	}
+	hash, err := EKHash(key)
+	if err != nil {
+		return fail(CheckInput, "ek_public holds no usable public key", err)
+	}
+	n.ekPublic, n.ekHash = *pub, hash
+
+	var certErr error
+	if len(ekCertDER) > 0 {
+		ca, facts, err := verifyEKCert(key, ekCertDER, intermediates, trust)
+		if err == nil {
+			n.ekCA, n.ekCert = ca, facts
+			return nil
+		}
+		var ce *CheckError
+		if errors.As(err, &ce) && ce.Msg == msgCertKeyMismatch {
+			return err // a certificate for another key is never ignored
+		}
+		certErr = err
+	}
+	if slices.Contains(trust.EKHashes, hash) {
+		return nil
+	}
+	if certErr != nil {
+		return certErr
+	}
+	return fail(CheckEKTrust, "EK is not trusted", nil)
+}
+
+const msgCertKeyMismatch = "ek_certificate does not certify ek_public"
+
+func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, trust Trust) (string, *EKCert, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return "", nil, fail(CheckInput, "ek_certificate is not an X.509 certificate", err)
+	}
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if k, ok := cert.PublicKey.(equaler); !ok || !k.Equal(ekKey) {
+		return "", nil, fail(CheckEKTrust, msgCertKeyMismatch, nil)
+	}
+	facts := &EKCert{
+		Subject:  cert.Subject.String(),
+		Issuer:   cert.Issuer.String(),
+		NotAfter: cert.NotAfter,
+	}
+	if err := readTPMSAN(cert, facts); err != nil {
+		return "", nil, fail(CheckInput, "ek_certificate has a malformed subject alternative name", err)
+	}
+	var presented []*x509.Certificate
+	for _, d := range intermediates {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return "", nil, fail(CheckInput, "an ek_intermediates entry is not an X.509 certificate", err)
+		}
+		presented = append(presented, c)
+	}
+	now := trust.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	var errs []error
+	for _, ca := range trust.CAs {
+		inter := x509.NewCertPool()
+		if ca.Intermediates != nil {
+			inter = ca.Intermediates.Clone()
+		}
+		for _, c := range presented {
+			inter.AddCert(c)
+		}
+		_, err := cert.Verify(x509.VerifyOptions{
+			Roots: ca.Roots, Intermediates: inter, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		})
+		if err == nil {
+			return ca.Name, facts, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", ca.Name, err))
+	}
+	return "", nil, fail(CheckEKTrust, "ek_certificate does not chain to a trusted EK CA", errors.Join(errs...))
+}
+
+// readTPMSAN reads the TPM manufacturer, model and version from the EK
+// certificate's subject alternative name (a directoryName, TCG EK Credential
+// Profile) and, when that is all the SAN holds, marks the critical SAN as
+// handled so that x509 chain verification does not reject it.
+func readTPMSAN(cert *x509.Certificate, facts *EKCert) error {
+	var san *pkix.Extension
+	for i := range cert.Extensions {
+		if cert.Extensions[i].Id.String() == oidSubjectAltName {
+			san = &cert.Extensions[i]
+		}
+	}
+	if san == nil {
+		return nil
+	}
+	var names asn1.RawValue
+	if rest, err := asn1.Unmarshal(san.Value, &names); err != nil || len(rest) > 0 {
+		return fmt.Errorf("unable to parse GeneralNames")
+	}
+	found := false
+	for rest := names.Bytes; len(rest) > 0; {
+		var gn asn1.RawValue
+		var err error
+		if rest, err = asn1.Unmarshal(rest, &gn); err != nil {
+			return fmt.Errorf("unable to parse GeneralName: %w", err)
+		}
+		if gn.Class != asn1.ClassContextSpecific || gn.Tag != 4 {
+			continue
+		}
+		var rdn pkix.RDNSequence
+		if _, err := asn1.Unmarshal(gn.Bytes, &rdn); err != nil {
+			return fmt.Errorf("unable to parse directoryName: %w", err)
+		}
+		for _, set := range rdn {
+			for _, atv := range set {
+				s, _ := atv.Value.(string)
+				switch atv.Type.String() {
+				case tpmSANManufacturer:
+					facts.Manufacturer, found = s, true
+				case tpmSANModel:
+					facts.Model = s
+				case tpmSANVersion:
+					facts.Version = s
+				}
+			}
+		}
+	}
+	if found {
+		cert.UnhandledCriticalExtensions = slices.DeleteFunc(cert.UnhandledCriticalExtensions,
+			func(id asn1.ObjectIdentifier) bool { return id.String() == oidSubjectAltName })
+	}
+	return nil
+}
+
+func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](akPublic)
+	if err != nil {
+		return fail(CheckInput, "ak_public is not a TPMT_PUBLIC", err)
+	}
+	a := pub.ObjectAttributes
+	var missing []string
+	for _, c := range []struct {
+		ok   bool
+		name string
+	}{
+		{a.Restricted, "restricted"}, {a.SignEncrypt, "sign"}, {a.FixedTPM, "fixedTPM"},
+		{a.FixedParent, "fixedParent"}, {a.SensitiveDataOrigin, "sensitiveDataOrigin"},
+	} {
+		if !c.ok {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fail(CheckAK, fmt.Sprintf("AK lacks attributes %v", missing), nil)
+	}
+	if a.Decrypt {
+		return fail(CheckAK, "AK must not be a decryption key", nil)
+	}
+	switch pub.NameAlg {
+	case tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512:
+	case tpm2.TPMAlgSHA1:
+		if !allowSHA1 {
+			return fail(CheckAK, "AK name algorithm SHA-1 is not allowed", nil)
+		}
+	default:
+		return fail(CheckAK, fmt.Sprintf("AK name algorithm 0x%x is not supported", uint16(pub.NameAlg)), nil)
+	}
+	key, err := tpm2.Pub(*pub)
+	if err != nil {
+		return fail(CheckAK, "AK holds no usable public key", err)
+	}
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < minRSABits {
+			return fail(CheckAK, fmt.Sprintf("AK RSA key has %d bits, want at least %d", k.N.BitLen(), minRSABits), nil)
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fail(CheckAK, "AK ECC curve is not P-256 or P-384", nil)
+		}
+	default:
+		return fail(CheckAK, "AK key type is not RSA or ECC", nil)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return fail(CheckAK, "unable to compute the AK name", err)
+	}
+	n.akPublic, n.akKey, n.akName = *pub, key, bytes.Clone(name.Buffer)
+	return nil
+}

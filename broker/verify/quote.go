@@ -1,0 +1,263 @@
+package verify
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"math/big"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Quote is one TPM2_Quote as the node sent it.
+type Quote struct {
+	Attest    []byte            // TPMS_ATTEST
+	Signature []byte            // TPMT_SIGNATURE
+	Bank      tpm2.TPMAlgID     // the bank of PCRs
+	PCRs      map[uint32][]byte // index -> digest
+}
+
+// QuoteOpts tunes quote verification. The zero value is the safe default.
+type QuoteOpts struct {
+	// AllowSHA1 accepts SHA-1 PCR banks and SHA-1 quote signatures. Default
+	// false: any SHA-1 quote is refused, even next to a SHA-256 one.
+	AllowSHA1 bool
+}
+
+// Quotes verifies the node's quotes against the challenge it was sent:
+// nonceHash is the SHA-256 of the secret that MakeCredential bound to the
+// node's EK and AK name, so a quote carrying that secret proves the AK lives
+// in the EK's TPM and that the quote is fresh.
+//
+// Each quote must carry the TPM_GENERATED magic, be of type QUOTE, carry the
+// secret as qualifying data, be signed by the AK, select exactly the PCRs it
+// reports from a single bank, and digest their values to its pcrDigest. Banks
+// must not repeat.
+func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opts QuoteOpts) (*Verified, error) {
+	switch {
+	case node == nil:
+		return nil, fail(CheckInput, "no verified node", nil)
+	case len(quotes) == 0:
+		return nil, fail(CheckInput, "no quotes", nil)
+	case len(quotes) > MaxQuotes:
+		return nil, fail(CheckInput, "too many quotes", nil)
+	}
+	v := &Verified{node: node, pcrs: map[tpm2.TPMAlgID]map[uint32][]byte{}}
+	digest := sha256.New()
+	for i := range quotes {
+		q := &quotes[i]
+		info, err := verifyQuote(node, nonceHash, q, opts)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := v.pcrs[q.Bank]; dup {
+			return nil, fail(CheckBank, fmt.Sprintf("bank %s quoted twice", BankName(q.Bank)), nil)
+		}
+		v.pcrs[q.Bank] = clonePCRs(q.PCRs)
+		if i == 0 {
+			v.clock = ClockInfo{
+				Clock: info.ClockInfo.Clock, ResetCount: info.ClockInfo.ResetCount,
+				RestartCount: info.ClockInfo.RestartCount, Safe: bool(info.ClockInfo.Safe),
+			}
+			v.firmware = info.FirmwareVersion
+		}
+		digest.Write(q.Attest)
+	}
+	copy(v.quoteDigest[:], digest.Sum(nil))
+	return v, nil
+}
+
+func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts QuoteOpts) (*tpm2.TPMSAttest, error) {
+	switch {
+	case len(q.Attest) == 0 || len(q.Attest) > MaxQuoteAttestSize:
+		return nil, fail(CheckInput, "quote attest is empty or too large", nil)
+	case len(q.Signature) == 0 || len(q.Signature) > MaxSignatureSize:
+		return nil, fail(CheckInput, "quote signature is empty or too large", nil)
+	case len(q.PCRs) == 0 || len(q.PCRs) > maxPCRIndex+1:
+		return nil, fail(CheckInput, "quote must report between 1 and 24 PCR values", nil)
+	}
+	bankHash, err := bankHash(q.Bank, opts.AllowSHA1)
+	if err != nil {
+		return nil, err
+	}
+	// The signature comes first: nothing else in the quote is trusted
+	// before it is known to come from the AK.
+	sigHash, err := verifySignature(node, q.Attest, q.Signature, opts.AllowSHA1)
+	if err != nil {
+		return nil, err
+	}
+	if len(q.Attest) < 4 || !bytes.Equal(q.Attest[:4], []byte{0xff, 'T', 'C', 'G'}) {
+		return nil, fail(CheckQuoteMagic, "quote is not TPM_GENERATED", nil)
+	}
+	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](q.Attest)
+	if err != nil {
+		return nil, fail(CheckInput, "quote attest is not a TPMS_ATTEST", err)
+	}
+	if att.Type != tpm2.TPMSTAttestQuote {
+		return nil, fail(CheckQuoteType, "attestation is not a quote", nil)
+	}
+	got := sha256.Sum256(att.ExtraData.Buffer)
+	if len(att.ExtraData.Buffer) != sha256.Size || subtle.ConstantTimeCompare(got[:], nonceHash[:]) != 1 {
+		return nil, fail(CheckNonce, "quote qualifying data is not the activated challenge secret", nil)
+	}
+	info, err := att.Attested.Quote()
+	if err != nil {
+		return nil, fail(CheckInput, "quote carries no quote info", err)
+	}
+	sels := info.PCRSelect.PCRSelections
+	if len(sels) != 1 || sels[0].Hash != q.Bank {
+		return nil, fail(CheckBank, fmt.Sprintf("quote must select exactly the reported bank %s", BankName(q.Bank)), nil)
+	}
+	selected := pcrIndices(sels[0].PCRSelect)
+	if len(selected) != len(q.PCRs) {
+		return nil, fail(CheckPCRDigest, "reported PCRs differ from the quoted selection", nil)
+	}
+	h := sigHash.New()
+	for _, idx := range selected {
+		val, ok := q.PCRs[idx]
+		if !ok {
+			return nil, fail(CheckPCRDigest, fmt.Sprintf("quoted PCR %d is not reported", idx), nil)
+		}
+		if len(val) != bankHash.Size() {
+			return nil, fail(CheckInput, fmt.Sprintf("PCR %d value has the wrong size for bank %s", idx, BankName(q.Bank)), nil)
+		}
+		h.Write(val)
+	}
+	if subtle.ConstantTimeCompare(h.Sum(nil), info.PCRDigest.Buffer) != 1 {
+		return nil, fail(CheckPCRDigest, fmt.Sprintf("reported %s PCR values do not match the quoted digest", BankName(q.Bank)), nil)
+	}
+	return att, nil
+}
+
+// bankHash maps a PCR bank to its hash, refusing SHA-1 unless allowed.
+func bankHash(bank tpm2.TPMAlgID, allowSHA1 bool) (crypto.Hash, error) {
+	switch bank {
+	case tpm2.TPMAlgSHA256:
+		return crypto.SHA256, nil
+	case tpm2.TPMAlgSHA384:
+		return crypto.SHA384, nil
+	case tpm2.TPMAlgSHA512:
+		return crypto.SHA512, nil
+	case tpm2.TPMAlgSHA1:
+		if allowSHA1 {
+			return crypto.SHA1, nil
+		}
+		return 0, fail(CheckBank, "SHA-1 PCR bank is not allowed", nil)
+	}
+	return 0, fail(CheckBank, fmt.Sprintf("PCR bank 0x%04x is not supported", uint16(bank)), nil)
+}
+
+func sigHashAlg(alg tpm2.TPMIAlgHash, allowSHA1 bool) (crypto.Hash, error) {
+	h, err := bankHash(alg, allowSHA1)
+	if err != nil {
+		return 0, fail(CheckSignature, fmt.Sprintf("quote signature hash 0x%04x is not allowed", uint16(alg)), nil)
+	}
+	return h, nil
+}
+
+// verifySignature checks that attest was signed by the node's AK and returns
+// the signature's hash, which is also the hash of the quote's pcrDigest.
+func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool) (crypto.Hash, error) {
+	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sigBytes)
+	if err != nil {
+		return 0, fail(CheckInput, "quote signature is not a TPMT_SIGNATURE", err)
+	}
+	bad := fail(CheckSignature, "quote signature does not verify with the AK", nil)
+	switch key := node.akKey.(type) {
+	case *rsa.PublicKey:
+		switch sig.SigAlg {
+		case tpm2.TPMAlgRSASSA:
+			s, err := sig.Signature.RSASSA()
+			if err != nil {
+				return 0, bad
+			}
+			h, err := sigHashAlg(s.Hash, allowSHA1)
+			if err != nil {
+				return 0, err
+			}
+			if rsa.VerifyPKCS1v15(key, h, digestOf(h, attest), s.Sig.Buffer) != nil {
+				return 0, bad
+			}
+			return h, nil
+		case tpm2.TPMAlgRSAPSS:
+			s, err := sig.Signature.RSAPSS()
+			if err != nil {
+				return 0, bad
+			}
+			h, err := sigHashAlg(s.Hash, allowSHA1)
+			if err != nil {
+				return 0, err
+			}
+			if rsa.VerifyPSS(key, h, digestOf(h, attest), s.Sig.Buffer, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+				return 0, bad
+			}
+			return h, nil
+		}
+	case *ecdsa.PublicKey:
+		if sig.SigAlg == tpm2.TPMAlgECDSA {
+			s, err := sig.Signature.ECDSA()
+			if err != nil {
+				return 0, bad
+			}
+			h, err := sigHashAlg(s.Hash, allowSHA1)
+			if err != nil {
+				return 0, err
+			}
+			r := new(big.Int).SetBytes(s.SignatureR.Buffer)
+			ss := new(big.Int).SetBytes(s.SignatureS.Buffer)
+			if !ecdsa.Verify(key, digestOf(h, attest), r, ss) {
+				return 0, bad
+			}
+			return h, nil
+		}
+	}
+	return 0, fail(CheckSignature, fmt.Sprintf("signature scheme 0x%04x does not match the AK", uint16(sig.SigAlg)), nil)
+}
+
+func digestOf(h crypto.Hash, b []byte) []byte {
+	d := h.New()
+	d.Write(b)
+	return d.Sum(nil)
+}
+
+// pcrIndices lists the PCRs set in a TPMS_PCR_SELECTION bitmap, ascending.
+func pcrIndices(bitmap []byte) []uint32 {
+	var out []uint32
+	for i, b := range bitmap {
+		for bit := 0; bit < 8; bit++ {
+			if b&(1<<bit) != 0 {
+				out = append(out, uint32(i*8+bit))
+			}
+		}
+	}
+	return out
+}
+
+func clonePCRs(in map[uint32][]byte) map[uint32][]byte {
+	out := make(map[uint32][]byte, len(in))
+	for k, v := range in {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// BankName returns the lowercase name of a PCR bank ("sha256"), as used in
+// policies, or its algorithm number in hex.
+func BankName(bank tpm2.TPMAlgID) string {
+	switch bank {
+	case tpm2.TPMAlgSHA1:
+		return "sha1"
+	case tpm2.TPMAlgSHA256:
+		return "sha256"
+	case tpm2.TPMAlgSHA384:
+		return "sha384"
+	case tpm2.TPMAlgSHA512:
+		return "sha512"
+	}
+	return fmt.Sprintf("0x%04x", uint16(bank))
+}

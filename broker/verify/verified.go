@@ -1,0 +1,74 @@
+package verify
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// ClockInfo is the TPM's clock as reported in a verified quote.
+type ClockInfo struct {
+	Clock        uint64 // milliseconds the TPM has been powered
+	ResetCount   uint32 // TPM resets (reboots) since TPM2_Clear
+	RestartCount uint32 // restarts and resumes since the last reset
+	Safe         bool
+}
+
+// Verified is the outcome of a successful verification: a node whose EK is
+// trusted, whose AK lives in that EK's TPM, and whose quoted PCR values are
+// authentic and fresh. Only this package constructs it.
+type Verified struct {
+	node        *NodeIdentity
+	pcrs        map[tpm2.TPMAlgID]map[uint32][]byte
+	clock       ClockInfo
+	firmware    uint64
+	quoteDigest [32]byte
+}
+
+// Node returns the verified node identity.
+func (v *Verified) Node() *NodeIdentity { return v.node }
+
+// EKHash returns the EK identity hash.
+func (v *Verified) EKHash() string { return v.node.ekHash }
+
+// EKCA returns the name of the EK CA the EK certificate chained to, or "" if
+// the EK was trusted by hash.
+func (v *Verified) EKCA() string { return v.node.ekCA }
+
+// EKCert returns the facts of the EK certificate, or nil if none was verified.
+func (v *Verified) EKCert() *EKCert {
+	if v.node.ekCert == nil {
+		return nil
+	}
+	c := *v.node.ekCert
+	return &c
+}
+
+// AKName returns the AK's TPM name.
+func (v *Verified) AKName() []byte { return v.node.AKName() }
+
+// Banks returns the verified PCR banks, in ascending algorithm order.
+func (v *Verified) Banks() []tpm2.TPMAlgID {
+	return slices.Sorted(maps.Keys(v.pcrs))
+}
+
+// PCRs returns a copy of the verified PCR values of a bank (nil if the bank
+// was not quoted).
+func (v *Verified) PCRs(bank tpm2.TPMAlgID) map[uint32][]byte {
+	p, ok := v.pcrs[bank]
+	if !ok {
+		return nil
+	}
+	return clonePCRs(p)
+}
+
+// Clock returns the TPM clock from the first verified quote.
+func (v *Verified) Clock() ClockInfo { return v.clock }
+
+// FirmwareVersion returns the TPM firmware version from the quote.
+func (v *Verified) FirmwareVersion() uint64 { return v.firmware }
+
+// QuoteDigest returns the SHA-256 over the verified TPMS_ATTEST structures,
+// for receipts.
+func (v *Verified) QuoteDigest() [32]byte { return v.quoteDigest }
