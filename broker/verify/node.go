@@ -165,9 +165,12 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 			n.ekCA, n.ekCert = ca, facts
 			return nil
 		}
+		// Malformed input and a certificate for another key are refused
+		// outright; a certificate that does not chain may still belong
+		// to an EK trusted by hash.
 		var ce *CheckError
-		if errors.As(err, &ce) && ce.Msg == msgCertKeyMismatch {
-			return err // a certificate for another key is never ignored
+		if !errors.As(err, &ce) || ce.Check != CheckEKTrust || ce.Msg == msgCertKeyMismatch {
+			return err
 		}
 		certErr = err
 	}

@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/internal/atomicfile"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+// The files Bootstrap writes in OutDir.
+const (
+	KeyFile   = "key.pem"   // PKCS#8 private key, mode 0600
+	CertFile  = "cert.pem"  // leaf certificate
+	ChainFile = "chain.pem" // issuing CA certificates
+)
+
+// Step names one stage of a bootstrap, for progress output and errors.
+type Step string
+
+// The stages of a bootstrap, in order.
+const (
+	StepChallenge Step = "challenge"
+	StepActivate  Step = "activate"
+	StepQuote     Step = "quote"
+	StepAttest    Step = "attest"
+	StepOpen      Step = "open"
+	StepWrite     Step = "write"
+)
+
+// StepError is a failed bootstrap stage.
+type StepError struct {
+	Step Step
+	Err  error
+}
+
+func (e *StepError) Error() string { return string(e.Step) + ": " + e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// BootstrapOpts tune Bootstrap.
+type BootstrapOpts struct {
+	// OutDir receives key.pem, cert.pem and chain.pem. Required.
+	OutDir string
+	// Progress, if set, is called after each stage with its duration.
+	Progress func(step Step, took time.Duration, detail string)
+}
+
+// Result describes a successful bootstrap.
+type Result struct {
+	ReceiptID string
+	Files     []string
+	NotAfter  time.Time
+	Serial    string
+	Changed   bool // the written set differs from what OutDir held before
+}
+
+// Bootstrap attests the node to the broker and writes the released TLS
+// credential. On any failure it returns a *StepError naming the stage and
+// leaves OutDir as it was.
+func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts) (*Result, error) {
+	if opts.OutDir == "" {
+		return nil, errors.New("no output directory")
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = func(Step, time.Duration, string) {}
+	}
+	start := time.Now()
+	lap := func(s Step, detail string) {
+		now := time.Now()
+		progress(s, now.Sub(start), detail)
+		start = now
+	}
+
+	req, err := node.ChallengeRequest()
+	if err != nil {
+		return nil, &StepError{StepChallenge, err}
+	}
+	ch, err := broker.Challenge(ctx, req)
+	if err != nil {
+		return nil, &StepError{StepChallenge, rpcError(err)}
+	}
+	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:8]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
+
+	secret, err := node.Activate(ch)
+	if err != nil {
+		return nil, &StepError{StepActivate, err}
+	}
+	defer clear(secret)
+	lap(StepActivate, "credential activated: the AK and EK share this TPM")
+
+	quotes, err := node.Quote(secret)
+	if err != nil {
+		return nil, &StepError{StepQuote, err}
+	}
+	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
+
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: []byte{}})
+	if err != nil {
+		return nil, &StepError{StepAttest, rpcError(err)}
+	}
+	lap(StepAttest, fmt.Sprintf("receipt %s, %d credential(s)", resp.GetReceiptId(), len(resp.GetCredentials())))
+
+	var tlsCred *pb.TLSCredential
+	var mode pb.ReleaseMode
+	for _, c := range resp.GetCredentials() {
+		if c.GetType() != pb.CredentialType_TLS_CERTIFICATE {
+			continue
+		}
+		payload, err := node.Open(c)
+		if err != nil {
+			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
+			}
+			return nil, &StepError{StepOpen, err}
+		}
+		tlsCred = &pb.TLSCredential{}
+		if err := proto.Unmarshal(payload, tlsCred); err != nil {
+			return nil, &StepError{StepOpen, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)}
+		}
+		mode = c.GetMode()
+		break
+	}
+	if tlsCred == nil {
+		return nil, &StepError{StepOpen, errors.New("the broker released no TLS credential")}
+	}
+	leaf, err := parseLeaf(tlsCred.GetCertificatePem())
+	if err != nil {
+		return nil, &StepError{StepOpen, err}
+	}
+	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
+
+	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber)}
+	files := []atomicfile.File{
+		{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
+		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
+		{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
+	}
+	for _, f := range files {
+		old, err := os.ReadFile(f.Path)
+		if err != nil || string(old) != string(f.Data) {
+			res.Changed = true
+		}
+		res.Files = append(res.Files, f.Path)
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, &StepError{StepWrite, fmt.Errorf("unable to create %s: %w", opts.OutDir, err)}
+	}
+	if err := atomicfile.WriteSet(files); err != nil {
+		return nil, &StepError{StepWrite, err}
+	}
+	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
+	return res, nil
+}
+
+func parseLeaf(certPEM []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("released certificate is not PEM")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse released certificate: %w", err)
+	}
+	return c, nil
+}
+
+// rpcError turns a gRPC status into an error carrying the broker's message
+// and code.
+func rpcError(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return fmt.Errorf("broker refused (%s): %s", s.Code(), s.Message())
+	}
+	return err
+}

@@ -1,0 +1,12 @@
+// Package agent is keybroker's node side: it talks to the TPM, proves to the
+// broker what the node booted, opens released credentials inside the TPM and
+// writes them out.
+//
+// A bootstrap is two round trips:
+//
+//	rw, _ := agent.OpenTPM("simulator")        // or "/dev/tpmrm0", "tcp://127.0.0.1:2321"
+//	node, _ := agent.NewNode(rw, agent.NodeOpts{})
+//	res, err := agent.Bootstrap(ctx, brokerClient, node, agent.BootstrapOpts{OutDir: "/etc/keybroker"})
+//
+// The agent never imports broker internals; it speaks only the gRPC API.
+package agent

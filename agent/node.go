@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/google/go-tpm-tools/client"
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/google/go-tpm/legacy/tpm2"
+
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+// NodeOpts choose the node's keys. The zero value uses the RSA EK (the one TPM
+// vendors certify) and an RSA AK.
+type NodeOpts struct {
+	// AK is "rsa" (RSA-2048, RSASSA-SHA256; default) or "ecc" (P-256, ECDSA-SHA256).
+	AK string
+	// Banks lists the PCR banks to quote. Default: SHA-256, plus SHA-384 when
+	// the TPM has that bank allocated. SHA-1 is never quoted by default.
+	Banks []tpm2.Algorithm
+}
+
+// Node holds the TPM keys of this machine: the EK (with its certificate when
+// the TPM carries one) and an AK created under the owner hierarchy.
+type Node struct {
+	rw    io.ReadWriter
+	ek    *client.Key
+	ak    *client.Key
+	banks []tpm2.Algorithm
+}
+
+// NewNode loads or creates the EK and AK in the TPM.
+func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
+	ek, err := client.EndorsementKeyRSA(rw)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load the EK: %w", err)
+	}
+	var ak *client.Key
+	switch opts.AK {
+	case "", "rsa":
+		ak, err = client.AttestationKeyRSA(rw)
+	case "ecc":
+		ak, err = client.AttestationKeyECC(rw)
+	default:
+		ek.Close()
+		return nil, fmt.Errorf("unknown AK type %q: want rsa or ecc", opts.AK)
+	}
+	if err != nil {
+		ek.Close()
+		return nil, fmt.Errorf("unable to create the AK: %w", err)
+	}
+	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks}
+	if len(n.banks) == 0 {
+		if n.banks, err = defaultBanks(rw); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func defaultBanks(rw io.ReadWriter) ([]tpm2.Algorithm, error) {
+	sels, err := client.AllocatedPCRs(rw)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read allocated PCR banks: %w", err)
+	}
+	var banks []tpm2.Algorithm
+	for _, want := range []tpm2.Algorithm{tpm2.AlgSHA256, tpm2.AlgSHA384} {
+		for _, s := range sels {
+			if s.Hash == want && len(s.PCRs) > 0 {
+				banks = append(banks, want)
+			}
+		}
+	}
+	if len(banks) == 0 {
+		return nil, errors.New("the TPM has no SHA-256 or SHA-384 PCR bank allocated")
+	}
+	return banks, nil
+}
+
+// Close flushes the node's keys from the TPM (persistent handles stay).
+func (n *Node) Close() {
+	n.ak.Close()
+	n.ek.Close()
+}
+
+// EK returns the endorsement key, for opening envelopes.
+func (n *Node) EK() *client.Key { return n.ek }
+
+// ChallengeRequest returns the node's EK and AK as the broker expects them.
+func (n *Node) ChallengeRequest() (*pb.ChallengeRequest, error) {
+	ekPub, err := n.ek.PublicArea().Encode()
+	if err != nil {
+		return nil, fmt.Errorf("unable to encode the EK public area: %w", err)
+	}
+	akPub, err := n.ak.PublicArea().Encode()
+	if err != nil {
+		return nil, fmt.Errorf("unable to encode the AK public area: %w", err)
+	}
+	return &pb.ChallengeRequest{EkPublic: ekPub, EkCertificate: n.ek.CertDERBytes(), AkPublic: akPub}, nil
+}
+
+// Activate recovers the challenge secret with TPM2_ActivateCredential. It
+// succeeds only if the credential was made for this TPM's EK and this AK.
+func (n *Node) Activate(resp *pb.ChallengeResponse) ([]byte, error) {
+	blob, err := unsize(resp.GetCredentialBlob())
+	if err != nil {
+		return nil, fmt.Errorf("credential_blob: %w", err)
+	}
+	secret, err := unsize(resp.GetEncryptedSecret())
+	if err != nil {
+		return nil, fmt.Errorf("encrypted_secret: %w", err)
+	}
+	sess, err := client.NewEKSession(n.rw)
+	if err != nil {
+		return nil, fmt.Errorf("unable to start the EK policy session: %w", err)
+	}
+	defer sess.Close()
+	ekAuth, err := sess.Auth()
+	if err != nil {
+		return nil, fmt.Errorf("unable to authorize the EK: %w", err)
+	}
+	akAuth := tpm2.AuthCommand{Session: tpm2.HandlePasswordSession, Attributes: tpm2.AttrContinueSession}
+	out, err := tpm2.ActivateCredentialUsingAuth(n.rw, []tpm2.AuthCommand{akAuth, ekAuth}, n.ak.Handle(), n.ek.Handle(), blob, secret)
+	if err != nil {
+		return nil, fmt.Errorf("the TPM refused to activate the credential (not made for this TPM's EK and AK): %w", err)
+	}
+	return out, nil
+}
+
+// Quote quotes every PCR of each configured bank with the activated secret as
+// qualifying data.
+func (n *Node) Quote(secret []byte) ([]*pb.Quote, error) {
+	var out []*pb.Quote
+	for _, bank := range n.banks {
+		sel := tpm2.PCRSelection{Hash: bank, PCRs: allPCRs()}
+		q, err := n.ak.Quote(sel, secret)
+		if err != nil {
+			return nil, fmt.Errorf("unable to quote bank 0x%04x: %w", uint16(bank), err)
+		}
+		out = append(out, &pb.Quote{Attest: q.GetQuote(), Signature: q.GetRawSig(), Pcrs: PCRValuesToProto(q.GetPcrs())})
+	}
+	return out, nil
+}
+
+// Open opens a released credential inside the TPM and returns its payload.
+func (n *Node) Open(c *pb.Credential) ([]byte, error) {
+	b := c.GetBlob()
+	env := &sealing.Envelope{
+		Blob: &tpmpb.ImportBlob{
+			Duplicate:     b.GetDuplicate(),
+			EncryptedSeed: b.GetEncryptedSeed(),
+			PublicArea:    b.GetPublicArea(),
+			Pcrs:          PCRValuesFromProto(b.GetPcrs()),
+		},
+		JWE: c.GetJwe(),
+	}
+	return sealing.Open(n.ek, env)
+}
+
+func allPCRs() []int {
+	pcrs := make([]int, 24)
+	for i := range pcrs {
+		pcrs[i] = i
+	}
+	return pcrs
+}
+
+// PCRValuesToProto converts go-tpm-tools PCRs to the API's form.
+func PCRValuesToProto(p *tpmpb.PCRs) *pb.PCRValues {
+	if p == nil {
+		return nil
+	}
+	return &pb.PCRValues{HashAlg: uint32(p.GetHash()), Values: p.GetPcrs()}
+}
+
+// PCRValuesFromProto converts the API's PCRs to go-tpm-tools' form.
+func PCRValuesFromProto(p *pb.PCRValues) *tpmpb.PCRs {
+	if p == nil {
+		return nil
+	}
+	return &tpmpb.PCRs{Hash: tpmpb.HashAlgo(p.GetHashAlg()), Pcrs: p.GetValues()}
+}
+
+// unsize strips and checks the 16-bit size prefix of a TPM2B.
+func unsize(b []byte) ([]byte, error) {
+	if len(b) < 2 || int(binary.BigEndian.Uint16(b)) != len(b)-2 {
+		return nil, errors.New("malformed TPM2B")
+	}
+	return b[2:], nil
+}

@@ -1,0 +1,119 @@
+package broker
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/policies"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// MaxRequestSize bounds a gRPC request: a full event log plus four quotes.
+const MaxRequestSize = 2 << 20
+
+// Paths inside the data directory.
+const (
+	CADir     = "ca"       // ca.pem, ca-key.pem
+	StoreFile = "store.db" // bbolt: challenges, receipts
+)
+
+// Running is a started broker.
+type Running struct {
+	Server *Server
+	CA     *issue.CA
+
+	lis  net.Listener
+	grpc *grpc.Server
+	st   store.Store
+	once sync.Once
+	done chan error
+}
+
+// Start opens the broker's store and CA in cfg.DataDir (creating them on first
+// use), loads the policies and serves the gRPC API over TLS on cfg.Listen.
+func Start(cfg *Config, log *slog.Logger) (*Running, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("unable to create data_dir: %w", err)
+	}
+	pol, err := policies.Load(cfg.PolicyPaths...)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load policies: %w", err)
+	}
+	ca, err := issue.LoadOrCreateCA(filepath.Join(cfg.DataDir, CADir), issue.CAOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("unable to load the CA: %w", err)
+	}
+	serving, err := ca.ServingCertificate(cfg.ServerNames)
+	if err != nil {
+		return nil, fmt.Errorf("unable to issue the serving certificate: %w", err)
+	}
+	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, StoreFile), store.BoltOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("unable to open the store: %w", err)
+	}
+	srv, err := NewServer(ServerOpts{
+		Trust:        cfg.Trust,
+		AllowSHA1:    cfg.AllowSHA1,
+		ChallengeTTL: cfg.ChallengeTTL,
+		Store:        st,
+		CA:           ca,
+		Policies:     pol,
+		Logger:       log,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("unable to listen on %s: %w", cfg.Listen, err)
+	}
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS13})),
+		grpc.MaxRecvMsgSize(MaxRequestSize),
+	)
+	pb.RegisterBrokerServer(g, srv)
+	hs := health.NewServer()
+	hs.SetServingStatus(pb.Broker_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+
+	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, st: st, done: make(chan error, 1)}
+	go func() { r.done <- g.Serve(lis) }()
+	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash())
+	return r, nil
+}
+
+// Addr returns the listening address.
+func (r *Running) Addr() string { return r.lis.Addr().String() }
+
+// Done is closed with the serving error (nil after Stop) when serving ends.
+func (r *Running) Done() <-chan error { return r.done }
+
+// Store returns the broker's store.
+func (r *Running) Store() store.Store { return r.st }
+
+// Stop finishes in-flight requests, stops serving and closes the store.
+func (r *Running) Stop() {
+	r.once.Do(func() {
+		r.grpc.GracefulStop()
+		r.st.Close()
+	})
+}

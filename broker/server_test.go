@@ -1,0 +1,523 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/tpmtest"
+	"github.com/keybroker/keybroker/policies"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+const testPolicy = `policy "nodes" {
+  select {
+    ek_hashes = [%q]
+  }
+  require = [
+    "pcrs.sha256[0] == '%s'",
+    "pcrs.sha256[7] == '%s'",
+  ]
+  release "node-tls" {
+    type        = "tls_certificate"
+    mode        = %q%s
+    ttl         = "2h"
+    common_name = "node-${ek_hash_short}"
+    dns_names   = ["${ek_hash_short}.nodes.test"]
+  }
+}
+`
+
+// fixture is a broker Server and a node on the embedded simulator, with a
+// policy that allows exactly this node in its current boot state.
+type fixture struct {
+	rw     io.ReadWriteCloser
+	node   *agent.Node
+	ekHash string
+	srv    *broker.Server
+	st     store.Store
+	ca     *issue.CA
+
+	mu  sync.Mutex
+	now time.Time
+}
+
+type fixtureOpts struct {
+	mode       string // policy release mode; default pcr_sealed
+	mutateOpts func(*broker.ServerOpts)
+}
+
+func newFixture(t *testing.T, o fixtureOpts) *fixture {
+	t.Helper()
+	f := &fixture{now: time.Now()}
+	f.rw = tpmtest.Open(t)
+	extendPCR(t, f.rw, 0, "firmware v1")
+	extendPCR(t, f.rw, 7, "secure boot on")
+	node, err := agent.NewNode(f.rw, agent.NodeOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	f.node = node
+	if f.ekHash, err = node.EKHash(); err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := client.ReadPCRs(f.rw, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode, sealedPCRs := "pcr_sealed", "\n    pcr_bank    = \"sha256\"\n    pcrs        = [0, 7]"
+	if o.mode == "tpm_bound" {
+		mode, sealedPCRs = "tpm_bound", ""
+	}
+	src := fmt.Sprintf(testPolicy, f.ekHash, hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7]), mode, sealedPCRs)
+	pol, err := policies.Parse([]byte(src), "test.hcl")
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f.st = st
+	if f.ca, err = issue.LoadOrCreateCA(t.TempDir(), issue.CAOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	opts := broker.ServerOpts{
+		Trust:    verify.Trust{EKHashes: []string{f.ekHash}},
+		Store:    st,
+		CA:       f.ca,
+		Policies: pol,
+		Now:      f.clock,
+	}
+	if o.mutateOpts != nil {
+		o.mutateOpts(&opts)
+	}
+	if f.srv, err = broker.NewServer(opts); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fixture) advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+}
+
+// challenge asks for a challenge and activates it in the TPM.
+func (f *fixture) challenge(t *testing.T) (*pb.ChallengeResponse, []byte) {
+	t.Helper()
+	req, err := f.node.ChallengeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := f.srv.Challenge(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Challenge: %v", err)
+	}
+	secret, err := f.node.Activate(ch)
+	if err != nil {
+		t.Fatalf("Activate: %v", err)
+	}
+	return ch, secret
+}
+
+// attestRequest answers a challenge with fresh quotes over nonce.
+func (f *fixture) attestRequest(t *testing.T, ch *pb.ChallengeResponse, nonce []byte) *pb.AttestRequest {
+	t.Helper()
+	quotes, err := f.node.Quote(nonce)
+	if err != nil {
+		t.Fatalf("Quote: %v", err)
+	}
+	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes}
+}
+
+func (f *fixture) receipts(t *testing.T) []store.Receipt {
+	t.Helper()
+	rs, err := f.st.ListReceipts(context.Background(), store.ListOpts{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// wantRefused asserts a refusal: no response, the gRPC code, a message naming
+// the failed check, and (when check is set) a denied receipt with no release.
+func (f *fixture) wantRefused(t *testing.T, resp *pb.AttestResponse, err error, code codes.Code, msg, check string) {
+	t.Helper()
+	if resp != nil {
+		t.Fatalf("refusal released %d credential(s)", len(resp.GetCredentials()))
+	}
+	s, _ := status.FromError(err)
+	if s.Code() != code || !strings.Contains(s.Message(), msg) {
+		t.Fatalf("error = %v %q; want %v containing %q", s.Code(), s.Message(), code, msg)
+	}
+	if check == "" {
+		return
+	}
+	rs := f.receipts(t)
+	if len(rs) == 0 {
+		t.Fatal("no receipt for the refusal")
+	}
+	r := rs[0]
+	if r.Allowed || r.Check != check || len(r.Released) != 0 {
+		t.Fatalf("receipt = allowed %v check %q released %v; want denied by %q with nothing released", r.Allowed, r.Check, r.Released, check)
+	}
+	if !strings.Contains(s.Message(), r.ID) {
+		t.Errorf("refusal %q does not name its receipt %s", s.Message(), r.ID)
+	}
+}
+
+func extendPCR(t testing.TB, rw io.ReadWriter, pcr int, event string) {
+	t.Helper()
+	sum := sha256.Sum256([]byte(event))
+	if err := tpm2.PCRExtend(rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, sum[:], ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAttestReleasesSealedCredential(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	ch, secret := f.challenge(t)
+	resp, err := f.srv.Attest(context.Background(), f.attestRequest(t, ch, secret))
+	if err != nil {
+		t.Fatalf("Attest: %v", err)
+	}
+	if len(resp.GetCredentials()) != 1 {
+		t.Fatalf("got %d credentials, want 1", len(resp.GetCredentials()))
+	}
+	cred := resp.GetCredentials()[0]
+	if cred.GetMode() != pb.ReleaseMode_PCR_SEALED || cred.GetBlob().GetPcrs() == nil {
+		t.Fatalf("credential mode %v with PCRs %v; want PCR_SEALED with PCRs", cred.GetMode(), cred.GetBlob().GetPcrs())
+	}
+	payload, err := f.node.Open(cred)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	var tc pb.TLSCredential
+	if err := proto.Unmarshal(payload, &tc); err != nil || len(tc.GetKeyPem()) == 0 {
+		t.Fatalf("payload: %v", err)
+	}
+	rs := f.receipts(t)
+	if len(rs) != 1 || !rs[0].Allowed || rs[0].ID != resp.GetReceiptId() || len(rs[0].Released) != 1 {
+		t.Fatalf("receipts = %+v; want one allowed receipt %s with one release", rs, resp.GetReceiptId())
+	}
+	if rs[0].EKHash != f.ekHash || rs[0].PolicyHash == "" || len(rs[0].QuoteDigest) != 32 {
+		t.Errorf("receipt lacks facts: %+v", rs[0])
+	}
+
+	// The same credential, once PCR 7 changes, no longer opens.
+	extendPCR(t, f.rw, 7, "unknown bootloader")
+	if _, err := f.node.Open(cred); !errors.Is(err, sealing.ErrImport) {
+		t.Fatalf("Open after a PCR change = %v; want %v", err, sealing.ErrImport)
+	}
+}
+
+func TestAttestTPMBoundSurvivesPCRChange(t *testing.T) {
+	f := newFixture(t, fixtureOpts{mode: "tpm_bound"})
+	ch, secret := f.challenge(t)
+	resp, err := f.srv.Attest(context.Background(), f.attestRequest(t, ch, secret))
+	if err != nil {
+		t.Fatalf("Attest: %v", err)
+	}
+	cred := resp.GetCredentials()[0]
+	if cred.GetMode() != pb.ReleaseMode_TPM_BOUND || cred.GetBlob().GetPcrs() != nil {
+		t.Fatalf("mode %v, PCRs %v; want TPM_BOUND without PCRs", cred.GetMode(), cred.GetBlob().GetPcrs())
+	}
+	extendPCR(t, f.rw, 7, "later measurement")
+	if _, err := f.node.Open(cred); err != nil {
+		t.Fatalf("TPM_BOUND credential did not open after a PCR change: %v", err)
+	}
+}
+
+func TestAttestRefusals(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	ctx := context.Background()
+
+	t.Run("replayed challenge", func(t *testing.T) {
+		ch, secret := f.challenge(t)
+		req := f.attestRequest(t, ch, secret)
+		if _, err := f.srv.Attest(ctx, req); err != nil {
+			t.Fatalf("first Attest: %v", err)
+		}
+		before := len(f.receipts(t))
+		resp, err := f.srv.Attest(ctx, req)
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "challenge: challenge is unknown or already used", "")
+		if after := len(f.receipts(t)); after != before {
+			t.Errorf("a replay wrote a receipt (%d -> %d)", before, after)
+		}
+	})
+	t.Run("expired challenge", func(t *testing.T) {
+		ch, secret := f.challenge(t)
+		req := f.attestRequest(t, ch, secret)
+		f.advance(challengeTTL + time.Second)
+		resp, err := f.srv.Attest(ctx, req)
+		f.wantRefused(t, resp, err, codes.DeadlineExceeded, "challenge: challenge has expired", "")
+	})
+	t.Run("wrong nonce", func(t *testing.T) {
+		ch, _ := f.challenge(t)
+		resp, err := f.srv.Attest(ctx, f.attestRequest(t, ch, randomBytes(t, 32)))
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "quote_nonce:", "quote_nonce")
+	})
+	t.Run("quote signed by a different AK", func(t *testing.T) {
+		other, err := agent.NewNode(f.rw, agent.NodeOpts{AK: "ecc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		ch, secret := f.challenge(t)
+		quotes, err := other.Quote(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := f.srv.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "quote_signature:", "quote_signature")
+	})
+	t.Run("SHA-1 only quote", func(t *testing.T) {
+		sha1Node, err := agent.NewNode(f.rw, agent.NodeOpts{Banks: []tpm2.Algorithm{tpm2.AlgSHA1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sha1Node.Close()
+		ch, secret := f.challenge(t)
+		quotes, err := sha1Node.Quote(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := f.srv.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "pcr_bank: SHA-1 PCR bank is not allowed", "pcr_bank")
+	})
+	t.Run("PCR values not matching the policy", func(t *testing.T) {
+		ch, secret := f.challenge(t)
+		extendPCR(t, f.rw, 0, "rogue firmware")
+		resp, err := f.srv.Attest(ctx, f.attestRequest(t, ch, secret))
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "policy: no policy allows this node", "policy")
+		r := f.receipts(t)[0]
+		if !strings.Contains(strings.Join(r.Failures, "\n"), "pcrs.sha256[0]") {
+			t.Errorf("receipt failures %q do not name the PCR 0 condition", r.Failures)
+		}
+		if strings.Contains(status.Convert(err).Message(), "pcrs.sha256") {
+			t.Errorf("refusal leaks policy contents: %q", status.Convert(err).Message())
+		}
+	})
+
+	tampers := []struct {
+		name   string
+		tamper func(q *pb.Quote)
+		code   codes.Code
+		msg    string
+		check  string
+	}{
+		{"attest byte flipped", func(q *pb.Quote) { q.Attest[len(q.Attest)-1] ^= 1 }, codes.PermissionDenied, "quote_signature:", "quote_signature"},
+		{"signature byte flipped", func(q *pb.Quote) { q.Signature[len(q.Signature)-1] ^= 1 }, codes.PermissionDenied, "quote_signature:", "quote_signature"},
+		{"PCR value changed", func(q *pb.Quote) { q.Pcrs.Values[7] = make([]byte, 32) }, codes.PermissionDenied, "pcr_digest:", "pcr_digest"},
+		{"PCR value dropped", func(q *pb.Quote) { delete(q.Pcrs.Values, 3) }, codes.PermissionDenied, "pcr_digest:", "pcr_digest"},
+		{"bank relabelled", func(q *pb.Quote) { q.Pcrs.HashAlg = uint32(tpm2.AlgSHA384) }, codes.PermissionDenied, "pcr_bank:", "pcr_bank"},
+		{"garbage signature", func(q *pb.Quote) { q.Signature = []byte("garbage") }, codes.InvalidArgument, "input: quote signature is not a TPMT_SIGNATURE", "input"},
+		{"garbage attest", func(q *pb.Quote) { q.Attest = []byte("garbage") }, codes.PermissionDenied, "quote_signature:", "quote_signature"},
+	}
+	for _, tc := range tampers {
+		t.Run(tc.name, func(t *testing.T) {
+			ch, secret := f.challenge(t)
+			req := f.attestRequest(t, ch, secret)
+			tc.tamper(req.Quotes[0])
+			resp, err := f.srv.Attest(ctx, req)
+			f.wantRefused(t, resp, err, tc.code, tc.msg, tc.check)
+		})
+	}
+
+	// Refused before any work: nothing consumed, no receipt.
+	inputs := []struct {
+		name string
+		req  *pb.AttestRequest
+		msg  string
+	}{
+		{"no challenge id", &pb.AttestRequest{Quotes: []*pb.Quote{{}}}, "challenge_id is empty"},
+		{"oversized challenge id", &pb.AttestRequest{ChallengeId: strings.Repeat("a", 65), Quotes: []*pb.Quote{{}}}, "challenge_id is too long"},
+		{"no quotes", &pb.AttestRequest{ChallengeId: "x"}, "no quotes"},
+		{"too many quotes", &pb.AttestRequest{ChallengeId: "x", Quotes: make([]*pb.Quote, 5)}, "at most 4 quotes"},
+		{"oversized event log", &pb.AttestRequest{ChallengeId: "x", Quotes: []*pb.Quote{{}}, EventLog: make([]byte, verify.MaxEventLogSize+1)}, "event_log exceeds"},
+		{"oversized quote", &pb.AttestRequest{ChallengeId: "x", Quotes: []*pb.Quote{{Attest: make([]byte, verify.MaxQuoteAttestSize+1)}}}, "quote attest exceeds"},
+	}
+	for _, tc := range inputs {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(f.receipts(t))
+			resp, err := f.srv.Attest(ctx, tc.req)
+			f.wantRefused(t, resp, err, codes.InvalidArgument, tc.msg, "")
+			if len(f.receipts(t)) != before {
+				t.Error("an invalid request wrote a receipt")
+			}
+		})
+	}
+}
+
+const challengeTTL = 60 * time.Second
+
+func TestChallengeRefusals(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	good, err := f.node.ChallengeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another EK of the same TPM, whose hash nobody listed.
+	eccEK, err := client.EndorsementKeyECC(f.rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eccEK.Close()
+	untrustedEK, err := eccEK.PublicArea().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		req  *pb.ChallengeRequest
+		code codes.Code
+		msg  string
+	}{
+		{"EK not trusted", &pb.ChallengeRequest{EkPublic: untrustedEK, AkPublic: good.AkPublic}, codes.PermissionDenied, "ek_trust: EK is not trusted"},
+		{"garbage EK", &pb.ChallengeRequest{EkPublic: []byte("garbage"), AkPublic: good.AkPublic}, codes.InvalidArgument, "input: ek_public is not a TPMT_PUBLIC"},
+		{"oversized EK", &pb.ChallengeRequest{EkPublic: make([]byte, 2048), AkPublic: good.AkPublic}, codes.InvalidArgument, "input: ek_public is too large"},
+		{"no AK", &pb.ChallengeRequest{EkPublic: good.EkPublic}, codes.InvalidArgument, "input: ak_public is empty"},
+		{"EK as AK", &pb.ChallengeRequest{EkPublic: good.EkPublic, AkPublic: good.EkPublic}, codes.PermissionDenied, "ak_attributes: AK lacks attributes [sign]"},
+		{"garbage certificate", &pb.ChallengeRequest{EkPublic: good.EkPublic, EkCertificate: []byte("garbage"), AkPublic: good.AkPublic}, codes.InvalidArgument, "input: ek_certificate is not an X.509 certificate"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := f.srv.Challenge(context.Background(), tc.req)
+			if resp != nil {
+				t.Fatal("refused challenge returned a credential")
+			}
+			s, _ := status.FromError(err)
+			if s.Code() != tc.code || !strings.Contains(s.Message(), tc.msg) {
+				t.Fatalf("error = %v %q; want %v containing %q", s.Code(), s.Message(), tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+// An AK from another TPM than the EK: the broker binds the secret to EK B and
+// AK A; neither TPM can activate it, so no quote can carry it.
+func TestAKFromAnotherTPM(t *testing.T) {
+	// TPM A: only its AK is presented.
+	rwA := tpmtest.OpenSeeded(t, 1)
+	nodeA, err := agent.NewNode(rwA, agent.NodeOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqA, err := nodeA.ChallengeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeA.Close()
+	rwA.Close()
+
+	// TPM B: its trusted EK is presented with A's AK.
+	rwB := tpmtest.OpenSeeded(t, 2)
+	nodeB, err := agent.NewNode(rwB, agent.NodeOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqB, err := nodeB.ChallengeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekB, err := nodeB.EKHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ca, err := issue.LoadOrCreateCA(t.TempDir(), issue.CAOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policies.Parse([]byte(fmt.Sprintf(`policy "any" {
+  select { ek_hashes = [%q] }
+  release "tls" {
+    type = "tls_certificate"
+    common_name = "x"
+  }
+}`, ekB)), "any.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := broker.NewServer(broker.ServerOpts{Trust: verify.Trust{EKHashes: []string{ekB}}, Store: st, CA: ca, Policies: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := srv.Challenge(context.Background(), &pb.ChallengeRequest{EkPublic: reqB.EkPublic, AkPublic: reqA.AkPublic})
+	if err != nil {
+		t.Fatalf("Challenge: %v", err)
+	}
+	if _, err := nodeB.Activate(ch); err == nil {
+		t.Fatal("TPM B activated a credential made for another TPM's AK")
+	}
+	nodeB.Close()
+	rwB.Close()
+
+	// Back on TPM A (same seed, same AK): it cannot activate either, and a
+	// quote with anything but the secret is refused.
+	rwA = tpmtest.OpenSeeded(t, 1)
+	nodeA, err = agent.NewNode(rwA, agent.NodeOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeA.Close()
+	again, _ := nodeA.ChallengeRequest()
+	if string(again.AkPublic) != string(reqA.AkPublic) {
+		t.Fatal("seeded simulator did not reproduce the AK")
+	}
+	if _, err := nodeA.Activate(ch); err == nil {
+		t.Fatal("TPM A activated a credential made for another TPM's EK")
+	}
+	quotes, err := nodeA.Quote(randomBytes(t, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Attest(context.Background(), &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+	if resp != nil || status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "quote_nonce") {
+		t.Fatalf("Attest = %v, %v; want PermissionDenied quote_nonce and nothing released", resp, err)
+	}
+}
+
+func randomBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

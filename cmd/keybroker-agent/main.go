@@ -1,0 +1,169 @@
+// Command keybroker-agent runs on a node: it proves to a keybroker broker,
+// with the node's TPM, what the node booted, and writes the credentials the
+// broker releases, which only this TPM can open.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"time"
+
+	"github.com/keybroker/keybroker/agent"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+const usage = `keybroker-agent: attest this node's TPM to a keybroker broker.
+
+Usage:
+  keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR [flags]
+  keybroker-agent ek-hash [--tpm TPM]
+
+Commands:
+  bootstrap   challenge → activate credential → quote → attest → open in the
+              TPM → write key.pem (0600), cert.pem, chain.pem atomically
+  ek-hash     print the EK identity hash the broker trusts (ek_allow, ek_hashes)
+
+Run 'keybroker-agent COMMAND --help' for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "bootstrap":
+		return bootstrap(args[1:], stdout, stderr)
+	case "ek-hash":
+		return ekHash(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func tpmFlag(fs *flag.FlagSet) *string {
+	return fs.String("tpm", "/dev/tpmrm0", "the TPM: a device path (/dev/tpmrm0), tcp://HOST:PORT (swtpm's data port) or simulator (embedded, for demos)")
+}
+
+func bootstrap(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bootstrap", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	tpmSpec := tpmFlag(fs)
+	brokerAddr := fs.String("broker", "", "broker address HOST:PORT (required)")
+	caFile := fs.String("ca", "", "PEM file with the broker's CA bundle, pinned for TLS (required)")
+	serverName := fs.String("server-name", "", "name to verify in the broker's certificate (default: the host in --broker)")
+	out := fs.String("out", "", "directory for key.pem, cert.pem and chain.pem (required; created if missing)")
+	onChange := fs.String("on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
+	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	quiet := fs.Bool("quiet", false, "print only errors")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var missing []string
+	for name, v := range map[string]string{"--broker": *brokerAddr, "--ca": *caFile, "--out": *out} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		fmt.Fprintf(stderr, "bootstrap: missing %v\n", missing)
+		fs.Usage()
+		return 2
+	}
+	caPEM, err := os.ReadFile(*caFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap: unable to read --ca: %v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+
+	rw, err := agent.OpenTPM(*tpmSpec)
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
+		return 1
+	}
+	defer rw.Close()
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: *akType})
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
+		return 1
+	}
+	defer node.Close()
+	conn, err := agent.Dial(*brokerAddr, caPEM, *serverName)
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap failed at connect: %v\n", err)
+		return 1
+	}
+	defer conn.Close()
+
+	opts := agent.BootstrapOpts{OutDir: *out}
+	if !*quiet {
+		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
+			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)
+		}
+	}
+	res, err := agent.Bootstrap(ctx, pb.NewBrokerClient(conn), node, opts)
+	if err != nil {
+		var se *agent.StepError
+		if errors.As(err, &se) {
+			fmt.Fprintf(stderr, "bootstrap failed at %s: %v\n", se.Step, se.Err)
+		} else {
+			fmt.Fprintf(stderr, "bootstrap failed: %v\n", err)
+		}
+		return 1
+	}
+	if *onChange != "" && res.Changed {
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", *onChange)
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+*out, "KEYBROKER_SERIAL="+res.Serial)
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(stderr, "bootstrap: credentials written, but --on-change failed: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func ekHash(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ek-hash", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	tpmSpec := tpmFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	rw, err := agent.OpenTPM(*tpmSpec)
+	if err != nil {
+		fmt.Fprintf(stderr, "ek-hash: %v\n", err)
+		return 1
+	}
+	defer rw.Close()
+	node, err := agent.NewNode(rw, agent.NodeOpts{})
+	if err != nil {
+		fmt.Fprintf(stderr, "ek-hash: %v\n", err)
+		return 1
+	}
+	defer node.Close()
+	h, err := node.EKHash()
+	if err != nil {
+		fmt.Fprintf(stderr, "ek-hash: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, h)
+	return 0
+}

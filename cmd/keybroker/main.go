@@ -1,0 +1,193 @@
+// Command keybroker is the keybroker broker: it verifies TPM attestations and
+// releases credentials that only the attested TPM can open.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/policies"
+)
+
+const usage = `keybroker: release secrets only to machines that prove, with their TPM, what they booted.
+
+Usage:
+  keybroker serve --config broker.hcl     run the broker (gRPC over TLS)
+  keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]
+  keybroker demo [--keep DIR]             broker + agent on the embedded TPM simulator
+
+Run 'keybroker COMMAND --help' for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "receipts":
+		if len(args) < 2 || args[1] != "list" {
+			fmt.Fprint(stderr, "usage: keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]\n")
+			return 2
+		}
+		return receiptsList(args[2:], stdout, stderr)
+	case "demo":
+		return demo(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "broker configuration file (HCL, required)")
+	listen := fs.String("listen", "", "override the configuration's listen address")
+	logJSON := fs.Bool("log-json", false, "log as JSON instead of text")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *configPath == "" {
+		fmt.Fprintln(stderr, "serve: --config is required")
+		fs.Usage()
+		return 2
+	}
+	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *logJSON {
+		handler = slog.NewJSONHandler(stderr, nil)
+	}
+	log := slog.New(handler)
+	cfg, err := broker.LoadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: invalid configuration:\n%v\n", err)
+		return 1
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	r, err := broker.Start(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for {
+		select {
+		case err := <-r.Done():
+			if err != nil {
+				fmt.Fprintf(stderr, "serve: %v\n", err)
+				return 1
+			}
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				pol, err := policies.Load(cfg.PolicyPaths...)
+				if err != nil {
+					log.Error("policy reload refused; the previous policies keep serving", "error", err)
+					continue
+				}
+				r.Server.SetPolicies(pol)
+				log.Info("policies reloaded", "policies", pol.Names(), "policy_hash", pol.Hash())
+				continue
+			}
+			log.Info("stopping", "signal", sig.String())
+			r.Stop()
+			return 0
+		}
+	}
+}
+
+func receiptsList(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("receipts list", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "broker configuration file (its data_dir holds the store)")
+	dataDir := fs.String("data-dir", "", "the broker's data directory (instead of --config)")
+	ek := fs.String("ek", "", "only receipts for this EK hash")
+	limit := fs.Int("limit", 50, "at most this many receipts, newest first")
+	asJSON := fs.Bool("json", false, "print JSON, one receipt per line")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	dir := *dataDir
+	if *configPath != "" {
+		cfg, err := broker.LoadConfig(*configPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "receipts: invalid configuration:\n%v\n", err)
+			return 1
+		}
+		dir = cfg.DataDir
+	}
+	if dir == "" {
+		fmt.Fprintln(stderr, "receipts: --config or --data-dir is required")
+		return 2
+	}
+	st, err := store.OpenBolt(filepath.Join(dir, broker.StoreFile), store.BoltOpts{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		fmt.Fprintf(stderr, "receipts: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	rs, err := st.ListReceipts(context.Background(), store.ListOpts{Limit: *limit, EKHash: *ek})
+	if err != nil {
+		fmt.Fprintf(stderr, "receipts: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, r := range rs {
+			if err := enc.Encode(r); err != nil {
+				fmt.Fprintf(stderr, "receipts: %v\n", err)
+				return 1
+			}
+		}
+		return 0
+	}
+	printReceipts(stdout, rs)
+	return 0
+}
+
+func printReceipts(w io.Writer, rs []store.Receipt) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RECEIPT\tTIME\tEK\tDECISION\tPOLICIES\tRELEASED")
+	for _, r := range rs {
+		decision := "allowed"
+		if !r.Allowed {
+			decision = "denied: " + r.Check
+		}
+		var released []string
+		for _, it := range r.Released {
+			released = append(released, fmt.Sprintf("%s(%s serial %s)", it.Name, it.Mode, it.Serial))
+		}
+		ekShort := r.EKHash
+		if len(ekShort) > 16 {
+			ekShort = ekShort[:16]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", r.ID, r.Time.UTC().Format(time.RFC3339), ekShort, decision, r.Policies, released)
+		for _, f := range r.Failures {
+			fmt.Fprintf(tw, "\t\t\t  - %s\t\t\n", f)
+		}
+	}
+	tw.Flush()
+}

@@ -1,0 +1,97 @@
+// Package atomicfile writes files so that readers see either the old content
+// or the new, never a partial file: data goes to a temporary file in the same
+// directory, which is synced, given its mode and renamed over the target.
+package atomicfile
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// File is one file of a set.
+type File struct {
+	Path string
+	Data []byte
+	Perm os.FileMode
+}
+
+// Write writes one file atomically.
+func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteSet([]File{{Path: path, Data: data, Perm: perm}})
+}
+
+// WriteSet writes several files. Every new file is fully written and synced
+// before any target is replaced, so a failure while writing leaves the
+// previous set intact and no temporary files behind.
+func WriteSet(files []File) (err error) {
+	temps := make([]string, 0, len(files))
+	defer func() {
+		if err != nil {
+			for _, t := range temps {
+				os.Remove(t)
+			}
+		}
+	}()
+	for _, f := range files {
+		t, err := writeTemp(f)
+		if err != nil {
+			return err
+		}
+		temps = append(temps, t)
+	}
+	dirs := map[string]bool{}
+	for i, f := range files {
+		if err := os.Rename(temps[i], f.Path); err != nil {
+			return fmt.Errorf("unable to replace %s: %w", f.Path, err)
+		}
+		dirs[filepath.Dir(f.Path)] = true
+	}
+	temps = nil
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeTemp(f File) (string, error) {
+	dir, base := filepath.Split(f.Path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("unable to create a temporary file for %s: %w", f.Path, err)
+	}
+	name := tmp.Name()
+	err = tmp.Chmod(f.Perm)
+	if err == nil {
+		_, err = tmp.Write(f.Data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("unable to write %s: %w", f.Path, err)
+	}
+	return name, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("unable to open %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("unable to sync %s: %w", dir, err)
+	}
+	return nil
+}
