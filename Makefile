@@ -12,12 +12,12 @@ BENCHTIME ?= 2s
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-all: generate-check lint build test ## everything CI checks
+all: build test ## build and run every test
 
 build: ## build bin/keybroker and bin/keybroker-agent
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: ## all tests: unit (embedded simulator) and e2e (swtpm, tpm2-tools)
+test: lint generate-check ## every test: lint, generated code, unit (simulator) and e2e (swtpm, tpm2-tools)
 	$(GO) test -count=1 -timeout 20m ./...
 
 unit: ## unit tests only (no swtpm needed)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -28,6 +29,7 @@ const MaxRequestSize = 2 << 20
 const (
 	CADir     = "ca"       // ca.pem, ca-key.pem
 	StoreFile = "store.db" // bbolt: challenges, receipts
+	// AdminSocket (admin.go) is the third entry.
 )
 
 // Running is a started broker.
@@ -35,11 +37,12 @@ type Running struct {
 	Server *Server
 	CA     *issue.CA
 
-	lis  net.Listener
-	grpc *grpc.Server
-	st   store.Store
-	once sync.Once
-	done chan error
+	lis   net.Listener
+	grpc  *grpc.Server
+	admin *http.Server
+	st    store.Store
+	once  sync.Once
+	done  chan error
 }
 
 // Start opens the broker's store and CA in cfg.DataDir (creating them on first
@@ -80,8 +83,14 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		st.Close()
 		return nil, err
 	}
+	admin, err := serveAdmin(filepath.Join(cfg.DataDir, AdminSocket), st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		admin.Close()
 		st.Close()
 		return nil, fmt.Errorf("unable to listen on %s: %w", cfg.Listen, err)
 	}
@@ -95,7 +104,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, st: st, done: make(chan error, 1)}
+	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, done: make(chan error, 1)}
 	go func() { r.done <- g.Serve(lis) }()
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash())
 	return r, nil
@@ -114,6 +123,7 @@ func (r *Running) Store() store.Store { return r.st }
 func (r *Running) Stop() {
 	r.once.Do(func() {
 		r.grpc.GracefulStop()
+		r.admin.Close()
 		r.st.Close()
 	})
 }

@@ -39,7 +39,9 @@ const (
 // CA is a named set of EK certificate authorities, such as a TPM vendor's
 // roots and intermediates.
 type CA struct {
-	Name          string
+	Name string
+	// Roots are the trust anchors. Nil trusts nothing, never the system
+	// roots.
 	Roots         *x509.CertPool
 	Intermediates *x509.CertPool
 }
@@ -216,6 +218,10 @@ func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, tr
 	}
 	var errs []error
 	for _, ca := range trust.CAs {
+		if ca.Roots == nil { // x509 would fall back to the system roots
+			errs = append(errs, fmt.Errorf("%s: no roots configured", ca.Name))
+			continue
+		}
 		inter := x509.NewCertPool()
 		if ca.Intermediates != nil {
 			inter = ca.Intermediates.Clone()
@@ -237,8 +243,9 @@ func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, tr
 
 // readTPMSAN reads the TPM manufacturer, model and version from the EK
 // certificate's subject alternative name (a directoryName, TCG EK Credential
-// Profile) and, when that is all the SAN holds, marks the critical SAN as
-// handled so that x509 chain verification does not reject it.
+// Profile) and, when it finds a TPM manufacturer there, marks the critical SAN
+// as handled so that x509 chain verification does not reject it. (x509
+// already treats a SAN holding DNS, email, IP or URI names as handled.)
 func readTPMSAN(cert *x509.Certificate, facts *EKCert) error {
 	var san *pkix.Extension
 	for i := range cert.Extensions {

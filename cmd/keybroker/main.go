@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -143,13 +142,7 @@ func receiptsList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "receipts: --config or --data-dir is required")
 		return 2
 	}
-	st, err := store.OpenBolt(filepath.Join(dir, broker.StoreFile), store.BoltOpts{ReadOnly: true, Timeout: 2 * time.Second})
-	if err != nil {
-		fmt.Fprintf(stderr, "receipts: %v\n", err)
-		return 1
-	}
-	defer st.Close()
-	rs, err := st.ListReceipts(context.Background(), store.ListOpts{Limit: *limit, EKHash: *ek})
+	rs, err := broker.ListReceipts(context.Background(), dir, store.ListOpts{Limit: *limit, EKHash: *ek})
 	if err != nil {
 		fmt.Fprintf(stderr, "receipts: %v\n", err)
 		return 1

@@ -6,8 +6,10 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // File is one file of a set.
@@ -17,9 +19,50 @@ type File struct {
 	Perm os.FileMode
 }
 
-// Write writes one file atomically.
+// Write writes one file atomically. perm is applied exactly, whatever the
+// umask.
 func Write(path string, data []byte, perm os.FileMode) error {
 	return WriteSet([]File{{Path: path, Data: data, Perm: perm}})
+}
+
+// WriteNew writes one file atomically but never replaces an existing one: it
+// fails with an error wrapping fs.ErrExist instead, so two processes creating
+// the same file cannot clobber each other.
+func WriteNew(path string, data []byte, perm os.FileMode) error {
+	tmp, err := writeTemp(File{Path: path, Data: data, Perm: perm})
+	if err != nil {
+		return err
+	}
+	if err := placeNoReplace(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("unable to create %s: %w", path, err)
+	}
+	return syncDir(dirOf(path))
+}
+
+// placeNoReplace moves tmp to path unless path exists. A hard link fails
+// atomically if path exists; where links are unsupported it falls back to a
+// check before the rename.
+func placeNoReplace(tmp, path string) error {
+	err := os.Link(tmp, path)
+	if err == nil {
+		os.Remove(tmp)
+		return nil
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
+	}
+	return os.Rename(tmp, path)
+}
+
+func dirOf(path string) string {
+	if d := filepath.Dir(path); d != "" {
+		return d
+	}
+	return "."
 }
 
 // WriteSet writes several files. Every new file is fully written and synced
@@ -46,7 +89,7 @@ func WriteSet(files []File) (err error) {
 		if err := os.Rename(temps[i], f.Path); err != nil {
 			return fmt.Errorf("unable to replace %s: %w", f.Path, err)
 		}
-		dirs[filepath.Dir(f.Path)] = true
+		dirs[dirOf(f.Path)] = true
 	}
 	temps = nil
 	for d := range dirs {
@@ -58,11 +101,11 @@ func WriteSet(files []File) (err error) {
 }
 
 func writeTemp(f File) (string, error) {
-	dir, base := filepath.Split(f.Path)
-	if dir == "" {
-		dir = "."
+	base := filepath.Base(f.Path)
+	if strings.HasSuffix(f.Path, string(filepath.Separator)) || base == "." {
+		return "", fmt.Errorf("unable to write %s: path names a directory", f.Path)
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	tmp, err := os.CreateTemp(dirOf(f.Path), "."+base+".tmp-*")
 	if err != nil {
 		return "", fmt.Errorf("unable to create a temporary file for %s: %w", f.Path, err)
 	}

@@ -1,0 +1,26 @@
+// Package store holds the broker's state: single-use challenges and the
+// receipts that record every attestation decision.
+//
+// Store is the interface the broker and its tests program against; Bolt is
+// the embedded default, a single bbolt file owned by one broker process.
+// Business rules (what is trusted, what is released) live elsewhere: the store
+// only guarantees that a challenge is consumed at most once and that a receipt
+// is on disk before PutReceipt returns.
+//
+//	st, err := store.OpenBolt("/var/lib/keybroker/state.db", store.BoltOpts{})
+//	if err != nil {
+//		return err
+//	}
+//	defer st.Close()
+//	if err := st.PutChallenge(ctx, c); err != nil {
+//		return err
+//	}
+//	...
+//	c, err := st.ConsumeChallenge(ctx, id, time.Now())
+//	switch {
+//	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
+//		// unknown, already used or too late: refuse
+//	case err != nil:
+//		// internal fault
+//	}
+package store

@@ -1,0 +1,60 @@
+package store_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keybroker/keybroker/broker/store"
+)
+
+func ExampleOpenBolt() {
+	dir, err := os.MkdirTemp("", "keybroker-store")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	st, err := store.OpenBolt(filepath.Join(dir, "broker.db"), store.BoltOpts{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+
+	ctx := context.Background()
+	now := time.Now()
+	err = st.PutChallenge(ctx, store.Challenge{
+		ID:         "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh",
+		EKPublic:   []byte("TPMT_PUBLIC of the EK"),
+		AKPublic:   []byte("TPMT_PUBLIC of the AK"),
+		SecretHash: sha256.Sum256([]byte("activation secret")),
+		ExpiresAt:  now.Add(time.Minute),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	_, err = st.ConsumeChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
+	fmt.Println("first consume:", err)
+	_, err = st.ConsumeChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
+	fmt.Println("second consume is not found:", errors.Is(err, store.ErrNotFound))
+
+	r := &store.Receipt{ChallengeID: "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", EKHash: "ek", Allowed: true}
+	if err := st.PutReceipt(ctx, r); err != nil {
+		log.Fatal(err)
+	}
+	receipts, err := st.ListReceipts(ctx, store.ListOpts{EKHash: "ek"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("receipts:", len(receipts), receipts[0].ID == r.ID)
+	// Output:
+	// first consume: <nil>
+	// second consume is not found: true
+	// receipts: 1 true
+}

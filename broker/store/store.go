@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Limits on what a Challenge may hold, so that a caller cannot make the store
+// keep arbitrary amounts of data for a request that never completes.
+const (
+	// MaxChallengeBytes bounds the sum of a Challenge's byte fields (EK
+	// public, EK certificate, intermediates, AK public).
+	MaxChallengeBytes = 64 << 10
+	// MaxIntermediates bounds the number of EK intermediate certificates.
+	MaxIntermediates = 16
+	// MaxIDLength bounds challenge and receipt IDs.
+	MaxIDLength = 128
+)
+
+// Limits for ListReceipts.
+const (
+	// DefaultListLimit is used when ListOpts.Limit is zero.
+	DefaultListLimit = 100
+	// MaxListLimit is the largest number of receipts one call returns; larger
+	// limits are lowered to it.
+	MaxListLimit = 1000
+)
+
+var (
+	// ErrNotFound is returned for a challenge or receipt that does not exist,
+	// including a challenge that was already consumed.
+	ErrNotFound = errors.New("not found")
+	// ErrExpired is returned by ConsumeChallenge for a challenge whose
+	// expiry has passed; the challenge is deleted all the same.
+	ErrExpired = errors.New("challenge expired")
+	// ErrLocked is returned by OpenBolt when another process holds the store.
+	ErrLocked = errors.New("locked by another process")
+)
+
+// Challenge is an outstanding credential-activation challenge: what the node
+// presented and the hash of the secret it must prove it activated.
+type Challenge struct {
+	// ID is random, URL-safe and made by the caller (32 characters by
+	// convention; at most MaxIDLength of [A-Za-z0-9._-]).
+	ID string
+	// EKPublic is the EK public area (TPMT_PUBLIC) as sent by the node.
+	EKPublic []byte
+	// EKCertificate is the EK certificate (DER) as sent, if any.
+	EKCertificate []byte
+	// EKIntermediates are the intermediate certificates (DER) as sent.
+	EKIntermediates [][]byte
+	// AKPublic is the AK public area (TPMT_PUBLIC) as sent.
+	AKPublic []byte
+	// SecretHash is the SHA-256 of the activation secret. The secret
+	// itself is never stored.
+	SecretHash [32]byte
+	// ExpiresAt is when the challenge stops being accepted. A challenge is
+	// expired once now is not before ExpiresAt. It must be set.
+	ExpiresAt time.Time
+}
+
+// Expired reports whether c is no longer valid at now.
+func (c Challenge) Expired(now time.Time) bool {
+	return !now.Before(c.ExpiresAt)
+}
+
+// Validate checks that c can be stored: a well-formed ID, an expiry, and byte
+// fields within MaxChallengeBytes.
+func (c Challenge) Validate() error {
+	var errs []error
+	if err := validateID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("challenge id %w", err))
+	}
+	if c.ExpiresAt.IsZero() {
+		errs = append(errs, errors.New("challenge expiry cannot be zero"))
+	}
+	if len(c.EKIntermediates) > MaxIntermediates {
+		errs = append(errs, fmt.Errorf("challenge has %d ek intermediates, at most %d allowed",
+			len(c.EKIntermediates), MaxIntermediates))
+	}
+	n := len(c.EKPublic) + len(c.EKCertificate) + len(c.AKPublic)
+	for _, b := range c.EKIntermediates {
+		n += len(b)
+	}
+	if n > MaxChallengeBytes {
+		errs = append(errs, fmt.Errorf("challenge holds %d bytes, at most %d allowed", n, MaxChallengeBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// validateID returns an error completing "challenge id ..." or "receipt id ...".
+func validateID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("cannot be empty")
+	case len(id) > MaxIDLength:
+		return fmt.Errorf("is longer than %d characters", MaxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		switch ch := id[i]; {
+		case 'a' <= ch && ch <= 'z', 'A' <= ch && ch <= 'Z', '0' <= ch && ch <= '9', ch == '-', ch == '_', ch == '.':
+		default:
+			return errors.New("must contain only [A-Za-z0-9._-]")
+		}
+	}
+	return nil
+}
+
+// Receipt records one attestation decision and what was released. Receipts
+// are written before anything is released, and never changed afterwards.
+type Receipt struct {
+	// ID is assigned by PutReceipt when empty: the UTC time followed by
+	// random hex, e.g. "20240102T150405.000000000Z-0a1b2c3d", so that IDs
+	// sort in time order.
+	ID string `json:"id"`
+	// Time is when the decision was made; PutReceipt sets it to the current
+	// time when zero.
+	Time        time.Time `json:"time"`
+	ChallengeID string    `json:"challenge_id,omitempty"`
+	EKHash      string    `json:"ek_hash,omitempty"`
+	AKName      []byte    `json:"ak_name,omitempty"`
+	QuoteDigest []byte    `json:"quote_digest,omitempty"`
+	Allowed     bool      `json:"allowed"`
+	// Check names the failed check, or "policy" when policy denied; empty
+	// when allowed.
+	Check string `json:"check,omitempty"`
+	// Failures lists every failed condition, for operators.
+	Failures   []string       `json:"failures,omitempty"`
+	Policies   []string       `json:"policies,omitempty"`
+	PolicyHash string         `json:"policy_hash,omitempty"`
+	Released   []ReleasedItem `json:"released,omitempty"`
+}
+
+// ReleasedItem describes one credential released under a receipt. It never
+// holds the credential itself.
+type ReleasedItem struct {
+	Name     string    `json:"name"`
+	Type     string    `json:"type"`
+	Mode     string    `json:"mode"`
+	Serial   string    `json:"serial,omitempty"`
+	NotAfter time.Time `json:"not_after,omitzero"`
+	PCRBank  string    `json:"pcr_bank,omitempty"`
+	PCRs     []uint32  `json:"pcrs,omitempty"`
+}
+
+// ListOpts selects receipts for ListReceipts. The zero value returns the
+// newest DefaultListLimit receipts.
+type ListOpts struct {
+	// Limit is the most receipts to return: 0 means DefaultListLimit, and
+	// values above MaxListLimit are lowered to it. Negative is an error.
+	Limit int
+	// EKHash, when set, returns only receipts for this EK.
+	EKHash string
+	// Before, when set, returns only receipts whose ID sorts before it: pass
+	// the last ID of one page to get the next.
+	Before string
+}
+
+// Store is the broker's state. Implementations are safe for concurrent use.
+type Store interface {
+	// PutChallenge stores a new challenge. It fails if the challenge does
+	// not validate or its ID already exists.
+	PutChallenge(ctx context.Context, c Challenge) error
+	// ConsumeChallenge atomically deletes and returns the challenge. A
+	// second call for the same ID returns ErrNotFound; an expired challenge
+	// is deleted and ErrExpired returned. Under concurrency exactly one call
+	// succeeds.
+	ConsumeChallenge(ctx context.Context, id string, now time.Time) (Challenge, error)
+	// PutReceipt durably stores r before returning, assigning r.ID (and
+	// r.Time) when empty. An existing ID is never overwritten.
+	PutReceipt(ctx context.Context, r *Receipt) error
+	// ListReceipts returns receipts newest first (by ID).
+	ListReceipts(ctx context.Context, opts ListOpts) ([]Receipt, error)
+	// GetReceipt returns one receipt, or ErrNotFound.
+	GetReceipt(ctx context.Context, id string) (Receipt, error)
+	// PurgeExpired deletes challenges expired at now and returns how many.
+	PurgeExpired(ctx context.Context, now time.Time) (int, error)
+	// Close releases the store.
+	Close() error
+}
