@@ -1,0 +1,65 @@
+// Package policies loads and evaluates keybroker policy documents: which
+// nodes may receive secrets, under which conditions over their verified
+// facts, and what is released to them.
+//
+// A document is HCL and may hold several policy blocks:
+//
+//	policy "web" {
+//	  select {
+//	    ek_hashes = ["<64 lowercase hex>"] # EK identity hashes (verify.EKHash)
+//	    ek_cas    = ["swtpm"]              # EK CAs configured in the broker
+//	  }
+//	  require = [                          # CEL, each must evaluate to true
+//	    "pcrs.sha256[7] == \"3d45...\"",
+//	    "ek.certified",
+//	  ]
+//	  release "node-tls" {
+//	    type         = "tls_certificate"   # required; the only type for now
+//	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
+//	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
+//	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
+//	    ttl          = "24h"               # default 24h, at most 8760h
+//	    common_name  = "node-${ek_hash_short}"
+//	    dns_names    = ["${ek_hash_short}.nodes.example.com"]
+//	    ip_addresses = []
+//	  }
+//	}
+//
+// A node is selected by a policy if its EK hash is listed in ek_hashes or
+// its EK certificate chained to a CA named in ek_cas; a policy must select
+// something. Require expressions see the facts listed by FactNames (ek,
+// pcrs, tpm) and are compiled once, when the document is parsed; each must
+// evaluate to a bool. A release's common_name, dns_names and ip_addresses
+// are HCL templates over ek_hash, ek_hash_short (its first 16 hex
+// characters) and ek_ca, rendered for each node; a release needs at least
+// one of them. Policy names and release names are unique across a Set.
+//
+// # Combination rule
+//
+// Evaluation is default deny. Every policy whose select matches the node is
+// evaluated in full: all its require expressions, the rendering of its
+// release templates, and, for pcr_sealed releases, that every sealed PCR
+// was quoted in the release's bank. A policy allows the node when none of
+// these fails, and then contributes all of its releases. The node is
+// allowed if and only if at least one policy allowed it; the Decision then
+// releases the union of the allowing policies' releases. Policies that
+// selected the node but failed contribute nothing, and every one of their
+// failed conditions is listed in Decision.Failures, also when another policy
+// allowed the node. If no policy selects the node, it is denied with the
+// single failure "no policy selects this node".
+//
+// Failures are for operators (logs, receipts): they quote the policy, the
+// expression and the PCR values it expected, so they must not be returned to
+// the node.
+//
+// # Errors
+//
+// Parse and Load report every problem they find at once, one line per
+// problem, each prefixed with file:line:column. For a require expression
+// the position is that of its string in the file, and the message adds the
+// line and column within the expression as CEL counts them.
+//
+// Evaluate takes only a *verify.Verified, so unverified data cannot reach a
+// decision; it performs no I/O, never panics, and may be called
+// concurrently on the same Set.
+package policies

@@ -1,0 +1,213 @@
+package policies
+
+import (
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/google/cel-go/cel"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// documentHCL is a policy document as decoded from HCL, before validation.
+// Attributes are kept as *hcl.Attribute (nil when absent) so that every
+// problem can be reported at its position.
+type documentHCL struct {
+	Policies []policyHCL `hcl:"policy,block"`
+}
+
+type policyHCL struct {
+	Name      string         `hcl:"name,label"`
+	NameRange hcl.Range      `hcl:"name,label_range"`
+	DefRange  hcl.Range      `hcl:",def_range"`
+	Select    *selectHCL     `hcl:"select,block"`
+	Require   *hcl.Attribute `hcl:"require,optional"`
+	Releases  []releaseHCL   `hcl:"release,block"`
+}
+
+type selectHCL struct {
+	DefRange hcl.Range      `hcl:",def_range"`
+	EKHashes *hcl.Attribute `hcl:"ek_hashes,optional"`
+	EKCAs    *hcl.Attribute `hcl:"ek_cas,optional"`
+}
+
+// document is one parsed document: its policies and the digest of its
+// source.
+type document struct {
+	digest   [sha256.Size]byte
+	policies []*policy
+}
+
+// policy is the parsed form of a policy block.
+type policy struct {
+	name      string
+	nameRange hcl.Range
+	ekHashes  map[string]bool
+	ekCAs     map[string]bool
+	requires  []requirement
+	releases  []*release
+}
+
+// requirement is a compiled require expression. cel.Program is safe for
+// concurrent use.
+type requirement struct {
+	src string
+	prg cel.Program
+}
+
+// parseDocument parses and validates one document. It returns a nil
+// document only when the HCL itself cannot be parsed; otherwise the
+// document is returned with whatever could be built, for duplicate checks.
+func parseDocument(src []byte, filename string) (*document, hcl.Diagnostics) {
+	file, diags := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	var raw documentHCL
+	diags = append(diags, gohcl.DecodeBody(file.Body, nil, &raw)...)
+	env, err := celEnv()
+	if err != nil {
+		// The environment is fixed; failing to build it is a bug.
+		return nil, append(diags, errorAt(hcl.Range{Filename: filename, Start: hcl.InitialPos},
+			"unable to build the CEL environment: %v", err))
+	}
+	c := &compiler{env: env, diags: diags}
+	doc := &document{digest: sha256.Sum256(src)}
+	for i := range raw.Policies {
+		doc.policies = append(doc.policies, c.policy(&raw.Policies[i]))
+	}
+	if len(raw.Policies) == 0 && !c.diags.HasErrors() {
+		c.errorf(hcl.Range{Filename: filename, Start: hcl.InitialPos}, "document defines no policy")
+	}
+	return doc, c.diags
+}
+
+// compiler turns decoded blocks into their parsed form, collecting every
+// problem as a diagnostic.
+type compiler struct {
+	env   *cel.Env
+	diags hcl.Diagnostics
+}
+
+func (c *compiler) errorf(rng hcl.Range, format string, args ...any) {
+	c.diags = append(c.diags, errorAt(rng, format, args...))
+}
+
+func (c *compiler) policy(raw *policyHCL) *policy {
+	p := &policy{name: raw.Name, nameRange: raw.NameRange, ekHashes: map[string]bool{}, ekCAs: map[string]bool{}}
+	where := fmt.Sprintf("policy %q", raw.Name)
+	if raw.Name == "" {
+		c.errorf(raw.NameRange, "policy name cannot be empty")
+	}
+	if raw.Select == nil {
+		c.errorf(raw.DefRange, "%s: a select block is required", where)
+	} else {
+		c.selector(p, raw.Select, where)
+	}
+	if raw.Require != nil {
+		c.requires(p, raw.Require, where)
+	}
+	for i := range raw.Releases {
+		p.releases = append(p.releases, c.release(&raw.Releases[i], where))
+	}
+	return p
+}
+
+func (c *compiler) selector(p *policy, raw *selectHCL, where string) {
+	hashes := c.list(raw.EKHashes, where)
+	for i, e := range hashes {
+		s, ok := c.str(e, "%s: ek_hashes[%d]", where, i)
+		if !ok {
+			continue
+		}
+		if !isEKHash(s) {
+			c.errorf(e.Range(), "%s: ek_hashes[%d] %q is not 64 lowercase hex characters", where, i, s)
+			continue
+		}
+		p.ekHashes[s] = true
+	}
+	cas := c.list(raw.EKCAs, where)
+	for i, e := range cas {
+		s, ok := c.str(e, "%s: ek_cas[%d]", where, i)
+		if !ok {
+			continue
+		}
+		if s == "" {
+			c.errorf(e.Range(), "%s: ek_cas[%d] cannot be empty", where, i)
+			continue
+		}
+		p.ekCAs[s] = true
+	}
+	if len(hashes)+len(cas) == 0 {
+		c.errorf(raw.DefRange, "%s: select lists no ek_hashes or ek_cas; a policy must select something", where)
+	}
+}
+
+func isEKHash(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for _, r := range s {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *compiler) requires(p *policy, attr *hcl.Attribute, where string) {
+	for i, e := range c.list(attr, where) {
+		src, ok := c.str(e, "%s: require[%d]", where, i)
+		if !ok {
+			continue
+		}
+		ast, iss := c.env.Compile(src)
+		if iss != nil && iss.Err() != nil {
+			for _, ce := range iss.Errors() {
+				c.errorf(e.Range(), "%s: require[%d] at expression %d:%d: %s",
+					where, i, ce.Location.Line(), ce.Location.Column()+1, lowerFirst(ce.Message))
+			}
+			continue
+		}
+		if out := ast.OutputType(); !out.IsExactType(cel.BoolType) && !out.IsExactType(cel.DynType) {
+			c.errorf(e.Range(), "%s: require[%d] must be a bool expression, not %s", where, i, out)
+			continue
+		}
+		prg, err := c.env.Program(ast, cel.CostLimit(maxCost))
+		if err != nil {
+			c.errorf(e.Range(), "%s: require[%d]: unable to build the CEL program: %v", where, i, err)
+			continue
+		}
+		p.requires = append(p.requires, requirement{src: src, prg: prg})
+	}
+}
+
+// list returns the elements of a static list attribute, or nil if the
+// attribute is absent; where names the enclosing block in errors.
+func (c *compiler) list(attr *hcl.Attribute, where string) []hcl.Expression {
+	if attr == nil {
+		return nil
+	}
+	exprs, diags := hcl.ExprList(attr.Expr)
+	if diags.HasErrors() {
+		c.errorf(attr.Expr.Range(), "%s: %s must be a list", where, attr.Name)
+		return nil
+	}
+	return exprs
+}
+
+// str evaluates a constant string expression; what names it in errors.
+func (c *compiler) str(e hcl.Expression, what string, args ...any) (string, bool) {
+	v, diags := e.Value(nil)
+	if diags.HasErrors() {
+		c.diags = append(c.diags, diags...)
+		return "", false
+	}
+	if v.IsNull() || v.Type() != cty.String {
+		c.errorf(e.Range(), "%s must be a string", fmt.Sprintf(what, args...))
+		return "", false
+	}
+	return v.AsString(), true
+}

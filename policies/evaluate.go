@@ -1,0 +1,134 @@
+package policies
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/keybroker/keybroker/broker/verify"
+)
+
+// Decision is the outcome of evaluating a Set for a verified node.
+type Decision struct {
+	// Allowed is true if at least one policy selected the node and all of
+	// its conditions held.
+	Allowed bool
+	// Policies names the policies that allowed the node, sorted.
+	Policies []string
+	// PolicyHash is the Hash of the evaluated Set.
+	PolicyHash string
+	// Releases is the union of the allowing policies' releases, rendered
+	// for the node and sorted by name.
+	Releases []Release
+	// Failures lists every failed condition of every policy that selected
+	// the node, for operators; see the package documentation.
+	Failures []string
+}
+
+// Failure texts that do not come from a policy.
+const (
+	failNoSelection = "no policy selects this node"
+	failNoNode      = "no verified node"
+	failNoSet       = "no policies loaded"
+)
+
+// Evaluate decides what a verified node receives; see the package
+// documentation for the combination rule. It performs no I/O, never
+// panics, and is safe for concurrent use.
+func (s *Set) Evaluate(v *verify.Verified) Decision {
+	if s == nil {
+		return Decision{Failures: []string{failNoSet}}
+	}
+	d := Decision{PolicyHash: s.hash}
+	if v == nil || v.Node() == nil {
+		d.Failures = []string{failNoNode}
+		return d
+	}
+	act, err := cel.NewActivation(Facts(v))
+	if err != nil {
+		d.Failures = []string{fmt.Sprintf("unable to present the node's facts: %v", err)}
+		return d
+	}
+	tmpl := templateContext(v.EKHash(), v.EKCA())
+	selected := false
+	for _, p := range s.policies {
+		if !p.selects(v) {
+			continue
+		}
+		selected = true
+		releases, fails := p.evaluate(v, act, tmpl)
+		if len(fails) > 0 {
+			d.Failures = append(d.Failures, fails...)
+			continue
+		}
+		d.Policies = append(d.Policies, p.name)
+		d.Releases = append(d.Releases, releases...)
+	}
+	if !selected {
+		d.Failures = []string{failNoSelection}
+	}
+	d.Allowed = len(d.Policies) > 0
+	slices.SortStableFunc(d.Releases, func(a, b Release) int { return strings.Compare(a.Name, b.Name) })
+	return d
+}
+
+func (p *policy) selects(v *verify.Verified) bool {
+	if p.ekHashes[v.EKHash()] {
+		return true
+	}
+	ca := v.EKCA()
+	return ca != "" && p.ekCAs[ca]
+}
+
+// evaluate runs every condition of a policy that selected the node and
+// returns its rendered releases, or every failure.
+func (p *policy) evaluate(v *verify.Verified, act cel.Activation, tmpl *hcl.EvalContext) (releases []Release, fails []string) {
+	where := fmt.Sprintf("policy %q", p.name)
+	defer func() {
+		// Nothing below is expected to panic; if it does, the node is
+		// denied by this policy rather than the caller crashing.
+		if r := recover(); r != nil {
+			releases = nil
+			fails = append(fails, fmt.Sprintf("%s: internal error: %v", where, r))
+		}
+	}()
+	for i, req := range p.requires {
+		out, _, err := req.prg.Eval(act)
+		switch {
+		case err != nil:
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s: %v", where, i, req.src, err))
+		case out.Type() != types.BoolType:
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is not a bool but %s", where, i, req.src, out.Type().TypeName()))
+		case out != types.True:
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is false", where, i, req.src))
+		}
+	}
+	for _, r := range p.releases {
+		rwhere := fmt.Sprintf("%s: release %q", where, r.name)
+		if r.mode == ModePCRSealed {
+			quoted := v.PCRs(r.bank)
+			if quoted == nil {
+				fails = append(fails, fmt.Sprintf("%s: bank %s was not quoted", rwhere, verify.BankName(r.bank)))
+			} else {
+				for _, idx := range r.pcrs {
+					if _, ok := quoted[idx]; !ok {
+						fails = append(fails, fmt.Sprintf("%s: PCR %d of bank %s was not quoted", rwhere, idx, verify.BankName(r.bank)))
+					}
+				}
+			}
+		}
+		rel, rfails := r.render(tmpl)
+		for _, f := range rfails {
+			fails = append(fails, rwhere+": "+f)
+		}
+		releases = append(releases, rel)
+	}
+	if len(fails) > 0 {
+		return nil, fails
+	}
+	return releases, nil
+}

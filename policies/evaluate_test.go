@@ -1,0 +1,394 @@
+package policies_test
+
+import (
+	"encoding/hex"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/policies"
+)
+
+// zeros is a SHA-256 PCR value the simulator's PCR 7 does not hold.
+var zeros = strings.Repeat("0", 64)
+
+// fill replaces EKHASH and PCR7 in a policy source with the simulator's EK
+// hash and the SHA-256 value of PCR 7 in v.
+func fill(t *testing.T, v *verify.Verified, src string) string {
+	t.Helper()
+	pcr7 := hex.EncodeToString(v.PCRs(tpm2.TPMAlgSHA256)[7])
+	return strings.NewReplacer("EKHASH", ekHash(t), "PCR7", pcr7).Replace(src)
+}
+
+func mustParse(t *testing.T, src string) *policies.Set {
+	t.Helper()
+	s, err := policies.Parse([]byte(src), "test.hcl")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return s
+}
+
+func TestEvaluate(t *testing.T) {
+	tests := []struct {
+		name         string
+		node         node
+		src          string
+		wantPolicies []string // nil: denied
+		wantReleases []string
+		wantFailures []string
+	}{
+		{
+			name: "allowed with matching PCR",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"PCR7\"", "!ek.certified", "ek.ca == \"\""]
+  release "node-tls" {
+    type        = "tls_certificate"
+    common_name = "node"
+  }
+}`,
+			wantPolicies: []string{"web"},
+			wantReleases: []string{"node-tls"},
+		},
+		{
+			name: "empty require list allows a selected node",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = []
+}`,
+			wantPolicies: []string{"web"},
+		},
+		{
+			name: "wrong PCR value names the expression",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"` + zeros + `\""]
+  release "node-tls" {
+    type        = "tls_certificate"
+    common_name = "node"
+  }
+}`,
+			wantFailures: []string{`policy "web": require[0] pcrs.sha256[7] == "` + zeros + `" is false`},
+		},
+		{
+			name: "no policy selects the node",
+			src: `policy "web" {
+  select {
+    ek_hashes = ["` + zeros + `"]
+    ek_cas    = ["` + testCA + `"]
+  }
+  require = ["true"]
+}`,
+			wantFailures: []string{"no policy selects this node"},
+		},
+		{
+			name: "every failing require is listed",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = [
+    "pcrs.sha256[7] == \"PCR7\"",
+    "pcrs.sha256[0] == \"` + zeros + `1\"",
+    "ek.certified",
+    "tpm.reset_count < 0",
+    "ek.hash",
+  ]
+}`,
+			wantFailures: []string{
+				`policy "web": require[1] pcrs.sha256[0] == "` + zeros + `1" is false`,
+				`policy "web": require[2] ek.certified is false`,
+				`policy "web": require[3] tpm.reset_count < 0 is false`,
+				`policy "web": require[4] ek.hash is not a bool but string`,
+			},
+		},
+		{
+			name: "missing bank is a failure, not a panic",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha384[7] == \"` + zeros + `\"", "has(pcrs.sha384) || pcrs.sha256[7] == \"PCR7\""]
+}`,
+			wantFailures: []string{`policy "web": require[0] pcrs.sha384[7] == "` + zeros + `": no such key: sha384`},
+		},
+		{
+			name: "PCR that was not quoted in a require",
+			node: node{pcrs: []int{0, 1, 2, 3}},
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"` + zeros + `\"", "!(7 in pcrs.sha256)"]
+}`,
+			wantFailures: []string{`policy "web": require[0] pcrs.sha256[7] == "` + zeros + `": no such key: 7`},
+		},
+		{
+			name: "sealed release with a PCR that was not quoted",
+			node: node{pcrs: []int{0, 1, 2, 3}},
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  release "node-tls" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcrs        = [9, 0, 7]
+    common_name = "node"
+  }
+  release "node-tls-384" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcr_bank    = "sha384"
+    pcrs        = [0]
+    common_name = "node"
+  }
+}`,
+			wantFailures: []string{
+				`policy "web": release "node-tls": PCR 7 of bank sha256 was not quoted`,
+				`policy "web": release "node-tls": PCR 9 of bank sha256 was not quoted`,
+				`policy "web": release "node-tls-384": bank sha384 was not quoted`,
+			},
+		},
+		{
+			name: "selected by EK CA",
+			node: node{viaCA: true},
+			src: `policy "ca" {
+  select { ek_cas = ["other", "` + testCA + `"] }
+  require = ["ek.certified", "ek.ca == \"` + testCA + `\"", "ek.manufacturer == \"\""]
+  release "node-tls" {
+    type        = "tls_certificate"
+    common_name = "node"
+  }
+}
+policy "by-hash" {
+  select { ek_hashes = ["` + zeros + `"] }
+}`,
+			wantPolicies: []string{"ca"},
+			wantReleases: []string{"node-tls"},
+		},
+		{
+			name: "union across two policies, failures of a third listed",
+			src: `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"PCR7\""]
+  release "web-tls" {
+    type        = "tls_certificate"
+    common_name = "web"
+  }
+}
+policy "db" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["tpm.clock > 0"]
+  release "db-tls" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcrs        = [7]
+    common_name = "db"
+  }
+  release "admin-tls" {
+    type        = "tls_certificate"
+    common_name = "admin"
+  }
+}
+policy "ops" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["ek.certified"]
+  release "ops-tls" {
+    type        = "tls_certificate"
+    common_name = "ops"
+  }
+}
+policy "other" {
+  select { ek_hashes = ["` + zeros + `"] }
+  require = ["false"]
+}`,
+			wantPolicies: []string{"db", "web"},
+			wantReleases: []string{"admin-tls", "db-tls", "web-tls"},
+			wantFailures: []string{`policy "ops": require[0] ek.certified is false`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := attest(t, tt.node)
+			s := mustParse(t, fill(t, v, tt.src))
+			d := s.Evaluate(v)
+			if d.Allowed != (tt.wantPolicies != nil) {
+				t.Errorf("Allowed = %v, want %v; failures: %q", d.Allowed, tt.wantPolicies != nil, d.Failures)
+			}
+			if !slices.Equal(d.Policies, tt.wantPolicies) {
+				t.Errorf("Policies = %q, want %q", d.Policies, tt.wantPolicies)
+			}
+			var releases []string
+			for _, r := range d.Releases {
+				releases = append(releases, r.Name)
+			}
+			if !slices.Equal(releases, tt.wantReleases) {
+				t.Errorf("Releases = %q, want %q", releases, tt.wantReleases)
+			}
+			if !slices.Equal(d.Failures, tt.wantFailures) {
+				t.Errorf("Failures =\n%s\nwant\n%s", strings.Join(d.Failures, "\n"), strings.Join(tt.wantFailures, "\n"))
+			}
+			if d.PolicyHash != s.Hash() || len(d.PolicyHash) != 64 {
+				t.Errorf("PolicyHash = %q, want %q", d.PolicyHash, s.Hash())
+			}
+		})
+	}
+}
+
+func TestEvaluateRendersReleases(t *testing.T) {
+	v := attest(t, node{viaCA: true})
+	s := mustParse(t, fill(t, v, `policy "web" {
+  select { ek_cas = ["`+testCA+`"] }
+  release "node-tls" {
+    type         = "tls_certificate"
+    mode         = "pcr_sealed"
+    pcrs         = [7, 0]
+    ttl          = "1h30m"
+    common_name  = "node-${ek_hash_short}"
+    dns_names    = ["${ek_hash_short}.nodes.example.com", "${ek_ca}.example.com", "h-${ek_hash}"]
+    ip_addresses = ["10.0.0.1", "::1"]
+  }
+  release "plain" {
+    type      = "tls_certificate"
+    dns_names = ["plain.example.com"]
+  }
+}`))
+	d := s.Evaluate(v)
+	if !d.Allowed {
+		t.Fatalf("denied: %q", d.Failures)
+	}
+	h := v.EKHash()
+	want := []policies.Release{
+		{
+			Name:        "node-tls",
+			Type:        policies.TypeTLSCertificate,
+			Mode:        policies.ModePCRSealed,
+			PCRBank:     tpm2.TPMAlgSHA256,
+			PCRs:        []uint32{0, 7},
+			TTL:         90 * time.Minute,
+			CommonName:  "node-" + h[:16],
+			DNSNames:    []string{h[:16] + ".nodes.example.com", testCA + ".example.com", "h-" + h},
+			IPAddresses: []net.IP{net.ParseIP("10.0.0.1"), net.ParseIP("::1")},
+		},
+		{
+			Name:     "plain",
+			Type:     policies.TypeTLSCertificate,
+			Mode:     policies.ModeTPMBound,
+			TTL:      policies.DefaultTTL,
+			DNSNames: []string{"plain.example.com"},
+		},
+	}
+	if len(d.Releases) != len(want) {
+		t.Fatalf("got %d releases, want %d", len(d.Releases), len(want))
+	}
+	for i, got := range d.Releases {
+		w := want[i]
+		if got.Name != w.Name || got.Type != w.Type || got.Mode != w.Mode || got.PCRBank != w.PCRBank ||
+			!slices.Equal(got.PCRs, w.PCRs) || got.TTL != w.TTL || got.CommonName != w.CommonName ||
+			!slices.Equal(got.DNSNames, w.DNSNames) ||
+			!slices.EqualFunc(got.IPAddresses, w.IPAddresses, net.IP.Equal) {
+			t.Errorf("release %d =\n%+v\nwant\n%+v", i, got, w)
+		}
+	}
+
+	// Releases are copies: changing one does not change the next decision.
+	d.Releases[0].PCRs[0] = 23
+	if again := s.Evaluate(v); again.Releases[0].PCRs[0] != 0 {
+		t.Errorf("a Decision shares PCRs with the Set")
+	}
+}
+
+func TestEvaluateWithoutVerifiedNode(t *testing.T) {
+	s := mustParse(t, `policy "web" {
+  select { ek_cas = ["`+testCA+`"] }
+}`)
+	for _, tt := range []struct {
+		name string
+		v    *verify.Verified
+	}{
+		{"nil", nil},
+		{"zero value", new(verify.Verified)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := s.Evaluate(tt.v)
+			if d.Allowed || !slices.Equal(d.Failures, []string{"no verified node"}) {
+				t.Errorf("Evaluate = %+v, want denied with \"no verified node\"", d)
+			}
+		})
+	}
+	var none *policies.Set
+	if d := none.Evaluate(attest(t, node{})); d.Allowed || len(d.Failures) != 1 {
+		t.Errorf("nil Set: Evaluate = %+v, want denied", d)
+	}
+}
+
+// TestEvaluateConcurrent runs one Set from many goroutines; run it with
+// -race.
+func TestEvaluateConcurrent(t *testing.T) {
+	v := attest(t, node{})
+	s := mustParse(t, fill(t, v, `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"PCR7\"", "pcrs.sha256.size() == 24"]
+  release "node-tls" {
+    type        = "tls_certificate"
+    common_name = "node-${ek_hash_short}"
+    dns_names   = ["${ek_hash}.example.com"]
+  }
+}
+policy "db" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["ek.certified"]
+}`))
+	want := s.Evaluate(v)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 50 {
+				d := s.Evaluate(v)
+				if d.Allowed != want.Allowed || !slices.Equal(d.Failures, want.Failures) ||
+					d.Releases[0].CommonName != want.Releases[0].CommonName {
+					t.Errorf("concurrent Evaluate = %+v, want %+v", d, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestFacts(t *testing.T) {
+	v := attest(t, node{viaCA: true, pcrs: []int{0, 7}})
+	f := policies.Facts(v)
+	ek := f["ek"].(map[string]any)
+	if ek["hash"] != v.EKHash() || ek["ca"] != testCA || ek["certified"] != true {
+		t.Errorf("ek facts = %v", ek)
+	}
+	pcrs := f["pcrs"].(map[string]map[int64]string)
+	if len(pcrs) != 1 || len(pcrs["sha256"]) != 2 || pcrs["sha256"][7] != hex.EncodeToString(v.PCRs(tpm2.TPMAlgSHA256)[7]) {
+		t.Errorf("pcrs facts = %v", pcrs)
+	}
+	tpm := f["tpm"].(map[string]int64)
+	if tpm["clock"] != int64(v.Clock().Clock) || tpm["reset_count"] != int64(v.Clock().ResetCount) {
+		t.Errorf("tpm facts = %v", tpm)
+	}
+	// Every fact FactNames documents for ek and tpm is present.
+	for _, name := range policies.FactNames() {
+		group, key, _ := strings.Cut(name, ".")
+		switch group {
+		case "ek":
+			if _, ok := ek[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
+		case "tpm":
+			if _, ok := tpm[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
+		case "pcrs":
+		default:
+			t.Errorf("fact %s is in no group", name)
+		}
+	}
+	if policies.Facts(nil) != nil {
+		t.Errorf("Facts(nil) is not nil")
+	}
+}

@@ -1,0 +1,112 @@
+package policies
+
+import (
+	"encoding/hex"
+	"math"
+	"slices"
+	"sync"
+
+	"github.com/google/cel-go/cel"
+
+	"github.com/keybroker/keybroker/broker/verify"
+)
+
+// factNames are the facts require expressions can read; see FactNames.
+var factNames = []string{
+	"ek.hash", "ek.ca", "ek.certified", "ek.manufacturer", "ek.model", "ek.version",
+	"pcrs.sha1", "pcrs.sha256", "pcrs.sha384", "pcrs.sha512",
+	"tpm.reset_count", "tpm.restart_count", "tpm.clock", "tpm.firmware_version",
+}
+
+// FactNames lists the facts require expressions can read:
+//
+//	ek.hash               string, the EK identity hash (verify.EKHash)
+//	ek.ca                 string, the EK CA the certificate chained to, "" if trusted by hash
+//	ek.certified          bool, whether an EK certificate was verified
+//	ek.manufacturer       string, from the EK certificate, "" without one
+//	ek.model              string, likewise
+//	ek.version            string, likewise
+//	pcrs.sha1             map(int, string), PCR index -> lowercase hex digest (if allowed)
+//	pcrs.sha256           map(int, string)
+//	pcrs.sha384           map(int, string)
+//	pcrs.sha512           map(int, string)
+//	tpm.reset_count       int
+//	tpm.restart_count     int
+//	tpm.clock             int, milliseconds
+//	tpm.firmware_version  int
+//
+// Only the banks that were quoted and verified are present in pcrs, and
+// only the PCRs that were quoted are present in a bank: reading a missing
+// one is an evaluation error, reported as a failure. Test for presence with
+// `has(pcrs.sha384)` or `7 in pcrs.sha256`.
+func FactNames() []string {
+	return slices.Clone(factNames)
+}
+
+// Facts returns the facts of a verified node as Evaluate presents them to
+// CEL: "ek" (map[string]any), "pcrs" (map[string]map[int64]string) and
+// "tpm" (map[string]int64). It returns nil for a nil or zero Verified.
+func Facts(v *verify.Verified) map[string]any {
+	if v == nil || v.Node() == nil {
+		return nil
+	}
+	ek := map[string]any{
+		"hash":         v.EKHash(),
+		"ca":           v.EKCA(),
+		"certified":    false,
+		"manufacturer": "",
+		"model":        "",
+		"version":      "",
+	}
+	if c := v.EKCert(); c != nil {
+		ek["certified"] = true
+		ek["manufacturer"] = c.Manufacturer
+		ek["model"] = c.Model
+		ek["version"] = c.Version
+	}
+	pcrs := map[string]map[int64]string{}
+	for _, bank := range v.Banks() {
+		values := v.PCRs(bank)
+		m := make(map[int64]string, len(values))
+		for idx, d := range values {
+			m[int64(idx)] = hex.EncodeToString(d)
+		}
+		pcrs[verify.BankName(bank)] = m
+	}
+	clock := v.Clock()
+	return map[string]any{
+		"ek":   ek,
+		"pcrs": pcrs,
+		"tpm": map[string]int64{
+			"reset_count":      int64(clock.ResetCount),
+			"restart_count":    int64(clock.RestartCount),
+			"clock":            clampInt64(clock.Clock),
+			"firmware_version": clampInt64(v.FirmwareVersion()),
+		},
+	}
+}
+
+// clampInt64 maps a TPM uint64 to CEL's int without wrapping negative.
+func clampInt64(u uint64) int64 {
+	if u > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(u)
+}
+
+// celEnv is the CEL environment declaring the facts. It is built once, on
+// first use, and is safe for concurrent use.
+var celEnv = sync.OnceValues(func() (*cel.Env, error) {
+	return cel.NewEnv(
+		cel.VariableWithDoc("ek", cel.MapType(cel.StringType, cel.DynType),
+			"the verified EK: hash, ca, certified, manufacturer, model, version"),
+		cel.VariableWithDoc("pcrs", cel.MapType(cel.StringType, cel.MapType(cel.IntType, cel.StringType)),
+			"verified PCR values: bank name -> PCR index -> lowercase hex digest"),
+		cel.VariableWithDoc("tpm", cel.MapType(cel.StringType, cel.IntType),
+			"TPM counters from the quote: reset_count, restart_count, clock, firmware_version"),
+	)
+})
+
+// maxCost bounds the work of one require expression at evaluation. It is
+// far above what comparisons over a few dozen PCRs cost.
+const maxCost = 1_000_000

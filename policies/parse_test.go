@@ -1,0 +1,425 @@
+package policies_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/keybroker/keybroker/policies"
+)
+
+// hash64 is a syntactically valid EK hash.
+const hash64 = "5f3c3a1e9b0d4f6a8c2e7b1d3f5a7c9e0b2d4f6a8c1e3b5d7f9a0c2e4b6d8f0a"
+
+// withRelease wraps release attributes in a valid policy, so that line 4
+// of the document is the first line of body.
+func withRelease(body string) string {
+	return `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "tls" {
+` + body + `
+  }
+}`
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     string
+		wantErr string // the whole error text; "" for success
+	}{
+		{
+			name: "valid",
+			src: `policy "web" {
+  select {
+    ek_hashes = ["` + hash64 + `"]
+    ek_cas    = ["swtpm"]
+  }
+  require = [
+    "pcrs.sha256[7] == \"3d45\"",
+    "ek.certified && tpm.reset_count >= 0",
+    <<-EOT
+      has(pcrs.sha384) ||
+      ek.manufacturer.startsWith("id:")
+    EOT
+  ]
+  release "node-tls" {
+    type         = "tls_certificate"
+    mode         = "pcr_sealed"
+    pcr_bank     = "sha384"
+    pcrs         = [7, 0]
+    ttl          = "8760h"
+    common_name  = "node-${ek_hash_short}"
+    dns_names    = ["${ek_hash_short}.nodes.example.com", "${ek_ca}-${ek_hash}"]
+    ip_addresses = ["192.0.2.1", "2001:db8::1"]
+  }
+}
+policy "db" {
+  select { ek_cas = ["swtpm"] }
+}`,
+		},
+		{
+			name:    "syntax error",
+			src:     `policy "web" {`,
+			wantErr: `p.hcl:1:14: unclosed configuration block: there is no closing brace for this block before the end of the file. This may be caused by incorrect brace nesting elsewhere in this file`,
+		},
+		{
+			name:    "no policy",
+			src:     "# nothing here\n",
+			wantErr: `p.hcl:1:1: document defines no policy`,
+		},
+		{
+			name: "unknown attribute and block",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  requires = ["true"]
+  labels {}
+}`,
+			wantErr: `p.hcl:3:3: unsupported argument: an argument named "requires" is not expected here. Did you mean "require"?
+p.hcl:4:3: unsupported block type: blocks of type "labels" are not expected here`,
+		},
+		{
+			name:    "missing select",
+			src:     `policy "web" {}`,
+			wantErr: `p.hcl:1:1: policy "web": a select block is required`,
+		},
+		{
+			name: "empty select",
+			src: `policy "web" {
+  select {
+    ek_hashes = []
+  }
+}`,
+			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes or ek_cas; a policy must select something`,
+		},
+		{
+			name: "bad ek_hashes and ek_cas",
+			src: `policy "web" {
+  select {
+    ek_hashes = ["` + strings.ToUpper(hash64) + `", "abc", "` + hash64 + `", 7]
+    ek_cas    = [""]
+  }
+}`,
+			wantErr: `p.hcl:3:18: policy "web": ek_hashes[0] "` + strings.ToUpper(hash64) + `" is not 64 lowercase hex characters
+p.hcl:3:86: policy "web": ek_hashes[1] "abc" is not 64 lowercase hex characters
+p.hcl:3:161: policy "web": ek_hashes[3] must be a string
+p.hcl:4:18: policy "web": ek_cas[0] cannot be empty`,
+		},
+		{
+			name: "CEL errors at the position of their string",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  require = [
+    "ek.certified",
+    "foo == 1",
+      "pcrs.sha256[7] == 7",
+    "pcrs.sha256[7] ==",
+    "ek.hash",
+    "tpm.clock",
+  ]
+}`,
+			wantErr: `p.hcl:5:5: policy "web": require[1] at expression 1:1: undeclared reference to 'foo' (in container '')
+p.hcl:6:7: policy "web": require[2] at expression 1:16: found no matching overload for '_==_' applied to '(string, int)'
+p.hcl:7:5: policy "web": require[3] at expression 1:18: syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}
+p.hcl:9:5: policy "web": require[5] must be a bool expression, not int`,
+		},
+		{
+			name: "require is not a list of strings",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  require = "ek.certified"
+}
+policy "db" {
+  select { ek_cas = ["swtpm"] }
+  require = [true]
+}`,
+			wantErr: `p.hcl:3:13: policy "web": require must be a list
+p.hcl:7:14: policy "db": require[0] must be a string`,
+		},
+		{
+			name:    "missing type",
+			src:     withRelease(`    common_name = "a"`),
+			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate"`,
+		},
+		{
+			name: "unknown type, mode and bank",
+			src: withRelease(`    type        = "ssh_key"
+    mode        = "sealed"
+    pcr_bank    = "sha1"
+    common_name = "a"`),
+			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate"
+p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
+p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "sha256", "sha384" or "sha512"`,
+		},
+		{
+			name: "PCRs with tpm_bound",
+			src: withRelease(`    type        = "tls_certificate"
+    pcr_bank    = "sha256"
+    pcrs        = [7]
+    common_name = "a"`),
+			wantErr: `p.hcl:5:5: policy "web": release "tls": pcr_bank is only allowed with mode "pcr_sealed"
+p.hcl:6:5: policy "web": release "tls": pcrs is only allowed with mode "pcr_sealed"`,
+		},
+		{
+			name: "pcr_sealed without PCRs",
+			src: withRelease(`    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    common_name = "a"`),
+			wantErr: `p.hcl:3:3: policy "web": release "tls": pcrs is required with mode "pcr_sealed"`,
+		},
+		{
+			name: "pcr_sealed with an empty PCR list",
+			src: withRelease(`    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcrs        = []
+    common_name = "a"`),
+			wantErr: `p.hcl:6:19: policy "web": release "tls": pcrs cannot be empty with mode "pcr_sealed"`,
+		},
+		{
+			name: "bad PCR indices",
+			src: withRelease(`    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcrs        = [0, 24, -1, 1.5, 0, "7"]
+    common_name = "a"`),
+			wantErr: `p.hcl:6:23: policy "web": release "tls": pcrs[1] 24 is not a PCR index 0..23
+p.hcl:6:27: policy "web": release "tls": pcrs[2] -1 is not a PCR index 0..23
+p.hcl:6:31: policy "web": release "tls": pcrs[3] 1.5 is not a PCR index 0..23
+p.hcl:6:36: policy "web": release "tls": pcrs[4] 0 is listed twice
+p.hcl:6:39: policy "web": release "tls": pcrs[5] must be a number`,
+		},
+		{
+			name: "bad ttl",
+			src: withRelease(`    type        = "tls_certificate"
+    ttl         = "1d"
+    common_name = "a"
+  }
+  release "b" {
+    type        = "tls_certificate"
+    ttl         = "8761h"
+    common_name = "a"
+  }
+  release "c" {
+    type        = "tls_certificate"
+    ttl         = "-5m"
+    common_name = "a"`),
+			wantErr: `p.hcl:5:19: policy "web": release "tls": ttl "1d" is not a duration such as "24h"
+p.hcl:10:19: policy "web": release "b": ttl "8761h" exceeds the maximum of 8760h
+p.hcl:15:19: policy "web": release "c": ttl "-5m" must be positive`,
+		},
+		{
+			name: "bad templates",
+			src: withRelease(`    type         = "tls_certificate"
+    common_name  = "node-${ek_hash_shrt}"
+    dns_names    = ["${upper(ek_hash)}.example.com", "${ek_hash.x}", 5]
+    ip_addresses = ["10.0.0.256", "${ek_ca}"]`),
+			wantErr: `p.hcl:5:28: policy "web": release "tls": common_name: unknown template variable "ek_hash_shrt"; use ek_hash, ek_hash_short, ek_ca
+p.hcl:6:21: policy "web": release "tls": dns_names[0]: function calls not allowed: functions may not be called here
+p.hcl:6:54: policy "web": release "tls": dns_names[1]: unsupported attribute: can't access attributes on a primitive-typed value (string)
+p.hcl:6:70: policy "web": release "tls": dns_names[2]: must be a string
+p.hcl:7:21: policy "web": release "tls": ip_addresses[0] "10.0.0.256" is not an IP address`,
+		},
+		{
+			name:    "release names nothing",
+			src:     withRelease(`    type = "tls_certificate"`),
+			wantErr: `p.hcl:3:3: policy "web": release "tls": a tls_certificate needs a common_name, dns_names or ip_addresses`,
+		},
+		{
+			name: "duplicate names",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "tls" {
+    type        = "tls_certificate"
+    common_name = "a"
+  }
+}
+policy "db" {
+  select { ek_cas = ["swtpm"] }
+  release "tls" {
+    type        = "tls_certificate"
+    common_name = "b"
+  }
+}
+policy "web" {
+  select { ek_cas = ["swtpm"] }
+}`,
+			wantErr: `p.hcl:10:11: policy "db": release "tls" is already defined at p.hcl:3:11
+p.hcl:15:8: policy "web" is already defined at p.hcl:1:8`,
+		},
+		{
+			name: "every problem is reported together",
+			src: `policy "web" {
+  select {}
+  require = ["nope"]
+  release "tls" {
+    type = "tls_certificate"
+    mode = "pcr_sealed"
+    pcrs = [99]
+    ttl  = "forever"
+    common_name = "${nope}"
+  }
+}
+policy "" {
+  select { ek_hashes = ["x"] }
+}`,
+			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes or ek_cas; a policy must select something
+p.hcl:3:14: policy "web": require[0] at expression 1:1: undeclared reference to 'nope' (in container '')
+p.hcl:7:13: policy "web": release "tls": pcrs[0] 99 is not a PCR index 0..23
+p.hcl:8:12: policy "web": release "tls": ttl "forever" is not a duration such as "24h"
+p.hcl:9:22: policy "web": release "tls": common_name: unknown template variable "nope"; use ek_hash, ek_hash_short, ek_ca
+p.hcl:12:8: policy name cannot be empty
+p.hcl:13:25: policy "": ek_hashes[0] "x" is not 64 lowercase hex characters`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := policies.Parse([]byte(tt.src), "p.hcl")
+			if tt.wantErr != "" {
+				if err == nil {
+					t.Fatalf("Parse succeeded, want error:\n%s", tt.wantErr)
+				}
+				if err.Error() != tt.wantErr {
+					t.Fatalf("Parse error:\n%s\nwant:\n%s", err, tt.wantErr)
+				}
+				if s != nil {
+					t.Errorf("Parse returned a Set with an error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if len(s.Hash()) != 64 {
+				t.Errorf("Hash = %q, want 64 hex characters", s.Hash())
+			}
+		})
+	}
+}
+
+func TestParseNamesAndHash(t *testing.T) {
+	src := `policy "web" {
+  select { ek_cas = ["swtpm"] }
+}
+policy "api" {
+  select { ek_cas = ["swtpm"] }
+}`
+	a := mustParse(t, src)
+	if got, want := a.Names(), []string{"api", "web"}; !slices.Equal(got, want) {
+		t.Errorf("Names = %q, want %q", got, want)
+	}
+	if b := mustParse(t, src); b.Hash() != a.Hash() {
+		t.Errorf("Hash is not stable: %s, then %s", a.Hash(), b.Hash())
+	}
+	if c := mustParse(t, src+"\n"); c.Hash() == a.Hash() {
+		t.Errorf("Hash did not change with the source")
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := filepath.Join("testdata", "policies")
+	web, db := filepath.Join(dir, "web.hcl"), filepath.Join(dir, "db.hcl")
+
+	s, err := policies.Load(dir)
+	if err != nil {
+		t.Fatalf("Load(%s): %v", dir, err)
+	}
+	if got, want := s.Names(), []string{"db", "web"}; !slices.Equal(got, want) {
+		t.Errorf("Names = %q, want %q", got, want)
+	}
+	files, err := policies.Load(web, db)
+	if err != nil {
+		t.Fatalf("Load(files): %v", err)
+	}
+	if files.Hash() != s.Hash() {
+		t.Errorf("Load(web, db).Hash() = %s, want Load(dir).Hash() = %s", files.Hash(), s.Hash())
+	}
+	one, err := policies.Load(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parsed := mustParse(t, string(src)); parsed.Hash() != one.Hash() {
+		t.Errorf("Parse and Load hash the same document differently")
+	}
+	if one.Hash() == s.Hash() {
+		t.Errorf("Hash does not depend on every document")
+	}
+
+	tmp := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		p := filepath.Join(tmp, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dup := write("dup.hcl", "\n"+`policy "web" {
+  select { ek_cas = ["x"] }
+}`)
+	bad := write("bad.hcl", `policy "bad" {
+  select { ek_cas = ["x"] }
+  require = ["nope"]
+}`)
+	emptyDir := filepath.Join(tmp, "empty")
+	if err := os.Mkdir(emptyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		paths   []string
+		wantErr []string // lines of the error
+	}{
+		{
+			name:    "no paths",
+			wantErr: []string{"no policy paths given"},
+		},
+		{
+			name:    "missing file",
+			paths:   []string{filepath.Join(tmp, "missing.hcl")},
+			wantErr: []string{"unable to read policies: stat " + filepath.Join(tmp, "missing.hcl") + ": no such file or directory"},
+		},
+		{
+			name:    "directory without policies",
+			paths:   []string{emptyDir},
+			wantErr: []string{"no *.hcl policy files in " + emptyDir},
+		},
+		{
+			name:  "duplicate across files and errors in another, together",
+			paths: []string{web, bad, dup},
+			wantErr: []string{
+				bad + `:3:14: policy "bad": require[0] at expression 1:1: undeclared reference to 'nope' (in container '')`,
+				dup + `:2:8: policy "web" is already defined at ` + web + `:3:8`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := policies.Load(tt.paths...)
+			if err == nil {
+				t.Fatalf("Load succeeded with %q", s.Names())
+			}
+			if got := strings.Split(err.Error(), "\n"); !slices.Equal(got, tt.wantErr) {
+				t.Errorf("Load error:\n%s\nwant:\n%s", err, strings.Join(tt.wantErr, "\n"))
+			}
+		})
+	}
+}
+
+func TestFactNames(t *testing.T) {
+	names := policies.FactNames()
+	for _, want := range []string{"ek.hash", "ek.ca", "ek.certified", "pcrs.sha256", "tpm.reset_count", "tpm.firmware_version"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("FactNames lacks %s", want)
+		}
+	}
+	names[0] = "changed"
+	if policies.FactNames()[0] == "changed" {
+		t.Errorf("FactNames returns shared state")
+	}
+}

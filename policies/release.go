@@ -1,0 +1,337 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Mode says how a release is sealed to the node's TPM.
+type Mode string
+
+const (
+	// ModeTPMBound wraps the release to the node's EK without a PCR policy:
+	// only that TPM can open it.
+	ModeTPMBound Mode = "tpm_bound"
+	// ModePCRSealed wraps the release to the node's EK under a PolicyPCR
+	// over the release's PCRs: only that TPM can open it, and only while
+	// those PCRs hold the values it attested.
+	ModePCRSealed Mode = "pcr_sealed"
+)
+
+// TypeTLSCertificate is the release type of a TLS certificate and its key,
+// the only type so far.
+const TypeTLSCertificate = "tls_certificate"
+
+// Release TTL bounds.
+const (
+	DefaultTTL = 24 * time.Hour
+	MaxTTL     = 8760 * time.Hour
+)
+
+// Release is what an allowing policy releases to the node, with its
+// templates rendered for that node.
+type Release struct {
+	Name        string        // the release block's label, unique in its Set
+	Type        string        // TypeTLSCertificate
+	Mode        Mode          // ModeTPMBound or ModePCRSealed
+	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
+	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
+	TTL         time.Duration // DefaultTTL unless set, at most MaxTTL
+	CommonName  string        // rendered, may be empty
+	DNSNames    []string      // rendered
+	IPAddresses []net.IP      // rendered and parsed
+}
+
+type releaseHCL struct {
+	Name        string         `hcl:"name,label"`
+	NameRange   hcl.Range      `hcl:"name,label_range"`
+	DefRange    hcl.Range      `hcl:",def_range"`
+	Type        *hcl.Attribute `hcl:"type,optional"`
+	Mode        *hcl.Attribute `hcl:"mode,optional"`
+	PCRBank     *hcl.Attribute `hcl:"pcr_bank,optional"`
+	PCRs        *hcl.Attribute `hcl:"pcrs,optional"`
+	TTL         *hcl.Attribute `hcl:"ttl,optional"`
+	CommonName  *hcl.Attribute `hcl:"common_name,optional"`
+	DNSNames    *hcl.Attribute `hcl:"dns_names,optional"`
+	IPAddresses *hcl.Attribute `hcl:"ip_addresses,optional"`
+}
+
+// release is the parsed form of a release block; its templates are
+// rendered per node by render.
+type release struct {
+	name        string
+	nameRange   hcl.Range
+	typ         string
+	mode        Mode
+	bank        tpm2.TPMAlgID
+	pcrs        []uint32
+	ttl         time.Duration
+	commonName  hcl.Expression // nil if absent
+	dnsNames    []hcl.Expression
+	ipAddresses []hcl.Expression
+}
+
+// sealBanks are the PCR banks a release may be sealed to.
+var sealBanks = map[string]tpm2.TPMAlgID{
+	"sha256": tpm2.TPMAlgSHA256,
+	"sha384": tpm2.TPMAlgSHA384,
+	"sha512": tpm2.TPMAlgSHA512,
+}
+
+const maxPCR = 23
+
+func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
+	r := &release{name: raw.Name, nameRange: raw.NameRange, mode: ModeTPMBound, ttl: DefaultTTL}
+	where := fmt.Sprintf("%s: release %q", policyWhere, raw.Name)
+	if raw.Name == "" {
+		c.errorf(raw.NameRange, "%s: release name cannot be empty", policyWhere)
+	}
+
+	if raw.Type == nil {
+		c.errorf(raw.DefRange, "%s: type is required; use %q", where, TypeTLSCertificate)
+	} else if s, ok := c.str(raw.Type.Expr, "%s: type", where); ok {
+		if s != TypeTLSCertificate {
+			c.errorf(raw.Type.Expr.Range(), "%s: type %q is not supported; use %q", where, s, TypeTLSCertificate)
+		}
+		r.typ = s
+	}
+
+	modeKnown := true
+	if raw.Mode != nil {
+		if s, ok := c.str(raw.Mode.Expr, "%s: mode", where); ok {
+			switch m := Mode(s); m {
+			case ModeTPMBound, ModePCRSealed:
+				r.mode = m
+			default:
+				c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is not supported; use %q or %q", where, s, ModeTPMBound, ModePCRSealed)
+				modeKnown = false
+			}
+		} else {
+			modeKnown = false
+		}
+	}
+	c.sealing(r, raw, where, modeKnown)
+
+	if raw.TTL != nil {
+		if s, ok := c.str(raw.TTL.Expr, "%s: ttl", where); ok {
+			d, err := time.ParseDuration(s)
+			switch {
+			case err != nil:
+				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q is not a duration such as \"24h\"", where, s)
+			case d <= 0:
+				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q must be positive", where, s)
+			case d > MaxTTL:
+				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q exceeds the maximum of 8760h", where, s)
+			default:
+				r.ttl = d
+			}
+		}
+	}
+
+	if raw.CommonName != nil {
+		if _, ok := c.template(raw.CommonName.Expr, where+": common_name"); ok {
+			r.commonName = raw.CommonName.Expr
+		}
+	}
+	dnsNames := c.list(raw.DNSNames, where)
+	for i, e := range dnsNames {
+		if _, ok := c.template(e, fmt.Sprintf("%s: dns_names[%d]", where, i)); ok {
+			r.dnsNames = append(r.dnsNames, e)
+		}
+	}
+	ips := c.list(raw.IPAddresses, where)
+	for i, e := range ips {
+		what := fmt.Sprintf("%s: ip_addresses[%d]", where, i)
+		s, ok := c.template(e, what)
+		if !ok {
+			continue
+		}
+		if len(e.Variables()) == 0 && net.ParseIP(s) == nil {
+			c.errorf(e.Range(), "%s %q is not an IP address", what, s)
+			continue
+		}
+		r.ipAddresses = append(r.ipAddresses, e)
+	}
+	if raw.CommonName == nil && len(dnsNames) == 0 && len(ips) == 0 {
+		c.errorf(raw.DefRange, "%s: a %s needs a common_name, dns_names or ip_addresses", where, TypeTLSCertificate)
+	}
+	return r
+}
+
+// sealing validates pcr_bank and pcrs, and that they are given exactly when
+// the mode is pcr_sealed.
+func (c *compiler) sealing(r *release, raw *releaseHCL, where string, modeKnown bool) {
+	bank := tpm2.TPMAlgSHA256
+	if raw.PCRBank != nil {
+		if s, ok := c.str(raw.PCRBank.Expr, "%s: pcr_bank", where); ok {
+			if b, known := sealBanks[s]; known {
+				bank = b
+			} else {
+				c.errorf(raw.PCRBank.Expr.Range(), "%s: pcr_bank %q is not supported; use \"sha256\", \"sha384\" or \"sha512\"", where, s)
+			}
+		}
+	}
+	var pcrs []uint32
+	emptyPCRs := false
+	if raw.PCRs != nil {
+		pcrs, emptyPCRs = c.pcrs(raw.PCRs, where)
+	}
+	if !modeKnown {
+		return
+	}
+	switch r.mode {
+	case ModeTPMBound:
+		if raw.PCRBank != nil {
+			c.errorf(raw.PCRBank.NameRange, "%s: pcr_bank is only allowed with mode %q", where, ModePCRSealed)
+		}
+		if raw.PCRs != nil {
+			c.errorf(raw.PCRs.NameRange, "%s: pcrs is only allowed with mode %q", where, ModePCRSealed)
+		}
+	case ModePCRSealed:
+		switch {
+		case raw.PCRs == nil:
+			c.errorf(raw.DefRange, "%s: pcrs is required with mode %q", where, ModePCRSealed)
+		case emptyPCRs:
+			c.errorf(raw.PCRs.Expr.Range(), "%s: pcrs cannot be empty with mode %q", where, ModePCRSealed)
+		}
+		r.bank, r.pcrs = bank, pcrs
+	}
+}
+
+// pcrs returns the valid PCR indices listed in attr, ascending, and whether
+// attr is an empty list.
+func (c *compiler) pcrs(attr *hcl.Attribute, where string) ([]uint32, bool) {
+	var out []uint32
+	exprs := c.list(attr, where)
+	for i, e := range exprs {
+		v, diags := e.Value(nil)
+		if diags.HasErrors() {
+			c.diags = append(c.diags, diags...)
+			continue
+		}
+		if v.IsNull() || v.Type() != cty.Number {
+			c.errorf(e.Range(), "%s: pcrs[%d] must be a number", where, i)
+			continue
+		}
+		f := v.AsBigFloat()
+		n, acc := f.Int64()
+		if !f.IsInt() || acc != big.Exact || n < 0 || n > maxPCR {
+			c.errorf(e.Range(), "%s: pcrs[%d] %s is not a PCR index 0..%d", where, i, f.Text('g', 10), maxPCR)
+			continue
+		}
+		if slices.Contains(out, uint32(n)) {
+			c.errorf(e.Range(), "%s: pcrs[%d] %d is listed twice", where, i, n)
+			continue
+		}
+		out = append(out, uint32(n))
+	}
+	slices.Sort(out)
+	return out, exprs != nil && len(exprs) == 0
+}
+
+// templateVars are the variables release templates may use.
+var templateVars = []string{"ek_hash", "ek_hash_short", "ek_ca"}
+
+// template checks that e is a string template over templateVars only, and
+// returns its rendering for a sample node (the value itself if e uses no
+// variables).
+func (c *compiler) template(e hcl.Expression, what string) (string, bool) {
+	ok := true
+	for _, tr := range e.Variables() {
+		if name := tr.RootName(); !slices.Contains(templateVars, name) {
+			c.errorf(tr.SourceRange(), "%s: unknown template variable %q; use %s", what, name, strings.Join(templateVars, ", "))
+			ok = false
+		}
+	}
+	if !ok {
+		return "", false
+	}
+	s, err := render(e, templateContext(strings.Repeat("0", 64), "ca"))
+	if err != nil {
+		c.errorf(e.Range(), "%s: %v", what, err)
+		return "", false
+	}
+	return s, true
+}
+
+// templateContext holds the template variables for a node.
+func templateContext(ekHash, ekCA string) *hcl.EvalContext {
+	short := ekHash
+	if len(short) > 16 {
+		short = short[:16]
+	}
+	return &hcl.EvalContext{Variables: map[string]cty.Value{
+		"ek_hash":       cty.StringVal(ekHash),
+		"ek_hash_short": cty.StringVal(short),
+		"ek_ca":         cty.StringVal(ekCA),
+	}}
+}
+
+// render evaluates a template to a string.
+func render(e hcl.Expression, ctx *hcl.EvalContext) (string, error) {
+	v, diags := e.Value(ctx)
+	if diags.HasErrors() {
+		var msgs []string
+		for _, d := range diags {
+			if d.Severity == hcl.DiagError {
+				msgs = append(msgs, diagMessage(d))
+			}
+		}
+		return "", errors.New(strings.Join(msgs, "; "))
+	}
+	if v.IsNull() || !v.IsKnown() || v.Type() != cty.String {
+		return "", errors.New("must be a string")
+	}
+	return v.AsString(), nil
+}
+
+// render renders the release for a node. It returns the failures, without
+// the policy and release prefix, if any template does not render.
+func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
+	out := Release{
+		Name: r.name, Type: r.typ, Mode: r.mode, PCRBank: r.bank,
+		PCRs: slices.Clone(r.pcrs), TTL: r.ttl,
+	}
+	var fails []string
+	if r.commonName != nil {
+		s, err := render(r.commonName, ctx)
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("common_name: %v", err))
+		}
+		out.CommonName = s
+	}
+	for i, e := range r.dnsNames {
+		s, err := render(e, ctx)
+		switch {
+		case err != nil:
+			fails = append(fails, fmt.Sprintf("dns_names[%d]: %v", i, err))
+		case s == "":
+			fails = append(fails, fmt.Sprintf("dns_names[%d] renders empty", i))
+		default:
+			out.DNSNames = append(out.DNSNames, s)
+		}
+	}
+	for i, e := range r.ipAddresses {
+		s, err := render(e, ctx)
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("ip_addresses[%d]: %v", i, err))
+			continue
+		}
+		ip := net.ParseIP(s)
+		if ip == nil {
+			fails = append(fails, fmt.Sprintf("ip_addresses[%d] %q is not an IP address", i, s))
+			continue
+		}
+		out.IPAddresses = append(out.IPAddresses, ip)
+	}
+	return out, fails
+}

@@ -1,0 +1,226 @@
+package policies
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Set is a loaded, validated group of policy documents. It is immutable and
+// safe for concurrent use.
+type Set struct {
+	policies []*policy // sorted by name
+	hash     string
+}
+
+// Parse parses and validates one policy document. filename is used in
+// error positions only. Every problem is reported in the returned error,
+// one per line, as "file:line:column: message".
+func Parse(src []byte, filename string) (*Set, error) {
+	doc, diags := parseDocument(src, filename)
+	var docs []*document
+	if doc != nil {
+		docs = append(docs, doc)
+	}
+	s, more := newSet(docs)
+	if diags = append(diags, more...); diags.HasErrors() {
+		return nil, diagsError(diags)
+	}
+	return s, nil
+}
+
+// Load reads policy documents and parses them into one Set. Each path is a
+// file, or a directory of which every *.hcl file (not recursing) is read.
+// Policy and release names must be unique across all of them. Every problem
+// in every file is reported in the returned error.
+func Load(paths ...string) (*Set, error) {
+	if len(paths) == 0 {
+		return nil, errors.New("no policy paths given")
+	}
+	var files []string
+	var errs []error
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unable to read policies: %w", err))
+			continue
+		}
+		if !fi.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unable to read policies: %w", err))
+			continue
+		}
+		n := len(files)
+		for _, e := range entries {
+			if !e.IsDir() && strings.HasSuffix(e.Name(), ".hcl") {
+				files = append(files, filepath.Join(p, e.Name()))
+			}
+		}
+		if len(files) == n {
+			errs = append(errs, fmt.Errorf("no *.hcl policy files in %s", p))
+		}
+	}
+	var docs []*document
+	var diags hcl.Diagnostics
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unable to read policies: %w", err))
+			continue
+		}
+		doc, d := parseDocument(src, f)
+		diags = append(diags, d...)
+		if doc != nil {
+			docs = append(docs, doc)
+		}
+	}
+	s, more := newSet(docs)
+	if diags = append(diags, more...); diags.HasErrors() {
+		errs = append(errs, diagsError(diags))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+// newSet joins parsed documents, refusing duplicate policy and release
+// names. Documents that had errors are joined too, so that duplicates are
+// reported along with everything else; the caller discards the Set then.
+func newSet(docs []*document) (*Set, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	s := &Set{}
+	var digests [][sha256.Size]byte
+	policyAt := map[string]hcl.Range{}
+	releaseAt := map[string]hcl.Range{}
+	for _, doc := range docs {
+		digests = append(digests, doc.digest)
+		for _, p := range doc.policies {
+			if prev, dup := policyAt[p.name]; dup {
+				diags = append(diags, errorAt(p.nameRange, "policy %q is already defined at %s", p.name, posString(prev)))
+				continue
+			}
+			policyAt[p.name] = p.nameRange
+			s.policies = append(s.policies, p)
+			for _, r := range p.releases {
+				if prev, dup := releaseAt[r.name]; dup {
+					diags = append(diags, errorAt(r.nameRange, "policy %q: release %q is already defined at %s", p.name, r.name, posString(prev)))
+					continue
+				}
+				releaseAt[r.name] = r.nameRange
+			}
+		}
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	slices.SortFunc(s.policies, func(a, b *policy) int { return strings.Compare(a.name, b.name) })
+	s.hash = hashDigests(digests)
+	return s, nil
+}
+
+// hashDigests hashes the SHA-256 digests of a Set's sources, sorted, so that
+// the result does not depend on the order in which files were loaded.
+func hashDigests(digests [][sha256.Size]byte) string {
+	sorted := slices.Clone(digests)
+	slices.SortFunc(sorted, func(a, b [sha256.Size]byte) int { return strings.Compare(string(a[:]), string(b[:])) })
+	h := sha256.New()
+	h.Write([]byte("keybroker policies v1\n"))
+	for _, d := range sorted {
+		h.Write(d[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Names returns the names of the policies in the Set, sorted.
+func (s *Set) Names() []string {
+	if s == nil {
+		return nil
+	}
+	names := make([]string, len(s.policies))
+	for i, p := range s.policies {
+		names[i] = p.name
+	}
+	return names
+}
+
+// Hash identifies the Set's sources: the lowercase hex SHA-256 over the
+// sorted SHA-256 digests of every document, so it changes with any byte of
+// any document but not with file names or load order. Receipts record it.
+func (s *Set) Hash() string {
+	if s == nil {
+		return ""
+	}
+	return s.hash
+}
+
+// errorAt returns an error diagnostic at rng; messages are lowercase and
+// carry their own context.
+func errorAt(rng hcl.Range, format string, args ...any) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: fmt.Sprintf(format, args...), Subject: rng.Ptr()}
+}
+
+func posString(rng hcl.Range) string {
+	return fmt.Sprintf("%s:%d:%d", rng.Filename, rng.Start.Line, rng.Start.Column)
+}
+
+// diagsError turns error diagnostics into one error, a line per problem in
+// source order, each "file:line:column: message".
+func diagsError(diags hcl.Diagnostics) error {
+	var list hcl.Diagnostics
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			list = append(list, d)
+		}
+	}
+	slices.SortStableFunc(list, func(a, b *hcl.Diagnostic) int {
+		ra, rb := subject(a), subject(b)
+		return cmp.Or(
+			strings.Compare(ra.Filename, rb.Filename),
+			cmp.Compare(ra.Start.Line, rb.Start.Line),
+			cmp.Compare(ra.Start.Column, rb.Start.Column),
+		)
+	})
+	errs := make([]error, len(list))
+	for i, d := range list {
+		errs[i] = fmt.Errorf("%s: %s", posString(subject(d)), diagMessage(d))
+	}
+	return errors.Join(errs...)
+}
+
+func subject(d *hcl.Diagnostic) hcl.Range {
+	if d.Subject != nil {
+		return *d.Subject
+	}
+	return hcl.Range{}
+}
+
+// diagMessage renders a diagnostic's summary and detail in this package's
+// error style: lowercase, no trailing period.
+func diagMessage(d *hcl.Diagnostic) string {
+	msg := lowerFirst(d.Summary)
+	if d.Detail != "" {
+		msg += ": " + lowerFirst(d.Detail)
+	}
+	return strings.TrimSuffix(msg, ".")
+}
+
+// lowerFirst lowercases a leading capital unless it starts an acronym.
+func lowerFirst(s string) string {
+	if len(s) >= 2 && 'A' <= s[0] && s[0] <= 'Z' && !('A' <= s[1] && s[1] <= 'Z') {
+		return string(s[0]+'a'-'A') + s[1:]
+	}
+	return s
+}
