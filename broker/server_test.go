@@ -3,20 +3,16 @@ package broker_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
-	"github.com/google/go-tpm/tpmutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -26,149 +22,20 @@ import (
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/brokertest"
 	"github.com/keybroker/keybroker/internal/tpmtest"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
 )
 
-const testPolicy = `policy "nodes" {
-  select {
-    ek_hashes = [%q]
-  }
-  require = [
-    "pcrs.sha256[0] == '%s'",
-    "pcrs.sha256[7] == '%s'",
-  ]
-  release "node-tls" {
-    type        = "tls_certificate"
-    mode        = %q%s
-    ttl         = "2h"
-    common_name = "node-${ek_hash_short}"
-    dns_names   = ["${ek_hash_short}.nodes.test"]
-  }
-}
-`
-
-// fixture is a broker Server and a node on the embedded simulator, with a
-// policy that allows exactly this node in its current boot state.
+// fixture adds refusal assertions to a brokertest.Env.
 type fixture struct {
-	rw     io.ReadWriteCloser
-	node   *agent.Node
-	ekHash string
-	srv    *broker.Server
-	st     store.Store
-	ca     *issue.CA
-
-	mu  sync.Mutex
-	now time.Time
+	*brokertest.Env
 }
 
-type fixtureOpts struct {
-	mode       string // policy release mode; default pcr_sealed
-	mutateOpts func(*broker.ServerOpts)
-}
-
-func newFixture(t *testing.T, o fixtureOpts) *fixture {
-	t.Helper()
-	f := &fixture{now: time.Now()}
-	f.rw = tpmtest.Open(t)
-	extendPCR(t, f.rw, 0, "firmware v1")
-	extendPCR(t, f.rw, 7, "secure boot on")
-	node, err := agent.NewNode(f.rw, agent.NodeOpts{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Close)
-	f.node = node
-	if f.ekHash, err = node.EKHash(); err != nil {
-		t.Fatal(err)
-	}
-	pcrs, err := client.ReadPCRs(f.rw, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mode, sealedPCRs := "pcr_sealed", "\n    pcr_bank    = \"sha256\"\n    pcrs        = [0, 7]"
-	if o.mode == "tpm_bound" {
-		mode, sealedPCRs = "tpm_bound", ""
-	}
-	src := fmt.Sprintf(testPolicy, f.ekHash, hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7]), mode, sealedPCRs)
-	pol, err := policies.Parse([]byte(src), "test.hcl")
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOpts{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	f.st = st
-	if f.ca, err = issue.LoadOrCreateCA(t.TempDir(), issue.CAOpts{}); err != nil {
-		t.Fatal(err)
-	}
-	opts := broker.ServerOpts{
-		Trust:    verify.Trust{EKHashes: []string{f.ekHash}},
-		Store:    st,
-		CA:       f.ca,
-		Policies: pol,
-		Now:      f.clock,
-	}
-	if o.mutateOpts != nil {
-		o.mutateOpts(&opts)
-	}
-	if f.srv, err = broker.NewServer(opts); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-func (f *fixture) clock() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fixture) advance(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
-}
-
-// challenge asks for a challenge and activates it in the TPM.
-func (f *fixture) challenge(t *testing.T) (*pb.ChallengeResponse, []byte) {
-	t.Helper()
-	req, err := f.node.ChallengeRequest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := f.srv.Challenge(context.Background(), req)
-	if err != nil {
-		t.Fatalf("Challenge: %v", err)
-	}
-	secret, err := f.node.Activate(ch)
-	if err != nil {
-		t.Fatalf("Activate: %v", err)
-	}
-	return ch, secret
-}
-
-// attestRequest answers a challenge with fresh quotes over nonce.
-func (f *fixture) attestRequest(t *testing.T, ch *pb.ChallengeResponse, nonce []byte) *pb.AttestRequest {
-	t.Helper()
-	quotes, err := f.node.Quote(nonce)
-	if err != nil {
-		t.Fatalf("Quote: %v", err)
-	}
-	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes}
-}
-
-func (f *fixture) receipts(t *testing.T) []store.Receipt {
-	t.Helper()
-	rs, err := f.st.ListReceipts(context.Background(), store.ListOpts{Limit: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rs
+func newFixture(t *testing.T, o brokertest.Opts) *fixture {
+	return &fixture{brokertest.New(t, o)}
 }
 
 // wantRefused asserts a refusal: no response, the gRPC code, a message naming
@@ -185,7 +52,7 @@ func (f *fixture) wantRefused(t *testing.T, resp *pb.AttestResponse, err error, 
 	if check == "" {
 		return
 	}
-	rs := f.receipts(t)
+	rs := f.Receipts(t)
 	if len(rs) == 0 {
 		t.Fatal("no receipt for the refusal")
 	}
@@ -198,18 +65,10 @@ func (f *fixture) wantRefused(t *testing.T, resp *pb.AttestResponse, err error, 
 	}
 }
 
-func extendPCR(t testing.TB, rw io.ReadWriter, pcr int, event string) {
-	t.Helper()
-	sum := sha256.Sum256([]byte(event))
-	if err := tpm2.PCRExtend(rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, sum[:], ""); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestAttestReleasesSealedCredential(t *testing.T) {
-	f := newFixture(t, fixtureOpts{})
-	ch, secret := f.challenge(t)
-	resp, err := f.srv.Attest(context.Background(), f.attestRequest(t, ch, secret))
+	f := newFixture(t, brokertest.Opts{})
+	ch, secret := f.Challenge(t)
+	resp, err := f.Server.Attest(context.Background(), f.AttestRequest(t, ch, secret))
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}
@@ -220,7 +79,7 @@ func TestAttestReleasesSealedCredential(t *testing.T) {
 	if cred.GetMode() != pb.ReleaseMode_PCR_SEALED || cred.GetBlob().GetPcrs() == nil {
 		t.Fatalf("credential mode %v with PCRs %v; want PCR_SEALED with PCRs", cred.GetMode(), cred.GetBlob().GetPcrs())
 	}
-	payload, err := f.node.Open(cred)
+	payload, err := f.Node.Open(cred)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -228,25 +87,25 @@ func TestAttestReleasesSealedCredential(t *testing.T) {
 	if err := proto.Unmarshal(payload, &tc); err != nil || len(tc.GetKeyPem()) == 0 {
 		t.Fatalf("payload: %v", err)
 	}
-	rs := f.receipts(t)
+	rs := f.Receipts(t)
 	if len(rs) != 1 || !rs[0].Allowed || rs[0].ID != resp.GetReceiptId() || len(rs[0].Released) != 1 {
 		t.Fatalf("receipts = %+v; want one allowed receipt %s with one release", rs, resp.GetReceiptId())
 	}
-	if rs[0].EKHash != f.ekHash || rs[0].PolicyHash == "" || len(rs[0].QuoteDigest) != 32 {
+	if rs[0].EKHash != f.EKHash || rs[0].PolicyHash == "" || len(rs[0].QuoteDigest) != 32 {
 		t.Errorf("receipt lacks facts: %+v", rs[0])
 	}
 
 	// The same credential, once PCR 7 changes, no longer opens.
-	extendPCR(t, f.rw, 7, "unknown bootloader")
-	if _, err := f.node.Open(cred); !errors.Is(err, sealing.ErrImport) {
+	brokertest.Extend(t, f.RW, 7, "unknown bootloader")
+	if _, err := f.Node.Open(cred); !errors.Is(err, sealing.ErrImport) {
 		t.Fatalf("Open after a PCR change = %v; want %v", err, sealing.ErrImport)
 	}
 }
 
 func TestAttestTPMBoundSurvivesPCRChange(t *testing.T) {
-	f := newFixture(t, fixtureOpts{mode: "tpm_bound"})
-	ch, secret := f.challenge(t)
-	resp, err := f.srv.Attest(context.Background(), f.attestRequest(t, ch, secret))
+	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound"})
+	ch, secret := f.Challenge(t)
+	resp, err := f.Server.Attest(context.Background(), f.AttestRequest(t, ch, secret))
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}
@@ -254,75 +113,75 @@ func TestAttestTPMBoundSurvivesPCRChange(t *testing.T) {
 	if cred.GetMode() != pb.ReleaseMode_TPM_BOUND || cred.GetBlob().GetPcrs() != nil {
 		t.Fatalf("mode %v, PCRs %v; want TPM_BOUND without PCRs", cred.GetMode(), cred.GetBlob().GetPcrs())
 	}
-	extendPCR(t, f.rw, 7, "later measurement")
-	if _, err := f.node.Open(cred); err != nil {
+	brokertest.Extend(t, f.RW, 7, "later measurement")
+	if _, err := f.Node.Open(cred); err != nil {
 		t.Fatalf("TPM_BOUND credential did not open after a PCR change: %v", err)
 	}
 }
 
 func TestAttestRefusals(t *testing.T) {
-	f := newFixture(t, fixtureOpts{})
+	f := newFixture(t, brokertest.Opts{})
 	ctx := context.Background()
 
 	t.Run("replayed challenge", func(t *testing.T) {
-		ch, secret := f.challenge(t)
-		req := f.attestRequest(t, ch, secret)
-		if _, err := f.srv.Attest(ctx, req); err != nil {
+		ch, secret := f.Challenge(t)
+		req := f.AttestRequest(t, ch, secret)
+		if _, err := f.Server.Attest(ctx, req); err != nil {
 			t.Fatalf("first Attest: %v", err)
 		}
-		before := len(f.receipts(t))
-		resp, err := f.srv.Attest(ctx, req)
+		before := len(f.Receipts(t))
+		resp, err := f.Server.Attest(ctx, req)
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "challenge: challenge is unknown or already used", "")
-		if after := len(f.receipts(t)); after != before {
+		if after := len(f.Receipts(t)); after != before {
 			t.Errorf("a replay wrote a receipt (%d -> %d)", before, after)
 		}
 	})
 	t.Run("expired challenge", func(t *testing.T) {
-		ch, secret := f.challenge(t)
-		req := f.attestRequest(t, ch, secret)
-		f.advance(challengeTTL + time.Second)
-		resp, err := f.srv.Attest(ctx, req)
+		ch, secret := f.Challenge(t)
+		req := f.AttestRequest(t, ch, secret)
+		f.Advance(challengeTTL + time.Second)
+		resp, err := f.Server.Attest(ctx, req)
 		f.wantRefused(t, resp, err, codes.DeadlineExceeded, "challenge: challenge has expired", "")
 	})
 	t.Run("wrong nonce", func(t *testing.T) {
-		ch, _ := f.challenge(t)
-		resp, err := f.srv.Attest(ctx, f.attestRequest(t, ch, randomBytes(t, 32)))
+		ch, _ := f.Challenge(t)
+		resp, err := f.Server.Attest(ctx, f.AttestRequest(t, ch, randomBytes(t, 32)))
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "quote_nonce:", "quote_nonce")
 	})
 	t.Run("quote signed by a different AK", func(t *testing.T) {
-		other, err := agent.NewNode(f.rw, agent.NodeOpts{AK: "ecc"})
+		other, err := agent.NewNode(f.RW, agent.NodeOpts{AK: "ecc"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer other.Close()
-		ch, secret := f.challenge(t)
+		ch, secret := f.Challenge(t)
 		quotes, err := other.Quote(secret)
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := f.srv.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		resp, err := f.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "quote_signature:", "quote_signature")
 	})
 	t.Run("SHA-1 only quote", func(t *testing.T) {
-		sha1Node, err := agent.NewNode(f.rw, agent.NodeOpts{Banks: []tpm2.Algorithm{tpm2.AlgSHA1}})
+		sha1Node, err := agent.NewNode(f.RW, agent.NodeOpts{Banks: []tpm2.Algorithm{tpm2.AlgSHA1}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer sha1Node.Close()
-		ch, secret := f.challenge(t)
+		ch, secret := f.Challenge(t)
 		quotes, err := sha1Node.Quote(secret)
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := f.srv.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		resp, err := f.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "pcr_bank: SHA-1 PCR bank is not allowed", "pcr_bank")
 	})
 	t.Run("PCR values not matching the policy", func(t *testing.T) {
-		ch, secret := f.challenge(t)
-		extendPCR(t, f.rw, 0, "rogue firmware")
-		resp, err := f.srv.Attest(ctx, f.attestRequest(t, ch, secret))
+		ch, secret := f.Challenge(t)
+		brokertest.Extend(t, f.RW, 0, "rogue firmware")
+		resp, err := f.Server.Attest(ctx, f.AttestRequest(t, ch, secret))
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "policy: no policy allows this node", "policy")
-		r := f.receipts(t)[0]
+		r := f.Receipts(t)[0]
 		if !strings.Contains(strings.Join(r.Failures, "\n"), "pcrs.sha256[0]") {
 			t.Errorf("receipt failures %q do not name the PCR 0 condition", r.Failures)
 		}
@@ -348,10 +207,10 @@ func TestAttestRefusals(t *testing.T) {
 	}
 	for _, tc := range tampers {
 		t.Run(tc.name, func(t *testing.T) {
-			ch, secret := f.challenge(t)
-			req := f.attestRequest(t, ch, secret)
+			ch, secret := f.Challenge(t)
+			req := f.AttestRequest(t, ch, secret)
 			tc.tamper(req.Quotes[0])
-			resp, err := f.srv.Attest(ctx, req)
+			resp, err := f.Server.Attest(ctx, req)
 			f.wantRefused(t, resp, err, tc.code, tc.msg, tc.check)
 		})
 	}
@@ -371,10 +230,10 @@ func TestAttestRefusals(t *testing.T) {
 	}
 	for _, tc := range inputs {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(f.receipts(t))
-			resp, err := f.srv.Attest(ctx, tc.req)
+			before := len(f.Receipts(t))
+			resp, err := f.Server.Attest(ctx, tc.req)
 			f.wantRefused(t, resp, err, codes.InvalidArgument, tc.msg, "")
-			if len(f.receipts(t)) != before {
+			if len(f.Receipts(t)) != before {
 				t.Error("an invalid request wrote a receipt")
 			}
 		})
@@ -384,13 +243,13 @@ func TestAttestRefusals(t *testing.T) {
 const challengeTTL = 60 * time.Second
 
 func TestChallengeRefusals(t *testing.T) {
-	f := newFixture(t, fixtureOpts{})
-	good, err := f.node.ChallengeRequest()
+	f := newFixture(t, brokertest.Opts{})
+	good, err := f.Node.ChallengeRequest()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Another EK of the same TPM, whose hash nobody listed.
-	eccEK, err := client.EndorsementKeyECC(f.rw)
+	eccEK, err := client.EndorsementKeyECC(f.RW)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +273,7 @@ func TestChallengeRefusals(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, err := f.srv.Challenge(context.Background(), tc.req)
+			resp, err := f.Server.Challenge(context.Background(), tc.req)
 			if resp != nil {
 				t.Fatal("refused challenge returned a credential")
 			}
@@ -521,3 +380,9 @@ func randomBytes(t testing.TB, n int) []byte {
 	}
 	return b
 }
+
+func extendPCR(t testing.TB, rw io.ReadWriter, pcr int, event string) {
+	brokertest.Extend(t, rw, pcr, event)
+}
+
+const testPolicy = brokertest.Policy

@@ -1,0 +1,190 @@
+// Package brokertest sets up, for tests, a broker Server and a node on the
+// embedded TPM simulator, with a policy that allows exactly that node in its
+// current boot state. Tests that use it must not run in parallel (one
+// simulator per process).
+package brokertest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/tpmtest"
+	"github.com/keybroker/keybroker/policies"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// Policy is the policy Env installs: the node's EK, its PCR 0 and 7 as
+// measured at setup, and one TLS release. Arguments: EK hash, PCR 0 hex,
+// PCR 7 hex, mode, extra release lines.
+const Policy = `policy "nodes" {
+  select {
+    ek_hashes = [%q]
+  }
+  require = [
+    "pcrs.sha256[0] == '%s'",
+    "pcrs.sha256[7] == '%s'",
+  ]
+  release "node-tls" {
+    type        = "tls_certificate"
+    mode        = %q%s
+    ttl         = "2h"
+    common_name = "node-${ek_hash_short}"
+    dns_names   = ["${ek_hash_short}.nodes.test"]
+  }
+}
+`
+
+// Opts tune New.
+type Opts struct {
+	// Mode is the release mode: "pcr_sealed" (default, over sha256 PCR 0
+	// and 7) or "tpm_bound".
+	Mode string
+	// Server, if set, may change the server options before the server is
+	// made.
+	Server func(*broker.ServerOpts)
+}
+
+// Env is a node and a broker Server that trusts and allows it.
+type Env struct {
+	RW     io.ReadWriteCloser
+	Node   *agent.Node
+	EKHash string
+	Server *broker.Server
+	Store  store.Store
+	CA     *issue.CA
+
+	mu  sync.Mutex
+	now time.Time
+}
+
+// New starts the simulator, measures a boot into PCR 0 and 7, creates the
+// node's keys and a Server whose policy allows the node as measured.
+func New(tb testing.TB, o Opts) *Env {
+	tb.Helper()
+	e := &Env{now: time.Now()}
+	e.RW = tpmtest.Open(tb)
+	Extend(tb, e.RW, 0, "firmware v1")
+	Extend(tb, e.RW, 7, "secure boot on")
+	node, err := agent.NewNode(e.RW, agent.NodeOpts{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(node.Close)
+	e.Node = node
+	if e.EKHash, err = node.EKHash(); err != nil {
+		tb.Fatal(err)
+	}
+	pcrs, err := client.ReadPCRs(e.RW, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mode, extra := "pcr_sealed", "\n    pcr_bank    = \"sha256\"\n    pcrs        = [0, 7]"
+	if o.Mode == "tpm_bound" {
+		mode, extra = "tpm_bound", ""
+	}
+	src := fmt.Sprintf(Policy, e.EKHash, hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7]), mode, extra)
+	pol, err := policies.Parse([]byte(src), "test.hcl")
+	if err != nil {
+		tb.Fatalf("policy: %v", err)
+	}
+	st, err := store.OpenBolt(filepath.Join(tb.TempDir(), "store.db"), store.BoltOpts{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	e.Store = st
+	if e.CA, err = issue.LoadOrCreateCA(tb.TempDir(), issue.CAOpts{}); err != nil {
+		tb.Fatal(err)
+	}
+	opts := broker.ServerOpts{
+		Trust:    verify.Trust{EKHashes: []string{e.EKHash}},
+		Store:    st,
+		CA:       e.CA,
+		Policies: pol,
+		Now:      e.Clock,
+	}
+	if o.Server != nil {
+		o.Server(&opts)
+	}
+	if e.Server, err = broker.NewServer(opts); err != nil {
+		tb.Fatal(err)
+	}
+	return e
+}
+
+// Clock is the server's clock.
+func (e *Env) Clock() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.now
+}
+
+// Advance moves the server's clock.
+func (e *Env) Advance(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.now = e.now.Add(d)
+}
+
+// Challenge asks for a challenge and activates it in the TPM.
+func (e *Env) Challenge(tb testing.TB) (*pb.ChallengeResponse, []byte) {
+	tb.Helper()
+	req, err := e.Node.ChallengeRequest()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ch, err := e.Server.Challenge(context.Background(), req)
+	if err != nil {
+		tb.Fatalf("Challenge: %v", err)
+	}
+	secret, err := e.Node.Activate(ch)
+	if err != nil {
+		tb.Fatalf("Activate: %v", err)
+	}
+	return ch, secret
+}
+
+// AttestRequest answers a challenge with fresh quotes over nonce.
+func (e *Env) AttestRequest(tb testing.TB, ch *pb.ChallengeResponse, nonce []byte) *pb.AttestRequest {
+	tb.Helper()
+	quotes, err := e.Node.Quote(nonce)
+	if err != nil {
+		tb.Fatalf("Quote: %v", err)
+	}
+	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes}
+}
+
+// Receipts lists the server's receipts, newest first.
+func (e *Env) Receipts(tb testing.TB) []store.Receipt {
+	tb.Helper()
+	rs, err := e.Store.ListReceipts(context.Background(), store.ListOpts{Limit: store.MaxListLimit})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return rs
+}
+
+// Extend extends a SHA-256 PCR with the digest of event.
+func Extend(tb testing.TB, rw io.ReadWriter, pcr int, event string) {
+	tb.Helper()
+	sum := sha256.Sum256([]byte(event))
+	if err := tpm2.PCRExtend(rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, sum[:], ""); err != nil {
+		tb.Fatal(err)
+	}
+}
