@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -380,9 +379,3 @@ func randomBytes(t testing.TB, n int) []byte {
 	}
 	return b
 }
-
-func extendPCR(t testing.TB, rw io.ReadWriter, pcr int, event string) {
-	brokertest.Extend(t, rw, pcr, event)
-}
-
-const testPolicy = brokertest.Policy
