@@ -77,6 +77,11 @@ func serve(args []string, stderr io.Writer) int {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(handler)
+	// Before anything can announce readiness: a SIGHUP right after start
+	// must reload, not kill.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	cfg, err := broker.LoadConfig(*configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "serve: invalid configuration:\n%v\n", err)
@@ -90,8 +95,6 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 1
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	for {
 		select {
 		case err := <-r.Done():
@@ -179,7 +182,7 @@ func printReceipts(w io.Writer, rs []store.Receipt) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", r.ID, r.Time.UTC().Format(time.RFC3339), ekShort, decision, r.Policies, released)
 		for _, f := range r.Failures {
-			fmt.Fprintf(tw, "\t\t\t  - %s\t\t\n", f)
+			fmt.Fprintf(tw, "\t\t\t\t\t  - %s\n", f)
 		}
 	}
 	tw.Flush()

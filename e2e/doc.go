@@ -1,0 +1,42 @@
+// Package e2e tests keybroker across process boundaries, on swtpm (the
+// libtpms software TPM QEMU uses, provisioned by swtpm_setup with an EK
+// certificate from swtpm's local CA) and tpm2-tools as an independent TPM
+// client. It holds tests only; run them with `make e2e` (they are skipped
+// with -short, and fail instead of skipping when CI is set and swtpm or
+// tpm2-tools are missing).
+//
+// The cross-process suite (e2e_test.go) builds keybroker and keybroker-agent
+// (go build ./cmd/...) once per test binary into a temporary directory, runs
+// `keybroker serve` as its own process on a free loopback port and
+// `keybroker-agent` against it and a swtpm, with PCR 0 and 7 extended from
+// the test so that policies check real values:
+//
+//   - TestBootstrapOnSWTPM: an EK trusted through swtpm's CA chain (ek_ca,
+//     ek.certified) gets a TLS credential sealed to sha256 PCR 0 and 7; the
+//     agent prints every step, writes key.pem (0600), cert.pem and chain.pem
+//     (cert chains to the broker CA and matches the key), runs --on-change
+//     with KEYBROKER_SERIAL and KEYBROKER_OUT; a second bootstrap gets a new
+//     serial; `keybroker receipts list` shows the allowed receipts through
+//     the admin socket while the broker runs and from the store once stopped.
+//   - TestRefusedAfterPCRChange: after PCR 7 changes the broker refuses at
+//     attest with only "policy: no policy allows this node" for the node,
+//     the previous credential files stay byte for byte, --on-change does not
+//     run, and the receipt records "denied: policy" with the failed
+//     pcrs.sha256[7] condition.
+//   - TestUntrustedEK: an EK certificate that does not chain to the only
+//     configured ek_ca is refused at challenge (ek_trust); nothing is written
+//     and no receipt is made.
+//   - TestPolicyReloadOnSIGHUP: SIGHUP swaps a denying policy for an
+//     allowing one; a broken policy on SIGHUP is refused and logged, and the
+//     previous policy (same policy hash in the receipts) keeps serving.
+//   - TestAgentErrors: an unreachable broker, a silent one (--timeout), a
+//     broker whose certificate is not from the pinned CA, a CA file without
+//     PEM, an unreachable TPM and missing flags fail with the documented exit
+//     codes and stage names; `keybroker-agent ek-hash` prints the hash the
+//     broker records, and that hash alone (ek_allow, tpm_bound) is enough to
+//     be trusted.
+//
+// The interop tests (interop_test.go) check that quotes, AKs and EK
+// certificates produced by tpm2-tools verify with broker/verify, and that
+// tampering with them fails with the check that caught it.
+package e2e
