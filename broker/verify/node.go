@@ -143,6 +143,9 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if err != nil {
 		return fail(CheckInput, "ek_public is not a TPMT_PUBLIC", err)
 	}
+	if !bytes.Equal(tpm2.Marshal(pub), ekPublic) {
+		return fail(CheckInput, "ek_public has trailing bytes", nil)
+	}
 	attrs := pub.ObjectAttributes
 	if !attrs.Restricted || !attrs.Decrypt || attrs.SignEncrypt || !attrs.FixedTPM || !attrs.FixedParent {
 		return fail(CheckEKTrust, "ek_public is not a restricted, fixed decryption key", nil)
@@ -300,6 +303,9 @@ func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
 	if err != nil {
 		return fail(CheckInput, "ak_public is not a TPMT_PUBLIC", err)
 	}
+	if !bytes.Equal(tpm2.Marshal(pub), akPublic) {
+		return fail(CheckInput, "ak_public has trailing bytes", nil)
+	}
 	a := pub.ObjectAttributes
 	var missing []string
 	for _, c := range []struct {
@@ -326,7 +332,7 @@ func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
 			return fail(CheckAK, "AK name algorithm SHA-1 is not allowed", nil)
 		}
 	default:
-		return fail(CheckAK, fmt.Sprintf("AK name algorithm 0x%x is not supported", uint16(pub.NameAlg)), nil)
+		return fail(CheckAK, fmt.Sprintf("AK name algorithm 0x%04x is not supported", uint16(pub.NameAlg)), nil)
 	}
 	key, err := tpm2.Pub(*pub)
 	if err != nil {
