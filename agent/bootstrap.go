@@ -53,6 +53,9 @@ type BootstrapOpts struct {
 	OutDir string
 	// Progress, if set, is called after each stage with its duration.
 	Progress func(step Step, took time.Duration, detail string)
+	// EventLog is the TCG binary event log behind the quoted PCRs, sent
+	// with the quotes (see ReadEventLog). Nil sends none.
+	EventLog []byte
 }
 
 // Result describes a successful bootstrap.
@@ -105,7 +108,7 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	}
 	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
 
-	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: []byte{}})
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: opts.EventLog})
 	if err != nil {
 		return nil, &StepError{StepAttest, rpcError(err)}
 	}

@@ -154,3 +154,40 @@ func TestOpenTPMErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestReadEventLog(t *testing.T) {
+	dir := t.TempDir()
+	small := filepath.Join(dir, "log.bin")
+	if err := os.WriteFile(small, []byte("log"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.bin")
+	if err := os.WriteFile(big, make([]byte, agent.MaxEventLogSize+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		spec    string
+		want    string
+		wantErr string
+	}{
+		{name: "none", spec: "none"},
+		{name: "file", spec: small, want: "log"},
+		{name: "missing file", spec: filepath.Join(dir, "missing"), wantErr: "unable to open event log"},
+		{name: "too large", spec: big, wantErr: "exceeds 1048576 bytes"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := agent.ReadEventLog(tc.spec)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ReadEventLog(%q) = %v; want error %q", tc.spec, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("ReadEventLog(%q) = %q, %v; want %q", tc.spec, got, err, tc.want)
+			}
+		})
+	}
+}

@@ -68,6 +68,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "", "directory for key.pem, cert.pem and chain.pem (required; created if missing)")
 	onChange := fs.String("on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
+	eventLog := fs.String("event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	quiet := fs.Bool("quiet", false, "print only errors")
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +89,11 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	caPEM, err := os.ReadFile(*caFile)
 	if err != nil {
 		fmt.Fprintf(stderr, "bootstrap: unable to read --ca: %v\n", err)
+		return 1
+	}
+	logBytes, err := agent.ReadEventLog(*eventLog)
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap: %v\n", err)
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -112,7 +118,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	}
 	defer conn.Close()
 
-	opts := agent.BootstrapOpts{OutDir: *out}
+	opts := agent.BootstrapOpts{OutDir: *out, EventLog: logBytes}
 	if !*quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)
