@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -43,6 +45,28 @@ type Running struct {
 	st    store.Store
 	once  sync.Once
 	done  chan error
+	stop  chan struct{}
+}
+
+// PurgeInterval is how often a running broker drops expired challenges.
+const PurgeInterval = time.Minute
+
+// purge drops expired challenges until Stop.
+func (r *Running) purge(log *slog.Logger) {
+	t := time.NewTicker(PurgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case now := <-t.C:
+			if n, err := r.st.PurgeExpired(context.Background(), now); err != nil {
+				log.Error("unable to purge expired challenges", "error", err)
+			} else if n > 0 {
+				log.Debug("purged expired challenges", "count", n)
+			}
+		}
+	}
 }
 
 // Start opens the broker's store and CA in cfg.DataDir (creating them on first
@@ -104,8 +128,9 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, done: make(chan error, 1)}
+	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
+	go r.purge(log)
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash())
 	return r, nil
 }
@@ -122,6 +147,7 @@ func (r *Running) Store() store.Store { return r.st }
 // Stop finishes in-flight requests, stops serving and closes the store.
 func (r *Running) Stop() {
 	r.once.Do(func() {
+		close(r.stop)
 		r.grpc.GracefulStop()
 		r.admin.Close()
 		r.st.Close()

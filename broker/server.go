@@ -117,13 +117,14 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 }
 
 // Attest implements keybroker.v1.Broker. Whatever the outcome once the
-// challenge is consumed, a receipt is written, and nothing is returned before
-// it is durable.
+// challenge is found, the challenge is consumed and a receipt written in one
+// durable commit, and nothing is returned before it is durable. Of concurrent
+// answers to one challenge, only the one that consumes it is answered.
 func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestResponse, error) {
 	if err := checkAttestRequest(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
 	}
-	ch, err := s.challenges.Consume(ctx, req.GetChallengeId())
+	ch, err := s.challenges.Lookup(ctx, req.GetChallengeId())
 	switch {
 	case errors.Is(err, challenge.ErrUnknown):
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
@@ -131,7 +132,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		return nil, status.Error(codes.DeadlineExceeded, "challenge: "+err.Error())
 	case err != nil:
 		s.log.Error("attest failed", "error", err)
-		return nil, status.Error(codes.Internal, "unable to consume the challenge")
+		return nil, status.Error(codes.Internal, "unable to look up the challenge")
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, refusal := s.attest(ch, req, rec)
@@ -139,7 +140,14 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		rec.Allowed, rec.Check = false, refusal.check
 		resp = nil
 	}
-	if err := s.store.PutReceipt(ctx, rec); err != nil {
+	err = s.challenges.Consume(ctx, ch.ID, rec)
+	switch {
+	case errors.Is(err, challenge.ErrUnknown):
+		// A concurrent Attest consumed the challenge and recorded its
+		// decision first; this one has no receipt and releases nothing.
+		s.log.Warn("challenge used by a concurrent attestation; nothing released", "challenge", ch.ID, "ek", rec.EKHash)
+		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
+	case err != nil:
 		s.log.Error("receipt not written; nothing released", "challenge", ch.ID, "error", err)
 		return nil, status.Error(codes.Internal, "unable to record the decision; nothing was released")
 	}

@@ -1,12 +1,15 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -237,6 +240,85 @@ func TestAttestRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAttestConcurrentAnswers sends the same valid answer twice at once:
+// exactly one call is answered with credentials, the other is refused as a
+// used challenge, and exactly one receipt records the decision.
+func TestAttestConcurrentAnswers(t *testing.T) {
+	var logs syncBuffer
+	f := newFixture(t, brokertest.Opts{Server: func(o *broker.ServerOpts) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	ctx := context.Background()
+	const rounds = 5
+	for round := range rounds {
+		ch, secret := f.Challenge(t)
+		req := f.AttestRequest(t, ch, secret)
+		before := len(f.Receipts(t))
+
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			resps [2]*pb.AttestResponse
+			errs  [2]error
+		)
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				resps[i], errs[i] = f.Server.Attest(ctx, proto.Clone(req).(*pb.AttestRequest))
+			}()
+		}
+		close(start)
+		wg.Wait()
+
+		won := 0
+		if errs[0] != nil {
+			won = 1
+		}
+		lost := 1 - won
+		if errs[won] != nil {
+			t.Fatalf("round %d: both Attest calls failed: %v; %v", round, errs[0], errs[1])
+		}
+		if errs[lost] == nil {
+			t.Fatalf("round %d: both Attest calls released credentials for one challenge", round)
+		}
+		f.wantRefused(t, resps[lost], errs[lost], codes.PermissionDenied, "challenge: challenge is unknown or already used", "")
+		if len(resps[won].GetCredentials()) != 1 {
+			t.Fatalf("round %d: winner got %d credentials, want 1", round, len(resps[won].GetCredentials()))
+		}
+
+		rs := f.Receipts(t)
+		if len(rs) != before+1 {
+			t.Fatalf("round %d: %d receipts written, want exactly 1", round, len(rs)-before)
+		}
+		if r := rs[0]; !r.Allowed || r.ID != resps[won].GetReceiptId() || r.ChallengeID != ch.GetChallengeId() {
+			t.Fatalf("round %d: receipt %+v; want the winner's allowed receipt %s for challenge %s", round, r, resps[won].GetReceiptId(), ch.GetChallengeId())
+		}
+	}
+	// Whether the loser was stopped by the lookup or by the consume depends
+	// on timing; both must refuse alike.
+	t.Logf("%d of %d rounds lost the race at consume", strings.Count(logs.String(), "challenge used by a concurrent attestation"), rounds)
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 const challengeTTL = 60 * time.Second

@@ -26,7 +26,7 @@ const SecretSize = 32
 // DefaultTTL is how long a challenge stays valid when Opts.TTL is zero.
 const DefaultTTL = 60 * time.Second
 
-// Errors returned by Consume.
+// Errors returned by Lookup and Consume.
 var (
 	ErrUnknown = errors.New("challenge is unknown or already used")
 	ErrExpired = errors.New("challenge has expired")
@@ -107,20 +107,35 @@ func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Eviden
 	return &Issued{ID: c.ID, CredentialBlob: blob, EncryptedSecret: encSecret, ExpiresAt: c.ExpiresAt}, nil
 }
 
-// Consume returns a challenge and removes it, so it can be answered only
-// once. It returns ErrUnknown for an unknown or used ID and ErrExpired for an
-// expired one (which is removed too).
-func (i *Issuer) Consume(ctx context.Context, id string) (store.Challenge, error) {
-	c, err := i.store.ConsumeChallenge(ctx, id, i.now())
+// Lookup returns a challenge without using it up, so that its answer can be
+// verified before the decision is recorded with Consume. It returns
+// ErrUnknown for an unknown or used ID and ErrExpired for an expired one.
+func (i *Issuer) Lookup(ctx context.Context, id string) (store.Challenge, error) {
+	c, err := i.store.GetChallenge(ctx, id, i.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return store.Challenge{}, ErrUnknown
 	case errors.Is(err, store.ErrExpired):
 		return store.Challenge{}, ErrExpired
 	case err != nil:
-		return store.Challenge{}, fmt.Errorf("unable to consume challenge: %w", err)
+		return store.Challenge{}, fmt.Errorf("unable to look up challenge: %w", err)
 	}
 	return c, nil
+}
+
+// Consume removes the challenge and durably records r, the receipt of its
+// decision, in one commit, so a challenge is answered at most once. It
+// returns ErrUnknown, having recorded nothing, when the challenge is already
+// gone: a concurrent answer consumed it first. On success r.ID is set.
+func (i *Issuer) Consume(ctx context.Context, id string, r *store.Receipt) error {
+	err := i.store.ConsumeChallenge(ctx, id, r)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return ErrUnknown
+	case err != nil:
+		return fmt.Errorf("unable to consume challenge: %w", err)
+	}
+	return nil
 }
 
 // MakeCredential performs TPM2_MakeCredential in software: it encrypts secret

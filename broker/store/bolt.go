@@ -160,63 +160,72 @@ func (b *Bolt) PutChallenge(ctx context.Context, c Challenge) error {
 	return nil
 }
 
-// ConsumeChallenge implements Store. The lookup, expiry check and delete
-// happen in one write transaction, so of concurrent calls for one ID at most
-// one returns the challenge.
-func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, now time.Time) (Challenge, error) {
+// GetChallenge implements Store. It only reads, so that unknown, used or
+// guessed IDs cost no disk writes, and it leaves an expired challenge for
+// PurgeExpired.
+func (b *Bolt) GetChallenge(ctx context.Context, id string, now time.Time) (Challenge, error) {
 	if err := ctx.Err(); err != nil {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", err)
+		return Challenge{}, fmt.Errorf("unable to get challenge: %w", err)
 	}
 	if validateID(id) != nil {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", ErrNotFound)
+		return Challenge{}, fmt.Errorf("unable to get challenge: %w", ErrNotFound)
+	}
+	var c Challenge
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketChallenges)
+		if bk == nil {
+			return ErrNotFound
+		}
+		v := bk.Get([]byte(id))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		c, err = decodeChallenge(id, v)
+		return err
+	})
+	if err != nil {
+		return Challenge{}, fmt.Errorf("unable to get challenge: %w", err)
+	}
+	if c.Expired(now) {
+		return Challenge{}, fmt.Errorf("unable to get challenge: %w", ErrExpired)
+	}
+	return c, nil
+}
+
+// ConsumeChallenge implements Store. The presence check, the delete and the
+// receipt are one write transaction and one fsync'd commit, so of concurrent
+// calls for one ID exactly one stores its receipt. r is stored as PutReceipt
+// stores it.
+func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt) error {
+	if r == nil {
+		return errors.New("unable to consume challenge: receipt cannot be nil")
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("unable to consume challenge: %w", err)
+	}
+	if validateID(id) != nil {
+		return fmt.Errorf("unable to consume challenge: %w", ErrNotFound)
 	}
 	key := []byte(id)
-	// Answer unknown IDs from a read transaction, so that guessing costs
-	// no disk writes.
-	var present bool
-	if err := b.db.View(func(tx *bolt.Tx) error {
-		if bk := tx.Bucket(bucketChallenges); bk != nil {
-			present = bk.Get(key) != nil
-		}
-		return nil
-	}); err != nil {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", err)
-	}
-	if !present {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", ErrNotFound)
-	}
-
-	var (
-		c      Challenge
-		result error // outcome for the caller; the transaction still commits
-	)
+	var rec Receipt
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketChallenges)
-		v := bk.Get(key)
-		if v == nil {
-			result = ErrNotFound
-			return nil
+		if bk.Get(key) == nil {
+			return ErrNotFound // rolls back: nothing is written
 		}
-		var derr error
-		c, derr = decodeChallenge(id, v)
 		if err := bk.Delete(key); err != nil {
 			return err
 		}
-		switch {
-		case derr != nil:
-			result = derr
-		case c.Expired(now):
-			result = ErrExpired
-		}
-		return nil
+		var err error
+		rec, err = putReceipt(tx, *r)
+		return err
 	})
 	if err != nil {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", err)
+		return fmt.Errorf("unable to consume challenge: %w", err)
 	}
-	if result != nil {
-		return Challenge{}, fmt.Errorf("unable to consume challenge: %w", result)
-	}
-	return c, nil
+	r.ID, r.Time = rec.ID, rec.Time
+	return nil
 }
 
 // PurgeExpired implements Store. Challenges that cannot be decoded are
@@ -268,52 +277,62 @@ func (b *Bolt) PutReceipt(ctx context.Context, r *Receipt) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("unable to store receipt: %w", err)
 	}
-	rec := *r
-	if rec.Time.IsZero() {
-		rec.Time = time.Now().UTC().Round(0)
-	}
-	generate := rec.ID == ""
-	if !generate {
-		if err := validateID(rec.ID); err != nil {
-			return fmt.Errorf("unable to store receipt: receipt id %w", err)
-		}
-	}
-	if len(rec.EKHash) > maxEKHashLength {
-		return fmt.Errorf("unable to store receipt: ek hash is longer than %d bytes", maxEKHashLength)
-	}
+	var rec Receipt
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketReceipts)
-		if generate {
-			rec.ID = ""
-			for range 8 {
-				if id := newReceiptID(rec.Time); bk.Get([]byte(id)) == nil {
-					rec.ID = id
-					break
-				}
-			}
-			if rec.ID == "" {
-				return errors.New("unable to generate a unique receipt id")
-			}
-		} else if bk.Get([]byte(rec.ID)) != nil {
-			return fmt.Errorf("receipt id %w", ErrExists)
-		}
-		val, err := json.Marshal(rec)
-		if err != nil {
-			return fmt.Errorf("unable to encode receipt: %w", err)
-		}
-		if err := bk.Put([]byte(rec.ID), val); err != nil {
-			return err
-		}
-		if rec.EKHash != "" {
-			return tx.Bucket(bucketReceiptsByEK).Put(ekIndexKey(rec.EKHash, rec.ID), []byte{})
-		}
-		return nil
+		var err error
+		rec, err = putReceipt(tx, *r)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("unable to store receipt: %w", err)
 	}
 	r.ID, r.Time = rec.ID, rec.Time
 	return nil
+}
+
+// putReceipt writes rec, and its EK index entry, in tx: the one place
+// receipts are written. It sets rec.Time to now when zero and generates
+// rec.ID when empty, and returns rec as stored.
+func putReceipt(tx *bolt.Tx, rec Receipt) (Receipt, error) {
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC().Round(0)
+	}
+	generate := rec.ID == ""
+	if !generate {
+		if err := validateID(rec.ID); err != nil {
+			return Receipt{}, fmt.Errorf("receipt id %w", err)
+		}
+	}
+	if len(rec.EKHash) > maxEKHashLength {
+		return Receipt{}, fmt.Errorf("ek hash is longer than %d bytes", maxEKHashLength)
+	}
+	bk := tx.Bucket(bucketReceipts)
+	if generate {
+		for range 8 {
+			if id := newReceiptID(rec.Time); bk.Get([]byte(id)) == nil {
+				rec.ID = id
+				break
+			}
+		}
+		if rec.ID == "" {
+			return Receipt{}, errors.New("unable to generate a unique receipt id")
+		}
+	} else if bk.Get([]byte(rec.ID)) != nil {
+		return Receipt{}, fmt.Errorf("receipt id %w", ErrExists)
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return Receipt{}, fmt.Errorf("unable to encode receipt: %w", err)
+	}
+	if err := bk.Put([]byte(rec.ID), val); err != nil {
+		return Receipt{}, err
+	}
+	if rec.EKHash != "" {
+		if err := tx.Bucket(bucketReceiptsByEK).Put(ekIndexKey(rec.EKHash, rec.ID), []byte{}); err != nil {
+			return Receipt{}, err
+		}
+	}
+	return rec, nil
 }
 
 // GetReceipt implements Store.

@@ -43,7 +43,7 @@ func testChallenge(id string) Challenge {
 	}
 }
 
-func TestPutConsumeOnce(t *testing.T) {
+func TestPutGetConsumeOnce(t *testing.T) {
 	ctx := context.Background()
 	b, _ := openTemp(t)
 	want := testChallenge("abcdefghijklmnopqrstuvwxyz012345")
@@ -53,33 +53,72 @@ func TestPutConsumeOnce(t *testing.T) {
 	if err := b.PutChallenge(ctx, want); !errors.Is(err, ErrExists) {
 		t.Fatalf("PutChallenge twice: got %v, want ErrExists", err)
 	}
-	got, err := b.ConsumeChallenge(ctx, want.ID, t0)
-	if err != nil {
+	// GetChallenge only reads: asking twice returns the challenge twice.
+	for i := range 2 {
+		got, err := b.GetChallenge(ctx, want.ID, t0)
+		if err != nil {
+			t.Fatalf("GetChallenge #%d: %v", i+1, err)
+		}
+		if !got.ExpiresAt.Equal(want.ExpiresAt) {
+			t.Errorf("ExpiresAt = %v, want %v", got.ExpiresAt, want.ExpiresAt)
+		}
+		got.ExpiresAt = want.ExpiresAt
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("GetChallenge = %+v, want %+v", got, want)
+		}
+	}
+
+	r := &Receipt{ChallengeID: want.ID, EKHash: "ek", Allowed: true}
+	before := time.Now()
+	if err := b.ConsumeChallenge(ctx, want.ID, r); err != nil {
 		t.Fatalf("ConsumeChallenge: %v", err)
 	}
-	if !got.ExpiresAt.Equal(want.ExpiresAt) {
-		t.Errorf("ExpiresAt = %v, want %v", got.ExpiresAt, want.ExpiresAt)
+	if !receiptIDPattern.MatchString(r.ID) {
+		t.Errorf("receipt ID %q does not match %v", r.ID, receiptIDPattern)
 	}
-	got.ExpiresAt = want.ExpiresAt
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("ConsumeChallenge = %+v, want %+v", got, want)
+	if r.Time.Before(before.Add(-time.Second)) || r.Time.After(time.Now().Add(time.Second)) {
+		t.Errorf("receipt Time %v not set to now", r.Time)
 	}
-	_, err = b.ConsumeChallenge(ctx, want.ID, t0)
+	got, err := b.GetReceipt(ctx, r.ID)
+	if err != nil {
+		t.Fatalf("GetReceipt after ConsumeChallenge: %v", err)
+	}
+	if !reflect.DeepEqual(got, *r) {
+		t.Errorf("GetReceipt = %+v, want %+v", got, *r)
+	}
+	if byEK, err := b.ListReceipts(ctx, ListOpts{EKHash: "ek"}); err != nil || len(byEK) != 1 || byEK[0].ID != r.ID {
+		t.Errorf("ListReceipts by EK = %+v, %v; want the consumed challenge's receipt", byEK, err)
+	}
+
+	_, err = b.GetChallenge(ctx, want.ID, t0)
 	if !errors.Is(err, ErrNotFound) {
-		t.Fatalf("second ConsumeChallenge: got %v, want ErrNotFound", err)
+		t.Fatalf("GetChallenge after consume: got %v, want ErrNotFound", err)
 	}
 	if errors.Is(err, ErrExpired) {
 		t.Fatalf("ErrNotFound and ErrExpired must be distinct")
 	}
-	if _, err := b.ConsumeChallenge(ctx, "never-stored", t0); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("unknown ID: got %v, want ErrNotFound", err)
+	again := &Receipt{ChallengeID: want.ID, EKHash: "ek"}
+	if err := b.ConsumeChallenge(ctx, want.ID, again); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second ConsumeChallenge: got %v, want ErrNotFound", err)
 	}
-	if _, err := b.ConsumeChallenge(ctx, "not/a valid id", t0); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("malformed ID: got %v, want ErrNotFound", err)
+	if again.ID != "" || !again.Time.IsZero() {
+		t.Errorf("refused ConsumeChallenge set ID %q, Time %v", again.ID, again.Time)
+	}
+	if all, err := b.ListReceipts(ctx, ListOpts{}); err != nil || len(all) != 1 {
+		t.Errorf("after a refused ConsumeChallenge ListReceipts = %d receipts, %v; want 1", len(all), err)
+	}
+
+	for _, id := range []string{"never-stored", "not/a valid id", ""} {
+		if _, err := b.GetChallenge(ctx, id, t0); !errors.Is(err, ErrNotFound) {
+			t.Errorf("GetChallenge(%q): got %v, want ErrNotFound", id, err)
+		}
+		if err := b.ConsumeChallenge(ctx, id, &Receipt{}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("ConsumeChallenge(%q): got %v, want ErrNotFound", id, err)
+		}
 	}
 }
 
-func TestConsumeExpired(t *testing.T) {
+func TestGetExpired(t *testing.T) {
 	ctx := context.Background()
 	b, _ := openTemp(t)
 	c := testChallenge("expired")
@@ -87,21 +126,70 @@ func TestConsumeExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Expiry is exclusive: at ExpiresAt the challenge is already expired.
-	_, err := b.ConsumeChallenge(ctx, c.ID, c.ExpiresAt)
+	_, err := b.GetChallenge(ctx, c.ID, c.ExpiresAt)
 	if !errors.Is(err, ErrExpired) {
-		t.Fatalf("ConsumeChallenge after expiry: got %v, want ErrExpired", err)
+		t.Fatalf("GetChallenge after expiry: got %v, want ErrExpired", err)
 	}
-	if _, err := b.ConsumeChallenge(ctx, c.ID, t0); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("expired challenge must be deleted: got %v, want ErrNotFound", err)
+	// An expired challenge is left for PurgeExpired.
+	if _, err := b.GetChallenge(ctx, c.ID, t0); err != nil {
+		t.Fatalf("GetChallenge deleted the expired challenge: %v", err)
+	}
+	if n, err := b.PurgeExpired(ctx, c.ExpiresAt); err != nil || n != 1 {
+		t.Fatalf("PurgeExpired = %d, %v; want 1", n, err)
+	}
+	if _, err := b.GetChallenge(ctx, c.ID, t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("purged challenge: got %v, want ErrNotFound", err)
 	}
 }
 
+// TestConsumeChallengeAtomic checks that a receipt the store refuses leaves
+// the challenge in place: consume and receipt commit together or not at all.
+func TestConsumeChallengeAtomic(t *testing.T) {
+	ctx := context.Background()
+	b, _ := openTemp(t)
+	taken := &Receipt{EKHash: "ek"}
+	if err := b.PutReceipt(ctx, taken); err != nil {
+		t.Fatal(err)
+	}
+	c := testChallenge("atomic")
+	if err := b.PutChallenge(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		r       *Receipt
+		wantErr string
+	}{
+		{name: "nil receipt", r: nil, wantErr: "unable to consume challenge: receipt cannot be nil"},
+		{name: "malformed receipt id", r: &Receipt{ID: "a/b"}, wantErr: "unable to consume challenge: receipt id must contain only [A-Za-z0-9._-]"},
+		{name: "existing receipt id", r: &Receipt{ID: taken.ID}, wantErr: "unable to consume challenge: receipt id already exists"},
+		{name: "long ek hash", r: &Receipt{EKHash: strings.Repeat("e", maxEKHashLength+1)}, wantErr: "unable to consume challenge: ek hash is longer than 1024 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := b.ConsumeChallenge(ctx, c.ID, tt.r)
+			if err == nil || err.Error() != tt.wantErr {
+				t.Fatalf("ConsumeChallenge error = %v, want %q", err, tt.wantErr)
+			}
+			if _, err := b.GetChallenge(ctx, c.ID, t0); err != nil {
+				t.Fatalf("a refused receipt consumed the challenge: %v", err)
+			}
+		})
+	}
+	if all, err := b.ListReceipts(ctx, ListOpts{}); err != nil || len(all) != 1 {
+		t.Errorf("ListReceipts = %d receipts, %v; want only the first", len(all), err)
+	}
+}
+
+// TestConsumeConcurrent races ConsumeChallenge for one challenge: exactly one
+// call succeeds and exactly one receipt is stored.
 func TestConsumeConcurrent(t *testing.T) {
 	ctx := context.Background()
 	b, _ := openTemp(t)
 	const rounds, workers = 10, 16
 	for round := range rounds {
 		id := fmt.Sprintf("concurrent-%d", round)
+		ek := fmt.Sprintf("ek-%d", round)
 		if err := b.PutChallenge(ctx, testChallenge(id)); err != nil {
 			t.Fatal(err)
 		}
@@ -109,6 +197,7 @@ func TestConsumeConcurrent(t *testing.T) {
 			wg                 sync.WaitGroup
 			mu                 sync.Mutex
 			successes, missing int
+			winner             string
 			start              = make(chan struct{})
 		)
 		for range workers {
@@ -116,14 +205,19 @@ func TestConsumeConcurrent(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				_, err := b.ConsumeChallenge(ctx, id, t0)
+				r := &Receipt{ChallengeID: id, EKHash: ek}
+				err := b.ConsumeChallenge(ctx, id, r)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
 				case err == nil:
 					successes++
+					winner = r.ID
 				case errors.Is(err, ErrNotFound):
 					missing++
+					if r.ID != "" {
+						t.Errorf("refused ConsumeChallenge set receipt ID %q", r.ID)
+					}
 				default:
 					t.Errorf("ConsumeChallenge: %v", err)
 				}
@@ -133,6 +227,13 @@ func TestConsumeConcurrent(t *testing.T) {
 		wg.Wait()
 		if successes != 1 || missing != workers-1 {
 			t.Fatalf("round %d: %d successes and %d not found, want 1 and %d", round, successes, missing, workers-1)
+		}
+		got, err := b.ListReceipts(ctx, ListOpts{EKHash: ek})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].ID != winner || got[0].ChallengeID != id {
+			t.Fatalf("round %d: receipts %+v, want exactly the winner's %s", round, got, winner)
 		}
 	}
 }
@@ -199,9 +300,9 @@ func TestPurgeExpired(t *testing.T) {
 		t.Fatalf("PurgeExpired = %d, want 3", n)
 	}
 	for i := range 5 {
-		_, err := b.ConsumeChallenge(ctx, fmt.Sprintf("purge-%d", i), t0)
+		_, err := b.GetChallenge(ctx, fmt.Sprintf("purge-%d", i), t0)
 		if gotGone, wantGone := errors.Is(err, ErrNotFound), i <= 2; gotGone != wantGone {
-			t.Errorf("challenge %d: ConsumeChallenge err = %v, want gone=%v", i, err, wantGone)
+			t.Errorf("challenge %d: GetChallenge err = %v, want gone=%v", i, err, wantGone)
 		}
 	}
 }
@@ -363,7 +464,7 @@ func TestReopenKeepsReceipts(t *testing.T) {
 	if len(got) != 1 || !reflect.DeepEqual(got[0], *r) {
 		t.Fatalf("after reopen ListReceipts = %+v, want [%+v]", got, *r)
 	}
-	if _, err := b.ConsumeChallenge(ctx, "survives", t0); err != nil {
+	if _, err := b.GetChallenge(ctx, "survives", t0); err != nil {
 		t.Fatalf("challenge lost across reopen: %v", err)
 	}
 }
@@ -520,6 +621,12 @@ func TestCanceledContext(t *testing.T) {
 	}
 	if err := b.PutReceipt(ctx, &Receipt{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("PutReceipt: got %v, want context.Canceled", err)
+	}
+	if _, err := b.GetChallenge(ctx, "x", t0); !errors.Is(err, context.Canceled) {
+		t.Errorf("GetChallenge: got %v, want context.Canceled", err)
+	}
+	if err := b.ConsumeChallenge(ctx, "x", &Receipt{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("ConsumeChallenge: got %v, want context.Canceled", err)
 	}
 }
 

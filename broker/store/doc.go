@@ -5,7 +5,7 @@
 // the embedded default, a single bbolt file owned by one broker process.
 // Business rules (what is trusted, what is released) live elsewhere: the store
 // only guarantees that a challenge is consumed at most once and that a receipt
-// is on disk before PutReceipt returns.
+// is on disk before PutReceipt or ConsumeChallenge returns.
 //
 //	st, err := store.OpenBolt("/var/lib/keybroker/state.db", store.BoltOpts{})
 //	if err != nil {
@@ -16,11 +16,19 @@
 //		return err
 //	}
 //	...
-//	c, err := st.ConsumeChallenge(ctx, id, time.Now())
+//	c, err := st.GetChallenge(ctx, id, time.Now())
 //	switch {
 //	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 //		// unknown, already used or too late: refuse
 //	case err != nil:
 //		// internal fault
+//	}
+//	... // verify the answer against c, decide, fill in the receipt r
+//	err = st.ConsumeChallenge(ctx, id, r) // one commit: challenge gone, r on disk
+//	switch {
+//	case errors.Is(err, store.ErrNotFound):
+//		// a concurrent answer consumed it first: release nothing
+//	case err != nil:
+//		// internal fault: release nothing
 //	}
 package store

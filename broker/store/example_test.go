@@ -39,15 +39,17 @@ func ExampleOpenBolt() {
 		log.Fatal(err)
 	}
 
-	_, err = st.ConsumeChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
-	fmt.Println("first consume:", err)
-	_, err = st.ConsumeChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
-	fmt.Println("second consume is not found:", errors.Is(err, store.ErrNotFound))
-
-	r := &store.Receipt{ChallengeID: "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", EKHash: "ek", Allowed: true}
-	if err := st.PutReceipt(ctx, r); err != nil {
+	c, err := st.GetChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
+	if err != nil {
 		log.Fatal(err)
 	}
+	// ... verify the node's answer against c and decide ...
+	r := &store.Receipt{ChallengeID: c.ID, EKHash: "ek", Allowed: true}
+	err = st.ConsumeChallenge(ctx, c.ID, r)
+	fmt.Println("first consume:", err)
+	err = st.ConsumeChallenge(ctx, c.ID, &store.Receipt{ChallengeID: c.ID, EKHash: "ek"})
+	fmt.Println("second consume is not found:", errors.Is(err, store.ErrNotFound))
+
 	receipts, err := st.ListReceipts(ctx, store.ListOpts{EKHash: "ek"})
 	if err != nil {
 		log.Fatal(err)

@@ -32,8 +32,8 @@ var (
 	// ErrNotFound is returned for a challenge or receipt that does not exist,
 	// including a challenge that was already consumed.
 	ErrNotFound = errors.New("not found")
-	// ErrExpired is returned by ConsumeChallenge for a challenge whose
-	// expiry has passed; the challenge is deleted all the same.
+	// ErrExpired is returned by GetChallenge for a challenge whose expiry
+	// has passed; the challenge stays until PurgeExpired deletes it.
 	ErrExpired = errors.New("challenge expired")
 	// ErrLocked is returned by OpenBolt when another process holds the store.
 	ErrLocked = errors.New("locked by another process")
@@ -111,12 +111,12 @@ func validateID(id string) error {
 // Receipt records one attestation decision and what was released. Receipts
 // are written before anything is released, and never changed afterwards.
 type Receipt struct {
-	// ID is assigned by PutReceipt when empty: the UTC time followed by
+	// ID is assigned by PutReceipt (or ConsumeChallenge) when empty: the UTC time followed by
 	// random hex, e.g. "20240102T150405.000000000Z-0a1b2c3d", so that IDs
 	// sort in time order.
 	ID string `json:"id"`
-	// Time is when the decision was made; PutReceipt sets it to the current
-	// time when zero.
+	// Time is when the decision was made; PutReceipt (or ConsumeChallenge)
+	// sets it to the current time when zero.
 	Time        time.Time `json:"time"`
 	ChallengeID string    `json:"challenge_id,omitempty"`
 	EKHash      string    `json:"ek_hash,omitempty"`
@@ -163,11 +163,18 @@ type Store interface {
 	// PutChallenge stores a new challenge. It fails if the challenge does
 	// not validate or its ID already exists.
 	PutChallenge(ctx context.Context, c Challenge) error
-	// ConsumeChallenge atomically deletes and returns the challenge. A
-	// second call for the same ID returns ErrNotFound; an expired challenge
-	// is deleted and ErrExpired returned. Under concurrency exactly one call
-	// succeeds.
-	ConsumeChallenge(ctx context.Context, id string, now time.Time) (Challenge, error)
+	// GetChallenge returns the challenge without consuming it. It returns
+	// ErrNotFound for an unknown, consumed or malformed ID and ErrExpired
+	// for a challenge expired at now. It never writes.
+	GetChallenge(ctx context.Context, id string, now time.Time) (Challenge, error)
+	// ConsumeChallenge deletes the challenge and stores r, the receipt of
+	// its decision, in one durable commit: when it returns nil both are on
+	// disk, and r.ID and r.Time are set as PutReceipt sets them. If the
+	// challenge is gone (consumed, purged or never stored) it stores nothing
+	// and returns ErrNotFound, so under concurrency exactly one call per
+	// challenge succeeds and exactly one receipt is stored. It does not
+	// check expiry: the caller checked it with GetChallenge.
+	ConsumeChallenge(ctx context.Context, id string, r *Receipt) error
 	// PutReceipt durably stores r before returning, assigning r.ID (and
 	// r.Time) when empty. An existing ID is never overwritten.
 	PutReceipt(ctx context.Context, r *Receipt) error
