@@ -188,6 +188,9 @@ func (s *Server) attest(ch store.Challenge, req *pb.AttestRequest, rec *store.Re
 	if err != nil {
 		return nil, checkRefusal(err)
 	}
+	if v, err = v.WithEventLog(req.GetEventLog()); err != nil {
+		return nil, checkRefusal(err)
+	}
 	digest := v.QuoteDigest()
 	rec.QuoteDigest = digest[:]
 

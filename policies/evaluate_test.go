@@ -371,7 +371,11 @@ func TestFacts(t *testing.T) {
 	if tpm["clock"] != int64(v.Clock().Clock) || tpm["reset_count"] != int64(v.Clock().ResetCount) {
 		t.Errorf("tpm facts = %v", tpm)
 	}
-	// Every fact FactNames documents for ek and tpm is present.
+	el := f["eventlog"].(map[string]any)
+	if el["present"] != false || el["kernel_cmdline"] != "" {
+		t.Errorf("eventlog facts without a log = %v", el)
+	}
+	// Every fact FactNames documents for ek, tpm and eventlog is present.
 	for _, name := range policies.FactNames() {
 		group, key, _ := strings.Cut(name, ".")
 		switch group {
@@ -381,6 +385,10 @@ func TestFacts(t *testing.T) {
 			}
 		case "tpm":
 			if _, ok := tpm[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
+		case "eventlog":
+			if _, ok := el[key]; !ok {
 				t.Errorf("fact %s is missing", name)
 			}
 		case "pcrs":

@@ -16,6 +16,9 @@ var factNames = []string{
 	"ek.hash", "ek.ca", "ek.certified", "ek.manufacturer", "ek.model", "ek.version",
 	"pcrs.sha1", "pcrs.sha256", "pcrs.sha384", "pcrs.sha512",
 	"tpm.reset_count", "tpm.restart_count", "tpm.clock", "tpm.firmware_version",
+	"eventlog.present", "eventlog.secure_boot", "eventlog.pk", "eventlog.kek", "eventlog.db", "eventlog.dbx",
+	"eventlog.authorities", "eventlog.boot_apps", "eventlog.grub_commands", "eventlog.kernel_cmdline",
+	"eventlog.firmware_version", "eventlog.separators",
 }
 
 // FactNames lists the facts require expressions can read:
@@ -34,7 +37,21 @@ var factNames = []string{
 //	tpm.restart_count     int
 //	tpm.clock             int, milliseconds
 //	tpm.firmware_version  int
+//	eventlog.present          bool, whether the node sent an event log (it replayed in every quoted bank)
+//	eventlog.secure_boot      bool, UEFI Secure Boot enabled
+//	eventlog.pk               list(string), Secure Boot PK entries: SHA-256 of each certificate (hex) or a
+//	eventlog.kek              list(string)   well-known name such as "MS_THIRD_PARTY_UEFI_CA_2011", and hashes
+//	eventlog.db               list(string)
+//	eventlog.dbx              list(string)
+//	eventlog.authorities      list(string), the db entries that verified boot applications
+//	eventlog.boot_apps        list(string), digests of the EFI applications loaded (shim, GRUB, kernel), in order
+//	eventlog.grub_commands    list(string), commands GRUB ran
+//	eventlog.kernel_cmdline   string, the kernel path and command line GRUB booted
+//	eventlog.firmware_version string, the S-CRTM version
+//	eventlog.separators       list(int), PCRs holding a separator event
 //
+// Without an event log, eventlog.present is false and every other eventlog
+// fact is empty (false, "", []).
 // Only the banks that were quoted and verified are present in pcrs, and
 // only the PCRs that were quoted are present in a bank: reading a missing
 // one is an evaluation error, reported as a failure. Test for presence with
@@ -75,14 +92,46 @@ func Facts(v *verify.Verified) map[string]any {
 	}
 	clock := v.Clock()
 	return map[string]any{
-		"ek":   ek,
-		"pcrs": pcrs,
+		"eventlog": eventLogFacts(v.EventLog()),
+		"ek":       ek,
+		"pcrs":     pcrs,
 		"tpm": map[string]int64{
 			"reset_count":      int64(clock.ResetCount),
 			"restart_count":    int64(clock.RestartCount),
 			"clock":            clampInt64(clock.Clock),
 			"firmware_version": clampInt64(v.FirmwareVersion()),
 		},
+	}
+}
+
+// eventLogFacts presents the event-log facts; absent ones are empty.
+func eventLogFacts(f *verify.EventLogFacts) map[string]any {
+	if f == nil {
+		f = &verify.EventLogFacts{}
+	}
+	list := func(s []string) []string {
+		if s == nil {
+			return []string{}
+		}
+		return s
+	}
+	separators := make([]int64, 0, len(f.Separators))
+	for _, p := range f.Separators {
+		separators = append(separators, int64(p))
+	}
+	return map[string]any{
+		"present":          f.Bank != 0,
+		"secure_boot":      f.SecureBoot,
+		"pk":               list(f.PK),
+		"kek":              list(f.KEK),
+		"db":               list(f.DB),
+		"dbx":              list(f.DBX),
+		"authorities":      list(f.Authorities),
+		"boot_apps":        list(f.BootApps),
+		"grub_commands":    list(f.GrubCommands),
+		"kernel_cmdline":   f.KernelCmdline,
+		"firmware_version": f.FirmwareVersion,
+		"separators":       separators,
 	}
 }
 
@@ -104,6 +153,8 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 			"verified PCR values: bank name -> PCR index -> lowercase hex digest"),
 		cel.VariableWithDoc("tpm", cel.MapType(cel.StringType, cel.IntType),
 			"TPM counters from the quote: reset_count, restart_count, clock, firmware_version"),
+		cel.VariableWithDoc("eventlog", cel.MapType(cel.StringType, cel.DynType),
+			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, grub_commands, kernel_cmdline, firmware_version, separators"),
 	)
 })
 

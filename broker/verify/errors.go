@@ -18,6 +18,7 @@ const (
 	CheckSignature  Check = "quote_signature"
 	CheckPCRDigest  Check = "pcr_digest"
 	CheckBank       Check = "pcr_bank"
+	CheckEventLog   Check = "event_log"
 )
 
 // CheckError is a failed verification step. Msg is safe to show to the node:

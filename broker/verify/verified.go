@@ -24,6 +24,7 @@ type Verified struct {
 	clock       ClockInfo
 	firmware    uint64
 	quoteDigest [32]byte
+	eventLog    *EventLogFacts
 }
 
 // Node returns the verified node identity.
