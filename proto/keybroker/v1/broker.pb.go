@@ -86,6 +86,9 @@ const (
 	CredentialType_CREDENTIAL_TYPE_UNSPECIFIED CredentialType = 0
 	// An ECDSA P-256 private key with its X.509 certificate and chain.
 	CredentialType_TLS_CERTIFICATE CredentialType = 1
+	// The node's X.509-SVID: an ECDSA P-256 key, its SPIFFE certificate and
+	// the trust domain's bundle.
+	CredentialType_X509_SVID CredentialType = 2
 )
 
 // Enum value maps for CredentialType.
@@ -93,10 +96,12 @@ var (
 	CredentialType_name = map[int32]string{
 		0: "CREDENTIAL_TYPE_UNSPECIFIED",
 		1: "TLS_CERTIFICATE",
+		2: "X509_SVID",
 	}
 	CredentialType_value = map[string]int32{
 		"CREDENTIAL_TYPE_UNSPECIFIED": 0,
 		"TLS_CERTIFICATE":             1,
+		"X509_SVID":                   2,
 	}
 )
 
@@ -456,10 +461,13 @@ func (x *PCRValues) GetValues() map[uint32][]byte {
 type AttestResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The receipt of this decision, durable before this reply was sent.
-	ReceiptId     string        `protobuf:"bytes,1,opt,name=receipt_id,json=receiptId,proto3" json:"receipt_id,omitempty"`
-	Credentials   []*Credential `protobuf:"bytes,2,rep,name=credentials,proto3" json:"credentials,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReceiptId   string        `protobuf:"bytes,1,opt,name=receipt_id,json=receiptId,proto3" json:"receipt_id,omitempty"`
+	Credentials []*Credential `protobuf:"bytes,2,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	// The workload identities this node may hand out, from the policies that
+	// allowed it (at most 256).
+	WorkloadEntries []*WorkloadEntry `protobuf:"bytes,3,rep,name=workload_entries,json=workloadEntries,proto3" json:"workload_entries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AttestResponse) Reset() {
@@ -506,6 +514,542 @@ func (x *AttestResponse) GetCredentials() []*Credential {
 	return nil
 }
 
+func (x *AttestResponse) GetWorkloadEntries() []*WorkloadEntry {
+	if x != nil {
+		return x.WorkloadEntries
+	}
+	return nil
+}
+
+// WorkloadEntry maps local workloads, recognised by all of their selectors,
+// to a SPIFFE ID.
+type WorkloadEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The SPIFFE ID to issue, e.g. spiffe://example.org/web.
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// All must match the calling process (at most 16).
+	Selectors []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	// The longest validity of an SVID for this entry, in seconds.
+	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadEntry) Reset() {
+	*x = WorkloadEntry{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadEntry) ProtoMessage() {}
+
+func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
+func (*WorkloadEntry) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WorkloadEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadEntry) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *WorkloadEntry) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *WorkloadEntry) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// Selector is a fact about a workload process the agent attests from the
+// Workload API socket's peer credentials.
+type Selector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The selector type: "unix".
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// For unix: "uid:<n>", "gid:<n>", "path:<absolute path>", "sha256:<hex>".
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Selector) Reset() {
+	*x = Selector{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Selector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Selector) ProtoMessage() {}
+
+func (x *Selector) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Selector.ProtoReflect.Descriptor instead.
+func (*Selector) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Selector) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Selector) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type IssueWorkloadX509SVIDsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 64.
+	Csrs          []*WorkloadCSR `protobuf:"bytes,1,rep,name=csrs,proto3" json:"csrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadX509SVIDsRequest) Reset() {
+	*x = IssueWorkloadX509SVIDsRequest{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadX509SVIDsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadX509SVIDsRequest) ProtoMessage() {}
+
+func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadX509SVIDsRequest.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadX509SVIDsRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *IssueWorkloadX509SVIDsRequest) GetCsrs() []*WorkloadCSR {
+	if x != nil {
+		return x.Csrs
+	}
+	return nil
+}
+
+type WorkloadCSR struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The SPIFFE ID requested; it must match the CSR's URI SAN.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// PKCS#10 certificate request, DER (at most 4 KiB).
+	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadCSR) Reset() {
+	*x = WorkloadCSR{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadCSR) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadCSR) ProtoMessage() {}
+
+func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadCSR.ProtoReflect.Descriptor instead.
+func (*WorkloadCSR) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WorkloadCSR) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *WorkloadCSR) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueWorkloadX509SVIDsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Svids         []*WorkloadX509SVID    `protobuf:"bytes,1,rep,name=svids,proto3" json:"svids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadX509SVIDsResponse) Reset() {
+	*x = IssueWorkloadX509SVIDsResponse{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadX509SVIDsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadX509SVIDsResponse) ProtoMessage() {}
+
+func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadX509SVIDsResponse.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadX509SVIDsResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *IssueWorkloadX509SVIDsResponse) GetSvids() []*WorkloadX509SVID {
+	if x != nil {
+		return x.Svids
+	}
+	return nil
+}
+
+type WorkloadX509SVID struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// DER certificates, leaf first.
+	CertChain     [][]byte `protobuf:"bytes,2,rep,name=cert_chain,json=certChain,proto3" json:"cert_chain,omitempty"`
+	ExpiresUnix   int64    `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadX509SVID) Reset() {
+	*x = WorkloadX509SVID{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadX509SVID) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadX509SVID) ProtoMessage() {}
+
+func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadX509SVID.ProtoReflect.Descriptor instead.
+func (*WorkloadX509SVID) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WorkloadX509SVID) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *WorkloadX509SVID) GetCertChain() [][]byte {
+	if x != nil {
+		return x.CertChain
+	}
+	return nil
+}
+
+func (x *WorkloadX509SVID) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type IssueWorkloadJWTSVIDRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// At least one (at most 8, each at most 256 bytes).
+	Audience      []string `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadJWTSVIDRequest) Reset() {
+	*x = IssueWorkloadJWTSVIDRequest{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadJWTSVIDRequest) ProtoMessage() {}
+
+func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *IssueWorkloadJWTSVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *IssueWorkloadJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type IssueWorkloadJWTSVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The compact JWS.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresUnix   int64  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadJWTSVIDResponse) Reset() {
+	*x = IssueWorkloadJWTSVIDResponse{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadJWTSVIDResponse) ProtoMessage() {}
+
+func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *IssueWorkloadJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *IssueWorkloadJWTSVIDResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type GetBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleRequest) Reset() {
+	*x = GetBundleRequest{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleRequest) ProtoMessage() {}
+
+func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetBundleRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+type GetBundleResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The SPIFFE bundle as a JWKS document: X.509 authorities ("x509-svid")
+	// and JWT signing keys ("jwt-svid").
+	SpiffeBundle  []byte `protobuf:"bytes,2,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleResponse) Reset() {
+	*x = GetBundleResponse{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleResponse) ProtoMessage() {}
+
+func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
+func (*GetBundleResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetBundleResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *GetBundleResponse) GetSpiffeBundle() []byte {
+	if x != nil {
+		return x.SpiffeBundle
+	}
+	return nil
+}
+
 // Credential is one released secret. The node imports blob into its TPM under
 // the EK, which yields a 32-byte content-encryption key; jwe is the payload
 // encrypted with that key (alg "dir", enc "A256GCM").
@@ -526,7 +1070,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +1082,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +1095,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Credential) GetName() string {
@@ -611,7 +1155,7 @@ type ImportBlob struct {
 
 func (x *ImportBlob) Reset() {
 	*x = ImportBlob{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +1167,7 @@ func (x *ImportBlob) String() string {
 func (*ImportBlob) ProtoMessage() {}
 
 func (x *ImportBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +1180,7 @@ func (x *ImportBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBlob.ProtoReflect.Descriptor instead.
 func (*ImportBlob) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ImportBlob) GetDuplicate() []byte {
@@ -667,6 +1211,78 @@ func (x *ImportBlob) GetPcrs() *PCRValues {
 	return nil
 }
 
+// X509SVIDCredential is the JWE payload of an X509_SVID credential.
+type X509SVIDCredential struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// PKCS#8 private key, PEM.
+	KeyPem []byte `protobuf:"bytes,2,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// The SVID certificate, then intermediates, PEM.
+	CertificatesPem []byte `protobuf:"bytes,3,opt,name=certificates_pem,json=certificatesPem,proto3" json:"certificates_pem,omitempty"`
+	// The trust domain's SPIFFE bundle (JWKS).
+	SpiffeBundle  []byte `protobuf:"bytes,4,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *X509SVIDCredential) Reset() {
+	*x = X509SVIDCredential{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *X509SVIDCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*X509SVIDCredential) ProtoMessage() {}
+
+func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use X509SVIDCredential.ProtoReflect.Descriptor instead.
+func (*X509SVIDCredential) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *X509SVIDCredential) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *X509SVIDCredential) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+func (x *X509SVIDCredential) GetCertificatesPem() []byte {
+	if x != nil {
+		return x.CertificatesPem
+	}
+	return nil
+}
+
+func (x *X509SVIDCredential) GetSpiffeBundle() []byte {
+	if x != nil {
+		return x.SpiffeBundle
+	}
+	return nil
+}
+
 // TLSCredential is the JWE payload of a TLS_CERTIFICATE credential.
 type TLSCredential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -682,7 +1298,7 @@ type TLSCredential struct {
 
 func (x *TLSCredential) Reset() {
 	*x = TLSCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +1310,7 @@ func (x *TLSCredential) String() string {
 func (*TLSCredential) ProtoMessage() {}
 
 func (x *TLSCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +1323,7 @@ func (x *TLSCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSCredential.ProtoReflect.Descriptor instead.
 func (*TLSCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TLSCredential) GetKeyPem() []byte {
@@ -759,11 +1375,43 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x06values\x18\x02 \x03(\v2#.keybroker.v1.PCRValues.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"k\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xb3\x01\n" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12:\n" +
-	"\vcredentials\x18\x02 \x03(\v2\x18.keybroker.v1.CredentialR\vcredentials\"\xe7\x01\n" +
+	"\vcredentials\x18\x02 \x03(\v2\x18.keybroker.v1.CredentialR\vcredentials\x12F\n" +
+	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\"\x97\x01\n" +
+	"\rWorkloadEntry\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
+	"\tselectors\x18\x03 \x03(\v2\x16.keybroker.v1.SelectorR\tselectors\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\"4\n" +
+	"\bSelector\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"N\n" +
+	"\x1dIssueWorkloadX509SVIDsRequest\x12-\n" +
+	"\x04csrs\x18\x01 \x03(\v2\x19.keybroker.v1.WorkloadCSRR\x04csrs\"<\n" +
+	"\vWorkloadCSR\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\"V\n" +
+	"\x1eIssueWorkloadX509SVIDsResponse\x124\n" +
+	"\x05svids\x18\x01 \x03(\v2\x1e.keybroker.v1.WorkloadX509SVIDR\x05svids\"q\n" +
+	"\x10WorkloadX509SVID\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"cert_chain\x18\x02 \x03(\fR\tcertChain\x12!\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"V\n" +
+	"\x1bIssueWorkloadJWTSVIDRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"W\n" +
+	"\x1cIssueWorkloadJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"\x12\n" +
+	"\x10GetBundleRequest\"[\n" +
+	"\x11GetBundleResponse\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
+	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\"\xe7\x01\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
@@ -778,7 +1426,12 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0eencrypted_seed\x18\x02 \x01(\fR\rencryptedSeed\x12\x1f\n" +
 	"\vpublic_area\x18\x03 \x01(\fR\n" +
 	"publicArea\x12+\n" +
-	"\x04pcrs\x18\x04 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\"n\n" +
+	"\x04pcrs\x18\x04 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\"\x9a\x01\n" +
+	"\x12X509SVIDCredential\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
+	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12)\n" +
+	"\x10certificates_pem\x18\x03 \x01(\fR\x0fcertificatesPem\x12#\n" +
+	"\rspiffe_bundle\x18\x04 \x01(\fR\fspiffeBundle\"n\n" +
 	"\rTLSCredential\x12\x17\n" +
 	"\akey_pem\x18\x01 \x01(\fR\x06keyPem\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\fR\x0ecertificatePem\x12\x1b\n" +
@@ -787,13 +1440,17 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PCR_SEALED\x10\x02*F\n" +
+	"PCR_SEALED\x10\x02*U\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
-	"\x0fTLS_CERTIFICATE\x10\x012\x9b\x01\n" +
+	"\x0fTLS_CERTIFICATE\x10\x01\x12\r\n" +
+	"\tX509_SVID\x10\x022\xcd\x03\n" +
 	"\x06Broker\x12L\n" +
 	"\tChallenge\x12\x1e.keybroker.v1.ChallengeRequest\x1a\x1f.keybroker.v1.ChallengeResponse\x12C\n" +
-	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponseB?Z=github.com/keybroker/keybroker/proto/keybroker/v1;keybrokerv1b\x06proto3"
+	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponse\x12s\n" +
+	"\x16IssueWorkloadX509SVIDs\x12+.keybroker.v1.IssueWorkloadX509SVIDsRequest\x1a,.keybroker.v1.IssueWorkloadX509SVIDsResponse\x12m\n" +
+	"\x14IssueWorkloadJWTSVID\x12).keybroker.v1.IssueWorkloadJWTSVIDRequest\x1a*.keybroker.v1.IssueWorkloadJWTSVIDResponse\x12L\n" +
+	"\tGetBundle\x12\x1e.keybroker.v1.GetBundleRequest\x1a\x1f.keybroker.v1.GetBundleResponseB?Z=github.com/keybroker/keybroker/proto/keybroker/v1;keybrokerv1b\x06proto3"
 
 var (
 	file_keybroker_v1_broker_proto_rawDescOnce sync.Once
@@ -808,39 +1465,60 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_keybroker_v1_broker_proto_goTypes = []any{
-	(ReleaseMode)(0),          // 0: keybroker.v1.ReleaseMode
-	(CredentialType)(0),       // 1: keybroker.v1.CredentialType
-	(*ChallengeRequest)(nil),  // 2: keybroker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil), // 3: keybroker.v1.ChallengeResponse
-	(*AttestRequest)(nil),     // 4: keybroker.v1.AttestRequest
-	(*Quote)(nil),             // 5: keybroker.v1.Quote
-	(*PCRValues)(nil),         // 6: keybroker.v1.PCRValues
-	(*AttestResponse)(nil),    // 7: keybroker.v1.AttestResponse
-	(*Credential)(nil),        // 8: keybroker.v1.Credential
-	(*ImportBlob)(nil),        // 9: keybroker.v1.ImportBlob
-	(*TLSCredential)(nil),     // 10: keybroker.v1.TLSCredential
-	nil,                       // 11: keybroker.v1.PCRValues.ValuesEntry
+	(ReleaseMode)(0),                       // 0: keybroker.v1.ReleaseMode
+	(CredentialType)(0),                    // 1: keybroker.v1.CredentialType
+	(*ChallengeRequest)(nil),               // 2: keybroker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),              // 3: keybroker.v1.ChallengeResponse
+	(*AttestRequest)(nil),                  // 4: keybroker.v1.AttestRequest
+	(*Quote)(nil),                          // 5: keybroker.v1.Quote
+	(*PCRValues)(nil),                      // 6: keybroker.v1.PCRValues
+	(*AttestResponse)(nil),                 // 7: keybroker.v1.AttestResponse
+	(*WorkloadEntry)(nil),                  // 8: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                       // 9: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),  // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                    // 11: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil), // 12: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),               // 13: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),    // 14: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),   // 15: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),               // 16: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),              // 17: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                     // 18: keybroker.v1.Credential
+	(*ImportBlob)(nil),                     // 19: keybroker.v1.ImportBlob
+	(*X509SVIDCredential)(nil),             // 20: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                  // 21: keybroker.v1.TLSCredential
+	nil,                                    // 22: keybroker.v1.PCRValues.ValuesEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	11, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
-	8,  // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
-	1,  // 4: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
-	0,  // 5: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
-	9,  // 6: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
-	6,  // 7: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	2,  // 8: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 9: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	3,  // 10: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	7,  // 11: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	22, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
+	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
+	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
+	11, // 6: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
+	13, // 7: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
+	1,  // 8: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
+	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
+	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
+	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
+	2,  // 12: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 13: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	10, // 14: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	14, // 15: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	16, // 16: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	3,  // 17: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	7,  // 18: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	12, // 19: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	15, // 20: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	17, // 21: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -854,7 +1532,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

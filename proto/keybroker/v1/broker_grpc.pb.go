@@ -26,8 +26,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Broker_Challenge_FullMethodName = "/keybroker.v1.Broker/Challenge"
-	Broker_Attest_FullMethodName    = "/keybroker.v1.Broker/Attest"
+	Broker_Challenge_FullMethodName              = "/keybroker.v1.Broker/Challenge"
+	Broker_Attest_FullMethodName                 = "/keybroker.v1.Broker/Attest"
+	Broker_IssueWorkloadX509SVIDs_FullMethodName = "/keybroker.v1.Broker/IssueWorkloadX509SVIDs"
+	Broker_IssueWorkloadJWTSVID_FullMethodName   = "/keybroker.v1.Broker/IssueWorkloadJWTSVID"
+	Broker_GetBundle_FullMethodName              = "/keybroker.v1.Broker/GetBundle"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -45,6 +48,17 @@ type BrokerClient interface {
 	// must be the activated secret), evaluates policy and releases credentials
 	// that only the node's TPM can open.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
+	// IssueWorkloadX509SVIDs signs X.509-SVIDs for workload keys the agent
+	// generated. The caller authenticates with its node X.509-SVID over mutual
+	// TLS; only SPIFFE IDs in the node's workload entries are signed, and
+	// nothing is signed for a node on the deny list.
+	IssueWorkloadX509SVIDs(ctx context.Context, in *IssueWorkloadX509SVIDsRequest, opts ...grpc.CallOption) (*IssueWorkloadX509SVIDsResponse, error)
+	// IssueWorkloadJWTSVID signs a JWT-SVID (ES256) for a SPIFFE ID in the
+	// node's workload entries, for the given audience. Same authentication as
+	// IssueWorkloadX509SVIDs.
+	IssueWorkloadJWTSVID(ctx context.Context, in *IssueWorkloadJWTSVIDRequest, opts ...grpc.CallOption) (*IssueWorkloadJWTSVIDResponse, error)
+	// GetBundle returns the trust domain's SPIFFE bundle.
+	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
 }
 
 type brokerClient struct {
@@ -75,6 +89,36 @@ func (c *brokerClient) Attest(ctx context.Context, in *AttestRequest, opts ...gr
 	return out, nil
 }
 
+func (c *brokerClient) IssueWorkloadX509SVIDs(ctx context.Context, in *IssueWorkloadX509SVIDsRequest, opts ...grpc.CallOption) (*IssueWorkloadX509SVIDsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueWorkloadX509SVIDsResponse)
+	err := c.cc.Invoke(ctx, Broker_IssueWorkloadX509SVIDs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) IssueWorkloadJWTSVID(ctx context.Context, in *IssueWorkloadJWTSVIDRequest, opts ...grpc.CallOption) (*IssueWorkloadJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueWorkloadJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, Broker_IssueWorkloadJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBundleResponse)
+	err := c.cc.Invoke(ctx, Broker_GetBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -90,6 +134,17 @@ type BrokerServer interface {
 	// must be the activated secret), evaluates policy and releases credentials
 	// that only the node's TPM can open.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
+	// IssueWorkloadX509SVIDs signs X.509-SVIDs for workload keys the agent
+	// generated. The caller authenticates with its node X.509-SVID over mutual
+	// TLS; only SPIFFE IDs in the node's workload entries are signed, and
+	// nothing is signed for a node on the deny list.
+	IssueWorkloadX509SVIDs(context.Context, *IssueWorkloadX509SVIDsRequest) (*IssueWorkloadX509SVIDsResponse, error)
+	// IssueWorkloadJWTSVID signs a JWT-SVID (ES256) for a SPIFFE ID in the
+	// node's workload entries, for the given audience. Same authentication as
+	// IssueWorkloadX509SVIDs.
+	IssueWorkloadJWTSVID(context.Context, *IssueWorkloadJWTSVIDRequest) (*IssueWorkloadJWTSVIDResponse, error)
+	// GetBundle returns the trust domain's SPIFFE bundle.
+	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -105,6 +160,15 @@ func (UnimplementedBrokerServer) Challenge(context.Context, *ChallengeRequest) (
 }
 func (UnimplementedBrokerServer) Attest(context.Context, *AttestRequest) (*AttestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Attest not implemented")
+}
+func (UnimplementedBrokerServer) IssueWorkloadX509SVIDs(context.Context, *IssueWorkloadX509SVIDsRequest) (*IssueWorkloadX509SVIDsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueWorkloadX509SVIDs not implemented")
+}
+func (UnimplementedBrokerServer) IssueWorkloadJWTSVID(context.Context, *IssueWorkloadJWTSVIDRequest) (*IssueWorkloadJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueWorkloadJWTSVID not implemented")
+}
+func (UnimplementedBrokerServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -163,6 +227,60 @@ func _Broker_Attest_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_IssueWorkloadX509SVIDs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueWorkloadX509SVIDsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).IssueWorkloadX509SVIDs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_IssueWorkloadX509SVIDs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).IssueWorkloadX509SVIDs(ctx, req.(*IssueWorkloadX509SVIDsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_IssueWorkloadJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueWorkloadJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).IssueWorkloadJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_IssueWorkloadJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).IssueWorkloadJWTSVID(ctx, req.(*IssueWorkloadJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_GetBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).GetBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_GetBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).GetBundle(ctx, req.(*GetBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -177,6 +295,18 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Attest",
 			Handler:    _Broker_Attest_Handler,
+		},
+		{
+			MethodName: "IssueWorkloadX509SVIDs",
+			Handler:    _Broker_IssueWorkloadX509SVIDs_Handler,
+		},
+		{
+			MethodName: "IssueWorkloadJWTSVID",
+			Handler:    _Broker_IssueWorkloadJWTSVID_Handler,
+		},
+		{
+			MethodName: "GetBundle",
+			Handler:    _Broker_GetBundle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
