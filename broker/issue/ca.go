@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,6 +47,9 @@ type CAOpts struct {
 	// Now is the clock used for validity periods (default time.Now). Tests
 	// set it; production leaves it nil.
 	Now func() time.Time
+	// URIs are put in a newly created CA's subject alternative names (a
+	// SPIFFE CA names its trust domain). Ignored when the CA exists.
+	URIs []*url.URL
 }
 
 // CA issues certificates from a key and certificate kept in a directory. It
@@ -95,7 +99,7 @@ func LoadOrCreateCA(dir string, opts CAOpts) (*CA, error) {
 	if cn == "" {
 		cn = DefaultCACommonName
 	}
-	return createCA(dir, certPath, keyPath, cn, now)
+	return createCA(dir, certPath, keyPath, cn, opts.URIs, now)
 }
 
 func exists(path string) (bool, error) {
@@ -110,7 +114,7 @@ func exists(path string) (bool, error) {
 	}
 }
 
-func createCA(dir, certPath, keyPath, cn string, now func() time.Time) (*CA, error) {
+func createCA(dir, certPath, keyPath, cn string, uris []*url.URL, now func() time.Time) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("unable to create ca directory: %w", err)
 	}
@@ -126,6 +130,7 @@ func createCA(dir, certPath, keyPath, cn string, now func() time.Time) (*CA, err
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: cn},
+		URIs:                  uris,
 		NotBefore:             t.Add(-backdate),
 		NotAfter:              t.AddDate(caValidityYears, 0, 0),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
