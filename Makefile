@@ -6,8 +6,17 @@ BIN       := $(CURDIR)/bin
 TOOLBIN   := $(CURDIR)/.bin
 PROTOS    := $(wildcard proto/keybroker/v1/*.proto)
 BENCHTIME ?= 2s
+FUZZTIME  ?= 10s
+# The fuzzer minimizes every new interesting input for up to this long, without
+# counting it as progress (golang/go#51484); the default 60s would eat a brief run.
+FUZZMINIMIZETIME ?= 5s
 
-.PHONY: help all build test unit e2e bench demo lint generate generate-check tidy clean
+# Fuzz targets run by `make fuzz`, one `FUZZ_TARGETS += package:FuzzName` line each.
+FUZZ_TARGETS :=
+FUZZ_TARGETS += ./policies:FuzzParse
+FUZZ_TARGETS += ./broker/verify:FuzzEventLog
+
+.PHONY: help all build test unit e2e bench fuzz demo lint generate generate-check tidy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,8 +26,9 @@ all: build test ## build and run every test
 build: ## build bin/keybroker and bin/keybroker-agent
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: lint generate-check ## every test: lint, generated code, unit (simulator) and e2e (swtpm, tpm2-tools)
+test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools), brief fuzzing
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 unit: ## unit tests only (no swtpm needed)
 	$(GO) test -count=1 -short ./...
@@ -28,6 +38,13 @@ e2e: ## the cross-process suite on swtpm (needs swtpm, swtpm-tools, tpm2-tools)
 
 bench: ## benchmarks: crypto floor vs the attest+release pipeline
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./broker/
+
+fuzz: ## run each of FUZZ_TARGETS for FUZZTIME (default 10s; `make test` runs each for 5s)
+	@set -e; for target in $(FUZZ_TARGETS); do \
+	  pkg=$${target%%:*}; name=$${target#*:}; \
+	  cmd="$(GO) test -run ^\$$ -fuzz ^$$name\$$ -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg"; \
+	  echo "$$cmd"; $$cmd; \
+	done
 
 demo: build ## one-command demo on the embedded TPM simulator
 	$(BIN)/keybroker demo

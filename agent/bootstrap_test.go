@@ -24,8 +24,9 @@ import (
 // direct calls a Server in process; afterAttest runs once Attest returned,
 // before the agent opens what it got.
 type direct struct {
-	srv         *broker.Server
-	afterAttest func()
+	pb.BrokerClient // the workload RPCs are not used here
+	srv             *broker.Server
+	afterAttest     func()
 }
 
 func (d direct) Challenge(ctx context.Context, in *pb.ChallengeRequest, _ ...grpc.CallOption) (*pb.ChallengeResponse, error) {

@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 
 	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
@@ -22,19 +26,40 @@ type NodeOpts struct {
 	// Banks lists the PCR banks to quote. Default: SHA-256, plus SHA-384 when
 	// the TPM has that bank allocated. SHA-1 is never quoted by default.
 	Banks []tpm2.Algorithm
+	// EKIntermediates are intermediate CA certificates (DER) sent with the EK
+	// certificate, for a broker whose ek_ca holds the vendor's root but not
+	// the intermediate that issued this TPM's EK certificate. They only help
+	// build a chain: the broker still requires it to end at a root it
+	// trusts. Default none; at most MaxEKIntermediates certificates of at
+	// most MaxEKIntermediateSize bytes each, MaxEKIntermediatesSize in all
+	// (see ReadEKIntermediates).
+	EKIntermediates [][]byte
 }
+
+// Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
+// with more than 8 intermediates or one larger than 8 KiB, and stores at most
+// 64 KiB per challenge (EK and AK publics and the EK certificate included).
+const (
+	MaxEKIntermediates     = 8
+	MaxEKIntermediateSize  = 8 << 10
+	MaxEKIntermediatesSize = 48 << 10
+)
 
 // Node holds the TPM keys of this machine: the EK (with its certificate when
 // the TPM carries one) and an AK created under the owner hierarchy.
 type Node struct {
-	rw    io.ReadWriter
-	ek    *client.Key
-	ak    *client.Key
-	banks []tpm2.Algorithm
+	rw            io.ReadWriter
+	ek            *client.Key
+	ak            *client.Key
+	banks         []tpm2.Algorithm
+	intermediates [][]byte
 }
 
 // NewNode loads or creates the EK and AK in the TPM.
 func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
+	if err := checkEKIntermediates(opts.EKIntermediates); err != nil {
+		return nil, err
+	}
 	ek, err := client.EndorsementKeyRSA(rw)
 	if err != nil {
 		return nil, fmt.Errorf("unable to load the EK: %w", err)
@@ -53,7 +78,7 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		ek.Close()
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
-	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks}
+	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates)}
 	if len(n.banks) == 0 {
 		if n.banks, err = defaultBanks(rw); err != nil {
 			n.Close()
@@ -101,7 +126,94 @@ func (n *Node) ChallengeRequest() (*pb.ChallengeRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to encode the AK public area: %w", err)
 	}
-	return &pb.ChallengeRequest{EkPublic: ekPub, EkCertificate: n.ek.CertDERBytes(), AkPublic: akPub}, nil
+	return &pb.ChallengeRequest{
+		EkPublic:        ekPub,
+		EkCertificate:   n.ek.CertDERBytes(),
+		EkIntermediates: cloneAll(n.intermediates),
+		AkPublic:        akPub,
+	}, nil
+}
+
+// ReadEKIntermediates reads NodeOpts.EKIntermediates from a PEM file holding
+// one or more CERTIFICATE blocks (and nothing else), within the limits
+// NewNode checks.
+func ReadEKIntermediates(path string) ([][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read EK intermediates: %w", err)
+	}
+	defer f.Close()
+	// PEM is base64 (4/3) plus headers and line breaks: twice the DER
+	// limit is ample for any file within it.
+	src, err := io.ReadAll(io.LimitReader(f, 2*MaxEKIntermediatesSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("unable to read EK intermediates: %w", err)
+	}
+	if len(src) > 2*MaxEKIntermediatesSize {
+		return nil, fmt.Errorf("EK intermediates %s: file exceeds %d bytes", path, 2*MaxEKIntermediatesSize)
+	}
+	ders, err := parseEKIntermediates(src)
+	if err != nil {
+		return nil, fmt.Errorf("EK intermediates %s: %w", path, err)
+	}
+	return ders, nil
+}
+
+// parseEKIntermediates returns the DER of every PEM certificate in src.
+func parseEKIntermediates(src []byte) ([][]byte, error) {
+	var ders [][]byte
+	rest := src
+	for i := 1; ; i++ {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is a %s, not a CERTIFICATE", i, block.Type)
+		}
+		ders = append(ders, block.Bytes)
+	}
+	if len(ders) == 0 {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	if err := checkEKIntermediates(ders); err != nil {
+		return nil, err
+	}
+	return ders, nil
+}
+
+// checkEKIntermediates enforces the limits on NodeOpts.EKIntermediates and
+// that each is an X.509 certificate.
+func checkEKIntermediates(ders [][]byte) error {
+	if len(ders) > MaxEKIntermediates {
+		return fmt.Errorf("%d EK intermediates, at most %d allowed", len(ders), MaxEKIntermediates)
+	}
+	total := 0
+	for i, der := range ders {
+		total += len(der)
+		if len(der) > MaxEKIntermediateSize {
+			return fmt.Errorf("EK intermediate %d is %d bytes, at most %d allowed", i+1, len(der), MaxEKIntermediateSize)
+		}
+		if _, err := x509.ParseCertificate(der); err != nil {
+			return fmt.Errorf("EK intermediate %d is not an X.509 certificate: %w", i+1, err)
+		}
+	}
+	if total > MaxEKIntermediatesSize {
+		return fmt.Errorf("EK intermediates are %d bytes, at most %d allowed", total, MaxEKIntermediatesSize)
+	}
+	return nil
+}
+
+func cloneAll(bs [][]byte) [][]byte {
+	if len(bs) == 0 {
+		return nil
+	}
+	out := make([][]byte, len(bs))
+	for i, b := range bs {
+		out[i] = slices.Clone(b)
+	}
+	return out
 }
 
 // Activate recovers the challenge secret with TPM2_ActivateCredential. It

@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -24,25 +27,30 @@ import (
 //	challenge_ttl = "60s"
 //	allow_sha1    = false
 //	policies      = ["policies"]          # files or directories of *.hcl
+//	policy_poll_interval = "2s"           # reload policies when their files change; "0" disables
 //	ek_allow      = ["<EK hash>"]         # EKs trusted without a certificate
 //	ek_ca "swtpm" {                        # EK certificate authorities
-//	  roots         = ["swtpm-root.pem"]
+//	  roots         = ["swtpm-root.pem"]  # files or directories of *.pem, *.crt, *.cer
 //	  intermediates = ["swtpm-intermediate.pem"]
 //	}
 //
 // Relative paths are relative to the configuration file's directory.
 type FileConfig struct {
-	Listen       string     `hcl:"listen,optional"`
-	DataDir      string     `hcl:"data_dir"`
-	ServerNames  []string   `hcl:"server_names,optional"`
-	ChallengeTTL string     `hcl:"challenge_ttl,optional"`
-	AllowSHA1    bool       `hcl:"allow_sha1,optional"`
-	Policies     []string   `hcl:"policies"`
-	EKAllow      []string   `hcl:"ek_allow,optional"`
-	EKCAs        []EKCAFile `hcl:"ek_ca,block"`
+	Listen             string     `hcl:"listen,optional"`
+	DataDir            string     `hcl:"data_dir"`
+	ServerNames        []string   `hcl:"server_names,optional"`
+	ChallengeTTL       string     `hcl:"challenge_ttl,optional"`
+	AllowSHA1          bool       `hcl:"allow_sha1,optional"`
+	Policies           []string   `hcl:"policies"`
+	PolicyPollInterval string     `hcl:"policy_poll_interval,optional"`
+	EKAllow            []string   `hcl:"ek_allow,optional"`
+	EKCAs              []EKCAFile `hcl:"ek_ca,block"`
 }
 
-// EKCAFile is an ek_ca block.
+// EKCAFile is an ek_ca block. Each entry of Roots and Intermediates is a
+// certificate file (PEM with one or more CERTIFICATE blocks, or DER), or a
+// directory of which every *.pem, *.crt and *.cer file (not recursing) is
+// read.
 type EKCAFile struct {
 	Name          string   `hcl:"name,label"`
 	Roots         []string `hcl:"roots"`
@@ -54,7 +62,16 @@ const (
 	DefaultListen       = "127.0.0.1:8443"
 	DefaultChallengeTTL = 60 * time.Second
 	MaxChallengeTTL     = 10 * time.Minute
+	// DefaultPolicyPollInterval is how often a broker checks its policy
+	// files for changes unless policy_poll_interval says otherwise.
+	DefaultPolicyPollInterval = 2 * time.Second
+	// MinPolicyPollInterval is the shortest policy_poll_interval other
+	// than 0 (polling disabled): every poll reads every policy file.
+	MinPolicyPollInterval = 100 * time.Millisecond
 )
+
+// certExts are the file name extensions read from an ek_ca directory.
+var certExts = []string{".pem", ".crt", ".cer"}
 
 // Config is the parsed configuration: paths resolved, durations parsed, EK
 // CAs loaded.
@@ -65,7 +82,12 @@ type Config struct {
 	ChallengeTTL time.Duration
 	AllowSHA1    bool
 	PolicyPaths  []string
-	Trust        verify.Trust
+	// PolicyPollInterval is how often Start's watcher checks the files
+	// under PolicyPaths and reloads the policies when one changed; zero
+	// disables the watcher (SIGHUP and Running.ReloadPolicies still
+	// reload). LoadConfig defaults it to DefaultPolicyPollInterval.
+	PolicyPollInterval time.Duration
+	Trust              verify.Trust
 }
 
 // LoadConfig reads, defaults and validates a configuration file, reporting
@@ -102,11 +124,12 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 		return filepath.Join(base, p)
 	}
 	c := &Config{
-		Listen:       fc.Listen,
-		DataDir:      abs(fc.DataDir),
-		ServerNames:  fc.ServerNames,
-		ChallengeTTL: DefaultChallengeTTL,
-		AllowSHA1:    fc.AllowSHA1,
+		Listen:             fc.Listen,
+		DataDir:            abs(fc.DataDir),
+		ServerNames:        fc.ServerNames,
+		ChallengeTTL:       DefaultChallengeTTL,
+		AllowSHA1:          fc.AllowSHA1,
+		PolicyPollInterval: DefaultPolicyPollInterval,
 	}
 	if c.Listen == "" {
 		c.Listen = DefaultListen
@@ -125,6 +148,19 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 			bad("challenge_ttl must be between 1s and %s", MaxChallengeTTL)
 		default:
 			c.ChallengeTTL = d
+		}
+	}
+	if fc.PolicyPollInterval != "" {
+		d, err := time.ParseDuration(fc.PolicyPollInterval)
+		switch {
+		case err != nil:
+			bad("policy_poll_interval %q is not a duration", fc.PolicyPollInterval)
+		case d < 0:
+			bad("policy_poll_interval cannot be negative")
+		case d > 0 && d < MinPolicyPollInterval:
+			bad("policy_poll_interval must be 0 (disabled) or at least %s", MinPolicyPollInterval)
+		default:
+			c.PolicyPollInterval = d
 		}
 	}
 	switch {
@@ -150,14 +186,15 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 			continue
 		}
 		seen[ca.Name] = true
-		roots, err := loadPool(ca.Roots, abs)
-		if err != nil {
+		roots, rootErrs := loadPool(ca.Roots, abs)
+		for _, err := range rootErrs {
 			bad("ek_ca %q roots: %v", ca.Name, err)
-			continue
 		}
-		inter, err := loadPool(ca.Intermediates, abs)
-		if err != nil {
+		inter, interErrs := loadPool(ca.Intermediates, abs)
+		for _, err := range interErrs {
 			bad("ek_ca %q intermediates: %v", ca.Name, err)
+		}
+		if len(rootErrs)+len(interErrs) > 0 {
 			continue
 		}
 		c.Trust.CAs = append(c.Trust.CAs, verify.CA{Name: ca.Name, Roots: roots, Intermediates: inter})
@@ -172,16 +209,104 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 	return c, nil
 }
 
-func loadPool(files []string, abs func(string) string) (*x509.CertPool, error) {
+// loadPool reads the certificates of an ek_ca list into a pool: each entry
+// is a file or a directory (its *.pem, *.crt and *.cer files, not
+// recursing). It returns every problem, each naming its file as written in
+// the configuration (joined with the directory entry's name).
+func loadPool(entries []string, abs func(string) string) (*x509.CertPool, []error) {
 	pool := x509.NewCertPool()
-	for _, f := range files {
-		pemBytes, err := os.ReadFile(abs(f))
+	var errs []error
+	for _, entry := range entries {
+		fi, err := os.Stat(abs(entry))
 		if err != nil {
-			return nil, fmt.Errorf("unable to read %s: %w", f, err)
+			errs = append(errs, fmt.Errorf("unable to read %s: %w", entry, err))
+			continue
 		}
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("%s holds no PEM certificate", f)
+		if !fi.IsDir() {
+			errs = append(errs, addCertFile(pool, entry, abs(entry))...)
+			continue
+		}
+		des, err := os.ReadDir(abs(entry))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unable to read %s: %w", entry, err))
+			continue
+		}
+		n := 0
+		for _, de := range des {
+			if !hasCertExt(de.Name()) {
+				continue
+			}
+			name, path := filepath.Join(entry, de.Name()), filepath.Join(abs(entry), de.Name())
+			if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+				continue
+			}
+			n++
+			errs = append(errs, addCertFile(pool, name, path)...)
+		}
+		if n == 0 {
+			errs = append(errs, fmt.Errorf("directory %s holds no *.pem, *.crt or *.cer file", entry))
 		}
 	}
-	return pool, nil
+	return pool, errs
+}
+
+func hasCertExt(name string) bool {
+	ext := strings.ToLower(filepath.Ext(name))
+	for _, e := range certExts {
+		if ext == e {
+			return true
+		}
+	}
+	return false
+}
+
+// addCertFile adds the certificates of one file to pool: PEM CERTIFICATE
+// blocks (other block types are skipped), or DER. name labels errors.
+func addCertFile(pool *x509.CertPool, name, path string) []error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return []error{fmt.Errorf("unable to read %s: %w", name, err)}
+	}
+	certs, err := parseCerts(data)
+	if err != nil {
+		return []error{fmt.Errorf("%s: %w", name, err)}
+	}
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return nil
+}
+
+// parseCerts parses PEM (if data holds a PEM block) or DER certificates.
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	if !bytes.Contains(data, []byte("-----BEGIN ")) {
+		certs, err := x509.ParseCertificates(data)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("is neither PEM nor a DER certificate: %w", err)
+		case len(certs) == 0:
+			return nil, errors.New("holds no certificate")
+		}
+		return certs, nil
+	}
+	var certs []*x509.Certificate
+	for i, rest := 1, data; ; i++ {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("PEM block %d: %w", i, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return certs, nil
 }

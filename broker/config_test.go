@@ -1,6 +1,13 @@
 package broker_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,14 +21,42 @@ import (
 func TestParseConfig(t *testing.T) {
 	dir := t.TempDir()
 	hash := strings.Repeat("ab", 32)
+	base := `data_dir = "d"` + "\n" + `policies = ["p.hcl"]` + "\n" + `ek_allow = ["` + hash + `"]`
 	tests := []struct {
-		name    string
-		src     string
-		wantErr []string
+		name     string
+		src      string
+		wantErr  []string
+		wantPoll time.Duration // when no error
 	}{
 		{
-			name: "minimal",
-			src:  `data_dir = "d"` + "\n" + `policies = ["p.hcl"]` + "\n" + `ek_allow = ["` + hash + `"]`,
+			name:     "minimal",
+			src:      base,
+			wantPoll: broker.DefaultPolicyPollInterval,
+		},
+		{
+			name:     "policy polling disabled",
+			src:      base + "\npolicy_poll_interval = \"0\"",
+			wantPoll: 0,
+		},
+		{
+			name:     "policy poll interval",
+			src:      base + "\npolicy_poll_interval = \"500ms\"",
+			wantPoll: 500 * time.Millisecond,
+		},
+		{
+			name:    "policy poll interval not a duration",
+			src:     base + "\npolicy_poll_interval = \"often\"",
+			wantErr: []string{`broker.hcl: policy_poll_interval "often" is not a duration`},
+		},
+		{
+			name:    "policy poll interval negative",
+			src:     base + "\npolicy_poll_interval = \"-1s\"",
+			wantErr: []string{"broker.hcl: policy_poll_interval cannot be negative"},
+		},
+		{
+			name:    "policy poll interval too short",
+			src:     base + "\npolicy_poll_interval = \"10ms\"",
+			wantErr: []string{"broker.hcl: policy_poll_interval must be 0 (disabled) or at least 100ms"},
 		},
 		{
 			name:    "syntax error with position",
@@ -74,6 +109,9 @@ ek_ca "vendor" {
 				if cfg.Listen != broker.DefaultListen || cfg.ChallengeTTL != 60*time.Second {
 					t.Errorf("defaults not applied: %+v", cfg)
 				}
+				if cfg.PolicyPollInterval != tc.wantPoll {
+					t.Errorf("PolicyPollInterval = %v, want %v", cfg.PolicyPollInterval, tc.wantPoll)
+				}
 				if cfg.DataDir != filepath.Join(dir, "d") || cfg.PolicyPaths[0] != filepath.Join(dir, "p.hcl") {
 					t.Errorf("relative paths not resolved against the config's directory: %q %q", cfg.DataDir, cfg.PolicyPaths)
 				}
@@ -109,6 +147,132 @@ ek_ca "vendor" {
 	if len(cfg.Trust.CAs) != 1 || cfg.Trust.CAs[0].Name != "vendor" || cfg.Trust.CAs[0].Roots == nil {
 		t.Fatalf("EK CAs = %+v", cfg.Trust.CAs)
 	}
+}
+
+// TestParseConfigEKCADirectories loads ek_ca roots and intermediates from
+// directories and files, PEM and DER, and reports every bad file by name.
+func TestParseConfigEKCADirectories(t *testing.T) {
+	dir := t.TempDir()
+	mkdir := func(name string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write := func(path string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pemOf := func(certs ...*x509.Certificate) []byte {
+		var out []byte
+		for _, c := range certs {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+		return out
+	}
+	// roots/: two certificates in one PEM file (after a key block, which is
+	// skipped), one DER .crt, one PEM .CER; other files and
+	// subdirectories are ignored.
+	roots := mkdir("roots")
+	r1, r2, r3, r4 := selfSignedCA(t, "root 1"), selfSignedCA(t, "root 2"), selfSignedCA(t, "root 3"), selfSignedCA(t, "root 4")
+	write(filepath.Join(roots, "vendor.pem"),
+		append(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte{1}}), pemOf(r1, r2)...))
+	write(filepath.Join(roots, "vendor.crt"), r3.Raw)
+	write(filepath.Join(roots, "OTHER.CER"), pemOf(r4))
+	write(filepath.Join(roots, "README"), []byte("not a certificate"))
+	mkdir("roots/old.pem")
+	// A single file next to the directory, and intermediates as a directory.
+	r5 := selfSignedCA(t, "root 5")
+	write(filepath.Join(dir, "single.der"), r5.Raw)
+	inters := mkdir("inters")
+	i1 := selfSignedCA(t, "intermediate 1")
+	write(filepath.Join(inters, "i1.pem"), pemOf(i1))
+
+	cfg, err := broker.ParseConfig([]byte(`data_dir = "d"
+policies = ["p"]
+ek_ca "vendor" {
+  roots         = ["roots", "single.der"]
+  intermediates = ["inters"]
+}`), filepath.Join(dir, "broker.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Trust.CAs) != 1 {
+		t.Fatalf("EK CAs = %+v", cfg.Trust.CAs)
+	}
+	ca := cfg.Trust.CAs[0]
+	for _, c := range []*x509.Certificate{r1, r2, r3, r4, r5} {
+		if _, err := c.Verify(x509.VerifyOptions{Roots: ca.Roots}); err != nil {
+			t.Errorf("root %q not loaded: %v", c.Subject.CommonName, err)
+		}
+	}
+	if _, err := i1.Verify(x509.VerifyOptions{Roots: ca.Intermediates}); err != nil {
+		t.Errorf("intermediate not loaded from its directory: %v", err)
+	}
+
+	// Every bad entry is reported, each with its file name.
+	bad := mkdir("bad")
+	write(filepath.Join(bad, "good.pem"), pemOf(r1))
+	write(filepath.Join(bad, "garbage.crt"), []byte("\x30\x03\x01\x02"))
+	write(filepath.Join(bad, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1}}))
+	write(filepath.Join(bad, "broken.cer"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x00}}))
+	mkdir("empty")
+	_, err = broker.ParseConfig([]byte(`data_dir = "d"
+policies = ["p"]
+ek_allow = ["`+strings.Repeat("ab", 32)+`"]
+ek_ca "vendor" {
+  roots         = ["bad", "empty", "missing"]
+  intermediates = ["empty"]
+}`), filepath.Join(dir, "broker.hcl"))
+	if err == nil {
+		t.Fatal("ParseConfig succeeded with bad EK CA files")
+	}
+	for _, want := range []string{
+		`ek_ca "vendor" roots: ` + filepath.Join("bad", "broken.cer") + `: PEM block 1: x509: `,
+		`ek_ca "vendor" roots: ` + filepath.Join("bad", "garbage.crt") + `: is neither PEM nor a DER certificate: `,
+		`ek_ca "vendor" roots: ` + filepath.Join("bad", "key.pem") + `: holds no PEM certificate`,
+		`ek_ca "vendor" roots: directory empty holds no *.pem, *.crt or *.cer file`,
+		`ek_ca "vendor" roots: unable to read missing: `,
+		`ek_ca "vendor" intermediates: directory empty holds no *.pem, *.crt or *.cer file`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not contain %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "good.pem") {
+		t.Errorf("error names a good file:\n%v", err)
+	}
+}
+
+// selfSignedCA makes a throwaway self-signed CA certificate.
+func selfSignedCA(t *testing.T, cn string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func mustCAPEM(t *testing.T) []byte {

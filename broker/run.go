@@ -20,7 +20,6 @@ import (
 
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
-	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -39,13 +38,15 @@ type Running struct {
 	Server *Server
 	CA     *issue.CA
 
-	lis   net.Listener
-	grpc  *grpc.Server
-	admin *http.Server
-	st    store.Store
-	once  sync.Once
-	done  chan error
-	stop  chan struct{}
+	lis      net.Listener
+	grpc     *grpc.Server
+	admin    *http.Server
+	st       store.Store
+	policies *policyReloader
+	once     sync.Once
+	done     chan error
+	stop     chan struct{}
+	tasks    sync.WaitGroup // purge and the policy watcher
 }
 
 // PurgeInterval is how often a running broker drops expired challenges.
@@ -71,6 +72,8 @@ func (r *Running) purge(log *slog.Logger) {
 
 // Start opens the broker's store and CA in cfg.DataDir (creating them on first
 // use), loads the policies and serves the gRPC API over TLS on cfg.Listen.
+// When cfg.PolicyPollInterval is set, it reloads the policies whenever their
+// files change, as ReloadPolicies does.
 func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -78,7 +81,8 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("unable to create data_dir: %w", err)
 	}
-	pol, err := policies.Load(cfg.PolicyPaths...)
+	reloader := newPolicyReloader(cfg.PolicyPaths, log)
+	pol, err := reloader.load()
 	if err != nil {
 		return nil, fmt.Errorf("unable to load policies: %w", err)
 	}
@@ -128,10 +132,16 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, done: make(chan error, 1), stop: make(chan struct{})}
+	reloader.install = srv.SetPolicies
+	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
+		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
-	go r.purge(log)
-	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash())
+	r.tasks.Go(func() { r.purge(log) })
+	if cfg.PolicyPollInterval > 0 {
+		r.tasks.Go(func() { reloader.watch(r.stop, cfg.PolicyPollInterval) })
+	}
+	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash(),
+		"policy_poll_interval", cfg.PolicyPollInterval.String())
 	return r, nil
 }
 
@@ -150,6 +160,7 @@ func (r *Running) Stop() {
 		close(r.stop)
 		r.grpc.GracefulStop()
 		r.admin.Close()
+		r.tasks.Wait()
 		r.st.Close()
 	})
 }

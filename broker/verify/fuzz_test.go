@@ -27,8 +27,16 @@ func FuzzEventLog(f *testing.F) {
 			spec.pcrs[i] = v
 		}
 	}
-	ak := defaultAK()
-	v, err := verify.Quotes(trustedNode(f, ak), testNonceHash(), []verify.Quote{spec.quote(f, ak)}, verify.QuoteOpts{})
+	// ECC keys: fuzz workers run this setup each time they start, and RSA
+	// key generation would dominate a brief run.
+	ak := newSoftECCAK(akP256Key(), tpm2.TPMAlgSHA256)
+	ekKey := &ekECCKey().PublicKey
+	node, err := verify.Node(tpm2.Marshal(ekPublicECC(ekKey)), nil, nil, ak.publicBytes(),
+		verify.Trust{EKHashes: []string{mustEKHash(f, ekKey)}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{spec.quote(f, ak)}, verify.QuoteOpts{})
 	if err != nil {
 		f.Fatal(err)
 	}

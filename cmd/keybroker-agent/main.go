@@ -69,6 +69,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	onChange := fs.String("on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
 	eventLog := fs.String("event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")
+	ekIntermediates := fs.String("ek-intermediates", "", "PEM file with intermediate CA certificates to send with the EK certificate (at most 8)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	quiet := fs.Bool("quiet", false, "print only errors")
 	if err := fs.Parse(args); err != nil {
@@ -96,6 +97,13 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bootstrap: %v\n", err)
 		return 1
 	}
+	var intermediates [][]byte
+	if *ekIntermediates != "" {
+		if intermediates, err = agent.ReadEKIntermediates(*ekIntermediates); err != nil {
+			fmt.Fprintf(stderr, "bootstrap: %v\n", err)
+			return 1
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 
@@ -105,7 +113,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: *akType})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: *akType, EKIntermediates: intermediates})
 	if err != nil {
 		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
 		return 1

@@ -17,7 +17,6 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
-	"github.com/keybroker/keybroker/policies"
 )
 
 const usage = `keybroker: release secrets only to machines that prove, with their TPM, what they booted.
@@ -105,13 +104,10 @@ func serve(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				pol, err := policies.Load(cfg.PolicyPaths...)
-				if err != nil {
-					log.Error("policy reload refused; the previous policies keep serving", "error", err)
-					continue
-				}
-				r.Server.SetPolicies(pol)
-				log.Info("policies reloaded", "policies", pol.Names(), "policy_hash", pol.Hash())
+				// ReloadPolicies logs the outcome; a refused reload keeps
+				// the previous policies serving.
+				log.Info("reloading policies", "signal", sig.String())
+				_ = r.ReloadPolicies()
 				continue
 			}
 			log.Info("stopping", "signal", sig.String())
