@@ -20,7 +20,11 @@ import (
 // The store file is locked while the broker runs, so tools read through here.
 const AdminSocket = "admin.sock"
 
-// serveAdmin listens on the admin socket and serves GET /v1/receipts.
+// serveAdmin listens on the admin socket and serves, as JSON:
+//
+//	GET /v1/receipts?limit=N&ek=HASH   receipts, newest first
+//	GET /v1/nodes?limit=N&after=HASH   node records (with their last evidence), by EK hash
+//	GET /v1/nodes/{ekhash}             one node record; 404 if unknown
 func serveAdmin(path string, st store.Store) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -45,53 +49,120 @@ func serveAdmin(path string, st store.Store) (*http.Server, error) {
 			http.Error(w, "unable to list receipts", http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(rs)
+		writeJSON(w, rs)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		ns, err := st.ListNodes(r.Context(), store.ListNodesOpts{Limit: limit, After: r.URL.Query().Get("after")})
+		if err != nil {
+			http.Error(w, "unable to list node records", http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, ns)
+	})
+	mux.HandleFunc("GET /v1/nodes/{ekhash}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := st.GetNode(r.Context(), r.PathValue("ekhash"))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			http.Error(w, "no record of this node", http.StatusNotFound)
+			return
+		case err != nil:
+			http.Error(w, "unable to get the node record", http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, n)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)
 	return srv, nil
 }
 
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
 // ListReceipts returns receipts from the broker whose data directory is
 // dataDir: through its admin socket while it runs, or from the store file
 // when it is stopped.
 func ListReceipts(ctx context.Context, dataDir string, opts store.ListOpts) ([]store.Receipt, error) {
+	var rs []store.Receipt
+	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}}
+	err := query(ctx, dataDir, "/v1/receipts?"+q.Encode(), &rs, func(st store.Store) (err error) {
+		rs, err = st.ListReceipts(ctx, opts)
+		return err
+	})
+	return rs, err
+}
+
+// ListNodes returns node records, each with the node's last verified
+// evidence, from the broker whose data directory is dataDir: through its
+// admin socket while it runs, or from the store file when it is stopped.
+func ListNodes(ctx context.Context, dataDir string, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
+	var ns []store.NodeRecord
+	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "after": {opts.After}}
+	err := query(ctx, dataDir, "/v1/nodes?"+q.Encode(), &ns, func(st store.Store) (err error) {
+		ns, err = st.ListNodes(ctx, opts)
+		return err
+	})
+	return ns, err
+}
+
+// GetNode returns the record of the node whose EK hash is ekHash, as
+// ListNodes does; the error wraps store.ErrNotFound if there is none.
+func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, error) {
+	var n store.NodeRecord
+	if ekHash == "" {
+		return n, fmt.Errorf("unable to get node record: %w", store.ErrNotFound)
+	}
+	err := query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ekHash), &n, func(st store.Store) (err error) {
+		n, err = st.GetNode(ctx, ekHash)
+		return err
+	})
+	return n, err
+}
+
+// query asks the running broker for path over its admin socket and decodes
+// the answer into out; when no broker runs it opens the store file read-only
+// and calls fromStore instead.
+func query(ctx context.Context, dataDir, path string, out any, fromStore func(store.Store) error) error {
 	sock := dataDir + string(os.PathSeparator) + AdminSocket
 	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 		c.Close()
-		return listViaSocket(ctx, sock, opts)
+		return queryViaSocket(ctx, sock, path, out)
 	}
 	st, err := store.OpenBolt(dataDir+string(os.PathSeparator)+StoreFile, store.BoltOpts{ReadOnly: true, Timeout: 2 * time.Second})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer st.Close()
-	return st.ListReceipts(ctx, opts)
+	return fromStore(st)
 }
 
-func listViaSocket(ctx context.Context, sock string, opts store.ListOpts) ([]store.Receipt, error) {
+func queryViaSocket(ctx context.Context, sock, path string, out any) error {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		},
 	}}
-	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://broker/v1/receipts?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://broker"+path, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("unable to query the running broker: %w", err)
+		return fmt.Errorf("unable to query the running broker: %w", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the running broker answered %s", resp.Status)
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return fmt.Errorf("the running broker answered %s: %w", resp.Status, store.ErrNotFound)
+	default:
+		return fmt.Errorf("the running broker answered %s", resp.Status)
 	}
-	var rs []store.Receipt
-	if err := json.NewDecoder(resp.Body).Decode(&rs); err != nil {
-		return nil, fmt.Errorf("unable to decode receipts: %w", err)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("unable to decode the broker's answer: %w", err)
 	}
-	return rs, nil
+	return nil
 }

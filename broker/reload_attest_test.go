@@ -54,14 +54,14 @@ type reloadOnConsume struct {
 	reload func()
 }
 
-func (s *reloadOnConsume) ConsumeChallenge(ctx context.Context, id string, r *store.Receipt) error {
+func (s *reloadOnConsume) ConsumeChallenge(ctx context.Context, id string, r *store.Receipt, node *store.NodeRecord) error {
 	s.mu.Lock()
 	reload := s.reload
 	s.mu.Unlock()
 	if reload != nil {
 		reload()
 	}
-	return s.Store.ConsumeChallenge(ctx, id, r)
+	return s.Store.ConsumeChallenge(ctx, id, r, node)
 }
 
 func (s *reloadOnConsume) set(reload func()) {

@@ -119,7 +119,10 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 // Attest implements keybroker.v1.Broker. Whatever the outcome once the
 // challenge is found, the challenge is consumed and a receipt written in one
 // durable commit, and nothing is returned before it is durable. Of concurrent
-// answers to one challenge, only the one that consumes it is answered.
+// answers to one challenge, only the one that consumes it is answered. When
+// the answer verified, TPM counters included (allowed, or denied by policy),
+// the node's record (counters and evidence) is replaced in that same commit;
+// a refusal before policy leaves it as it was.
 func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestResponse, error) {
 	if err := checkAttestRequest(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
@@ -135,12 +138,12 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		return nil, status.Error(codes.Internal, "unable to look up the challenge")
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
-	resp, refusal := s.attest(ch, req, rec)
+	resp, node, refusal := s.attest(ctx, ch, req, rec)
 	if refusal != nil {
 		rec.Allowed, rec.Check = false, refusal.check
 		resp = nil
 	}
-	err = s.challenges.Consume(ctx, ch.ID, rec)
+	err = s.challenges.Consume(ctx, ch.ID, rec, node)
 	switch {
 	case errors.Is(err, challenge.ErrUnknown):
 		// A concurrent Attest consumed the challenge and recorded its
@@ -169,54 +172,63 @@ type refusal struct {
 	cause error
 }
 
-func (s *Server) attest(ch store.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *refusal) {
-	node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.trust)
+// attest verifies the answer to ch and decides. Once the answer verified
+// (TPM counters included), it returns the node's new record, also when
+// policy then denies, so that the record is written with the receipt.
+func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+	ev := evidenceOf(ch, req, rec.Time)
+	node, v, err := verifyEvidence(ev, s.trust, s.quoteOpts)
+	if node != nil {
+		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	}
 	if err != nil {
-		return nil, checkRefusal(err)
-	}
-	rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
-	quotes := make([]verify.Quote, 0, len(req.GetQuotes()))
-	for _, q := range req.GetQuotes() {
-		quotes = append(quotes, verify.Quote{
-			Attest:    q.GetAttest(),
-			Signature: q.GetSignature(),
-			Bank:      tpm2.TPMAlgID(q.GetPcrs().GetHashAlg()),
-			PCRs:      q.GetPcrs().GetValues(),
-		})
-	}
-	v, err := verify.Quotes(node, ch.SecretHash, quotes, s.quoteOpts)
-	if err != nil {
-		return nil, checkRefusal(err)
-	}
-	if v, err = v.WithEventLog(req.GetEventLog()); err != nil {
-		return nil, checkRefusal(err)
+		return nil, nil, checkRefusal(err)
 	}
 	digest := v.QuoteDigest()
 	rec.QuoteDigest = digest[:]
+
+	var prev *store.NodeRecord
+	switch p, err := s.store.GetNode(ctx, node.EKHash()); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, nil, &refusal{code: codes.Internal, check: "internal", msg: "internal error", cause: err}
+	default:
+		prev = &p
+		c := p.Counters()
+		ev.Previous = &c
+	}
+	v, akChanged, err := withHistory(v, ev.Previous)
+	if err != nil {
+		return nil, nil, checkRefusal(err)
+	}
+	if akChanged {
+		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", node.EKHash())
+	}
+	nodeRec := nodeRecord(v, prev, ev)
 
 	pol := s.policies.Load()
 	d := pol.Evaluate(v)
 	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
 	if !d.Allowed {
-		return nil, &refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"}
+		return nil, nodeRec, &refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"}
 	}
 
 	ekKey, err := tpm2.Pub(*node.EKPublic())
 	if err != nil {
-		return nil, &refusal{code: codes.Internal, check: "release", msg: "release: unable to use the EK", cause: err}
+		return nil, nodeRec, &refusal{code: codes.Internal, check: "release", msg: "release: unable to use the EK", cause: err}
 	}
 	resp := &pb.AttestResponse{}
 	var released []store.ReleasedItem
 	for _, rel := range d.Releases {
 		cred, item, err := s.release(v, ekKey, rel)
 		if err != nil {
-			return nil, &refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err}
+			return nil, nodeRec, &refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err}
 		}
 		resp.Credentials = append(resp.Credentials, cred)
 		released = append(released, item)
 	}
 	rec.Allowed, rec.Released = true, released
-	return resp, nil
+	return resp, nodeRec, nil
 }
 
 // release issues one credential and wraps it to the node's EK.

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -451,6 +453,164 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	resp, err := srv.Attest(context.Background(), &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
 	if resp != nil || status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "quote_nonce") {
 		t.Fatalf("Attest = %v, %v; want PermissionDenied quote_nonce and nothing released", resp, err)
+	}
+}
+
+// attestOnce answers a fresh challenge with the env's node.
+func attestOnce(t *testing.T, env *brokertest.Env) (*pb.AttestResponse, error) {
+	t.Helper()
+	ch, secret := env.Challenge(t)
+	return env.Server.Attest(context.Background(), env.AttestRequest(t, ch, secret))
+}
+
+// getNode returns the env node's record.
+func getNode(t *testing.T, env *brokertest.Env) store.NodeRecord {
+	t.Helper()
+	n, err := env.Store.GetNode(context.Background(), env.EKHash)
+	if err != nil {
+		t.Fatalf("GetNode: %v", err)
+	}
+	return n
+}
+
+// reverifyHistory verifies a node record's evidence again and returns the
+// history it carries.
+func reverifyHistory(t *testing.T, env *brokertest.Env, n store.NodeRecord) verify.History {
+	t.Helper()
+	v, err := broker.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, false)
+	if err != nil {
+		t.Fatalf("Reverify: %v", err)
+	}
+	if c := v.Clock(); c.Clock != n.Clock || c.ResetCount != n.ResetCount || c.RestartCount != n.RestartCount {
+		t.Errorf("record counters %d/%d/%d, its evidence says %+v", n.Clock, n.ResetCount, n.RestartCount, c)
+	}
+	return *v.History()
+}
+
+// TestAttestHistoryAfterReboot reboots the simulator between attestations:
+// the next attestation sees history.rebooted, which a policy can refuse, and
+// the node record follows the TPM's counters.
+func TestAttestHistoryAfterReboot(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound"})
+	pcrs, err := client.ReadPCRs(f.RW, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policies.Parse(fmt.Appendf(nil, `policy "steady" {
+  select { ek_hashes = [%q] }
+  require = [
+    "!history.rebooted",
+    "pcrs.sha256[0] == '%x'",
+    "pcrs.sha256[7] == '%x'",
+  ]
+  release "node-tls" {
+    type        = "tls_certificate"
+    common_name = "node"
+  }
+}`, f.EKHash, pcrs.GetPcrs()[0], pcrs.GetPcrs()[7]), "steady.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Server.SetPolicies(pol)
+
+	// First attestation: first seen.
+	resp, err := attestOnce(t, f.Env)
+	if err != nil {
+		t.Fatalf("first Attest: %v", err)
+	}
+	first := getNode(t, f.Env)
+	if first.LastReceiptID != resp.GetReceiptId() || !first.FirstSeen.Equal(first.LastSeen) || first.Evidence.Previous != nil ||
+		len(first.Evidence.Quotes) != 2 || first.Evidence.ChallengeID == "" || !first.Evidence.Time.Equal(first.LastSeen) {
+		t.Errorf("record after the first attestation: receipt %s (want %s), first seen %v, last seen %v, evidence at %v for challenge %q with %d quotes, previous %v",
+			first.LastReceiptID, resp.GetReceiptId(), first.FirstSeen, first.LastSeen, first.Evidence.Time,
+			first.Evidence.ChallengeID, len(first.Evidence.Quotes), first.Evidence.Previous)
+	}
+	if h := reverifyHistory(t, f.Env, first); h != (verify.History{FirstSeen: true}) {
+		t.Errorf("first attestation history = %+v, want first seen", h)
+	}
+
+	// Second: same boot.
+	if resp, err = attestOnce(t, f.Env); err != nil {
+		t.Fatalf("second Attest: %v", err)
+	}
+	second := getNode(t, f.Env)
+	if second.LastReceiptID != resp.GetReceiptId() || !second.FirstSeen.Equal(first.FirstSeen) || second.Clock < first.Clock ||
+		second.Evidence.Previous == nil || second.Evidence.Previous.Clock != first.Clock {
+		t.Errorf("record after the second attestation: receipt %s (want %s), first seen %v (want %v), clock %d (first %d), previous %+v",
+			second.LastReceiptID, resp.GetReceiptId(), second.FirstSeen, first.FirstSeen, second.Clock, first.Clock, second.Evidence.Previous)
+	}
+	if h := reverifyHistory(t, f.Env, second); h != (verify.History{}) {
+		t.Errorf("second attestation history = %+v, want nothing new", h)
+	}
+
+	// Reboot: the TPM resets, the boot measures the same PCR values.
+	sim, ok := f.RW.(*simulator.Simulator)
+	if !ok {
+		t.Fatalf("brokertest.Env.RW is a %T, not the simulator", f.RW)
+	}
+	f.Node.Close()
+	if err := sim.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.Extend(t, f.RW, 0, "firmware v1")
+	brokertest.Extend(t, f.RW, 7, "secure boot on")
+	node, err := agent.NewNode(f.RW, agent.NodeOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	f.Node = node
+
+	resp, err = attestOnce(t, f.Env)
+	f.wantRefused(t, resp, err, codes.PermissionDenied, "policy: no policy allows this node", "policy")
+	denied := f.Receipts(t)[0]
+	if want := []string{`policy "steady": require[0] !history.rebooted is false`}; !slices.Equal(denied.Failures, want) {
+		t.Errorf("receipt failures = %q, want %q", denied.Failures, want)
+	}
+	// A policy denial is a verified attestation: the record follows.
+	rebooted := getNode(t, f.Env)
+	if rebooted.LastReceiptID != denied.ID || rebooted.ResetCount-second.ResetCount != 1 {
+		t.Errorf("record after the reboot: receipt %s (want %s), reset count %d (was %d)",
+			rebooted.LastReceiptID, denied.ID, rebooted.ResetCount, second.ResetCount)
+	}
+	if h := reverifyHistory(t, f.Env, rebooted); h != (verify.History{Rebooted: true, Resets: 1}) {
+		t.Errorf("history after the reboot = %+v, want rebooted once", h)
+	}
+
+	// The next attestation compares with the rebooted state.
+	if _, err := attestOnce(t, f.Env); err != nil {
+		t.Fatalf("Attest after the reboot was recorded: %v", err)
+	}
+}
+
+// TestAttestRefusesClockGoingBackwards stores a node record whose clock is
+// ahead of the TPM's, with the same reset and restart counts: the next
+// attestation is refused with tpm_counters, releases nothing and leaves the
+// record as it was.
+func TestAttestRefusesClockGoingBackwards(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{})
+	ctx := context.Background()
+	if _, err := attestOnce(t, f.Env); err != nil {
+		t.Fatalf("first Attest: %v", err)
+	}
+	ahead := getNode(t, f.Env)
+	ahead.Clock += 1 << 40
+	doctored := store.Challenge{ID: "doctored-node-record", EKPublic: []byte("x"), AKPublic: []byte("x"), ExpiresAt: time.Now().Add(time.Minute)}
+	if err := f.Store.PutChallenge(ctx, doctored); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Store.ConsumeChallenge(ctx, doctored.ID, &store.Receipt{EKHash: f.EKHash, Check: "test"}, &ahead); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := attestOnce(t, f.Env)
+	f.wantRefused(t, resp, err, codes.PermissionDenied, "tpm_counters: TPM clock went backwards without a reset", "tpm_counters")
+	if r := f.Receipts(t)[0]; len(r.Policies) != 0 || r.PolicyHash != "" {
+		t.Errorf("policy was evaluated after the counters were refused: %+v", r)
+	}
+	if got := getNode(t, f.Env); got.Clock != ahead.Clock || got.LastReceiptID != ahead.LastReceiptID {
+		t.Errorf("a refused attestation changed the node record: clock %d receipt %s, want %d %s",
+			got.Clock, got.LastReceiptID, ahead.Clock, ahead.LastReceiptID)
 	}
 }
 

@@ -28,7 +28,7 @@
 // A node is selected by a policy if its EK hash is listed in ek_hashes or
 // its EK certificate chained to a CA named in ek_cas; a policy must select
 // something. Require expressions see the facts listed by FactNames (ek,
-// pcrs, tpm) and are compiled once, when the document is parsed; each must
+// pcrs, tpm, history, eventlog) and are compiled once, when the document is parsed; each must
 // evaluate to a bool. A release's common_name, dns_names and ip_addresses
 // are HCL templates over ek_hash, ek_hash_short (its first 16 hex
 // characters) and ek_ca, rendered for each node; a release needs at least

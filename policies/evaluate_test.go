@@ -357,7 +357,10 @@ policy "db" {
 }
 
 func TestFacts(t *testing.T) {
-	v := attest(t, node{viaCA: true, pcrs: []int{0, 7}})
+	v, err := attest(t, node{viaCA: true, pcrs: []int{0, 7}}).WithHistory(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := policies.Facts(v)
 	ek := f["ek"].(map[string]any)
 	if ek["hash"] != v.EKHash() || ek["ca"] != testCA || ek["certified"] != true {
@@ -375,7 +378,12 @@ func TestFacts(t *testing.T) {
 	if el["present"] != false || el["kernel_cmdline"] != "" {
 		t.Errorf("eventlog facts without a log = %v", el)
 	}
-	// Every fact FactNames documents for ek, tpm and eventlog is present.
+	history := f["history"].(map[string]any)
+	if history["first_seen"] != true || history["rebooted"] != false || history["resets"] != int64(0) || history["restarts"] != int64(0) {
+		t.Errorf("history facts of a first attestation = %v", history)
+	}
+	// Every fact FactNames documents for ek, tpm, history and eventlog is
+	// present.
 	for _, name := range policies.FactNames() {
 		group, key, _ := strings.Cut(name, ".")
 		switch group {
@@ -391,6 +399,10 @@ func TestFacts(t *testing.T) {
 			if _, ok := el[key]; !ok {
 				t.Errorf("fact %s is missing", name)
 			}
+		case "history":
+			if _, ok := history[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
 		case "pcrs":
 		default:
 			t.Errorf("fact %s is in no group", name)
@@ -398,5 +410,57 @@ func TestFacts(t *testing.T) {
 	}
 	if policies.Facts(nil) != nil {
 		t.Errorf("Facts(nil) is not nil")
+	}
+	// Without WithHistory the history group is empty.
+	if h := policies.Facts(attest(t, node{pcrs: []int{7}}))["history"].(map[string]any); len(h) != 0 {
+		t.Errorf("history facts without WithHistory = %v, want none", h)
+	}
+	// Every documented fact has a type and a description, in FactNames order.
+	docs := policies.FactDocs()
+	names := policies.FactNames()
+	if len(docs) != len(names) {
+		t.Fatalf("FactDocs has %d entries, FactNames %d", len(docs), len(names))
+	}
+	for i, d := range docs {
+		if d.Name != names[i] || d.Type == "" || d.Doc == "" {
+			t.Errorf("FactDocs()[%d] = %+v, want %s with a type and a description", i, d, names[i])
+		}
+	}
+}
+
+// TestEvaluateHistory checks that history conditions see WithHistory's
+// comparison, and fail when there is none.
+func TestEvaluateHistory(t *testing.T) {
+	v := attest(t, node{pcrs: []int{7}})
+	set := mustParse(t, fill(t, v, `policy "steady" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["!history.rebooted", "history.resets == 0"]
+  release "r" {
+    type        = "tls_certificate"
+    common_name = "node"
+  }
+}`))
+	if d := set.Evaluate(v); d.Allowed || len(d.Failures) != 2 || !strings.Contains(d.Failures[0], "no such key") {
+		t.Errorf("without history: allowed %v, failures %q; want both conditions failing on the missing key", d.Allowed, d.Failures)
+	}
+	first, err := v.WithHistory(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := set.Evaluate(first); !d.Allowed {
+		t.Errorf("first attestation denied: %q", d.Failures)
+	}
+	c := v.Clock()
+	rebooted, err := v.WithHistory(&verify.ClockInfo{Clock: c.Clock + 1, ResetCount: c.ResetCount - 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := set.Evaluate(rebooted)
+	want := []string{
+		`policy "steady": require[0] !history.rebooted is false`,
+		`policy "steady": require[1] history.resets == 0 is false`,
+	}
+	if d.Allowed || !slices.Equal(d.Failures, want) {
+		t.Errorf("after a reboot: allowed %v, failures %q; want %q", d.Allowed, d.Failures, want)
 	}
 }

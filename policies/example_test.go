@@ -82,3 +82,17 @@ policy "db" {
 	// release: web-tls pcr_sealed [0 7] 24h0m0s true
 	// failure: policy "db": require[0] pcrs.sha256[7] == "00…" is false
 }
+
+func ExampleFactDocs() {
+	// What `keybroker policy check --facts` lists.
+	for _, f := range policies.FactDocs() {
+		if strings.HasPrefix(f.Name, "history.") {
+			fmt.Printf("%s (%s)\n", f.Name, f.Type)
+		}
+	}
+	// Output:
+	// history.first_seen (bool)
+	// history.rebooted (bool)
+	// history.resets (int)
+	// history.restarts (int)
+}

@@ -11,14 +11,53 @@ import (
 	"github.com/keybroker/keybroker/broker/verify"
 )
 
-// factNames are the facts require expressions can read; see FactNames.
-var factNames = []string{
-	"ek.hash", "ek.ca", "ek.certified", "ek.manufacturer", "ek.model", "ek.version",
-	"pcrs.sha1", "pcrs.sha256", "pcrs.sha384", "pcrs.sha512",
-	"tpm.reset_count", "tpm.restart_count", "tpm.clock", "tpm.firmware_version",
-	"eventlog.present", "eventlog.secure_boot", "eventlog.pk", "eventlog.kek", "eventlog.db", "eventlog.dbx",
-	"eventlog.authorities", "eventlog.boot_apps", "eventlog.grub_commands", "eventlog.kernel_cmdline",
-	"eventlog.firmware_version", "eventlog.separators",
+// factDocs documents the facts require expressions can read, in the order
+// FactNames lists them. Keep the FactNames comment in step.
+var factDocs = []FactDoc{
+	{"ek.hash", "string", "the EK identity hash (verify.EKHash)"},
+	{"ek.ca", "string", "the EK CA the certificate chained to, \"\" if trusted by hash"},
+	{"ek.certified", "bool", "whether an EK certificate was verified"},
+	{"ek.manufacturer", "string", "TPM manufacturer from the EK certificate, \"\" without one"},
+	{"ek.model", "string", "TPM model from the EK certificate, \"\" without one"},
+	{"ek.version", "string", "TPM version from the EK certificate, \"\" without one"},
+	{"pcrs.sha1", "map(int, string)", "PCR index -> lowercase hex digest (only if SHA-1 is allowed)"},
+	{"pcrs.sha256", "map(int, string)", "PCR index -> lowercase hex digest"},
+	{"pcrs.sha384", "map(int, string)", "PCR index -> lowercase hex digest"},
+	{"pcrs.sha512", "map(int, string)", "PCR index -> lowercase hex digest"},
+	{"tpm.reset_count", "int", "TPM resets (reboots) since the TPM was cleared, from the quote, plus a secret per-AK offset for owner-hierarchy AKs"},
+	{"tpm.restart_count", "int", "TPM restarts and resumes since the last reset, from the quote, plus a secret per-AK offset for owner-hierarchy AKs"},
+	{"tpm.clock", "int", "milliseconds the TPM has been powered, from the quote"},
+	{"tpm.firmware_version", "int", "TPM firmware version, from the quote"},
+	{"history.first_seen", "bool", "the broker has no earlier attestation of this EK by the same AK to compare with"},
+	{"history.rebooted", "bool", "the TPM was reset (the machine rebooted) since the node's last attestation"},
+	{"history.resets", "int", "by how much tpm.reset_count grew since the last attestation"},
+	{"history.restarts", "int", "TPM restarts and resumes since the last attestation; 0 after a reset"},
+	{"eventlog.present", "bool", "whether the node sent an event log (it replayed in every quoted bank)"},
+	{"eventlog.secure_boot", "bool", "UEFI Secure Boot enabled"},
+	{"eventlog.pk", "list(string)", "Secure Boot PK entries: SHA-256 of each certificate (hex) or a well-known name, and hashes"},
+	{"eventlog.kek", "list(string)", "Secure Boot KEK entries, likewise"},
+	{"eventlog.db", "list(string)", "Secure Boot db entries, likewise"},
+	{"eventlog.dbx", "list(string)", "Secure Boot dbx entries, likewise"},
+	{"eventlog.authorities", "list(string)", "the db entries that verified boot applications"},
+	{"eventlog.boot_apps", "list(string)", "digests of the EFI applications loaded (shim, GRUB, kernel), in order"},
+	{"eventlog.grub_commands", "list(string)", "commands GRUB ran"},
+	{"eventlog.kernel_cmdline", "string", "the kernel path and command line GRUB booted"},
+	{"eventlog.firmware_version", "string", "the S-CRTM version"},
+	{"eventlog.separators", "list(int)", "PCRs holding a separator event"},
+}
+
+// FactDoc documents one fact: its name as written in a require expression,
+// its CEL type and what it holds.
+type FactDoc struct {
+	Name string
+	Type string
+	Doc  string
+}
+
+// FactDocs returns the documentation of every fact FactNames lists, in the
+// same order.
+func FactDocs() []FactDoc {
+	return slices.Clone(factDocs)
 }
 
 // FactNames lists the facts require expressions can read:
@@ -33,10 +72,14 @@ var factNames = []string{
 //	pcrs.sha256           map(int, string)
 //	pcrs.sha384           map(int, string)
 //	pcrs.sha512           map(int, string)
-//	tpm.reset_count       int
-//	tpm.restart_count     int
+//	tpm.reset_count       int, TPM resets since the TPM was cleared (for an owner-hierarchy AK
+//	tpm.restart_count     int   plus a secret per-AK offset: compare, do not read as counts)
 //	tpm.clock             int, milliseconds
 //	tpm.firmware_version  int
+//	history.first_seen    bool, no earlier attestation of this EK by the same AK to compare with
+//	history.rebooted      bool, the TPM was reset (machine rebooted) since the last attestation
+//	history.resets        int, by how much tpm.reset_count grew since the last attestation
+//	history.restarts      int, TPM restarts and resumes since the last attestation; 0 after a reset
 //	eventlog.present          bool, whether the node sent an event log (it replayed in every quoted bank)
 //	eventlog.secure_boot      bool, UEFI Secure Boot enabled
 //	eventlog.pk               list(string), Secure Boot PK entries: SHA-256 of each certificate (hex) or a
@@ -52,17 +95,27 @@ var factNames = []string{
 //
 // Without an event log, eventlog.present is false and every other eventlog
 // fact is empty (false, "", []).
+// The history facts compare the quote's TPM counters with the node's
+// previous attestation (verify.Verified.WithHistory; the broker always does
+// this, and refuses counters that went backwards before any policy runs).
+// For a Verified without that comparison the history group is empty, and
+// reading from it is an evaluation error, reported as a failure.
 // Only the banks that were quoted and verified are present in pcrs, and
 // only the PCRs that were quoted are present in a bank: reading a missing
 // one is an evaluation error, reported as a failure. Test for presence with
 // `has(pcrs.sha384)` or `7 in pcrs.sha256`.
 func FactNames() []string {
-	return slices.Clone(factNames)
+	names := make([]string, len(factDocs))
+	for i, f := range factDocs {
+		names[i] = f.Name
+	}
+	return names
 }
 
 // Facts returns the facts of a verified node as Evaluate presents them to
-// CEL: "ek" (map[string]any), "pcrs" (map[string]map[int64]string) and
-// "tpm" (map[string]int64). It returns nil for a nil or zero Verified.
+// CEL: "ek" (map[string]any), "pcrs" (map[string]map[int64]string), "tpm"
+// (map[string]int64), "history" (map[string]any) and "eventlog"
+// (map[string]any). It returns nil for a nil or zero Verified.
 func Facts(v *verify.Verified) map[string]any {
 	if v == nil || v.Node() == nil {
 		return nil
@@ -93,6 +146,7 @@ func Facts(v *verify.Verified) map[string]any {
 	clock := v.Clock()
 	return map[string]any{
 		"eventlog": eventLogFacts(v.EventLog()),
+		"history":  historyFacts(v.History()),
 		"ek":       ek,
 		"pcrs":     pcrs,
 		"tpm": map[string]int64{
@@ -101,6 +155,20 @@ func Facts(v *verify.Verified) map[string]any {
 			"clock":            clampInt64(clock.Clock),
 			"firmware_version": clampInt64(v.FirmwareVersion()),
 		},
+	}
+}
+
+// historyFacts presents the counters' history; without one the group is
+// empty, so a condition reading it fails rather than passing on defaults.
+func historyFacts(h *verify.History) map[string]any {
+	if h == nil {
+		return map[string]any{}
+	}
+	return map[string]any{
+		"first_seen": h.FirstSeen,
+		"rebooted":   h.Rebooted,
+		"resets":     int64(h.Resets),
+		"restarts":   int64(h.Restarts),
 	}
 }
 
@@ -153,6 +221,8 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 			"verified PCR values: bank name -> PCR index -> lowercase hex digest"),
 		cel.VariableWithDoc("tpm", cel.MapType(cel.StringType, cel.IntType),
 			"TPM counters from the quote: reset_count, restart_count, clock, firmware_version"),
+		cel.VariableWithDoc("history", cel.MapType(cel.StringType, cel.DynType),
+			"the TPM counters compared with the node's last attestation: first_seen, rebooted, resets, restarts"),
 		cel.VariableWithDoc("eventlog", cel.MapType(cel.StringType, cel.DynType),
 			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, grub_commands, kernel_cmdline, firmware_version, separators"),
 	)

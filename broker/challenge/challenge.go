@@ -124,11 +124,13 @@ func (i *Issuer) Lookup(ctx context.Context, id string) (store.Challenge, error)
 }
 
 // Consume removes the challenge and durably records r, the receipt of its
-// decision, in one commit, so a challenge is answered at most once. It
-// returns ErrUnknown, having recorded nothing, when the challenge is already
-// gone: a concurrent answer consumed it first. On success r.ID is set.
-func (i *Issuer) Consume(ctx context.Context, id string, r *store.Receipt) error {
-	err := i.store.ConsumeChallenge(ctx, id, r)
+// decision, and node, the node's record when the answer was verified (nil
+// leaves the record as it is), in one commit, so a challenge is answered at
+// most once. It returns ErrUnknown, having recorded nothing, when the
+// challenge is already gone: a concurrent answer consumed it first. On
+// success r.ID is set.
+func (i *Issuer) Consume(ctx context.Context, id string, r *store.Receipt, node *store.NodeRecord) error {
+	err := i.store.ConsumeChallenge(ctx, id, r, node)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return ErrUnknown

@@ -32,6 +32,7 @@ var (
 	bucketChallenges   = []byte("challenges")
 	bucketReceipts     = []byte("receipts")
 	bucketReceiptsByEK = []byte("receipts_by_ek")
+	bucketNodes        = []byte("nodes")
 )
 
 // receiptIDLayout formats the time part of generated receipt IDs: fixed
@@ -113,7 +114,7 @@ func (b *Bolt) init() error {
 		}
 	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketChallenges, bucketReceipts, bucketReceiptsByEK} {
+		for _, name := range [][]byte{bucketChallenges, bucketReceipts, bucketReceiptsByEK, bucketNodes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -193,11 +194,11 @@ func (b *Bolt) GetChallenge(ctx context.Context, id string, now time.Time) (Chal
 	return c, nil
 }
 
-// ConsumeChallenge implements Store. The presence check, the delete and the
-// receipt are one write transaction and one fsync'd commit, so of concurrent
-// calls for one ID exactly one stores its receipt. r is stored as PutReceipt
-// stores it.
-func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt) error {
+// ConsumeChallenge implements Store. The presence check, the delete, the
+// receipt and the node record are one write transaction and one fsync'd
+// commit, so of concurrent calls for one ID exactly one stores its receipt
+// (and node record). r is stored as PutReceipt stores it.
+func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt, node *NodeRecord) error {
 	if r == nil {
 		return errors.New("unable to consume challenge: receipt cannot be nil")
 	}
@@ -206,6 +207,13 @@ func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt) erro
 	}
 	if validateID(id) != nil {
 		return fmt.Errorf("unable to consume challenge: %w", ErrNotFound)
+	}
+	var n NodeRecord
+	if node != nil {
+		n = *node
+		if n.FirstSeen.IsZero() {
+			n.FirstSeen = n.LastSeen
+		}
 	}
 	key := []byte(id)
 	var rec Receipt
@@ -218,14 +226,98 @@ func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt) erro
 			return err
 		}
 		var err error
-		rec, err = putReceipt(tx, *r)
-		return err
+		if rec, err = putReceipt(tx, *r); err != nil {
+			return err
+		}
+		if node == nil {
+			return nil
+		}
+		n.LastReceiptID = rec.ID
+		val, err := encodeNode(n)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketNodes).Put([]byte(n.EKHash), val)
 	})
 	if err != nil {
 		return fmt.Errorf("unable to consume challenge: %w", err)
 	}
 	r.ID, r.Time = rec.ID, rec.Time
+	if node != nil {
+		node.FirstSeen, node.LastReceiptID = n.FirstSeen, n.LastReceiptID
+	}
 	return nil
+}
+
+// GetNode implements Store.
+func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+	}
+	if ekHash == "" || len(ekHash) > maxEKHashLength {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
+	}
+	var n NodeRecord
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketNodes)
+		if bk == nil {
+			return ErrNotFound // a store written before node records existed
+		}
+		v := bk.Get([]byte(ekHash))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		n, err = decodeNode(ekHash, v)
+		return err
+	})
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+	}
+	return n, nil
+}
+
+// ListNodes implements Store: in EK hash order.
+func (b *Bolt) ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("unable to list node records: %w", err)
+	}
+	limit := opts.Limit
+	switch {
+	case limit < 0:
+		return nil, errors.New("unable to list node records: limit cannot be negative")
+	case limit == 0:
+		limit = DefaultListLimit
+	case limit > MaxListLimit:
+		limit = MaxListLimit
+	}
+	var out []NodeRecord
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketNodes)
+		if bk == nil {
+			return nil
+		}
+		c := bk.Cursor()
+		k, v := c.First()
+		if opts.After != "" {
+			k, v = c.Seek([]byte(opts.After))
+			if k != nil && string(k) == opts.After {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
+			n, err := decodeNode(string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("unable to list node records: %w", err)
+	}
+	return out, nil
 }
 
 // PurgeExpired implements Store. Challenges that cannot be decoded are

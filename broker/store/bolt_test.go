@@ -70,7 +70,7 @@ func TestPutGetConsumeOnce(t *testing.T) {
 
 	r := &Receipt{ChallengeID: want.ID, EKHash: "ek", Allowed: true}
 	before := time.Now()
-	if err := b.ConsumeChallenge(ctx, want.ID, r); err != nil {
+	if err := b.ConsumeChallenge(ctx, want.ID, r, nil); err != nil {
 		t.Fatalf("ConsumeChallenge: %v", err)
 	}
 	if !receiptIDPattern.MatchString(r.ID) {
@@ -98,7 +98,7 @@ func TestPutGetConsumeOnce(t *testing.T) {
 		t.Fatalf("ErrNotFound and ErrExpired must be distinct")
 	}
 	again := &Receipt{ChallengeID: want.ID, EKHash: "ek"}
-	if err := b.ConsumeChallenge(ctx, want.ID, again); !errors.Is(err, ErrNotFound) {
+	if err := b.ConsumeChallenge(ctx, want.ID, again, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second ConsumeChallenge: got %v, want ErrNotFound", err)
 	}
 	if again.ID != "" || !again.Time.IsZero() {
@@ -112,7 +112,7 @@ func TestPutGetConsumeOnce(t *testing.T) {
 		if _, err := b.GetChallenge(ctx, id, t0); !errors.Is(err, ErrNotFound) {
 			t.Errorf("GetChallenge(%q): got %v, want ErrNotFound", id, err)
 		}
-		if err := b.ConsumeChallenge(ctx, id, &Receipt{}); !errors.Is(err, ErrNotFound) {
+		if err := b.ConsumeChallenge(ctx, id, &Receipt{}, nil); !errors.Is(err, ErrNotFound) {
 			t.Errorf("ConsumeChallenge(%q): got %v, want ErrNotFound", id, err)
 		}
 	}
@@ -167,7 +167,7 @@ func TestConsumeChallengeAtomic(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := b.ConsumeChallenge(ctx, c.ID, tt.r)
+			err := b.ConsumeChallenge(ctx, c.ID, tt.r, nil)
 			if err == nil || err.Error() != tt.wantErr {
 				t.Fatalf("ConsumeChallenge error = %v, want %q", err, tt.wantErr)
 			}
@@ -206,7 +206,7 @@ func TestConsumeConcurrent(t *testing.T) {
 				defer wg.Done()
 				<-start
 				r := &Receipt{ChallengeID: id, EKHash: ek}
-				err := b.ConsumeChallenge(ctx, id, r)
+				err := b.ConsumeChallenge(ctx, id, r, nil)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
@@ -625,7 +625,7 @@ func TestCanceledContext(t *testing.T) {
 	if _, err := b.GetChallenge(ctx, "x", t0); !errors.Is(err, context.Canceled) {
 		t.Errorf("GetChallenge: got %v, want context.Canceled", err)
 	}
-	if err := b.ConsumeChallenge(ctx, "x", &Receipt{}); !errors.Is(err, context.Canceled) {
+	if err := b.ConsumeChallenge(ctx, "x", &Receipt{}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("ConsumeChallenge: got %v, want context.Canceled", err)
 	}
 }

@@ -1,11 +1,13 @@
-// Package store holds the broker's state: single-use challenges and the
-// receipts that record every attestation decision.
+// Package store holds the broker's state: single-use challenges, the
+// receipts that record every attestation decision, and node records (each
+// node's last TPM counters and last verified evidence).
 //
 // Store is the interface the broker and its tests program against; Bolt is
 // the embedded default, a single bbolt file owned by one broker process.
 // Business rules (what is trusted, what is released) live elsewhere: the store
 // only guarantees that a challenge is consumed at most once and that a receipt
-// is on disk before PutReceipt or ConsumeChallenge returns.
+// (and the node record written with it) is on disk before PutReceipt or
+// ConsumeChallenge returns.
 //
 //	st, err := store.OpenBolt("/var/lib/keybroker/state.db", store.BoltOpts{})
 //	if err != nil {
@@ -24,7 +26,7 @@
 //		// internal fault
 //	}
 //	... // verify the answer against c, decide, fill in the receipt r
-//	err = st.ConsumeChallenge(ctx, id, r) // one commit: challenge gone, r on disk
+//	err = st.ConsumeChallenge(ctx, id, r, node) // one commit: challenge gone, r and node on disk
 //	switch {
 //	case errors.Is(err, store.ErrNotFound):
 //		// a concurrent answer consumed it first: release nothing

@@ -45,9 +45,9 @@ func ExampleOpenBolt() {
 	}
 	// ... verify the node's answer against c and decide ...
 	r := &store.Receipt{ChallengeID: c.ID, EKHash: "ek", Allowed: true}
-	err = st.ConsumeChallenge(ctx, c.ID, r)
+	err = st.ConsumeChallenge(ctx, c.ID, r, nil)
 	fmt.Println("first consume:", err)
-	err = st.ConsumeChallenge(ctx, c.ID, &store.Receipt{ChallengeID: c.ID, EKHash: "ek"})
+	err = st.ConsumeChallenge(ctx, c.ID, &store.Receipt{ChallengeID: c.ID, EKHash: "ek"}, nil)
 	fmt.Println("second consume is not found:", errors.Is(err, store.ErrNotFound))
 
 	receipts, err := st.ListReceipts(ctx, store.ListOpts{EKHash: "ek"})

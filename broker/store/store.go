@@ -19,18 +19,18 @@ const (
 	MaxIDLength = 128
 )
 
-// Limits for ListReceipts.
+// Limits for ListReceipts and ListNodes.
 const (
 	// DefaultListLimit is used when ListOpts.Limit is zero.
 	DefaultListLimit = 100
-	// MaxListLimit is the largest number of receipts one call returns; larger
-	// limits are lowered to it.
+	// MaxListLimit is the largest number of receipts or node records one
+	// call returns; larger limits are lowered to it.
 	MaxListLimit = 1000
 )
 
 var (
-	// ErrNotFound is returned for a challenge or receipt that does not exist,
-	// including a challenge that was already consumed.
+	// ErrNotFound is returned for a challenge, receipt or node record that
+	// does not exist, including a challenge that was already consumed.
 	ErrNotFound = errors.New("not found")
 	// ErrExpired is returned by GetChallenge for a challenge whose expiry
 	// has passed; the challenge stays until PurgeExpired deletes it.
@@ -174,7 +174,13 @@ type Store interface {
 	// and returns ErrNotFound, so under concurrency exactly one call per
 	// challenge succeeds and exactly one receipt is stored. It does not
 	// check expiry: the caller checked it with GetChallenge.
-	ConsumeChallenge(ctx context.Context, id string, r *Receipt) error
+	//
+	// A non-nil node is written in the same commit, replacing the node's
+	// record: its LastReceiptID is set to r.ID, and a zero FirstSeen to
+	// LastSeen. A node record that does not validate (no EK hash, more than
+	// MaxNodeRecordBytes) fails the call and nothing is stored. A nil node
+	// leaves node records untouched.
+	ConsumeChallenge(ctx context.Context, id string, r *Receipt, node *NodeRecord) error
 	// PutReceipt durably stores r before returning, assigning r.ID (and
 	// r.Time) when empty. An existing ID is never overwritten.
 	PutReceipt(ctx context.Context, r *Receipt) error
@@ -182,6 +188,11 @@ type Store interface {
 	ListReceipts(ctx context.Context, opts ListOpts) ([]Receipt, error)
 	// GetReceipt returns one receipt, or ErrNotFound.
 	GetReceipt(ctx context.Context, id string) (Receipt, error)
+	// GetNode returns the record of the node with this EK hash, or
+	// ErrNotFound.
+	GetNode(ctx context.Context, ekHash string) (NodeRecord, error)
+	// ListNodes returns node records in EK hash order.
+	ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord, error)
 	// PurgeExpired deletes challenges expired at now and returns how many.
 	PurgeExpired(ctx context.Context, now time.Time) (int, error)
 	// Close releases the store.

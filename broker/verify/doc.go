@@ -12,4 +12,10 @@
 //	node, err := verify.Node(ekPub, ekCert, intermediates, akPub, trust)
 //	...
 //	v, err := verify.Quotes(node, secretHash, quotes, verify.QuoteOpts{})
+//	...
+//	v, err = v.WithEventLog(eventLog)   // event-log facts, if the node sent one
+//	v, err = v.WithHistory(prevClock)   // TPM counters against the last attestation
+//
+// WithEventLog and WithHistory return a copy carrying more facts; each
+// refuses what does not add up, naming its check.
 package verify

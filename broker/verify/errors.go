@@ -19,6 +19,7 @@ const (
 	CheckPCRDigest  Check = "pcr_digest"
 	CheckBank       Check = "pcr_bank"
 	CheckEventLog   Check = "event_log"
+	CheckCounters   Check = "tpm_counters"
 )
 
 // CheckError is a failed verification step. Msg is safe to show to the node:

@@ -25,6 +25,7 @@ type Verified struct {
 	firmware    uint64
 	quoteDigest [32]byte
 	eventLog    *EventLogFacts
+	history     *History
 }
 
 // Node returns the verified node identity.

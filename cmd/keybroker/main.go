@@ -24,6 +24,12 @@ const usage = `keybroker: release secrets only to machines that prove, with thei
 Usage:
   keybroker serve --config broker.hcl     run the broker (gRPC over TLS)
   keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]
+  keybroker policy check [--facts] FILE|DIR...
+                                          validate policies; list the facts they can use
+  keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
+                                          try policies on nodes' last verified evidence
+  keybroker evidence show --config broker.hcl --node EKHASH
+                                          a node's last verified evidence, as JSON
   keybroker demo [--keep DIR]             broker + agent on the embedded TPM simulator
 
 Run 'keybroker COMMAND --help' for a command's flags.
@@ -47,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return receiptsList(args[2:], stdout, stderr)
+	case "policy":
+		return policyCmd(args[1:], stdout, stderr)
+	case "evidence":
+		return evidenceCmd(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

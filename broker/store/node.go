@@ -1,0 +1,155 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// MaxNodeRecordBytes bounds the stored (JSON) form of a NodeRecord. The
+// broker's API limits (a 1 MiB event log, four quotes, 64 KiB of EK and AK
+// material) keep the evidence of any accepted request well below it.
+const MaxNodeRecordBytes = 5 << 19 // 2.5 MiB
+
+// NodeRecord is what the broker keeps about a node (an EK) between
+// attestations: the TPM counters of its last verified quote, to compare the
+// next one with, and the evidence of that attestation, so that a policy can
+// be tried against it later (after verifying it again: stored evidence is
+// never trusted as is).
+type NodeRecord struct {
+	// EKHash identifies the node (verify.EKHash); it is the record's key.
+	EKHash string `json:"ek_hash"`
+	// FirstSeen is the time of the node's first verified attestation;
+	// ConsumeChallenge sets it to LastSeen when zero.
+	FirstSeen time.Time `json:"first_seen"`
+	// LastSeen is the time of its last verified attestation.
+	LastSeen time.Time `json:"last_seen"`
+	// AKName is the TPM name of the AK that signed the last quote. The
+	// counters below can only be compared with a quote by the same AK.
+	AKName []byte `json:"ak_name,omitempty"`
+	// Clock, ResetCount and RestartCount are the TPM counters of the last
+	// verified quote, as reported.
+	Clock        uint64 `json:"clock"`
+	ResetCount   uint32 `json:"reset_count"`
+	RestartCount uint32 `json:"restart_count"`
+	// LastReceiptID is the receipt of the last verified attestation;
+	// ConsumeChallenge sets it.
+	LastReceiptID string `json:"last_receipt_id,omitempty"`
+	// Evidence is what the node presented in its last verified attestation.
+	Evidence Evidence `json:"evidence"`
+}
+
+// Evidence is everything a node presented in one attestation, in the TPM's
+// own encodings, together with the challenge it answered: enough to verify
+// the attestation again with the same code.
+type Evidence struct {
+	// Time is when the broker received it.
+	Time        time.Time `json:"time"`
+	ChallengeID string    `json:"challenge_id,omitempty"`
+	// EKPublic, EKCertificate, EKIntermediates and AKPublic are as the node
+	// sent them with its challenge request (TPMT_PUBLIC, DER).
+	EKPublic        []byte   `json:"ek_public"`
+	EKCertificate   []byte   `json:"ek_certificate,omitempty"`
+	EKIntermediates [][]byte `json:"ek_intermediates,omitempty"`
+	AKPublic        []byte   `json:"ak_public"`
+	// SecretHash is the SHA-256 of the challenge's activation secret, which
+	// the quotes carry as their qualifying data.
+	SecretHash [32]byte `json:"-"` // encoded as secret_hash, base64 like the other bytes
+	// Quotes are the quotes as sent.
+	Quotes []EvidenceQuote `json:"quotes"`
+	// EventLog is the TCG binary event log as sent, if any.
+	EventLog []byte `json:"event_log,omitempty"`
+	// Previous holds the counters of the attestation this one was compared
+	// with (the node record as it was), nil if there was none: verifying
+	// the evidence again reproduces the same history.
+	Previous *Counters `json:"previous,omitempty"`
+}
+
+// EvidenceQuote is one quote: TPMS_ATTEST, TPMT_SIGNATURE, and the reported
+// values of the quoted PCR bank.
+type EvidenceQuote struct {
+	Attest    []byte            `json:"attest"`
+	Signature []byte            `json:"signature"`
+	Bank      uint16            `json:"bank"` // TPM_ALG_ID of the PCR bank
+	PCRs      map[uint32][]byte `json:"pcrs"`
+}
+
+// Counters are a TPM's clock and reset and restart counts as a quote
+// reported them, and the AK that signed it.
+type Counters struct {
+	AKName       []byte `json:"ak_name,omitempty"`
+	Clock        uint64 `json:"clock"`
+	ResetCount   uint32 `json:"reset_count"`
+	RestartCount uint32 `json:"restart_count"`
+}
+
+// Counters returns the record's counters.
+func (n NodeRecord) Counters() Counters {
+	return Counters{AKName: n.AKName, Clock: n.Clock, ResetCount: n.ResetCount, RestartCount: n.RestartCount}
+}
+
+// evidenceJSON is Evidence with SecretHash as bytes, so that it is base64
+// in JSON like every other binary field.
+type evidenceJSON struct {
+	plainEvidence
+	SecretHash []byte `json:"secret_hash"`
+}
+
+type plainEvidence Evidence
+
+// MarshalJSON implements json.Marshaler.
+func (e Evidence) MarshalJSON() ([]byte, error) {
+	return json.Marshal(evidenceJSON{plainEvidence: plainEvidence(e), SecretHash: e.SecretHash[:]})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (e *Evidence) UnmarshalJSON(b []byte) error {
+	var v evidenceJSON
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if len(v.SecretHash) != len(e.SecretHash) {
+		return fmt.Errorf("evidence secret_hash has %d bytes, want %d", len(v.SecretHash), len(e.SecretHash))
+	}
+	*e = Evidence(v.plainEvidence)
+	copy(e.SecretHash[:], v.SecretHash)
+	return nil
+}
+
+// ListNodesOpts selects node records for ListNodes. The zero value returns
+// the first DefaultListLimit records in EK hash order.
+type ListNodesOpts struct {
+	// Limit is the most records to return: 0 means DefaultListLimit, and
+	// values above MaxListLimit are lowered to it. Negative is an error.
+	Limit int
+	// After, when set, returns only records whose EK hash sorts after it:
+	// pass the last EK hash of one page to get the next.
+	After string
+}
+
+// encodeNode validates n and returns its stored form.
+func encodeNode(n NodeRecord) ([]byte, error) {
+	switch {
+	case n.EKHash == "":
+		return nil, errors.New("node record ek hash cannot be empty")
+	case len(n.EKHash) > maxEKHashLength:
+		return nil, fmt.Errorf("node record ek hash is longer than %d bytes", maxEKHashLength)
+	}
+	val, err := json.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("unable to encode node record: %w", err)
+	}
+	if len(val) > MaxNodeRecordBytes {
+		return nil, fmt.Errorf("node record holds %d bytes, at most %d allowed", len(val), MaxNodeRecordBytes)
+	}
+	return val, nil
+}
+
+func decodeNode(ekHash string, v []byte) (NodeRecord, error) {
+	var n NodeRecord
+	if err := json.Unmarshal(v, &n); err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to decode node record %s: %w", ekHash, err)
+	}
+	return n, nil
+}

@@ -1,0 +1,447 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/policies"
+)
+
+const policyUsage = `usage:
+  keybroker policy check [--facts] FILE|DIR...
+  keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
+
+Run 'keybroker policy check --help' or 'keybroker policy eval --help' for details.
+`
+
+const policyCheckHelp = `usage: keybroker policy check [--facts] FILE|DIR...
+
+Loads the policy files (a directory: its *.hcl files) as the broker would and
+prints each policy with "ok", or every problem as file:line:column: message
+and exits 1. Policy and release names must be unique across all of them.
+
+With --facts, first lists the facts require expressions can use, with their
+CEL types; FILE|DIR may then be omitted.
+
+Flags:
+`
+
+const policyEvalHelp = `usage: keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
+
+Tries candidate policies on nodes' last attestations before rollout: for the
+node given by --node, for the evidence file given by --evidence (as written by
+'keybroker evidence show'), or, with neither, for every node the broker has a
+record of, it verifies the stored evidence again with the broker's code and
+the trust of broker.hcl (EK allowlist, EK CAs, allow_sha1), evaluates the
+candidate policies on the verified facts, and prints whether the node would be
+allowed, by which policies, what would be released (name, type, mode, PCRs,
+TTL, names) and every failed condition. Nothing is released or recorded.
+
+Node records are read through the running broker's admin socket, or from its
+store file when it is stopped. --policy may be repeated; further arguments are
+policy paths too.
+
+Exits 0 when every node was evaluated, allowed or denied (it is a report), 1
+if the configuration or the policies do not load, a record cannot be read or
+evidence no longer verifies, and 2 on usage errors.
+
+Flags:
+`
+
+const evidenceUsage = `usage: keybroker evidence show (--config broker.hcl | --data-dir DIR) --node EKHASH
+
+Prints, as JSON, the evidence of the node's last verified attestation: the EK
+and AK publics and certificates, the challenge's secret hash, the quotes and
+the event log as the node sent them, and the counters they were compared
+with. 'keybroker policy eval --evidence FILE' evaluates policies on it.
+
+Flags:
+`
+
+// policyCmd runs `keybroker policy SUBCOMMAND`.
+func policyCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, policyUsage)
+		return 2
+	}
+	switch args[0] {
+	case "check":
+		return policyCheck(args[1:], stdout, stderr)
+	case "eval":
+		return policyEval(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, policyUsage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "unknown policy command %q\n\n%s", args[0], policyUsage)
+	return 2
+}
+
+// newFlagSet returns a flag set whose usage prints help and the flags.
+func newFlagSet(name, help string, stdout, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), help)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args; done is true (with the exit code) for --help and
+// for errors, which the flag package has already reported.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, done bool) {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// Asked for: the help goes to stdout.
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return 0, true
+	case err != nil:
+		return 2, true
+	}
+	return 0, false
+}
+
+func policyCheck(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("policy check", policyCheckHelp, stdout, stderr)
+	facts := fs.Bool("facts", false, "list the facts require expressions can use")
+	if code, done := parseFlags(fs, args, stdout); done {
+		return code
+	}
+	if *facts {
+		printFacts(stdout)
+		if fs.NArg() == 0 {
+			return 0
+		}
+		fmt.Fprintln(stdout)
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "policy check: no policy file or directory given")
+		fs.Usage()
+		return 2
+	}
+	set, err := policies.Load(fs.Args()...)
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		return 1
+	}
+	for _, name := range set.Names() {
+		fmt.Fprintf(stdout, "policy %q: ok\n", name)
+	}
+	fmt.Fprintf(stdout, "%d policies ok, policy hash %s\n", len(set.Names()), set.Hash())
+	return 0
+}
+
+func printFacts(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FACT\tTYPE\tMEANING")
+	for _, f := range policies.FactDocs() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Name, f.Type, f.Doc)
+	}
+	tw.Flush()
+}
+
+// pathList is a repeatable flag.
+type pathList []string
+
+func (p *pathList) String() string     { return strings.Join(*p, ",") }
+func (p *pathList) Set(v string) error { *p = append(*p, v); return nil }
+
+// evalResult is what `policy eval` reports for one node; --json prints it.
+type evalResult struct {
+	EKHash        string        `json:"ek_hash,omitempty"`
+	Source        string        `json:"source,omitempty"` // the evidence file, for --evidence
+	EvidenceTime  time.Time     `json:"evidence_time,omitzero"`
+	LastReceiptID string        `json:"last_receipt_id,omitempty"`
+	Allowed       bool          `json:"allowed"`
+	Policies      []string      `json:"policies,omitempty"`
+	PolicyHash    string        `json:"policy_hash"`
+	Releases      []evalRelease `json:"releases,omitempty"`
+	Failures      []string      `json:"failures,omitempty"`
+	// Error says why the node could not be evaluated (its evidence no
+	// longer verifies); Check names the failed verification check.
+	Error string `json:"error,omitempty"`
+	Check string `json:"check,omitempty"`
+}
+
+type evalRelease struct {
+	Name        string   `json:"name"`
+	Type        string   `json:"type"`
+	Mode        string   `json:"mode"`
+	PCRBank     string   `json:"pcr_bank,omitempty"`
+	PCRs        []uint32 `json:"pcrs,omitempty"`
+	TTL         string   `json:"ttl"`
+	CommonName  string   `json:"common_name,omitempty"`
+	DNSNames    []string `json:"dns_names,omitempty"`
+	IPAddresses []string `json:"ip_addresses,omitempty"`
+}
+
+func policyEval(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("policy eval", policyEvalHelp, stdout, stderr)
+	configPath := fs.String("config", "", "broker configuration file: trust, allow_sha1 and data_dir (required)")
+	var paths pathList
+	fs.Var(&paths, "policy", "candidate policy file or directory of *.hcl (required, repeatable)")
+	ekHash := fs.String("node", "", "evaluate only the node with this EK hash")
+	evidenceFile := fs.String("evidence", "", "evaluate the evidence in this JSON file (see 'keybroker evidence show')")
+	asJSON := fs.Bool("json", false, "print JSON, one node per line")
+	if code, done := parseFlags(fs, args, stdout); done {
+		return code
+	}
+	paths = append(paths, fs.Args()...)
+	switch {
+	case *configPath == "":
+		fmt.Fprintln(stderr, "policy eval: --config is required")
+		return 2
+	case len(paths) == 0:
+		fmt.Fprintln(stderr, "policy eval: --policy is required")
+		return 2
+	case *ekHash != "" && *evidenceFile != "":
+		fmt.Fprintln(stderr, "policy eval: --node and --evidence cannot be used together")
+		return 2
+	}
+	cfg, err := broker.LoadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "policy eval: invalid configuration:\n%v\n", err)
+		return 1
+	}
+	set, err := policies.Load(paths...)
+	if err != nil {
+		fmt.Fprintf(stderr, "policy eval: the policies do not load:\n%v\n", err)
+		return 1
+	}
+
+	ctx := context.Background()
+	var results []evalResult
+	eval := func(r evalResult, ev store.Evidence) {
+		r.EvidenceTime = ev.Time
+		results = append(results, evaluate(r, ev, cfg, set))
+	}
+	switch {
+	case *evidenceFile != "":
+		ev, err := readEvidence(*evidenceFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "policy eval: %v\n", err)
+			return 1
+		}
+		eval(evalResult{Source: *evidenceFile}, ev)
+	case *ekHash != "":
+		n, err := broker.GetNode(ctx, cfg.DataDir, *ekHash)
+		if err != nil {
+			fmt.Fprintf(stderr, "policy eval: node %s: %v\n", *ekHash, err)
+			return 1
+		}
+		eval(evalResult{EKHash: n.EKHash, LastReceiptID: n.LastReceiptID}, n.Evidence)
+	default:
+		opts := store.ListNodesOpts{Limit: 100}
+		for {
+			ns, err := broker.ListNodes(ctx, cfg.DataDir, opts)
+			if err != nil {
+				fmt.Fprintf(stderr, "policy eval: %v\n", err)
+				return 1
+			}
+			for _, n := range ns {
+				eval(evalResult{EKHash: n.EKHash, LastReceiptID: n.LastReceiptID}, n.Evidence)
+			}
+			if len(ns) < opts.Limit {
+				break
+			}
+			opts.After = ns[len(ns)-1].EKHash
+		}
+		if len(results) == 0 {
+			fmt.Fprintln(stderr, "policy eval: no node has attested to this broker yet")
+		}
+	}
+
+	code := 0
+	for _, r := range results {
+		if r.Error != "" {
+			code = 1
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, r := range results {
+			if err := enc.Encode(r); err != nil {
+				fmt.Fprintf(stderr, "policy eval: %v\n", err)
+				return 1
+			}
+		}
+		return code
+	}
+	printEval(stdout, results, set)
+	return code
+}
+
+// evaluate verifies a node's evidence again and evaluates set on it.
+func evaluate(r evalResult, ev store.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
+	r.PolicyHash = set.Hash()
+	v, err := broker.Reverify(ev, cfg.Trust, cfg.AllowSHA1)
+	if err != nil {
+		r.Error = "evidence does not verify: " + err.Error()
+		r.Check = string(verify.FailedCheck(err))
+		return r
+	}
+	r.EKHash = v.EKHash()
+	d := set.Evaluate(v)
+	r.Allowed, r.Policies, r.Failures = d.Allowed, d.Policies, d.Failures
+	for _, rel := range d.Releases {
+		er := evalRelease{
+			Name:       rel.Name,
+			Type:       rel.Type,
+			Mode:       string(rel.Mode),
+			TTL:        rel.TTL.String(),
+			CommonName: rel.CommonName,
+			DNSNames:   rel.DNSNames,
+		}
+		if rel.Mode == policies.ModePCRSealed {
+			er.PCRBank, er.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
+		}
+		for _, ip := range rel.IPAddresses {
+			er.IPAddresses = append(er.IPAddresses, ip.String())
+		}
+		r.Releases = append(r.Releases, er)
+	}
+	return r
+}
+
+// readEvidence reads a store.Evidence as `keybroker evidence show` prints it.
+func readEvidence(path string) (store.Evidence, error) {
+	var ev store.Evidence
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ev, fmt.Errorf("unable to read evidence: %w", err)
+	}
+	if len(b) > 2*store.MaxNodeRecordBytes {
+		return ev, fmt.Errorf("%s is too large to be evidence", path)
+	}
+	if err := json.Unmarshal(b, &ev); err != nil {
+		return ev, fmt.Errorf("%s is not evidence JSON: %w", path, err)
+	}
+	if len(ev.EKPublic) == 0 || len(ev.Quotes) == 0 {
+		return ev, fmt.Errorf("%s holds no evidence (no ek_public or quotes)", path)
+	}
+	return ev, nil
+}
+
+func printEval(w io.Writer, results []evalResult, set *policies.Set) {
+	var allowed, denied, failed int
+	for _, r := range results {
+		name := r.EKHash
+		if name == "" {
+			name = "in " + r.Source
+		}
+		var about []string
+		if !r.EvidenceTime.IsZero() {
+			about = append(about, "attested "+r.EvidenceTime.UTC().Format(time.RFC3339))
+		}
+		if r.LastReceiptID != "" {
+			about = append(about, "receipt "+r.LastReceiptID)
+		}
+		if r.Source != "" && r.EKHash != "" {
+			about = append(about, "from "+r.Source)
+		}
+		fmt.Fprintf(w, "node %s", name)
+		if len(about) > 0 {
+			fmt.Fprintf(w, " (%s)", strings.Join(about, ", "))
+		}
+		fmt.Fprintln(w)
+		switch {
+		case r.Error != "":
+			failed++
+			fmt.Fprintf(w, "  error: %s\n", r.Error)
+			continue
+		case r.Allowed:
+			allowed++
+			fmt.Fprintf(w, "  allowed by %s\n", strings.Join(r.Policies, ", "))
+			fmt.Fprintln(w, "  would release:")
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			for _, rel := range r.Releases {
+				mode := rel.Mode
+				if rel.PCRBank != "" {
+					mode += fmt.Sprintf(" %s%v", rel.PCRBank, rel.PCRs)
+				}
+				names := []string{"cn " + rel.CommonName}
+				if len(rel.DNSNames) > 0 {
+					names = append(names, "dns "+strings.Join(rel.DNSNames, ","))
+				}
+				if len(rel.IPAddresses) > 0 {
+					names = append(names, "ip "+strings.Join(rel.IPAddresses, ","))
+				}
+				fmt.Fprintf(tw, "    %s\t%s\t%s\tttl %s\t%s\n", rel.Name, rel.Type, mode, rel.TTL, strings.Join(names, " "))
+			}
+			tw.Flush()
+		default:
+			denied++
+			fmt.Fprintln(w, "  denied")
+		}
+		if len(r.Failures) > 0 {
+			fmt.Fprintln(w, "  failures:")
+			for _, f := range r.Failures {
+				fmt.Fprintf(w, "    - %s\n", f)
+			}
+		}
+	}
+	fmt.Fprintf(w, "policies %v (hash %s): %d allowed, %d denied, %d not evaluated\n",
+		set.Names(), set.Hash(), allowed, denied, failed)
+}
+
+// evidenceCmd runs `keybroker evidence show`.
+func evidenceCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "show" {
+		if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprint(stdout, evidenceUsage)
+			return 0
+		}
+		fmt.Fprint(stderr, evidenceUsage)
+		return 2
+	}
+	fs := newFlagSet("evidence show", evidenceUsage, stdout, stderr)
+	configPath := fs.String("config", "", "broker configuration file (its data_dir holds the store)")
+	dataDir := fs.String("data-dir", "", "the broker's data directory (instead of --config)")
+	ekHash := fs.String("node", "", "the node's EK hash (required)")
+	if code, done := parseFlags(fs, args[1:], stdout); done {
+		return code
+	}
+	dir := *dataDir
+	if *configPath != "" {
+		cfg, err := broker.LoadConfig(*configPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "evidence: invalid configuration:\n%v\n", err)
+			return 1
+		}
+		dir = cfg.DataDir
+	}
+	switch {
+	case dir == "":
+		fmt.Fprintln(stderr, "evidence: --config or --data-dir is required")
+		return 2
+	case *ekHash == "":
+		fmt.Fprintln(stderr, "evidence: --node is required")
+		return 2
+	}
+	n, err := broker.GetNode(context.Background(), dir, *ekHash)
+	if err != nil {
+		fmt.Fprintf(stderr, "evidence: node %s: %v\n", *ekHash, err)
+		return 1
+	}
+	b, err := json.MarshalIndent(n.Evidence, "", "  ")
+	if err != nil {
+		fmt.Fprintf(stderr, "evidence: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s\n", b)
+	return 0
+}
