@@ -35,6 +35,23 @@
 //     codes and stage names; `keybroker-agent ek-hash` prints the hash the
 //     broker records, and that hash alone (ek_allow, tpm_bound) is enough to
 //     be trusted.
+//   - TestEventLogPolicy (eventlog_test.go): two swtpm nodes boot with
+//     realistic event logs (internal/evidencetest); a policy over Secure
+//     Boot, the kernel digest and the command line allows the one that
+//     booted that way and refuses the other, naming each failed condition in
+//     the receipt only; without a log the policy refuses.
+//   - TestEventLogTampered: an edited, dropped, reordered or wrong-bank log
+//     is refused at attest with the mismatching PCR named (event_log).
+//   - TestPolicyReloadOnFileChange (reload_test.go): rewriting the policy
+//     file, without a signal, switches the broker from deny to allow; a
+//     broken rewrite is refused and the previous policy keeps serving.
+//   - TestAgentSendsEKIntermediates (ekchain_test.go): with only swtpm's root
+//     configured, the node is refused until the agent sends the intermediate
+//     with --ek-intermediates.
+//   - TestPolicyDryRun (dryrun_test.go): `keybroker policy eval` re-verifies
+//     a node's stored evidence and shows what a stricter policy would refuse
+//     and why, from the running broker and from a stopped one, and from
+//     evidence exported with `keybroker evidence show`.
 //
 // The interop tests (interop_test.go) check that quotes, AKs and EK
 // certificates produced by tpm2-tools verify with broker/verify, and that
