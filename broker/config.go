@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -33,18 +34,32 @@ import (
 //	  roots         = ["swtpm-root.pem"]  # files or directories of *.pem, *.crt, *.cer
 //	  intermediates = ["swtpm-intermediate.pem"]
 //	}
+//	spiffe {                               # optional: the SPIFFE authority
+//	  trust_domain = "example.org"        # CA and JWT key in data_dir/spiffe
+//	}
 //
 // Relative paths are relative to the configuration file's directory.
 type FileConfig struct {
-	Listen             string     `hcl:"listen,optional"`
-	DataDir            string     `hcl:"data_dir"`
-	ServerNames        []string   `hcl:"server_names,optional"`
-	ChallengeTTL       string     `hcl:"challenge_ttl,optional"`
-	AllowSHA1          bool       `hcl:"allow_sha1,optional"`
-	Policies           []string   `hcl:"policies"`
-	PolicyPollInterval string     `hcl:"policy_poll_interval,optional"`
-	EKAllow            []string   `hcl:"ek_allow,optional"`
-	EKCAs              []EKCAFile `hcl:"ek_ca,block"`
+	Listen             string      `hcl:"listen,optional"`
+	DataDir            string      `hcl:"data_dir"`
+	ServerNames        []string    `hcl:"server_names,optional"`
+	ChallengeTTL       string      `hcl:"challenge_ttl,optional"`
+	AllowSHA1          bool        `hcl:"allow_sha1,optional"`
+	Policies           []string    `hcl:"policies"`
+	PolicyPollInterval string      `hcl:"policy_poll_interval,optional"`
+	EKAllow            []string    `hcl:"ek_allow,optional"`
+	EKCAs              []EKCAFile  `hcl:"ek_ca,block"`
+	SPIFFE             *SPIFFEFile `hcl:"spiffe,block"`
+}
+
+// SPIFFEFile is the spiffe block: with it, the broker is the SPIFFE
+// authority of TrustDomain (x509_svid releases, workload SVIDs, the
+// bundle).
+type SPIFFEFile struct {
+	// TrustDomain is a trust domain name such as "example.org".
+	TrustDomain string `hcl:"trust_domain"`
+	// Range is where the block is, for errors; set by ParseConfig.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // EKCAFile is an ek_ca block. Each entry of Roots and Intermediates is a
@@ -88,6 +103,10 @@ type Config struct {
 	// reload). LoadConfig defaults it to DefaultPolicyPollInterval.
 	PolicyPollInterval time.Duration
 	Trust              verify.Trust
+	// TrustDomain is the SPIFFE trust domain of the spiffe block; zero
+	// when SPIFFE is not configured (x509_svid releases and workload SVIDs
+	// are then refused).
+	TrustDomain spiffeid.TrustDomain
 }
 
 // LoadConfig reads, defaults and validates a configuration file, reporting
@@ -198,6 +217,23 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 			continue
 		}
 		c.Trust.CAs = append(c.Trust.CAs, verify.CA{Name: ca.Name, Roots: roots, Intermediates: inter})
+	}
+	if fc.SPIFFE != nil {
+		at := name
+		if r := fc.SPIFFE.Range; r.Filename != "" {
+			at = fmt.Sprintf("%s:%d", r.Filename, r.Start.Line)
+		}
+		td, err := spiffeid.TrustDomainFromString(fc.SPIFFE.TrustDomain)
+		switch {
+		case fc.SPIFFE.TrustDomain == "":
+			errs = append(errs, fmt.Errorf("%s: spiffe: trust_domain cannot be empty", at))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: spiffe: trust_domain %q is not a trust domain: %w", at, fc.SPIFFE.TrustDomain, err))
+		case td.Name() != fc.SPIFFE.TrustDomain:
+			errs = append(errs, fmt.Errorf("%s: spiffe: trust_domain must be a name such as %q, not %q", at, td.Name(), fc.SPIFFE.TrustDomain))
+		default:
+			c.TrustDomain = td
+		}
 	}
 	c.Trust.AllowSHA1 = c.AllowSHA1
 	if len(c.Trust.EKHashes) == 0 && len(c.Trust.CAs) == 0 {

@@ -27,6 +27,7 @@ func TestParseConfig(t *testing.T) {
 		src      string
 		wantErr  []string
 		wantPoll time.Duration // when no error
+		wantTD   string        // when no error
 	}{
 		{
 			name:     "minimal",
@@ -90,6 +91,37 @@ challenge_ttl = "1h"`,
 			wantErr: []string{"challenge_ttl must be between 1s and 10m0s"},
 		},
 		{
+			name:     "spiffe trust domain",
+			src:      base + "\nspiffe {\n  trust_domain = \"example.org\"\n}",
+			wantTD:   "example.org",
+			wantPoll: broker.DefaultPolicyPollInterval,
+		},
+		{
+			name:    "spiffe trust domain not a name",
+			src:     base + "\n\nspiffe {\n  trust_domain = \"Example.org\"\n}",
+			wantErr: []string{`broker.hcl:5: spiffe: trust_domain "Example.org" is not a trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores`},
+		},
+		{
+			name:    "spiffe trust domain as an ID",
+			src:     base + "\nspiffe {\n  trust_domain = \"spiffe://example.org\"\n}",
+			wantErr: []string{`broker.hcl:4: spiffe: trust_domain must be a name such as "example.org", not "spiffe://example.org"`},
+		},
+		{
+			name:    "spiffe trust domain empty",
+			src:     base + "\nspiffe {\n  trust_domain = \"\"\n}",
+			wantErr: []string{`broker.hcl:4: spiffe: trust_domain cannot be empty`},
+		},
+		{
+			name:    "spiffe block without trust domain",
+			src:     base + "\nspiffe {}",
+			wantErr: []string{`broker.hcl:4,8-8: Missing required argument; The argument "trust_domain" is required`},
+		},
+		{
+			name:    "two spiffe blocks",
+			src:     base + "\nspiffe {\n  trust_domain = \"a.org\"\n}\nspiffe {\n  trust_domain = \"b.org\"\n}",
+			wantErr: []string{`broker.hcl:7,1-7: Duplicate spiffe block`},
+		},
+		{
 			name: "missing EK CA file",
 			src: `data_dir = "d"
 policies = ["p"]
@@ -108,6 +140,9 @@ ek_ca "vendor" {
 				}
 				if cfg.Listen != broker.DefaultListen || cfg.ChallengeTTL != 60*time.Second {
 					t.Errorf("defaults not applied: %+v", cfg)
+				}
+				if cfg.TrustDomain.Name() != tc.wantTD {
+					t.Errorf("TrustDomain = %q, want %q", cfg.TrustDomain.Name(), tc.wantTD)
 				}
 				if cfg.PolicyPollInterval != tc.wantPoll {
 					t.Errorf("PolicyPollInterval = %v, want %v", cfg.PolicyPollInterval, tc.wantPoll)

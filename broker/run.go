@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,6 +30,7 @@ const MaxRequestSize = 2 << 20
 // Paths inside the data directory.
 const (
 	CADir     = "ca"       // ca.pem, ca-key.pem
+	SPIFFEDir = "spiffe"   // the SPIFFE authority: ca.pem, ca-key.pem, jwt-key.pem
 	StoreFile = "store.db" // bbolt: challenges, receipts
 	// AdminSocket (admin.go) is the third entry.
 )
@@ -37,6 +39,8 @@ const (
 type Running struct {
 	Server *Server
 	CA     *issue.CA
+	// SPIFFE is the trust domain's authority, nil without a spiffe block.
+	SPIFFE *issue.SPIFFE
 
 	lis      net.Listener
 	grpc     *grpc.Server
@@ -74,6 +78,12 @@ func (r *Running) purge(log *slog.Logger) {
 // use), loads the policies and serves the gRPC API over TLS on cfg.Listen.
 // When cfg.PolicyPollInterval is set, it reloads the policies whenever their
 // files change, as ReloadPolicies does.
+//
+// With a trust domain (cfg.TrustDomain), it loads or creates the SPIFFE
+// authority in data_dir/spiffe, and the TLS server asks for a client
+// certificate signed by one of the authority's X.509 authorities
+// (tls.VerifyClientCertIfGiven): nodes present their node X.509-SVID to the
+// workload SVID RPCs, and Challenge, Attest and GetBundle work without one.
 func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -94,6 +104,19 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to issue the serving certificate: %w", err)
 	}
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS13}
+	var sp *issue.SPIFFE
+	if !cfg.TrustDomain.IsZero() {
+		sp, err = issue.LoadOrCreateSPIFFE(filepath.Join(cfg.DataDir, SPIFFEDir), cfg.TrustDomain.Name(), issue.CAOpts{})
+		if err != nil {
+			return nil, fmt.Errorf("unable to load the SPIFFE authority: %w", err)
+		}
+		clientCAs := x509.NewCertPool()
+		for _, c := range sp.Bundle().X509Authorities() {
+			clientCAs.AddCert(c)
+		}
+		tlsConfig.ClientAuth, tlsConfig.ClientCAs = tls.VerifyClientCertIfGiven, clientCAs
+	}
 	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, StoreFile), store.BoltOpts{})
 	if err != nil {
 		return nil, fmt.Errorf("unable to open the store: %w", err)
@@ -105,6 +128,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		Store:        st,
 		CA:           ca,
 		Policies:     pol,
+		SPIFFE:       sp,
 		Logger:       log,
 	})
 	if err != nil {
@@ -123,7 +147,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("unable to listen on %s: %w", cfg.Listen, err)
 	}
 	g := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS13})),
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
 	)
 	pb.RegisterBrokerServer(g, srv)
@@ -133,7 +157,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	reflection.Register(g)
 
 	reloader.install = srv.SetPolicies
-	r := &Running{Server: srv, CA: ca, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
+	r := &Running{Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log) })
@@ -141,7 +165,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		r.tasks.Go(func() { reloader.watch(r.stop, cfg.PolicyPollInterval) })
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash(),
-		"policy_poll_interval", cfg.PolicyPollInterval.String())
+		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name())
 	return r, nil
 }
 

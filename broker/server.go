@@ -1,7 +1,9 @@
 // Package broker wires keybroker's release pipeline behind the gRPC API:
 // challenge → verify → evaluate → issue → seal → receipt → reply. Each step
 // lives in its own package; this one only connects them and translates their
-// outcomes into gRPC status codes.
+// outcomes into gRPC status codes. With a SPIFFE authority it also signs
+// workload SVIDs for attested nodes that authenticate with their node
+// X.509-SVID over mutual TLS (workload.go).
 package broker
 
 import (
@@ -9,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -43,6 +47,8 @@ type Server struct {
 	challenges *challenge.Issuer
 	policies   atomic.Pointer[policies.Set]
 	ca         *issue.CA
+	spiffe     *issue.SPIFFE // nil: SPIFFE is not configured
+	now        func() time.Time
 	log        *slog.Logger
 }
 
@@ -54,9 +60,13 @@ type ServerOpts struct {
 	Store        store.Store
 	CA           *issue.CA
 	Policies     *policies.Set
-	Logger       *slog.Logger // default: discard
+	// SPIFFE is the trust domain's authority. Nil (the default) refuses
+	// x509_svid releases and workload entries, and the workload SVID and
+	// bundle RPCs.
+	SPIFFE *issue.SPIFFE
+	Logger *slog.Logger // default: discard
 	// Now returns the current time; default time.Now. Tests move it to
-	// expire challenges.
+	// expire challenges and node SVIDs.
 	Now func() time.Time
 }
 
@@ -73,12 +83,17 @@ func NewServer(opts ServerOpts) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	s := &Server{
 		trust:      opts.Trust,
 		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1},
 		store:      opts.Store,
 		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, Now: opts.Now}),
 		ca:         opts.CA,
+		spiffe:     opts.SPIFFE,
+		now:        opts.Now,
 		log:        opts.Logger,
 	}
 	s.trust.AllowSHA1 = opts.AllowSHA1
@@ -140,7 +155,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)
 	if refusal != nil {
-		rec.Allowed, rec.Check = false, refusal.check
+		rec.Allowed, rec.Check, rec.DenyListed = false, refusal.check, refusal.deny && rec.EKHash != ""
 		resp = nil
 	}
 	err = s.challenges.Consume(ctx, ch.ID, rec, node)
@@ -155,7 +170,8 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		return nil, status.Error(codes.Internal, "unable to record the decision; nothing was released")
 	}
 	if refusal != nil {
-		s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", refusal.check, "failures", rec.Failures, "error", refusal.cause)
+		s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", refusal.check, "failures", rec.Failures,
+			"deny_listed", rec.DenyListed, "error", refusal.cause)
 		return nil, status.Errorf(refusal.code, "%s (receipt %s)", refusal.msg, rec.ID)
 	}
 	s.log.Info("credentials released", "receipt", rec.ID, "ek", rec.EKHash, "policies", rec.Policies, "released", len(rec.Released))
@@ -164,12 +180,28 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 }
 
 // refusal is why an attestation released nothing: code and msg go to the
-// node, check and cause to the operator.
+// node, check and cause to the operator. deny puts the node on the deny
+// list (see denies).
 type refusal struct {
 	code  codes.Code
 	check string
 	msg   string
 	cause error
+	deny  bool
+}
+
+// denies marks r as putting the node on the deny list: the refusal came
+// after the node's TPM proved it answered the challenge (verify.FromTPM;
+// every refusal after verification: counters, policy, release), so it is
+// about the node. A refusal before that proof (untrusted EK, wrong nonce,
+// another key's signature) may come from anyone who knows the node's
+// public EK and must not deny-list it, and an internal fault says nothing
+// about the node.
+func denies(r *refusal) *refusal {
+	if r.check != "internal" {
+		r.deny = true
+	}
+	return r
 }
 
 // attest verifies the answer to ch and decides. Once the answer verified
@@ -182,7 +214,11 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	}
 	if err != nil {
-		return nil, nil, checkRefusal(err)
+		r := checkRefusal(err)
+		if node != nil && verify.FromTPM(err) {
+			r = denies(r)
+		}
+		return nil, nil, r
 	}
 	digest := v.QuoteDigest()
 	rec.QuoteDigest = digest[:]
@@ -199,7 +235,7 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 	}
 	v, akChanged, err := withHistory(v, ev.Previous)
 	if err != nil {
-		return nil, nil, checkRefusal(err)
+		return nil, nil, denies(checkRefusal(err))
 	}
 	if akChanged {
 		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", node.EKHash())
@@ -210,48 +246,65 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 	d := pol.Evaluate(v)
 	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
 	if !d.Allowed {
-		return nil, nodeRec, &refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"}
+		return nil, nodeRec, denies(&refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"})
+	}
+	if err := s.checkSPIFFE(d); err != nil {
+		rec.Failures = append(rec.Failures, strings.Split(err.Error(), "\n")...)
+		return nil, nodeRec, denies(&refusal{code: codes.FailedPrecondition, check: "release",
+			msg: "release: the policies release a SPIFFE identity this broker cannot issue", cause: err})
 	}
 
 	ekKey, err := tpm2.Pub(*node.EKPublic())
 	if err != nil {
-		return nil, nodeRec, &refusal{code: codes.Internal, check: "release", msg: "release: unable to use the EK", cause: err}
+		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: unable to use the EK", cause: err})
 	}
 	resp := &pb.AttestResponse{}
 	var released []store.ReleasedItem
+	var svids []store.NodeSVID
 	for _, rel := range d.Releases {
 		cred, item, err := s.release(v, ekKey, rel)
 		if err != nil {
-			return nil, nodeRec, &refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err}
+			return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err})
 		}
 		resp.Credentials = append(resp.Credentials, cred)
 		released = append(released, item)
+		if rel.Type == policies.TypeX509SVID {
+			svids = append(svids, store.NodeSVID{Serial: item.Serial, ID: item.SPIFFEID, NotAfter: item.NotAfter})
+		}
 	}
+	resp.WorkloadEntries, nodeRec.WorkloadEntries = workloadEntries(d.WorkloadEntries)
+	nodeRec.SVIDs = svids
 	rec.Allowed, rec.Released = true, released
 	return resp, nodeRec, nil
+}
+
+// issued is a credential before it is sealed: its serialized payload
+// message and what the receipt records of it.
+type issued struct {
+	typ      pb.CredentialType
+	payload  []byte
+	serial   string
+	notAfter time.Time
+	id       spiffeid.ID // X509_SVID
 }
 
 // release issues one credential and wraps it to the node's EK.
 func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
-	if rel.Type != "tls_certificate" {
-		return nil, item, fmt.Errorf("release type %q is not supported", rel.Type)
+	var iss *issued
+	var err error
+	switch rel.Type {
+	case policies.TypeTLSCertificate:
+		iss, err = s.issueTLS(rel)
+	case policies.TypeX509SVID:
+		iss, err = s.issueNodeSVID(rel)
+	default:
+		err = fmt.Errorf("release type %q is not supported", rel.Type)
 	}
-	tc, err := s.ca.IssueTLS(issue.TLSTemplate{
-		CommonName:  rel.CommonName,
-		DNSNames:    rel.DNSNames,
-		IPAddresses: rel.IPAddresses,
-		TTL:         rel.TTL,
-	})
 	if err != nil {
 		return nil, item, err
 	}
-	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: tc.KeyPEM, CertificatePem: tc.CertificatePEM, ChainPem: tc.ChainPEM})
-	clear(tc.KeyPEM)
-	if err != nil {
-		return nil, item, err
-	}
-	defer clear(payload)
+	defer clear(iss.payload)
 	mode := pb.ReleaseMode_TPM_BOUND
 	var pcrs *tpmpb.PCRs
 	if rel.Mode == policies.ModePCRSealed {
@@ -267,14 +320,14 @@ func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*
 		}
 		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
 	}
-	env, err := sealing.Wrap(ekKey, payload, sealing.WrapOpts{PCRs: pcrs, KeyID: rel.Name})
+	env, err := sealing.Wrap(ekKey, iss.payload, sealing.WrapOpts{PCRs: pcrs, KeyID: rel.Name})
 	if err != nil {
 		return nil, item, err
 	}
-	item.Serial, item.NotAfter = tc.Serial, tc.NotAfter
+	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
 	cred := &pb.Credential{
 		Name: rel.Name,
-		Type: pb.CredentialType_TLS_CERTIFICATE,
+		Type: iss.typ,
 		Mode: mode,
 		Blob: &pb.ImportBlob{
 			Duplicate:     env.Blob.GetDuplicate(),
@@ -282,12 +335,104 @@ func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*
 			PublicArea:    env.Blob.GetPublicArea(),
 		},
 		Jwe:          env.JWE,
-		NotAfterUnix: tc.NotAfter.Unix(),
+		NotAfterUnix: iss.notAfter.Unix(),
 	}
 	if pcrs != nil {
 		cred.Blob.Pcrs = &pb.PCRValues{HashAlg: uint32(pcrs.GetHash()), Values: pcrs.GetPcrs()}
 	}
 	return cred, item, nil
+}
+
+// issueTLS issues a tls_certificate release: a key and certificate from
+// the broker CA.
+func (s *Server) issueTLS(rel policies.Release) (*issued, error) {
+	tc, err := s.ca.IssueTLS(issue.TLSTemplate{
+		CommonName:  rel.CommonName,
+		DNSNames:    rel.DNSNames,
+		IPAddresses: rel.IPAddresses,
+		TTL:         rel.TTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: tc.KeyPEM, CertificatePem: tc.CertificatePEM, ChainPem: tc.ChainPEM})
+	clear(tc.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: tc.Serial, notAfter: tc.NotAfter}, nil
+}
+
+// issueNodeSVID issues an x509_svid release: a fresh key and the node's
+// X.509-SVID from the SPIFFE authority, with the trust domain's bundle.
+// checkSPIFFE has checked that the authority exists and the ID is in its
+// trust domain.
+func (s *Server) issueNodeSVID(rel policies.Release) (*issued, error) {
+	if s.spiffe == nil {
+		return nil, errors.New("no SPIFFE trust domain is configured")
+	}
+	svid, err := s.spiffe.IssueX509SVID(rel.SPIFFEID, rel.TTL)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(svid.KeyPEM)
+	bundle, err := s.spiffe.BundleJWKS()
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.X509SVIDCredential{
+		SpiffeId:        svid.ID.String(),
+		KeyPem:          svid.KeyPEM,
+		CertificatesPem: issue.CertificatesPEM(svid.Chain),
+		SpiffeBundle:    bundle,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_X509_SVID, payload: payload, serial: svid.Serial, notAfter: svid.NotAfter, id: svid.ID}, nil
+}
+
+// checkSPIFFE checks, before anything is issued, that the broker can issue
+// the SPIFFE identities of a decision: a SPIFFE authority when it has
+// x509_svid releases or workload entries, and every ID in its trust
+// domain. It returns every problem, for the operator.
+func (s *Server) checkSPIFFE(d policies.Decision) error {
+	var errs []error
+	check := func(what string, id spiffeid.ID) {
+		switch {
+		case s.spiffe == nil:
+			errs = append(errs, fmt.Errorf("%s: no SPIFFE trust domain is configured (the spiffe block of broker.hcl)", what))
+		case !id.MemberOf(s.spiffe.TrustDomain()):
+			errs = append(errs, fmt.Errorf("%s: %s is not in trust domain %s", what, id, s.spiffe.TrustDomain().Name()))
+		}
+	}
+	for _, rel := range d.Releases {
+		if rel.Type == policies.TypeX509SVID {
+			check(fmt.Sprintf("release %q", rel.Name), rel.SPIFFEID)
+		}
+	}
+	for _, e := range d.WorkloadEntries {
+		check(fmt.Sprintf("workload %q", e.Name), e.ID)
+	}
+	return errors.Join(errs...)
+}
+
+// workloadEntries converts a decision's workload entries for the reply and
+// the node record.
+func workloadEntries(in []policies.WorkloadEntry) ([]*pb.WorkloadEntry, []store.WorkloadEntry) {
+	var out []*pb.WorkloadEntry
+	var rec []store.WorkloadEntry
+	for _, e := range in {
+		pe := &pb.WorkloadEntry{Name: e.Name, SpiffeId: e.ID.String(), TtlSeconds: int64(e.TTL / time.Second)}
+		re := store.WorkloadEntry{Name: e.Name, ID: e.ID, TTL: e.TTL}
+		for _, sel := range e.Selectors {
+			pe.Selectors = append(pe.Selectors, &pb.Selector{Type: sel.Type, Value: sel.Value})
+			re.Selectors = append(re.Selectors, store.Selector{Type: sel.Type, Value: sel.Value})
+		}
+		out = append(out, pe)
+		rec = append(rec, re)
+	}
+	return out, rec
 }
 
 // checkStatus maps a verify error to a gRPC status naming the failed check.

@@ -14,7 +14,7 @@
 //	    "ek.certified",
 //	  ]
 //	  release "node-tls" {
-//	    type         = "tls_certificate"   # required; the only type for now
+//	    type         = "tls_certificate"   # required: tls_certificate or x509_svid
 //	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
 //	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
 //	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
@@ -23,16 +23,40 @@
 //	    dns_names    = ["${ek_hash_short}.nodes.example.com"]
 //	    ip_addresses = []
 //	  }
+//	  release "node-svid" {
+//	    type         = "x509_svid"         # the node's X.509-SVID
+//	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
+//	    pcrs         = [0, 7]
+//	    ttl          = "24h"               # default 24h, at most 168h (MaxSVIDTTL)
+//	    spiffe_id    = "spiffe://example.org/node/${ek_hash_short}"
+//	  }
+//	  workload "web" {                     # an SVID the node's agent may hand out
+//	    spiffe_id    = "spiffe://example.org/web"
+//	    selectors    = ["unix:uid:1000", "unix:path:/usr/bin/web"]  # all must match
+//	    ttl          = "1h"                # default 1h, at most 168h
+//	  }
 //	}
 //
 // A node is selected by a policy if its EK hash is listed in ek_hashes or
 // its EK certificate chained to a CA named in ek_cas; a policy must select
 // something. Require expressions see the facts listed by FactNames (ek,
 // pcrs, tpm, history, eventlog) and are compiled once, when the document is parsed; each must
-// evaluate to a bool. A release's common_name, dns_names and ip_addresses
-// are HCL templates over ek_hash, ek_hash_short (its first 16 hex
-// characters) and ek_ca, rendered for each node; a release needs at least
-// one of them. Policy names and release names are unique across a Set.
+// evaluate to a bool. A tls_certificate release's common_name, dns_names
+// and ip_addresses are HCL templates over ek_hash, ek_hash_short (its first
+// 16 hex characters) and ek_ca, rendered for each node; it needs at least
+// one of them. An x509_svid release has instead a spiffe_id, a template over
+// the same variables that must render to a SPIFFE ID (checked on a sample
+// node when parsed, and for each node when evaluated); the broker refuses
+// to release it unless the ID is in its configured trust domain.
+//
+// A workload block is an entry the node's agent serves on its Workload
+// API: processes that match every one of its selectors get an SVID for its
+// spiffe_id (static, not a template), valid for at most its ttl. Selectors
+// are "type:value" strings; the type so far is "unix" (see
+// SelectorTypeUnix): uid:<n>, gid:<n>, path:<absolute path> and
+// sha256:<64 lowercase hex>. An entry needs 1 to MaxSelectors selectors, no
+// duplicates. Policy, release and workload names are unique across a Set,
+// and a Set holds at most MaxWorkloadEntries workload entries.
 //
 // # Combination rule
 //
@@ -42,7 +66,8 @@
 // was quoted in the release's bank. A policy allows the node when none of
 // these fails, and then contributes all of its releases. The node is
 // allowed if and only if at least one policy allowed it; the Decision then
-// releases the union of the allowing policies' releases. Policies that
+// releases the union of the allowing policies' releases and lists the union
+// of their workload entries. Policies that
 // selected the node but failed contribute nothing, and every one of their
 // failed conditions is listed in Decision.Failures, also when another policy
 // allowed the node. If no policy selects the node, it is denied with the

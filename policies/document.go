@@ -25,6 +25,7 @@ type policyHCL struct {
 	Select    *selectHCL     `hcl:"select,block"`
 	Require   *hcl.Attribute `hcl:"require,optional"`
 	Releases  []releaseHCL   `hcl:"release,block"`
+	Workloads []workloadHCL  `hcl:"workload,block"`
 }
 
 type selectHCL struct {
@@ -48,6 +49,7 @@ type policy struct {
 	ekCAs     map[string]bool
 	requires  []requirement
 	releases  []*release
+	workloads []*workload
 }
 
 // requirement is a compiled require expression. cel.Program is safe for
@@ -111,6 +113,9 @@ func (c *compiler) policy(raw *policyHCL) *policy {
 	}
 	for i := range raw.Releases {
 		p.releases = append(p.releases, c.release(&raw.Releases[i], where))
+	}
+	for i := range raw.Workloads {
+		p.workloads = append(p.workloads, c.workload(&raw.Workloads[i], where))
 	}
 	return p
 }

@@ -24,6 +24,10 @@ type Decision struct {
 	// Releases is the union of the allowing policies' releases, rendered
 	// for the node and sorted by name.
 	Releases []Release
+	// WorkloadEntries is the union of the allowing policies' workload
+	// entries, sorted by name: the SPIFFE IDs the node may obtain SVIDs
+	// for, and which of its workloads may have them.
+	WorkloadEntries []WorkloadEntry
 	// Failures lists every failed condition of every policy that selected
 	// the node, for operators; see the package documentation.
 	Failures []string
@@ -67,12 +71,16 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		}
 		d.Policies = append(d.Policies, p.name)
 		d.Releases = append(d.Releases, releases...)
+		for _, w := range p.workloads {
+			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.clone())
+		}
 	}
 	if !selected {
 		d.Failures = []string{failNoSelection}
 	}
 	d.Allowed = len(d.Policies) > 0
 	slices.SortStableFunc(d.Releases, func(a, b Release) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(d.WorkloadEntries, func(a, b WorkloadEntry) int { return strings.Compare(a.Name, b.Name) })
 	return d
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
@@ -462,5 +463,99 @@ func TestEvaluateHistory(t *testing.T) {
 	}
 	if d.Allowed || !slices.Equal(d.Failures, want) {
 		t.Errorf("after a reboot: allowed %v, failures %q; want %q", d.Allowed, d.Failures, want)
+	}
+}
+
+func TestEvaluateSPIFFE(t *testing.T) {
+	v := attest(t, node{viaCA: true})
+	s := mustParse(t, fill(t, v, `policy "web" {
+  select { ek_cas = ["`+testCA+`"] }
+  release "node-svid" {
+    type      = "x509_svid"
+    mode      = "pcr_sealed"
+    pcrs      = [7]
+    ttl       = "12h"
+    spiffe_id = "spiffe://example.org/node/${ek_ca}/${ek_hash_short}"
+  }
+  workload "web" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1000", "unix:path:/usr/bin/web"]
+    ttl       = "30m"
+  }
+}
+policy "db" {
+  select { ek_cas = ["`+testCA+`"] }
+  workload "db" {
+    spiffe_id = "spiffe://example.org/db"
+    selectors = ["unix:gid:70"]
+  }
+}
+policy "refused" {
+  select { ek_cas = ["`+testCA+`"] }
+  require   = ["false"]
+  workload "admin" {
+    spiffe_id = "spiffe://example.org/admin"
+    selectors = ["unix:uid:0"]
+  }
+}`))
+	d := s.Evaluate(v)
+	if !d.Allowed || !slices.Equal(d.Policies, []string{"db", "web"}) {
+		t.Fatalf("Evaluate = allowed %v by %q, failures %q; want allowed by db and web", d.Allowed, d.Policies, d.Failures)
+	}
+	if len(d.Releases) != 1 {
+		t.Fatalf("got %d releases, want 1", len(d.Releases))
+	}
+	rel := d.Releases[0]
+	wantID := "spiffe://example.org/node/" + testCA + "/" + v.EKHash()[:16]
+	if rel.Type != policies.TypeX509SVID || rel.SPIFFEID.String() != wantID || rel.TTL != 12*time.Hour ||
+		rel.Mode != policies.ModePCRSealed || !slices.Equal(rel.PCRs, []uint32{7}) || rel.CommonName != "" {
+		t.Errorf("release = %+v; want an x509_svid for %s, 12h, sealed to PCR 7", rel, wantID)
+	}
+	want := []policies.WorkloadEntry{
+		{Name: "db", ID: spiffeid.RequireFromString("spiffe://example.org/db"),
+			Selectors: []policies.Selector{{Type: "unix", Value: "gid:70"}}, TTL: policies.DefaultWorkloadTTL},
+		{Name: "web", ID: spiffeid.RequireFromString("spiffe://example.org/web"),
+			Selectors: []policies.Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "path:/usr/bin/web"}}, TTL: 30 * time.Minute},
+	}
+	if !slices.EqualFunc(d.WorkloadEntries, want, func(a, b policies.WorkloadEntry) bool {
+		return a.Name == b.Name && a.ID == b.ID && slices.Equal(a.Selectors, b.Selectors) && a.TTL == b.TTL
+	}) {
+		t.Errorf("WorkloadEntries =\n%+v\nwant\n%+v", d.WorkloadEntries, want)
+	}
+
+	// Entries are copies: changing one does not change the next decision.
+	d.WorkloadEntries[1].Selectors[0].Value = "uid:0"
+	if again := s.Evaluate(v); again.WorkloadEntries[1].Selectors[0].Value != "uid:1000" {
+		t.Errorf("a Decision shares selectors with the Set")
+	}
+
+	// A denied node gets no entries.
+	denied := mustParse(t, fill(t, v, `policy "web" {
+  select { ek_cas = ["`+testCA+`"] }
+  require = ["false"]
+  workload "web" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1000"]
+  }
+}`)).Evaluate(v)
+	if denied.Allowed || len(denied.WorkloadEntries) != 0 {
+		t.Errorf("denied decision = %+v; want no workload entries", denied)
+	}
+}
+
+func TestEvaluateSPIFFEIDRenderFailure(t *testing.T) {
+	// Trusted by hash, the node has no EK CA: the template renders to an
+	// ID with an empty path segment, which is a failure, not a release.
+	v := attest(t, node{})
+	d := mustParse(t, fill(t, v, `policy "web" {
+  select { ek_hashes = ["EKHASH"] }
+  release "node-svid" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://example.org/node/${ek_ca}/x"
+  }
+}`)).Evaluate(v)
+	want := `policy "web": release "node-svid": spiffe_id: "spiffe://example.org/node//x" is not a SPIFFE ID: path cannot contain empty segments`
+	if d.Allowed || !slices.Equal(d.Failures, []string{want}) {
+		t.Errorf("Evaluate = allowed %v, failures %q; want denied with %q", d.Allowed, d.Failures, want)
 	}
 }

@@ -18,7 +18,7 @@ func ExampleLoad() {
 		log.Fatal(err)
 	}
 	fmt.Println(set.Names())
-	// Output: [db web]
+	// Output: [db mesh web]
 }
 
 func ExampleParse() {
@@ -81,6 +81,17 @@ policy "db" {
 	// allowed: true [web]
 	// release: web-tls pcr_sealed [0 7] 24h0m0s true
 	// failure: policy "db": require[0] pcrs.sha256[7] == "00…" is false
+}
+
+func ExampleParseSelector() {
+	for _, s := range []string{"unix:uid:1000", "unix:path:/usr/bin/web", "k8s:ns:default"} {
+		sel, err := policies.ParseSelector(s)
+		fmt.Printf("%q %q %v\n", sel.Type, sel.Value, err)
+	}
+	// Output:
+	// "unix" "uid:1000" <nil>
+	// "unix" "path:/usr/bin/web" <nil>
+	// "" "" "k8s:ns:default" has an unknown selector type "k8s"; use "unix"
 }
 
 func ExampleFactDocs() {

@@ -48,6 +48,14 @@ var fuzzSeeds = []string{
 	`policy "a" { select { ek_cas = ["x"] } release "r" { type = "tls_certificate" common_name = "${[for x in [1]: x]}" } }`,
 	`policy "a" { select { ek_cas = ["x"] } release "r" { type = "tls_certificate" common_name = ek_hash } }`,
 	`policy "a" { select { ek_cas = ["x"] } release "r" { type = "tls_certificate" common_name = "x" ttl = "9000000000000000000h" } }`,
+	`policy "a" { select { ek_cas = ["x"] } release "r" { type = "x509_svid" spiffe_id = "spiffe://${ek_ca}/${ek_hash}" ttl = "168h" common_name = "x" } }`,
+	`policy "a" { select { ek_cas = ["x"] } release "r" { type = "x509_svid" spiffe_id = "spiffe://td/%{ if ek_ca == "" }x%{ endif }" } }`,
+	`policy "a" {
+  select { ek_cas = ["x"] }
+  workload "w" { spiffe_id = "spiffe://td/w" selectors = ["unix:uid:0", "unix:", ":", "unix:path:/a/../b", "unix:sha256:` + strings.Repeat("a", 64) + `", "x:y"] ttl = "1s" }
+  workload "w" { spiffe_id = "spiffe://TD/w" selectors = [] }
+  workload "" { spiffe_id = 1 selectors = "unix:uid:0" }
+}`,
 	strings.Repeat("policy \"a\" { ", 200),
 	`policy "a" { select { ek_cas = ["x"] } require = ["` + strings.Repeat("(", 300) + "true" + strings.Repeat(")", 300) + `"] }`,
 }

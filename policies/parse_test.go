@@ -1,6 +1,7 @@
 package policies_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,7 +142,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
 		{
 			name:    "missing type",
 			src:     withRelease(`    common_name = "a"`),
-			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate"`,
+			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate" or "x509_svid"`,
 		},
 		{
 			name: "unknown type, mode and bank",
@@ -149,7 +150,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
     mode        = "sealed"
     pcr_bank    = "sha1"
     common_name = "a"`),
-			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate"
+			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate" or "x509_svid"
 p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
 p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "sha256", "sha384" or "sha512"`,
 		},
@@ -248,6 +249,127 @@ policy "web" {
 p.hcl:15:8: policy "web" is already defined at p.hcl:1:8`,
 		},
 		{
+			name: "x509_svid and workload entries",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "node-svid" {
+    type      = "x509_svid"
+    mode      = "pcr_sealed"
+    pcrs      = [0, 7]
+    ttl       = "168h"
+    spiffe_id = "spiffe://example.org/node/${ek_ca}/${ek_hash_short}"
+  }
+  workload "web" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1000", "unix:path:/usr/bin/web", "unix:sha256:` + hash64 + `", "unix:gid:0"]
+    ttl       = "1h"
+  }
+  workload "web-default-ttl" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1001"]
+  }
+}`,
+		},
+		{
+			name: "bad x509_svid releases",
+			src: withRelease(`    type        = "x509_svid"
+    ttl         = "169h"
+    common_name = "a"
+    dns_names   = []
+  }
+  release "no-id" {
+    type = "x509_svid"
+  }
+  release "not-an-id" {
+    type      = "x509_svid"
+    spiffe_id = "https://example.org/node"
+  }
+  release "bad-template" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://example.org/${ek_hash}/${nope}"
+  }
+  release "renders-badly" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://${ek_ca}.Example.org/node"
+  }
+  release "tls-with-id" {
+    type        = "tls_certificate"
+    common_name = "a"
+    spiffe_id   = "spiffe://example.org/node"`),
+			wantErr: `p.hcl:3:3: policy "web": release "tls": an x509_svid needs a spiffe_id
+p.hcl:5:19: policy "web": release "tls": ttl "169h" exceeds the maximum of 168h for an x509_svid
+p.hcl:6:5: policy "web": release "tls": common_name is only allowed with type "tls_certificate"
+p.hcl:7:5: policy "web": release "tls": dns_names is only allowed with type "tls_certificate"
+p.hcl:9:3: policy "web": release "no-id": an x509_svid needs a spiffe_id
+p.hcl:14:17: policy "web": release "not-an-id": spiffe_id "https://example.org/node" is not a SPIFFE ID: scheme is missing or invalid
+p.hcl:18:52: policy "web": release "bad-template": spiffe_id: unknown template variable "nope"; use ek_hash, ek_hash_short, ek_ca
+p.hcl:22:17: policy "web": release "renders-badly": spiffe_id renders to "spiffe://ca.Example.org/node" for a sample node, which is not a SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores
+p.hcl:27:5: policy "web": release "tls-with-id": spiffe_id is only allowed with type "x509_svid"`,
+		},
+		{
+			name: "bad workload entries",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  workload "no-selectors" {
+    spiffe_id = "spiffe://example.org/web"
+  }
+  workload "empty-selectors" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = []
+  }
+  workload "bad-selectors" {
+    spiffe_id = "example.org/web"
+    selectors = ["unix:uid:1000", "k8s:ns:default", "uid:1000", "unix:uid:-1", "unix:path:relative/bin", "unix:path:/usr/../bin", "unix:sha256:ABCD", "unix:pid:1", "unix:uid:1000", 7]
+    ttl       = "169h"
+  }
+  workload "" {
+    selectors = ["unix:gid:0"]
+    ttl       = "0s"
+  }
+  workload "subsecond" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:gid:0"]
+    ttl       = "1500ms"
+  }
+}`,
+			wantErr: `p.hcl:3:3: policy "web": workload "no-selectors": selectors is required: an entry without selectors would match every process
+p.hcl:8:17: policy "web": workload "empty-selectors": selectors cannot be empty: an entry without selectors would match every process
+p.hcl:11:17: policy "web": workload "bad-selectors": spiffe_id "example.org/web" is not a SPIFFE ID: scheme is missing or invalid
+p.hcl:12:35: policy "web": workload "bad-selectors": selectors[1] "k8s:ns:default" has an unknown selector type "k8s"; use "unix"
+p.hcl:12:53: policy "web": workload "bad-selectors": selectors[2] "uid:1000" has an unknown selector type "uid"; use "unix"
+p.hcl:12:65: policy "web": workload "bad-selectors": selectors[3] "unix:uid:-1": uid must be a decimal number below 2^32
+p.hcl:12:80: policy "web": workload "bad-selectors": selectors[4] "unix:path:relative/bin": path must be absolute and clean
+p.hcl:12:106: policy "web": workload "bad-selectors": selectors[5] "unix:path:/usr/../bin": path must be absolute and clean
+p.hcl:12:131: policy "web": workload "bad-selectors": selectors[6] "unix:sha256:ABCD": sha256 must be 64 lowercase hex digits
+p.hcl:12:151: policy "web": workload "bad-selectors": selectors[7] "unix:pid:1": unknown unix selector "pid"; use uid, gid, path or sha256
+p.hcl:12:165: policy "web": workload "bad-selectors": selectors[8] "unix:uid:1000" is listed twice
+p.hcl:12:182: policy "web": workload "bad-selectors": selectors[9] must be a string
+p.hcl:13:17: policy "web": workload "bad-selectors": ttl "169h" exceeds the maximum of 168h for a workload entry
+p.hcl:15:3: policy "web": workload "": spiffe_id is required
+p.hcl:15:12: policy "web": workload name cannot be empty
+p.hcl:17:17: policy "web": workload "": ttl "0s" must be positive
+p.hcl:22:17: policy "web": workload "subsecond": ttl "1.5s" must be a whole number of seconds`,
+		},
+		{
+			name: "duplicate workload names and too many selectors",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  workload "w" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1"]
+  }
+}
+policy "db" {
+  select { ek_cas = ["swtpm"] }
+  workload "w" {
+    spiffe_id = "spiffe://example.org/db"
+    selectors = ["unix:uid:0", "unix:uid:1", "unix:uid:2", "unix:uid:3", "unix:uid:4", "unix:uid:5", "unix:uid:6", "unix:uid:7", "unix:uid:8", "unix:uid:9", "unix:uid:10", "unix:uid:11", "unix:uid:12", "unix:uid:13", "unix:uid:14", "unix:uid:15", "unix:uid:16"]
+  }
+}`,
+			wantErr: `p.hcl:10:12: policy "db": workload "w" is already defined at p.hcl:3:12
+p.hcl:12:17: policy "db": workload "w": 17 selectors, at most 16 allowed`,
+		},
+		{
 			name: "every problem is reported together",
 			src: `policy "web" {
   select {}
@@ -318,21 +440,21 @@ policy "api" {
 
 func TestLoad(t *testing.T) {
 	dir := filepath.Join("testdata", "policies")
-	web, db := filepath.Join(dir, "web.hcl"), filepath.Join(dir, "db.hcl")
+	web, db, mesh := filepath.Join(dir, "web.hcl"), filepath.Join(dir, "db.hcl"), filepath.Join(dir, "mesh.hcl")
 
 	s, err := policies.Load(dir)
 	if err != nil {
 		t.Fatalf("Load(%s): %v", dir, err)
 	}
-	if got, want := s.Names(), []string{"db", "web"}; !slices.Equal(got, want) {
+	if got, want := s.Names(), []string{"db", "mesh", "web"}; !slices.Equal(got, want) {
 		t.Errorf("Names = %q, want %q", got, want)
 	}
-	files, err := policies.Load(web, db)
+	files, err := policies.Load(web, mesh, db)
 	if err != nil {
 		t.Fatalf("Load(files): %v", err)
 	}
 	if files.Hash() != s.Hash() {
-		t.Errorf("Load(web, db).Hash() = %s, want Load(dir).Hash() = %s", files.Hash(), s.Hash())
+		t.Errorf("Load(web, mesh, db).Hash() = %s, want Load(dir).Hash() = %s", files.Hash(), s.Hash())
 	}
 	one, err := policies.Load(web)
 	if err != nil {
@@ -421,5 +543,17 @@ func TestFactNames(t *testing.T) {
 	names[0] = "changed"
 	if policies.FactNames()[0] == "changed" {
 		t.Errorf("FactNames returns shared state")
+	}
+}
+
+func TestParseTooManyWorkloadEntries(t *testing.T) {
+	var b strings.Builder
+	for i := range policies.MaxWorkloadEntries + 1 {
+		fmt.Fprintf(&b, "policy \"p%d\" {\n  select { ek_cas = [\"swtpm\"] }\n  workload \"w%d\" {\n    spiffe_id = \"spiffe://example.org/w\"\n    selectors = [\"unix:uid:%d\"]\n  }\n}\n", i, i, i)
+	}
+	_, err := policies.Parse([]byte(b.String()), "p.hcl")
+	want := fmt.Sprintf("p.hcl:%d:12: more than 256 workload entries; a policy set may define at most 256", 7*policies.MaxWorkloadEntries+3)
+	if err == nil || err.Error() != want {
+		t.Fatalf("Parse error = %v; want %q", err, want)
 	}
 }

@@ -11,7 +11,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/keybroker/keybroker/broker/issue"
 )
 
 // Mode says how a release is sealed to the node's TPM.
@@ -27,28 +30,44 @@ const (
 	ModePCRSealed Mode = "pcr_sealed"
 )
 
-// TypeTLSCertificate is the release type of a TLS certificate and its key,
-// the only type so far.
-const TypeTLSCertificate = "tls_certificate"
+// Release types.
+const (
+	// TypeTLSCertificate is a TLS certificate and its key from the broker
+	// CA.
+	TypeTLSCertificate = "tls_certificate"
+	// TypeX509SVID is the node's X.509-SVID and its key from the broker's
+	// SPIFFE authority, with the trust domain's bundle.
+	TypeX509SVID = "x509_svid"
+)
+
+// releaseTypes lists the release types, for messages.
+var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID}
 
 // Release TTL bounds.
 const (
 	DefaultTTL = 24 * time.Hour
 	MaxTTL     = 8760 * time.Hour
+	// MaxSVIDTTL bounds the ttl of an x509_svid release and of a workload
+	// entry: the SPIFFE authority signs no longer SVID.
+	MaxSVIDTTL = issue.MaxSVIDTTL
 )
 
 // Release is what an allowing policy releases to the node, with its
 // templates rendered for that node.
 type Release struct {
 	Name        string        // the release block's label, unique in its Set
-	Type        string        // TypeTLSCertificate
+	Type        string        // TypeTLSCertificate or TypeX509SVID
 	Mode        Mode          // ModeTPMBound or ModePCRSealed
 	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
 	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
-	TTL         time.Duration // DefaultTTL unless set, at most MaxTTL
-	CommonName  string        // rendered, may be empty
-	DNSNames    []string      // rendered
-	IPAddresses []net.IP      // rendered and parsed
+	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, or MaxSVIDTTL for TypeX509SVID
+	CommonName  string        // TypeTLSCertificate: rendered, may be empty
+	DNSNames    []string      // TypeTLSCertificate: rendered
+	IPAddresses []net.IP      // TypeTLSCertificate: rendered and parsed
+	// SPIFFEID is the node's SPIFFE ID for TypeX509SVID, rendered and
+	// parsed; zero otherwise. Whether it is in the broker's trust domain
+	// is for the broker to check.
+	SPIFFEID spiffeid.ID
 }
 
 type releaseHCL struct {
@@ -63,6 +82,7 @@ type releaseHCL struct {
 	CommonName  *hcl.Attribute `hcl:"common_name,optional"`
 	DNSNames    *hcl.Attribute `hcl:"dns_names,optional"`
 	IPAddresses *hcl.Attribute `hcl:"ip_addresses,optional"`
+	SPIFFEID    *hcl.Attribute `hcl:"spiffe_id,optional"`
 }
 
 // release is the parsed form of a release block; its templates are
@@ -78,6 +98,7 @@ type release struct {
 	commonName  hcl.Expression // nil if absent
 	dnsNames    []hcl.Expression
 	ipAddresses []hcl.Expression
+	spiffeID    hcl.Expression // nil if absent
 }
 
 // sealBanks are the PCR banks a release may be sealed to.
@@ -95,12 +116,13 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	if raw.Name == "" {
 		c.errorf(raw.NameRange, "%s: release name cannot be empty", policyWhere)
 	}
+	useTypes := quoteList(releaseTypes)
 
 	if raw.Type == nil {
-		c.errorf(raw.DefRange, "%s: type is required; use %q", where, TypeTLSCertificate)
+		c.errorf(raw.DefRange, "%s: type is required; use %s", where, useTypes)
 	} else if s, ok := c.str(raw.Type.Expr, "%s: type", where); ok {
-		if s != TypeTLSCertificate {
-			c.errorf(raw.Type.Expr.Range(), "%s: type %q is not supported; use %q", where, s, TypeTLSCertificate)
+		if !slices.Contains(releaseTypes, s) {
+			c.errorf(raw.Type.Expr.Range(), "%s: type %q is not supported; use %s", where, s, useTypes)
 		}
 		r.typ = s
 	}
@@ -121,22 +143,71 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	}
 	c.sealing(r, raw, where, modeKnown)
 
-	if raw.TTL != nil {
-		if s, ok := c.str(raw.TTL.Expr, "%s: ttl", where); ok {
-			d, err := time.ParseDuration(s)
-			switch {
-			case err != nil:
-				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q is not a duration such as \"24h\"", where, s)
-			case d <= 0:
-				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q must be positive", where, s)
-			case d > MaxTTL:
-				c.errorf(raw.TTL.Expr.Range(), "%s: ttl %q exceeds the maximum of 8760h", where, s)
-			default:
-				r.ttl = d
-			}
-		}
+	maxTTL, maxFor := MaxTTL, ""
+	if r.typ == TypeX509SVID {
+		maxTTL, maxFor = MaxSVIDTTL, "an "+TypeX509SVID
 	}
+	if d, ok := c.ttl(raw.TTL, where, maxTTL, maxFor); ok {
+		r.ttl = d
+	}
+	switch r.typ {
+	case TypeTLSCertificate:
+		c.tlsNames(r, raw, where)
+	case TypeX509SVID:
+		c.svidNames(r, raw, where)
+	}
+	return r
+}
 
+// ttl parses an optional ttl attribute, at most maxTTL; maxFor, if set,
+// names what that maximum is for in errors.
+func (c *compiler) ttl(attr *hcl.Attribute, where string, maxTTL time.Duration, maxFor string) (time.Duration, bool) {
+	if attr == nil {
+		return 0, false
+	}
+	s, ok := c.str(attr.Expr, "%s: ttl", where)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		c.errorf(attr.Expr.Range(), "%s: ttl %q is not a duration such as \"24h\"", where, s)
+	case d <= 0:
+		c.errorf(attr.Expr.Range(), "%s: ttl %q must be positive", where, s)
+	case d > maxTTL && maxFor != "":
+		c.errorf(attr.Expr.Range(), "%s: ttl %q exceeds the maximum of %s for %s", where, s, hours(maxTTL), maxFor)
+	case d > maxTTL:
+		c.errorf(attr.Expr.Range(), "%s: ttl %q exceeds the maximum of %s", where, s, hours(maxTTL))
+	default:
+		return d, true
+	}
+	return 0, false
+}
+
+// hours formats a whole number of hours as "168h".
+func hours(d time.Duration) string {
+	return fmt.Sprintf("%dh", d/time.Hour)
+}
+
+// quoteList formats names as `"a", "b" or "c"`.
+func quoteList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	if len(q) == 1 {
+		return q[0]
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
+}
+
+// tlsNames validates the names of a tls_certificate: common_name,
+// dns_names and ip_addresses, at least one of them; no spiffe_id.
+func (c *compiler) tlsNames(r *release, raw *releaseHCL, where string) {
+	if raw.SPIFFEID != nil {
+		c.errorf(raw.SPIFFEID.NameRange, "%s: spiffe_id is only allowed with type %q", where, TypeX509SVID)
+	}
 	if raw.CommonName != nil {
 		if _, ok := c.template(raw.CommonName.Expr, where+": common_name"); ok {
 			r.commonName = raw.CommonName.Expr
@@ -164,7 +235,34 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	if raw.CommonName == nil && len(dnsNames) == 0 && len(ips) == 0 {
 		c.errorf(raw.DefRange, "%s: a %s needs a common_name, dns_names or ip_addresses", where, TypeTLSCertificate)
 	}
-	return r
+}
+
+// svidNames validates the name of an x509_svid: a spiffe_id template that
+// renders to a SPIFFE ID, and none of the TLS names.
+func (c *compiler) svidNames(r *release, raw *releaseHCL, where string) {
+	for _, a := range []*hcl.Attribute{raw.CommonName, raw.DNSNames, raw.IPAddresses} {
+		if a != nil {
+			c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeTLSCertificate)
+		}
+	}
+	if raw.SPIFFEID == nil {
+		c.errorf(raw.DefRange, "%s: an %s needs a spiffe_id", where, TypeX509SVID)
+		return
+	}
+	what := where + ": spiffe_id"
+	s, ok := c.template(raw.SPIFFEID.Expr, what)
+	if !ok {
+		return
+	}
+	if _, err := spiffeid.FromString(s); err != nil {
+		if len(raw.SPIFFEID.Expr.Variables()) == 0 {
+			c.errorf(raw.SPIFFEID.Expr.Range(), "%s %q is not a SPIFFE ID: %v", what, s, err)
+		} else {
+			c.errorf(raw.SPIFFEID.Expr.Range(), "%s renders to %q for a sample node, which is not a SPIFFE ID: %v", what, s, err)
+		}
+		return
+	}
+	r.spiffeID = raw.SPIFFEID.Expr
 }
 
 // sealing validates pcr_bank and pcrs, and that they are given exactly when
@@ -332,6 +430,18 @@ func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 			continue
 		}
 		out.IPAddresses = append(out.IPAddresses, ip)
+	}
+	if r.spiffeID != nil {
+		s, err := render(r.spiffeID, ctx)
+		if err == nil {
+			out.SPIFFEID, err = spiffeid.FromString(s)
+			if err != nil {
+				err = fmt.Errorf("%q is not a SPIFFE ID: %w", s, err)
+			}
+		}
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("spiffe_id: %v", err))
+		}
 	}
 	return out, fails
 }

@@ -96,8 +96,8 @@ func Load(paths ...string) (*Set, error) {
 	return s, nil
 }
 
-// newSet joins parsed documents, refusing duplicate policy and release
-// names. Documents that had errors are joined too, so that duplicates are
+// newSet joins parsed documents, refusing duplicate policy, release and
+// workload names, and more than MaxWorkloadEntries workload entries. Documents that had errors are joined too, so that duplicates are
 // reported along with everything else; the caller discards the Set then.
 func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
@@ -105,6 +105,8 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 	var digests [][sha256.Size]byte
 	policyAt := map[string]hcl.Range{}
 	releaseAt := map[string]hcl.Range{}
+	workloadAt := map[string]hcl.Range{}
+	var workloads []hcl.Range
 	for _, doc := range docs {
 		digests = append(digests, doc.digest)
 		for _, p := range doc.policies {
@@ -121,7 +123,18 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 				}
 				releaseAt[r.name] = r.nameRange
 			}
+			for _, w := range p.workloads {
+				if prev, dup := workloadAt[w.entry.Name]; dup {
+					diags = append(diags, errorAt(w.nameRange, "policy %q: workload %q is already defined at %s", p.name, w.entry.Name, posString(prev)))
+					continue
+				}
+				workloadAt[w.entry.Name] = w.nameRange
+				workloads = append(workloads, w.nameRange)
+			}
 		}
+	}
+	if len(workloads) > MaxWorkloadEntries {
+		diags = append(diags, errorAt(workloads[MaxWorkloadEntries], "more than %d workload entries; a policy set may define at most %d", MaxWorkloadEntries, MaxWorkloadEntries))
 	}
 	if diags.HasErrors() {
 		return nil, diags

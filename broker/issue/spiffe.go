@@ -35,6 +35,14 @@ const (
 	MaxSVIDTTL   = 7 * 24 * time.Hour
 	MaxCSRSize   = 4 << 10
 	MaxAudiences = 8
+	// MaxAudienceSize bounds each JWT-SVID audience, in bytes.
+	MaxAudienceSize = 256
+	// MaxCSRsPerRequest bounds the workload CSRs one request may ask to
+	// have signed.
+	MaxCSRsPerRequest = 64
+	// MaxJWTSVIDTTL bounds a workload JWT-SVID's validity: JWTs cannot be
+	// revoked, so they are short-lived whatever the entry allows.
+	MaxJWTSVIDTTL = time.Hour
 )
 
 // SPIFFE is a trust domain's signing authority: an X.509 CA whose
@@ -238,7 +246,7 @@ func (s *SPIFFE) sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (
 	if err != nil {
 		return nil, fmt.Errorf("unable to parse issued svid: %w", err)
 	}
-	return &X509SVID{ID: id, Certificate: cert, Chain: []*x509.Certificate{cert}, Serial: fmt.Sprintf("%x", serial), NotAfter: notAfter}, nil
+	return &X509SVID{ID: id, Certificate: cert, Chain: []*x509.Certificate{cert}, Serial: fmt.Sprintf("%x", serial), NotAfter: cert.NotAfter}, nil
 }
 
 // IssueJWTSVID signs a JWT-SVID (ES256, kid of the bundle's JWT key) for id
@@ -255,7 +263,7 @@ func (s *SPIFFE) IssueJWTSVID(id spiffeid.ID, audience []string, ttl time.Durati
 		return "", time.Time{}, fmt.Errorf("svid ttl must be between 1s and %s", MaxSVIDTTL)
 	}
 	for _, a := range audience {
-		if a == "" || len(a) > 256 {
+		if a == "" || len(a) > MaxAudienceSize {
 			return "", time.Time{}, errors.New("each audience must be 1 to 256 bytes")
 		}
 	}

@@ -33,6 +33,8 @@ var (
 	bucketReceipts     = []byte("receipts")
 	bucketReceiptsByEK = []byte("receipts_by_ek")
 	bucketNodes        = []byte("nodes")
+	bucketNodeSVIDs    = []byte("node_svids") // node SVID serial -> EK hash
+	bucketDenied       = []byte("denied")     // EK hash -> Denial
 )
 
 // receiptIDLayout formats the time part of generated receipt IDs: fixed
@@ -114,7 +116,7 @@ func (b *Bolt) init() error {
 		}
 	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketChallenges, bucketReceipts, bucketReceiptsByEK, bucketNodes} {
+		for _, name := range [][]byte{bucketChallenges, bucketReceipts, bucketReceiptsByEK, bucketNodes, bucketNodeSVIDs, bucketDenied} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -237,6 +239,9 @@ func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt, node
 		if err != nil {
 			return err
 		}
+		if err := indexNodeSVIDs(tx, n); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketNodes).Put([]byte(n.EKHash), val)
 	})
 	if err != nil {
@@ -247,6 +252,102 @@ func (b *Bolt) ConsumeChallenge(ctx context.Context, id string, r *Receipt, node
 		node.FirstSeen, node.LastReceiptID = n.FirstSeen, n.LastReceiptID
 	}
 	return nil
+}
+
+// indexNodeSVIDs points the serials of n's SVIDs at n in the node SVID
+// index, removing those of the record n replaces.
+func indexNodeSVIDs(tx *bolt.Tx, n NodeRecord) error {
+	idx := tx.Bucket(bucketNodeSVIDs)
+	if v := tx.Bucket(bucketNodes).Get([]byte(n.EKHash)); v != nil {
+		prev, err := decodeNode(n.EKHash, v)
+		if err != nil {
+			return err
+		}
+		for _, s := range prev.SVIDs {
+			if string(idx.Get([]byte(s.Serial))) == n.EKHash {
+				if err := idx.Delete([]byte(s.Serial)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, s := range n.SVIDs {
+		if owner := idx.Get([]byte(s.Serial)); owner != nil && string(owner) != n.EKHash {
+			return fmt.Errorf("node svid serial %s is already recorded for another node", s.Serial)
+		}
+		if err := idx.Put([]byte(s.Serial), []byte(n.EKHash)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NodeBySVIDSerial implements Store.
+func (b *Bolt) NodeBySVIDSerial(ctx context.Context, serial string) (NodeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", err)
+	}
+	if !validSerial(serial) {
+		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", ErrNotFound)
+	}
+	var n NodeRecord
+	err := b.db.View(func(tx *bolt.Tx) error {
+		idx, nodes := tx.Bucket(bucketNodeSVIDs), tx.Bucket(bucketNodes)
+		if idx == nil || nodes == nil {
+			return ErrNotFound // a store written before node SVIDs existed
+		}
+		ek := idx.Get([]byte(serial))
+		if ek == nil {
+			return ErrNotFound
+		}
+		v := nodes.Get(ek)
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		if n, err = decodeNode(string(ek), v); err != nil {
+			return err
+		}
+		for _, s := range n.SVIDs {
+			if s.Serial == serial {
+				return nil
+			}
+		}
+		return ErrNotFound // an index entry the record no longer backs
+	})
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", err)
+	}
+	return n, nil
+}
+
+// GetDenial implements Store.
+func (b *Bolt) GetDenial(ctx context.Context, ekHash string) (Denial, error) {
+	if err := ctx.Err(); err != nil {
+		return Denial{}, fmt.Errorf("unable to get denial: %w", err)
+	}
+	if ekHash == "" || len(ekHash) > maxEKHashLength {
+		return Denial{}, fmt.Errorf("unable to get denial: %w", ErrNotFound)
+	}
+	var d Denial
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketDenied)
+		if bk == nil {
+			return ErrNotFound
+		}
+		v := bk.Get([]byte(ekHash))
+		if v == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("unable to decode denial %s: %w", ekHash, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Denial{}, fmt.Errorf("unable to get denial: %w", err)
+	}
+	return d, nil
 }
 
 // GetNode implements Store.
@@ -424,7 +525,32 @@ func putReceipt(tx *bolt.Tx, rec Receipt) (Receipt, error) {
 			return Receipt{}, err
 		}
 	}
+	if err := applyDenial(tx, rec); err != nil {
+		return Receipt{}, err
+	}
 	return rec, nil
+}
+
+// applyDenial puts rec's node on the deny list if rec says so, and takes it
+// off if rec is allowed.
+func applyDenial(tx *bolt.Tx, rec Receipt) error {
+	switch {
+	case rec.DenyListed && rec.Allowed:
+		return errors.New("an allowed receipt cannot deny-list its node")
+	case rec.DenyListed && rec.EKHash == "":
+		return errors.New("a receipt without an ek hash cannot deny-list a node")
+	case rec.EKHash == "":
+		return nil
+	case rec.DenyListed:
+		val, err := json.Marshal(Denial{EKHash: rec.EKHash, Time: rec.Time, ReceiptID: rec.ID, Check: rec.Check})
+		if err != nil {
+			return fmt.Errorf("unable to encode denial: %w", err)
+		}
+		return tx.Bucket(bucketDenied).Put([]byte(rec.EKHash), val)
+	case rec.Allowed:
+		return tx.Bucket(bucketDenied).Delete([]byte(rec.EKHash))
+	}
+	return nil
 }
 
 // GetReceipt implements Store.

@@ -1,6 +1,10 @@
 // Package store holds the broker's state: single-use challenges, the
-// receipts that record every attestation decision, and node records (each
-// node's last TPM counters and last verified evidence).
+// receipts that record every attestation decision, node records (each
+// node's last TPM counters and last verified evidence, and the node
+// X.509-SVIDs and workload entries its last attestation gave it, indexed by
+// SVID serial), and the deny list (nodes whose last decision was a refusal
+// the broker holds against them; it follows the receipts, see
+// Receipt.DenyListed).
 //
 // Store is the interface the broker and its tests program against; Bolt is
 // the embedded default, a single bbolt file owned by one broker process.

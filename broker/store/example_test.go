@@ -60,3 +60,34 @@ func ExampleOpenBolt() {
 	// second consume is not found: true
 	// receipts: 1 true
 }
+
+func ExampleBolt_GetDenial() {
+	dir, err := os.MkdirTemp("", "keybroker-store")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	st, err := store.OpenBolt(filepath.Join(dir, "broker.db"), store.BoltOpts{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+
+	// A refusal that is about the node deny-lists it, in the receipt's commit.
+	if err := st.PutReceipt(ctx, &store.Receipt{EKHash: "ek", Check: "policy", DenyListed: true}); err != nil {
+		log.Fatal(err)
+	}
+	d, err := st.GetDenial(ctx, "ek")
+	fmt.Println("denied by:", d.Check, err)
+
+	// An allowed attestation takes it off the list.
+	if err := st.PutReceipt(ctx, &store.Receipt{EKHash: "ek", Allowed: true}); err != nil {
+		log.Fatal(err)
+	}
+	_, err = st.GetDenial(ctx, "ek")
+	fmt.Println("still denied:", !errors.Is(err, store.ErrNotFound))
+	// Output:
+	// denied by: policy <nil>
+	// still denied: false
+}

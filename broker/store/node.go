@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // MaxNodeRecordBytes bounds the stored (JSON) form of a NodeRecord. The
@@ -38,6 +40,53 @@ type NodeRecord struct {
 	LastReceiptID string `json:"last_receipt_id,omitempty"`
 	// Evidence is what the node presented in its last verified attestation.
 	Evidence Evidence `json:"evidence"`
+	// SVIDs are the node X.509-SVIDs its last attestation released (none
+	// when it was refused); each authenticates the node for workload SVIDs
+	// until it expires or the node's next attestation replaces the record.
+	SVIDs []NodeSVID `json:"svids,omitempty"`
+	// WorkloadEntries are the workload entries of the policies that
+	// allowed the node's last attestation (none when it was refused): the
+	// only SPIFFE IDs the broker signs workload SVIDs for, for this node.
+	WorkloadEntries []WorkloadEntry `json:"workload_entries,omitempty"`
+}
+
+// NodeSVID identifies a node X.509-SVID the broker released.
+type NodeSVID struct {
+	// Serial is the certificate's serial number, lowercase hex without
+	// leading zeros (fmt "%x" of the big.Int), at most MaxSerialLength.
+	Serial   string      `json:"serial"`
+	ID       spiffeid.ID `json:"spiffe_id"`
+	NotAfter time.Time   `json:"not_after"`
+}
+
+// MaxSerialLength bounds NodeSVID.Serial: 20 bytes as hex (RFC 5280).
+const MaxSerialLength = 40
+
+// WorkloadEntry is a workload entry as the node received it.
+type WorkloadEntry struct {
+	Name      string      `json:"name"`
+	ID        spiffeid.ID `json:"spiffe_id"`
+	Selectors []Selector  `json:"selectors"`
+	// TTL is the longest validity of an SVID for the entry.
+	TTL time.Duration `json:"ttl"`
+}
+
+// Selector is one selector of a workload entry, such as type "unix",
+// value "uid:1000".
+type Selector struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// Denial is a node's entry on the deny list: the refused attestation that
+// put it there. While a node is on the list, the broker issues it no
+// workload SVID; its next allowed attestation removes it.
+type Denial struct {
+	EKHash    string    `json:"ek_hash"`
+	Time      time.Time `json:"time"`
+	ReceiptID string    `json:"receipt_id"`
+	// Check is the refused check, as in the receipt.
+	Check string `json:"check,omitempty"`
 }
 
 // Evidence is everything a node presented in one attestation, in the TPM's
@@ -136,6 +185,11 @@ func encodeNode(n NodeRecord) ([]byte, error) {
 	case len(n.EKHash) > maxEKHashLength:
 		return nil, fmt.Errorf("node record ek hash is longer than %d bytes", maxEKHashLength)
 	}
+	for _, s := range n.SVIDs {
+		if !validSerial(s.Serial) {
+			return nil, fmt.Errorf("node record svid serial %q is not lowercase hex of at most %d digits", s.Serial, MaxSerialLength)
+		}
+	}
 	val, err := json.Marshal(n)
 	if err != nil {
 		return nil, fmt.Errorf("unable to encode node record: %w", err)
@@ -152,4 +206,17 @@ func decodeNode(ekHash string, v []byte) (NodeRecord, error) {
 		return NodeRecord{}, fmt.Errorf("unable to decode node record %s: %w", ekHash, err)
 	}
 	return n, nil
+}
+
+// validSerial reports whether s is a serial as NodeSVID.Serial holds it.
+func validSerial(s string) bool {
+	if s == "" || len(s) > MaxSerialLength || (len(s) > 1 && s[0] == '0') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Limits on what a Challenge may hold, so that a caller cannot make the store
@@ -131,6 +133,11 @@ type Receipt struct {
 	Policies   []string       `json:"policies,omitempty"`
 	PolicyHash string         `json:"policy_hash,omitempty"`
 	Released   []ReleasedItem `json:"released,omitempty"`
+	// DenyListed records that this refusal put the node (EKHash) on the
+	// deny list. Storing the receipt applies it: a DenyListed receipt adds
+	// the node to the deny list, an Allowed one removes it, in the same
+	// commit. The caller decides which refusals deny-list a node.
+	DenyListed bool `json:"deny_listed,omitempty"`
 }
 
 // ReleasedItem describes one credential released under a receipt. It never
@@ -143,6 +150,8 @@ type ReleasedItem struct {
 	NotAfter time.Time `json:"not_after,omitzero"`
 	PCRBank  string    `json:"pcr_bank,omitempty"`
 	PCRs     []uint32  `json:"pcrs,omitempty"`
+	// SPIFFEID is the ID of an X.509-SVID.
+	SPIFFEID spiffeid.ID `json:"spiffe_id,omitzero"`
 }
 
 // ListOpts selects receipts for ListReceipts. The zero value returns the
@@ -168,8 +177,9 @@ type Store interface {
 	// for a challenge expired at now. It never writes.
 	GetChallenge(ctx context.Context, id string, now time.Time) (Challenge, error)
 	// ConsumeChallenge deletes the challenge and stores r, the receipt of
-	// its decision, in one durable commit: when it returns nil both are on
-	// disk, and r.ID and r.Time are set as PutReceipt sets them. If the
+	// its decision (applying its deny-list change, see
+	// Receipt.DenyListed), in one durable commit: when it returns nil both
+	// are on disk, and r.ID and r.Time are set as PutReceipt sets them. If the
 	// challenge is gone (consumed, purged or never stored) it stores nothing
 	// and returns ErrNotFound, so under concurrency exactly one call per
 	// challenge succeeds and exactly one receipt is stored. It does not
@@ -178,11 +188,14 @@ type Store interface {
 	// A non-nil node is written in the same commit, replacing the node's
 	// record: its LastReceiptID is set to r.ID, and a zero FirstSeen to
 	// LastSeen. A node record that does not validate (no EK hash, more than
-	// MaxNodeRecordBytes) fails the call and nothing is stored. A nil node
-	// leaves node records untouched.
+	// MaxNodeRecordBytes, malformed SVID serials) fails the call and
+	// nothing is stored. A nil node leaves node records untouched. The
+	// node's SVIDs replace those of its previous record in the
+	// NodeBySVIDSerial index.
 	ConsumeChallenge(ctx context.Context, id string, r *Receipt, node *NodeRecord) error
 	// PutReceipt durably stores r before returning, assigning r.ID (and
-	// r.Time) when empty. An existing ID is never overwritten.
+	// r.Time) when empty, and applies its deny-list change (see
+	// Receipt.DenyListed). An existing ID is never overwritten.
 	PutReceipt(ctx context.Context, r *Receipt) error
 	// ListReceipts returns receipts newest first (by ID).
 	ListReceipts(ctx context.Context, opts ListOpts) ([]Receipt, error)
@@ -193,6 +206,14 @@ type Store interface {
 	GetNode(ctx context.Context, ekHash string) (NodeRecord, error)
 	// ListNodes returns node records in EK hash order.
 	ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord, error)
+	// NodeBySVIDSerial returns the record of the node whose last
+	// attestation released the node X.509-SVID with this serial (lowercase
+	// hex, as NodeSVID.Serial), or ErrNotFound: also for the SVIDs of an
+	// earlier attestation, which the node's next attestation replaced.
+	NodeBySVIDSerial(ctx context.Context, serial string) (NodeRecord, error)
+	// GetDenial returns the deny-list entry of the node with this EK hash,
+	// or ErrNotFound when the node is not on the deny list.
+	GetDenial(ctx context.Context, ekHash string) (Denial, error)
 	// PurgeExpired deletes challenges expired at now and returns how many.
 	PurgeExpired(ctx context.Context, now time.Time) (int, error)
 	// Close releases the store.

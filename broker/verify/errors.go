@@ -28,6 +28,10 @@ type CheckError struct {
 	Check Check
 	Msg   string
 	Err   error // optional cause, for operator logs
+
+	// fromTPM: the refused evidence demonstrably came from the node's TPM
+	// (see FromTPM).
+	fromTPM bool
 }
 
 func (e *CheckError) Error() string {
@@ -41,6 +45,29 @@ func (e *CheckError) Unwrap() error { return e.Err }
 
 func fail(c Check, msg string, err error) error {
 	return &CheckError{Check: c, Msg: msg, Err: err}
+}
+
+// FromTPM reports whether err refuses evidence that the node's TPM
+// demonstrably produced for this challenge: a quote signed by the AK and
+// carrying the activated challenge secret verified before the check failed
+// (a later check of that quote or of another one, the event log, or the
+// TPM counters). Only the TPM holding the EK and the AK can activate the
+// secret, so such a refusal is about that node. A refusal for which it
+// returns false (an untrusted EK, a wrong nonce, a signature by another
+// key) may come from anyone who knows the node's public EK, and says
+// nothing about the node.
+func FromTPM(err error) bool {
+	var ce *CheckError
+	return errors.As(err, &ce) && ce.fromTPM
+}
+
+// fromTPM marks err (a *CheckError) as FromTPM and returns it.
+func fromTPM(err error) error {
+	var ce *CheckError
+	if errors.As(err, &ce) {
+		ce.fromTPM = true
+	}
+	return err
 }
 
 // FailedCheck returns the check that err reports, or "" if err did not come

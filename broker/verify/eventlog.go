@@ -57,6 +57,13 @@ type EventLogFacts struct {
 // empty log returns v unchanged: a node without an event log has no
 // event-log facts, and policies that need them fail.
 func (v *Verified) WithEventLog(raw []byte) (out *Verified, err error) {
+	// v was verified: whatever is wrong with the log, the node's TPM
+	// answered this challenge (FromTPM). Deferred first, so it runs last.
+	defer func() {
+		if err != nil {
+			err = fromTPM(err)
+		}
+	}()
 	// go-eventlog panics on some inputs (for instance an event type it
 	// cannot name, which no digest covers): a node's log must never bring
 	// the broker down.

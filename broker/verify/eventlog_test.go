@@ -149,6 +149,9 @@ func TestEventLogMustCoverQuotedFirmwarePCRs(t *testing.T) {
 	if verify.FailedCheck(err) != verify.CheckEventLog || !strings.Contains(err.Error(), "sha256 PCR 3 was extended but the event log has no events for it") {
 		t.Fatalf("WithEventLog = %v; want a refusal naming PCR 3", err)
 	}
+	if !verify.FromTPM(err) {
+		t.Errorf("FromTPM(%v) = false: the log is refused after the quote verified", err)
+	}
 }
 
 func TestEventLogEventsForUnquotedPCRs(t *testing.T) {

@@ -49,18 +49,18 @@ func (v *Verified) WithHistory(prev *ClockInfo) (*Verified, error) {
 		restarts, restartsBack := serialDiff(cur.RestartCount, prev.RestartCount)
 		switch {
 		case resetsBack:
-			return nil, fail(CheckCounters, "TPM reset count went backwards",
-				fmt.Errorf("reset count %d, previously %d", cur.ResetCount, prev.ResetCount))
+			return nil, fromTPM(fail(CheckCounters, "TPM reset count went backwards",
+				fmt.Errorf("reset count %d, previously %d", cur.ResetCount, prev.ResetCount)))
 		case resets > 0:
 			h.Rebooted, h.Resets = true, resets
 		case restartsBack:
-			return nil, fail(CheckCounters, "TPM restart count went backwards without a reset",
-				fmt.Errorf("restart count %d, previously %d (reset count %d)", cur.RestartCount, prev.RestartCount, cur.ResetCount))
+			return nil, fromTPM(fail(CheckCounters, "TPM restart count went backwards without a reset",
+				fmt.Errorf("restart count %d, previously %d (reset count %d)", cur.RestartCount, prev.RestartCount, cur.ResetCount)))
 		case restarts > 0:
 			h.Restarts = restarts
 		case cur.Clock < prev.Clock:
-			return nil, fail(CheckCounters, "TPM clock went backwards without a reset",
-				fmt.Errorf("clock %d ms, previously %d ms (reset count %d, restart count %d)", cur.Clock, prev.Clock, cur.ResetCount, cur.RestartCount))
+			return nil, fromTPM(fail(CheckCounters, "TPM clock went backwards without a reset",
+				fmt.Errorf("clock %d ms, previously %d ms (reset count %d, restart count %d)", cur.Clock, prev.Clock, cur.ResetCount, cur.RestartCount)))
 		}
 	}
 	out := *v

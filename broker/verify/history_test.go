@@ -77,6 +77,9 @@ func TestWithHistory(t *testing.T) {
 			got, err := v.WithHistory(tt.prev)
 			if tt.wantMsg != "" {
 				assertCheck(t, err, verify.CheckCounters, tt.wantMsg)
+				if !verify.FromTPM(err) {
+					t.Errorf("FromTPM(%v) = false: counters are refused after the quote verified", err)
+				}
 				if got != nil {
 					t.Errorf("refused WithHistory returned %+v", got)
 				}

@@ -53,10 +53,14 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 		q := &quotes[i]
 		info, err := verifyQuote(node, nonceHash, q, opts)
 		if err != nil {
+			if i > 0 {
+				// An earlier quote proved that the TPM answered.
+				err = fromTPM(err)
+			}
 			return nil, err
 		}
 		if _, dup := v.pcrs[q.Bank]; dup {
-			return nil, fail(CheckBank, fmt.Sprintf("bank %s quoted twice", BankName(q.Bank)), nil)
+			return nil, fromTPM(fail(CheckBank, fmt.Sprintf("bank %s quoted twice", BankName(q.Bank)), nil))
 		}
 		v.pcrs[q.Bank] = clonePCRs(q.PCRs)
 		if i == 0 {
@@ -105,31 +109,32 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 	if len(att.ExtraData.Buffer) != sha256.Size || subtle.ConstantTimeCompare(got[:], nonceHash[:]) != 1 {
 		return nil, fail(CheckNonce, "quote qualifying data is not the activated challenge secret", nil)
 	}
+	// From here on the quote is the TPM's answer to this challenge.
 	info, err := att.Attested.Quote()
 	if err != nil {
-		return nil, fail(CheckInput, "quote carries no quote info", err)
+		return nil, fromTPM(fail(CheckInput, "quote carries no quote info", err))
 	}
 	sels := info.PCRSelect.PCRSelections
 	if len(sels) != 1 || sels[0].Hash != q.Bank {
-		return nil, fail(CheckBank, fmt.Sprintf("quote must select exactly the reported bank %s", BankName(q.Bank)), nil)
+		return nil, fromTPM(fail(CheckBank, fmt.Sprintf("quote must select exactly the reported bank %s", BankName(q.Bank)), nil))
 	}
 	selected := pcrIndices(sels[0].PCRSelect)
 	if len(selected) != len(q.PCRs) {
-		return nil, fail(CheckPCRDigest, "reported PCRs differ from the quoted selection", nil)
+		return nil, fromTPM(fail(CheckPCRDigest, "reported PCRs differ from the quoted selection", nil))
 	}
 	h := sigHash.New()
 	for _, idx := range selected {
 		val, ok := q.PCRs[idx]
 		if !ok {
-			return nil, fail(CheckPCRDigest, fmt.Sprintf("quoted PCR %d is not reported", idx), nil)
+			return nil, fromTPM(fail(CheckPCRDigest, fmt.Sprintf("quoted PCR %d is not reported", idx), nil))
 		}
 		if len(val) != bankHash.Size() {
-			return nil, fail(CheckInput, fmt.Sprintf("PCR %d value has the wrong size for bank %s", idx, BankName(q.Bank)), nil)
+			return nil, fromTPM(fail(CheckInput, fmt.Sprintf("PCR %d value has the wrong size for bank %s", idx, BankName(q.Bank)), nil))
 		}
 		h.Write(val)
 	}
 	if subtle.ConstantTimeCompare(h.Sum(nil), info.PCRDigest.Buffer) != 1 {
-		return nil, fail(CheckPCRDigest, fmt.Sprintf("reported %s PCR values do not match the quoted digest", BankName(q.Bank)), nil)
+		return nil, fromTPM(fail(CheckPCRDigest, fmt.Sprintf("reported %s PCR values do not match the quoted digest", BankName(q.Bank)), nil))
 	}
 	return att, nil
 }

@@ -104,6 +104,9 @@ func TestQuotes(t *testing.T) {
 		opts      verify.QuoteOpts
 		wantCheck verify.Check
 		wantErr   string
+		// fromTPM: the refusal comes after a quote proved the TPM answered
+		// (verify.FromTPM).
+		fromTPM bool
 	}{
 		// Accepted signatures and banks.
 		{name: "RSASSA-SHA256", quotes: spec(nil)},
@@ -154,27 +157,27 @@ func TestQuotes(t *testing.T) {
 			wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed"},
 		{name: "SHA-1 bank with AllowSHA1", quotes: specOf(tpm2.TPMAlgSHA1, nil), opts: verify.QuoteOpts{AllowSHA1: true}},
 		{name: "SHA-1 bank refused next to SHA-256", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1),
-			wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed"},
+			wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed", fromTPM: true},
 		{name: "unsupported bank", quotes: specOf(tpm2.TPMAlgSM3256, nil),
 			wantCheck: bank, wantErr: "PCR bank 0x0012 is not supported"},
 		{name: "duplicate bank", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA256),
-			wantCheck: bank, wantErr: "bank sha256 quoted twice"},
+			wantCheck: bank, wantErr: "bank sha256 quoted twice", fromTPM: true},
 		{name: "reported bank is not the quoted one", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			q := newQuoteSpec(tpm2.TPMAlgSHA384).quote(tb, ak)
 			q.Bank = tpm2.TPMAlgSHA256
 			return []verify.Quote{q}
-		}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256"},
+		}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
 		{name: "two banks in one quote", quotes: attest(func(a *tpm2.TPMSAttest) {
 			info, _ := a.Attested.Quote()
 			sels := info.PCRSelect.PCRSelections
 			info.PCRSelect.PCRSelections = append(sels, tpm2.TPMSPCRSelection{Hash: tpm2.TPMAlgSHA384, PCRSelect: sels[0].PCRSelect})
 			a.Attested = tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, info)
-		}), wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256"},
+		}), wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
 		{name: "no bank in the quote", quotes: attest(func(a *tpm2.TPMSAttest) {
 			info, _ := a.Attested.Quote()
 			info.PCRSelect.PCRSelections = nil
 			a.Attested = tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, info)
-		}), wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256"},
+		}), wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
 
 		// Signature.
 		{name: "garbage signature", quotes: after(func(q *verify.Quote) { q.Signature = []byte{0xde, 0xad} }),
@@ -260,40 +263,40 @@ func TestQuotes(t *testing.T) {
 
 		// PCR values.
 		{name: "PCR value changed", quotes: after(func(q *verify.Quote) { q.PCRs[4][0] ^= 1 }),
-			wantCheck: digest, wantErr: "reported sha256 PCR values do not match the quoted digest"},
+			wantCheck: digest, wantErr: "reported sha256 PCR values do not match the quoted digest", fromTPM: true},
 		{name: "extra reported PCR", quotes: after(func(q *verify.Quote) { q.PCRs[8] = bytesOf(8, 32) }),
-			wantCheck: digest, wantErr: diffSel},
+			wantCheck: digest, wantErr: diffSel, fromTPM: true},
 		{name: "quoted PCR missing", quotes: after(func(q *verify.Quote) { delete(q.PCRs, 3) }),
-			wantCheck: digest, wantErr: diffSel},
+			wantCheck: digest, wantErr: diffSel, fromTPM: true},
 		{name: "reported PCR outside the selection", quotes: after(func(q *verify.Quote) {
 			delete(q.PCRs, 7)
 			q.PCRs[8] = bytesOf(7, 32)
-		}), wantCheck: digest, wantErr: "quoted PCR 7 is not reported"},
+		}), wantCheck: digest, wantErr: "quoted PCR 7 is not reported", fromTPM: true},
 		{name: "empty selection", quotes: spec(func(s *quoteSpec) { s.selected = nil }),
-			wantCheck: digest, wantErr: diffSel},
+			wantCheck: digest, wantErr: diffSel, fromTPM: true},
 		{name: "PCR value too short", quotes: after(func(q *verify.Quote) { q.PCRs[2] = q.PCRs[2][:20] }),
-			wantCheck: input, wantErr: "PCR 2 value has the wrong size for bank sha256"},
+			wantCheck: input, wantErr: "PCR 2 value has the wrong size for bank sha256", fromTPM: true},
 		{name: "PCR value too long", quotes: after(func(q *verify.Quote) { q.PCRs[0] = append(q.PCRs[0], 0) }),
-			wantCheck: input, wantErr: "PCR 0 value has the wrong size for bank sha256"},
+			wantCheck: input, wantErr: "PCR 0 value has the wrong size for bank sha256", fromTPM: true},
 		{name: "SHA-1 values reported for a SHA-256 quote", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			s := newQuoteSpec(tpm2.TPMAlgSHA1)
 			q := s.quote(tb, ak)
 			q.Bank = tpm2.TPMAlgSHA256
 			return []verify.Quote{q}
-		}, opts: verify.QuoteOpts{AllowSHA1: true}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256"},
+		}, opts: verify.QuoteOpts{AllowSHA1: true}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
 		// pcrDigest uses the signing hash, not the bank's: a SHA-384 bank
 		// quoted by a SHA-256 AK is digested with SHA-256.
 		{name: "pcrDigest with the bank hash instead of the signing hash", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			s := newQuoteSpec(tpm2.TPMAlgSHA384)
 			a := s.attest(tb, newSoftRSAAK(akRSAKey(), tpm2.TPMAlgRSASSA, tpm2.TPMAlgSHA384))
 			return []verify.Quote{signedQuote(tb, ak, tpm2.Marshal(a), s.bank, s.pcrs)}
-		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest"},
+		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest", fromTPM: true},
 		{name: "second quote fails", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			good := newQuoteSpec(tpm2.TPMAlgSHA256).quote(tb, ak)
 			bad := newQuoteSpec(tpm2.TPMAlgSHA384).quote(tb, ak)
 			bad.PCRs[0][0] ^= 1
 			return []verify.Quote{good, bad}
-		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest"},
+		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest", fromTPM: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -311,6 +314,9 @@ func TestQuotes(t *testing.T) {
 			}
 			v, err := verify.Quotes(node, nonceHash, tt.quotes(t, ak), tt.opts)
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
+			if verify.FromTPM(err) != tt.fromTPM {
+				t.Errorf("FromTPM(%v) = %v, want %v", err, verify.FromTPM(err), tt.fromTPM)
+			}
 			if (v == nil) == (err == nil) {
 				t.Errorf("Quotes returned %v and error %v: want exactly one", v, err)
 			}

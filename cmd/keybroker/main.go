@@ -178,6 +178,9 @@ func printReceipts(w io.Writer, rs []store.Receipt) {
 		if !r.Allowed {
 			decision = "denied: " + r.Check
 		}
+		if r.DenyListed {
+			decision += " (deny-listed)"
+		}
 		var released []string
 		for _, it := range r.Released {
 			released = append(released, fmt.Sprintf("%s(%s serial %s)", it.Name, it.Mode, it.Serial))

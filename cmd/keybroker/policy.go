@@ -170,7 +170,9 @@ type evalResult struct {
 	Policies      []string      `json:"policies,omitempty"`
 	PolicyHash    string        `json:"policy_hash"`
 	Releases      []evalRelease `json:"releases,omitempty"`
-	Failures      []string      `json:"failures,omitempty"`
+	// WorkloadEntries are the workload entries the node would get.
+	WorkloadEntries []evalWorkload `json:"workload_entries,omitempty"`
+	Failures        []string       `json:"failures,omitempty"`
 	// Error says why the node could not be evaluated (its evidence no
 	// longer verifies); Check names the failed verification check.
 	Error string `json:"error,omitempty"`
@@ -187,6 +189,14 @@ type evalRelease struct {
 	CommonName  string   `json:"common_name,omitempty"`
 	DNSNames    []string `json:"dns_names,omitempty"`
 	IPAddresses []string `json:"ip_addresses,omitempty"`
+	SPIFFEID    string   `json:"spiffe_id,omitempty"`
+}
+
+type evalWorkload struct {
+	Name      string   `json:"name"`
+	SPIFFEID  string   `json:"spiffe_id"`
+	Selectors []string `json:"selectors"`
+	TTL       string   `json:"ttl"`
 }
 
 func policyEval(args []string, stdout, stderr io.Writer) int {
@@ -309,10 +319,20 @@ func evaluate(r evalResult, ev store.Evidence, cfg *broker.Config, set *policies
 		if rel.Mode == policies.ModePCRSealed {
 			er.PCRBank, er.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
 		}
+		if !rel.SPIFFEID.IsZero() {
+			er.SPIFFEID = rel.SPIFFEID.String()
+		}
 		for _, ip := range rel.IPAddresses {
 			er.IPAddresses = append(er.IPAddresses, ip.String())
 		}
 		r.Releases = append(r.Releases, er)
+	}
+	for _, e := range d.WorkloadEntries {
+		w := evalWorkload{Name: e.Name, SPIFFEID: e.ID.String(), TTL: e.TTL.String()}
+		for _, sel := range e.Selectors {
+			w.Selectors = append(w.Selectors, sel.String())
+		}
+		r.WorkloadEntries = append(r.WorkloadEntries, w)
 	}
 	return r
 }
@@ -373,7 +393,12 @@ func printEval(w io.Writer, results []evalResult, set *policies.Set) {
 				if rel.PCRBank != "" {
 					mode += fmt.Sprintf(" %s%v", rel.PCRBank, rel.PCRs)
 				}
-				names := []string{"cn " + rel.CommonName}
+				var names []string
+				if rel.SPIFFEID != "" {
+					names = append(names, "spiffe_id "+rel.SPIFFEID)
+				} else {
+					names = append(names, "cn "+rel.CommonName)
+				}
 				if len(rel.DNSNames) > 0 {
 					names = append(names, "dns "+strings.Join(rel.DNSNames, ","))
 				}
@@ -383,6 +408,14 @@ func printEval(w io.Writer, results []evalResult, set *policies.Set) {
 				fmt.Fprintf(tw, "    %s\t%s\t%s\tttl %s\t%s\n", rel.Name, rel.Type, mode, rel.TTL, strings.Join(names, " "))
 			}
 			tw.Flush()
+			if len(r.WorkloadEntries) > 0 {
+				fmt.Fprintln(w, "  workload entries:")
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				for _, e := range r.WorkloadEntries {
+					fmt.Fprintf(tw, "    %s\t%s\tttl %s\t%s\n", e.Name, e.SPIFFEID, e.TTL, strings.Join(e.Selectors, " "))
+				}
+				tw.Flush()
+			}
 		default:
 			denied++
 			fmt.Fprintln(w, "  denied")

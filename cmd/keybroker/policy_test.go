@@ -187,6 +187,27 @@ func TestPolicyEvalOnDemo(t *testing.T) {
 	if code != 0 || !json.Valid([]byte(ev)) {
 		t.Fatalf("evidence show: exit %d\n%s%s", code, ev, stderr)
 	}
+	mesh := filepath.Join(dir, "mesh.hcl")
+	if err := os.WriteFile(mesh, []byte(`policy "mesh" {
+  select { ek_hashes = ["`+ekHash+`"] }
+  release "node-svid" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://example.org/node/${ek_hash_short}"
+  }
+  workload "web" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1000", "unix:path:/usr/bin/web"]
+  }
+}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCmd(t, "policy", "eval", "--config", config, "--policy", mesh)
+	if code != 0 || !strings.Contains(out, "  allowed by mesh\n") ||
+		!strings.Contains(out, "x509_svid  tpm_bound  ttl 24h0m0s  spiffe_id spiffe://example.org/node/"+ekHash[:16]) ||
+		!strings.Contains(out, "  workload entries:\n    web  spiffe://example.org/web  ttl 1h0m0s  unix:uid:1000 unix:path:/usr/bin/web\n") {
+		t.Errorf("eval of a SPIFFE policy: exit %d\n%s%s\nwant the node SVID and the workload entry", code, out, stderr)
+	}
+
 	evFile := filepath.Join(dir, "evidence.json")
 	if err := os.WriteFile(evFile, []byte(ev), 0o600); err != nil {
 		t.Fatal(err)
@@ -226,7 +247,7 @@ func TestPolicyEvalOnDemo(t *testing.T) {
 	if err := os.WriteFile(evFile, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ := runCmd(t, "policy", "eval", "--config", config, "--policy", lenient, "--evidence", evFile)
+	code, out, _ = runCmd(t, "policy", "eval", "--config", config, "--policy", lenient, "--evidence", evFile)
 	if code != 1 || !strings.Contains(out, "error: evidence does not verify: quote_nonce:") || !strings.Contains(out, "1 not evaluated") {
 		t.Errorf("eval of doctored evidence: exit %d\n%s; want 1 naming quote_nonce", code, out)
 	}

@@ -18,6 +18,9 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
@@ -50,11 +53,56 @@ const Policy = `policy "nodes" {
 }
 `
 
+// TrustDomain is the SPIFFE trust domain of Opts.SPIFFE.
+const TrustDomain = "example.org"
+
+// SPIFFEPolicy is the policy New adds with Opts.SPIFFE: for the same node
+// and PCRs as Policy, the node's X.509-SVID ("node-svid", spiffe ID
+// spiffe://example.org/node/<EK hash short>) and workload entries.
+// Arguments: EK hash, PCR 0 hex, PCR 7 hex, mode, extra release lines,
+// workload blocks.
+const SPIFFEPolicy = `policy "spiffe" {
+  select {
+    ek_hashes = [%q]
+  }
+  require = [
+    "pcrs.sha256[0] == '%s'",
+    "pcrs.sha256[7] == '%s'",
+  ]
+  release "node-svid" {
+    type      = "x509_svid"
+    mode      = %q%s
+    ttl       = "2h"
+    spiffe_id = "spiffe://example.org/node/${ek_hash_short}"
+  }
+%s}
+`
+
+// Workloads are the workload entries of SPIFFEPolicy unless
+// Opts.Workloads says otherwise: web (1h) and db (10m).
+const Workloads = `  workload "web" {
+    spiffe_id = "spiffe://example.org/web"
+    selectors = ["unix:uid:1000"]
+    ttl       = "1h"
+  }
+  workload "db" {
+    spiffe_id = "spiffe://example.org/db"
+    selectors = ["unix:uid:70", "unix:path:/usr/bin/postgres"]
+    ttl       = "10m"
+  }
+`
+
 // Opts tune New.
 type Opts struct {
 	// Mode is the release mode: "pcr_sealed" (default, over sha256 PCR 0
 	// and 7) or "tpm_bound".
 	Mode string
+	// SPIFFE gives the server a SPIFFE authority for TrustDomain and adds
+	// SPIFFEPolicy.
+	SPIFFE bool
+	// Workloads replaces the workload blocks of SPIFFEPolicy (default
+	// Workloads).
+	Workloads string
 	// Server, if set, may change the server options before the server is
 	// made.
 	Server func(*broker.ServerOpts)
@@ -68,6 +116,11 @@ type Env struct {
 	Server *broker.Server
 	Store  store.Store
 	CA     *issue.CA
+	// SPIFFE is the server's SPIFFE authority (Opts.SPIFFE), else nil.
+	SPIFFE *issue.SPIFFE
+	// PolicySource is the policy document the server was given, for
+	// writing to a file (broker.Start).
+	PolicySource string
 
 	mu  sync.Mutex
 	now time.Time
@@ -98,7 +151,16 @@ func New(tb testing.TB, o Opts) *Env {
 	if o.Mode == "tpm_bound" {
 		mode, extra = "tpm_bound", ""
 	}
-	src := fmt.Sprintf(Policy, e.EKHash, hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7]), mode, extra)
+	pcr0, pcr7 := hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7])
+	src := fmt.Sprintf(Policy, e.EKHash, pcr0, pcr7, mode, extra)
+	if o.SPIFFE {
+		workloads := o.Workloads
+		if workloads == "" {
+			workloads = Workloads
+		}
+		src += fmt.Sprintf(SPIFFEPolicy, e.EKHash, pcr0, pcr7, mode, extra, workloads)
+	}
+	e.PolicySource = src
 	pol, err := policies.Parse([]byte(src), "test.hcl")
 	if err != nil {
 		tb.Fatalf("policy: %v", err)
@@ -112,11 +174,17 @@ func New(tb testing.TB, o Opts) *Env {
 	if e.CA, err = issue.LoadOrCreateCA(tb.TempDir(), issue.CAOpts{}); err != nil {
 		tb.Fatal(err)
 	}
+	if o.SPIFFE {
+		if e.SPIFFE, err = issue.LoadOrCreateSPIFFE(tb.TempDir(), TrustDomain, issue.CAOpts{}); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	opts := broker.ServerOpts{
 		Trust:    verify.Trust{EKHashes: []string{e.EKHash}},
 		Store:    st,
 		CA:       e.CA,
 		Policies: pol,
+		SPIFFE:   e.SPIFFE,
 		Now:      e.Clock,
 	}
 	if o.Server != nil {
@@ -187,4 +255,44 @@ func Extend(tb testing.TB, rw io.ReadWriter, pcr int, event string) {
 	if err := tpm2.PCRExtend(rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, sum[:], ""); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// OpenNodeSVID opens, in the node's TPM, the X509_SVID credential named
+// name in resp and checks it: the SVID parses with its key, names the ID
+// the payload claims, and verifies against the bundle sent with it.
+func (e *Env) OpenNodeSVID(tb testing.TB, resp *pb.AttestResponse, name string) (*x509svid.SVID, *spiffebundle.Bundle) {
+	tb.Helper()
+	for _, c := range resp.GetCredentials() {
+		if c.GetName() != name {
+			continue
+		}
+		if c.GetType() != pb.CredentialType_X509_SVID {
+			tb.Fatalf("credential %q has type %v, want X509_SVID", name, c.GetType())
+		}
+		payload, err := e.Node.Open(c)
+		if err != nil {
+			tb.Fatalf("Open(%s): %v", name, err)
+		}
+		var cred pb.X509SVIDCredential
+		if err := proto.Unmarshal(payload, &cred); err != nil {
+			tb.Fatalf("payload of %s: %v", name, err)
+		}
+		svid, err := x509svid.Parse(cred.GetCertificatesPem(), cred.GetKeyPem())
+		if err != nil {
+			tb.Fatalf("x509svid.Parse: %v", err)
+		}
+		if svid.ID.String() != cred.GetSpiffeId() {
+			tb.Fatalf("SVID names %s, the payload %s", svid.ID, cred.GetSpiffeId())
+		}
+		bundle, err := spiffebundle.Parse(svid.ID.TrustDomain(), cred.GetSpiffeBundle())
+		if err != nil {
+			tb.Fatalf("spiffebundle.Parse: %v", err)
+		}
+		if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+			tb.Fatalf("the node SVID does not verify against its bundle: %v", err)
+		}
+		return svid, bundle
+	}
+	tb.Fatalf("no credential %q in the response", name)
+	return nil, nil
 }
