@@ -8,6 +8,7 @@
 //	  select {
 //	    ek_hashes = ["<64 lowercase hex>"] # EK identity hashes (verify.EKHash)
 //	    ek_cas    = ["swtpm"]              # EK CAs configured in the broker
+//	    labels    = { role = "web" }       # nodes whose node block has all of these
 //	  }
 //	  require = [                          # CEL, each must evaluate to true
 //	    "pcrs.sha256[7] == \"3d45...\"",
@@ -37,10 +38,18 @@
 //	  }
 //	}
 //
-// A node is selected by a policy if its EK hash is listed in ek_hashes or
-// its EK certificate chained to a CA named in ek_cas; a policy must select
-// something. Require expressions see the facts listed by FactNames (ek,
-// pcrs, tpm, history, eventlog) and are compiled once, when the document is parsed; each must
+// Operators label nodes in node blocks, in any document of the Set (one
+// block per EK hash across the Set):
+//
+//	node "<64 lowercase hex>" {
+//	  labels = { role = "web", site = "fra1" }
+//	}
+//
+// A node is selected by a policy if its EK hash is listed in ek_hashes, or
+// its EK certificate chained to a CA named in ek_cas, or its labels include
+// every label of select's labels; a policy must select something. Require
+// expressions see the facts listed by FactNames (ek, pcrs, tpm, history,
+// eventlog, node.labels) and are compiled once, when the document is parsed; each must
 // evaluate to a bool. A tls_certificate release's common_name, dns_names
 // and ip_addresses are HCL templates over ek_hash, ek_hash_short (its first
 // 16 hex characters) and ek_ca, rendered for each node; it needs at least

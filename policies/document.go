@@ -16,6 +16,14 @@ import (
 // problem can be reported at its position.
 type documentHCL struct {
 	Policies []policyHCL `hcl:"policy,block"`
+	Nodes    []nodeHCL   `hcl:"node,block"`
+}
+
+// nodeHCL is a node block: labels for one EK.
+type nodeHCL struct {
+	EKHash      string         `hcl:"ek_hash,label"`
+	EKHashRange hcl.Range      `hcl:"ek_hash,label_range"`
+	Labels      *hcl.Attribute `hcl:"labels"`
 }
 
 type policyHCL struct {
@@ -32,6 +40,7 @@ type selectHCL struct {
 	DefRange hcl.Range      `hcl:",def_range"`
 	EKHashes *hcl.Attribute `hcl:"ek_hashes,optional"`
 	EKCAs    *hcl.Attribute `hcl:"ek_cas,optional"`
+	Labels   *hcl.Attribute `hcl:"labels,optional"`
 }
 
 // document is one parsed document: its policies and the digest of its
@@ -39,6 +48,14 @@ type selectHCL struct {
 type document struct {
 	digest   [sha256.Size]byte
 	policies []*policy
+	nodes    []*nodeLabels
+}
+
+// nodeLabels are the labels of one EK, from a node block.
+type nodeLabels struct {
+	ekHash string
+	rng    hcl.Range
+	labels map[string]string
 }
 
 // policy is the parsed form of a policy block.
@@ -47,6 +64,7 @@ type policy struct {
 	nameRange hcl.Range
 	ekHashes  map[string]bool
 	ekCAs     map[string]bool
+	labels    map[string]string // selects nodes carrying all of these
 	requires  []requirement
 	releases  []*release
 	workloads []*workload
@@ -80,8 +98,13 @@ func parseDocument(src []byte, filename string) (*document, hcl.Diagnostics) {
 	for i := range raw.Policies {
 		doc.policies = append(doc.policies, c.policy(&raw.Policies[i]))
 	}
-	if len(raw.Policies) == 0 && !c.diags.HasErrors() {
-		c.errorf(hcl.Range{Filename: filename, Start: hcl.InitialPos}, "document defines no policy")
+	for i := range raw.Nodes {
+		if n := c.node(&raw.Nodes[i]); n != nil {
+			doc.nodes = append(doc.nodes, n)
+		}
+	}
+	if len(raw.Policies) == 0 && len(raw.Nodes) == 0 && !c.diags.HasErrors() {
+		c.errorf(hcl.Range{Filename: filename, Start: hcl.InitialPos}, "document defines no policy and no node")
 	}
 	return doc, c.diags
 }
@@ -145,9 +168,62 @@ func (c *compiler) selector(p *policy, raw *selectHCL, where string) {
 		}
 		p.ekCAs[s] = true
 	}
-	if len(hashes)+len(cas) == 0 {
-		c.errorf(raw.DefRange, "%s: select lists no ek_hashes or ek_cas; a policy must select something", where)
+	p.labels = c.labelMap(raw.Labels, where+": select labels")
+	if len(hashes)+len(cas)+len(p.labels) == 0 {
+		c.errorf(raw.DefRange, "%s: select lists no ek_hashes, ek_cas or labels; a policy must select something", where)
 	}
+}
+
+// node parses a node block: labels for one EK hash.
+func (c *compiler) node(raw *nodeHCL) *nodeLabels {
+	where := fmt.Sprintf("node %q", raw.EKHash)
+	if !isEKHash(raw.EKHash) {
+		c.errorf(raw.EKHashRange, "%s: the label must be an EK hash, 64 lowercase hex characters", where)
+		return nil
+	}
+	labels := c.labelMap(raw.Labels, where+": labels")
+	if labels == nil {
+		return nil
+	}
+	return &nodeLabels{ekHash: raw.EKHash, rng: raw.EKHashRange, labels: labels}
+}
+
+// maxLabels bounds the labels of a node or a selector.
+const maxLabels = 64
+
+// labelMap evaluates a constant map of label names to string values.
+func (c *compiler) labelMap(attr *hcl.Attribute, what string) map[string]string {
+	if attr == nil {
+		return nil
+	}
+	v, diags := attr.Expr.Value(nil)
+	if diags.HasErrors() {
+		c.diags = append(c.diags, diags...)
+		return nil
+	}
+	if v.IsNull() || !(v.Type().IsObjectType() || v.Type().IsMapType()) {
+		c.errorf(attr.Expr.Range(), "%s must be a map of names to strings", what)
+		return nil
+	}
+	out := map[string]string{}
+	for it := v.ElementIterator(); it.Next(); {
+		k, val := it.Element()
+		name := k.AsString()
+		if name == "" || len(name) > 63 {
+			c.errorf(attr.Expr.Range(), "%s: label names must be 1 to 63 characters", what)
+			return nil
+		}
+		if val.IsNull() || val.Type() != cty.String || len(val.AsString()) > 256 {
+			c.errorf(attr.Expr.Range(), "%s: label %q must be a string of at most 256 bytes", what, name)
+			return nil
+		}
+		out[name] = val.AsString()
+	}
+	if len(out) > maxLabels {
+		c.errorf(attr.Expr.Range(), "%s: at most %d labels", what, maxLabels)
+		return nil
+	}
+	return out
 }
 
 func isEKHash(s string) bool {

@@ -52,7 +52,12 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		d.Failures = []string{failNoNode}
 		return d
 	}
-	act, err := cel.NewActivation(Facts(v))
+	facts := Facts(v)
+	labels := s.labels[v.EKHash()]
+	if labels != nil {
+		facts["node"] = map[string]any{"labels": labels}
+	}
+	act, err := cel.NewActivation(facts)
 	if err != nil {
 		d.Failures = []string{fmt.Sprintf("unable to present the node's facts: %v", err)}
 		return d
@@ -60,7 +65,7 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 	tmpl := templateContext(v.EKHash(), v.EKCA())
 	selected := false
 	for _, p := range s.policies {
-		if !p.selects(v) {
+		if !p.selects(v, labels) {
 			continue
 		}
 		selected = true
@@ -84,12 +89,24 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 	return d
 }
 
-func (p *policy) selects(v *verify.Verified) bool {
+// selects reports whether the policy is about the node: its EK hash is
+// listed, or its EK CA is, or it carries every label the selector names.
+func (p *policy) selects(v *verify.Verified, labels map[string]string) bool {
 	if p.ekHashes[v.EKHash()] {
 		return true
 	}
-	ca := v.EKCA()
-	return ca != "" && p.ekCAs[ca]
+	if ca := v.EKCA(); ca != "" && p.ekCAs[ca] {
+		return true
+	}
+	if len(p.labels) == 0 {
+		return false
+	}
+	for k, want := range p.labels {
+		if got, ok := labels[k]; !ok || got != want {
+			return false
+		}
+	}
+	return true
 }
 
 // evaluate runs every condition of a policy that selected the node and

@@ -404,6 +404,10 @@ func TestFacts(t *testing.T) {
 			if _, ok := history[key]; !ok {
 				t.Errorf("fact %s is missing", name)
 			}
+		case "node":
+			if _, ok := f["node"].(map[string]any)[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
 		case "pcrs":
 		default:
 			t.Errorf("fact %s is in no group", name)

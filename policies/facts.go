@@ -44,6 +44,7 @@ var factDocs = []FactDoc{
 	{"eventlog.kernel_cmdline", "string", "the kernel path and command line GRUB booted"},
 	{"eventlog.firmware_version", "string", "the S-CRTM version"},
 	{"eventlog.separators", "list(int)", "PCRs holding a separator event"},
+	{"node.labels", "map(string, string)", "the labels a node block of the policy documents gives this EK; empty if none"},
 }
 
 // FactDoc documents one fact: its name as written in a require expression,
@@ -146,6 +147,7 @@ func Facts(v *verify.Verified) map[string]any {
 	clock := v.Clock()
 	return map[string]any{
 		"eventlog": eventLogFacts(v.EventLog()),
+		"node":     map[string]any{"labels": map[string]string{}},
 		"history":  historyFacts(v.History()),
 		"ek":       ek,
 		"pcrs":     pcrs,
@@ -223,6 +225,8 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 			"TPM counters from the quote: reset_count, restart_count, clock, firmware_version"),
 		cel.VariableWithDoc("history", cel.MapType(cel.StringType, cel.DynType),
 			"the TPM counters compared with the node's last attestation: first_seen, rebooted, resets, restarts"),
+		cel.VariableWithDoc("node", cel.MapType(cel.StringType, cel.DynType),
+			"what the policy documents say about the node: labels"),
 		cel.VariableWithDoc("eventlog", cel.MapType(cel.StringType, cel.DynType),
 			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, grub_commands, kernel_cmdline, firmware_version, separators"),
 	)

@@ -69,7 +69,7 @@ policy "db" {
 		{
 			name:    "no policy",
 			src:     "# nothing here\n",
-			wantErr: `p.hcl:1:1: document defines no policy`,
+			wantErr: `p.hcl:1:1: document defines no policy and no node`,
 		},
 		{
 			name: "unknown attribute and block",
@@ -93,7 +93,7 @@ p.hcl:4:3: unsupported block type: blocks of type "labels" are not expected here
     ek_hashes = []
   }
 }`,
-			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes or ek_cas; a policy must select something`,
+			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes, ek_cas or labels; a policy must select something`,
 		},
 		{
 			name: "bad ek_hashes and ek_cas",
@@ -385,7 +385,7 @@ p.hcl:12:17: policy "db": workload "w": 17 selectors, at most 16 allowed`,
 policy "" {
   select { ek_hashes = ["x"] }
 }`,
-			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes or ek_cas; a policy must select something
+			wantErr: `p.hcl:2:3: policy "web": select lists no ek_hashes, ek_cas or labels; a policy must select something
 p.hcl:3:14: policy "web": require[0] at expression 1:1: undeclared reference to 'nope' (in container '')
 p.hcl:7:13: policy "web": release "tls": pcrs[0] 99 is not a PCR index 0..23
 p.hcl:8:12: policy "web": release "tls": ttl "forever" is not a duration such as "24h"

@@ -17,7 +17,8 @@ import (
 // Set is a loaded, validated group of policy documents. It is immutable and
 // safe for concurrent use.
 type Set struct {
-	policies []*policy // sorted by name
+	policies []*policy                    // sorted by name
+	labels   map[string]map[string]string // EK hash -> labels, from node blocks
 	hash     string
 }
 
@@ -101,7 +102,8 @@ func Load(paths ...string) (*Set, error) {
 // reported along with everything else; the caller discards the Set then.
 func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
-	s := &Set{}
+	s := &Set{labels: map[string]map[string]string{}}
+	nodeAt := map[string]hcl.Range{}
 	var digests [][sha256.Size]byte
 	policyAt := map[string]hcl.Range{}
 	releaseAt := map[string]hcl.Range{}
@@ -109,6 +111,14 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 	var workloads []hcl.Range
 	for _, doc := range docs {
 		digests = append(digests, doc.digest)
+		for _, n := range doc.nodes {
+			if prev, dup := nodeAt[n.ekHash]; dup {
+				diags = append(diags, errorAt(n.rng, "node %q is already labelled at %s", n.ekHash, posString(prev)))
+				continue
+			}
+			nodeAt[n.ekHash] = n.rng
+			s.labels[n.ekHash] = n.labels
+		}
 		for _, p := range doc.policies {
 			if prev, dup := policyAt[p.name]; dup {
 				diags = append(diags, errorAt(p.nameRange, "policy %q is already defined at %s", p.name, posString(prev)))
