@@ -60,7 +60,7 @@ func withHistory(v *verify.Verified, prev *store.Counters) (out *verify.Verified
 		return out, false, err
 	}
 	if !bytes.Equal(prev.AKName, v.AKName()) {
-		out, err = v.WithHistory(nil)
+		out, err = v.WithHistoryAfterAKChange()
 		return out, true, err
 	}
 	out, err = v.WithHistory(&verify.ClockInfo{Clock: prev.Clock, ResetCount: prev.ResetCount, RestartCount: prev.RestartCount})

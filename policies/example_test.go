@@ -103,6 +103,7 @@ func ExampleFactDocs() {
 	}
 	// Output:
 	// history.first_seen (bool)
+	// history.ak_changed (bool)
 	// history.rebooted (bool)
 	// history.resets (int)
 	// history.restarts (int)

@@ -29,6 +29,7 @@ var factDocs = []FactDoc{
 	{"tpm.clock", "int", "milliseconds the TPM has been powered, from the quote"},
 	{"tpm.firmware_version", "int", "TPM firmware version, from the quote"},
 	{"history.first_seen", "bool", "the broker has no earlier attestation of this EK by the same AK to compare with"},
+	{"history.ak_changed", "bool", "the node's previous attestation used another AK (a new AK or a cleared TPM); first_seen is then true too"},
 	{"history.rebooted", "bool", "the TPM was reset (the machine rebooted) since the node's last attestation"},
 	{"history.resets", "int", "by how much tpm.reset_count grew since the last attestation"},
 	{"history.restarts", "int", "TPM restarts and resumes since the last attestation; 0 after a reset"},
@@ -78,6 +79,7 @@ func FactDocs() []FactDoc {
 //	tpm.clock             int, milliseconds
 //	tpm.firmware_version  int
 //	history.first_seen    bool, no earlier attestation of this EK by the same AK to compare with
+//	history.ak_changed    bool, the previous attestation used another AK (first_seen is then true)
 //	history.rebooted      bool, the TPM was reset (machine rebooted) since the last attestation
 //	history.resets        int, by how much tpm.reset_count grew since the last attestation
 //	history.restarts      int, TPM restarts and resumes since the last attestation; 0 after a reset
@@ -168,6 +170,7 @@ func historyFacts(h *verify.History) map[string]any {
 	}
 	return map[string]any{
 		"first_seen": h.FirstSeen,
+		"ak_changed": h.AKChanged,
 		"rebooted":   h.Rebooted,
 		"resets":     int64(h.Resets),
 		"restarts":   int64(h.Restarts),

@@ -6,8 +6,12 @@ import "fmt"
 // node since its previous attestation, as WithHistory found it.
 type History struct {
 	// FirstSeen is true when there was no previous attestation to compare
-	// with; the other fields are then zero.
+	// with; the other fields are then zero, but for AKChanged.
 	FirstSeen bool
+	// AKChanged is true when the node's previous attestation used another
+	// AK, whose counters cannot be compared with this one's (see
+	// WithHistory): a new AK, or a cleared TPM. FirstSeen is then true too.
+	AKChanged bool
 	// Rebooted is true when the TPM was reset (the machine rebooted) since
 	// the previous attestation: its reset count increased.
 	Rebooted bool
@@ -37,11 +41,23 @@ type History struct {
 // or more counts as backwards), and only counts reported with the same AK
 // can be compared: the caller passes nil when the AK changed.
 func (v *Verified) WithHistory(prev *ClockInfo) (*Verified, error) {
+	return v.withHistory(prev, false)
+}
+
+// WithHistoryAfterAKChange is WithHistory for a node whose previous
+// attestation used another AK: nothing can be compared, and the History
+// says so (FirstSeen and AKChanged), so that policies can refuse a node
+// that swapped its AK.
+func (v *Verified) WithHistoryAfterAKChange() (*Verified, error) {
+	return v.withHistory(nil, true)
+}
+
+func (v *Verified) withHistory(prev *ClockInfo, akChanged bool) (*Verified, error) {
 	if v == nil || v.node == nil {
 		return nil, fail(CheckInput, "no verified quote", nil)
 	}
 	cur := v.clock
-	h := &History{}
+	h := &History{AKChanged: akChanged}
 	if prev == nil {
 		h.FirstSeen = true
 	} else {
