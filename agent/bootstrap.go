@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
@@ -65,6 +66,11 @@ type Result struct {
 	NotAfter  time.Time
 	Serial    string
 	Changed   bool // the written set differs from what OutDir held before
+	// NodeSVID is the node's X.509-SVID when the broker released one
+	// (an x509_svid release), else nil. Bootstrap writes no file for it.
+	NodeSVID *NodeSVID
+	// Entries are the workload entries the broker returned.
+	Entries []workload.Entry
 }
 
 // Bootstrap attests the node to the broker and writes the released TLS
@@ -74,45 +80,11 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	if opts.OutDir == "" {
 		return nil, errors.New("no output directory")
 	}
-	progress := opts.Progress
-	if progress == nil {
-		progress = func(Step, time.Duration, string) {}
-	}
-	start := time.Now()
-	lap := func(s Step, detail string) {
-		now := time.Now()
-		progress(s, now.Sub(start), detail)
-		start = now
-	}
-
-	req, err := node.ChallengeRequest()
+	lap := newLap(opts.Progress)
+	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
 	if err != nil {
-		return nil, &StepError{StepChallenge, err}
+		return nil, err
 	}
-	ch, err := broker.Challenge(ctx, req)
-	if err != nil {
-		return nil, &StepError{StepChallenge, rpcError(err)}
-	}
-	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:8]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
-
-	secret, err := node.Activate(ch)
-	if err != nil {
-		return nil, &StepError{StepActivate, err}
-	}
-	defer clear(secret)
-	lap(StepActivate, "credential activated: the AK and EK share this TPM")
-
-	quotes, err := node.Quote(secret)
-	if err != nil {
-		return nil, &StepError{StepQuote, err}
-	}
-	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
-
-	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: opts.EventLog})
-	if err != nil {
-		return nil, &StepError{StepAttest, rpcError(err)}
-	}
-	lap(StepAttest, fmt.Sprintf("receipt %s, %d credential(s)", resp.GetReceiptId(), len(resp.GetCredentials())))
 
 	var tlsCred *pb.TLSCredential
 	var mode pb.ReleaseMode
@@ -141,9 +113,13 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	if err != nil {
 		return nil, &StepError{StepOpen, err}
 	}
+	svid, entries, err := openSPIFFE(node, resp)
+	if err != nil {
+		return nil, &StepError{StepOpen, err}
+	}
 	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
 
-	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber)}
+	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
 	files := []atomicfile.File{
 		{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
 		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
@@ -164,6 +140,54 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	}
 	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
 	return res, nil
+}
+
+// newLap returns a function that reports each finished stage to progress
+// (if set) with the time since the previous one.
+func newLap(progress func(Step, time.Duration, string)) func(Step, string) {
+	if progress == nil {
+		progress = func(Step, time.Duration, string) {}
+	}
+	start := time.Now()
+	return func(s Step, detail string) {
+		now := time.Now()
+		progress(s, now.Sub(start), detail)
+		start = now
+	}
+}
+
+// attest runs the two round trips: challenge, activate, quote, attest. It
+// returns the broker's response, the released credentials still sealed.
+func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog []byte, lap func(Step, string)) (*pb.AttestResponse, error) {
+	req, err := node.ChallengeRequest()
+	if err != nil {
+		return nil, &StepError{StepChallenge, err}
+	}
+	ch, err := broker.Challenge(ctx, req)
+	if err != nil {
+		return nil, &StepError{StepChallenge, rpcError(err)}
+	}
+	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:min(8, len(ch.GetChallengeId()))]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
+
+	secret, err := node.Activate(ch)
+	if err != nil {
+		return nil, &StepError{StepActivate, err}
+	}
+	defer clear(secret)
+	lap(StepActivate, "credential activated: the AK and EK share this TPM")
+
+	quotes, err := node.Quote(secret)
+	if err != nil {
+		return nil, &StepError{StepQuote, err}
+	}
+	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
+
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog})
+	if err != nil {
+		return nil, &StepError{StepAttest, rpcError(err)}
+	}
+	lap(StepAttest, fmt.Sprintf("receipt %s, %d credential(s)", resp.GetReceiptId(), len(resp.GetCredentials())))
+	return resp, nil
 }
 
 func parseLeaf(certPEM []byte) (*x509.Certificate, error) {

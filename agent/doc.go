@@ -8,5 +8,10 @@
 //	node, _ := agent.NewNode(rw, agent.NodeOpts{})
 //	res, err := agent.Bootstrap(ctx, brokerClient, node, agent.BootstrapOpts{OutDir: "/etc/keybroker"})
 //
+// For SPIFFE, Attest opens the node X.509-SVID and workload entries an
+// attestation released; an SVIDManager gets the workload SVIDs with it and
+// keeps them current (Run re-attests at half the node SVID's life), and
+// package workload serves them on the SPIFFE Workload API.
+//
 // The agent never imports broker internals; it speaks only the gRPC API.
 package agent

@@ -52,6 +52,16 @@
 //     a node's stored evidence and shows what a stricter policy would refuse
 //     and why, from the running broker and from a stopped one, and from
 //     evidence exported with `keybroker evidence show`.
+//   - TestSPIFFEOnSWTPM (spiffe_test.go): a broker with a trust domain
+//     releases a node X.509-SVID sealed to PCR 0 and 7 (ttl 8s) and one
+//     workload entry selecting the test process; a CSR for an ID outside
+//     the entries, sent directly with the node SVID, is refused; `keybroker-agent
+//     run` serves go-spiffe the workload X.509- and JWT-SVIDs (verified
+//     against GetBundle's bundle); after PCR 7 changes the re-attestation at
+//     half-life is refused, the agent issues nothing new, and at the node
+//     SVID's expiry an open FetchX509SVID stream and new calls get
+//     PermissionDenied "identity expired"; SIGTERM stops the agent with exit
+//     0 and removes the socket.
 //
 // The interop tests (interop_test.go) check that quotes, AKs and EK
 // certificates produced by tpm2-tools verify with broker/verify, and that

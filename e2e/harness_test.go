@@ -90,6 +90,7 @@ type brokerOpts struct {
 	ekCAs   []ekCA
 	ekAllow []string
 	policy  string // the content of policy.hcl
+	extra   string // appended to broker.hcl, e.g. a spiffe block
 }
 
 // brokerProc is a running `keybroker serve`.
@@ -141,6 +142,7 @@ func startBroker(t *testing.T, opts brokerOpts) *brokerProc {
 		}
 		cfg.WriteString("}\n")
 	}
+	cfg.WriteString(opts.extra)
 	writeFile(t, b.configFile, cfg.String())
 	writeFile(t, b.policyFile, opts.policy)
 

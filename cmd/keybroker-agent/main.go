@@ -22,11 +22,14 @@ const usage = `keybroker-agent: attest this node's TPM to a keybroker broker.
 
 Usage:
   keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR [flags]
+  keybroker-agent run --broker HOST:PORT --ca CA.pem [--workload-socket PATH] [flags]
   keybroker-agent ek-hash [--tpm TPM]
 
 Commands:
   bootstrap   challenge → activate credential → quote → attest → open in the
               TPM → write key.pem (0600), cert.pem, chain.pem atomically
+  run         attest, then serve the SPIFFE Workload API on a unix socket and
+              re-attest at half the node SVID's life, until SIGINT/SIGTERM
   ek-hash     print the EK identity hash the broker trusts (ek_allow, ek_hashes)
 
 Run 'keybroker-agent COMMAND --help' for a command's flags.
@@ -44,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "bootstrap":
 		return bootstrap(args[1:], stdout, stderr)
+	case "run":
+		return runAgent(args[1:], stdout, stderr)
 	case "ek-hash":
 		return ekHash(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -1,0 +1,58 @@
+package agent_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/agent/workload"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// What `keybroker-agent run` does: attest, install the node SVID and
+// workload entries, serve the Workload API, and keep the identities
+// current.
+func ExampleSVIDManager_Run() {
+	ctx := context.Background()
+	caPEM, _ := os.ReadFile("/etc/keybroker/broker-ca.pem")
+	conn, err := agent.Dial("broker.example.com:8443", caPEM, "")
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	rw, err := agent.OpenTPM("/dev/tpmrm0")
+	if err != nil {
+		return
+	}
+	defer rw.Close()
+	node, err := agent.NewNode(rw, agent.NodeOpts{})
+	if err != nil {
+		return
+	}
+	defer node.Close()
+	attest := func(ctx context.Context) (*agent.Attestation, error) {
+		return agent.Attest(ctx, pb.NewBrokerClient(conn), node, agent.AttestOpts{})
+	}
+
+	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: "broker.example.com:8443", CAPEM: caPEM},
+		agent.WithGrace(0), agent.WithRetry(time.Second, time.Minute))
+	if err != nil {
+		return
+	}
+	att, err := attest(ctx)
+	if err != nil {
+		slog.Error("attestation failed", "error", err)
+		return
+	}
+	if err := mgr.Update(ctx, att); err != nil {
+		slog.Warn("some workload SVIDs are not issued yet; Run retries", "error", err)
+	}
+	lis, err := workload.Listen(workload.DefaultSocket)
+	if err != nil {
+		return
+	}
+	go workload.NewServer(mgr).Serve(ctx, lis)
+	mgr.Run(ctx, attest) // until ctx is done
+}

@@ -1,0 +1,607 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/agent/workload"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+// Limits the agent holds the broker to.
+const (
+	MaxWorkloadEntries = 256 // per attestation
+	maxCSRsPerRequest  = 64  // per IssueWorkloadX509SVIDs call
+	maxJWTCache        = 1024
+)
+
+// NodeSVID is the node's X.509-SVID, released by an attestation (an
+// x509_svid release) and opened inside the TPM. The agent authenticates to
+// the broker with it to get workload SVIDs; it is never served to
+// workloads.
+type NodeSVID struct {
+	SVID *x509svid.SVID
+	// Bundle is the trust domain's bundle the broker sent with it.
+	Bundle *spiffebundle.Bundle
+	Mode   pb.ReleaseMode
+}
+
+// Attestation is what one attestation released for the Workload API.
+type Attestation struct {
+	ReceiptID string
+	NodeSVID  *NodeSVID
+	Entries   []workload.Entry
+}
+
+// AttestOpts tune Attest.
+type AttestOpts struct {
+	// Progress, if set, is called after each stage with its duration.
+	Progress func(step Step, took time.Duration, detail string)
+	// EventLog is the TCG binary event log sent with the quotes (see
+	// ReadEventLog). Nil sends none.
+	EventLog []byte
+}
+
+// Attest attests the node to the broker, as Bootstrap does, and opens the
+// node X.509-SVID the broker released, with the workload entries this node
+// may hand out. Other credentials are left sealed and no file is written.
+// On failure it returns a *StepError naming the stage.
+func Attest(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
+	lap := newLap(opts.Progress)
+	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
+	if err != nil {
+		return nil, err
+	}
+	svid, entries, err := openSPIFFE(node, resp)
+	if err != nil {
+		return nil, &StepError{StepOpen, err}
+	}
+	if svid == nil {
+		return nil, &StepError{StepOpen, errors.New("the broker released no X.509-SVID (no x509_svid release in the policies that allow this node)")}
+	}
+	lap(StepOpen, fmt.Sprintf("node SVID %s opened inside the TPM (%s), valid until %s; workload entries: %d",
+		svid.SVID.ID, svid.Mode, svid.SVID.Certificates[0].NotAfter.UTC().Format(time.RFC3339), len(entries)))
+	return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries}, nil
+}
+
+// openSPIFFE opens the first X509_SVID credential of resp (nil if there is
+// none) and converts the workload entries, which must belong to its trust
+// domain.
+func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entry, error) {
+	var svid *NodeSVID
+	for _, c := range resp.GetCredentials() {
+		if c.GetType() != pb.CredentialType_X509_SVID {
+			continue
+		}
+		payload, err := node.Open(c)
+		if err != nil {
+			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
+			}
+			return nil, nil, err
+		}
+		svid, err = parseNodeSVID(payload)
+		clear(payload)
+		if err != nil {
+			return nil, nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
+		}
+		svid.Mode = c.GetMode()
+		break
+	}
+	var td spiffeid.TrustDomain
+	if svid != nil {
+		td = svid.SVID.ID.TrustDomain()
+	}
+	entries, err := entriesFromProto(td, resp.GetWorkloadEntries())
+	if err != nil {
+		return nil, nil, err
+	}
+	return svid, entries, nil
+}
+
+// parseNodeSVID decodes an X509SVIDCredential payload and checks that the
+// SVID names the ID it claims, matches its key and chains to the bundle.
+func parseNodeSVID(payload []byte) (*NodeSVID, error) {
+	var cred pb.X509SVIDCredential
+	if err := proto.Unmarshal(payload, &cred); err != nil {
+		return nil, fmt.Errorf("malformed payload: %w", err)
+	}
+	defer clear(cred.KeyPem)
+	svid, err := x509svid.Parse(cred.GetCertificatesPem(), cred.GetKeyPem())
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse the node X.509-SVID: %w", err)
+	}
+	if svid.ID.String() != cred.GetSpiffeId() {
+		return nil, fmt.Errorf("the node X.509-SVID names %s, the credential %q", svid.ID, cred.GetSpiffeId())
+	}
+	bundle, err := spiffebundle.Parse(svid.ID.TrustDomain(), cred.GetSpiffeBundle())
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse the trust domain bundle: %w", err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+		return nil, fmt.Errorf("the node X.509-SVID does not verify against its bundle: %w", err)
+	}
+	return &NodeSVID{SVID: svid, Bundle: bundle}, nil
+}
+
+// entriesFromProto converts and validates workload entries. With a
+// non-zero td every entry's ID must be in it. Any invalid entry fails all:
+// the broker validates them, so one that is not valid means something is
+// wrong between it and the agent.
+func entriesFromProto(td spiffeid.TrustDomain, in []*pb.WorkloadEntry) ([]workload.Entry, error) {
+	if len(in) > MaxWorkloadEntries {
+		return nil, fmt.Errorf("%d workload entries, at most %d allowed", len(in), MaxWorkloadEntries)
+	}
+	var out []workload.Entry
+	var errs []error
+	for _, e := range in {
+		id, err := spiffeid.FromString(e.GetSpiffeId())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("workload entry %q: invalid SPIFFE ID %q: %w", e.GetName(), e.GetSpiffeId(), err))
+			continue
+		}
+		if !td.IsZero() && !id.MemberOf(td) {
+			errs = append(errs, fmt.Errorf("workload entry %q: %s is not in trust domain %s", e.GetName(), id, td.Name()))
+			continue
+		}
+		we := workload.Entry{Name: e.GetName(), ID: id, TTL: time.Duration(e.GetTtlSeconds()) * time.Second}
+		for _, s := range e.GetSelectors() {
+			we.Selectors = append(we.Selectors, workload.Selector{Type: s.GetType(), Value: s.GetValue()})
+		}
+		if err := we.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("workload %w", err))
+			continue
+		}
+		out = append(out, we)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// BrokerTarget is where the agent gets workload SVIDs: the broker, over
+// mutual TLS with the node X.509-SVID as client certificate, the broker's
+// certificate verified against CAPEM (as for attestation).
+type BrokerTarget struct {
+	Addr  string // HOST:PORT
+	CAPEM []byte // the broker's CA bundle, pinned
+	// ServerName is checked in the broker's certificate; empty means the
+	// host part of Addr.
+	ServerName string
+}
+
+// SVIDManager holds the node's SPIFFE identity and hands it to the Workload
+// API (it is a workload.Source): the node X.509-SVID and workload entries
+// of the last attestation, and for each entry's SPIFFE ID a key generated
+// here (ECDSA P-256, never leaving the agent but to the workloads) with its
+// X.509-SVID from the broker, renewed at half its life. JWT-SVIDs are
+// fetched from the broker on demand and cached until half their life.
+//
+// Run keeps it current: it re-attests at half the node SVID's life and
+// rotates the workload SVIDs. After a failed re-attestation nothing new is
+// issued until one succeeds; the identities lapse when the node SVID
+// expires (plus WithGrace).
+type SVIDManager struct {
+	addr       string
+	pool       *x509.CertPool
+	serverName string
+	log        *slog.Logger
+	grace      time.Duration
+	retryMin   time.Duration
+	retryMax   time.Duration
+
+	mu        sync.Mutex
+	node      *NodeSVID
+	nodeAt    time.Time // when node was installed
+	entries   []workload.Entry
+	bundle    *spiffebundle.Bundle
+	svids     map[spiffeid.ID]issuedSVID
+	jwts      map[jwtKey]cachedJWT
+	suspended bool // the last re-attestation failed
+	lapsed    bool // the identities were dropped at lapse
+	snap      *workload.Snapshot
+	changed   chan struct{}
+}
+
+type issuedSVID struct {
+	svid *x509svid.SVID
+	at   time.Time // when the agent got it
+}
+
+// renewAt is half-way from when the agent got a certificate to its expiry
+// (not from NotBefore, which the broker backdates).
+func renewAt(at, notAfter time.Time) time.Time { return at.Add(notAfter.Sub(at) / 2) }
+
+type jwtKey struct {
+	id       spiffeid.ID
+	audience string // sorted, NUL-separated
+}
+
+type cachedJWT struct {
+	svid      *jwtsvid.SVID
+	refreshAt time.Time
+}
+
+// SVIDOption configures an SVIDManager.
+type SVIDOption func(*SVIDManager)
+
+// WithGrace keeps serving the workload SVIDs already issued for up to d
+// after the node SVID expired (never beyond each SVID's own expiry).
+// Default 0: the identities lapse with the node SVID.
+func WithGrace(d time.Duration) SVIDOption { return func(m *SVIDManager) { m.grace = d } }
+
+// WithSVIDLogger sets where the manager logs renewals and failures.
+// Default: slog.Default().
+func WithSVIDLogger(l *slog.Logger) SVIDOption { return func(m *SVIDManager) { m.log = l } }
+
+// WithRetry sets the backoff after a failed re-attestation or rotation:
+// first retry after min, doubling up to max. Default 1s and 1m.
+func WithRetry(min, max time.Duration) SVIDOption {
+	return func(m *SVIDManager) { m.retryMin, m.retryMax = min, max }
+}
+
+// NewSVIDManager returns a manager that gets workload SVIDs from target.
+// It holds nothing until Update.
+func NewSVIDManager(target BrokerTarget, opts ...SVIDOption) (*SVIDManager, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(target.CAPEM) {
+		return nil, errors.New("the broker CA bundle holds no PEM certificate")
+	}
+	serverName := target.ServerName
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(target.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("broker address %q: %w", target.Addr, err)
+		}
+		serverName = host
+	}
+	m := &SVIDManager{
+		addr: target.Addr, pool: pool, serverName: serverName,
+		log: slog.Default(), retryMin: time.Second, retryMax: time.Minute,
+		svids: map[spiffeid.ID]issuedSVID{}, jwts: map[jwtKey]cachedJWT{},
+		changed: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	if m.retryMin <= 0 || m.retryMax < m.retryMin {
+		return nil, fmt.Errorf("invalid retry backoff %v..%v", m.retryMin, m.retryMax)
+	}
+	if m.grace < 0 {
+		return nil, fmt.Errorf("grace %v is negative", m.grace)
+	}
+	return m, nil
+}
+
+// Snapshot implements workload.Source.
+func (m *SVIDManager) Snapshot() (*workload.Snapshot, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap, m.changed
+}
+
+// publishLocked makes the current state the snapshot and wakes the
+// Workload API streams.
+func (m *SVIDManager) publishLocked() {
+	snap := &workload.Snapshot{
+		Entries:   slices.Clone(m.entries),
+		X509SVIDs: make(map[spiffeid.ID]*x509svid.SVID, len(m.svids)),
+		Bundle:    m.bundle.Clone(),
+		Lapse:     m.lapseLocked(),
+	}
+	for id, s := range m.svids {
+		snap.X509SVIDs[id] = s.svid
+	}
+	m.snap = snap
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// lapseLocked is when the node's identity ends.
+func (m *SVIDManager) lapseLocked() time.Time {
+	return m.node.SVID.Certificates[0].NotAfter.Add(m.grace)
+}
+
+// Update installs what an attestation released: the node SVID (and its
+// bundle) and entries replace the previous ones, the SVIDs of IDs no longer
+// in the entries are dropped, and a new X.509-SVID is requested for every
+// entry's ID. An error means some workload SVIDs could not be issued; the
+// node SVID and entries are installed regardless (Run retries).
+func (m *SVIDManager) Update(ctx context.Context, att *Attestation) error {
+	if att == nil || att.NodeSVID == nil {
+		return errors.New("the attestation released no node X.509-SVID")
+	}
+	m.mu.Lock()
+	m.node, m.nodeAt = att.NodeSVID, time.Now()
+	m.entries = slices.Clone(att.Entries)
+	m.bundle = att.NodeSVID.Bundle.Clone()
+	m.suspended, m.lapsed = false, false
+	ids := m.entryIDsLocked()
+	for id := range m.svids {
+		if !slices.Contains(ids, id) {
+			delete(m.svids, id)
+		}
+	}
+	for k := range m.jwts {
+		if !slices.Contains(ids, k.id) {
+			delete(m.jwts, k)
+		}
+	}
+	m.publishLocked()
+	m.mu.Unlock()
+	return m.rotate(ctx, ids)
+}
+
+// entryIDsLocked lists the distinct SPIFFE IDs of the entries, in order.
+func (m *SVIDManager) entryIDsLocked() []spiffeid.ID {
+	var ids []spiffeid.ID
+	for _, e := range m.entries {
+		if !slices.Contains(ids, e.ID) {
+			ids = append(ids, e.ID)
+		}
+	}
+	return ids
+}
+
+// errSuspended refuses new SVIDs after a failed re-attestation.
+var errSuspended = errors.New("the last re-attestation failed: no new SVID until the node attests again")
+
+// rotate gets new X.509-SVIDs for ids with fresh keys, refreshing the
+// bundle first, and publishes those it got.
+func (m *SVIDManager) rotate(ctx context.Context, ids []spiffeid.ID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	m.mu.Lock()
+	node, bundle, suspended := m.node, m.bundle, m.suspended
+	m.mu.Unlock()
+	if suspended {
+		return errSuspended
+	}
+	client, done, err := m.client(node)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if b, err := fetchBundle(ctx, client, bundle.TrustDomain()); err != nil {
+		m.log.Warn("unable to refresh the trust domain bundle; keeping the one from the attestation", "error", err)
+	} else {
+		bundle = b
+	}
+	issued, err := issueX509SVIDs(ctx, client, bundle, ids)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.node != node {
+		// A newer attestation replaced the node SVID meanwhile; it
+		// requested its own SVIDs.
+		return err
+	}
+	if !m.bundle.Equal(bundle) {
+		m.bundle = bundle
+	}
+	current := m.entryIDsLocked()
+	for id, s := range issued {
+		if slices.Contains(current, id) {
+			m.svids[id] = s
+			m.log.Info("workload X.509-SVID issued", "spiffe_id", id.String(), "serial", fmt.Sprintf("%x", s.svid.Certificates[0].SerialNumber), "expires", s.svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	if len(issued) > 0 || !m.snap.Bundle.Equal(m.bundle) {
+		m.publishLocked()
+	}
+	return err
+}
+
+// client connects to the broker authenticated with node's X.509-SVID.
+func (m *SVIDManager) client(node *NodeSVID) (pb.BrokerClient, func(), error) {
+	cert := tls.Certificate{PrivateKey: node.SVID.PrivateKey, Leaf: node.SVID.Certificates[0]}
+	for _, c := range node.SVID.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	creds := credentials.NewTLS(&tls.Config{
+		RootCAs:      m.pool,
+		ServerName:   m.serverName,
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+	})
+	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, nil, fmt.Errorf("unable to set up a connection to %s: %w", m.addr, err)
+	}
+	return pb.NewBrokerClient(conn), func() { conn.Close() }, nil
+}
+
+// fetchBundle asks the broker for the trust domain's current bundle.
+func fetchBundle(ctx context.Context, client pb.BrokerClient, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	resp, err := client.GetBundle(ctx, &pb.GetBundleRequest{})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	if got := resp.GetTrustDomain(); got != td.Name() && got != td.IDString() {
+		return nil, fmt.Errorf("the broker's bundle is for trust domain %q, not %s", got, td.Name())
+	}
+	b, err := spiffebundle.Parse(td, resp.GetSpiffeBundle())
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse the broker's bundle: %w", err)
+	}
+	if len(b.X509Authorities()) == 0 {
+		return nil, errors.New("the broker's bundle holds no X.509 authority")
+	}
+	return b, nil
+}
+
+// issueX509SVIDs generates a P-256 key and a CSR naming exactly the ID for
+// each of ids, has the broker sign them and checks what comes back: one
+// SVID per ID, for its key, chaining to bundle. It returns those that
+// passed, and an error naming any that did not.
+func issueX509SVIDs(ctx context.Context, client pb.BrokerClient, bundle *spiffebundle.Bundle, ids []spiffeid.ID) (map[spiffeid.ID]issuedSVID, error) {
+	out := map[spiffeid.ID]issuedSVID{}
+	var errs []error
+	for batch := range slices.Chunk(ids, maxCSRsPerRequest) {
+		keys := map[string]*ecdsa.PrivateKey{}
+		req := &pb.IssueWorkloadX509SVIDsRequest{}
+		for _, id := range batch {
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return out, fmt.Errorf("unable to generate a workload key: %w", err)
+			}
+			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+			if err != nil {
+				return out, fmt.Errorf("unable to create a CSR for %s: %w", id, err)
+			}
+			keys[id.String()] = key
+			req.Csrs = append(req.Csrs, &pb.WorkloadCSR{SpiffeId: id.String(), Csr: csr})
+		}
+		resp, err := client.IssueWorkloadX509SVIDs(ctx, req)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("IssueWorkloadX509SVIDs: %w", rpcError(err)))
+			continue
+		}
+		at := time.Now()
+		for _, s := range resp.GetSvids() {
+			key, ok := keys[s.GetSpiffeId()]
+			if !ok {
+				errs = append(errs, fmt.Errorf("the broker returned an SVID for %q, which was not requested (or twice)", s.GetSpiffeId()))
+				continue
+			}
+			delete(keys, s.GetSpiffeId())
+			svid, err := workloadSVID(s, key, bundle)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out[svid.ID] = issuedSVID{svid: svid, at: at}
+		}
+		for id := range keys {
+			errs = append(errs, fmt.Errorf("the broker returned no SVID for %s", id))
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// workloadSVID checks one issued SVID against the key the agent made for it
+// and the bundle.
+func workloadSVID(s *pb.WorkloadX509SVID, key *ecdsa.PrivateKey, bundle *spiffebundle.Bundle) (*x509svid.SVID, error) {
+	var certs []*x509.Certificate
+	for _, der := range s.GetCertChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("SVID for %s: unable to parse certificate: %w", s.GetSpiffeId(), err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("SVID for %s: no certificate", s.GetSpiffeId())
+	}
+	if !key.PublicKey.Equal(certs[0].PublicKey) {
+		return nil, fmt.Errorf("SVID for %s: not for the key the agent sent", s.GetSpiffeId())
+	}
+	id, _, err := x509svid.Verify(certs, bundle)
+	if err != nil {
+		return nil, fmt.Errorf("SVID for %s: %w", s.GetSpiffeId(), err)
+	}
+	if id.String() != s.GetSpiffeId() {
+		return nil, fmt.Errorf("SVID for %s names %s", s.GetSpiffeId(), id)
+	}
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
+}
+
+// FetchJWTSVID implements workload.Source: a cached JWT-SVID for id and
+// audience until half its life, else a new one from the broker. After a
+// failed re-attestation only cached, unexpired tokens are returned.
+func (m *SVIDManager) FetchJWTSVID(ctx context.Context, id spiffeid.ID, audience []string) (*jwtsvid.SVID, error) {
+	sorted := slices.Clone(audience)
+	slices.Sort(sorted)
+	key := jwtKey{id: id, audience: strings.Join(sorted, "\x00")}
+	now := time.Now()
+
+	m.mu.Lock()
+	if m.node == nil {
+		m.mu.Unlock()
+		return nil, errors.New("the agent holds no identity yet")
+	}
+	if !now.Before(m.lapseLocked()) {
+		m.mu.Unlock()
+		return nil, workload.ErrExpired
+	}
+	if !slices.Contains(m.entryIDsLocked(), id) {
+		m.mu.Unlock()
+		return nil, workload.ErrNoIdentity
+	}
+	c, cached := m.jwts[key]
+	if cached && now.Before(c.refreshAt) {
+		m.mu.Unlock()
+		return c.svid, nil
+	}
+	if m.suspended {
+		m.mu.Unlock()
+		if cached && now.Before(c.svid.Expiry) {
+			return c.svid, nil
+		}
+		return nil, errSuspended
+	}
+	node, bundle := m.node, m.bundle
+	m.mu.Unlock()
+
+	client, done, err := m.client(node)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	resp, err := client.IssueWorkloadJWTSVID(ctx, &pb.IssueWorkloadJWTSVIDRequest{SpiffeId: id.String(), Audience: audience})
+	if err != nil {
+		return nil, fmt.Errorf("IssueWorkloadJWTSVID: %w", rpcError(err))
+	}
+	svid, err := jwtsvid.ParseAndValidate(resp.GetToken(), bundle, audience)
+	if err != nil {
+		return nil, fmt.Errorf("the broker's JWT-SVID for %s does not validate: %w", id, err)
+	}
+	if svid.ID != id {
+		return nil, fmt.Errorf("the broker's JWT-SVID for %s names %s", id, svid.ID)
+	}
+	for _, a := range audience {
+		if !slices.Contains(svid.Audience, a) {
+			return nil, fmt.Errorf("the broker's JWT-SVID for %s lacks audience %q", id, a)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.jwts) >= maxJWTCache {
+		for k, c := range m.jwts {
+			if !now.Before(c.svid.Expiry) {
+				delete(m.jwts, k)
+			}
+		}
+		if len(m.jwts) >= maxJWTCache {
+			clear(m.jwts)
+		}
+	}
+	if m.node == node {
+		m.jwts[key] = cachedJWT{svid: svid, refreshAt: renewAt(now, svid.Expiry)}
+	}
+	return svid, nil
+}

@@ -1,0 +1,34 @@
+// Package workload is the agent's SPIFFE Workload API: a gRPC server on a
+// unix socket that hands local processes the X.509- and JWT-SVIDs of the
+// workload entries they match, and the trust domain's bundles.
+//
+//	lis, err := workload.Listen(workload.DefaultSocket)   // dir 0755, socket 0777
+//	srv := workload.NewServer(source, workload.WithLogger(log))
+//	err = srv.Serve(ctx, lis)
+//
+// Workloads use any SPIFFE Workload API client, e.g. go-spiffe's
+// workloadapi, with SPIFFE_ENDPOINT_SOCKET=unix:///run/keybroker/agent.sock.
+//
+// # Who gets what
+//
+// Every call must carry the gRPC metadata workload.spiffe.io: true
+// (InvalidArgument otherwise). The caller is then attested from the
+// socket's peer credentials: the kernel's SO_PEERCRED gives its uid, gid
+// and pid when it connected, and /proc/<pid>/exe its executable, read and
+// hashed (SHA-256, cached by device, inode, size, mtime and ctime) at each
+// call. A call whose pid now belongs to another process than the one that
+// connected (a different start time) is refused. The caller's selectors are
+// unix:uid:<n>, unix:gid:<n> (primary group), unix:path:<executable> and
+// unix:sha256:<hex>; an entry matches when all of its selectors are among
+// them. A caller that matches no entry gets PermissionDenied "no identity
+// issued"; once the node's identity lapsed (its X.509-SVID expired, plus
+// the agent's grace), SVID calls get PermissionDenied "identity expired".
+//
+// The socket is world-connectable (0777 in a 0755 directory) on purpose:
+// identity comes from attestation, never from who can open the socket.
+// Run the agent as root so that it can read every caller's executable; a
+// caller whose executable it cannot read is attested by uid and gid only.
+//
+// The server holds no identities itself: a Source (the agent's SVID
+// manager) supplies snapshots and JWT-SVIDs.
+package workload
