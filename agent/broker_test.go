@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -74,12 +75,18 @@ spiffe {
 		t.Fatalf("attestation: %d entries, node SVID %s", len(att.Entries), att.NodeSVID.Mode)
 	}
 	log, _ := testLogger(t)
-	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: r.Addr(), CAPEM: r.CA.BundlePEM()}, agent.WithSVIDLogger(log))
+	bundleFile := filepath.Join(t.TempDir(), "bundle.jwks")
+	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: r.Addr(), CAPEM: r.CA.BundlePEM()}, agent.WithSVIDLogger(log), agent.WithBundleFile(bundleFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := mgr.Update(ctx, att); err != nil {
 		t.Fatalf("Update: %v", err)
+	}
+	// The bundle file holds the broker's bundle.
+	written, err := spiffebundle.Load(r.SPIFFE.TrustDomain(), bundleFile)
+	if err != nil || !written.Equal(r.SPIFFE.Bundle()) {
+		t.Fatalf("bundle file = %v, %v; want the broker's bundle", written, err)
 	}
 	socket := filepath.Join(openDir(t), "agent.sock")
 	lis, err := workload.Listen(socket)

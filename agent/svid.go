@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent/workload"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
 )
@@ -212,6 +213,7 @@ type SVIDManager struct {
 	grace      time.Duration
 	retryMin   time.Duration
 	retryMax   time.Duration
+	bundleFile string
 
 	mu        sync.Mutex
 	node      *NodeSVID
@@ -247,6 +249,11 @@ type cachedJWT struct {
 
 // SVIDOption configures an SVIDManager.
 type SVIDOption func(*SVIDManager)
+
+// WithBundleFile writes the trust domain's SPIFFE bundle (JWKS) to path,
+// atomically and mode 0644, whenever it changes, for software that reads
+// trust bundles from files rather than from the Workload API.
+func WithBundleFile(path string) SVIDOption { return func(m *SVIDManager) { m.bundleFile = path } }
 
 // WithGrace keeps serving the workload SVIDs already issued for up to d
 // after the node SVID expired (never beyond each SVID's own expiry).
@@ -315,9 +322,27 @@ func (m *SVIDManager) publishLocked() {
 	for id, s := range m.svids {
 		snap.X509SVIDs[id] = s.svid
 	}
+	if m.bundleFile != "" && snap.Bundle != nil && (m.snap == nil || m.snap.Bundle == nil || !m.snap.Bundle.Equal(snap.Bundle)) {
+		m.writeBundle(snap.Bundle)
+	}
 	m.snap = snap
 	close(m.changed)
 	m.changed = make(chan struct{})
+}
+
+// writeBundle writes the bundle file; a failure is logged, not fatal: the
+// Workload API keeps serving the bundle.
+func (m *SVIDManager) writeBundle(b *spiffebundle.Bundle) {
+	if b == nil {
+		return
+	}
+	jwks, err := b.Marshal()
+	if err == nil {
+		err = atomicfile.Write(m.bundleFile, jwks, 0o644)
+	}
+	if err != nil {
+		m.log.Error("unable to write the SPIFFE bundle file", "path", m.bundleFile, "error", err)
+	}
 }
 
 // lapseLocked is when the node's identity ends.

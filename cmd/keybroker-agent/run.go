@@ -28,6 +28,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	caFile := fs.String("ca", "", "PEM file with the broker's CA bundle, pinned for TLS (required)")
 	serverName := fs.String("server-name", "", "name to verify in the broker's certificate (default: the host in --broker)")
 	socket := fs.String("workload-socket", workload.DefaultSocket, "unix socket for the SPIFFE Workload API (absolute; directory created 0755, socket 0777); workloads set SPIFFE_ENDPOINT_SOCKET=unix://PATH")
+	bundleOut := fs.String("bundle-out", "", "also write the trust domain's SPIFFE bundle (JWKS) to this file, atomically, whenever it changes")
 	grace := fs.Duration("grace", 0, "keep serving the workload SVIDs already issued for this long after the node SVID expired without a successful re-attestation (never beyond each SVID's own expiry)")
 	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
 	eventLog := fs.String("event-log", "auto", "TCG binary event log to send with each attestation: auto (the kernel's, if present), none, or a file")
@@ -81,7 +82,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: *brokerAddr, CAPEM: caPEM, ServerName: *serverName},
-		agent.WithGrace(*grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, *retryMax))
+		agent.WithGrace(*grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, *retryMax), agent.WithBundleFile(*bundleOut))
 	if err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
