@@ -358,20 +358,7 @@ func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	if ekHash == "" || len(ekHash) > maxEKHashLength {
 		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
 	}
-	var n NodeRecord
-	err := b.db.View(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketNodes)
-		if bk == nil {
-			return ErrNotFound // a store written before node records existed
-		}
-		v := bk.Get([]byte(ekHash))
-		if v == nil {
-			return ErrNotFound
-		}
-		var err error
-		n, err = decodeNode(ekHash, v)
-		return err
-	})
+	n, err := getRecord(b.db, bucketNodes, ekHash, decodeNode)
 	if err != nil {
 		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
 	}
@@ -383,17 +370,12 @@ func (b *Bolt) ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord,
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("unable to list node records: %w", err)
 	}
-	limit := opts.Limit
-	switch {
-	case limit < 0:
-		return nil, errors.New("unable to list node records: limit cannot be negative")
-	case limit == 0:
-		limit = DefaultListLimit
-	case limit > MaxListLimit:
-		limit = MaxListLimit
+	limit, err := listLimit(opts.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("unable to list node records: %w", err)
 	}
 	var out []NodeRecord
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err = b.db.View(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketNodes)
 		if bk == nil {
 			return nil
@@ -561,20 +543,7 @@ func (b *Bolt) GetReceipt(ctx context.Context, id string) (Receipt, error) {
 	if validateID(id) != nil {
 		return Receipt{}, fmt.Errorf("unable to get receipt: %w", ErrNotFound)
 	}
-	var r Receipt
-	err := b.db.View(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketReceipts)
-		if bk == nil {
-			return ErrNotFound
-		}
-		v := bk.Get([]byte(id))
-		if v == nil {
-			return ErrNotFound
-		}
-		var err error
-		r, err = decodeReceipt(id, v)
-		return err
-	})
+	r, err := getRecord(b.db, bucketReceipts, id, decodeReceipt)
 	if err != nil {
 		return Receipt{}, fmt.Errorf("unable to get receipt: %w", err)
 	}
@@ -586,17 +555,12 @@ func (b *Bolt) ListReceipts(ctx context.Context, opts ListOpts) ([]Receipt, erro
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("unable to list receipts: %w", err)
 	}
-	limit := opts.Limit
-	switch {
-	case limit < 0:
-		return nil, errors.New("unable to list receipts: limit cannot be negative")
-	case limit == 0:
-		limit = DefaultListLimit
-	case limit > MaxListLimit:
-		limit = MaxListLimit
+	limit, err := listLimit(opts.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("unable to list receipts: %w", err)
 	}
 	var out []Receipt
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err = b.db.View(func(tx *bolt.Tx) error {
 		receipts := tx.Bucket(bucketReceipts)
 		if receipts == nil {
 			return nil
@@ -726,4 +690,38 @@ func decodeReceipt(id string, v []byte) (Receipt, error) {
 		return Receipt{}, fmt.Errorf("unable to decode receipt %s: %w", id, err)
 	}
 	return r, nil
+}
+
+// getRecord reads and decodes the value at key in bucket; ErrNotFound when
+// the bucket (a store written before it existed) or the key is missing.
+func getRecord[T any](db *bolt.DB, bucket []byte, key string, decode func(string, []byte) (T, error)) (T, error) {
+	var out T
+	err := db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucket)
+		if bk == nil {
+			return ErrNotFound
+		}
+		v := bk.Get([]byte(key))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		out, err = decode(key, v)
+		return err
+	})
+	return out, err
+}
+
+// listLimit applies the list limits: 0 means DefaultListLimit, more than
+// MaxListLimit is lowered to it, a negative limit is an error.
+func listLimit(limit int) (int, error) {
+	switch {
+	case limit < 0:
+		return 0, errors.New("limit cannot be negative")
+	case limit == 0:
+		return DefaultListLimit, nil
+	case limit > MaxListLimit:
+		return MaxListLimit, nil
+	}
+	return limit, nil
 }
