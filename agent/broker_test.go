@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -15,7 +14,6 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/agent/workload"
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/brokertest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -39,26 +37,7 @@ func TestWithTheBroker(t *testing.T) {
     ttl       = "10m"
   }
 `, webID, uid, dbID, uid, path, sum)})
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(env.PolicySource), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := broker.ParseConfig([]byte(`listen = "127.0.0.1:0"
-data_dir = "data"
-policies = ["p.hcl"]
-policy_poll_interval = "0"
-ek_allow = ["`+env.EKHash+`"]
-spiffe {
-  trust_domain = "example.org"
-}`), filepath.Join(dir, "broker.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := broker.Start(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Stop)
+	r := brokertest.Start(t, brokertest.StartOpts{Policy: env.PolicySource, EKHashes: []string{env.EKHash}, TrustDomain: "example.org"})
 	conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")
 	if err != nil {
 		t.Fatal(err)

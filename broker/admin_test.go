@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/brokertest"
 	"github.com/keybroker/keybroker/internal/tpmtest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -28,33 +28,17 @@ func TestAdminNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	policy := `policy "p" {
+	r := brokertest.Start(t, brokertest.StartOpts{EKHashes: []string{ekHash}, Policy: `policy "p" {
   select { ek_hashes = ["` + ekHash + `"] }
   require = ["!history.rebooted"]
   release "r" {
     type = "tls_certificate"
     common_name = "x"
   }
-}`
-	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(policy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := broker.ParseConfig([]byte(`listen = "127.0.0.1:0"
-data_dir = "data"
-policies = ["p.hcl"]
-ek_allow = ["`+ekHash+`"]`), filepath.Join(dir, "broker.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := broker.Start(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Stop()
+}`})
 	ctx := context.Background()
 
-	if ns, err := broker.ListNodes(ctx, cfg.DataDir, store.ListNodesOpts{}); err != nil || len(ns) != 0 {
+	if ns, err := broker.ListNodes(ctx, r.DataDir(), store.ListNodesOpts{}); err != nil || len(ns) != 0 {
 		t.Fatalf("ListNodes before any attestation = %v, %v; want none", ns, err)
 	}
 	req, err := node.ChallengeRequest()
@@ -80,14 +64,14 @@ ek_allow = ["`+ekHash+`"]`), filepath.Join(dir, "broker.hcl"))
 
 	read := func(t *testing.T, how string) string {
 		t.Helper()
-		ns, err := broker.ListNodes(ctx, cfg.DataDir, store.ListNodesOpts{})
+		ns, err := broker.ListNodes(ctx, r.DataDir(), store.ListNodesOpts{})
 		if err != nil {
 			t.Fatalf("ListNodes %s: %v", how, err)
 		}
 		if len(ns) != 1 || ns[0].EKHash != ekHash || ns[0].LastReceiptID != resp.GetReceiptId() || len(ns[0].Evidence.Quotes) == 0 {
 			t.Fatalf("ListNodes %s = %d records; want the node's, with receipt %s and its evidence", how, len(ns), resp.GetReceiptId())
 		}
-		n, err := broker.GetNode(ctx, cfg.DataDir, ekHash)
+		n, err := broker.GetNode(ctx, r.DataDir(), ekHash)
 		if err != nil {
 			t.Fatalf("GetNode %s: %v", how, err)
 		}
@@ -96,13 +80,13 @@ ek_allow = ["`+ekHash+`"]`), filepath.Join(dir, "broker.hcl"))
 		if string(one) != string(listed) {
 			t.Errorf("GetNode %s differs from ListNodes", how)
 		}
-		if _, err := broker.GetNode(ctx, cfg.DataDir, "0123"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := broker.GetNode(ctx, r.DataDir(), "0123"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an unknown node: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := broker.GetNode(ctx, cfg.DataDir, ""); !errors.Is(err, store.ErrNotFound) {
+		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an empty hash: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := broker.Reverify(n.Evidence, cfg.Trust, cfg.AllowSHA1); err != nil {
+		if _, err := broker.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, false); err != nil {
 			t.Errorf("Reverify of the evidence read %s: %v", how, err)
 		}
 		return string(one)

@@ -42,6 +42,7 @@ type Running struct {
 	// SPIFFE is the trust domain's authority, nil without a spiffe block.
 	SPIFFE *issue.SPIFFE
 
+	dataDir  string
 	lis      net.Listener
 	grpc     *grpc.Server
 	admin    *http.Server
@@ -157,7 +158,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	reflection.Register(g)
 
 	reloader.install = srv.SetPolicies
-	r := &Running{Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
+	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log) })
@@ -168,6 +169,9 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name())
 	return r, nil
 }
+
+// DataDir returns the broker's data directory.
+func (r *Running) DataDir() string { return r.dataDir }
 
 // Addr returns the listening address.
 func (r *Running) Addr() string { return r.lis.Addr().String() }

@@ -29,30 +29,11 @@ import (
 // Env's, and returns it with a client that presents no certificate.
 func startSPIFFEBroker(t *testing.T, env *brokertest.Env) (*broker.Running, pb.BrokerClient) {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(env.PolicySource), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := broker.ParseConfig([]byte(`listen = "127.0.0.1:0"
-data_dir = "data"
-policies = ["p.hcl"]
-policy_poll_interval = "0"
-ek_allow = ["`+env.EKHash+`"]
-spiffe {
-  trust_domain = "example.org"
-}`), filepath.Join(dir, "broker.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := broker.Start(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Stop)
+	r := brokertest.Start(t, brokertest.StartOpts{Policy: env.PolicySource, EKHashes: []string{env.EKHash}, TrustDomain: "example.org"})
 	if r.SPIFFE == nil || r.SPIFFE.TrustDomain().Name() != "example.org" {
 		t.Fatalf("Start did not load the SPIFFE authority: %v", r.SPIFFE)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "data", broker.SPIFFEDir, "jwt-key.pem")); err != nil {
+	if _, err := os.Stat(filepath.Join(r.DataDir(), broker.SPIFFEDir, "jwt-key.pem")); err != nil {
 		t.Errorf("SPIFFE authority not in data_dir/spiffe: %v", err)
 	}
 	conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")

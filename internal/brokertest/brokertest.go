@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -295,4 +297,47 @@ func (e *Env) OpenNodeSVID(tb testing.TB, resp *pb.AttestResponse, name string) 
 	}
 	tb.Fatalf("no credential %q in the response", name)
 	return nil, nil
+}
+
+// StartOpts configure Start.
+type StartOpts struct {
+	// Policy is the policy document the broker loads.
+	Policy string
+	// EKHashes are trusted by hash (ek_allow).
+	EKHashes []string
+	// TrustDomain, if set, configures a SPIFFE authority.
+	TrustDomain string
+}
+
+// Start runs a real broker (gRPC over TLS on a loopback port chosen by the
+// kernel, its data directory in a temporary directory, no policy polling)
+// and stops it when the test ends.
+func Start(tb testing.TB, o StartOpts) *broker.Running {
+	tb.Helper()
+	dir := tb.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(o.Policy), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cfg := fmt.Sprintf("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = [\"p.hcl\"]\npolicy_poll_interval = \"0\"\nek_allow = %s\n", hclStrings(o.EKHashes))
+	if o.TrustDomain != "" {
+		cfg += fmt.Sprintf("spiffe {\n  trust_domain = %q\n}\n", o.TrustDomain)
+	}
+	c, err := broker.ParseConfig([]byte(cfg), filepath.Join(dir, "broker.hcl"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, err := broker.Start(c, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(r.Stop)
+	return r
+}
+
+func hclStrings(items []string) string {
+	q := make([]string, len(items))
+	for i, s := range items {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
