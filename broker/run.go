@@ -10,14 +10,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
@@ -150,6 +153,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
+		grpc.ChainUnaryInterceptor(recoverPanics(log)),
 	)
 	pb.RegisterBrokerServer(g, srv)
 	hs := health.NewServer()
@@ -191,4 +195,19 @@ func (r *Running) Stop() {
 		r.tasks.Wait()
 		r.st.Close()
 	})
+}
+
+// recoverPanics turns a panic in a handler into an Internal error, logged,
+// instead of a crashed broker: a node's input must never take the broker
+// down. Nothing is released by a handler that panicked.
+func recoverPanics(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error("handler panicked; nothing released", "method", info.FullMethod, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				resp, err = nil, status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(ctx, req)
+	}
 }

@@ -2,14 +2,18 @@ package broker_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
@@ -74,5 +78,19 @@ ek_allow = ["`+hash+`"]`), filepath.Join(dir, "broker.hcl"))
 		if !slices.Contains(names, want) {
 			t.Errorf("reflection lists %v, missing %s", names, want)
 		}
+	}
+}
+
+func TestRecoverPanicsInterceptor(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	intercept := broker.RecoverPanicsForTest(log)
+	resp, err := intercept(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/keybroker.v1.Broker/Attest"},
+		func(context.Context, any) (any, error) { panic("boom") })
+	if resp != nil || status.Code(err) != codes.Internal || status.Convert(err).Message() != "internal error" {
+		t.Fatalf("interceptor = %v, %v; want Internal and no response", resp, err)
+	}
+	if !strings.Contains(logged.String(), "handler panicked") || !strings.Contains(logged.String(), "boom") {
+		t.Errorf("the panic was not logged: %s", logged.String())
 	}
 }
