@@ -72,14 +72,14 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
 	}
-	if err := runDemo(dir, *akType, stdout); err != nil {
+	if err := runDemo(dir, *akType, *keep != "", stdout); err != nil {
 		fmt.Fprintf(stderr, "demo FAILED: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func runDemo(dir, akType string, out io.Writer) error {
+func runDemo(dir, akType string, kept bool, out io.Writer) error {
 	say := func(step string, took time.Duration, format string, args ...any) {
 		fmt.Fprintf(out, "%-9s %8s  %s\n", step, took.Round(100*time.Microsecond), fmt.Sprintf(format, args...))
 	}
@@ -175,7 +175,11 @@ func runDemo(dir, akType string, out io.Writer) error {
 	}
 	say("check", 0, "nothing released; %s unchanged", outDir)
 
-	fmt.Fprintf(out, "\ndemo OK: see 'keybroker receipts list --data-dir %s' for the decisions\n", filepath.Join(dir, "broker"))
+	if kept {
+		fmt.Fprintf(out, "\ndemo OK: see 'keybroker receipts list --data-dir %s' for the decisions\n", filepath.Join(dir, "broker"))
+	} else {
+		fmt.Fprintln(out, "\ndemo OK (run 'keybroker demo --keep DIR' to keep the broker's data and read its receipts)")
+	}
 	return nil
 }
 
