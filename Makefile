@@ -23,11 +23,13 @@ help: ## list targets
 
 all: build test ## build and run every test
 
-build: ## build bin/keybroker and bin/keybroker-agent
+build: ## build bin/keybroker, bin/keybroker-agent and bin/vault-plugin-auth-tpm
 	$(GO) build -o $(BIN)/ ./cmd/...
+	cd plugins/vaultauth && $(GO) build -o $(BIN)/ ./cmd/...
 
 test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools), brief fuzzing
 	$(GO) test -count=1 -timeout 20m ./...
+	cd plugins/vaultauth && $(GO) test -count=1 -timeout 10m ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 unit: ## unit tests only (no swtpm needed)
@@ -52,6 +54,7 @@ demo: build ## one-command demo on the embedded TPM simulator
 lint: ## gofmt + go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd plugins/vaultauth && $(GO) vet ./...
 
 $(TOOLBIN)/protoc-gen-go $(TOOLBIN)/protoc-gen-go-grpc: go.mod
 	$(GO) build -o $(TOOLBIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc

@@ -1,0 +1,163 @@
+package vaultauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/policies"
+)
+
+// Storage layout. config and role/ replicate like any Vault state;
+// challenge/ and node/ are local to each cluster (see backendHelp).
+const (
+	configPath      = "config"
+	rolePrefix      = "role/"
+	challengePrefix = "challenge/"
+	nodePrefix      = "node/"
+)
+
+// Factory returns the auth method's backend; main serves it with
+// plugin.ServeMultiplex.
+func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+	b := backend()
+	if err := b.Setup(ctx, conf); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// tpmAuthBackend adapts keybroker's verification pipeline to Vault.
+type tpmAuthBackend struct {
+	*framework.Backend
+
+	// now returns the current time; tests move it.
+	now func() time.Time
+
+	l            sync.RWMutex
+	cachedConfig *config
+
+	policyMu sync.Mutex
+	policies map[string]cachedPolicy // role name -> parsed policy
+
+	// challengeLocks serialize the check-and-delete that consumes a
+	// challenge (Vault storage has no transactions).
+	challengeLocks []*locksutil.LockEntry
+	limiter        *rateLimiter
+}
+
+// cachedPolicy is a role's parsed policy document and the SHA-256 of the
+// source it was parsed from: a role whose source changed is parsed again.
+type cachedPolicy struct {
+	src [sha256.Size]byte
+	set *policies.Set
+}
+
+func backend() *tpmAuthBackend {
+	b := &tpmAuthBackend{
+		now:            time.Now,
+		policies:       map[string]cachedPolicy{},
+		challengeLocks: locksutil.CreateLocks(),
+		limiter:        newRateLimiter(),
+	}
+	b.Backend = &framework.Backend{
+		BackendType: logical.TypeCredential,
+		Help:        backendHelp,
+		AuthRenew:   b.pathLoginRenew,
+		Invalidate:  b.invalidate,
+		PeriodicFunc: func(ctx context.Context, req *logical.Request) error {
+			return b.periodic(ctx, req)
+		},
+		PathsSpecial: &logical.Paths{
+			Unauthenticated: []string{"login", "challenge"},
+			SealWrapStorage: []string{configPath},
+			LocalStorage:    []string{challengePrefix, nodePrefix},
+		},
+		Paths: []*framework.Path{
+			pathConfig(b),
+			pathRoleList(b),
+			pathRole(b),
+			pathChallenge(b),
+			pathLogin(b),
+		},
+	}
+	return b
+}
+
+// invalidate drops what this node cached of a key another node changed.
+func (b *tpmAuthBackend) invalidate(_ context.Context, key string) {
+	if key == configPath {
+		b.l.Lock()
+		b.cachedConfig = nil
+		b.l.Unlock()
+	}
+	if name, ok := strings.CutPrefix(key, rolePrefix); ok {
+		b.policyMu.Lock()
+		delete(b.policies, name)
+		b.policyMu.Unlock()
+	}
+}
+
+// periodic deletes expired challenges and forgets idle rate-limit windows.
+// Vault runs it about once a minute.
+func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) error {
+	now := b.now()
+	b.limiter.forgetIdle(now)
+	if sys := b.System(); sys != nil {
+		rs := sys.ReplicationState()
+		if rs.HasState(consts.ReplicationPerformanceStandby) || rs.HasState(consts.ReplicationDRSecondary) {
+			return nil // read-only here; the active node purges
+		}
+	}
+	n, err := b.store(req.Storage).PurgeExpired(ctx, now)
+	if err != nil {
+		return fmt.Errorf("unable to purge expired challenges: %w", err)
+	}
+	if n > 0 {
+		b.Logger().Debug("expired challenges purged", "count", n)
+	}
+	return nil
+}
+
+// policy returns the parsed policy document of a role, parsing it only
+// when its source changed since it was last parsed.
+func (b *tpmAuthBackend) policy(name string, r *roleEntry) (*policies.Set, error) {
+	sum := sha256.Sum256([]byte(r.Policy))
+	b.policyMu.Lock()
+	defer b.policyMu.Unlock()
+	if c, ok := b.policies[name]; ok && c.src == sum {
+		return c.set, nil
+	}
+	set, err := parseRolePolicy(name, r.Policy)
+	if err != nil {
+		return nil, err
+	}
+	b.policies[name] = cachedPolicy{src: sum, set: set}
+	return set, nil
+}
+
+const backendHelp = `
+The TPM auth method issues Vault tokens to machines that prove with their
+TPM 2.0 what they booted, using keybroker's verification and policy code.
+
+A node first writes its EK and AK to "challenge" and receives a credential
+that only the TPM holding both keys can activate. It then writes to "login"
+a quote signed by its AK over the activated secret, with its PCR values and
+event log. Vault verifies the EK trust ("config"), the AK, the quote and the
+event log exactly as the keybroker broker does, evaluates the role's policy
+document over the verified facts, and on success issues a token with the
+role's token settings. The entity alias is the node's EK hash.
+
+Challenges and the TPM counters of each node's last login are kept in
+storage local to each cluster (not replicated to performance secondaries);
+"challenge" and "login" are forwarded from performance standbys to the
+active node, which consumes each challenge exactly once.
+`

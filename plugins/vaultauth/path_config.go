@@ -1,0 +1,344 @@
+package vaultauth
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/verify"
+)
+
+// Defaults and limits of the config path.
+const (
+	defaultChallengesPerMinute = 10
+	maxChallengesPerMinute     = 1000
+)
+
+func pathConfig(b *tpmAuthBackend) *framework.Path {
+	return &framework.Path{
+		Pattern: "config",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: "tpm",
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"ek_allow": {
+				Type: framework.TypeCommaStringSlice,
+				Description: "EKs trusted by hash, with or without a certificate: the lowercase hex SHA-256 " +
+					"of the EK public key in PKIX DER form (keybroker-agent ek-hash prints it).",
+			},
+			"ek_ca": {
+				Type: framework.TypeMap,
+				Description: `EK certificate authorities by name: {"<name>": {"roots": "<PEM>", "intermediates": "<PEM>"}}. ` +
+					"An EK is trusted if its certificate chains to the roots of one of them (through its intermediates " +
+					"and those the node sends); policies select nodes by these names (select { ek_cas = [...] }). " +
+					"PEM blocks other than CERTIFICATE are skipped; roots are required.",
+			},
+			"allow_sha1": {
+				Type:        framework.TypeBool,
+				Default:     false,
+				Description: "Accept SHA-1 PCR banks, quote signatures and AK names. Default false: refused.",
+			},
+			"challenge_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Default:     int(challenge.DefaultTTL / time.Second),
+				Description: fmt.Sprintf("How long a challenge may be answered with a login; between 1s and %s. Default 60s.", broker.MaxChallengeTTL),
+			},
+			"challenges_per_minute": {
+				Type:    framework.TypeInt,
+				Default: defaultChallengesPerMinute,
+				Description: fmt.Sprintf("Challenges issued per EK per minute, at most; 1 to %d. Default %d. "+
+					"Counted on the active node, in memory.", maxChallengesPerMinute, defaultChallengesPerMinute),
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:     b.pathConfigRead,
+				Summary:      "Read the TPM auth method's configuration.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationSuffix: "configuration"},
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:     b.pathConfigWrite,
+				Summary:      "Configure EK trust and challenges.",
+				Description:  pathConfigHelpDesc,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+			},
+		},
+		HelpSynopsis:    pathConfigHelpSyn,
+		HelpDescription: pathConfigHelpDesc,
+	}
+}
+
+// configEntry is the stored configuration (sealwrapped).
+type configEntry struct {
+	EKAllow             []string             `json:"ek_allow"`
+	EKCAs               map[string]ekCAEntry `json:"ek_ca"`
+	AllowSHA1           bool                 `json:"allow_sha1"`
+	ChallengeTTL        time.Duration        `json:"challenge_ttl"`
+	ChallengesPerMinute int                  `json:"challenges_per_minute"`
+}
+
+// ekCAEntry is one named EK certificate authority, as PEM.
+type ekCAEntry struct {
+	Roots         string `json:"roots"`
+	Intermediates string `json:"intermediates,omitempty"`
+}
+
+// config is a validated configEntry in the form the pipeline uses.
+type config struct {
+	entry               configEntry
+	trust               verify.Trust
+	challengeTTL        time.Duration
+	challengesPerMinute int
+}
+
+// build validates e and returns its parsed form, or every problem at once.
+func (e configEntry) build() (*config, error) {
+	c := &config{entry: e, challengeTTL: e.ChallengeTTL, challengesPerMinute: e.ChallengesPerMinute}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, h := range e.EKAllow {
+		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 || hex.EncodeToString(b) != h {
+			bad("ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
+			continue
+		}
+		c.trust.EKHashes = append(c.trust.EKHashes, h)
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.EKCAs)) {
+		ca := e.EKCAs[name]
+		if name == "" || strings.TrimSpace(name) != name {
+			bad("ek_ca name %q cannot be empty or start or end with spaces", name)
+			continue
+		}
+		roots, rootErr := certPool(ca.Roots)
+		if ca.Roots == "" {
+			rootErr = errors.New("cannot be empty")
+		}
+		if rootErr != nil {
+			bad("ek_ca %q roots: %v", name, rootErr)
+		}
+		var inter *x509.CertPool
+		var interErr error
+		if ca.Intermediates != "" {
+			if inter, interErr = certPool(ca.Intermediates); interErr != nil {
+				bad("ek_ca %q intermediates: %v", name, interErr)
+			}
+		}
+		if rootErr == nil && interErr == nil {
+			c.trust.CAs = append(c.trust.CAs, verify.CA{Name: name, Roots: roots, Intermediates: inter})
+		}
+	}
+	if len(e.EKAllow) == 0 && len(e.EKCAs) == 0 {
+		bad("no EK is trusted: set ek_allow or ek_ca")
+	}
+	if e.ChallengeTTL < time.Second || e.ChallengeTTL > broker.MaxChallengeTTL {
+		bad("challenge_ttl must be between 1s and %s", broker.MaxChallengeTTL)
+	}
+	if e.ChallengesPerMinute < 1 || e.ChallengesPerMinute > maxChallengesPerMinute {
+		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
+	}
+	c.trust.AllowSHA1 = e.AllowSHA1
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// certPool parses the CERTIFICATE blocks of a PEM bundle; other block
+// types are skipped.
+func certPool(src string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	n := 0
+	rest := []byte(src)
+	for i := 1; ; i++ {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("PEM block %d: %w", i, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return pool, nil
+}
+
+// config returns the cached configuration, loading it on first use; nil if
+// the auth method is not configured.
+func (b *tpmAuthBackend) config(ctx context.Context, s logical.Storage) (*config, error) {
+	b.l.RLock()
+	c := b.cachedConfig
+	b.l.RUnlock()
+	if c != nil {
+		return c, nil
+	}
+	b.l.Lock()
+	defer b.l.Unlock()
+	if b.cachedConfig != nil {
+		return b.cachedConfig, nil
+	}
+	raw, err := s.Get(ctx, configPath)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	var e configEntry
+	if err := raw.DecodeJSON(&e); err != nil {
+		return nil, fmt.Errorf("unable to decode the configuration: %w", err)
+	}
+	if c, err = e.build(); err != nil {
+		return nil, fmt.Errorf("stored configuration is invalid: %w", err)
+	}
+	b.cachedConfig = c
+	return c, nil
+}
+
+func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	c, err := b.config(ctx, req.Storage)
+	if err != nil || c == nil {
+		return nil, err
+	}
+	cas := map[string]any{}
+	for name, ca := range c.entry.EKCAs {
+		cas[name] = map[string]any{"roots": ca.Roots, "intermediates": ca.Intermediates}
+	}
+	allow := c.entry.EKAllow
+	if allow == nil {
+		allow = []string{}
+	}
+	return &logical.Response{Data: map[string]any{
+		"ek_allow":              allow,
+		"ek_ca":                 cas,
+		"allow_sha1":            c.entry.AllowSHA1,
+		"challenge_ttl":         int64(c.challengeTTL / time.Second),
+		"challenges_per_minute": c.challengesPerMinute,
+	}}, nil
+}
+
+// pathConfigWrite updates the fields given and keeps the others (defaults
+// for a first write), validates the result as a whole, and stores it.
+func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	b.l.Lock()
+	defer b.l.Unlock()
+	e := configEntry{
+		ChallengeTTL:        challenge.DefaultTTL,
+		ChallengesPerMinute: defaultChallengesPerMinute,
+	}
+	switch raw, err := req.Storage.Get(ctx, configPath); {
+	case err != nil:
+		return nil, err
+	case raw != nil:
+		if err := raw.DecodeJSON(&e); err != nil {
+			return nil, fmt.Errorf("unable to decode the configuration: %w", err)
+		}
+	}
+	var errs []error
+	if v, ok := d.GetOk("ek_allow"); ok {
+		e.EKAllow = v.([]string)
+	}
+	if v, ok := d.GetOk("ek_ca"); ok {
+		cas, err := parseEKCAs(v.(map[string]any))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		e.EKCAs = cas
+	}
+	if v, ok := d.GetOk("allow_sha1"); ok {
+		e.AllowSHA1 = v.(bool)
+	}
+	if v, ok := d.GetOk("challenge_ttl"); ok {
+		e.ChallengeTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("challenges_per_minute"); ok {
+		e.ChallengesPerMinute = v.(int)
+	}
+	c, err := e.build()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return logical.ErrorResponse(errors.Join(errs...).Error()), nil
+	}
+	entry, err := logical.StorageEntryJSON(configPath, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, err
+	}
+	b.cachedConfig = c
+	return nil, nil
+}
+
+// parseEKCAs reads the ek_ca field: a map from name to an object with a
+// roots and an optional intermediates PEM string. Certificates are checked
+// by configEntry.build.
+func parseEKCAs(raw map[string]any) (map[string]ekCAEntry, error) {
+	out := map[string]ekCAEntry{}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(raw)) {
+		obj, ok := raw[name].(map[string]any)
+		if !ok {
+			errs = append(errs, fmt.Errorf(`ek_ca %q must be an object {"roots": "<PEM>", "intermediates": "<PEM>"}`, name))
+			continue
+		}
+		var ca ekCAEntry
+		ok = true
+		for _, k := range slices.Sorted(maps.Keys(obj)) {
+			s, isString := obj[k].(string)
+			switch {
+			case k != "roots" && k != "intermediates":
+				errs = append(errs, fmt.Errorf("ek_ca %q: unknown field %q (want roots, intermediates)", name, k))
+				ok = false
+			case !isString:
+				errs = append(errs, fmt.Errorf("ek_ca %q: %s must be a PEM string", name, k))
+				ok = false
+			case k == "roots":
+				ca.Roots = s
+			default:
+				ca.Intermediates = s
+			}
+		}
+		if ok {
+			out[name] = ca
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+const pathConfigHelpSyn = `Configure which TPM endorsement keys are trusted, and challenges.`
+
+const pathConfigHelpDesc = `
+An EK is trusted if its hash is in ek_allow, or if the EK certificate the node
+sends with its challenge chains to the roots of an ek_ca entry. A write
+changes the fields it names and keeps the others; the resulting configuration
+is validated as a whole and every problem is reported at once. The
+configuration is stored seal-wrapped where the seal supports it.
+
+  ek_allow               EK hashes (lowercase hex SHA-256 of the PKIX DER public key)
+  ek_ca                  {"<name>": {"roots": "<PEM>", "intermediates": "<PEM>"}}
+  allow_sha1             accept SHA-1 banks, signatures and AK names (default false)
+  challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
+  challenges_per_minute  challenges per EK per minute (default 10)
+
+ek_ca is a nested object: write it with a JSON body, for example
+"vault write auth/tpm/config @config.json".
+`

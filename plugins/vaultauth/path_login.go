@@ -1,0 +1,488 @@
+package vaultauth
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/cidrutil"
+	"github.com/hashicorp/vault/sdk/helper/policyutil"
+	"github.com/hashicorp/vault/sdk/helper/wrapping"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/policies"
+)
+
+// Input limits of the login path beyond those verify enforces; the same
+// numbers as the broker's API.
+const (
+	maxPCRValues    = 24
+	maxPCRValueSize = 64
+)
+
+// msgPolicyDenied is what a node denied by the role's policy is told; the
+// failed conditions go to the log only.
+const msgPolicyDenied = "policy: no policy allows this node"
+
+func pathLogin(b *tpmAuthBackend) *framework.Path {
+	return &framework.Path{
+		Pattern: "login$",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: "tpm",
+			OperationVerb:   "login",
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"role": {
+				Type:        framework.TypeLowerCaseString,
+				Description: "The role to log in with. Required.",
+			},
+			"challenge_id": {
+				Type:        framework.TypeString,
+				Description: "The challenge_id the challenge path returned. Each challenge is accepted once. Required.",
+			},
+			"quotes": {
+				Type: framework.TypeSlice,
+				Description: fmt.Sprintf("1 to %d TPM2_Quote results by the AK, each with the activated challenge "+
+					"secret as qualifying data: {\"attest\": base64 TPMS_ATTEST, \"signature\": base64 TPMT_SIGNATURE, "+
+					"\"pcrs\": {\"hash_alg\": TPM_ALG_ID number or sha1/sha256/sha384/sha512, "+
+					"\"values\": {\"<PCR index>\": base64 digest}}}. Required.", verify.MaxQuotes),
+			},
+			"event_log": {
+				Type: framework.TypeString,
+				Description: fmt.Sprintf("The TCG binary event log behind the quoted PCRs, base64; at most %d bytes. "+
+					"Without it the policy sees eventlog.present == false.", verify.MaxEventLogSize),
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathLogin,
+				Summary:  pathLoginHelpSyn,
+				// The active node consumes challenges, under its locks.
+				ForwardPerformanceStandby: true,
+			},
+			logical.ResolveRoleOperation: &framework.PathOperation{
+				Callback: b.pathResolveRole,
+			},
+		},
+		HelpSynopsis:    pathLoginHelpSyn,
+		HelpDescription: pathLoginHelpDesc,
+	}
+}
+
+// pathResolveRole names the role of a login request, for role-based quotas.
+func (b *tpmAuthBackend) pathResolveRole(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("role").(string)
+	if name == "" {
+		return logical.ErrorResponse("role is required"), nil
+	}
+	r, err := b.role(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q not found", name), nil
+	}
+	return logical.ResolveRoleResponse(name)
+}
+
+// loginRequest is a login's decoded input.
+type loginRequest struct {
+	challengeID string
+	quotes      []store.EvidenceQuote
+	eventLog    []byte
+}
+
+// pathLogin answers a challenge: it verifies the node as the broker's
+// Attest does (verify.Node, verify.Quotes, WithEventLog, WithHistory, via
+// broker.Reverify), evaluates the role's policy document, consumes the
+// challenge whatever the outcome, and only then issues a token.
+func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.config(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("the TPM auth method is not configured"), nil
+	}
+	roleName := d.Get("role").(string)
+	if roleName == "" {
+		return logical.ErrorResponse("role is required"), nil
+	}
+	role, err := b.role(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("role %q not found", roleName), nil
+	}
+	if len(role.TokenBoundCIDRs) > 0 {
+		if req.Connection == nil || !cidrutil.RemoteAddrIsOk(req.Connection.RemoteAddr, role.TokenBoundCIDRs) {
+			b.Logger().Warn("login refused: client address not in token_bound_cidrs", "role", roleName)
+			return nil, logical.ErrPermissionDenied
+		}
+	}
+	in, err := decodeLogin(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	set, err := b.policy(roleName, role)
+	if err != nil {
+		return nil, fmt.Errorf("stored role %q is invalid: %w", roleName, err)
+	}
+
+	st := b.store(req.Storage)
+	issuer := challenge.New(st, challenge.Opts{TTL: cfg.challengeTTL, Now: b.now})
+	ch, err := issuer.Lookup(ctx, in.challengeID)
+	switch {
+	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrExpired):
+		b.Logger().Warn("login refused", "role", roleName, "check", "challenge", "error", err)
+		return logical.ErrorResponse("challenge: " + err.Error()), logical.ErrPermissionDenied
+	case err != nil:
+		return nil, err
+	}
+	rec := &store.Receipt{Time: b.now().UTC(), ChallengeID: ch.ID}
+	ev := evidence(ch, in, rec)
+	v, decision, nodeRec, ref := b.attest(ctx, st, ev, cfg, set, rec)
+	switch err := issuer.Consume(ctx, ch.ID, rec, nodeRec); {
+	case errors.Is(err, challenge.ErrUnknown):
+		// A concurrent login consumed the challenge first; this one
+		// issues nothing.
+		b.Logger().Warn("challenge used by a concurrent login; nothing issued", "role", roleName, "challenge", ch.ID, "ek", rec.EKHash)
+		return logical.ErrorResponse("challenge: " + err.Error()), logical.ErrPermissionDenied
+	case err != nil:
+		b.Logger().Error("challenge not consumed; nothing issued", "role", roleName, "challenge", ch.ID, "error", err)
+		return nil, err
+	}
+	if ref != nil {
+		args := []any{"role", roleName, "challenge", ch.ID, "ek", rec.EKHash, "check", ref.check}
+		if len(rec.Failures) > 0 {
+			args = append(args, "failures", rec.Failures, "policy_hash", rec.PolicyHash)
+		}
+		if ref.cause != nil {
+			args = append(args, "error", ref.cause)
+		}
+		b.Logger().Warn("login refused", args...)
+		return ref.resp, ref.err
+	}
+	b.Logger().Info("login allowed", "role", roleName, "challenge", ch.ID, "ek", rec.EKHash,
+		"policies", decision.Policies, "policy_hash", decision.PolicyHash)
+
+	resp := &logical.Response{Auth: newAuth(roleName, role, v, decision)}
+	if role.ResponseWrapTTL > 0 {
+		resp.WrapInfo = &wrapping.ResponseWrapInfo{TTL: role.ResponseWrapTTL}
+	}
+	return resp, nil
+}
+
+// newAuth is the token Vault creates for an allowed node: its alias is the
+// EK hash, so each machine is one identity entity.
+func newAuth(roleName string, role *roleEntry, v *verify.Verified, d policies.Decision) *logical.Auth {
+	manufacturer := ""
+	if c := v.EKCert(); c != nil {
+		manufacturer = c.Manufacturer
+	}
+	auth := &logical.Auth{
+		DisplayName: v.EKHash()[:16],
+		Alias: &logical.Alias{
+			Name:     v.EKHash(),
+			Metadata: map[string]string{"ek_ca": v.EKCA(), "ek_manufacturer": manufacturer},
+		},
+		InternalData: map[string]any{
+			"role":        roleName,
+			"policy_hash": d.PolicyHash,
+		},
+		Metadata: map[string]string{
+			"role":                 roleName,
+			"ek_hash":              v.EKHash(),
+			"ek_ca":                v.EKCA(),
+			"ek_manufacturer":      manufacturer,
+			"attestation_policies": strings.Join(d.Policies, ","),
+		},
+	}
+	role.PopulateTokenAuth(auth)
+	return auth
+}
+
+// refusal is why a login issued nothing: resp and err go to the caller,
+// check and cause to the log.
+type refusal struct {
+	check string
+	resp  *logical.Response
+	err   error
+	cause error
+}
+
+func checkRefusal(err error) *refusal {
+	resp, rerr := checkResponse(err)
+	check := string(verify.FailedCheck(err))
+	if check == "" {
+		check = "internal"
+	}
+	return &refusal{check: check, resp: resp, err: rerr, cause: err}
+}
+
+// attest verifies ev and evaluates set. Once the answer verified (TPM
+// counters included) it returns the node's new record, also when the
+// policy then denies, as the broker does.
+func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
+	var d policies.Decision
+	// The EK hash keys the node's counters, which the verification
+	// compares the quote's with; verify.Node names it (and refuses an EK
+	// no longer trusted before anything is read).
+	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, cfg.trust)
+	if err != nil {
+		return nil, d, nil, checkRefusal(err)
+	}
+	rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	var prev *store.NodeRecord
+	switch p, err := st.GetNode(ctx, node.EKHash()); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, d, nil, checkRefusal(err)
+	default:
+		prev = &p
+		c := p.Counters()
+		ev.Previous = &c
+	}
+	v, err := broker.Reverify(ev, cfg.trust, cfg.entry.AllowSHA1)
+	if err != nil {
+		return nil, d, nil, checkRefusal(err)
+	}
+	if h := v.History(); h != nil && h.AKChanged {
+		b.Logger().Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", v.EKHash())
+	}
+	digest := v.QuoteDigest()
+	rec.QuoteDigest = digest[:]
+	c := v.Clock()
+	nodeRec := &store.NodeRecord{
+		EKHash:       v.EKHash(),
+		LastSeen:     ev.Time,
+		AKName:       v.AKName(),
+		Clock:        c.Clock,
+		ResetCount:   c.ResetCount,
+		RestartCount: c.RestartCount,
+	}
+	if prev != nil {
+		nodeRec.FirstSeen = prev.FirstSeen
+	}
+
+	d = set.Evaluate(v)
+	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
+	if !d.Allowed {
+		return v, d, nodeRec, &refusal{check: "policy", resp: logical.ErrorResponse(msgPolicyDenied), err: logical.ErrPermissionDenied}
+	}
+	rec.Allowed = true
+	return v, d, nodeRec, nil
+}
+
+// evidence is what the node presented: its challenge request, as kept with
+// the challenge, and its answer.
+func evidence(ch store.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
+	return store.Evidence{
+		Time:            rec.Time,
+		ChallengeID:     ch.ID,
+		EKPublic:        ch.EKPublic,
+		EKCertificate:   ch.EKCertificate,
+		EKIntermediates: ch.EKIntermediates,
+		AKPublic:        ch.AKPublic,
+		SecretHash:      ch.SecretHash,
+		Quotes:          in.quotes,
+		EventLog:        in.eventLog,
+	}
+}
+
+// quoteJSON is one element of the quotes field.
+type quoteJSON struct {
+	Attest    string `json:"attest"`
+	Signature string `json:"signature"`
+	PCRs      struct {
+		HashAlg json.RawMessage   `json:"hash_alg"`
+		Values  map[string]string `json:"values"`
+	} `json:"pcrs"`
+}
+
+// bankIDs are the PCR bank names hash_alg accepts besides TPM_ALG_IDs.
+var bankIDs = map[string]uint16{"sha1": 0x0004, "sha256": 0x000b, "sha384": 0x000c, "sha512": 0x000d}
+
+// decodeLogin decodes and size-checks a login's fields, reporting every
+// problem at once. What the bytes mean is verify's to check.
+func decodeLogin(d *framework.FieldData) (*loginRequest, error) {
+	var in inputErrors
+	out := &loginRequest{challengeID: d.Get("challenge_id").(string)}
+	switch {
+	case out.challengeID == "":
+		in.add("challenge_id is required")
+	case len(out.challengeID) > store.MaxIDLength:
+		in.add("challenge_id is longer than %d characters", store.MaxIDLength)
+	}
+	if s := d.Get("event_log").(string); s != "" {
+		if base64.StdEncoding.DecodedLen(len(s)) > verify.MaxEventLogSize+2 {
+			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
+		} else if out.eventLog = in.decode("event_log", s); len(out.eventLog) > verify.MaxEventLogSize {
+			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
+		}
+	}
+	raw := d.Get("quotes").([]any)
+	switch {
+	case len(raw) == 0:
+		in.add("quotes is required")
+	case len(raw) > verify.MaxQuotes:
+		in.add("at most %d quotes", verify.MaxQuotes)
+	default:
+		js, err := json.Marshal(raw)
+		if err != nil {
+			in.add("quotes: %v", err)
+			break
+		}
+		dec := json.NewDecoder(strings.NewReader(string(js)))
+		dec.DisallowUnknownFields()
+		var qs []quoteJSON
+		if err := dec.Decode(&qs); err != nil {
+			in.add("quotes must be a list of {attest, signature, pcrs: {hash_alg, values}}: %v", err)
+			break
+		}
+		for i, q := range qs {
+			out.quotes = append(out.quotes, decodeQuote(&in, fmt.Sprintf("quotes[%d]", i), q))
+		}
+	}
+	if err := in.err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func decodeQuote(in *inputErrors, where string, q quoteJSON) store.EvidenceQuote {
+	var out store.EvidenceQuote
+	switch {
+	case q.Attest == "":
+		in.add("%s.attest is required", where)
+	case base64.StdEncoding.DecodedLen(len(q.Attest)) > verify.MaxQuoteAttestSize+2:
+		in.add("%s.attest exceeds %d bytes", where, verify.MaxQuoteAttestSize)
+	default:
+		out.Attest = in.decode(where+".attest", q.Attest)
+	}
+	switch {
+	case q.Signature == "":
+		in.add("%s.signature is required", where)
+	case base64.StdEncoding.DecodedLen(len(q.Signature)) > verify.MaxSignatureSize+2:
+		in.add("%s.signature exceeds %d bytes", where, verify.MaxSignatureSize)
+	default:
+		out.Signature = in.decode(where+".signature", q.Signature)
+	}
+	out.Bank = decodeBank(in, where+".pcrs.hash_alg", q.PCRs.HashAlg)
+	switch n := len(q.PCRs.Values); {
+	case n == 0:
+		in.add("%s.pcrs.values is required", where)
+	case n > maxPCRValues:
+		in.add("%s.pcrs.values holds more than %d PCRs", where, maxPCRValues)
+	default:
+		out.PCRs = map[uint32][]byte{}
+		for k, s := range q.PCRs.Values {
+			idx, err := strconv.ParseUint(k, 10, 8)
+			if err != nil || idx >= maxPCRValues {
+				in.add("%s.pcrs.values: %q is not a PCR index 0-23", where, k)
+				continue
+			}
+			if base64.StdEncoding.DecodedLen(len(s)) > maxPCRValueSize+2 {
+				in.add("%s.pcrs.values[%s] exceeds %d bytes", where, k, maxPCRValueSize)
+				continue
+			}
+			out.PCRs[uint32(idx)] = in.decode(fmt.Sprintf("%s.pcrs.values[%s]", where, k), s)
+		}
+	}
+	return out
+}
+
+// decodeBank reads hash_alg: a TPM_ALG_ID number or a bank name.
+func decodeBank(in *inputErrors, where string, raw json.RawMessage) uint16 {
+	if len(raw) == 0 || string(raw) == "null" {
+		in.add("%s is required", where)
+		return 0
+	}
+	var name string
+	if err := json.Unmarshal(raw, &name); err == nil {
+		if id, ok := bankIDs[strings.ToLower(name)]; ok {
+			return id
+		}
+		if n, err := strconv.ParseUint(name, 10, 16); err == nil {
+			return uint16(n)
+		}
+		in.add("%s %q is not sha1, sha256, sha384, sha512 or a TPM_ALG_ID", where, name)
+		return 0
+	}
+	var n uint16
+	if err := json.Unmarshal(raw, &n); err != nil {
+		in.add("%s is not a TPM_ALG_ID or a bank name", where)
+		return 0
+	}
+	return n
+}
+
+// pathLoginRenew extends a token within its role's current settings. It
+// fails once the role is gone or its token policies or policy document
+// changed: the node must then log in again with a fresh attestation.
+// Renewal itself proves nothing about the node; token_max_ttl bounds how
+// long one attestation counts.
+func (b *tpmAuthBackend) pathLoginRenew(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	if req.Auth == nil {
+		return nil, errors.New("request auth was nil")
+	}
+	name, _ := req.Auth.InternalData["role"].(string)
+	if name == "" {
+		return nil, errors.New("token carries no role")
+	}
+	role, err := b.role(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return nil, fmt.Errorf("role %q no longer exists; log in again", name)
+	}
+	if !policyutil.EquivalentPolicies(role.TokenPolicies, req.Auth.TokenPolicies) {
+		return nil, fmt.Errorf("token_policies of role %q changed; log in again", name)
+	}
+	set, err := b.policy(name, role)
+	if err != nil {
+		return nil, fmt.Errorf("stored role %q is invalid: %w", name, err)
+	}
+	if h, _ := req.Auth.InternalData["policy_hash"].(string); h != set.Hash() {
+		return nil, fmt.Errorf("the policy of role %q changed; log in again", name)
+	}
+	resp := &logical.Response{Auth: req.Auth}
+	resp.Auth.TTL = role.TokenTTL
+	resp.Auth.MaxTTL = role.TokenMaxTTL
+	resp.Auth.Period = role.TokenPeriod
+	return resp, nil
+}
+
+const pathLoginHelpSyn = `Log in with a TPM attestation that answers a challenge.`
+
+const pathLoginHelpDesc = `
+Unauthenticated. The node activates the challenge's credential in its TPM
+(TPM2_ActivateCredential), quotes its PCRs with its AK using the recovered
+secret as qualifying data, and sends role, challenge_id, quotes and
+optionally event_log. Vault consumes the challenge (once, whatever the
+outcome), verifies the quotes, the event log and the TPM counters against the
+node's last login exactly as the keybroker broker does, and evaluates the
+role's policy document over the verified facts.
+
+On success it issues a token with the role's token settings. Its entity alias
+is the EK hash; its metadata holds role, ek_hash, ek_ca, ek_manufacturer and
+attestation_policies (the policy blocks that allowed the node). With the
+role's response_wrap_ttl the response is response-wrapped.
+
+A refused login issues nothing and answers "permission denied" with the
+failed check: challenge, ek_trust, ak_attributes, quote_magic, quote_type,
+quote_nonce, quote_signature, pcr_digest, pcr_bank, event_log, tpm_counters,
+or "policy: no policy allows this node". The failed policy conditions are
+logged for operators and never returned. Malformed input is a 400 error.
+`

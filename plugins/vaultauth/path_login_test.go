@@ -1,0 +1,450 @@
+package vaultauth
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// setup configures e to trust n by EK hash and adds role "web", which
+// allows n in its current boot state (PCR 7) with token settings.
+func setup(t *testing.T, e *env, n *node) {
+	t.Helper()
+	e.configure(map[string]any{"ek_allow": n.ekHash})
+	e.write("role/web", map[string]any{
+		"policy":         pcrPolicy(n.ekHash, n.pcr(7)),
+		"token_policies": "web-secrets",
+		"token_ttl":      "10m",
+		"token_max_ttl":  "1h",
+	})
+}
+
+func TestLogin(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+
+	resp, err := e.login(n, "web")
+	if err != nil || resp.IsError() {
+		t.Fatalf("login: %v %v", err, resp.Error())
+	}
+	auth := resp.Auth
+	if auth == nil {
+		t.Fatal("no auth")
+	}
+	if auth.Alias == nil || auth.Alias.Name != n.ekHash {
+		t.Errorf("alias = %+v, want the EK hash %s", auth.Alias, n.ekHash)
+	}
+	wantMeta := map[string]string{
+		"role": "web", "ek_hash": n.ekHash, "ek_ca": "", "ek_manufacturer": "", "attestation_policies": "boot",
+	}
+	if fmt.Sprint(auth.Metadata) != fmt.Sprint(wantMeta) {
+		t.Errorf("metadata = %v, want %v", auth.Metadata, wantMeta)
+	}
+	if !slices.Equal(auth.Policies, []string{"web-secrets"}) || auth.TTL != 10*time.Minute ||
+		auth.MaxTTL != time.Hour || !auth.Renewable || auth.DisplayName != n.ekHash[:16] {
+		t.Errorf("token settings = policies %v ttl %s max %s renewable %v name %q",
+			auth.Policies, auth.TTL, auth.MaxTTL, auth.Renewable, auth.DisplayName)
+	}
+	if auth.InternalData["role"] != "web" || auth.InternalData["policy_hash"] == "" {
+		t.Errorf("internal data = %v", auth.InternalData)
+	}
+	if resp.WrapInfo != nil {
+		t.Errorf("response wrapped without response_wrap_ttl: %+v", resp.WrapInfo)
+	}
+	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 0 {
+		t.Errorf("challenge not consumed: %v", keys)
+	}
+	rec, err := e.b.store(e.storage).GetNode(t.Context(), n.ekHash)
+	if err != nil || rec.Clock == 0 || len(rec.AKName) == 0 || rec.FirstSeen.IsZero() {
+		t.Errorf("node record = %+v, %v", rec, err)
+	}
+
+	// PCR banks may be named, and the role chosen case-insensitively.
+	data := n.answer(e.challenge(n), "WEB")
+	for _, q := range data["quotes"].([]any) {
+		pcrs := q.(map[string]any)["pcrs"].(map[string]any)
+		pcrs["hash_alg"] = map[int]string{0x0b: "sha256", 0x0c: "SHA384"}[pcrs["hash_alg"].(int)]
+	}
+	if resp, err := e.request(logical.UpdateOperation, "login", data); err != nil || resp.Auth == nil {
+		t.Fatalf("login with bank names: %v %v", err, resp.Error())
+	}
+}
+
+func TestLoginReplay(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	data := n.answer(e.challenge(n), "web")
+	if resp, err := e.request(logical.UpdateOperation, "login", data); err != nil || resp.Auth == nil {
+		t.Fatalf("first login: %v %v", err, resp.Error())
+	}
+	resp, err := e.request(logical.UpdateOperation, "login", data)
+	wantDenied(t, resp, err, "challenge: challenge is unknown or already used")
+	// Also after a restart on the same storage.
+	resp, err = e.restart().request(logical.UpdateOperation, "login", data)
+	wantDenied(t, resp, err, "challenge: challenge is unknown or already used")
+}
+
+func TestLoginAcrossRestart(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	// A challenge issued before a restart is answered after it.
+	data := n.answer(e.challenge(n), "web")
+	if resp, err := e.restart().request(logical.UpdateOperation, "login", data); err != nil || resp.Auth == nil {
+		t.Fatalf("login after a restart: %v %v", err, resp.Error())
+	}
+
+	// The TPM counters of the last login persist too: a policy that
+	// wants a node seen before denies a new one, then allows it.
+	other := openNodeAfter(t, n)
+	e.configure(map[string]any{"ek_allow": other.ekHash})
+	e.write("role/returning", map[string]any{"policy": fmt.Sprintf(`policy "returning" {
+  select { ek_hashes = [%q] }
+  require = ["!history.first_seen", "!history.rebooted"]
+}
+`, other.ekHash)})
+	resp, err := e.login(other, "returning")
+	wantDenied(t, resp, err, msgPolicyDenied)
+	e = e.restart()
+	if resp, err := e.login(other, "returning"); err != nil || resp.Auth == nil {
+		t.Fatalf("second login of a node: %v %v", err, resp.Error())
+	}
+}
+
+// openNodeAfter closes n's simulator and opens another: one simulator runs
+// at a time.
+func openNodeAfter(t *testing.T, n *node) *node {
+	t.Helper()
+	n.close()
+	return openNode(t, 0)
+}
+
+func TestLoginPCRMismatch(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	pcr7 := n.pcr(7)
+	n.extend(7)
+	resp, err := e.login(n, "web")
+	wantDenied(t, resp, err, msgPolicyDenied)
+	if msg := resp.Error().Error(); strings.Contains(msg, pcr7) || strings.Contains(msg, "boot") || strings.Contains(msg, "require") {
+		t.Errorf("the refusal reveals the policy: %q", msg)
+	}
+	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 0 {
+		t.Errorf("a refused login left its challenge: %v", keys)
+	}
+}
+
+func TestLoginRefusals(t *testing.T) {
+	n := openNode(t, 0)
+	tests := []struct {
+		name string
+		// answer returns the login data; e is set up for n with role web.
+		answer   func(e *env) map[string]any
+		denied   bool // permission denied, else a 400 error response
+		wantErr  string
+		consumed bool // the challenge is used up
+	}{
+		{
+			name:   "unknown challenge",
+			answer: func(e *env) map[string]any { d := n.answer(e.challenge(n), "web"); d["challenge_id"] = "x"; return d },
+			denied: true, wantErr: "challenge: challenge is unknown or already used",
+		},
+		{
+			name: "expired challenge",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				e.clock.add(61 * time.Second)
+				return d
+			},
+			denied: true, wantErr: "challenge: challenge has expired",
+		},
+		{
+			name: "quote for another challenge",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["challenge_id"] = e.challenge(n).Data["challenge_id"]
+				return d
+			},
+			denied: true, wantErr: "quote_nonce: ", consumed: true,
+		},
+		{
+			name: "tampered PCR value",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				q := d["quotes"].([]any)[0].(map[string]any)
+				q["pcrs"].(map[string]any)["values"].(map[string]any)["7"] = b64(bytes.Repeat([]byte{1}, 32))
+				return d
+			},
+			denied: true, wantErr: "pcr_digest: ", consumed: true,
+		},
+		{
+			name: "event log that does not replay",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["event_log"] = b64([]byte("not a TCG event log"))
+				return d
+			},
+			denied: true, wantErr: "event_log: ", consumed: true,
+		},
+		{
+			name: "EK no longer trusted",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				e.configure(map[string]any{"ek_allow": hashA})
+				return d
+			},
+			denied: true, wantErr: "ek_trust: EK is not trusted", consumed: true,
+		},
+		{
+			name: "client outside token_bound_cidrs",
+			answer: func(e *env) map[string]any {
+				e.write("role/web", map[string]any{"token_bound_cidrs": "10.0.0.0/8"})
+				return n.answer(e.challenge(n), "web")
+			},
+			denied: true,
+		},
+		{
+			name:    "no role",
+			answer:  func(e *env) map[string]any { return n.answer(e.challenge(n), "") },
+			wantErr: "role is required",
+		},
+		{
+			name:    "unknown role",
+			answer:  func(e *env) map[string]any { return n.answer(e.challenge(n), "db") },
+			wantErr: `role "db" not found`,
+		},
+		{
+			name: "malformed quotes, every problem at once",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				q := d["quotes"].([]any)[0].(map[string]any)
+				q["attest"] = "%%%"
+				delete(q, "signature")
+				pcrs := q["pcrs"].(map[string]any)
+				pcrs["hash_alg"] = "md5"
+				values := pcrs["values"].(map[string]any)
+				values["24"] = values["23"]
+				delete(values, "23")
+				d["event_log"] = "!"
+				return d
+			},
+			wantErr: "event_log is not base64: illegal base64 data at input byte 0\n" +
+				"quotes[0].attest is not base64: illegal base64 data at input byte 0\n" +
+				"quotes[0].signature is required\n" +
+				`quotes[0].pcrs.hash_alg "md5" is not sha1, sha256, sha384, sha512 or a TPM_ALG_ID` + "\n" +
+				`quotes[0].pcrs.values: "24" is not a PCR index 0-23`,
+		},
+		{
+			name: "unknown quote field",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["quotes"].([]any)[0].(map[string]any)["nonce"] = "AAAA"
+				return d
+			},
+			wantErr: `quotes must be a list of {attest, signature, pcrs: {hash_alg, values}}: json: unknown field "nonce"`,
+		},
+		{
+			name: "no quotes",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["quotes"] = []any{}
+				return d
+			},
+			wantErr: "quotes is required",
+		},
+		{
+			name: "garbage quote",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["quotes"].([]any)[0].(map[string]any)["attest"] = b64([]byte("garbage"))
+				return d
+			},
+			denied: true, wantErr: "quote_signature: ", consumed: true,
+		},
+		{
+			name: "PCR value of the wrong size",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				q := d["quotes"].([]any)[0].(map[string]any)
+				q["pcrs"].(map[string]any)["values"].(map[string]any)["7"] = b64([]byte("short"))
+				return d
+			},
+			wantErr: "input: PCR 7 value has the wrong size for bank sha256", consumed: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			setup(t, e, n)
+			data := tt.answer(e)
+			before, _ := e.storage.List(t.Context(), challengePrefix)
+			resp, err := e.request(logical.UpdateOperation, "login", data)
+			if tt.denied {
+				if err != logical.ErrPermissionDenied {
+					t.Fatalf("err = %v (%v), want permission denied", err, resp.Error())
+				}
+			} else if err != nil || !resp.IsError() {
+				t.Fatalf("err = %v, resp = %v; want an error response", err, resp)
+			}
+			if resp != nil && resp.Auth != nil {
+				t.Fatal("refused login carries auth")
+			}
+			if tt.wantErr != "" && !strings.Contains(resp.Error().Error(), tt.wantErr) {
+				t.Errorf("message = %q, want %q", resp.Error(), tt.wantErr)
+			}
+			after, _ := e.storage.List(t.Context(), challengePrefix)
+			if consumed := len(after) < len(before); consumed != tt.consumed {
+				t.Errorf("challenge consumed = %v, want %v", consumed, tt.consumed)
+			}
+		})
+	}
+}
+
+func TestLoginConcurrentAnswersOneWins(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	data := n.answer(e.challenge(n), "web")
+	const tries = 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	allowed, denied := 0, 0
+	for range tries {
+		wg.Go(func() {
+			resp, err := e.request(logical.UpdateOperation, "login", data)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && resp.Auth != nil:
+				allowed++
+			case err == logical.ErrPermissionDenied && resp.Auth == nil:
+				denied++
+			default:
+				t.Errorf("unexpected outcome: %v %v", resp, err)
+			}
+		})
+	}
+	wg.Wait()
+	if allowed != 1 || denied != tries-1 {
+		t.Errorf("%d allowed, %d denied; want 1 and %d", allowed, denied, tries-1)
+	}
+}
+
+func TestLoginEKCertificate(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	root := newTestCA(t, "vendor root", nil)
+	inter := newTestCA(t, "vendor intermediate", root)
+	n.certificate = inter.issueEK(t, n.n.EK().PublicKey())
+	e.configure(map[string]any{"ek_ca": map[string]any{"vendor": map[string]any{"roots": root.pem}}})
+	e.write("role/fleet", map[string]any{"policy": `policy "fleet" {
+  select { ek_cas = ["vendor"] }
+  require = ["ek.certified", "ek.manufacturer == '` + testManufacturer + `'"]
+}
+`})
+	// Without the intermediate the certificate does not chain.
+	resp, err := e.request(logical.UpdateOperation, "challenge", n.challengeData())
+	wantDenied(t, resp, err, "ek_trust: ek_certificate does not chain to a trusted EK CA")
+
+	n.intermediates = [][]byte{inter.cert.Raw}
+	resp, err = e.login(n, "fleet")
+	if err != nil || resp.Auth == nil {
+		t.Fatalf("login: %v %v", err, resp.Error())
+	}
+	if m := resp.Auth.Metadata; m["ek_ca"] != "vendor" || m["ek_manufacturer"] != testManufacturer || m["attestation_policies"] != "fleet" {
+		t.Errorf("metadata = %v", m)
+	}
+	if m := resp.Auth.Alias.Metadata; m["ek_ca"] != "vendor" || m["ek_manufacturer"] != testManufacturer {
+		t.Errorf("alias metadata = %v", m)
+	}
+}
+
+func TestLoginResponseWrap(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	e.write("role/web", map[string]any{"response_wrap_ttl": "30s"})
+	resp, err := e.login(n, "web")
+	if err != nil || resp.Auth == nil {
+		t.Fatalf("login: %v %v", err, resp.Error())
+	}
+	// Vault core creates the token from Auth, then puts the whole
+	// response in a cubbyhole and returns only the wrapping token.
+	if resp.WrapInfo == nil || resp.WrapInfo.TTL != 30*time.Second {
+		t.Errorf("wrap info = %+v, want a 30s TTL", resp.WrapInfo)
+	}
+}
+
+func TestRenew(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	resp, err := e.login(n, "web")
+	if err != nil || resp.Auth == nil {
+		t.Fatalf("login: %v %v", err, resp.Error())
+	}
+	auth := resp.Auth
+	auth.TokenPolicies = auth.Policies // as Vault core stores them
+	renew := func() (*logical.Response, error) {
+		return e.b.HandleRequest(t.Context(), &logical.Request{
+			Operation: logical.RenewOperation, Path: "login", Auth: auth, Storage: e.storage,
+		})
+	}
+	e.write("role/web", map[string]any{"token_ttl": "20m", "token_max_ttl": "2h"})
+	resp, err = renew()
+	if err != nil || resp.Auth.TTL != 20*time.Minute || resp.Auth.MaxTTL != 2*time.Hour {
+		t.Fatalf("renew = %v, %v; want the role's current TTLs", resp, err)
+	}
+
+	e.write("role/web", map[string]any{"token_policies": "other"})
+	if _, err := renew(); err == nil || !strings.Contains(err.Error(), `token_policies of role "web" changed`) {
+		t.Errorf("renew after token_policies changed: %v", err)
+	}
+	e.write("role/web", map[string]any{"token_policies": "web-secrets", "policy": pcrPolicy(n.ekHash, strings.Repeat("1", 64))})
+	if _, err := renew(); err == nil || !strings.Contains(err.Error(), `the policy of role "web" changed`) {
+		t.Errorf("renew after the policy changed: %v", err)
+	}
+	if _, err := e.request(logical.DeleteOperation, "role/web", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := renew(); err == nil || !strings.Contains(err.Error(), `role "web" no longer exists`) {
+		t.Errorf("renew after the role was deleted: %v", err)
+	}
+}
+
+func TestResolveRole(t *testing.T) {
+	e := newEnv(t)
+	e.write("role/web", map[string]any{"policy": rolePolicy})
+	resp, err := e.request(logical.ResolveRoleOperation, "login", map[string]any{"role": "web"})
+	if err != nil || resp.Data["role"] != "web" {
+		t.Fatalf("resolve role = %v, %v", resp, err)
+	}
+	if resp, _ := e.request(logical.ResolveRoleOperation, "login", map[string]any{"role": "db"}); !resp.IsError() {
+		t.Errorf("unknown role resolved: %v", resp)
+	}
+}
+
+func TestPeriodicPurgesExpiredChallenges(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	e.challenge(n)
+	e.clock.add(30 * time.Second)
+	e.challenge(n)
+	e.clock.add(31 * time.Second) // the first expired, the second has 29s left
+	if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 1 {
+		t.Errorf("challenges after purge: %v, want 1", keys)
+	}
+}
