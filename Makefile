@@ -16,7 +16,7 @@ FUZZ_TARGETS :=
 FUZZ_TARGETS += ./policies:FuzzParse
 FUZZ_TARGETS += ./broker/verify:FuzzEventLog
 
-.PHONY: help all build test unit e2e bench fuzz demo lint generate generate-check tidy clean
+.PHONY: help all build test unit e2e e2e-vault bench fuzz demo lint generate generate-check tidy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,10 +27,14 @@ build: ## build bin/keybroker, bin/keybroker-agent and bin/vault-plugin-auth-tpm
 	$(GO) build -o $(BIN)/ ./cmd/...
 	cd plugins/vaultauth && $(GO) build -o $(BIN)/ ./cmd/...
 
-test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools), brief fuzzing
+test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools), Vault plugin and Vault e2e, brief fuzzing
 	$(GO) test -count=1 -timeout 20m ./...
 	cd plugins/vaultauth && $(GO) test -count=1 -timeout 10m ./...
+	$(MAKE) --no-print-directory e2e-vault
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+e2e-vault: ## Vault suite: a Vault 1.19.5 test cluster, the auth plugin and keybroker-agent on swtpm (own module; first build ~6 min)
+	cd e2e/vault && $(GO) test -count=1 -timeout 20m ./...
 
 unit: ## unit tests only (no swtpm needed)
 	$(GO) test -count=1 -short ./...
@@ -55,6 +59,7 @@ lint: ## gofmt + go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd plugins/vaultauth && $(GO) vet ./...
+	cd e2e/vault && $(GO) vet ./...
 
 $(TOOLBIN)/protoc-gen-go $(TOOLBIN)/protoc-gen-go-grpc: go.mod
 	$(GO) build -o $(TOOLBIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
@@ -70,8 +75,10 @@ generate: $(TOOLBIN)/protoc-gen-go $(TOOLBIN)/protoc-gen-go-grpc ## regenerate p
 generate-check: generate ## fail if generated code is not what is committed
 	@git diff --exit-code -- proto/ || (echo "generated code differs: run make generate and commit"; exit 1)
 
-tidy: ## go mod tidy
+tidy: ## go mod tidy, in every module
 	$(GO) mod tidy
+	cd plugins/vaultauth && $(GO) mod tidy
+	cd e2e/vault && $(GO) mod tidy -e
 
 clean:
 	rm -rf $(BIN) $(TOOLBIN)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/keybroker/keybroker/agent"
@@ -55,4 +56,35 @@ func ExampleSVIDManager_Run() {
 	}
 	go workload.NewServer(mgr).Serve(ctx, lis)
 	mgr.Run(ctx, attest) // until ctx is done
+}
+
+// What `keybroker-agent vault-login` does: log in to Vault's TPM auth
+// method with this node's TPM and keep the token where the vault CLI reads
+// it.
+func ExampleVaultLogin() {
+	caPEM, _ := os.ReadFile("/etc/keybroker/vault-ca.pem")
+	c, err := agent.NewVaultClient("https://vault.example.com:8200", agent.VaultClientOpts{CAPEM: caPEM})
+	if err != nil {
+		return
+	}
+	rw, err := agent.OpenTPM("/dev/tpmrm0")
+	if err != nil {
+		return
+	}
+	defer rw.Close()
+	node, err := agent.NewNode(rw, agent.NodeOpts{})
+	if err != nil {
+		return
+	}
+	defer node.Close()
+	eventLog, _ := agent.ReadEventLog("auto")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := agent.VaultLogin(ctx, c, node, agent.VaultLoginOpts{Role: "web", EventLog: eventLog})
+	if err != nil {
+		slog.Error("vault login failed", "error", err) // a *StepError naming the stage
+		return
+	}
+	home, _ := os.UserHomeDir()
+	os.WriteFile(filepath.Join(home, ".vault-token"), []byte(res.Auth.ClientToken), 0o600)
 }

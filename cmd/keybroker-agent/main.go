@@ -18,11 +18,12 @@ import (
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
-const usage = `keybroker-agent: attest this node's TPM to a keybroker broker.
+const usage = `keybroker-agent: attest this node's TPM to a keybroker broker or to Vault.
 
 Usage:
   keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR [flags]
   keybroker-agent run --broker HOST:PORT --ca CA.pem [--workload-socket PATH] [flags]
+  keybroker-agent vault-login --vault-addr https://HOST:PORT --role ROLE [flags]
   keybroker-agent ek-hash [--tpm TPM]
 
 Commands:
@@ -30,6 +31,9 @@ Commands:
               TPM → write key.pem (0600), cert.pem, chain.pem atomically
   run         attest, then serve the SPIFFE Workload API on a unix socket and
               re-attest at half the node SVID's life, until SIGINT/SIGTERM
+  vault-login challenge → activate credential → quote → login to Vault's TPM
+              auth method → write the token to ~/.vault-token (0600) or
+              print it as JSON (-format=json)
   ek-hash     print the EK identity hash the broker trusts (ek_allow, ek_hashes)
 
 Run 'keybroker-agent COMMAND --help' for a command's flags.
@@ -49,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return bootstrap(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stdout, stderr)
+	case "vault-login":
+		return vaultLogin(args[1:], stdout, stderr)
 	case "ek-hash":
 		return ekHash(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -1,0 +1,46 @@
+// Package vaulte2e tests keybroker's Vault auth method end to end: a real
+// Vault (github.com/hashicorp/vault's in-process test cluster, its core and
+// HTTP API over TLS on loopback), the plugin built from plugins/vaultauth
+// and run by Vault as its own process, registered and enabled the way an
+// operator does (catalog entry with the binary's SHA-256, auth enable), and
+// the real keybroker-agent binary on swtpm. It holds tests only.
+//
+// It is its own Go module because Vault builds only at the versions it was
+// released with: github.com/hashicorp/vault v1.19.5 with
+// github.com/hashicorp/vault/sdk v0.17.0, importing only vault/vault and
+// vault/http (Vault's command package does not build from the module
+// proxy). It imports nothing from the main module, so that module's newer
+// dependencies cannot change Vault's build; the binaries under test are
+// built from their own modules with `go build`.
+//
+// Run it with `make e2e-vault` (cd e2e/vault && go test -count=1 -timeout
+// 20m ./...). Every test skips with -short; without swtpm or tpm2-tools it
+// skips, or fails when CI is set. The first build of the test binary takes
+// about 5 minutes on 2 cores (Vault is large); later ones come from the
+// build cache.
+//
+//   - TestLoginEndToEnd: config trusts swtpm's local CA, role "web" admits
+//     nodes of that CA whose sha256 PCR 7 measured "secure boot on", with
+//     Vault policy node-read. `keybroker-agent vault-login -format=json
+//     --token-file F` logs in: F is 0600 and holds the printed token; the
+//     token's lookup-self shows node-read and path auth/tpm/login; its
+//     entity has one alias, the EK hash that `keybroker-agent ek-hash`
+//     prints, on the tpm mount; the text format writes ~/.vault-token (0600)
+//     and prints the steps but not the token.
+//   - TestReplayedChallengeRefused: a login request captured by a proxy and
+//     sent again is refused (403, challenge) and creates no token, also
+//     after the core is sealed and unsealed, after which a fresh login works.
+//   - TestPCRMismatchDenied: after PCR 7 changes the login is refused with
+//     only "policy: no policy allows this node", no token is created, no
+//     file written, and Vault's log records check=policy for the operator.
+//   - TestUntrustedEKCA: an EK certified by another swtpm CA is refused at
+//     challenge (ek_trust).
+//   - TestChallengeBoundToTPM: a second trusted swtpm handed the first one's
+//     challenge cannot activate it and never reaches login.
+//   - TestResponseWrappedLogin: a role with wrap_token_to_tpm is refused
+//     (Vault creates the token after the auth method answered, so no auth
+//     method can seal it to a TPM); with response_wrap_ttl the login answer
+//     holds only a wrapping token (creation_path auth/tpm/login), which the
+//     agent unwraps; it cannot be unwrapped again; when someone unwraps it
+//     first the agent fails at unwrap and writes nothing.
+package vaulte2e

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package vaulte2e
+
+import "os/exec"
+
+func killWithParent(*exec.Cmd) {}
