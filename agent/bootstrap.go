@@ -169,18 +169,10 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog []
 	}
 	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:min(8, len(ch.GetChallengeId()))]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
 
-	secret, err := node.Activate(ch)
+	quotes, err := node.answer(ch, lap)
 	if err != nil {
-		return nil, &StepError{StepActivate, err}
+		return nil, err
 	}
-	defer clear(secret)
-	lap(StepActivate, "credential activated: the AK and EK share this TPM")
-
-	quotes, err := node.Quote(secret)
-	if err != nil {
-		return nil, &StepError{StepQuote, err}
-	}
-	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
 
 	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog})
 	if err != nil {
@@ -209,4 +201,22 @@ func rpcError(err error) error {
 		return fmt.Errorf("broker refused (%s): %s", s.Code(), s.Message())
 	}
 	return err
+}
+
+// answer answers a challenge inside the TPM: it activates the credential
+// (only the TPM holding the EK and the AK can) and quotes with the recovered
+// secret, reporting each stage to lap. Errors are *StepError.
+func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Quote, error) {
+	secret, err := n.Activate(ch)
+	if err != nil {
+		return nil, &StepError{StepActivate, err}
+	}
+	defer clear(secret)
+	lap(StepActivate, "credential activated: the AK and EK share this TPM")
+	quotes, err := n.Quote(secret)
+	if err != nil {
+		return nil, &StepError{StepQuote, err}
+	}
+	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
+	return quotes, nil
 }

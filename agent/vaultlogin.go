@@ -98,18 +98,10 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 	}
 	lap(StepChallenge, detail)
 
-	secret, err := node.Activate(ch)
+	quotes, err := node.answer(ch, lap)
 	if err != nil {
-		return nil, &StepError{StepActivate, err}
+		return nil, err
 	}
-	defer clear(secret)
-	lap(StepActivate, "credential activated: the AK and EK share this TPM")
-
-	quotes, err := node.Quote(secret)
-	if err != nil {
-		return nil, &StepError{StepQuote, err}
-	}
-	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
 
 	login, err := logical.WriteWithContext(ctx, "auth/"+mount+"/login", vaultLoginRequest(opts.Role, ch.GetChallengeId(), quotes, opts.EventLog))
 	if err != nil {
