@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -24,7 +26,17 @@ const (
 	KeyFile   = "key.pem"   // PKCS#8 private key, mode 0600
 	CertFile  = "cert.pem"  // leaf certificate
 	ChainFile = "chain.pem" // issuing CA certificates
+	// SecretFileExt ends the file of each SECRET credential (a vault_kv
+	// release): <release name>.json, mode 0600, a SecretFile.
+	SecretFileExt = ".json"
 )
+
+// SecretFile is the JSON document Bootstrap writes for a SECRET credential.
+type SecretFile struct {
+	Path    string            `json:"path"`
+	Version int64             `json:"version"`
+	Data    map[string]string `json:"data"`
+}
 
 // Step names one stage of a bootstrap, for progress output and errors.
 type Step string
@@ -117,6 +129,10 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	if err != nil {
 		return nil, &StepError{StepOpen, err}
 	}
+	secrets, err := openSecrets(node, resp, opts.OutDir)
+	if err != nil {
+		return nil, &StepError{StepOpen, err}
+	}
 	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
 
 	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
@@ -125,6 +141,7 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
 		{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
 	}
+	files = append(files, secrets...)
 	for _, f := range files {
 		old, err := os.ReadFile(f.Path)
 		if err != nil || string(old) != string(f.Data) {
@@ -140,6 +157,40 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	}
 	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
 	return res, nil
+}
+
+// openSecrets opens the SECRET credentials of resp, as the files to write
+// in outDir: <name>.json, 0600.
+func openSecrets(node *Node, resp *pb.AttestResponse, outDir string) ([]atomicfile.File, error) {
+	var files []atomicfile.File
+	for _, c := range resp.GetCredentials() {
+		if c.GetType() != pb.CredentialType_SECRET {
+			continue
+		}
+		name := c.GetName()
+		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("credential %q: the name cannot be a file name", name)
+		}
+		payload, err := node.Open(c)
+		if err != nil {
+			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", name, err)
+			}
+			return nil, err
+		}
+		var sc pb.SecretCredential
+		err = proto.Unmarshal(payload, &sc)
+		clear(payload)
+		if err != nil {
+			return nil, fmt.Errorf("credential %q: malformed payload: %w", name, err)
+		}
+		doc, err := json.MarshalIndent(SecretFile{Path: sc.GetPath(), Version: sc.GetVersion(), Data: sc.GetData()}, "", "  ")
+		if err != nil {
+			return nil, fmt.Errorf("credential %q: %w", name, err)
+		}
+		files = append(files, atomicfile.File{Path: filepath.Join(outDir, name+SecretFileExt), Data: append(doc, '\n'), Perm: 0o600})
+	}
+	return files, nil
 }
 
 // newLap returns a function that reports each finished stage to progress

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,17 @@ import (
 //	spiffe {                               # optional: the SPIFFE authority
 //	  trust_domain = "example.org"        # CA and JWT key in data_dir/spiffe
 //	}
+//	vault {                                # optional: the source of vault_kv and vault_pki releases
+//	  address    = "https://vault.example.com:8200"
+//	  ca_cert    = "vault-ca.pem"          # PEM bundle that verifies address; default: system roots
+//	  token_file = "vault-token"           # a token, or:
+//	  approle {                            # an AppRole login
+//	    role_id        = "…"
+//	    secret_id_file = "vault-secret-id"
+//	    mount          = "approle"         # default
+//	  }
+//	  namespace  = ""                      # Vault Enterprise namespace
+//	}
 //
 // Relative paths are relative to the configuration file's directory.
 type FileConfig struct {
@@ -50,6 +62,39 @@ type FileConfig struct {
 	EKAllow            []string    `hcl:"ek_allow,optional"`
 	EKCAs              []EKCAFile  `hcl:"ek_ca,block"`
 	SPIFFE             *SPIFFEFile `hcl:"spiffe,block"`
+	Vault              *VaultFile  `hcl:"vault,block"`
+}
+
+// VaultFile is the vault block: the Vault the broker reads vault_kv
+// secrets from and has issue vault_pki certificates, and how it logs in
+// (exactly one of TokenFile and AppRole).
+type VaultFile struct {
+	Address   string       `hcl:"address"`
+	CACert    string       `hcl:"ca_cert,optional"`
+	TokenFile string       `hcl:"token_file,optional"`
+	AppRole   *AppRoleFile `hcl:"approle,block"`
+	Namespace string       `hcl:"namespace,optional"`
+	// Range is where the block is, for errors; set by ParseConfig.
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// AppRoleFile is the approle block of the vault block.
+type AppRoleFile struct {
+	RoleID       string `hcl:"role_id"`
+	SecretIDFile string `hcl:"secret_id_file"`
+	Mount        string `hcl:"mount,optional"`
+}
+
+// VaultConfig is the parsed vault block: paths resolved, files checked.
+type VaultConfig struct {
+	Address   string
+	CACert    string // PEM file; empty: the system's roots
+	TokenFile string // empty with AppRole
+	// AppRole login, when RoleID is set.
+	RoleID       string
+	SecretIDFile string
+	AppRoleMount string // default "approle"
+	Namespace    string
 }
 
 // SPIFFEFile is the spiffe block: with it, the broker is the SPIFFE
@@ -107,6 +152,9 @@ type Config struct {
 	// when SPIFFE is not configured (x509_svid releases and workload SVIDs
 	// are then refused).
 	TrustDomain spiffeid.TrustDomain
+	// Vault is the vault block; nil when absent (vault_kv and vault_pki
+	// releases are then refused).
+	Vault *VaultConfig
 }
 
 // LoadConfig reads, defaults and validates a configuration file, reporting
@@ -235,6 +283,17 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 			c.TrustDomain = td
 		}
 	}
+	if fc.Vault != nil {
+		at := name
+		if r := fc.Vault.Range; r.Filename != "" {
+			at = fmt.Sprintf("%s:%d", r.Filename, r.Start.Line)
+		}
+		var verrs []error
+		c.Vault, verrs = fc.Vault.build(abs)
+		for _, err := range verrs {
+			errs = append(errs, fmt.Errorf("%s: vault: %w", at, err))
+		}
+	}
 	c.Trust.AllowSHA1 = c.AllowSHA1
 	if len(c.Trust.EKHashes) == 0 && len(c.Trust.CAs) == 0 {
 		bad("no EK is trusted: set ek_allow or an ek_ca block")
@@ -345,4 +404,59 @@ func parseCerts(data []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("holds no PEM certificate")
 	}
 	return certs, nil
+}
+
+// build validates the vault block; abs resolves relative paths.
+func (vf *VaultFile) build(abs func(string) string) (*VaultConfig, []error) {
+	vc := &VaultConfig{Address: vf.Address, CACert: abs(vf.CACert), TokenFile: abs(vf.TokenFile), Namespace: vf.Namespace}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	u, err := url.Parse(vf.Address)
+	switch {
+	case vf.Address == "":
+		bad("address cannot be empty")
+	case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || (u.Path != "" && u.Path != "/"):
+		bad("address %q is not a URL such as \"https://vault.example.com:8200\"", vf.Address)
+	case u.Scheme != "https":
+		bad("address %q must use https: the broker sends its token and receives secrets", vf.Address)
+	}
+	if vf.CACert != "" {
+		if data, err := os.ReadFile(vc.CACert); err != nil {
+			bad("unable to read ca_cert %s: %v", vf.CACert, err)
+		} else if !bytes.Contains(data, []byte("-----BEGIN ")) {
+			bad("ca_cert %s: holds no PEM certificate", vf.CACert)
+		} else if _, err := parseCerts(data); err != nil {
+			bad("ca_cert %s: %v", vf.CACert, err)
+		}
+	}
+	readable := func(what, path, shown string) {
+		if b, err := os.ReadFile(path); err != nil {
+			bad("unable to read %s %s: %v", what, shown, err)
+		} else if len(bytes.TrimSpace(b)) == 0 {
+			bad("%s %s is empty", what, shown)
+		}
+	}
+	switch {
+	case vf.TokenFile == "" && vf.AppRole == nil:
+		bad("set token_file or an approle block")
+	case vf.TokenFile != "" && vf.AppRole != nil:
+		bad("set token_file or an approle block, not both")
+	case vf.TokenFile != "":
+		readable("token_file", vc.TokenFile, vf.TokenFile)
+	default:
+		ar := vf.AppRole
+		vc.RoleID, vc.SecretIDFile, vc.AppRoleMount = ar.RoleID, abs(ar.SecretIDFile), ar.Mount
+		if vc.AppRoleMount == "" {
+			vc.AppRoleMount = "approle"
+		}
+		if ar.RoleID == "" {
+			bad("approle: role_id cannot be empty")
+		}
+		if ar.SecretIDFile == "" {
+			bad("approle: secret_id_file cannot be empty")
+		} else {
+			readable("approle: secret_id_file", vc.SecretIDFile, ar.SecretIDFile)
+		}
+	}
+	return vc, errs
 }

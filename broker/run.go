@@ -24,6 +24,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/vaultsource"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -50,6 +51,7 @@ type Running struct {
 	grpc     *grpc.Server
 	admin    *http.Server
 	st       store.Store
+	vault    *vaultsource.Client // nil without a vault block
 	policies *policyReloader
 	once     sync.Once
 	done     chan error
@@ -121,8 +123,27 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		}
 		tlsConfig.ClientAuth, tlsConfig.ClientCAs = tls.VerifyClientCertIfGiven, clientCAs
 	}
+	var vc *vaultsource.Client
+	if v := cfg.Vault; v != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		vc, err = vaultsource.New(ctx, vaultsource.Opts{
+			Address: v.Address, CACert: v.CACert, Namespace: v.Namespace, TokenFile: v.TokenFile,
+			RoleID: v.RoleID, SecretIDFile: v.SecretIDFile, AppRoleMount: v.AppRoleMount,
+			Logger: log.With("component", "vault"),
+		})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("unable to log in to vault at %s: %w", v.Address, err)
+		}
+	}
+	closeVault := func() {
+		if vc != nil {
+			vc.Close()
+		}
+	}
 	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, StoreFile), store.BoltOpts{})
 	if err != nil {
+		closeVault()
 		return nil, fmt.Errorf("unable to open the store: %w", err)
 	}
 	srv, err := NewServer(ServerOpts{
@@ -133,21 +154,25 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		CA:           ca,
 		Policies:     pol,
 		SPIFFE:       sp,
+		Vault:        vc,
 		Logger:       log,
 	})
 	if err != nil {
 		st.Close()
+		closeVault()
 		return nil, err
 	}
 	admin, err := serveAdmin(filepath.Join(cfg.DataDir, AdminSocket), st)
 	if err != nil {
 		st.Close()
+		closeVault()
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		admin.Close()
 		st.Close()
+		closeVault()
 		return nil, fmt.Errorf("unable to listen on %s: %w", cfg.Listen, err)
 	}
 	g := grpc.NewServer(
@@ -162,7 +187,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	reflection.Register(g)
 
 	reloader.install = srv.SetPolicies
-	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, policies: reloader,
+	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, vault: vc, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log) })
@@ -170,7 +195,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		r.tasks.Go(func() { reloader.watch(r.stop, cfg.PolicyPollInterval) })
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash(),
-		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name())
+		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name(), "vault", cfg.Vault != nil)
 	return r, nil
 }
 
@@ -193,6 +218,9 @@ func (r *Running) Stop() {
 		r.grpc.GracefulStop()
 		r.admin.Close()
 		r.tasks.Wait()
+		if r.vault != nil {
+			r.vault.Close()
+		}
 		r.st.Close()
 	})
 }

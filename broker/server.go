@@ -25,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -47,7 +48,8 @@ type Server struct {
 	challenges *challenge.Issuer
 	policies   atomic.Pointer[policies.Set]
 	ca         *issue.CA
-	spiffe     *issue.SPIFFE // nil: SPIFFE is not configured
+	spiffe     *issue.SPIFFE       // nil: SPIFFE is not configured
+	vault      *vaultsource.Client // nil: Vault is not configured
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -64,6 +66,9 @@ type ServerOpts struct {
 	// x509_svid releases and workload entries, and the workload SVID and
 	// bundle RPCs.
 	SPIFFE *issue.SPIFFE
+	// Vault is the source of vault_kv and vault_pki releases. Nil (the
+	// default) refuses them.
+	Vault  *vaultsource.Client
 	Logger *slog.Logger // default: discard
 	// Now returns the current time; default time.Now. Tests move it to
 	// expire challenges and node SVIDs.
@@ -93,6 +98,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, Now: opts.Now}),
 		ca:         opts.CA,
 		spiffe:     opts.SPIFFE,
+		vault:      opts.Vault,
 		now:        opts.Now,
 		log:        opts.Logger,
 	}
@@ -262,7 +268,26 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 	var released []store.ReleasedItem
 	var svids []store.NodeSVID
 	for _, rel := range d.Releases {
-		cred, item, err := s.release(v, ekKey, rel)
+		if policies.IsVault(rel.Type) && s.vault == nil {
+			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name))
+			return nil, nodeRec, &refusal{code: codes.FailedPrecondition, check: "release",
+				msg: "release: vault unavailable (not configured)", cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
+		}
+	}
+	for _, rel := range d.Releases {
+		cred, item, err := s.release(ctx, v, ekKey, rel)
+		var ve *vaultsource.Error
+		if errors.As(err, &ve) {
+			// Vault is down or refused: not about the node, so no deny
+			// list; nothing of the decision is released.
+			code := codes.FailedPrecondition
+			if ve.Unavailable {
+				code = codes.Unavailable
+			}
+			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: %s: %s", rel.Name, ve.Op, ve.Reason))
+			return nil, nodeRec, &refusal{code: code, check: "release",
+				msg: fmt.Sprintf("release: vault unavailable (%s)", ve.Reason), cause: fmt.Errorf("release %q: %w", rel.Name, err)}
+		}
 		if err != nil {
 			return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err})
 		}
@@ -289,7 +314,7 @@ type issued struct {
 }
 
 // release issues one credential and wraps it to the node's EK.
-func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
+func (s *Server) release(ctx context.Context, v *verify.Verified, ekKey any, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
 	var iss *issued
 	var err error
@@ -298,6 +323,10 @@ func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*
 		iss, err = s.issueTLS(rel)
 	case policies.TypeX509SVID:
 		iss, err = s.issueNodeSVID(rel)
+	case policies.TypeVaultPKI:
+		iss, err = s.issueVaultPKI(ctx, rel)
+	case policies.TypeVaultKV:
+		iss, err = s.readVaultKV(ctx, rel)
 	default:
 		err = fmt.Errorf("release type %q is not supported", rel.Type)
 	}
@@ -334,8 +363,10 @@ func (s *Server) release(v *verify.Verified, ekKey any, rel policies.Release) (*
 			EncryptedSeed: env.Blob.GetEncryptedSeed(),
 			PublicArea:    env.Blob.GetPublicArea(),
 		},
-		Jwe:          env.JWE,
-		NotAfterUnix: iss.notAfter.Unix(),
+		Jwe: env.JWE,
+	}
+	if !iss.notAfter.IsZero() {
+		cred.NotAfterUnix = iss.notAfter.Unix()
 	}
 	if pcrs != nil {
 		cred.Blob.Pcrs = &pb.PCRValues{HashAlg: uint32(pcrs.GetHash()), Values: pcrs.GetPcrs()}
@@ -361,6 +392,48 @@ func (s *Server) issueTLS(rel policies.Release) (*issued, error) {
 		return nil, err
 	}
 	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: tc.Serial, notAfter: tc.NotAfter}, nil
+}
+
+// issueVaultPKI issues a vault_pki release: Vault's PKI role issues the
+// key and certificate, released as a TLS credential.
+func (s *Server) issueVaultPKI(ctx context.Context, rel policies.Release) (*issued, error) {
+	if s.vault == nil {
+		return nil, errors.New("no vault is configured")
+	}
+	c, err := s.vault.IssueCertificate(ctx, rel.Path, vaultsource.CertRequest{
+		CommonName:  rel.CommonName,
+		DNSNames:    rel.DNSNames,
+		IPAddresses: rel.IPAddresses,
+		TTL:         rel.TTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: c.KeyPEM, CertificatePem: c.CertificatePEM, ChainPem: c.ChainPEM})
+	clear(c.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: c.Serial, notAfter: c.NotAfter}, nil
+}
+
+// readVaultKV reads a vault_kv release: the latest version of a KV
+// version 2 secret, released as a SecretCredential. The receipt records
+// the version as its serial.
+func (s *Server) readVaultKV(ctx context.Context, rel policies.Release) (*issued, error) {
+	if s.vault == nil {
+		return nil, errors.New("no vault is configured")
+	}
+	kv, err := s.vault.ReadKV(ctx, rel.Path)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.SecretCredential{Data: kv.Data, Path: rel.Path, Version: kv.Version})
+	clear(kv.Data)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_SECRET, payload: payload, serial: fmt.Sprintf("v%d", kv.Version)}, nil
 }
 
 // issueNodeSVID issues an x509_svid release: a fresh key and the node's

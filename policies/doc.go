@@ -15,7 +15,7 @@
 //	    "ek.certified",
 //	  ]
 //	  release "node-tls" {
-//	    type         = "tls_certificate"   # required: tls_certificate or x509_svid
+//	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv or vault_pki
 //	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
 //	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
 //	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
@@ -30,6 +30,17 @@
 //	    pcrs         = [0, 7]
 //	    ttl          = "24h"               # default 24h, at most 168h (MaxSVIDTTL)
 //	    spiffe_id    = "spiffe://example.org/node/${ek_hash_short}"
+//	  }
+//	  release "db-password" {
+//	    type         = "vault_kv"          # a Vault KV version 2 secret (broker.hcl needs a vault block)
+//	    path         = "secret/data/nodes/${ek_hash_short}"  # <mount>/data/<key>, a template
+//	    mode         = "tpm_bound"         # mode, pcr_bank, pcrs as above; no ttl
+//	  }
+//	  release "vault-tls" {
+//	    type         = "vault_pki"         # a certificate issued by a Vault PKI role
+//	    path         = "pki/issue/nodes"   # <mount>/issue/<role>, static
+//	    common_name  = "${ek_hash_short}.nodes.example.com"  # names and ttl as tls_certificate
+//	    ttl          = "24h"
 //	  }
 //	  workload "web" {                     # an SVID the node's agent may hand out
 //	    spiffe_id    = "spiffe://example.org/web"
@@ -57,6 +68,15 @@
 // the same variables that must render to a SPIFFE ID (checked on a sample
 // node when parsed, and for each node when evaluated); the broker refuses
 // to release it unless the ID is in its configured trust domain.
+//
+// The vault_kv and vault_pki releases take their material from the Vault
+// of the broker's vault block. A vault_kv release reads the latest version
+// of the KV version 2 secret at path (a template over the same variables,
+// rendered per node) and releases its data; a vault_pki release has Vault's
+// PKI role at path (static) issue a certificate for its common_name,
+// dns_names and ip_addresses, valid for ttl, and releases it as a TLS
+// credential. When Vault is unreachable or refuses, the broker releases
+// nothing to the node, not even the decision's other releases.
 //
 // A workload block is an entry the node's agent serves on its Workload
 // API: processes that match every one of its selectors get an SVID for its

@@ -142,7 +142,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
 		{
 			name:    "missing type",
 			src:     withRelease(`    common_name = "a"`),
-			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate" or "x509_svid"`,
+			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate", "x509_svid", "vault_kv" or "vault_pki"`,
 		},
 		{
 			name: "unknown type, mode and bank",
@@ -150,7 +150,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
     mode        = "sealed"
     pcr_bank    = "sha1"
     common_name = "a"`),
-			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate" or "x509_svid"
+			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate", "x509_svid", "vault_kv" or "vault_pki"
 p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
 p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "sha256", "sha384" or "sha512"`,
 		},
@@ -271,6 +271,66 @@ p.hcl:15:8: policy "web" is already defined at p.hcl:1:8`,
 }`,
 		},
 		{
+			name: "valid vault releases",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "db" {
+    type = "vault_kv"
+    path = "secret/data/nodes/${ek_hash_short}"
+    mode = "pcr_sealed"
+    pcrs = [7]
+  }
+  release "tls" {
+    type        = "vault_pki"
+    path        = "pki/issue/nodes"
+    common_name = "${ek_hash_short}.nodes.example.com"
+    ttl         = "1h"
+  }
+}`,
+		},
+		{
+			name: "bad vault releases",
+			src: `policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "no-path" {
+    type = "vault_kv"
+  }
+  release "kv-v1" {
+    type        = "vault_kv"
+    path        = "secret/nodes/a"
+    ttl         = "1h"
+    common_name = "a"
+  }
+  release "pki-template" {
+    type        = "vault_pki"
+    path        = "pki/issue/${ek_hash}"
+    common_name = "a"
+  }
+  release "pki-sign" {
+    type = "vault_pki"
+    path = "pki/sign/nodes"
+  }
+  release "tls-path" {
+    type        = "tls_certificate"
+    path        = "secret/data/a"
+    common_name = "a"
+  }
+  release "bad-var" {
+    type = "vault_kv"
+    path = "secret/data/${nope}"
+  }
+}`,
+			wantErr: `p.hcl:3:3: policy "web": release "no-path": a vault_kv needs a path
+p.hcl:8:19: policy "web": release "kv-v1": path "secret/nodes/a" is not a KV version 2 data path such as "secret/data/<key>"
+p.hcl:9:5: policy "web": release "kv-v1": ttl is not allowed with type "vault_kv": the secret has no validity of its own
+p.hcl:10:5: policy "web": release "kv-v1": common_name is not allowed with type "vault_kv"
+p.hcl:14:19: policy "web": release "pki-template": path: a vault_pki path cannot use template variables
+p.hcl:17:3: policy "web": release "pki-sign": a vault_pki needs a common_name, dns_names or ip_addresses
+p.hcl:19:12: policy "web": release "pki-sign": path "pki/sign/nodes" is not a PKI issue path such as "pki/issue/<role>"
+p.hcl:23:5: policy "web": release "tls-path": path is only allowed with type "vault_kv" or "vault_pki"
+p.hcl:28:27: policy "web": release "bad-var": path: unknown template variable "nope"; use ek_hash, ek_hash_short, ek_ca`,
+		},
+		{
 			name: "bad x509_svid releases",
 			src: withRelease(`    type        = "x509_svid"
     ttl         = "169h"
@@ -298,8 +358,8 @@ p.hcl:15:8: policy "web" is already defined at p.hcl:1:8`,
     spiffe_id   = "spiffe://example.org/node"`),
 			wantErr: `p.hcl:3:3: policy "web": release "tls": an x509_svid needs a spiffe_id
 p.hcl:5:19: policy "web": release "tls": ttl "169h" exceeds the maximum of 168h for an x509_svid
-p.hcl:6:5: policy "web": release "tls": common_name is only allowed with type "tls_certificate"
-p.hcl:7:5: policy "web": release "tls": dns_names is only allowed with type "tls_certificate"
+p.hcl:6:5: policy "web": release "tls": common_name is only allowed with type "tls_certificate" or "vault_pki"
+p.hcl:7:5: policy "web": release "tls": dns_names is only allowed with type "tls_certificate" or "vault_pki"
 p.hcl:9:3: policy "web": release "no-id": an x509_svid needs a spiffe_id
 p.hcl:14:17: policy "web": release "not-an-id": spiffe_id "https://example.org/node" is not a SPIFFE ID: scheme is missing or invalid
 p.hcl:18:52: policy "web": release "bad-template": spiffe_id: unknown template variable "nope"; use ek_hash, ek_hash_short, ek_ca

@@ -38,10 +38,18 @@ const (
 	// TypeX509SVID is the node's X.509-SVID and its key from the broker's
 	// SPIFFE authority, with the trust domain's bundle.
 	TypeX509SVID = "x509_svid"
+	// TypeVaultKV is a secret read from a Vault KV version 2 path.
+	TypeVaultKV = "vault_kv"
+	// TypeVaultPKI is a TLS certificate and its key issued by a Vault PKI
+	// role (pki/issue/<role>).
+	TypeVaultPKI = "vault_pki"
 )
 
 // releaseTypes lists the release types, for messages.
-var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID}
+var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI}
+
+// IsVault reports whether a release type takes its material from Vault.
+func IsVault(typ string) bool { return typ == TypeVaultKV || typ == TypeVaultPKI }
 
 // Release TTL bounds.
 const (
@@ -56,14 +64,18 @@ const (
 // templates rendered for that node.
 type Release struct {
 	Name        string        // the release block's label, unique in its Set
-	Type        string        // TypeTLSCertificate or TypeX509SVID
+	Type        string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV or TypeVaultPKI
 	Mode        Mode          // ModeTPMBound or ModePCRSealed
 	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
 	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
 	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, or MaxSVIDTTL for TypeX509SVID
-	CommonName  string        // TypeTLSCertificate: rendered, may be empty
-	DNSNames    []string      // TypeTLSCertificate: rendered
-	IPAddresses []net.IP      // TypeTLSCertificate: rendered and parsed
+	CommonName  string        // TypeTLSCertificate, TypeVaultPKI: rendered, may be empty
+	DNSNames    []string      // TypeTLSCertificate, TypeVaultPKI: rendered
+	IPAddresses []net.IP      // TypeTLSCertificate, TypeVaultPKI: rendered and parsed
+	// Path is the Vault path of TypeVaultKV (a KV v2 data path such as
+	// "secret/data/nodes/web", rendered) and TypeVaultPKI (the issue
+	// endpoint "pki/issue/<role>"); empty otherwise.
+	Path string
 	// SPIFFEID is the node's SPIFFE ID for TypeX509SVID, rendered and
 	// parsed; zero otherwise. Whether it is in the broker's trust domain
 	// is for the broker to check.
@@ -83,6 +95,7 @@ type releaseHCL struct {
 	DNSNames    *hcl.Attribute `hcl:"dns_names,optional"`
 	IPAddresses *hcl.Attribute `hcl:"ip_addresses,optional"`
 	SPIFFEID    *hcl.Attribute `hcl:"spiffe_id,optional"`
+	Path        *hcl.Attribute `hcl:"path,optional"`
 }
 
 // release is the parsed form of a release block; its templates are
@@ -99,6 +112,7 @@ type release struct {
 	dnsNames    []hcl.Expression
 	ipAddresses []hcl.Expression
 	spiffeID    hcl.Expression // nil if absent
+	path        hcl.Expression // vault_kv, vault_pki; nil otherwise
 }
 
 // sealBanks are the PCR banks a release may be sealed to.
@@ -150,13 +164,71 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	if d, ok := c.ttl(raw.TTL, where, maxTTL, maxFor); ok {
 		r.ttl = d
 	}
+	if raw.Path != nil && !IsVault(r.typ) && r.typ != "" {
+		c.errorf(raw.Path.NameRange, "%s: path is only allowed with type %q or %q", where, TypeVaultKV, TypeVaultPKI)
+	}
 	switch r.typ {
 	case TypeTLSCertificate:
-		c.tlsNames(r, raw, where)
+		c.tlsNames(r, raw, where, TypeTLSCertificate)
 	case TypeX509SVID:
 		c.svidNames(r, raw, where)
+	case TypeVaultPKI:
+		c.vaultPath(r, raw, where)
+		c.tlsNames(r, raw, where, TypeVaultPKI)
+	case TypeVaultKV:
+		c.vaultPath(r, raw, where)
+		if raw.TTL != nil {
+			c.errorf(raw.TTL.NameRange, "%s: ttl is not allowed with type %q: the secret has no validity of its own", where, TypeVaultKV)
+		}
+		for _, a := range []*hcl.Attribute{raw.CommonName, raw.DNSNames, raw.IPAddresses, raw.SPIFFEID} {
+			if a != nil {
+				c.errorf(a.NameRange, "%s: %s is not allowed with type %q", where, a.Name, TypeVaultKV)
+			}
+		}
 	}
 	return r
+}
+
+// vaultPath validates the path of a vault_kv or vault_pki release: a
+// template that renders to a relative Vault path; a vault_kv path is a KV
+// v2 data path (<mount>/data/<key>), a vault_pki path an issue endpoint
+// (<mount>/issue/<role>), and the latter is static.
+func (c *compiler) vaultPath(r *release, raw *releaseHCL, where string) {
+	if raw.Path == nil {
+		c.errorf(raw.DefRange, "%s: a %s needs a path", where, r.typ)
+		return
+	}
+	what := where + ": path"
+	s, ok := c.template(raw.Path.Expr, what)
+	if !ok {
+		return
+	}
+	rng := raw.Path.Expr.Range()
+	switch {
+	case r.typ == TypeVaultPKI && len(raw.Path.Expr.Variables()) > 0:
+		c.errorf(rng, "%s: a %s path cannot use template variables", what, TypeVaultPKI)
+	case r.typ == TypeVaultPKI && !isVaultPath(s, "issue"):
+		c.errorf(rng, "%s %q is not a PKI issue path such as \"pki/issue/<role>\"", what, s)
+	case r.typ == TypeVaultKV && !isVaultPath(s, "data"):
+		c.errorf(rng, "%s %q is not a KV version 2 data path such as \"secret/data/<key>\"", what, s)
+	default:
+		r.path = raw.Path.Expr
+	}
+}
+
+// isVaultPath reports whether p is "<mount>/<kind>/<rest>" with no empty,
+// "." or ".." segment and no leading or trailing slash.
+func isVaultPath(p, kind string) bool {
+	segs := strings.Split(p, "/")
+	if len(segs) < 3 || !slices.Contains(segs[1:len(segs)-1], kind) {
+		return false
+	}
+	for _, s := range segs {
+		if s == "" || s == "." || s == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 // ttl parses an optional ttl attribute, at most maxTTL; maxFor, if set,
@@ -202,9 +274,10 @@ func quoteList(names []string) string {
 	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
 
-// tlsNames validates the names of a tls_certificate: common_name,
-// dns_names and ip_addresses, at least one of them; no spiffe_id.
-func (c *compiler) tlsNames(r *release, raw *releaseHCL, where string) {
+// tlsNames validates the names of a tls_certificate or vault_pki (typ):
+// common_name, dns_names and ip_addresses, at least one of them; no
+// spiffe_id.
+func (c *compiler) tlsNames(r *release, raw *releaseHCL, where, typ string) {
 	if raw.SPIFFEID != nil {
 		c.errorf(raw.SPIFFEID.NameRange, "%s: spiffe_id is only allowed with type %q", where, TypeX509SVID)
 	}
@@ -233,7 +306,7 @@ func (c *compiler) tlsNames(r *release, raw *releaseHCL, where string) {
 		r.ipAddresses = append(r.ipAddresses, e)
 	}
 	if raw.CommonName == nil && len(dnsNames) == 0 && len(ips) == 0 {
-		c.errorf(raw.DefRange, "%s: a %s needs a common_name, dns_names or ip_addresses", where, TypeTLSCertificate)
+		c.errorf(raw.DefRange, "%s: a %s needs a common_name, dns_names or ip_addresses", where, typ)
 	}
 }
 
@@ -242,7 +315,7 @@ func (c *compiler) tlsNames(r *release, raw *releaseHCL, where string) {
 func (c *compiler) svidNames(r *release, raw *releaseHCL, where string) {
 	for _, a := range []*hcl.Attribute{raw.CommonName, raw.DNSNames, raw.IPAddresses} {
 		if a != nil {
-			c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeTLSCertificate)
+			c.errorf(a.NameRange, "%s: %s is only allowed with type %q or %q", where, a.Name, TypeTLSCertificate, TypeVaultPKI)
 		}
 	}
 	if raw.SPIFFEID == nil {
@@ -430,6 +503,17 @@ func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 			continue
 		}
 		out.IPAddresses = append(out.IPAddresses, ip)
+	}
+	if r.path != nil {
+		s, err := render(r.path, ctx)
+		switch {
+		case err != nil:
+			fails = append(fails, fmt.Sprintf("path: %v", err))
+		case !isVaultPath(s, "data") && r.typ == TypeVaultKV:
+			fails = append(fails, fmt.Sprintf("path %q is not a KV version 2 data path", s))
+		default:
+			out.Path = s
+		}
 	}
 	if r.spiffeID != nil {
 		s, err := render(r.spiffeID, ctx)

@@ -76,7 +76,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	brokerAddr := fs.String("broker", "", "broker address HOST:PORT (required)")
 	caFile := fs.String("ca", "", "PEM file with the broker's CA bundle, pinned for TLS (required)")
 	serverName := fs.String("server-name", "", "name to verify in the broker's certificate (default: the host in --broker)")
-	out := fs.String("out", "", "directory for key.pem, cert.pem and chain.pem (required; created if missing)")
+	out := fs.String("out", "", "directory for key.pem, cert.pem and chain.pem, and <release>.json (0600) for each Vault KV secret released (required; created if missing)")
 	onChange := fs.String("on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
 	eventLog := fs.String("event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")

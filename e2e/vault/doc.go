@@ -1,4 +1,6 @@
-// Package vaulte2e tests keybroker's Vault auth method end to end: a real
+// Package vaulte2e tests keybroker's Vault integrations end to end: the
+// auth method, and Vault as the source of the broker's vault_kv and
+// vault_pki releases. A real
 // Vault (github.com/hashicorp/vault's in-process test cluster, its core and
 // HTTP API over TLS on loopback), the plugin built from plugins/vaultauth
 // and run by Vault as its own process, registered and enabled the way an
@@ -43,4 +45,14 @@
 //     holds only a wrapping token (creation_path auth/tpm/login), which the
 //     agent unwraps; it cannot be unwrapped again; when someone unwraps it
 //     first the agent fails at unwrap and writes nothing.
+//   - TestBrokerReleasesFromVault: KV version 2 at kv/ and PKI at pki/
+//     (root CA, role "nodes") in the cluster; `keybroker serve` with a vault
+//     block (the cluster's address and CA, a renewable token in token_file)
+//     logs in and renews its token; `keybroker-agent bootstrap` on swtpm gets
+//     the vault_kv secret (written as db.json, 0600) and a certificate that
+//     the PKI role issued for the policy's name (key.pem, cert.pem,
+//     chain.pem; Vault has its serial); with the cluster sealed the
+//     attestation is refused (Unavailable, "release: vault unavailable
+//     (sealed or not active (503))"), no file changes and the broker logs
+//     check=release; after unseal both are released again.
 package vaulte2e

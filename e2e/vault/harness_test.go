@@ -29,8 +29,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	kv "github.com/hashicorp/vault-plugin-secrets-kv"
 	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/builtin/logical/pki"
 	vaulthttp "github.com/hashicorp/vault/http"
+	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/vault"
 )
 
@@ -60,6 +63,7 @@ var bins struct {
 	once      sync.Once
 	dir       string
 	agent     string // keybroker-agent, from the main module
+	broker    string // keybroker, from the main module
 	pluginDir string // holds vault-plugin-auth-tpm, from plugins/vaultauth
 	pluginSum string // its SHA-256, hex, as registered in the catalog
 	err       error
@@ -73,14 +77,14 @@ func skipUnlessE2E(t *testing.T) {
 	}
 }
 
-// binaries builds keybroker-agent and the plugin once.
+// binaries builds keybroker-agent, keybroker and the plugin once.
 func binaries(t *testing.T) {
 	t.Helper()
 	bins.once.Do(func() {
 		start := time.Now()
 		bins.err = buildBinaries()
 		if bins.err == nil {
-			t.Logf("built keybroker-agent and %s in %v", pluginName, time.Since(start).Round(time.Millisecond))
+			t.Logf("built keybroker-agent, keybroker and %s in %v", pluginName, time.Since(start).Round(time.Millisecond))
 		}
 	})
 	if bins.err != nil {
@@ -104,6 +108,7 @@ func buildBinaries() error {
 	}
 	for _, b := range []struct{ moduleDir, pkg, out string }{
 		{mainModuleDir, "./cmd/keybroker-agent", filepath.Join(dir, "keybroker-agent")},
+		{mainModuleDir, "./cmd/keybroker", filepath.Join(dir, "keybroker")},
 		{pluginModuleDir, "./cmd/" + pluginName, filepath.Join(bins.pluginDir, pluginName)},
 	} {
 		cmd := exec.Command(goBin, "build", "-o", b.out, b.pkg)
@@ -115,6 +120,7 @@ func buildBinaries() error {
 		}
 	}
 	bins.agent = filepath.Join(dir, "keybroker-agent")
+	bins.broker = filepath.Join(dir, "keybroker")
 	bin, err := os.ReadFile(filepath.Join(bins.pluginDir, pluginName))
 	if err != nil {
 		return err
@@ -126,7 +132,8 @@ func buildBinaries() error {
 
 // cluster is a one-core Vault test cluster: the real Vault core and HTTP
 // API over TLS on loopback, in this process, with external plugins run as
-// their own processes from bins.pluginDir.
+// their own processes from bins.pluginDir, and the KV (version 1 and 2)
+// and PKI secrets engines that Vault ships built in.
 type cluster struct {
 	*vault.TestCluster
 	root    *api.Client // root token
@@ -147,7 +154,10 @@ func startCluster(t *testing.T) *cluster {
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "vault", Level: hclog.Info, Output: f})
 	start := time.Now()
-	c := vault.NewTestCluster(t, &vault.CoreConfig{PluginDirectory: bins.pluginDir},
+	c := vault.NewTestCluster(t, &vault.CoreConfig{
+		PluginDirectory: bins.pluginDir,
+		LogicalBackends: map[string]logical.Factory{"kv": kv.Factory, "pki": pki.Factory},
+	},
 		&vault.TestClusterOptions{HandlerFunc: vaulthttp.Handler, NumCores: 1, Logger: logger})
 	c.Start()
 	t.Cleanup(func() {
@@ -385,8 +395,10 @@ func startProxy(t *testing.T, c *cluster) *proxy {
 		t.Fatal("the cluster CA file holds no certificate")
 	}
 	upstream := &http.Client{
+		// No timeout of its own: the agent's request context bounds each
+		// exchange (a plugin's first request starts its process, which is
+		// slow on a loaded 2-core machine).
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
-		Timeout:   30 * time.Second,
 	}
 	p := &proxy{}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

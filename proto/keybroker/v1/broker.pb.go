@@ -89,6 +89,8 @@ const (
 	// The node's X.509-SVID: an ECDSA P-256 key, its SPIFFE certificate and
 	// the trust domain's bundle.
 	CredentialType_X509_SVID CredentialType = 2
+	// A secret read from Vault's KV version 2 store.
+	CredentialType_SECRET CredentialType = 3
 )
 
 // Enum value maps for CredentialType.
@@ -97,11 +99,13 @@ var (
 		0: "CREDENTIAL_TYPE_UNSPECIFIED",
 		1: "TLS_CERTIFICATE",
 		2: "X509_SVID",
+		3: "SECRET",
 	}
 	CredentialType_value = map[string]int32{
 		"CREDENTIAL_TYPE_UNSPECIFIED": 0,
 		"TLS_CERTIFICATE":             1,
 		"X509_SVID":                   2,
+		"SECRET":                      3,
 	}
 )
 
@@ -1060,7 +1064,8 @@ type Credential struct {
 	Mode  ReleaseMode            `protobuf:"varint,3,opt,name=mode,proto3,enum=keybroker.v1.ReleaseMode" json:"mode,omitempty"`
 	Blob  *ImportBlob            `protobuf:"bytes,4,opt,name=blob,proto3" json:"blob,omitempty"`
 	// Compact JWE whose plaintext is a serialized payload message for type
-	// (TLSCredential for TLS_CERTIFICATE).
+	// (TLSCredential for TLS_CERTIFICATE, X509SVIDCredential for X509_SVID,
+	// SecretCredential for SECRET).
 	Jwe string `protobuf:"bytes,5,opt,name=jwe,proto3" json:"jwe,omitempty"`
 	// End of validity, in Unix seconds.
 	NotAfterUnix  int64 `protobuf:"varint,6,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
@@ -1347,6 +1352,71 @@ func (x *TLSCredential) GetChainPem() []byte {
 	return nil
 }
 
+// SecretCredential is the JWE payload of a SECRET credential: one version of
+// a Vault KV version 2 secret.
+type SecretCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's key/value pairs.
+	Data map[string]string `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The KV v2 path it was read from, e.g. secret/data/nodes/web.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The secret's version.
+	Version       int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretCredential) Reset() {
+	*x = SecretCredential{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretCredential) ProtoMessage() {}
+
+func (x *SecretCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretCredential.ProtoReflect.Descriptor instead.
+func (*SecretCredential) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SecretCredential) GetData() map[string]string {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SecretCredential) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *SecretCredential) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_keybroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_broker_proto_rawDesc = "" +
@@ -1435,16 +1505,25 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\rTLSCredential\x12\x17\n" +
 	"\akey_pem\x18\x01 \x01(\fR\x06keyPem\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\fR\x0ecertificatePem\x12\x1b\n" +
-	"\tchain_pem\x18\x03 \x01(\fR\bchainPem*J\n" +
+	"\tchain_pem\x18\x03 \x01(\fR\bchainPem\"\xb7\x01\n" +
+	"\x10SecretCredential\x12<\n" +
+	"\x04data\x18\x01 \x03(\v2(.keybroker.v1.SecretCredential.DataEntryR\x04data\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*J\n" +
 	"\vReleaseMode\x12\x1c\n" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PCR_SEALED\x10\x02*U\n" +
+	"PCR_SEALED\x10\x02*a\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTLS_CERTIFICATE\x10\x01\x12\r\n" +
-	"\tX509_SVID\x10\x022\xcd\x03\n" +
+	"\tX509_SVID\x10\x02\x12\n" +
+	"\n" +
+	"\x06SECRET\x10\x032\xcd\x03\n" +
 	"\x06Broker\x12L\n" +
 	"\tChallenge\x12\x1e.keybroker.v1.ChallengeRequest\x1a\x1f.keybroker.v1.ChallengeResponse\x12C\n" +
 	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponse\x12s\n" +
@@ -1465,7 +1544,7 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                       // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                    // 1: keybroker.v1.CredentialType
@@ -1489,12 +1568,14 @@ var file_keybroker_v1_broker_proto_goTypes = []any{
 	(*ImportBlob)(nil),                     // 19: keybroker.v1.ImportBlob
 	(*X509SVIDCredential)(nil),             // 20: keybroker.v1.X509SVIDCredential
 	(*TLSCredential)(nil),                  // 21: keybroker.v1.TLSCredential
-	nil,                                    // 22: keybroker.v1.PCRValues.ValuesEntry
+	(*SecretCredential)(nil),               // 22: keybroker.v1.SecretCredential
+	nil,                                    // 23: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                    // 24: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	22, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	23, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
 	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
 	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
 	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
@@ -1504,21 +1585,22 @@ var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
 	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
 	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	2,  // 12: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 13: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	10, // 14: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
-	14, // 15: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
-	16, // 16: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	3,  // 17: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	7,  // 18: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	12, // 19: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	15, // 20: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	17, // 21: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	24, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	2,  // 13: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 14: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	10, // 15: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	14, // 16: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	16, // 17: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	3,  // 18: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	7,  // 19: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	12, // 20: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	15, // 21: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	17, // 22: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -1532,7 +1614,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

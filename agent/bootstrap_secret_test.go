@@ -1,0 +1,72 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/brokertest"
+	"github.com/keybroker/keybroker/internal/fakevaultsource"
+	"github.com/keybroker/keybroker/policies"
+)
+
+// TestBootstrapWritesSecrets: a SECRET credential (vault_kv) is written as
+// OUT/<release name>.json, 0600, with the TLS files; when Vault fails,
+// nothing in OUT changes.
+func TestBootstrapWritesSecrets(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	env := brokertest.New(t, brokertest.Opts{Server: func(o *broker.ServerOpts) { o.Vault = fake.Client(t) }})
+	pol, err := policies.Parse([]byte(env.PolicySource+fmt.Sprintf(`
+policy "vault" {
+  select { ek_hashes = [%q] }
+  release "db" {
+    type = "vault_kv"
+    path = "secret/data/nodes/${ek_hash_short}"
+  }
+}`, env.EKHash)), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Server.SetPolicies(pol)
+	out := t.TempDir()
+	res, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out})
+	if err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+	file := filepath.Join(out, "db"+agent.SecretFileExt)
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sf agent.SecretFile
+	if err := json.Unmarshal(b, &sf); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	if sf.Data["password"] != "s3cret" || sf.Version != 3 || sf.Path != "secret/data/nodes/"+env.EKHash[:16] {
+		t.Errorf("%s = %+v", file, sf)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode %v, want 0600", file, fi.Mode().Perm())
+	}
+	if len(res.Files) != 4 || res.Files[3] != file {
+		t.Errorf("Files = %v", res.Files)
+	}
+
+	before := readSet(t, out)
+	fake.Fail(http.StatusServiceUnavailable)
+	if _, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out}); err == nil {
+		t.Fatal("Bootstrap succeeded while Vault is sealed")
+	}
+	if after := readSet(t, out); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Error("a refused bootstrap changed the TLS files")
+	}
+	if b2, _ := os.ReadFile(file); string(b2) != string(b) {
+		t.Error("a refused bootstrap changed the secret file")
+	}
+}

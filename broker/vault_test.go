@@ -1,0 +1,146 @@
+package broker_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/brokertest"
+	"github.com/keybroker/keybroker/internal/fakevaultsource"
+	"github.com/keybroker/keybroker/policies"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// vaultPolicy allows the node (%s: its EK hash) a vault_kv and a vault_pki
+// release, next to brokertest's tls_certificate.
+const vaultPolicy = `
+policy "vault" {
+  select { ek_hashes = ["%s"] }
+  release "db" {
+    type = "vault_kv"
+    path = "secret/data/nodes/${ek_hash_short}"
+  }
+  release "vault-tls" {
+    type        = "vault_pki"
+    path        = "pki/issue/nodes"
+    common_name = "node.example.com"
+    ttl         = "1h"
+  }
+}
+`
+
+// vaultFixture is a broker whose policies release from fake (nil: the
+// broker has no vault block).
+func vaultFixture(t *testing.T, fake *fakevaultsource.Fake) *fixture {
+	t.Helper()
+	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
+		if fake != nil {
+			o.Vault = fake.Client(t)
+		}
+	}})
+	pol, err := policies.Parse([]byte(f.PolicySource+fmt.Sprintf(vaultPolicy, f.EKHash)), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Server.SetPolicies(pol)
+	return f
+}
+
+func TestAttestReleasesFromVault(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	f := vaultFixture(t, fake)
+	resp, err := attestOnce(t, f.Env)
+	if err != nil {
+		t.Fatalf("Attest: %v", err)
+	}
+	byName := map[string]*pb.Credential{}
+	for _, c := range resp.GetCredentials() {
+		byName[c.GetName()] = c
+	}
+	if len(byName) != 3 || byName["db"].GetType() != pb.CredentialType_SECRET || byName["vault-tls"].GetType() != pb.CredentialType_TLS_CERTIFICATE {
+		t.Fatalf("credentials = %v", resp.GetCredentials())
+	}
+	payload, err := f.Node.Open(byName["db"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sc pb.SecretCredential
+	if err := proto.Unmarshal(payload, &sc); err != nil {
+		t.Fatal(err)
+	}
+	wantPath := "secret/data/nodes/" + f.EKHash[:16]
+	if sc.GetData()["password"] != "s3cret" || sc.GetData()["port"] != "5432" || sc.GetVersion() != 3 || sc.GetPath() != wantPath {
+		t.Errorf("secret = %v", &sc)
+	}
+	payload, err = f.Node.Open(byName["vault-tls"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tc pb.TLSCredential
+	if err := proto.Unmarshal(payload, &tc); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(tc.GetCertificatePem(), tc.GetKeyPem())
+	if err != nil || pair.Leaf.Subject.CommonName != "node.example.com" || len(tc.GetChainPem()) == 0 {
+		t.Errorf("vault TLS credential: %v %v", err, pair.Leaf)
+	}
+	r := f.Receipts(t)[0]
+	serials := map[string]string{}
+	for _, it := range r.Released {
+		serials[it.Name] = it.Serial
+	}
+	if !r.Allowed || serials["vault-tls"] != "1234" || serials["db"] != "v3" {
+		t.Errorf("receipt = allowed %v released %+v", r.Allowed, r.Released)
+	}
+}
+
+func TestAttestVaultFailuresReleaseNothing(t *testing.T) {
+	tests := []struct {
+		name   string
+		break_ func(*fakevaultsource.Fake)
+		code   codes.Code
+		msg    string
+	}{
+		{"sealed", func(f *fakevaultsource.Fake) { f.Fail(http.StatusServiceUnavailable) }, codes.Unavailable, "release: vault unavailable (sealed or not active (503))"},
+		{"permission denied", func(f *fakevaultsource.Fake) { f.Fail(http.StatusForbidden) }, codes.FailedPrecondition, "release: vault unavailable (permission denied (403))"},
+		{"server error", func(f *fakevaultsource.Fake) { f.Fail(http.StatusInternalServerError) }, codes.Unavailable, "release: vault unavailable (server error (500))"},
+		{"unreachable", (*fakevaultsource.Fake).Stop, codes.Unavailable, "release: vault unavailable (unreachable)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := fakevaultsource.New(t)
+			f := vaultFixture(t, fake)
+			tc.break_(fake)
+			resp, err := attestOnce(t, f.Env)
+			f.wantRefused(t, resp, err, tc.code, tc.msg, "release")
+			r := f.Receipts(t)[0]
+			if r.DenyListed {
+				t.Error("a Vault failure put the node on the deny list")
+			}
+			if len(r.Failures) == 0 || !strings.Contains(strings.Join(r.Failures, "\n"), `release "db"`) {
+				t.Errorf("receipt failures = %q; want the failed release", r.Failures)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("refusal leaks the secret: %v", err)
+			}
+			// Once Vault answers again, the same node gets everything.
+			if tc.name != "unreachable" {
+				fake.Fail(0)
+				if _, err := attestOnce(t, f.Env); err != nil {
+					t.Errorf("Attest once Vault is back: %v", err)
+				}
+			}
+		})
+	}
+	t.Run("no vault block", func(t *testing.T) {
+		f := vaultFixture(t, nil)
+		resp, err := attestOnce(t, f.Env)
+		f.wantRefused(t, resp, err, codes.FailedPrecondition, "release: vault unavailable (not configured)", "release")
+	})
+}
