@@ -386,12 +386,18 @@ func (s *Server) issueTLS(rel policies.Release) (*issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: tc.KeyPEM, CertificatePem: tc.CertificatePEM, ChainPem: tc.ChainPEM})
-	clear(tc.KeyPEM)
+	return tlsIssued(tc.KeyPEM, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
+}
+
+// tlsIssued makes the TLSCredential payload of a key and certificate, from
+// the broker CA or Vault PKI alike, and clears the key it was given.
+func tlsIssued(keyPEM, certPEM, chainPEM []byte, serial string, notAfter time.Time) (*issued, error) {
+	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: keyPEM, CertificatePem: certPEM, ChainPem: chainPEM})
+	clear(keyPEM)
 	if err != nil {
 		return nil, err
 	}
-	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: tc.Serial, notAfter: tc.NotAfter}, nil
+	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: serial, notAfter: notAfter}, nil
 }
 
 // issueVaultPKI issues a vault_pki release: Vault's PKI role issues the
@@ -409,12 +415,7 @@ func (s *Server) issueVaultPKI(ctx context.Context, rel policies.Release) (*issu
 	if err != nil {
 		return nil, err
 	}
-	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: c.KeyPEM, CertificatePem: c.CertificatePEM, ChainPem: c.ChainPEM})
-	clear(c.KeyPEM)
-	if err != nil {
-		return nil, err
-	}
-	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: c.Serial, notAfter: c.NotAfter}, nil
+	return tlsIssued(c.KeyPEM, c.CertificatePEM, c.ChainPEM, c.Serial, c.NotAfter)
 }
 
 // readVaultKV reads a vault_kv release: the latest version of a KV
