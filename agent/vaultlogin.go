@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -52,6 +54,10 @@ type VaultLoginResult struct {
 	// on the wire before this node asked for it with the single-use
 	// wrapping token.
 	Unwrapped bool
+	// Sealed is the envelope the token came in when the role seals tokens
+	// to the TPM (the role's token_envelope): TPM_BOUND or PCR_SEALED;
+	// RELEASE_MODE_UNSPECIFIED when Vault returned it in the response.
+	Sealed pb.ReleaseMode
 }
 
 // VaultLogin logs in to Vault's TPM auth method (keybroker's
@@ -59,6 +65,10 @@ type VaultLoginResult struct {
 // for a credential made to its EK and AK, activates it in the TPM, quotes
 // the PCRs with the activated secret and sends the quotes (and event log)
 // to auth/<mount>/login for the role.
+//
+// When the role seals tokens (token_envelope), the login answers with the
+// token sealed to this node's EK and VaultLogin opens it in the TPM (see
+// OpenSealedToken).
 //
 // When the role response-wraps logins, Vault answers with a single-use
 // wrapping token instead of the token; VaultLogin checks that it wraps a
@@ -127,6 +137,21 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 		}
 		res.Unwrapped = true
 	}
+	if env, ok := login.Data["token_envelope"]; ok && login.Auth == nil {
+		accessor := ""
+		if info, ok := login.Data["auth"].(map[string]any); ok {
+			accessor, _ = info["accessor"].(string)
+		}
+		lap(StepLogin, fmt.Sprintf("token sealed to this TPM (accessor %s)", accessor))
+		auth, mode, err := openSealedToken(node, env, login.Data["auth"])
+		if err != nil {
+			return nil, &StepError{StepOpen, err}
+		}
+		res.Auth, res.Sealed = auth, mode
+		lap(StepOpen, fmt.Sprintf("token opened in the TPM (%s; accessor %s, policies %v, ttl %ds)",
+			mode, auth.Accessor, auth.Policies, auth.LeaseDuration))
+		return res, nil
+	}
 	if login.Auth == nil || login.Auth.ClientToken == "" {
 		step := StepLogin
 		if res.Unwrapped {
@@ -142,6 +167,55 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 		lap(StepLogin, detail)
 	}
 	return res, nil
+}
+
+// VaultTokenEnvelope is the name of the credential a sealed Vault login
+// carries (plugins/vaultauth's EnvelopeName).
+const VaultTokenEnvelope = "vault-token"
+
+// OpenSealedToken opens the token of a login answered by a role with
+// token_envelope: data is the login response's data, holding the envelope
+// (token_envelope) and the auth object without its token (auth). The
+// envelope is the broker's Credential in its JSON form; only this node's
+// TPM opens it, and for PCR_SEALED only while the PCRs hold the attested
+// values (sealing.ErrImport otherwise).
+func OpenSealedToken(n *Node, data map[string]any) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
+	env, ok := data["token_envelope"]
+	if !ok {
+		return nil, 0, errors.New("the login response holds no token_envelope")
+	}
+	return openSealedToken(n, env, data["auth"])
+}
+
+func openSealedToken(n *Node, env, info any) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
+	js, err := json.Marshal(env)
+	if err != nil {
+		return nil, 0, fmt.Errorf("unable to read token_envelope: %w", err)
+	}
+	cred := &pb.Credential{}
+	if err := protojson.Unmarshal(js, cred); err != nil {
+		return nil, 0, fmt.Errorf("token_envelope is not a keybroker credential: %w", err)
+	}
+	if cred.GetName() != VaultTokenEnvelope || cred.GetType() != pb.CredentialType_SECRET {
+		return nil, 0, fmt.Errorf("token_envelope holds %q (%s), not %q", cred.GetName(), cred.GetType(), VaultTokenEnvelope)
+	}
+	payload, err := n.Open(cred)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer clear(payload)
+	auth := &vaultapi.SecretAuth{}
+	if err := json.Unmarshal(payload, auth); err != nil || auth.ClientToken == "" {
+		return nil, 0, errors.New("the opened envelope holds no Vault token")
+	}
+	// The accessor outside the envelope is what Vault's audit log and the
+	// operator see: it must name the token inside.
+	if m, ok := info.(map[string]any); ok {
+		if a, _ := m["accessor"].(string); a != auth.Accessor {
+			return nil, 0, fmt.Errorf("the opened token's accessor %q differs from the response's %q", auth.Accessor, a)
+		}
+	}
+	return auth, cred.GetMode(), nil
 }
 
 // vaultChallengeRequest is the body of auth/<mount>/challenge: the TPM

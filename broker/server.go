@@ -16,7 +16,6 @@ import (
 	"time"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
-	"github.com/google/go-tpm/tpm2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -260,10 +259,6 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 			msg: "release: the policies release a SPIFFE identity this broker cannot issue", cause: err})
 	}
 
-	ekKey, err := tpm2.Pub(*node.EKPublic())
-	if err != nil {
-		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: unable to use the EK", cause: err})
-	}
 	resp := &pb.AttestResponse{}
 	var released []store.ReleasedItem
 	var svids []store.NodeSVID
@@ -275,7 +270,7 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 		}
 	}
 	for _, rel := range d.Releases {
-		cred, item, err := s.release(ctx, v, ekKey, rel)
+		cred, item, err := s.release(ctx, v, rel)
 		var ve *vaultsource.Error
 		if errors.As(err, &ve) {
 			// Vault is down or refused: not about the node, so no deny
@@ -314,7 +309,7 @@ type issued struct {
 }
 
 // release issues one credential and wraps it to the node's EK.
-func (s *Server) release(ctx context.Context, v *verify.Verified, ekKey any, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
+func (s *Server) release(ctx context.Context, v *verify.Verified, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
 	var iss *issued
 	var err error
@@ -334,42 +329,20 @@ func (s *Server) release(ctx context.Context, v *verify.Verified, ekKey any, rel
 		return nil, item, err
 	}
 	defer clear(iss.payload)
-	mode := pb.ReleaseMode_TPM_BOUND
 	var pcrs *tpmpb.PCRs
 	if rel.Mode == policies.ModePCRSealed {
-		mode = pb.ReleaseMode_PCR_SEALED
-		values := v.PCRs(rel.PCRBank)
-		pcrs = &tpmpb.PCRs{Hash: tpmpb.HashAlgo(rel.PCRBank), Pcrs: map[uint32][]byte{}}
-		for _, idx := range rel.PCRs {
-			val, ok := values[idx]
-			if !ok {
-				return nil, item, fmt.Errorf("PCR %s:%d was not quoted", verify.BankName(rel.PCRBank), idx)
-			}
-			pcrs.Pcrs[idx] = val
+		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
+			return nil, item, err
 		}
 		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
 	}
-	env, err := sealing.Wrap(ekKey, iss.payload, sealing.WrapOpts{PCRs: pcrs, KeyID: rel.Name})
+	cred, err := sealing.SealCredential(v.Node().EKPublic(), rel.Name, iss.typ, iss.payload, pcrs)
 	if err != nil {
 		return nil, item, err
 	}
 	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
-	cred := &pb.Credential{
-		Name: rel.Name,
-		Type: iss.typ,
-		Mode: mode,
-		Blob: &pb.ImportBlob{
-			Duplicate:     env.Blob.GetDuplicate(),
-			EncryptedSeed: env.Blob.GetEncryptedSeed(),
-			PublicArea:    env.Blob.GetPublicArea(),
-		},
-		Jwe: env.JWE,
-	}
 	if !iss.notAfter.IsZero() {
 		cred.NotAfterUnix = iss.notAfter.Unix()
-	}
-	if pcrs != nil {
-		cred.Blob.Pcrs = &pb.PCRValues{HashAlg: uint32(pcrs.GetHash()), Values: pcrs.GetPcrs()}
 	}
 	return cred, item, nil
 }

@@ -122,6 +122,13 @@ var sealBanks = map[string]tpm2.TPMAlgID{
 	"sha512": tpm2.TPMAlgSHA512,
 }
 
+// SealBank returns the PCR bank a sealed release may name as pcr_bank
+// ("sha256", "sha384" or "sha512").
+func SealBank(name string) (tpm2.TPMAlgID, bool) {
+	b, ok := sealBanks[name]
+	return b, ok
+}
+
 const maxPCR = 23
 
 func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {

@@ -1,9 +1,11 @@
 package verify
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
 )
 
@@ -63,6 +65,21 @@ func (v *Verified) PCRs(bank tpm2.TPMAlgID) map[uint32][]byte {
 		return nil
 	}
 	return clonePCRs(p)
+}
+
+// SealPCRs returns the verified values of the PCRs idx of a bank, in the
+// form sealing takes, or an error naming the first one that was not quoted.
+func (v *Verified) SealPCRs(bank tpm2.TPMAlgID, idx []uint32) (*tpmpb.PCRs, error) {
+	values := v.pcrs[bank]
+	out := &tpmpb.PCRs{Hash: tpmpb.HashAlgo(bank), Pcrs: make(map[uint32][]byte, len(idx))}
+	for _, i := range idx {
+		val, ok := values[i]
+		if !ok {
+			return nil, fmt.Errorf("PCR %s:%d was not quoted", BankName(bank), i)
+		}
+		out.Pcrs[i] = slices.Clone(val)
+	}
+	return out, nil
 }
 
 // Clock returns the TPM clock from the first verified quote.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
 // vaultLoginOutput is what -format=json prints: Vault's auth block under
@@ -23,7 +24,10 @@ import (
 type vaultLoginOutput struct {
 	Auth      *vaultapi.SecretAuth `json:"auth"`
 	Unwrapped bool                 `json:"unwrapped,omitempty"`
-	TokenFile string               `json:"token_file,omitempty"`
+	// Sealed is "tpm_bound" or "pcr_sealed" when the role sealed the
+	// token to this TPM (token_envelope).
+	Sealed    string `json:"sealed,omitempty"`
+	TokenFile string `json:"token_file,omitempty"`
 }
 
 // vaultLogin is `keybroker-agent vault-login`: attest to Vault's TPM auth
@@ -148,7 +152,7 @@ func vaultLogin(args []string, stdout, stderr io.Writer) int {
 	if *format == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(vaultLoginOutput{Auth: res.Auth, Unwrapped: res.Unwrapped, TokenFile: out}); err != nil {
+		if err := enc.Encode(vaultLoginOutput{Auth: res.Auth, Unwrapped: res.Unwrapped, Sealed: sealedName(res.Sealed), TokenFile: out}); err != nil {
 			fmt.Fprintf(stderr, "vault-login: %v\n", err)
 			return 1
 		}
@@ -158,4 +162,15 @@ func vaultLogin(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%-9s %8s  token written to %s (mode 0600)\n", agent.StepWrite, "", out)
 	}
 	return 0
+}
+
+// sealedName names an envelope mode as roles and policies do.
+func sealedName(m pb.ReleaseMode) string {
+	switch m {
+	case pb.ReleaseMode_TPM_BOUND:
+		return "tpm_bound"
+	case pb.ReleaseMode_PCR_SEALED:
+		return "pcr_sealed"
+	}
+	return ""
 }

@@ -39,9 +39,20 @@
 //     challenge (ek_trust).
 //   - TestChallengeBoundToTPM: a second trusted swtpm handed the first one's
 //     challenge cannot activate it and never reaches login.
-//   - TestResponseWrappedLogin: a role with wrap_token_to_tpm is refused
-//     (Vault creates the token after the auth method answered, so no auth
-//     method can seal it to a TPM); with response_wrap_ttl the login answer
+//   - TestSealedTokenLogin: role token_envelope=tpm_bound. Without the
+//     config's vault_addr, or with it unreachable, the login fails with a
+//     clear error and no token exists; with vault_addr pointing at the
+//     cluster the plugin completes the login through Vault's own API (one
+//     token, made by auth/tpm/login: role policy, EK-hash entity alias,
+//     renewable) and answers with the token sealed to the EK: the answer on
+//     the wire holds no token and no auth, the agent opens it in its TPM
+//     (sealed "tpm_bound" in -format=json). A's answer handed to a second
+//     trusted swtpm fails at open ("the TPM refused to open the envelope")
+//     and writes nothing; handed to A again it opens.
+//   - TestPCRSealedTokenLogin: token_envelope=pcr_sealed on PCR 7: a saved
+//     answer no longer opens once PCR 7 changed.
+//   - TestResponseWrappedLogin: token_envelope and response_wrap_ttl
+//     together are refused; with response_wrap_ttl the login answer
 //     holds only a wrapping token (creation_path auth/tpm/login), which the
 //     agent unwraps; it cannot be unwrapped again; when someone unwraps it
 //     first the agent fails at unwrap and writes nothing.

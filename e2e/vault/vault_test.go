@@ -3,7 +3,6 @@ package vaulte2e
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -263,18 +262,16 @@ func TestChallengeBoundToTPM(t *testing.T) {
 	}
 }
 
-// TestResponseWrappedLogin: a role cannot ask for the token sealed to the
-// TPM (wrap_token_to_tpm is refused); with the role's response_wrap_ttl the login
+// TestResponseWrappedLogin: with the role's response_wrap_ttl the login
 // answer holds only a single-use wrapping token, which the agent unwraps;
 // replaying that wrapping token fails, and an agent whose wrapping token
 // someone else unwrapped first says so and writes nothing.
 func TestResponseWrappedLogin(t *testing.T) {
 	c, n, _ := setup(t, map[string]any{"response_wrap_ttl": "60s"})
-	// Sealing the token to the TPM is not something an auth method can do:
-	// Vault creates the token after the method answered.
-	_, err := c.root.Logical().Write("auth/tpm/role/sealed", map[string]any{"policy": fmt.Sprintf(rolePolicy, n.pcr7), "wrap_token_to_tpm": true})
-	if err == nil || !strings.Contains(err.Error(), "wrap_token_to_tpm is not supported") {
-		t.Errorf("role with wrap_token_to_tpm: %v; want it refused", err)
+	// Wrapping a sealed token adds nothing: the role refuses both.
+	_, err := c.root.Logical().Write("auth/tpm/role/web", map[string]any{"token_envelope": "tpm_bound"})
+	if err == nil || !strings.Contains(err.Error(), "token_envelope and response_wrap_ttl exclude each other") {
+		t.Errorf("role with token_envelope and response_wrap_ttl: %v; want it refused", err)
 	}
 	p := startProxy(t, c)
 	tokenFile := filepath.Join(t.TempDir(), "token")

@@ -23,6 +23,7 @@ const (
 	rolePrefix      = "role/"
 	challengePrefix = "challenge/"
 	nodePrefix      = "node/"
+	// ticketPrefix (path_login_sealed.go) is local too.
 )
 
 // Factory returns the auth method's backend; main serves it with
@@ -79,7 +80,7 @@ func backend() *tpmAuthBackend {
 		PathsSpecial: &logical.Paths{
 			Unauthenticated: []string{"login", "challenge"},
 			SealWrapStorage: []string{configPath},
-			LocalStorage:    []string{challengePrefix, nodePrefix},
+			LocalStorage:    []string{challengePrefix, nodePrefix, ticketPrefix},
 		},
 		Paths: []*framework.Path{
 			pathConfig(b),
@@ -123,6 +124,12 @@ func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) err
 	}
 	if n > 0 {
 		b.Logger().Debug("expired challenges purged", "count", n)
+	}
+	if n, err = b.purgeTickets(ctx, req.Storage, now); err != nil {
+		return fmt.Errorf("unable to purge expired tickets: %w", err)
+	}
+	if n > 0 {
+		b.Logger().Debug("unredeemed tickets purged", "count", n)
 	}
 	return nil
 }

@@ -326,7 +326,7 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 	if !slices.Equal(e.b.PathsSpecial.Unauthenticated, []string{"login", "challenge"}) {
 		t.Errorf("Unauthenticated = %v", e.b.PathsSpecial.Unauthenticated)
 	}
-	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengePrefix, nodePrefix}) {
+	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengePrefix, nodePrefix, ticketPrefix}) {
 		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
 	}
 }

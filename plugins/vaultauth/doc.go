@@ -10,26 +10,27 @@
 //	           last counters), policies.Set.Evaluate with the role's policy
 //	           document, challenge.Issuer.Consume (once, whatever the
 //	           outcome), then a logical.Auth with the role's token settings
+//	           (or, with token_envelope, a ticket login through Vault's
+//	           API and the token sealed by sealing.SealCredential)
 //
 // Paths: config (EK trust, challenges), role/<name> (a policy document and
 // tokenutil's token fields), challenge and login (both unauthenticated).
 //
-// # Tokens cannot be sealed to the TPM
+// # Tokens sealed to the TPM
 //
-// The broker releases secrets that only the node's TPM can open. A Vault
-// auth method cannot do that with its token: Vault core creates the token
-// after the backend returns its logical.Auth (Auth.ClientToken is "filled
-// in by Vault core"; setting it has no effect), and returns it to the HTTP
-// caller as auth.client_token, or, when the response is wrapped, returns a
-// wrapping token that unwraps to it. The backend never sees the token, so
-// it cannot encrypt it. A role's response_wrap_ttl makes Vault wrap every
-// login response (logical.Response.WrapInfo): the login answer then carries
-// a single-use wrapping token, not the client token, whose creation_path a
-// node can check before unwrapping. wrap_token_to_tpm is refused rather than
-// silently ignored. The login caller has already proven that it holds the
-// TPM (it activated the credential and signed the quote with the AK), so
-// the token goes to that TPM's holder over Vault's TLS; a node that must
-// keep the token at rest can seal it to its own EK with sealing.Wrap.
+// Vault core creates a token after the backend returns its logical.Auth
+// (Auth.ClientToken is filled in by core) and returns it to the HTTP caller
+// in the clear; the backend never sees it. A role with token_envelope
+// therefore does not answer the node's login with an Auth: it stores a
+// single-use ticket naming the node and the role, logs in with that ticket
+// at its own mount over Vault's API (config vault_addr), so that core
+// creates the token as for any login of this mount, and answers the node
+// with Vault's auth object sealed to the EK by sealing.SealCredential, the
+// envelope of the broker's releases (path_login_sealed.go). The node opens
+// it in its TPM; a copied answer is useless elsewhere, and a pcr_sealed one
+// also after the PCRs changed. A role's response_wrap_ttl is the
+// Vault-native alternative: a single-use wrapping token (interception shows
+// but is not prevented).
 //
 // # Clusters
 //

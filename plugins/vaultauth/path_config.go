@@ -55,6 +55,21 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 				Default:     int(challenge.DefaultTTL / time.Second),
 				Description: fmt.Sprintf("How long a challenge may be answered with a login; between 1s and %s. Default 60s.", broker.MaxChallengeTTL),
 			},
+			"vault_addr": {
+				Type: framework.TypeString,
+				Description: "The address (https://host:port) at which this plugin reaches Vault's own API. " +
+					"Needed only by roles with token_envelope: the plugin then completes the login against " +
+					"this address, so that Vault creates the token, and seals the token to the node's TPM. " +
+					"Use an address of this Vault cluster's listener (a standby forwards the login to the active node).",
+			},
+			"vault_ca_cert": {
+				Type:        framework.TypeString,
+				Description: "PEM certificates that verify vault_addr's TLS server certificate. Default: the system roots.",
+			},
+			"vault_tls_server_name": {
+				Type:        framework.TypeString,
+				Description: "The name vault_addr's TLS certificate must hold, when it differs from vault_addr's host.",
+			},
 			"challenges_per_minute": {
 				Type:    framework.TypeInt,
 				Default: defaultChallengesPerMinute,
@@ -87,6 +102,9 @@ type configEntry struct {
 	AllowSHA1           bool                 `json:"allow_sha1"`
 	ChallengeTTL        time.Duration        `json:"challenge_ttl"`
 	ChallengesPerMinute int                  `json:"challenges_per_minute"`
+	VaultAddr           string               `json:"vault_addr,omitempty"`
+	VaultCACert         string               `json:"vault_ca_cert,omitempty"`
+	VaultTLSServerName  string               `json:"vault_tls_server_name,omitempty"`
 }
 
 // ekCAEntry is one named EK certificate authority, as PEM.
@@ -101,6 +119,9 @@ type config struct {
 	trust               verify.Trust
 	challengeTTL        time.Duration
 	challengesPerMinute int
+	// vault completes logins of roles with token_envelope; nil without
+	// vault_addr.
+	vault *selfClient
 }
 
 // build validates e and returns its parsed form, or every problem at once.
@@ -149,6 +170,13 @@ func (e configEntry) build() (*config, error) {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
 	}
 	c.trust.AllowSHA1 = e.AllowSHA1
+	if e.VaultAddr != "" || e.VaultCACert != "" || e.VaultTLSServerName != "" {
+		v, err := newSelfClient(e.VaultAddr, e.VaultCACert, e.VaultTLSServerName)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.vault = v
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -230,6 +258,9 @@ func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Reques
 		"allow_sha1":            c.entry.AllowSHA1,
 		"challenge_ttl":         int64(c.challengeTTL / time.Second),
 		"challenges_per_minute": c.challengesPerMinute,
+		"vault_addr":            c.entry.VaultAddr,
+		"vault_ca_cert":         c.entry.VaultCACert,
+		"vault_tls_server_name": c.entry.VaultTLSServerName,
 	}}, nil
 }
 
@@ -269,6 +300,15 @@ func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Reque
 	}
 	if v, ok := d.GetOk("challenges_per_minute"); ok {
 		e.ChallengesPerMinute = v.(int)
+	}
+	if v, ok := d.GetOk("vault_addr"); ok {
+		e.VaultAddr = strings.TrimRight(strings.TrimSpace(v.(string)), "/")
+	}
+	if v, ok := d.GetOk("vault_ca_cert"); ok {
+		e.VaultCACert = v.(string)
+	}
+	if v, ok := d.GetOk("vault_tls_server_name"); ok {
+		e.VaultTLSServerName = strings.TrimSpace(v.(string))
 	}
 	c, err := e.build()
 	if err != nil {
@@ -338,6 +378,9 @@ configuration is stored seal-wrapped where the seal supports it.
   allow_sha1             accept SHA-1 banks, signatures and AK names (default false)
   challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
   challenges_per_minute  challenges per EK per minute (default 10)
+  vault_addr             this Vault's API address, for roles with token_envelope
+  vault_ca_cert          PEM roots for vault_addr (default: system roots)
+  vault_tls_server_name  name in vault_addr's certificate, if not its host
 
 ek_ca is a nested object: write it with a JSON body, for example
 "vault write auth/tpm/config @config.json".

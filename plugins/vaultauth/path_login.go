@@ -56,6 +56,11 @@ func pathLogin(b *tpmAuthBackend) *framework.Path {
 					"\"pcrs\": {\"hash_alg\": TPM_ALG_ID number or sha1/sha256/sha384/sha512, "+
 					"\"values\": {\"<PCR index>\": base64 digest}}}. Required.", verify.MaxQuotes),
 			},
+			"ticket": {
+				Type: framework.TypeString,
+				Description: "Used by the auth method itself to complete the login of a role with token_envelope " +
+					"(see the config's vault_addr): a single-use value valid for a few seconds. Nodes never send it.",
+			},
 			"event_log": {
 				Type: framework.TypeString,
 				Description: fmt.Sprintf("The TCG binary event log behind the quoted PCRs, base64; at most %d bytes. "+
@@ -124,6 +129,12 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	if role == nil {
 		return logical.ErrorResponse("role %q not found", roleName), nil
 	}
+	if t := d.Get("ticket").(string); t != "" {
+		return b.pathLoginTicket(ctx, req, d, roleName, role, t)
+	}
+	if role.TokenEnvelope != "" && cfg.vault == nil {
+		return logical.ErrorResponse("role %q seals tokens (token_envelope=%s) but the config has no vault_addr", roleName, role.TokenEnvelope), nil
+	}
 	if len(role.TokenBoundCIDRs) > 0 {
 		if req.Connection == nil || !cidrutil.RemoteAddrIsOk(req.Connection.RemoteAddr, role.TokenBoundCIDRs) {
 			b.Logger().Warn("login refused: client address not in token_bound_cidrs", "role", roleName)
@@ -176,36 +187,53 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	b.Logger().Info("login allowed", "role", roleName, "challenge", ch.ID, "ek", rec.EKHash,
 		"policies", decision.Policies, "policy_hash", decision.PolicyHash)
 
-	resp := &logical.Response{Auth: newAuth(roleName, role, v, decision)}
+	facts := factsOf(v, decision)
+	if role.TokenEnvelope != "" {
+		return b.loginSealed(ctx, req, cfg, roleName, role, v, facts)
+	}
+	resp := &logical.Response{Auth: newAuth(roleName, role, facts)}
 	if role.ResponseWrapTTL > 0 {
 		resp.WrapInfo = &wrapping.ResponseWrapInfo{TTL: role.ResponseWrapTTL}
 	}
 	return resp, nil
 }
 
+// nodeFacts are what a token says of the node it was issued to.
+type nodeFacts struct {
+	EKHash       string   `json:"ek_hash"`
+	EKCA         string   `json:"ek_ca"`
+	Manufacturer string   `json:"ek_manufacturer"`
+	Policies     []string `json:"policies"`
+	PolicyHash   string   `json:"policy_hash"`
+}
+
+func factsOf(v *verify.Verified, d policies.Decision) nodeFacts {
+	f := nodeFacts{EKHash: v.EKHash(), EKCA: v.EKCA(), Policies: d.Policies, PolicyHash: d.PolicyHash}
+	if c := v.EKCert(); c != nil {
+		f.Manufacturer = c.Manufacturer
+	}
+	return f
+}
+
 // newAuth is the token Vault creates for an allowed node: its alias is the
 // EK hash, so each machine is one identity entity.
-func newAuth(roleName string, role *roleEntry, v *verify.Verified, d policies.Decision) *logical.Auth {
-	manufacturer := ""
-	if c := v.EKCert(); c != nil {
-		manufacturer = c.Manufacturer
-	}
+func newAuth(roleName string, role *roleEntry, f nodeFacts) *logical.Auth {
 	auth := &logical.Auth{
-		DisplayName: v.EKHash()[:16],
+		DisplayName: f.EKHash[:min(16, len(f.EKHash))],
 		Alias: &logical.Alias{
-			Name:     v.EKHash(),
-			Metadata: map[string]string{"ek_ca": v.EKCA(), "ek_manufacturer": manufacturer},
+			Name:     f.EKHash,
+			Metadata: map[string]string{"ek_ca": f.EKCA, "ek_manufacturer": f.Manufacturer},
 		},
 		InternalData: map[string]any{
 			"role":        roleName,
-			"policy_hash": d.PolicyHash,
+			"policy_hash": f.PolicyHash,
 		},
 		Metadata: map[string]string{
 			"role":                 roleName,
-			"ek_hash":              v.EKHash(),
-			"ek_ca":                v.EKCA(),
-			"ek_manufacturer":      manufacturer,
-			"attestation_policies": strings.Join(d.Policies, ","),
+			"ek_hash":              f.EKHash,
+			"ek_ca":                f.EKCA,
+			"ek_manufacturer":      f.Manufacturer,
+			"attestation_policies": strings.Join(f.Policies, ","),
 		},
 	}
 	role.PopulateTokenAuth(auth)
@@ -478,7 +506,13 @@ role's policy document over the verified facts.
 On success it issues a token with the role's token settings. Its entity alias
 is the EK hash; its metadata holds role, ek_hash, ek_ca, ek_manufacturer and
 attestation_policies (the policy blocks that allowed the node). With the
-role's response_wrap_ttl the response is response-wrapped.
+role's response_wrap_ttl the response is response-wrapped. With the role's
+token_envelope the response has no auth: data.token_envelope holds the
+token sealed to the node's EK (keybroker's Credential message as JSON;
+keybroker-agent vault-login opens it in the TPM) and data.auth the auth
+object without client_token. The auth method obtains that token by logging
+in with a single-use ticket at its own mount through vault_addr (the ticket
+field); nodes never send a ticket.
 
 A refused login issues nothing and answers "permission denied" with the
 failed check: challenge, ek_trust, ak_attributes, quote_magic, quote_type,

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -60,12 +63,24 @@ func pathRole(b *tpmAuthBackend) *framework.Path {
 					"the login returns a single-use wrapping token (wrap_info), not auth.client_token, and the " +
 					"node unwraps it with sys/wrapping/unwrap. Default 0: not wrapped.",
 			},
-			"wrap_token_to_tpm": {
-				Type:    framework.TypeBool,
-				Default: false,
-				Description: "Not supported; must be false. Vault creates the token after the auth method " +
-					"answers and returns it to the caller in the clear (auth.client_token, or wrap_info.token " +
-					"when wrapped), so an auth method cannot seal it to the node's TPM. See response_wrap_ttl.",
+			"token_envelope": {
+				Type:          framework.TypeLowerCaseString,
+				Default:       envelopeNone,
+				AllowedValues: []any{envelopeNone, string(policies.ModeTPMBound), string(policies.ModePCRSealed)},
+				Description: "How the token reaches the node. \"none\" (default): in the login response, as Vault " +
+					"returns tokens. \"tpm_bound\": sealed to the node's TPM in the broker's envelope " +
+					"(response field token_envelope), so only that TPM can open it and a copied response is " +
+					"useless; \"pcr_sealed\": the same, and the TPM opens it only while token_envelope_pcrs " +
+					"hold the values just attested. Needs vault_addr in config.",
+			},
+			"token_envelope_pcrs": {
+				Type:        framework.TypeCommaIntSlice,
+				Description: "With token_envelope=pcr_sealed: the PCRs (0-23) the token is sealed to. Required then.",
+			},
+			"token_envelope_pcr_bank": {
+				Type:        framework.TypeLowerCaseString,
+				Default:     "sha256",
+				Description: "With token_envelope=pcr_sealed: the bank of token_envelope_pcrs, sha256 (default), sha384 or sha512.",
 			},
 		},
 		ExistenceCheck: b.pathRoleExistenceCheck,
@@ -102,6 +117,22 @@ type roleEntry struct {
 	Policy string `json:"policy"`
 	// ResponseWrapTTL, when non-zero, makes Vault wrap the login response.
 	ResponseWrapTTL time.Duration `json:"response_wrap_ttl"`
+	// TokenEnvelope is how the token reaches the node: "" (in the
+	// response), tpm_bound or pcr_sealed (sealed to its TPM).
+	TokenEnvelope policies.Mode `json:"token_envelope,omitempty"`
+	// EnvelopeBank and EnvelopePCRs are the PCRs a pcr_sealed token is
+	// sealed to.
+	EnvelopeBank string   `json:"token_envelope_pcr_bank,omitempty"`
+	EnvelopePCRs []uint32 `json:"token_envelope_pcrs,omitempty"`
+}
+
+// envelopeNone is token_envelope's default: the token in the response.
+const envelopeNone = "none"
+
+// envelopeBank is the bank of a pcr_sealed role's PCRs.
+func (r *roleEntry) envelopeBank() tpm2.TPMAlgID {
+	b, _ := policies.SealBank(r.EnvelopeBank)
+	return b
 }
 
 func (b *tpmAuthBackend) role(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
@@ -137,6 +168,14 @@ func (b *tpmAuthBackend) pathRoleRead(ctx context.Context, req *logical.Request,
 	data := map[string]any{
 		"policy":            r.Policy,
 		"response_wrap_ttl": int64(r.ResponseWrapTTL / time.Second),
+		"token_envelope":    envelopeNone,
+	}
+	if r.TokenEnvelope != "" {
+		data["token_envelope"] = string(r.TokenEnvelope)
+	}
+	if r.TokenEnvelope == policies.ModePCRSealed {
+		data["token_envelope_pcr_bank"] = r.EnvelopeBank
+		data["token_envelope_pcrs"] = r.EnvelopePCRs
 	}
 	r.PopulateTokenData(data)
 	return &logical.Response{Data: data}, nil
@@ -178,11 +217,7 @@ func (b *tpmAuthBackend) pathRoleWrite(ctx context.Context, req *logical.Request
 	if maxTTL := b.System().MaxLeaseTTL(); r.ResponseWrapTTL > maxTTL {
 		errs = append(errs, fmt.Errorf("response_wrap_ttl %s is greater than the mount's maximum lease TTL %s", r.ResponseWrapTTL, maxTTL))
 	}
-	if d.Get("wrap_token_to_tpm").(bool) {
-		errs = append(errs, errors.New("wrap_token_to_tpm is not supported: Vault returns the token it creates to the "+
-			"login caller in the clear, so an auth method cannot seal it to the TPM; use response_wrap_ttl for a "+
-			"single-use wrapping token"))
-	}
+	errs = append(errs, r.parseEnvelope(d)...)
 	if strings.TrimSpace(r.Policy) == "" {
 		errs = append(errs, errors.New("policy cannot be empty: a role without a policy allows no node"))
 	} else if _, err := parseRolePolicy(name, r.Policy); err != nil {
@@ -200,6 +235,59 @@ func (b *tpmAuthBackend) pathRoleWrite(ctx context.Context, req *logical.Request
 	}
 	b.invalidate(ctx, rolePrefix+name)
 	return nil, nil
+}
+
+// parseEnvelope updates the token_envelope fields given and checks them
+// together with response_wrap_ttl.
+func (r *roleEntry) parseEnvelope(d *framework.FieldData) []error {
+	var errs []error
+	if v, ok := d.GetOk("token_envelope"); ok {
+		switch m := v.(string); m {
+		case envelopeNone:
+			r.TokenEnvelope, r.EnvelopeBank, r.EnvelopePCRs = "", "", nil
+		case string(policies.ModeTPMBound), string(policies.ModePCRSealed):
+			r.TokenEnvelope = policies.Mode(m)
+		default:
+			errs = append(errs, fmt.Errorf("token_envelope %q is not none, tpm_bound or pcr_sealed", m))
+		}
+	}
+	_, bankGiven := d.GetOk("token_envelope_pcr_bank")
+	_, pcrsGiven := d.GetOk("token_envelope_pcrs")
+	if r.TokenEnvelope != policies.ModePCRSealed {
+		if bankGiven || pcrsGiven {
+			errs = append(errs, errors.New("token_envelope_pcrs and token_envelope_pcr_bank are only allowed with token_envelope=pcr_sealed"))
+		}
+		r.EnvelopeBank, r.EnvelopePCRs = "", nil
+	} else {
+		if bankGiven || r.EnvelopeBank == "" {
+			r.EnvelopeBank = d.Get("token_envelope_pcr_bank").(string)
+		}
+		if _, ok := policies.SealBank(r.EnvelopeBank); !ok {
+			errs = append(errs, fmt.Errorf("token_envelope_pcr_bank %q is not sha256, sha384 or sha512", r.EnvelopeBank))
+		}
+		if pcrsGiven {
+			r.EnvelopePCRs = nil
+			seen := map[int]bool{}
+			for _, i := range d.Get("token_envelope_pcrs").([]int) {
+				switch {
+				case i < 0 || i > 23:
+					errs = append(errs, fmt.Errorf("token_envelope_pcrs: %d is not a PCR index 0-23", i))
+				case !seen[i]:
+					seen[i] = true
+					r.EnvelopePCRs = append(r.EnvelopePCRs, uint32(i))
+				}
+			}
+			slices.Sort(r.EnvelopePCRs)
+		}
+		if len(r.EnvelopePCRs) == 0 {
+			errs = append(errs, errors.New("token_envelope=pcr_sealed needs token_envelope_pcrs"))
+		}
+	}
+	if r.TokenEnvelope != "" && r.ResponseWrapTTL > 0 {
+		errs = append(errs, errors.New("token_envelope and response_wrap_ttl exclude each other: "+
+			"a sealed token is already useless to anyone but the node's TPM"))
+	}
+	return errs
 }
 
 // parseRolePolicy parses a role's policy document with the broker's
@@ -260,6 +348,10 @@ ek_ca entries of the config.
       "eventlog.secure_boot",
     ]
   }
+
+token_envelope=tpm_bound or pcr_sealed returns the token sealed to the
+node's TPM instead of in the clear (see the config's vault_addr and the
+login help); response_wrap_ttl response-wraps the login instead.
 
 A write to an existing role changes the fields it names. Renewing a token
 fails once its role is deleted, its token policies changed or its policy

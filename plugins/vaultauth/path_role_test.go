@@ -46,6 +46,23 @@ func TestRoleCRUD(t *testing.T) {
 		t.Errorf("after update = %v", resp.Data)
 	}
 
+	// token_envelope: pcr_sealed keeps its PCRs, sorted and deduplicated;
+	// none clears them.
+	if resp.Data["token_envelope"] != "none" {
+		t.Errorf("token_envelope = %v; want none by default", resp.Data["token_envelope"])
+	}
+	e.write("role/web", map[string]any{"token_envelope": "pcr_sealed", "token_envelope_pcrs": "7,0,7", "response_wrap_ttl": 0})
+	resp, _ = e.request(logical.ReadOperation, "role/web", nil)
+	if resp.Data["token_envelope"] != "pcr_sealed" || resp.Data["token_envelope_pcr_bank"] != "sha256" ||
+		!slices.Equal(resp.Data["token_envelope_pcrs"].([]uint32), []uint32{0, 7}) {
+		t.Errorf("after pcr_sealed = %v", resp.Data)
+	}
+	e.write("role/web", map[string]any{"token_envelope": "none"})
+	resp, _ = e.request(logical.ReadOperation, "role/web", nil)
+	if resp.Data["token_envelope"] != "none" || resp.Data["token_envelope_pcrs"] != nil {
+		t.Errorf("after none = %v", resp.Data)
+	}
+
 	resp, err = e.request(logical.ListOperation, "role/", nil)
 	if err != nil || !slices.Equal(resp.Data["keys"].([]string), []string{"db", "web"}) {
 		t.Fatalf("list = %v, %v", resp, err)
@@ -105,20 +122,45 @@ func TestRoleValidation(t *testing.T) {
 			},
 		},
 		{
-			name: "token settings, wrap_token_to_tpm and the policy, all at once",
+			name: "token settings, token_envelope and the policy, all at once",
 			data: map[string]any{
 				"policy":            "policy {",
 				"token_ttl":         "2h",
 				"token_max_ttl":     "1h",
-				"wrap_token_to_tpm": true,
+				"token_envelope":    "tpm_bound",
 				"response_wrap_ttl": "1000000h",
 			},
 			wantErr: []string{
 				"'token_ttl' cannot be greater than 'token_max_ttl'",
 				"response_wrap_ttl 1000000h0m0s is greater than the mount's maximum lease TTL",
-				"wrap_token_to_tpm is not supported: Vault returns the token it creates to the login caller in the clear",
+				"token_envelope and response_wrap_ttl exclude each other",
 				"role/web:1:",
 			},
+		},
+		{
+			name: "unknown token_envelope",
+			data: map[string]any{"policy": rolePolicy, "token_envelope": "wrapped"},
+			wantErr: []string{
+				`token_envelope "wrapped" is not none, tpm_bound or pcr_sealed`,
+			},
+		},
+		{
+			name: "pcr_sealed without PCRs, bad bank and index",
+			data: map[string]any{"policy": rolePolicy, "token_envelope": "pcr_sealed", "token_envelope_pcr_bank": "sha1", "token_envelope_pcrs": "7,24"},
+			wantErr: []string{
+				`token_envelope_pcr_bank "sha1" is not sha256, sha384 or sha512`,
+				"token_envelope_pcrs: 24 is not a PCR index 0-23",
+			},
+		},
+		{
+			name:    "pcr_sealed needs PCRs",
+			data:    map[string]any{"policy": rolePolicy, "token_envelope": "pcr_sealed"},
+			wantErr: []string{"token_envelope=pcr_sealed needs token_envelope_pcrs"},
+		},
+		{
+			name:    "PCRs without pcr_sealed",
+			data:    map[string]any{"policy": rolePolicy, "token_envelope": "tpm_bound", "token_envelope_pcrs": "7"},
+			wantErr: []string{"token_envelope_pcrs and token_envelope_pcr_bank are only allowed with token_envelope=pcr_sealed"},
 		},
 	}
 	for _, tt := range tests {
