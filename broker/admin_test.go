@@ -8,6 +8,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/brokertest"
@@ -86,7 +87,7 @@ func TestAdminNodes(t *testing.T) {
 		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an empty hash: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := broker.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, false); err != nil {
+		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, false); err != nil {
 			t.Errorf("Reverify of the evidence read %s: %v", how, err)
 		}
 		return string(one)

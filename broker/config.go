@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/verify"
 )
 
@@ -121,7 +122,7 @@ type EKCAFile struct {
 const (
 	DefaultListen       = "127.0.0.1:8443"
 	DefaultChallengeTTL = 60 * time.Second
-	MaxChallengeTTL     = 10 * time.Minute
+	MaxChallengeTTL     = challenge.MaxTTL
 	// DefaultPolicyPollInterval is how often a broker checks its policy
 	// files for changes unless policy_poll_interval says otherwise.
 	DefaultPolicyPollInterval = 2 * time.Second

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
@@ -214,7 +215,7 @@ func denies(r *refusal) *refusal {
 // policy then denies, so that the record is written with the receipt.
 func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	ev := evidenceOf(ch, req, rec.Time)
-	node, v, err := verifyEvidence(ev, s.trust, s.quoteOpts)
+	node, v, err := evidence.Verify(ev, s.trust, s.quoteOpts)
 	if node != nil {
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	}
@@ -238,14 +239,14 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 		c := p.Counters()
 		ev.Previous = &c
 	}
-	v, akChanged, err := withHistory(v, ev.Previous)
+	v, akChanged, err := evidence.WithHistory(v, ev.Previous)
 	if err != nil {
 		return nil, nil, denies(checkRefusal(err))
 	}
 	if akChanged {
 		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", node.EKHash())
 	}
-	nodeRec := nodeRecord(v, prev, ev)
+	nodeRec := evidence.NodeRecord(v, prev, ev)
 
 	pol := s.policies.Load()
 	d := pol.Evaluate(v)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
@@ -477,7 +478,7 @@ func getNode(t *testing.T, env *brokertest.Env) store.NodeRecord {
 // history it carries.
 func reverifyHistory(t *testing.T, env *brokertest.Env, n store.NodeRecord) verify.History {
 	t.Helper()
-	v, err := broker.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, false)
+	v, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, false)
 	if err != nil {
 		t.Fatalf("Reverify: %v", err)
 	}

@@ -26,6 +26,9 @@ const SecretSize = 32
 // DefaultTTL is how long a challenge stays valid when Opts.TTL is zero.
 const DefaultTTL = 60 * time.Second
 
+// MaxTTL is the longest a challenge may be configured to stay valid.
+const MaxTTL = 10 * time.Minute
+
 // Errors returned by Lookup and Consume.
 var (
 	ErrUnknown = errors.New("challenge is unknown or already used")

@@ -15,7 +15,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -53,7 +52,7 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 			"challenge_ttl": {
 				Type:        framework.TypeDurationSecond,
 				Default:     int(challenge.DefaultTTL / time.Second),
-				Description: fmt.Sprintf("How long a challenge may be answered with a login; between 1s and %s. Default 60s.", broker.MaxChallengeTTL),
+				Description: fmt.Sprintf("How long a challenge may be answered with a login; between 1s and %s. Default 60s.", challenge.MaxTTL),
 			},
 			"vault_addr": {
 				Type: framework.TypeString,
@@ -163,8 +162,8 @@ func (e configEntry) build() (*config, error) {
 	if len(e.EKAllow) == 0 && len(e.EKCAs) == 0 {
 		bad("no EK is trusted: set ek_allow or ek_ca")
 	}
-	if e.ChallengeTTL < time.Second || e.ChallengeTTL > broker.MaxChallengeTTL {
-		bad("challenge_ttl must be between 1s and %s", broker.MaxChallengeTTL)
+	if e.ChallengeTTL < time.Second || e.ChallengeTTL > challenge.MaxTTL {
+		bad("challenge_ttl must be between 1s and %s", challenge.MaxTTL)
 	}
 	if e.ChallengesPerMinute < 1 || e.ChallengesPerMinute > maxChallengesPerMinute {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)

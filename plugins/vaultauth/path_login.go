@@ -15,8 +15,8 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/wrapping"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
@@ -108,7 +108,7 @@ type loginRequest struct {
 
 // pathLogin answers a challenge: it verifies the node as the broker's
 // Attest does (verify.Node, verify.Quotes, WithEventLog, WithHistory, via
-// broker.Reverify), evaluates the role's policy document, consumes the
+// evidence.Reverify), evaluates the role's policy document, consumes the
 // challenge whatever the outcome, and only then issues a token.
 func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	cfg, err := b.config(ctx, req.Storage)
@@ -161,7 +161,7 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	rec := &store.Receipt{Time: b.now().UTC(), ChallengeID: ch.ID}
-	ev := evidence(ch, in, rec)
+	ev := presented(ch, in, rec)
 	v, decision, nodeRec, ref := b.attest(ctx, st, ev, cfg, set, rec)
 	switch err := issuer.Consume(ctx, ch.ID, rec, nodeRec); {
 	case errors.Is(err, challenge.ErrUnknown):
@@ -281,7 +281,7 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 		c := p.Counters()
 		ev.Previous = &c
 	}
-	v, err := broker.Reverify(ev, cfg.trust, cfg.entry.AllowSHA1)
+	v, err := evidence.Reverify(ev, cfg.trust, cfg.entry.AllowSHA1)
 	if err != nil {
 		return nil, d, nil, checkRefusal(err)
 	}
@@ -290,18 +290,9 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 	}
 	digest := v.QuoteDigest()
 	rec.QuoteDigest = digest[:]
-	c := v.Clock()
-	nodeRec := &store.NodeRecord{
-		EKHash:       v.EKHash(),
-		LastSeen:     ev.Time,
-		AKName:       v.AKName(),
-		Clock:        c.Clock,
-		ResetCount:   c.ResetCount,
-		RestartCount: c.RestartCount,
-	}
-	if prev != nil {
-		nodeRec.FirstSeen = prev.FirstSeen
-	}
+	// Vault storage keeps the counters, not the evidence: an event log
+	// can be large, and the auth method has no dry-run command to use it.
+	nodeRec := evidence.NodeRecord(v, prev, store.Evidence{Time: ev.Time})
 
 	d = set.Evaluate(v)
 	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
@@ -312,9 +303,9 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 	return v, d, nodeRec, nil
 }
 
-// evidence is what the node presented: its challenge request, as kept with
+// presented is what the node presented: its challenge request, as kept with
 // the challenge, and its answer.
-func evidence(ch store.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
+func presented(ch store.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
 	return store.Evidence{
 		Time:            rec.Time,
 		ChallengeID:     ch.ID,

@@ -1,0 +1,90 @@
+// Package evidence verifies what a node presented — its challenge request
+// and its answer, as store.Evidence — with verify's steps in the order the
+// broker's Attest runs them. The broker, its policy dry runs and the Vault
+// auth method all verify through it.
+package evidence
+
+import (
+	"bytes"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
+)
+
+// Reverify verifies stored evidence again, with the same code as the
+// broker's Attest:
+// the EK and AK (verify.Node, against trust as it is now), the quotes
+// against the challenge's secret hash (verify.Quotes), the event log
+// (WithEventLog) and the TPM counters against those the attestation was
+// compared with (WithHistory), so a policy can be tried on a node's last
+// attestation without trusting anything stored. It does not check that the
+// challenge was fresh or unused: that was decided when the evidence was
+// presented.
+func Reverify(ev store.Evidence, trust verify.Trust, allowSHA1 bool) (*verify.Verified, error) {
+	trust.AllowSHA1 = allowSHA1
+	_, v, err := Verify(ev, trust, verify.QuoteOpts{AllowSHA1: allowSHA1})
+	if err != nil {
+		return nil, err
+	}
+	v, _, err = WithHistory(v, ev.Previous)
+	return v, err
+}
+
+// Verify verifies the node (verify.Node), its quotes against the
+// challenge's secret hash (verify.Quotes) and its event log (WithEventLog).
+// node is returned once the node verified, also when a later step failed.
+func Verify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+	node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust)
+	if err != nil {
+		return nil, nil, err
+	}
+	quotes := make([]verify.Quote, 0, len(ev.Quotes))
+	for _, q := range ev.Quotes {
+		quotes = append(quotes, verify.Quote{Attest: q.Attest, Signature: q.Signature, Bank: tpm2.TPMAlgID(q.Bank), PCRs: q.PCRs})
+	}
+	if v, err = verify.Quotes(node, ev.SecretHash, quotes, opts); err != nil {
+		return node, nil, err
+	}
+	if v, err = v.WithEventLog(ev.EventLog); err != nil {
+		return node, nil, err
+	}
+	return node, v, nil
+}
+
+// WithHistory compares v's TPM counters with prev, the node's last verified
+// attestation (nil if none). The TPM offsets the reset and restart counts it
+// reports per AK, so counters reported with another AK cannot be compared:
+// the attestation then counts as the first one (akChanged tells the caller).
+func WithHistory(v *verify.Verified, prev *store.Counters) (out *verify.Verified, akChanged bool, err error) {
+	if prev == nil {
+		out, err = v.WithHistory(nil)
+		return out, false, err
+	}
+	if !bytes.Equal(prev.AKName, v.AKName()) {
+		out, err = v.WithHistoryAfterAKChange()
+		return out, true, err
+	}
+	out, err = v.WithHistory(&verify.ClockInfo{Clock: prev.Clock, ResetCount: prev.ResetCount, RestartCount: prev.RestartCount})
+	return out, false, err
+}
+
+// NodeRecord is the record of a node whose attestation, evidence, was just
+// verified as v; prev is its previous record, if any.
+func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev store.Evidence) *store.NodeRecord {
+	c := v.Clock()
+	n := &store.NodeRecord{
+		EKHash:       v.EKHash(),
+		LastSeen:     ev.Time,
+		AKName:       v.AKName(),
+		Clock:        c.Clock,
+		ResetCount:   c.ResetCount,
+		RestartCount: c.RestartCount,
+		Evidence:     ev,
+	}
+	if prev != nil {
+		n.FirstSeen = prev.FirstSeen
+	}
+	return n
+}
