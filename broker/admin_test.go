@@ -87,7 +87,7 @@ func TestAdminNodes(t *testing.T) {
 		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an empty hash: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, false); err != nil {
+		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, verify.QuoteOpts{}); err != nil {
 			t.Errorf("Reverify of the evidence read %s: %v", how, err)
 		}
 		return string(one)

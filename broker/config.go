@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -29,6 +30,7 @@ import (
 //	server_names  = ["localhost", "127.0.0.1"]
 //	challenge_ttl = "60s"
 //	allow_sha1    = false
+//	pcr_banks     = ["sha256", "sha384"]  # banks whose quotes count; default all
 //	policies      = ["policies"]          # files or directories of *.hcl
 //	policy_poll_interval = "2s"           # reload policies when their files change; "0" disables
 //	ek_allow      = ["<EK hash>"]         # EKs trusted without a certificate
@@ -58,6 +60,7 @@ type FileConfig struct {
 	ServerNames        []string    `hcl:"server_names,optional"`
 	ChallengeTTL       string      `hcl:"challenge_ttl,optional"`
 	AllowSHA1          bool        `hcl:"allow_sha1,optional"`
+	PCRBanks           []string    `hcl:"pcr_banks,optional"`
 	Policies           []string    `hcl:"policies"`
 	PolicyPollInterval string      `hcl:"policy_poll_interval,optional"`
 	EKAllow            []string    `hcl:"ek_allow,optional"`
@@ -142,7 +145,10 @@ type Config struct {
 	ServerNames  []string
 	ChallengeTTL time.Duration
 	AllowSHA1    bool
-	PolicyPaths  []string
+	// PCRBanks are the banks whose quotes count (verify.QuoteOpts.Banks);
+	// empty: all.
+	PCRBanks    []tpm2.TPMAlgID
+	PolicyPaths []string
 	// PolicyPollInterval is how often Start's watcher checks the files
 	// under PolicyPaths and reloads the policies when one changed; zero
 	// disables the watcher (SIGHUP and Running.ReloadPolicies still
@@ -207,6 +213,13 @@ func (fc *FileConfig) Build(base, name string) (*Config, error) {
 	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(name+": "+format, args...)) }
+	banks, err := verify.ParseBanks(fc.PCRBanks, fc.AllowSHA1)
+	if err != nil {
+		for _, e := range strings.Split(err.Error(), "\n") {
+			bad("%s", e)
+		}
+	}
+	c.PCRBanks = banks
 	if fc.ChallengeTTL != "" {
 		d, err := time.ParseDuration(fc.ChallengeTTL)
 		switch {

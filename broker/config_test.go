@@ -60,6 +60,16 @@ func TestParseConfig(t *testing.T) {
 			wantErr: []string{"broker.hcl: policy_poll_interval must be 0 (disabled) or at least 100ms"},
 		},
 		{
+			name:    "pcr_banks problems",
+			src:     base + "\npcr_banks = [\"sha1\", \"sha3\"]",
+			wantErr: []string{"broker.hcl: pcr_banks: sha1 needs allow_sha1", `broker.hcl: pcr_banks: "sha3" is not sha1, sha256, sha384 or sha512`},
+		},
+		{
+			name:     "pcr_banks",
+			src:      base + "\npcr_banks = [\"sha256\"]",
+			wantPoll: broker.DefaultPolicyPollInterval,
+		},
+		{
 			name:    "syntax error with position",
 			src:     "data_dir = \n",
 			wantErr: []string{"broker.hcl:1"},

@@ -149,6 +149,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	srv, err := NewServer(ServerOpts{
 		Trust:        cfg.Trust,
 		AllowSHA1:    cfg.AllowSHA1,
+		PCRBanks:     cfg.PCRBanks,
 		ChallengeTTL: cfg.ChallengeTTL,
 		Store:        st,
 		CA:           ca,

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/google/go-tpm/tpm2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,8 +57,10 @@ type Server struct {
 
 // ServerOpts hold what a Server needs. Store, CA and Policies are required.
 type ServerOpts struct {
-	Trust        verify.Trust
-	AllowSHA1    bool
+	Trust     verify.Trust
+	AllowSHA1 bool
+	// PCRBanks are the banks whose quotes count; empty: all.
+	PCRBanks     []tpm2.TPMAlgID
 	ChallengeTTL time.Duration
 	Store        store.Store
 	CA           *issue.CA
@@ -93,7 +96,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 	}
 	s := &Server{
 		trust:      opts.Trust,
-		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1},
+		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
 		store:      opts.Store,
 		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, Now: opts.Now}),
 		ca:         opts.CA,

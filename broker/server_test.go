@@ -478,7 +478,7 @@ func getNode(t *testing.T, env *brokertest.Env) store.NodeRecord {
 // history it carries.
 func reverifyHistory(t *testing.T, env *brokertest.Env, n store.NodeRecord) verify.History {
 	t.Helper()
-	v, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, false)
+	v, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, verify.QuoteOpts{})
 	if err != nil {
 		t.Fatalf("Reverify: %v", err)
 	}

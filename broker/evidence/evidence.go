@@ -22,9 +22,9 @@ import (
 // attestation without trusting anything stored. It does not check that the
 // challenge was fresh or unused: that was decided when the evidence was
 // presented.
-func Reverify(ev store.Evidence, trust verify.Trust, allowSHA1 bool) (*verify.Verified, error) {
-	trust.AllowSHA1 = allowSHA1
-	_, v, err := Verify(ev, trust, verify.QuoteOpts{AllowSHA1: allowSHA1})
+func Reverify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (*verify.Verified, error) {
+	trust.AllowSHA1 = opts.AllowSHA1
+	_, v, err := Verify(ev, trust, opts)
 	if err != nil {
 		return nil, err
 	}

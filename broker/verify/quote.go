@@ -7,9 +7,11 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"math/big"
 	"slices"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -27,6 +29,61 @@ type QuoteOpts struct {
 	// AllowSHA1 accepts SHA-1 PCR banks and SHA-1 quote signatures. Default
 	// false: any SHA-1 quote is refused, even next to a SHA-256 one.
 	AllowSHA1 bool
+	// Banks, if set, are the PCR banks whose quotes count: a quote of
+	// another bank is skipped (neither verified nor seen by policies), and
+	// a node with no quote of these banks is refused (pcr_bank). A SHA-1
+	// quote is still refused without AllowSHA1. Empty: every bank counts.
+	Banks []tpm2.TPMAlgID
+}
+
+// counts reports whether a quote of bank is verified and used.
+func (o QuoteOpts) counts(bank tpm2.TPMAlgID) bool {
+	return len(o.Banks) == 0 || slices.Contains(o.Banks, bank) || (bank == tpm2.TPMAlgSHA1 && !o.AllowSHA1)
+}
+
+// ParseBanks reads the configured list of banks whose quotes count
+// (QuoteOpts.Banks), reporting every problem. nil stays nil (every bank);
+// an empty list, unknown or repeated names and sha1 without allowSHA1 are
+// errors.
+func ParseBanks(names []string, allowSHA1 bool) ([]tpm2.TPMAlgID, error) {
+	if names == nil {
+		return nil, nil
+	}
+	if len(names) == 0 {
+		return nil, errors.New("pcr_banks cannot be empty; leave it out to count every bank")
+	}
+	var out []tpm2.TPMAlgID
+	var errs []error
+	for _, n := range names {
+		id, ok := ParseBank(n)
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("pcr_banks: %q is not sha1, sha256, sha384 or sha512", n))
+		case id == tpm2.TPMAlgSHA1 && !allowSHA1:
+			errs = append(errs, errors.New("pcr_banks: sha1 needs allow_sha1"))
+		case slices.Contains(out, id):
+			errs = append(errs, fmt.Errorf("pcr_banks: %q is listed twice", n))
+		default:
+			out = append(out, id)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// ParseBank reads a bank name as configurations spell it: sha1, sha256,
+// sha384 or sha512.
+func ParseBank(name string) (tpm2.TPMAlgID, bool) {
+	switch name {
+	case "sha1":
+		return tpm2.TPMAlgSHA1, true
+	case "sha256":
+		return tpm2.TPMAlgSHA256, true
+	case "sha384":
+		return tpm2.TPMAlgSHA384, true
+	case "sha512":
+		return tpm2.TPMAlgSHA512, true
+	}
+	return 0, false
 }
 
 // Quotes verifies the node's quotes against the challenge it was sent:
@@ -51,9 +108,13 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 	digest := sha256.New()
 	for i := range quotes {
 		q := &quotes[i]
+		if !opts.counts(q.Bank) {
+			continue
+		}
+		first := len(v.pcrs) == 0
 		info, err := verifyQuote(node, nonceHash, q, opts)
 		if err != nil {
-			if i > 0 {
+			if !first {
 				// An earlier quote proved that the TPM answered.
 				err = fromTPM(err)
 			}
@@ -63,7 +124,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 			return nil, fromTPM(fail(CheckBank, fmt.Sprintf("bank %s quoted twice", BankName(q.Bank)), nil))
 		}
 		v.pcrs[q.Bank] = clonePCRs(q.PCRs)
-		if i == 0 {
+		if first {
 			v.clock = ClockInfo{
 				Clock: info.ClockInfo.Clock, ResetCount: info.ClockInfo.ResetCount,
 				RestartCount: info.ClockInfo.RestartCount, Safe: bool(info.ClockInfo.Safe),
@@ -71,6 +132,13 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 			v.firmware = info.FirmwareVersion
 		}
 		digest.Write(q.Attest)
+	}
+	if len(v.pcrs) == 0 {
+		names := make([]string, len(opts.Banks))
+		for i, b := range opts.Banks {
+			names[i] = BankName(b)
+		}
+		return nil, fail(CheckBank, fmt.Sprintf("no quote of an allowed bank (%s)", strings.Join(names, ", ")), nil)
 	}
 	copy(v.quoteDigest[:], digest.Sum(nil))
 	return v, nil

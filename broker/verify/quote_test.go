@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -297,6 +298,18 @@ func TestQuotes(t *testing.T) {
 			bad.PCRs[0][0] ^= 1
 			return []verify.Quote{good, bad}
 		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest", fromTPM: true},
+
+		// Banks that count (QuoteOpts.Banks).
+		{name: "banks: a bank not counted is skipped, even broken", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
+			good := newQuoteSpec(tpm2.TPMAlgSHA256).quote(tb, ak)
+			skipped := newQuoteSpec(tpm2.TPMAlgSHA384).quote(tb, ak)
+			skipped.PCRs[0][0] ^= 1
+			return []verify.Quote{skipped, good}
+		}, opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}},
+		{name: "banks: no quote of a counted bank", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384),
+			opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA512}}, wantCheck: bank, wantErr: "no quote of an allowed bank (sha512)"},
+		{name: "banks: SHA-1 still refused without allow_sha1", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1),
+			opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}, wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed", fromTPM: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -320,7 +333,36 @@ func TestQuotes(t *testing.T) {
 			if (v == nil) == (err == nil) {
 				t.Errorf("Quotes returned %v and error %v: want exactly one", v, err)
 			}
+			if v != nil && len(tt.opts.Banks) > 0 {
+				for _, b := range v.Banks() {
+					if !slices.Contains(tt.opts.Banks, b) {
+						t.Errorf("verified bank %s is not among %v", verify.BankName(b), tt.opts.Banks)
+					}
+				}
+			}
 		})
+	}
+}
+
+func TestParseBanks(t *testing.T) {
+	if b, err := verify.ParseBanks(nil, false); b != nil || err != nil {
+		t.Errorf("nil = %v, %v; want every bank", b, err)
+	}
+	b, err := verify.ParseBanks([]string{"sha384", "sha256"}, false)
+	if err != nil || !slices.Equal(b, []tpm2.TPMAlgID{tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA256}) {
+		t.Errorf("sha384,sha256 = %v, %v", b, err)
+	}
+	_, err = verify.ParseBanks([]string{"sha1", "md5", "sha256", "sha256"}, false)
+	for _, want := range []string{"sha1 needs allow_sha1", `"md5" is not sha1, sha256, sha384 or sha512`, `"sha256" is listed twice`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	if _, err := verify.ParseBanks([]string{}, false); err == nil {
+		t.Error("an empty list accepted")
+	}
+	if b, err := verify.ParseBanks([]string{"sha1"}, true); err != nil || !slices.Equal(b, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1}) {
+		t.Errorf("sha1 with allow_sha1 = %v, %v", b, err)
 	}
 }
 

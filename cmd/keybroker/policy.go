@@ -299,7 +299,7 @@ func policyEval(args []string, stdout, stderr io.Writer) int {
 // evaluate verifies a node's evidence again and evaluates set on it.
 func evaluate(r evalResult, ev store.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
 	r.PolicyHash = set.Hash()
-	v, err := evidence.Reverify(ev, cfg.Trust, cfg.AllowSHA1)
+	v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{AllowSHA1: cfg.AllowSHA1, Banks: cfg.PCRBanks})
 	if err != nil {
 		r.Error = "evidence does not verify: " + err.Error()
 		r.Check = string(verify.FailedCheck(err))

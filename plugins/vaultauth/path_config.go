@@ -49,6 +49,12 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 				Default:     false,
 				Description: "Accept SHA-1 PCR banks, quote signatures and AK names. Default false: refused.",
 			},
+			"pcr_banks": {
+				Type: framework.TypeCommaStringSlice,
+				Description: "The PCR banks whose quotes count: sha256, sha384, sha512 (sha1 with allow_sha1). " +
+					"Quotes of other banks are skipped (neither verified nor seen by role policies); a login " +
+					"without a quote of these banks is refused (pcr_bank). Default: every bank counts.",
+			},
 			"challenge_ttl": {
 				Type:        framework.TypeDurationSecond,
 				Default:     int(challenge.DefaultTTL / time.Second),
@@ -99,6 +105,7 @@ type configEntry struct {
 	EKAllow             []string             `json:"ek_allow"`
 	EKCAs               map[string]ekCAEntry `json:"ek_ca"`
 	AllowSHA1           bool                 `json:"allow_sha1"`
+	PCRBanks            []string             `json:"pcr_banks,omitempty"`
 	ChallengeTTL        time.Duration        `json:"challenge_ttl"`
 	ChallengesPerMinute int                  `json:"challenges_per_minute"`
 	VaultAddr           string               `json:"vault_addr,omitempty"`
@@ -116,6 +123,7 @@ type ekCAEntry struct {
 type config struct {
 	entry               configEntry
 	trust               verify.Trust
+	quoteOpts           verify.QuoteOpts
 	challengeTTL        time.Duration
 	challengesPerMinute int
 	// vault completes logins of roles with token_envelope; nil without
@@ -169,6 +177,11 @@ func (e configEntry) build() (*config, error) {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
 	}
 	c.trust.AllowSHA1 = e.AllowSHA1
+	banks, err := verify.ParseBanks(e.PCRBanks, e.AllowSHA1)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.quoteOpts = verify.QuoteOpts{AllowSHA1: e.AllowSHA1, Banks: banks}
 	if e.VaultAddr != "" || e.VaultCACert != "" || e.VaultTLSServerName != "" {
 		v, err := newSelfClient(e.VaultAddr, e.VaultCACert, e.VaultTLSServerName)
 		if err != nil {
@@ -251,10 +264,15 @@ func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Reques
 	if allow == nil {
 		allow = []string{}
 	}
+	banks := c.entry.PCRBanks
+	if banks == nil {
+		banks = []string{}
+	}
 	return &logical.Response{Data: map[string]any{
 		"ek_allow":              allow,
 		"ek_ca":                 cas,
 		"allow_sha1":            c.entry.AllowSHA1,
+		"pcr_banks":             banks,
 		"challenge_ttl":         int64(c.challengeTTL / time.Second),
 		"challenges_per_minute": c.challengesPerMinute,
 		"vault_addr":            c.entry.VaultAddr,
@@ -293,6 +311,12 @@ func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Reque
 	}
 	if v, ok := d.GetOk("allow_sha1"); ok {
 		e.AllowSHA1 = v.(bool)
+	}
+	if v, ok := d.GetOk("pcr_banks"); ok {
+		// An empty list resets to the default: every bank counts.
+		if e.PCRBanks = v.([]string); len(e.PCRBanks) == 0 {
+			e.PCRBanks = nil
+		}
 	}
 	if v, ok := d.GetOk("challenge_ttl"); ok {
 		e.ChallengeTTL = time.Duration(v.(int)) * time.Second
@@ -375,6 +399,7 @@ configuration is stored seal-wrapped where the seal supports it.
   ek_allow               EK hashes (lowercase hex SHA-256 of the PKIX DER public key)
   ek_ca                  {"<name>": {"roots": "<PEM>", "intermediates": "<PEM>"}}
   allow_sha1             accept SHA-1 banks, signatures and AK names (default false)
+  pcr_banks              banks whose quotes count, e.g. sha256,sha384 (default all)
   challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
   challenges_per_minute  challenges per EK per minute (default 10)
   vault_addr             this Vault's API address, for roles with token_envelope

@@ -281,7 +281,7 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 		c := p.Counters()
 		ev.Previous = &c
 	}
-	v, err := evidence.Reverify(ev, cfg.trust, cfg.entry.AllowSHA1)
+	v, err := evidence.Reverify(ev, cfg.trust, cfg.quoteOpts)
 	if err != nil {
 		return nil, d, nil, checkRefusal(err)
 	}

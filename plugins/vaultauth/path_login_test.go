@@ -448,3 +448,32 @@ func TestPeriodicPurgesExpiredChallenges(t *testing.T) {
 		t.Errorf("challenges after purge: %v, want 1", keys)
 	}
 }
+
+func TestLoginPCRBanks(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	// The node quotes SHA-256 and SHA-384; only SHA-512 counts: refused.
+	e.configure(map[string]any{"pcr_banks": "sha512"})
+	resp, err := e.login(n, "web")
+	wantDenied(t, resp, err, "pcr_bank: no quote of an allowed bank (sha512)")
+	// SHA-256 counts: the role's sha256 PCR 7 requirement is met.
+	e.configure(map[string]any{"pcr_banks": "sha256"})
+	if resp, err := e.login(n, "web"); err != nil || resp.Auth == nil {
+		t.Fatalf("login with pcr_banks=sha256: %v %v", err, resp.Error())
+	}
+	// Only SHA-384 counts: the policy sees no sha256 bank and denies.
+	e.configure(map[string]any{"pcr_banks": "sha384"})
+	resp, err = e.login(n, "web")
+	wantDenied(t, resp, err, msgPolicyDenied)
+
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]any{"pcr_banks": "sha1,sha3"})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "pcr_banks: sha1 needs allow_sha1") ||
+		!strings.Contains(resp.Error().Error(), `"sha3" is not sha1, sha256, sha384 or sha512`) {
+		t.Errorf("config pcr_banks=sha1,sha3: %v %v", resp, err)
+	}
+	e.configure(map[string]any{"pcr_banks": ""})
+	if resp, _ := e.request(logical.ReadOperation, "config", nil); len(resp.Data["pcr_banks"].([]string)) != 0 {
+		t.Errorf("pcr_banks after reset = %v", resp.Data["pcr_banks"])
+	}
+}
