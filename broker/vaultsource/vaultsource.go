@@ -165,6 +165,17 @@ func (c *Client) renew(auth *api.Secret) {
 			c.log.Error("the vault token can no longer be renewed; vault releases fail until the broker has a new token")
 			return
 		}
+		if !auth.Auth.Renewable {
+			// A batch or non-renewable token: use most of it, then log in
+			// again (not at once: that would loop on logins).
+			wait := relogAfter(time.Duration(auth.Auth.LeaseDuration) * time.Second)
+			c.log.Info("the vault token is not renewable; logging in again before it expires", "in", wait)
+			select {
+			case <-c.stop:
+				return
+			case <-time.After(wait):
+			}
+		}
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
 			a, err := c.login(ctx)
@@ -181,6 +192,12 @@ func (c *Client) renew(auth *api.Secret) {
 			}
 		}
 	}
+}
+
+// relogAfter is when to replace a non-renewable token of lifetime ttl: at
+// two thirds of it, and not sooner than a second.
+func relogAfter(ttl time.Duration) time.Duration {
+	return max(ttl*2/3, time.Second)
 }
 
 // watch reports renewals until w is done (true) or Close (false).

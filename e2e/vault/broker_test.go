@@ -145,14 +145,35 @@ func (l *lockedBuffer) String() string {
 var listeningRE = regexp.MustCompile(`msg="broker listening" addr=(127\.0\.0\.1:\d+)`)
 
 // startKeybroker runs `keybroker serve` trusting ca's EK certificates, with
-// policy, and a vault block for c logged in with token.
+// policy, and a vault block for c logged in with token; it fails the test
+// unless the broker listens.
 func startKeybroker(t *testing.T, c *cluster, ca localCA, policy, token string) *keybroker {
 	t.Helper()
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "vault-token")
+	tokenFile := filepath.Join(t.TempDir(), "vault-token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	p := startBroker(t, c, ca, policy, fmt.Sprintf("token_file = %q", tokenFile))
+	if p.addr == "" {
+		t.Fatalf("keybroker serve exited %d before serving:\n%s", p.code, p.log.String())
+	}
+	return p.keybroker
+}
+
+// brokerProcess is a `keybroker serve` that was started, listening or not.
+type brokerProcess struct {
+	*keybroker
+	exited chan struct{}
+	code   int // exit code, once exited is closed
+}
+
+// startBroker runs `keybroker serve` trusting ca's EK certificates, with
+// policy, and a vault block for c whose login is vaultAuth (token_file = …
+// or an approle block). It returns once the broker listens (addr set) or
+// exited.
+func startBroker(t *testing.T, c *cluster, ca localCA, policy, vaultAuth string) *brokerProcess {
+	t.Helper()
+	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "policy.hcl"), []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -166,47 +187,53 @@ ek_ca "swtpm" {
 }
 
 vault {
-  address    = %q
-  ca_cert    = %q
-  token_file = "vault-token"
+  address = %q
+  ca_cert = %q
+  %s
 }
-`, ca.root, ca.intermediate, c.addr, c.caFile)
+`, ca.root, ca.intermediate, c.addr, c.caFile, vaultAuth)
 	cfgFile := filepath.Join(dir, "broker.hcl")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	k := &keybroker{caFile: filepath.Join(dir, "data", "ca", "ca.pem"), log: &lockedBuffer{}}
+	p := &brokerProcess{
+		keybroker: &keybroker{caFile: filepath.Join(dir, "data", "ca", "ca.pem"), log: &lockedBuffer{}},
+		exited:    make(chan struct{}),
+	}
 	cmd := exec.Command(bins.broker, "serve", "--config", cfgFile)
-	cmd.Stdout, cmd.Stderr = k.log, k.log
+	cmd.Stdout, cmd.Stderr = p.log, p.log
 	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() {
+		cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		<-exited
+		<-p.exited
 		if t.Failed() {
-			t.Logf("keybroker serve output:\n%s", k.log.String())
+			t.Logf("keybroker serve output:\n%s", p.log.String())
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for k.addr == "" {
+	for p.addr == "" {
 		select {
-		case <-exited:
-			t.Fatalf("keybroker serve exited before serving:\n%s", k.log.String())
+		case <-p.exited:
+			return p
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("keybroker serve not listening within 30s:\n%s", k.log.String())
+			t.Fatalf("keybroker serve neither listening nor exited within 30s:\n%s", p.log.String())
 		}
-		if m := listeningRE.FindStringSubmatch(k.log.String()); m != nil {
-			k.addr = m[1]
+		if m := listeningRE.FindStringSubmatch(p.log.String()); m != nil {
+			p.addr = m[1]
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return k
+	return p
 }
 
 // bootstrapArgs are the arguments of a bootstrap of n's TPM against k.
@@ -228,6 +255,24 @@ func dirFiles(t *testing.T, dir string) map[string]string {
 	return out
 }
 
+// brokerSetup is a cluster with KV version 2 and PKI enabled for the broker
+// (enableSources; root is the PKI's root CA), a swtpm node of a new local
+// CA, and the node's EK hash as keybroker-agent ek-hash prints it.
+func brokerSetup(t *testing.T) (c *cluster, ca localCA, n *node, ekHash string, root *x509.Certificate) {
+	t.Helper()
+	skipUnlessE2E(t)
+	requireTools(t)
+	c = startCluster(t)
+	ca = newLocalCA(t)
+	n = newNode(t, ca)
+	ekHash = strings.TrimSpace(runAgent(t, n.home, "ek-hash", "--tpm", n.tpm.spec()).stdout)
+	if len(ekHash) != 64 {
+		t.Fatalf("ek-hash printed %q", ekHash)
+	}
+	root = c.enableSources(t)
+	return c, ca, n, ekHash, root
+}
+
 // TestBrokerReleasesFromVault: `keybroker serve` with a vault block
 // releases a KV version 2 secret (vault_kv, sealed to PCR 7) and a
 // certificate that Vault's PKI role issued (vault_pki); the agent writes
@@ -235,17 +280,8 @@ func dirFiles(t *testing.T, dir string) map[string]string {
 // the attestation is refused as Unavailable naming Vault, and nothing in
 // the output directory changes; once unsealed, the node gets both again.
 func TestBrokerReleasesFromVault(t *testing.T) {
-	skipUnlessE2E(t)
-	requireTools(t)
-	c := startCluster(t)
-	ca := newLocalCA(t)
-	n := newNode(t, ca)
-	ekHash := strings.TrimSpace(runAgent(t, n.home, "ek-hash", "--tpm", n.tpm.spec()).stdout)
-	if len(ekHash) != 64 {
-		t.Fatalf("ek-hash printed %q", ekHash)
-	}
+	c, ca, n, ekHash, root := brokerSetup(t)
 	short := ekHash[:16]
-	root := c.enableSources(t)
 	kvPath := "kv/data/nodes/" + short
 	c.writeKV(t, kvPath, map[string]any{"user": "node", "password": "s3cret-db-password"})
 	k := startKeybroker(t, c, ca, fmt.Sprintf(releasePolicy, n.pcr7), c.brokerToken(t))

@@ -66,4 +66,17 @@
 //     attestation is refused (Unavailable, "release: vault unavailable
 //     (sealed or not active (503))"), no file changes and the broker logs
 //     check=release; after unseal both are released again.
+//   - TestBrokerAppRoleRelogin: `keybroker serve` with an approle block
+//     logs in, renews its token (TTL 5s), logs in again at the token's
+//     maximum TTL (15s) and keeps releasing vault_kv after Vault dropped
+//     the first token; a broker whose secret_id file was destroyed refuses
+//     attestations once its token expired ("release: vault unavailable
+//     (permission denied (403))", nothing written) and recovers when a new
+//     secret_id is in the file; a wrong secret_id stops the broker from
+//     starting (exit 1 naming the refused AppRole login).
+//   - TestBrokerAppRoleBatchToken: with batch (non-renewable, 6s) tokens
+//     the broker logs in again after two thirds of each token's life, not
+//     in a loop: 2 to 4 AppRole logins in 10s, counted both in its log and
+//     by Vault's secret_id use count; a bootstrap after the first token
+//     expired still gets the vault_kv secret.
 package vaulte2e
