@@ -279,13 +279,14 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 		if errors.As(err, &ve) {
 			// Vault is down or refused: not about the node, so no deny
 			// list; nothing of the decision is released.
-			code := codes.FailedPrecondition
+			// A refusal is about the broker's Vault token or paths.
+			code, what := codes.FailedPrecondition, "vault refused the broker"
 			if ve.Unavailable {
-				code = codes.Unavailable
+				code, what = codes.Unavailable, "vault unavailable"
 			}
 			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: %s: %s", rel.Name, ve.Op, ve.Reason))
 			return nil, nodeRec, &refusal{code: code, check: "release",
-				msg: fmt.Sprintf("release: vault unavailable (%s)", ve.Reason), cause: fmt.Errorf("release %q: %w", rel.Name, err)}
+				msg: fmt.Sprintf("release: %s (%s)", what, ve.Reason), cause: fmt.Errorf("release %q: %w", rel.Name, err)}
 		}
 		if err != nil {
 			return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err})

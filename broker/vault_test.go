@@ -108,7 +108,7 @@ func TestAttestVaultFailuresReleaseNothing(t *testing.T) {
 		msg    string
 	}{
 		{"sealed", func(f *fakevaultsource.Fake) { f.Fail(http.StatusServiceUnavailable) }, codes.Unavailable, "release: vault unavailable (sealed or not active (503))"},
-		{"permission denied", func(f *fakevaultsource.Fake) { f.Fail(http.StatusForbidden) }, codes.FailedPrecondition, "release: vault unavailable (permission denied (403))"},
+		{"permission denied", func(f *fakevaultsource.Fake) { f.Fail(http.StatusForbidden) }, codes.FailedPrecondition, "release: vault refused the broker (permission denied (403))"},
 		{"server error", func(f *fakevaultsource.Fake) { f.Fail(http.StatusInternalServerError) }, codes.Unavailable, "release: vault unavailable (server error (500))"},
 		{"unreachable", (*fakevaultsource.Fake).Stop, codes.Unavailable, "release: vault unavailable (unreachable)"},
 	}

@@ -216,9 +216,9 @@ func appRoleSetup(t *testing.T) (c *cluster, ca localCA, n *node, kvPath string,
 // bootstrap after the first token expired (Vault no longer has it) still
 // gets the vault_kv secret. A second broker whose secret_id is destroyed
 // after it started cannot log in again: once its token expired it refuses
-// attestations (FailedPrecondition, "release: vault unavailable (permission
-// denied (403))") and writes nothing, logs the failed login, retries, and
-// with a new secret_id in the file logs in and releases again. A broker
+// attestations (FailedPrecondition, "release: vault refused the broker
+// (permission denied (403))") and writes nothing, logs the failed login,
+// retries, and with a new secret_id in the file logs in and releases again. A broker
 // with a wrong secret_id does not start: it exits 1 naming the refused
 // AppRole login.
 func TestBrokerAppRoleRelogin(t *testing.T) {
@@ -314,7 +314,7 @@ func TestBrokerAppRoleRelogin(t *testing.T) {
 	}
 	outB := filepath.Join(t.TempDir(), "creds")
 	r := runAgent(t, n.home, bootstrapArgs(b.keybroker, n, outB)...)
-	wantRefused := "bootstrap failed at attest: broker refused (FailedPrecondition): release: vault unavailable (permission denied (403)) (receipt "
+	wantRefused := "bootstrap failed at attest: broker refused (FailedPrecondition): release: vault refused the broker (permission denied (403)) (receipt "
 	if r.code != 1 || !strings.HasPrefix(r.stderr, wantRefused) {
 		t.Errorf("bootstrap against b without a token: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, wantRefused)
 	}

@@ -70,7 +70,7 @@
 //     logs in, renews its token (TTL 5s), logs in again at the token's
 //     maximum TTL (15s) and keeps releasing vault_kv after Vault dropped
 //     the first token; a broker whose secret_id file was destroyed refuses
-//     attestations once its token expired ("release: vault unavailable
+//     attestations once its token expired ("release: vault refused the broker
 //     (permission denied (403))", nothing written) and recovers when a new
 //     secret_id is in the file; a wrong secret_id stops the broker from
 //     starting (exit 1 naming the refused AppRole login).
