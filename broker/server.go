@@ -273,8 +273,16 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 				msg: "release: vault unavailable (not configured)", cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
 		}
 	}
+	// Certificates Vault issued for this decision: revoked if the decision
+	// is then not released.
+	var vaultCerts []vaultCert
 	for _, rel := range d.Releases {
 		cred, item, err := s.release(ctx, v, rel)
+		if err != nil {
+			s.revokeUnreleased(ctx, rec, vaultCerts)
+		} else if rel.Type == policies.TypeVaultPKI {
+			vaultCerts = append(vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
+		}
 		var ve *vaultsource.Error
 		if errors.As(err, &ve) {
 			// Vault is down or refused: not about the node, so no deny
@@ -301,6 +309,34 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 	nodeRec.SVIDs = svids
 	rec.Allowed, rec.Released = true, released
 	return resp, nodeRec, nil
+}
+
+// vaultCert is a certificate Vault's PKI issued for a release.
+type vaultCert struct {
+	release, path, serial string
+}
+
+// revokeUnreleased revokes the certificates Vault issued for a decision
+// that is refused after all, so that none stays valid unreleased; each
+// outcome goes to the receipt and the log. Best effort: the broker's Vault
+// token needs update on <mount>/revoke.
+func (s *Server) revokeUnreleased(ctx context.Context, rec *store.Receipt, certs []vaultCert) {
+	for _, c := range certs {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := s.vault.RevokeCertificate(rctx, c.path, c.serial)
+		cancel()
+		if err != nil {
+			why := err.Error()
+			if ve := (*vaultsource.Error)(nil); errors.As(err, &ve) {
+				why = ve.Op + ": " + ve.Reason
+			}
+			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: certificate %s was issued but not released, and not revoked: %s", c.release, c.serial, why))
+			s.log.Warn("unable to revoke a vault certificate that was not released", "release", c.release, "serial", c.serial, "error", err)
+			continue
+		}
+		rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: certificate %s was issued but not released; revoked", c.release, c.serial))
+		s.log.Info("vault certificate revoked: its decision was not released", "release", c.release, "serial", c.serial)
+	}
 }
 
 // issued is a credential before it is sealed: its serialized payload

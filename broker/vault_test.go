@@ -100,6 +100,54 @@ func TestAttestReleasesFromVault(t *testing.T) {
 	}
 }
 
+// TestAttestRevokesUnreleasedVaultCertificate: when a release after a
+// vault_pki one fails, the decision releases nothing and the certificate
+// Vault issued for it is revoked, as the receipt says; a revocation Vault
+// refuses is recorded too.
+func TestAttestRevokesUnreleasedVaultCertificate(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) { o.Vault = fake.Client(t) }})
+	// vault_pki first, then a vault_kv at a path the fake does not have.
+	pol, err := policies.Parse([]byte(f.PolicySource+fmt.Sprintf(`
+policy "vault" {
+  select { ek_hashes = ["%s"] }
+  release "a-tls" {
+    type        = "vault_pki"
+    path        = "pki/issue/nodes"
+    common_name = "node.example.com"
+  }
+  release "b-db" {
+    type = "vault_kv"
+    path = "other/data/missing"
+  }
+}
+`, f.EKHash)), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Server.SetPolicies(pol)
+	resp, err := attestOnce(t, f.Env)
+	f.wantRefused(t, resp, err, codes.FailedPrecondition, "release: vault refused the broker (not found (404))", "release")
+	if got := fake.Revoked(); len(got) != 1 || got[0] != "12:34" {
+		t.Errorf("revoked = %v; want the issued certificate 12:34", got)
+	}
+	failures := strings.Join(f.Receipts(t)[0].Failures, "\n")
+	if !strings.Contains(failures, `release "a-tls": certificate 1234 was issued but not released; revoked`) {
+		t.Errorf("receipt failures = %q", failures)
+	}
+
+	fake.FailPath("pki/revoke", http.StatusForbidden)
+	resp, err = attestOnce(t, f.Env)
+	f.wantRefused(t, resp, err, codes.FailedPrecondition, "release: vault refused the broker (not found (404))", "release")
+	failures = ""
+	for _, r := range f.Receipts(t) {
+		failures += strings.Join(r.Failures, "\n") + "\n"
+	}
+	if !strings.Contains(failures, `release "a-tls": certificate 1234 was issued but not released, and not revoked: pki revoke: permission denied (403)`) {
+		t.Errorf("receipt failures = %q", failures)
+	}
+}
+
 func TestAttestVaultFailuresReleaseNothing(t *testing.T) {
 	tests := []struct {
 		name   string

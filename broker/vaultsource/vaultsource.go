@@ -386,3 +386,25 @@ func (c *Client) IssueCertificate(ctx context.Context, path string, req CertRequ
 	out.NotAfter = cert.NotAfter
 	return out, nil
 }
+
+// RevokeCertificate revokes a certificate that the PKI role at issuePath
+// ("<mount>/issue/<role>") issued, by its serial (lowercase hex, as
+// Certificate.Serial): the broker revokes what it had Vault issue for a
+// decision it then could not release.
+func (c *Client) RevokeCertificate(ctx context.Context, issuePath, serial string) error {
+	i := strings.LastIndex(issuePath, "/issue/")
+	if i <= 0 {
+		return &Error{Op: "pki revoke", Reason: fmt.Sprintf("%q is not a <mount>/issue/<role> path", issuePath)}
+	}
+	if len(serial)%2 == 1 {
+		serial = "0" + serial
+	}
+	pairs := make([]string, 0, len(serial)/2)
+	for j := 0; j < len(serial); j += 2 {
+		pairs = append(pairs, serial[j:j+2])
+	}
+	if _, err := c.api.Logical().WriteWithContext(ctx, issuePath[:i]+"/revoke", map[string]any{"serial_number": strings.Join(pairs, ":")}); err != nil {
+		return classify("pki revoke", err)
+	}
+	return nil
+}

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +30,7 @@ import (
 const brokerVaultPolicy = `
 path "kv/data/nodes/*" { capabilities = ["read"] }
 path "pki/issue/nodes" { capabilities = ["create", "update"] }
+path "pki/revoke"      { capabilities = ["update"] }
 `
 
 // releasePolicy admits nodes of the ek_ca "swtpm" whose sha256 PCR 7
@@ -370,6 +372,73 @@ func TestBrokerReleasesFromVault(t *testing.T) {
 	after := dirFiles(t, out)
 	if after["db.json"] != before["db.json"] || after["cert.pem"] == before["cert.pem"] {
 		t.Error("after unseal: want the same db.json and a new certificate")
+	}
+}
+
+// TestBrokerRevokesUnreleasedCertificate: a decision whose vault_pki
+// release succeeded but whose later vault_kv release Vault refuses (no such
+// secret) releases nothing, and the certificate Vault issued for it is
+// revoked in Vault.
+func TestBrokerRevokesUnreleasedCertificate(t *testing.T) {
+	c, ca, n, ekHash, _ := brokerSetup(t)
+	policy := fmt.Sprintf(`policy "swtpm-nodes" {
+  select {
+    ek_cas = ["swtpm"]
+  }
+  require = ["pcrs.sha256[7] == '%s'"]
+  release "a-tls" {
+    type        = "vault_pki"
+    path        = "pki/issue/nodes"
+    common_name = "${ek_hash_short}.nodes.example.com"
+  }
+  release "b-db" {
+    type = "vault_kv"
+    path = "kv/data/nodes/missing"
+  }
+}
+`, n.pcr7)
+	k := startKeybroker(t, c, ca, policy, c.brokerToken(t))
+	certs := func() []string {
+		s, err := c.root.Logical().List("pki/certs")
+		if err != nil || s == nil {
+			t.Fatalf("list pki/certs: %v", err)
+		}
+		var out []string
+		for _, k := range s.Data["keys"].([]any) {
+			out = append(out, k.(string))
+		}
+		return out
+	}
+	before := certs()
+	out := filepath.Join(t.TempDir(), "creds")
+	r := runAgent(t, n.home, bootstrapArgs(k, n, out)...)
+	want := "bootstrap failed at attest: broker refused (FailedPrecondition): release: vault refused the broker (not found (404))"
+	if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
+		t.Fatalf("bootstrap: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, want)
+	}
+	if _, err := os.Stat(out); err == nil {
+		if files := dirFiles(t, out); len(files) > 0 {
+			t.Errorf("a refused bootstrap wrote %v", slices.Sorted(maps.Keys(files)))
+		}
+	}
+	var issued []string
+	for _, s := range certs() {
+		if !slices.Contains(before, s) {
+			issued = append(issued, s)
+		}
+	}
+	if len(issued) != 1 {
+		t.Fatalf("Vault issued %v for the refused decision; want one certificate", issued)
+	}
+	s, err := c.root.Logical().Read("pki/cert/" + issued[0])
+	if err != nil || s == nil {
+		t.Fatalf("read pki/cert/%s: %v", issued[0], err)
+	}
+	if rt, _ := s.Data["revocation_time"].(json.Number).Int64(); rt == 0 {
+		t.Errorf("certificate %s (issued for %s…, not released) is not revoked", issued[0], ekHash[:16])
+	}
+	if !strings.Contains(k.log.String(), "vault certificate revoked: its decision was not released") {
+		t.Error("the broker log does not say it revoked the certificate")
 	}
 }
 

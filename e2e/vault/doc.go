@@ -66,6 +66,10 @@
 //     attestation is refused (Unavailable, "release: vault unavailable
 //     (sealed or not active (503))"), no file changes and the broker logs
 //     check=release; after unseal both are released again.
+//   - TestBrokerRevokesUnreleasedCertificate: a decision with a vault_pki
+//     release and then a vault_kv release Vault answers 404 is refused
+//     ("release: vault refused the broker (not found (404))"), nothing is
+//     written, and the one certificate Vault issued for it is revoked.
 //   - TestBrokerAppRoleRelogin: `keybroker serve` with an approle block
 //     logs in, renews its token (TTL 5s), logs in again at the token's
 //     maximum TTL (15s) and keeps releasing vault_kv after Vault dropped

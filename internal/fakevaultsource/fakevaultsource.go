@@ -1,8 +1,9 @@
 // Package fakevaultsource is a fake of the Vault the broker takes vault_kv
 // and vault_pki releases from (broker/vaultsource): an HTTPS server on
 // loopback that answers token lookup-self, AppRole login at
-// auth/approle/login, KV version 2 reads under secret/data/ and PKI issues
-// under pki/issue/, and can be told to fail or stop listening. It is for
+// auth/approle/login, KV version 2 reads under secret/data/, PKI issues
+// under pki/issue/ and revocations at pki/revoke, and can be told to fail
+// (every request or those under a path) or stop listening. It is for
 // the broker's error mapping and the agent's file writing; the fake of the
 // TPM auth method is internal/fakevault, and the real Vault is tested in
 // e2e/vault.
@@ -49,7 +50,26 @@ type Fake struct {
 	srv    *httptest.Server
 	mu     sync.Mutex
 	status int // non-zero: every request but lookup-self fails with it
-	paths  []string
+	// failPrefix, failStatus: requests under failPrefix fail with it.
+	failPrefix string
+	failStatus int
+	paths      []string
+	revoked    []string // serial numbers, as pki/revoke received them
+}
+
+// FailPath makes later requests whose path (without /v1/) starts with
+// prefix answer status; "" stops it.
+func (f *Fake) FailPath(prefix string, status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failPrefix, f.failStatus = prefix, status
+}
+
+// Revoked lists the serial numbers pki/revoke was asked to revoke.
+func (f *Fake) Revoked() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.revoked...)
 }
 
 // New starts a fake Vault, stopped at the end of the test.
@@ -100,6 +120,9 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.paths = append(f.paths, path)
 	status := f.status
+	if f.failPrefix != "" && strings.HasPrefix(path, f.failPrefix) {
+		status = f.failStatus
+	}
 	f.mu.Unlock()
 	reply := func(code int, body any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -139,6 +162,14 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		reply(http.StatusOK, map[string]any{"data": data})
+	case path == "pki/revoke" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
+		var req map[string]any
+		json.NewDecoder(r.Body).Decode(&req)
+		serial, _ := req["serial_number"].(string)
+		f.mu.Lock()
+		f.revoked = append(f.revoked, serial)
+		f.mu.Unlock()
+		reply(http.StatusOK, map[string]any{"data": map[string]any{"revocation_time": time.Now().Unix()}})
 	default:
 		reply(http.StatusNotFound, map[string]any{"errors": []string{}})
 	}
