@@ -37,6 +37,16 @@
 //     file written, and Vault's log records check=policy for the operator.
 //   - TestUntrustedEKCA: an EK certified by another swtpm CA is refused at
 //     challenge (ek_trust).
+//   - TestChallengeAcrossClusterNodes: a cluster of three cores (sys/leader
+//     names one active core; the two standbys forward to it). A proxy sends
+//     the agent's challenge to one standby and its login to the other: the
+//     login works (lookup-self on the active core), and the same login
+//     request sent again to each of the three cores is refused (403,
+//     "challenge: challenge is unknown or already used") and creates no
+//     token. Then the active core steps down between challenge and login,
+//     and the login goes through it, now a standby, to the new active core,
+//     whose plugin process did not issue the challenge: it is accepted,
+//     once.
 //   - TestChallengeBoundToTPM: a second trusted swtpm handed the first one's
 //     challenge cannot activate it and never reaches login.
 //   - TestSealedTokenLogin: role token_envelope=tpm_bound. Without the

@@ -401,7 +401,7 @@ func startProxy(t *testing.T, c *cluster) *proxy {
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
 	}
 	p := &proxy{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.url, p.caFile = serveTLS(t, "proxy", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		req, err := http.NewRequestWithContext(r.Context(), r.Method, c.addr+r.URL.RequestURI(), bytes.NewReader(body))
 		if err != nil {
@@ -426,16 +426,24 @@ func startProxy(t *testing.T, c *cluster) *proxy {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(e.status)
 		w.Write(e.response)
-	}))
+	})
+	return p
+}
+
+// serveTLS serves handler over TLS on loopback with a certificate of its
+// own until the test ends, and returns its URL and a PEM file (named after
+// name) that verifies it.
+func serveTLS(t *testing.T, name string, handler http.HandlerFunc) (url, caFile string) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(handler)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	p.url = srv.URL
-	p.caFile = filepath.Join(t.TempDir(), "proxy-ca.pem")
-	if err := os.WriteFile(p.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+	caFile = filepath.Join(t.TempDir(), name+"-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return srv.URL, caFile
 }
 
 func (p *proxy) setRewrite(f func(e *exchange)) {
