@@ -13,20 +13,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/go-hclog"
-	kv "github.com/hashicorp/vault-plugin-secrets-kv"
-	"github.com/hashicorp/vault/builtin/logical/pki"
-	vaulthttp "github.com/hashicorp/vault/http"
-	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/vault"
 )
 
 // msgChallengeUsed is the plugin's answer to a login whose challenge is
@@ -46,35 +37,14 @@ type haCluster struct {
 // and waits until one core is active and the others forward to it.
 func startHACluster(t *testing.T, n int) *haCluster {
 	t.Helper()
-	binaries(t)
-	logFile := filepath.Join(t.TempDir(), "vault.log")
-	f, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "vault", Level: hclog.Info, Output: f})
 	start := time.Now()
-	tc := vault.NewTestCluster(t, &vault.CoreConfig{
-		PluginDirectory: bins.pluginDir,
-		LogicalBackends: map[string]logical.Factory{"kv": kv.Factory, "pki": pki.Factory},
-	},
-		&vault.TestClusterOptions{HandlerFunc: vaulthttp.Handler, NumCores: n, Logger: logger})
-	tc.Start()
-	t.Cleanup(func() {
-		tc.Cleanup()
-		f.Close()
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("Vault log (last 60 lines):\n%s", tail(logFile, 60))
-		}
-	})
+	cl := startCores(t, n)
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(tc.CACertPEM) {
+	if !pool.AppendCertsFromPEM(cl.CACertPEM) {
 		t.Fatal("the cluster CA holds no certificate")
 	}
 	c := &haCluster{
-		cluster: &cluster{TestCluster: tc, caFile: tc.CACertPEMFile, logFile: logFile},
+		cluster: cl,
 		// No timeout of its own: a proxied request is bounded by the
 		// agent's, the test's own requests by their contexts.
 		direct: &http.Client{

@@ -142,9 +142,19 @@ type cluster struct {
 	logFile string
 }
 
-// startCluster starts a cluster whose log goes to a file, shown when the
-// test fails.
+// startCluster starts a one-core cluster whose log goes to a file, shown
+// when the test fails.
 func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	start := time.Now()
+	cl := startCores(t, 1)
+	t.Logf("Vault test cluster up in %v at %s", time.Since(start).Round(time.Millisecond), cl.addr)
+	return cl
+}
+
+// startCores starts a cluster of n cores sharing one storage, logging to a
+// file shown when the test fails; its root client talks to core 0.
+func startCores(t *testing.T, n int) *cluster {
 	t.Helper()
 	binaries(t)
 	logFile := filepath.Join(t.TempDir(), "vault.log")
@@ -153,25 +163,22 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "vault", Level: hclog.Info, Output: f})
-	start := time.Now()
 	c := vault.NewTestCluster(t, &vault.CoreConfig{
 		PluginDirectory: bins.pluginDir,
 		LogicalBackends: map[string]logical.Factory{"kv": kv.Factory, "pki": pki.Factory},
 	},
-		&vault.TestClusterOptions{HandlerFunc: vaulthttp.Handler, NumCores: 1, Logger: logger})
+		&vault.TestClusterOptions{HandlerFunc: vaulthttp.Handler, NumCores: n, Logger: logger})
 	c.Start()
 	t.Cleanup(func() {
 		c.Cleanup()
 		f.Close()
 	})
-	cl := &cluster{TestCluster: c, root: c.Cores[0].Client, addr: c.Cores[0].Client.Address(), caFile: c.CACertPEMFile, logFile: logFile}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("Vault log (last 60 lines):\n%s", tail(logFile, 60))
 		}
 	})
-	t.Logf("Vault test cluster up in %v at %s", time.Since(start).Round(time.Millisecond), cl.addr)
-	return cl
+	return &cluster{TestCluster: c, root: c.Cores[0].Client, addr: c.Cores[0].Client.Address(), caFile: c.CACertPEMFile, logFile: logFile}
 }
 
 func tail(path string, n int) string {
