@@ -280,7 +280,8 @@ func brokerSetup(t *testing.T) (c *cluster, ca localCA, n *node, ekHash string, 
 // certificate that Vault's PKI role issued (vault_pki); the agent writes
 // db.json (0600) and key.pem, cert.pem, chain.pem. With the cluster sealed
 // the attestation is refused as Unavailable naming Vault, and nothing in
-// the output directory changes; once unsealed, the node gets both again.
+// the output directory changes; once unsealed, the node gets both again;
+// with Vault stopped it is refused as unreachable.
 func TestBrokerReleasesFromVault(t *testing.T) {
 	c, ca, n, ekHash, root := brokerSetup(t)
 	short := ekHash[:16]
@@ -372,6 +373,20 @@ func TestBrokerReleasesFromVault(t *testing.T) {
 	after := dirFiles(t, out)
 	if after["db.json"] != before["db.json"] || after["cert.pem"] == before["cert.pem"] {
 		t.Error("after unseal: want the same db.json and a new certificate")
+	}
+
+	// Vault stopped (its HTTP server and every connection to it closed):
+	// refused as unreachable, nothing changes.
+	if err := c.Cores[0].Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = runAgent(t, n.home, bootstrapArgs(k, n, out)...)
+	want = "bootstrap failed at attest: broker refused (Unavailable): release: vault unavailable (unreachable) (receipt "
+	if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
+		t.Errorf("bootstrap with Vault stopped: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, want)
+	}
+	if stopped := dirFiles(t, out); !maps.Equal(after, stopped) {
+		t.Error("a refused bootstrap changed the output directory")
 	}
 }
 

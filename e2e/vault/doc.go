@@ -75,7 +75,10 @@
 //     chain.pem; Vault has its serial); with the cluster sealed the
 //     attestation is refused (Unavailable, "release: vault unavailable
 //     (sealed or not active (503))"), no file changes and the broker logs
-//     check=release; after unseal both are released again.
+//     check=release; after unseal both are released again; with the
+//     cluster's HTTP server closed (Vault stopped) the attestation is
+//     refused with "release: vault unavailable (unreachable)" and no file
+//     changes.
 //   - TestBrokerRevokesUnreleasedCertificate: a decision with a vault_pki
 //     release and then a vault_kv release Vault answers 404 is refused
 //     ("release: vault refused the broker (not found (404))"), nothing is
