@@ -234,6 +234,7 @@ func newAuth(roleName string, role *roleEntry, f nodeFacts) *logical.Auth {
 			"ek_ca":                f.EKCA,
 			"ek_manufacturer":      f.Manufacturer,
 			"attestation_policies": strings.Join(f.Policies, ","),
+			"policy_hash":          f.PolicyHash,
 		},
 	}
 	role.PopulateTokenAuth(auth)
@@ -495,8 +496,9 @@ node's last login exactly as the keybroker broker does, and evaluates the
 role's policy document over the verified facts.
 
 On success it issues a token with the role's token settings. Its entity alias
-is the EK hash; its metadata holds role, ek_hash, ek_ca, ek_manufacturer and
-attestation_policies (the policy blocks that allowed the node). With the
+is the EK hash; its metadata holds role, ek_hash, ek_ca, ek_manufacturer,
+attestation_policies (the policy blocks that allowed the node) and
+policy_hash (the SHA-256 of the role's policy document that decided). With the
 role's response_wrap_ttl the response is response-wrapped. With the role's
 token_envelope the response has no auth: data.token_envelope holds the
 token sealed to the node's EK (keybroker's Credential message as JSON;

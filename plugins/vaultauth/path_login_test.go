@@ -43,6 +43,7 @@ func TestLogin(t *testing.T) {
 	}
 	wantMeta := map[string]string{
 		"role": "web", "ek_hash": n.ekHash, "ek_ca": "", "ek_manufacturer": "", "attestation_policies": "boot",
+		"policy_hash": auth.InternalData["policy_hash"].(string),
 	}
 	if fmt.Sprint(auth.Metadata) != fmt.Sprint(wantMeta) {
 		t.Errorf("metadata = %v, want %v", auth.Metadata, wantMeta)
