@@ -19,9 +19,11 @@ import (
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
 	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -328,5 +330,39 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 	}
 	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengePrefix, nodePrefix, ticketPrefix}) {
 		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
+	}
+}
+
+// TestConsumeChallengeLockSharedWithNode: storage locks are shared by hash,
+// so a challenge's lock may be the one of the node record written when it
+// is consumed; consuming must not hold the first while taking the second.
+func TestConsumeChallengeLockSharedWithNode(t *testing.T) {
+	e := newEnv(t)
+	st := e.b.store(e.storage)
+	nodeLock := locksutil.LockForKey(e.b.challengeLocks, nodePrefix+hashA)
+	id := ""
+	for i := 0; id == ""; i++ {
+		if c := fmt.Sprintf("challenge-%d", i); locksutil.LockForKey(e.b.challengeLocks, challengePrefix+c) == nodeLock {
+			id = c
+		}
+	}
+	now := e.clock.now()
+	if err := st.PutChallenge(t.Context(), store.Challenge{ID: id, ExpiresAt: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- st.ConsumeChallenge(t.Context(), id, &store.Receipt{}, &store.NodeRecord{EKHash: hashA, LastSeen: now})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("consume: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("consuming a challenge whose lock is the node record's deadlocked")
+	}
+	if rec, err := st.GetNode(t.Context(), hashA); err != nil || rec.EKHash != hashA {
+		t.Errorf("node record = %+v, %v", rec, err)
 	}
 }

@@ -165,17 +165,7 @@ func (v *vaultStore) ConsumeChallenge(ctx context.Context, id string, r *store.R
 	if !validKey(id) {
 		return store.ErrNotFound
 	}
-	key := challengePrefix + id
-	lock := locksutil.LockForKey(v.locks, key)
-	lock.Lock()
-	defer lock.Unlock()
-	switch raw, err := v.s.Get(ctx, key); {
-	case err != nil:
-		return err
-	case raw == nil:
-		return store.ErrNotFound
-	}
-	if err := v.s.Delete(ctx, key); err != nil {
+	if err := v.deleteChallenge(ctx, challengePrefix+id); err != nil {
 		return err
 	}
 	if r != nil {
@@ -190,6 +180,23 @@ func (v *vaultStore) ConsumeChallenge(ctx context.Context, id string, r *store.R
 		return nil
 	}
 	return v.putNode(ctx, node)
+}
+
+// deleteChallenge deletes the challenge at key if it is there
+// (store.ErrNotFound otherwise), under its lock. The lock is released
+// before the node record is written: locks are shared by hash, and the node
+// key's may be the same one.
+func (v *vaultStore) deleteChallenge(ctx context.Context, key string) error {
+	lock := locksutil.LockForKey(v.locks, key)
+	lock.Lock()
+	defer lock.Unlock()
+	switch raw, err := v.s.Get(ctx, key); {
+	case err != nil:
+		return err
+	case raw == nil:
+		return store.ErrNotFound
+	}
+	return v.s.Delete(ctx, key)
 }
 
 func (v *vaultStore) putNode(ctx context.Context, n *store.NodeRecord) error {
