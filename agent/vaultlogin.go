@@ -143,7 +143,7 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 			accessor, _ = info["accessor"].(string)
 		}
 		lap(StepLogin, fmt.Sprintf("token sealed to this TPM (accessor %s)", accessor))
-		auth, mode, err := openSealedToken(node, env, login.Data["auth"])
+		auth, mode, err := openSealedToken(node, env, login.Data["auth"], strings.ToLower(opts.Role))
 		if err != nil {
 			return nil, &StepError{StepOpen, err}
 		}
@@ -178,16 +178,22 @@ const VaultTokenEnvelope = "vault-token"
 // (token_envelope) and the auth object without its token (auth). The
 // envelope is the broker's Credential in its JSON form; only this node's
 // TPM opens it, and for PCR_SEALED only while the PCRs hold the attested
-// values (sealing.ErrImport otherwise).
-func OpenSealedToken(n *Node, data map[string]any) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
+// values (sealing.ErrImport otherwise). The token inside must be the one
+// the response names (accessor) and have been issued to this node's EK for
+// role.
+func OpenSealedToken(n *Node, data map[string]any, role string) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
 	env, ok := data["token_envelope"]
 	if !ok {
 		return nil, 0, errors.New("the login response holds no token_envelope")
 	}
-	return openSealedToken(n, env, data["auth"])
+	return openSealedToken(n, env, data["auth"], role)
 }
 
-func openSealedToken(n *Node, env, info any) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
+func openSealedToken(n *Node, env, info any, role string) (*vaultapi.SecretAuth, pb.ReleaseMode, error) {
+	outside, ok := info.(map[string]any)
+	if !ok {
+		return nil, 0, errors.New("the login response holds no auth next to its token_envelope")
+	}
 	js, err := json.Marshal(env)
 	if err != nil {
 		return nil, 0, fmt.Errorf("unable to read token_envelope: %w", err)
@@ -210,10 +216,18 @@ func openSealedToken(n *Node, env, info any) (*vaultapi.SecretAuth, pb.ReleaseMo
 	}
 	// The accessor outside the envelope is what Vault's audit log and the
 	// operator see: it must name the token inside.
-	if m, ok := info.(map[string]any); ok {
-		if a, _ := m["accessor"].(string); a != auth.Accessor {
-			return nil, 0, fmt.Errorf("the opened token's accessor %q differs from the response's %q", auth.Accessor, a)
-		}
+	if a, _ := outside["accessor"].(string); a != auth.Accessor {
+		return nil, 0, fmt.Errorf("the opened token's accessor %q differs from the response's %q", auth.Accessor, a)
+	}
+	// Anyone can seal to a public EK: the token must say it was issued to
+	// this EK for this role.
+	ekHash, err := n.EKHash()
+	if err != nil {
+		return nil, 0, err
+	}
+	if auth.Metadata["ek_hash"] != ekHash || auth.Metadata["role"] != role {
+		return nil, 0, fmt.Errorf("the opened token was issued to EK %q for role %q, not to this node's EK for role %q",
+			auth.Metadata["ek_hash"], auth.Metadata["role"], role)
 	}
 	return auth, cred.GetMode(), nil
 }

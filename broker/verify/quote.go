@@ -36,8 +36,8 @@ type QuoteOpts struct {
 	Banks []tpm2.TPMAlgID
 }
 
-// counts reports whether a quote of bank is verified and used.
-func (o QuoteOpts) counts(bank tpm2.TPMAlgID) bool {
+// Counts reports whether a quote of bank is verified and used.
+func (o QuoteOpts) Counts(bank tpm2.TPMAlgID) bool {
 	return len(o.Banks) == 0 || slices.Contains(o.Banks, bank) || (bank == tpm2.TPMAlgSHA1 && !o.AllowSHA1)
 }
 
@@ -108,7 +108,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 	digest := sha256.New()
 	for i := range quotes {
 		q := &quotes[i]
-		if !opts.counts(q.Bank) {
+		if !opts.Counts(q.Bank) {
 			continue
 		}
 		first := len(v.pcrs) == 0

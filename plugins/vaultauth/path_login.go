@@ -135,6 +135,9 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	if role.TokenEnvelope != "" && cfg.vault == nil {
 		return logical.ErrorResponse("role %q seals tokens (token_envelope=%s) but the config has no vault_addr", roleName, role.TokenEnvelope), nil
 	}
+	if role.TokenEnvelope == policies.ModePCRSealed && !cfg.quoteOpts.Counts(role.envelopeBank()) {
+		return logical.ErrorResponse("role %q seals tokens to %s PCRs but the config's pcr_banks leaves that bank out", roleName, role.EnvelopeBank), nil
+	}
 	if len(role.TokenBoundCIDRs) > 0 {
 		if req.Connection == nil || !cidrutil.RemoteAddrIsOk(req.Connection.RemoteAddr, role.TokenBoundCIDRs) {
 			b.Logger().Warn("login refused: client address not in token_bound_cidrs", "role", roleName)

@@ -36,20 +36,28 @@ import (
 const (
 	ticketPrefix = "ticket/"
 	// ticketTTL bounds how long a ticket may wait for its redemption,
-	// which normally follows within milliseconds.
-	ticketTTL = 30 * time.Second
+	// which normally follows within milliseconds; no longer than the
+	// client waits for it, so that no ticket is redeemed for a login that
+	// already gave up.
+	ticketTTL = selfTimeout
 	// ticketSize is the ticket's entropy in bytes.
 	ticketSize = 32
 	// EnvelopeName names the sealed token in its envelope (JWE kid).
 	EnvelopeName = "vault-token"
 )
 
-// ticketEntry is a stored ticket: who the node is, for which role.
+// ticketEntry is a stored ticket: who the node is, for which role, and
+// the login's ID, which the redeemed token's metadata carries (sealed_login)
+// so the plugin knows the token it seals is the one made for this ticket.
 type ticketEntry struct {
 	Role    string    `json:"role"`
 	Facts   nodeFacts `json:"facts"`
+	LoginID string    `json:"login_id"`
 	Expires time.Time `json:"expires"`
 }
+
+// metaSealedLogin is the token metadata key holding a sealed login's ID.
+const metaSealedLogin = "sealed_login"
 
 func ticketKey(ticket string) string {
 	sum := sha256.Sum256([]byte(ticket))
@@ -68,13 +76,15 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 			return logical.ErrorResponse("token_envelope: " + err.Error()), nil
 		}
 	}
-	raw := make([]byte, ticketSize)
+	raw := make([]byte, ticketSize+16)
 	if _, err := rand.Read(raw); err != nil {
 		return nil, err
 	}
-	ticket := base64.RawURLEncoding.EncodeToString(raw)
+	ticket := base64.RawURLEncoding.EncodeToString(raw[:ticketSize])
+	loginID := hex.EncodeToString(raw[ticketSize:])
+	log = log.With("sealed_login", loginID)
 	key := ticketKey(ticket)
-	entry, err := logical.StorageEntryJSON(key, ticketEntry{Role: roleName, Facts: f, Expires: b.now().Add(ticketTTL)})
+	entry, err := logical.StorageEntryJSON(key, ticketEntry{Role: roleName, Facts: f, LoginID: loginID, Expires: b.now().Add(ticketTTL)})
 	if err != nil {
 		return nil, err
 	}
@@ -82,8 +92,11 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 		return nil, err
 	}
 	// Redeemed tickets are gone already; this removes one whose
-	// redemption failed.
+	// redemption failed, under the lock redemption takes.
 	defer func() {
+		lock := locksutil.LockForKey(b.challengeLocks, key)
+		lock.Lock()
+		defer lock.Unlock()
 		if err := req.Storage.Delete(context.WithoutCancel(ctx), key); err != nil {
 			log.Warn("unable to delete a ticket; it expires unused", "error", err)
 		}
@@ -95,6 +108,15 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 		log.Error("sealed login: the ticket login at vault_addr failed; nothing issued", "error", err)
 		return nil, errors.New("token_envelope: unable to complete the login through vault_addr; the Vault server log has the cause")
 	}
+	defer clear(auth.raw)
+	// vault_addr must have answered with the token made for this ticket.
+	if m := auth.metadata; m[metaSealedLogin] != loginID || m["ek_hash"] != f.EKHash || m["role"] != roleName {
+		log.Error("sealed login: vault_addr answered with a token not made for this login; not delivered", "accessor", auth.accessor)
+		if rerr := cfg.vault.revokeSelf(context.WithoutCancel(ctx), auth.clientToken); rerr != nil {
+			log.Error("unable to revoke the token vault_addr returned", "accessor", auth.accessor, "error", rerr)
+		}
+		return nil, errors.New("token_envelope: vault_addr answered with another token; the Vault server log has the details")
+	}
 	cred, err := sealing.SealCredential(v.Node().EKPublic(), EnvelopeName, pb.CredentialType_SECRET, auth.raw, pcrs)
 	if err == nil {
 		var resp *logical.Response
@@ -104,9 +126,10 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 		}
 	}
 	if rerr := cfg.vault.revokeSelf(context.WithoutCancel(ctx), auth.clientToken); rerr != nil {
-		log.Error("unable to revoke a token that could not be sealed", "accessor", auth.accessor, "error", rerr)
+		log.Error("sealed login: unable to seal the token, nor to revoke it", "accessor", auth.accessor, "error", err, "revoke_error", rerr)
+	} else {
+		log.Error("sealed login: unable to seal the token; revoked", "accessor", auth.accessor, "error", err)
 	}
-	log.Error("sealed login: unable to seal the token; revoked", "accessor", auth.accessor, "error", err)
 	return nil, errors.New("token_envelope: unable to seal the token; the Vault server log has the cause")
 }
 
@@ -182,7 +205,9 @@ func (b *tpmAuthBackend) pathLoginTicket(ctx context.Context, req *logical.Reque
 		b.Logger().Warn("ticket login refused", "role", roleName, "ek", t.Facts.EKHash, "error", why)
 		return logical.ErrorResponse(why.Error()), logical.ErrPermissionDenied
 	}
-	return &logical.Response{Auth: newAuth(roleName, role, t.Facts)}, nil
+	auth := newAuth(roleName, role, t.Facts)
+	auth.Metadata[metaSealedLogin] = t.LoginID
+	return &logical.Response{Auth: auth}, nil
 }
 
 // purgeTickets deletes tickets whose redemption never came.

@@ -36,6 +36,10 @@ type front struct {
 	// again is the answer to presenting a ticket a second time, right
 	// after it was redeemed.
 	again []error
+	// forgeFor, if set: answer every ticket login with a token of the
+	// front's own for this EK hash and role "web", without redeeming the
+	// ticket, as a wrong or hostile vault_addr would.
+	forgeFor string
 }
 
 func newFront(t *testing.T, e *env) *front {
@@ -60,7 +64,15 @@ func (f *front) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		f.mu.Lock()
 		f.tickets = append(f.tickets, body["ticket"].(string))
+		forgeFor := f.forgeFor
 		f.mu.Unlock()
+		if forgeFor != "" {
+			_ = json.NewEncoder(w).Encode(map[string]any{"auth": map[string]any{
+				"client_token": "hvs.forged", "accessor": "forged",
+				"metadata": map[string]string{"role": "web", "ek_hash": forgeFor},
+			}})
+			return
+		}
 		resp, err := f.e.b.HandleRequest(r.Context(), &logical.Request{
 			Operation: logical.UpdateOperation, Path: "login", Data: body, Storage: f.e.storage,
 			MountPoint: "auth/tpm/", Connection: &logical.Connection{RemoteAddr: "127.0.0.1"},
@@ -146,7 +158,7 @@ func TestLoginSealedToken(t *testing.T) {
 		t.Fatalf("token %q appears in the response outside the envelope, or none was issued", issued)
 	}
 
-	auth, mode, err := agent.OpenSealedToken(n.n, resp.Data)
+	auth, mode, err := agent.OpenSealedToken(n.n, resp.Data, "web")
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -156,8 +168,18 @@ func TestLoginSealedToken(t *testing.T) {
 	// The accessor outside must name the token inside.
 	tampered := mustData(t, js)
 	tampered["auth"].(map[string]any)["accessor"] = "someone-else"
-	if _, _, err := agent.OpenSealedToken(n.n, tampered); err == nil || !strings.Contains(err.Error(), "differs from the response's") {
+	if _, _, err := agent.OpenSealedToken(n.n, tampered, "web"); err == nil || !strings.Contains(err.Error(), "differs from the response's") {
 		t.Errorf("open with another accessor outside: %v", err)
+	}
+	// It must have been issued to this EK for the role asked for, and come
+	// with its auth outside.
+	if _, _, err := agent.OpenSealedToken(n.n, resp.Data, "db"); err == nil || !strings.Contains(err.Error(), `for role "web", not to this node's EK for role "db"`) {
+		t.Errorf("open for another role: %v", err)
+	}
+	noAuth := mustData(t, js)
+	delete(noAuth, "auth")
+	if _, _, err := agent.OpenSealedToken(n.n, noAuth, "web"); err == nil || !strings.Contains(err.Error(), "holds no auth") {
+		t.Errorf("open without auth outside: %v", err)
 	}
 	f.mu.Lock()
 	a := f.tokens[issued]
@@ -181,10 +203,10 @@ func TestLoginSealedToken(t *testing.T) {
 
 	// Only this TPM opens the envelope.
 	other := openNodeAfter(t, n)
-	if _, _, err := agent.OpenSealedToken(other.n, resp2Data(t, e, other)); err != nil {
+	if _, _, err := agent.OpenSealedToken(other.n, resp2Data(t, e, other), "other"); err != nil {
 		t.Fatalf("the other node opens its own token: %v", err)
 	}
-	if _, _, err := agent.OpenSealedToken(other.n, mustData(t, js)); !errors.Is(err, sealing.ErrImport) {
+	if _, _, err := agent.OpenSealedToken(other.n, mustData(t, js), "web"); !errors.Is(err, sealing.ErrImport) {
 		t.Errorf("another TPM opening the first node's token: %v, want sealing.ErrImport", err)
 	}
 }
@@ -219,12 +241,12 @@ func TestLoginSealedToPCRs(t *testing.T) {
 	if err != nil || resp.IsError() {
 		t.Fatalf("login: %v %v", err, resp.Error())
 	}
-	if _, mode, err := agent.OpenSealedToken(n.n, resp.Data); err != nil || mode != pb.ReleaseMode_PCR_SEALED {
+	if _, mode, err := agent.OpenSealedToken(n.n, resp.Data, "web"); err != nil || mode != pb.ReleaseMode_PCR_SEALED {
 		t.Fatalf("open: %v %v", mode, err)
 	}
 	// The TPM opens it only while PCR 7 holds the attested value.
 	n.extend(7)
-	if _, _, err := agent.OpenSealedToken(n.n, resp.Data); !errors.Is(err, sealing.ErrImport) {
+	if _, _, err := agent.OpenSealedToken(n.n, resp.Data, "web"); !errors.Is(err, sealing.ErrImport) {
 		t.Errorf("open after PCR 7 changed: %v, want sealing.ErrImport", err)
 	}
 }
@@ -322,6 +344,19 @@ func TestLoginSealedFailures(t *testing.T) {
 		t.Errorf("tickets left: %v", keys)
 	}
 
+	// vault_addr answers with a token that is not the one made for this
+	// login: not delivered, and revoked.
+	f3 := newFront(t, e)
+	f3.forgeFor = n.ekHash
+	e.configure(map[string]any{"vault_addr": f3.srv.URL, "vault_ca_cert": f3.caPEM()})
+	resp, err = e.sealedLogin(n.answer(e.challenge(n), "web"))
+	if err == nil || !strings.Contains(err.Error(), "token_envelope: vault_addr answered with another token") || (resp != nil && resp.Data["token_envelope"] != nil) {
+		t.Fatalf("login with a forging vault_addr: %v %v", resp, err)
+	}
+	if f3.revoked == nil || f3.revoked[0] != "hvs.forged" {
+		t.Errorf("revoked = %v; want the forged token revoked", f3.revoked)
+	}
+
 	// pcr_sealed to a PCR the node did not quote.
 	f2 := newFront(t, e)
 	e.configure(map[string]any{"vault_addr": f2.srv.URL, "vault_ca_cert": f2.caPEM()})
@@ -332,6 +367,24 @@ func TestLoginSealedFailures(t *testing.T) {
 	}
 	if len(f2.tokens) != 0 {
 		t.Error("a token was issued")
+	}
+
+	// pcr_sealed to a bank the config does not count: refused when the
+	// role is written, and at login before the challenge is consumed.
+	e.write("role/web", map[string]any{"token_envelope_pcr_bank": "sha256"})
+	data = n.answer(e.challenge(n), "web")
+	e.configure(map[string]any{"pcr_banks": "sha384"})
+	resp, err = e.sealedLogin(data)
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), `role "web" seals tokens to sha256 PCRs but the config's pcr_banks leaves that bank out`) {
+		t.Fatalf("login sealed to an uncounted bank: %v %v", resp, err)
+	}
+	resp, err = e.request(logical.UpdateOperation, "role/web", map[string]any{"token_envelope_pcrs": "7"})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "token_envelope_pcr_bank sha256 is not among the config's pcr_banks") {
+		t.Errorf("role write with an uncounted bank: %v %v", resp, err)
+	}
+	e.configure(map[string]any{"pcr_banks": "sha256,sha384"})
+	if resp, err := e.sealedLogin(data); err != nil || resp.IsError() {
+		t.Errorf("the same answer once the bank counts: %v %v", resp, err)
 	}
 }
 

@@ -218,6 +218,11 @@ func (b *tpmAuthBackend) pathRoleWrite(ctx context.Context, req *logical.Request
 		errs = append(errs, fmt.Errorf("response_wrap_ttl %s is greater than the mount's maximum lease TTL %s", r.ResponseWrapTTL, maxTTL))
 	}
 	errs = append(errs, r.parseEnvelope(d)...)
+	if r.TokenEnvelope == policies.ModePCRSealed {
+		if cfg, err := b.config(ctx, req.Storage); err == nil && cfg != nil && !cfg.quoteOpts.Counts(r.envelopeBank()) {
+			errs = append(errs, fmt.Errorf("token_envelope_pcr_bank %s is not among the config's pcr_banks: no login could be sealed", r.EnvelopeBank))
+		}
+	}
 	if strings.TrimSpace(r.Policy) == "" {
 		errs = append(errs, errors.New("policy cannot be empty: a role without a policy allows no node"))
 	} else if _, err := parseRolePolicy(name, r.Policy); err != nil {

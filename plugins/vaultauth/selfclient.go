@@ -17,7 +17,7 @@ import (
 
 // Limits of the requests the plugin makes to Vault's own API.
 const (
-	selfTimeout     = 15 * time.Second
+	selfTimeout     = 10 * time.Second
 	maxSelfResponse = 1 << 20
 )
 
@@ -68,10 +68,9 @@ func newSelfClient(addr, caPEM, serverName string) (*selfClient, error) {
 	}, nil
 }
 
+// isLoopback accepts loopback IP literals only: a name would depend on the
+// resolver.
 func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
@@ -82,6 +81,7 @@ type selfAuth struct {
 	raw         json.RawMessage
 	clientToken string
 	accessor    string
+	metadata    map[string]string
 }
 
 // login presents ticket to <mount>login (mount as Vault names it in
@@ -98,8 +98,9 @@ func (c *selfClient) login(ctx context.Context, mount, role, ticket string) (*se
 		return nil, err
 	}
 	var a struct {
-		ClientToken string `json:"client_token"`
-		Accessor    string `json:"accessor"`
+		ClientToken string            `json:"client_token"`
+		Accessor    string            `json:"accessor"`
+		Metadata    map[string]string `json:"metadata"`
 	}
 	if len(out.Auth) == 0 || string(out.Auth) == "null" {
 		return nil, errors.New("vault answered the ticket login without a token")
@@ -107,7 +108,7 @@ func (c *selfClient) login(ctx context.Context, mount, role, ticket string) (*se
 	if err := json.Unmarshal(out.Auth, &a); err != nil || a.ClientToken == "" {
 		return nil, errors.New("vault answered the ticket login without a token")
 	}
-	return &selfAuth{raw: out.Auth, clientToken: a.ClientToken, accessor: a.Accessor}, nil
+	return &selfAuth{raw: out.Auth, clientToken: a.ClientToken, accessor: a.Accessor, metadata: a.Metadata}, nil
 }
 
 // revokeSelf revokes a token the plugin received but could not deliver.
