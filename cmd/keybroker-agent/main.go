@@ -11,10 +11,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -44,25 +44,12 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	switch args[0] {
-	case "bootstrap":
-		return bootstrap(args[1:], stdout, stderr)
-	case "run":
-		return runAgent(args[1:], stdout, stderr)
-	case "vault-login":
-		return vaultLogin(args[1:], stdout, stderr)
-	case "ek-hash":
-		return ekHash(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
-	return 2
+	return cli.Dispatch("command", usage, map[string]cli.Command{
+		"bootstrap":   bootstrap,
+		"run":         runAgent,
+		"vault-login": vaultLogin,
+		"ek-hash":     ekHash,
+	}, args, stdout, stderr)
 }
 
 func tpmFlag(fs *flag.FlagSet) *string {
@@ -86,16 +73,7 @@ func bootstrap(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var missing []string
-	for name, v := range map[string]string{"--broker": *brokerAddr, "--ca": *caFile, "--out": *out} {
-		if v == "" {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		fmt.Fprintf(stderr, "bootstrap: missing %v\n", missing)
-		fs.Usage()
+	if !cli.Required(fs, stderr, "--broker", "--ca", "--out") {
 		return 2
 	}
 	caPEM, err := os.ReadFile(*caFile)

@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
 	"time"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/agent/workload"
+	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -40,16 +40,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var missing []string
-	for name, v := range map[string]string{"--broker": *brokerAddr, "--ca": *caFile} {
-		if v == "" {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		fmt.Fprintf(stderr, "run: missing %v\n", missing)
-		fs.Usage()
+	if !cli.Required(fs, stderr, "--broker", "--ca") {
 		return 2
 	}
 	if *grace < 0 || *retryMax < time.Second || *timeout <= 0 {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -54,16 +55,7 @@ func vaultLogin(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vault-login: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	var missing []string
-	if *addr == "" {
-		missing = append(missing, "--vault-addr")
-	}
-	if *role == "" {
-		missing = append(missing, "--role")
-	}
-	if len(missing) > 0 {
-		fmt.Fprintf(stderr, "vault-login: missing %v\n", missing)
-		fs.Usage()
+	if !cli.Required(fs, stderr, "--vault-addr", "--role") {
 		return 2
 	}
 	if *format != "text" && *format != "json" {

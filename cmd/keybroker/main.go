@@ -17,6 +17,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/cli"
 )
 
 const usage = `keybroker: release secrets only to machines that prove, with their TPM, what they booted.
@@ -40,31 +41,22 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+	return cli.Dispatch("command", usage, map[string]cli.Command{
+		"serve":    func(args []string, _, stderr io.Writer) int { return serve(args, stderr) },
+		"receipts": receiptsCmd,
+		"policy":   policyCmd,
+		"evidence": evidenceCmd,
+		"demo":     demo,
+	}, args, stdout, stderr)
+}
+
+// receiptsCmd runs `keybroker receipts list`.
+func receiptsCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "list" {
+		fmt.Fprint(stderr, "usage: keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]\n")
 		return 2
 	}
-	switch args[0] {
-	case "serve":
-		return serve(args[1:], stderr)
-	case "receipts":
-		if len(args) < 2 || args[1] != "list" {
-			fmt.Fprint(stderr, "usage: keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]\n")
-			return 2
-		}
-		return receiptsList(args[2:], stdout, stderr)
-	case "policy":
-		return policyCmd(args[1:], stdout, stderr)
-	case "evidence":
-		return evidenceCmd(args[1:], stdout, stderr)
-	case "demo":
-		return demo(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
-	return 2
+	return receiptsList(args[1:], stdout, stderr)
 }
 
 func serve(args []string, stderr io.Writer) int {

@@ -16,6 +16,7 @@ import (
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -72,21 +73,10 @@ Flags:
 
 // policyCmd runs `keybroker policy SUBCOMMAND`.
 func policyCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
-	}
-	switch args[0] {
-	case "check":
-		return policyCheck(args[1:], stdout, stderr)
-	case "eval":
-		return policyEval(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, policyUsage)
-		return 0
-	}
-	fmt.Fprintf(stderr, "unknown policy command %q\n\n%s", args[0], policyUsage)
-	return 2
+	return cli.Dispatch("policy command", policyUsage, map[string]cli.Command{
+		"check": policyCheck,
+		"eval":  policyEval,
+	}, args, stdout, stderr)
 }
 
 // newFlagSet returns a flag set whose usage prints help and the flags.
