@@ -5,9 +5,9 @@
 //	challenge  verify.Node (EK trust, AK attributes), per-EK rate limit,
 //	           challenge.Issuer.Issue (MakeCredential; the secret's hash is
 //	           stored in Vault storage through vaultStore, a store.Store)
-//	login      challenge.Issuer.Lookup, evidence.Reverify (verify.Node,
-//	           verify.Quotes, WithEventLog, WithHistory against the node's
-//	           last counters), policies.Set.Evaluate with the role's policy
+//	login      challenge.Issuer.Lookup, evidence.Verify (verify.Node,
+//	           verify.Quotes, WithEventLog), evidence.WithHistory against the
+//	           node's last counters, policies.Set.Evaluate with the role's policy
 //	           document, challenge.Issuer.Consume (once, whatever the
 //	           outcome), then a logical.Auth with the role's token settings
 //	           (or, with token_envelope, a ticket login through Vault's

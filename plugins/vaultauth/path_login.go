@@ -107,8 +107,7 @@ type loginRequest struct {
 }
 
 // pathLogin answers a challenge: it verifies the node as the broker's
-// Attest does (verify.Node, verify.Quotes, WithEventLog, WithHistory, via
-// evidence.Reverify), evaluates the role's policy document, consumes the
+// Attest does (evidence.Verify, then evidence.WithHistory), evaluates the role's policy document, consumes the
 // challenge whatever the outcome, and only then issues a token.
 func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	cfg, err := b.config(ctx, req.Storage)
@@ -267,15 +266,18 @@ func checkRefusal(err error) *refusal {
 // policy then denies, as the broker does.
 func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
 	var d policies.Decision
-	// The EK hash keys the node's counters, which the verification
-	// compares the quote's with; verify.Node names it (and refuses an EK
-	// no longer trusted before anything is read).
-	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, cfg.trust)
+	// The same steps in the same order as the broker's Attest: the node,
+	// its quotes and event log, then its TPM counters against its last
+	// login's.
+	node, v, err := evidence.Verify(ev, cfg.trust, cfg.quoteOpts)
+	if node != nil {
+		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	}
 	if err != nil {
 		return nil, d, nil, checkRefusal(err)
 	}
-	rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	var prev *store.NodeRecord
+	var counters *store.Counters
 	switch p, err := st.GetNode(ctx, node.EKHash()); {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
@@ -283,13 +285,13 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 	default:
 		prev = &p
 		c := p.Counters()
-		ev.Previous = &c
+		counters = &c
 	}
-	v, err := evidence.Reverify(ev, cfg.trust, cfg.quoteOpts)
+	v, akChanged, err := evidence.WithHistory(v, counters)
 	if err != nil {
 		return nil, d, nil, checkRefusal(err)
 	}
-	if h := v.History(); h != nil && h.AKChanged {
+	if akChanged {
 		b.Logger().Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", v.EKHash())
 	}
 	digest := v.QuoteDigest()
