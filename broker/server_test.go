@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/legacy/tpm2"
+	tpm2b "github.com/google/go-tpm/tpm2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -621,4 +622,33 @@ func randomBytes(t testing.TB, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestAttestPCRBanks: with pcr_banks the broker counts only those banks'
+// quotes, and refuses a node that quoted none of them.
+func TestAttestPCRBanks(t *testing.T) {
+	for _, tt := range []struct {
+		banks []tpm2.Algorithm
+		ok    bool
+	}{
+		{banks: []tpm2.Algorithm{tpm2.AlgSHA256}, ok: true},
+		{banks: []tpm2.Algorithm{tpm2.AlgSHA512}},
+	} {
+		// One simulator at a time: each case in a subtest of its own.
+		t.Run(fmt.Sprint(tt.banks), func(t *testing.T) {
+			f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
+				for _, b := range tt.banks {
+					o.PCRBanks = append(o.PCRBanks, tpm2b.TPMAlgID(b))
+				}
+			}})
+			resp, err := attestOnce(t, f.Env)
+			if tt.ok {
+				if err != nil || len(resp.GetCredentials()) == 0 {
+					t.Errorf("pcr_banks %v: %v", tt.banks, err)
+				}
+				return
+			}
+			f.wantRefused(t, resp, err, codes.PermissionDenied, "pcr_bank: no quote of an allowed bank (sha512)", "pcr_bank")
+		})
+	}
 }

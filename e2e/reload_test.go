@@ -98,8 +98,17 @@ func TestPolicyReloadOnFileChange(t *testing.T) {
 		t.Errorf("broker logged %d reloads, want 1", n)
 	}
 
+	wantReloadReceipts(t, b, denied, allowed.receipt, kept.receipt, "its policy file changed")
+}
+
+// wantReloadReceipts checks the receipts of a reload test: the first
+// attestation denied, the one after the reload allowed under another
+// policy hash, the one after a refused reload allowed under the same; and
+// that the broker still runs after what.
+func wantReloadReceipts(t *testing.T, b *brokerProc, denied, allowed, kept, what string) {
+	t.Helper()
 	rs := receipts(t, b)
-	d, a, k := receiptByID(t, rs, denied), receiptByID(t, rs, allowed.receipt), receiptByID(t, rs, kept.receipt)
+	d, a, k := receiptByID(t, rs, denied), receiptByID(t, rs, allowed), receiptByID(t, rs, kept)
 	if d.Allowed || !a.Allowed || !k.Allowed {
 		t.Errorf("decisions = %v %v %v, want denied, allowed, allowed", d.Allowed, a.Allowed, k.Allowed)
 	}
@@ -109,7 +118,7 @@ func TestPolicyReloadOnFileChange(t *testing.T) {
 	}
 	select {
 	case <-b.done:
-		t.Fatalf("the broker exited (%d) after its policy file changed", b.exit)
+		t.Fatalf("the broker exited (%d) after %s", b.exit, what)
 	default:
 	}
 }
