@@ -140,6 +140,9 @@ var certExts = []string{".pem", ".crt", ".cer"}
 // Config is the parsed configuration: paths resolved, durations parsed, EK
 // CAs loaded.
 type Config struct {
+	// File is the configuration file's name, for messages; set by
+	// ParseConfig.
+	File         string
 	Listen       string
 	DataDir      string
 	ServerNames  []string
@@ -185,7 +188,12 @@ func ParseConfig(src []byte, filename string) (*Config, error) {
 	if diags := gohcl.DecodeBody(file.Body, nil, &fc); diags.HasErrors() {
 		return nil, diags
 	}
-	return fc.Build(filepath.Dir(filename), filename)
+	c, err := fc.Build(filepath.Dir(filename), filename)
+	if err != nil {
+		return nil, err
+	}
+	c.File = filename
+	return c, nil
 }
 
 // Build applies defaults, validates and resolves fc. base is the directory

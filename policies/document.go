@@ -65,9 +65,13 @@ type policy struct {
 	ekHashes  map[string]bool
 	ekCAs     map[string]bool
 	labels    map[string]string // selects nodes carrying all of these
-	requires  []requirement
-	releases  []*release
-	workloads []*workload
+	// refs are the ek_hashes and ek_cas entries and the labels selector
+	// with their positions, for Set.Refs.
+	ekHashRefs, ekCARefs []Ref
+	labelsRange          hcl.Range
+	requires             []requirement
+	releases             []*release
+	workloads            []*workload
 }
 
 // requirement is a compiled require expression. cel.Program is safe for
@@ -155,6 +159,7 @@ func (c *compiler) selector(p *policy, raw *selectHCL, where string) {
 			continue
 		}
 		p.ekHashes[s] = true
+		p.ekHashRefs = append(p.ekHashRefs, Ref{Policy: p.name, Name: s, Range: e.Range()})
 	}
 	cas := c.list(raw.EKCAs, where)
 	for i, e := range cas {
@@ -167,8 +172,12 @@ func (c *compiler) selector(p *policy, raw *selectHCL, where string) {
 			continue
 		}
 		p.ekCAs[s] = true
+		p.ekCARefs = append(p.ekCARefs, Ref{Policy: p.name, Name: s, Range: e.Range()})
 	}
 	p.labels = c.labelMap(raw.Labels, where+": select labels")
+	if raw.Labels != nil {
+		p.labelsRange = raw.Labels.Expr.Range()
+	}
 	if len(hashes)+len(cas)+len(p.labels) == 0 {
 		c.errorf(raw.DefRange, "%s: select lists no ek_hashes, ek_cas or labels; a policy must select something", where)
 	}

@@ -104,6 +104,7 @@ type release struct {
 	name        string
 	nameRange   hcl.Range
 	typ         string
+	typeRange   hcl.Range // the type attribute's value, or the block
 	mode        Mode
 	bank        tpm2.TPMAlgID
 	pcrs        []uint32
@@ -142,6 +143,7 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	if raw.Type == nil {
 		c.errorf(raw.DefRange, "%s: type is required; use %s", where, useTypes)
 	} else if s, ok := c.str(raw.Type.Expr, "%s: type", where); ok {
+		r.typeRange = raw.Type.Expr.Range()
 		if !slices.Contains(releaseTypes, s) {
 			c.errorf(raw.Type.Expr.Range(), "%s: type %q is not supported; use %s", where, s, useTypes)
 		}

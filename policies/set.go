@@ -19,7 +19,9 @@ import (
 type Set struct {
 	policies []*policy                    // sorted by name
 	labels   map[string]map[string]string // EK hash -> labels, from node blocks
-	hash     string
+	// nodeRanges are where the node blocks' EK hashes are written.
+	nodeRanges map[string]hcl.Range
+	hash       string
 }
 
 // Parse parses and validates one policy document. filename is used in
@@ -150,6 +152,7 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 		return nil, diags
 	}
 	slices.SortFunc(s.policies, func(a, b *policy) int { return strings.Compare(a.name, b.name) })
+	s.nodeRanges = nodeAt
 	s.hash = hashDigests(digests)
 	return s, nil
 }

@@ -126,6 +126,7 @@ type workloadHCL struct {
 type workload struct {
 	entry     WorkloadEntry
 	nameRange hcl.Range
+	idRange   hcl.Range // the spiffe_id attribute's value
 }
 
 func (c *compiler) workload(raw *workloadHCL, policyWhere string) *workload {
@@ -142,6 +143,7 @@ func (c *compiler) workload(raw *workloadHCL, policyWhere string) *workload {
 			c.errorf(raw.SPIFFEID.Expr.Range(), "%s: spiffe_id %q is not a SPIFFE ID: %v", where, s, err)
 		}
 		w.entry.ID = id
+		w.idRange = raw.SPIFFEID.Expr.Range()
 	}
 	if raw.Selectors == nil {
 		c.errorf(raw.DefRange, "%s: selectors is required: an entry without selectors would match every process", where)

@@ -1,0 +1,207 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/policies"
+)
+
+const (
+	checkEKA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	checkEKB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+)
+
+// checkConfigs are the configurations policies are checked against.
+var checkConfigs = map[string]*Config{
+	// full has an ek_ca "swtpm", a spiffe block and a vault block.
+	"full": {
+		File:        "broker.hcl",
+		Trust:       verify.Trust{CAs: []verify.CA{{Name: "swtpm"}}},
+		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+		Vault:       &VaultConfig{Address: "https://vault.example.com:8200"},
+	},
+	// bare trusts ek_allow = [checkEKA] only: no ek_ca, spiffe or vault.
+	"bare": {
+		File:  "broker.hcl",
+		Trust: verify.Trust{EKHashes: []string{checkEKA}},
+	},
+}
+
+func TestCheckPolicies(t *testing.T) {
+	tests := []struct {
+		name   string
+		config string
+		policy string
+		want   []string // the error's lines; none: accepted
+	}{
+		{
+			name:   "everything defined",
+			config: "full",
+			policy: `
+policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "svid" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://example.org/node/${ek_hash_short}"
+  }
+  release "db" {
+    type = "vault_kv"
+    path = "secret/data/db"
+  }
+  workload "app" {
+    spiffe_id = "spiffe://example.org/app"
+    selectors = ["unix:uid:1000"]
+  }
+}
+`,
+		},
+		{
+			name:   "labels some node carries, ek_hashes in ek_allow",
+			config: "bare",
+			policy: `
+node "` + checkEKA + `" {
+  labels = { role = "web", site = "fra1" }
+}
+policy "web" {
+  select {
+    labels    = { role = "web" }
+    ek_hashes = ["` + checkEKA + `"]
+  }
+}
+`,
+		},
+		{
+			name:   "undefined ek_ca",
+			config: "full",
+			policy: `
+policy "web" {
+  select { ek_cas = ["swtpm", "infineon"] }
+}
+`,
+			want: []string{`p.hcl:3:31: policy "web": ek_ca "infineon" is not defined in broker.hcl (defined: "swtpm")`},
+		},
+		{
+			name:   "ek_ca without any ek_ca block",
+			config: "bare",
+			policy: `
+policy "web" {
+  select { ek_cas = ["swtpm"] }
+}
+`,
+			want: []string{`p.hcl:3:22: policy "web": ek_ca "swtpm" is not defined: broker.hcl has no ek_ca block`},
+		},
+		{
+			name:   "spiffe and vault releases without their blocks",
+			config: "bare",
+			policy: `
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `"] }
+  release "svid" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://example.org/node"
+  }
+  release "db" {
+    type = "vault_kv"
+    path = "secret/data/db"
+  }
+  release "cert" {
+    type        = "vault_pki"
+    path        = "pki/issue/web"
+    common_name = "web"
+  }
+  workload "app" {
+    spiffe_id = "spiffe://example.org/app"
+    selectors = ["unix:uid:1000"]
+  }
+}
+`,
+			want: []string{
+				`p.hcl:5:17: policy "web": release "svid" is an x509_svid, but broker.hcl has no spiffe block`,
+				`p.hcl:9:12: policy "web": release "db" is a vault_kv, but broker.hcl has no vault block`,
+				`p.hcl:13:19: policy "web": release "cert" is a vault_pki, but broker.hcl has no vault block`,
+				`p.hcl:17:12: policy "web": workload "app" needs a SPIFFE authority, but broker.hcl has no spiffe block`,
+			},
+		},
+		{
+			name:   "spiffe ids outside the trust domain",
+			config: "full",
+			policy: `
+policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "svid" {
+    type      = "x509_svid"
+    spiffe_id = "spiffe://other.org/node"
+  }
+  workload "app" {
+    spiffe_id = "spiffe://other.org/app"
+    selectors = ["unix:uid:1000"]
+  }
+}
+`,
+			want: []string{
+				`p.hcl:6:17: policy "web": release "svid": spiffe_id spiffe://other.org/node is not in trust domain "example.org" of broker.hcl`,
+				`p.hcl:9:17: policy "web": workload "app": spiffe_id spiffe://other.org/app is not in trust domain "example.org" of broker.hcl`,
+			},
+		},
+		{
+			name:   "labels no node block carries",
+			config: "full",
+			policy: `
+node "` + checkEKA + `" {
+  labels = { role = "web" }
+}
+policy "db" {
+  select { labels = { role = "db" } }
+}
+policy "web" {
+  select { labels = { role = "web", site = "fra1" } }
+}
+`,
+			want: []string{
+				`p.hcl:6:21: policy "db": select labels {role = "db"} match no node block: no node carries all of them`,
+				`p.hcl:9:21: policy "web": select labels {role = "web", site = "fra1"} match no node block: no node carries all of them`,
+			},
+		},
+		{
+			name:   "EKs that cannot attest without an ek_ca",
+			config: "bare",
+			policy: `
+node "` + checkEKB + `" {
+  labels = { role = "web" }
+}
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `", "` + checkEKB + `"] }
+}
+`,
+			want: []string{
+				`p.hcl:2:6: node "` + checkEKB + `" can never attest: it is not in ek_allow and broker.hcl has no ek_ca block`,
+				`p.hcl:6:93: policy "web": ek_hashes entry ` + checkEKB + ` can never attest: it is not in ek_allow and broker.hcl has no ek_ca block`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, err := policies.Parse([]byte(tt.policy), "p.hcl")
+			if err != nil {
+				t.Fatalf("policies.Parse: %v", err)
+			}
+			err = checkConfigs[tt.config].CheckPolicies(set)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("CheckPolicies: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("CheckPolicies accepted the policies, want:\n%s", strings.Join(tt.want, "\n"))
+			}
+			if got := strings.Split(err.Error(), "\n"); strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("CheckPolicies:\n%s\nwant:\n%s", err, strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
