@@ -24,10 +24,11 @@ import (
 const policySettle = 100 * time.Millisecond
 
 // ReloadPolicies loads the policies again from the configured paths and, if
-// they load, installs them: Attest calls that have not yet evaluated policy
-// use the new set, those that have finish under the set they evaluated. If
-// any file fails to load, nothing changes, the previous policies keep
-// serving, and the error (every problem with file:line:column) is logged and
+// they load and pass Config.CheckPolicies against the configuration the
+// broker started with, installs them: Attest calls that have not yet
+// evaluated policy use the new set, those that have finish under the set
+// they evaluated. If any file fails to load or check, nothing changes, the
+// previous policies keep serving, and the error (every problem with file:line:column) is logged and
 // returned. keybroker serve calls it on SIGHUP; the policy watcher (see
 // Config.PolicyPollInterval) calls the same code when a file changes.
 func (r *Running) ReloadPolicies() error {
@@ -42,14 +43,32 @@ type policyReloader struct {
 	install func(*policies.Set) // nil until the server exists
 	settle  time.Duration
 	stat    func(paths []string) fileStates // statPolicyFiles; tests replace it
+	// check refuses a loaded set that cannot run under the broker's
+	// configuration (Config.CheckPolicies); nil checks nothing.
+	check func(*policies.Set) error
 
 	mu   sync.Mutex
 	seen fileStates // the files as they were when last loaded, refused or not
 	hash string     // the hash of the set last installed
 }
 
-func newPolicyReloader(paths []string, log *slog.Logger) *policyReloader {
-	return &policyReloader{paths: paths, log: log, settle: policySettle, stat: statPolicyFiles}
+func newPolicyReloader(paths []string, log *slog.Logger, check func(*policies.Set) error) *policyReloader {
+	return &policyReloader{paths: paths, log: log, settle: policySettle, stat: statPolicyFiles, check: check}
+}
+
+// loadChecked loads the policy files and checks the set against the
+// configuration.
+func (pr *policyReloader) loadChecked() (*policies.Set, error) {
+	set, err := policies.Load(pr.paths...)
+	if err != nil {
+		return nil, err
+	}
+	if pr.check != nil {
+		if err := pr.check(set); err != nil {
+			return nil, err
+		}
+	}
+	return set, nil
 }
 
 // load loads the initial set without installing it.
@@ -59,7 +78,7 @@ func (pr *policyReloader) load() (*policies.Set, error) {
 	// The files are read for the fingerprint before they are loaded, so a
 	// change made during the load is seen by the next poll.
 	pr.seen = pr.stat(pr.paths)
-	set, err := policies.Load(pr.paths...)
+	set, err := pr.loadChecked()
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +99,7 @@ func (pr *policyReloader) reloadLocked(trigger string, files fileStates, changed
 	if len(changed) > 0 {
 		attrs = append(attrs, "changed", changed)
 	}
-	set, err := policies.Load(pr.paths...)
+	set, err := pr.loadChecked()
 	if err != nil {
 		pr.log.Error("policy reload refused; the previous policies keep serving",
 			append(attrs, "policy_hash", pr.hash, "error", err)...)

@@ -92,7 +92,7 @@ func TestPolicyWatcherPoll(t *testing.T) {
 	paths := []string{polDir, db}
 
 	var logs lockedBuffer
-	pr := newPolicyReloader(paths, slog.New(slog.NewTextHandler(&logs, nil)))
+	pr := newPolicyReloader(paths, slog.New(slog.NewTextHandler(&logs, nil)), nil)
 	pr.settle = 0
 	var installed []*policies.Set
 	pr.install = func(s *policies.Set) { installed = append(installed, s) }
@@ -235,7 +235,7 @@ func TestPolicyWatcherPoll(t *testing.T) {
 func TestPolicyWatcherSettles(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.hcl")
 	writePolicy(t, path, watchedPolicy("web"))
-	pr := newPolicyReloader([]string{path}, slog.New(slog.DiscardHandler))
+	pr := newPolicyReloader([]string{path}, slog.New(slog.DiscardHandler), nil)
 	pr.settle = time.Millisecond
 	installs := 0
 	pr.install = func(*policies.Set) { installs++ }

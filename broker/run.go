@@ -97,7 +97,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("unable to create data_dir: %w", err)
 	}
-	reloader := newPolicyReloader(cfg.PolicyPaths, log)
+	reloader := newPolicyReloader(cfg.PolicyPaths, log, cfg.CheckPolicies)
 	pol, err := reloader.load()
 	if err != nil {
 		return nil, fmt.Errorf("unable to load policies: %w", err)
