@@ -261,14 +261,10 @@ func (s quoteSpec) attest(tb testing.TB, ak softAK) tpm2.TPMSAttest {
 		sel[i/8] |= 1 << (i % 8)
 		d.Write(s.pcrs[i])
 	}
-	name, err := tpm2.ObjectName(&ak.pub)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	return tpm2.TPMSAttest{
 		Magic:           tpm2.TPMGeneratedValue,
 		Type:            tpm2.TPMSTAttestQuote,
-		QualifiedSigner: *name,
+		QualifiedSigner: qualifiedName(tb, tpm2.PrimaryHandleName(tpm2.TPMRHOwner), &ak.pub), // an owner primary, as go-tpm-tools makes AKs
 		ExtraData:       tpm2.TPM2BData{Buffer: s.extraData},
 		ClockInfo:       s.clock,
 		FirmwareVersion: s.firmware,

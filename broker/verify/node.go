@@ -82,6 +82,7 @@ type NodeIdentity struct {
 	akPublic tpm2.TPMTPublic
 	akKey    crypto.PublicKey
 	akName   []byte
+	akQNs    [][]byte // qualified names a quote by the AK may name (qualifiedNames)
 }
 
 // EKPublic returns the EK public area, for MakeCredential and import blobs.
@@ -139,12 +140,9 @@ func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trus
 }
 
 func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byte, trust Trust) error {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](ekPublic)
+	pub, err := unmarshalExact[tpm2.TPMTPublic](ekPublic)
 	if err != nil {
-		return fail(CheckInput, "ek_public is not a TPMT_PUBLIC", err)
-	}
-	if !bytes.Equal(tpm2.Marshal(pub), ekPublic) {
-		return fail(CheckInput, "ek_public has trailing bytes", nil)
+		return exactFailure(CheckInput, "ek_public", "TPMT_PUBLIC", err)
 	}
 	attrs := pub.ObjectAttributes
 	if !attrs.Restricted || !attrs.Decrypt || attrs.SignEncrypt || !attrs.FixedTPM || !attrs.FixedParent {
@@ -153,6 +151,9 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	key, err := tpm2.Pub(*pub)
 	if err != nil {
 		return fail(CheckInput, "ek_public holds no usable public key", err)
+	}
+	if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
+		return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
 	}
 	if _, err := tpm2.ImportEncapsulationKey(pub); err != nil {
 		return fail(CheckInput, "ek_public cannot receive a credential", err)
@@ -299,12 +300,9 @@ func readTPMSAN(cert *x509.Certificate, facts *EKCert) error {
 }
 
 func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](akPublic)
+	pub, err := unmarshalExact[tpm2.TPMTPublic](akPublic)
 	if err != nil {
-		return fail(CheckInput, "ak_public is not a TPMT_PUBLIC", err)
-	}
-	if !bytes.Equal(tpm2.Marshal(pub), akPublic) {
-		return fail(CheckInput, "ak_public has trailing bytes", nil)
+		return exactFailure(CheckInput, "ak_public", "TPMT_PUBLIC", err)
 	}
 	a := pub.ObjectAttributes
 	var missing []string
@@ -347,6 +345,9 @@ func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			return fail(CheckAK, "AK ECC curve is not P-256 or P-384", nil)
 		}
+		if !onCurve(pub, k) {
+			return fail(CheckAK, "AK public key is not a point on "+curveName(k), nil)
+		}
 	default:
 		return fail(CheckAK, "AK key type is not RSA or ECC", nil)
 	}
@@ -354,6 +355,10 @@ func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
 	if err != nil {
 		return fail(CheckAK, "unable to compute the AK name", err)
 	}
-	n.akPublic, n.akKey, n.akName = *pub, key, bytes.Clone(name.Buffer)
+	qns, err := qualifiedNames(&n.ekPublic, pub, name.Buffer)
+	if err != nil {
+		return fail(CheckAK, "unable to compute the AK's qualified names", err)
+	}
+	n.akPublic, n.akKey, n.akName, n.akQNs = *pub, key, bytes.Clone(name.Buffer), qns
 	return nil
 }

@@ -91,10 +91,12 @@ func ParseBank(name string) (tpm2.TPMAlgID, bool) {
 // node's EK and AK name, so a quote carrying that secret proves the AK lives
 // in the EK's TPM and that the quote is fresh.
 //
-// Each quote must carry the TPM_GENERATED magic, be of type QUOTE, carry the
-// secret as qualifying data, be signed by the AK, select exactly the PCRs it
-// reports from a single bank, and digest their values to its pcrDigest. Banks
-// must not repeat.
+// Each quote must carry the TPM_GENERATED magic, be of type QUOTE, name the
+// AK as its qualifiedSigner, carry the secret as qualifying data, be signed
+// by the AK, select exactly the PCRs it reports from a single bank, and
+// digest their values to its pcrDigest. Its TPMS_ATTEST and TPMT_SIGNATURE
+// must be exactly their canonical encodings, nothing after them. Banks must
+// not repeat.
 func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opts QuoteOpts) (*Verified, error) {
 	switch {
 	case node == nil:
@@ -166,12 +168,17 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 	if len(q.Attest) < 4 || !bytes.Equal(q.Attest[:4], []byte{0xff, 'T', 'C', 'G'}) {
 		return nil, fail(CheckQuoteMagic, "quote is not TPM_GENERATED", nil)
 	}
-	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](q.Attest)
+	att, err := unmarshalExact[tpm2.TPMSAttest](q.Attest)
 	if err != nil {
-		return nil, fail(CheckInput, "quote attest is not a TPMS_ATTEST", err)
+		return nil, exactFailure(CheckInput, "quote attest", "TPMS_ATTEST", err)
 	}
 	if att.Type != tpm2.TPMSTAttestQuote {
 		return nil, fail(CheckQuoteType, "attestation is not a quote", nil)
+	}
+	// Before the nonce: a TPM whose AK sits where its qualified name
+	// cannot be checked answers this way too, and is not deny-listed.
+	if err := checkQualifiedSigner(node, att.QualifiedSigner.Buffer); err != nil {
+		return nil, err
 	}
 	got := sha256.Sum256(att.ExtraData.Buffer)
 	if len(att.ExtraData.Buffer) != sha256.Size || subtle.ConstantTimeCompare(got[:], nonceHash[:]) != 1 {
@@ -236,9 +243,9 @@ func sigHashAlg(alg tpm2.TPMIAlgHash, allowSHA1 bool) (crypto.Hash, error) {
 // verifySignature checks that attest was signed by the node's AK and returns
 // the signature's hash, which is also the hash of the quote's pcrDigest.
 func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool) (crypto.Hash, error) {
-	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sigBytes)
+	sig, err := unmarshalExact[tpm2.TPMTSignature](sigBytes)
 	if err != nil {
-		return 0, fail(CheckInput, "quote signature is not a TPMT_SIGNATURE", err)
+		return 0, exactFailure(CheckInput, "quote signature", "TPMT_SIGNATURE", err)
 	}
 	bad := fail(CheckSignature, "quote signature does not verify with the AK", nil)
 	switch key := node.akKey.(type) {

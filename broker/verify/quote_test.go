@@ -290,6 +290,7 @@ func TestQuotes(t *testing.T) {
 		{name: "pcrDigest with the bank hash instead of the signing hash", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			s := newQuoteSpec(tpm2.TPMAlgSHA384)
 			a := s.attest(tb, newSoftRSAAK(akRSAKey(), tpm2.TPMAlgRSASSA, tpm2.TPMAlgSHA384))
+			a.QualifiedSigner = qualifiedName(tb, ownerQN, &ak.pub) // ak signs it
 			return []verify.Quote{signedQuote(tb, ak, tpm2.Marshal(a), s.bank, s.pcrs)}
 		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest", fromTPM: true},
 		{name: "second quote fails", quotes: func(tb testing.TB, ak softAK) []verify.Quote {

@@ -1,0 +1,132 @@
+package verify
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Strict decoding of the TPM structures a node presents, and checks of what
+// they claim that go-tpm leaves to its callers.
+
+var (
+	errTrailingBytes = errors.New("trailing bytes")
+	errNotCanonical  = errors.New("not a canonical encoding")
+)
+
+// unmarshalExact decodes b as one T and nothing else. go-tpm stops reading
+// where T ends and ignores what follows, and reads some fields leniently
+// (any non-zero byte is a true TPMI_YES_NO), so b must be T's own encoding,
+// byte for byte: it returns errTrailingBytes when b continues after T, and
+// errNotCanonical when T encodes to other bytes than b.
+func unmarshalExact[T tpm2.Marshallable, P interface {
+	*T
+	tpm2.Unmarshallable
+}](b []byte) (*T, error) {
+	v, err := tpm2.Unmarshal[T, P](b)
+	if err != nil {
+		return nil, err
+	}
+	enc := tpm2.Marshal(P(v))
+	switch {
+	case len(enc) < len(b) && bytes.Equal(enc, b[:len(enc)]):
+		return nil, errTrailingBytes
+	case !bytes.Equal(enc, b):
+		return nil, errNotCanonical
+	}
+	return v, nil
+}
+
+// exactFailure is the refusal of a structure unmarshalExact did not
+// accept: what names the field and structure, as in "ek_public" and
+// "TPMT_PUBLIC".
+func exactFailure(c Check, what, structure string, err error) error {
+	switch {
+	case errors.Is(err, errTrailingBytes):
+		return fail(c, what+" has trailing bytes", nil)
+	case errors.Is(err, errNotCanonical):
+		return fail(c, fmt.Sprintf("%s is not a canonical %s", what, structure), nil)
+	}
+	return fail(c, fmt.Sprintf("%s is not a %s", what, structure), err)
+}
+
+// onCurve reports whether the ECC public key that tpm2.Pub read from pub
+// is a point on its curve, with coordinates no longer than the curve's
+// size. tpm2.Pub does not check: it builds an ecdsa.PublicKey from any two
+// numbers.
+func onCurve(pub *tpm2.TPMTPublic, key *ecdsa.PublicKey) bool {
+	pt, err := pub.Unique.ECC()
+	if err != nil {
+		return false
+	}
+	size := (key.Curve.Params().BitSize + 7) / 8
+	if len(pt.X.Buffer) > size || len(pt.Y.Buffer) > size {
+		return false
+	}
+	_, err = key.ECDH() // refuses points off the curve and the point at infinity
+	return err == nil
+}
+
+// curveName names an ECC public key's curve for messages ("P-256").
+func curveName(key *ecdsa.PublicKey) string { return key.Curve.Params().Name }
+
+// qualifiedNames lists the qualified names (TPM 2.0 Part 1, 16.6: QN(B) =
+// nameAlg(B) || H_nameAlg(B)(QN(parent) || Name(B)), QN of a hierarchy its
+// handle) that a quote by the node's AK may carry as qualifiedSigner: the
+// AK as a primary key of the owner, endorsement, platform or null
+// hierarchy (go-tpm-tools' AKs are owner primaries), or as a child of the
+// EK, itself an endorsement primary (tpm2-tools' tpm2_createak). An AK
+// elsewhere, such as under a storage root key, cannot be checked from its
+// public area and the EK alone.
+func qualifiedNames(ek, ak *tpm2.TPMTPublic, akName []byte) ([][]byte, error) {
+	ekName, err := tpm2.ObjectName(ek)
+	if err != nil {
+		return nil, err
+	}
+	ekQN, err := qualifiedName(ek.NameAlg, tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement), ekName.Buffer)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, parent := range [][]byte{
+		tpm2.PrimaryHandleName(tpm2.TPMRHOwner), tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement),
+		tpm2.PrimaryHandleName(tpm2.TPMRHPlatform), tpm2.PrimaryHandleName(tpm2.TPMRHNull), ekQN,
+	} {
+		qn, err := qualifiedName(ak.NameAlg, parent, akName)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, qn)
+	}
+	return out, nil
+}
+
+// qualifiedName is nameAlg || H_nameAlg(parentQN || name).
+func qualifiedName(nameAlg tpm2.TPMIAlgHash, parentQN, name []byte) ([]byte, error) {
+	h, err := nameAlg.Hash()
+	if err != nil {
+		return nil, err
+	}
+	d := h.New()
+	d.Write(parentQN)
+	d.Write(name)
+	return d.Sum(binary.BigEndian.AppendUint16(nil, uint16(nameAlg))), nil
+}
+
+// checkQualifiedSigner refuses a quote whose qualifiedSigner is none of the
+// AK's qualified names.
+func checkQualifiedSigner(node *NodeIdentity, signer []byte) error {
+	ok := 0
+	for _, qn := range node.akQNs {
+		ok |= subtle.ConstantTimeCompare(qn, signer)
+	}
+	if ok != 1 {
+		return fail(CheckSignature, "quote qualifiedSigner is not the AK's qualified name (the AK as a primary key or a child of the EK)", nil)
+	}
+	return nil
+}
