@@ -58,11 +58,13 @@ func (w withSVID) Attest(ctx context.Context, in *pb.AttestRequest, _ ...grpc.Ca
 	if err != nil {
 		return nil, err
 	}
+	blob, err := sealing.BlobToProto(env.Blob)
+	if err != nil {
+		return nil, err
+	}
 	resp.Credentials = append(resp.Credentials, &pb.Credential{
 		Name: "node-svid", Type: pb.CredentialType_X509_SVID, Mode: pb.ReleaseMode_TPM_BOUND,
-		Blob:         &pb.ImportBlob{Duplicate: env.Blob.GetDuplicate(), EncryptedSeed: env.Blob.GetEncryptedSeed(), PublicArea: env.Blob.GetPublicArea()},
-		Jwe:          env.JWE,
-		NotAfterUnix: s.NotAfter.Unix(),
+		Blob: blob, Jwe: env.JWE, NotAfterUnix: s.NotAfter.Unix(),
 	})
 	resp.WorkloadEntries = w.entries
 	return resp, nil

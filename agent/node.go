@@ -261,17 +261,7 @@ func (n *Node) Quote(secret []byte) ([]*pb.Quote, error) {
 
 // Open opens a released credential inside the TPM and returns its payload.
 func (n *Node) Open(c *pb.Credential) ([]byte, error) {
-	b := c.GetBlob()
-	env := &sealing.Envelope{
-		Blob: &tpmpb.ImportBlob{
-			Duplicate:     b.GetDuplicate(),
-			EncryptedSeed: b.GetEncryptedSeed(),
-			PublicArea:    b.GetPublicArea(),
-			Pcrs:          PCRValuesFromProto(b.GetPcrs()),
-		},
-		JWE: c.GetJwe(),
-	}
-	return sealing.Open(n.ek, env)
+	return sealing.OpenCredential(n.ek, c)
 }
 
 func allPCRs() []int {

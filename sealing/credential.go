@@ -3,6 +3,7 @@ package sealing
 import (
 	"fmt"
 
+	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
 
@@ -23,20 +24,25 @@ func SealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, pay
 	if err != nil {
 		return nil, err
 	}
-	cred := &pb.Credential{
-		Name: name,
-		Type: typ,
-		Mode: pb.ReleaseMode_TPM_BOUND,
-		Blob: &pb.ImportBlob{
-			Duplicate:     env.Blob.GetDuplicate(),
-			EncryptedSeed: env.Blob.GetEncryptedSeed(),
-			PublicArea:    env.Blob.GetPublicArea(),
-		},
-		Jwe: env.JWE,
+	blob, err := BlobToProto(env.Blob)
+	if err != nil {
+		return nil, err
 	}
+	cred := &pb.Credential{Name: name, Type: typ, Mode: pb.ReleaseMode_TPM_BOUND, Blob: blob, Jwe: env.JWE}
 	if pcrs != nil {
 		cred.Mode = pb.ReleaseMode_PCR_SEALED
-		cred.Blob.Pcrs = &pb.PCRValues{HashAlg: uint32(pcrs.GetHash()), Values: pcrs.GetPcrs()}
 	}
 	return cred, nil
+}
+
+// OpenCredential opens a Credential made by SealCredential inside the TPM
+// under ek (loaded with its policy session, as client.EndorsementKeyRSA and
+// client.EndorsementKeyECC return it) and returns its payload. The import
+// blob is parsed strictly (see BlobFromProto) before the TPM sees it.
+func OpenCredential(ek *client.Key, c *pb.Credential) ([]byte, error) {
+	blob, err := BlobFromProto(c.GetBlob())
+	if err != nil {
+		return nil, err
+	}
+	return Open(ek, &Envelope{Blob: blob, JWE: c.GetJwe()})
 }

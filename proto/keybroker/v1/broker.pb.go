@@ -1145,14 +1145,29 @@ func (x *Credential) GetNotAfterUnix() int64 {
 	return 0
 }
 
-// ImportBlob is go-tpm-tools' import blob: a duplicated sealed object for
-// TPM2_Import under the EK.
+// ImportBlob is a duplicated sealed object (a keyed-hash object holding the
+// 32-byte content-encryption key) for TPM2_Import under the EK, outer-wrapped
+// with a seed only the EK can recover (TPM 2.0 Part 1, 23.3). Each byte
+// field is one whole TPM2B, 2-byte big-endian size first, exactly as
+// TPM2_Import takes it and as tpm2_import reads it from a file; a node must
+// refuse a field whose size does not cover exactly the bytes that follow.
+// The object's nameAlg is SHA-256 and its outer wrapper uses the EK's symmetric
+// (AES-128-CFB) and name algorithms, with no inner wrapper. When pcrs is
+// unset its authPolicy is empty and userWithAuth is set (unseal with an empty
+// password); otherwise userWithAuth is clear and authPolicy is the SHA-256
+// TPM2_PolicyPCR digest over pcrs.
 type ImportBlob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Duplicate     []byte                 `protobuf:"bytes,1,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
-	EncryptedSeed []byte                 `protobuf:"bytes,2,opt,name=encrypted_seed,json=encryptedSeed,proto3" json:"encrypted_seed,omitempty"`
-	PublicArea    []byte                 `protobuf:"bytes,3,opt,name=public_area,json=publicArea,proto3" json:"public_area,omitempty"`
-	// For PCR_SEALED: the PCR values the object's PolicyPCR requires.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// TPM2B_PRIVATE: the outer HMAC (TPM2B_DIGEST) and the encrypted sensitive
+	// area (at most 2 KiB).
+	Duplicate []byte `protobuf:"bytes,1,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// TPM2B_ENCRYPTED_SECRET: the seed, RSA-OAEP encrypted to an RSA EK (label
+	// "DUPLICATE") or an ephemeral TPMS_ECC_POINT for an ECC EK (at most 1 KiB).
+	EncryptedSeed []byte `protobuf:"bytes,2,opt,name=encrypted_seed,json=encryptedSeed,proto3" json:"encrypted_seed,omitempty"`
+	// TPM2B_PUBLIC of the sealed object (at most 1 KiB).
+	PublicArea []byte `protobuf:"bytes,3,opt,name=public_area,json=publicArea,proto3" json:"public_area,omitempty"`
+	// For PCR_SEALED: the bank and PCR values the object's PolicyPCR requires
+	// (the selection for TPM2_PolicyPCR is the bank and the map's keys).
 	Pcrs          *PCRValues `protobuf:"bytes,4,opt,name=pcrs,proto3" json:"pcrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
