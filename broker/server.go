@@ -141,12 +141,13 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 }
 
 // Attest implements keybroker.v1.Broker. Whatever the outcome once the
-// challenge is found, the challenge is consumed and a receipt written in one
-// durable commit, and nothing is returned before it is durable. Of concurrent
-// answers to one challenge, only the one that consumes it is answered. When
-// the answer verified, TPM counters included (allowed, or denied by policy),
-// the node's record (counters and evidence) is replaced in that same commit;
-// a refusal before policy leaves it as it was.
+// challenge is found, expired or not, the challenge is consumed and a
+// receipt written in one durable commit, and nothing is returned before it
+// is durable. Of concurrent answers to one challenge, only the one that
+// consumes it is answered. When the answer verified, TPM counters included
+// (allowed, or denied by policy), the node's record (counters and evidence)
+// is replaced in that same commit; a refusal before policy leaves it as it
+// was.
 func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestResponse, error) {
 	if err := checkAttestRequest(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
@@ -155,6 +156,8 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	switch {
 	case errors.Is(err, challenge.ErrUnknown):
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
+	case errors.Is(err, challenge.ErrExpired) && ch.ID != "":
+		return nil, s.refuseExpired(ctx, ch)
 	case errors.Is(err, challenge.ErrExpired):
 		return nil, status.Error(codes.DeadlineExceeded, "challenge: "+err.Error())
 	case err != nil:
@@ -186,6 +189,28 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	s.log.Info("credentials released", "receipt", rec.ID, "ek", rec.EKHash, "policies", rec.Policies, "released", len(rec.Released))
 	resp.ReceiptId = rec.ID
 	return resp, nil
+}
+
+// refuseExpired consumes the expired challenge ch with a receipt of the
+// refusal (check "challenge"), naming the node when its EK and AK still
+// verify, and returns the refusal. Nothing of the answer is recorded: it
+// is not verified, and its quotes may carry the activated secret.
+func (s *Server) refuseExpired(ctx context.Context, ch store.Challenge) error {
+	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID, Check: "challenge",
+		Failures: []string{"challenge expired at " + ch.ExpiresAt.UTC().Format(time.RFC3339)}}
+	if node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.trust); err == nil {
+		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	}
+	switch err := s.challenges.Consume(ctx, ch.ID, rec, nil); {
+	case errors.Is(err, challenge.ErrUnknown):
+		// A concurrent answer consumed it and recorded the refusal.
+		return status.Error(codes.PermissionDenied, "challenge: "+err.Error())
+	case err != nil:
+		s.log.Error("receipt not written; nothing released", "challenge", ch.ID, "error", err)
+		return status.Error(codes.Internal, "unable to record the decision; nothing was released")
+	}
+	s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", rec.Check, "failures", rec.Failures)
+	return status.Errorf(codes.DeadlineExceeded, "challenge: %s (receipt %s)", challenge.ErrExpired, rec.ID)
 }
 
 // refusal is why an attestation released nothing: code and msg go to the

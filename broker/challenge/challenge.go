@@ -112,9 +112,14 @@ func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Eviden
 
 // Lookup returns a challenge without using it up, so that its answer can be
 // verified before the decision is recorded with Consume. It returns
-// ErrUnknown for an unknown or used ID and ErrExpired for an expired one.
+// ErrUnknown for an unknown or used ID, and ErrExpired for an expired one
+// together with the challenge, so that the refusal can be recorded with
+// Consume like any other.
 func (i *Issuer) Lookup(ctx context.Context, id string) (store.Challenge, error) {
-	c, err := i.store.GetChallenge(ctx, id, i.now())
+	// The store is asked as of the zero time, when no challenge had
+	// expired, so that an expired challenge comes back with what it holds;
+	// the issuer's clock decides expiry.
+	c, err := i.store.GetChallenge(ctx, id, time.Time{})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return store.Challenge{}, ErrUnknown
@@ -122,6 +127,9 @@ func (i *Issuer) Lookup(ctx context.Context, id string) (store.Challenge, error)
 		return store.Challenge{}, ErrExpired
 	case err != nil:
 		return store.Challenge{}, fmt.Errorf("unable to look up challenge: %w", err)
+	}
+	if c.Expired(i.now()) {
+		return c, ErrExpired
 	}
 	return c, nil
 }

@@ -1,0 +1,139 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/tpm2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/brokertest"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// An answer to an expired challenge is refused with a receipt, like every
+// other refusal once the challenge is found: it names the node and the
+// check, releases nothing, records nothing of the answer (whose quotes carry
+// the activated secret) and does not deny-list the node.
+func TestAttestExpiredChallengeIsRecorded(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{})
+	ctx := context.Background()
+	ch, secret := f.Challenge(t)
+	req := f.AttestRequest(t, ch, secret)
+	f.Advance(challengeTTL + time.Second)
+
+	resp, err := f.Server.Attest(ctx, req)
+	f.wantRefused(t, resp, err, codes.DeadlineExceeded, "challenge: challenge has expired (receipt ", "challenge")
+	rs := f.Receipts(t)
+	r := rs[0]
+	if r.ChallengeID != ch.GetChallengeId() || r.EKHash != f.EKHash || len(r.AKName) == 0 {
+		t.Errorf("receipt names challenge %q, EK %q, AK %x; want %q, %q and the AK", r.ChallengeID, r.EKHash, r.AKName, ch.GetChallengeId(), f.EKHash)
+	}
+	if len(r.Failures) != 1 || !strings.HasPrefix(r.Failures[0], "challenge expired at ") {
+		t.Errorf("receipt failures = %q, want when the challenge expired", r.Failures)
+	}
+	if r.DenyListed || len(r.QuoteDigest) != 0 || len(r.Policies) != 0 {
+		t.Errorf("receipt = %+v; want no deny list, no quote digest, no policies", r)
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, enc := range []string{hex.EncodeToString(secret), base64.StdEncoding.EncodeToString(secret), base64.RawURLEncoding.EncodeToString(secret)} {
+		if strings.Contains(string(raw), enc) {
+			t.Fatalf("receipt %s holds the challenge secret", raw)
+		}
+	}
+	if _, err := f.Store.GetDenial(ctx, f.EKHash); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetDenial = %v; an expired challenge must not deny-list the node", err)
+	}
+
+	// The challenge is used up: a second answer is refused without a receipt.
+	resp, err = f.Server.Attest(ctx, req)
+	f.wantRefused(t, resp, err, codes.PermissionDenied, "challenge: challenge is unknown or already used", "")
+	if got := len(f.Receipts(t)); got != len(rs) {
+		t.Errorf("a second answer to the expired challenge wrote a receipt (%d -> %d)", len(rs), got)
+	}
+
+	// The node attests again with a fresh challenge.
+	ch, secret = f.Challenge(t)
+	if resp, err := f.Server.Attest(ctx, f.AttestRequest(t, ch, secret)); err != nil || len(resp.GetCredentials()) != 1 {
+		t.Fatalf("Attest after the expired challenge: %v", err)
+	}
+}
+
+// offCurve moves an ECC public area's point off its curve by changing one
+// bit of Y.
+func offCurve(t *testing.T, public []byte) []byte {
+	t.Helper()
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := pub.Unique.ECC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := append([]byte(nil), pt.Y.Buffer...)
+	y[len(y)-1] ^= 1
+	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: pt.X, Y: tpm2.TPM2BECCParameter{Buffer: y}})
+	return tpm2.Marshal(pub)
+}
+
+// ECC EKs and AKs whose point is not on the curve are refused at Challenge,
+// before any credential is made for them.
+func TestChallengeRefusesPointsOffTheCurve(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{})
+	eccNode, err := agent.NewNode(f.RW, agent.NodeOpts{AK: "ecc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eccNode.Close()
+	good, err := eccNode.ChallengeRequest() // the trusted RSA EK, an ECC P-256 AK
+	if err != nil {
+		t.Fatal(err)
+	}
+	eccEK, err := client.EndorsementKeyECC(f.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eccEK.Close()
+	eccEKPub, err := eccEK.PublicArea().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		req  *pb.ChallengeRequest
+		code codes.Code
+		msg  string
+	}{
+		{"ECC AK on the curve", good, codes.OK, ""},
+		{"ECC AK off the curve", &pb.ChallengeRequest{EkPublic: good.EkPublic, AkPublic: offCurve(t, good.AkPublic)},
+			codes.PermissionDenied, "ak_attributes: AK public key is not a point on P-256"},
+		{"ECC EK off the curve", &pb.ChallengeRequest{EkPublic: offCurve(t, eccEKPub), AkPublic: good.AkPublic},
+			codes.InvalidArgument, "input: EK public key is not a point on P-256"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := f.Server.Challenge(context.Background(), tc.req)
+			s, _ := status.FromError(err)
+			if s.Code() != tc.code || !strings.Contains(s.Message(), tc.msg) {
+				t.Fatalf("error = %v %q; want %v containing %q", s.Code(), s.Message(), tc.code, tc.msg)
+			}
+			if (resp != nil) != (tc.code == codes.OK) {
+				t.Fatalf("response %v for %v", resp, s.Code())
+			}
+		})
+	}
+}
