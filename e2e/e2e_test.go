@@ -339,14 +339,14 @@ func TestAgentErrors(t *testing.T) {
 		{
 			name:     "CA file without PEM",
 			args:     []string{"bootstrap", "--tpm", tpmArg, "--broker", b.addr, "--ca", notPEM, "--out", failOut},
-			wantCode: 1,
-			wantErr:  []string{"bootstrap failed at connect: the broker CA bundle holds no PEM certificate"},
+			wantCode: 2,
+			wantErr:  []string{"keybroker-agent bootstrap: --ca: the broker CA bundle " + notPEM + " holds no PEM certificate"},
 		},
 		{
 			name:     "missing CA file",
 			args:     []string{"bootstrap", "--tpm", tpmArg, "--broker", b.addr, "--ca", filepath.Join(dir, "missing.pem"), "--out", failOut},
-			wantCode: 1,
-			wantErr:  []string{"bootstrap: unable to read --ca: "},
+			wantCode: 2,
+			wantErr:  []string{"keybroker-agent bootstrap: --ca: unable to read the broker CA bundle: "},
 		},
 		{
 			name:     "unreachable TPM",
@@ -357,25 +357,26 @@ func TestAgentErrors(t *testing.T) {
 		{
 			name:     "unknown AK type",
 			args:     []string{"bootstrap", "--tpm", tpmArg, "--broker", b.addr, "--ca", b.caFile, "--out", failOut, "--ak", "dsa"},
-			wantCode: 1,
-			wantErr:  []string{`bootstrap failed at tpm: unknown AK type "dsa": want rsa or ecc`},
+			wantCode: 2,
+			wantErr:  []string{`keybroker-agent bootstrap: --ak: unknown AK type "dsa": want rsa or ecc`},
 		},
 		{
 			name:     "missing flags",
 			args:     []string{"bootstrap", "--tpm", tpmArg},
 			wantCode: 2,
-			wantErr:  []string{"bootstrap: missing [--broker --ca --out]", "Usage of bootstrap:", "-broker", "-ca", "-out", "-on-change"},
+			wantErr: []string{"keybroker-agent bootstrap: missing required flag --broker\n", "keybroker-agent bootstrap: missing required flag --ca\n",
+				"keybroker-agent bootstrap: missing required flag --out\n", "Run 'keybroker-agent bootstrap --help' for usage."},
 		},
 		{
 			name:     "unknown flag",
 			args:     []string{"bootstrap", "--frobnicate"},
 			wantCode: 2,
-			wantErr:  []string{"flag provided but not defined: -frobnicate", "Usage of bootstrap:"},
+			wantErr:  []string{"keybroker-agent bootstrap: unknown flag: --frobnicate", "Run 'keybroker-agent bootstrap --help' for usage."},
 		},
 		{
 			name:     "no command",
 			wantCode: 2,
-			wantErr:  []string{"Usage:", "keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR"},
+			wantErr:  []string{"keybroker-agent: missing command", "Usage:", "bootstrap   Attest once and write the released credentials"},
 		},
 		{
 			name:     "unknown command",

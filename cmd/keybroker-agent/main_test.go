@@ -11,21 +11,22 @@ import (
 )
 
 // TestBootstrapEKIntermediatesFlag checks that a bad --ek-intermediates file
-// fails before the TPM or the broker is touched, naming the file.
+// is a flag problem, found before the TPM or the broker is touched, naming
+// the file.
 func TestBootstrapEKIntermediatesFlag(t *testing.T) {
 	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
+	ca := testCA(t)
 	bad := filepath.Join(dir, "inter.pem")
-	for path, content := range map[string]string{ca: "unused", bad: "not PEM"} {
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.WriteFile(bad, []byte("not PEM"), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"bootstrap", "--tpm", "tcp://127.0.0.1:1", "--broker", "127.0.0.1:1", "--ca", ca,
 		"--out", filepath.Join(dir, "out"), "--event-log", "none", "--ek-intermediates", bad}, &stdout, &stderr)
-	if want := "bootstrap: EK intermediates " + bad + ": holds no PEM certificate\n"; code != 1 || stderr.String() != want {
-		t.Errorf("exit %d, stderr %q; want 1, %q", code, stderr.String(), want)
+	want := "keybroker-agent bootstrap: --ek-intermediates: EK intermediates " + bad + ": holds no PEM certificate\n" +
+		"Run 'keybroker-agent bootstrap --help' for usage.\n"
+	if code != 2 || stderr.String() != want {
+		t.Errorf("exit %d, stderr %q; want 2, %q", code, stderr.String(), want)
 	}
 	if strings.Contains(stderr.String(), "failed at") {
 		t.Error("bootstrap went on to a stage after a bad --ek-intermediates")
@@ -34,22 +35,31 @@ func TestBootstrapEKIntermediatesFlag(t *testing.T) {
 
 func TestRunFlags(t *testing.T) {
 	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, []byte("unused"), 0o600); err != nil {
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("unused"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	ca := testCA(t)
 	tests := []struct {
 		name       string
 		args       []string
 		wantCode   int
 		wantStderr string
 	}{
-		{name: "missing broker and CA", args: []string{"run"}, wantCode: 2, wantStderr: "run: missing [--broker --ca]"},
+		{name: "missing broker and CA", args: []string{"run"}, wantCode: 2,
+			wantStderr: "keybroker-agent run: missing required flag --broker\nkeybroker-agent run: missing required flag --ca\n"},
 		{name: "negative grace", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--grace", "-1s"}, wantCode: 2,
-			wantStderr: "--grace must be ≥ 0"},
-		{name: "CA without PEM", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca}, wantCode: 1,
-			wantStderr: "run: the broker CA bundle holds no PEM certificate"},
-		{name: "help lists the flags", args: []string{"run", "--help"}, wantCode: 2, wantStderr: "-workload-socket string"},
+			wantStderr: "run: --grace must be ≥ 0, not -1s\n"},
+		{name: "retry-max too short", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--retry-max", "10ms"}, wantCode: 2,
+			wantStderr: "run: --retry-max must be ≥ 1s, not 10ms\n"},
+		{name: "CA without PEM", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", notPEM}, wantCode: 2,
+			wantStderr: "run: --ca: the broker CA bundle " + notPEM + " holds no PEM certificate\n"},
+		{name: "broker without port", args: []string{"run", "--broker", "broker.example.com", "--ca", ca}, wantCode: 2,
+			wantStderr: `run: --broker "broker.example.com": want HOST:PORT`},
+		{name: "unknown flag", args: []string{"run", "--frobnicate"}, wantCode: 2,
+			wantStderr: "keybroker-agent run: unknown flag: --frobnicate\nRun 'keybroker-agent run --help' for usage.\n"},
+		{name: "bad duration", args: []string{"run", "--grace", "soon"}, wantCode: 2,
+			wantStderr: `invalid argument "soon" for "--grace" flag`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,16 +68,15 @@ func TestRunFlags(t *testing.T) {
 			if code != tc.wantCode || !strings.Contains(stderr.String(), tc.wantStderr) {
 				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr.String(), tc.wantCode, tc.wantStderr)
 			}
+			if stdout.Len() > 0 {
+				t.Errorf("a refused command line printed to stdout: %q", stdout.String())
+			}
 		})
 	}
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"run", "--help"}, &stdout, &stderr); code != 2 ||
-		!strings.Contains(stderr.String(), "-grace duration") || !strings.Contains(stderr.String(), "default \"/run/keybroker/agent.sock\"") {
-		t.Errorf("run --help:\n%s", stderr.String())
-	}
-	stdout.Reset()
-	if code := run([]string{"help"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "keybroker-agent run --broker HOST:PORT --ca CA.pem") {
-		t.Errorf("help:\n%s", stdout.String())
+	if code := run([]string{"run", "--help"}, &stdout, &stderr); code != 0 || stderr.Len() > 0 ||
+		!strings.Contains(stdout.String(), "--grace duration") || !strings.Contains(stdout.String(), `(default "/run/keybroker/agent.sock")`) {
+		t.Errorf("run --help: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,59 +11,66 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
+type runOpts struct {
+	node      nodeFlags
+	broker    brokerFlags
+	socket    string
+	bundleOut string
+	grace     time.Duration
+	retryMax  time.Duration
+	logJSON   bool
+	quiet     bool
+}
+
+func runCmd() *cobra.Command {
+	var o runOpts
+	cmd := &cobra.Command{
+		Use:   "run --broker HOST:PORT --ca CA.pem [--workload-socket PATH]",
+		Short: "Attest, serve the SPIFFE Workload API and keep the identities current",
+		Long: `Attests, then serves the SPIFFE Workload API on a unix socket and re-attests
+at half the node SVID's life, until SIGINT or SIGTERM.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var p cli.Problems
+			caPEM := o.broker.check(&p)
+			in := o.node.check(&p)
+			if o.grace < 0 {
+				p.Addf("--grace must be ≥ 0, not %v", o.grace)
+			}
+			if o.retryMax < time.Second {
+				p.Addf("--retry-max must be ≥ 1s, not %v", o.retryMax)
+			}
+			if err := p.Err(); err != nil {
+				return err
+			}
+			return cli.Code(runAgent(o, caPEM, in, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
+	}
+	f := cmd.Flags()
+	o.broker.register(f)
+	f.StringVar(&o.socket, "workload-socket", workload.DefaultSocket, "unix socket for the SPIFFE Workload API (absolute; directory created 0755, socket 0777); workloads set SPIFFE_ENDPOINT_SOCKET=unix://PATH")
+	f.StringVar(&o.bundleOut, "bundle-out", "", "also write the trust domain's SPIFFE bundle (JWKS) to this file, atomically, whenever it changes")
+	f.DurationVar(&o.grace, "grace", 0, "keep serving the workload SVIDs already issued for this long after the node SVID expired without a successful re-attestation (never beyond each SVID's own expiry)")
+	o.node.register(f, "give up on one attestation after this long")
+	f.DurationVar(&o.retryMax, "retry-max", time.Minute, "longest wait between retries of a failed re-attestation or SVID rotation (the first is after 1s, doubling)")
+	f.BoolVar(&o.logJSON, "log-json", false, "log as JSON instead of text")
+	f.BoolVar(&o.quiet, "quiet", false, "do not print the steps of the first attestation")
+	return cmd
+}
+
 // runAgent is `keybroker-agent run`: attest, serve the Workload API, keep
 // the identities current.
-func runAgent(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	tpmSpec := tpmFlag(fs)
-	brokerAddr := fs.String("broker", "", "broker address HOST:PORT (required)")
-	caFile := fs.String("ca", "", "PEM file with the broker's CA bundle, pinned for TLS (required)")
-	serverName := fs.String("server-name", "", "name to verify in the broker's certificate (default: the host in --broker)")
-	socket := fs.String("workload-socket", workload.DefaultSocket, "unix socket for the SPIFFE Workload API (absolute; directory created 0755, socket 0777); workloads set SPIFFE_ENDPOINT_SOCKET=unix://PATH")
-	bundleOut := fs.String("bundle-out", "", "also write the trust domain's SPIFFE bundle (JWKS) to this file, atomically, whenever it changes")
-	grace := fs.Duration("grace", 0, "keep serving the workload SVIDs already issued for this long after the node SVID expired without a successful re-attestation (never beyond each SVID's own expiry)")
-	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
-	eventLog := fs.String("event-log", "auto", "TCG binary event log to send with each attestation: auto (the kernel's, if present), none, or a file")
-	ekIntermediates := fs.String("ek-intermediates", "", "PEM file with intermediate CA certificates to send with the EK certificate (at most 8)")
-	timeout := fs.Duration("timeout", time.Minute, "give up on one attestation after this long")
-	retryMax := fs.Duration("retry-max", time.Minute, "longest wait between retries of a failed re-attestation or SVID rotation (the first is after 1s, doubling)")
-	logJSON := fs.Bool("log-json", false, "log as JSON instead of text")
-	quiet := fs.Bool("quiet", false, "do not print the steps of the first attestation")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if !cli.Required(fs, stderr, "--broker", "--ca") {
-		return 2
-	}
-	if *grace < 0 || *retryMax < time.Second || *timeout <= 0 {
-		fmt.Fprintln(stderr, "run: --grace must be ≥ 0, --retry-max ≥ 1s and --timeout > 0")
-		return 2
-	}
-	caPEM, err := os.ReadFile(*caFile)
-	if err != nil {
-		fmt.Fprintf(stderr, "run: unable to read --ca: %v\n", err)
-		return 1
-	}
-	if _, err := agent.ReadEventLog(*eventLog); err != nil {
-		fmt.Fprintf(stderr, "run: %v\n", err)
-		return 1
-	}
-	var intermediates [][]byte
-	if *ekIntermediates != "" {
-		if intermediates, err = agent.ReadEKIntermediates(*ekIntermediates); err != nil {
-			fmt.Fprintf(stderr, "run: %v\n", err)
-			return 1
-		}
-	}
+func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) int {
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
-	if *logJSON {
+	if o.logJSON {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(handler)
@@ -72,32 +78,32 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: *brokerAddr, CAPEM: caPEM, ServerName: *serverName},
-		agent.WithGrace(*grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, *retryMax), agent.WithBundleFile(*bundleOut))
+	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: o.broker.addr, CAPEM: caPEM, ServerName: o.broker.serverName},
+		agent.WithGrace(o.grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, o.retryMax), agent.WithBundleFile(o.bundleOut))
 	if err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
 	}
-	conn, err := agent.Dial(*brokerAddr, caPEM, *serverName)
+	conn, err := agent.Dial(o.broker.addr, caPEM, o.broker.serverName)
 	if err != nil {
 		fmt.Fprintf(stderr, "run failed at connect: %v\n", err)
 		return 1
 	}
 	defer conn.Close()
-	lis, err := workload.Listen(*socket)
+	lis, err := workload.Listen(o.socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
 	}
 	defer lis.Close()
 
-	tpm := &tpmSession{spec: *tpmSpec, opts: agent.NodeOpts{AK: *akType, EKIntermediates: intermediates}}
+	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
 	defer tpm.close()
 	client := pb.NewBrokerClient(conn)
 	attest := func(ctx context.Context, progress func(agent.Step, time.Duration, string)) (*agent.Attestation, error) {
-		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		ctx, cancel := context.WithTimeout(ctx, o.node.timeout)
 		defer cancel()
-		logBytes, err := agent.ReadEventLog(*eventLog)
+		logBytes, err := agent.ReadEventLog(o.node.eventLog)
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +117,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 
 	var progress func(agent.Step, time.Duration, string)
-	if !*quiet {
+	if !o.quiet {
 		progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)
 		}
@@ -133,7 +139,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	srv := workload.NewServer(mgr, workload.WithLogger(log))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, lis) }()
-	log.Info("workload API serving", "socket", *socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+*socket,
+	log.Info("workload API serving", "socket", o.socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+o.socket,
 		"node_spiffe_id", att.NodeSVID.SVID.ID.String(), "entries", len(att.Entries))
 
 	renewed := make(chan error, 1)

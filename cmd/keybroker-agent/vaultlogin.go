@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/atomicfile"
@@ -19,7 +19,7 @@ import (
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
-// vaultLoginOutput is what -format=json prints: Vault's auth block under
+// vaultLoginOutput is what --format=json prints: Vault's auth block under
 // "auth", as `vault login -format=json` prints it, so that
 // `jq -r .auth.client_token` works the same.
 type vaultLoginOutput struct {
@@ -31,94 +31,98 @@ type vaultLoginOutput struct {
 	TokenFile string `json:"token_file,omitempty"`
 }
 
-// vaultLogin is `keybroker-agent vault-login`: attest to Vault's TPM auth
-// method and keep the token it issues.
-func vaultLogin(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("vault-login", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	tpmSpec := tpmFlag(fs)
-	addr := fs.String("vault-addr", os.Getenv("VAULT_ADDR"), "Vault's address, https://HOST:PORT (default $VAULT_ADDR; required)")
-	role := fs.String("role", "", "the TPM auth method's role to log in with (required)")
-	mount := fs.String("mount", agent.DefaultVaultMount, "the path the TPM auth method is enabled at (auth/<mount>/...)")
-	caCert := fs.String("ca-cert", os.Getenv("VAULT_CACERT"), "PEM file with the CA bundle that Vault's TLS certificate must chain to (default $VAULT_CACERT; empty: the system's roots)")
-	tokenFile := fs.String("token-file", "", "write the token here, mode 0600, atomically (default ~/.vault-token, where the vault CLI reads it; with -format=json no file unless this is set)")
-	format := fs.String("format", "text", "output: text (steps, then where the token was written) or json (Vault's auth block, token included, on stdout)")
-	akType := fs.String("ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
-	eventLog := fs.String("event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")
-	ekIntermediates := fs.String("ek-intermediates", "", "PEM file with intermediate CA certificates to send with the EK certificate (at most 8)")
-	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
-	quiet := fs.Bool("quiet", false, "text format: print only errors")
-	if err := fs.Parse(args); err != nil {
-		return 2
+type vaultLoginOpts struct {
+	node      nodeFlags
+	addr      string
+	role      string
+	mount     string
+	caCert    string
+	tokenFile string
+	format    string
+	quiet     bool
+}
+
+func vaultLoginCmd() *cobra.Command {
+	var o vaultLoginOpts
+	cmd := &cobra.Command{
+		Use:   "vault-login --vault-addr https://HOST:PORT --role ROLE",
+		Short: "Log in to Vault's TPM auth method and keep the token",
+		Long: `Runs challenge → activate credential → quote → login to Vault's TPM auth
+method, then writes the token to ~/.vault-token (0600) or prints it as JSON
+(--format=json).`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var p cli.Problems
+			caPEM := o.check(cmd, &p)
+			in := o.node.check(&p)
+			if err := p.Err(); err != nil {
+				return err
+			}
+			return cli.Code(vaultLogin(o, caPEM, in, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vault-login: unexpected arguments %q\n", fs.Args())
-		return 2
+	f := cmd.Flags()
+	f.StringVar(&o.addr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault's address, https://HOST:PORT (default $VAULT_ADDR; required)")
+	f.StringVar(&o.role, "role", "", "the TPM auth method's role to log in with (required)")
+	f.StringVar(&o.mount, "mount", agent.DefaultVaultMount, "the path the TPM auth method is enabled at (auth/<mount>/...)")
+	f.StringVar(&o.caCert, "ca-cert", os.Getenv("VAULT_CACERT"), "PEM file with the CA bundle that Vault's TLS certificate must chain to (default $VAULT_CACERT; empty: the system's roots)")
+	f.StringVar(&o.tokenFile, "token-file", "", "write the token here, mode 0600, atomically (default ~/.vault-token, where the vault CLI reads it; with --format=json no file unless this is set)")
+	f.StringVar(&o.format, "format", "text", "output: text (steps, then where the token was written) or json (Vault's auth block, token included, on stdout)")
+	o.node.register(f, "give up after this long")
+	f.BoolVar(&o.quiet, "quiet", false, "text format: print only errors")
+	return cmd
+}
+
+// check records every problem with the Vault flags and returns the CA
+// bundle read from --ca-cert, if set.
+func (o *vaultLoginOpts) check(cmd *cobra.Command, p *cli.Problems) []byte {
+	p.Required(cmd, "vault-addr", "role")
+	if o.format != "text" && o.format != "json" {
+		p.Addf("--format: unknown format %q: want text or json", o.format)
 	}
-	if !cli.Required(fs, stderr, "--vault-addr", "--role") {
-		return 2
-	}
-	if *format != "text" && *format != "json" {
-		fmt.Fprintf(stderr, "vault-login: unknown -format %q: want text or json\n", *format)
-		return 2
-	}
-	if *timeout <= 0 {
-		fmt.Fprintln(stderr, "vault-login: --timeout must be > 0")
-		return 2
-	}
-	out := *tokenFile
-	if out == "" && *format == "text" {
+	if o.tokenFile == "" && o.format == "text" {
 		home, err := os.UserHomeDir()
 		if err != nil {
-			fmt.Fprintf(stderr, "vault-login: no --token-file and no home directory: %v\n", err)
-			return 2
+			p.Addf("no --token-file and no home directory: %v", err)
+		} else {
+			o.tokenFile = filepath.Join(home, ".vault-token")
 		}
-		out = filepath.Join(home, ".vault-token")
 	}
+	if o.caCert == "" {
+		return nil
+	}
+	caPEM, err := readPEMCerts(o.caCert, "Vault CA bundle")
+	p.Check("ca-cert", err)
+	return caPEM
+}
 
-	var caPEM []byte
-	if *caCert != "" {
-		var err error
-		if caPEM, err = os.ReadFile(*caCert); err != nil {
-			fmt.Fprintf(stderr, "vault-login: unable to read --ca-cert: %v\n", err)
-			return 1
-		}
-	}
-	client, err := agent.NewVaultClient(*addr, agent.VaultClientOpts{CAPEM: caPEM, Timeout: *timeout})
+// vaultLogin is `keybroker-agent vault-login`: attest to Vault's TPM auth
+// method and keep the token it issues.
+func vaultLogin(o vaultLoginOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) int {
+	out := o.tokenFile
+	client, err := agent.NewVaultClient(o.addr, agent.VaultClientOpts{CAPEM: caPEM, Timeout: o.node.timeout})
 	if err != nil {
 		fmt.Fprintf(stderr, "vault-login: %v\n", err)
 		return 1
 	}
-	logBytes, err := agent.ReadEventLog(*eventLog)
-	if err != nil {
-		fmt.Fprintf(stderr, "vault-login: %v\n", err)
-		return 1
-	}
-	var intermediates [][]byte
-	if *ekIntermediates != "" {
-		if intermediates, err = agent.ReadEKIntermediates(*ekIntermediates); err != nil {
-			fmt.Fprintf(stderr, "vault-login: %v\n", err)
-			return 1
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), o.node.timeout)
 	defer cancel()
 
-	rw, err := agent.OpenTPM(*tpmSpec)
+	rw, err := agent.OpenTPM(o.node.tpm)
 	if err != nil {
 		fmt.Fprintf(stderr, "vault-login failed at tpm: %v\n", err)
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: *akType, EKIntermediates: intermediates})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates})
 	if err != nil {
 		fmt.Fprintf(stderr, "vault-login failed at tpm: %v\n", err)
 		return 1
 	}
 	defer node.Close()
 
-	opts := agent.VaultLoginOpts{Role: *role, Mount: *mount, EventLog: logBytes}
-	if *format == "text" && !*quiet {
+	opts := agent.VaultLoginOpts{Role: o.role, Mount: o.mount, EventLog: in.eventLog}
+	if o.format == "text" && !o.quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)
 		}
@@ -141,7 +145,7 @@ func vaultLogin(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	if *format == "json" {
+	if o.format == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(vaultLoginOutput{Auth: res.Auth, Unwrapped: res.Unwrapped, Sealed: sealedName(res.Sealed), TokenFile: out}); err != nil {
@@ -150,7 +154,7 @@ func vaultLogin(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	if !*quiet {
+	if !o.quiet {
 		fmt.Fprintf(stdout, "%-9s %8s  token written to %s (mode 0600)\n", agent.StepWrite, "", out)
 	}
 	return 0

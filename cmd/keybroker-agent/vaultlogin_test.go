@@ -27,18 +27,26 @@ func TestVaultLoginFlags(t *testing.T) {
 		wantCode   int
 		wantStderr string
 	}{
-		{name: "missing address and role", args: nil, wantCode: 2, wantStderr: "vault-login: missing [--vault-addr --role]"},
-		{name: "missing role", args: []string{"--vault-addr", "https://127.0.0.1:1"}, wantCode: 2, wantStderr: "vault-login: missing [--role]"},
-		{name: "bad format", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "-format", "yaml"}, wantCode: 2,
-			wantStderr: `vault-login: unknown -format "yaml": want text or json`},
+		{name: "missing address and role", args: nil, wantCode: 2,
+			wantStderr: "keybroker-agent vault-login: missing required flag --vault-addr\nkeybroker-agent vault-login: missing required flag --role\n"},
+		{name: "missing role", args: []string{"--vault-addr", "https://127.0.0.1:1"}, wantCode: 2, wantStderr: "vault-login: missing required flag --role\n"},
+		{name: "bad format, single dash", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "-format", "yaml"}, wantCode: 2,
+			wantStderr: `vault-login: --format: unknown format "yaml": want text or json`},
 		{name: "stray argument", args: []string{"--role", "web", "extra"}, wantCode: 2, wantStderr: `vault-login: unexpected arguments ["extra"]`},
-		{name: "CA file missing", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "--ca-cert", "/nonexistent/ca.pem"}, wantCode: 1,
-			wantStderr: "vault-login: unable to read --ca-cert: open /nonexistent/ca.pem: no such file or directory"},
-		{name: "CA file without PEM", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "--ca-cert", noPEM}, wantCode: 1,
-			wantStderr: "vault-login: the Vault CA bundle holds no PEM certificate"},
+		{name: "CA file missing", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "--ca-cert", "/nonexistent/ca.pem"}, wantCode: 2,
+			wantStderr: "vault-login: --ca-cert: unable to read the Vault CA bundle: stat /nonexistent/ca.pem: no such file or directory"},
+		{name: "CA file without PEM", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "--ca-cert", noPEM}, wantCode: 2,
+			wantStderr: "vault-login: --ca-cert: the Vault CA bundle " + noPEM + " holds no PEM certificate"},
+		{name: "every problem at once", args: []string{"--format", "xml", "--ca-cert", noPEM, "--tpm", "tpm0", "--timeout", "-1s"}, wantCode: 2,
+			wantStderr: "keybroker-agent vault-login: missing required flag --vault-addr\n" +
+				"keybroker-agent vault-login: missing required flag --role\n" +
+				"keybroker-agent vault-login: --format: unknown format \"xml\": want text or json\n" +
+				"keybroker-agent vault-login: --ca-cert: the Vault CA bundle " + noPEM + " holds no PEM certificate\n" +
+				"keybroker-agent vault-login: --tpm: unknown TPM \"tpm0\": want simulator, tcp://HOST:PORT or a device path\n" +
+				"keybroker-agent vault-login: --timeout must be > 0, not -1s\n" +
+				"Run 'keybroker-agent vault-login --help' for usage.\n"},
 		{name: "unreachable TPM", args: []string{"--vault-addr", "https://127.0.0.1:1", "--role", "web", "--event-log", "none", "--tpm", "tcp://127.0.0.1:1"}, wantCode: 1,
 			wantStderr: "vault-login failed at tpm: unable to connect to TPM at 127.0.0.1:1"},
-		{name: "help lists the flags", args: []string{"--help"}, wantCode: 2, wantStderr: "-token-file string"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,8 +58,9 @@ func TestVaultLoginFlags(t *testing.T) {
 		})
 	}
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"help"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "keybroker-agent vault-login --vault-addr") {
-		t.Errorf("help:\n%s", stdout.String())
+	if code := run([]string{"help", "vault-login"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "keybroker-agent vault-login --vault-addr") ||
+		!strings.Contains(stdout.String(), "--token-file string") {
+		t.Errorf("help vault-login:\n%s", stdout.String())
 	}
 }
 

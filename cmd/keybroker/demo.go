@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,9 +16,11 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
+	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -51,15 +52,27 @@ policies = ["policy.hcl"]
 ek_allow = [%q]
 `
 
-func demo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	keep := fs.String("keep", "", "work in this directory and keep it (default: a temporary directory, removed)")
-	akType := fs.String("ak", "rsa", "attestation key type: rsa or ecc")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func demoCmd() *cobra.Command {
+	var keep, akType string
+	cmd := &cobra.Command{
+		Use:   "demo [--keep DIR]",
+		Short: "Broker and agent on the embedded TPM simulator",
+		Long: `Starts a broker and runs the agent's bootstrap on the embedded TPM simulator:
+a node whose measured boot matches the policy receives a TLS credential sealed
+to its PCRs; after its boot chain changes, it is refused and nothing is
+released.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cli.Code(demo(keep, akType, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
-	dir := *keep
+	cmd.Flags().StringVar(&keep, "keep", "", "work in this directory and keep it (default: a temporary directory, removed)")
+	cmd.Flags().StringVar(&akType, "ak", "rsa", "attestation key type: rsa or ecc")
+	return cmd
+}
+
+func demo(keep, akType string, stdout, stderr io.Writer) int {
+	dir := keep
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "keybroker-demo-")
 		if err != nil {
@@ -72,7 +85,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
 	}
-	if err := runDemo(dir, *akType, *keep != "", stdout); err != nil {
+	if err := runDemo(dir, akType, keep != "", stdout); err != nil {
 		fmt.Fprintf(stderr, "demo FAILED: %v\n", err)
 		return 1
 	}

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,66 +14,65 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/cli"
 )
 
-const usage = `keybroker: release secrets only to machines that prove, with their TPM, what they booted.
-
-Usage:
-  keybroker serve --config broker.hcl     run the broker (gRPC over TLS)
-  keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]
-  keybroker policy check [--facts] FILE|DIR...
-                                          validate policies; list the facts they can use
-  keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
-                                          try policies on nodes' last verified evidence
-  keybroker evidence show --config broker.hcl --node EKHASH
-                                          a node's last verified evidence, as JSON
-  keybroker demo [--keep DIR]             broker + agent on the embedded TPM simulator
-
-Run 'keybroker COMMAND --help' for a command's flags.
-`
+const long = `keybroker releases secrets only to machines that prove, with their TPM,
+what they booted: it verifies TPM attestations and releases credentials that
+only the attested TPM can open.`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	return cli.Dispatch("command", usage, map[string]cli.Command{
-		"serve":    func(args []string, _, stderr io.Writer) int { return serve(args, stderr) },
-		"receipts": receiptsCmd,
-		"policy":   policyCmd,
-		"evidence": evidenceCmd,
-		"demo":     demo,
-	}, args, stdout, stderr)
+	root := cli.NewRoot("keybroker", "Release secrets only to machines that prove what they booted", long,
+		serveCmd(),
+		cli.NewGroup("receipts", "Read the broker's decision receipts", receiptsListCmd()),
+		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
+		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),
+		demoCmd(),
+	)
+	return cli.Execute(root, args, stdout, stderr)
 }
 
-// receiptsCmd runs `keybroker receipts list`.
-func receiptsCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "list" {
-		fmt.Fprint(stderr, "usage: keybroker receipts list --config broker.hcl [--ek HASH] [--limit N] [--json]\n")
-		return 2
-	}
-	return receiptsList(args[1:], stdout, stderr)
+type serveOpts struct {
+	configPath, listen string
+	logJSON            bool
 }
 
-func serve(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "broker configuration file (HCL, required)")
-	listen := fs.String("listen", "", "override the configuration's listen address")
-	logJSON := fs.Bool("log-json", false, "log as JSON instead of text")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func serveCmd() *cobra.Command {
+	var o serveOpts
+	cmd := &cobra.Command{
+		Use:   "serve --config broker.hcl",
+		Short: "Run the broker (gRPC over TLS)",
+		Long: `Runs the broker: gRPC over TLS on the configuration's listen address, until
+SIGINT or SIGTERM. SIGHUP reloads the policies; a refused reload keeps the
+previous policies serving.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var p cli.Problems
+			p.Required(cmd, "config")
+			if err := p.Err(); err != nil {
+				return err
+			}
+			return cli.Code(serve(o, cmd.ErrOrStderr()))
+		},
 	}
-	if *configPath == "" {
-		fmt.Fprintln(stderr, "serve: --config is required")
-		fs.Usage()
-		return 2
-	}
+	f := cmd.Flags()
+	f.StringVar(&o.configPath, "config", "", "broker configuration file (HCL, required)")
+	f.StringVar(&o.listen, "listen", "", "override the configuration's listen address")
+	f.BoolVar(&o.logJSON, "log-json", false, "log as JSON instead of text")
+	return cmd
+}
+
+func serve(o serveOpts, stderr io.Writer) int {
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
-	if *logJSON {
+	if o.logJSON {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(handler)
@@ -83,13 +81,13 @@ func serve(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	cfg, err := broker.LoadConfig(*configPath)
+	cfg, err := broker.LoadConfig(o.configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "serve: invalid configuration:\n%v\n", err)
 		return 1
 	}
-	if *listen != "" {
-		cfg.Listen = *listen
+	if o.listen != "" {
+		cfg.Listen = o.listen
 	}
 	r, err := broker.Start(cfg, log)
 	if err != nil {
@@ -119,36 +117,50 @@ func serve(args []string, stderr io.Writer) int {
 	}
 }
 
-func receiptsList(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("receipts list", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "broker configuration file (its data_dir holds the store)")
-	dataDir := fs.String("data-dir", "", "the broker's data directory (instead of --config)")
-	ek := fs.String("ek", "", "only receipts for this EK hash")
-	limit := fs.Int("limit", 50, "at most this many receipts, newest first")
-	asJSON := fs.Bool("json", false, "print JSON, one receipt per line")
-	if err := fs.Parse(args); err != nil {
-		return 2
+type receiptsOpts struct {
+	configPath, dataDir, ek string
+	limit                   int
+	asJSON                  bool
+}
+
+func receiptsListCmd() *cobra.Command {
+	var o receiptsOpts
+	cmd := &cobra.Command{
+		Use:   "list (--config broker.hcl | --data-dir DIR)",
+		Short: "List decision receipts, newest first",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.configPath == "" && o.dataDir == "" {
+				return cli.Usagef("--config or --data-dir is required")
+			}
+			return cli.Code(receiptsList(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
-	dir := *dataDir
-	if *configPath != "" {
-		cfg, err := broker.LoadConfig(*configPath)
+	f := cmd.Flags()
+	f.StringVar(&o.configPath, "config", "", "broker configuration file (its data_dir holds the store)")
+	f.StringVar(&o.dataDir, "data-dir", "", "the broker's data directory (instead of --config)")
+	f.StringVar(&o.ek, "ek", "", "only receipts for this EK hash")
+	f.IntVar(&o.limit, "limit", 50, "at most this many receipts, newest first")
+	f.BoolVar(&o.asJSON, "json", false, "print JSON, one receipt per line")
+	return cmd
+}
+
+func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
+	dir := o.dataDir
+	if o.configPath != "" {
+		cfg, err := broker.LoadConfig(o.configPath)
 		if err != nil {
 			fmt.Fprintf(stderr, "receipts: invalid configuration:\n%v\n", err)
 			return 1
 		}
 		dir = cfg.DataDir
 	}
-	if dir == "" {
-		fmt.Fprintln(stderr, "receipts: --config or --data-dir is required")
-		return 2
-	}
-	rs, err := broker.ListReceipts(context.Background(), dir, store.ListOpts{Limit: *limit, EKHash: *ek})
+	rs, err := broker.ListReceipts(context.Background(), dir, store.ListOpts{Limit: o.limit, EKHash: o.ek})
 	if err != nil {
 		fmt.Fprintf(stderr, "receipts: %v\n", err)
 		return 1
 	}
-	if *asJSON {
+	if o.asJSON {
 		enc := json.NewEncoder(stdout)
 		for _, r := range rs {
 			if err := enc.Encode(r); err != nil {

@@ -52,11 +52,16 @@ func TestUsage(t *testing.T) {
 		wantCode int
 		wantErr  string
 	}{
-		{"no command", nil, 2, "Usage:"},
-		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{"serve without config", []string{"serve"}, 2, "--config is required"},
+		{"no command", nil, 2, "keybroker: missing command\n\nUsage:"},
+		{"unknown command", []string{"frobnicate"}, 2, `keybroker: unknown command "frobnicate"`},
+		{"misspelt command", []string{"serv"}, 2, `keybroker: unknown command "serv" (did you mean "serve"?)`},
+		{"serve without config", []string{"serve"}, 2, "keybroker serve: missing required flag --config\nRun 'keybroker serve --help' for usage.\n"},
+		{"serve with an unknown flag", []string{"serve", "--config", "x.hcl", "--port", "1"}, 2, "keybroker serve: unknown flag: --port\n"},
 		{"serve with a bad config", []string{"serve", "--config", "testdata/bad.hcl"}, 1, `"data_dir" is required`},
-		{"receipts without a store", []string{"receipts", "list"}, 2, "--config or --data-dir is required"},
+		{"receipts without a store", []string{"receipts", "list"}, 2, "keybroker receipts list: --config or --data-dir is required\n"},
+		{"receipts with a bad limit", []string{"receipts", "list", "--data-dir", "x", "--limit", "many"}, 2, `invalid argument "many" for "--limit" flag`},
+		{"receipts without list", []string{"receipts"}, 2, "keybroker receipts: missing command"},
+		{"demo with an argument", []string{"demo", "now"}, 2, `keybroker demo: unexpected arguments ["now"]`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/evidence"
@@ -20,28 +19,14 @@ import (
 	"github.com/keybroker/keybroker/policies"
 )
 
-const policyUsage = `usage:
-  keybroker policy check [--facts] FILE|DIR...
-  keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
-
-Run 'keybroker policy check --help' or 'keybroker policy eval --help' for details.
-`
-
-const policyCheckHelp = `usage: keybroker policy check [--facts] FILE|DIR...
-
-Loads the policy files (a directory: its *.hcl files) as the broker would and
+const policyCheckLong = `Loads the policy files (a directory: its *.hcl files) as the broker would and
 prints each policy with "ok", or every problem as file:line:column: message
 and exits 1. Policy and release names must be unique across all of them.
 
 With --facts, first lists the facts require expressions can use, with their
-CEL types; FILE|DIR may then be omitted.
+CEL types; FILE|DIR may then be omitted.`
 
-Flags:
-`
-
-const policyEvalHelp = `usage: keybroker policy eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE] [--json]
-
-Tries candidate policies on nodes' last attestations before rollout: for the
+const policyEvalLong = `Tries candidate policies on nodes' last attestations before rollout: for the
 node given by --node, for the evidence file given by --evidence (as written by
 'keybroker evidence show'), or, with neither, for every node the broker has a
 record of, it verifies the stored evidence again with the broker's code and
@@ -56,75 +41,34 @@ policy paths too.
 
 Exits 0 when every node was evaluated, allowed or denied (it is a report), 1
 if the configuration or the policies do not load, a record cannot be read or
-evidence no longer verifies, and 2 on usage errors.
+evidence no longer verifies, and 2 on usage errors.`
 
-Flags:
-`
-
-const evidenceUsage = `usage: keybroker evidence show (--config broker.hcl | --data-dir DIR) --node EKHASH
-
-Prints, as JSON, the evidence of the node's last verified attestation: the EK
-and AK publics and certificates, the challenge's secret hash, the quotes and
-the event log as the node sent them, and the counters they were compared
-with. 'keybroker policy eval --evidence FILE' evaluates policies on it.
-
-Flags:
-`
-
-// policyCmd runs `keybroker policy SUBCOMMAND`.
-func policyCmd(args []string, stdout, stderr io.Writer) int {
-	return cli.Dispatch("policy command", policyUsage, map[string]cli.Command{
-		"check": policyCheck,
-		"eval":  policyEval,
-	}, args, stdout, stderr)
+func policyCheckCmd() *cobra.Command {
+	var facts bool
+	cmd := &cobra.Command{
+		Use:   "check [--facts] FILE|DIR...",
+		Short: "Validate policies; list the facts they can use",
+		Long:  policyCheckLong,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !facts && len(args) == 0 {
+				return cli.Usagef("no policy file or directory given")
+			}
+			return cli.Code(policyCheck(facts, args, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
+	}
+	cmd.Flags().BoolVar(&facts, "facts", false, "list the facts require expressions can use")
+	return cmd
 }
 
-// newFlagSet returns a flag set whose usage prints help and the flags.
-func newFlagSet(name, help string, stdout, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), help)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// parseFlags parses args; done is true (with the exit code) for --help and
-// for errors, which the flag package has already reported.
-func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, done bool) {
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		// Asked for: the help goes to stdout.
-		fs.SetOutput(stdout)
-		fs.Usage()
-		return 0, true
-	case err != nil:
-		return 2, true
-	}
-	return 0, false
-}
-
-func policyCheck(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("policy check", policyCheckHelp, stdout, stderr)
-	facts := fs.Bool("facts", false, "list the facts require expressions can use")
-	if code, done := parseFlags(fs, args, stdout); done {
-		return code
-	}
-	if *facts {
+func policyCheck(facts bool, paths []string, stdout, stderr io.Writer) int {
+	if facts {
 		printFacts(stdout)
-		if fs.NArg() == 0 {
+		if len(paths) == 0 {
 			return 0
 		}
 		fmt.Fprintln(stdout)
 	}
-	if fs.NArg() == 0 {
-		fmt.Fprintln(stderr, "policy check: no policy file or directory given")
-		fs.Usage()
-		return 2
-	}
-	set, err := policies.Load(fs.Args()...)
+	set, err := policies.Load(paths...)
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
@@ -144,12 +88,6 @@ func printFacts(w io.Writer) {
 	}
 	tw.Flush()
 }
-
-// pathList is a repeatable flag.
-type pathList []string
-
-func (p *pathList) String() string     { return strings.Join(*p, ",") }
-func (p *pathList) Set(v string) error { *p = append(*p, v); return nil }
 
 // evalResult is what `policy eval` reports for one node; --json prints it.
 type evalResult struct {
@@ -190,35 +128,50 @@ type evalWorkload struct {
 	TTL       string   `json:"ttl"`
 }
 
-func policyEval(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("policy eval", policyEvalHelp, stdout, stderr)
-	configPath := fs.String("config", "", "broker configuration file: trust, allow_sha1 and data_dir (required)")
-	var paths pathList
-	fs.Var(&paths, "policy", "candidate policy file or directory of *.hcl (required, repeatable)")
-	ekHash := fs.String("node", "", "evaluate only the node with this EK hash")
-	evidenceFile := fs.String("evidence", "", "evaluate the evidence in this JSON file (see 'keybroker evidence show')")
-	asJSON := fs.Bool("json", false, "print JSON, one node per line")
-	if code, done := parseFlags(fs, args, stdout); done {
-		return code
+type evalOpts struct {
+	configPath, ekHash, evidenceFile string
+	paths                            []string
+	asJSON                           bool
+}
+
+func policyEvalCmd() *cobra.Command {
+	var o evalOpts
+	cmd := &cobra.Command{
+		Use:   "eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE]",
+		Short: "Try policies on nodes' last verified evidence",
+		Long:  policyEvalLong,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.paths = append(o.paths, args...)
+			var p cli.Problems
+			p.Required(cmd, "config")
+			if len(o.paths) == 0 {
+				p.Addf("missing required flag --policy")
+			}
+			if o.ekHash != "" && o.evidenceFile != "" {
+				p.Addf("--node and --evidence cannot be used together")
+			}
+			if err := p.Err(); err != nil {
+				return err
+			}
+			return cli.Code(policyEval(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
-	paths = append(paths, fs.Args()...)
-	switch {
-	case *configPath == "":
-		fmt.Fprintln(stderr, "policy eval: --config is required")
-		return 2
-	case len(paths) == 0:
-		fmt.Fprintln(stderr, "policy eval: --policy is required")
-		return 2
-	case *ekHash != "" && *evidenceFile != "":
-		fmt.Fprintln(stderr, "policy eval: --node and --evidence cannot be used together")
-		return 2
-	}
-	cfg, err := broker.LoadConfig(*configPath)
+	f := cmd.Flags()
+	f.StringVar(&o.configPath, "config", "", "broker configuration file: trust, allow_sha1 and data_dir (required)")
+	f.StringArrayVar(&o.paths, "policy", nil, "candidate policy file or directory of *.hcl (required, repeatable)")
+	f.StringVar(&o.ekHash, "node", "", "evaluate only the node with this EK hash")
+	f.StringVar(&o.evidenceFile, "evidence", "", "evaluate the evidence in this JSON file (see 'keybroker evidence show')")
+	f.BoolVar(&o.asJSON, "json", false, "print JSON, one node per line")
+	return cmd
+}
+
+func policyEval(o evalOpts, stdout, stderr io.Writer) int {
+	cfg, err := broker.LoadConfig(o.configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "policy eval: invalid configuration:\n%v\n", err)
 		return 1
 	}
-	set, err := policies.Load(paths...)
+	set, err := policies.Load(o.paths...)
 	if err != nil {
 		fmt.Fprintf(stderr, "policy eval: the policies do not load:\n%v\n", err)
 		return 1
@@ -231,17 +184,17 @@ func policyEval(args []string, stdout, stderr io.Writer) int {
 		results = append(results, evaluate(r, ev, cfg, set))
 	}
 	switch {
-	case *evidenceFile != "":
-		ev, err := readEvidence(*evidenceFile)
+	case o.evidenceFile != "":
+		ev, err := readEvidence(o.evidenceFile)
 		if err != nil {
 			fmt.Fprintf(stderr, "policy eval: %v\n", err)
 			return 1
 		}
-		eval(evalResult{Source: *evidenceFile}, ev)
-	case *ekHash != "":
-		n, err := broker.GetNode(ctx, cfg.DataDir, *ekHash)
+		eval(evalResult{Source: o.evidenceFile}, ev)
+	case o.ekHash != "":
+		n, err := broker.GetNode(ctx, cfg.DataDir, o.ekHash)
 		if err != nil {
-			fmt.Fprintf(stderr, "policy eval: node %s: %v\n", *ekHash, err)
+			fmt.Fprintf(stderr, "policy eval: node %s: %v\n", o.ekHash, err)
 			return 1
 		}
 		eval(evalResult{EKHash: n.EKHash, LastReceiptID: n.LastReceiptID}, n.Evidence)
@@ -272,7 +225,7 @@ func policyEval(args []string, stdout, stderr io.Writer) int {
 			code = 1
 		}
 	}
-	if *asJSON {
+	if o.asJSON {
 		enc := json.NewEncoder(stdout)
 		for _, r := range results {
 			if err := enc.Encode(r); err != nil {
@@ -326,25 +279,6 @@ func evaluate(r evalResult, ev store.Evidence, cfg *broker.Config, set *policies
 		r.WorkloadEntries = append(r.WorkloadEntries, w)
 	}
 	return r
-}
-
-// readEvidence reads a store.Evidence as `keybroker evidence show` prints it.
-func readEvidence(path string) (store.Evidence, error) {
-	var ev store.Evidence
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ev, fmt.Errorf("unable to read evidence: %w", err)
-	}
-	if len(b) > 2*store.MaxNodeRecordBytes {
-		return ev, fmt.Errorf("%s is too large to be evidence", path)
-	}
-	if err := json.Unmarshal(b, &ev); err != nil {
-		return ev, fmt.Errorf("%s is not evidence JSON: %w", path, err)
-	}
-	if len(ev.EKPublic) == 0 || len(ev.Quotes) == 0 {
-		return ev, fmt.Errorf("%s holds no evidence (no ek_public or quotes)", path)
-	}
-	return ev, nil
 }
 
 func printEval(w io.Writer, results []evalResult, set *policies.Set) {
@@ -420,52 +354,4 @@ func printEval(w io.Writer, results []evalResult, set *policies.Set) {
 	}
 	fmt.Fprintf(w, "policies %v (hash %s): %d allowed, %d denied, %d not evaluated\n",
 		set.Names(), set.Hash(), allowed, denied, failed)
-}
-
-// evidenceCmd runs `keybroker evidence show`.
-func evidenceCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "show" {
-		if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprint(stdout, evidenceUsage)
-			return 0
-		}
-		fmt.Fprint(stderr, evidenceUsage)
-		return 2
-	}
-	fs := newFlagSet("evidence show", evidenceUsage, stdout, stderr)
-	configPath := fs.String("config", "", "broker configuration file (its data_dir holds the store)")
-	dataDir := fs.String("data-dir", "", "the broker's data directory (instead of --config)")
-	ekHash := fs.String("node", "", "the node's EK hash (required)")
-	if code, done := parseFlags(fs, args[1:], stdout); done {
-		return code
-	}
-	dir := *dataDir
-	if *configPath != "" {
-		cfg, err := broker.LoadConfig(*configPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "evidence: invalid configuration:\n%v\n", err)
-			return 1
-		}
-		dir = cfg.DataDir
-	}
-	switch {
-	case dir == "":
-		fmt.Fprintln(stderr, "evidence: --config or --data-dir is required")
-		return 2
-	case *ekHash == "":
-		fmt.Fprintln(stderr, "evidence: --node is required")
-		return 2
-	}
-	n, err := broker.GetNode(context.Background(), dir, *ekHash)
-	if err != nil {
-		fmt.Fprintf(stderr, "evidence: node %s: %v\n", *ekHash, err)
-		return 1
-	}
-	b, err := json.MarshalIndent(n.Evidence, "", "  ")
-	if err != nil {
-		fmt.Fprintf(stderr, "evidence: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "%s\n", b)
-	return 0
 }

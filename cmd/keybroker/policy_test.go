@@ -55,13 +55,13 @@ func TestPolicyCheck(t *testing.T) {
 		{
 			name:       "help",
 			args:       []string{"policy", "check", "--help"},
-			wantStdout: []string{"usage: keybroker policy check [--facts] FILE|DIR...", "-facts"},
+			wantStdout: []string{"keybroker policy check [--facts] FILE|DIR... [flags]", "--facts"},
 		},
 		{
 			name:       "no file",
 			args:       []string{"policy", "check"},
 			wantCode:   2,
-			wantStderr: []string{"policy check: no policy file or directory given"},
+			wantStderr: []string{"keybroker policy check: no policy file or directory given\nRun 'keybroker policy check --help' for usage.\n"},
 		},
 		{
 			name:       "missing file",
@@ -73,13 +73,13 @@ func TestPolicyCheck(t *testing.T) {
 			name:       "no subcommand",
 			args:       []string{"policy"},
 			wantCode:   2,
-			wantStderr: []string{"keybroker policy check", "keybroker policy eval"},
+			wantStderr: []string{"keybroker policy: missing command", "check", "eval", "Usage:"},
 		},
 		{
 			name:       "unknown subcommand",
 			args:       []string{"policy", "apply"},
 			wantCode:   2,
-			wantStderr: []string{`unknown policy command "apply"`},
+			wantStderr: []string{`keybroker policy: unknown command "apply"`},
 		},
 	}
 	for _, tt := range tests {
@@ -119,13 +119,15 @@ func TestPolicyEvalUsage(t *testing.T) {
 		wantCode int
 		wantErr  string
 	}{
-		{"no config", []string{"policy", "eval", "--policy", "p.hcl"}, 2, "policy eval: --config is required"},
-		{"no policy", []string{"policy", "eval", "--config", "broker.hcl"}, 2, "policy eval: --policy is required"},
+		{"no config", []string{"policy", "eval", "--policy", "p.hcl"}, 2, "keybroker policy eval: missing required flag --config\n"},
+		{"no policy", []string{"policy", "eval", "--config", "broker.hcl"}, 2, "keybroker policy eval: missing required flag --policy\n"},
+		{"every problem at once", []string{"policy", "eval", "--node", "x", "--evidence", "e.json"}, 2,
+			"policy eval: missing required flag --config\nkeybroker policy eval: missing required flag --policy\nkeybroker policy eval: --node and --evidence cannot be used together\n"},
 		{"node and evidence", []string{"policy", "eval", "--config", "b.hcl", "--policy", "p.hcl", "--node", "x", "--evidence", "e.json"}, 2, "--node and --evidence cannot be used together"},
 		{"bad config", []string{"policy", "eval", "--config", "testdata/bad.hcl", "--policy", "testdata/policy_good.hcl"}, 1, `"data_dir" is required`},
-		{"evidence without a store", []string{"evidence", "show", "--node", "x"}, 2, "evidence: --config or --data-dir is required"},
-		{"evidence without a node", []string{"evidence", "show", "--data-dir", "x"}, 2, "evidence: --node is required"},
-		{"evidence without show", []string{"evidence"}, 2, "usage: keybroker evidence show"},
+		{"evidence without a store", []string{"evidence", "show", "--node", "x"}, 2, "keybroker evidence show: --config or --data-dir is required\n"},
+		{"evidence without a node", []string{"evidence", "show", "--data-dir", "x"}, 2, "keybroker evidence show: missing required flag --node\n"},
+		{"evidence without show", []string{"evidence"}, 2, "keybroker evidence: missing command"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -136,7 +138,7 @@ func TestPolicyEvalUsage(t *testing.T) {
 		})
 	}
 	for _, args := range [][]string{{"policy", "eval", "--help"}, {"evidence", "show", "--help"}} {
-		if code, stdout, _ := runCmd(t, args...); code != 0 || !strings.Contains(stdout, "usage: keybroker "+args[0]) || !strings.Contains(stdout, "-config") {
+		if code, stdout, _ := runCmd(t, args...); code != 0 || !strings.Contains(stdout, "keybroker "+strings.Join(args[:2], " ")+" ") || !strings.Contains(stdout, "--config string") {
 			t.Errorf("%v: exit %d, stdout %q; want 0 with the usage and flags", args, code, stdout)
 		}
 	}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keybroker/keybroker/internal/version"
+)
+
+// TestHelpOnce checks that --help, -h and help COMMAND print the help once,
+// to stdout, and exit 0, for every command.
+func TestHelpOnce(t *testing.T) {
+	cmds := map[string]string{
+		"":            "keybroker-agent [command]",
+		"bootstrap":   "keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR [flags]",
+		"run":         "keybroker-agent run --broker HOST:PORT --ca CA.pem",
+		"vault-login": "keybroker-agent vault-login --vault-addr https://HOST:PORT --role ROLE [flags]",
+		"ek-hash":     "keybroker-agent ek-hash [--tpm TPM] [flags]",
+		"version":     "keybroker-agent version [flags]",
+		"completion":  "keybroker-agent completion [command]",
+	}
+	for name, usage := range cmds {
+		for _, args := range [][]string{{name, "--help"}, {name, "-h"}, {name, "-help"}, {"help", name}} {
+			args = nonEmpty(args)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				var stdout, stderr bytes.Buffer
+				code := run(args, &stdout, &stderr)
+				if code != 0 || stderr.Len() > 0 {
+					t.Errorf("exit %d, stderr %q; want 0 and nothing", code, stderr.String())
+				}
+				if n := strings.Count(stdout.String(), "Usage:"); n != 1 || !strings.Contains(stdout.String(), usage) {
+					t.Errorf("stdout has %d Usage: sections, want one with %q:\n%s", n, usage, stdout.String())
+				}
+			})
+		}
+	}
+}
+
+func nonEmpty(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func TestVersion(t *testing.T) {
+	old := version.Version
+	t.Cleanup(func() { version.Version = old })
+	version.Version = "v1.2.3-test"
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "keybroker-agent v1.2.3-test (") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want the stamped version", args, code, stdout.String(), stderr.String())
+		}
+	}
+}
+
+// TestFlagProblemsAllListed checks that one run lists every problem with
+// the flags, one a line, exits 2 and touches neither TPM nor broker.
+func TestFlagProblemsAllListed(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bootstrap", "--tpm", "tpm0", "--ca", missing, "--ak", "dsa", "--event-log", "/nonexistent/log"}, &stdout, &stderr)
+	want := []string{
+		"keybroker-agent bootstrap: missing required flag --broker",
+		"keybroker-agent bootstrap: --ca: unable to read the broker CA bundle: stat " + missing + ": no such file or directory",
+		`keybroker-agent bootstrap: --tpm: unknown TPM "tpm0": want simulator, tcp://HOST:PORT or a device path`,
+		`keybroker-agent bootstrap: --ak: unknown AK type "dsa": want rsa or ecc`,
+		"keybroker-agent bootstrap: --event-log: unable to open event log: open /nonexistent/log: no such file or directory",
+		"keybroker-agent bootstrap: missing required flag --out",
+		"Run 'keybroker-agent bootstrap --help' for usage.",
+	}
+	if got := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n"); code != 2 || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("exit %d, stderr:\n%s\nwant 2 and:\n%s", code, stderr.String(), strings.Join(want, "\n"))
+	}
+	if stdout.Len() > 0 {
+		t.Errorf("stdout %q, want nothing", stdout.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"no command", nil, "keybroker-agent: missing command\n\nUsage:"},
+		{"unknown command", []string{"enroll"}, `keybroker-agent: unknown command "enroll"`},
+		{"misspelt command", []string{"bootstap"}, `unknown command "bootstap" (did you mean "bootstrap"?)`},
+		{"unknown flag", []string{"ek-hash", "--frobnicate"}, "keybroker-agent ek-hash: unknown flag: --frobnicate\nRun 'keybroker-agent ek-hash --help' for usage.\n"},
+		{"bad TPM", []string{"ek-hash", "--tpm", "tcp://nohost"}, `ek-hash: --tpm: "tcp://nohost": want tcp://HOST:PORT`},
+		{"missing required", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--event-log", "none"}, "bootstrap: missing required flag --out\n"},
+		{"stray argument", []string{"ek-hash", "extra"}, `ek-hash: unexpected arguments ["extra"]`},
+		{"unknown shell", []string{"completion", "tcsh"}, `unknown command "tcsh"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(tt.args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), tt.wantErr) || stdout.Len() > 0 {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 2 and %q on stderr only", code, stdout.String(), stderr.String(), tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh"} {
+		t.Run(shell, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run([]string{"completion", shell}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "keybroker-agent") {
+				t.Fatalf("exit %d, stderr %q; stdout lacks the command name:\n%.300s", code, stderr.String(), stdout.String())
+			}
+			path, err := exec.LookPath(shell)
+			if err != nil {
+				t.Skipf("no %s here to check the script's syntax", shell)
+			}
+			file := filepath.Join(t.TempDir(), "completion."+shell)
+			if err := os.WriteFile(file, stdout.Bytes(), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command(path, "-n", file).CombinedOutput(); err != nil {
+				t.Errorf("%s -n on the completion script: %v\n%s", shell, err, out)
+			}
+		})
+	}
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/internal/cli"
+)
+
+// nodeFlags are the flags of every command that attests with the TPM.
+type nodeFlags struct {
+	tpm             string
+	ak              string
+	eventLog        string
+	ekIntermediates string
+	timeout         time.Duration
+}
+
+// nodeInputs is what nodeFlags name, read and checked.
+type nodeInputs struct {
+	eventLog      []byte
+	intermediates [][]byte
+}
+
+func (n *nodeFlags) register(f *pflag.FlagSet, timeoutHelp string) {
+	tpmFlag(f, &n.tpm)
+	f.StringVar(&n.ak, "ak", "rsa", "attestation key type: rsa (RSA-2048) or ecc (P-256)")
+	f.StringVar(&n.eventLog, "event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")
+	f.StringVar(&n.ekIntermediates, "ek-intermediates", "", "PEM file with intermediate CA certificates to send with the EK certificate (at most 8)")
+	f.DurationVar(&n.timeout, "timeout", time.Minute, timeoutHelp)
+}
+
+// check records every problem with the node flags and reads the files
+// they name.
+func (n *nodeFlags) check(p *cli.Problems) nodeInputs {
+	var in nodeInputs
+	p.Check("tpm", checkTPMSpec(n.tpm))
+	if n.ak != "rsa" && n.ak != "ecc" {
+		p.Addf("--ak: unknown AK type %q: want rsa or ecc", n.ak)
+	}
+	var err error
+	if in.eventLog, err = agent.ReadEventLog(n.eventLog); err != nil {
+		p.Check("event-log", err)
+	}
+	if n.ekIntermediates != "" {
+		if in.intermediates, err = agent.ReadEKIntermediates(n.ekIntermediates); err != nil {
+			p.Check("ek-intermediates", err)
+		}
+	}
+	if n.timeout <= 0 {
+		p.Addf("--timeout must be > 0, not %v", n.timeout)
+	}
+	return in
+}
+
+func tpmFlag(f *pflag.FlagSet, spec *string) {
+	f.StringVar(spec, "tpm", "/dev/tpmrm0", "the TPM: a device path (/dev/tpmrm0), tcp://HOST:PORT (swtpm's data port) or simulator (embedded, for demos)")
+}
+
+// checkTPMSpec refuses a --tpm value agent.OpenTPM would not know, before
+// anything is opened.
+func checkTPMSpec(spec string) error {
+	switch {
+	case spec == "simulator", strings.HasPrefix(spec, "/"):
+		return nil
+	case strings.HasPrefix(spec, "tcp://"):
+		if _, port, err := net.SplitHostPort(strings.TrimPrefix(spec, "tcp://")); err != nil || port == "" {
+			return fmt.Errorf("%q: want tcp://HOST:PORT", spec)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown TPM %q: want simulator, tcp://HOST:PORT or a device path", spec)
+}
+
+// brokerFlags name the broker and how to trust it.
+type brokerFlags struct {
+	addr       string
+	caFile     string
+	serverName string
+}
+
+func (b *brokerFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&b.addr, "broker", "", "broker address HOST:PORT (required)")
+	f.StringVar(&b.caFile, "ca", "", "PEM file with the broker's CA bundle, pinned for TLS (required)")
+	f.StringVar(&b.serverName, "server-name", "", "name to verify in the broker's certificate (default: the host in --broker)")
+}
+
+// check records every problem with the broker flags and returns the CA
+// bundle read from --ca.
+func (b *brokerFlags) check(p *cli.Problems) []byte {
+	if b.addr == "" {
+		p.Addf("missing required flag --broker")
+	} else if _, _, err := net.SplitHostPort(b.addr); err != nil {
+		p.Addf("--broker %q: want HOST:PORT", b.addr)
+	}
+	if b.caFile == "" {
+		p.Addf("missing required flag --ca")
+		return nil
+	}
+	caPEM, err := readPEMCerts(b.caFile, "broker CA bundle")
+	p.Check("ca", err)
+	return caPEM
+}
+
+// maxCAFile bounds a CA bundle file read from a flag.
+const maxCAFile = 1 << 20
+
+// readPEMCerts reads a CA bundle file that must hold a PEM certificate.
+func readPEMCerts(path, what string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read the %s: %w", what, err)
+	}
+	if fi.Size() > maxCAFile {
+		return nil, fmt.Errorf("the %s %s exceeds %d bytes", what, path, maxCAFile)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read the %s: %w", what, err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("the %s %s holds no PEM certificate", what, path)
+	}
+	return b, nil
+}
