@@ -66,4 +66,14 @@
 // The interop tests (interop_test.go) check that quotes, AKs and EK
 // certificates produced by tpm2-tools verify with broker/verify, and that
 // tampering with them fails with the check that caught it.
+//
+// TestTPM2ToolsNode (tpm2tools_node_test.go) is a node made only of
+// tpm2-tools commands (createek, createak, activatecredential, quote,
+// import, load, unseal under a PolicyPCR session) that drives a running
+// broker with grpcurl over server reflection and opens a pcr_sealed TLS
+// credential (key matches certificate, certificate chains to the broker CA);
+// after PCR 7 changes, tpm2_unseal fails its policy check. grpcurl comes
+// from $KEYBROKER_GRPCURL or the build .ci/run caches in
+// $HOME/.cache/keybroker/grpcurl-<version>; docs/protocol.md shows the same
+// session.
 package e2e
