@@ -47,22 +47,22 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "policy poll interval not a duration",
 			src:     base + "\npolicy_poll_interval = \"often\"",
-			wantErr: []string{`broker.hcl: policy_poll_interval "often" is not a duration`},
+			wantErr: []string{`broker.hcl:4:24: policy_poll_interval "often" is not a duration such as "60s"`},
 		},
 		{
 			name:    "policy poll interval negative",
 			src:     base + "\npolicy_poll_interval = \"-1s\"",
-			wantErr: []string{"broker.hcl: policy_poll_interval cannot be negative"},
+			wantErr: []string{"broker.hcl:4:24: policy_poll_interval cannot be negative"},
 		},
 		{
 			name:    "policy poll interval too short",
 			src:     base + "\npolicy_poll_interval = \"10ms\"",
-			wantErr: []string{"broker.hcl: policy_poll_interval must be 0 (disabled) or at least 100ms"},
+			wantErr: []string{"broker.hcl:4:24: policy_poll_interval must be 0 (disabled) or at least 100ms"},
 		},
 		{
 			name:    "pcr_banks problems",
 			src:     base + "\npcr_banks = [\"sha1\", \"sha3\"]",
-			wantErr: []string{"broker.hcl: pcr_banks: sha1 needs allow_sha1", `broker.hcl: pcr_banks: "sha3" is not sha1, sha256, sha384 or sha512`},
+			wantErr: []string{"broker.hcl:4:14: pcr_banks: sha1 needs allow_sha1", `broker.hcl:4:22: pcr_banks: "sha3" is not sha1, sha256, sha384 or sha512`},
 		},
 		{
 			name:     "pcr_banks",
@@ -72,12 +72,15 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "syntax error with position",
 			src:     "data_dir = \n",
-			wantErr: []string{"broker.hcl:1"},
+			wantErr: []string{"broker.hcl:1:12: invalid expression: expected the start of an expression, but found an invalid expression token"},
 		},
 		{
-			name:    "missing data_dir",
-			src:     `policies = ["p"]`,
-			wantErr: []string{`broker.hcl:1,1`, `"data_dir" is required`},
+			name: "missing data_dir",
+			src:  `policies = ["p"]`,
+			wantErr: []string{
+				`broker.hcl:1:1: missing required argument: the argument "data_dir" is required, but no definition was found`,
+				`broker.hcl:1:1: no EK is trusted: set ek_allow or an ek_ca block`,
+			},
 		},
 		{
 			name: "every problem reported",
@@ -86,10 +89,9 @@ policies = []
 challenge_ttl = "forever"
 ek_allow = ["ABC"]`,
 			wantErr: []string{
-				"challenge_ttl \"forever\" is not a duration",
-				"policies cannot be empty",
-				"ek_allow entry \"ABC\" is not a lowercase hex SHA-256 EK hash",
-				"no EK is trusted",
+				`broker.hcl:2:12: policies cannot be empty: with no policy every node is refused`,
+				`broker.hcl:3:17: challenge_ttl "forever" is not a duration such as "60s"`,
+				`broker.hcl:4:13: ek_allow entry "ABC" is not a lowercase hex SHA-256 EK hash`,
 			},
 		},
 		{
@@ -98,7 +100,7 @@ ek_allow = ["ABC"]`,
 policies = ["p"]
 ek_allow = ["` + hash + `"]
 challenge_ttl = "1h"`,
-			wantErr: []string{"challenge_ttl must be between 1s and 10m0s"},
+			wantErr: []string{"broker.hcl:4:17: challenge_ttl must be between 1s and 10m0s"},
 		},
 		{
 			name:     "spiffe trust domain",
@@ -109,27 +111,27 @@ challenge_ttl = "1h"`,
 		{
 			name:    "spiffe trust domain not a name",
 			src:     base + "\n\nspiffe {\n  trust_domain = \"Example.org\"\n}",
-			wantErr: []string{`broker.hcl:5: spiffe: trust_domain "Example.org" is not a trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores`},
+			wantErr: []string{`broker.hcl:6:18: spiffe: trust_domain "Example.org" is not a trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores`},
 		},
 		{
 			name:    "spiffe trust domain as an ID",
 			src:     base + "\nspiffe {\n  trust_domain = \"spiffe://example.org\"\n}",
-			wantErr: []string{`broker.hcl:4: spiffe: trust_domain must be a name such as "example.org", not "spiffe://example.org"`},
+			wantErr: []string{`broker.hcl:5:18: spiffe: trust_domain must be a name such as "example.org", not "spiffe://example.org"`},
 		},
 		{
 			name:    "spiffe trust domain empty",
 			src:     base + "\nspiffe {\n  trust_domain = \"\"\n}",
-			wantErr: []string{`broker.hcl:4: spiffe: trust_domain cannot be empty`},
+			wantErr: []string{`broker.hcl:5:18: spiffe: trust_domain cannot be empty`},
 		},
 		{
 			name:    "spiffe block without trust domain",
 			src:     base + "\nspiffe {}",
-			wantErr: []string{`broker.hcl:4,8-8: Missing required argument; The argument "trust_domain" is required`},
+			wantErr: []string{`broker.hcl:4:8: missing required argument: the argument "trust_domain" is required, but no definition was found`},
 		},
 		{
 			name:    "two spiffe blocks",
 			src:     base + "\nspiffe {\n  trust_domain = \"a.org\"\n}\nspiffe {\n  trust_domain = \"b.org\"\n}",
-			wantErr: []string{`broker.hcl:7,1-7: Duplicate spiffe block`},
+			wantErr: []string{`broker.hcl:7:1: duplicate spiffe block: only one spiffe block is allowed. Another was defined at `},
 		},
 		{
 			name: "missing EK CA file",
@@ -138,7 +140,7 @@ policies = ["p"]
 ek_ca "vendor" {
   roots = ["missing.pem"]
 }`,
-			wantErr: []string{`ek_ca "vendor" roots: unable to read missing.pem`},
+			wantErr: []string{`broker.hcl:4:12: ek_ca "vendor" roots: unable to read missing.pem: `},
 		},
 	}
 	for _, tc := range tests {

@@ -46,30 +46,30 @@ func TestParseConfigVault(t *testing.T) {
 			name:  "every problem at once",
 			vault: "vault {\n  address = \"http://v:8200\"\n  ca_cert = \"token\"\n}",
 			wantErr: []string{
-				`broker.hcl:4: vault: address "http://v:8200" must use https: the broker sends its token and receives secrets`,
-				`broker.hcl:4: vault: ca_cert token: holds no PEM certificate`,
-				`broker.hcl:4: vault: set token_file or an approle block`,
+				`broker.hcl:5:13: vault: address "http://v:8200" must use https: the broker sends its token and receives secrets`,
+				`broker.hcl:6:13: vault: ca_cert token: holds no PEM certificate`,
+				`broker.hcl:4:1: vault: set token_file or an approle block`,
 			},
 		},
 		{
 			name:    "not a URL",
 			vault:   "vault {\n  address = \"v:8200/x\"\n  token_file = \"token\"\n}",
-			wantErr: []string{`broker.hcl:4: vault: address "v:8200/x" is not a URL such as "https://vault.example.com:8200"`},
+			wantErr: []string{`broker.hcl:5:13: vault: address "v:8200/x" is not a URL such as "https://vault.example.com:8200"`},
 		},
 		{
 			name:    "both logins, bad files",
 			vault:   "vault {\n  address = \"https://v\"\n  token_file = \"missing\"\n  approle {\n    role_id = \"r\"\n    secret_id_file = \"empty\"\n  }\n}",
-			wantErr: []string{`broker.hcl:4: vault: set token_file or an approle block, not both`},
+			wantErr: []string{`broker.hcl:6:16: vault: set token_file or an approle block, not both`},
 		},
 		{
 			name:    "empty token file",
 			vault:   "vault {\n  address = \"https://v\"\n  token_file = \"empty\"\n}",
-			wantErr: []string{`broker.hcl:4: vault: token_file empty is empty`},
+			wantErr: []string{`broker.hcl:6:16: vault: token_file empty is empty`},
 		},
 		{
 			name:    "approle without secret",
 			vault:   "vault {\n  address = \"https://v\"\n  approle {\n    role_id = \"\"\n    secret_id_file = \"missing\"\n  }\n}",
-			wantErr: []string{`broker.hcl:4: vault: approle: role_id cannot be empty`, `broker.hcl:4: vault: unable to read approle: secret_id_file missing: open `},
+			wantErr: []string{`broker.hcl:7:15: vault: approle: role_id cannot be empty`, `broker.hcl:8:22: vault: approle: unable to read secret_id_file missing: open `},
 		},
 	}
 	for _, tc := range tests {

@@ -1,0 +1,265 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/hex"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/keybroker/keybroker/broker/verify"
+)
+
+// build applies defaults, validates and resolves fc into the parsed form,
+// recording every problem in p at the range at locates. base is the
+// directory relative paths start from. An attribute HCL already refused
+// (missing or of the wrong type) is not reported again. The Config is
+// meaningful only when p stays empty.
+func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
+	abs := func(path string) string {
+		if path == "" || filepath.IsAbs(path) {
+			return path
+		}
+		return filepath.Join(base, path)
+	}
+	c := &Config{
+		Listen:             fc.Listen,
+		DataDir:            abs(fc.DataDir),
+		ServerNames:        fc.ServerNames,
+		ChallengeTTL:       DefaultChallengeTTL,
+		AllowSHA1:          fc.AllowSHA1,
+		PolicyPollInterval: DefaultPolicyPollInterval,
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		p.at(at.attr("listen"), "listen %q is not a host:port address such as %q", fc.Listen, DefaultListen)
+	}
+	if len(c.ServerNames) == 0 {
+		c.ServerNames = []string{"localhost", "127.0.0.1"}
+	}
+	c.PCRBanks = parseBanks(fc.PCRBanks, fc.AllowSHA1, at, p)
+	if d, ok := parseDuration(fc.ChallengeTTL, "challenge_ttl", at, p); ok {
+		if d <= 0 || d > MaxChallengeTTL {
+			p.at(at.attr("challenge_ttl"), "challenge_ttl must be between 1s and %s", MaxChallengeTTL)
+		} else {
+			c.ChallengeTTL = d
+		}
+	}
+	if d, ok := parseDuration(fc.PolicyPollInterval, "policy_poll_interval", at, p); ok {
+		switch {
+		case d < 0:
+			p.at(at.attr("policy_poll_interval"), "policy_poll_interval cannot be negative")
+		case d > 0 && d < MinPolicyPollInterval:
+			p.at(at.attr("policy_poll_interval"), "policy_poll_interval must be 0 (disabled) or at least %s", MinPolicyPollInterval)
+		default:
+			c.PolicyPollInterval = d
+		}
+	}
+	if at.has("data_dir") && fc.DataDir == "" {
+		p.at(at.attr("data_dir"), "data_dir cannot be empty")
+	}
+	if at.has("policies") && fc.Policies != nil && len(fc.Policies) == 0 {
+		p.at(at.attr("policies"), "policies cannot be empty: with no policy every node is refused")
+	}
+	for i, path := range fc.Policies {
+		if path == "" {
+			p.at(at.entry("policies", i), "policies[%d] cannot be empty", i)
+			continue
+		}
+		c.PolicyPaths = append(c.PolicyPaths, abs(path))
+	}
+	c.Trust.EKHashes = parseEKAllow(fc.EKAllow, at, p)
+	c.Trust.CAs = fc.buildEKCAs(abs, at, p)
+	c.Trust.AllowSHA1 = c.AllowSHA1
+	switch {
+	case !at.has("ek_allow") && len(at.blocks("ek_ca")) == 0:
+		p.at(at.def, "no EK is trusted: set ek_allow or an ek_ca block")
+	case at.has("ek_allow") && fc.EKAllow != nil && len(fc.EKAllow) == 0 && len(at.blocks("ek_ca")) == 0:
+		p.at(at.attr("ek_allow"), "no EK is trusted: ek_allow is empty and there is no ek_ca block")
+	}
+	if fc.SPIFFE != nil {
+		c.TrustDomain = fc.SPIFFE.build(at.block("spiffe", 0), p)
+	}
+	if fc.Vault != nil {
+		c.Vault = fc.Vault.build(abs, at.block("vault", 0), p)
+	}
+	return c
+}
+
+// parseDuration parses an optional duration attribute; ok is false when it
+// is absent or not a duration (then recorded in p).
+func parseDuration(s, name string, at spot, p *problems) (time.Duration, bool) {
+	if s == "" {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		p.at(at.attr(name), "%s %q is not a duration such as \"60s\"", name, s)
+		return 0, false
+	}
+	return d, true
+}
+
+// parseBanks reads pcr_banks as verify.ParseBanks does, each problem at its
+// entry. nil (absent) stays nil: every bank counts.
+func parseBanks(names []string, allowSHA1 bool, at spot, p *problems) []tpm2.TPMAlgID {
+	if names == nil {
+		return nil
+	}
+	if len(names) == 0 {
+		p.at(at.attr("pcr_banks"), "pcr_banks cannot be empty; leave it out to count every bank")
+		return nil
+	}
+	var out []tpm2.TPMAlgID
+	for i, n := range names {
+		id, ok := verify.ParseBank(n)
+		switch {
+		case !ok:
+			p.at(at.entry("pcr_banks", i), "pcr_banks: %q is not sha1, sha256, sha384 or sha512", n)
+		case id == tpm2.TPMAlgSHA1 && !allowSHA1:
+			p.at(at.entry("pcr_banks", i), "pcr_banks: sha1 needs allow_sha1")
+		case slices.Contains(out, id):
+			p.at(at.entry("pcr_banks", i), "pcr_banks: %q is listed twice", n)
+		default:
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// parseEKAllow checks that each ek_allow entry is an EK hash.
+func parseEKAllow(hashes []string, at spot, p *problems) []string {
+	var out []string
+	for i, h := range hashes {
+		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 || hex.EncodeToString(b) != h {
+			p.at(at.entry("ek_allow", i), "ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
+			continue
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// buildEKCAs loads the certificates of every ek_ca block.
+func (fc *FileConfig) buildEKCAs(abs func(string) string, at spot, p *problems) []verify.CA {
+	var out []verify.CA
+	seen := map[string]bool{}
+	for i, ca := range fc.EKCAs {
+		in := at.block("ek_ca", i)
+		if seen[ca.Name] {
+			p.at(in.label, "ek_ca %q is defined twice", ca.Name)
+			continue
+		}
+		seen[ca.Name] = true
+		if ca.Name == "" {
+			p.at(in.label, "ek_ca name cannot be empty")
+		}
+		n := len(p.diags)
+		roots := loadPool(ca.Roots, abs, func(j int, err error) {
+			p.at(in.entry("roots", j), "ek_ca %q roots: %v", ca.Name, err)
+		})
+		inter := loadPool(ca.Intermediates, abs, func(j int, err error) {
+			p.at(in.entry("intermediates", j), "ek_ca %q intermediates: %v", ca.Name, err)
+		})
+		if len(p.diags) == n {
+			out = append(out, verify.CA{Name: ca.Name, Roots: roots, Intermediates: inter})
+		}
+	}
+	return out
+}
+
+// build checks the spiffe block's trust domain.
+func (sf *SPIFFEFile) build(at spot, p *problems) spiffeid.TrustDomain {
+	td, err := spiffeid.TrustDomainFromString(sf.TrustDomain)
+	rng := at.attr("trust_domain")
+	switch {
+	case !at.has("trust_domain"):
+		// HCL reported it missing.
+	case sf.TrustDomain == "":
+		p.at(rng, "spiffe: trust_domain cannot be empty")
+	case err != nil:
+		p.at(rng, "spiffe: trust_domain %q is not a trust domain: %v", sf.TrustDomain, err)
+	case td.Name() != sf.TrustDomain:
+		p.at(rng, "spiffe: trust_domain must be a name such as %q, not %q", td.Name(), sf.TrustDomain)
+	default:
+		return td
+	}
+	return spiffeid.TrustDomain{}
+}
+
+// build validates the vault block, each problem at the attribute or block
+// it is about; abs resolves relative paths.
+func (vf *VaultFile) build(abs func(string) string, at spot, p *problems) *VaultConfig {
+	vc := &VaultConfig{Address: vf.Address, CACert: abs(vf.CACert), TokenFile: abs(vf.TokenFile), Namespace: vf.Namespace}
+	u, err := url.Parse(vf.Address)
+	rng := at.attr("address")
+	switch {
+	case !at.has("address"):
+		// HCL reported it missing.
+	case vf.Address == "":
+		p.at(rng, "vault: address cannot be empty")
+	case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || (u.Path != "" && u.Path != "/"):
+		p.at(rng, "vault: address %q is not a URL such as \"https://vault.example.com:8200\"", vf.Address)
+	case u.Scheme != "https":
+		p.at(rng, "vault: address %q must use https: the broker sends its token and receives secrets", vf.Address)
+	}
+	if vf.CACert != "" {
+		rng := at.attr("ca_cert")
+		if data, err := os.ReadFile(vc.CACert); err != nil {
+			p.at(rng, "vault: unable to read ca_cert %s: %v", vf.CACert, err)
+		} else if !bytes.Contains(data, []byte("-----BEGIN ")) {
+			p.at(rng, "vault: ca_cert %s: holds no PEM certificate", vf.CACert)
+		} else if _, err := parseCerts(data); err != nil {
+			p.at(rng, "vault: ca_cert %s: %v", vf.CACert, err)
+		}
+	}
+	switch {
+	case vf.TokenFile == "" && vf.AppRole == nil:
+		p.at(at.def, "vault: set token_file or an approle block")
+	case vf.TokenFile != "" && vf.AppRole != nil:
+		p.at(at.attr("token_file"), "vault: set token_file or an approle block, not both")
+	case vf.TokenFile != "":
+		readable(p, at.attr("token_file"), "vault: ", "token_file", vc.TokenFile, vf.TokenFile)
+	default:
+		vf.AppRole.build(vc, abs, at.block("approle", 0), p)
+	}
+	return vc
+}
+
+// build validates the approle block into vc.
+func (ar *AppRoleFile) build(vc *VaultConfig, abs func(string) string, at spot, p *problems) {
+	vc.RoleID, vc.SecretIDFile, vc.AppRoleMount = ar.RoleID, abs(ar.SecretIDFile), ar.Mount
+	if vc.AppRoleMount == "" {
+		vc.AppRoleMount = "approle"
+	}
+	if at.has("role_id") && ar.RoleID == "" {
+		p.at(at.attr("role_id"), "vault: approle: role_id cannot be empty")
+	}
+	switch {
+	case !at.has("secret_id_file"):
+		// HCL reported it missing.
+	case ar.SecretIDFile == "":
+		p.at(at.attr("secret_id_file"), "vault: approle: secret_id_file cannot be empty")
+	default:
+		readable(p, at.attr("secret_id_file"), "vault: approle: ", "secret_id_file", vc.SecretIDFile, ar.SecretIDFile)
+	}
+}
+
+// readable records a problem at rng unless the file at path can be read and
+// holds more than white space; prefix, what and shown name it.
+func readable(p *problems, rng hcl.Range, prefix, what, path, shown string) {
+	if b, err := os.ReadFile(path); err != nil {
+		p.at(rng, "%sunable to read %s %s: %v", prefix, what, shown, err)
+	} else if len(bytes.TrimSpace(b)) == 0 {
+		p.at(rng, "%s%s %s is empty", prefix, what, shown)
+	}
+}
