@@ -19,7 +19,7 @@ func TestHelpOnce(t *testing.T) {
 		"receipts":      "keybroker receipts [command]",
 		"receipts list": "keybroker receipts list (--config broker.hcl | --data-dir DIR) [flags]",
 		"policy":        "keybroker policy [command]",
-		"policy check":  "keybroker policy check [--facts] FILE|DIR... [flags]",
+		"policy check":  "keybroker policy check [--facts] [--config broker.hcl] FILE|DIR... [flags]",
 		"policy eval":   "keybroker policy eval --config broker.hcl --policy FILE|DIR...",
 		"evidence":      "keybroker evidence [command]",
 		"evidence show": "keybroker evidence show (--config broker.hcl | --data-dir DIR) --node EKHASH [flags]",

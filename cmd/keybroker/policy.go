@@ -23,6 +23,12 @@ const policyCheckLong = `Loads the policy files (a directory: its *.hcl files) a
 prints each policy with "ok", or every problem as file:line:column: message
 and exits 1. Policy and release names must be unique across all of them.
 
+With --config, also checks the policies against that broker configuration,
+as the broker does at start and at reload: ek_cas names without an ek_ca
+block, EKs the broker cannot trust, labels no node block has, x509_svid
+releases and workload entries without a spiffe block, Vault releases without
+a vault block. Without FILE|DIR, it checks the configuration's own policies.
+
 With --facts, first lists the facts require expressions can use, with their
 CEL types; FILE|DIR may then be omitted.`
 
@@ -43,40 +49,70 @@ Exits 0 when every node was evaluated, allowed or denied (it is a report), 1
 if the configuration or the policies do not load, a record cannot be read or
 evidence no longer verifies, and 2 on usage errors.`
 
+type checkOpts struct {
+	facts      bool
+	configPath string
+	paths      []string
+}
+
 func policyCheckCmd() *cobra.Command {
-	var facts bool
+	var o checkOpts
 	cmd := &cobra.Command{
-		Use:   "check [--facts] FILE|DIR...",
+		Use:   "check [--facts] [--config broker.hcl] FILE|DIR...",
 		Short: "Validate policies; list the facts they can use",
 		Long:  policyCheckLong,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !facts && len(args) == 0 {
+			if !o.facts && o.configPath == "" && len(args) == 0 {
 				return cli.Usagef("no policy file or directory given")
 			}
-			return cli.Code(policyCheck(facts, args, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+			o.paths = args
+			return cli.Code(policyCheck(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
-	cmd.Flags().BoolVar(&facts, "facts", false, "list the facts require expressions can use")
+	cmd.Flags().BoolVar(&o.facts, "facts", false, "list the facts require expressions can use")
+	cmd.Flags().StringVar(&o.configPath, "config", "", "broker configuration file to check the policies against (default policies: its own)")
 	return cmd
 }
 
-func policyCheck(facts bool, paths []string, stdout, stderr io.Writer) int {
-	if facts {
+func policyCheck(o checkOpts, stdout, stderr io.Writer) int {
+	if o.facts {
 		printFacts(stdout)
-		if len(paths) == 0 {
+		if len(o.paths) == 0 && o.configPath == "" {
 			return 0
 		}
 		fmt.Fprintln(stdout)
+	}
+	var cfg *broker.Config
+	paths := o.paths
+	if o.configPath != "" {
+		var err error
+		if cfg, err = broker.LoadConfig(o.configPath); err != nil {
+			fmt.Fprintf(stderr, "policy check: invalid configuration:\n%v\n", err)
+			return 1
+		}
+		if len(paths) == 0 {
+			paths = cfg.PolicyPaths
+		}
 	}
 	set, err := policies.Load(paths...)
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
+	if cfg != nil {
+		if err := cfg.CheckPolicies(set); err != nil {
+			fmt.Fprintf(stderr, "%v\n", err)
+			return 1
+		}
+	}
 	for _, name := range set.Names() {
 		fmt.Fprintf(stdout, "policy %q: ok\n", name)
 	}
-	fmt.Fprintf(stdout, "%d policies ok, policy hash %s\n", len(set.Names()), set.Hash())
+	fmt.Fprintf(stdout, "%d policies ok, policy hash %s", len(set.Names()), set.Hash())
+	if cfg != nil {
+		fmt.Fprintf(stdout, ", checked against %s", o.configPath)
+	}
+	fmt.Fprintln(stdout)
 	return 0
 }
 

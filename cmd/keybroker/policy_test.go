@@ -55,7 +55,7 @@ func TestPolicyCheck(t *testing.T) {
 		{
 			name:       "help",
 			args:       []string{"policy", "check", "--help"},
-			wantStdout: []string{"keybroker policy check [--facts] FILE|DIR... [flags]", "--facts"},
+			wantStdout: []string{"keybroker policy check [--facts] [--config broker.hcl] FILE|DIR... [flags]", "--facts"},
 		},
 		{
 			name:       "no file",
