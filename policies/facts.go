@@ -41,10 +41,14 @@ var factDocs = []FactDoc{
 	{"eventlog.dbx", "list(string)", "Secure Boot dbx entries, likewise"},
 	{"eventlog.authorities", "list(string)", "the db entries that verified boot applications"},
 	{"eventlog.boot_apps", "list(string)", "digests of the EFI applications loaded (shim, GRUB, kernel), in order"},
+	{"eventlog.boot_loader", "string", `"grub" (GRUB logged its commands), "systemd-boot" (a hint from the logged file paths or a PCR 12 event) or "unknown"`},
 	{"eventlog.grub_commands", "list(string)", "commands GRUB ran"},
 	{"eventlog.kernel_cmdline", "string", "the kernel path and command line GRUB booted"},
 	{"eventlog.firmware_version", "string", "the S-CRTM version"},
 	{"eventlog.separators", "list(int)", "PCRs holding a separator event"},
+	{"eventlog.events", "list(map)", "the measured events, in order: {pcr: int, type: int, digest: hex in eventlog.bank}"},
+	{"eventlog.bank", "string", "the bank the facts were read from: sha256 when quoted and logged"},
+	{"eventlog.problems", "list(string)", "the parts of the log that could not be interpreted (their facts are empty); empty when all was read"},
 	{"node.labels", "map(string, string)", "the labels a node block of the policy documents gives this EK; empty if none"},
 }
 
@@ -95,6 +99,10 @@ func FactDocs() []FactDoc {
 //	eventlog.kernel_cmdline   string, the kernel path and command line GRUB booted
 //	eventlog.firmware_version string, the S-CRTM version
 //	eventlog.separators       list(int), PCRs holding a separator event
+//	eventlog.boot_loader      string, "grub", "systemd-boot" or "unknown"
+//	eventlog.events           list(map), the measured events: {pcr, type, digest}
+//	eventlog.bank             string, the bank the facts were read from
+//	eventlog.problems         list(string), what could not be interpreted
 //
 // Without an event log, eventlog.present is false and every other eventlog
 // fact is empty (false, "", []).
@@ -192,6 +200,14 @@ func eventLogFacts(f *verify.EventLogFacts) map[string]any {
 	for _, p := range f.Separators {
 		separators = append(separators, int64(p))
 	}
+	events := make([]map[string]any, 0, len(f.Events))
+	for _, e := range f.Events {
+		events = append(events, map[string]any{"pcr": int64(e.PCR), "type": int64(e.Type), "digest": e.Digest})
+	}
+	bank, loader := "", f.BootLoader
+	if f.Bank != 0 {
+		bank = verify.BankName(f.Bank)
+	}
 	return map[string]any{
 		"present":          f.Bank != 0,
 		"secure_boot":      f.SecureBoot,
@@ -205,6 +221,10 @@ func eventLogFacts(f *verify.EventLogFacts) map[string]any {
 		"kernel_cmdline":   f.KernelCmdline,
 		"firmware_version": f.FirmwareVersion,
 		"separators":       separators,
+		"boot_loader":      loader,
+		"events":           events,
+		"bank":             bank,
+		"problems":         list(f.Problems),
 	}
 }
 
@@ -231,7 +251,7 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 		cel.VariableWithDoc("node", cel.MapType(cel.StringType, cel.DynType),
 			"what the policy documents say about the node: labels"),
 		cel.VariableWithDoc("eventlog", cel.MapType(cel.StringType, cel.DynType),
-			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, grub_commands, kernel_cmdline, firmware_version, separators"),
+			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, boot_loader, grub_commands, kernel_cmdline, firmware_version, separators, events, bank, problems"),
 	)
 })
 

@@ -1,20 +1,14 @@
 package verify
 
 import (
-	"bytes"
-	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/google/go-eventlog/extract"
-	elpb "github.com/google/go-eventlog/proto/state"
-	"github.com/google/go-eventlog/register"
-	"github.com/google/go-eventlog/tcg"
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/verify/tcglog"
 )
 
 // firmwarePCRs are the PCRs the firmware and boot loader measure into and
@@ -22,13 +16,26 @@ import (
 // above, such as IMA's 10, are extended by parties that keep their own logs.)
 const firmwarePCRs = 10
 
+// Boot loaders EventLogFacts.BootLoader names.
+const (
+	BootLoaderGRUB        = "grub"
+	BootLoaderSystemdBoot = "systemd-boot"
+	BootLoaderUnknown     = "unknown"
+)
+
 // EventLogFacts are what a verified TCG event log says about the boot. Every
 // digest is lowercase hex; certificates are named by the SHA-256 of their
 // DER encoding, or by go-eventlog's well-known name (e.g.
 // "MS_THIRD_PARTY_UEFI_CA_2011").
+//
+// A log that replays is always accepted: what could not be read from it is
+// left empty and named in Problems, and policies decide. Only the digests
+// are bound to the TPM by the replay; facts read from event data (boot
+// loader, firmware version, commands) come from events whose digest covers
+// that data, except BootLoader, which is a hint (see its comment).
 type EventLogFacts struct {
-	// Bank is the PCR bank the facts were read from (SHA-256 when quoted);
-	// the log replayed in every quoted bank.
+	// Bank is the PCR bank the facts were read from (SHA-256 when quoted
+	// and logged); the log replayed in every quoted bank it carries.
 	Bank tpm2.TPMAlgID
 	// SecureBoot reports whether UEFI Secure Boot was enabled.
 	SecureBoot bool
@@ -38,38 +45,53 @@ type EventLogFacts struct {
 	// BootApps are the digests of the EFI applications loaded before
 	// ExitBootServices (shim, boot loader, kernel), in order.
 	BootApps []string
+	// BootLoader is "grub" when GRUB logged its commands (bound by their
+	// digests), else "systemd-boot" when a boot application's logged file
+	// path or a PCR 12 event says systemd-boot (paths are not covered by a
+	// digest: a hint for operators, not a proof), else "unknown".
+	BootLoader string
 	// GrubCommands are the commands GRUB logged, without the trailing NUL.
 	GrubCommands []string
 	// KernelCmdline is the kernel command line GRUB logged (kernel path
 	// and arguments), without the trailing NUL.
 	KernelCmdline string
-	// FirmwareVersion is the S-CRTM version string, if logged.
+	// FirmwareVersion is the S-CRTM version string (from an EV_S_CRTM_VERSION
+	// event whose digest covers it), if logged.
 	FirmwareVersion string
-	// Separators lists the PCRs that hold an EV_SEPARATOR event.
+	// Separators lists the PCRs that hold a valid EV_SEPARATOR event.
 	Separators []uint32
+	// Events are the log's measured events, in order, with their digests
+	// in Bank: what the replay binds, whatever the log's meaning.
+	Events []LoggedEvent
+	// Problems names each part of the log that could not be interpreted
+	// (its facts are then empty), e.g. "secure_boot: …". Empty when the
+	// whole log was read.
+	Problems []string
+}
+
+// LoggedEvent is one measured event of a verified log.
+type LoggedEvent struct {
+	PCR    uint32
+	Type   uint32
+	Digest string // lowercase hex, in EventLogFacts.Bank
 }
 
 // WithEventLog checks a TCG PC Client event log against the verified quotes
 // and returns a Verified that also carries the facts derived from it. The
-// log must replay to the quoted value of every PCR it has events for, in
-// every quoted bank; it may not have events for PCRs that were not quoted;
-// and every quoted firmware PCR (0-9) that is not zero must have events. An
-// empty log returns v unchanged: a node without an event log has no
-// event-log facts, and policies that need them fail.
+// log must carry the digests of at least one quoted bank and replay to the
+// quoted value of every PCR it has events for, in every quoted bank it
+// carries; it may not have events for PCRs that were not quoted; and every
+// quoted firmware PCR (0-9) that is not zero must have events. A log that
+// passes is accepted whatever its boot loader: what cannot be interpreted is
+// listed in the facts' Problems. An empty log returns v unchanged: a node
+// without an event log has no event-log facts, and policies that need them
+// fail.
 func (v *Verified) WithEventLog(raw []byte) (out *Verified, err error) {
 	// v was verified: whatever is wrong with the log, the node's TPM
-	// answered this challenge (FromTPM). Deferred first, so it runs last.
+	// answered this challenge (FromTPM).
 	defer func() {
 		if err != nil {
 			err = fromTPM(err)
-		}
-	}()
-	// go-eventlog panics on some inputs (for instance an event type it
-	// cannot name, which no digest covers): a node's log must never bring
-	// the broker down.
-	defer func() {
-		if r := recover(); r != nil {
-			out, err = nil, fail(CheckEventLog, "event log cannot be interpreted", fmt.Errorf("go-eventlog: %v", r))
 		}
 	}()
 	if len(raw) == 0 {
@@ -78,139 +100,104 @@ func (v *Verified) WithEventLog(raw []byte) (out *Verified, err error) {
 	if len(raw) > MaxEventLogSize {
 		return nil, fail(CheckInput, "event_log is too large", nil)
 	}
-	el, err := tcg.ParseEventLog(raw, tcg.ParseOpts{})
+	log, err := tcglog.Parse(raw)
 	if err != nil {
 		return nil, fail(CheckEventLog, "event log cannot be parsed", err)
 	}
-	logged := map[uint32]bool{}
-	for _, e := range el.Events(register.HashSHA256) {
-		logged[uint32(e.Index)] = true
-	}
-	var factsBank tpm2.TPMAlgID
-	var factsEvents []tcg.Event
-	for _, bank := range v.Banks() {
-		name := BankName(bank)
-		hash, ok := eventLogHash(bank)
-		if !ok {
-			return nil, fail(CheckEventLog, fmt.Sprintf("the event log cannot be checked against the %s bank", name), nil)
-		}
-		pcrs := v.pcrs[bank]
-		for idx := range logged {
-			if _, quoted := pcrs[idx]; !quoted {
-				return nil, fail(CheckEventLog, fmt.Sprintf("event log has events for %s PCR %d, which was not quoted", name, idx), nil)
-			}
-		}
-		zero := make([]byte, hash.Size())
-		var mrs []register.MR
-		for idx, val := range pcrs {
-			if idx < firmwarePCRs && !logged[idx] && !bytes.Equal(val, zero) {
-				return nil, fail(CheckEventLog, fmt.Sprintf("%s PCR %d was extended but the event log has no events for it", name, idx), nil)
-			}
-			mrs = append(mrs, register.PCR{Index: int(idx), Digest: val, DigestAlg: hash})
-		}
-		events, err := el.Verify(mrs)
-		if err != nil {
-			var re tcg.ReplayError
-			if errors.As(err, &re) {
-				slices.Sort(re.InvalidMRs)
-				return nil, fail(CheckEventLog, fmt.Sprintf("event log does not replay to the quoted %s PCRs %v", name, re.InvalidMRs), nil)
-			}
-			return nil, fail(CheckEventLog, fmt.Sprintf("event log does not replay to the quoted %s PCRs", name), err)
-		}
-		if factsEvents == nil || bank == tpm2.TPMAlgSHA256 {
-			factsBank, factsEvents = bank, events
-		}
-	}
-	facts, err := eventLogFacts(factsBank, factsEvents)
+	bank, err := v.replay(log)
 	if err != nil {
 		return nil, err
 	}
+	facts := interpretEventLog(raw, log, bank, v.pcrs[bank])
 	withLog := *v
 	withLog.eventLog = facts
 	return &withLog, nil
 }
 
-// eventLogHash maps a bank to the hash go-eventlog replays it with.
-// go-eventlog cannot replay SHA-512 banks.
-func eventLogHash(bank tpm2.TPMAlgID) (crypto.Hash, bool) {
-	switch bank {
-	case tpm2.TPMAlgSHA1:
-		return crypto.SHA1, true
-	case tpm2.TPMAlgSHA256:
-		return crypto.SHA256, true
-	case tpm2.TPMAlgSHA384:
-		return crypto.SHA384, true
-	}
-	return 0, false
-}
-
-func eventLogFacts(bank tpm2.TPMAlgID, events []tcg.Event) (*EventLogFacts, error) {
-	hash, _ := eventLogHash(bank)
-	st, err := extract.FirmwareLogState(events, hash, extract.TPMRegisterConfig, extract.Opts{Loader: extract.GRUB})
-	if err != nil {
-		return nil, fail(CheckEventLog, "event log replayed but its boot events are malformed", err)
-	}
-	f := &EventLogFacts{Bank: bank}
-	if sb := st.GetSecureBoot(); sb != nil {
-		f.SecureBoot = sb.GetEnabled()
-		f.PK, f.KEK = dbNames(sb.GetPk()), dbNames(sb.GetKek())
-		f.DB, f.DBX = dbNames(sb.GetDb()), dbNames(sb.GetDbx())
-		f.Authorities = dbNames(sb.GetAuthority())
-	}
-	for _, app := range st.GetEfi().GetApps() {
-		f.BootApps = append(f.BootApps, hex.EncodeToString(app.GetDigest()))
-	}
-	for _, c := range st.GetGrub().GetCommands() {
-		f.GrubCommands = append(f.GrubCommands, strings.TrimRight(c, "\x00"))
-	}
-	f.KernelCmdline = strings.TrimRight(st.GetLinuxKernel().GetCommandLine(), "\x00")
-	f.FirmwareVersion = ucs2String(st.GetPlatform().GetScrtmVersionId())
-	seen := map[uint32]bool{}
-	for _, e := range events {
-		if e.UntrustedType() == tcg.Separator && !seen[e.MRIndex()] {
-			seen[e.MRIndex()] = true
-			f.Separators = append(f.Separators, e.MRIndex())
+// replay checks log against every quoted bank it carries and returns the
+// bank to read facts from: SHA-256 if possible, else the strongest.
+func (v *Verified) replay(log *tcglog.Log) (tpm2.TPMAlgID, error) {
+	logged := map[uint32]bool{}
+	for _, e := range log.Events {
+		if e.Measured() {
+			logged[e.PCR] = true
 		}
 	}
-	slices.Sort(f.Separators)
-	return f, nil
-}
-
-// dbNames names each certificate and hash of a Secure Boot database.
-func dbNames(db *elpb.Database) []string {
-	var out []string
-	for _, c := range db.GetCerts() {
-		if wk := c.GetWellKnown(); wk != elpb.WellKnownCertificate_UNKNOWN {
-			out = append(out, wk.String())
+	var checked []tpm2.TPMAlgID
+	for _, bank := range v.Banks() {
+		if !log.HasAlg(bank) {
 			continue
 		}
-		sum := sha256.Sum256(c.GetDer())
-		out = append(out, hex.EncodeToString(sum[:]))
+		if err := checkReplay(log, bank, v.pcrs[bank], logged); err != nil {
+			return 0, err
+		}
+		checked = append(checked, bank)
 	}
-	for _, h := range db.GetHashes() {
-		out = append(out, hex.EncodeToString(h))
+	if len(checked) == 0 {
+		var have, quoted []string
+		for _, a := range log.Algs {
+			have = append(have, BankName(a))
+		}
+		for _, b := range v.Banks() {
+			quoted = append(quoted, BankName(b))
+		}
+		msg := fmt.Sprintf("the event log carries %s digests only, and no quoted bank (%s) is among them",
+			strings.Join(have, ", "), strings.Join(quoted, ", "))
+		if slices.Equal(log.Algs, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1}) {
+			msg += "; a SHA-1 log is checked only where allow_sha1 is set and the sha1 bank is quoted"
+		}
+		return 0, fail(CheckEventLog, msg, nil)
 	}
-	return out
+	for _, pref := range []tpm2.TPMAlgID{tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512, tpm2.TPMAlgSHA1} {
+		if slices.Contains(checked, pref) {
+			return pref, nil
+		}
+	}
+	return checked[0], nil
 }
 
-// ucs2String decodes a little-endian UCS-2 string up to its NUL; other bytes
-// are returned as hex.
-func ucs2String(b []byte) string {
-	if len(b) == 0 {
-		return ""
+// checkReplay replays log in bank and compares with the quoted values.
+func checkReplay(log *tcglog.Log, bank tpm2.TPMAlgID, quoted map[uint32][]byte, logged map[uint32]bool) error {
+	name := BankName(bank)
+	replayed, err := log.Replay(bank)
+	if err != nil {
+		return fail(CheckEventLog, fmt.Sprintf("the event log cannot be checked against the %s bank", name), err)
 	}
-	if len(b)%2 != 0 {
-		return hex.EncodeToString(b)
+	var pcrs []uint32
+	for idx := range logged {
+		pcrs = append(pcrs, idx)
 	}
-	var sb strings.Builder
-	for i := 0; i+1 < len(b); i += 2 {
-		r := rune(b[i]) | rune(b[i+1])<<8
-		if r == 0 {
-			break
+	slices.Sort(pcrs)
+	for _, idx := range pcrs {
+		if _, ok := quoted[idx]; !ok {
+			return fail(CheckEventLog, fmt.Sprintf("event log has events for %s PCR %d, which was not quoted", name, idx), nil)
 		}
-		sb.WriteRune(r)
 	}
-	return sb.String()
+	for idx := uint32(0); idx < firmwarePCRs; idx++ {
+		val, ok := quoted[idx]
+		if ok && !logged[idx] && !isZero(val) {
+			return fail(CheckEventLog, fmt.Sprintf("%s PCR %d was extended but the event log has no events for it", name, idx), nil)
+		}
+	}
+	var bad []uint32
+	for _, idx := range pcrs {
+		if subtle.ConstantTimeCompare(replayed[idx], quoted[idx]) != 1 {
+			bad = append(bad, idx)
+		}
+	}
+	if len(bad) > 0 {
+		return fail(CheckEventLog, fmt.Sprintf("event log does not replay to the quoted %s PCRs %v", name, bad), nil)
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // EventLog returns the facts of the verified event log, or nil if the node
@@ -220,9 +207,10 @@ func (v *Verified) EventLog() *EventLogFacts {
 		return nil
 	}
 	f := *v.eventLog
-	for _, s := range []*[]string{&f.PK, &f.KEK, &f.DB, &f.DBX, &f.Authorities, &f.BootApps, &f.GrubCommands} {
+	for _, s := range []*[]string{&f.PK, &f.KEK, &f.DB, &f.DBX, &f.Authorities, &f.BootApps, &f.GrubCommands, &f.Problems} {
 		*s = slices.Clone(*s)
 	}
 	f.Separators = slices.Clone(f.Separators)
+	f.Events = slices.Clone(f.Events)
 	return &f
 }
