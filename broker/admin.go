@@ -24,7 +24,9 @@ const AdminSocket = "admin.sock"
 //
 //	GET /v1/receipts?limit=N&ek=HASH   receipts, newest first
 //	GET /v1/nodes?limit=N&after=HASH   node records (with their last evidence), by EK hash
-//	GET /v1/nodes/{ekhash}             one node record; 404 if unknown
+//	GET /v1/nodes/{ekhash}             one node record, by its EK hash or a unique
+//	                                   prefix of at least MinEKHashPrefix hex digits;
+//	                                   400 if malformed, 404 if unknown, 409 if ambiguous
 func serveAdmin(path string, st store.Store) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -61,10 +63,16 @@ func serveAdmin(path string, st store.Store) (*http.Server, error) {
 		writeJSON(w, ns)
 	})
 	mux.HandleFunc("GET /v1/nodes/{ekhash}", func(w http.ResponseWriter, r *http.Request) {
-		n, err := st.GetNode(r.Context(), r.PathValue("ekhash"))
+		n, err := findNode(r.Context(), st, r.PathValue("ekhash"))
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			http.Error(w, "no record of this node", http.StatusNotFound)
+			return
+		case errors.Is(err, ErrInvalidEKHash):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case errors.Is(err, ErrAmbiguousEKHash):
+			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		case err != nil:
 			http.Error(w, "unable to get the node record", http.StatusInternalServerError)
@@ -108,15 +116,19 @@ func ListNodes(ctx context.Context, dataDir string, opts store.ListNodesOpts) ([
 	return ns, err
 }
 
-// GetNode returns the record of the node whose EK hash is ekHash, as
-// ListNodes does; the error wraps store.ErrNotFound if there is none.
+// GetNode returns the record of the node whose EK hash is ekHash, or starts
+// with ekHash (at least MinEKHashPrefix hex digits, either case), as
+// ListNodes does. The error wraps ErrInvalidEKHash for anything else,
+// ErrAmbiguousEKHash for a prefix of several nodes' hashes, and
+// store.ErrNotFound if no node matches.
 func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, error) {
 	var n store.NodeRecord
-	if ekHash == "" {
-		return n, fmt.Errorf("unable to get node record: %w", store.ErrNotFound)
+	ref, err := parseEKHashRef(ekHash)
+	if err != nil {
+		return n, err
 	}
-	err := query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ekHash), &n, func(st store.Store) (err error) {
-		n, err = st.GetNode(ctx, ekHash)
+	err = query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ref), &n, func(st store.Store) (err error) {
+		n, err = findNode(ctx, st, ref)
 		return err
 	})
 	return n, err
@@ -158,6 +170,10 @@ func queryViaSocket(ctx context.Context, sock, path string, out any) error {
 	case http.StatusOK:
 	case http.StatusNotFound:
 		return fmt.Errorf("the running broker answered %s: %w", resp.Status, store.ErrNotFound)
+	case http.StatusBadRequest:
+		return &answerError{msg: readAnswer(resp), is: ErrInvalidEKHash}
+	case http.StatusConflict:
+		return &answerError{msg: readAnswer(resp), is: ErrAmbiguousEKHash}
 	default:
 		return fmt.Errorf("the running broker answered %s", resp.Status)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/keybroker/keybroker/agent"
@@ -81,11 +82,18 @@ func TestAdminNodes(t *testing.T) {
 		if string(one) != string(listed) {
 			t.Errorf("GetNode %s differs from ListNodes", how)
 		}
-		if _, err := broker.GetNode(ctx, r.DataDir(), "0123"); !errors.Is(err, store.ErrNotFound) {
+		if p, err := broker.GetNode(ctx, r.DataDir(), ekHash[:broker.MinEKHashPrefix]); err != nil || p.EKHash != ekHash {
+			t.Errorf("GetNode %s by the EK hash's first %d digits = %s, %v; want the node", how, broker.MinEKHashPrefix, p.EKHash, err)
+		}
+		unknown := "01234567"
+		if strings.HasPrefix(ekHash, unknown) {
+			unknown = "76543210"
+		}
+		if _, err := broker.GetNode(ctx, r.DataDir(), unknown); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an unknown node: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, store.ErrNotFound) {
-			t.Errorf("GetNode %s of an empty hash: got %v, want ErrNotFound", how, err)
+		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, broker.ErrInvalidEKHash) {
+			t.Errorf("GetNode %s of an empty hash: got %v, want ErrInvalidEKHash", how, err)
 		}
 		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, verify.QuoteOpts{}); err != nil {
 			t.Errorf("Reverify of the evidence read %s: %v", how, err)
