@@ -17,7 +17,10 @@
 //	v, err = v.WithHistory(prevClock)   // TPM counters against the last attestation
 //
 // WithEventLog and WithHistory return a copy carrying more facts; each
-// refuses what does not add up, naming its check. FromTPM tells a refusal
+// refuses what does not add up, naming its check. WithEventLog binds the log
+// by replaying it (package tcglog) and then only interprets it: a log that
+// replays is never refused for what cannot be interpreted, which its facts'
+// Problems name instead. FromTPM tells a refusal
 // of evidence the node's TPM produced for the challenge (a quote carrying
 // the activated secret verified first) from one anyone could cause with a
 // node's public EK; the broker deny-lists a node only for the former.
