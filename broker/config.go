@@ -156,10 +156,11 @@ type Config struct {
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every
-// problem is reported in the returned error, one per line, as
+// problem is reported in the returned error, one per line in file order, as
 // "file:line:column: message": HCL's own (syntax, unknown or missing
-// attributes, wrong types), then the configuration's (values, files), each
-// at the attribute or block it is about.
+// attributes, wrong types) and the configuration's (values, files), each at
+// the attribute, list entry or block it is about. A file that does not
+// parse reports only its syntax errors.
 func LoadConfig(path string) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
