@@ -227,9 +227,11 @@ func (vf *VaultFile) build(abs func(string) string, at spot, p *problems) *Vault
 		p.at(at.def, "vault: set token_file or an approle block")
 	case vf.TokenFile != "" && vf.AppRole != nil:
 		p.at(at.attr("token_file"), "vault: set token_file or an approle block, not both")
-	case vf.TokenFile != "":
+	}
+	if vf.TokenFile != "" {
 		readable(p, at.attr("token_file"), "vault: ", "token_file", vc.TokenFile, vf.TokenFile)
-	default:
+	}
+	if vf.AppRole != nil {
 		vf.AppRole.build(vc, abs, at.block("approle", 0), p)
 	}
 	return vc

@@ -59,7 +59,11 @@ func TestParseConfigVault(t *testing.T) {
 		{
 			name:    "both logins, bad files",
 			vault:   "vault {\n  address = \"https://v\"\n  token_file = \"missing\"\n  approle {\n    role_id = \"r\"\n    secret_id_file = \"empty\"\n  }\n}",
-			wantErr: []string{`broker.hcl:6:16: vault: set token_file or an approle block, not both`},
+			wantErr: []string{
+				`broker.hcl:6:16: vault: set token_file or an approle block, not both`,
+				`broker.hcl:6:16: vault: unable to read token_file missing: open `,
+				`broker.hcl:9:22: vault: approle: secret_id_file empty is empty`,
+			},
 		},
 		{
 			name:    "empty token file",
