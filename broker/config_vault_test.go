@@ -57,8 +57,8 @@ func TestParseConfigVault(t *testing.T) {
 			wantErr: []string{`broker.hcl:5:13: vault: address "v:8200/x" is not a URL such as "https://vault.example.com:8200"`},
 		},
 		{
-			name:    "both logins, bad files",
-			vault:   "vault {\n  address = \"https://v\"\n  token_file = \"missing\"\n  approle {\n    role_id = \"r\"\n    secret_id_file = \"empty\"\n  }\n}",
+			name:  "both logins, bad files",
+			vault: "vault {\n  address = \"https://v\"\n  token_file = \"missing\"\n  approle {\n    role_id = \"r\"\n    secret_id_file = \"empty\"\n  }\n}",
 			wantErr: []string{
 				`broker.hcl:6:16: vault: set token_file or an approle block, not both`,
 				`broker.hcl:6:16: vault: unable to read token_file missing: open `,
