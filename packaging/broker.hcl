@@ -1,0 +1,24 @@
+# /etc/keybroker/broker.hcl: the configuration systemd/keybroker.service and
+# the container image run. Relative paths are relative to this file, so
+# "policies" is /etc/keybroker/policies. Every setting is described in the
+# README ("Running the broker").
+
+listen       = "0.0.0.0:8443"
+# The unit's StateDirectory=keybroker (the container's volume): CA, store,
+# admin socket. Agents pin /var/lib/keybroker/ca/ca.pem.
+data_dir     = "/var/lib/keybroker"
+server_names = ["broker.example.com"]
+policies     = ["policies"]
+
+# EK certificate authorities: put the TPM vendors' EK root certificates
+# (PEM or DER) in /etc/keybroker/ek-roots.
+ek_ca "vendors" {
+  roots = ["ek-roots"]
+}
+
+# Vault as a source of vault_kv and vault_pki releases: under systemd, load
+# the token with the unit's LoadCredential= so only the broker reads it.
+# vault {
+#   address    = "https://vault.example.com:8200"
+#   token_file = "/run/credentials/keybroker.service/vault-token"
+# }
