@@ -18,6 +18,8 @@ FUZZ_TARGETS += ./broker/verify:FuzzEventLog
 FUZZ_TARGETS += ./broker/verify:FuzzNode
 FUZZ_TARGETS += ./broker/verify:FuzzQuoteAttest
 FUZZ_TARGETS += ./broker/verify:FuzzQuoteSignature
+FUZZ_TARGETS += ./broker:FuzzAttest
+FUZZ_TARGETS += ./broker:FuzzLoadConfig
 FUZZ_TARGETS += ./broker/verify/tcglog:FuzzParse
 
 .PHONY: help all build test unit e2e e2e-vault bench fuzz demo lint generate generate-check tidy clean
