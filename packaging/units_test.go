@@ -71,6 +71,7 @@ var hardening = map[string]string{
 	"AmbientCapabilities":     "",
 	"ProtectSystem":           "strict",
 	"ProtectHome":             "yes",
+	"PrivateMounts":           "yes",
 	"PrivateTmp":              "yes",
 	"ProtectHostname":         "yes",
 	"ProtectClock":            "yes",
@@ -97,6 +98,7 @@ var hardening = map[string]string{
 var perUnit = map[string]map[string]string{
 	"keybroker.service": {
 		"DynamicUser":         "yes",
+		"PrivateUsers":        "yes",
 		"StateDirectory":      "keybroker",
 		"StateDirectoryMode":  "0700",
 		"PrivateDevices":      "yes",
@@ -119,6 +121,7 @@ var perUnit = map[string]map[string]string{
 		// The agent reads callers' /proc/PID/stat and exe: another
 		// user's process must stay visible.
 		"ProtectProc":    "-",
+		"PrivateUsers":   "-",
 		"PrivateDevices": "-",
 		"StateDirectory": "-",
 		"ExecReload":     "-",
@@ -130,8 +133,8 @@ func TestUnitHardening(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			u := readUnit(t, filepath.Join("systemd", name))
 			for key, want := range hardening {
-				if got := u.service(t, key); got != want {
-					t.Errorf("%s=%s, want %s=%s", key, got, key, want)
+				if got := u["Service"][key]; !slices.Equal(got, []string{want}) {
+					t.Errorf("%s=%q, want exactly one %s=%s", key, got, key, want)
 				}
 			}
 			filters := u["Service"]["SystemCallFilter"]
@@ -145,8 +148,8 @@ func TestUnitHardening(t *testing.T) {
 					}
 					continue
 				}
-				if got := u.service(t, key); got != want {
-					t.Errorf("%s=%s, want %s=%s", key, got, key, want)
+				if got := u["Service"][key]; !slices.Equal(got, []string{want}) {
+					t.Errorf("%s=%q, want exactly one %s=%s", key, got, key, want)
 				}
 			}
 			if got := u["Install"]["WantedBy"]; !slices.Equal(got, []string{"multi-user.target"}) {
