@@ -8,6 +8,10 @@
 // sealed envelope, only while the PCRs hold the attested values; then it
 // decrypts the JWE. A TPM sealed object holds at most 128 bytes, which is why
 // only the CEK goes through the TPM.
+//
+// SealCredential and OpenCredential carry an envelope as the keybroker API's
+// Credential, whose import blob fields are whole TPM2Bs as TPM2_Import takes
+// them (BlobToProto, BlobFromProto; docs/protocol.md).
 package sealing
 
 import (
