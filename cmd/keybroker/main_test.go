@@ -58,6 +58,7 @@ func TestUsage(t *testing.T) {
 		{"serve without config", []string{"serve"}, 2, "keybroker serve: missing required flag --config\nRun 'keybroker serve --help' for usage.\n"},
 		{"serve with an unknown flag", []string{"serve", "--config", "x.hcl", "--port", "1"}, 2, "keybroker serve: unknown flag: --port\n"},
 		{"serve with a bad config", []string{"serve", "--config", "testdata/bad.hcl"}, 1, `"data_dir" is required`},
+		{"serve with a single-dash flag", []string{"serve", "-config=testdata/bad.hcl"}, 1, `"data_dir" is required`},
 		{"receipts without a store", []string{"receipts", "list"}, 2, "keybroker receipts list: --config or --data-dir is required\n"},
 		{"receipts with a bad limit", []string{"receipts", "list", "--data-dir", "x", "--limit", "many"}, 2, `invalid argument "many" for "--limit" flag`},
 		{"receipts without list", []string{"receipts"}, 2, "keybroker receipts: missing command"},
