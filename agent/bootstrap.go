@@ -225,7 +225,8 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog []
 		return nil, err
 	}
 
-	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog})
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog,
+		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic()})
 	if err != nil {
 		return nil, &StepError{StepAttest, rpcError(err)}
 	}

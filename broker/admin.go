@@ -29,7 +29,7 @@ const AdminSocket = "admin.sock"
 //	GET /v1/nodes/{ekhash}             one node record, by its EK hash or a unique
 //	                                   prefix of at least MinEKHashPrefix hex digits;
 //	                                   400 if malformed, 404 if unknown, 409 if ambiguous
-func serveAdmin(path string, st store.Store) (*http.Server, error) {
+func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another broker is serving %s", path)
@@ -98,7 +98,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 func ListReceipts(ctx context.Context, dataDir string, opts store.ListOpts) ([]store.Receipt, error) {
 	var rs []store.Receipt
 	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}}
-	err := query(ctx, dataDir, "/v1/receipts?"+q.Encode(), &rs, func(st store.Store) (err error) {
+	err := query(ctx, dataDir, "/v1/receipts?"+q.Encode(), &rs, func(st store.Backend) (err error) {
 		rs, err = st.ListReceipts(ctx, opts)
 		return err
 	})
@@ -111,7 +111,7 @@ func ListReceipts(ctx context.Context, dataDir string, opts store.ListOpts) ([]s
 func ListNodes(ctx context.Context, dataDir string, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
 	var ns []store.NodeRecord
 	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "after": {opts.After}}
-	err := query(ctx, dataDir, "/v1/nodes?"+q.Encode(), &ns, func(st store.Store) (err error) {
+	err := query(ctx, dataDir, "/v1/nodes?"+q.Encode(), &ns, func(st store.Backend) (err error) {
 		ns, err = st.ListNodes(ctx, opts)
 		return err
 	})
@@ -129,7 +129,7 @@ func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, err
 	if err != nil {
 		return n, err
 	}
-	err = query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ref), &n, func(st store.Store) (err error) {
+	err = query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ref), &n, func(st store.Backend) (err error) {
 		n, err = findNode(ctx, st, ref)
 		return err
 	})
@@ -139,7 +139,7 @@ func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, err
 // query asks the running broker for path over its admin socket and decodes
 // the answer into out; when no broker runs it opens the store file read-only
 // and calls fromStore instead.
-func query(ctx context.Context, dataDir, path string, out any, fromStore func(store.Store) error) error {
+func query(ctx context.Context, dataDir, path string, out any, fromStore func(store.Backend) error) error {
 	sock := dataDir + string(os.PathSeparator) + AdminSocket
 	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 		c.Close()
@@ -226,7 +226,7 @@ func parseEKHashRef(ref string) (string, error) {
 // starts with it. Keys are EK hashes in order, so the nodes a prefix
 // matches are the first ones after it: two are enough to tell a unique
 // prefix from an ambiguous one.
-func findNode(ctx context.Context, st store.Store, ref string) (store.NodeRecord, error) {
+func findNode(ctx context.Context, st store.Nodes, ref string) (store.NodeRecord, error) {
 	ref, err := parseEKHashRef(ref)
 	if err != nil {
 		return store.NodeRecord{}, err

@@ -3,13 +3,14 @@ package broker
 import (
 	"time"
 
+	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/store"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
 // evidenceOf is what a node presented: its challenge request, as kept with
 // the challenge, and its answer, received at at.
-func evidenceOf(ch store.Challenge, req *pb.AttestRequest, at time.Time) store.Evidence {
+func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) store.Evidence {
 	ev := store.Evidence{
 		Time:            at,
 		ChallengeID:     ch.ID,

@@ -50,7 +50,7 @@ type Running struct {
 	lis      net.Listener
 	grpc     *grpc.Server
 	admin    *http.Server
-	st       store.Store
+	st       store.Backend
 	vault    *vaultsource.Client // nil without a vault block
 	policies *policyReloader
 	once     sync.Once
@@ -59,10 +59,11 @@ type Running struct {
 	tasks    sync.WaitGroup // purge and the policy watcher
 }
 
-// PurgeInterval is how often a running broker drops expired challenges.
+// PurgeInterval is how often a running broker drops the markers of used
+// challenges that have expired.
 const PurgeInterval = time.Minute
 
-// purge drops expired challenges until Stop.
+// purge drops expired used-challenge markers until Stop.
 func (r *Running) purge(log *slog.Logger) {
 	t := time.NewTicker(PurgeInterval)
 	defer t.Stop()
@@ -71,10 +72,10 @@ func (r *Running) purge(log *slog.Logger) {
 		case <-r.stop:
 			return
 		case now := <-t.C:
-			if n, err := r.st.PurgeExpired(context.Background(), now); err != nil {
-				log.Error("unable to purge expired challenges", "error", err)
+			if n, err := r.st.PurgeConsumed(context.Background(), now); err != nil {
+				log.Error("unable to purge used challenges", "error", err)
 			} else if n > 0 {
-				log.Debug("purged expired challenges", "count", n)
+				log.Debug("purged used challenges", "count", n)
 			}
 		}
 	}
@@ -210,7 +211,7 @@ func (r *Running) Addr() string { return r.lis.Addr().String() }
 func (r *Running) Done() <-chan error { return r.done }
 
 // Store returns the broker's store.
-func (r *Running) Store() store.Store { return r.st }
+func (r *Running) Store() store.Backend { return r.st }
 
 // Stop finishes in-flight requests, stops serving and closes the store.
 func (r *Running) Stop() {

@@ -35,7 +35,7 @@ import (
 
 // API input limits beyond those verify enforces.
 const (
-	maxChallengeIDSize = 64
+	maxChallengeIDSize = 256
 	maxPCRValueSize    = 64
 )
 
@@ -45,7 +45,8 @@ type Server struct {
 
 	trust      verify.Trust
 	quoteOpts  verify.QuoteOpts
-	store      store.Store
+	decisions  store.Decisions
+	nodes      store.Nodes
 	challenges *challenge.Issuer
 	policies   atomic.Pointer[policies.Set]
 	ca         *issue.CA
@@ -62,8 +63,11 @@ type ServerOpts struct {
 	// PCRBanks are the banks whose quotes count; empty: all.
 	PCRBanks     []tpm2.TPMAlgID
 	ChallengeTTL time.Duration
-	Store        store.Store
-	CA           *issue.CA
+	// ChallengeKeyRotation is how long a challenge key seals; default
+	// challenge.DefaultKeyRotation.
+	ChallengeKeyRotation time.Duration
+	Store                store.Backend
+	CA                   *issue.CA
 	Policies     *policies.Set
 	// SPIFFE is the trust domain's authority. Nil (the default) refuses
 	// x509_svid releases and workload entries, and the workload SVID and
@@ -97,8 +101,9 @@ func NewServer(opts ServerOpts) (*Server, error) {
 	s := &Server{
 		trust:      opts.Trust,
 		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
-		store:      opts.Store,
-		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, Now: opts.Now}),
+		decisions:  opts.Store,
+		nodes:      opts.Store,
+		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, KeyRotation: opts.ChallengeKeyRotation, Now: opts.Now}),
 		ca:         opts.CA,
 		spiffe:     opts.SPIFFE,
 		vault:      opts.Vault,
@@ -141,45 +146,47 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 }
 
 // Attest implements keybroker.v1.Broker. Whatever the outcome once the
-// challenge is found, expired or not, the challenge is consumed and a
-// receipt written in one durable commit, and nothing is returned before it
-// is durable. Of concurrent answers to one challenge, only the one that
-// consumes it is answered. When the answer verified, TPM counters included
-// (allowed, or denied by policy), the node's record (counters and evidence)
-// is replaced in that same commit; a refusal before policy leaves it as it
-// was.
+// challenge is opened, expired or not, the challenge is used up and a
+// receipt written in one durable transaction (store.Decisions.Record), and
+// nothing is returned before it is durable. Of concurrent answers to one
+// challenge, on any replica, only the one whose decision is recorded first
+// is answered. When the answer verified, TPM counters included (allowed, or
+// denied by policy), the node's record (counters and evidence) is replaced
+// in that same transaction; a refusal before policy leaves it as it was.
 func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestResponse, error) {
 	if err := checkAttestRequest(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
 	}
-	ch, err := s.challenges.Lookup(ctx, req.GetChallengeId())
+	ch, err := s.challenges.Open(ctx, req.GetChallengeId(), challenge.Evidence{
+		EKPublic:        req.GetEkPublic(),
+		EKCertificate:   req.GetEkCertificate(),
+		EKIntermediates: req.GetEkIntermediates(),
+		AKPublic:        req.GetAkPublic(),
+	})
 	switch {
-	case errors.Is(err, challenge.ErrUnknown):
+	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrMismatch):
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
-	case errors.Is(err, challenge.ErrExpired) && ch.ID != "":
-		return nil, s.refuseExpired(ctx, ch)
 	case errors.Is(err, challenge.ErrExpired):
-		return nil, status.Error(codes.DeadlineExceeded, "challenge: "+err.Error())
+		return nil, s.refuseExpired(ctx, ch)
 	case err != nil:
 		s.log.Error("attest failed", "error", err)
-		return nil, status.Error(codes.Internal, "unable to look up the challenge")
+		return nil, status.Error(codes.Unavailable, "unable to open the challenge: the store is unavailable")
 	}
-	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
+	rec := &store.Receipt{Time: s.now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)
-	if refusal != nil {
-		rec.Allowed, rec.Check, rec.DenyListed = false, refusal.check, refusal.deny && rec.EKHash != ""
-		resp = nil
-	}
-	err = s.challenges.Consume(ctx, ch.ID, rec, node)
+	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
-	case errors.Is(err, challenge.ErrUnknown):
-		// A concurrent Attest consumed the challenge and recorded its
-		// decision first; this one has no receipt and releases nothing.
-		s.log.Warn("challenge used by a concurrent attestation; nothing released", "challenge", ch.ID, "ek", rec.EKHash)
-		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
-	case err != nil:
-		s.log.Error("receipt not written; nothing released", "challenge", ch.ID, "error", err)
-		return nil, status.Error(codes.Internal, "unable to record the decision; nothing was released")
+	case refusal != nil:
+		rec.Allowed, rec.Check = false, refusal.check
+		if refusal.deny && rec.EKHash != "" {
+			d.Deny = store.DenyAdd
+		}
+		resp = nil
+	case rec.EKHash != "":
+		d.Deny = store.DenyRemove
+	}
+	if err := s.record(ctx, d); err != nil {
+		return nil, err
 	}
 	if refusal != nil {
 		s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", refusal.check, "failures", rec.Failures,
@@ -191,23 +198,34 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	return resp, nil
 }
 
-// refuseExpired consumes the expired challenge ch with a receipt of the
-// refusal (check "challenge"), naming the node when its EK and AK still
-// verify, and returns the refusal. Nothing of the answer is recorded: it
-// is not verified, and its quotes may carry the activated secret.
-func (s *Server) refuseExpired(ctx context.Context, ch store.Challenge) error {
-	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID, Check: "challenge",
+// record records d, translating the store's failures: a challenge used by
+// a concurrent answer, or a store that cannot take the write. Either way
+// nothing is released.
+func (s *Server) record(ctx context.Context, d *store.Decision) error {
+	err := s.decisions.Record(ctx, d)
+	switch {
+	case errors.Is(err, store.ErrConsumed):
+		s.log.Warn("challenge used by a concurrent attestation; nothing released", "challenge", d.ChallengeID, "ek", d.Receipt.EKHash)
+		return status.Error(codes.PermissionDenied, "challenge: "+challenge.ErrUnknown.Error())
+	case err != nil:
+		s.log.Error("receipt not written; nothing released", "challenge", d.ChallengeID, "error", err)
+		return status.Error(codes.Unavailable, "unable to record the decision (the store is unavailable); nothing was released")
+	}
+	return nil
+}
+
+// refuseExpired records the refusal of the expired challenge ch (check
+// "challenge"), naming the node when its EK and AK still verify, and
+// returns the refusal. Nothing of the answer is recorded: it is not
+// verified, and its quotes may carry the activated secret.
+func (s *Server) refuseExpired(ctx context.Context, ch challenge.Challenge) error {
+	rec := &store.Receipt{Time: s.now().UTC(), ChallengeID: ch.ID, Check: "challenge",
 		Failures: []string{"challenge expired at " + ch.ExpiresAt.UTC().Format(time.RFC3339)}}
 	if node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.trust); err == nil {
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	}
-	switch err := s.challenges.Consume(ctx, ch.ID, rec, nil); {
-	case errors.Is(err, challenge.ErrUnknown):
-		// A concurrent answer consumed it and recorded the refusal.
-		return status.Error(codes.PermissionDenied, "challenge: "+err.Error())
-	case err != nil:
-		s.log.Error("receipt not written; nothing released", "challenge", ch.ID, "error", err)
-		return status.Error(codes.Internal, "unable to record the decision; nothing was released")
+	if err := s.record(ctx, &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec}); err != nil {
+		return err
 	}
 	s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", rec.Check, "failures", rec.Failures)
 	return status.Errorf(codes.DeadlineExceeded, "challenge: %s (receipt %s)", challenge.ErrExpired, rec.ID)
@@ -241,7 +259,7 @@ func denies(r *refusal) *refusal {
 // attest verifies the answer to ch and decides. Once the answer verified
 // (TPM counters included), it returns the node's new record, also when
 // policy then denies, so that the record is written with the receipt.
-func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	ev := evidenceOf(ch, req, rec.Time)
 	node, v, err := evidence.Verify(ev, s.trust, s.quoteOpts)
 	if node != nil {
@@ -258,7 +276,7 @@ func (s *Server) attest(ctx context.Context, ch store.Challenge, req *pb.AttestR
 	rec.QuoteDigest = digest[:]
 
 	var prev *store.NodeRecord
-	switch p, err := s.store.GetNode(ctx, node.EKHash()); {
+	switch p, err := s.nodes.GetNode(ctx, node.EKHash()); {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
 		return nil, nil, &refusal{code: codes.Internal, check: "internal", msg: "internal error", cause: err}

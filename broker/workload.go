@@ -73,7 +73,7 @@ func (s *Server) authenticateNode(ctx context.Context) (*caller, error) {
 		return nil, status.Errorf(codes.PermissionDenied, msgNotSVID, td.Name())
 	}
 	serial := fmt.Sprintf("%x", leaf.SerialNumber)
-	node, err := s.store.NodeBySVIDSerial(ctx, serial)
+	node, err := s.nodes.NodeBySVIDSerial(ctx, serial)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		s.log.Warn("workload svid refused: not a current node svid", "spiffe_id", id.String(), "serial", serial)
@@ -96,7 +96,7 @@ func (s *Server) authenticateNode(ctx context.Context) (*caller, error) {
 		s.log.Warn("workload svid refused: node svid does not match the record", "ek", node.EKHash, "spiffe_id", id.String(), "serial", serial)
 		return nil, status.Error(codes.PermissionDenied, msgUnknownSVID)
 	}
-	switch d, err := s.store.GetDenial(ctx, node.EKHash); {
+	switch d, err := s.nodes.GetDenial(ctx, node.EKHash); {
 	case err == nil:
 		s.log.Warn("workload svid refused: node is on the deny list", "ek", node.EKHash, "receipt", d.ReceiptID, "check", d.Check)
 		return nil, status.Error(codes.PermissionDenied, msgDenied)

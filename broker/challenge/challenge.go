@@ -1,15 +1,18 @@
-// Package challenge makes, stores and consumes the single-use secrets that
-// bind an attestation to one TPM: each secret is encrypted with
-// MakeCredential to the node's EK for its AK's name, so only the TPM holding
-// both keys can recover it, and it is accepted back exactly once before it
-// expires. This package never touches a TPM.
+// Package challenge makes and opens the single-use secrets that bind an
+// attestation to one TPM: each secret is encrypted with MakeCredential to
+// the node's EK for its AK's name, so only the TPM holding both keys can
+// recover it. A challenge is a token sealed under a key all replicas share
+// (see KeyRing), so issuing one writes nothing; it is accepted once, before
+// it expires, because the decision on it is recorded under its ID in the
+// same transaction as the decision's receipt. This package never touches a
+// TPM.
 package challenge
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,41 +32,55 @@ const DefaultTTL = 60 * time.Second
 // MaxTTL is the longest a challenge may be configured to stay valid.
 const MaxTTL = 10 * time.Minute
 
-// Errors returned by Lookup and Consume.
+// Errors returned by Open.
 var (
+	// ErrUnknown: the ID is not a challenge token this broker's keys
+	// sealed (malformed, forged, tampered, or sealed by a key long gone).
 	ErrUnknown = errors.New("challenge is unknown or already used")
+	// ErrExpired: the challenge's time is up.
 	ErrExpired = errors.New("challenge has expired")
+	// ErrMismatch: the EK or AK material presented with the answer is not
+	// what the challenge was issued for.
+	ErrMismatch = errors.New("challenge was issued for another EK or AK")
 )
 
 // Opts configure an Issuer. The zero value is the safe default.
 type Opts struct {
-	// TTL is how long a challenge may be answered; default DefaultTTL.
+	// TTL is how long a challenge may be answered; default DefaultTTL, at
+	// most MaxTTL.
 	TTL time.Duration
+	// KeyRotation is how long a challenge key seals new challenges;
+	// default DefaultKeyRotation.
+	KeyRotation time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 }
 
-// Issuer makes and consumes challenges, keeping them in a store.Store so that
-// every broker replica sharing the store honours single use.
+// Issuer makes challenges and opens their answers. A challenge costs no
+// store write: its ID is a token sealed with a key every replica sharing
+// the store holds (KeyRing), so any replica can open it. Single use is
+// enforced where the decision is recorded (store.Decisions.Record with
+// Challenge.ID).
 type Issuer struct {
-	store store.Store
-	ttl   time.Duration
-	now   func() time.Time
+	keys *KeyRing
+	ttl  time.Duration
+	now  func() time.Time
 }
 
-// New returns an Issuer keeping challenges in s.
-func New(s store.Store, opts Opts) *Issuer {
+// New returns an Issuer whose keys are kept in s.
+func New(s store.ChallengeKeys, opts Opts) *Issuer {
 	if opts.TTL <= 0 {
 		opts.TTL = DefaultTTL
 	}
+	opts.TTL = min(opts.TTL, MaxTTL)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Issuer{store: s, ttl: opts.TTL, now: opts.Now}
+	return &Issuer{keys: NewKeyRing(s, opts.KeyRotation, opts.Now), ttl: opts.TTL, now: opts.Now}
 }
 
-// Evidence is what the node presented with its challenge request; it is kept
-// with the challenge so that the node can be verified again when it answers.
+// Evidence is what the node presented with its challenge request, and
+// presents again with its answer; the challenge carries its digest.
 type Evidence struct {
 	EKPublic        []byte
 	EKCertificate   []byte
@@ -73,82 +90,79 @@ type Evidence struct {
 
 // Issued is a challenge as sent to the node.
 type Issued struct {
-	ID              string
+	ID              string // the sealed token
 	CredentialBlob  []byte // TPM2B_ID_OBJECT
 	EncryptedSecret []byte // TPM2B_ENCRYPTED_SECRET
 	ExpiresAt       time.Time
 }
 
+// Challenge is an answered challenge, opened.
+type Challenge struct {
+	// ID names the challenge in the store (its used-up marker) and in
+	// receipts; it is not the token.
+	ID string
+	Evidence
+	// SecretHash is the SHA-256 of the activation secret.
+	SecretHash [32]byte
+	ExpiresAt  time.Time
+}
+
 // Issue makes a fresh secret for a verified node, encrypts it to the node's
-// EK for its AK name and stores its hash (never the secret) with a TTL.
+// EK for its AK name, and seals its hash, the digest of ev and the expiry
+// into the challenge ID. The secret is never kept.
 func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Evidence) (*Issued, error) {
+	key, err := i.keys.sealing(ctx)
+	if err != nil {
+		return nil, err
+	}
 	secret := make([]byte, SecretSize)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("unable to generate challenge secret: %w", err)
 	}
+	defer clear(secret)
 	blob, encSecret, err := MakeCredential(node.EKPublic(), node.AKName(), secret)
 	if err != nil {
 		return nil, err
 	}
-	idBytes := make([]byte, 24)
-	if _, err := rand.Read(idBytes); err != nil {
-		return nil, fmt.Errorf("unable to generate challenge id: %w", err)
+	c := claims{secretHash: sha256.Sum256(secret), evidenceDigest: evidenceDigest(ev), expiresAt: i.now().Add(i.ttl)}
+	token, err := seal(key, c)
+	if err != nil {
+		return nil, err
 	}
-	c := store.Challenge{
-		ID:              base64.RawURLEncoding.EncodeToString(idBytes),
-		EKPublic:        ev.EKPublic,
-		EKCertificate:   ev.EKCertificate,
-		EKIntermediates: ev.EKIntermediates,
-		AKPublic:        ev.AKPublic,
-		SecretHash:      sha256.Sum256(secret),
-		ExpiresAt:       i.now().Add(i.ttl),
-	}
-	clear(secret)
-	if err := i.store.PutChallenge(ctx, c); err != nil {
-		return nil, fmt.Errorf("unable to store challenge: %w", err)
-	}
-	return &Issued{ID: c.ID, CredentialBlob: blob, EncryptedSecret: encSecret, ExpiresAt: c.ExpiresAt}, nil
+	return &Issued{ID: token, CredentialBlob: blob, EncryptedSecret: encSecret, ExpiresAt: c.expiresAt}, nil
 }
 
-// Lookup returns a challenge without using it up, so that its answer can be
-// verified before the decision is recorded with Consume. It returns
-// ErrUnknown for an unknown or used ID, and ErrExpired for an expired one
-// together with the challenge, so that the refusal can be recorded with
-// Consume like any other.
-func (i *Issuer) Lookup(ctx context.Context, id string) (store.Challenge, error) {
-	// The store is asked as of the zero time, when no challenge had
-	// expired, so that an expired challenge comes back with what it holds;
-	// the issuer's clock decides expiry.
-	c, err := i.store.GetChallenge(ctx, id, time.Time{})
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return store.Challenge{}, ErrUnknown
-	case errors.Is(err, store.ErrExpired):
-		return store.Challenge{}, ErrExpired
-	case err != nil:
-		return store.Challenge{}, fmt.Errorf("unable to look up challenge: %w", err)
+// Open reads a challenge token answered with ev. It returns ErrUnknown for
+// anything that is not a token sealed by a current key, ErrMismatch when ev
+// is not what the challenge was issued for, and ErrExpired, together with
+// the challenge (so that the refusal can be recorded), when its time is up.
+// It never writes: whether the challenge was used already is for the
+// decision's record to find.
+func (i *Issuer) Open(ctx context.Context, token string, ev Evidence) (Challenge, error) {
+	raw, keyID, ok := tokenKeyID(token)
+	if !ok {
+		return Challenge{}, ErrUnknown
 	}
-	if c.Expired(i.now()) {
-		return c, ErrExpired
+	key, ok, err := i.keys.opening(ctx, keyID)
+	if err != nil {
+		return Challenge{}, err
 	}
-	return c, nil
-}
-
-// Consume removes the challenge and durably records r, the receipt of its
-// decision, and node, the node's record when the answer was verified (nil
-// leaves the record as it is), in one commit, so a challenge is answered at
-// most once. It returns ErrUnknown, having recorded nothing, when the
-// challenge is already gone: a concurrent answer consumed it first. On
-// success r.ID is set.
-func (i *Issuer) Consume(ctx context.Context, id string, r *store.Receipt, node *store.NodeRecord) error {
-	err := i.store.ConsumeChallenge(ctx, id, r, node)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return ErrUnknown
-	case err != nil:
-		return fmt.Errorf("unable to consume challenge: %w", err)
+	if !ok {
+		return Challenge{}, ErrUnknown
 	}
-	return nil
+	c, ok := open(key, raw)
+	if !ok {
+		return Challenge{}, ErrUnknown
+	}
+	want := evidenceDigest(ev)
+	if subtle.ConstantTimeCompare(want[:], c.evidenceDigest[:]) != 1 {
+		return Challenge{}, ErrMismatch
+	}
+	ch := Challenge{ID: markerID(c.secretHash), Evidence: ev, SecretHash: c.secretHash, ExpiresAt: c.expiresAt}
+	if !i.now().Before(c.expiresAt) {
+		return ch, ErrExpired
+	}
+	return ch, nil
 }
 
 // MakeCredential performs TPM2_MakeCredential in software: it encrypts secret

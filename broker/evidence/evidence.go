@@ -83,7 +83,8 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev store.Evidence) *
 		RestartCount: c.RestartCount,
 		Evidence:     ev,
 	}
-	if prev != nil {
+	n.FirstSeen = ev.Time
+	if prev != nil && !prev.FirstSeen.IsZero() {
 		n.FirstSeen = prev.FirstSeen
 	}
 	return n

@@ -109,6 +109,10 @@ type Evidence struct {
 	Quotes []EvidenceQuote `json:"quotes"`
 	// EventLog is the TCG binary event log as sent, if any.
 	EventLog []byte `json:"event_log,omitempty"`
+	// EventLogSHA256 is set in stored records instead of EventLog: a
+	// backend keeps each distinct log once, under its SHA-256 (hex), and
+	// puts it back when it reads the record.
+	EventLogSHA256 string `json:"event_log_sha256,omitempty"`
 	// Previous holds the counters of the attestation this one was compared
 	// with (the node record as it was), nil if there was none: verifying
 	// the evidence again reproduces the same history.

@@ -116,7 +116,7 @@ type Env struct {
 	Node   *agent.Node
 	EKHash string
 	Server *broker.Server
-	Store  store.Store
+	Store  store.Backend
 	CA     *issue.CA
 	// SPIFFE is the server's SPIFFE authority (Opts.SPIFFE), else nil.
 	SPIFFE *issue.SPIFFE
@@ -237,7 +237,12 @@ func (e *Env) AttestRequest(tb testing.TB, ch *pb.ChallengeResponse, nonce []byt
 	if err != nil {
 		tb.Fatalf("Quote: %v", err)
 	}
-	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes}
+	req, err := e.Node.ChallengeRequest()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes,
+		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic()}
 }
 
 // Receipts lists the server's receipts, newest first.

@@ -211,7 +211,9 @@ func (x *ChallengeRequest) GetAkPublic() []byte {
 
 type ChallengeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Opaque challenge identifier to present in Attest (at most 64 bytes).
+	// Opaque challenge identifier to present in Attest (at most 256 bytes): a
+	// token sealed by the broker, so that any broker replica can take the
+	// answer.
 	ChallengeId string `protobuf:"bytes,1,opt,name=challenge_id,json=challengeId,proto3" json:"challenge_id,omitempty"`
 	// TPM2B_ID_OBJECT for TPM2_ActivateCredential.
 	CredentialBlob []byte `protobuf:"bytes,2,opt,name=credential_blob,json=credentialBlob,proto3" json:"credential_blob,omitempty"`
@@ -283,15 +285,22 @@ func (x *ChallengeResponse) GetExpiresUnix() int64 {
 
 type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The challenge_id from ChallengeResponse (at most 64 bytes).
+	// The challenge_id from ChallengeResponse (at most 256 bytes).
 	ChallengeId string `protobuf:"bytes,1,opt,name=challenge_id,json=challengeId,proto3" json:"challenge_id,omitempty"`
 	// One quote per PCR bank, each with the activated secret as qualifying data
 	// (at most 4 quotes).
 	Quotes []*Quote `protobuf:"bytes,2,rep,name=quotes,proto3" json:"quotes,omitempty"`
 	// The TCG binary event log behind the quoted PCRs (at most 1 MiB).
-	EventLog      []byte `protobuf:"bytes,3,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EventLog []byte `protobuf:"bytes,3,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
+	// The EK and AK material exactly as sent in the ChallengeRequest (same
+	// encodings and limits): the challenge carries its digest, and an answer
+	// presenting anything else is refused.
+	EkPublic        []byte   `protobuf:"bytes,4,opt,name=ek_public,json=ekPublic,proto3" json:"ek_public,omitempty"`
+	EkCertificate   []byte   `protobuf:"bytes,5,opt,name=ek_certificate,json=ekCertificate,proto3" json:"ek_certificate,omitempty"`
+	EkIntermediates [][]byte `protobuf:"bytes,6,rep,name=ek_intermediates,json=ekIntermediates,proto3" json:"ek_intermediates,omitempty"`
+	AkPublic        []byte   `protobuf:"bytes,7,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AttestRequest) Reset() {
@@ -341,6 +350,34 @@ func (x *AttestRequest) GetQuotes() []*Quote {
 func (x *AttestRequest) GetEventLog() []byte {
 	if x != nil {
 		return x.EventLog
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetEkPublic() []byte {
+	if x != nil {
+		return x.EkPublic
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetEkCertificate() []byte {
+	if x != nil {
+		return x.EkCertificate
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetEkIntermediates() [][]byte {
+	if x != nil {
+		return x.EkIntermediates
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetAkPublic() []byte {
+	if x != nil {
+		return x.AkPublic
 	}
 	return nil
 }
@@ -1446,11 +1483,15 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12'\n" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
-	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"|\n" +
+	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"\x88\x02\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
-	"\tevent_log\x18\x03 \x01(\fR\beventLog\"j\n" +
+	"\tevent_log\x18\x03 \x01(\fR\beventLog\x12\x1b\n" +
+	"\tek_public\x18\x04 \x01(\fR\bekPublic\x12%\n" +
+	"\x0eek_certificate\x18\x05 \x01(\fR\rekCertificate\x12)\n" +
+	"\x10ek_intermediates\x18\x06 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
+	"\tak_public\x18\a \x01(\fR\bakPublic\"j\n" +
 	"\x05Quote\x12\x16\n" +
 	"\x06attest\x18\x01 \x01(\fR\x06attest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12+\n" +

@@ -1,0 +1,136 @@
+package challenge
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keybroker/keybroker/broker/store"
+)
+
+// A challenge token is the challenge ID a node receives and sends back:
+//
+//	version (1 byte, 1) || key ID (4 bytes) || nonce (12 bytes) ||
+//	AES-256-GCM(key, nonce, plaintext, additional data = version || key ID)
+//
+// encoded as unpadded base64url, where the plaintext is the SHA-256 of the
+// activation secret (32 bytes), the digest of the EK and AK material the
+// node presented (32 bytes, evidenceDigest) and the expiry (unix
+// nanoseconds, 8 bytes, big-endian). Only holders of a challenge key can
+// make one; the secret itself is never in it.
+const (
+	tokenVersion   = 1
+	tokenHeader    = 1 + 4
+	tokenNonce     = 12
+	tokenPlaintext = 32 + 32 + 8
+	tokenSize      = tokenHeader + tokenNonce + tokenPlaintext + 16
+)
+
+// MaxTokenLength is the length of an encoded challenge token.
+var MaxTokenLength = base64.RawURLEncoding.EncodedLen(tokenSize)
+
+// claims is what a token says.
+type claims struct {
+	secretHash     [32]byte
+	evidenceDigest [32]byte
+	expiresAt      time.Time
+}
+
+func seal(k store.ChallengeKey, c claims) (string, error) {
+	aead, err := newAEAD(k.Secret)
+	if err != nil {
+		return "", err
+	}
+	id, err := hex.DecodeString(k.ID)
+	if err != nil || len(id) != 4 {
+		return "", errors.New("challenge key id is not 4 bytes of hex")
+	}
+	out := make([]byte, tokenHeader+tokenNonce, tokenSize)
+	out[0] = tokenVersion
+	copy(out[1:5], id)
+	if _, err := rand.Read(out[tokenHeader:]); err != nil {
+		return "", fmt.Errorf("unable to generate a nonce: %w", err)
+	}
+	pt := make([]byte, 0, tokenPlaintext)
+	pt = append(pt, c.secretHash[:]...)
+	pt = append(pt, c.evidenceDigest[:]...)
+	pt = binary.BigEndian.AppendUint64(pt, uint64(c.expiresAt.UnixNano()))
+	out = aead.Seal(out, out[tokenHeader:], pt, out[:tokenHeader])
+	return base64.RawURLEncoding.EncodeToString(out), nil
+}
+
+// tokenKeyID returns the key ID a token names, or false if it is not a
+// token of this version.
+func tokenKeyID(token string) ([]byte, string, bool) {
+	if len(token) != MaxTokenLength {
+		return nil, "", false
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(token)
+	if err != nil || len(raw) != tokenSize || raw[0] != tokenVersion {
+		return nil, "", false
+	}
+	return raw, hex.EncodeToString(raw[1:5]), true
+}
+
+// open authenticates and decrypts a raw token with k.
+func open(k store.ChallengeKey, raw []byte) (claims, bool) {
+	aead, err := newAEAD(k.Secret)
+	if err != nil {
+		return claims{}, false
+	}
+	pt, err := aead.Open(nil, raw[tokenHeader:tokenHeader+tokenNonce], raw[tokenHeader+tokenNonce:], raw[:tokenHeader])
+	if err != nil || len(pt) != tokenPlaintext {
+		return claims{}, false
+	}
+	var c claims
+	copy(c.secretHash[:], pt[:32])
+	copy(c.evidenceDigest[:], pt[32:64])
+	c.expiresAt = time.Unix(0, int64(binary.BigEndian.Uint64(pt[64:])))
+	return c, true
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("unable to use challenge key: %w", err)
+	}
+	return cipher.NewGCM(block)
+}
+
+// evidenceDigest is the SHA-256 over what the node presented, each field
+// length-prefixed so that no two presentations share a digest.
+func evidenceDigest(ev Evidence) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("keybroker challenge evidence v1"))
+	field := func(b []byte) {
+		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(b))))
+		h.Write(b)
+	}
+	field(ev.EKPublic)
+	field(ev.EKCertificate)
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(ev.EKIntermediates))))
+	for _, c := range ev.EKIntermediates {
+		field(c)
+	}
+	field(ev.AKPublic)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// markerID is the ID under which a challenge is recorded as used (and
+// named in receipts): derived from the secret's hash, which no two
+// challenges share, so every token of one challenge maps to one marker.
+func markerID(secretHash [32]byte) string {
+	h := sha256.New()
+	h.Write([]byte("keybroker challenge id v1"))
+	h.Write(secretHash[:])
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
+}

@@ -1,0 +1,252 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Record implements Decisions: the marker check, the receipt, the node
+// record and the deny-list change are one write transaction and one
+// fsync'd commit, so of concurrent calls for one challenge exactly one
+// stores anything.
+func (b *Bolt) Record(ctx context.Context, d *Decision) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	if err := d.prepare(); err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		if d.ChallengeID != "" {
+			markers := tx.Bucket(bucketConsumed)
+			if markers.Get([]byte(d.ChallengeID)) != nil {
+				return ErrConsumed // rolls back: nothing is written
+			}
+			exp := binary.BigEndian.AppendUint64(nil, uint64(d.ChallengeExpiry.UnixNano()))
+			if err := markers.Put([]byte(d.ChallengeID), exp); err != nil {
+				return err
+			}
+		}
+		if err := putReceipt(tx, d.Receipt); err != nil {
+			return err
+		}
+		if err := putNode(tx, d.Node); err != nil {
+			return err
+		}
+		if err := forgetNode(tx, d.ForgetNode); err != nil {
+			return err
+		}
+		return applyDeny(tx, d)
+	})
+	if err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	return nil
+}
+
+// putReceipt writes r and its EK index entry.
+func putReceipt(tx *bolt.Tx, r *Receipt) error {
+	bk := tx.Bucket(bucketReceipts)
+	if bk.Get([]byte(r.ID)) != nil {
+		return fmt.Errorf("receipt id %w", ErrExists)
+	}
+	val, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("unable to encode receipt: %w", err)
+	}
+	if err := bk.Put([]byte(r.ID), val); err != nil {
+		return err
+	}
+	if r.EKHash == "" {
+		return nil
+	}
+	return tx.Bucket(bucketReceiptsByEK).Put(ekIndexKey(r.EKHash, r.ID), []byte{})
+}
+
+// putNode writes n (nil: nothing), its event log once by content hash, and
+// its SVIDs' index entries.
+func putNode(tx *bolt.Tx, n *NodeRecord) error {
+	if n == nil {
+		return nil
+	}
+	stored, log := splitEventLog(*n)
+	if len(log) > 0 {
+		logs := tx.Bucket(bucketEventLogs)
+		key := []byte(stored.Evidence.EventLogSHA256)
+		if logs.Get(key) == nil {
+			if err := logs.Put(key, log); err != nil {
+				return err
+			}
+		}
+	}
+	val, err := encodeNode(stored)
+	if err != nil {
+		return err
+	}
+	if err := indexNodeSVIDs(tx, *n); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketNodes).Put([]byte(n.EKHash), val)
+}
+
+// splitEventLog returns n as stored, with its event log replaced by the
+// log's SHA-256 (a fleet boots a few images: each log is stored once), and
+// the log.
+func splitEventLog(n NodeRecord) (NodeRecord, []byte) {
+	log := n.Evidence.EventLog
+	if len(log) == 0 {
+		return n, nil
+	}
+	sum := sha256.Sum256(log)
+	n.Evidence.EventLog = nil
+	n.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
+	return n, log
+}
+
+// forgetNode deletes the record of ekHash ("": nothing) and its SVIDs'
+// index entries. Its event log stays: other nodes may share it.
+func forgetNode(tx *bolt.Tx, ekHash string) error {
+	if ekHash == "" {
+		return nil
+	}
+	if err := unindexNodeSVIDs(tx, ekHash); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketNodes).Delete([]byte(ekHash))
+}
+
+// applyDeny applies d's deny-list change.
+func applyDeny(tx *bolt.Tx, d *Decision) error {
+	bk := tx.Bucket(bucketDenied)
+	switch d.Deny {
+	case DenyAdd:
+		val, err := json.Marshal(d.denial())
+		if err != nil {
+			return fmt.Errorf("unable to encode denial: %w", err)
+		}
+		return bk.Put([]byte(d.Receipt.EKHash), val)
+	case DenyRemove:
+		return bk.Delete([]byte(d.Receipt.EKHash))
+	}
+	return nil
+}
+
+// indexNodeSVIDs points the serials of n's SVIDs at n in the node SVID
+// index, removing those of the record n replaces.
+func indexNodeSVIDs(tx *bolt.Tx, n NodeRecord) error {
+	if err := unindexNodeSVIDs(tx, n.EKHash); err != nil {
+		return err
+	}
+	idx := tx.Bucket(bucketNodeSVIDs)
+	for _, s := range n.SVIDs {
+		if owner := idx.Get([]byte(s.Serial)); owner != nil && string(owner) != n.EKHash {
+			return fmt.Errorf("node svid serial %s is already recorded for another node", s.Serial)
+		}
+		if err := idx.Put([]byte(s.Serial), []byte(n.EKHash)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unindexNodeSVIDs removes the index entries of the SVIDs of the stored
+// record of ekHash.
+func unindexNodeSVIDs(tx *bolt.Tx, ekHash string) error {
+	v := tx.Bucket(bucketNodes).Get([]byte(ekHash))
+	if v == nil {
+		return nil
+	}
+	prev, err := decodeNode(ekHash, v)
+	if err != nil {
+		return err
+	}
+	idx := tx.Bucket(bucketNodeSVIDs)
+	for _, s := range prev.SVIDs {
+		if string(idx.Get([]byte(s.Serial))) == ekHash {
+			if err := idx.Delete([]byte(s.Serial)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// PurgeConsumed implements Decisions. Markers that cannot be decoded are
+// deleted too.
+func (b *Bolt) PurgeConsumed(ctx context.Context, now time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("unable to purge used challenges: %w", err)
+	}
+	var n int
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketConsumed)
+		var doomed [][]byte
+		c := bk.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(v) != 8 || !now.Before(time.Unix(0, int64(binary.BigEndian.Uint64(v)))) {
+				doomed = append(doomed, bytes.Clone(k))
+			}
+		}
+		// Deleting after the scan: bbolt cursors may skip keys when the
+		// current key is deleted mid-iteration.
+		for _, k := range doomed {
+			if err := bk.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(doomed)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("unable to purge used challenges: %w", err)
+	}
+	return n, nil
+}
+
+// DeleteReceiptsBefore implements Receipts.
+func (b *Bolt) DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("unable to delete receipts: %w", err)
+	}
+	if limit <= 0 {
+		return 0, errors.New("unable to delete receipts: limit must be positive")
+	}
+	end := []byte(receiptIDBefore(before))
+	var n int
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		bk, idx := tx.Bucket(bucketReceipts), tx.Bucket(bucketReceiptsByEK)
+		type doomed struct{ id, ek []byte }
+		var del []doomed
+		c := bk.Cursor()
+		for k, v := c.First(); k != nil && bytes.Compare(k, end) < 0 && len(del) < limit; k, v = c.Next() {
+			var r Receipt
+			_ = json.Unmarshal(v, &r) // an undecodable receipt is deleted all the same
+			del = append(del, doomed{bytes.Clone(k), []byte(r.EKHash)})
+		}
+		for _, d := range del {
+			if err := bk.Delete(d.id); err != nil {
+				return err
+			}
+			if len(d.ek) > 0 {
+				if err := idx.Delete(ekIndexKey(string(d.ek), string(d.id))); err != nil {
+					return err
+				}
+			}
+		}
+		n = len(del)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("unable to delete receipts: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,124 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DenyChange is what a decision does to its node's deny-list entry. The
+// broker decides it (see broker's deny-list rule); the store only applies it.
+type DenyChange int
+
+const (
+	// DenyUnchanged leaves the deny list as it is.
+	DenyUnchanged DenyChange = iota
+	// DenyAdd puts the receipt's node on the deny list, naming the receipt.
+	DenyAdd
+	// DenyRemove takes the receipt's node off the deny list.
+	DenyRemove
+)
+
+// Decision is everything one decision writes, in one transaction: the
+// marker that uses up its challenge, its receipt, the node's new record and
+// its deny-list change.
+type Decision struct {
+	// ChallengeID names the challenge the decision uses up; a second
+	// decision on the same ID fails with ErrConsumed and writes nothing.
+	// Empty for a decision on no challenge (an operator's action).
+	ChallengeID string
+	// ChallengeExpiry is when the challenge stops being accepted: the
+	// marker is kept at least until then (a later answer is refused as
+	// expired without reading the store).
+	ChallengeExpiry time.Time
+	// Receipt is stored; an empty ID (and zero Time) is assigned
+	// (NewReceiptID) and written back.
+	Receipt *Receipt
+	// Node, when non-nil, replaces the record of Node.EKHash; its
+	// LastReceiptID is set to the receipt's ID. The caller sets FirstSeen.
+	Node *NodeRecord
+	// ForgetNode, when not empty, deletes the record of this EK hash and
+	// its SVIDs' index entries (an operator forgetting a node).
+	ForgetNode string
+	// Deny changes the deny-list entry of Receipt.EKHash.
+	Deny DenyChange
+}
+
+// Decisions records decisions. Implementations are safe for concurrent use.
+type Decisions interface {
+	// Record writes d durably and atomically: when it returns nil the
+	// marker, the receipt, the node record and the deny-list change are
+	// all stored (fsync'd, or committed by a quorum); on error none is. Of
+	// concurrent Records with one ChallengeID exactly one succeeds; the
+	// others return an error wrapping ErrConsumed.
+	Record(ctx context.Context, d *Decision) error
+	// PurgeConsumed deletes the markers of challenges expired at now (a
+	// backend whose markers expire by themselves returns 0) and returns
+	// how many.
+	PurgeConsumed(ctx context.Context, now time.Time) (int, error)
+}
+
+// Validate checks that d can be recorded.
+func (d *Decision) Validate() error {
+	var errs []error
+	r := d.Receipt
+	switch {
+	case r == nil:
+		return errors.New("decision receipt cannot be nil")
+	case d.ChallengeID != "" && d.ChallengeExpiry.IsZero():
+		errs = append(errs, errors.New("challenge expiry cannot be zero"))
+	case d.ChallengeID != "" && validateID(d.ChallengeID) != nil:
+		errs = append(errs, fmt.Errorf("challenge id %w", validateID(d.ChallengeID)))
+	}
+	if r.ID != "" {
+		if err := validateID(r.ID); err != nil {
+			errs = append(errs, fmt.Errorf("receipt id %w", err))
+		}
+	}
+	if len(r.EKHash) > maxEKHashLength {
+		errs = append(errs, fmt.Errorf("ek hash is longer than %d bytes", maxEKHashLength))
+	}
+	switch {
+	case d.Deny == DenyAdd && r.Allowed:
+		errs = append(errs, errors.New("an allowed decision cannot deny-list its node"))
+	case d.Deny != DenyUnchanged && r.EKHash == "":
+		errs = append(errs, errors.New("a decision without an ek hash cannot change the deny list"))
+	case d.Deny < DenyUnchanged || d.Deny > DenyRemove:
+		errs = append(errs, fmt.Errorf("unknown deny-list change %d", d.Deny))
+	}
+	if d.Node != nil {
+		if _, err := encodeNode(*d.Node); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.ForgetNode != "" && d.Node != nil {
+		errs = append(errs, errors.New("a decision cannot both write and forget a node record"))
+	}
+	return errors.Join(errs...)
+}
+
+// prepare validates d and fills in the receipt's time and ID, and the
+// node's LastReceiptID: what every backend does before writing.
+func (d *Decision) prepare() error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	if d.Receipt.Time.IsZero() {
+		d.Receipt.Time = time.Now().UTC().Round(0)
+	}
+	if d.Receipt.ID == "" {
+		d.Receipt.ID = NewReceiptID(d.Receipt.Time)
+	}
+	d.Receipt.DenyListed = d.Deny == DenyAdd
+	if d.Node != nil {
+		d.Node.LastReceiptID = d.Receipt.ID
+	}
+	return nil
+}
+
+// denial is the deny-list entry d adds.
+func (d *Decision) denial() Denial {
+	r := d.Receipt
+	return Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check}
+}
