@@ -45,6 +45,7 @@ import (
 //	  }
 //	  namespace  = ""                      # Vault Enterprise namespace
 //	}
+//	limits { … }                           # optional: admission limits (LimitsFile)
 //
 // Relative paths are relative to the configuration file's directory.
 // ParseConfig decodes it and builds the parsed form, Config, from it once;
@@ -62,6 +63,7 @@ type FileConfig struct {
 	EKCAs              []EKCAFile  `hcl:"ek_ca,block"`
 	SPIFFE             *SPIFFEFile `hcl:"spiffe,block"`
 	Vault              *VaultFile  `hcl:"vault,block"`
+	Limits             *LimitsFile `hcl:"limits,block"`
 }
 
 // VaultFile is the vault block: the Vault the broker reads vault_kv
@@ -153,6 +155,9 @@ type Config struct {
 	// Vault is the vault block; nil when absent (vault_kv and vault_pki
 	// releases are then refused).
 	Vault *VaultConfig
+	// Limits are the admission limits on Challenge and Attest;
+	// ParseConfig fills in DefaultLimits for what the file leaves out.
+	Limits LimitsConfig
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every
@@ -182,7 +187,9 @@ func ParseConfig(src []byte, filename string) (*Config, error) {
 	var fc FileConfig
 	body, _ := file.Body.(*hclsyntax.Body)
 	p.add(nameAttributes(gohcl.DecodeBody(file.Body, nil, &fc), body))
-	c := fc.build(filepath.Dir(filename), newSpot(body, filename), &p)
+	at := newSpot(body, filename)
+	c := fc.build(filepath.Dir(filename), at, &p)
+	c.Limits = fc.Limits.build(c.ChallengeTTL, at.block("limits", 0), &p)
 	if !p.empty() {
 		return nil, p.err()
 	}
