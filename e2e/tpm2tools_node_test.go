@@ -185,7 +185,8 @@ func bootState(t *testing.T, n *toolNode) (pcr0, pcr7 string) {
 }
 
 // attestWithTools runs the two round trips: EK, AK, EK certificate,
-// Challenge, ActivateCredential, Quote, Attest. It returns the one released
+// Challenge, ActivateCredential, Quote, Attest (which presents the EK and AK
+// material of the Challenge again). It returns the one released
 // credential and the EK's TPMT_PUBLIC.
 func attestWithTools(t *testing.T, n *toolNode, g *grpcurl) (*pb.Credential, []byte) {
 	t.Helper()
@@ -226,7 +227,10 @@ func attestWithTools(t *testing.T, n *toolNode, g *grpcurl) (*pb.Credential, []b
 	}
 	var resp pb.AttestResponse
 	g.call("keybroker.v1.Broker/Attest", map[string]any{
-		"challengeId": ch.GetChallengeId(),
+		"challengeId":   ch.GetChallengeId(),
+		"ekPublic":      b64(n.read("ek.pub")),
+		"ekCertificate": b64(n.read("ek-cert.der")),
+		"akPublic":      b64(n.read("ak.pub")),
 		"quotes": []any{map[string]any{
 			"attest":    b64(n.read("quote.msg")),
 			"signature": b64(n.read("quote.sig")),
