@@ -88,7 +88,11 @@ func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	}
 	var n NodeRecord
 	err := b.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketNodes).Get([]byte(ekHash))
+		bk := tx.Bucket(bucketNodes)
+		if bk == nil {
+			return ErrNotFound // a store written before node records existed
+		}
+		v := bk.Get([]byte(ekHash))
 		if v == nil {
 			return ErrNotFound
 		}

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log"
@@ -13,7 +12,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 )
 
-func ExampleOpenBolt() {
+func ExampleBolt_Record() {
 	dir, err := os.MkdirTemp("", "keybroker-store")
 	if err != nil {
 		log.Fatal(err)
@@ -27,37 +26,38 @@ func ExampleOpenBolt() {
 	defer st.Close()
 
 	ctx := context.Background()
-	now := time.Now()
-	err = st.PutChallenge(ctx, store.Challenge{
-		ID:         "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh",
-		EKPublic:   []byte("TPMT_PUBLIC of the EK"),
-		AKPublic:   []byte("TPMT_PUBLIC of the AK"),
-		SecretHash: sha256.Sum256([]byte("activation secret")),
-		ExpiresAt:  now.Add(time.Minute),
-	})
-	if err != nil {
-		log.Fatal(err)
+	// ... open the challenge token, verify the node's answer, decide ...
+	d := &store.Decision{
+		ChallengeID:     "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh",
+		ChallengeExpiry: time.Now().Add(time.Minute),
+		Receipt:         &store.Receipt{EKHash: "ek", Allowed: true},
+		Node:            &store.NodeRecord{EKHash: "ek", FirstSeen: time.Now(), LastSeen: time.Now()},
+		Deny:            store.DenyRemove,
 	}
+	// One transaction: the challenge is used up, the receipt and the node
+	// record are stored. Release only after it returned nil.
+	fmt.Println("first decision:", st.Record(ctx, d))
 
-	c, err := st.GetChallenge(ctx, "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3Jh", now)
-	if err != nil {
-		log.Fatal(err)
+	again := &store.Decision{
+		ChallengeID:     d.ChallengeID,
+		ChallengeExpiry: d.ChallengeExpiry,
+		Receipt:         &store.Receipt{EKHash: "ek", Allowed: true},
 	}
-	// ... verify the node's answer against c and decide ...
-	r := &store.Receipt{ChallengeID: c.ID, EKHash: "ek", Allowed: true}
-	err = st.ConsumeChallenge(ctx, c.ID, r, nil)
-	fmt.Println("first consume:", err)
-	err = st.ConsumeChallenge(ctx, c.ID, &store.Receipt{ChallengeID: c.ID, EKHash: "ek"}, nil)
-	fmt.Println("second consume is not found:", errors.Is(err, store.ErrNotFound))
+	err = st.Record(ctx, again)
+	fmt.Println("second decision refused:", errors.Is(err, store.ErrConsumed))
 
 	receipts, err := st.ListReceipts(ctx, store.ListOpts{EKHash: "ek"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("receipts:", len(receipts), receipts[0].ID == r.ID)
+	n, err := st.GetNode(ctx, "ek")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("receipts:", len(receipts), n.LastReceiptID == d.Receipt.ID)
 	// Output:
-	// first consume: <nil>
-	// second consume is not found: true
+	// first decision: <nil>
+	// second decision refused: true
 	// receipts: 1 true
 }
 
@@ -74,15 +74,18 @@ func ExampleBolt_GetDenial() {
 	defer st.Close()
 	ctx := context.Background()
 
-	// A refusal that is about the node deny-lists it, in the receipt's commit.
-	if err := st.PutReceipt(ctx, &store.Receipt{EKHash: "ek", Check: "policy", DenyListed: true}); err != nil {
+	// A refusal the broker holds against the node deny-lists it, in the
+	// receipt's transaction.
+	refused := &store.Decision{Receipt: &store.Receipt{EKHash: "ek", Check: "policy"}, Deny: store.DenyAdd}
+	if err := st.Record(ctx, refused); err != nil {
 		log.Fatal(err)
 	}
 	d, err := st.GetDenial(ctx, "ek")
 	fmt.Println("denied by:", d.Check, err)
 
 	// An allowed attestation takes it off the list.
-	if err := st.PutReceipt(ctx, &store.Receipt{EKHash: "ek", Allowed: true}); err != nil {
+	allowed := &store.Decision{Receipt: &store.Receipt{EKHash: "ek", Allowed: true}, Deny: store.DenyRemove}
+	if err := st.Record(ctx, allowed); err != nil {
 		log.Fatal(err)
 	}
 	_, err = st.GetDenial(ctx, "ek")
