@@ -24,7 +24,7 @@ var (
 
 // storeWithNodes creates a store in dir holding records of prefixA, prefixB
 // and prefixC, stored as attestations store them.
-func storeWithNodes(t *testing.T, dir string) store.Store {
+func storeWithNodes(t *testing.T, dir string) store.Backend {
 	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(dir, StoreFile), store.BoltOpts{})
 	if err != nil {
@@ -34,10 +34,9 @@ func storeWithNodes(t *testing.T, dir string) store.Store {
 	now := time.Now()
 	for i, h := range []string{prefixA, prefixB, prefixC} {
 		id := "challenge-" + string(rune('a'+i))
-		if err := st.PutChallenge(ctx, store.Challenge{ID: id, ExpiresAt: now.Add(time.Minute)}); err != nil {
-			t.Fatal(err)
-		}
-		if err := st.ConsumeChallenge(ctx, id, &store.Receipt{EKHash: h, Allowed: true}, &store.NodeRecord{EKHash: h, LastSeen: now}); err != nil {
+		d := &store.Decision{ChallengeID: id, ChallengeExpiry: now.Add(time.Minute),
+			Receipt: &store.Receipt{EKHash: h, Allowed: true}, Node: &store.NodeRecord{EKHash: h, FirstSeen: now, LastSeen: now}}
+		if err := st.Record(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -59,7 +59,7 @@ func TestAdminNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := r.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+	resp, err := r.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EkPublic: req.EkPublic, AkPublic: req.AkPublic})
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}

@@ -137,7 +137,8 @@ func (n *benchNode) answer(tb testing.TB, ch *pb.ChallengeResponse) *pb.AttestRe
 	if err != nil {
 		tb.Fatalf("Quote: %v", err)
 	}
-	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes}
+	return &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes,
+		EkPublic: n.req.EkPublic, EkCertificate: n.req.EkCertificate, EkIntermediates: n.req.EkIntermediates, AkPublic: n.req.AkPublic}
 }
 
 // benchRelease times challengeFn and attestFn, one release per iteration,

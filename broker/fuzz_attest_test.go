@@ -23,20 +23,20 @@ import (
 
 // FuzzAttest sends whole AttestRequests (protobuf bytes) to a broker's
 // Attest. The seed is a real answer from the simulator to a real challenge;
-// each run gets a fresh store holding that challenge, so the node's own
-// answer is released every time. Attest must never panic, must release the
+// each run gets a fresh store holding the key that sealed that challenge, and
+// no record of its use, so the node's own answer is released every time. Attest must never panic, must release the
 // node's answer, and must release nothing for any other request: a release
-// needs the challenge's ID, the event log as sent and only quotes exactly as
-// the TPM made them.
+// needs the challenge's ID, the EK and AK material and the event log as
+// sent, and only quotes exactly as the TPM made them.
 func FuzzAttest(f *testing.F) {
 	ctx := context.Background()
 	env := brokertest.New(f, brokertest.Opts{})
 	ch, secret := env.Challenge(f)
 	valid := env.AttestRequest(f, ch, secret)
 	at := env.Clock()
-	stored, err := env.Store.GetChallenge(ctx, ch.GetChallengeId(), at)
-	if err != nil {
-		f.Fatal(err)
+	keys, err := env.Store.ChallengeKeys(ctx)
+	if err != nil || len(keys) != 1 {
+		f.Fatalf("challenge keys %v: %v", keys, err)
 	}
 	pol, err := policies.Parse([]byte(env.PolicySource), "test.hcl")
 	if err != nil {
@@ -48,7 +48,8 @@ func FuzzAttest(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		if err := st.PutChallenge(ctx, stored); err != nil {
+		// The same challenge key: the challenge opens, and has not been used.
+		if err := st.AddChallengeKey(ctx, keys[0], "", time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 		srv, err := broker.NewServer(broker.ServerOpts{
@@ -115,10 +116,12 @@ func FuzzAttest(f *testing.F) {
 }
 
 // answers reports whether req presents the same evidence as the node's
-// answer valid: its challenge ID and event log, and only quotes (at least
-// one) exactly as the TPM made them.
+// answer valid: its challenge ID, EK and AK material and event log, and only
+// quotes (at least one) exactly as the TPM made them.
 func answers(req, valid *pb.AttestRequest) bool {
-	if req.GetChallengeId() != valid.GetChallengeId() || !bytes.Equal(req.GetEventLog(), valid.GetEventLog()) || len(req.GetQuotes()) == 0 {
+	if req.GetChallengeId() != valid.GetChallengeId() || !bytes.Equal(req.GetEventLog(), valid.GetEventLog()) || len(req.GetQuotes()) == 0 ||
+		!bytes.Equal(req.GetEkPublic(), valid.GetEkPublic()) || !bytes.Equal(req.GetAkPublic(), valid.GetAkPublic()) ||
+		!bytes.Equal(req.GetEkCertificate(), valid.GetEkCertificate()) || !slices.EqualFunc(req.GetEkIntermediates(), valid.GetEkIntermediates(), bytes.Equal) {
 		return false
 	}
 	for _, q := range req.GetQuotes() {

@@ -49,19 +49,19 @@ func allowAndDeny(t *testing.T, env *brokertest.Env) (allow, deny *policies.Set)
 // reloadOnConsume runs reload when Attest records its decision: after the
 // policy was evaluated and before the reply.
 type reloadOnConsume struct {
-	store.Store
+	store.Backend
 	mu     sync.Mutex
 	reload func()
 }
 
-func (s *reloadOnConsume) ConsumeChallenge(ctx context.Context, id string, r *store.Receipt, node *store.NodeRecord) error {
+func (s *reloadOnConsume) Record(ctx context.Context, d *store.Decision) error {
 	s.mu.Lock()
 	reload := s.reload
 	s.mu.Unlock()
 	if reload != nil {
 		reload()
 	}
-	return s.Store.ConsumeChallenge(ctx, id, r, node)
+	return s.Backend.Record(ctx, d)
 }
 
 func (s *reloadOnConsume) set(reload func()) {
@@ -77,7 +77,7 @@ func (s *reloadOnConsume) set(reload func()) {
 func TestReloadDuringAttestKeepsEvaluatedPolicy(t *testing.T) {
 	hook := &reloadOnConsume{}
 	env := brokertest.New(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
-		hook.Store = o.Store
+		hook.Backend = o.Store
 		o.Store = hook
 	}})
 	allow, deny := allowAndDeny(t, env)

@@ -172,7 +172,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		s.log.Error("attest failed", "error", err)
 		return nil, status.Error(codes.Unavailable, "unable to open the challenge: the store is unavailable")
 	}
-	rec := &store.Receipt{Time: s.now().UTC(), ChallengeID: ch.ID}
+	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
@@ -219,7 +219,7 @@ func (s *Server) record(ctx context.Context, d *store.Decision) error {
 // returns the refusal. Nothing of the answer is recorded: it is not
 // verified, and its quotes may carry the activated secret.
 func (s *Server) refuseExpired(ctx context.Context, ch challenge.Challenge) error {
-	rec := &store.Receipt{Time: s.now().UTC(), ChallengeID: ch.ID, Check: "challenge",
+	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID, Check: "challenge",
 		Failures: []string{"challenge expired at " + ch.ExpiresAt.UTC().Format(time.RFC3339)}}
 	if node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.trust); err == nil {
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()

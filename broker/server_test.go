@@ -24,6 +24,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/store"
@@ -165,7 +166,7 @@ func TestAttestRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := f.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		resp, err := f.Server.Attest(ctx, f.Answer(t, ch, quotes))
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "quote_signature:", "quote_signature")
 	})
 	t.Run("SHA-1 only quote", func(t *testing.T) {
@@ -179,7 +180,7 @@ func TestAttestRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := f.Server.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+		resp, err := f.Server.Attest(ctx, f.Answer(t, ch, quotes))
 		f.wantRefused(t, resp, err, codes.PermissionDenied, "pcr_bank: SHA-1 PCR bank is not allowed", "pcr_bank")
 	})
 	t.Run("PCR values not matching the policy", func(t *testing.T) {
@@ -228,7 +229,7 @@ func TestAttestRefusals(t *testing.T) {
 		msg  string
 	}{
 		{"no challenge id", &pb.AttestRequest{Quotes: []*pb.Quote{{}}}, "challenge_id is empty"},
-		{"oversized challenge id", &pb.AttestRequest{ChallengeId: strings.Repeat("a", 65), Quotes: []*pb.Quote{{}}}, "challenge_id is too long"},
+		{"oversized challenge id", &pb.AttestRequest{ChallengeId: strings.Repeat("a", 257), Quotes: []*pb.Quote{{}}}, "challenge_id is too long"},
 		{"no quotes", &pb.AttestRequest{ChallengeId: "x"}, "no quotes"},
 		{"too many quotes", &pb.AttestRequest{ChallengeId: "x", Quotes: make([]*pb.Quote, 5)}, "at most 4 quotes"},
 		{"oversized event log", &pb.AttestRequest{ChallengeId: "x", Quotes: []*pb.Quote{{}}, EventLog: make([]byte, verify.MaxEventLogSize+1)}, "event_log exceeds"},
@@ -298,7 +299,7 @@ func TestAttestConcurrentAnswers(t *testing.T) {
 		if len(rs) != before+1 {
 			t.Fatalf("round %d: %d receipts written, want exactly 1", round, len(rs)-before)
 		}
-		if r := rs[0]; !r.Allowed || r.ID != resps[won].GetReceiptId() || r.ChallengeID != ch.GetChallengeId() {
+		if r := rs[0]; !r.Allowed || r.ID != resps[won].GetReceiptId() || r.ChallengeID != challenge.IDOf(ch.GetChallengeId()) {
 			t.Fatalf("round %d: receipt %+v; want the winner's allowed receipt %s for challenge %s", round, r, resps[won].GetReceiptId(), ch.GetChallengeId())
 		}
 	}
@@ -452,7 +453,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := srv.Attest(context.Background(), &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes})
+	resp, err := srv.Attest(context.Background(), &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EkPublic: reqB.EkPublic, AkPublic: reqA.AkPublic})
 	if resp != nil || status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "quote_nonce") {
 		t.Fatalf("Attest = %v, %v; want PermissionDenied quote_nonce and nothing released", resp, err)
 	}
@@ -597,11 +598,9 @@ func TestAttestRefusesClockGoingBackwards(t *testing.T) {
 	}
 	ahead := getNode(t, f.Env)
 	ahead.Clock += 1 << 40
-	doctored := store.Challenge{ID: "doctored-node-record", EKPublic: []byte("x"), AKPublic: []byte("x"), ExpiresAt: time.Now().Add(time.Minute)}
-	if err := f.Store.PutChallenge(ctx, doctored); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Store.ConsumeChallenge(ctx, doctored.ID, &store.Receipt{EKHash: f.EKHash, Check: "test"}, &ahead); err != nil {
+	doctored := &store.Decision{ChallengeID: "doctored-node-record", ChallengeExpiry: time.Now().Add(time.Minute),
+		Receipt: &store.Receipt{EKHash: f.EKHash, Check: "test"}, Node: &ahead}
+	if err := f.Store.Record(ctx, doctored); err != nil {
 		t.Fatal(err)
 	}
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/brokertest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -36,8 +37,8 @@ func TestAttestExpiredChallengeIsRecorded(t *testing.T) {
 	f.wantRefused(t, resp, err, codes.DeadlineExceeded, "challenge: challenge has expired (receipt ", "challenge")
 	rs := f.Receipts(t)
 	r := rs[0]
-	if r.ChallengeID != ch.GetChallengeId() || r.EKHash != f.EKHash || len(r.AKName) == 0 {
-		t.Errorf("receipt names challenge %q, EK %q, AK %x; want %q, %q and the AK", r.ChallengeID, r.EKHash, r.AKName, ch.GetChallengeId(), f.EKHash)
+	if r.ChallengeID != challenge.IDOf(ch.GetChallengeId()) || r.EKHash != f.EKHash || len(r.AKName) == 0 {
+		t.Errorf("receipt names challenge %q, EK %q, AK %x; want %q, %q and the AK", r.ChallengeID, r.EKHash, r.AKName, challenge.IDOf(ch.GetChallengeId()), f.EKHash)
 	}
 	if len(r.Failures) != 1 || !strings.HasPrefix(r.Failures[0], "challenge expired at ") {
 		t.Errorf("receipt failures = %q, want when the challenge expired", r.Failures)

@@ -99,7 +99,7 @@ type Issued struct {
 // Challenge is an answered challenge, opened.
 type Challenge struct {
 	// ID names the challenge in the store (its used-up marker) and in
-	// receipts; it is not the token.
+	// receipts: IDOf the token.
 	ID string
 	Evidence
 	// SecretHash is the SHA-256 of the activation secret.
@@ -158,7 +158,7 @@ func (i *Issuer) Open(ctx context.Context, token string, ev Evidence) (Challenge
 	if subtle.ConstantTimeCompare(want[:], c.evidenceDigest[:]) != 1 {
 		return Challenge{}, ErrMismatch
 	}
-	ch := Challenge{ID: markerID(c.secretHash), Evidence: ev, SecretHash: c.secretHash, ExpiresAt: c.expiresAt}
+	ch := Challenge{ID: IDOf(token), Evidence: ev, SecretHash: c.secretHash, ExpiresAt: c.expiresAt}
 	if !i.now().Before(c.expiresAt) {
 		return ch, ErrExpired
 	}

@@ -125,12 +125,13 @@ func evidenceDigest(ev Evidence) [32]byte {
 	return out
 }
 
-// markerID is the ID under which a challenge is recorded as used (and
-// named in receipts): derived from the secret's hash, which no two
-// challenges share, so every token of one challenge maps to one marker.
-func markerID(secretHash [32]byte) string {
+// IDOf returns the ID under which the challenge of token is recorded as
+// used and named in receipts: a digest of the token. A token cannot be
+// changed without failing authentication, and the broker seals one token
+// per secret, so one challenge has one ID.
+func IDOf(token string) string {
 	h := sha256.New()
 	h.Write([]byte("keybroker challenge id v1"))
-	h.Write(secretHash[:])
+	h.Write([]byte(token))
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
 }

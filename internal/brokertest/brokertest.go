@@ -237,6 +237,13 @@ func (e *Env) AttestRequest(tb testing.TB, ch *pb.ChallengeResponse, nonce []byt
 	if err != nil {
 		tb.Fatalf("Quote: %v", err)
 	}
+	return e.Answer(tb, ch, quotes)
+}
+
+// Answer is the AttestRequest answering ch with quotes, presenting the
+// node's EK and AK material as its challenge request did.
+func (e *Env) Answer(tb testing.TB, ch *pb.ChallengeResponse, quotes []*pb.Quote) *pb.AttestRequest {
+	tb.Helper()
 	req, err := e.Node.ChallengeRequest()
 	if err != nil {
 		tb.Fatal(err)
