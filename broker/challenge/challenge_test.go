@@ -1,7 +1,9 @@
 package challenge_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -71,23 +73,27 @@ func (c *clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// An expired challenge comes back from Lookup with what it holds, so that
-// its refusal can be recorded with Consume; once consumed it is unknown.
-func TestLookupExpired(t *testing.T) {
-	ctx := context.Background()
-	node, ev := testNode(t)
+func openStore(t *testing.T) *store.Bolt {
+	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// An expired challenge comes back from Open with what it holds, so that its
+// refusal can be recorded; its ID is what receipts name.
+func TestOpenExpired(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
 	clk := &clock{now: time.Now()}
-	iss := challenge.New(st, challenge.Opts{TTL: time.Minute, Now: clk.Now})
+	iss := challenge.New(openStore(t), challenge.Opts{TTL: time.Minute, Now: clk.Now})
 	issued, err := iss.Issue(ctx, node, ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-
 	tests := []struct {
 		name    string
 		advance time.Duration
@@ -101,31 +107,218 @@ func TestLookupExpired(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk.Advance(tt.advance)
-			c, err := iss.Lookup(ctx, issued.ID)
+			c, err := iss.Open(ctx, issued.ID, ev)
 			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("Lookup = %v, want %v", err, tt.wantErr)
+				t.Fatalf("Open = %v, want %v", err, tt.wantErr)
 			}
-			if c.ID != issued.ID || !c.ExpiresAt.Equal(issued.ExpiresAt) || string(c.AKPublic) != string(ev.AKPublic) {
-				t.Fatalf("Lookup returned challenge %q expiring %v; want %q expiring %v with the AK presented",
-					c.ID, c.ExpiresAt, issued.ID, issued.ExpiresAt)
+			if c.ID != challenge.IDOf(issued.ID) || !c.ExpiresAt.Equal(issued.ExpiresAt) || string(c.AKPublic) != string(ev.AKPublic) {
+				t.Fatalf("Open returned challenge %q expiring %v; want %q expiring %v with the AK presented",
+					c.ID, c.ExpiresAt, challenge.IDOf(issued.ID), issued.ExpiresAt)
 			}
 			if c.SecretHash == [32]byte{} {
 				t.Fatal("challenge holds no secret hash")
 			}
 		})
 	}
+}
 
-	rec := &store.Receipt{ChallengeID: issued.ID, Check: "challenge"}
-	if err := iss.Consume(ctx, issued.ID, rec, nil); err != nil {
-		t.Fatalf("Consume of the expired challenge: %v", err)
+// Issuing a challenge writes nothing but the first challenge key; opening
+// one writes nothing at all.
+func TestIssueWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	iss := challenge.New(st, challenge.Opts{})
+	var ids []string
+	for range 20 {
+		issued, err := iss.Issue(ctx, node, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, issued.ID)
 	}
-	if _, err := st.GetReceipt(ctx, rec.ID); err != nil {
-		t.Fatalf("receipt of the expired challenge: %v", err)
+	keys, err := st.ChallengeKeys(ctx)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("challenge keys = %v, %v; want one", keys, err)
 	}
-	if _, err := iss.Lookup(ctx, issued.ID); !errors.Is(err, challenge.ErrUnknown) {
-		t.Fatalf("Lookup after Consume = %v, want %v", err, challenge.ErrUnknown)
+	for _, id := range ids {
+		if _, err := iss.Open(ctx, id, ev); err != nil {
+			t.Fatalf("Open: %v", err)
+		}
 	}
-	if _, err := iss.Lookup(ctx, "no-such-challenge"); !errors.Is(err, challenge.ErrUnknown) {
-		t.Fatalf("Lookup of an unknown ID = %v, want %v", err, challenge.ErrUnknown)
+	if rs, _ := st.ListReceipts(ctx, store.ListOpts{}); len(rs) != 0 {
+		t.Fatalf("receipts written: %v", rs)
+	}
+}
+
+// Tokens that are not the broker's are unknown; a token answered with other
+// EK or AK material is a mismatch.
+func TestOpenRefusals(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	iss := challenge.New(st, challenge.Opts{})
+	issued, err := iss.Issue(ctx, node, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(issued.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := func(i int) string {
+		b := bytes.Clone(raw)
+		b[i] ^= 1
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	// A broker with its own key (another store) cannot open it, and its
+	// tokens do not open here.
+	other := challenge.New(openStore(t), challenge.Opts{})
+	foreign, err := other.Issue(ctx, node, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherAK := ev
+	otherAK.AKPublic = append(bytes.Clone(ev.AKPublic), 0)
+	withCert := ev
+	withCert.EKCertificate = []byte("a certificate the challenge did not see")
+	tests := []struct {
+		name    string
+		token   string
+		ev      challenge.Evidence
+		wantErr error
+	}{
+		{"empty", "", ev, challenge.ErrUnknown},
+		{"garbage", "not a token", ev, challenge.ErrUnknown},
+		{"truncated", issued.ID[:len(issued.ID)-1], ev, challenge.ErrUnknown},
+		{"one more character", issued.ID + "A", ev, challenge.ErrUnknown},
+		{"version changed", flip(0), ev, challenge.ErrUnknown},
+		{"key id changed", flip(2), ev, challenge.ErrUnknown},
+		{"nonce changed", flip(8), ev, challenge.ErrUnknown},
+		{"sealed claims changed", flip(30), ev, challenge.ErrUnknown},
+		{"tag changed", flip(len(raw) - 1), ev, challenge.ErrUnknown},
+		{"padded base64", issued.ID + "=", ev, challenge.ErrUnknown},
+		{"sealed by another broker's key", foreign.ID, ev, challenge.ErrUnknown},
+		{"another AK presented", issued.ID, otherAK, challenge.ErrMismatch},
+		{"an EK certificate added", issued.ID, withCert, challenge.ErrMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := iss.Open(ctx, tt.token, tt.ev)
+			if !errors.Is(err, tt.wantErr) || c.ID != "" {
+				t.Fatalf("Open = %+v, %v; want %v", c, err, tt.wantErr)
+			}
+		})
+	}
+	if _, err := iss.Open(ctx, issued.ID, ev); err != nil {
+		t.Fatalf("the genuine token after the refusals: %v", err)
+	}
+}
+
+// Two issuers sharing a store (two replicas): a challenge issued by one is
+// opened by the other, also one issued under a key the other has not read
+// yet.
+func TestReplicasShareKeys(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	clk := &clock{now: time.Now()}
+	a := challenge.New(st, challenge.Opts{KeyRotation: time.Hour, Now: clk.Now})
+	b := challenge.New(st, challenge.Opts{KeyRotation: time.Hour, Now: clk.Now})
+	issued, err := a.Issue(ctx, node, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Open(ctx, issued.ID, ev); err != nil {
+		t.Fatalf("replica B opening A's challenge: %v", err)
+	}
+	// A rotates; B learns of the new key when a token names it.
+	clk.Advance(time.Hour + time.Second)
+	rotated, err := a.Issue(ctx, node, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Open(ctx, rotated.ID, ev); err != nil {
+		t.Fatalf("replica B opening a challenge under the new key: %v", err)
+	}
+	keys, _ := st.ChallengeKeys(ctx)
+	if len(keys) != 2 {
+		t.Fatalf("%d keys after one rotation, want 2", len(keys))
+	}
+}
+
+// A challenge issued before a rotation is accepted until it expires; the key
+// that sealed it is deleted once all its challenges have expired.
+func TestRotationKeepsOutstandingChallenges(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	clk := &clock{now: time.Now()}
+	iss := challenge.New(st, challenge.Opts{TTL: challenge.MaxTTL, KeyRotation: time.Hour, Now: clk.Now})
+	before, err := iss.Issue(ctx, node, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour - time.Minute)
+	late, err := iss.Issue(ctx, node, ev) // still under the first key, expires after the rotation
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Minute) // the first key is now past its rotation
+	if _, err := iss.Issue(ctx, node, ev); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := st.ChallengeKeys(ctx); len(keys) != 2 {
+		t.Fatalf("%d keys after the rotation, want 2", len(keys))
+	}
+	if _, err := iss.Open(ctx, late.ID, ev); err != nil {
+		t.Fatalf("a challenge issued before the rotation, not expired: %v", err)
+	}
+	if _, err := iss.Open(ctx, before.ID, ev); !errors.Is(err, challenge.ErrExpired) {
+		t.Fatalf("an expired challenge of the old key: %v, want ErrExpired", err)
+	}
+	// Two more rotations: the first key's challenges have all expired, and
+	// the key is gone; its tokens are unknown.
+	for range 2 {
+		clk.Advance(time.Hour + time.Second)
+		if _, err := iss.Issue(ctx, node, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, _ := st.ChallengeKeys(ctx)
+	if len(keys) > 3 {
+		t.Fatalf("%d keys kept, want at most 3", len(keys))
+	}
+	clk.Advance(2 * time.Second) // past the refresh interval
+	if _, err := iss.Open(ctx, late.ID, ev); !errors.Is(err, challenge.ErrUnknown) {
+		t.Fatalf("a token of a deleted key: %v, want ErrUnknown", err)
+	}
+}
+
+// Replicas rotating at the same moment add one key between them.
+func TestConcurrentRotation(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	clk := &clock{now: time.Now()}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := challenge.New(st, challenge.Opts{Now: clk.Now}).Issue(ctx, node, ev)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keys, _ := st.ChallengeKeys(ctx); len(keys) != 1 {
+		t.Fatalf("%d keys after concurrent first issues, want 1", len(keys))
 	}
 }
