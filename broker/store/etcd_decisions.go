@@ -1,0 +1,330 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// maxRecordAttempts bounds Record's retries when a concurrent decision
+// changed the node record (or SVID index entries) it read.
+const maxRecordAttempts = 16
+
+// errRetry is a transaction that failed on what it read, not on the marker
+// or the receipt ID: read again and retry.
+var errRetry = errors.New("node record changed concurrently")
+
+// Record implements Decisions in one etcd transaction: If the marker and
+// the receipt do not exist and the node record and SVID index entries it
+// read are unchanged, Then it writes them all. A transaction that failed
+// on what it read is retried; one that failed on the marker returns
+// ErrConsumed. An event log is written once, by content hash, before the
+// transaction (a log nobody refers to is harmless). A call that fails
+// because the cluster is unreachable may, like any distributed commit,
+// have been committed: the caller releases nothing either way.
+func (e *Etcd) Record(ctx context.Context, d *Decision) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	if err := d.prepare(); err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	ctx, cancel := e.request(ctx)
+	defer cancel()
+	err := e.record(ctx, d)
+	for i := 1; errors.Is(err, errRetry) && i < maxRecordAttempts; i++ {
+		err = e.record(ctx, d)
+	}
+	if err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
+	return nil
+}
+
+// record tries d's transaction once.
+func (e *Etcd) record(ctx context.Context, d *Decision) error {
+	r := d.Receipt
+	val, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("unable to encode receipt: %w", err)
+	}
+	markerKey, receiptKey := e.key(etcdConsumed, d.ChallengeID), e.key(etcdReceipts, r.ID)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(receiptKey), "=", 0)}
+	ops := []clientv3.Op{clientv3.OpPut(receiptKey, string(val))}
+	if r.EKHash != "" {
+		ops = append(ops, clientv3.OpPut(e.ekIndexPrefix(r.EKHash)+r.ID, ""))
+	}
+	if d.ChallengeID != "" {
+		lease, err := e.lease(ctx, d.ChallengeExpiry)
+		if err != nil {
+			return err
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(markerKey), "=", 0))
+		ops = append(ops, clientv3.OpPut(markerKey, d.ChallengeExpiry.UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease)))
+	}
+	nodeCmps, nodeOps, err := e.nodeOps(ctx, d)
+	if err != nil {
+		return err
+	}
+	denyOps, err := e.denyOps(d)
+	if err != nil {
+		return err
+	}
+	resp, err := e.cli.Txn(ctx).If(append(cmps, nodeCmps...)...).
+		Then(append(append(ops, nodeOps...), denyOps...)...).
+		Else(clientv3.OpGet(markerKey, clientv3.WithCountOnly()), clientv3.OpGet(receiptKey, clientv3.WithCountOnly())).
+		Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		e.dropLeases()
+		return errRetry
+	}
+	if err != nil {
+		return err
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	switch {
+	case d.ChallengeID != "" && resp.Responses[0].GetResponseRange().Count > 0:
+		return ErrConsumed
+	case resp.Responses[1].GetResponseRange().Count > 0:
+		return fmt.Errorf("receipt id %w", ErrExists)
+	}
+	return errRetry
+}
+
+// denyOps are the writes of d's deny-list change.
+func (e *Etcd) denyOps(d *Decision) ([]clientv3.Op, error) {
+	key := e.key(etcdDenied, d.Receipt.EKHash)
+	switch d.Deny {
+	case DenyAdd:
+		val, err := json.Marshal(d.denial())
+		if err != nil {
+			return nil, fmt.Errorf("unable to encode denial: %w", err)
+		}
+		return []clientv3.Op{clientv3.OpPut(key, string(val))}, nil
+	case DenyRemove:
+		return []clientv3.Op{clientv3.OpDelete(key)}, nil
+	}
+	return nil, nil
+}
+
+// lease returns a lease that outlives exp: shared by every marker whose
+// challenge expires in the same second, granted on first use.
+func (e *Etcd) lease(ctx context.Context, exp time.Time) (clientv3.LeaseID, error) {
+	sec := exp.Unix() + 1 // the end of exp's second
+	now := time.Now().Unix()
+	e.mu.Lock()
+	id, ok := e.leases[sec]
+	for s := range e.leases {
+		if s < now {
+			delete(e.leases, s) // expired with its markers
+		}
+	}
+	e.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	ttl := max(sec-now+1, 2)
+	resp, err := e.cli.Grant(ctx, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("unable to grant a lease for the used challenge: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if prev, ok := e.leases[sec]; ok {
+		return prev, nil // a concurrent call granted one first; ours just expires
+	}
+	e.leases[sec] = resp.ID
+	return resp.ID, nil
+}
+
+// dropLeases forgets the cached leases, after etcd said one is gone.
+func (e *Etcd) dropLeases() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	clear(e.leases)
+}
+
+// PurgeConsumed implements Decisions: markers expire with their leases,
+// so there is nothing to purge.
+func (e *Etcd) PurgeConsumed(ctx context.Context, _ time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("unable to purge used challenges: %w", err)
+	}
+	return 0, nil
+}
+
+// deleteBatch is how many receipts one DeleteReceiptsBefore transaction
+// deletes: etcd refuses transactions of more than 128 operations.
+const deleteBatch = 100
+
+// DeleteReceiptsBefore implements Receipts: in transactions of at most
+// deleteBatch receipts, each a range delete of the receipts and the
+// deletes of their EK index entries.
+func (e *Etcd) DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("unable to delete receipts: %w", err)
+	}
+	if limit <= 0 {
+		return 0, errors.New("unable to delete receipts: limit must be positive")
+	}
+	ctx, cancel := e.request(ctx)
+	defer cancel()
+	var n int
+	for n < limit {
+		deleted, err := e.deleteReceipts(ctx, e.key(etcdReceipts, receiptIDBefore(before)), min(limit-n, deleteBatch))
+		n += deleted
+		if err != nil {
+			return n, fmt.Errorf("unable to delete receipts: %w", err)
+		}
+		if deleted == 0 {
+			break
+		}
+	}
+	return n, nil
+}
+
+// deleteReceipts deletes the oldest receipts (at most batch) whose key
+// sorts before end, with their index entries, and returns how many.
+func (e *Etcd) deleteReceipts(ctx context.Context, end string, batch int) (int, error) {
+	start := e.key(etcdReceipts, "")
+	resp, err := e.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(batch)),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0, err
+	}
+	last := string(resp.Kvs[len(resp.Kvs)-1].Key)
+	ops := []clientv3.Op{clientv3.OpDelete(start, clientv3.WithRange(last+"\x00"))}
+	for _, kv := range resp.Kvs {
+		var r Receipt
+		_ = json.Unmarshal(kv.Value, &r) // an undecodable receipt is deleted all the same
+		if r.EKHash != "" {
+			ops = append(ops, clientv3.OpDelete(e.ekIndexPrefix(r.EKHash)+string(kv.Key[len(start):])))
+		}
+	}
+	tresp, err := e.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, err
+	}
+	return int(tresp.Responses[0].GetResponseDeleteRange().Deleted), nil
+}
+
+// nodeOps returns what writing d's node record (or forgetting one) adds to
+// the transaction: compares that the record and the SVID index entries
+// are still as read, and the writes. It stores the record's event log
+// first when the cluster does not hold it yet.
+func (e *Etcd) nodeOps(ctx context.Context, d *Decision) ([]clientv3.Cmp, []clientv3.Op, error) {
+	ek := d.ForgetNode
+	if d.Node != nil {
+		ek = d.Node.EKHash
+	}
+	if ek == "" {
+		return nil, nil, nil
+	}
+	nodeKey := e.key(etcdNodes, ek)
+	var stored NodeRecord
+	var log []byte
+	reads := []clientv3.Op{clientv3.OpGet(nodeKey)}
+	if d.Node != nil {
+		stored, log = splitEventLog(*d.Node)
+		if len(log) > 0 {
+			reads = append(reads, clientv3.OpGet(e.key(etcdEventLogs, stored.Evidence.EventLogSHA256), clientv3.WithCountOnly()))
+		}
+	}
+	resp, err := e.cli.Txn(ctx).Then(reads...).Commit()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(log) > 0 && resp.Responses[1].GetResponseRange().Count == 0 {
+		if err := e.putEventLog(ctx, stored.Evidence.EventLogSHA256, log); err != nil {
+			return nil, nil, err
+		}
+	}
+	var prev NodeRecord
+	var nodeRev int64
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		nodeRev = kvs[0].ModRevision
+		if prev, err = decodeNode(ek, kvs[0].Value); err != nil {
+			return nil, nil, err
+		}
+	}
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(nodeKey), "=", nodeRev)}
+	svidCmps, ops, err := e.svidOps(ctx, ek, prev.SVIDs, stored.SVIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d.Node == nil {
+		return append(cmps, svidCmps...), append(ops, clientv3.OpDelete(nodeKey)), nil
+	}
+	val, err := encodeNode(stored)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(cmps, svidCmps...), append(ops, clientv3.OpPut(nodeKey, string(val))), nil
+}
+
+// svidOps moves ek's SVID index entries from the serials of prev to those
+// of next: it refuses a serial another node's entry holds, and compares
+// every entry it read.
+func (e *Etcd) svidOps(ctx context.Context, ek string, prev, next []NodeSVID) ([]clientv3.Cmp, []clientv3.Op, error) {
+	if len(prev) == 0 && len(next) == 0 {
+		return nil, nil, nil
+	}
+	var serials []string
+	keep := map[string]bool{}
+	for _, s := range next {
+		if !keep[s.Serial] { // etcd refuses two writes of one key in a transaction
+			keep[s.Serial] = true
+			serials = append(serials, s.Serial)
+		}
+	}
+	for _, s := range prev {
+		if !keep[s.Serial] {
+			serials = append(serials, s.Serial)
+		}
+	}
+	reads := make([]clientv3.Op, len(serials))
+	for i, s := range serials {
+		reads[i] = clientv3.OpGet(e.key(etcdNodeSVIDs, s))
+	}
+	resp, err := e.cli.Txn(ctx).Then(reads...).Commit()
+	if err != nil {
+		return nil, nil, err
+	}
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for i, s := range serials {
+		key := e.key(etcdNodeSVIDs, s)
+		owner, rev := "", int64(0)
+		if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
+			owner, rev = string(kvs[0].Value), kvs[0].ModRevision
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		switch {
+		case keep[s] && owner != "" && owner != ek:
+			return nil, nil, fmt.Errorf("node svid serial %s is already recorded for another node", s)
+		case keep[s]:
+			ops = append(ops, clientv3.OpPut(key, ek))
+		case owner == ek:
+			ops = append(ops, clientv3.OpDelete(key))
+		}
+	}
+	return cmps, ops, nil
+}
+
+// putEventLog stores an event log under its SHA-256 unless it is there.
+func (e *Etcd) putEventLog(ctx context.Context, sum string, log []byte) error {
+	key := e.key(etcdEventLogs, sum)
+	_, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(log))).Commit()
+	if err != nil {
+		return fmt.Errorf("unable to store event log: %w", err)
+	}
+	return nil
+}
