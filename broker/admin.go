@@ -92,13 +92,13 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// ListReceipts returns receipts from the broker whose data directory is
-// dataDir: through its admin socket while it runs, or from the store file
-// when it is stopped.
-func ListReceipts(ctx context.Context, dataDir string, opts store.ListOpts) ([]store.Receipt, error) {
+// ListReceipts returns receipts from the store of the broker cfg
+// configures: through its admin socket while it runs, or from the store
+// when it is stopped (and always from an etcd store).
+func ListReceipts(ctx context.Context, cfg *Config, opts store.ListOpts) ([]store.Receipt, error) {
 	var rs []store.Receipt
 	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}}
-	err := query(ctx, dataDir, "/v1/receipts?"+q.Encode(), &rs, func(st store.Backend) (err error) {
+	err := query(ctx, cfg, "/v1/receipts?"+q.Encode(), &rs, func(st store.Backend) (err error) {
 		rs, err = st.ListReceipts(ctx, opts)
 		return err
 	})
@@ -106,12 +106,12 @@ func ListReceipts(ctx context.Context, dataDir string, opts store.ListOpts) ([]s
 }
 
 // ListNodes returns node records, each with the node's last verified
-// evidence, from the broker whose data directory is dataDir: through its
-// admin socket while it runs, or from the store file when it is stopped.
-func ListNodes(ctx context.Context, dataDir string, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
+// evidence, from the store of the broker cfg configures, as ListReceipts
+// does.
+func ListNodes(ctx context.Context, cfg *Config, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
 	var ns []store.NodeRecord
 	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "after": {opts.After}}
-	err := query(ctx, dataDir, "/v1/nodes?"+q.Encode(), &ns, func(st store.Backend) (err error) {
+	err := query(ctx, cfg, "/v1/nodes?"+q.Encode(), &ns, func(st store.Backend) (err error) {
 		ns, err = st.ListNodes(ctx, opts)
 		return err
 	})
@@ -123,13 +123,13 @@ func ListNodes(ctx context.Context, dataDir string, opts store.ListNodesOpts) ([
 // ListNodes does. The error wraps ErrInvalidEKHash for anything else,
 // ErrAmbiguousEKHash for a prefix of several nodes' hashes, and
 // store.ErrNotFound if no node matches.
-func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, error) {
+func GetNode(ctx context.Context, cfg *Config, ekHash string) (store.NodeRecord, error) {
 	var n store.NodeRecord
 	ref, err := parseEKHashRef(ekHash)
 	if err != nil {
 		return n, err
 	}
-	err = query(ctx, dataDir, "/v1/nodes/"+url.PathEscape(ref), &n, func(st store.Backend) (err error) {
+	err = query(ctx, cfg, "/v1/nodes/"+url.PathEscape(ref), &n, func(st store.Backend) (err error) {
 		n, err = findNode(ctx, st, ref)
 		return err
 	})
@@ -137,15 +137,19 @@ func GetNode(ctx context.Context, dataDir, ekHash string) (store.NodeRecord, err
 }
 
 // query asks the running broker for path over its admin socket and decodes
-// the answer into out; when no broker runs it opens the store file read-only
-// and calls fromStore instead.
-func query(ctx context.Context, dataDir, path string, out any, fromStore func(store.Backend) error) error {
-	sock := dataDir + string(os.PathSeparator) + AdminSocket
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-		c.Close()
-		return queryViaSocket(ctx, sock, path, out)
+// the answer into out; when no broker runs it opens the store read-only
+// and calls fromStore instead. An etcd store, which every replica shares
+// while it runs, is always read directly. Only cfg's DataDir and Store are
+// used.
+func query(ctx context.Context, cfg *Config, path string, out any, fromStore func(store.Backend) error) error {
+	sock := cfg.DataDir + string(os.PathSeparator) + AdminSocket
+	if cfg.Store.Kind != StoreEtcd {
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close()
+			return queryViaSocket(ctx, sock, path, out)
+		}
 	}
-	st, err := store.OpenBolt(dataDir+string(os.PathSeparator)+StoreFile, store.BoltOpts{ReadOnly: true, Timeout: 2 * time.Second})
+	st, err := OpenStore(ctx, cfg, StoreOpts{ReadOnly: true, LockTimeout: 2 * time.Second})
 	if err != nil {
 		return err
 	}

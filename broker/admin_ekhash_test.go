@@ -26,7 +26,7 @@ var (
 // and prefixC, stored as attestations store them.
 func storeWithNodes(t *testing.T, dir string) store.Backend {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(dir, StoreFile), store.BoltOpts{})
+	st, err := store.OpenBolt(filepath.Join(dir, BoltFile), store.BoltOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestGetNodeByEKHashPrefix(t *testing.T) {
 	run := func(t *testing.T, how string) {
 		for _, tc := range tests {
 			t.Run(how+"/"+tc.name, func(t *testing.T) {
-				n, err := GetNode(context.Background(), dir, tc.ref)
+				n, err := GetNode(context.Background(), &Config{DataDir: dir}, tc.ref)
 				if tc.wantErr == nil {
 					if err != nil || n.EKHash != tc.want {
 						t.Fatalf("GetNode(%q) = %s, %v; want %s", tc.ref, n.EKHash, err, tc.want)

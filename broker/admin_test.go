@@ -40,7 +40,7 @@ func TestAdminNodes(t *testing.T) {
 }`})
 	ctx := context.Background()
 
-	if ns, err := broker.ListNodes(ctx, r.DataDir(), store.ListNodesOpts{}); err != nil || len(ns) != 0 {
+	if ns, err := broker.ListNodes(ctx, &broker.Config{DataDir: r.DataDir()}, store.ListNodesOpts{}); err != nil || len(ns) != 0 {
 		t.Fatalf("ListNodes before any attestation = %v, %v; want none", ns, err)
 	}
 	req, err := node.ChallengeRequest()
@@ -66,14 +66,14 @@ func TestAdminNodes(t *testing.T) {
 
 	read := func(t *testing.T, how string) string {
 		t.Helper()
-		ns, err := broker.ListNodes(ctx, r.DataDir(), store.ListNodesOpts{})
+		ns, err := broker.ListNodes(ctx, &broker.Config{DataDir: r.DataDir()}, store.ListNodesOpts{})
 		if err != nil {
 			t.Fatalf("ListNodes %s: %v", how, err)
 		}
 		if len(ns) != 1 || ns[0].EKHash != ekHash || ns[0].LastReceiptID != resp.GetReceiptId() || len(ns[0].Evidence.Quotes) == 0 {
 			t.Fatalf("ListNodes %s = %d records; want the node's, with receipt %s and its evidence", how, len(ns), resp.GetReceiptId())
 		}
-		n, err := broker.GetNode(ctx, r.DataDir(), ekHash)
+		n, err := broker.GetNode(ctx, &broker.Config{DataDir: r.DataDir()}, ekHash)
 		if err != nil {
 			t.Fatalf("GetNode %s: %v", how, err)
 		}
@@ -82,17 +82,17 @@ func TestAdminNodes(t *testing.T) {
 		if string(one) != string(listed) {
 			t.Errorf("GetNode %s differs from ListNodes", how)
 		}
-		if p, err := broker.GetNode(ctx, r.DataDir(), ekHash[:broker.MinEKHashPrefix]); err != nil || p.EKHash != ekHash {
+		if p, err := broker.GetNode(ctx, &broker.Config{DataDir: r.DataDir()}, ekHash[:broker.MinEKHashPrefix]); err != nil || p.EKHash != ekHash {
 			t.Errorf("GetNode %s by the EK hash's first %d digits = %s, %v; want the node", how, broker.MinEKHashPrefix, p.EKHash, err)
 		}
 		unknown := "01234567"
 		if strings.HasPrefix(ekHash, unknown) {
 			unknown = "76543210"
 		}
-		if _, err := broker.GetNode(ctx, r.DataDir(), unknown); !errors.Is(err, store.ErrNotFound) {
+		if _, err := broker.GetNode(ctx, &broker.Config{DataDir: r.DataDir()}, unknown); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("GetNode %s of an unknown node: got %v, want ErrNotFound", how, err)
 		}
-		if _, err := broker.GetNode(ctx, r.DataDir(), ""); !errors.Is(err, broker.ErrInvalidEKHash) {
+		if _, err := broker.GetNode(ctx, &broker.Config{DataDir: r.DataDir()}, ""); !errors.Is(err, broker.ErrInvalidEKHash) {
 			t.Errorf("GetNode %s of an empty hash: got %v, want ErrInvalidEKHash", how, err)
 		}
 		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, verify.QuoteOpts{}); err != nil {

@@ -46,6 +46,9 @@ import (
 //	  namespace  = ""                      # Vault Enterprise namespace
 //	}
 //	limits { … }                           # optional: admission limits (LimitsFile)
+//	store "etcd" { … }                     # optional: shared state for several brokers (StoreFile)
+//	challenge_key_rotation = "24h"         # how long a challenge key seals challenges
+//	receipt_retention      = "90d"         # receipts older are deleted; "0" keeps them all
 //
 // Relative paths are relative to the configuration file's directory.
 // ParseConfig decodes it and builds the parsed form, Config, from it once;
@@ -64,6 +67,12 @@ type FileConfig struct {
 	SPIFFE             *SPIFFEFile `hcl:"spiffe,block"`
 	Vault              *VaultFile  `hcl:"vault,block"`
 	Limits             *LimitsFile `hcl:"limits,block"`
+	Store              []StoreFile `hcl:"store,block"`
+	// ChallengeKeyRotation is how long a challenge key seals challenges
+	// (default 24h).
+	ChallengeKeyRotation string `hcl:"challenge_key_rotation,optional"`
+	// ReceiptRetention is how long receipts are kept (default 90d).
+	ReceiptRetention string `hcl:"receipt_retention,optional"`
 }
 
 // VaultFile is the vault block: the Vault the broker reads vault_kv
@@ -122,6 +131,9 @@ const (
 	// DefaultPolicyPollInterval is how often a broker checks its policy
 	// files for changes unless policy_poll_interval says otherwise.
 	DefaultPolicyPollInterval = 2 * time.Second
+	// DefaultReceiptRetention is how long receipts are kept unless
+	// receipt_retention says otherwise.
+	DefaultReceiptRetention = 90 * 24 * time.Hour
 	// MinPolicyPollInterval is the shortest policy_poll_interval other
 	// than 0 (polling disabled): every poll reads every policy file.
 	MinPolicyPollInterval = 100 * time.Millisecond
@@ -158,6 +170,12 @@ type Config struct {
 	// Limits are the admission limits on Challenge and Attest;
 	// ParseConfig fills in DefaultLimits for what the file leaves out.
 	Limits LimitsConfig
+	// Store is where the state is kept: bolt (default) or etcd.
+	Store StoreConfig
+	// ChallengeKeyRotation is how long a challenge key seals challenges.
+	ChallengeKeyRotation time.Duration
+	// ReceiptRetention is how long receipts are kept; zero keeps them.
+	ReceiptRetention time.Duration
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every

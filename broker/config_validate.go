@@ -8,12 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/verify"
 )
 
@@ -92,7 +95,39 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 	if fc.Vault != nil {
 		c.Vault = fc.Vault.build(abs, at.block("vault", 0), p)
 	}
+	c.Store = fc.buildStore(abs, at, p)
+	c.ChallengeKeyRotation = challenge.DefaultKeyRotation
+	if d, ok := parseDays(fc.ChallengeKeyRotation, "challenge_key_rotation", at, p); ok {
+		if d < time.Hour || d > 90*24*time.Hour {
+			p.at(at.attr("challenge_key_rotation"), "challenge_key_rotation must be between 1h and 90d")
+		} else {
+			c.ChallengeKeyRotation = d
+		}
+	}
+	c.ReceiptRetention = DefaultReceiptRetention
+	if d, ok := parseDays(fc.ReceiptRetention, "receipt_retention", at, p); ok {
+		if d != 0 && d < 24*time.Hour {
+			p.at(at.attr("receipt_retention"), "receipt_retention must be 0 (keep every receipt) or at least 1d")
+		} else {
+			c.ReceiptRetention = d
+		}
+	}
 	return c
+}
+
+// parseDays parses an optional duration attribute that may also be a number
+// of days ("90d"); ok is false when it is absent or malformed (then
+// recorded in p).
+func parseDays(s, name string, at spot, p *problems) (time.Duration, bool) {
+	if days, found := strings.CutSuffix(s, "d"); found && at.has(name) {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 36500 {
+			p.at(at.attr(name), "%s %q is not a number of days such as \"90d\" or a duration such as \"24h\"", name, s)
+			return 0, false
+		}
+		return time.Duration(n) * 24 * time.Hour, true
+	}
+	return parseDuration(s, name, at, p)
 }
 
 // parseDuration parses an optional duration attribute; ok is false when it

@@ -91,7 +91,7 @@ func TestStartRefusesPoliciesConfigCannotRun(t *testing.T) {
 			if want := "unable to load policies: " + path + tc.want; err.Error() != want {
 				t.Errorf("Start: %v\nwant: %s", err, want)
 			}
-			if _, err := os.Stat(filepath.Join(dir, "data", StoreFile)); !os.IsNotExist(err) {
+			if _, err := os.Stat(filepath.Join(dir, "data", BoltFile)); !os.IsNotExist(err) {
 				t.Errorf("the store was opened by a refused start (stat: %v)", err)
 			}
 		})

@@ -35,7 +35,7 @@ const MaxRequestSize = 2 << 20
 const (
 	CADir     = "ca"       // ca.pem, ca-key.pem
 	SPIFFEDir = "spiffe"   // the SPIFFE authority: ca.pem, ca-key.pem, jwt-key.pem
-	StoreFile = "store.db" // bbolt: challenges, receipts
+	BoltFile  = "store.db" // bbolt: challenges, receipts
 	// AdminSocket (admin.go) is the third entry.
 )
 
@@ -60,11 +60,16 @@ type Running struct {
 }
 
 // PurgeInterval is how often a running broker drops the markers of used
-// challenges that have expired.
+// challenges that have expired, and the receipts past receipt_retention.
 const PurgeInterval = time.Minute
 
-// purge drops expired used-challenge markers until Stop.
-func (r *Running) purge(log *slog.Logger) {
+// purgeBatch is the most receipts one delete removes: etcd bounds a
+// transaction's size, and other writers should not wait behind a long one.
+const purgeBatch = 1000
+
+// purge drops expired used-challenge markers, and receipts older than
+// retention (zero: none), every PurgeInterval until Stop.
+func (r *Running) purge(log *slog.Logger, retention time.Duration) {
 	t := time.NewTicker(PurgeInterval)
 	defer t.Stop()
 	for {
@@ -72,12 +77,36 @@ func (r *Running) purge(log *slog.Logger) {
 		case <-r.stop:
 			return
 		case now := <-t.C:
-			if n, err := r.st.PurgeConsumed(context.Background(), now); err != nil {
-				log.Error("unable to purge used challenges", "error", err)
-			} else if n > 0 {
-				log.Debug("purged used challenges", "count", n)
-			}
+			r.purgeOnce(log, now, retention)
 		}
+	}
+}
+
+func (r *Running) purgeOnce(log *slog.Logger, now time.Time, retention time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), PurgeInterval)
+	defer cancel()
+	if n, err := r.st.PurgeConsumed(ctx, now); err != nil {
+		log.Error("unable to purge used challenges", "error", err)
+	} else if n > 0 {
+		log.Debug("purged used challenges", "count", n)
+	}
+	if retention <= 0 {
+		return
+	}
+	total := 0
+	for {
+		n, err := r.st.DeleteReceiptsBefore(ctx, now.Add(-retention), purgeBatch)
+		total += n
+		if err != nil {
+			log.Error("unable to delete receipts past their retention", "error", err)
+			break
+		}
+		if n < purgeBatch {
+			break
+		}
+	}
+	if total > 0 {
+		log.Info("deleted receipts past their retention", "count", total, "retention", retention.String())
 	}
 }
 
@@ -142,22 +171,25 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 			vc.Close()
 		}
 	}
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, StoreFile), store.BoltOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	st, err := OpenStore(ctx, cfg, StoreOpts{})
+	cancel()
 	if err != nil {
 		closeVault()
 		return nil, fmt.Errorf("unable to open the store: %w", err)
 	}
 	srv, err := NewServer(ServerOpts{
-		Trust:        cfg.Trust,
-		AllowSHA1:    cfg.AllowSHA1,
-		PCRBanks:     cfg.PCRBanks,
-		ChallengeTTL: cfg.ChallengeTTL,
-		Store:        st,
-		CA:           ca,
-		Policies:     pol,
-		SPIFFE:       sp,
-		Vault:        vc,
-		Logger:       log,
+		Trust:                cfg.Trust,
+		AllowSHA1:            cfg.AllowSHA1,
+		PCRBanks:             cfg.PCRBanks,
+		ChallengeTTL:         cfg.ChallengeTTL,
+		ChallengeKeyRotation: cfg.ChallengeKeyRotation,
+		Store:                st,
+		CA:                   ca,
+		Policies:             pol,
+		SPIFFE:               sp,
+		Vault:                vc,
+		Logger:               log,
 	})
 	if err != nil {
 		st.Close()
@@ -192,12 +224,13 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, vault: vc, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
-	r.tasks.Go(func() { r.purge(log) })
+	r.tasks.Go(func() { r.purge(log, cfg.ReceiptRetention) })
 	if cfg.PolicyPollInterval > 0 {
 		r.tasks.Go(func() { reloader.watch(r.stop, cfg.PolicyPollInterval) })
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash(),
-		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name(), "vault", cfg.Vault != nil)
+		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name(), "vault", cfg.Vault != nil,
+		"store", cfg.Store.String())
 	return r, nil
 }
 

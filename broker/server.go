@@ -68,7 +68,7 @@ type ServerOpts struct {
 	ChallengeKeyRotation time.Duration
 	Store                store.Backend
 	CA                   *issue.CA
-	Policies     *policies.Set
+	Policies             *policies.Set
 	// SPIFFE is the trust domain's authority. Nil (the default) refuses
 	// x509_svid releases and workload entries, and the workload SVID and
 	// bundle RPCs.

@@ -50,16 +50,16 @@ func evidenceShowCmd() *cobra.Command {
 }
 
 func evidenceShow(o evidenceOpts, stdout, stderr io.Writer) int {
-	dir := o.dataDir
+	where := &broker.Config{DataDir: o.dataDir}
 	if o.configPath != "" {
 		cfg, err := broker.LoadConfig(o.configPath)
 		if err != nil {
 			fmt.Fprintf(stderr, "evidence: invalid configuration:\n%v\n", err)
 			return 1
 		}
-		dir = cfg.DataDir
+		where = cfg
 	}
-	n, err := broker.GetNode(context.Background(), dir, o.ekHash)
+	n, err := broker.GetNode(context.Background(), where, o.ekHash)
 	if err != nil {
 		fmt.Fprintf(stderr, "evidence: node %s: %v\n", o.ekHash, err)
 		return 1

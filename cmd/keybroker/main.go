@@ -146,16 +146,16 @@ func receiptsListCmd() *cobra.Command {
 }
 
 func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
-	dir := o.dataDir
+	where := &broker.Config{DataDir: o.dataDir}
 	if o.configPath != "" {
 		cfg, err := broker.LoadConfig(o.configPath)
 		if err != nil {
 			fmt.Fprintf(stderr, "receipts: invalid configuration:\n%v\n", err)
 			return 1
 		}
-		dir = cfg.DataDir
+		where = cfg
 	}
-	rs, err := broker.ListReceipts(context.Background(), dir, store.ListOpts{Limit: o.limit, EKHash: o.ek})
+	rs, err := broker.ListReceipts(context.Background(), where, store.ListOpts{Limit: o.limit, EKHash: o.ek})
 	if err != nil {
 		fmt.Fprintf(stderr, "receipts: %v\n", err)
 		return 1

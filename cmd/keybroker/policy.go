@@ -228,7 +228,7 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 		}
 		eval(evalResult{Source: o.evidenceFile}, ev)
 	case o.ekHash != "":
-		n, err := broker.GetNode(ctx, cfg.DataDir, o.ekHash)
+		n, err := broker.GetNode(ctx, cfg, o.ekHash)
 		if err != nil {
 			fmt.Fprintf(stderr, "policy eval: node %s: %v\n", o.ekHash, err)
 			return 1
@@ -237,7 +237,7 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 	default:
 		opts := store.ListNodesOpts{Limit: 100}
 		for {
-			ns, err := broker.ListNodes(ctx, cfg.DataDir, opts)
+			ns, err := broker.ListNodes(ctx, cfg, opts)
 			if err != nil {
 				fmt.Fprintf(stderr, "policy eval: %v\n", err)
 				return 1

@@ -253,7 +253,7 @@ func TestPolicyEvalOnDemo(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "error: evidence does not verify: quote_nonce:") || !strings.Contains(out, "1 not evaluated") {
 		t.Errorf("eval of doctored evidence: exit %d\n%s; want 1 naming quote_nonce", code, out)
 	}
-	if code, _, stderr := runCmd(t, "policy", "eval", "--config", config, "--policy", lenient, "--node", "0123"); code != 1 || !strings.Contains(stderr, "not found") {
+	if code, _, stderr := runCmd(t, "policy", "eval", "--config", config, "--policy", lenient, "--node", "01234567"); code != 1 || !strings.Contains(stderr, "not found") {
 		t.Errorf("eval of an unknown node: exit %d, stderr %q; want 1, not found", code, stderr)
 	}
 }
