@@ -88,8 +88,8 @@ func (l *Limiter) Allow(key string, now time.Time) (ok bool, retryAfter time.Dur
 		b.tokens = min(l.burst, b.tokens+elapsed.Seconds()*l.rate)
 		b.last = now
 	}
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= 1-epsilon {
+		b.tokens = max(b.tokens-1, 0)
 		return true, 0
 	}
 	return false, waitFor(1-b.tokens, l.rate)
@@ -116,6 +116,10 @@ func (l *Limiter) get(key string, now time.Time) *bucket {
 	l.buckets[key] = l.lru.PushFront(b)
 	return b
 }
+
+// epsilon absorbs floating-point error, so that a bucket refilled for
+// exactly the time one token takes admits a request.
+const epsilon = 1e-9
 
 // evictScan is how many buckets, from the least recently used end, evict
 // looks at for one that has refilled.

@@ -57,6 +57,18 @@ func TestAllowClockGoingBackGivesNothing(t *testing.T) {
 	allow(t, l, "k", t0.Add(500*time.Millisecond), false, 500*time.Millisecond)
 }
 
+// TestRefusedCallsDoNotDelayTheNext: a key asking every second while
+// refused is admitted as soon as its token is back, whatever the rounding
+// of ten refills of 0.1.
+func TestRefusedCallsDoNotDelayTheNext(t *testing.T) {
+	l := ratelimit.New(0.1, 1, ratelimit.Opts{})
+	allow(t, l, "k", t0, true, 0)
+	for s := 1; s < 10; s++ {
+		allow(t, l, "k", t0.Add(time.Duration(s)*time.Second), false, time.Duration(10-s)*time.Second)
+	}
+	allow(t, l, "k", t0.Add(10*time.Second), true, 0)
+}
+
 func TestOffLimitAdmitsEverything(t *testing.T) {
 	for name, l := range map[string]*ratelimit.Limiter{
 		"zero rate":   ratelimit.New(0, 10, ratelimit.Opts{}),
