@@ -1,40 +1,45 @@
-// Package store holds the broker's state: single-use challenges, the
-// receipts that record every attestation decision, node records (each
+// Package store holds the broker's state: the markers of used challenges,
+// the receipts that record every attestation decision, node records (each
 // node's last TPM counters and last verified evidence, and the node
 // X.509-SVIDs and workload entries its last attestation gave it, indexed by
-// SVID serial), and the deny list (nodes whose last decision was a refusal
-// the broker holds against them; it follows the receipts, see
-// Receipt.DenyListed).
+// SVID serial), the deny list (nodes whose last decision was a refusal the
+// broker holds against them; see Receipt.DenyListed) and the challenge keys
+// that seal challenge tokens.
 //
-// Store is the interface the broker and its tests program against; Bolt is
-// the embedded default, a single bbolt file owned by one broker process.
-// Business rules (what is trusted, what is released) live elsewhere: the store
-// only guarantees that a challenge is consumed at most once and that a receipt
-// (and the node record written with it) is on disk before PutReceipt or
-// ConsumeChallenge returns.
+// The state is behind small interfaces, each in a file named after it:
+// Decisions (record a decision: marker, receipt, node record and deny-list
+// change in one transaction), Receipts, Nodes and ChallengeKeys; Backend is
+// all of them, as an opener returns it. Bolt is the embedded default, one
+// bbolt file owned by one broker process; Etcd is shared by broker replicas
+// through an etcd cluster. Both pass the same contract tests
+// (broker/store/storetest). Business rules (what is trusted, what is
+// released, who is deny-listed) live in the caller: the store only
+// guarantees that a challenge is used at most once and that a decision is
+// durable before Record returns.
 //
-//	st, err := store.OpenBolt("/var/lib/keybroker/state.db", store.BoltOpts{})
+//	st, err := store.OpenBolt("/var/lib/keybroker/store.db", store.BoltOpts{})
+//	// or: st, err := store.OpenEtcd(ctx, store.EtcdOpts{Endpoints: eps, ...})
 //	if err != nil {
 //		return err
 //	}
 //	defer st.Close()
-//	if err := st.PutChallenge(ctx, c); err != nil {
-//		return err
-//	}
-//	...
-//	c, err := st.GetChallenge(ctx, id, time.Now())
+//	... // open the challenge token, verify the answer, decide, fill in r
+//	err = st.Record(ctx, &store.Decision{
+//		ChallengeID: id, ChallengeExpiry: exp, Receipt: r, Node: node, Deny: deny,
+//	})
 //	switch {
-//	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
-//		// unknown, already used or too late: refuse
+//	case errors.Is(err, store.ErrConsumed):
+//		// a concurrent answer used the challenge first: release nothing
 //	case err != nil:
-//		// internal fault
+//		// the store failed or is unreachable: release nothing
 //	}
-//	... // verify the answer against c, decide, fill in the receipt r
-//	err = st.ConsumeChallenge(ctx, id, r, node) // one commit: challenge gone, r and node on disk
-//	switch {
-//	case errors.Is(err, store.ErrNotFound):
-//		// a concurrent answer consumed it first: release nothing
-//	case err != nil:
-//		// internal fault: release nothing
-//	}
+//
+// In etcd every key is under EtcdOpts.Prefix: consumed/<challenge id>
+// (leased to the challenge's expiry), receipts/<id>,
+// receipts_by_ek/<path-escaped ek hash>/<id>, nodes/<ek hash>,
+// node_svids/<serial>, denied/<ek hash>, event_logs/<sha-256> and
+// challenge_keys/<id>. Values stay small: an event log is stored once, by
+// content hash, apart from the node records that name it. etcd refuses
+// requests above its --max-request-bytes (1.5 MiB by default); a node
+// record without its log is far below that.
 package store

@@ -192,3 +192,12 @@ func (e *Etcd) key(family, name string) string { return e.prefix + family + name
 func (e *Etcd) ekIndexPrefix(ekHash string) string {
 	return e.prefix + etcdReceiptsByEK + url.PathEscape(ekHash) + "/"
 }
+
+// explain says that etcd did not answer when err is the request timeout
+// running out (not the caller's context).
+func (e *Etcd) explain(ctx context.Context, err error) error {
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd did not answer within %v: %w", e.timeout, err)
+	}
+	return err
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -13,7 +14,7 @@ import (
 
 // maxRecordAttempts bounds Record's retries when a concurrent decision
 // changed the node record (or SVID index entries) it read.
-const maxRecordAttempts = 16
+const maxRecordAttempts = 64
 
 // errRetry is a transaction that failed on what it read, not on the marker
 // or the receipt ID: read again and retry.
@@ -29,19 +30,22 @@ var errRetry = errors.New("node record changed concurrently")
 // have been committed: the caller releases nothing either way.
 func (e *Etcd) Record(ctx context.Context, d *Decision) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("unable to record decision: %w", err)
+		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
 	if err := d.prepare(); err != nil {
-		return fmt.Errorf("unable to record decision: %w", err)
+		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
-	ctx, cancel := e.request(ctx)
+	rctx, cancel := e.request(ctx)
 	defer cancel()
-	err := e.record(ctx, d)
+	err := e.record(rctx, d)
 	for i := 1; errors.Is(err, errRetry) && i < maxRecordAttempts; i++ {
-		err = e.record(ctx, d)
+		// Back off a little, more after each conflict, so that writers
+		// of one node record do not collide in lockstep.
+		time.Sleep(time.Duration(rand.Int64N(int64(min(i, 10)) * int64(time.Millisecond))))
+		err = e.record(rctx, d)
 	}
 	if err != nil {
-		return fmt.Errorf("unable to record decision: %w", err)
+		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
 	return nil
 }
@@ -155,7 +159,7 @@ func (e *Etcd) dropLeases() {
 // so there is nothing to purge.
 func (e *Etcd) PurgeConsumed(ctx context.Context, _ time.Time) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("unable to purge used challenges: %w", err)
+		return 0, fmt.Errorf("unable to purge used challenges: %w", e.explain(ctx, err))
 	}
 	return 0, nil
 }
@@ -169,19 +173,19 @@ const deleteBatch = 100
 // deletes of their EK index entries.
 func (e *Etcd) DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("unable to delete receipts: %w", err)
+		return 0, fmt.Errorf("unable to delete receipts: %w", e.explain(ctx, err))
 	}
 	if limit <= 0 {
 		return 0, errors.New("unable to delete receipts: limit must be positive")
 	}
-	ctx, cancel := e.request(ctx)
+	rctx, cancel := e.request(ctx)
 	defer cancel()
 	var n int
 	for n < limit {
-		deleted, err := e.deleteReceipts(ctx, e.key(etcdReceipts, receiptIDBefore(before)), min(limit-n, deleteBatch))
+		deleted, err := e.deleteReceipts(rctx, e.key(etcdReceipts, receiptIDBefore(before)), min(limit-n, deleteBatch))
 		n += deleted
 		if err != nil {
-			return n, fmt.Errorf("unable to delete receipts: %w", err)
+			return n, fmt.Errorf("unable to delete receipts: %w", e.explain(ctx, err))
 		}
 		if deleted == 0 {
 			break

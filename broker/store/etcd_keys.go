@@ -12,11 +12,11 @@ import (
 // ChallengeKeys implements ChallengeKeys.
 func (e *Etcd) ChallengeKeys(ctx context.Context) ([]ChallengeKey, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("unable to read challenge keys: %w", err)
+		return nil, fmt.Errorf("unable to read challenge keys: %w", e.explain(ctx, err))
 	}
 	keys, _, err := e.readChallengeKeys(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("unable to read challenge keys: %w", err)
+		return nil, fmt.Errorf("unable to read challenge keys: %w", e.explain(ctx, err))
 	}
 	return keys, nil
 }
@@ -46,17 +46,17 @@ func (e *Etcd) readChallengeKeys(ctx context.Context) ([]ChallengeKey, int64, er
 // succeeds only if no challenge key changed since they were read.
 func (e *Etcd) AddChallengeKey(ctx context.Context, k ChallengeKey, newestID string, deleteBefore time.Time) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("unable to add challenge key: %w", err)
+		return fmt.Errorf("unable to add challenge key: %w", e.explain(ctx, err))
 	}
 	if err := k.Validate(); err != nil {
-		return fmt.Errorf("unable to add challenge key: %w", err)
+		return fmt.Errorf("unable to add challenge key: %w", e.explain(ctx, err))
 	}
 	val, err := json.Marshal(k)
 	if err != nil {
 		return fmt.Errorf("unable to encode challenge key: %w", err)
 	}
 	if err := e.addChallengeKey(ctx, k, string(val), newestID, deleteBefore); err != nil {
-		return fmt.Errorf("unable to add challenge key: %w", err)
+		return fmt.Errorf("unable to add challenge key: %w", e.explain(ctx, err))
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ func (e *Etcd) get(ctx context.Context, key string) ([]byte, error) {
 // GetReceipt implements Receipts.
 func (e *Etcd) GetReceipt(ctx context.Context, id string) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
-		return Receipt{}, fmt.Errorf("unable to get receipt: %w", err)
+		return Receipt{}, fmt.Errorf("unable to get receipt: %w", e.explain(ctx, err))
 	}
 	if validateID(id) != nil {
 		return Receipt{}, fmt.Errorf("unable to get receipt: %w", ErrNotFound)
@@ -37,11 +37,11 @@ func (e *Etcd) GetReceipt(ctx context.Context, id string) (Receipt, error) {
 		err = ErrNotFound
 	}
 	if err != nil {
-		return Receipt{}, fmt.Errorf("unable to get receipt: %w", err)
+		return Receipt{}, fmt.Errorf("unable to get receipt: %w", e.explain(ctx, err))
 	}
 	r, err := decodeReceipt(id, v)
 	if err != nil {
-		return Receipt{}, fmt.Errorf("unable to get receipt: %w", err)
+		return Receipt{}, fmt.Errorf("unable to get receipt: %w", e.explain(ctx, err))
 	}
 	return r, nil
 }
@@ -49,15 +49,15 @@ func (e *Etcd) GetReceipt(ctx context.Context, id string) (Receipt, error) {
 // ListReceipts implements Receipts: newest (highest ID) first.
 func (e *Etcd) ListReceipts(ctx context.Context, opts ListOpts) ([]Receipt, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("unable to list receipts: %w", err)
+		return nil, fmt.Errorf("unable to list receipts: %w", e.explain(ctx, err))
 	}
 	limit, err := listLimit(opts.Limit)
 	if err != nil {
-		return nil, fmt.Errorf("unable to list receipts: %w", err)
+		return nil, fmt.Errorf("unable to list receipts: %w", e.explain(ctx, err))
 	}
 	out, err := e.listReceipts(ctx, opts, limit)
 	if err != nil {
-		return nil, fmt.Errorf("unable to list receipts: %w", err)
+		return nil, fmt.Errorf("unable to list receipts: %w", e.explain(ctx, err))
 	}
 	return out, nil
 }
@@ -116,14 +116,14 @@ func decodeReceipts(kvs []*mvccpb.KeyValue, prefixLen int) ([]Receipt, error) {
 // GetNode implements Nodes.
 func (e *Etcd) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	if err := ctx.Err(); err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", e.explain(ctx, err))
 	}
 	if ekHash == "" || len(ekHash) > maxEKHashLength {
 		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
 	}
 	n, err := e.getNode(ctx, ekHash)
 	if err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", e.explain(ctx, err))
 	}
 	return n, nil
 }
@@ -190,15 +190,15 @@ func (e *Etcd) loadEventLogs(ctx context.Context, ns []NodeRecord) error {
 // ListNodes implements Nodes: in EK hash order.
 func (e *Etcd) ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("unable to list node records: %w", err)
+		return nil, fmt.Errorf("unable to list node records: %w", e.explain(ctx, err))
 	}
 	limit, err := listLimit(opts.Limit)
 	if err != nil {
-		return nil, fmt.Errorf("unable to list node records: %w", err)
+		return nil, fmt.Errorf("unable to list node records: %w", e.explain(ctx, err))
 	}
 	out, err := e.listNodes(ctx, opts.After, limit)
 	if err != nil {
-		return nil, fmt.Errorf("unable to list node records: %w", err)
+		return nil, fmt.Errorf("unable to list node records: %w", e.explain(ctx, err))
 	}
 	return out, nil
 }
@@ -233,14 +233,14 @@ func (e *Etcd) listNodes(ctx context.Context, after string, limit int) ([]NodeRe
 // NodeBySVIDSerial implements Nodes.
 func (e *Etcd) NodeBySVIDSerial(ctx context.Context, serial string) (NodeRecord, error) {
 	if err := ctx.Err(); err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", err)
+		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", e.explain(ctx, err))
 	}
 	if !validSerial(serial) {
 		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", ErrNotFound)
 	}
 	n, err := e.nodeBySVIDSerial(ctx, serial)
 	if err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", err)
+		return NodeRecord{}, fmt.Errorf("unable to get node record by svid: %w", e.explain(ctx, err))
 	}
 	return n, nil
 }
@@ -268,7 +268,7 @@ func (e *Etcd) nodeBySVIDSerial(ctx context.Context, serial string) (NodeRecord,
 // GetDenial implements Nodes.
 func (e *Etcd) GetDenial(ctx context.Context, ekHash string) (Denial, error) {
 	if err := ctx.Err(); err != nil {
-		return Denial{}, fmt.Errorf("unable to get denial: %w", err)
+		return Denial{}, fmt.Errorf("unable to get denial: %w", e.explain(ctx, err))
 	}
 	if ekHash == "" || len(ekHash) > maxEKHashLength {
 		return Denial{}, fmt.Errorf("unable to get denial: %w", ErrNotFound)
@@ -278,7 +278,7 @@ func (e *Etcd) GetDenial(ctx context.Context, ekHash string) (Denial, error) {
 		err = ErrNotFound
 	}
 	if err != nil {
-		return Denial{}, fmt.Errorf("unable to get denial: %w", err)
+		return Denial{}, fmt.Errorf("unable to get denial: %w", e.explain(ctx, err))
 	}
 	var d Denial
 	if err := json.Unmarshal(v, &d); err != nil {

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,7 +117,9 @@ func TestEtcdUnavailable(t *testing.T) {
 	if d := time.Since(start); d > 4*time.Second {
 		t.Errorf("Record took %v to fail with etcd stopped, want about the 2s request timeout", d)
 	}
-	t.Logf("Record with etcd stopped: %v", err)
+	if !strings.Contains(err.Error(), "etcd did not answer within 2s") {
+		t.Errorf("Record with etcd stopped: error %q does not say etcd did not answer", err)
+	}
 	if _, err := e.GetNode(ctx, "ek"); err == nil || errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetNode with etcd stopped: got %v, want an unavailability error", err)
 	}
@@ -179,4 +185,73 @@ func countKeys(t *testing.T, c *etcdtest.Cluster, prefix string) int64 {
 		t.Fatalf("counting %s: %v", prefix, err)
 	}
 	return resp.Count
+}
+
+// TestEtcdTLS opens a store on members that require client certificates.
+func TestEtcdTLS(t *testing.T) {
+	c := startEtcd(t, etcdtest.Opts{Members: 1, TLS: true})
+	e := openEtcd(t, c, store.EtcdOpts{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile})
+	ctx := context.Background()
+	d := storetest.Decide("c1", "ek", nil)
+	if err := e.Record(ctx, d); err != nil {
+		t.Fatalf("Record over TLS: %v", err)
+	}
+	if r, err := e.GetReceipt(ctx, d.Receipt.ID); err != nil || r.ChallengeID != "c1" {
+		t.Fatalf("GetReceipt over TLS = %+v, %v", r, err)
+	}
+	// Without a client certificate the members refuse the store.
+	start := time.Now()
+	_, err := store.OpenEtcd(ctx, store.EtcdOpts{Endpoints: c.Endpoints(), CAFile: c.CAFile, DialTimeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "unable to reach etcd at") {
+		t.Fatalf("OpenEtcd without a client certificate: got %v, want a refusal", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("OpenEtcd took %v to give up", d)
+	}
+}
+
+func TestOpenEtcdErrors(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A loopback port nobody listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + l.Addr().String()
+	l.Close()
+	ep := []string{closed}
+	tests := []struct {
+		name    string
+		opts    store.EtcdOpts
+		wantErr string
+	}{
+		{"no endpoints", store.EtcdOpts{}, "unable to open etcd store: endpoints cannot be empty"},
+		{"empty endpoint", store.EtcdOpts{Endpoints: []string{""}}, "an endpoint cannot be empty"},
+		{"cert without key", store.EtcdOpts{Endpoints: ep, CertFile: "c.pem"}, "cert and key must be given together"},
+		{"negative timeout", store.EtcdOpts{Endpoints: ep, DialTimeout: -1}, "timeouts cannot be negative"},
+		{"missing ca", store.EtcdOpts{Endpoints: ep, CAFile: filepath.Join(dir, "missing.pem")}, "unable to read etcd ca_cert"},
+		{"ca not pem", store.EtcdOpts{Endpoints: ep, CAFile: notPEM}, "holds no PEM certificate"},
+		{"bad client key", store.EtcdOpts{Endpoints: ep, CertFile: notPEM, KeyFile: notPEM}, "unable to load etcd client certificate"},
+		{"unreachable", store.EtcdOpts{Endpoints: ep, DialTimeout: 500 * time.Millisecond}, "unable to reach etcd at " + closed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			e, err := store.OpenEtcd(context.Background(), tt.opts)
+			if err == nil {
+				e.Close()
+				t.Fatalf("OpenEtcd succeeded, want %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("OpenEtcd error = %q, want %q", err, tt.wantErr)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("OpenEtcd took %v to fail", d)
+			}
+		})
+	}
 }

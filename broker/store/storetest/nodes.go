@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -246,5 +247,50 @@ func testDenyList(t *testing.T, b store.Backend) {
 	record(t, b, allowed)
 	if _, err := b.GetDenial(ctx, "ek"); !isNotFound(err) {
 		t.Errorf("GetDenial after DenyRemove = %v; want ErrNotFound", err)
+	}
+}
+
+// testConcurrentNodeUpdates races decisions on different challenges for
+// one node, each giving it another SVID: all are recorded, and the SVID
+// index holds exactly the serial of the record that won.
+func testConcurrentNodeUpdates(t *testing.T, b store.Backend) {
+	const n = 16
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := WithSVIDs(Node("ek", uint64(i)), fmt.Sprintf("%x", 0x100+i))
+			errs[i] = b.Record(ctx, Decide(fmt.Sprintf("c%d", i), "ek", &node))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Record %d: %v", i, err)
+		}
+	}
+	final, err := b.GetNode(ctx, "ek")
+	if err != nil || len(final.SVIDs) != 1 {
+		t.Fatalf("GetNode = %+v, %v; want a record with one SVID", final, err)
+	}
+	for i := range n {
+		serial := fmt.Sprintf("%x", 0x100+i)
+		got, err := b.NodeBySVIDSerial(ctx, serial)
+		switch {
+		case serial == final.SVIDs[0].Serial && (err != nil || got.Clock != final.Clock):
+			t.Errorf("NodeBySVIDSerial(%s) of the last record = clock %d, %v", serial, got.Clock, err)
+		case serial != final.SVIDs[0].Serial && !isNotFound(err):
+			t.Errorf("NodeBySVIDSerial(%s) of a replaced record = %v; want ErrNotFound", serial, err)
+		}
+	}
+	// The index holds no stale entry: another node can take every serial.
+	for i := range n {
+		if serial := fmt.Sprintf("%x", 0x100+i); serial != final.SVIDs[0].Serial {
+			other := WithSVIDs(Node(fmt.Sprintf("other-%d", i), 1), serial)
+			record(t, b, Decide("o"+serial, other.EKHash, &other))
+		}
 	}
 }

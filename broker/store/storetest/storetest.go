@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Backend) {
 		{"DeleteReceiptsBefore", testDeleteReceiptsBefore},
 		{"SingleUse", testSingleUse},
 		{"ConcurrentSingleUse", testConcurrentSingleUse},
+		{"ConcurrentNodeUpdates", testConcurrentNodeUpdates},
 		{"InvalidDecision", testInvalidDecision},
 		{"InvalidNodeRecord", testInvalidNodeRecord},
 		{"PurgeConsumed", testPurgeConsumed},
