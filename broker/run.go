@@ -189,6 +189,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		Policies:             pol,
 		SPIFFE:               sp,
 		Vault:                vc,
+		Limits:               cfg.Limits,
 		Logger:               log,
 	})
 	if err != nil {

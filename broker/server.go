@@ -8,6 +8,8 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +50,7 @@ type Server struct {
 	decisions  store.Decisions
 	nodes      store.Nodes
 	challenges *challenge.Issuer
+	admission  *admission
 	policies   atomic.Pointer[policies.Set]
 	ca         *issue.CA
 	spiffe     *issue.SPIFFE       // nil: SPIFFE is not configured
@@ -75,7 +78,10 @@ type ServerOpts struct {
 	SPIFFE *issue.SPIFFE
 	// Vault is the source of vault_kv and vault_pki releases. Nil (the
 	// default) refuses them.
-	Vault  *vaultsource.Client
+	Vault *vaultsource.Client
+	// Limits are the admission limits on Challenge and Attest; the zero
+	// value limits nothing (Start passes the configuration's).
+	Limits LimitsConfig
 	Logger *slog.Logger // default: discard
 	// Now returns the current time; default time.Now. Tests move it to
 	// expire challenges and node SVIDs.
@@ -104,6 +110,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		decisions:  opts.Store,
 		nodes:      opts.Store,
 		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, KeyRotation: opts.ChallengeKeyRotation, Now: opts.Now}),
+		admission:  newAdmission(opts.Limits),
 		ca:         opts.CA,
 		spiffe:     opts.SPIFFE,
 		vault:      opts.Vault,
@@ -121,10 +128,17 @@ func (s *Server) SetPolicies(p *policies.Set) { s.policies.Store(p) }
 
 // Challenge implements keybroker.v1.Broker.
 func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.ChallengeResponse, error) {
+	if err := s.admission.admitAddress(ctx, opChallenge); err != nil {
+		return nil, err
+	}
 	node, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), s.trust)
 	if err != nil {
 		s.log.Warn("challenge refused", "check", verify.FailedCheck(err), "error", err)
 		return nil, checkStatus(err)
+	}
+	if err := s.admitChallenge(node.EKHash()); err != nil {
+		s.log.Warn("challenge refused: too many requests", "ek", node.EKHash(), "error", err)
+		return nil, err
 	}
 	issued, err := s.challenges.Issue(ctx, node, challenge.Evidence{
 		EKPublic:        req.GetEkPublic(),
@@ -157,6 +171,9 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	if err := checkAttestRequest(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
 	}
+	if err := s.admission.admitAddress(ctx, opAttest); err != nil {
+		return nil, err
+	}
 	ch, err := s.challenges.Open(ctx, req.GetChallengeId(), challenge.Evidence{
 		EKPublic:        req.GetEkPublic(),
 		EKCertificate:   req.GetEkCertificate(),
@@ -171,6 +188,12 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	case err != nil:
 		s.log.Error("attest failed", "error", err)
 		return nil, status.Error(codes.Unavailable, "unable to open the challenge: the store is unavailable")
+	}
+	// Per EK (by its public area's digest: the challenge vouches for it):
+	// a refusal here uses nothing up, the challenge can be answered again.
+	ekKey := sha256.Sum256(req.GetEkPublic())
+	if err := s.admission.admitEK(opAttest, hex.EncodeToString(ekKey[:])); err != nil {
+		return nil, err
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)
@@ -196,6 +219,15 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	s.log.Info("credentials released", "receipt", rec.ID, "ek", rec.EKHash, "policies", rec.Policies, "released", len(rec.Released))
 	resp.ReceiptId = rec.ID
 	return resp, nil
+}
+
+// admitChallenge applies the per-EK limits of a challenge: the rate, then
+// the budget of challenges the EK may hold.
+func (s *Server) admitChallenge(ekHash string) error {
+	if err := s.admission.admitEK(opChallenge, ekHash); err != nil {
+		return err
+	}
+	return s.admission.admitOutstanding(ekHash)
 }
 
 // record records d, translating the store's failures: a challenge used by
