@@ -16,13 +16,16 @@ import (
 	"github.com/keybroker/keybroker/policies"
 )
 
-// Storage layout. config and role/ replicate like any Vault state;
-// challenge/ and node/ are local to each cluster (see backendHelp).
+// Storage layout (see vaultStore). config and role/ replicate like any
+// Vault state; the challenge keys, the used-challenge markers and node/ are
+// local to each cluster (see backendHelp). config and the challenge keys
+// are seal-wrapped.
 const (
-	configPath      = "config"
-	rolePrefix      = "role/"
-	challengePrefix = "challenge/"
-	nodePrefix      = "node/"
+	configPath        = "config"
+	rolePrefix        = "role/"
+	challengeKeysPath = "challenge_keys"
+	consumedPrefix    = "consumed/"
+	nodePrefix        = "node/"
 	// ticketPrefix (path_login_sealed.go) is local too.
 )
 
@@ -49,10 +52,11 @@ type tpmAuthBackend struct {
 	policyMu sync.Mutex
 	policies map[string]cachedPolicy // role name -> parsed policy
 
-	// challengeLocks serialize the check-and-delete that consumes a
-	// challenge (Vault storage has no transactions).
-	challengeLocks []*locksutil.LockEntry
-	limiter        *rateLimiter
+	// storageLocks serialize the check-and-put steps Vault storage has no
+	// transactions for: adding a challenge key, using up a challenge,
+	// redeeming a ticket.
+	storageLocks []*locksutil.LockEntry
+	limiter      *rateLimiter
 }
 
 // cachedPolicy is a role's parsed policy document and the SHA-256 of the
@@ -64,10 +68,10 @@ type cachedPolicy struct {
 
 func backend() *tpmAuthBackend {
 	b := &tpmAuthBackend{
-		now:            time.Now,
-		policies:       map[string]cachedPolicy{},
-		challengeLocks: locksutil.CreateLocks(),
-		limiter:        newRateLimiter(),
+		now:          time.Now,
+		policies:     map[string]cachedPolicy{},
+		storageLocks: locksutil.CreateLocks(),
+		limiter:      newRateLimiter(),
 	}
 	b.Backend = &framework.Backend{
 		BackendType: logical.TypeCredential,
@@ -79,8 +83,8 @@ func backend() *tpmAuthBackend {
 		},
 		PathsSpecial: &logical.Paths{
 			Unauthenticated: []string{"login", "challenge"},
-			SealWrapStorage: []string{configPath},
-			LocalStorage:    []string{challengePrefix, nodePrefix, ticketPrefix},
+			SealWrapStorage: []string{configPath, challengeKeysPath},
+			LocalStorage:    []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix},
 		},
 		Paths: []*framework.Path{
 			pathConfig(b),
@@ -107,7 +111,8 @@ func (b *tpmAuthBackend) invalidate(_ context.Context, key string) {
 	}
 }
 
-// periodic deletes expired challenges and forgets idle rate-limit windows.
+// periodic deletes the markers of expired challenges and unredeemed
+// tickets, and forgets idle rate-limit windows.
 // Vault runs it about once a minute.
 func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) error {
 	now := b.now()
@@ -118,12 +123,12 @@ func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) err
 			return nil // read-only here; the active node purges
 		}
 	}
-	n, err := b.store(req.Storage).PurgeExpired(ctx, now)
+	n, err := b.store(req.Storage).PurgeConsumed(ctx, now)
 	if err != nil {
-		return fmt.Errorf("unable to purge expired challenges: %w", err)
+		return fmt.Errorf("unable to purge used challenges: %w", err)
 	}
 	if n > 0 {
-		b.Logger().Debug("expired challenges purged", "count", n)
+		b.Logger().Debug("markers of expired challenges purged", "count", n)
 	}
 	if n, err = b.purgeTickets(ctx, req.Storage, now); err != nil {
 		return fmt.Errorf("unable to purge expired tickets: %w", err)
@@ -163,8 +168,14 @@ event log exactly as the keybroker broker does, evaluates the role's policy
 document over the verified facts, and on success issues a token with the
 role's token settings. The entity alias is the node's EK hash.
 
-Challenges and the TPM counters of each node's last login are kept in
-storage local to each cluster (not replicated to performance secondaries);
-"challenge" and "login" are forwarded from performance standbys to the
-active node, which consumes each challenge exactly once.
+A challenge is a token sealed (AES-256-GCM) under a challenge key kept in
+Vault storage, so issuing one writes nothing and a challenge survives a
+restart or a leader change. The node sends its EK and AK material again at
+login; a login uses its challenge up by writing a marker, kept until the
+challenge expires. The challenge keys, the markers and the TPM counters of
+each node's last login are in storage local to each cluster (not
+replicated to performance secondaries): a node answers a challenge to the
+cluster that issued it. "challenge" and "login" are forwarded from
+performance standbys to the active node, which accepts each challenge
+exactly once.
 `

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -233,10 +234,10 @@ func (n *node) answer(ch *logical.Response, role string) map[string]any {
 	if err != nil {
 		n.t.Fatalf("quote: %v", err)
 	}
-	data := map[string]any{
-		"challenge_id": ch.Data["challenge_id"],
-		"quotes":       quotesData(quotes),
-	}
+	// The EK and AK material of the challenge request, presented again.
+	data := n.challengeData()
+	data["challenge_id"] = ch.Data["challenge_id"]
+	data["quotes"] = quotesData(quotes)
 	if role != "" {
 		data["role"] = role
 	}
@@ -303,11 +304,15 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 	e := newEnv(t)
 	n := openNode(t, 0)
 	setup(t, e, n)
+	// A login on the active node leaves the marker of its challenge.
+	if resp, err := e.request(logical.UpdateOperation, "login", n.answer(e.challenge(n), "web")); err != nil || resp.Auth == nil {
+		t.Fatalf("login: %v %v", err, resp.Error())
+	}
 	data := n.answer(e.challenge(n), "web")
 
 	// The same storage seen from a performance standby: challenge and
 	// login are forwarded to the active node (ErrReadOnly asks Vault to
-	// forward), which alone issues and consumes challenges.
+	// forward), which alone issues challenges and uses them up.
 	sys := logical.TestSystemView()
 	sys.ReplicationStateVal = consts.ReplicationPerformanceStandby
 	standby := restartOn(t, e.storage, e.clock, sys)
@@ -316,53 +321,71 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 			t.Errorf("%s on a performance standby: %v, want it forwarded", path, err)
 		}
 	}
-	// The standby's periodic function leaves the challenges to the active node.
+	// The standby's periodic function leaves the markers to the active node.
 	e.clock.add(time.Hour)
 	if err := standby.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 1 {
-		t.Errorf("challenges = %v after the standby's periodic function", keys)
+	if keys, _ := e.storage.List(t.Context(), consumedPrefix); len(keys) != 1 {
+		t.Errorf("markers = %v after the standby's periodic function", keys)
 	}
 
 	if !slices.Equal(e.b.PathsSpecial.Unauthenticated, []string{"login", "challenge"}) {
 		t.Errorf("Unauthenticated = %v", e.b.PathsSpecial.Unauthenticated)
 	}
-	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengePrefix, nodePrefix, ticketPrefix}) {
+	// The challenge keys stay in the cluster whose markers they go with,
+	// and are seal-wrapped like the config.
+	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix}) {
 		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
+	}
+	if !slices.Equal(e.b.PathsSpecial.SealWrapStorage, []string{configPath, challengeKeysPath}) {
+		t.Errorf("SealWrapStorage = %v", e.b.PathsSpecial.SealWrapStorage)
 	}
 }
 
-// TestConsumeChallengeLockSharedWithNode: storage locks are shared by hash,
-// so a challenge's lock may be the one of the node record written when it
-// is consumed; consuming must not hold the first while taking the second.
-func TestConsumeChallengeLockSharedWithNode(t *testing.T) {
+// TestRecordLockSharedWithNode: storage locks are shared by hash, so a
+// challenge's marker may have the lock of the node record written with it;
+// Record must take that lock once.
+func TestRecordLockSharedWithNode(t *testing.T) {
 	e := newEnv(t)
 	st := e.b.store(e.storage)
-	nodeLock := locksutil.LockForKey(e.b.challengeLocks, nodePrefix+hashA)
+	nodeLock := locksutil.LockForKey(e.b.storageLocks, nodePrefix+hashA)
 	id := ""
 	for i := 0; id == ""; i++ {
-		if c := fmt.Sprintf("challenge-%d", i); locksutil.LockForKey(e.b.challengeLocks, challengePrefix+c) == nodeLock {
+		if c := fmt.Sprintf("challenge-%d", i); locksutil.LockForKey(e.b.storageLocks, consumedPrefix+c) == nodeLock {
 			id = c
 		}
 	}
 	now := e.clock.now()
-	if err := st.PutChallenge(t.Context(), store.Challenge{ID: id, ExpiresAt: now.Add(time.Minute)}); err != nil {
-		t.Fatal(err)
+	decision := func() *store.Decision {
+		return &store.Decision{ChallengeID: id, ChallengeExpiry: now.Add(time.Minute),
+			Receipt: &store.Receipt{EKHash: hashA}, Node: &store.NodeRecord{EKHash: hashA, LastSeen: now}}
 	}
+	first := decision()
 	done := make(chan error, 1)
-	go func() {
-		done <- st.ConsumeChallenge(t.Context(), id, &store.Receipt{}, &store.NodeRecord{EKHash: hashA, LastSeen: now})
-	}()
+	go func() { done <- st.Record(t.Context(), first) }()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("consume: %v", err)
+			t.Fatalf("record: %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("consuming a challenge whose lock is the node record's deadlocked")
+		t.Fatal("recording a decision whose marker's lock is the node record's deadlocked")
 	}
-	if rec, err := st.GetNode(t.Context(), hashA); err != nil || rec.EKHash != hashA {
+	if rec, err := st.GetNode(t.Context(), hashA); err != nil || rec.EKHash != hashA || !rec.FirstSeen.Equal(now) {
 		t.Errorf("node record = %+v, %v", rec, err)
+	}
+	// The receipt is not kept, but named as the broker names receipts.
+	if r := first.Receipt; r.ID == "" || r.Time.IsZero() || first.Node.LastReceiptID != r.ID {
+		t.Errorf("receipt = %+v, node's last receipt %q", r, first.Node.LastReceiptID)
+	}
+	// A second decision on the challenge writes nothing.
+	d := decision()
+	d.Node.LastSeen = now.Add(time.Second)
+	if err := st.Record(t.Context(), d); !errors.Is(err, store.ErrConsumed) {
+		t.Fatalf("second record: %v, want ErrConsumed", err)
+	}
+	if rec, _ := st.GetNode(t.Context(), hashA); !rec.LastSeen.Equal(now) {
+		t.Errorf("a refused record wrote the node record: last seen %v", rec.LastSeen)
 	}
 }

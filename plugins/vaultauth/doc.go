@@ -3,13 +3,18 @@
 // adapter: every step is keybroker's own code, the same the broker runs.
 //
 //	challenge  verify.Node (EK trust, AK attributes), per-EK rate limit,
-//	           challenge.Issuer.Issue (MakeCredential; the secret's hash is
-//	           stored in Vault storage through vaultStore, a store.Store)
-//	login      challenge.Issuer.Lookup, evidence.Verify (verify.Node,
-//	           verify.Quotes, WithEventLog), evidence.WithHistory against the
-//	           node's last counters, policies.Set.Evaluate with the role's policy
-//	           document, challenge.Issuer.Consume (once, whatever the
-//	           outcome), then a logical.Auth with the role's token settings
+//	           challenge.Issuer.Issue (MakeCredential; the challenge ID is a
+//	           token sealed under a challenge key that vaultStore, a
+//	           store.ChallengeKeys, keeps in Vault storage; nothing else is
+//	           written)
+//	login      challenge.Issuer.Open with the ek_public, ek_certificate,
+//	           ek_intermediates and ak_public the node sends again,
+//	           evidence.Verify (verify.Node, verify.Quotes, WithEventLog),
+//	           evidence.WithHistory against the node's last counters,
+//	           policies.Set.Evaluate with the role's policy document,
+//	           store.Decisions.Record (the challenge's marker and the node's
+//	           counters; once, whatever the outcome), then a logical.Auth
+//	           with the role's token settings
 //	           (or, with token_envelope, a ticket login through Vault's
 //	           API and the token sealed by sealing.SealCredential)
 //
@@ -34,11 +39,15 @@
 //
 // # Clusters
 //
-// Challenges and the TPM counters of each node's last login are in storage
-// local to each cluster (Paths.LocalStorage): a node answers a challenge to
-// the cluster that issued it. challenge and login are forwarded from
-// performance standbys to the active node (ForwardPerformanceStandby), where
-// a challenge is consumed by a check-and-delete under a per-key lock (Vault
-// storage has no transactions) and the rate limit is counted in memory.
-// Replication to standbys is eventual; only the active node decides.
+// The challenge keys (seal-wrapped), the markers of used challenges and the
+// TPM counters of each node's last login are in storage local to each
+// cluster (Paths.LocalStorage): a node answers a challenge to the cluster
+// that issued it, and a challenge survives a restart or a leader change.
+// challenge and login are forwarded from performance standbys to the active
+// node (ForwardPerformanceStandby), where a challenge is used up by a
+// check-and-put of its marker under a per-key lock (Vault storage has no
+// transactions) and the rate limit is counted in memory. Replication to
+// standbys is eventual; only the active node decides. Receipts are not
+// kept: Record assigns a receipt's ID but stores only the marker and the
+// counters.
 package vaultauth

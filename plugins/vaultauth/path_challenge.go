@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -22,26 +21,7 @@ func pathChallenge(b *tpmAuthBackend) *framework.Path {
 			OperationPrefix: "tpm",
 			OperationVerb:   "challenge",
 		},
-		Fields: map[string]*framework.FieldSchema{
-			"ek_public": {
-				Type:        framework.TypeString,
-				Description: "The EK public area (TPMT_PUBLIC), base64. Required.",
-			},
-			"ek_certificate": {
-				Type:        framework.TypeString,
-				Description: "The EK certificate (DER), base64, as the TPM holds it. Needed when the EK is trusted through ek_ca.",
-			},
-			"ek_intermediates": {
-				Type: framework.TypeStringSlice,
-				Description: fmt.Sprintf("Intermediate CA certificates (DER, base64 each) that issued the EK certificate, "+
-					"to chain it to an ek_ca root; at most %d.", verify.MaxIntermediates),
-			},
-			"ak_public": {
-				Type: framework.TypeString,
-				Description: "The AK public area (TPMT_PUBLIC), base64: a restricted signing key " +
-					"(fixedTPM, fixedParent, sensitiveDataOrigin), RSA-2048+ or ECC P-256/P-384. Required.",
-			},
-		},
+		Fields: evidenceFields("Required."),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
 				Callback: b.pathChallengeWrite,
@@ -65,14 +45,7 @@ func (b *tpmAuthBackend) pathChallengeWrite(ctx context.Context, req *logical.Re
 		return logical.ErrorResponse("the TPM auth method is not configured"), nil
 	}
 	var in inputErrors
-	ev := challenge.Evidence{
-		EKPublic:      in.base64(d, "ek_public", true),
-		EKCertificate: in.base64(d, "ek_certificate", false),
-		AKPublic:      in.base64(d, "ak_public", true),
-	}
-	for i, s := range d.Get("ek_intermediates").([]string) {
-		ev.EKIntermediates = append(ev.EKIntermediates, in.decode(fmt.Sprintf("ek_intermediates[%d]", i), s))
-	}
+	ev := decodeEvidence(&in, d)
 	if err := in.err(); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
@@ -86,8 +59,7 @@ func (b *tpmAuthBackend) pathChallengeWrite(ctx context.Context, req *logical.Re
 		b.Logger().Warn("challenge refused: rate limit", "ek", node.EKHash(), "per_minute", cfg.challengesPerMinute)
 		return nil, logical.CodedError(http.StatusTooManyRequests, "challenge: too many challenges for this EK; retry within a minute")
 	}
-	issuer := challenge.New(b.store(req.Storage), challenge.Opts{TTL: cfg.challengeTTL, Now: b.now})
-	issued, err := issuer.Issue(ctx, node, ev)
+	issued, err := b.issuer(req.Storage, cfg).Issue(ctx, node, ev)
 	if err != nil {
 		b.Logger().Error("challenge failed", "ek", node.EKHash(), "error", err)
 		return nil, err
@@ -99,6 +71,13 @@ func (b *tpmAuthBackend) pathChallengeWrite(ctx context.Context, req *logical.Re
 		"encrypted_secret": base64.StdEncoding.EncodeToString(issued.EncryptedSecret),
 		"expires":          issued.ExpiresAt.UTC().Format(time.RFC3339Nano),
 	}}, nil
+}
+
+// issuer returns the challenge issuer of cfg, whose keys are in s. It
+// reads the keys from storage when it issues or opens a challenge, so
+// every node of the cluster, and the next active node, uses the same keys.
+func (b *tpmAuthBackend) issuer(s logical.Storage, cfg *config) *challenge.Issuer {
+	return challenge.New(b.store(s), challenge.Opts{TTL: cfg.challengeTTL, Now: b.now})
 }
 
 // checkResponse translates a refusal by broker/verify into Vault's terms:
@@ -118,37 +97,6 @@ func checkResponse(err error) (*logical.Response, error) {
 	return resp, logical.ErrPermissionDenied
 }
 
-// inputErrors collects every problem with a request's fields.
-type inputErrors struct{ errs []error }
-
-// base64 returns the decoded field, recording an error if it is missing
-// (and required) or not base64.
-func (in *inputErrors) base64(d *framework.FieldData, field string, required bool) []byte {
-	s := d.Get(field).(string)
-	if s == "" {
-		if required {
-			in.errs = append(in.errs, fmt.Errorf("%s is required", field))
-		}
-		return nil
-	}
-	return in.decode(field, s)
-}
-
-func (in *inputErrors) decode(what, s string) []byte {
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		in.errs = append(in.errs, fmt.Errorf("%s is not base64: %w", what, err))
-		return nil
-	}
-	return b
-}
-
-func (in *inputErrors) add(format string, args ...any) {
-	in.errs = append(in.errs, fmt.Errorf(format, args...))
-}
-
-func (in *inputErrors) err() error { return errors.Join(in.errs...) }
-
 const pathChallengeHelpSyn = `Get a credential-activation challenge for a TPM's EK and AK.`
 
 const pathChallengeHelpDesc = `
@@ -161,7 +109,11 @@ TPM2_ActivateCredential. The response carries challenge_id, credential_blob
 (TPM2B_ID_OBJECT) and encrypted_secret (TPM2B_ENCRYPTED_SECRET), both base64,
 and expires (RFC 3339). The node answers at login, once, before expires.
 
-Only the secret's SHA-256 is stored, in Vault storage, so a challenge survives
-a restart or a leader change; it is consumed by the first login that presents
-it. Each EK may get at most challenges_per_minute challenges per minute.
+challenge_id is a token sealed (AES-256-GCM) under a challenge key kept in
+Vault storage, carrying the secret's SHA-256 (never the secret), the digest of
+the EK and AK material sent and the expiry: issuing it writes nothing, and it
+survives a restart or a leader change. The node sends the same ek_public,
+ek_certificate, ek_intermediates and ak_public again at login. The first
+login that presents it uses it up. Each EK may get at most
+challenges_per_minute challenges per minute.
 `

