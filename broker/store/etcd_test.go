@@ -199,6 +199,12 @@ func TestEtcdTLS(t *testing.T) {
 	if r, err := e.GetReceipt(ctx, d.Receipt.ID); err != nil || r.ChallengeID != "c1" {
 		t.Fatalf("GetReceipt over TLS = %+v, %v", r, err)
 	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
 	// Without a client certificate the members refuse the store.
 	start := time.Now()
 	_, err := store.OpenEtcd(ctx, store.EtcdOpts{Endpoints: c.Endpoints(), CAFile: c.CAFile, DialTimeout: time.Second})

@@ -94,3 +94,25 @@ func ExampleBolt_GetDenial() {
 	// denied by: policy <nil>
 	// still denied: false
 }
+
+// A broker replica opens the store shared through etcd. Every replica uses
+// the same endpoints and prefix; calls fail after RequestTimeout while the
+// cluster is unreachable and work again once it is back.
+func ExampleOpenEtcd() {
+	ctx := context.Background()
+	st, err := store.OpenEtcd(ctx, store.EtcdOpts{
+		Endpoints: []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"},
+		CAFile:    "/etc/keybroker/etcd/ca.pem",
+		CertFile:  "/etc/keybroker/etcd/client.pem",
+		KeyFile:   "/etc/keybroker/etcd/client-key.pem",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+	keys, err := st.ChallengeKeys(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(keys), "challenge keys")
+}
