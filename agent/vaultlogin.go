@@ -64,7 +64,8 @@ type VaultLoginResult struct {
 // plugins/vaultauth) with this node's TPM: it asks auth/<mount>/challenge
 // for a credential made to its EK and AK, activates it in the TPM, quotes
 // the PCRs with the activated secret and sends the quotes (and event log)
-// to auth/<mount>/login for the role.
+// to auth/<mount>/login for the role, with the EK and AK material of its
+// challenge request again (the challenge was issued for it).
 //
 // When the role seals tokens (token_envelope), the login answers with the
 // token sealed to this node's EK and VaultLogin opens it in the TPM (see
@@ -113,7 +114,7 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 		return nil, err
 	}
 
-	login, err := logical.WriteWithContext(ctx, "auth/"+mount+"/login", vaultLoginRequest(opts.Role, ch.GetChallengeId(), quotes, opts.EventLog))
+	login, err := logical.WriteWithContext(ctx, "auth/"+mount+"/login", vaultLoginRequest(opts.Role, req, ch.GetChallengeId(), quotes, opts.EventLog))
 	if err != nil {
 		return nil, &StepError{StepLogin, vaultError(err)}
 	}
@@ -294,10 +295,12 @@ func parseVaultChallenge(s *vaultapi.Secret) (*pb.ChallengeResponse, error) {
 	return resp, nil
 }
 
-// vaultLoginRequest is the body of auth/<mount>/login: each quote as its
-// TPMS_ATTEST and TPMT_SIGNATURE, base64, with the quoted PCR values by
-// index (hash_alg is the TPM_ALG_ID of the bank).
-func vaultLoginRequest(role, challengeID string, quotes []*pb.Quote, eventLog []byte) map[string]any {
+// vaultLoginRequest is the body of auth/<mount>/login: the EK and AK
+// material of the challenge request ch, again and in the same encodings
+// (the challenge was issued for it), and each quote as its TPMS_ATTEST and
+// TPMT_SIGNATURE, base64, with the quoted PCR values by index (hash_alg is
+// the TPM_ALG_ID of the bank).
+func vaultLoginRequest(role string, ch *pb.ChallengeRequest, challengeID string, quotes []*pb.Quote, eventLog []byte) map[string]any {
 	qs := make([]map[string]any, len(quotes))
 	for i, q := range quotes {
 		values := make(map[string]string, len(q.GetPcrs().GetValues()))
@@ -313,11 +316,10 @@ func vaultLoginRequest(role, challengeID string, quotes []*pb.Quote, eventLog []
 			},
 		}
 	}
-	body := map[string]any{
-		"role":         role,
-		"challenge_id": challengeID,
-		"quotes":       qs,
-	}
+	body := vaultChallengeRequest(ch)
+	body["role"] = role
+	body["challenge_id"] = challengeID
+	body["quotes"] = qs
 	if len(eventLog) > 0 {
 		body["event_log"] = b64(eventLog)
 	}

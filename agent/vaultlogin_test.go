@@ -88,6 +88,15 @@ func TestVaultLogin(t *testing.T) {
 	if login["role"] != "web" || login["challenge_id"] == "" {
 		t.Errorf("login request = %v", login)
 	}
+	// The login presents the challenge request's EK and AK material again.
+	for _, k := range []string{"ek_public", "ak_public"} {
+		if login[k] != ch[k] {
+			t.Errorf("login %s = %v, want the challenge request's %v", k, login[k], ch[k])
+		}
+	}
+	if _, ok := login["ek_certificate"]; ok {
+		t.Error("login request sends an ek_certificate the challenge request did not")
+	}
 	if _, ok := login["event_log"]; ok {
 		t.Error("login request sends an event_log the node does not have")
 	}

@@ -243,6 +243,11 @@ type loginBody struct {
 		} `json:"pcrs"`
 	} `json:"quotes"`
 	EventLog []byte `json:"event_log"`
+	// The EK and AK material of the challenge request, presented again.
+	EKPublic        []byte   `json:"ek_public"`
+	EKCertificate   []byte   `json:"ek_certificate"`
+	EKIntermediates [][]byte `json:"ek_intermediates"`
+	AKPublic        []byte   `json:"ak_public"`
 }
 
 func (s *Server) login(ctx context.Context, body map[string]any) (int, any) {
@@ -254,7 +259,8 @@ func (s *Server) login(ctx context.Context, body map[string]any) (int, any) {
 	if in.Role != s.opts.Role {
 		return http.StatusBadRequest, errorsBody(fmt.Sprintf("role %q not found", in.Role))
 	}
-	req := &pb.AttestRequest{ChallengeId: in.ChallengeID, EventLog: in.EventLog}
+	req := &pb.AttestRequest{ChallengeId: in.ChallengeID, EventLog: in.EventLog,
+		EkPublic: in.EKPublic, EkCertificate: in.EKCertificate, EkIntermediates: in.EKIntermediates, AkPublic: in.AKPublic}
 	for _, q := range in.Quotes {
 		values := map[uint32][]byte{}
 		for k, v := range q.PCRs.Values {
