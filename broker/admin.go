@@ -24,11 +24,13 @@ const AdminSocket = "admin.sock"
 
 // serveAdmin listens on the admin socket and serves, as JSON:
 //
-//	GET /v1/receipts?limit=N&ek=HASH   receipts, newest first
+//	GET /v1/receipts?limit=N&ek=HASH&before=ID   receipts, newest first
 //	GET /v1/nodes?limit=N&after=HASH   node records (with their last evidence), by EK hash
 //	GET /v1/nodes/{ekhash}             one node record, by its EK hash or a unique
 //	                                   prefix of at least MinEKHashPrefix hex digits;
 //	                                   400 if malformed, 404 if unknown, 409 if ambiguous
+//
+// and the node status reads and operator actions of handleOperator.
 func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -48,7 +50,8 @@ func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/receipts", func(w http.ResponseWriter, r *http.Request) {
 		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-		rs, err := st.ListReceipts(r.Context(), store.ListOpts{Limit: limit, EKHash: r.URL.Query().Get("ek")})
+		q := r.URL.Query()
+		rs, err := st.ListReceipts(r.Context(), store.ListOpts{Limit: limit, EKHash: q.Get("ek"), Before: q.Get("before")})
 		if err != nil {
 			http.Error(w, "unable to list receipts", http.StatusInternalServerError)
 			return
@@ -82,6 +85,7 @@ func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 		}
 		writeJSON(w, n)
 	})
+	handleOperator(mux, st)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)
 	return srv, nil
@@ -97,7 +101,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // when it is stopped (and always from an etcd store).
 func ListReceipts(ctx context.Context, cfg *Config, opts store.ListOpts) ([]store.Receipt, error) {
 	var rs []store.Receipt
-	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}}
+	q := url.Values{"limit": {strconv.Itoa(opts.Limit)}, "ek": {opts.EKHash}, "before": {opts.Before}}
 	err := query(ctx, cfg, "/v1/receipts?"+q.Encode(), &rs, func(st store.Backend) (err error) {
 		rs, err = st.ListReceipts(ctx, opts)
 		return err

@@ -80,6 +80,12 @@ type Receipt struct {
 	// DenyListed records that this refusal put the node (EKHash) on the
 	// deny list (Decision.Deny is DenyAdd; Decisions.Record sets it).
 	DenyListed bool `json:"deny_listed,omitempty"`
+	// Action names an operator's action recorded as a decision of its own
+	// ("nodes forget", "nodes allow"); empty for attestations. Reason and
+	// Operator (an OS user name) say why and who.
+	Action   string `json:"action,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Operator string `json:"operator,omitempty"`
 }
 
 // ReleasedItem describes one credential released under a receipt. It never

@@ -3,21 +3,16 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/broker"
-	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/cli"
 )
 
@@ -32,7 +27,8 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	root := cli.NewRoot("keybroker", "Release secrets only to machines that prove what they booted", long,
 		serveCmd(),
-		cli.NewGroup("receipts", "Read the broker's decision receipts", receiptsListCmd()),
+		cli.NewGroup("receipts", "Read and export the broker's decision receipts", receiptsListCmd(), receiptsExportCmd()),
+		cli.NewGroup("nodes", "List, show, forget and allow the nodes the broker knows", nodesListCmd(), nodesShowCmd(), nodesForgetCmd(), nodesAllowCmd()),
 		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
 		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),
 		demoCmd(),
@@ -115,88 +111,4 @@ func serve(o serveOpts, stderr io.Writer) int {
 			return 0
 		}
 	}
-}
-
-type receiptsOpts struct {
-	configPath, dataDir, ek string
-	limit                   int
-	asJSON                  bool
-}
-
-func receiptsListCmd() *cobra.Command {
-	var o receiptsOpts
-	cmd := &cobra.Command{
-		Use:   "list (--config broker.hcl | --data-dir DIR)",
-		Short: "List decision receipts, newest first",
-		Args:  cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.configPath == "" && o.dataDir == "" {
-				return cli.Usagef("--config or --data-dir is required")
-			}
-			return cli.Code(receiptsList(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
-		},
-	}
-	f := cmd.Flags()
-	f.StringVar(&o.configPath, "config", "", "broker configuration file (its data_dir holds the store)")
-	f.StringVar(&o.dataDir, "data-dir", "", "the broker's data directory (instead of --config)")
-	f.StringVar(&o.ek, "ek", "", "only receipts for this EK hash")
-	f.IntVar(&o.limit, "limit", 50, "at most this many receipts, newest first")
-	f.BoolVar(&o.asJSON, "json", false, "print JSON, one receipt per line")
-	return cmd
-}
-
-func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
-	where := &broker.Config{DataDir: o.dataDir}
-	if o.configPath != "" {
-		cfg, err := broker.LoadConfig(o.configPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "receipts: invalid configuration:\n%v\n", err)
-			return 1
-		}
-		where = cfg
-	}
-	rs, err := broker.ListReceipts(context.Background(), where, store.ListOpts{Limit: o.limit, EKHash: o.ek})
-	if err != nil {
-		fmt.Fprintf(stderr, "receipts: %v\n", err)
-		return 1
-	}
-	if o.asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, r := range rs {
-			if err := enc.Encode(r); err != nil {
-				fmt.Fprintf(stderr, "receipts: %v\n", err)
-				return 1
-			}
-		}
-		return 0
-	}
-	printReceipts(stdout, rs)
-	return 0
-}
-
-func printReceipts(w io.Writer, rs []store.Receipt) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RECEIPT\tTIME\tEK\tDECISION\tPOLICIES\tRELEASED")
-	for _, r := range rs {
-		decision := "allowed"
-		if !r.Allowed {
-			decision = "denied: " + r.Check
-		}
-		if r.DenyListed {
-			decision += " (deny-listed)"
-		}
-		var released []string
-		for _, it := range r.Released {
-			released = append(released, fmt.Sprintf("%s(%s serial %s)", it.Name, it.Mode, it.Serial))
-		}
-		ekShort := r.EKHash
-		if len(ekShort) > 16 {
-			ekShort = ekShort[:16]
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", r.ID, r.Time.UTC().Format(time.RFC3339), ekShort, decision, r.Policies, released)
-		for _, f := range r.Failures {
-			fmt.Fprintf(tw, "\t\t\t\t\t  - %s\n", f)
-		}
-	}
-	tw.Flush()
 }
