@@ -91,6 +91,9 @@ type brokerOpts struct {
 	ekAllow []string
 	policy  string // the content of policy.hcl
 	extra   string // appended to broker.hcl, e.g. a spiffe block
+	// prepare, if set, runs on the data directory (created 0700) before
+	// the broker starts, e.g. to give a replica another broker's CA.
+	prepare func(dataDir string)
 }
 
 // brokerProc is a running `keybroker serve`.
@@ -145,6 +148,12 @@ func startBroker(t *testing.T, opts brokerOpts) *brokerProc {
 	cfg.WriteString(opts.extra)
 	writeFile(t, b.configFile, cfg.String())
 	writeFile(t, b.policyFile, opts.policy)
+	if opts.prepare != nil {
+		if err := os.MkdirAll(b.dataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		opts.prepare(b.dataDir)
+	}
 
 	b.cmd = exec.Command(brokerBin, "serve", "--config", b.configFile)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
