@@ -53,6 +53,14 @@ func (a OperatorAction) validate() error {
 	return nil
 }
 
+// CheckEKHashRef checks that ref names a node as an operator may: an EK
+// hash or a prefix of at least MinEKHashPrefix hex digits. The error wraps
+// ErrInvalidEKHash.
+func CheckEKHashRef(ref string) error {
+	_, err := parseEKHashRef(ref)
+	return err
+}
+
 // ForgetNode deletes the record of the node named by ekRef (its EK hash, or
 // a unique prefix of at least MinEKHashPrefix hex digits) — its counters,
 // evidence and SVID index entries — and its deny-list entry, and records

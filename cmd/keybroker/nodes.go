@@ -26,6 +26,9 @@ func oneEK(_ *cobra.Command, args []string) error {
 	case len(args) > 1:
 		return cli.Usagef("unexpected arguments %q", args[1:])
 	}
+	if err := broker.CheckEKHashRef(args[0]); err != nil {
+		return cli.Usagef("%v", err)
+	}
 	return nil
 }
 
