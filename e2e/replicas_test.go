@@ -219,3 +219,172 @@ func TestReplicasShareChallenges(t *testing.T) {
 		t.Fatalf("receipts: %d (%d for the winner), want 2 in all, read the same from either replica: %+v", len(rs), n, rs)
 	}
 }
+
+// faultRun is a set of nodes attesting in a loop against replicas, each
+// answer sent twice (to two replicas at once), recording what came back.
+type faultRun struct {
+	mu       sync.Mutex
+	released map[string]int    // challenge ID -> releases
+	receipts map[string]string // receipt ID -> challenge ID
+	refused  map[codes.Code]int
+	errs     []string
+}
+
+func (r *faultRun) note(challenge string, resp *pb.AttestResponse, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.released[challenge]++
+		r.receipts[resp.GetReceiptId()] = challenge
+		return
+	}
+	code := status.Code(err)
+	r.refused[code]++
+	if code != codes.PermissionDenied && len(r.errs) < 20 {
+		r.errs = append(r.errs, err.Error())
+	}
+}
+
+// attestLoop makes node answer challenges until ctx ends, through the
+// clients that alive reports as up; it returns the number of rounds.
+func (r *faultRun) attestLoop(ctx context.Context, node *tpmNode, clients []pb.BrokerClient, alive func(int) bool) int {
+	rounds := 0
+	for i := 0; ctx.Err() == nil; i++ {
+		var up []pb.BrokerClient
+		for j, c := range clients {
+			if alive(j) {
+				up = append(up, c)
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		req, err := node.challenge(cctx, up[i%len(up)])
+		if err != nil {
+			cancel()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		var wg sync.WaitGroup
+		for k := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := up[(i+k)%len(up)].Attest(cctx, req)
+				r.note(req.GetChallengeId(), resp, err)
+			}()
+		}
+		wg.Wait()
+		cancel()
+		rounds++
+	}
+	return rounds
+}
+
+// A 3-member etcd cluster and two replicas, 4 nodes attesting in a loop
+// (each answer sent to both replicas at once): one etcd member is killed
+// (kill -9) and then one replica: no challenge is released twice, every
+// release has its receipt, and the nodes keep getting credentials. Then all
+// of etcd stops: Attest answers Unavailable, releasing nothing, and serves
+// again, without a restart, once etcd is back.
+func TestReplicasRideOutFaults(t *testing.T) {
+	skipUnlessE2E(t)
+	c := etcdtest.Start(t, etcdtest.Opts{Members: 3})
+	var tpms []*swtpmtest.TPM
+	for range 4 {
+		tpms = append(tpms, swtpmtest.Start(t, swtpmtest.Opts{}))
+	}
+	bs := startReplicas(t, c, tpms, 2)
+	clients := []pb.BrokerClient{brokerClient(t, bs[0]), brokerClient(t, bs[1])}
+	var down atomic.Int32 // replica index + 1 that was killed
+	alive := func(i int) bool { return int(down.Load()) != i+1 }
+	run := &faultRun{released: map[string]int{}, receipts: map[string]string{}, refused: map[codes.Code]int{}}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var rounds atomic.Int32
+	var nodes []*tpmNode
+	for _, tpm := range tpms {
+		node := newTPMNode(t, tpm)
+		nodes = append(nodes, node)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rounds.Add(int32(run.attestLoop(ctx, node, clients, alive)))
+		}()
+	}
+	releasesNow := func() int {
+		run.mu.Lock()
+		defer run.mu.Unlock()
+		return len(run.receipts)
+	}
+	waitReleases := func(more int, what string) {
+		t.Helper()
+		want, deadline := releasesNow()+more, time.Now().Add(90*time.Second)
+		for releasesNow() < want {
+			if time.Now().After(deadline) {
+				cancel()
+				wg.Wait()
+				t.Fatalf("%s: %d releases, want %d; errors %q", what, releasesNow(), want, run.errs)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitReleases(8, "before any fault")
+	c.Kill(1)
+	t.Log("killed etcd member 1")
+	waitReleases(8, "with an etcd member killed")
+	down.Store(1)
+	bs[0].kill()
+	t.Log("killed replica A")
+	waitReleases(8, "with replica A killed")
+	cancel()
+	wg.Wait()
+
+	run.mu.Lock()
+	for ch, n := range run.released {
+		if n != 1 {
+			t.Errorf("challenge %s released %d times", ch, n)
+		}
+	}
+	t.Logf("%d rounds, %d releases, refusals %v", rounds.Load(), len(run.receipts), run.refused)
+	run.mu.Unlock()
+	stored := map[string]bool{}
+	for _, r := range receipts(t, bs[1]) {
+		stored[r.ID] = r.Allowed
+	}
+	for id, ch := range run.receipts {
+		if !stored[id] {
+			t.Errorf("release of challenge %s has no allowed receipt %s in the store", ch, id)
+		}
+	}
+
+	// All of etcd down: refused as Unavailable, nothing released.
+	node := nodes[0]
+	req, err := node.challenge(context.Background(), clients[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.StopAll()
+	actx, acancel := context.WithTimeout(context.Background(), 30*time.Second)
+	resp, err := clients[1].Attest(actx, req)
+	acancel()
+	if resp != nil || status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "store is unavailable") {
+		t.Fatalf("Attest with etcd stopped = %v, %v; want Unavailable naming the store", resp, err)
+	}
+	c.StartAll()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
+		req, err := node.challenge(actx, clients[1])
+		if err == nil {
+			_, err = clients[1].Attest(actx, req)
+		}
+		acancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica B did not recover after etcd came back: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
