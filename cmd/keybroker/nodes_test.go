@@ -168,3 +168,32 @@ func TestNodesHelp(t *testing.T) {
 		}
 	}
 }
+
+// A node on the deny list without a record (refused before it ever
+// verified) is shown and allowed by its full EK hash only.
+func TestNodesDenyOnly(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(dir, broker.BoltFile), store.BoltOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek := "e0e0e0e0" + strings.Repeat("3", 56)
+	err = st.Record(context.Background(), &store.Decision{Receipt: &store.Receipt{EKHash: ek, Check: "pcr_digest"}, Deny: store.DenyAdd})
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, "nodes", "show", "--data-dir", dir, ek)
+	if code != 0 || !strings.Contains(stdout, `"no_record": true`) || !strings.Contains(stdout, `"check": "pcr_digest"`) {
+		t.Errorf("nodes show of a deny-listed node without record: exit %d, stderr %q:\n%s", code, stderr, stdout)
+	}
+	if code, _, stderr = runCmd(t, "nodes", "allow", "--data-dir", dir, ek[:8], "--reason", "r"); code != 1 || !strings.Contains(stderr, "not found") {
+		t.Errorf("nodes allow by prefix of a node without record: exit %d, stderr %q; want 1, not found", code, stderr)
+	}
+	if code, stdout, stderr = runCmd(t, "nodes", "allow", "--data-dir", dir, ek, "--reason", "r"); code != 0 || !strings.Contains(stdout, "nodes allow: node "+ek) {
+		t.Errorf("nodes allow by full hash: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, _ = runCmd(t, "nodes", "show", "--data-dir", dir, ek); code != 1 {
+		t.Errorf("nodes show after allow: exit %d; want 1, nothing left:\n%s", code, stdout)
+	}
+}
