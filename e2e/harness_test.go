@@ -35,6 +35,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/brokertest"
 	"github.com/keybroker/keybroker/internal/swtpmtest"
 )
 
@@ -146,6 +147,9 @@ func startBroker(t *testing.T, opts brokerOpts) *brokerProc {
 		cfg.WriteString("}\n")
 	}
 	cfg.WriteString(opts.extra)
+	if !strings.Contains(opts.extra, "store \"") {
+		cfg.WriteString(brokertest.EtcdBlock(t)) // KEYBROKER_TEST_STORE=etcd
+	}
 	writeFile(t, b.configFile, cfg.String())
 	writeFile(t, b.policyFile, opts.policy)
 	if opts.prepare != nil {

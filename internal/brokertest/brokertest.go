@@ -167,11 +167,7 @@ func New(tb testing.TB, o Opts) *Env {
 	if err != nil {
 		tb.Fatalf("policy: %v", err)
 	}
-	st, err := store.OpenBolt(filepath.Join(tb.TempDir(), "store.db"), store.BoltOpts{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { st.Close() })
+	st := OpenStore(tb)
 	e.Store = st
 	if e.CA, err = issue.LoadOrCreateCA(tb.TempDir(), issue.CAOpts{}); err != nil {
 		tb.Fatal(err)
