@@ -22,7 +22,7 @@ FUZZ_TARGETS += ./broker:FuzzAttest
 FUZZ_TARGETS += ./broker:FuzzLoadConfig
 FUZZ_TARGETS += ./broker/verify/tcglog:FuzzParse
 
-.PHONY: help all build test unit e2e e2e-vault bench fuzz demo lint generate generate-check tidy clean
+.PHONY: help all build test test-etcd unit e2e e2e-vault bench fuzz demo lint generate generate-check tidy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,11 +33,15 @@ build: ## build bin/keybroker, bin/keybroker-agent and bin/vault-plugin-auth-tpm
 	$(GO) build -o $(BIN)/ ./cmd/...
 	cd plugins/vaultauth && $(GO) build -o $(BIN)/ ./cmd/...
 
-test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools), Vault plugin and Vault e2e, brief fuzzing
+test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools, etcd), the same on the etcd store, Vault plugin and Vault e2e, brief fuzzing
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory test-etcd
 	cd plugins/vaultauth && $(GO) test -count=1 -timeout 10m ./...
 	$(MAKE) --no-print-directory e2e-vault
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+test-etcd: ## the broker and e2e suites again, on the etcd store (a real etcd server per test; needs etcd-server)
+	KEYBROKER_TEST_STORE=etcd $(GO) test -count=1 -timeout 20m ./broker/ ./e2e/
 
 e2e-vault: ## Vault suite: a Vault 1.19.5 test cluster, the auth plugin and keybroker-agent on swtpm (own module; first build ~6 min)
 	cd e2e/vault && $(GO) test -count=1 -timeout 20m ./...
