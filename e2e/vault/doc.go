@@ -32,6 +32,9 @@
 //   - TestReplayedChallengeRefused: a login request captured by a proxy and
 //     sent again is refused (403, challenge) and creates no token, also
 //     after the core is sealed and unsealed, after which a fresh login works.
+//     The login carried the challenge request's ek_public, ek_certificate
+//     and ak_public again; sent with another AK it is refused as a mismatch
+//     ("challenge was issued for another EK or AK").
 //   - TestPCRMismatchDenied: after PCR 7 changes the login is refused with
 //     only "policy: no policy allows this node", no token is created, no
 //     file written, and Vault's log records check=policy for the operator.

@@ -3,6 +3,7 @@ package vaulte2e
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -160,6 +161,25 @@ func TestReplayedChallengeRefused(t *testing.T) {
 		}
 	}
 	replay("right after the login")
+
+	// The login presented the challenge request's EK and AK material again;
+	// the challenge is bound to it: the same answer with other material is
+	// refused as a mismatch before its use is even looked up.
+	var chBody map[string]any
+	if err := json.Unmarshal(p.last(t, "auth/tpm/challenge").request, &chBody); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ek_public", "ek_certificate", "ak_public"} {
+		if s, _ := body[k].(string); s == "" || body[k] != chBody[k] {
+			t.Errorf("login %s = %.16v…, want the challenge request's", k, body[k])
+		}
+	}
+	other := maps.Clone(body)
+	other["ak_public"] = body["ek_public"]
+	_, err := c.unauthenticated(t).Logical().Write("auth/tpm/login", other)
+	if err == nil || !strings.Contains(err.Error(), "challenge: challenge was issued for another EK or AK") {
+		t.Errorf("login with another AK: %v; want 403 naming the mismatch", err)
+	}
 
 	c.sealAndUnseal(t)
 	replay("after seal and unseal")
