@@ -27,7 +27,8 @@ func pathChallenge(b *tpmAuthBackend) *framework.Path {
 				Callback: b.pathChallengeWrite,
 				Summary:  pathChallengeHelpSyn,
 				// Challenges are issued on the active node, which also
-				// consumes them and counts them for the rate limit.
+				// adds the challenge keys, uses challenges up at login and
+				// counts them for the rate limit.
 				ForwardPerformanceStandby: true,
 			},
 		},
