@@ -22,7 +22,7 @@ FUZZ_TARGETS += ./broker:FuzzAttest
 FUZZ_TARGETS += ./broker:FuzzLoadConfig
 FUZZ_TARGETS += ./broker/verify/tcglog:FuzzParse
 
-.PHONY: help all build test test-etcd unit e2e e2e-vault bench fuzz demo lint generate generate-check tidy clean
+.PHONY: help all build test test-etcd unit e2e e2e-vault bench sizing fuzz demo lint generate generate-check tidy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ e2e: ## the cross-process suite on swtpm (needs swtpm, swtpm-tools, tpm2-tools)
 
 bench: ## benchmarks: crypto floor vs the attest+release pipeline
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./broker/
+
+sizing: ## store space per node and per receipt, bolt and etcd: 10,000 nodes, 100,000 receipts (several minutes)
+	KEYBROKER_SIZING=1 $(GO) test -count=1 -v -timeout 30m -run '^TestSizing$$' ./broker/store/
 
 fuzz: ## run each of FUZZ_TARGETS for FUZZTIME (default 10s; `make test` runs each for 5s)
 	@set -e; for target in $(FUZZ_TARGETS); do \
