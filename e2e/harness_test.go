@@ -623,7 +623,7 @@ func wantCredential(t *testing.T, dir string, b *brokerProc, ekHash, serial stri
 // receipts lists the broker's receipts with `keybroker receipts list --json`.
 func receipts(t *testing.T, b *brokerProc) []store.Receipt {
 	t.Helper()
-	r := keybroker(t, "receipts", "list", "--config", b.configFile, "--json")
+	r := keybroker(t, "receipts", "list", "--config", b.configFile, "--json", "--limit", "1000")
 	wantExit(t, r, 0)
 	var rs []store.Receipt
 	dec := json.NewDecoder(strings.NewReader(r.stdout))

@@ -279,8 +279,8 @@ func (r *faultRun) attestLoop(ctx context.Context, node *tpmNode, clients []pb.B
 	return rounds
 }
 
-// A 3-member etcd cluster and two replicas, 4 nodes attesting in a loop
-// (each answer sent to both replicas at once): one etcd member is killed
+// A 3-member etcd cluster and two replicas, 20 agents on 4 TPMs attesting
+// in a loop (each answer sent to both replicas at once): one etcd member is killed
 // (kill -9) and then one replica: no challenge is released twice, every
 // release has its receipt, and the nodes keep getting credentials. Then all
 // of etcd stops: Attest answers Unavailable, releasing nothing, and serves
@@ -302,14 +302,18 @@ func TestReplicasRideOutFaults(t *testing.T) {
 	var wg sync.WaitGroup
 	var rounds atomic.Int32
 	var nodes []*tpmNode
+	// 20 agents: five loops on each of the 4 TPMs (a TPM answers one
+	// challenge at a time; the loops' Challenge and Attest calls overlap).
 	for _, tpm := range tpms {
 		node := newTPMNode(t, tpm)
 		nodes = append(nodes, node)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rounds.Add(int32(run.attestLoop(ctx, node, clients, alive)))
-		}()
+		for range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rounds.Add(int32(run.attestLoop(ctx, node, clients, alive)))
+			}()
+		}
 	}
 	releasesNow := func() int {
 		run.mu.Lock()
@@ -328,14 +332,14 @@ func TestReplicasRideOutFaults(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	waitReleases(8, "before any fault")
+	waitReleases(20, "before any fault")
 	c.Kill(1)
 	t.Log("killed etcd member 1")
-	waitReleases(8, "with an etcd member killed")
+	waitReleases(20, "with an etcd member killed")
 	down.Store(1)
 	bs[0].kill()
 	t.Log("killed replica A")
-	waitReleases(8, "with replica A killed")
+	waitReleases(20, "with replica A killed")
 	cancel()
 	wg.Wait()
 
