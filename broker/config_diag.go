@@ -1,14 +1,12 @@
 package broker
 
 import (
-	"cmp"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/keybroker/keybroker/internal/hcldiag"
 )
 
 // problems collects configuration problems, each at the range of the
@@ -37,55 +35,7 @@ func (p *problems) empty() bool { return len(p.diags) == 0 }
 
 // err returns every problem as one error, a line per problem sorted by
 // position, each "file:line:column: message"; nil without problems.
-func (p *problems) err() error {
-	if len(p.diags) == 0 {
-		return nil
-	}
-	list := slices.Clone(p.diags)
-	slices.SortStableFunc(list, func(a, b *hcl.Diagnostic) int {
-		ra, rb := diagRange(a), diagRange(b)
-		return cmp.Or(
-			strings.Compare(ra.Filename, rb.Filename),
-			cmp.Compare(ra.Start.Line, rb.Start.Line),
-			cmp.Compare(ra.Start.Column, rb.Start.Column),
-		)
-	})
-	errs := make([]error, len(list))
-	for i, d := range list {
-		errs[i] = fmt.Errorf("%s: %s", posOf(diagRange(d)), diagText(d))
-	}
-	return errors.Join(errs...)
-}
-
-func diagRange(d *hcl.Diagnostic) hcl.Range {
-	if d.Subject != nil {
-		return *d.Subject
-	}
-	return hcl.Range{}
-}
-
-// posOf formats the start of rng as "file:line:column".
-func posOf(rng hcl.Range) string {
-	return fmt.Sprintf("%s:%d:%d", rng.Filename, rng.Start.Line, rng.Start.Column)
-}
-
-// diagText renders a diagnostic's summary and detail in the project's error
-// style: lowercase, no trailing period.
-func diagText(d *hcl.Diagnostic) string {
-	msg := lowerFirst(strings.TrimSuffix(d.Summary, "."))
-	if d.Detail != "" {
-		msg += ": " + lowerFirst(d.Detail)
-	}
-	return strings.TrimSuffix(msg, ".")
-}
-
-// lowerFirst lowercases a leading capital unless it starts an acronym.
-func lowerFirst(s string) string {
-	if len(s) >= 2 && 'A' <= s[0] && s[0] <= 'Z' && !('A' <= s[1] && s[1] <= 'Z') {
-		return string(s[0]+'a'-'A') + s[1:]
-	}
-	return s
-}
+func (p *problems) err() error { return hcldiag.Error(p.diags) }
 
 // spot finds where a block's attributes, list entries and nested blocks are
 // written, so that each problem is reported at what it is about. Anything
@@ -169,7 +119,7 @@ func nameAttributes(diags hcl.Diagnostics, body *hclsyntax.Body) hcl.Diagnostics
 			continue
 		}
 		if name := attributeAt(body, *d.Subject); name != "" && !strings.Contains(d.Summary, `"`+name+`"`) {
-			d.Summary = name + ": " + lowerFirst(d.Summary)
+			d.Summary = name + ": " + hcldiag.LowerFirst(d.Summary)
 		}
 	}
 	return diags

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/keybroker/keybroker/internal/hcldiag"
 	"github.com/zclconf/go-cty/cty"
 )
 
@@ -257,7 +258,7 @@ func (c *compiler) requires(p *policy, attr *hcl.Attribute, where string) {
 		if iss != nil && iss.Err() != nil {
 			for _, ce := range iss.Errors() {
 				c.errorf(e.Range(), "%s: require[%d] at expression %d:%d: %s",
-					where, i, ce.Location.Line(), ce.Location.Column()+1, lowerFirst(ce.Message))
+					where, i, ce.Location.Line(), ce.Location.Column()+1, hcldiag.LowerFirst(ce.Message))
 			}
 			continue
 		}

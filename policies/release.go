@@ -15,6 +15,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/internal/hcldiag"
 )
 
 // Mode says how a release is sealed to the node's TPM.
@@ -463,7 +464,7 @@ func render(e hcl.Expression, ctx *hcl.EvalContext) (string, error) {
 		var msgs []string
 		for _, d := range diags {
 			if d.Severity == hcl.DiagError {
-				msgs = append(msgs, diagMessage(d))
+				msgs = append(msgs, hcldiag.Message(d))
 			}
 		}
 		return "", errors.New(strings.Join(msgs, "; "))

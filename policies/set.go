@@ -1,7 +1,6 @@
 package policies
 
 import (
-	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/keybroker/keybroker/internal/hcldiag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -37,7 +37,7 @@ func Parse(src []byte, filename string) (*Set, error) {
 	}
 	s, more := newSet(docs)
 	if diags = append(diags, more...); diags.HasErrors() {
-		return nil, diagsError(diags)
+		return nil, hcldiag.Error(diags)
 	}
 	return s, nil
 }
@@ -93,7 +93,7 @@ func Load(paths ...string) (*Set, error) {
 	}
 	s, more := newSet(docs)
 	if diags = append(diags, more...); diags.HasErrors() {
-		errs = append(errs, diagsError(diags))
+		errs = append(errs, hcldiag.Error(diags))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -117,7 +117,7 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 		digests = append(digests, doc.digest)
 		for _, n := range doc.nodes {
 			if prev, dup := nodeAt[n.ekHash]; dup {
-				diags = append(diags, errorAt(n.rng, "node %q is already labelled at %s", n.ekHash, posString(prev)))
+				diags = append(diags, errorAt(n.rng, "node %q is already labelled at %s", n.ekHash, hcldiag.Pos(prev)))
 				continue
 			}
 			nodeAt[n.ekHash] = n.rng
@@ -125,21 +125,21 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 		}
 		for _, p := range doc.policies {
 			if prev, dup := policyAt[p.name]; dup {
-				diags = append(diags, errorAt(p.nameRange, "policy %q is already defined at %s", p.name, posString(prev)))
+				diags = append(diags, errorAt(p.nameRange, "policy %q is already defined at %s", p.name, hcldiag.Pos(prev)))
 				continue
 			}
 			policyAt[p.name] = p.nameRange
 			s.policies = append(s.policies, p)
 			for _, r := range p.releases {
 				if prev, dup := releaseAt[r.name]; dup {
-					diags = append(diags, errorAt(r.nameRange, "policy %q: release %q is already defined at %s", p.name, r.name, posString(prev)))
+					diags = append(diags, errorAt(r.nameRange, "policy %q: release %q is already defined at %s", p.name, r.name, hcldiag.Pos(prev)))
 					continue
 				}
 				releaseAt[r.name] = r.nameRange
 			}
 			for _, w := range p.workloads {
 				if prev, dup := workloadAt[w.entry.Name]; dup {
-					diags = append(diags, errorAt(w.nameRange, "policy %q: workload %q is already defined at %s", p.name, w.entry.Name, posString(prev)))
+					diags = append(diags, errorAt(w.nameRange, "policy %q: workload %q is already defined at %s", p.name, w.entry.Name, hcldiag.Pos(prev)))
 					continue
 				}
 				workloadAt[w.entry.Name] = w.nameRange
@@ -198,59 +198,6 @@ func (s *Set) Hash() string {
 // carry their own context.
 func errorAt(rng hcl.Range, format string, args ...any) *hcl.Diagnostic {
 	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: fmt.Sprintf(format, args...), Subject: rng.Ptr()}
-}
-
-func posString(rng hcl.Range) string {
-	return fmt.Sprintf("%s:%d:%d", rng.Filename, rng.Start.Line, rng.Start.Column)
-}
-
-// diagsError turns error diagnostics into one error, a line per problem in
-// source order, each "file:line:column: message".
-func diagsError(diags hcl.Diagnostics) error {
-	var list hcl.Diagnostics
-	for _, d := range diags {
-		if d.Severity == hcl.DiagError {
-			list = append(list, d)
-		}
-	}
-	slices.SortStableFunc(list, func(a, b *hcl.Diagnostic) int {
-		ra, rb := subject(a), subject(b)
-		return cmp.Or(
-			strings.Compare(ra.Filename, rb.Filename),
-			cmp.Compare(ra.Start.Line, rb.Start.Line),
-			cmp.Compare(ra.Start.Column, rb.Start.Column),
-		)
-	})
-	errs := make([]error, len(list))
-	for i, d := range list {
-		errs[i] = fmt.Errorf("%s: %s", posString(subject(d)), diagMessage(d))
-	}
-	return errors.Join(errs...)
-}
-
-func subject(d *hcl.Diagnostic) hcl.Range {
-	if d.Subject != nil {
-		return *d.Subject
-	}
-	return hcl.Range{}
-}
-
-// diagMessage renders a diagnostic's summary and detail in this package's
-// error style: lowercase, no trailing period.
-func diagMessage(d *hcl.Diagnostic) string {
-	msg := lowerFirst(d.Summary)
-	if d.Detail != "" {
-		msg += ": " + lowerFirst(d.Detail)
-	}
-	return strings.TrimSuffix(msg, ".")
-}
-
-// lowerFirst lowercases a leading capital unless it starts an acronym.
-func lowerFirst(s string) string {
-	if len(s) >= 2 && 'A' <= s[0] && s[0] <= 'Z' && !('A' <= s[1] && s[1] <= 'Z') {
-		return string(s[0]+'a'-'A') + s[1:]
-	}
-	return s
 }
 
 // Ref is a name a policy document uses that only the configuration of the

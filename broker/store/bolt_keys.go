@@ -83,12 +83,8 @@ func (b *Bolt) AddChallengeKey(ctx context.Context, k ChallengeKey, newestID str
 		if err != nil {
 			return err
 		}
-		newest := ""
-		if len(keys) > 0 {
-			newest = keys[0].ID
-		}
-		if newest != newestID {
-			return ErrConflict
+		if err := CheckNewest(keys, newestID); err != nil {
+			return err
 		}
 		bk := tx.Bucket(bucketChallengeKeys)
 		if bk.Get([]byte(k.ID)) != nil {

@@ -58,3 +58,17 @@ func isLowerHex(s string) bool {
 	}
 	return true
 }
+
+// CheckNewest returns ErrConflict unless the newest of keys (newest first)
+// is newestID, "" meaning no key: what AddChallengeKey checks, in its
+// transaction, before adding a key.
+func CheckNewest(keys []ChallengeKey, newestID string) error {
+	newest := ""
+	if len(keys) > 0 {
+		newest = keys[0].ID
+	}
+	if newest != newestID {
+		return ErrConflict
+	}
+	return nil
+}

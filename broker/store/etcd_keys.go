@@ -66,12 +66,8 @@ func (e *Etcd) addChallengeKey(ctx context.Context, k ChallengeKey, val, newestI
 	if err != nil {
 		return err
 	}
-	newest := ""
-	if len(keys) > 0 {
-		newest = keys[0].ID
-	}
-	if newest != newestID {
-		return ErrConflict
+	if err := CheckNewest(keys, newestID); err != nil {
+		return err
 	}
 	ops := []clientv3.Op{clientv3.OpPut(e.key(etcdChallengeKeys, k.ID), val)}
 	for _, old := range keys {

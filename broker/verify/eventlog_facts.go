@@ -191,15 +191,10 @@ func problems(err error) []string {
 // eventLogHash maps a bank to the hash go-eventlog reads it with.
 // go-eventlog cannot read SHA-512 banks.
 func eventLogHash(bank tpm2.TPMAlgID) (crypto.Hash, bool) {
-	switch bank {
-	case tpm2.TPMAlgSHA1:
-		return crypto.SHA1, true
-	case tpm2.TPMAlgSHA256:
-		return crypto.SHA256, true
-	case tpm2.TPMAlgSHA384:
-		return crypto.SHA384, true
+	if bank == tpm2.TPMAlgSHA512 {
+		return 0, false
 	}
-	return 0, false
+	return tcglog.Hash(bank)
 }
 
 // dbNames names each certificate and hash of a Secure Boot database.

@@ -111,12 +111,8 @@ func (v *vaultStore) AddChallengeKey(ctx context.Context, k store.ChallengeKey, 
 	if err != nil {
 		return err
 	}
-	newest := ""
-	if len(keys) > 0 {
-		newest = keys[0].ID
-	}
-	if newest != newestID {
-		return fmt.Errorf("unable to add a challenge key: %w", store.ErrConflict)
+	if err := store.CheckNewest(keys, newestID); err != nil {
+		return fmt.Errorf("unable to add a challenge key: %w", err)
 	}
 	out := []store.ChallengeKey{k}
 	for _, old := range keys {

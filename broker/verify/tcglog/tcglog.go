@@ -242,7 +242,7 @@ func parseSpecID(data []byte) ([]tpm2.TPMAlgID, map[tpm2.TPMAlgID]int, error) {
 		if _, dup := sizes[alg]; dup {
 			return nil, nil, fmt.Errorf("algorithm 0x%04x is listed twice", uint16(alg))
 		}
-		if h, ok := hashOf(alg); ok && h.Size() != size {
+		if h, ok := Hash(alg); ok && h.Size() != size {
 			return nil, nil, fmt.Errorf("algorithm 0x%04x has digest size %d, want %d", uint16(alg), size, h.Size())
 		}
 		if size == 0 || size > 64 {
@@ -311,8 +311,8 @@ func startupLocality(events []Event) byte {
 	return 0
 }
 
-// hashOf maps a PCR bank to its hash.
-func hashOf(alg tpm2.TPMAlgID) (crypto.Hash, bool) {
+// Hash maps a PCR bank to its hash: SHA-1, SHA-256, SHA-384 or SHA-512.
+func Hash(alg tpm2.TPMAlgID) (crypto.Hash, bool) {
 	switch alg {
 	case tpm2.TPMAlgSHA1:
 		return crypto.SHA1, true
@@ -331,7 +331,7 @@ func hashOf(alg tpm2.TPMAlgID) (crypto.Hash, bool) {
 // StartupLocality). It fails if the log has no digests of alg or alg is not
 // a hash this package knows.
 func (l *Log) Replay(alg tpm2.TPMAlgID) (map[uint32][]byte, error) {
-	h, ok := hashOf(alg)
+	h, ok := Hash(alg)
 	if !ok {
 		return nil, fmt.Errorf("bank 0x%04x is not supported", uint16(alg))
 	}
@@ -363,7 +363,7 @@ func (l *Log) Replay(alg tpm2.TPMAlgID) (map[uint32][]byte, error) {
 // hash of its data: for such events the data, and not only the digest, is
 // bound to the PCR by a replay.
 func (e *Event) DataDigestMatches(alg tpm2.TPMAlgID) bool {
-	h, ok := hashOf(alg)
+	h, ok := Hash(alg)
 	d, has := e.Digests[alg]
 	if !ok || !has {
 		return false
