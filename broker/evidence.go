@@ -3,15 +3,15 @@ package broker
 import (
 	"time"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/challenge"
-	"github.com/keybroker/keybroker/broker/store"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
 // evidenceOf is what a node presented: its challenge request, as kept with
 // the challenge, and its answer, received at at.
-func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) store.Evidence {
-	ev := store.Evidence{
+func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) attestation.Evidence {
+	ev := attestation.Evidence{
 		Time:            at,
 		ChallengeID:     ch.ID,
 		EKPublic:        ch.EKPublic,
@@ -22,7 +22,7 @@ func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) sto
 		EventLog:        req.GetEventLog(),
 	}
 	for _, q := range req.GetQuotes() {
-		ev.Quotes = append(ev.Quotes, store.EvidenceQuote{
+		ev.Quotes = append(ev.Quotes, attestation.Quote{
 			Attest:    q.GetAttest(),
 			Signature: q.GetSignature(),
 			Bank:      uint16(q.GetPcrs().GetHashAlg()),

@@ -11,8 +11,8 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/evidence"
-	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/brokertest"
 	"github.com/keybroker/keybroker/policies"
@@ -46,7 +46,7 @@ func TestReverify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var exported store.Evidence
+	var exported attestation.Evidence
 	if err := json.Unmarshal(raw, &exported); err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +59,8 @@ func TestReverify(t *testing.T) {
 		t.Errorf("reverified evidence: allowed %v by %v, failures %q; receipt allowed by %v", d.Allowed, d.Policies, d.Failures, receipt.Policies)
 	}
 
-	clone := func() store.Evidence {
-		var ev store.Evidence
+	clone := func() attestation.Evidence {
+		var ev attestation.Evidence
 		if err := json.Unmarshal(raw, &ev); err != nil {
 			t.Fatal(err)
 		}
@@ -68,20 +68,20 @@ func TestReverify(t *testing.T) {
 	}
 	tests := []struct {
 		name      string
-		change    func(*store.Evidence)
+		change    func(*attestation.Evidence)
 		untrusted bool
 		check     verify.Check
 	}{
-		{name: "untrusted EK", change: func(*store.Evidence) {}, untrusted: true, check: verify.CheckEKTrust},
-		{name: "other secret", change: func(ev *store.Evidence) { ev.SecretHash[0] ^= 1 }, check: verify.CheckNonce},
-		{name: "signature", change: func(ev *store.Evidence) {
+		{name: "untrusted EK", change: func(*attestation.Evidence) {}, untrusted: true, check: verify.CheckEKTrust},
+		{name: "other secret", change: func(ev *attestation.Evidence) { ev.SecretHash[0] ^= 1 }, check: verify.CheckNonce},
+		{name: "signature", change: func(ev *attestation.Evidence) {
 			sig := ev.Quotes[0].Signature
 			sig[len(sig)-1] ^= 1
 		}, check: verify.CheckSignature},
-		{name: "PCR value", change: func(ev *store.Evidence) { ev.Quotes[0].PCRs[7][0] ^= 1 }, check: verify.CheckPCRDigest},
-		{name: "no quotes", change: func(ev *store.Evidence) { ev.Quotes = nil }, check: verify.CheckInput},
-		{name: "event log", change: func(ev *store.Evidence) { ev.EventLog = []byte("not a TCG log") }, check: verify.CheckEventLog},
-		{name: "counters ahead", change: func(ev *store.Evidence) { ev.Previous.Clock += 1 << 40 }, check: verify.CheckCounters},
+		{name: "PCR value", change: func(ev *attestation.Evidence) { ev.Quotes[0].PCRs[7][0] ^= 1 }, check: verify.CheckPCRDigest},
+		{name: "no quotes", change: func(ev *attestation.Evidence) { ev.Quotes = nil }, check: verify.CheckInput},
+		{name: "event log", change: func(ev *attestation.Evidence) { ev.EventLog = []byte("not a TCG log") }, check: verify.CheckEventLog},
+		{name: "counters ahead", change: func(ev *attestation.Evidence) { ev.Previous.Clock += 1 << 40 }, check: verify.CheckCounters},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 )
 
@@ -182,7 +183,7 @@ type NodeStatus struct {
 	store.NodeRecord
 	// Evidence shadows the record's evidence, which is bulky: nil unless
 	// asked for.
-	Evidence *store.Evidence `json:"evidence,omitempty"`
+	Evidence *attestation.Evidence `json:"evidence,omitempty"`
 	// NoRecord is set for a node that is on the deny list but has no
 	// record (only EKHash is set then).
 	NoRecord bool `json:"no_record,omitempty"`
@@ -256,7 +257,7 @@ func nodeStatus(ctx context.Context, st store.Nodes, ref string, withEvidence bo
 // statusOf returns n's status without its deny-list entry.
 func statusOf(n *store.NodeRecord, withEvidence bool) NodeStatus {
 	s := NodeStatus{NodeRecord: *n}
-	s.NodeRecord.Evidence = store.Evidence{}
+	s.NodeRecord.Evidence = attestation.Evidence{}
 	if withEvidence {
 		ev := n.Evidence
 		s.Evidence = &ev

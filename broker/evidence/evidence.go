@@ -1,5 +1,5 @@
 // Package evidence verifies what a node presented — its challenge request
-// and its answer, as store.Evidence — with verify's steps in the order the
+// and its answer, as attestation.Evidence — with verify's steps in the order the
 // broker's Attest runs them. The broker, its policy dry runs and the Vault
 // auth method all verify through it.
 package evidence
@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -22,7 +23,7 @@ import (
 // attestation without trusting anything stored. It does not check that the
 // challenge was fresh or unused: that was decided when the evidence was
 // presented.
-func Reverify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (*verify.Verified, error) {
+func Reverify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts) (*verify.Verified, error) {
 	trust.AllowSHA1 = opts.AllowSHA1
 	_, v, err := Verify(ev, trust, opts)
 	if err != nil {
@@ -35,7 +36,7 @@ func Reverify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (*ve
 // Verify verifies the node (verify.Node), its quotes against the
 // challenge's secret hash (verify.Quotes) and its event log (WithEventLog).
 // node is returned once the node verified, also when a later step failed.
-func Verify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+func Verify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
 	node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust)
 	if err != nil {
 		return nil, nil, err
@@ -57,7 +58,7 @@ func Verify(ev store.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node 
 // attestation (nil if none). The TPM offsets the reset and restart counts it
 // reports per AK, so counters reported with another AK cannot be compared:
 // the attestation then counts as the first one (akChanged tells the caller).
-func WithHistory(v *verify.Verified, prev *store.Counters) (out *verify.Verified, akChanged bool, err error) {
+func WithHistory(v *verify.Verified, prev *attestation.Counters) (out *verify.Verified, akChanged bool, err error) {
 	if prev == nil {
 		out, err = v.WithHistory(nil)
 		return out, false, err
@@ -72,7 +73,7 @@ func WithHistory(v *verify.Verified, prev *store.Counters) (out *verify.Verified
 
 // NodeRecord is the record of a node whose attestation, evidence, was just
 // verified as v; prev is its previous record, if any.
-func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev store.Evidence) *store.NodeRecord {
+func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evidence) *store.NodeRecord {
 	c := v.Clock()
 	n := &store.NodeRecord{
 		EKHash:       v.EKHash(),

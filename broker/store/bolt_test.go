@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -45,7 +46,7 @@ func TestReopenKeepsReceipts(t *testing.T) {
 	}
 	d := decide("survives", "ek", time.Now().Add(time.Hour))
 	d.Receipt.Check, d.Receipt.Failures = "quote", []string{"bad signature"}
-	d.Node = &NodeRecord{EKHash: "ek", LastSeen: t0, Evidence: Evidence{EventLog: []byte("log")}}
+	d.Node = &NodeRecord{EKHash: "ek", LastSeen: t0, Evidence: attestation.Evidence{EventLog: []byte("log")}}
 	if err := b.Record(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +270,7 @@ func TestEventLogStoredOnce(t *testing.T) {
 	b, _ := openTemp(t)
 	for i := range 3 {
 		d := decide(fmt.Sprintf("c%d", i), fmt.Sprintf("ek-%d", i), time.Now().Add(time.Hour))
-		d.Node = &NodeRecord{EKHash: d.Receipt.EKHash, Evidence: Evidence{EventLog: []byte("same log")}}
+		d.Node = &NodeRecord{EKHash: d.Receipt.EKHash, Evidence: attestation.Evidence{EventLog: []byte("same log")}}
 		if err := b.Record(ctx, d); err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -39,7 +40,7 @@ type NodeRecord struct {
 	// ConsumeChallenge sets it.
 	LastReceiptID string `json:"last_receipt_id,omitempty"`
 	// Evidence is what the node presented in its last verified attestation.
-	Evidence Evidence `json:"evidence"`
+	Evidence attestation.Evidence `json:"evidence"`
 	// SVIDs are the node X.509-SVIDs its last attestation released (none
 	// when it was refused); each authenticates the node for workload SVIDs
 	// until it expires or the node's next attestation replaces the record.
@@ -89,85 +90,9 @@ type Denial struct {
 	Check string `json:"check,omitempty"`
 }
 
-// Evidence is everything a node presented in one attestation, in the TPM's
-// own encodings, together with the challenge it answered: enough to verify
-// the attestation again with the same code.
-type Evidence struct {
-	// Time is when the broker received it.
-	Time        time.Time `json:"time"`
-	ChallengeID string    `json:"challenge_id,omitempty"`
-	// EKPublic, EKCertificate, EKIntermediates and AKPublic are as the node
-	// sent them with its challenge request (TPMT_PUBLIC, DER).
-	EKPublic        []byte   `json:"ek_public"`
-	EKCertificate   []byte   `json:"ek_certificate,omitempty"`
-	EKIntermediates [][]byte `json:"ek_intermediates,omitempty"`
-	AKPublic        []byte   `json:"ak_public"`
-	// SecretHash is the SHA-256 of the challenge's activation secret, which
-	// the quotes carry as their qualifying data.
-	SecretHash [32]byte `json:"-"` // encoded as secret_hash, base64 like the other bytes
-	// Quotes are the quotes as sent.
-	Quotes []EvidenceQuote `json:"quotes"`
-	// EventLog is the TCG binary event log as sent, if any.
-	EventLog []byte `json:"event_log,omitempty"`
-	// EventLogSHA256 is set in stored records instead of EventLog: a
-	// backend keeps each distinct log once, under its SHA-256 (hex), and
-	// puts it back when it reads the record.
-	EventLogSHA256 string `json:"event_log_sha256,omitempty"`
-	// Previous holds the counters of the attestation this one was compared
-	// with (the node record as it was), nil if there was none: verifying
-	// the evidence again reproduces the same history.
-	Previous *Counters `json:"previous,omitempty"`
-}
-
-// EvidenceQuote is one quote: TPMS_ATTEST, TPMT_SIGNATURE, and the reported
-// values of the quoted PCR bank.
-type EvidenceQuote struct {
-	Attest    []byte            `json:"attest"`
-	Signature []byte            `json:"signature"`
-	Bank      uint16            `json:"bank"` // TPM_ALG_ID of the PCR bank
-	PCRs      map[uint32][]byte `json:"pcrs"`
-}
-
-// Counters are a TPM's clock and reset and restart counts as a quote
-// reported them, and the AK that signed it.
-type Counters struct {
-	AKName       []byte `json:"ak_name,omitempty"`
-	Clock        uint64 `json:"clock"`
-	ResetCount   uint32 `json:"reset_count"`
-	RestartCount uint32 `json:"restart_count"`
-}
-
 // Counters returns the record's counters.
-func (n NodeRecord) Counters() Counters {
-	return Counters{AKName: n.AKName, Clock: n.Clock, ResetCount: n.ResetCount, RestartCount: n.RestartCount}
-}
-
-// evidenceJSON is Evidence with SecretHash as bytes, so that it is base64
-// in JSON like every other binary field.
-type evidenceJSON struct {
-	plainEvidence
-	SecretHash []byte `json:"secret_hash"`
-}
-
-type plainEvidence Evidence
-
-// MarshalJSON implements json.Marshaler.
-func (e Evidence) MarshalJSON() ([]byte, error) {
-	return json.Marshal(evidenceJSON{plainEvidence: plainEvidence(e), SecretHash: e.SecretHash[:]})
-}
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (e *Evidence) UnmarshalJSON(b []byte) error {
-	var v evidenceJSON
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	if len(v.SecretHash) != len(e.SecretHash) {
-		return fmt.Errorf("evidence secret_hash has %d bytes, want %d", len(v.SecretHash), len(e.SecretHash))
-	}
-	*e = Evidence(v.plainEvidence)
-	copy(e.SecretHash[:], v.SecretHash)
-	return nil
+func (n NodeRecord) Counters() attestation.Counters {
+	return attestation.Counters{AKName: n.AKName, Clock: n.Clock, ResetCount: n.ResetCount, RestartCount: n.RestartCount}
 }
 
 // ListNodesOpts selects node records for ListNodes. The zero value returns

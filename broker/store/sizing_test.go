@@ -20,6 +20,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/etcdtest"
 )
@@ -83,28 +84,28 @@ func (f *fleet) node(i int, t time.Time) *store.NodeRecord {
 	r := nodeRand(i, 2)
 	ek := f.ekHash(i)
 	akName := append([]byte{0x00, 0x0b}, randBytes(r, 32)...)
-	quote := func(bank uint16, size int) store.EvidenceQuote {
+	quote := func(bank uint16, size int) attestation.Quote {
 		pcrs := make(map[uint32][]byte, 24)
 		for p := range uint32(24) {
 			pcrs[p] = randBytes(r, size)
 		}
 		// TPMS_ATTEST of a quote of 24 PCRs; TPMT_SIGNATURE, RSASSA.
-		return store.EvidenceQuote{Attest: randBytes(r, 130), Signature: randBytes(r, 6+256), Bank: bank, PCRs: pcrs}
+		return attestation.Quote{Attest: randBytes(r, 130), Signature: randBytes(r, 6+256), Bank: bank, PCRs: pcrs}
 	}
 	clock := uint64(t.Sub(sizingT0).Milliseconds()) + 123456789
 	return &store.NodeRecord{
 		EKHash: ek, FirstSeen: sizingT0.Add(time.Duration(i) * sizingStep), LastSeen: t, AKName: akName,
 		Clock: clock, ResetCount: 12, RestartCount: 3,
-		Evidence: store.Evidence{
+		Evidence: attestation.Evidence{
 			Time:          t,
 			ChallengeID:   challengeID(i, 0),
 			EKPublic:      randBytes(r, 314), // TPMT_PUBLIC, RSA-2048 EK template
 			EKCertificate: randBytes(r, 1200),
 			AKPublic:      randBytes(r, 280),
 			SecretHash:    [32]byte(randBytes(r, 32)),
-			Quotes:        []store.EvidenceQuote{quote(0x000b, 32), quote(0x000c, 48)},
+			Quotes:        []attestation.Quote{quote(0x000b, 32), quote(0x000c, 48)},
 			EventLog:      f.logs[i%len(f.logs)],
-			Previous:      &store.Counters{AKName: akName, Clock: clock - 3_600_000, ResetCount: 12, RestartCount: 3},
+			Previous:      &attestation.Counters{AKName: akName, Clock: clock - 3_600_000, ResetCount: 12, RestartCount: 3},
 		},
 		SVIDs: []store.NodeSVID{{
 			Serial:   hex.EncodeToString(append([]byte{0x40}, randBytes(r, 15)...)),

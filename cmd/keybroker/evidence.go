@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/cli"
 )
@@ -73,9 +74,9 @@ func evidenceShow(o evidenceOpts, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// readEvidence reads a store.Evidence as `keybroker evidence show` prints it.
-func readEvidence(path string) (store.Evidence, error) {
-	var ev store.Evidence
+// readEvidence reads a attestation.Evidence as `keybroker evidence show` prints it.
+func readEvidence(path string) (attestation.Evidence, error) {
+	var ev attestation.Evidence
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ev, fmt.Errorf("unable to read evidence: %w", err)

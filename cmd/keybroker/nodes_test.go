@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 )
 
@@ -32,7 +33,7 @@ func nodesStore(t *testing.T) (string, []string) {
 	var ids []string
 	for i, d := range []*store.Decision{
 		{Receipt: &store.Receipt{Time: now, EKHash: ekDenied, Allowed: true}, Node: &store.NodeRecord{EKHash: ekDenied, FirstSeen: now, LastSeen: now,
-			Evidence: store.Evidence{EKPublic: []byte("ek public")}}},
+			Evidence: attestation.Evidence{EKPublic: []byte("ek public")}}},
 		{Receipt: &store.Receipt{Time: now.Add(time.Second), EKHash: ekOK, Allowed: true}, Node: &store.NodeRecord{EKHash: ekOK, FirstSeen: now, LastSeen: now}},
 		{Receipt: &store.Receipt{Time: now.Add(2 * time.Second), EKHash: ekDenied, Check: "pcr_digest"}, Deny: store.DenyAdd},
 	} {

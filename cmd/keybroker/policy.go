@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
@@ -215,7 +216,7 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 
 	ctx := context.Background()
 	var results []evalResult
-	eval := func(r evalResult, ev store.Evidence) {
+	eval := func(r evalResult, ev attestation.Evidence) {
 		r.EvidenceTime = ev.Time
 		results = append(results, evaluate(r, ev, cfg, set))
 	}
@@ -276,7 +277,7 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 }
 
 // evaluate verifies a node's evidence again and evaluates set on it.
-func evaluate(r evalResult, ev store.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
+func evaluate(r evalResult, ev attestation.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
 	r.PolicyHash = set.Hash()
 	v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{AllowSHA1: cfg.AllowSHA1, Banks: cfg.PCRBanks})
 	if err != nil {

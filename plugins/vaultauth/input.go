@@ -10,8 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/challenge"
-	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 )
 
@@ -176,8 +176,8 @@ func decodeLogin(d *framework.FieldData) (*loginRequest, error) {
 	return out, nil
 }
 
-func decodeQuote(in *inputErrors, where string, q quoteJSON) store.EvidenceQuote {
-	var out store.EvidenceQuote
+func decodeQuote(in *inputErrors, where string, q quoteJSON) attestation.Quote {
+	var out attestation.Quote
 	switch {
 	case q.Attest == "":
 		in.add("%s.attest is required", where)

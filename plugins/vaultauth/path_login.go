@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/wrapping"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
@@ -111,7 +112,7 @@ func (b *tpmAuthBackend) pathResolveRole(ctx context.Context, req *logical.Reque
 type loginRequest struct {
 	challengeID string
 	evidence    challenge.Evidence
-	quotes      []store.EvidenceQuote
+	quotes      []attestation.Quote
 	eventLog    []byte
 }
 
@@ -278,7 +279,7 @@ func checkRefusal(err error) *refusal {
 // attest verifies ev and evaluates set. Once the answer verified (TPM
 // counters included) it returns the node's new record, also when the
 // policy then denies, as the broker does.
-func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
+func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev attestation.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
 	var d policies.Decision
 	// The same steps in the same order as the broker's Attest: the node,
 	// its quotes and event log, then its TPM counters against its last
@@ -291,7 +292,7 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 		return nil, d, nil, checkRefusal(err)
 	}
 	var prev *store.NodeRecord
-	var counters *store.Counters
+	var counters *attestation.Counters
 	switch p, err := st.GetNode(ctx, node.EKHash()); {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
@@ -312,7 +313,7 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 	rec.QuoteDigest = digest[:]
 	// Vault storage keeps the counters, not the evidence: an event log
 	// can be large, and the auth method has no dry-run command to use it.
-	nodeRec := evidence.NodeRecord(v, prev, store.Evidence{Time: ev.Time})
+	nodeRec := evidence.NodeRecord(v, prev, attestation.Evidence{Time: ev.Time})
 
 	d = set.Evaluate(v)
 	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
@@ -325,8 +326,8 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev store.Ev
 
 // presented is what the node presented: its EK and AK material, which the
 // challenge was issued for, and its answer.
-func presented(ch challenge.Challenge, in *loginRequest, rec *store.Receipt) store.Evidence {
-	return store.Evidence{
+func presented(ch challenge.Challenge, in *loginRequest, rec *store.Receipt) attestation.Evidence {
+	return attestation.Evidence{
 		Time:            rec.Time,
 		ChallengeID:     ch.ID,
 		EKPublic:        ch.EKPublic,

@@ -26,6 +26,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 )
 
@@ -100,7 +101,7 @@ func Node(ekHash string, clock uint64) store.NodeRecord {
 		Clock:        clock,
 		ResetCount:   7,
 		RestartCount: 3,
-		Evidence: store.Evidence{
+		Evidence: attestation.Evidence{
 			Time:            T0,
 			ChallengeID:     "challenge",
 			EKPublic:        []byte("ek-public"),
@@ -108,14 +109,14 @@ func Node(ekHash string, clock uint64) store.NodeRecord {
 			EKIntermediates: [][]byte{[]byte("int-1")},
 			AKPublic:        []byte("ak-public"),
 			SecretHash:      [32]byte{1, 2, 3, 31: 0xff},
-			Quotes: []store.EvidenceQuote{{
+			Quotes: []attestation.Quote{{
 				Attest:    []byte("attest"),
 				Signature: []byte("signature"),
 				Bank:      0x000b,
 				PCRs:      map[uint32][]byte{0: bytes.Repeat([]byte{0}, 32), 7: bytes.Repeat([]byte{7}, 32)},
 			}},
 			EventLog: []byte("event log of " + ekHash),
-			Previous: &store.Counters{AKName: []byte("ak-name"), Clock: 1, ResetCount: 7, RestartCount: 3},
+			Previous: &attestation.Counters{AKName: []byte("ak-name"), Clock: 1, ResetCount: 7, RestartCount: 3},
 		},
 	}
 }

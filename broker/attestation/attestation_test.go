@@ -1,19 +1,20 @@
-package store
+package attestation
 
 import (
 	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestEvidenceJSON(t *testing.T) {
 	ev := Evidence{
-		Time:       t0,
+		Time:       time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 		EKPublic:   []byte("ek-public"),
 		AKPublic:   []byte("ak-public"),
 		SecretHash: [32]byte{1, 2, 3, 31: 0xff},
-		Quotes:     []EvidenceQuote{{Attest: []byte("attest"), Signature: []byte("sig"), Bank: 0x000b, PCRs: map[uint32][]byte{7: {7}}}},
+		Quotes:     []Quote{{Attest: []byte("attest"), Signature: []byte("sig"), Bank: 0x000b, PCRs: map[uint32][]byte{7: {7}}}},
 		EventLog:   []byte("event log"),
 		Previous:   &Counters{AKName: []byte("ak-name"), Clock: 1},
 	}
