@@ -192,6 +192,14 @@ data_dir     = "data"
 server_names = ["127.0.0.1"]
 policies     = ["nodes.hcl"]
 ek_allow     = [%q]
+# One node attests thousands of times: no admission limits.
+limits {
+  challenge_per_ek              = "off"
+  challenge_per_address         = "off"
+  attest_per_ek                 = "off"
+  attest_per_address            = "off"
+  outstanding_challenges_per_ek = 0
+}
 `, n.EKHash)
 	if err := os.WriteFile(cfgPath, []byte(cfgSrc), 0o600); err != nil {
 		b.Fatal(err)
