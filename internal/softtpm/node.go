@@ -1,0 +1,233 @@
+package softtpm
+
+import (
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/verify"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// KeyType is the algorithm of a node's EK and AK.
+type KeyType int
+
+const (
+	// ECC: an ECC P-256 EK and an ECDSA-SHA256 P-256 AK (the default).
+	ECC KeyType = iota
+	// RSA: an RSA-2048 EK and an RSASSA-SHA256 RSA-2048 AK.
+	RSA
+)
+
+func (k KeyType) String() string {
+	switch k {
+	case ECC:
+		return "ecc"
+	case RSA:
+		return "rsa"
+	}
+	return fmt.Sprintf("KeyType(%d)", int(k))
+}
+
+// Opts configure New. The zero value makes an ECC node with a SHA-256 bank
+// holding DefaultPCRs.
+type Opts struct {
+	// Key is the EK and AK algorithm; default ECC.
+	Key KeyType
+	// Banks are the PCR banks Quote quotes when given none; default
+	// SHA-256 only. SHA-1, SHA-256, SHA-384 and SHA-512 are supported.
+	Banks []tpm2.TPMAlgID
+	// PCRs replace DefaultPCRs for the given bank and indices (0-23), each
+	// value a digest of the bank's size. The others keep their default.
+	PCRs map[tpm2.TPMAlgID]map[uint32][]byte
+}
+
+// Node is one software TPM with its EK and AK. Its methods are safe for
+// concurrent use.
+type Node struct {
+	key   KeyType
+	ekECC *ecdh.PrivateKey // ECC EK
+	ekRSA *rsa.PrivateKey  // RSA EK
+	ak    crypto.Signer    // *ecdsa.PrivateKey or *rsa.PrivateKey
+
+	ekPublic   []byte // TPMT_PUBLIC
+	akPublic   []byte // TPMT_PUBLIC
+	ekTPMT     tpm2.TPMTPublic
+	akName     []byte // TPM2B_NAME buffer: nameAlg || H(TPMT_PUBLIC)
+	akSigner   []byte // qualified name: the AK as a primary of the owner hierarchy
+	ekHash     string
+	banks      []tpm2.TPMAlgID
+	initial    map[tpm2.TPMAlgID]*pcrBank // PCRs at power-on (Opts.PCRs)
+	firmware   uint64
+	clockStart time.Time
+
+	mu           sync.Mutex
+	pcrs         map[tpm2.TPMAlgID]*pcrBank // nil entries: as initial
+	clockBase    uint64                     // ms the TPM had run before clockStart
+	lastClock    uint64
+	resetCount   uint32
+	restartCount uint32
+}
+
+// firmwareVersion is what the node reports as TPM firmware (TPMS_ATTEST
+// firmwareVersion): a plausible vendor version, the same for every node.
+const firmwareVersion = 0x0007_0055_0000_0000
+
+// New makes a node with fresh keys.
+func New(opts Opts) (*Node, error) {
+	n := &Node{key: opts.Key, firmware: firmwareVersion, clockStart: time.Now()}
+	var err error
+	switch opts.Key {
+	case ECC:
+		err = n.newECCKeys()
+	case RSA:
+		err = n.newRSAKeys()
+	default:
+		return nil, fmt.Errorf("unknown key type %d: want ECC or RSA", int(opts.Key))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := n.initPCRs(opts); err != nil {
+		return nil, err
+	}
+	// A TPM that has been running for hours to weeks, rebooted a few
+	// times: counters differ from node to node as on a real fleet.
+	n.clockBase = uint64(time.Hour/time.Millisecond) + mrand.Uint64N(uint64(30*24*time.Hour/time.Millisecond))
+	n.resetCount = 1 + mrand.Uint32N(500)
+	return n, nil
+}
+
+func (n *Node) newECCKeys() error {
+	ek, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		return fmt.Errorf("unable to generate the EK: %w", err)
+	}
+	ak, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("unable to generate the AK: %w", err)
+	}
+	raw := ek.PublicKey().Bytes() // 0x04 || X || Y
+	ekPub := tpm2.ECCEKTemplate
+	ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]},
+	})
+	akRaw, err := ak.PublicKey.Bytes()
+	if err != nil {
+		return fmt.Errorf("unable to encode the AK: %w", err)
+	}
+	akPub := tpm2.TPMTPublic{
+		Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256, ObjectAttributes: akAttributes,
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme: tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(
+				tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+			CurveID: tpm2.TPMECCNistP256,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: akRaw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: akRaw[33:]},
+		}),
+	}
+	n.ekECC, n.ak = ek, ak
+	return n.setPublics(ekPub, akPub)
+}
+
+func (n *Node) newRSAKeys() error {
+	ek, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return fmt.Errorf("unable to generate the EK: %w", err)
+	}
+	ak, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return fmt.Errorf("unable to generate the AK: %w", err)
+	}
+	ekPub := tpm2.RSAEKTemplate
+	ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: ek.N.FillBytes(make([]byte, 256))})
+	akPub := tpm2.TPMTPublic{
+		Type: tpm2.TPMAlgRSA, NameAlg: tpm2.TPMAlgSHA256, ObjectAttributes: akAttributes,
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme: tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUAsymScheme(
+				tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA256})},
+			KeyBits: 2048,
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: ak.N.FillBytes(make([]byte, 256))}),
+	}
+	n.ekRSA, n.ak = ek, ak
+	return n.setPublics(ekPub, akPub)
+}
+
+// akAttributes are go-tpm-tools' AK attributes (FlagSignerDefault): a
+// restricted signing key that never leaves its TPM.
+var akAttributes = tpm2.TPMAObject{
+	FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true,
+	Restricted: true, SignEncrypt: true,
+}
+
+func (n *Node) setPublics(ek, ak tpm2.TPMTPublic) error {
+	n.ekTPMT = ek
+	n.ekPublic, n.akPublic = tpm2.Marshal(ek), tpm2.Marshal(ak)
+	name, err := tpm2.ObjectName(&ak)
+	if err != nil {
+		return fmt.Errorf("unable to compute the AK name: %w", err)
+	}
+	n.akName = name.Buffer
+	// The qualified name of a primary key: H(hierarchy handle || name).
+	h := crypto.SHA256.New()
+	h.Write(tpm2.PrimaryHandleName(tpm2.TPMRHOwner))
+	h.Write(n.akName)
+	n.akSigner = h.Sum([]byte{byte(tpm2.TPMAlgSHA256 >> 8), byte(tpm2.TPMAlgSHA256)})
+	key, err := tpm2.Pub(ek)
+	if err != nil {
+		return fmt.Errorf("unable to read the EK public key: %w", err)
+	}
+	if n.ekHash, err = verify.EKHash(key); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Key returns the node's key type.
+func (n *Node) Key() KeyType { return n.key }
+
+// EKHash returns the EK's identity as the broker computes it (verify.EKHash),
+// the value to put on its ek_allow list.
+func (n *Node) EKHash() string { return n.ekHash }
+
+// EKPublic returns the EK's public area.
+func (n *Node) EKPublic() *tpm2.TPMTPublic {
+	pub := n.ekTPMT
+	return &pub
+}
+
+// AKName returns the AK's TPM name (nameAlg || digest of its public area),
+// the name MakeCredential binds a challenge to.
+func (n *Node) AKName() []byte { return slices.Clone(n.akName) }
+
+// ChallengeRequest returns the node's EK and AK as the agent sends them:
+// TPMT_PUBLIC each, no EK certificate.
+func (n *Node) ChallengeRequest() *pb.ChallengeRequest {
+	return &pb.ChallengeRequest{EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic)}
+}
+
+// AttestRequest answers the challenge challengeID with quotes, presenting
+// the same EK and AK material as ChallengeRequest.
+func (n *Node) AttestRequest(challengeID string, quotes []*pb.Quote) *pb.AttestRequest {
+	return &pb.AttestRequest{ChallengeId: challengeID, Quotes: quotes,
+		EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic)}
+}
+
+// errNotTPM is the one error for a structure the node cannot parse.
+var errNotTPM = errors.New("not a TPM structure")
