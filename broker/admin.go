@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"strconv"
@@ -30,7 +31,9 @@ const AdminSocket = "admin.sock"
 //	                                   prefix of at least MinEKHashPrefix hex digits;
 //	                                   400 if malformed, 404 if unknown, 409 if ambiguous
 //
-// and the node status reads and operator actions of handleOperator.
+// and the node status reads and operator actions of handleOperator, and
+// the Go profiles of net/http/pprof under /debug/pprof/ (on this socket
+// only: the metrics listener does not serve them).
 func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -86,9 +89,19 @@ func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 		writeJSON(w, n)
 	})
 	handleOperator(mux, st)
+	handlePprof(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)
 	return srv, nil
+}
+
+// handlePprof serves net/http/pprof's handlers on mux.
+func handlePprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

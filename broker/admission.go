@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/keybroker/keybroker/broker/metrics"
 	"github.com/keybroker/keybroker/broker/ratelimit"
 )
 
@@ -32,6 +33,7 @@ type admission struct {
 	ek          map[string]*ratelimit.Limiter // by op
 	outstanding *ratelimit.Limiter
 	now         func() time.Time
+	metrics     *metrics.Broker // nil: no metrics
 }
 
 // newAdmission builds the limiters of cfg; a limit that is off admits
@@ -66,6 +68,7 @@ func (a *admission) admitAddress(ctx context.Context, op string) error {
 		return nil
 	}
 	if ok, wait := l.Allow(addressKey(p.Addr), a.now()); !ok {
+		a.metrics.AdmissionRefused(op, metrics.LimitAddress)
 		return exhausted(op, "too many requests from this address (limit %s)", wait, a.rate(op, false))
 	}
 	return nil
@@ -78,6 +81,7 @@ func (a *admission) admitEK(op, ekHash string) error {
 		return unknownOp(op)
 	}
 	if ok, wait := l.Allow(ekHash, a.now()); !ok {
+		a.metrics.AdmissionRefused(op, metrics.LimitEK)
 		return exhausted(op, "too many requests for this EK (limit %s)", wait, a.rate(op, true))
 	}
 	return nil
@@ -87,6 +91,7 @@ func (a *admission) admitEK(op, ekHash string) error {
 // per challenge_ttl; call it just before issuing a challenge.
 func (a *admission) admitOutstanding(ekHash string) error {
 	if ok, wait := a.outstanding.Allow(ekHash, a.now()); !ok {
+		a.metrics.AdmissionRefused(opChallenge, metrics.LimitOutstanding)
 		r := a.limits.OutstandingChallengesPerEK
 		return exhausted(opChallenge, "too many outstanding challenges for this EK (at most %s)", wait,
 			fmt.Sprintf("%d per %s", r.Count, r.Per))

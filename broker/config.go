@@ -19,6 +19,7 @@ import (
 // FileConfig is the broker's configuration file (HCL) as decoded.
 //
 //	listen        = "127.0.0.1:8443"      # gRPC over TLS
+//	metrics_listen = "127.0.0.1:9464"     # optional: Prometheus GET /metrics over HTTP; default off
 //	data_dir      = "/var/lib/keybroker"  # CA, store; created 0700
 //	server_names  = ["localhost", "127.0.0.1"]
 //	challenge_ttl = "60s"
@@ -55,6 +56,7 @@ import (
 // the two are kept apart.
 type FileConfig struct {
 	Listen             string      `hcl:"listen,optional"`
+	MetricsListen      string      `hcl:"metrics_listen,optional"`
 	DataDir            string      `hcl:"data_dir"`
 	ServerNames        []string    `hcl:"server_names,optional"`
 	ChallengeTTL       string      `hcl:"challenge_ttl,optional"`
@@ -176,6 +178,9 @@ type Config struct {
 	ChallengeKeyRotation time.Duration
 	// ReceiptRetention is how long receipts are kept; zero keeps them.
 	ReceiptRetention time.Duration
+	// MetricsListen is the host:port on which Start serves the metrics
+	// (GET /metrics, plain HTTP); empty: none.
+	MetricsListen string
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every

@@ -46,6 +46,7 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.at(at.attr("listen"), "listen %q is not a host:port address such as %q", fc.Listen, DefaultListen)
 	}
+	c.MetricsListen = parseMetricsListen(fc.MetricsListen, c.Listen, at, p)
 	if len(c.ServerNames) == 0 {
 		c.ServerNames = []string{"localhost", "127.0.0.1"}
 	}
@@ -113,6 +114,35 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		}
 	}
 	return c
+}
+
+// parseMetricsListen checks metrics_listen, when written: a host:port
+// address with a numeric port, apart from listen.
+func parseMetricsListen(addr, listen string, at spot, p *problems) string {
+	if !at.has("metrics_listen") {
+		return ""
+	}
+	rng := at.attr("metrics_listen")
+	_, port, err := net.SplitHostPort(addr)
+	switch {
+	case addr == "":
+		p.at(rng, "metrics_listen cannot be empty; leave it out to serve no metrics")
+	case err != nil:
+		p.at(rng, "metrics_listen %q is not a host:port address such as \"127.0.0.1:9464\"", addr)
+	case !validPort(port):
+		p.at(rng, "metrics_listen %q: port %q is not a number from 0 to 65535", addr, port)
+	case addr == listen && port != "0":
+		p.at(rng, "metrics_listen %q is the listen address; give the metrics their own port", addr)
+	default:
+		return addr
+	}
+	return ""
+}
+
+// validPort reports whether port is a decimal port number.
+func validPort(port string) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535 && strconv.Itoa(n) == port
 }
 
 // parseDays parses an optional duration attribute that may also be a number

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keybroker/keybroker/broker/metrics"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -46,6 +47,8 @@ type policyReloader struct {
 	// check refuses a loaded set that cannot run under the broker's
 	// configuration (Config.CheckPolicies); nil checks nothing.
 	check func(*policies.Set) error
+	// metrics counts reloads; nil counts nothing.
+	metrics *metrics.Broker
 
 	mu   sync.Mutex
 	seen fileStates // the files as they were when last loaded, refused or not
@@ -103,6 +106,7 @@ func (pr *policyReloader) reloadLocked(trigger string, files fileStates, changed
 	if err != nil {
 		pr.log.Error("policy reload refused; the previous policies keep serving",
 			append(attrs, "policy_hash", pr.hash, "error", err)...)
+		pr.metrics.PolicyReload(metrics.ReloadRefused)
 		return fmt.Errorf("policy reload refused: %w", err)
 	}
 	if pr.install != nil {
@@ -111,9 +115,11 @@ func (pr *policyReloader) reloadLocked(trigger string, files fileStates, changed
 	prev := pr.hash
 	pr.hash = set.Hash()
 	if prev == pr.hash {
+		pr.metrics.PolicyReload(metrics.ReloadUnchanged)
 		pr.log.Info("policies unchanged", append(attrs, "policies", set.Names(), "policy_hash", pr.hash)...)
 		return nil
 	}
+	pr.metrics.PolicyReload(metrics.ReloadInstalled)
 	pr.log.Info("policies reloaded",
 		append(attrs, "policies", set.Names(), "policy_hash", pr.hash, "previous_policy_hash", prev)...)
 	return nil

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/metrics"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -50,6 +51,7 @@ type Running struct {
 	lis      net.Listener
 	grpc     *grpc.Server
 	admin    *http.Server
+	metrics  *metrics.Endpoint // nil without metrics_listen
 	st       store.Backend
 	vault    *vaultsource.Client // nil without a vault block
 	policies *policyReloader
@@ -120,6 +122,9 @@ func (r *Running) purgeOnce(log *slog.Logger, now time.Time, retention time.Dura
 // certificate signed by one of the authority's X.509 authorities
 // (tls.VerifyClientCertIfGiven): nodes present their node X.509-SVID to the
 // workload SVID RPCs, and Challenge, Attest and GetBundle work without one.
+//
+// With cfg.MetricsListen, it serves the broker's metrics (package metrics)
+// over plain HTTP at GET /metrics on that address.
 func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -128,6 +133,11 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("unable to create data_dir: %w", err)
 	}
 	reloader := newPolicyReloader(cfg.PolicyPaths, log, cfg.CheckPolicies)
+	var m *metrics.Broker
+	if cfg.MetricsListen != "" {
+		m = metrics.New()
+		reloader.metrics = m
+	}
 	pol, err := reloader.load()
 	if err != nil {
 		return nil, fmt.Errorf("unable to load policies: %w", err)
@@ -190,6 +200,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		SPIFFE:               sp,
 		Vault:                vc,
 		Limits:               cfg.Limits,
+		Metrics:              m,
 		Logger:               log,
 	})
 	if err != nil {
@@ -210,10 +221,20 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, fmt.Errorf("unable to listen on %s: %w", cfg.Listen, err)
 	}
+	var mep *metrics.Endpoint
+	if m != nil {
+		if mep, err = m.Serve(cfg.MetricsListen); err != nil {
+			lis.Close()
+			admin.Close()
+			st.Close()
+			closeVault()
+			return nil, err
+		}
+	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
-		grpc.ChainUnaryInterceptor(recoverPanics(log)),
+		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), recoverPanics(log)),
 	)
 	pb.RegisterBrokerServer(g, srv)
 	hs := health.NewServer()
@@ -222,7 +243,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	reflection.Register(g)
 
 	reloader.install = srv.SetPolicies
-	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, st: st, vault: vc, policies: reloader,
+	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, metrics: mep, st: st, vault: vc, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log, cfg.ReceiptRetention) })
@@ -231,7 +252,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "policies", pol.Names(), "policy_hash", pol.Hash(),
 		"policy_poll_interval", cfg.PolicyPollInterval.String(), "trust_domain", cfg.TrustDomain.Name(), "vault", cfg.Vault != nil,
-		"store", cfg.Store.String())
+		"store", cfg.Store.String(), "metrics", r.MetricsAddr())
 	return r, nil
 }
 
@@ -240,6 +261,15 @@ func (r *Running) DataDir() string { return r.dataDir }
 
 // Addr returns the listening address.
 func (r *Running) Addr() string { return r.lis.Addr().String() }
+
+// MetricsAddr returns the address serving the metrics; empty without
+// metrics_listen.
+func (r *Running) MetricsAddr() string {
+	if r.metrics == nil {
+		return ""
+	}
+	return r.metrics.Addr()
+}
 
 // Done is closed with the serving error (nil after Stop) when serving ends.
 func (r *Running) Done() <-chan error { return r.done }
@@ -253,6 +283,9 @@ func (r *Running) Stop() {
 		close(r.stop)
 		r.grpc.GracefulStop()
 		r.admin.Close()
+		if r.metrics != nil {
+			r.metrics.Close()
+		}
 		r.tasks.Wait()
 		if r.vault != nil {
 			r.vault.Close()

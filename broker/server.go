@@ -27,6 +27,7 @@ import (
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/metrics"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
@@ -55,6 +56,7 @@ type Server struct {
 	ca         *issue.CA
 	spiffe     *issue.SPIFFE       // nil: SPIFFE is not configured
 	vault      *vaultsource.Client // nil: Vault is not configured
+	metrics    *metrics.Broker     // nil: no metrics
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -82,7 +84,9 @@ type ServerOpts struct {
 	// Limits are the admission limits on Challenge and Attest; the zero
 	// value limits nothing (Start passes the configuration's).
 	Limits LimitsConfig
-	Logger *slog.Logger // default: discard
+	// Metrics, if set, counts and times what the server does.
+	Metrics *metrics.Broker
+	Logger  *slog.Logger // default: discard
 	// Now returns the current time; default time.Now. Tests move it to
 	// expire challenges and node SVIDs.
 	Now func() time.Time
@@ -114,10 +118,12 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		ca:         opts.CA,
 		spiffe:     opts.SPIFFE,
 		vault:      opts.Vault,
+		metrics:    opts.Metrics,
 		now:        opts.Now,
 		log:        opts.Logger,
 	}
 	s.trust.AllowSHA1 = opts.AllowSHA1
+	s.admission.metrics = opts.Metrics
 	s.policies.Store(opts.Policies)
 	return s, nil
 }
@@ -134,6 +140,7 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 	node, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), s.trust)
 	if err != nil {
 		s.log.Warn("challenge refused", "check", verify.FailedCheck(err), "error", err)
+		s.metrics.ChallengeRefused(checkRefusal(err).check)
 		return nil, checkStatus(err)
 	}
 	if err := s.admitChallenge(node.EKHash()); err != nil {
@@ -148,8 +155,10 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 	})
 	if err != nil {
 		s.log.Error("challenge failed", "ek", node.EKHash(), "error", err)
+		s.metrics.ChallengeRefused("internal")
 		return nil, status.Error(codes.Internal, "unable to issue a challenge")
 	}
+	s.metrics.ChallengeIssued()
 	s.log.Info("challenge issued", "ek", node.EKHash(), "expires", issued.ExpiresAt)
 	return &pb.ChallengeResponse{
 		ChallengeId:     issued.ID,
@@ -169,19 +178,23 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 // in that same transaction; a refusal before policy leaves it as it was.
 func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestResponse, error) {
 	if err := checkAttestRequest(req); err != nil {
+		s.metrics.Attestation(metrics.Refused, "input")
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
 	}
 	if err := s.admission.admitAddress(ctx, opAttest); err != nil {
 		return nil, err
 	}
+	stages := s.metrics.Stages()
 	ch, err := s.challenges.Open(ctx, req.GetChallengeId(), challenge.Evidence{
 		EKPublic:        req.GetEkPublic(),
 		EKCertificate:   req.GetEkCertificate(),
 		EKIntermediates: req.GetEkIntermediates(),
 		AKPublic:        req.GetAkPublic(),
 	})
+	stages.Done(metrics.StageOpen)
 	switch {
 	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrMismatch):
+		s.metrics.Attestation(metrics.Refused, "challenge")
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
 	case errors.Is(err, challenge.ErrExpired):
 		return nil, s.refuseExpired(ctx, ch)
@@ -234,7 +247,9 @@ func (s *Server) admitChallenge(ekHash string) error {
 // a concurrent answer, or a store that cannot take the write. Either way
 // nothing is released.
 func (s *Server) record(ctx context.Context, d *store.Decision) error {
+	start := time.Now()
 	err := s.decisions.Record(ctx, d)
+	s.observeRecord(d, err, time.Since(start))
 	switch {
 	case errors.Is(err, store.ErrConsumed):
 		s.log.Warn("challenge used by a concurrent attestation; nothing released", "challenge", d.ChallengeID, "ek", d.Receipt.EKHash)
@@ -244,6 +259,25 @@ func (s *Server) record(ctx context.Context, d *store.Decision) error {
 		return status.Error(codes.Unavailable, "unable to record the decision (the store is unavailable); nothing was released")
 	}
 	return nil
+}
+
+// observeRecord counts the attestation decided by d, and observes took,
+// the time Record took, by how it ended (err).
+func (s *Server) observeRecord(d *store.Decision, err error, took time.Duration) {
+	switch {
+	case errors.Is(err, store.ErrConsumed):
+		s.metrics.Commit("consumed", took)
+		s.metrics.Attestation(metrics.Refused, "challenge")
+	case err != nil:
+		s.metrics.Commit("error", took)
+		s.metrics.Attestation(metrics.Failed, "store")
+	case d.Receipt.Allowed:
+		s.metrics.Commit("ok", took)
+		s.metrics.Attestation(metrics.Released, "")
+	default:
+		s.metrics.Commit("ok", took)
+		s.metrics.Attestation(metrics.Refused, d.Receipt.Check)
+	}
 }
 
 // refuseExpired records the refusal of the expired challenge ch (check
@@ -292,6 +326,7 @@ func denies(r *refusal) *refusal {
 // (TPM counters included), it returns the node's new record, also when
 // policy then denies, so that the record is written with the receipt.
 func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+	stages := s.metrics.Stages()
 	ev := evidenceOf(ch, req, rec.Time)
 	node, v, err := evidence.Verify(ev, s.trust, s.quoteOpts)
 	if node != nil {
@@ -325,9 +360,11 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", node.EKHash())
 	}
 	nodeRec := evidence.NodeRecord(v, prev, ev)
+	stages.Done(metrics.StageVerify)
 
 	pol := s.policies.Load()
 	d := pol.Evaluate(v)
+	stages.Done(metrics.StagePolicy)
 	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
 	if !d.Allowed {
 		return nil, nodeRec, denies(&refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"})
@@ -383,6 +420,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 	resp.WorkloadEntries, nodeRec.WorkloadEntries = workloadEntries(d.WorkloadEntries)
 	nodeRec.SVIDs = svids
 	rec.Allowed, rec.Released = true, released
+	stages.Done(metrics.StageRelease)
 	return resp, nodeRec, nil
 }
 
