@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/tpmtest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
@@ -54,13 +55,12 @@ func TestPublicAreasMatchSimulator(t *testing.T) {
 			sim, node := newSimNode(t, rw, key), newNode(t, key)
 			req := node.ChallengeRequest()
 			for _, c := range []struct {
-				what  string
-				sim   *tpm2.TPMTPublic
-				node  []byte
-				attrs func(tpm2.TPMTPublic) bool
+				what string
+				sim  *tpm2.TPMTPublic
+				node []byte
 			}{
-				{"EK", sim.ekPublic(t), req.GetEkPublic(), nil},
-				{"AK", public(t, sim.ak), req.GetAkPublic(), nil},
+				{"EK", sim.ekPublic(t), req.GetEkPublic()},
+				{"AK", public(t, sim.ak), req.GetAkPublic()},
 			} {
 				got, err := tpm2.Unmarshal[tpm2.TPMTPublic](c.node)
 				if err != nil {
@@ -206,6 +206,39 @@ func TestOpenAgreesWithSimulator(t *testing.T) {
 			}
 			if got, err := node.Open(nodeSealed); err != nil || !bytes.Equal(got, payload) {
 				t.Errorf("softtpm after reboot, PCR 9 extended: opened %x, %v", got, err)
+			}
+		})
+	}
+}
+
+// New's spliced encodings are go-tpm's: the EK's and AK's TPMT_PUBLIC
+// decode and re-encode to the same bytes, the EK's is EKPublic marshalled,
+// and the names and EK hash are those the broker computes.
+func TestEncodingMatchesMarshal(t *testing.T) {
+	for _, key := range keyTypes {
+		t.Run(key.String(), func(t *testing.T) {
+			node := newNode(t, key)
+			req := node.ChallengeRequest()
+			if got := tpm2.Marshal(node.EKPublic()); !bytes.Equal(got, req.GetEkPublic()) {
+				t.Errorf("EK public area:\n got %x\nwant %x", req.GetEkPublic(), got)
+			}
+			for _, enc := range [][]byte{req.GetEkPublic(), req.GetAkPublic()} {
+				pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](enc)
+				if err != nil || !bytes.Equal(tpm2.Marshal(pub), enc) {
+					t.Errorf("public area %x does not round-trip: %v", enc, err)
+				}
+			}
+			ak, _ := tpm2.Unmarshal[tpm2.TPMTPublic](req.GetAkPublic())
+			name, err := tpm2.ObjectName(ak)
+			if err != nil || !bytes.Equal(name.Buffer, node.AKName()) {
+				t.Errorf("AK name %x, go-tpm's %x (%v)", node.AKName(), name.Buffer, err)
+			}
+			vn, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{node.EKHash()}})
+			if err != nil {
+				t.Fatalf("the broker does not trust the node by its EKHash: %v", err)
+			}
+			if !bytes.Equal(vn.AKName(), node.AKName()) {
+				t.Errorf("broker's AK name %x, node's %x", vn.AKName(), node.AKName())
 			}
 		})
 	}

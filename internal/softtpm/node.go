@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -63,7 +65,6 @@ type Node struct {
 
 	ekPublic   []byte // TPMT_PUBLIC
 	akPublic   []byte // TPMT_PUBLIC
-	ekTPMT     tpm2.TPMTPublic
 	akName     []byte // TPM2B_NAME buffer: nameAlg || H(TPMT_PUBLIC)
 	akSigner   []byte // qualified name: the AK as a primary of the owner hierarchy
 	ekHash     string
@@ -118,30 +119,12 @@ func (n *Node) newECCKeys() error {
 	if err != nil {
 		return fmt.Errorf("unable to generate the AK: %w", err)
 	}
-	raw := ek.PublicKey().Bytes() // 0x04 || X || Y
-	ekPub := tpm2.ECCEKTemplate
-	ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-		X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]},
-	})
-	akRaw, err := ak.PublicKey.Bytes()
+	akRaw, err := ak.PublicKey.Bytes() // 0x04 || X || Y
 	if err != nil {
 		return fmt.Errorf("unable to encode the AK: %w", err)
 	}
-	akPub := tpm2.TPMTPublic{
-		Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256, ObjectAttributes: akAttributes,
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
-			Scheme: tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(
-				tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
-			CurveID: tpm2.TPMECCNistP256,
-			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
-		}),
-		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: akRaw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: akRaw[33:]},
-		}),
-	}
 	n.ekECC, n.ak = ek, ak
-	return n.setPublics(ekPub, akPub)
+	return n.setPublics(&eccEKTemplate, ek.PublicKey().Bytes()[1:], &eccAKTemplate, akRaw[1:])
 }
 
 func (n *Node) newRSAKeys() error {
@@ -153,50 +136,40 @@ func (n *Node) newRSAKeys() error {
 	if err != nil {
 		return fmt.Errorf("unable to generate the AK: %w", err)
 	}
-	ekPub := tpm2.RSAEKTemplate
-	ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: ek.N.FillBytes(make([]byte, 256))})
-	akPub := tpm2.TPMTPublic{
-		Type: tpm2.TPMAlgRSA, NameAlg: tpm2.TPMAlgSHA256, ObjectAttributes: akAttributes,
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
-			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
-			Scheme: tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUAsymScheme(
-				tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA256})},
-			KeyBits: 2048,
-		}),
-		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: ak.N.FillBytes(make([]byte, 256))}),
-	}
 	n.ekRSA, n.ak = ek, ak
-	return n.setPublics(ekPub, akPub)
+	return n.setPublics(&rsaEKTemplate, ek.N.FillBytes(make([]byte, 256)), &rsaAKTemplate, ak.N.FillBytes(make([]byte, 256)))
 }
 
-// akAttributes are go-tpm-tools' AK attributes (FlagSignerDefault): a
-// restricted signing key that never leaves its TPM.
-var akAttributes = tpm2.TPMAObject{
-	FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true,
-	Restricted: true, SignEncrypt: true,
-}
-
-func (n *Node) setPublics(ek, ak tpm2.TPMTPublic) error {
-	n.ekTPMT = ek
-	n.ekPublic, n.akPublic = tpm2.Marshal(ek), tpm2.Marshal(ak)
-	name, err := tpm2.ObjectName(&ak)
-	if err != nil {
-		return fmt.Errorf("unable to compute the AK name: %w", err)
-	}
-	n.akName = name.Buffer
+// setPublics encodes the EK and AK public areas from their templates and
+// keys, and derives the names and the EK hash.
+func (n *Node) setPublics(ekTmpl *tpm2.TPMTPublic, ekKey []byte, akTmpl *tpm2.TPMTPublic, akKey []byte) error {
+	n.ekPublic, n.akPublic = encodePublic(ekTmpl, ekKey), encodePublic(akTmpl, akKey)
+	n.akName = sha256Name(n.akPublic)
 	// The qualified name of a primary key: H(hierarchy handle || name).
-	h := crypto.SHA256.New()
+	h := sha256.New()
 	h.Write(tpm2.PrimaryHandleName(tpm2.TPMRHOwner))
 	h.Write(n.akName)
-	n.akSigner = h.Sum([]byte{byte(tpm2.TPMAlgSHA256 >> 8), byte(tpm2.TPMAlgSHA256)})
-	key, err := tpm2.Pub(ek)
+	n.akSigner = h.Sum(binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgSHA256)))
+	pub, err := n.EKPublicKey()
 	if err != nil {
-		return fmt.Errorf("unable to read the EK public key: %w", err)
+		return err
 	}
-	if n.ekHash, err = verify.EKHash(key); err != nil {
+	if n.ekHash, err = verify.EKHash(pub); err != nil {
 		return err
 	}
 	return nil
+}
+
+// EKPublicKey returns the EK's public key.
+func (n *Node) EKPublicKey() (crypto.PublicKey, error) {
+	if n.ekRSA != nil {
+		return &n.ekRSA.PublicKey, nil
+	}
+	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), n.ekECC.PublicKey().Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("unable to read the EK public key: %w", err)
+	}
+	return key, nil
 }
 
 // Key returns the node's key type.
@@ -208,7 +181,16 @@ func (n *Node) EKHash() string { return n.ekHash }
 
 // EKPublic returns the EK's public area.
 func (n *Node) EKPublic() *tpm2.TPMTPublic {
-	pub := n.ekTPMT
+	if n.ekRSA != nil {
+		pub := rsaEKTemplate
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: n.ekRSA.N.FillBytes(make([]byte, 256))})
+		return &pub
+	}
+	raw := n.ekECC.PublicKey().Bytes() // 0x04 || X || Y
+	pub := eccEKTemplate
+	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]},
+	})
 	return &pub
 }
 
