@@ -208,6 +208,17 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	if err := s.admission.admitEK(opAttest, hex.EncodeToString(ekKey[:])); err != nil {
 		return nil, err
 	}
+	// A replayed answer is refused before any work (and before a Vault
+	// certificate is issued for it); Record still decides between
+	// concurrent answers.
+	switch used, err := s.decisions.Used(ctx, ch.ID); {
+	case err != nil:
+		s.log.Error("attest failed", "error", err)
+		return nil, status.Error(codes.Unavailable, "unable to read the challenge's state: the store is unavailable")
+	case used:
+		s.metrics.Attestation(metrics.Refused, "challenge")
+		return nil, status.Error(codes.PermissionDenied, "challenge: "+challenge.ErrUnknown.Error())
+	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}

@@ -53,6 +53,27 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	return nil
 }
 
+// Used implements Decisions.
+func (b *Bolt) Used(ctx context.Context, challengeID string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("unable to read challenge marker: %w", err)
+	}
+	if validateID(challengeID) != nil {
+		return false, nil
+	}
+	used := false
+	err := b.db.View(func(tx *bolt.Tx) error {
+		if bk := tx.Bucket(bucketConsumed); bk != nil {
+			used = bk.Get([]byte(challengeID)) != nil
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("unable to read challenge marker: %w", err)
+	}
+	return used, nil
+}
+
 // putReceipt writes r and its EK index entry.
 func putReceipt(tx *bolt.Tx, r *Receipt) error {
 	bk := tx.Bucket(bucketReceipts)

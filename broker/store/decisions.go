@@ -53,6 +53,11 @@ type Decisions interface {
 	// concurrent Records with one ChallengeID exactly one succeeds; the
 	// others return an error wrapping ErrConsumed.
 	Record(ctx context.Context, d *Decision) error
+	// Used reports whether a decision on the challenge was recorded (while
+	// its marker lasts, at least until the challenge expires): a read that
+	// lets a replayed answer be refused before any work. Only Record
+	// decides: a concurrent answer may record first.
+	Used(ctx context.Context, challengeID string) (bool, error)
 	// PurgeConsumed deletes the markers of challenges expired at now (a
 	// backend whose markers expire by themselves returns 0) and returns
 	// how many.

@@ -11,6 +11,18 @@ import (
 )
 
 // get reads one key: nil when it is missing.
+// Used implements Decisions.
+func (e *Etcd) Used(ctx context.Context, challengeID string) (bool, error) {
+	if validateID(challengeID) != nil {
+		return false, nil
+	}
+	v, err := e.get(ctx, e.key(etcdConsumed, challengeID))
+	if err != nil {
+		return false, fmt.Errorf("unable to read challenge marker: %w", e.explain(ctx, err))
+	}
+	return v != nil, nil
+}
+
 func (e *Etcd) get(ctx context.Context, key string) ([]byte, error) {
 	ctx, cancel := e.request(ctx)
 	defer cancel()

@@ -183,6 +183,18 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 
 // consume writes the marker of challenge id, or fails with
 // store.ErrConsumed if it is there already. The caller holds its lock.
+// Used implements store.Decisions.
+func (v *vaultStore) Used(ctx context.Context, id string) (bool, error) {
+	if !validKey(id) {
+		return false, nil
+	}
+	e, err := v.s.Get(ctx, consumedPrefix+id)
+	if err != nil {
+		return false, err
+	}
+	return e != nil, nil
+}
+
 func (v *vaultStore) consume(ctx context.Context, id string, expires time.Time) error {
 	key := consumedPrefix + id
 	switch old, err := v.s.Get(ctx, key); {

@@ -61,8 +61,17 @@ func testReceiptIDTaken(t *testing.T, b store.Backend) {
 
 func testSingleUse(t *testing.T, b store.Backend) {
 	ctx := ctxT(t)
+	if used, err := b.Used(ctx, "c1"); err != nil || used {
+		t.Fatalf("Used before any decision = %v, %v; want false", used, err)
+	}
 	n := Node("ek", 1)
 	first := record(t, b, Decide("c1", "ek", &n))
+	if used, err := b.Used(ctx, "c1"); err != nil || !used {
+		t.Fatalf("Used after the decision = %v, %v; want true", used, err)
+	}
+	if used, err := b.Used(ctx, "c2"); err != nil || used {
+		t.Fatalf("Used of another challenge = %v, %v; want false", used, err)
+	}
 	other := Node("ek-other", 2)
 	second := Decide("c1", "ek-other", &other)
 	second.Deny, second.Receipt.Check = store.DenyAdd, "policy"
