@@ -261,7 +261,17 @@ func (n *Node) Quote(secret []byte) ([]*pb.Quote, error) {
 
 // Open opens a released credential inside the TPM and returns its payload.
 func (n *Node) Open(c *pb.Credential) ([]byte, error) {
-	return sealing.OpenCredential(n.ek, c)
+	out, err := sealing.OpenCredential(n.ek, c)
+	if errors.Is(err, sealing.ErrImport) {
+		// go-tpm-tools keeps one EK policy session per loaded key; a
+		// TPM2_Import the TPM refused leaves it spent, and every later
+		// import would fail its policy check. Load the EK afresh.
+		if ek, rerr := client.EndorsementKeyRSA(n.rw); rerr == nil {
+			n.ek.Close()
+			n.ek = ek
+		}
+	}
+	return out, err
 }
 
 func allPCRs() []int {

@@ -87,7 +87,10 @@ var ErrImport = errors.New("the TPM refused to open the envelope")
 
 // Open imports the envelope's CEK inside the TPM under ek and decrypts the
 // payload. ek must be the EK loaded with its policy session, as
-// client.EndorsementKeyRSA and client.EndorsementKeyECC return it.
+// client.EndorsementKeyRSA and client.EndorsementKeyECC return it. After
+// ErrImport from a refused TPM2_Import that session is spent (go-tpm-tools
+// keeps one per loaded key): load the EK again before the next Open, as
+// agent.Node does.
 func Open(ek *client.Key, env *Envelope) ([]byte, error) {
 	if env == nil || env.Blob == nil {
 		return nil, errors.New("envelope has no import blob")
