@@ -32,6 +32,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
 		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),
 		demoCmd(),
+		loadgenCmd(),
 	)
 	return cli.Execute(root, args, stdout, stderr)
 }

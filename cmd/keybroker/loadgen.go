@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keybroker/keybroker/internal/cli"
+	"github.com/keybroker/keybroker/internal/loadgen"
+	"github.com/keybroker/keybroker/internal/softtpm"
+)
+
+const loadgenLong = `Drives a fleet of distinct software TPM nodes, each once, through
+Challenge, credential activation, Quote, Attest and opening the released TLS
+credential (its key checked against its certificate), over gRPC and TLS with
+one fresh connection per node, at a given concurrency: a boot storm.
+
+With --serve it starts "keybroker serve" as a separate process with a
+temporary data directory and a configuration that trusts every node by EK
+hash (ek_allow), has admission limits off, and a policy releasing a
+TPM-bound TLS certificate; it stops the broker and removes the directory
+after. With --addr and --ca it targets a running broker, which must trust
+the nodes and release a tls_certificate to them: the nodes' keys are new on
+every run, so --print-ek-hashes prints their EK hashes on stdout and waits
+for a line on stdin before starting, while the operator adds them to the
+broker (ek_allow and a policy's ek_hashes).
+
+Progress goes to stderr every second; the summary to stdout, as text or
+--json: nodes, concurrency, errors (by gRPC code, or by the node's failed
+step), wall_seconds, releases_per_second, p50_ms, p95_ms, p99_ms (per node,
+connection to credential opened), broker_cpu_ms_per_release and
+broker_peak_rss_bytes (from /proc of the broker: with --serve or
+--broker-pid), store_bytes_per_release (--serve), floor_ms (the crypto floor
+for the nodes' key type measured in process before the run: AK signature
+verify, MakeCredential, import blob, P-256 key and certificate, TLS 1.3
+server handshake) and floor_ratio = broker CPU per release / floor_ms.
+It exits 1 if any release failed.`
+
+type loadgenOpts struct {
+	nodes, concurrency, brokerPID int
+	key, addr, caPath             string
+	serve, asJSON, printHashes    bool
+}
+
+func loadgenCmd() *cobra.Command {
+	var o loadgenOpts
+	cmd := &cobra.Command{
+		Use:   "loadgen (--serve | --addr HOST:PORT --ca ca.pem) [flags]",
+		Short: "Drive a fleet of software TPM nodes through the broker and measure it",
+		Long:  loadgenLong,
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			return cli.Code(runLoadgen(cmd.Context(), o, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.nodes, "nodes", 1000, "distinct nodes, each attesting once")
+	f.IntVar(&o.concurrency, "concurrency", 50, "nodes in flight at once")
+	f.StringVar(&o.key, "key", "ecc", "the nodes' EK and AK type: ecc (P-256) or rsa (RSA-2048)")
+	f.BoolVar(&o.serve, "serve", false, "start a broker (keybroker serve, a separate process) trusting the nodes")
+	f.StringVar(&o.addr, "addr", "", "address of a running broker (instead of --serve)")
+	f.StringVar(&o.caPath, "ca", "", "the running broker's CA bundle (its data_dir/ca/ca.pem), pinned; with --addr")
+	f.IntVar(&o.brokerPID, "broker-pid", 0, "process id of the broker at --addr, for its CPU and memory figures")
+	f.BoolVar(&o.printHashes, "print-ek-hashes", false, "print the nodes' EK hashes on stdout; with --addr, wait for a line on stdin before starting")
+	f.BoolVar(&o.asJSON, "json", false, "print the summary as JSON")
+	return cmd
+}
+
+func (o loadgenOpts) check() error {
+	var p cli.Problems
+	if o.nodes < 1 {
+		p.Addf("--nodes must be at least 1")
+	}
+	if o.concurrency < 1 {
+		p.Addf("--concurrency must be at least 1")
+	}
+	if _, err := keyType(o.key); err != nil {
+		p.Check("key", err)
+	}
+	switch {
+	case o.serve && o.addr != "":
+		p.Addf("--serve and --addr are exclusive")
+	case !o.serve && o.addr == "":
+		p.Addf("--serve or --addr is required")
+	case o.addr != "" && o.caPath == "":
+		p.Addf("--ca is required with --addr")
+	case o.serve && (o.caPath != "" || o.brokerPID != 0):
+		p.Addf("--ca and --broker-pid go with --addr, not --serve")
+	}
+	if o.brokerPID < 0 {
+		p.Addf("--broker-pid must be a process id")
+	}
+	return p.Err()
+}
+
+func keyType(s string) (softtpm.KeyType, error) {
+	switch s {
+	case "ecc":
+		return softtpm.ECC, nil
+	case "rsa":
+		return softtpm.RSA, nil
+	}
+	return 0, fmt.Errorf("unknown key type %q: want ecc or rsa", s)
+}
+
+func runLoadgen(ctx context.Context, o loadgenOpts, stdin io.Reader, stdout, stderr io.Writer) int {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	key, _ := keyType(o.key)
+	opts := loadgen.Opts{Nodes: o.nodes, Concurrency: o.concurrency, Key: key, Serve: o.serve,
+		Addr: o.addr, BrokerPID: o.brokerPID, Progress: stderr}
+	if o.addr != "" {
+		ca, err := os.ReadFile(o.caPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "loadgen: %v\n", err)
+			return 1
+		}
+		opts.CAPEM = ca
+	}
+	if o.printHashes {
+		opts.Ready = func(nodes []*softtpm.Node) error { return printHashes(nodes, o.addr != "", stdin, stdout, stderr) }
+	}
+	sum, err := loadgen.Run(ctx, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "loadgen: %v\n", err)
+		return 1
+	}
+	if o.asJSON {
+		err = sum.WriteJSON(stdout)
+	} else {
+		err = sum.WriteText(stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "loadgen: %v\n", err)
+		return 1
+	}
+	if len(sum.Errors) > 0 || ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
+
+// printHashes writes the fleet's EK hashes, one a line, and with wait
+// reads a line from stdin before the run starts.
+func printHashes(nodes []*softtpm.Node, wait bool, stdin io.Reader, stdout, stderr io.Writer) error {
+	for _, h := range loadgen.EKHashes(nodes) {
+		fmt.Fprintln(stdout, h)
+	}
+	if !wait {
+		return nil
+	}
+	fmt.Fprintf(stderr, "loadgen: %d EK hashes printed; press Enter once the broker trusts them\n", len(nodes))
+	if _, err := bufio.NewReader(stdin).ReadString('\n'); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("unable to read stdin: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,276 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keybroker/keybroker/internal/softtpm"
+)
+
+// Opts configure Run. Either Serve is set or Addr and CAPEM name a running
+// broker that trusts the fleet (see Opts.Ready).
+type Opts struct {
+	// Nodes is the number of distinct nodes; each attests once. Default 1000.
+	Nodes int
+	// Concurrency is the number of nodes in flight at once. Default 50.
+	Concurrency int
+	// Key is the nodes' EK and AK type; default ECC.
+	Key softtpm.KeyType
+	// Addr and CAPEM are the broker's address and its CA bundle (pinned).
+	Addr  string
+	CAPEM []byte
+	// BrokerPID, with Addr, is the broker's process id for CPU and memory
+	// figures; 0 leaves them out.
+	BrokerPID int
+	// Serve starts a broker as a separate process (Executable serve) with
+	// a temporary data directory trusting the fleet, and stops it after.
+	Serve bool
+	// Executable is the keybroker binary Serve runs; default os.Executable.
+	Executable string
+	// Ready, if set, is called with the fleet before the run starts: for a
+	// broker at Addr to be told which EK hashes to trust.
+	Ready func(nodes []*softtpm.Node) error
+	// Progress receives a line every second while the run goes; nil: none.
+	Progress io.Writer
+	// Timeout bounds one node's release; default one minute.
+	Timeout time.Duration
+}
+
+func (o *Opts) defaults() error {
+	if o.Nodes == 0 {
+		o.Nodes = 1000
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 50
+	}
+	if o.Timeout == 0 {
+		o.Timeout = time.Minute
+	}
+	switch {
+	case o.Nodes < 0 || o.Concurrency < 0:
+		return errors.New("nodes and concurrency must be positive")
+	case o.Serve && o.Addr != "":
+		return errors.New("serve and an address are exclusive")
+	case !o.Serve && (o.Addr == "" || len(o.CAPEM) == 0):
+		return errors.New("a broker address and CA, or serve, are required")
+	}
+	if o.Serve && o.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("unable to find the keybroker executable: %w", err)
+		}
+		o.Executable = exe
+	}
+	return nil
+}
+
+// Run makes the fleet of o.Nodes nodes and drives it (Drive).
+func Run(ctx context.Context, o Opts) (*Summary, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	nodes, err := NewFleet(o.Nodes, o.Key)
+	if err != nil {
+		return nil, err
+	}
+	fleet := time.Since(start)
+	sum, err := Drive(ctx, nodes, o)
+	if sum != nil {
+		sum.FleetSeconds = fleet.Seconds()
+	}
+	return sum, err
+}
+
+// Drive measures the crypto floor, drives every node once through the
+// broker and returns the summary; o.Nodes and o.Key are taken from nodes.
+// Failed releases are counted in Summary.Errors; an error means the run
+// itself could not be made.
+func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error) {
+	if len(nodes) == 0 {
+		return nil, errors.New("no nodes to drive")
+	}
+	o.Nodes, o.Key = len(nodes), nodes[0].Key()
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	sum := &Summary{Nodes: o.Nodes, Concurrency: o.Concurrency, Key: o.Key.String(), Errors: map[string]int{}}
+	var err error
+	if sum.Floor, err = MeasureFloor(nodes[0]); err != nil {
+		return nil, err
+	}
+	if o.Ready != nil {
+		if err := o.Ready(nodes); err != nil {
+			return nil, err
+		}
+	}
+	if !o.Serve {
+		t := target{addr: o.Addr, caPEM: o.CAPEM, pid: o.BrokerPID}
+		err = t.measure(ctx, o, nodes, sum)
+		return sum, err
+	}
+	b, err := StartBroker(ctx, o.Executable, nodes)
+	if err != nil {
+		return nil, err
+	}
+	t := target{addr: b.Addr, caPEM: b.CAPEM, pid: b.PID(), store: b.StorePath()}
+	err = t.measure(ctx, o, nodes, sum)
+	if stopErr := b.Stop(); err == nil && stopErr != nil {
+		err = stopErr
+	}
+	if err == nil {
+		err = b.countReceipts(ctx, nodes, sum)
+	}
+	b.Cleanup()
+	return sum, err
+}
+
+// target is the broker under load and where its figures are read.
+type target struct {
+	addr  string
+	caPEM []byte
+	pid   int    // 0: unknown
+	store string // "": unknown
+}
+
+// measure drives the fleet against t and fills sum with the broker's
+// figures read before and after.
+func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum *Summary) error {
+	var cpu0 time.Duration
+	var store0 int64
+	var err error
+	if t.pid != 0 {
+		if cpu0, err = processCPU(t.pid); err != nil {
+			return err
+		}
+	}
+	if t.store != "" {
+		if store0, err = fileSize(t.store); err != nil {
+			return err
+		}
+	}
+	lat := drive(ctx, o, nodes, t.addr, t.caPEM, sum)
+	sum.fill(lat)
+	if t.pid != 0 {
+		cpu1, err := processCPU(t.pid)
+		if err != nil {
+			return err
+		}
+		rss, err := peakRSS(t.pid)
+		if err != nil {
+			return err
+		}
+		sum.BrokerPeakRSSBytes = &rss
+		sum.BrokerCPUMsPerRelease = perRelease(float64(cpu1-cpu0)/float64(time.Millisecond), sum.Released)
+		if sum.BrokerCPUMsPerRelease != nil && sum.Floor.TotalMs > 0 {
+			r := *sum.BrokerCPUMsPerRelease / sum.Floor.TotalMs
+			sum.FloorRatio = &r
+		}
+	}
+	if t.store != "" {
+		store1, err := fileSize(t.store)
+		if err != nil {
+			return err
+		}
+		sum.StoreBytesPerRelease = perRelease(float64(store1-store0), sum.Released)
+	}
+	return nil
+}
+
+// drive runs every node once at o.Concurrency and returns the latencies of
+// the releases that succeeded; failures are counted in sum.Errors.
+func drive(ctx context.Context, o Opts, nodes []*softtpm.Node, addr string, caPEM []byte, sum *Summary) []time.Duration {
+	var (
+		mu      sync.Mutex
+		lat     = make([]time.Duration, 0, len(nodes))
+		done    atomic.Int64
+		failed  atomic.Int64
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		samples = map[string]string{}
+	)
+	start := time.Now()
+	stop := progress(o.Progress, len(nodes), start, &done, &failed)
+	for range min(o.Concurrency, len(nodes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(len(nodes)) && ctx.Err() == nil; i = next.Add(1) - 1 {
+				rctx, cancel := context.WithTimeout(ctx, o.Timeout)
+				t0 := time.Now()
+				err := release(rctx, nodes[i], addr, caPEM)
+				d := time.Since(t0)
+				cancel()
+				mu.Lock()
+				if err != nil {
+					k := errorKey(err)
+					sum.Errors[k]++
+					if _, ok := samples[k]; !ok {
+						samples[k] = err.Error()
+					}
+					failed.Add(1)
+				} else {
+					lat = append(lat, d)
+				}
+				mu.Unlock()
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	sum.WallSeconds = time.Since(start).Seconds()
+	stop()
+	if o.Progress != nil {
+		for k, msg := range samples {
+			fmt.Fprintf(o.Progress, "loadgen: first %s error: %s\n", k, msg)
+		}
+	}
+	return lat
+}
+
+// progress prints done/total and the rate every second until stopped.
+func progress(w io.Writer, total int, start time.Time, done, failed *atomic.Int64) (stop func()) {
+	if w == nil {
+		return func() {}
+	}
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+				d := done.Load()
+				fmt.Fprintf(w, "loadgen: %d/%d done, %d errors, %.0f releases/s\n",
+					d, total, failed.Load(), float64(d-failed.Load())/time.Since(start).Seconds())
+			}
+		}
+	}()
+	return func() { close(quit); wg.Wait() }
+}
+
+// percentile is the nearest-rank p-th percentile of sorted, in ms.
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p/100+0.999999) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return float64(sorted[i]) / float64(time.Millisecond)
+}
+
+func sortDurations(d []time.Duration) {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+}

@@ -1,0 +1,179 @@
+package loadgen
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Summary is what one run measured. Per-release figures divide by the
+// releases that succeeded; pointer fields are null when not measured
+// (the broker's process or store unknown, or nothing released).
+type Summary struct {
+	Nodes       int    `json:"nodes"`
+	Concurrency int    `json:"concurrency"`
+	Key         string `json:"key"`
+	// Released counts the nodes that opened their credential.
+	Released int `json:"released"`
+	// Errors counts failed releases by gRPC code name (Unavailable,
+	// PermissionDenied, …) or, for failures on the node's side, by stage
+	// (dial, activate, quote, open, no_credential, key_mismatch).
+	Errors            map[string]int `json:"errors"`
+	WallSeconds       float64        `json:"wall_seconds"`
+	ReleasesPerSecond float64        `json:"releases_per_second"`
+	// Latencies per node, from dialling the broker to the credential opened.
+	P50Ms                 float64  `json:"p50_ms"`
+	P95Ms                 float64  `json:"p95_ms"`
+	P99Ms                 float64  `json:"p99_ms"`
+	BrokerCPUMsPerRelease *float64 `json:"broker_cpu_ms_per_release"`
+	BrokerPeakRSSBytes    *int64   `json:"broker_peak_rss_bytes"`
+	StoreBytesPerRelease  *float64 `json:"store_bytes_per_release"`
+	// Receipts counts the allowed decisions with a release recorded in the
+	// store for the fleet's nodes (Serve only).
+	Receipts   *int     `json:"receipts,omitempty"`
+	FloorMs    float64  `json:"floor_ms"`
+	FloorRatio *float64 `json:"floor_ratio"`
+	// Floor is the crypto floor part by part.
+	Floor Floor `json:"floor"`
+	// FleetSeconds is how long making the nodes' keys took.
+	FleetSeconds float64 `json:"fleet_seconds"`
+}
+
+// fill sets the counts, rate and percentiles from the successful latencies.
+func (s *Summary) fill(lat []time.Duration) {
+	sortDurations(lat)
+	s.Released = len(lat)
+	if s.WallSeconds > 0 {
+		s.ReleasesPerSecond = float64(s.Released) / s.WallSeconds
+	}
+	s.P50Ms, s.P95Ms, s.P99Ms = percentile(lat, 50), percentile(lat, 95), percentile(lat, 99)
+	s.FloorMs = s.Floor.TotalMs
+}
+
+// perRelease is total/released, or nil when nothing was released.
+func perRelease(total float64, released int) *float64 {
+	if released == 0 {
+		return nil
+	}
+	v := total / float64(released)
+	return &v
+}
+
+// WriteJSON writes the summary as one JSON object.
+func (s *Summary) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// WriteText writes the summary for people.
+func (s *Summary) WriteText(w io.Writer) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "nodes            %d %s, concurrency %d\n", s.Nodes, s.Key, s.Concurrency)
+	fmt.Fprintf(&b, "released         %d in %.2f s: %.1f releases/s\n", s.Released, s.WallSeconds, s.ReleasesPerSecond)
+	fmt.Fprintf(&b, "errors           %s\n", errorsText(s.Errors))
+	fmt.Fprintf(&b, "latency          p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", s.P50Ms, s.P95Ms, s.P99Ms)
+	fmt.Fprintf(&b, "broker CPU       %s ms per release\n", optional(s.BrokerCPUMsPerRelease, 3))
+	if s.BrokerPeakRSSBytes != nil {
+		fmt.Fprintf(&b, "broker peak RSS  %.1f MiB\n", float64(*s.BrokerPeakRSSBytes)/(1<<20))
+	} else {
+		fmt.Fprintf(&b, "broker peak RSS  unknown\n")
+	}
+	fmt.Fprintf(&b, "store growth     %s bytes per release\n", optional(s.StoreBytesPerRelease, 0))
+	if s.Receipts != nil {
+		fmt.Fprintf(&b, "receipts         %d\n", *s.Receipts)
+	}
+	f := s.Floor
+	fmt.Fprintf(&b, "crypto floor     %.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f)\n",
+		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs)
+	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 1))
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+func optional(v *float64, prec int) string {
+	if v == nil {
+		return "unknown"
+	}
+	return strconv.FormatFloat(*v, 'f', prec, 64)
+}
+
+func errorsText(errs map[string]int) string {
+	if len(errs) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(errs))
+	for k := range errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, errs[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every
+// Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// processCPU is the user plus system CPU time of process pid so far.
+func processCPU(pid int) (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("unable to read the broker's CPU time: %w", err)
+	}
+	// The command name may hold spaces and parentheses: fields start
+	// after the last ')'. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(raw, ')')
+	fields := strings.Fields(string(raw[i+1:]))
+	if i < 0 || len(fields) < 13 {
+		return 0, fmt.Errorf("unable to parse /proc/%d/stat", pid)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("unable to parse /proc/%d/stat: %w", pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * clockTick, nil
+}
+
+// peakRSS is VmHWM of process pid, in bytes.
+func peakRSS(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("unable to read the broker's memory: %w", err)
+	}
+	for line := range strings.Lines(string(raw)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) != 2 || f[1] != "kB" {
+				break
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				break
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, fmt.Errorf("unable to read the store's size: %w", err)
+	}
+	return fi.Size(), nil
+}
