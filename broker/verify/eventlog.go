@@ -45,15 +45,20 @@ type EventLogFacts struct {
 	// BootApps are the digests of the EFI applications loaded before
 	// ExitBootServices (shim, boot loader, kernel), in order.
 	BootApps []string
-	// BootLoader is "grub" when GRUB logged its commands (bound by their
-	// digests), else "systemd-boot" when a boot application's logged file
-	// path or a PCR 12 event says systemd-boot (paths are not covered by a
-	// digest: a hint for operators, not a proof), else "unknown".
+	// BootLoader is "grub" when GRUB logged its commands and go-eventlog
+	// checked them against their digests, else "systemd-boot" when a boot
+	// application's logged file path or a PCR 12 event says systemd-boot
+	// (paths are not covered by a digest: a hint for operators, not a
+	// proof), else "unknown".
 	BootLoader string
-	// GrubCommands are the commands GRUB logged, without the trailing NUL.
+	// GrubCommands are the strings GRUB logged, label included, without the
+	// trailing NUL. GRUB's digests cover the text after the label
+	// ("grub_cmd: ", "kernel_cmdline: "), not the label.
 	GrubCommands []string
 	// KernelCmdline is the kernel command line GRUB logged (kernel path
-	// and arguments), without the trailing NUL.
+	// and arguments), without the trailing NUL; empty, with a problem,
+	// unless exactly one text is labelled as the command line and a linux
+	// command ran it (labels are not bound: checkKernelCmdline).
 	KernelCmdline string
 	// FirmwareVersion is the S-CRTM version string (from an EV_S_CRTM_VERSION
 	// event whose digest covers it), if logged.

@@ -53,7 +53,55 @@ func interpretEventLog(raw []byte, log *tcglog.Log, bank tpm2.TPMAlgID, pcrs map
 	if err := f.interpret(raw, log, bank, pcrs); err != nil {
 		f.Problems = append(f.Problems, problems(err)...)
 	}
+	if f.BootLoader == BootLoaderGRUB && len(f.GrubCommands) == 0 {
+		// GRUB's labels are not covered by its digests: "grub" only when
+		// go-eventlog checked GRUB's events against their digests.
+		f.BootLoader = BootLoaderUnknown
+	}
+	f.checkKernelCmdline()
 	return f
+}
+
+// kernelCmdlineLabels and linuxCommands are how GRUB labels the kernel
+// command line it measures, and the commands that load a Linux kernel.
+var (
+	kernelCmdlineLabels = []string{"kernel_cmdline: ", "grub_kernel_cmdline "}
+	linuxCommands       = []string{"grub_cmd: linux ", "grub_cmd: linuxefi ", "grub_cmd: linux16 ", "grub_cmd linux "}
+)
+
+// checkKernelCmdline keeps the kernel command line only where the log
+// vouches for it. GRUB's digests cover the text after a label
+// ("kernel_cmdline: ", "grub_cmd: "), not the label: a node can relabel
+// one measured text as another. The command line GRUB measured is also the
+// argument of the linux command it ran, so it is kept only when exactly one
+// text is labelled as the command line and a linux command ran exactly it;
+// otherwise it is left empty and the problem named.
+func (f *EventLogFacts) checkKernelCmdline() {
+	var claimed []string
+	for _, c := range f.GrubCommands {
+		for _, l := range kernelCmdlineLabels {
+			if rest, ok := strings.CutPrefix(c, l); ok {
+				claimed = append(claimed, rest)
+			}
+		}
+	}
+	if len(claimed) == 0 {
+		f.KernelCmdline = ""
+		return
+	}
+	// GRUB quotes an argument holding spaces in the command line it logs,
+	// and logs the linux command's words unquoted.
+	unquoted := func(s string) string { return strings.ReplaceAll(s, `"`, "") }
+	ran := len(claimed) == 1 && slices.ContainsFunc(f.GrubCommands, func(c string) bool {
+		return slices.ContainsFunc(linuxCommands, func(l string) bool {
+			args, ok := strings.CutPrefix(c, l)
+			return ok && unquoted(args) == unquoted(claimed[0])
+		})
+	})
+	if !ran || f.KernelCmdline != claimed[0] {
+		f.KernelCmdline = ""
+		f.Problems = append(f.Problems, "kernel_cmdline: the kernel command line GRUB logged is not the one its linux command ran")
+	}
 }
 
 // validSeparator reports whether e is a separator whose digest covers its

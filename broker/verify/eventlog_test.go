@@ -1,9 +1,11 @@
 package verify_test
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 
@@ -208,5 +210,39 @@ func TestEventLogUnknownEventTypeIsAccepted(t *testing.T) {
 	// it among the boot applications.
 	if len(f.BootApps) != 2 {
 		t.Errorf("BootApps = %v, want GRUB and the kernel", f.BootApps)
+	}
+}
+
+// GRUB's digests cover the text after its labels, not the labels: a node
+// that swaps the labels of its kernel command line and another command
+// still replays, but must not get the other command's text as its command
+// line.
+func TestEventLogRelabelledKernelCmdline(t *testing.T) {
+	n, log := bootedNode(t, evidencetest.BootOpts{SecureBoot: true, KernelCmdline: "ro quiet init=/bin/sh"})
+	v := n.verified(t)
+	cmdline := log.Find(8, evidencetest.EvIPL, []byte("kernel_cmdline: "))
+	cmds := log.Find(8, evidencetest.EvIPL, []byte("grub_cmd: "))
+	if len(cmdline) != 1 || len(cmds) == 0 {
+		t.Fatalf("boot log layout: cmdline %v, commands %v", cmdline, cmds)
+	}
+	genuine, err := v.WithEventLog(log.Bytes())
+	if err != nil || !strings.HasSuffix(genuine.EventLog().KernelCmdline, "init=/bin/sh") || len(genuine.EventLog().Problems) != 0 {
+		t.Fatalf("genuine log: %v, %+v", err, genuine.EventLog())
+	}
+	swapped := log.Clone()
+	k, g := &swapped.Events[cmdline[0]], &swapped.Events[cmds[0]]
+	other := strings.TrimPrefix(string(g.Data), "grub_cmd: ")
+	k.Data = append([]byte("grub_cmd: "), bytes.TrimPrefix(k.Data, []byte("kernel_cmdline: "))...)
+	g.Data = append([]byte("kernel_cmdline: "), []byte(other)...)
+	got, err := v.WithEventLog(swapped.Bytes())
+	if err != nil {
+		t.Fatalf("the relabelled log still replays, yet: %v", err)
+	}
+	f := got.EventLog()
+	if f.KernelCmdline != "" {
+		t.Fatalf("kernel command line %q taken from a relabelled command", f.KernelCmdline)
+	}
+	if !slices.ContainsFunc(f.Problems, func(p string) bool { return strings.HasPrefix(p, "kernel_cmdline: ") }) {
+		t.Errorf("problems %q do not name the kernel command line", f.Problems)
 	}
 }
