@@ -192,13 +192,17 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		AKPublic:        req.GetAkPublic(),
 	})
 	stages.Done(metrics.StageOpen)
+	expired := errors.Is(err, challenge.ErrExpired)
 	switch {
 	case errors.Is(err, challenge.ErrUnknown), errors.Is(err, challenge.ErrMismatch):
 		s.metrics.Attestation(metrics.Refused, "challenge")
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+err.Error())
-	case errors.Is(err, challenge.ErrExpired):
-		return nil, s.refuseExpired(ctx, ch)
-	case err != nil:
+	case expired && s.now().After(ch.ExpiresAt.Add(challenge.MaxTTL)):
+		// Long expired: refused without a receipt, so that replaying an old
+		// token cannot make the broker write at will.
+		s.metrics.Attestation(metrics.Refused, "challenge")
+		return nil, status.Error(codes.DeadlineExceeded, "challenge: "+challenge.ErrExpired.Error())
+	case err != nil && !expired:
 		s.log.Error("attest failed", "error", err)
 		return nil, status.Error(codes.Unavailable, "unable to open the challenge: the store is unavailable")
 	}
@@ -218,6 +222,9 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	case used:
 		s.metrics.Attestation(metrics.Refused, "challenge")
 		return nil, status.Error(codes.PermissionDenied, "challenge: "+challenge.ErrUnknown.Error())
+	case expired:
+		// Recorded once (the receipt's marker makes a replay "used").
+		return nil, s.refuseExpired(ctx, ch)
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
 	resp, node, refusal := s.attest(ctx, ch, req, rec)

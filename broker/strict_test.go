@@ -138,3 +138,21 @@ func TestChallengeRefusesPointsOffTheCurve(t *testing.T) {
 		})
 	}
 }
+
+// An answer to a challenge that expired more than challenge.MaxTTL ago is
+// refused without a receipt: replaying an old token cannot make the broker
+// write.
+func TestAttestLongExpiredChallengeWritesNothing(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{})
+	ctx := context.Background()
+	ch, secret := f.Challenge(t)
+	req := f.AttestRequest(t, ch, secret)
+	f.Advance(challengeTTL + challenge.MaxTTL + time.Second)
+	for range 3 {
+		resp, err := f.Server.Attest(ctx, req)
+		f.wantRefused(t, resp, err, codes.DeadlineExceeded, "challenge: challenge has expired", "")
+	}
+	if rs := f.Receipts(t); len(rs) != 0 {
+		t.Fatalf("receipts for a long-expired challenge: %+v", rs)
+	}
+}

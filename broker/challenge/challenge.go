@@ -32,6 +32,12 @@ const DefaultTTL = 60 * time.Second
 // MaxTTL is the longest a challenge may be configured to stay valid.
 const MaxTTL = 10 * time.Minute
 
+// MaxClockSkew is the largest difference between replicas' clocks that
+// single use survives: a token expiring further than MaxTTL+MaxClockSkew
+// ahead of this replica's clock is refused, and used-challenge markers
+// outlive their challenge by store.MarkerGrace, more than both.
+const MaxClockSkew = 5 * time.Minute
+
 // Errors returned by Open.
 var (
 	// ErrUnknown: the ID is not a challenge token this broker's keys
@@ -158,8 +164,14 @@ func (i *Issuer) Open(ctx context.Context, token string, ev Evidence) (Challenge
 	if subtle.ConstantTimeCompare(want[:], c.evidenceDigest[:]) != 1 {
 		return Challenge{}, ErrMismatch
 	}
+	now := i.now()
+	if c.expiresAt.After(now.Add(MaxTTL + MaxClockSkew)) {
+		// Sealed by a replica whose clock runs far ahead: its marker could
+		// be gone while this replica still accepts the token.
+		return Challenge{}, ErrUnknown
+	}
 	ch := Challenge{ID: IDOf(token), Evidence: ev, SecretHash: c.secretHash, ExpiresAt: c.expiresAt}
-	if !i.now().Before(c.expiresAt) {
+	if !now.Before(c.expiresAt) {
 		return ch, ErrExpired
 	}
 	return ch, nil

@@ -322,3 +322,30 @@ func TestConcurrentRotation(t *testing.T) {
 		t.Fatalf("%d keys after concurrent first issues, want 1", len(keys))
 	}
 }
+
+// A token sealed by a replica whose clock runs further ahead than
+// MaxClockSkew is refused: the marker of its use could be gone while this
+// replica still took it. Within the skew it is accepted.
+func TestOpenRefusesTokensFromFarAhead(t *testing.T) {
+	ctx := context.Background()
+	node, ev := testNode(t)
+	st := openStore(t)
+	now := time.Now()
+	for _, tt := range []struct {
+		ahead   time.Duration
+		wantErr error
+	}{
+		{challenge.MaxClockSkew - time.Minute, nil},
+		{challenge.MaxClockSkew + time.Minute, challenge.ErrUnknown},
+	} {
+		fast := challenge.New(st, challenge.Opts{TTL: challenge.MaxTTL, Now: func() time.Time { return now.Add(tt.ahead) }})
+		issued, err := fast.Issue(ctx, node, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local := challenge.New(st, challenge.Opts{Now: func() time.Time { return now }})
+		if _, err := local.Open(ctx, issued.ID, ev); !errors.Is(err, tt.wantErr) {
+			t.Errorf("token from a clock %v ahead: Open = %v, want %v", tt.ahead, err, tt.wantErr)
+		}
+	}
+}

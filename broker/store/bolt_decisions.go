@@ -25,7 +25,7 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err := d.prepare(); err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.db.Batch(func(tx *bolt.Tx) error {
 		if d.ChallengeID != "" {
 			markers := tx.Bucket(bucketConsumed)
 			if markers.Get([]byte(d.ChallengeID)) != nil {
@@ -213,7 +213,7 @@ func (b *Bolt) PurgeConsumed(ctx context.Context, now time.Time) (int, error) {
 		var doomed [][]byte
 		c := bk.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(v) != 8 || !now.Before(time.Unix(0, int64(binary.BigEndian.Uint64(v)))) {
+			if len(v) != 8 || !now.Before(time.Unix(0, int64(binary.BigEndian.Uint64(v))).Add(MarkerGrace)) {
 				doomed = append(doomed, bytes.Clone(k))
 			}
 		}

@@ -232,9 +232,10 @@ func assertMode(t *testing.T, path string, want os.FileMode) {
 	}
 }
 
-// TestPurgeConsumed checks that purging deletes exactly the expired and
-// undecodable markers: their challenges could be answered again (the broker
-// refuses them as expired before reading the store), the others not.
+// TestPurgeConsumed checks that purging deletes exactly the markers expired
+// more than MarkerGrace ago and the undecodable ones: their challenges could
+// be answered again (every replica refuses them as expired by then), the
+// others not.
 func TestPurgeConsumed(t *testing.T) {
 	ctx := context.Background()
 	b, _ := openTemp(t)
@@ -248,9 +249,15 @@ func TestPurgeConsumed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Markers are kept MarkerGrace past their expiry: now, only the one
+	// expired an hour ago goes (and the undecodable one).
 	n, err := b.PurgeConsumed(ctx, now)
-	if err != nil || n != 4 {
-		t.Fatalf("PurgeConsumed = %d, %v; want 4 (3 expired, 1 undecodable)", n, err)
+	if err != nil || n != 2 {
+		t.Fatalf("PurgeConsumed = %d, %v; want 2 (1 expired more than MarkerGrace ago, 1 undecodable)", n, err)
+	}
+	later := now.Add(MarkerGrace)
+	if n, err := b.PurgeConsumed(ctx, later); err != nil || n != 2 {
+		t.Fatalf("PurgeConsumed MarkerGrace later = %d, %v; want 2 more", n, err)
 	}
 	for i := range 5 {
 		err := b.Record(ctx, decide(fmt.Sprintf("c%d", i), "ek", now.Add(time.Hour)))
@@ -258,7 +265,7 @@ func TestPurgeConsumed(t *testing.T) {
 			t.Errorf("challenge %d after the purge: Record = %v, want used=%v", i, err, wantUsed)
 		}
 	}
-	if n, err := b.PurgeConsumed(ctx, now); err != nil || n != 0 {
+	if n, err := b.PurgeConsumed(ctx, later); err != nil || n != 0 {
 		t.Errorf("second PurgeConsumed = %d, %v; want 0", n, err)
 	}
 }

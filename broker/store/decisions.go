@@ -29,8 +29,7 @@ type Decision struct {
 	// Empty for a decision on no challenge (an operator's action).
 	ChallengeID string
 	// ChallengeExpiry is when the challenge stops being accepted: the
-	// marker is kept at least until then (a later answer is refused as
-	// expired without reading the store).
+	// marker is kept at least MarkerGrace past it.
 	ChallengeExpiry time.Time
 	// Receipt is stored; an empty ID (and zero Time) is assigned
 	// (NewReceiptID) and written back.
@@ -45,6 +44,13 @@ type Decision struct {
 	Deny DenyChange
 }
 
+// MarkerGrace is how long past its challenge's expiry a used-challenge
+// marker is kept. Replicas' clocks differ: a replica whose clock lags still
+// accepts a challenge after another replica's clock says it expired, so the
+// marker must outlive the expiry by more than the clock difference allowed
+// (challenge.MaxClockSkew) and the longest challenge TTL.
+const MarkerGrace = 15 * time.Minute
+
 // Decisions records decisions. Implementations are safe for concurrent use.
 type Decisions interface {
 	// Record writes d durably and atomically: when it returns nil the
@@ -58,9 +64,9 @@ type Decisions interface {
 	// lets a replayed answer be refused before any work. Only Record
 	// decides: a concurrent answer may record first.
 	Used(ctx context.Context, challengeID string) (bool, error)
-	// PurgeConsumed deletes the markers of challenges expired at now (a
-	// backend whose markers expire by themselves returns 0) and returns
-	// how many.
+	// PurgeConsumed deletes the markers whose challenge expired more than
+	// MarkerGrace before now (a backend whose markers expire by themselves
+	// returns 0) and returns how many.
 	PurgeConsumed(ctx context.Context, now time.Time) (int, error)
 }
 

@@ -118,10 +118,10 @@ func (e *Etcd) denyOps(d *Decision) ([]clientv3.Op, error) {
 	return nil, nil
 }
 
-// lease returns a lease that outlives exp: shared by every marker whose
-// challenge expires in the same second, granted on first use.
+// lease returns a lease that outlives exp by MarkerGrace: shared by every
+// marker whose challenge expires in the same second, granted on first use.
 func (e *Etcd) lease(ctx context.Context, exp time.Time) (clientv3.LeaseID, error) {
-	sec := exp.Unix() + 1 // the end of exp's second
+	sec := exp.Add(MarkerGrace).Unix() + 1 // the end of that second
 	now := time.Now().Unix()
 	e.mu.Lock()
 	id, ok := e.leases[sec]

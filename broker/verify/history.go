@@ -77,6 +77,11 @@ func (v *Verified) withHistory(prev *ClockInfo, akChanged bool) (*Verified, erro
 		case cur.Clock < prev.Clock:
 			return nil, fromTPM(fail(CheckCounters, "TPM clock went backwards without a reset",
 				fmt.Errorf("clock %d ms, previously %d ms (reset count %d, restart count %d)", cur.Clock, prev.Clock, cur.ResetCount, cur.RestartCount)))
+		case cur.Clock == prev.Clock:
+			// The very quote of the last attestation again: a TPM's clock
+			// moves on between two quotes.
+			return nil, fromTPM(fail(CheckCounters, "TPM clock did not advance since the last attestation",
+				fmt.Errorf("clock %d ms (reset count %d, restart count %d)", cur.Clock, cur.ResetCount, cur.RestartCount)))
 		}
 	}
 	out := *v

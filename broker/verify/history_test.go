@@ -19,7 +19,12 @@ func TestWithHistory(t *testing.T) {
 	}{
 		{name: "first attestation", prev: nil, want: verify.History{FirstSeen: true}},
 		{name: "clock advanced", prev: &verify.ClockInfo{Clock: 100000, ResetCount: 7, RestartCount: 3}},
-		{name: "same clock", prev: &verify.ClockInfo{Clock: 123456, ResetCount: 7, RestartCount: 3}},
+		{
+			// The last attestation's quote again.
+			name:    "same clock",
+			prev:    &verify.ClockInfo{Clock: 123456, ResetCount: 7, RestartCount: 3},
+			wantMsg: "TPM clock did not advance since the last attestation",
+		},
 		{
 			name: "rebooted",
 			prev: &verify.ClockInfo{Clock: 999999, ResetCount: 5, RestartCount: 9},

@@ -284,7 +284,8 @@ func (v *vaultStore) PurgeConsumed(ctx context.Context, now time.Time) (int, err
 	return n, nil
 }
 
-// purge deletes the marker of challenge id if the challenge expired at now.
+// purge deletes the marker of challenge id if its challenge expired more
+// than store.MarkerGrace before now.
 func (v *vaultStore) purge(ctx context.Context, id string, now time.Time) (bool, error) {
 	key := consumedPrefix + id
 	lock := locksutil.LockForKey(v.locks, key)
@@ -297,7 +298,7 @@ func (v *vaultStore) purge(ctx context.Context, id string, now time.Time) (bool,
 	// A marker that does not decode is kept: deleting it could let its
 	// challenge be used again.
 	var e markerEntry
-	if err := raw.DecodeJSON(&e); err != nil || now.Before(e.ExpiresAt) {
+	if err := raw.DecodeJSON(&e); err != nil || now.Before(e.ExpiresAt.Add(store.MarkerGrace)) {
 		return false, nil
 	}
 	return true, v.s.Delete(ctx, key)
