@@ -227,7 +227,10 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		return nil, s.refuseExpired(ctx, ch)
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
-	resp, node, refusal := s.attest(ctx, ch, req, rec)
+	// Certificates Vault issued for this decision: revoked if the decision
+	// is then not released, also when it cannot be recorded.
+	var vaultCerts []vaultCert
+	resp, node, refusal := s.attest(ctx, ch, req, rec, &vaultCerts)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
 	case refusal != nil:
@@ -240,6 +243,9 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		d.Deny = store.DenyRemove
 	}
 	if err := s.record(ctx, d); err != nil {
+		if refusal == nil {
+			s.revokeUnreleased(ctx, rec, vaultCerts)
+		}
 		return nil, err
 	}
 	if refusal != nil {
@@ -343,7 +349,7 @@ func denies(r *refusal) *refusal {
 // attest verifies the answer to ch and decides. Once the answer verified
 // (TPM counters included), it returns the node's new record, also when
 // policy then denies, so that the record is written with the receipt.
-func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, vaultCerts *[]vaultCert) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	stages := s.metrics.Stages()
 	ev := evidenceOf(ch, req, rec.Time)
 	node, v, err := evidence.Verify(ev, s.trust, s.quoteOpts)
@@ -403,15 +409,13 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 				msg: "release: vault unavailable (not configured)", cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
 		}
 	}
-	// Certificates Vault issued for this decision: revoked if the decision
-	// is then not released.
-	var vaultCerts []vaultCert
 	for _, rel := range d.Releases {
 		cred, item, err := s.release(ctx, v, rel)
 		if err != nil {
-			s.revokeUnreleased(ctx, rec, vaultCerts)
+			s.revokeUnreleased(ctx, rec, *vaultCerts)
+			*vaultCerts = nil
 		} else if rel.Type == policies.TypeVaultPKI {
-			vaultCerts = append(vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
+			*vaultCerts = append(*vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
 		}
 		var ve *vaultsource.Error
 		if errors.As(err, &ve) {

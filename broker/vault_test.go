@@ -1,16 +1,20 @@
 package broker_test
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/brokertest"
 	"github.com/keybroker/keybroker/internal/fakevaultsource"
 	"github.com/keybroker/keybroker/policies"
@@ -191,4 +195,33 @@ func TestAttestVaultFailuresReleaseNothing(t *testing.T) {
 		resp, err := attestOnce(t, f.Env)
 		f.wantRefused(t, resp, err, codes.FailedPrecondition, "release: vault unavailable (not configured)", "release")
 	})
+}
+
+// failingRecord is a store whose decisions cannot be recorded.
+type failingRecord struct{ store.Backend }
+
+func (failingRecord) Record(context.Context, *store.Decision) error {
+	return errors.New("store unavailable")
+}
+
+// When the decision cannot be recorded, nothing is released, and the
+// certificate Vault issued for it is revoked.
+func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
+		o.Vault = fake.Client(t)
+		o.Store = failingRecord{o.Store}
+	}})
+	pol, err := policies.Parse([]byte(f.PolicySource+fmt.Sprintf(vaultPolicy, f.EKHash)), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Server.SetPolicies(pol)
+	resp, err := attestOnce(t, f.Env)
+	if resp != nil || status.Code(err) != codes.Unavailable {
+		t.Fatalf("Attest with a store that cannot record = %v, %v; want Unavailable and nothing released", resp, err)
+	}
+	if got := fake.Revoked(); len(got) != 1 {
+		t.Errorf("revoked = %v; want the certificate Vault issued for the unrecorded decision", got)
+	}
 }
