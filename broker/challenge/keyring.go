@@ -108,12 +108,16 @@ func (r *KeyRing) findLocked(id string) (store.ChallengeKey, bool) {
 	return store.ChallengeKey{}, false
 }
 
+// loadLocked reads the keys. A failed read counts as a read for the
+// refresh interval too, so that tokens naming unknown keys cannot make a
+// failing store be asked again and again.
 func (r *KeyRing) loadLocked(ctx context.Context, now time.Time) error {
+	r.loaded = now
 	keys, err := r.store.ChallengeKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("unable to read challenge keys: %w", err)
 	}
-	r.keys, r.loaded = keys, now
+	r.keys = keys
 	return nil
 }
 
