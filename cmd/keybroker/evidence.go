@@ -51,14 +51,9 @@ func evidenceShowCmd() *cobra.Command {
 }
 
 func evidenceShow(o evidenceOpts, stdout, stderr io.Writer) int {
-	where := &broker.Config{DataDir: o.dataDir}
-	if o.configPath != "" {
-		cfg, err := broker.LoadConfig(o.configPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "evidence: invalid configuration:\n%v\n", err)
-			return 1
-		}
-		where = cfg
+	where, ok := (&storeFlags{configPath: o.configPath, dataDir: o.dataDir}).load("evidence", stderr)
+	if !ok {
+		return 1
 	}
 	n, err := broker.GetNode(context.Background(), where, o.ekHash)
 	if err != nil {

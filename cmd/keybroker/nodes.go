@@ -79,14 +79,7 @@ func nodesList(o nodesListOpts, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if o.asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, n := range ns {
-			if err := enc.Encode(n); err != nil {
-				fmt.Fprintf(stderr, "nodes: %v\n", err)
-				return 1
-			}
-		}
-		return 0
+		return writeJSONLines(stdout, stderr, "nodes", ns)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "EK HASH\tFIRST SEEN\tLAST SEEN\tLAST RECEIPT\tDENY-LISTED\tSVIDS")

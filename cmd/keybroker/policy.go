@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -263,12 +262,8 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 		}
 	}
 	if o.asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, r := range results {
-			if err := enc.Encode(r); err != nil {
-				fmt.Fprintf(stderr, "policy eval: %v\n", err)
-				return 1
-			}
+		if writeJSONLines(stdout, stderr, "policy eval", results) != 0 {
+			return 1
 		}
 		return code
 	}

@@ -48,6 +48,19 @@ func (s *storeFlags) load(name string, stderr io.Writer) (*broker.Config, bool) 
 	return cfg, true
 }
 
+// writeJSONLines writes items as JSON lines; a write failure is reported as
+// "name: error" and answers 1, success 0.
+func writeJSONLines[T any](stdout, stderr io.Writer, name string, items []T) int {
+	enc := json.NewEncoder(stdout)
+	for _, it := range items {
+		if err := enc.Encode(it); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+			return 1
+		}
+	}
+	return 0
+}
+
 type receiptsOpts struct {
 	storeFlags
 	ek     string
@@ -89,14 +102,7 @@ func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if o.asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, r := range rs {
-			if err := enc.Encode(r); err != nil {
-				fmt.Fprintf(stderr, "receipts: %v\n", err)
-				return 1
-			}
-		}
-		return 0
+		return writeJSONLines(stdout, stderr, "receipts", rs)
 	}
 	printReceipts(stdout, rs)
 	return 0
