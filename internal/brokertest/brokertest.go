@@ -169,6 +169,10 @@ func New(tb testing.TB, o Opts) *Env {
 	}
 	st := OpenStore(tb)
 	e.Store = st
+	// The server's clock starts now, after the store (an etcd server for
+	// the test may take seconds to start): certificates are issued on the
+	// wall clock, and tests move the server's clock to their expiry.
+	e.now = time.Now()
 	if e.CA, err = issue.LoadOrCreateCA(tb.TempDir(), issue.CAOpts{}); err != nil {
 		tb.Fatal(err)
 	}
