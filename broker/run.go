@@ -36,7 +36,7 @@ const MaxRequestSize = 2 << 20
 const (
 	CADir     = "ca"       // ca.pem, ca-key.pem
 	SPIFFEDir = "spiffe"   // the SPIFFE authority: ca.pem, ca-key.pem, jwt-key.pem
-	BoltFile  = "store.db" // bbolt: challenges, receipts
+	BoltFile  = "store.db" // bbolt: used-challenge markers, receipts, node records, challenge keys
 	// AdminSocket (admin.go) is the third entry.
 )
 
