@@ -290,14 +290,6 @@ func PCRValuesToProto(p *tpmpb.PCRs) *pb.PCRValues {
 	return &pb.PCRValues{HashAlg: uint32(p.GetHash()), Values: p.GetPcrs()}
 }
 
-// PCRValuesFromProto converts the API's PCRs to go-tpm-tools' form.
-func PCRValuesFromProto(p *pb.PCRValues) *tpmpb.PCRs {
-	if p == nil {
-		return nil
-	}
-	return &tpmpb.PCRs{Hash: tpmpb.HashAlgo(p.GetHashAlg()), Pcrs: p.GetValues()}
-}
-
 // unsize strips and checks the 16-bit size prefix of a TPM2B.
 func unsize(b []byte) ([]byte, error) {
 	if len(b) < 2 || int(binary.BigEndian.Uint16(b)) != len(b)-2 {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -328,6 +329,22 @@ func (b *syncBuffer) String() string {
 
 const challengeTTL = 60 * time.Second
 
+// eccEKPublic is the TPMT_PUBLIC of the TPM's ECC EK, which no fixture
+// trusts.
+func eccEKPublic(t *testing.T, rw io.ReadWriter) []byte {
+	t.Helper()
+	ek, err := client.EndorsementKeyECC(rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ek.Close()
+	pub, err := ek.PublicArea().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
 func TestChallengeRefusals(t *testing.T) {
 	f := newFixture(t, brokertest.Opts{})
 	good, err := f.Node.ChallengeRequest()
@@ -335,15 +352,7 @@ func TestChallengeRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another EK of the same TPM, whose hash nobody listed.
-	eccEK, err := client.EndorsementKeyECC(f.RW)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eccEK.Close()
-	untrustedEK, err := eccEK.PublicArea().Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	untrustedEK := eccEKPublic(t, f.RW)
 	tests := []struct {
 		name string
 		req  *pb.ChallengeRequest

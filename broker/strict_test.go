@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/tpm2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker/challenge"
@@ -104,15 +104,7 @@ func TestChallengeRefusesPointsOffTheCurve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eccEK, err := client.EndorsementKeyECC(f.RW)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eccEK.Close()
-	eccEKPub, err := eccEK.PublicArea().Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	eccEKPub := eccEKPublic(t, f.RW)
 	tests := []struct {
 		name string
 		req  *pb.ChallengeRequest
@@ -154,5 +146,31 @@ func TestAttestLongExpiredChallengeWritesNothing(t *testing.T) {
 	}
 	if rs := f.Receipts(t); len(rs) != 0 {
 		t.Fatalf("receipts for a long-expired challenge: %+v", rs)
+	}
+}
+
+// An answer presenting other EK or AK material than its challenge was
+// issued for is refused before any work, with no receipt.
+func TestAttestRefusesOtherMaterialThanChallenged(t *testing.T) {
+	f := newFixture(t, brokertest.Opts{})
+	ctx := context.Background()
+	ch, secret := f.Challenge(t)
+	req := f.AttestRequest(t, ch, secret)
+	for name, edit := range map[string]func(*pb.AttestRequest){
+		"another EK":         func(r *pb.AttestRequest) { r.EkPublic = eccEKPublic(t, f.RW) },
+		"no AK":              func(r *pb.AttestRequest) { r.AkPublic = nil },
+		"an EK intermediate": func(r *pb.AttestRequest) { r.EkIntermediates = [][]byte{[]byte("x")} },
+	} {
+		bad := proto.Clone(req).(*pb.AttestRequest)
+		edit(bad)
+		resp, err := f.Server.Attest(ctx, bad)
+		f.wantRefused(t, resp, err, codes.PermissionDenied, "challenge: challenge was issued for another EK or AK", "")
+		if rs := f.Receipts(t); len(rs) != 0 {
+			t.Fatalf("%s: receipts %+v; want none", name, rs)
+		}
+	}
+	// The genuine answer is still accepted: nothing was used up.
+	if resp, err := f.Server.Attest(ctx, req); err != nil || len(resp.GetCredentials()) != 1 {
+		t.Fatalf("the genuine answer after the refusals: %v", err)
 	}
 }
