@@ -11,6 +11,10 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
+// batchDelay is the longest a decision waits for others to share its
+// commit.
+const batchDelay = time.Millisecond
+
 // ErrLocked is returned by OpenBolt when another process holds the store.
 var ErrLocked = errors.New("locked by another process")
 
@@ -85,6 +89,10 @@ func OpenBolt(path string, opts BoltOpts) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to open store %s: %w", path, err)
 	}
+	// Record batches concurrent decisions into one commit (one fsync);
+	// bbolt's default 10 ms wait for a batch to fill would add that much
+	// to every lone decision.
+	db.MaxBatchDelay = batchDelay
 	b := &Bolt{db: db, path: path}
 	if opts.ReadOnly {
 		return b, nil
