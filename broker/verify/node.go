@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -76,6 +75,7 @@ type EKCert struct {
 // Quotes, adds.
 type NodeIdentity struct {
 	ekPublic tpm2.TPMTPublic
+	ekName   []byte
 	ekHash   string
 	ekCA     string
 	ekCert   *EKCert
@@ -140,7 +140,7 @@ func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trus
 }
 
 func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byte, trust Trust) error {
-	pub, err := unmarshalExact[tpm2.TPMTPublic](ekPublic)
+	pub, err := decodePublic(ekPublic)
 	if err != nil {
 		return exactFailure(CheckInput, "ek_public", "TPMT_PUBLIC", err)
 	}
@@ -162,7 +162,11 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if err != nil {
 		return fail(CheckInput, "ek_public holds no usable public key", err)
 	}
-	n.ekPublic, n.ekHash = *pub, hash
+	name, err := objectName(pub, ekPublic)
+	if err != nil {
+		return fail(CheckInput, "unable to compute the EK name", err)
+	}
+	n.ekPublic, n.ekHash, n.ekName = *pub, hash, name
 
 	var certErr error
 	if len(ekCertDER) > 0 {
@@ -300,7 +304,7 @@ func readTPMSAN(cert *x509.Certificate, facts *EKCert) error {
 }
 
 func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
-	pub, err := unmarshalExact[tpm2.TPMTPublic](akPublic)
+	pub, err := decodePublic(akPublic)
 	if err != nil {
 		return exactFailure(CheckInput, "ak_public", "TPMT_PUBLIC", err)
 	}
@@ -351,14 +355,14 @@ func (n *NodeIdentity) checkAK(akPublic []byte, allowSHA1 bool) error {
 	default:
 		return fail(CheckAK, "AK key type is not RSA or ECC", nil)
 	}
-	name, err := tpm2.ObjectName(pub)
+	name, err := objectName(pub, akPublic)
 	if err != nil {
 		return fail(CheckAK, "unable to compute the AK name", err)
 	}
-	qns, err := qualifiedNames(&n.ekPublic, pub, name.Buffer)
+	qns, err := qualifiedNames(n.ekName, pub.NameAlg, name)
 	if err != nil {
 		return fail(CheckAK, "unable to compute the AK's qualified names", err)
 	}
-	n.akPublic, n.akKey, n.akName, n.akQNs = *pub, key, bytes.Clone(name.Buffer), qns
+	n.akPublic, n.akKey, n.akName, n.akQNs = *pub, key, name, qns
 	return nil
 }

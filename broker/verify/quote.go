@@ -128,10 +128,10 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 		v.pcrs[q.Bank] = clonePCRs(q.PCRs)
 		if first {
 			v.clock = ClockInfo{
-				Clock: info.ClockInfo.Clock, ResetCount: info.ClockInfo.ResetCount,
-				RestartCount: info.ClockInfo.RestartCount, Safe: bool(info.ClockInfo.Safe),
+				Clock: info.clock.Clock, ResetCount: info.clock.ResetCount,
+				RestartCount: info.clock.RestartCount, Safe: bool(info.clock.Safe),
 			}
-			v.firmware = info.FirmwareVersion
+			v.firmware = info.firmware
 		}
 		digest.Write(q.Attest)
 	}
@@ -146,7 +146,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 	return v, nil
 }
 
-func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts QuoteOpts) (*tpm2.TPMSAttest, error) {
+func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts QuoteOpts) (*quoteAttest, error) {
 	switch {
 	case len(q.Attest) == 0 || len(q.Attest) > MaxQuoteAttestSize:
 		return nil, fail(CheckInput, "quote attest is empty or too large", nil)
@@ -168,28 +168,24 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 	if len(q.Attest) < 4 || !bytes.Equal(q.Attest[:4], []byte{0xff, 'T', 'C', 'G'}) {
 		return nil, fail(CheckQuoteMagic, "quote is not TPM_GENERATED", nil)
 	}
-	att, err := unmarshalExact[tpm2.TPMSAttest](q.Attest)
+	att, err := decodeQuoteAttest(q.Attest)
+	if errors.Is(err, errNotQuote) {
+		return nil, fail(CheckQuoteType, "attestation is not a quote", nil)
+	}
 	if err != nil {
 		return nil, exactFailure(CheckInput, "quote attest", "TPMS_ATTEST", err)
 	}
-	if att.Type != tpm2.TPMSTAttestQuote {
-		return nil, fail(CheckQuoteType, "attestation is not a quote", nil)
-	}
 	// Before the nonce: a TPM whose AK sits where its qualified name
 	// cannot be checked answers this way too, and is not deny-listed.
-	if err := checkQualifiedSigner(node, att.QualifiedSigner.Buffer); err != nil {
+	if err := checkQualifiedSigner(node, att.qualifiedSigner); err != nil {
 		return nil, err
 	}
-	got := sha256.Sum256(att.ExtraData.Buffer)
-	if len(att.ExtraData.Buffer) != sha256.Size || subtle.ConstantTimeCompare(got[:], nonceHash[:]) != 1 {
+	got := sha256.Sum256(att.extraData)
+	if len(att.extraData) != sha256.Size || subtle.ConstantTimeCompare(got[:], nonceHash[:]) != 1 {
 		return nil, fail(CheckNonce, "quote qualifying data is not the activated challenge secret", nil)
 	}
 	// From here on the quote is the TPM's answer to this challenge.
-	info, err := att.Attested.Quote()
-	if err != nil {
-		return nil, fromTPM(fail(CheckInput, "quote carries no quote info", err))
-	}
-	sels := info.PCRSelect.PCRSelections
+	sels := att.selections
 	if len(sels) != 1 || sels[0].Hash != q.Bank {
 		return nil, fromTPM(fail(CheckBank, fmt.Sprintf("quote must select exactly the reported bank %s", BankName(q.Bank)), nil))
 	}
@@ -208,7 +204,7 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 		}
 		h.Write(val)
 	}
-	if subtle.ConstantTimeCompare(h.Sum(nil), info.PCRDigest.Buffer) != 1 {
+	if subtle.ConstantTimeCompare(h.Sum(nil), att.pcrDigest) != 1 {
 		return nil, fromTPM(fail(CheckPCRDigest, fmt.Sprintf("reported %s PCR values do not match the quoted digest", BankName(q.Bank)), nil))
 	}
 	return att, nil
@@ -243,60 +239,48 @@ func sigHashAlg(alg tpm2.TPMIAlgHash, allowSHA1 bool) (crypto.Hash, error) {
 // verifySignature checks that attest was signed by the node's AK and returns
 // the signature's hash, which is also the hash of the quote's pcrDigest.
 func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool) (crypto.Hash, error) {
-	sig, err := unmarshalExact[tpm2.TPMTSignature](sigBytes)
+	sig, err := decodeSignature(sigBytes)
 	if err != nil {
 		return 0, exactFailure(CheckInput, "quote signature", "TPMT_SIGNATURE", err)
 	}
 	bad := fail(CheckSignature, "quote signature does not verify with the AK", nil)
 	switch key := node.akKey.(type) {
 	case *rsa.PublicKey:
-		switch sig.SigAlg {
+		switch sig.alg {
 		case tpm2.TPMAlgRSASSA:
-			s, err := sig.Signature.RSASSA()
-			if err != nil {
-				return 0, bad
-			}
-			h, err := sigHashAlg(s.Hash, allowSHA1)
+			h, err := sigHashAlg(sig.hash, allowSHA1)
 			if err != nil {
 				return 0, err
 			}
-			if rsa.VerifyPKCS1v15(key, h, digestOf(h, attest), s.Sig.Buffer) != nil {
+			if rsa.VerifyPKCS1v15(key, h, digestOf(h, attest), sig.sig) != nil {
 				return 0, bad
 			}
 			return h, nil
 		case tpm2.TPMAlgRSAPSS:
-			s, err := sig.Signature.RSAPSS()
-			if err != nil {
-				return 0, bad
-			}
-			h, err := sigHashAlg(s.Hash, allowSHA1)
+			h, err := sigHashAlg(sig.hash, allowSHA1)
 			if err != nil {
 				return 0, err
 			}
-			if rsa.VerifyPSS(key, h, digestOf(h, attest), s.Sig.Buffer, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+			if rsa.VerifyPSS(key, h, digestOf(h, attest), sig.sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
 				return 0, bad
 			}
 			return h, nil
 		}
 	case *ecdsa.PublicKey:
-		if sig.SigAlg == tpm2.TPMAlgECDSA {
-			s, err := sig.Signature.ECDSA()
-			if err != nil {
-				return 0, bad
-			}
-			h, err := sigHashAlg(s.Hash, allowSHA1)
+		if sig.alg == tpm2.TPMAlgECDSA {
+			h, err := sigHashAlg(sig.hash, allowSHA1)
 			if err != nil {
 				return 0, err
 			}
-			r := new(big.Int).SetBytes(s.SignatureR.Buffer)
-			ss := new(big.Int).SetBytes(s.SignatureS.Buffer)
+			r := new(big.Int).SetBytes(sig.r)
+			ss := new(big.Int).SetBytes(sig.s)
 			if !ecdsa.Verify(key, digestOf(h, attest), r, ss) {
 				return 0, bad
 			}
 			return h, nil
 		}
 	}
-	return 0, fail(CheckSignature, fmt.Sprintf("signature scheme 0x%04x does not match the AK", uint16(sig.SigAlg)), nil)
+	return 0, fail(CheckSignature, fmt.Sprintf("signature scheme 0x%04x does not match the AK", uint16(sig.alg)), nil)
 }
 
 func digestOf(h crypto.Hash, b []byte) []byte {

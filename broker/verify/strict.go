@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/subtle"
 	"encoding/binary"
@@ -19,31 +18,8 @@ var (
 	errNotCanonical  = errors.New("not a canonical encoding")
 )
 
-// unmarshalExact decodes b as one T and nothing else. go-tpm stops reading
-// where T ends and ignores what follows, and reads some fields leniently
-// (any non-zero byte is a true TPMI_YES_NO), so b must be T's own encoding,
-// byte for byte: it returns errTrailingBytes when b continues after T, and
-// errNotCanonical when T encodes to other bytes than b.
-func unmarshalExact[T tpm2.Marshallable, P interface {
-	*T
-	tpm2.Unmarshallable
-}](b []byte) (*T, error) {
-	v, err := tpm2.Unmarshal[T, P](b)
-	if err != nil {
-		return nil, err
-	}
-	enc := tpm2.Marshal(P(v))
-	switch {
-	case len(enc) < len(b) && bytes.Equal(enc, b[:len(enc)]):
-		return nil, errTrailingBytes
-	case !bytes.Equal(enc, b):
-		return nil, errNotCanonical
-	}
-	return v, nil
-}
-
-// exactFailure is the refusal of a structure unmarshalExact did not
-// accept: what names the field and structure, as in "ek_public" and
+// exactFailure is the refusal of a structure a decoder (tpmwire.go) did
+// not accept: what names the field and structure, as in "ek_public" and
 // "TPMT_PUBLIC".
 func exactFailure(c Check, what, structure string, err error) error {
 	switch {
@@ -83,12 +59,9 @@ func curveName(key *ecdsa.PublicKey) string { return key.Curve.Params().Name }
 // EK, itself an endorsement primary (tpm2-tools' tpm2_createak). An AK
 // elsewhere, such as under a storage root key, cannot be checked from its
 // public area and the EK alone.
-func qualifiedNames(ek, ak *tpm2.TPMTPublic, akName []byte) ([][]byte, error) {
-	ekName, err := tpm2.ObjectName(ek)
-	if err != nil {
-		return nil, err
-	}
-	ekQN, err := qualifiedName(ek.NameAlg, tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement), ekName.Buffer)
+func qualifiedNames(ekName []byte, akNameAlg tpm2.TPMIAlgHash, akName []byte) ([][]byte, error) {
+	ekNameAlg := tpm2.TPMIAlgHash(binary.BigEndian.Uint16(ekName))
+	ekQN, err := qualifiedName(ekNameAlg, tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement), ekName)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +70,7 @@ func qualifiedNames(ek, ak *tpm2.TPMTPublic, akName []byte) ([][]byte, error) {
 		tpm2.PrimaryHandleName(tpm2.TPMRHOwner), tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement),
 		tpm2.PrimaryHandleName(tpm2.TPMRHPlatform), tpm2.PrimaryHandleName(tpm2.TPMRHNull), ekQN,
 	} {
-		qn, err := qualifiedName(ak.NameAlg, parent, akName)
+		qn, err := qualifiedName(akNameAlg, parent, akName)
 		if err != nil {
 			return nil, err
 		}
