@@ -109,7 +109,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		opts.Now = time.Now
 	}
 	s := &Server{
-		trust:      opts.Trust,
+		trust:      opts.Trust.Index(),
 		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
 		decisions:  opts.Store,
 		nodes:      opts.Store,

@@ -57,6 +57,29 @@ type Trust struct {
 	AllowSHA1 bool
 	// Now is the time at which certificates must be valid; zero means now.
 	Now time.Time
+
+	ekSet map[string]struct{} // EKHashes, by Index; nil: EKHashes is scanned
+}
+
+// Index returns t with its EKHashes indexed, so that checking an EK takes
+// the same time whatever their number; what verifies many nodes with one
+// Trust (a broker, the Vault plugin) indexes it once. EKHashes must not
+// change afterwards.
+func (t Trust) Index() Trust {
+	t.ekSet = make(map[string]struct{}, len(t.EKHashes))
+	for _, h := range t.EKHashes {
+		t.ekSet[h] = struct{}{}
+	}
+	return t
+}
+
+// trustsHash reports whether EKHashes lists hash.
+func (t *Trust) trustsHash(hash string) bool {
+	if t.ekSet != nil {
+		_, ok := t.ekSet[hash]
+		return ok
+	}
+	return slices.Contains(t.EKHashes, hash)
 }
 
 // EKCert holds the facts read from a verified EK certificate.
@@ -184,7 +207,7 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 		}
 		certErr = err
 	}
-	if slices.Contains(trust.EKHashes, hash) {
+	if trust.trustsHash(hash) {
 		return nil
 	}
 	if certErr != nil {

@@ -293,3 +293,35 @@ func TestNodeRefusesTrailingBytes(t *testing.T) {
 		})
 	}
 }
+
+// An indexed Trust trusts exactly the EK hashes it lists, as the plain one.
+func TestTrustIndex(t *testing.T) {
+	ek := tpm2.Marshal(ekPublicRSA(&ekRSAKey().PublicKey))
+	ak := defaultAK().publicBytes()
+	hash := mustEKHash(t, &ekRSAKey().PublicKey)
+	others := make([]string, 1000)
+	for i := range others {
+		others[i] = strings.Repeat(string("0123456789abcdef"[i%16]), 63) + string("0123456789abcdef"[i/16%16])
+	}
+	for _, tt := range []struct {
+		name   string
+		hashes []string
+		want   bool
+	}{
+		{"listed last of many", append(slices.Clone(others), hash), true},
+		{"listed alone", []string{hash}, true},
+		{"not listed", others, false},
+		{"none", nil, false},
+	} {
+		for _, trust := range []verify.Trust{{EKHashes: tt.hashes}, verify.Trust{EKHashes: tt.hashes}.Index()} {
+			n, err := verify.Node(ek, nil, nil, ak, trust)
+			if tt.want {
+				if err != nil || n.EKHash() != hash {
+					t.Fatalf("%s: Node = %v, %v; want the node", tt.name, n, err)
+				}
+				continue
+			}
+			assertCheck(t, err, verify.CheckEKTrust, "EK is not trusted")
+		}
+	}
+}

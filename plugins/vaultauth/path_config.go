@@ -177,6 +177,7 @@ func (e configEntry) build() (*config, error) {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
 	}
 	c.trust.AllowSHA1 = e.AllowSHA1
+	c.trust = c.trust.Index()
 	banks, err := verify.ParseBanks(e.PCRBanks, e.AllowSHA1)
 	if err != nil {
 		errs = append(errs, err)
