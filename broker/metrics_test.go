@@ -177,6 +177,11 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 		`keybroker_grpc_server_handling_seconds_count{method="Attest",` + svc + `}`:                    5,
 		`keybroker_grpc_server_handling_seconds_count{method="Challenge",` + svc + `}`:                 4,
 	}
+	if !brokertest.EtcdStore() {
+		// Sequential decisions: each its own bolt transaction.
+		want[`keybroker_store_transaction_decisions_count{outcome="ok"}`] = 3
+		want[`keybroker_store_transaction_decisions_sum{outcome="ok"}`] = 3
+	}
 	for series, v := range want {
 		if got[series] != v {
 			t.Errorf("%s = %v; want %v", series, got[series], v)

@@ -188,6 +188,9 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, fmt.Errorf("unable to open the store: %w", err)
 	}
+	if b, ok := st.(*store.Bolt); ok && m != nil {
+		b.ObserveCommits(m.StoreTransaction)
+	}
 	srv, err := NewServer(ServerOpts{
 		Trust:                cfg.Trust,
 		AllowSHA1:            cfg.AllowSHA1,

@@ -69,6 +69,7 @@ type Broker struct {
 	chRefused    *prometheus.CounterVec
 	stages       *prometheus.HistogramVec
 	commits      *prometheus.HistogramVec
+	batches      *prometheus.HistogramVec
 	reloads      *prometheus.CounterVec
 	admission    *prometheus.CounterVec
 	grpcHandled  *prometheus.CounterVec
@@ -102,6 +103,11 @@ func New() *Broker {
 			Help:    "Time to record a decision (challenge used, receipt, node record) durably, by outcome: ok, consumed (a concurrent answer won), error.",
 			Buckets: durationBuckets,
 		}, []string{"outcome"}),
+		batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keybroker_store_transaction_decisions",
+			Help:    "Decisions carried by each write transaction of the embedded (bolt) store, which concurrent decisions share (one fsync), by outcome: ok, error.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
+		}, []string{"outcome"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keybroker_policy_reloads_total",
 			Help: "Policy reloads by outcome: reloaded (a new set installed), unchanged, refused (the previous set keeps serving).",
@@ -120,7 +126,7 @@ func New() *Broker {
 			Buckets: durationBuckets,
 		}, []string{"service", "method"}),
 	}
-	b.reg.MustRegister(b.attestations, b.challenges, b.chRefused, b.stages, b.commits, b.reloads, b.admission,
+	b.reg.MustRegister(b.attestations, b.challenges, b.chRefused, b.stages, b.commits, b.batches, b.reloads, b.admission,
 		b.grpcHandled, b.grpcSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return b
@@ -170,6 +176,19 @@ func (b *Broker) Commit(outcome string, d time.Duration) {
 	}
 	b.commits.WithLabelValues(outcome).Observe(d.Seconds())
 	b.stages.WithLabelValues(StageCommit).Observe(d.Seconds())
+}
+
+// StoreTransaction observes one write transaction of the bolt store that
+// carried decisions (store.CommitObserver); err is its failure, if any.
+func (b *Broker) StoreTransaction(decisions int, _ time.Duration, err error) {
+	if b == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	b.batches.WithLabelValues(outcome).Observe(float64(decisions))
 }
 
 // PolicyReload counts a policy reload that ended in outcome.

@@ -11,10 +11,6 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// batchDelay is the longest a decision waits for others to share its
-// commit.
-const batchDelay = time.Millisecond
-
 // ErrLocked is returned by OpenBolt when another process holds the store.
 var ErrLocked = errors.New("locked by another process")
 
@@ -53,8 +49,9 @@ type BoltOpts struct {
 // time. Every write is an fsync'd bbolt commit. It is safe for concurrent
 // use.
 type Bolt struct {
-	db   *bolt.DB
-	path string
+	db      *bolt.DB
+	path    string
+	commits *committer // nil when read-only
 }
 
 var _ Backend = (*Bolt)(nil)
@@ -89,10 +86,6 @@ func OpenBolt(path string, opts BoltOpts) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to open store %s: %w", path, err)
 	}
-	// Record batches concurrent decisions into one commit (one fsync);
-	// bbolt's default 10 ms wait for a batch to fill would add that much
-	// to every lone decision.
-	db.MaxBatchDelay = batchDelay
 	b := &Bolt{db: db, path: path}
 	if opts.ReadOnly {
 		return b, nil
@@ -101,6 +94,7 @@ func OpenBolt(path string, opts BoltOpts) (*Bolt, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	b.commits = newCommitter(db)
 	return b, nil
 }
 
@@ -131,6 +125,9 @@ func (b *Bolt) init() error {
 
 // Close releases the file and its lock. Closing twice is harmless.
 func (b *Bolt) Close() error {
+	if b.commits != nil {
+		b.commits.close()
+	}
 	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("unable to close store %s: %w", b.path, err)
 	}

@@ -15,9 +15,10 @@ import (
 )
 
 // Record implements Decisions: the marker check, the receipt, the node
-// record and the deny-list change are one write transaction and one
-// fsync'd commit, so of concurrent calls for one challenge exactly one
-// stores anything.
+// record and the deny-list change are written in one transaction, which
+// concurrent decisions share (group commit, bolt_commit.go), so of
+// concurrent calls for one challenge exactly one stores anything; Record
+// returns once the commit is durable (fsync'd).
 func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
@@ -25,32 +26,23 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err := d.prepare(); err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	err := b.db.Batch(func(tx *bolt.Tx) error {
-		if d.ChallengeID != "" {
-			markers := tx.Bucket(bucketConsumed)
-			if markers.Get([]byte(d.ChallengeID)) != nil {
-				return ErrConsumed // rolls back: nothing is written
-			}
-			exp := binary.BigEndian.AppendUint64(nil, uint64(d.ChallengeExpiry.UnixNano()))
-			if err := markers.Put([]byte(d.ChallengeID), exp); err != nil {
-				return err
-			}
-		}
-		if err := putReceipt(tx, d.Receipt); err != nil {
-			return err
-		}
-		if err := putNode(tx, d.Node); err != nil {
-			return err
-		}
-		if err := forgetNode(tx, d.ForgetNode); err != nil {
-			return err
-		}
-		return applyDeny(tx, d)
-	})
+	if b.commits == nil {
+		return errors.New("unable to record decision: the store is open read-only")
+	}
+	p, err := encodePending(d)
 	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
+	if err := b.commits.submit(p); err != nil {
+		return fmt.Errorf("unable to record decision: %w", err)
+	}
 	return nil
+}
+
+// markerValue is a consumed-challenge marker: the challenge's expiry in
+// unix nanoseconds, big-endian.
+func markerValue(expiry time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(expiry.UnixNano()))
 }
 
 // Used implements Decisions.
@@ -78,18 +70,14 @@ func (b *Bolt) Used(ctx context.Context, challengeID string) (bool, error) {
 // when they split.
 const receiptsFillPercent = 0.9
 
-// putReceipt writes r and its EK index entry.
-func putReceipt(tx *bolt.Tx, r *Receipt) error {
+// putReceipt writes r, encoded as val, and its EK index entry.
+func putReceipt(tx *bolt.Tx, r *Receipt, val []byte) error {
 	bk := tx.Bucket(bucketReceipts)
 	// Receipt IDs start with their time: receipts are appended, and pages
 	// split at bbolt's default half fill would stay half empty.
 	bk.FillPercent = receiptsFillPercent
 	if bk.Get([]byte(r.ID)) != nil {
 		return fmt.Errorf("receipt id %w", ErrExists)
-	}
-	val, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("unable to encode receipt: %w", err)
 	}
 	if err := bk.Put([]byte(r.ID), val); err != nil {
 		return err
@@ -100,13 +88,10 @@ func putReceipt(tx *bolt.Tx, r *Receipt) error {
 	return tx.Bucket(bucketReceiptsByEK).Put(ekIndexKey(r.EKHash, r.ID), []byte{})
 }
 
-// putNode writes n (nil: nothing), its event log once by content hash, and
-// its SVIDs' index entries.
-func putNode(tx *bolt.Tx, n *NodeRecord) error {
-	if n == nil {
-		return nil
-	}
-	stored, log := splitEventLog(*n)
+// putNode writes stored, the node record as stored (splitEventLog) and
+// encoded as val, its event log once by content hash (nil: none), and its
+// SVIDs' index entries.
+func putNode(tx *bolt.Tx, stored NodeRecord, val, log []byte) error {
 	if len(log) > 0 {
 		logs := tx.Bucket(bucketEventLogs)
 		key := []byte(stored.Evidence.EventLogSHA256)
@@ -116,14 +101,10 @@ func putNode(tx *bolt.Tx, n *NodeRecord) error {
 			}
 		}
 	}
-	val, err := encodeNode(stored)
-	if err != nil {
+	if err := indexNodeSVIDs(tx, stored); err != nil {
 		return err
 	}
-	if err := indexNodeSVIDs(tx, *n); err != nil {
-		return err
-	}
-	return tx.Bucket(bucketNodes).Put([]byte(n.EKHash), val)
+	return tx.Bucket(bucketNodes).Put([]byte(stored.EKHash), val)
 }
 
 // splitEventLog returns n as stored, with its event log replaced by the
@@ -152,16 +133,13 @@ func forgetNode(tx *bolt.Tx, ekHash string) error {
 	return tx.Bucket(bucketNodes).Delete([]byte(ekHash))
 }
 
-// applyDeny applies d's deny-list change.
-func applyDeny(tx *bolt.Tx, d *Decision) error {
+// applyDeny applies d's deny-list change; denial is the encoded entry
+// DenyAdd puts.
+func applyDeny(tx *bolt.Tx, d *Decision, denial []byte) error {
 	bk := tx.Bucket(bucketDenied)
 	switch d.Deny {
 	case DenyAdd:
-		val, err := json.Marshal(d.denial())
-		if err != nil {
-			return fmt.Errorf("unable to encode denial: %w", err)
-		}
-		return bk.Put([]byte(d.Receipt.EKHash), val)
+		return bk.Put([]byte(d.Receipt.EKHash), denial)
 	case DenyRemove:
 		return bk.Delete([]byte(d.Receipt.EKHash))
 	}
