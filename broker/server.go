@@ -109,20 +109,23 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		opts.Now = time.Now
 	}
 	s := &Server{
-		trust:      opts.Trust.Index(),
-		quoteOpts:  verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
-		decisions:  opts.Store,
-		nodes:      opts.Store,
-		challenges: challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, KeyRotation: opts.ChallengeKeyRotation, Now: opts.Now}),
-		admission:  newAdmission(opts.Limits),
-		ca:         opts.CA,
-		spiffe:     opts.SPIFFE,
-		vault:      opts.Vault,
-		metrics:    opts.Metrics,
-		now:        opts.Now,
-		log:        opts.Logger,
+		trust:     opts.Trust.Index(),
+		quoteOpts: verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
+		decisions: opts.Store,
+		nodes:     opts.Store,
+		admission: newAdmission(opts.Limits),
+		ca:        opts.CA,
+		spiffe:    opts.SPIFFE,
+		vault:     opts.Vault,
+		metrics:   opts.Metrics,
+		now:       opts.Now,
+		log:       opts.Logger,
 	}
 	s.trust.AllowSHA1 = opts.AllowSHA1
+	// Each challenge carries the node's vouch under s.trust, so that
+	// Attest on this Server verifies the node once per challenge.
+	s.challenges = challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, KeyRotation: opts.ChallengeKeyRotation,
+		Now: opts.Now, Epoch: s.trust.Epoch()})
 	s.admission.metrics = opts.Metrics
 	s.policies.Store(opts.Policies)
 	return s, nil
@@ -352,7 +355,14 @@ func denies(r *refusal) *refusal {
 func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, vaultCerts *[]vaultCert) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	stages := s.metrics.Stages()
 	ev := evidenceOf(ch, req, rec.Time)
-	node, v, err := evidence.Verify(ev, s.trust, s.quoteOpts)
+	var node *verify.NodeIdentity
+	var v *verify.Verified
+	var err error
+	if ch.Vouch != nil {
+		node, v, err = evidence.VerifyVouched(ev, s.trust, s.quoteOpts, *ch.Vouch)
+	} else {
+		node, v, err = evidence.Verify(ev, s.trust, s.quoteOpts)
+	}
 	if node != nil {
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	}

@@ -60,6 +60,11 @@ type Opts struct {
 	KeyRotation time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
+	// Epoch is the Epoch of the indexed verify.Trust the Issuer's caller
+	// verifies nodes under (zero: none). Each challenge then carries the
+	// node's Vouch, and Open returns it for a challenge issued under the
+	// same epoch, so that the node is verified once per challenge.
+	Epoch [16]byte
 }
 
 // Issuer makes challenges and opens their answers. A challenge costs no
@@ -68,9 +73,10 @@ type Opts struct {
 // enforced where the decision is recorded (store.Decisions.Record with
 // Challenge.ID).
 type Issuer struct {
-	keys *KeyRing
-	ttl  time.Duration
-	now  func() time.Time
+	keys  *KeyRing
+	ttl   time.Duration
+	now   func() time.Time
+	epoch [16]byte
 }
 
 // New returns an Issuer whose keys are kept in s.
@@ -82,7 +88,7 @@ func New(s store.ChallengeKeys, opts Opts) *Issuer {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Issuer{keys: NewKeyRing(s, opts.KeyRotation, opts.Now), ttl: opts.TTL, now: opts.Now}
+	return &Issuer{keys: NewKeyRing(s, opts.KeyRotation, opts.Now), ttl: opts.TTL, now: opts.Now, epoch: opts.Epoch}
 }
 
 // Evidence is what the node presented with its challenge request, and
@@ -111,6 +117,10 @@ type Challenge struct {
 	// SecretHash is the SHA-256 of the activation secret.
 	SecretHash [32]byte
 	ExpiresAt  time.Time
+	// Vouch is the node's verify.Vouch when this Issuer's epoch issued
+	// the challenge (verify.NodeVouched may then stand for verify.Node);
+	// nil otherwise.
+	Vouch *verify.Vouch
 }
 
 // Issue makes a fresh secret for a verified node, encrypts it to the node's
@@ -131,6 +141,9 @@ func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Eviden
 		return nil, err
 	}
 	c := claims{secretHash: sha256.Sum256(secret), evidenceDigest: evidenceDigest(ev), expiresAt: i.now().Add(i.ttl)}
+	if i.epoch != ([16]byte{}) {
+		c.epoch, c.vouch = i.epoch, node.Vouch()
+	}
 	token, err := seal(key, c)
 	if err != nil {
 		return nil, err
@@ -171,6 +184,9 @@ func (i *Issuer) Open(ctx context.Context, token string, ev Evidence) (Challenge
 		return Challenge{}, ErrUnknown
 	}
 	ch := Challenge{ID: IDOf(token), Evidence: ev, SecretHash: c.secretHash, ExpiresAt: c.expiresAt}
+	if i.epoch != ([16]byte{}) && subtle.ConstantTimeCompare(c.epoch[:], i.epoch[:]) == 1 {
+		ch.Vouch = &c.vouch
+	}
 	if !now.Before(c.expiresAt) {
 		return ch, ErrExpired
 	}

@@ -13,34 +13,46 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
 )
 
 // A challenge token is the challenge ID a node receives and sends back:
 //
-//	version (1 byte, 1) || key ID (4 bytes) || nonce (12 bytes) ||
+//	version (1 byte, 2) || key ID (4 bytes) || nonce (12 bytes) ||
 //	AES-256-GCM(key, nonce, plaintext, additional data = version || key ID)
 //
 // encoded as unpadded base64url, where the plaintext is the SHA-256 of the
 // activation secret (32 bytes), the digest of the EK and AK material the
-// node presented (32 bytes, evidenceDigest) and the expiry (unix
-// nanoseconds, 8 bytes, big-endian). Only holders of a challenge key can
-// make one; the secret itself is never in it.
+// node presented (32 bytes, evidenceDigest), the expiry (unix nanoseconds,
+// 8 bytes, big-endian), and the issuer's vouch for the node: the epoch of
+// the Trust it verified the node under (16 bytes, zero for none), the
+// vouch's CA (1 byte) and its chain expiry (unix nanoseconds, 8 bytes, 0
+// for none). Only holders of a challenge key can make one; the secret
+// itself is never in it. Version 1 tokens (no vouch; 72-byte plaintext)
+// still open.
 const (
-	tokenVersion   = 1
+	tokenVersion   = 2
 	tokenHeader    = 1 + 4
 	tokenNonce     = 12
-	tokenPlaintext = 32 + 32 + 8
+	tokenPlaintext = 32 + 32 + 8 + 16 + 1 + 8
 	tokenSize      = tokenHeader + tokenNonce + tokenPlaintext + 16
+
+	tokenV1Plaintext = 32 + 32 + 8
+	tokenV1Size      = tokenHeader + tokenNonce + tokenV1Plaintext + 16
 )
 
 // MaxTokenLength is the length of an encoded challenge token.
 var MaxTokenLength = base64.RawURLEncoding.EncodedLen(tokenSize)
+
+var tokenV1Length = base64.RawURLEncoding.EncodedLen(tokenV1Size)
 
 // claims is what a token says.
 type claims struct {
 	secretHash     [32]byte
 	evidenceDigest [32]byte
 	expiresAt      time.Time
+	epoch          [16]byte // zero: no vouch
+	vouch          verify.Vouch
 }
 
 func seal(k store.ChallengeKey, c claims) (string, error) {
@@ -62,18 +74,32 @@ func seal(k store.ChallengeKey, c claims) (string, error) {
 	pt = append(pt, c.secretHash[:]...)
 	pt = append(pt, c.evidenceDigest[:]...)
 	pt = binary.BigEndian.AppendUint64(pt, uint64(c.expiresAt.UnixNano()))
+	pt = append(pt, c.epoch[:]...)
+	pt = append(pt, c.vouch.CA)
+	var notAfter uint64
+	if !c.vouch.NotAfter.IsZero() {
+		notAfter = uint64(c.vouch.NotAfter.UnixNano())
+	}
+	pt = binary.BigEndian.AppendUint64(pt, notAfter)
 	out = aead.Seal(out, out[tokenHeader:], pt, out[:tokenHeader])
 	return base64.RawURLEncoding.EncodeToString(out), nil
 }
 
 // tokenKeyID returns the key ID a token names, or false if it is not a
-// token of this version.
+// token of a version this broker reads.
 func tokenKeyID(token string) ([]byte, string, bool) {
-	if len(token) != MaxTokenLength {
+	var version byte
+	var size int
+	switch len(token) {
+	case MaxTokenLength:
+		version, size = tokenVersion, tokenSize
+	case tokenV1Length:
+		version, size = 1, tokenV1Size
+	default:
 		return nil, "", false
 	}
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(token)
-	if err != nil || len(raw) != tokenSize || raw[0] != tokenVersion {
+	if err != nil || len(raw) != size || raw[0] != version {
 		return nil, "", false
 	}
 	return raw, hex.EncodeToString(raw[1:5]), true
@@ -86,13 +112,28 @@ func open(k store.ChallengeKey, raw []byte) (claims, bool) {
 		return claims{}, false
 	}
 	pt, err := aead.Open(nil, raw[tokenHeader:tokenHeader+tokenNonce], raw[tokenHeader+tokenNonce:], raw[:tokenHeader])
-	if err != nil || len(pt) != tokenPlaintext {
+	if err != nil {
+		return claims{}, false
+	}
+	want := tokenPlaintext
+	if raw[0] == 1 {
+		want = tokenV1Plaintext
+	}
+	if len(pt) != want {
 		return claims{}, false
 	}
 	var c claims
 	copy(c.secretHash[:], pt[:32])
 	copy(c.evidenceDigest[:], pt[32:64])
-	c.expiresAt = time.Unix(0, int64(binary.BigEndian.Uint64(pt[64:])))
+	c.expiresAt = time.Unix(0, int64(binary.BigEndian.Uint64(pt[64:72])))
+	if raw[0] == 1 {
+		return c, true
+	}
+	copy(c.epoch[:], pt[72:88])
+	c.vouch.CA = pt[88]
+	if n := binary.BigEndian.Uint64(pt[89:97]); n != 0 {
+		c.vouch.NotAfter = time.Unix(0, int64(n))
+	}
 	return c, true
 }
 

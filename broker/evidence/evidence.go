@@ -37,7 +37,24 @@ func Reverify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts
 // challenge's secret hash (verify.Quotes) and its event log (WithEventLog).
 // node is returned once the node verified, also when a later step failed.
 func Verify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
-	node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust)
+	return verifyEvidence(ev, trust, opts, nil)
+}
+
+// VerifyVouched is Verify for evidence whose EK and AK material the
+// caller verified under trust when it issued the challenge, concluding
+// vouch (challenge.Challenge.Vouch): the node is checked with
+// verify.NodeVouched, which does not verify the EK certificate's chain
+// again.
+func VerifyVouched(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts, vouch verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+	return verifyEvidence(ev, trust, opts, &vouch)
+}
+
+func verifyEvidence(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts, vouch *verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+	if vouch != nil {
+		node, err = verify.NodeVouched(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust, *vouch)
+	} else {
+		node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -59,19 +60,27 @@ type Trust struct {
 	Now time.Time
 
 	ekSet map[string]struct{} // EKHashes, by Index; nil: EKHashes is scanned
+	epoch [16]byte            // random, by Index: names this Trust in vouches
 }
 
 // Index returns t with its EKHashes indexed, so that checking an EK takes
-// the same time whatever their number; what verifies many nodes with one
-// Trust (a broker, the Vault plugin) indexes it once. EKHashes must not
-// change afterwards.
+// the same time whatever their number, and with a random Epoch naming it;
+// what verifies many nodes with one Trust (a broker, the Vault plugin)
+// indexes it once. Nothing of t may change afterwards.
 func (t Trust) Index() Trust {
 	t.ekSet = make(map[string]struct{}, len(t.EKHashes))
 	for _, h := range t.EKHashes {
 		t.ekSet[h] = struct{}{}
 	}
+	if _, err := rand.Read(t.epoch[:]); err != nil {
+		panic(err) // crypto/rand does not fail
+	}
 	return t
 }
+
+// Epoch names an indexed Trust (Index): a Vouch made under it holds only
+// under a Trust of the same epoch. It is zero for a Trust not indexed.
+func (t Trust) Epoch() [16]byte { return t.epoch }
 
 // trustsHash reports whether EKHashes lists hash.
 func (t *Trust) trustsHash(hash string) bool {
@@ -106,7 +115,25 @@ type NodeIdentity struct {
 	akKey    crypto.PublicKey
 	akName   []byte
 	akQNs    [][]byte // qualified names a quote by the AK may name (qualifiedNames)
+	vouch    Vouch
 }
+
+// Vouch is what Node concluded of an EK's trust that is costly to
+// conclude again: which of Trust.CAs its certificate chained to, and until
+// when that chain is valid. The broker seals it in the challenge it issues
+// to the node (with the Trust's Epoch), so that NodeVouched rebuilds the
+// node at Attest without verifying the chain a second time.
+type Vouch struct {
+	// CA is 1 + the index in Trust.CAs of the authority the EK
+	// certificate chained to; 0 when the EK is trusted by hash.
+	CA uint8
+	// NotAfter is the earliest expiry of the certificates of that chain
+	// (zero when CA is 0).
+	NotAfter time.Time
+}
+
+// Vouch returns what Node concluded of the EK's trust.
+func (n *NodeIdentity) Vouch() Vouch { return n.vouch }
 
 // EKPublic returns the EK public area, for MakeCredential and import blobs.
 func (n *NodeIdentity) EKPublic() *tpm2.TPMTPublic { return &n.ekPublic }
@@ -133,6 +160,20 @@ func EKHash(pub crypto.PublicKey) (string, error) {
 // (attributes, algorithm, size). ekPublic and akPublic are TPMT_PUBLIC
 // encodings; ekCert and intermediates are DER and may be empty.
 func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust) (*NodeIdentity, error) {
+	return node(ekPublic, ekCert, intermediates, akPublic, trust, nil)
+}
+
+// NodeVouched is Node for the material a node presented again with its
+// answer, which Node accepted under trust (the same Epoch) when the node
+// asked for its challenge, concluding v: every check of Node is made again
+// but the EK certificate's chain, which is taken from v while the chain is
+// valid (after v.NotAfter, or with a CA trust no longer has, the chain is
+// verified again).
+func NodeVouched(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust, v Vouch) (*NodeIdentity, error) {
+	return node(ekPublic, ekCert, intermediates, akPublic, trust, &v)
+}
+
+func node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust, v *Vouch) (*NodeIdentity, error) {
 	switch {
 	case len(ekPublic) == 0:
 		return nil, fail(CheckInput, "ek_public is empty", nil)
@@ -153,7 +194,7 @@ func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trus
 		}
 	}
 	n := &NodeIdentity{}
-	if err := n.checkEK(ekPublic, ekCert, intermediates, trust); err != nil {
+	if err := n.checkEK(ekPublic, ekCert, intermediates, trust, v); err != nil {
 		return nil, err
 	}
 	if err := n.checkAK(akPublic, trust.AllowSHA1); err != nil {
@@ -162,7 +203,7 @@ func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trus
 	return n, nil
 }
 
-func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byte, trust Trust) error {
+func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byte, trust Trust, v *Vouch) error {
 	pub, err := decodePublic(ekPublic)
 	if err != nil {
 		return exactFailure(CheckInput, "ek_public", "TPMT_PUBLIC", err)
@@ -193,9 +234,9 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 
 	var certErr error
 	if len(ekCertDER) > 0 {
-		ca, facts, err := verifyEKCert(key, ekCertDER, intermediates, trust)
+		ca, facts, vouch, err := ekCertTrust(key, ekCertDER, intermediates, trust, v)
 		if err == nil {
-			n.ekCA, n.ekCert = ca, facts
+			n.ekCA, n.ekCert, n.vouch = ca, facts, vouch
 			return nil
 		}
 		// Malformed input and a certificate for another key are refused
@@ -218,14 +259,46 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 
 const msgCertKeyMismatch = "ek_certificate does not certify ek_public"
 
-func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, trust Trust) (string, *EKCert, error) {
+// ekCertTrust checks the EK certificate: with v (NodeVouched), by
+// vouchedEKCert while v holds, else by verifyEKCert.
+func ekCertTrust(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, trust Trust, v *Vouch) (string, *EKCert, Vouch, error) {
+	if v != nil && v.holds(trust) {
+		ca, facts, err := vouchedEKCert(ekKey, der, intermediates, trust, *v)
+		return ca, facts, *v, err
+	}
+	return verifyEKCert(ekKey, der, intermediates, trust)
+}
+
+// maxVouchedCA is the number of leading Trust.CAs a Vouch can name.
+const maxVouchedCA = 254
+
+// holds reports whether v can stand for verifying its chain again under
+// trust now.
+func (v Vouch) holds(trust Trust) bool {
+	if v.CA == 0 {
+		return true
+	}
+	return int(v.CA) <= len(trust.CAs) && !trustNow(trust).After(v.NotAfter)
+}
+
+func trustNow(trust Trust) time.Time {
+	if trust.Now.IsZero() {
+		return time.Now()
+	}
+	return trust.Now
+}
+
+// parseEKCert parses the EK certificate and the intermediates presented,
+// refusing malformed ones and a certificate of another key, and reads the
+// certificate's facts.
+func parseEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte) (*x509.Certificate, []*x509.Certificate, *EKCert, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return "", nil, fail(CheckInput, "ek_certificate is not an X.509 certificate", err)
+		return nil, nil, nil, fail(CheckInput, "ek_certificate is not an X.509 certificate", err)
 	}
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	if k, ok := cert.PublicKey.(equaler); !ok || !k.Equal(ekKey) {
-		return "", nil, fail(CheckEKTrust, msgCertKeyMismatch, nil)
+		return nil, nil, nil, fail(CheckEKTrust, msgCertKeyMismatch, nil)
 	}
 	facts := &EKCert{
 		Subject:  cert.Subject.String(),
@@ -233,22 +306,34 @@ func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, tr
 		NotAfter: cert.NotAfter,
 	}
 	if err := readTPMSAN(cert, facts); err != nil {
-		return "", nil, fail(CheckInput, "ek_certificate has a malformed subject alternative name", err)
+		return nil, nil, nil, fail(CheckInput, "ek_certificate has a malformed subject alternative name", err)
 	}
 	var presented []*x509.Certificate
 	for _, d := range intermediates {
 		c, err := x509.ParseCertificate(d)
 		if err != nil {
-			return "", nil, fail(CheckInput, "an ek_intermediates entry is not an X.509 certificate", err)
+			return nil, nil, nil, fail(CheckInput, "an ek_intermediates entry is not an X.509 certificate", err)
 		}
 		presented = append(presented, c)
 	}
-	now := trust.Now
-	if now.IsZero() {
-		now = time.Now()
+	return cert, presented, facts, nil
+}
+
+// errNoChain is the refusal of a certificate that chains to no trusted CA.
+func errNoChain(cause error) error {
+	return fail(CheckEKTrust, "ek_certificate does not chain to a trusted EK CA", cause)
+}
+
+// verifyEKCert verifies the EK certificate's chain to one of trust.CAs and
+// returns the CA's name, the certificate's facts and the Vouch of it.
+func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, trust Trust) (string, *EKCert, Vouch, error) {
+	cert, presented, facts, err := parseEKCert(ekKey, der, intermediates)
+	if err != nil {
+		return "", nil, Vouch{}, err
 	}
+	now := trustNow(trust)
 	var errs []error
-	for _, ca := range trust.CAs {
+	for i, ca := range trust.CAs {
 		if ca.Roots == nil { // x509 would fall back to the system roots
 			errs = append(errs, fmt.Errorf("%s: no roots configured", ca.Name))
 			continue
@@ -260,16 +345,46 @@ func verifyEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, tr
 		for _, c := range presented {
 			inter.AddCert(c)
 		}
-		_, err := cert.Verify(x509.VerifyOptions{
+		chains, err := cert.Verify(x509.VerifyOptions{
 			Roots: ca.Roots, Intermediates: inter, CurrentTime: now,
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 		})
-		if err == nil {
-			return ca.Name, facts, nil
+		if err == nil && i < maxVouchedCA {
+			return ca.Name, facts, Vouch{CA: uint8(i + 1), NotAfter: chainNotAfter(chains[0])}, nil
+		}
+		if err == nil { // a CA a Vouch cannot name: verified again at Attest
+			return ca.Name, facts, Vouch{CA: 255}, nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", ca.Name, err))
 	}
-	return "", nil, fail(CheckEKTrust, "ek_certificate does not chain to a trusted EK CA", errors.Join(errs...))
+	return "", nil, Vouch{}, errNoChain(errors.Join(errs...))
+}
+
+// vouchedEKCert is verifyEKCert for a certificate whose chain v vouches
+// for: the certificate and intermediates are parsed and checked as
+// verifyEKCert does, the chain is not verified again. A v without a CA (the
+// EK was trusted by hash, its certificate chaining nowhere) answers as a
+// certificate that does not chain.
+func vouchedEKCert(ekKey crypto.PublicKey, der []byte, intermediates [][]byte, trust Trust, v Vouch) (string, *EKCert, error) {
+	_, _, facts, err := parseEKCert(ekKey, der, intermediates)
+	if err != nil {
+		return "", nil, err
+	}
+	if v.CA == 0 {
+		return "", nil, errNoChain(errors.New("vouched: no chain"))
+	}
+	return trust.CAs[v.CA-1].Name, facts, nil
+}
+
+// chainNotAfter is the earliest expiry of chain's certificates.
+func chainNotAfter(chain []*x509.Certificate) time.Time {
+	var t time.Time
+	for i, c := range chain {
+		if i == 0 || c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
 }
 
 // readTPMSAN reads the TPM manufacturer, model and version from the EK
