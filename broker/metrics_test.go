@@ -208,6 +208,34 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 			t.Errorf("/metrics holds receipt %s or its challenge ID", rec.ID)
 		}
 	}
+
+	// Every challenge issued was answered (a replay changes nothing): none
+	// is outstanding. One issued in process and not answered is, until it
+	// is answered.
+	if v, ok := got[`keybroker_challenges_outstanding`]; !ok || v != 0 {
+		t.Errorf("keybroker_challenges_outstanding = %v (exposed %v); want 0", v, ok)
+	}
+	ch, err := m.r.Server.Challenge(ctx, req)
+	if err != nil {
+		t.Fatalf("in-process Challenge: %v", err)
+	}
+	if got, _ := scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 1 || got[`keybroker_challenges_issued_total`] != 4 {
+		t.Errorf("after an unanswered challenge: outstanding %v, issued %v; want 1, 4",
+			got[`keybroker_challenges_outstanding`], got[`keybroker_challenges_issued_total`])
+	}
+	secret, err := m.Node.Activate(ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	areq := m.AttestRequest(t, ch, secret)
+	for range 2 { // refused by policy (PCR 7 changed), then replayed
+		if _, err := m.r.Server.Attest(ctx, areq); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("in-process Attest = %v; want PermissionDenied", err)
+		}
+	}
+	if got, _ := scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 0 {
+		t.Errorf("after its answer: outstanding %v; want 0", got[`keybroker_challenges_outstanding`])
+	}
 }
 
 // TestMetricsListenOnlyServesMetrics: the metrics listener answers GET

@@ -169,7 +169,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		vc, err = vaultsource.New(ctx, vaultsource.Opts{
 			Address: v.Address, CACert: v.CACert, Namespace: v.Namespace, TokenFile: v.TokenFile,
 			RoleID: v.RoleID, SecretIDFile: v.SecretIDFile, AppRoleMount: v.AppRoleMount,
-			Logger: log.With("component", "vault"),
+			Logger: log.With("component", "vault"), Observe: m.VaultCall,
 		})
 		cancel()
 		if err != nil {

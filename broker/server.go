@@ -162,6 +162,7 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 		return nil, status.Error(codes.Internal, "unable to issue a challenge")
 	}
 	s.metrics.ChallengeIssued()
+	s.metrics.ChallengeOutstanding(challenge.IDOf(issued.ID), issued.ExpiresAt)
 	s.log.Info("challenge issued", "ek", node.EKHash(), "expires", issued.ExpiresAt)
 	return &pb.ChallengeResponse{
 		ChallengeId:     issued.ID,
@@ -209,6 +210,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		s.log.Error("attest failed", "error", err)
 		return nil, status.Error(codes.Unavailable, "unable to open the challenge: the store is unavailable")
 	}
+	s.metrics.ChallengeAnswered(ch.ID)
 	// Per EK (by its public area's digest: the challenge vouches for it):
 	// a refusal here uses nothing up, the challenge can be answered again.
 	ekKey := sha256.Sum256(req.GetEkPublic())

@@ -74,13 +74,17 @@ type Broker struct {
 	admission    *prometheus.CounterVec
 	grpcHandled  *prometheus.CounterVec
 	grpcSeconds  *prometheus.HistogramVec
+	vaultCalls   *prometheus.CounterVec
+	vaultSeconds *prometheus.HistogramVec
+	outstanding  *outstanding
 }
 
 // New returns a Broker whose registry holds the broker's metrics and the
 // Go runtime's and the process's (CPU seconds, resident memory).
 func New() *Broker {
 	b := &Broker{
-		reg: prometheus.NewRegistry(),
+		reg:         prometheus.NewRegistry(),
+		outstanding: newOutstanding(MaxTrackedChallenges),
 		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keybroker_attestations_total",
 			Help: "Attest calls by outcome (released, refused, error) and, for refusals, the failed check of the receipt (challenge, input, ek_trust, quote_nonce, policy, release, ...).",
@@ -125,9 +129,22 @@ func New() *Broker {
 			Help:    "Time to handle a unary gRPC call, by service and method.",
 			Buckets: durationBuckets,
 		}, []string{"service", "method"}),
+		vaultCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keybroker_vault_calls_total",
+			Help: "Calls to Vault by op (login, renew, kv_read, pki_issue, pki_revoke) and outcome: ok, refused (Vault answered with an error), unavailable (unreachable, sealed, a server error).",
+		}, []string{"op", "outcome"}),
+		vaultSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keybroker_vault_call_duration_seconds",
+			Help:    "Time of a call to Vault, whatever its outcome, by op (login, kv_read, pki_issue, pki_revoke; token renewals are not timed).",
+			Buckets: durationBuckets,
+		}, []string{"op"}),
 	}
+	outstanding := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_challenges_outstanding",
+		Help: "Challenges this broker issued that have neither been answered here nor expired.",
+	}, func() float64 { return float64(b.outstanding.count(time.Now())) })
 	b.reg.MustRegister(b.attestations, b.challenges, b.chRefused, b.stages, b.commits, b.batches, b.reloads, b.admission,
-		b.grpcHandled, b.grpcSeconds,
+		b.grpcHandled, b.grpcSeconds, b.vaultCalls, b.vaultSeconds, outstanding,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return b
 }
@@ -158,6 +175,23 @@ func (b *Broker) Attestation(outcome, check string) {
 func (b *Broker) ChallengeIssued() {
 	if b != nil {
 		b.challenges.Inc()
+	}
+}
+
+// ChallengeOutstanding counts challenge id, issued here and expiring at
+// expires, as outstanding until it is answered here (ChallengeAnswered) or
+// expires.
+func (b *Broker) ChallengeOutstanding(id string, expires time.Time) {
+	if b != nil {
+		b.outstanding.issued(id, expires, time.Now())
+	}
+}
+
+// ChallengeAnswered uncounts challenge id from the outstanding ones; an ID
+// this broker did not issue, or one answered already, changes nothing.
+func (b *Broker) ChallengeAnswered(id string) {
+	if b != nil {
+		b.outstanding.answered(id, time.Now())
 	}
 }
 
@@ -202,6 +236,20 @@ func (b *Broker) PolicyReload(outcome string) {
 func (b *Broker) AdmissionRefused(op, limit string) {
 	if b != nil {
 		b.admission.WithLabelValues(op, limit).Inc()
+	}
+}
+
+// VaultCall counts a call to Vault of op that ended in outcome
+// (vaultsource.Opts.Observe) and observes the time it took, unless took is
+// negative (not measured).
+func (b *Broker) VaultCall(op, outcome string, took time.Duration) {
+	if b == nil {
+		return
+	}
+	op, outcome = bounded(op), bounded(outcome)
+	b.vaultCalls.WithLabelValues(op, outcome).Inc()
+	if took >= 0 {
+		b.vaultSeconds.WithLabelValues(op).Observe(took.Seconds())
 	}
 }
 

@@ -56,6 +56,9 @@ func TestNilBrokerDoesNothing(t *testing.T) {
 	b.PolicyReload(ReloadRefused)
 	b.AdmissionRefused("attest", LimitEK)
 	b.Stages().Done(StageVerify)
+	b.VaultCall("kv_read", "ok", time.Millisecond)
+	b.ChallengeOutstanding("c", time.Now().Add(time.Minute))
+	b.ChallengeAnswered("c")
 	if b.Registry() != nil {
 		t.Error("a nil Broker has a registry")
 	}
@@ -101,6 +104,29 @@ func TestCheckLabelIsBounded(t *testing.T) {
 	}
 	if _, n := value(t, b, "keybroker_attestations_total", nil); n != 3 {
 		t.Errorf("%d series; want 3 (policy, quote_nonce, other)", n)
+	}
+}
+
+// TestVaultCalls: calls to Vault are counted by op and outcome and timed
+// by op, unless not measured; labels are bounded.
+func TestVaultCalls(t *testing.T) {
+	b := New()
+	b.VaultCall("kv_read", "ok", 2*time.Millisecond)
+	b.VaultCall("kv_read", "refused", time.Millisecond)
+	b.VaultCall("renew", "ok", -1)
+	b.VaultCall("secret/data/x", "unavailable", time.Millisecond)
+	for labels, want := range map[[2]string]float64{
+		{"kv_read", "ok"}: 1, {"kv_read", "refused"}: 1, {"renew", "ok"}: 1, {"other", "unavailable"}: 1,
+	} {
+		if got, _ := value(t, b, "keybroker_vault_calls_total", map[string]string{"op": labels[0], "outcome": labels[1]}); got != want {
+			t.Errorf("vault calls{op=%s, outcome=%s} = %v; want %v", labels[0], labels[1], got, want)
+		}
+	}
+	if got, _ := value(t, b, "keybroker_vault_call_duration_seconds", map[string]string{"op": "kv_read"}); got != 2 {
+		t.Errorf("kv_read timed %v times; want 2", got)
+	}
+	if _, n := value(t, b, "keybroker_vault_call_duration_seconds", nil); n != 2 {
+		t.Errorf("%d duration series; want 2 (kv_read, other): an untimed renewal is not observed", n)
 	}
 }
 

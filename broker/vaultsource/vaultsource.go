@@ -41,7 +41,30 @@ type Opts struct {
 	// Timeout bounds each request to Vault; default 10s.
 	Timeout time.Duration
 	Logger  *slog.Logger // default: discard
+	// Observe, if set, is told of every call to Vault: its op (OpLogin,
+	// OpRenew, OpKVRead, OpPKIIssue, OpPKIRevoke), its outcome (OutcomeOK,
+	// OutcomeRefused, OutcomeUnavailable) and how long it took, negative
+	// when not measured (renewals, which the Vault client's lifetime
+	// watcher makes). A failure before Vault is asked (a file that cannot
+	// be read) is not a call. It must not block.
+	Observe func(op, outcome string, took time.Duration)
 }
+
+// Operations of Vault calls, as Opts.Observe names them.
+const (
+	OpLogin     = "login" // AppRole login or token lookup
+	OpRenew     = "renew" // token renewal
+	OpKVRead    = "kv_read"
+	OpPKIIssue  = "pki_issue"
+	OpPKIRevoke = "pki_revoke"
+)
+
+// Outcomes of Vault calls, as Opts.Observe names them.
+const (
+	OutcomeOK          = "ok"
+	OutcomeRefused     = "refused"     // Vault answered with an error (Error.Unavailable false)
+	OutcomeUnavailable = "unavailable" // Vault could not answer (Error.Unavailable)
+)
 
 // Client is a logged-in Vault client. Close stops its token renewal.
 type Client struct {
@@ -98,7 +121,8 @@ func New(ctx context.Context, opts Opts) (*Client, error) {
 
 // login logs in and returns the token's auth for renewal; nil auth means
 // the token does not expire or cannot be renewed.
-func (c *Client) login(ctx context.Context) (*api.Secret, error) {
+func (c *Client) login(ctx context.Context) (_ *api.Secret, err error) {
+	defer c.observe(OpLogin, time.Now(), &err)
 	if c.opts.RoleID != "" {
 		secretID, err := os.ReadFile(c.opts.SecretIDFile)
 		if err != nil {
@@ -208,9 +232,11 @@ func (c *Client) watch(w *api.LifetimeWatcher) bool {
 		case <-c.stop:
 			return false
 		case r := <-w.RenewCh():
+			c.report(OpRenew, OutcomeOK, -1)
 			c.log.Info("vault token renewed", "ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
 		case err := <-w.DoneCh():
 			if err != nil {
+				c.report(OpRenew, outcome(classify("token renewal", err)), -1)
 				c.log.Error("vault token renewal failed", "error", err)
 			} else {
 				c.log.Warn("the vault token reached its maximum TTL")
@@ -245,6 +271,38 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// outcome is the Opts.Observe outcome of a call that failed with e.
+func outcome(e error) string {
+	var ve *Error
+	if errors.As(e, &ve) && !ve.Unavailable {
+		return OutcomeRefused
+	}
+	return OutcomeUnavailable
+}
+
+// observe reports to Opts.Observe the call of op that started at start and
+// ended with *err: deferred with the call's named error. An error that is
+// not an *Error is the broker's own, before Vault was asked: no call.
+func (c *Client) observe(op string, start time.Time, err *error) {
+	if c.opts.Observe == nil {
+		return
+	}
+	var ve *Error
+	switch {
+	case *err == nil:
+		c.opts.Observe(op, OutcomeOK, time.Since(start))
+	case errors.As(*err, &ve):
+		c.opts.Observe(op, outcome(ve), time.Since(start))
+	}
+}
+
+// report tells Opts.Observe of a call.
+func (c *Client) report(op, outcome string, took time.Duration) {
+	if c.opts.Observe != nil {
+		c.opts.Observe(op, outcome, took)
+	}
+}
+
 // classify turns an error from the Vault client into an *Error.
 func classify(op string, err error) error {
 	var re *api.ResponseError
@@ -277,7 +335,8 @@ type KVSecret struct {
 
 // ReadKV reads the latest version of the KV version 2 secret at path
 // ("<mount>/data/<key>").
-func (c *Client) ReadKV(ctx context.Context, path string) (*KVSecret, error) {
+func (c *Client) ReadKV(ctx context.Context, path string) (_ *KVSecret, err error) {
+	defer c.observe(OpKVRead, time.Now(), &err)
 	s, err := c.api.Logical().ReadWithContext(ctx, path)
 	if err != nil {
 		return nil, classify("kv read", err)
@@ -328,7 +387,8 @@ type Certificate struct {
 
 // IssueCertificate has the PKI role at path ("<mount>/issue/<role>")
 // issue a certificate and its key.
-func (c *Client) IssueCertificate(ctx context.Context, path string, req CertRequest) (*Certificate, error) {
+func (c *Client) IssueCertificate(ctx context.Context, path string, req CertRequest) (_ *Certificate, err error) {
+	defer c.observe(OpPKIIssue, time.Now(), &err)
 	cn := req.CommonName
 	if cn == "" && len(req.DNSNames) > 0 {
 		cn = req.DNSNames[0]
@@ -391,11 +451,12 @@ func (c *Client) IssueCertificate(ctx context.Context, path string, req CertRequ
 // ("<mount>/issue/<role>") issued, by its serial (lowercase hex, as
 // Certificate.Serial): the broker revokes what it had Vault issue for a
 // decision it then could not release.
-func (c *Client) RevokeCertificate(ctx context.Context, issuePath, serial string) error {
+func (c *Client) RevokeCertificate(ctx context.Context, issuePath, serial string) (err error) {
 	i := strings.LastIndex(issuePath, "/issue/")
 	if i <= 0 {
 		return &Error{Op: "pki revoke", Reason: fmt.Sprintf("%q is not a <mount>/issue/<role> path", issuePath)}
 	}
+	defer c.observe(OpPKIRevoke, time.Now(), &err)
 	if len(serial)%2 == 1 {
 		serial = "0" + serial
 	}
