@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -69,6 +70,9 @@ type BootstrapOpts struct {
 	// EventLog is the TCG binary event log behind the quoted PCRs, sent
 	// with the quotes (see ReadEventLog). Nil sends none.
 	EventLog []byte
+	// Metrics, if set, counts the attestation by outcome and observes its
+	// time (up to the credentials opened).
+	Metrics *metrics.Agent
 }
 
 // Result describes a successful bootstrap.
@@ -93,55 +97,12 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 		return nil, errors.New("no output directory")
 	}
 	lap := newLap(opts.Progress)
-	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
+	start := time.Now()
+	res, files, err := attestAndOpen(ctx, broker, node, opts, lap)
+	opts.Metrics.Attestation(err, time.Since(start))
 	if err != nil {
 		return nil, err
 	}
-
-	var tlsCred *pb.TLSCredential
-	var mode pb.ReleaseMode
-	for _, c := range resp.GetCredentials() {
-		if c.GetType() != pb.CredentialType_TLS_CERTIFICATE {
-			continue
-		}
-		payload, err := node.Open(c)
-		if err != nil {
-			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
-				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
-			}
-			return nil, &StepError{StepOpen, err}
-		}
-		tlsCred = &pb.TLSCredential{}
-		if err := proto.Unmarshal(payload, tlsCred); err != nil {
-			return nil, &StepError{StepOpen, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)}
-		}
-		mode = c.GetMode()
-		break
-	}
-	if tlsCred == nil {
-		return nil, &StepError{StepOpen, errors.New("the broker released no TLS credential")}
-	}
-	leaf, err := parseLeaf(tlsCred.GetCertificatePem())
-	if err != nil {
-		return nil, &StepError{StepOpen, err}
-	}
-	svid, entries, err := openSPIFFE(node, resp)
-	if err != nil {
-		return nil, &StepError{StepOpen, err}
-	}
-	secrets, err := openSecrets(node, resp, opts.OutDir)
-	if err != nil {
-		return nil, &StepError{StepOpen, err}
-	}
-	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
-
-	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
-	files := []atomicfile.File{
-		{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
-		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
-		{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
-	}
-	files = append(files, secrets...)
 	for _, f := range files {
 		old, err := os.ReadFile(f.Path)
 		if err != nil || string(old) != string(f.Data) {
@@ -157,6 +118,60 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	}
 	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
 	return res, nil
+}
+
+// attestAndOpen attests and opens the released credentials inside the
+// TPM: the result (without Files and Changed) and the files to write.
+func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts, lap func(Step, string)) (*Result, []atomicfile.File, error) {
+	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	var tlsCred *pb.TLSCredential
+	var mode pb.ReleaseMode
+	for _, c := range resp.GetCredentials() {
+		if c.GetType() != pb.CredentialType_TLS_CERTIFICATE {
+			continue
+		}
+		payload, err := node.Open(c)
+		if err != nil {
+			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
+			}
+			return nil, nil, &StepError{StepOpen, err}
+		}
+		tlsCred = &pb.TLSCredential{}
+		if err := proto.Unmarshal(payload, tlsCred); err != nil {
+			return nil, nil, &StepError{StepOpen, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)}
+		}
+		mode = c.GetMode()
+		break
+	}
+	if tlsCred == nil {
+		return nil, nil, &StepError{StepOpen, errors.New("the broker released no TLS credential")}
+	}
+	leaf, err := parseLeaf(tlsCred.GetCertificatePem())
+	if err != nil {
+		return nil, nil, &StepError{StepOpen, err}
+	}
+	svid, entries, err := openSPIFFE(node, resp)
+	if err != nil {
+		return nil, nil, &StepError{StepOpen, err}
+	}
+	secrets, err := openSecrets(node, resp, opts.OutDir)
+	if err != nil {
+		return nil, nil, &StepError{StepOpen, err}
+	}
+	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
+
+	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
+	files := []atomicfile.File{
+		{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
+		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
+		{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
+	}
+	return res, append(files, secrets...), nil
 }
 
 // openSecrets opens the SECRET credentials of resp, as the files to write
@@ -247,13 +262,23 @@ func parseLeaf(certPEM []byte) (*x509.Certificate, error) {
 }
 
 // rpcError turns a gRPC status into an error carrying the broker's message
-// and code.
+// and code; status.Code still finds the code (for metrics.Outcome).
 func rpcError(err error) error {
 	if s, ok := status.FromError(err); ok {
-		return fmt.Errorf("broker refused (%s): %s", s.Code(), s.Message())
+		return &brokerError{s}
 	}
 	return err
 }
+
+// brokerError is the broker's answer to a call that failed.
+type brokerError struct{ s *status.Status }
+
+func (e *brokerError) Error() string {
+	return fmt.Sprintf("broker refused (%s): %s", e.s.Code(), e.s.Message())
+}
+
+// GRPCStatus implements the interface status.FromError looks for.
+func (e *brokerError) GRPCStatus() *status.Status { return e.s }
 
 // answer answers a challenge inside the TPM: it activates the credential
 // (only the TPM holding the EK and the AK can) and quotes with the recovered

@@ -62,6 +62,7 @@ func (m *SVIDManager) Run(ctx context.Context, attest AttestFunc) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			m.metrics.Renewal(err)
 			if err != nil {
 				d := nodeRetry.next()
 				nodeRetryAt = time.Now().Add(d)

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -63,6 +64,9 @@ type AttestOpts struct {
 	// EventLog is the TCG binary event log sent with the quotes (see
 	// ReadEventLog). Nil sends none.
 	EventLog []byte
+	// Metrics, if set, counts the attestation by outcome and observes its
+	// time (up to the node SVID opened).
+	Metrics *metrics.Agent
 }
 
 // Attest attests the node to the broker, as Bootstrap does, and opens the
@@ -70,6 +74,13 @@ type AttestOpts struct {
 // may hand out. Other credentials are left sealed and no file is written.
 // On failure it returns a *StepError naming the stage.
 func Attest(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
+	start := time.Now()
+	att, err := attestSPIFFE(ctx, broker, node, opts)
+	opts.Metrics.Attestation(err, time.Since(start))
+	return att, err
+}
+
+func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
 	lap := newLap(opts.Progress)
 	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
 	if err != nil {
@@ -214,6 +225,7 @@ type SVIDManager struct {
 	retryMin   time.Duration
 	retryMax   time.Duration
 	bundleFile string
+	metrics    *metrics.Agent
 
 	mu        sync.Mutex
 	node      *NodeSVID
@@ -269,6 +281,10 @@ func WithSVIDLogger(l *slog.Logger) SVIDOption { return func(m *SVIDManager) { m
 func WithRetry(min, max time.Duration) SVIDOption {
 	return func(m *SVIDManager) { m.retryMin, m.retryMax = min, max }
 }
+
+// WithMetrics counts re-attestations and workload SVID rotations in m and
+// reports the node SVID's expiry to it. Default: none.
+func WithMetrics(m *metrics.Agent) SVIDOption { return func(mgr *SVIDManager) { mgr.metrics = m } }
 
 // NewSVIDManager returns a manager that gets workload SVIDs from target.
 // It holds nothing until Update.
@@ -361,6 +377,7 @@ func (m *SVIDManager) Update(ctx context.Context, att *Attestation) error {
 	}
 	m.mu.Lock()
 	m.node, m.nodeAt = att.NodeSVID, time.Now()
+	m.metrics.NodeSVIDExpires(att.NodeSVID.SVID.Certificates[0].NotAfter)
 	m.entries = slices.Clone(att.Entries)
 	m.bundle = att.NodeSVID.Bundle.Clone()
 	m.suspended, m.lapsed = false, false
@@ -396,10 +413,11 @@ var errSuspended = errors.New("the last re-attestation failed: no new SVID until
 
 // rotate gets new X.509-SVIDs for ids with fresh keys, refreshing the
 // bundle first, and publishes those it got.
-func (m *SVIDManager) rotate(ctx context.Context, ids []spiffeid.ID) error {
+func (m *SVIDManager) rotate(ctx context.Context, ids []spiffeid.ID) (err error) {
 	if len(ids) == 0 {
 		return nil
 	}
+	defer func() { m.metrics.Rotation(err) }()
 	m.mu.Lock()
 	node, bundle, suspended := m.node, m.bundle, m.suspended
 	m.mu.Unlock()

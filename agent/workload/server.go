@@ -56,6 +56,8 @@ type Server struct {
 	now     func() time.Time
 	procDir string
 	att     *attestor
+	unary   []grpc.UnaryServerInterceptor
+	stream  []grpc.StreamServerInterceptor
 }
 
 // Option configures a Server.
@@ -64,6 +66,20 @@ type Option func(*Server)
 // WithLogger sets where the server logs refusals and attestation problems.
 // Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithInterceptors runs unary and stream (either may be nil) around every
+// call, before the security header check, so that they see the calls it
+// refuses too (e.g. metrics.Agent's, to count calls by method and code).
+func WithInterceptors(unary grpc.UnaryServerInterceptor, stream grpc.StreamServerInterceptor) Option {
+	return func(s *Server) {
+		if unary != nil {
+			s.unary = append(s.unary, unary)
+		}
+		if stream != nil {
+			s.stream = append(s.stream, stream)
+		}
+	}
+}
 
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
@@ -85,20 +101,22 @@ func NewServer(src Source, opts ...Option) *Server {
 // Listen), until ctx is done; then it stops, ending open streams, and
 // closes lis.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	unary := append(s.unary[:len(s.unary):len(s.unary)], func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if err := checkHeader(ctx); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	})
+	stream := append(s.stream[:len(s.stream):len(s.stream)], func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if err := checkHeader(ss.Context()); err != nil {
+			return err
+		}
+		return h(srv, ss)
+	})
 	g := grpc.NewServer(
 		grpc.Creds(peerCredentials{procDir: s.procDir}),
-		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := checkHeader(ctx); err != nil {
-				return nil, err
-			}
-			return h(ctx, req)
-		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := checkHeader(ss.Context()); err != nil {
-				return err
-			}
-			return h(srv, ss)
-		}),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(g, s)
 	errc := make(chan error, 1)

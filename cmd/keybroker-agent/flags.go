@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,6 +78,22 @@ func checkTPMSpec(spec string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown TPM %q: want simulator, tcp://HOST:PORT or a device path", spec)
+}
+
+// checkListenAddr refuses a --metrics-listen value that is not HOST:PORT
+// with a numeric port; empty (off) is fine.
+func checkListenAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want HOST:PORT, such as 127.0.0.1:9465", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
 }
 
 // brokerFlags name the broker and how to trust it.

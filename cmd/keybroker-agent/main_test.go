@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,10 @@ func TestRunFlags(t *testing.T) {
 			wantStderr: "run: --ca: the broker CA bundle " + notPEM + " holds no PEM certificate\n"},
 		{name: "broker without port", args: []string{"run", "--broker", "broker.example.com", "--ca", ca}, wantCode: 2,
 			wantStderr: `run: --broker "broker.example.com": want HOST:PORT`},
+		{name: "metrics address without port", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--metrics-listen", "localhost"}, wantCode: 2,
+			wantStderr: `run: --metrics-listen: "localhost": want HOST:PORT, such as 127.0.0.1:9465`},
+		{name: "metrics port by name", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--metrics-listen", "127.0.0.1:http"}, wantCode: 2,
+			wantStderr: `run: --metrics-listen: "127.0.0.1:http": port "http" is not a number from 0 to 65535`},
 		{name: "unknown flag", args: []string{"run", "--frobnicate"}, wantCode: 2,
 			wantStderr: "keybroker-agent run: unknown flag: --frobnicate\nRun 'keybroker-agent run --help' for usage.\n"},
 		{name: "bad duration", args: []string{"run", "--grace", "soon"}, wantCode: 2,
@@ -75,7 +80,7 @@ func TestRunFlags(t *testing.T) {
 	}
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"run", "--help"}, &stdout, &stderr); code != 0 || stderr.Len() > 0 ||
-		!strings.Contains(stdout.String(), "--grace duration") || !strings.Contains(stdout.String(), `(default "/run/keybroker/agent.sock")`) {
+		!strings.Contains(stdout.String(), "--grace duration") || !strings.Contains(stdout.String(), "--metrics-listen string") || !strings.Contains(stdout.String(), `(default "/run/keybroker/agent.sock")`) {
 		t.Errorf("run --help: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
 }
@@ -93,6 +98,26 @@ func TestRunFailsAtTPM(t *testing.T) {
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestRunMetricsListenBusy checks that run stops, before it touches the TPM
+// or the socket, when it cannot serve the metrics it was asked for.
+func TestRunMetricsListenBusy(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	socket := filepath.Join(t.TempDir(), "run", "agent.sock")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"run", "--tpm", "tcp://127.0.0.1:1", "--broker", "127.0.0.1:1", "--ca", testCA(t),
+		"--event-log", "none", "--workload-socket", socket, "--metrics-listen", busy.Addr().String()}, &stdout, &stderr)
+	if want := "run: unable to listen on " + busy.Addr().String() + " for metrics: "; code != 1 || !strings.HasPrefix(stderr.String(), want) {
+		t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr.String(), want)
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("socket made: %v", err)
 	}
 }
 

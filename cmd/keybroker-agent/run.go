@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/cli"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -28,6 +29,8 @@ type runOpts struct {
 	retryMax  time.Duration
 	logJSON   bool
 	quiet     bool
+	// metricsListen is where to serve Prometheus metrics; empty: none.
+	metricsListen string
 }
 
 func runCmd() *cobra.Command {
@@ -48,6 +51,7 @@ at half the node SVID's life, until SIGINT or SIGTERM.`,
 			if o.retryMax < time.Second {
 				p.Addf("--retry-max must be ≥ 1s, not %v", o.retryMax)
 			}
+			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -63,6 +67,7 @@ at half the node SVID's life, until SIGINT or SIGTERM.`,
 	f.DurationVar(&o.retryMax, "retry-max", time.Minute, "longest wait between retries of a failed re-attestation or SVID rotation (the first is after 1s, doubling)")
 	f.BoolVar(&o.logJSON, "log-json", false, "log as JSON instead of text")
 	f.BoolVar(&o.quiet, "quiet", false, "do not print the steps of the first attestation")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
 }
 
@@ -78,8 +83,15 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	m, closeMetrics, err := startMetrics(o.metricsListen, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	defer closeMetrics()
 	mgr, err := agent.NewSVIDManager(agent.BrokerTarget{Addr: o.broker.addr, CAPEM: caPEM, ServerName: o.broker.serverName},
-		agent.WithGrace(o.grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, o.retryMax), agent.WithBundleFile(o.bundleOut))
+		agent.WithGrace(o.grace), agent.WithSVIDLogger(log), agent.WithRetry(time.Second, o.retryMax), agent.WithBundleFile(o.bundleOut),
+		agent.WithMetrics(m))
 	if err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
@@ -110,7 +122,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		var att *agent.Attestation
 		err = tpm.with(func(node *agent.Node) error {
 			var err error
-			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress})
+			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m})
 			return err
 		})
 		return att, err
@@ -136,7 +148,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		log.Error("unable to issue workload SVIDs; retrying", "error", err)
 	}
 
-	srv := workload.NewServer(mgr, workload.WithLogger(log))
+	srv := workload.NewServer(mgr, workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, lis) }()
 	log.Info("workload API serving", "socket", o.socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+o.socket,
@@ -164,6 +176,22 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// startMetrics serves the agent's metrics on addr (--metrics-listen) until
+// the returned function is called; with no addr it returns a nil Agent:
+// no metrics are kept.
+func startMetrics(addr string, log *slog.Logger) (*metrics.Agent, func(), error) {
+	if addr == "" {
+		return nil, func() {}, nil
+	}
+	m := metrics.New()
+	ep, err := m.Serve(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("metrics serving", "address", ep.Addr(), "path", "/metrics")
+	return m, func() { ep.Close() }, nil
 }
 
 // tpmSession opens the TPM for each attestation and closes it after, so
