@@ -1,9 +1,7 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -34,34 +32,9 @@ var ErrClosed = errors.New("the store is closed")
 
 // pending is a queued decision with its encodings.
 type pending struct {
-	d       *Decision
-	receipt []byte     // the receipt, encoded
-	node    []byte     // the node record as stored (nil: none)
-	stored  NodeRecord // the node record as stored, for its SVID index
-	log     []byte     // its event log, kept apart (nil: none)
-	denial  []byte     // the deny-list entry d adds (nil: none)
-	done    chan error
-}
-
-// encodePending encodes d for the committer.
-func encodePending(d *Decision) (*pending, error) {
-	p := &pending{d: d, done: make(chan error, 1)}
-	var err error
-	if p.receipt, err = json.Marshal(d.Receipt); err != nil {
-		return nil, fmt.Errorf("unable to encode receipt: %w", err)
-	}
-	if d.Node != nil {
-		p.stored, p.log = splitEventLog(*d.Node)
-		if p.node, err = encodeNode(p.stored); err != nil {
-			return nil, err
-		}
-	}
-	if d.Deny == DenyAdd {
-		if p.denial, err = json.Marshal(d.denial()); err != nil {
-			return nil, fmt.Errorf("unable to encode denial: %w", err)
-		}
-	}
-	return p, nil
+	d *Decision
+	*encoded
+	done chan error
 }
 
 // CommitObserver is told of each commit of decisions: how many it

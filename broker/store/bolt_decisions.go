@@ -23,17 +23,14 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	if err := d.prepare(); err != nil {
-		return fmt.Errorf("unable to record decision: %w", err)
-	}
 	if b.commits == nil {
 		return errors.New("unable to record decision: the store is open read-only")
 	}
-	p, err := encodePending(d)
+	enc, err := d.prepare()
 	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	if err := b.commits.submit(p); err != nil {
+	if err := b.commits.submit(&pending{d: d, encoded: enc, done: make(chan error, 1)}); err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
 	return nil

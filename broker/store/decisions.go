@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -99,7 +100,8 @@ func (d *Decision) Validate() error {
 		errs = append(errs, fmt.Errorf("unknown deny-list change %d", d.Deny))
 	}
 	if d.Node != nil {
-		if _, err := encodeNode(*d.Node); err != nil {
+		// Its size is checked when it is encoded, once, by the backend.
+		if err := validateNode(d.Node); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -109,27 +111,55 @@ func (d *Decision) Validate() error {
 	return errors.Join(errs...)
 }
 
-// prepare validates d and fills in the receipt's time and ID, and the
-// node's LastReceiptID: what every backend does before writing.
-func (d *Decision) prepare() error {
-	if err := d.Validate(); err != nil {
-		return err
-	}
-	if d.Receipt.Time.IsZero() {
-		d.Receipt.Time = time.Now().UTC().Round(0)
-	}
-	if d.Receipt.ID == "" {
-		d.Receipt.ID = NewReceiptID(d.Receipt.Time)
-	}
-	d.Receipt.DenyListed = d.Deny == DenyAdd
-	if d.Node != nil {
-		d.Node.LastReceiptID = d.Receipt.ID
-	}
-	return nil
+// encoded is a decision in its stored forms.
+type encoded struct {
+	receipt []byte     // the receipt
+	stored  NodeRecord // the node record as stored: its event log apart (splitEventLog)
+	node    []byte     // stored, encoded (nil: no node record)
+	log     []byte     // the node's event log (nil: none)
+	denial  []byte     // the deny-list entry the decision adds (nil: none)
 }
 
-// denial is the deny-list entry d adds.
-func (d *Decision) denial() Denial {
-	r := d.Receipt
-	return Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check}
+// prepare validates d, fills in the receipt's time and ID and the node's
+// LastReceiptID, and encodes it once for the backend: what every backend
+// does before writing. A decision that cannot be encoded is refused as it
+// was given, unchanged.
+func (d *Decision) prepare() (*encoded, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	r := *d.Receipt
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC().Round(0)
+	}
+	if r.ID == "" {
+		r.ID = NewReceiptID(r.Time)
+	}
+	r.DenyListed = d.Deny == DenyAdd
+	enc := &encoded{}
+	var err error
+	if enc.receipt, err = json.Marshal(&r); err != nil {
+		return nil, fmt.Errorf("unable to encode receipt: %w", err)
+	}
+	var node *NodeRecord
+	if d.Node != nil {
+		n := *d.Node
+		n.LastReceiptID = r.ID
+		enc.stored, enc.log = splitEventLog(n)
+		if enc.node, err = encodeNode(enc.stored); err != nil {
+			return nil, err
+		}
+		node = &n
+	}
+	if d.Deny == DenyAdd {
+		den := Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check}
+		if enc.denial, err = json.Marshal(den); err != nil {
+			return nil, fmt.Errorf("unable to encode denial: %w", err)
+		}
+	}
+	*d.Receipt = r
+	if node != nil {
+		*d.Node = *node
+	}
+	return enc, nil
 }

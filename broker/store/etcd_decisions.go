@@ -32,17 +32,18 @@ func (e *Etcd) Record(ctx context.Context, d *Decision) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
-	if err := d.prepare(); err != nil {
+	enc, err := d.prepare()
+	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
 	rctx, cancel := e.request(ctx)
 	defer cancel()
-	err := e.record(rctx, d)
+	err = e.record(rctx, d, enc)
 	for i := 1; errors.Is(err, errRetry) && i < maxRecordAttempts; i++ {
 		// Back off a little, more after each conflict, so that writers
 		// of one node record do not collide in lockstep.
 		time.Sleep(time.Duration(rand.Int64N(int64(min(i, 10)) * int64(time.Millisecond))))
-		err = e.record(rctx, d)
+		err = e.record(rctx, d, enc)
 	}
 	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
@@ -50,13 +51,10 @@ func (e *Etcd) Record(ctx context.Context, d *Decision) error {
 	return nil
 }
 
-// record tries d's transaction once.
-func (e *Etcd) record(ctx context.Context, d *Decision) error {
+// record tries d's transaction once; enc is d encoded.
+func (e *Etcd) record(ctx context.Context, d *Decision, enc *encoded) error {
 	r := d.Receipt
-	val, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("unable to encode receipt: %w", err)
-	}
+	val := enc.receipt
 	markerKey, receiptKey := e.key(etcdConsumed, d.ChallengeID), e.key(etcdReceipts, r.ID)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(receiptKey), "=", 0)}
 	ops := []clientv3.Op{clientv3.OpPut(receiptKey, string(val))}
@@ -71,14 +69,11 @@ func (e *Etcd) record(ctx context.Context, d *Decision) error {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(markerKey), "=", 0))
 		ops = append(ops, clientv3.OpPut(markerKey, d.ChallengeExpiry.UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease)))
 	}
-	nodeCmps, nodeOps, err := e.nodeOps(ctx, d)
+	nodeCmps, nodeOps, err := e.nodeOps(ctx, d, enc)
 	if err != nil {
 		return err
 	}
-	denyOps, err := e.denyOps(d)
-	if err != nil {
-		return err
-	}
+	denyOps := e.denyOps(d, enc)
 	resp, err := e.cli.Txn(ctx).If(append(cmps, nodeCmps...)...).
 		Then(append(append(ops, nodeOps...), denyOps...)...).
 		Else(clientv3.OpGet(markerKey, clientv3.WithCountOnly()), clientv3.OpGet(receiptKey, clientv3.WithCountOnly())).
@@ -103,19 +98,15 @@ func (e *Etcd) record(ctx context.Context, d *Decision) error {
 }
 
 // denyOps are the writes of d's deny-list change.
-func (e *Etcd) denyOps(d *Decision) ([]clientv3.Op, error) {
+func (e *Etcd) denyOps(d *Decision, enc *encoded) []clientv3.Op {
 	key := e.key(etcdDenied, d.Receipt.EKHash)
 	switch d.Deny {
 	case DenyAdd:
-		val, err := json.Marshal(d.denial())
-		if err != nil {
-			return nil, fmt.Errorf("unable to encode denial: %w", err)
-		}
-		return []clientv3.Op{clientv3.OpPut(key, string(val))}, nil
+		return []clientv3.Op{clientv3.OpPut(key, string(enc.denial))}
 	case DenyRemove:
-		return []clientv3.Op{clientv3.OpDelete(key)}, nil
+		return []clientv3.Op{clientv3.OpDelete(key)}
 	}
-	return nil, nil
+	return nil
 }
 
 // lease returns a lease that outlives exp by MarkerGrace: shared by every
@@ -223,7 +214,7 @@ func (e *Etcd) deleteReceipts(ctx context.Context, end string, batch int) (int, 
 // the transaction: compares that the record and the SVID index entries
 // are still as read, and the writes. It stores the record's event log
 // first when the cluster does not hold it yet.
-func (e *Etcd) nodeOps(ctx context.Context, d *Decision) ([]clientv3.Cmp, []clientv3.Op, error) {
+func (e *Etcd) nodeOps(ctx context.Context, d *Decision, enc *encoded) ([]clientv3.Cmp, []clientv3.Op, error) {
 	ek := d.ForgetNode
 	if d.Node != nil {
 		ek = d.Node.EKHash
@@ -232,11 +223,9 @@ func (e *Etcd) nodeOps(ctx context.Context, d *Decision) ([]clientv3.Cmp, []clie
 		return nil, nil, nil
 	}
 	nodeKey := e.key(etcdNodes, ek)
-	var stored NodeRecord
-	var log []byte
+	stored, log := enc.stored, enc.log
 	reads := []clientv3.Op{clientv3.OpGet(nodeKey)}
 	if d.Node != nil {
-		stored, log = splitEventLog(*d.Node)
 		if len(log) > 0 {
 			reads = append(reads, clientv3.OpGet(e.key(etcdEventLogs, stored.Evidence.EventLogSHA256), clientv3.WithCountOnly()))
 		}
@@ -266,11 +255,7 @@ func (e *Etcd) nodeOps(ctx context.Context, d *Decision) ([]clientv3.Cmp, []clie
 	if d.Node == nil {
 		return append(cmps, svidCmps...), append(ops, clientv3.OpDelete(nodeKey)), nil
 	}
-	val, err := encodeNode(stored)
-	if err != nil {
-		return nil, nil, err
-	}
-	return append(cmps, svidCmps...), append(ops, clientv3.OpPut(nodeKey, string(val))), nil
+	return append(cmps, svidCmps...), append(ops, clientv3.OpPut(nodeKey, string(enc.node))), nil
 }
 
 // svidOps moves ek's SVID index entries from the serials of prev to those

@@ -106,18 +106,27 @@ type ListNodesOpts struct {
 	After string
 }
 
-// encodeNode validates n and returns its stored form.
-func encodeNode(n NodeRecord) ([]byte, error) {
+// validateNode checks n's key and SVID serials.
+func validateNode(n *NodeRecord) error {
 	switch {
 	case n.EKHash == "":
-		return nil, errors.New("node record ek hash cannot be empty")
+		return errors.New("node record ek hash cannot be empty")
 	case len(n.EKHash) > maxEKHashLength:
-		return nil, fmt.Errorf("node record ek hash is longer than %d bytes", maxEKHashLength)
+		return fmt.Errorf("node record ek hash is longer than %d bytes", maxEKHashLength)
 	}
 	for _, s := range n.SVIDs {
 		if !validSerial(s.Serial) {
-			return nil, fmt.Errorf("node record svid serial %q is not lowercase hex of at most %d digits", s.Serial, MaxSerialLength)
+			return fmt.Errorf("node record svid serial %q is not lowercase hex of at most %d digits", s.Serial, MaxSerialLength)
 		}
+	}
+	return nil
+}
+
+// encodeNode validates n and returns its stored form, at most
+// MaxNodeRecordBytes.
+func encodeNode(n NodeRecord) ([]byte, error) {
+	if err := validateNode(&n); err != nil {
+		return nil, err
 	}
 	val, err := json.Marshal(n)
 	if err != nil {
