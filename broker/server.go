@@ -13,27 +13,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/metrics"
+	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
-	"github.com/keybroker/keybroker/sealing"
 )
 
 // API input limits beyond those verify enforces.
@@ -53,10 +49,9 @@ type Server struct {
 	challenges *challenge.Issuer
 	admission  *admission
 	policies   atomic.Pointer[policies.Set]
-	ca         *issue.CA
-	spiffe     *issue.SPIFFE       // nil: SPIFFE is not configured
-	vault      *vaultsource.Client // nil: Vault is not configured
-	metrics    *metrics.Broker     // nil: no metrics
+	releaser   *release.Releaser
+	spiffe     *issue.SPIFFE   // nil: SPIFFE is not configured
+	metrics    *metrics.Broker // nil: no metrics
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -114,12 +109,14 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		decisions: opts.Store,
 		nodes:     opts.Store,
 		admission: newAdmission(opts.Limits),
-		ca:        opts.CA,
 		spiffe:    opts.SPIFFE,
-		vault:     opts.Vault,
 		metrics:   opts.Metrics,
 		now:       opts.Now,
 		log:       opts.Logger,
+	}
+	var err error
+	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Logger: opts.Logger}); err != nil {
+		return nil, err
 	}
 	s.trust.AllowSHA1 = opts.AllowSHA1
 	// Each challenge carries the node's vouch under s.trust, so that
@@ -232,10 +229,10 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		return nil, s.refuseExpired(ctx, ch)
 	}
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
-	// Certificates Vault issued for this decision: revoked if the decision
-	// is then not released, also when it cannot be recorded.
-	var vaultCerts []vaultCert
-	resp, node, refusal := s.attest(ctx, ch, req, rec, &vaultCerts)
+	// What the decision released: what Vault issued for it is revoked if
+	// the decision cannot be recorded.
+	var released *release.Released
+	resp, node, refusal := s.attest(ctx, ch, req, rec, &released)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
 	case refusal != nil:
@@ -249,7 +246,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	}
 	if err := s.record(ctx, d); err != nil {
 		if refusal == nil {
-			s.revokeUnreleased(ctx, rec, vaultCerts)
+			rec.Failures = append(rec.Failures, s.releaser.Unrelease(ctx, released)...)
 		}
 		return nil, err
 	}
@@ -354,7 +351,7 @@ func denies(r *refusal) *refusal {
 // attest verifies the answer to ch and decides. Once the answer verified
 // (TPM counters included), it returns the node's new record, also when
 // policy then denies, so that the record is written with the receipt.
-func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, vaultCerts *[]vaultCert) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, released **release.Released) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	stages := s.metrics.Stages()
 	ev := evidenceOf(ch, req, rec.Time)
 	var node *verify.NodeIdentity
@@ -405,264 +402,40 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 	if !d.Allowed {
 		return nil, nodeRec, denies(&refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"})
 	}
-	if err := s.checkSPIFFE(d); err != nil {
-		rec.Failures = append(rec.Failures, strings.Split(err.Error(), "\n")...)
-		return nil, nodeRec, denies(&refusal{code: codes.FailedPrecondition, check: "release",
-			msg: "release: the policies release a SPIFFE identity this broker cannot issue", cause: err})
+	out, err := s.releaser.Release(ctx, v, d)
+	var f *release.Failure
+	switch {
+	case errors.As(err, &f):
+		rec.Failures = append(rec.Failures, f.Notes...)
+		return nil, nodeRec, releaseRefusal(f)
+	case err != nil:
+		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err})
 	}
-
-	resp := &pb.AttestResponse{}
-	var released []store.ReleasedItem
-	var svids []store.NodeSVID
-	for _, rel := range d.Releases {
-		if policies.IsVault(rel.Type) && s.vault == nil {
-			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name))
-			return nil, nodeRec, &refusal{code: codes.FailedPrecondition, check: "release",
-				msg: "release: vault unavailable (not configured)", cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
-		}
-	}
-	for _, rel := range d.Releases {
-		cred, item, err := s.release(ctx, v, rel)
-		if err != nil {
-			s.revokeUnreleased(ctx, rec, *vaultCerts)
-			*vaultCerts = nil
-		} else if rel.Type == policies.TypeVaultPKI {
-			*vaultCerts = append(*vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
-		}
-		var ve *vaultsource.Error
-		if errors.As(err, &ve) {
-			// Vault is down or refused: not about the node, so no deny
-			// list; nothing of the decision is released.
-			// A refusal is about the broker's Vault token or paths.
-			code, what := codes.FailedPrecondition, "vault refused the broker"
-			if ve.Unavailable {
-				code, what = codes.Unavailable, "vault unavailable"
-			}
-			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: %s: %s", rel.Name, ve.Op, ve.Reason))
-			return nil, nodeRec, &refusal{code: code, check: "release",
-				msg: fmt.Sprintf("release: %s (%s)", what, ve.Reason), cause: fmt.Errorf("release %q: %w", rel.Name, err)}
-		}
-		if err != nil {
-			return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: fmt.Sprintf("release: unable to release %q", rel.Name), cause: err})
-		}
-		resp.Credentials = append(resp.Credentials, cred)
-		released = append(released, item)
-		if rel.Type == policies.TypeX509SVID {
-			svids = append(svids, store.NodeSVID{Serial: item.Serial, ID: item.SPIFFEID, NotAfter: item.NotAfter})
-		}
-	}
-	resp.WorkloadEntries, nodeRec.WorkloadEntries = workloadEntries(d.WorkloadEntries)
-	nodeRec.SVIDs = svids
-	rec.Allowed, rec.Released = true, released
+	*released = out
+	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries}
+	nodeRec.WorkloadEntries, nodeRec.SVIDs = out.NodeEntries, out.SVIDs
+	rec.Allowed, rec.Released = true, out.Items
 	stages.Done(metrics.StageRelease)
 	return resp, nodeRec, nil
 }
 
-// vaultCert is a certificate Vault's PKI issued for a release.
-type vaultCert struct {
-	release, path, serial string
-}
-
-// revokeUnreleased revokes the certificates Vault issued for a decision
-// that is refused after all, so that none stays valid unreleased; each
-// outcome goes to the receipt and the log. Best effort: the broker's Vault
-// token needs update on <mount>/revoke.
-func (s *Server) revokeUnreleased(ctx context.Context, rec *store.Receipt, certs []vaultCert) {
-	for _, c := range certs {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		err := s.vault.RevokeCertificate(rctx, c.path, c.serial)
-		cancel()
-		if err != nil {
-			why := err.Error()
-			if ve := (*vaultsource.Error)(nil); errors.As(err, &ve) {
-				why = ve.Op + ": " + ve.Reason
-			}
-			rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: certificate %s was issued but not released, and not revoked: %s", c.release, c.serial, why))
-			s.log.Warn("unable to revoke a vault certificate that was not released", "release", c.release, "serial", c.serial, "error", err)
-			continue
-		}
-		rec.Failures = append(rec.Failures, fmt.Sprintf("release %q: certificate %s was issued but not released; revoked", c.release, c.serial))
-		s.log.Info("vault certificate revoked: its decision was not released", "release", c.release, "serial", c.serial)
+// releaseRefusal is the refusal of a decision that could not be released.
+// Vault refusing or unreachable, or not configured, says nothing of the
+// node; a SPIFFE identity the broker cannot issue, or a release failing to
+// be issued or sealed, deny-lists it (see denies).
+func releaseRefusal(f *release.Failure) *refusal {
+	r := &refusal{code: codes.FailedPrecondition, check: "release", msg: f.Msg, cause: f.Cause}
+	switch f.Kind {
+	case release.KindSPIFFE:
+		return denies(r)
+	case release.KindNoVault, release.KindVaultRefused:
+		return r
+	case release.KindVaultUnavailable:
+		r.code = codes.Unavailable
+		return r
 	}
-}
-
-// issued is a credential before it is sealed: its serialized payload
-// message and what the receipt records of it.
-type issued struct {
-	typ      pb.CredentialType
-	payload  []byte
-	serial   string
-	notAfter time.Time
-	id       spiffeid.ID // X509_SVID
-}
-
-// release issues one credential and wraps it to the node's EK. attest has
-// refused Vault releases already when the broker has no vault block.
-func (s *Server) release(ctx context.Context, v *verify.Verified, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
-	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
-	var iss *issued
-	var err error
-	switch rel.Type {
-	case policies.TypeTLSCertificate:
-		iss, err = s.issueTLS(rel)
-	case policies.TypeX509SVID:
-		iss, err = s.issueNodeSVID(rel)
-	case policies.TypeVaultPKI:
-		iss, err = s.issueVaultPKI(ctx, rel)
-	case policies.TypeVaultKV:
-		iss, err = s.readVaultKV(ctx, rel)
-	default:
-		err = fmt.Errorf("release type %q is not supported", rel.Type)
-	}
-	if err != nil {
-		return nil, item, err
-	}
-	defer clear(iss.payload)
-	var pcrs *tpmpb.PCRs
-	if rel.Mode == policies.ModePCRSealed {
-		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
-			return nil, item, err
-		}
-		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
-	}
-	cred, err := sealing.SealCredential(v.Node().EKPublic(), rel.Name, iss.typ, iss.payload, pcrs)
-	if err != nil {
-		return nil, item, err
-	}
-	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
-	if !iss.notAfter.IsZero() {
-		cred.NotAfterUnix = iss.notAfter.Unix()
-	}
-	return cred, item, nil
-}
-
-// issueTLS issues a tls_certificate release: a key and certificate from
-// the broker CA.
-func (s *Server) issueTLS(rel policies.Release) (*issued, error) {
-	tc, err := s.ca.IssueTLS(issue.TLSTemplate{
-		CommonName:  rel.CommonName,
-		DNSNames:    rel.DNSNames,
-		IPAddresses: rel.IPAddresses,
-		TTL:         rel.TTL,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return tlsIssued(tc.KeyPEM, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
-}
-
-// tlsIssued makes the TLSCredential payload of a key and certificate, from
-// the broker CA or Vault PKI alike, and clears the key it was given.
-func tlsIssued(keyPEM, certPEM, chainPEM []byte, serial string, notAfter time.Time) (*issued, error) {
-	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: keyPEM, CertificatePem: certPEM, ChainPem: chainPEM})
-	clear(keyPEM)
-	if err != nil {
-		return nil, err
-	}
-	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: serial, notAfter: notAfter}, nil
-}
-
-// issueVaultPKI issues a vault_pki release: Vault's PKI role issues the
-// key and certificate, released as a TLS credential.
-func (s *Server) issueVaultPKI(ctx context.Context, rel policies.Release) (*issued, error) {
-	c, err := s.vault.IssueCertificate(ctx, rel.Path, vaultsource.CertRequest{
-		CommonName:  rel.CommonName,
-		DNSNames:    rel.DNSNames,
-		IPAddresses: rel.IPAddresses,
-		TTL:         rel.TTL,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return tlsIssued(c.KeyPEM, c.CertificatePEM, c.ChainPEM, c.Serial, c.NotAfter)
-}
-
-// readVaultKV reads a vault_kv release: the latest version of a KV
-// version 2 secret, released as a SecretCredential. The receipt records
-// the version as its serial.
-func (s *Server) readVaultKV(ctx context.Context, rel policies.Release) (*issued, error) {
-	kv, err := s.vault.ReadKV(ctx, rel.Path)
-	if err != nil {
-		return nil, err
-	}
-	payload, err := proto.Marshal(&pb.SecretCredential{Data: kv.Data, Path: rel.Path, Version: kv.Version})
-	clear(kv.Data)
-	if err != nil {
-		return nil, err
-	}
-	return &issued{typ: pb.CredentialType_SECRET, payload: payload, serial: fmt.Sprintf("v%d", kv.Version)}, nil
-}
-
-// issueNodeSVID issues an x509_svid release: a fresh key and the node's
-// X.509-SVID from the SPIFFE authority, with the trust domain's bundle.
-// checkSPIFFE has checked that the authority exists and the ID is in its
-// trust domain.
-func (s *Server) issueNodeSVID(rel policies.Release) (*issued, error) {
-	if s.spiffe == nil {
-		return nil, errors.New("no SPIFFE trust domain is configured")
-	}
-	svid, err := s.spiffe.IssueX509SVID(rel.SPIFFEID, rel.TTL)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(svid.KeyPEM)
-	bundle, err := s.spiffe.BundleJWKS()
-	if err != nil {
-		return nil, err
-	}
-	payload, err := proto.Marshal(&pb.X509SVIDCredential{
-		SpiffeId:        svid.ID.String(),
-		KeyPem:          svid.KeyPEM,
-		CertificatesPem: issue.CertificatesPEM(svid.Chain),
-		SpiffeBundle:    bundle,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &issued{typ: pb.CredentialType_X509_SVID, payload: payload, serial: svid.Serial, notAfter: svid.NotAfter, id: svid.ID}, nil
-}
-
-// checkSPIFFE checks, before anything is issued, that the broker can issue
-// the SPIFFE identities of a decision: a SPIFFE authority when it has
-// x509_svid releases or workload entries, and every ID in its trust
-// domain. It returns every problem, for the operator.
-func (s *Server) checkSPIFFE(d policies.Decision) error {
-	var errs []error
-	check := func(what string, id spiffeid.ID) {
-		switch {
-		case s.spiffe == nil:
-			errs = append(errs, fmt.Errorf("%s: no SPIFFE trust domain is configured (the spiffe block of broker.hcl)", what))
-		case !id.MemberOf(s.spiffe.TrustDomain()):
-			errs = append(errs, fmt.Errorf("%s: %s is not in trust domain %s", what, id, s.spiffe.TrustDomain().Name()))
-		}
-	}
-	for _, rel := range d.Releases {
-		if rel.Type == policies.TypeX509SVID {
-			check(fmt.Sprintf("release %q", rel.Name), rel.SPIFFEID)
-		}
-	}
-	for _, e := range d.WorkloadEntries {
-		check(fmt.Sprintf("workload %q", e.Name), e.ID)
-	}
-	return errors.Join(errs...)
-}
-
-// workloadEntries converts a decision's workload entries for the reply and
-// the node record.
-func workloadEntries(in []policies.WorkloadEntry) ([]*pb.WorkloadEntry, []store.WorkloadEntry) {
-	var out []*pb.WorkloadEntry
-	var rec []store.WorkloadEntry
-	for _, e := range in {
-		pe := &pb.WorkloadEntry{Name: e.Name, SpiffeId: e.ID.String(), TtlSeconds: int64(e.TTL / time.Second)}
-		re := store.WorkloadEntry{Name: e.Name, ID: e.ID, TTL: e.TTL}
-		for _, sel := range e.Selectors {
-			pe.Selectors = append(pe.Selectors, &pb.Selector{Type: sel.Type, Value: sel.Value})
-			re.Selectors = append(re.Selectors, store.Selector{Type: sel.Type, Value: sel.Value})
-		}
-		out = append(out, pe)
-		rec = append(rec, re)
-	}
-	return out, rec
+	r.code = codes.Internal
+	return denies(r)
 }
 
 // checkStatus maps a verify error to a gRPC status naming the failed check.

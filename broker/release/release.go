@@ -1,0 +1,390 @@
+// Package release issues what an allowed decision releases to a verified
+// node — a key and certificate from the broker's CA or SPIFFE authority, a
+// certificate from Vault's PKI, a Vault KV secret — and seals each to the
+// node's TPM: tpm_bound to its EK, or pcr_sealed to its EK and the PCR
+// values its quote reported. It is the step after policy in the broker's
+// Attest; it records nothing. When a decision cannot be released whole,
+// nothing of it is: the certificates Vault issued for it are revoked.
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/vaultsource"
+	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/policies"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+// Opts are what a Releaser issues with. CA is required.
+type Opts struct {
+	CA *issue.CA
+	// SPIFFE is the trust domain's authority; nil refuses x509_svid
+	// releases and workload entries.
+	SPIFFE *issue.SPIFFE
+	// Vault is the source of vault_kv and vault_pki releases; nil refuses
+	// them.
+	Vault  *vaultsource.Client
+	Logger *slog.Logger // default: discard
+}
+
+// Releaser issues and seals the releases of decisions. It is safe for
+// concurrent use.
+type Releaser struct {
+	ca     *issue.CA
+	spiffe *issue.SPIFFE
+	vault  *vaultsource.Client
+	log    *slog.Logger
+}
+
+// New returns a Releaser.
+func New(opts Opts) (*Releaser, error) {
+	if opts.CA == nil {
+		return nil, errors.New("CA cannot be nil")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, log: opts.Logger}, nil
+}
+
+// Released is what a decision released: the sealed credentials for the
+// reply, what the receipt and node record keep of them, and the workload
+// entries of the policies that allowed it.
+type Released struct {
+	Credentials []*pb.Credential
+	Items       []store.ReleasedItem
+	// SVIDs are the node X.509-SVIDs among the credentials.
+	SVIDs []store.NodeSVID
+	// WorkloadEntries are the decision's workload entries for the reply;
+	// NodeEntries the same for the node record.
+	WorkloadEntries []*pb.WorkloadEntry
+	NodeEntries     []store.WorkloadEntry
+	vaultCerts      []vaultCert // revoked if the release is not delivered
+}
+
+// Kind says why a decision could not be released.
+type Kind int
+
+const (
+	// KindSPIFFE: the decision releases a SPIFFE identity (an x509_svid or
+	// a workload entry) this broker cannot issue: no spiffe block, or an
+	// ID outside its trust domain.
+	KindSPIFFE Kind = iota + 1
+	// KindNoVault: the decision releases from Vault and the broker has no
+	// vault block.
+	KindNoVault
+	// KindVaultRefused: Vault refused the broker (its token or paths).
+	KindVaultRefused
+	// KindVaultUnavailable: Vault could not be reached.
+	KindVaultUnavailable
+	// KindIssue: issuing or sealing a credential failed.
+	KindIssue
+)
+
+// Failure is why a decision released nothing.
+type Failure struct {
+	Kind Kind
+	// Msg is what the node is told.
+	Msg string
+	// Notes are for the receipt's failures: what failed, and what became
+	// of the certificates Vault issued for the decision.
+	Notes []string
+	Cause error
+}
+
+func (f *Failure) Error() string {
+	if f.Cause != nil {
+		return f.Msg + ": " + f.Cause.Error()
+	}
+	return f.Msg
+}
+
+func (f *Failure) Unwrap() error { return f.Cause }
+
+// Release issues every release of d, an allowed decision on v, each sealed
+// to v's node, and returns them with d's workload entries. Before anything
+// is issued it checks that the broker can issue all of them (SPIFFE
+// identities, a vault block). If any release fails, nothing is released:
+// the certificates Vault issued for d are revoked, and a *Failure says
+// why.
+func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.Decision) (*Released, error) {
+	if err := r.checkSPIFFE(d); err != nil {
+		return nil, &Failure{Kind: KindSPIFFE, Msg: "release: the policies release a SPIFFE identity this broker cannot issue",
+			Notes: strings.Split(err.Error(), "\n"), Cause: err}
+	}
+	for _, rel := range d.Releases {
+		if policies.IsVault(rel.Type) && r.vault == nil {
+			return nil, &Failure{Kind: KindNoVault, Msg: "release: vault unavailable (not configured)",
+				Notes: []string{fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name)},
+				Cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
+		}
+	}
+	out := &Released{}
+	for _, rel := range d.Releases {
+		cred, item, err := r.release(ctx, v, rel)
+		if err != nil {
+			f := failure(rel, err)
+			f.Notes = append(r.revoke(ctx, out.vaultCerts), f.Notes...)
+			return nil, f
+		}
+		if rel.Type == policies.TypeVaultPKI {
+			out.vaultCerts = append(out.vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
+		}
+		out.Credentials = append(out.Credentials, cred)
+		out.Items = append(out.Items, item)
+		if rel.Type == policies.TypeX509SVID {
+			out.SVIDs = append(out.SVIDs, store.NodeSVID{Serial: item.Serial, ID: item.SPIFFEID, NotAfter: item.NotAfter})
+		}
+	}
+	out.WorkloadEntries, out.NodeEntries = workloadEntries(d.WorkloadEntries)
+	return out, nil
+}
+
+// failure describes the failed release rel.
+func failure(rel policies.Release, err error) *Failure {
+	var ve *vaultsource.Error
+	if errors.As(err, &ve) {
+		// Vault is down or refused: about the broker's Vault token or
+		// paths, not about the node.
+		kind, what := KindVaultRefused, "vault refused the broker"
+		if ve.Unavailable {
+			kind, what = KindVaultUnavailable, "vault unavailable"
+		}
+		return &Failure{Kind: kind, Msg: fmt.Sprintf("release: %s (%s)", what, ve.Reason),
+			Notes: []string{fmt.Sprintf("release %q: %s: %s", rel.Name, ve.Op, ve.Reason)},
+			Cause: fmt.Errorf("release %q: %w", rel.Name, err)}
+	}
+	return &Failure{Kind: KindIssue, Msg: fmt.Sprintf("release: unable to release %q", rel.Name), Cause: err}
+}
+
+// Unrelease revokes the certificates Vault issued for rel, released but
+// not delivered (its decision could not be recorded), and returns what
+// became of each, for the receipt.
+func (r *Releaser) Unrelease(ctx context.Context, rel *Released) []string {
+	if rel == nil {
+		return nil
+	}
+	return r.revoke(ctx, rel.vaultCerts)
+}
+
+// vaultCert is a certificate Vault's PKI issued for a release.
+type vaultCert struct {
+	release, path, serial string
+}
+
+// revoke revokes the certificates Vault issued for a decision that is not
+// released after all, so that none stays valid unreleased; what became of
+// each goes to the notes it returns and to the log. Best effort: the
+// broker's Vault token needs update on <mount>/revoke.
+func (r *Releaser) revoke(ctx context.Context, certs []vaultCert) []string {
+	var notes []string
+	for _, c := range certs {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := r.vault.RevokeCertificate(rctx, c.path, c.serial)
+		cancel()
+		if err != nil {
+			why := err.Error()
+			if ve := (*vaultsource.Error)(nil); errors.As(err, &ve) {
+				why = ve.Op + ": " + ve.Reason
+			}
+			notes = append(notes, fmt.Sprintf("release %q: certificate %s was issued but not released, and not revoked: %s", c.release, c.serial, why))
+			r.log.Warn("unable to revoke a vault certificate that was not released", "release", c.release, "serial", c.serial, "error", err)
+			continue
+		}
+		notes = append(notes, fmt.Sprintf("release %q: certificate %s was issued but not released; revoked", c.release, c.serial))
+		r.log.Info("vault certificate revoked: its decision was not released", "release", c.release, "serial", c.serial)
+	}
+	return notes
+}
+
+// issued is a credential before it is sealed: its serialized payload
+// message and what the receipt records of it.
+type issued struct {
+	typ      pb.CredentialType
+	payload  []byte
+	serial   string
+	notAfter time.Time
+	id       spiffeid.ID // X509_SVID
+}
+
+// release issues one credential and wraps it to the node's EK. Release has
+// refused Vault releases already when the broker has no vault block.
+func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
+	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
+	var iss *issued
+	var err error
+	switch rel.Type {
+	case policies.TypeTLSCertificate:
+		iss, err = r.issueTLS(rel)
+	case policies.TypeX509SVID:
+		iss, err = r.issueNodeSVID(rel)
+	case policies.TypeVaultPKI:
+		iss, err = r.issueVaultPKI(ctx, rel)
+	case policies.TypeVaultKV:
+		iss, err = r.readVaultKV(ctx, rel)
+	default:
+		err = fmt.Errorf("release type %q is not supported", rel.Type)
+	}
+	if err != nil {
+		return nil, item, err
+	}
+	defer clear(iss.payload)
+	var pcrs *tpmpb.PCRs
+	if rel.Mode == policies.ModePCRSealed {
+		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
+			return nil, item, err
+		}
+		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
+	}
+	cred, err := sealing.SealCredential(v.Node().EKPublic(), rel.Name, iss.typ, iss.payload, pcrs)
+	if err != nil {
+		return nil, item, err
+	}
+	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
+	if !iss.notAfter.IsZero() {
+		cred.NotAfterUnix = iss.notAfter.Unix()
+	}
+	return cred, item, nil
+}
+
+// issueTLS issues a tls_certificate release: a key and certificate from
+// the broker CA.
+func (r *Releaser) issueTLS(rel policies.Release) (*issued, error) {
+	tc, err := r.ca.IssueTLS(issue.TLSTemplate{
+		CommonName:  rel.CommonName,
+		DNSNames:    rel.DNSNames,
+		IPAddresses: rel.IPAddresses,
+		TTL:         rel.TTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return tlsIssued(tc.KeyPEM, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
+}
+
+// tlsIssued makes the TLSCredential payload of a key and certificate, from
+// the broker CA or Vault PKI alike, and clears the key it was given.
+func tlsIssued(keyPEM, certPEM, chainPEM []byte, serial string, notAfter time.Time) (*issued, error) {
+	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: keyPEM, CertificatePem: certPEM, ChainPem: chainPEM})
+	clear(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_TLS_CERTIFICATE, payload: payload, serial: serial, notAfter: notAfter}, nil
+}
+
+// issueVaultPKI issues a vault_pki release: Vault's PKI role issues the
+// key and certificate, released as a TLS credential.
+func (r *Releaser) issueVaultPKI(ctx context.Context, rel policies.Release) (*issued, error) {
+	c, err := r.vault.IssueCertificate(ctx, rel.Path, vaultsource.CertRequest{
+		CommonName:  rel.CommonName,
+		DNSNames:    rel.DNSNames,
+		IPAddresses: rel.IPAddresses,
+		TTL:         rel.TTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return tlsIssued(c.KeyPEM, c.CertificatePEM, c.ChainPEM, c.Serial, c.NotAfter)
+}
+
+// readVaultKV reads a vault_kv release: the latest version of a KV
+// version 2 secret, released as a SecretCredential. The receipt records
+// the version as its serial.
+func (r *Releaser) readVaultKV(ctx context.Context, rel policies.Release) (*issued, error) {
+	kv, err := r.vault.ReadKV(ctx, rel.Path)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.SecretCredential{Data: kv.Data, Path: rel.Path, Version: kv.Version})
+	clear(kv.Data)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_SECRET, payload: payload, serial: fmt.Sprintf("v%d", kv.Version)}, nil
+}
+
+// issueNodeSVID issues an x509_svid release: a fresh key and the node's
+// X.509-SVID from the SPIFFE authority, with the trust domain's bundle.
+// checkSPIFFE has checked that the authority exists and the ID is in its
+// trust domain.
+func (r *Releaser) issueNodeSVID(rel policies.Release) (*issued, error) {
+	if r.spiffe == nil {
+		return nil, errors.New("no SPIFFE trust domain is configured")
+	}
+	svid, err := r.spiffe.IssueX509SVID(rel.SPIFFEID, rel.TTL)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(svid.KeyPEM)
+	bundle, err := r.spiffe.BundleJWKS()
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.X509SVIDCredential{
+		SpiffeId:        svid.ID.String(),
+		KeyPem:          svid.KeyPEM,
+		CertificatesPem: issue.CertificatesPEM(svid.Chain),
+		SpiffeBundle:    bundle,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_X509_SVID, payload: payload, serial: svid.Serial, notAfter: svid.NotAfter, id: svid.ID}, nil
+}
+
+// checkSPIFFE checks, before anything is issued, that the broker can issue
+// the SPIFFE identities of a decision: a SPIFFE authority when it has
+// x509_svid releases or workload entries, and every ID in its trust
+// domain. It returns every problem, for the operator.
+func (r *Releaser) checkSPIFFE(d policies.Decision) error {
+	var errs []error
+	check := func(what string, id spiffeid.ID) {
+		switch {
+		case r.spiffe == nil:
+			errs = append(errs, fmt.Errorf("%s: no SPIFFE trust domain is configured (the spiffe block of broker.hcl)", what))
+		case !id.MemberOf(r.spiffe.TrustDomain()):
+			errs = append(errs, fmt.Errorf("%s: %s is not in trust domain %s", what, id, r.spiffe.TrustDomain().Name()))
+		}
+	}
+	for _, rel := range d.Releases {
+		if rel.Type == policies.TypeX509SVID {
+			check(fmt.Sprintf("release %q", rel.Name), rel.SPIFFEID)
+		}
+	}
+	for _, e := range d.WorkloadEntries {
+		check(fmt.Sprintf("workload %q", e.Name), e.ID)
+	}
+	return errors.Join(errs...)
+}
+
+// workloadEntries converts a decision's workload entries for the reply and
+// the node record.
+func workloadEntries(in []policies.WorkloadEntry) ([]*pb.WorkloadEntry, []store.WorkloadEntry) {
+	var out []*pb.WorkloadEntry
+	var rec []store.WorkloadEntry
+	for _, e := range in {
+		pe := &pb.WorkloadEntry{Name: e.Name, SpiffeId: e.ID.String(), TtlSeconds: int64(e.TTL / time.Second)}
+		re := store.WorkloadEntry{Name: e.Name, ID: e.ID, TTL: e.TTL}
+		for _, sel := range e.Selectors {
+			pe.Selectors = append(pe.Selectors, &pb.Selector{Type: sel.Type, Value: sel.Value})
+			re.Selectors = append(re.Selectors, store.Selector{Type: sel.Type, Value: sel.Value})
+		}
+		out = append(out, pe)
+		rec = append(rec, re)
+	}
+	return out, rec
+}
