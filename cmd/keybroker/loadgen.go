@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -32,6 +33,17 @@ every run, so --print-ek-hashes prints their EK hashes on stdout and waits
 for a line on stdin before starting, while the operator adds them to the
 broker (ek_allow and a policy's ek_hashes).
 
+With --ek-certs the fleet gets a fresh EK CA, shaped as TPM vendors' are: an
+ECDSA P-256 root and an intermediate that issues each node an X.509 EK
+certificate for its EK, which the node presents with the intermediate
+(ek_certificate, ek_intermediates). With --serve the broker then trusts the
+root (an ek_ca "loadgen" block, no ek_allow) and its policy selects the
+nodes by that CA (ek_cas = ["loadgen"]). With --addr, --ek-ca-out FILE is
+required: the root is written there (PEM), and loadgen waits for a line on
+stdin while the operator configures the broker (an ek_ca block whose roots
+name FILE, a policy selecting ek_cas = [that block's name] and releasing a
+tls_certificate) and restarts it, since ek_ca blocks do not reload.
+
 Progress goes to stderr every second; the summary to stdout, as text or
 --json: nodes, concurrency, errors (by gRPC code, or by the node's failed
 step), wall_seconds, releases_per_second, p50_ms, p95_ms, p99_ms (per node,
@@ -40,13 +52,17 @@ broker_peak_rss_bytes (from /proc of the broker: with --serve or
 --broker-pid), store_bytes_per_release (--serve), floor_ms (the crypto floor
 for the nodes' key type measured in process before the run: AK signature
 verify, MakeCredential, import blob, P-256 key and certificate, TLS 1.3
-server handshake) and floor_ratio = broker CPU per release / floor_ms.
+server handshake, and with --ek-certs ek_chain_ms: one node's EK certificate
+chain parsed and verified to the root) and floor_ratio = broker CPU per
+release / floor_ms; ek_certs says whether the nodes presented EK
+certificates.
 It exits 1 if any release failed.`
 
 type loadgenOpts struct {
 	nodes, concurrency, brokerPID int
-	key, addr, caPath             string
+	key, addr, caPath, ekCAOut    string
 	serve, asJSON, printHashes    bool
+	ekCerts                       bool
 }
 
 func loadgenCmd() *cobra.Command {
@@ -72,6 +88,8 @@ func loadgenCmd() *cobra.Command {
 	f.StringVar(&o.caPath, "ca", "", "the running broker's CA bundle (its data_dir/ca/ca.pem), pinned; with --addr")
 	f.IntVar(&o.brokerPID, "broker-pid", 0, "process id of the broker at --addr, for its CPU and memory figures")
 	f.BoolVar(&o.printHashes, "print-ek-hashes", false, "print the nodes' EK hashes on stdout; with --addr, wait for a line on stdin before starting")
+	f.BoolVar(&o.ekCerts, "ek-certs", false, "give the nodes EK certificates from a fresh EK CA (root and intermediate) and have the broker trust that CA instead of their EK hashes")
+	f.StringVar(&o.ekCAOut, "ek-ca-out", "", "with --ek-certs, write the EK CA's root (PEM) to this file; with --addr, required, and loadgen waits for a line on stdin before starting")
 	f.BoolVar(&o.asJSON, "json", false, "print the summary as JSON")
 	return cmd
 }
@@ -99,6 +117,14 @@ func (o loadgenOpts) check() error {
 	}
 	if o.brokerPID < 0 {
 		p.Addf("--broker-pid must be a process id")
+	}
+	switch {
+	case o.ekCAOut != "" && !o.ekCerts:
+		p.Addf("--ek-ca-out goes with --ek-certs")
+	case o.ekCerts && o.printHashes:
+		p.Addf("--print-ek-hashes and --ek-certs are exclusive: with --ek-certs the broker trusts the EK CA")
+	case o.ekCerts && o.addr != "" && o.ekCAOut == "":
+		p.Addf("--ek-ca-out is required with --addr and --ek-certs")
 	}
 	return p.Err()
 }
@@ -133,6 +159,17 @@ func runLoadgen(ctx context.Context, o loadgenOpts, stdin io.Reader, stdout, std
 	if o.printHashes {
 		opts.Ready = func(nodes []*softtpm.Node) error { return printHashes(nodes, o.addr != "", stdin, stdout, stderr) }
 	}
+	if o.ekCerts {
+		ca, err := newEKCA(o.ekCAOut)
+		if err != nil {
+			fmt.Fprintf(stderr, "loadgen: %v\n", err)
+			return 1
+		}
+		opts.EKCA = ca
+		if o.addr != "" {
+			opts.Ready = func([]*softtpm.Node) error { return waitEKCA(o.ekCAOut, stdin, stderr) }
+		}
+	}
 	sum, err := loadgen.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "loadgen: %v\n", err)
@@ -163,6 +200,36 @@ func printHashes(nodes []*softtpm.Node, wait bool, stdin io.Reader, stdout, stde
 		return nil
 	}
 	fmt.Fprintf(stderr, "loadgen: %d EK hashes printed; press Enter once the broker trusts them\n", len(nodes))
+	if _, err := bufio.NewReader(stdin).ReadString('\n'); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("unable to read stdin: %w", err)
+	}
+	return nil
+}
+
+// newEKCA makes the fleet's EK CA and, with out, writes its root there.
+func newEKCA(out string) (*softtpm.EKCA, error) {
+	ca, err := softtpm.NewEKCA("keybroker loadgen")
+	if err != nil {
+		return nil, err
+	}
+	if out != "" {
+		if err := os.WriteFile(out, ca.RootPEM(), 0o644); err != nil {
+			return nil, fmt.Errorf("unable to write the EK CA: %w", err)
+		}
+	}
+	return ca, nil
+}
+
+// waitEKCA tells the operator how to trust the EK CA written to path and
+// reads a line from stdin.
+func waitEKCA(path string, stdin io.Reader, stderr io.Writer) error {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	fmt.Fprintf(stderr, "loadgen: EK CA root written to %s; configure the broker with\n"+
+		"  ek_ca %q { roots = [%q] }\n"+
+		"and a policy selecting ek_cas = [%q] that releases a tls_certificate, restart it, then press Enter\n",
+		path, loadgen.EKCAName, path, loadgen.EKCAName)
 	if _, err := bufio.NewReader(stdin).ReadString('\n'); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("unable to read stdin: %w", err)
 	}

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -50,7 +56,89 @@ func TestLoadgenServeJSON(t *testing.T) {
 	if cpu, _ := sum["broker_cpu_ms_per_release"].(float64); cpu <= 0 {
 		t.Errorf("broker CPU per release %v, want > 0", cpu)
 	}
+	floor, _ := sum["floor"].(map[string]any)
+	if _, chain := floor["ek_chain_ms"]; sum["ek_certs"] != false || chain {
+		t.Errorf("ek_certs %v, floor %v; want false and no ek_chain_ms", sum["ek_certs"], floor)
+	}
 }
+
+// loadgen --serve --ek-certs gives the nodes EK certificates from a fresh
+// EK CA and starts a broker trusting only that CA: every node released,
+// one receipt each, ek_certs true and the EK chain in the floor; progress
+// and the text summary name the trust.
+func TestLoadgenServeEKCerts(t *testing.T) {
+	t.Setenv(asKeybroker, "1")
+	code, stdout, stderr := runCmd(t, "loadgen", "--serve", "--nodes", "24", "--concurrency", "4", "--ek-certs", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	var sum map[string]any
+	if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+		t.Fatalf("summary is not JSON: %v\n%s", err, stdout)
+	}
+	if errs, ok := sum["errors"].(map[string]any); !ok || len(errs) != 0 {
+		t.Errorf("errors %v, want an empty object", sum["errors"])
+	}
+	if sum["ek_certs"] != true || sum["released"] != 24.0 || sum["receipts"] != 24.0 {
+		t.Errorf("ek_certs %v, released %v, receipts %v; want true, 24, 24", sum["ek_certs"], sum["released"], sum["receipts"])
+	}
+	floor, _ := sum["floor"].(map[string]any)
+	if chain, _ := floor["ek_chain_ms"].(float64); chain <= 0 || sum["floor_ms"] != floor["total_ms"] {
+		t.Errorf("floor %v, floor_ms %v: want ek_chain_ms > 0 in the total", floor, sum["floor_ms"])
+	}
+	if !strings.Contains(stderr, "trusted by EK certificate") {
+		t.Errorf("progress does not name the trust:\n%s", stderr)
+	}
+}
+
+// With --addr, --ek-certs and --ek-ca-out, the EK CA's root is written to
+// the file and loadgen waits for a line on stdin, telling the operator the
+// ek_ca block to add, before it drives the nodes.
+func TestLoadgenAddrEKCAOut(t *testing.T) {
+	ca, err := issue.LoadOrCreateCA(t.TempDir(), issue.CAOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caPath, ekCAPath := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ek-ca.pem")
+	if err := os.WriteFile(caPath, ca.BundlePEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := loadgenOpts{nodes: 2, concurrency: 2, key: "ecc", addr: "127.0.0.1:1", caPath: caPath, ekCerts: true, ekCAOut: ekCAPath}
+	if err := o.check(); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	waited := false
+	stdin := readerFunc(func(p []byte) (int, error) {
+		waited = true
+		raw, err := os.ReadFile(ekCAPath)
+		if err != nil {
+			t.Errorf("waiting for the operator before the EK CA is written: %v", err)
+		}
+		if block, _ := pem.Decode(raw); block == nil {
+			t.Errorf("the EK CA file holds no PEM: %q", raw)
+		} else if c, err := x509.ParseCertificate(block.Bytes); err != nil || !c.IsCA {
+			t.Errorf("the EK CA file holds no CA certificate (%v)", err)
+		}
+		if want := `ek_ca "loadgen" { roots = [` + strconv.Quote(ekCAPath) + `] }`; !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr does not tell the operator %s:\n%s", want, stderr.String())
+		}
+		return copy(p, "\n"), io.EOF
+	})
+	code := runLoadgen(context.Background(), o, stdin, &stdout, &stderr)
+	if !waited {
+		t.Error("loadgen did not wait for the operator")
+	}
+	if code != 1 || !strings.Contains(stdout.String(), "errors           Unavailable 2") ||
+		!strings.Contains(stdout.String(), "trust            EK certificate") {
+		t.Errorf("exit %d, stdout:\n%s\nwant exit 1, 2 Unavailable, the EK certificate trust", code, stdout.String())
+	}
+}
+
+type readerFunc func(p []byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // Against a broker that is not there, every node fails with Unavailable,
 // the summary says so and loadgen exits 1.
@@ -84,6 +172,9 @@ func TestLoadgenUsage(t *testing.T) {
 		{"no concurrency", []string{"--serve", "--concurrency", "-1"}, "--concurrency must be at least 1"},
 		{"argument", []string{"--serve", "extra"}, `unexpected arguments ["extra"]`},
 		{"bad number", []string{"--serve", "--nodes", "many"}, `invalid argument "many"`},
+		{"ek-ca-out without ek-certs", []string{"--serve", "--ek-ca-out", "ek.pem"}, "--ek-ca-out goes with --ek-certs"},
+		{"addr ek-certs without ek-ca-out", []string{"--addr", "127.0.0.1:1", "--ca", "ca.pem", "--ek-certs"}, "--ek-ca-out is required with --addr and --ek-certs"},
+		{"ek-certs and hashes", []string{"--serve", "--ek-certs", "--print-ek-hashes"}, "--print-ek-hashes and --ek-certs are exclusive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,7 +191,7 @@ func TestLoadgenHelp(t *testing.T) {
 	if code != 0 || stderr != "" || strings.Count(stdout, "Usage:") != 1 {
 		t.Fatalf("exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
 	}
-	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--print-ek-hashes", "--json", "floor_ratio"} {
+	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--print-ek-hashes", "--ek-certs", "--ek-ca-out", "--json", "floor_ratio", "ek_chain_ms"} {
 		if !strings.Contains(stdout, flag) {
 			t.Errorf("help does not mention %s", flag)
 		}

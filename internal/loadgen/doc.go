@@ -8,7 +8,9 @@
 //
 // Run does it all against a broker at an address, or against a broker it
 // starts as a separate process (Opts.Serve) with a temporary data directory
-// and a configuration that trusts every node of the fleet by EK hash:
+// and a configuration that trusts every node of the fleet by EK hash or,
+// with Opts.EKCA, through the fleet's EK CA (each node presenting an EK
+// certificate and the CA's intermediate, as TPMs from a vendor do):
 //
 //	sum, err := loadgen.Run(ctx, loadgen.Opts{Nodes: 1000, Concurrency: 50, Serve: true})
 //	if err != nil {

@@ -17,8 +17,9 @@ import (
 )
 
 // NewFleet makes n software TPM nodes with keys of type key, generating
-// their keys on every core.
-func NewFleet(n int, key softtpm.KeyType) ([]*softtpm.Node, error) {
+// their keys (and with ekCA their EK certificates, issued by it) on every
+// core. ekCA may be nil: the nodes have no EK certificate.
+func NewFleet(n int, key softtpm.KeyType, ekCA *softtpm.EKCA) ([]*softtpm.Node, error) {
 	nodes := make([]*softtpm.Node, n)
 	errs := make([]error, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
@@ -27,7 +28,7 @@ func NewFleet(n int, key softtpm.KeyType) ([]*softtpm.Node, error) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += len(errs) {
-				node, err := softtpm.New(softtpm.Opts{Key: key})
+				node, err := softtpm.New(softtpm.Opts{Key: key, EKCA: ekCA})
 				if err != nil {
 					errs[w] = fmt.Errorf("unable to make node %d: %w", i, err)
 					return

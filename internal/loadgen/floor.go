@@ -11,10 +11,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -28,7 +30,8 @@ import (
 // Floor is the crypto floor of one release, in ms per operation: what no
 // broker can avoid for a node of this key type connecting fresh. It
 // matches the broker's BenchmarkCryptoFloor plus the server's side of one
-// TLS 1.3 handshake.
+// TLS 1.3 handshake and, for nodes with EK certificates, one EK certificate
+// chain verification.
 type Floor struct {
 	// AKVerifyMs: one quote signature verified with the AK.
 	AKVerifyMs float64 `json:"ak_verify_ms"`
@@ -41,7 +44,12 @@ type Floor struct {
 	// TLSHandshakeMs: the server's side of a TLS 1.3 handshake with a
 	// P-256 certificate, time blocked reading the client excluded.
 	TLSHandshakeMs float64 `json:"tls_handshake_ms"`
-	TotalMs        float64 `json:"total_ms"`
+	// EKChainMs, for nodes with EK certificates (Opts.EKCA): one node's
+	// EK certificate and intermediate parsed and its chain verified to the
+	// CA's root (x509 Certificate.Verify), as the broker does once per
+	// node. Absent otherwise.
+	EKChainMs float64 `json:"ek_chain_ms,omitempty"`
+	TotalMs   float64 `json:"total_ms"`
 }
 
 // floorBudget is how long each operation is repeated (at least
@@ -52,14 +60,21 @@ const (
 )
 
 // MeasureFloor times each floor operation in a loop, in process, with
-// node's keys.
-func MeasureFloor(node *softtpm.Node) (Floor, error) {
+// node's keys and, with ekCA (nil: none), its EK certificate.
+func MeasureFloor(node *softtpm.Node, ekCA *softtpm.EKCA) (Floor, error) {
 	ops, err := floorOps(node)
 	if err != nil {
 		return Floor{}, err
 	}
 	var f Floor
 	out := []*float64{&f.AKVerifyMs, &f.MakeCredentialMs, &f.ImportBlobMs, &f.CertificateMs, &f.TLSHandshakeMs}
+	if ekCA != nil {
+		verify, err := ekChainVerifier(node, ekCA)
+		if err != nil {
+			return Floor{}, err
+		}
+		ops, out = append(ops, timed(verify)), append(out, &f.EKChainMs)
+	}
 	for i, op := range ops {
 		ms, err := timeOp(op)
 		if err != nil {
@@ -170,6 +185,44 @@ func akVerifier(node *softtpm.Node) (func() error, error) {
 	}
 	return nil, fmt.Errorf("AK key %T not supported", key)
 }
+
+// ekChainVerifier parses node's EK certificate and the intermediates it
+// presents and verifies the chain to ekCA's root, as the broker does once
+// per node (its TPM subject alternative name marked handled, as the
+// broker's verify does).
+func ekChainVerifier(node *softtpm.Node, ekCA *softtpm.EKCA) (func() error, error) {
+	der, inters := node.EKCertificate()
+	if der == nil {
+		return nil, errors.New("the node has no EK certificate")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ekCA.Root())
+	verify := func() error {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		for _, d := range inters {
+			c, err := x509.ParseCertificate(d)
+			if err != nil {
+				return err
+			}
+			pool.AddCert(c)
+		}
+		cert.UnhandledCriticalExtensions = slices.DeleteFunc(cert.UnhandledCriticalExtensions,
+			func(id asn1.ObjectIdentifier) bool { return id.Equal(oidSubjectAltName) })
+		_, err = cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		return err
+	}
+	if err := verify(); err != nil {
+		return nil, fmt.Errorf("the node's EK certificate does not chain to the EK CA: %w", err)
+	}
+	return verify, nil
+}
+
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // certIssuer returns a P-256 key-and-certificate maker signing with a
 // fresh CA, and a TLS server configuration with one of its certificates.

@@ -1,22 +1,36 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/evidence"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/softtpm"
 )
 
 // startBroker starts a broker in process from WriteConfig's files, trusting
-// nodes, and returns it with its data directory.
+// nodes by EK hash, and returns it with its data directory.
 func startBroker(t *testing.T, nodes []*softtpm.Node) (*broker.Running, string) {
 	t.Helper()
+	r, cfg := startBrokerWith(t, nodes, nil)
+	return r, cfg.DataDir
+}
+
+// startBrokerWith starts a broker in process from WriteConfig's files for
+// nodes and ekCA, and returns it with its configuration.
+func startBrokerWith(t *testing.T, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (*broker.Running, *broker.Config) {
+	t.Helper()
 	dir := t.TempDir()
-	path, err := WriteConfig(dir, "127.0.0.1:0", nodes)
+	path, err := WriteConfig(dir, "127.0.0.1:0", nodes, ekCA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,16 +43,31 @@ func startBroker(t *testing.T, nodes []*softtpm.Node) (*broker.Running, string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
-	return r, filepath.Join(dir, "data")
+	return r, cfg
 }
 
 func newFleet(t *testing.T, n int, key softtpm.KeyType) []*softtpm.Node {
 	t.Helper()
-	nodes, err := NewFleet(n, key)
+	return newCertFleet(t, n, key, nil)
+}
+
+// newCertFleet makes n nodes with EK certificates issued by ekCA.
+func newCertFleet(t *testing.T, n int, key softtpm.KeyType, ekCA *softtpm.EKCA) []*softtpm.Node {
+	t.Helper()
+	nodes, err := NewFleet(n, key, ekCA)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return nodes
+}
+
+func newEKCA(t *testing.T) *softtpm.EKCA {
+	t.Helper()
+	ca, err := softtpm.NewEKCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
 }
 
 // A short run releases to every node of the fleet, for ECC and RSA nodes:
@@ -71,6 +100,99 @@ func TestDriveReleasesToEveryNode(t *testing.T) {
 				t.Errorf("%d nodes have a release receipt, want 20", n)
 			}
 		})
+	}
+}
+
+// With EK certificates, a broker that trusts only the fleet's EK CA (an
+// ek_ca block, no ek_allow) and whose policy selects the nodes only by
+// that CA releases to every node: no errors, every credential opened, one
+// release receipt per node, and each node's record holds the EK
+// certificate it presented, which the broker's evidence verification
+// chains to the CA by name.
+func TestDriveEKCerts(t *testing.T) {
+	for _, tc := range []struct {
+		key softtpm.KeyType
+		n   int
+	}{{softtpm.ECC, 36}, {softtpm.RSA, 6}} {
+		t.Run(tc.key.String(), func(t *testing.T) {
+			ca := newEKCA(t)
+			fleet := newCertFleet(t, tc.n, tc.key, ca)
+			r, cfg := startBrokerWith(t, fleet, ca)
+			if len(cfg.Trust.EKHashes) != 0 || len(cfg.Trust.CAs) != 1 || cfg.Trust.CAs[0].Name != EKCAName {
+				t.Fatalf("trust %d EK hashes, CAs %+v; want only the EK CA %q", len(cfg.Trust.EKHashes), cfg.Trust.CAs, EKCAName)
+			}
+			sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 6, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), EKCA: ca})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Stop()
+			if len(sum.Errors) != 0 || sum.Released != tc.n || !sum.EKCerts {
+				t.Fatalf("released %d of %d, errors %v, ek_certs %v; want all, none, true", sum.Released, tc.n, sum.Errors, sum.EKCerts)
+			}
+			if sum.Floor.EKChainMs <= 0 || sum.FloorMs != sum.Floor.TotalMs || sum.FloorMs <= sum.Floor.EKChainMs {
+				t.Errorf("floor %+v, floor_ms %v: want an EK chain part within the total", sum.Floor, sum.FloorMs)
+			}
+			n, err := CountReleaseReceipts(context.Background(), cfg.DataDir, EKHashes(fleet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != tc.n {
+				t.Errorf("%d nodes have a release receipt, want %d", n, tc.n)
+			}
+			recs, err := broker.ListNodes(context.Background(), cfg, store.ListNodesOpts{Limit: store.MaxListLimit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			certs := map[string][]byte{}
+			for _, node := range fleet {
+				certs[node.EKHash()], _ = node.EKCertificate()
+			}
+			if len(recs) != tc.n {
+				t.Fatalf("%d node records, want %d", len(recs), tc.n)
+			}
+			for _, rec := range recs {
+				if !bytes.Equal(rec.Evidence.EKCertificate, certs[rec.EKHash]) || len(rec.Evidence.EKIntermediates) != 1 {
+					t.Fatalf("node %s: the record does not hold its EK certificate and intermediate", rec.EKHash)
+				}
+				v, err := evidence.Reverify(rec.Evidence, cfg.Trust, verify.QuoteOpts{})
+				if err != nil {
+					t.Fatalf("node %s: the evidence does not verify again: %v", rec.EKHash, err)
+				}
+				if v.EKCA() != EKCAName {
+					t.Errorf("node %s: EK CA %q, want %q", rec.EKHash, v.EKCA(), EKCAName)
+				}
+			}
+		})
+	}
+}
+
+// A broker trusting one fleet's EK CA refuses nodes certified by another
+// CA and nodes with no EK certificate, at Challenge: nothing is released.
+func TestDriveEKCertsRefusesOtherCAs(t *testing.T) {
+	ca := newEKCA(t)
+	r, cfg := startBrokerWith(t, newCertFleet(t, 2, softtpm.ECC, ca), ca)
+	other := newEKCA(t)
+	for name, strangers := range map[string][]*softtpm.Node{
+		"another CA":     newCertFleet(t, 4, softtpm.ECC, other),
+		"no certificate": newFleet(t, 3, softtpm.ECC),
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := Opts{Concurrency: 2, Addr: r.Addr(), CAPEM: r.CA.BundlePEM()}
+			if name == "another CA" {
+				o.EKCA = other
+			}
+			sum, err := Drive(context.Background(), strangers, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum.Released != 0 || sum.Errors["PermissionDenied"] != len(strangers) || len(sum.Errors) != 1 {
+				t.Fatalf("released %d, errors %v; want none released, %d PermissionDenied", sum.Released, sum.Errors, len(strangers))
+			}
+		})
+	}
+	r.Stop()
+	if recs, err := broker.ListNodes(context.Background(), cfg, store.ListNodesOpts{}); err != nil || len(recs) != 0 {
+		t.Errorf("%d node records (%v), want none", len(recs), err)
 	}
 }
 
@@ -139,7 +261,7 @@ func TestProcReaders(t *testing.T) {
 	// rounds of 1,000 node keys (about 2 s of CPU).
 	cpu1 := cpu0
 	for i := 0; i < 50 && err == nil && cpu1 <= cpu0; i++ {
-		if _, err := NewFleet(1000, softtpm.ECC); err != nil {
+		if _, err := NewFleet(1000, softtpm.ECC, nil); err != nil {
 			t.Fatal(err)
 		}
 		cpu1, err = processCPU(pid)
@@ -155,27 +277,54 @@ func TestProcReaders(t *testing.T) {
 	}
 }
 
-// The floor is measured for both key types, every part positive and the
-// total their sum; the parts are real work, not a zero-cost stub.
+// The floor is measured for both key types, with and without an EK
+// certificate chain, every part positive and the total their sum; the
+// parts are real work, not a zero-cost stub.
 func TestMeasureFloor(t *testing.T) {
+	ca := newEKCA(t)
 	for _, key := range []softtpm.KeyType{softtpm.ECC, softtpm.RSA} {
-		t.Run(key.String(), func(t *testing.T) {
-			f, err := MeasureFloor(newFleet(t, 1, key)[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			parts := []float64{f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs}
-			sum := 0.0
-			for i, p := range parts {
-				if p <= 0.001 {
-					t.Errorf("part %d of the floor is %v ms", i, p)
+		for _, ekCA := range []*softtpm.EKCA{nil, ca} {
+			t.Run(fmt.Sprintf("%s ek_certs=%v", key, ekCA != nil), func(t *testing.T) {
+				f, err := MeasureFloor(newCertFleet(t, 1, key, ekCA)[0], ekCA)
+				if err != nil {
+					t.Fatal(err)
 				}
-				sum += p
-			}
-			if d := sum - f.TotalMs; d > 1e-9 || d < -1e-9 {
-				t.Errorf("total %v ms, parts add to %v", f.TotalMs, sum)
-			}
-		})
+				parts := []float64{f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs}
+				if ekCA != nil {
+					parts = append(parts, f.EKChainMs)
+				} else if f.EKChainMs != 0 {
+					t.Errorf("EK chain %v ms measured without EK certificates", f.EKChainMs)
+				}
+				checkFloorParts(t, f, parts)
+			})
+		}
+	}
+}
+
+// Measuring the EK chain of a node that has no EK certificate, or one from
+// another CA, is an error, not a zero.
+func TestMeasureFloorEKChainRefused(t *testing.T) {
+	ca := newEKCA(t)
+	if _, err := MeasureFloor(newFleet(t, 1, softtpm.ECC)[0], ca); err == nil || err.Error() != "the node has no EK certificate" {
+		t.Errorf("MeasureFloor of a node without a certificate: %v", err)
+	}
+	other := newCertFleet(t, 1, softtpm.ECC, newEKCA(t))[0]
+	if _, err := MeasureFloor(other, ca); err == nil || !strings.Contains(err.Error(), "the node's EK certificate does not chain to the EK CA") {
+		t.Errorf("MeasureFloor of a node of another CA: %v", err)
+	}
+}
+
+func checkFloorParts(t *testing.T, f Floor, parts []float64) {
+	t.Helper()
+	sum := 0.0
+	for i, p := range parts {
+		if p <= 0.001 {
+			t.Errorf("part %d of the floor is %v ms", i, p)
+		}
+		sum += p
+	}
+	if d := sum - f.TotalMs; d > 1e-9 || d < -1e-9 {
+		t.Errorf("total %v ms, parts add to %v", f.TotalMs, sum)
 	}
 }
 
@@ -192,5 +341,42 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := percentile(nil, 50); got != 0 {
 		t.Errorf("p50 of nothing = %v", got)
+	}
+}
+
+// The summary says how the nodes were trusted: ek_certs in JSON, the EK
+// chain in the floor only with EK certificates, a trust line in text.
+func TestSummaryTrust(t *testing.T) {
+	for _, ekCerts := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ek_certs=%v", ekCerts), func(t *testing.T) {
+			s := &Summary{Nodes: 1, Key: "ecc", EKCerts: ekCerts, Errors: map[string]int{}}
+			if ekCerts {
+				s.Floor.EKChainMs = 0.25
+			}
+			var js, text bytes.Buffer
+			if err := s.WriteJSON(&js); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.WriteText(&text); err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				EKCerts *bool          `json:"ek_certs"`
+				Floor   map[string]any `json:"floor"`
+			}
+			if err := json.Unmarshal(js.Bytes(), &got); err != nil {
+				t.Fatal(err)
+			}
+			if _, chain := got.Floor["ek_chain_ms"]; got.EKCerts == nil || *got.EKCerts != ekCerts || chain != ekCerts {
+				t.Errorf("JSON %s: want ek_certs %v, floor.ek_chain_ms present %v", js.String(), ekCerts, ekCerts)
+			}
+			wantTrust, wantChain := "trust            EK hash\n", false
+			if ekCerts {
+				wantTrust, wantChain = "trust            EK certificate (", true
+			}
+			if !strings.Contains(text.String(), wantTrust) || strings.Contains(text.String(), "EK chain 0.250") != wantChain {
+				t.Errorf("text:\n%s\nwant %q, EK chain shown %v", text.String(), wantTrust, wantChain)
+			}
+		})
 	}
 }

@@ -23,6 +23,13 @@ type Opts struct {
 	Concurrency int
 	// Key is the nodes' EK and AK type; default ECC.
 	Key softtpm.KeyType
+	// EKCA, if set, is the fleet's EK CA: Run has it issue every node an
+	// EK certificate, the crypto floor counts one EK certificate chain
+	// verification, and a broker Serve starts trusts the fleet through it
+	// (an ek_ca block, a policy selecting ek_cas) instead of by EK hash.
+	// With Addr, the broker must trust its root (EKCA.RootPEM). Nil: the
+	// nodes have no EK certificate and are trusted by EK hash.
+	EKCA *softtpm.EKCA
 	// Addr and CAPEM are the broker's address and its CA bundle (pinned).
 	Addr  string
 	CAPEM []byte
@@ -35,7 +42,7 @@ type Opts struct {
 	// Executable is the keybroker binary Serve runs; default os.Executable.
 	Executable string
 	// Ready, if set, is called with the fleet before the run starts: for a
-	// broker at Addr to be told which EK hashes to trust.
+	// broker at Addr to be told which EK hashes (or EK CA) to trust.
 	Ready func(nodes []*softtpm.Node) error
 	// Progress receives a line every second while the run goes; nil: none.
 	Progress io.Writer
@@ -77,7 +84,7 @@ func Run(ctx context.Context, o Opts) (*Summary, error) {
 		return nil, err
 	}
 	start := time.Now()
-	nodes, err := NewFleet(o.Nodes, o.Key)
+	nodes, err := NewFleet(o.Nodes, o.Key, o.EKCA)
 	if err != nil {
 		return nil, err
 	}
@@ -90,9 +97,9 @@ func Run(ctx context.Context, o Opts) (*Summary, error) {
 }
 
 // Drive measures the crypto floor, drives every node once through the
-// broker and returns the summary; o.Nodes and o.Key are taken from nodes.
-// Failed releases are counted in Summary.Errors; an error means the run
-// itself could not be made.
+// broker and returns the summary; o.Nodes and o.Key are taken from nodes,
+// which were made with o.EKCA. Failed releases are counted in
+// Summary.Errors; an error means the run itself could not be made.
 func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error) {
 	if len(nodes) == 0 {
 		return nil, errors.New("no nodes to drive")
@@ -101,9 +108,15 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	sum := &Summary{Nodes: o.Nodes, Concurrency: o.Concurrency, Key: o.Key.String(), Errors: map[string]int{}}
+	if cert, _ := nodes[0].EKCertificate(); o.EKCA != nil && cert == nil {
+		return nil, errors.New("the nodes have no EK certificate from the EK CA")
+	}
+	sum := &Summary{Nodes: o.Nodes, Concurrency: o.Concurrency, Key: o.Key.String(), EKCerts: o.EKCA != nil, Errors: map[string]int{}}
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "loadgen: %d %s nodes at concurrency %d, trusted by %s\n", sum.Nodes, sum.Key, sum.Concurrency, sum.trust())
+	}
 	var err error
-	if sum.Floor, err = MeasureFloor(nodes[0]); err != nil {
+	if sum.Floor, err = MeasureFloor(nodes[0], o.EKCA); err != nil {
 		return nil, err
 	}
 	if o.Ready != nil {
@@ -116,7 +129,7 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 		err = t.measure(ctx, o, nodes, sum)
 		return sum, err
 	}
-	b, err := StartBroker(ctx, o.Executable, nodes)
+	b, err := StartBroker(ctx, o.Executable, nodes, o.EKCA)
 	if err != nil {
 		return nil, err
 	}

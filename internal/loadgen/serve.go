@@ -37,17 +37,19 @@ type Broker struct {
 const startTimeout = 30 * time.Second
 
 // StartBroker runs exe serve with a configuration in a new temporary
-// directory that trusts every node by EK hash (ek_allow), has no admission
-// limits, and a policy releasing a TPM-bound TLS certificate to the nodes
-// while their sha256 PCRs 0 and 7 hold their values; it returns once the
-// broker answers health checks. Stop it, then Cleanup.
-func StartBroker(ctx context.Context, exe string, nodes []*softtpm.Node) (*Broker, error) {
+// directory that trusts every node by EK hash (ek_allow) or, with ekCA,
+// through ekCA's root (an ek_ca block), has no admission limits, and a
+// policy releasing a TPM-bound TLS certificate to the nodes (selected by EK
+// hash, or by the EK CA) while their sha256 PCRs 0 and 7 hold their
+// values; it returns once the broker answers health checks. Stop it, then
+// Cleanup.
+func StartBroker(ctx context.Context, exe string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (*Broker, error) {
 	dir, err := os.MkdirTemp("", "keybroker-loadgen-")
 	if err != nil {
 		return nil, fmt.Errorf("unable to make the broker's directory: %w", err)
 	}
 	b := &Broker{Dir: dir, exit: make(chan error, 1)}
-	if err := b.start(ctx, exe, nodes); err != nil {
+	if err := b.start(ctx, exe, nodes, ekCA); err != nil {
 		_ = b.Stop()
 		b.Cleanup()
 		return nil, err
@@ -55,12 +57,12 @@ func StartBroker(ctx context.Context, exe string, nodes []*softtpm.Node) (*Broke
 	return b, nil
 }
 
-func (b *Broker) start(ctx context.Context, exe string, nodes []*softtpm.Node) error {
+func (b *Broker) start(ctx context.Context, exe string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) error {
 	addr, err := freeAddr()
 	if err != nil {
 		return err
 	}
-	cfgPath, err := WriteConfig(b.Dir, addr, nodes)
+	cfgPath, err := WriteConfig(b.Dir, addr, nodes, ekCA)
 	if err != nil {
 		return err
 	}
@@ -170,19 +172,41 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// EKCAName is the name of the ek_ca block WriteConfig writes for the
+// fleet's EK CA, and EKCAFile the file in the broker's directory that holds
+// its root.
+const (
+	EKCAName = "loadgen"
+	EKCAFile = "ek-ca.pem"
+)
+
 // WriteConfig writes keybroker.hcl and nodes.hcl into dir for a broker on
-// addr that trusts nodes by EK hash, and returns the configuration's path.
-func WriteConfig(dir, addr string, nodes []*softtpm.Node) (string, error) {
+// addr that trusts nodes, and returns the configuration's path. Without
+// ekCA, it trusts them by EK hash (ek_allow) and its policy selects them by
+// EK hash; with ekCA, it writes ekCA's root to EKCAFile, trusts it (an
+// ek_ca block named EKCAName, no ek_allow) and its policy selects the
+// nodes by that CA (ek_cas).
+func WriteConfig(dir, addr string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (string, error) {
 	if len(nodes) == 0 {
 		return "", errors.New("no nodes to trust")
 	}
-	hashes := hclList(EKHashes(nodes))
 	pcrs, err := nodes[0].PCRs(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return "", err
 	}
-	policy := fmt.Sprintf(policyHCL, hashes, hex.EncodeToString(pcrs[0]), hex.EncodeToString(pcrs[7]))
-	cfg := fmt.Sprintf(configHCL, addr, hashes)
+	var trust, selector string
+	if ekCA == nil {
+		hashes := hclList(EKHashes(nodes))
+		trust, selector = "ek_allow = "+hashes, "ek_hashes = "+hashes
+	} else {
+		if err := os.WriteFile(filepath.Join(dir, EKCAFile), ekCA.RootPEM(), 0o600); err != nil {
+			return "", fmt.Errorf("unable to write the EK CA: %w", err)
+		}
+		trust = fmt.Sprintf("ek_ca %q {\n  roots = [%q]\n}", EKCAName, EKCAFile)
+		selector = fmt.Sprintf("ek_cas = [%q]", EKCAName)
+	}
+	policy := fmt.Sprintf(policyHCL, selector, hex.EncodeToString(pcrs[0]), hex.EncodeToString(pcrs[7]))
+	cfg := fmt.Sprintf(configHCL, addr, trust)
 	if err := os.WriteFile(filepath.Join(dir, "nodes.hcl"), []byte(policy), 0o600); err != nil {
 		return "", fmt.Errorf("unable to write the policy: %w", err)
 	}
@@ -203,14 +227,14 @@ func hclList(items []string) string {
 	return b.String()
 }
 
-// configHCL: address, EK hashes. A boot storm is what admission limits
+// configHCL: address, the nodes' trust (ek_allow or an ek_ca block). A boot storm is what admission limits
 // would throttle: they are off.
 const configHCL = `listen               = %q
 data_dir             = "data"
 server_names         = ["127.0.0.1"]
 policies             = ["nodes.hcl"]
 policy_poll_interval = "0"
-ek_allow = %s
+%s
 limits {
   challenge_per_ek              = "off"
   challenge_per_address         = "off"
@@ -220,10 +244,11 @@ limits {
 }
 `
 
-// policyHCL: EK hashes, sha256 PCR 0 and 7 (every node boots the same).
+// policyHCL: the selector (ek_hashes or ek_cas), sha256 PCR 0 and 7
+// (every node boots the same).
 const policyHCL = `policy "loadgen" {
   select {
-    ek_hashes = %s
+    %s
   }
   require = [
     "pcrs.sha256[0] == '%s'",

@@ -19,6 +19,9 @@ type Summary struct {
 	Nodes       int    `json:"nodes"`
 	Concurrency int    `json:"concurrency"`
 	Key         string `json:"key"`
+	// EKCerts: the nodes presented EK certificates of the fleet's EK CA
+	// (Opts.EKCA) and were trusted through it; false: by EK hash.
+	EKCerts bool `json:"ek_certs"`
 	// Released counts the nodes that opened their credential.
 	Released int `json:"released"`
 	// Errors counts failed releases by gRPC code name (Unavailable,
@@ -41,7 +44,8 @@ type Summary struct {
 	FloorRatio *float64 `json:"floor_ratio"`
 	// Floor is the crypto floor part by part.
 	Floor Floor `json:"floor"`
-	// FleetSeconds is how long making the nodes' keys took.
+	// FleetSeconds is how long making the nodes' keys (and EK
+	// certificates) took.
 	FleetSeconds float64 `json:"fleet_seconds"`
 }
 
@@ -76,6 +80,7 @@ func (s *Summary) WriteJSON(w io.Writer) error {
 func (s *Summary) WriteText(w io.Writer) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "nodes            %d %s, concurrency %d\n", s.Nodes, s.Key, s.Concurrency)
+	fmt.Fprintf(&b, "trust            %s\n", s.trust())
 	fmt.Fprintf(&b, "released         %d in %.2f s: %.1f releases/s\n", s.Released, s.WallSeconds, s.ReleasesPerSecond)
 	fmt.Fprintf(&b, "errors           %s\n", errorsText(s.Errors))
 	fmt.Fprintf(&b, "latency          p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", s.P50Ms, s.P95Ms, s.P99Ms)
@@ -90,11 +95,23 @@ func (s *Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "receipts         %d\n", *s.Receipts)
 	}
 	f := s.Floor
-	fmt.Fprintf(&b, "crypto floor     %.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f)\n",
-		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs)
+	chain := ""
+	if s.EKCerts {
+		chain = fmt.Sprintf(", EK chain %.3f", f.EKChainMs)
+	}
+	fmt.Fprintf(&b, "crypto floor     %.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f%s)\n",
+		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs, chain)
 	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 1))
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// trust says how the broker trusts the nodes.
+func (s *Summary) trust() string {
+	if s.EKCerts {
+		return "EK certificate (the fleet's EK CA: root trusted, intermediate presented by each node)"
+	}
+	return "EK hash"
 }
 
 func optional(v *float64, prec int) string {

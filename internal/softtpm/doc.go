@@ -5,7 +5,9 @@
 //
 //   - ChallengeRequest: the EK (TCG default EK template, ECC P-256 or
 //     RSA-2048) and a restricted signing AK as TPMT_PUBLIC, the AK being a
-//     primary key of the owner hierarchy as go-tpm-tools makes it;
+//     primary key of the owner hierarchy as go-tpm-tools makes it, and
+//     with Opts.EKCA an EK certificate issued by a vendor-shaped EK CA
+//     (root and intermediate, EKCA) with its intermediate;
 //   - Activate: TPM2_ActivateCredential (seed recovered with the EK, outer
 //     HMAC checked over the AK's name, credential decrypted);
 //   - Quote: TPM2_Quote of all 24 PCRs of a bank, with the activated secret

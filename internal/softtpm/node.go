@@ -53,6 +53,10 @@ type Opts struct {
 	// PCRs replace DefaultPCRs for the given bank and indices (0-23), each
 	// value a digest of the bank's size. The others keep their default.
 	PCRs map[tpm2.TPMAlgID]map[uint32][]byte
+	// EKCA, if set, issues the node an EK certificate for its EK, which
+	// ChallengeRequest and AttestRequest present with the CA's
+	// intermediate; nil: none, the node is trusted by EK hash only.
+	EKCA *EKCA
 }
 
 // Node is one software TPM with its EK and AK. Its methods are safe for
@@ -68,6 +72,8 @@ type Node struct {
 	akName     []byte // TPM2B_NAME buffer: nameAlg || H(TPMT_PUBLIC)
 	akSigner   []byte // qualified name: the AK as a primary of the owner hierarchy
 	ekHash     string
+	ekCert     []byte   // DER; nil without Opts.EKCA
+	ekInters   [][]byte // DER, the EK certificate's issuers
 	banks      []tpm2.TPMAlgID
 	initial    map[tpm2.TPMAlgID]*pcrBank // PCRs at power-on (Opts.PCRs)
 	firmware   uint64
@@ -102,6 +108,11 @@ func New(opts Opts) (*Node, error) {
 	}
 	if err := n.initPCRs(opts); err != nil {
 		return nil, err
+	}
+	if opts.EKCA != nil {
+		if err := n.certifyEK(opts.EKCA); err != nil {
+			return nil, err
+		}
 	}
 	// A TPM that has been running for hours to weeks, rebooted a few
 	// times: counters differ from node to node as on a real fleet.
@@ -172,6 +183,36 @@ func (n *Node) EKPublicKey() (crypto.PublicKey, error) {
 	return key, nil
 }
 
+// certifyEK has ca issue the node's EK certificate.
+func (n *Node) certifyEK(ca *EKCA) error {
+	pub, err := n.EKPublicKey()
+	if err != nil {
+		return err
+	}
+	if n.ekCert, err = ca.Issue(pub); err != nil {
+		return err
+	}
+	n.ekInters = [][]byte{ca.inter.Raw}
+	return nil
+}
+
+// EKCertificate returns the node's EK certificate (DER) and the
+// intermediates it presents with it, or nil without Opts.EKCA.
+func (n *Node) EKCertificate() (cert []byte, intermediates [][]byte) {
+	return slices.Clone(n.ekCert), cloneAll(n.ekInters)
+}
+
+func cloneAll(bs [][]byte) [][]byte {
+	if bs == nil {
+		return nil
+	}
+	out := make([][]byte, len(bs))
+	for i, b := range bs {
+		out[i] = slices.Clone(b)
+	}
+	return out
+}
+
 // Key returns the node's key type.
 func (n *Node) Key() KeyType { return n.key }
 
@@ -199,16 +240,19 @@ func (n *Node) EKPublic() *tpm2.TPMTPublic {
 func (n *Node) AKName() []byte { return slices.Clone(n.akName) }
 
 // ChallengeRequest returns the node's EK and AK as the agent sends them:
-// TPMT_PUBLIC each, no EK certificate.
+// TPMT_PUBLIC each, and with Opts.EKCA the EK certificate and its
+// intermediate.
 func (n *Node) ChallengeRequest() *pb.ChallengeRequest {
-	return &pb.ChallengeRequest{EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic)}
+	return &pb.ChallengeRequest{EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic),
+		EkCertificate: slices.Clone(n.ekCert), EkIntermediates: cloneAll(n.ekInters)}
 }
 
 // AttestRequest answers the challenge challengeID with quotes, presenting
 // the same EK and AK material as ChallengeRequest.
 func (n *Node) AttestRequest(challengeID string, quotes []*pb.Quote) *pb.AttestRequest {
 	return &pb.AttestRequest{ChallengeId: challengeID, Quotes: quotes,
-		EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic)}
+		EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic),
+		EkCertificate: slices.Clone(n.ekCert), EkIntermediates: cloneAll(n.ekInters)}
 }
 
 // errNotTPM is the one error for a structure the node cannot parse.
