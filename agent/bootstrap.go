@@ -290,7 +290,7 @@ func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Q
 	}
 	defer clear(secret)
 	lap(StepActivate, "credential activated: the AK and EK share this TPM")
-	quotes, err := n.Quote(secret)
+	quotes, err := n.QuoteFor(ch, secret)
 	if err != nil {
 		return nil, &StepError{StepQuote, err}
 	}

@@ -247,8 +247,34 @@ func (n *Node) Activate(resp *pb.ChallengeResponse) ([]byte, error) {
 // Quote quotes every PCR of each configured bank with the activated secret as
 // qualifying data.
 func (n *Node) Quote(secret []byte) ([]*pb.Quote, error) {
+	return n.quote(secret, n.banks)
+}
+
+// QuoteFor is Quote for the challenge ch: only the configured banks that
+// the broker counts (ch.pcr_banks; empty: all) are quoted, each quote
+// costing the TPM a signature. When the broker counts none of them, every
+// configured bank is quoted, and the broker's refusal names the banks it
+// wants.
+func (n *Node) QuoteFor(ch *pb.ChallengeResponse, secret []byte) ([]*pb.Quote, error) {
+	want := ch.GetPcrBanks()
+	if len(want) == 0 {
+		return n.quote(secret, n.banks)
+	}
+	var banks []tpm2.Algorithm
+	for _, b := range n.banks {
+		if slices.Contains(want, uint32(b)) {
+			banks = append(banks, b)
+		}
+	}
+	if len(banks) == 0 {
+		banks = n.banks
+	}
+	return n.quote(secret, banks)
+}
+
+func (n *Node) quote(secret []byte, banks []tpm2.Algorithm) ([]*pb.Quote, error) {
 	var out []*pb.Quote
-	for _, bank := range n.banks {
+	for _, bank := range banks {
 		sel := tpm2.PCRSelection{Hash: bank, PCRs: allPCRs()}
 		q, err := n.ak.Quote(sel, secret)
 		if err != nil {

@@ -49,6 +49,7 @@ type Server struct {
 	challenges *challenge.Issuer
 	admission  *admission
 	policies   atomic.Pointer[policies.Set]
+	banks      []uint32 // the banks whose quotes count, for ChallengeResponse.pcr_banks
 	releaser   *release.Releaser
 	spiffe     *issue.SPIFFE   // nil: SPIFFE is not configured
 	metrics    *metrics.Broker // nil: no metrics
@@ -118,6 +119,9 @@ func NewServer(opts ServerOpts) (*Server, error) {
 	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Logger: opts.Logger}); err != nil {
 		return nil, err
 	}
+	for _, b := range opts.PCRBanks {
+		s.banks = append(s.banks, uint32(b))
+	}
 	s.trust.AllowSHA1 = opts.AllowSHA1
 	// Each challenge carries the node's vouch under s.trust, so that
 	// Attest on this Server verifies the node once per challenge.
@@ -166,6 +170,7 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 		CredentialBlob:  issued.CredentialBlob,
 		EncryptedSecret: issued.EncryptedSecret,
 		ExpiresUnix:     issued.ExpiresAt.Unix(),
+		PcrBanks:        s.banks,
 	}, nil
 }
 

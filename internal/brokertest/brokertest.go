@@ -319,6 +319,8 @@ type StartOpts struct {
 	EKHashes []string
 	// TrustDomain, if set, configures a SPIFFE authority.
 	TrustDomain string
+	// PCRBanks, if set, is the broker's pcr_banks.
+	PCRBanks []string
 }
 
 // Start runs a real broker (gRPC over TLS on a loopback port chosen by the
@@ -333,6 +335,9 @@ func Start(tb testing.TB, o StartOpts) *broker.Running {
 	cfg := fmt.Sprintf("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = [\"p.hcl\"]\npolicy_poll_interval = \"0\"\nek_allow = %s\n", hclStrings(o.EKHashes))
 	if o.TrustDomain != "" {
 		cfg += fmt.Sprintf("spiffe {\n  trust_domain = %q\n}\n", o.TrustDomain)
+	}
+	if o.PCRBanks != nil {
+		cfg += fmt.Sprintf("pcr_banks = %s\n", hclStrings(o.PCRBanks))
 	}
 	c, err := broker.ParseConfig([]byte(cfg), filepath.Join(dir, "broker.hcl"))
 	if err != nil {

@@ -220,7 +220,12 @@ type ChallengeResponse struct {
 	// TPM2B_ENCRYPTED_SECRET for TPM2_ActivateCredential.
 	EncryptedSecret []byte `protobuf:"bytes,3,opt,name=encrypted_secret,json=encryptedSecret,proto3" json:"encrypted_secret,omitempty"`
 	// When the challenge expires, in Unix seconds.
-	ExpiresUnix   int64 `protobuf:"varint,4,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	ExpiresUnix int64 `protobuf:"varint,4,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	// The PCR banks (TPM_ALG_ID, e.g. 0x000B for SHA-256) whose quotes the
+	// broker counts (its pcr_banks setting): a node needs to quote only
+	// these, of those its TPM has; quotes of other banks are skipped. Empty:
+	// every bank counts.
+	PcrBanks      []uint32 `protobuf:"varint,5,rep,packed,name=pcr_banks,json=pcrBanks,proto3" json:"pcr_banks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -281,6 +286,13 @@ func (x *ChallengeResponse) GetExpiresUnix() int64 {
 		return x.ExpiresUnix
 	}
 	return 0
+}
+
+func (x *ChallengeResponse) GetPcrBanks() []uint32 {
+	if x != nil {
+		return x.PcrBanks
+	}
+	return nil
 }
 
 type AttestRequest struct {
@@ -1478,12 +1490,13 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\tek_public\x18\x01 \x01(\fR\bekPublic\x12%\n" +
 	"\x0eek_certificate\x18\x02 \x01(\fR\rekCertificate\x12)\n" +
 	"\x10ek_intermediates\x18\x03 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
-	"\tak_public\x18\x04 \x01(\fR\bakPublic\"\xad\x01\n" +
+	"\tak_public\x18\x04 \x01(\fR\bakPublic\"\xca\x01\n" +
 	"\x11ChallengeResponse\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12'\n" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
-	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"\x88\x02\n" +
+	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x1b\n" +
+	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\x88\x02\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
