@@ -47,7 +47,8 @@ tls_certificate) and restarts it, since ek_ca blocks do not reload.
 Progress goes to stderr every second; the summary to stdout, as text or
 --json: nodes, concurrency, errors (by gRPC code, or by the node's failed
 step), wall_seconds, releases_per_second, p50_ms, p95_ms, p99_ms (per node,
-connection to credential opened), broker_cpu_ms_per_release and
+connection to credential opened), generator_cpu_ms_per_release (the load
+generator's own CPU), broker_cpu_ms_per_release and
 broker_peak_rss_bytes (from /proc of the broker: with --serve or
 --broker-pid), store_bytes_per_release (--serve), floor_ms (the crypto floor
 for the nodes' key type measured in process before the run: AK signature

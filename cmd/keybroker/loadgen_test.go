@@ -41,7 +41,7 @@ func TestLoadgenServeJSON(t *testing.T) {
 		t.Fatalf("summary is not JSON: %v\n%s", err, stdout)
 	}
 	for _, k := range []string{"nodes", "concurrency", "errors", "wall_seconds", "releases_per_second", "p50_ms", "p95_ms", "p99_ms",
-		"broker_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio"} {
+		"broker_cpu_ms_per_release", "generator_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio"} {
 		v, ok := sum[k]
 		if !ok || v == nil {
 			t.Errorf("summary has no %s: %s", k, stdout)
@@ -55,6 +55,9 @@ func TestLoadgenServeJSON(t *testing.T) {
 	}
 	if cpu, _ := sum["broker_cpu_ms_per_release"].(float64); cpu <= 0 {
 		t.Errorf("broker CPU per release %v, want > 0", cpu)
+	}
+	if cpu, _ := sum["generator_cpu_ms_per_release"].(float64); cpu <= 0 {
+		t.Errorf("generator CPU per release %v, want > 0", cpu)
 	}
 	floor, _ := sum["floor"].(map[string]any)
 	if _, chain := floor["ek_chain_ms"]; sum["ek_certs"] != false || chain {

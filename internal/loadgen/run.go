@@ -169,8 +169,12 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 			return err
 		}
 	}
+	self0, selfErr := processCPU(os.Getpid())
 	lat := drive(ctx, o, nodes, t.addr, t.caPEM, sum)
 	sum.fill(lat)
+	if self1, err := processCPU(os.Getpid()); err == nil && selfErr == nil {
+		sum.GeneratorCPUMsPerRelease = perRelease(float64(self1-self0)/float64(time.Millisecond), sum.Released)
+	}
 	if t.pid != 0 {
 		cpu1, err := processCPU(t.pid)
 		if err != nil {

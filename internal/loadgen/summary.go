@@ -35,6 +35,10 @@ type Summary struct {
 	P95Ms                 float64  `json:"p95_ms"`
 	P99Ms                 float64  `json:"p99_ms"`
 	BrokerCPUMsPerRelease *float64 `json:"broker_cpu_ms_per_release"`
+	// GeneratorCPUMsPerRelease is the load generator's own CPU per release
+	// (its nodes' TPM work and the client half of every TLS handshake): on
+	// the broker's machine it competes with the broker.
+	GeneratorCPUMsPerRelease *float64 `json:"generator_cpu_ms_per_release"`
 	BrokerPeakRSSBytes    *int64   `json:"broker_peak_rss_bytes"`
 	StoreBytesPerRelease  *float64 `json:"store_bytes_per_release"`
 	// Receipts counts the allowed decisions with a release recorded in the
@@ -85,6 +89,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "errors           %s\n", errorsText(s.Errors))
 	fmt.Fprintf(&b, "latency          p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", s.P50Ms, s.P95Ms, s.P99Ms)
 	fmt.Fprintf(&b, "broker CPU       %s ms per release\n", optional(s.BrokerCPUMsPerRelease, 3))
+	fmt.Fprintf(&b, "generator CPU    %s ms per release\n", optional(s.GeneratorCPUMsPerRelease, 3))
 	if s.BrokerPeakRSSBytes != nil {
 		fmt.Fprintf(&b, "broker peak RSS  %.1f MiB\n", float64(*s.BrokerPeakRSSBytes)/(1<<20))
 	} else {
