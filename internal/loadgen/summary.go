@@ -39,8 +39,8 @@ type Summary struct {
 	// (its nodes' TPM work and the client half of every TLS handshake): on
 	// the broker's machine it competes with the broker.
 	GeneratorCPUMsPerRelease *float64 `json:"generator_cpu_ms_per_release"`
-	BrokerPeakRSSBytes    *int64   `json:"broker_peak_rss_bytes"`
-	StoreBytesPerRelease  *float64 `json:"store_bytes_per_release"`
+	BrokerPeakRSSBytes       *int64   `json:"broker_peak_rss_bytes"`
+	StoreBytesPerRelease     *float64 `json:"store_bytes_per_release"`
 	// Receipts counts the allowed decisions with a release recorded in the
 	// store for the fleet's nodes (Serve only).
 	Receipts   *int     `json:"receipts,omitempty"`
