@@ -4,7 +4,7 @@
 GO        ?= go
 BIN       := $(CURDIR)/bin
 TOOLBIN   := $(CURDIR)/.bin
-PROTOS    := $(wildcard proto/keybroker/v1/*.proto)
+PROTOS    := $(wildcard proto/keybroker/v1/*.proto proto/keybroker/store/v1/*.proto)
 BENCHTIME ?= 2s
 # FUZZTIME, when set, bounds every fuzz target: a count of inputs (`200000x`)
 # or a duration (`5m`). Unset, each target runs the count next to it below,

@@ -3,7 +3,6 @@ package store
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,9 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/attestation"
+	storev1 "github.com/keybroker/keybroker/proto/keybroker/store/v1"
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
 )
 
 var t0 = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -287,13 +288,14 @@ func TestEventLogStoredOnce(t *testing.T) {
 	}
 	err := b.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketNodes).Get([]byte("ek-1"))
-		var raw struct {
-			Evidence map[string]json.RawMessage `json:"evidence"`
+		var raw storev1.NodeRecord
+		if len(v) == 0 || v[0] != nodeRecordV1 {
+			return fmt.Errorf("node record %x is not in the compact form", v)
 		}
-		if err := json.Unmarshal(v, &raw); err != nil {
+		if err := proto.Unmarshal(v[1:], &raw); err != nil {
 			return err
 		}
-		if _, ok := raw.Evidence["event_log"]; ok {
+		if len(raw.GetEvidence().GetEventLog()) != 0 || raw.GetEvidence().GetEventLogSha256() == "" {
 			return errors.New("the node record holds the event log itself")
 		}
 		return nil

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -128,7 +127,7 @@ func encodeNode(n NodeRecord) ([]byte, error) {
 	if err := validateNode(&n); err != nil {
 		return nil, err
 	}
-	val, err := json.Marshal(n)
+	val, err := marshalNode(&n)
 	if err != nil {
 		return nil, fmt.Errorf("unable to encode node record: %w", err)
 	}
@@ -139,8 +138,8 @@ func encodeNode(n NodeRecord) ([]byte, error) {
 }
 
 func decodeNode(ekHash string, v []byte) (NodeRecord, error) {
-	var n NodeRecord
-	if err := json.Unmarshal(v, &n); err != nil {
+	n, err := unmarshalNode(v)
+	if err != nil {
 		return NodeRecord{}, fmt.Errorf("unable to decode node record %s: %w", ekHash, err)
 	}
 	return n, nil

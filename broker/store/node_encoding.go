@@ -1,0 +1,172 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/broker/attestation"
+	storev1 "github.com/keybroker/keybroker/proto/keybroker/store/v1"
+)
+
+// A node record is stored as nodeRecordV1 followed by the protobuf
+// storev1.NodeRecord: its TPM artifacts and PCR values as bytes rather
+// than base64 text (a third smaller than its JSON, or more), and no
+// reflection to encode. Records
+// stored as JSON (a value starting with '{') still read, and are written
+// in the new form when the node next attests.
+const nodeRecordV1 = 0x01
+
+// marshalNode encodes n as stored.
+func marshalNode(n *NodeRecord) ([]byte, error) {
+	ev := &n.Evidence
+	pb := &storev1.NodeRecord{
+		EkHash:        n.EKHash,
+		FirstSeen:     unixNano(n.FirstSeen),
+		LastSeen:      unixNano(n.LastSeen),
+		AkName:        n.AKName,
+		Clock:         n.Clock,
+		ResetCount:    n.ResetCount,
+		RestartCount:  n.RestartCount,
+		LastReceiptId: n.LastReceiptID,
+		Evidence: &storev1.Evidence{
+			Time:            unixNano(ev.Time),
+			ChallengeId:     ev.ChallengeID,
+			EkPublic:        ev.EKPublic,
+			EkCertificate:   ev.EKCertificate,
+			EkIntermediates: ev.EKIntermediates,
+			AkPublic:        ev.AKPublic,
+			SecretHash:      ev.SecretHash[:],
+			EventLog:        ev.EventLog,
+			EventLogSha256:  ev.EventLogSHA256,
+		},
+	}
+	for _, q := range ev.Quotes {
+		pb.Evidence.Quotes = append(pb.Evidence.Quotes, &storev1.Quote{Attest: q.Attest, Signature: q.Signature, Bank: uint32(q.Bank), Pcrs: q.PCRs})
+	}
+	if p := ev.Previous; p != nil {
+		pb.Evidence.Previous = &storev1.Counters{AkName: p.AKName, Clock: p.Clock, ResetCount: p.ResetCount, RestartCount: p.RestartCount}
+	}
+	for _, s := range n.SVIDs {
+		pb.Svids = append(pb.Svids, &storev1.NodeSVID{Serial: s.Serial, SpiffeId: idString(s.ID), NotAfter: unixNano(s.NotAfter)})
+	}
+	for _, w := range n.WorkloadEntries {
+		e := &storev1.WorkloadEntry{Name: w.Name, SpiffeId: idString(w.ID), TtlNanos: int64(w.TTL)}
+		for _, sel := range w.Selectors {
+			e.Selectors = append(e.Selectors, &storev1.Selector{Type: sel.Type, Value: sel.Value})
+		}
+		pb.WorkloadEntries = append(pb.WorkloadEntries, e)
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(pb)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{nodeRecordV1}, b...), nil
+}
+
+// unmarshalNode decodes a stored node record, in either form.
+func unmarshalNode(v []byte) (NodeRecord, error) {
+	switch {
+	case len(v) > 0 && v[0] == '{':
+		var n NodeRecord
+		err := json.Unmarshal(v, &n)
+		return n, err
+	case len(v) == 0 || v[0] != nodeRecordV1:
+		return NodeRecord{}, errors.New("unknown encoding")
+	}
+	var pb storev1.NodeRecord
+	if err := proto.Unmarshal(v[1:], &pb); err != nil {
+		return NodeRecord{}, err
+	}
+	n := NodeRecord{
+		EKHash:        pb.GetEkHash(),
+		FirstSeen:     fromUnixNano(pb.GetFirstSeen()),
+		LastSeen:      fromUnixNano(pb.GetLastSeen()),
+		AKName:        pb.GetAkName(),
+		Clock:         pb.GetClock(),
+		ResetCount:    pb.GetResetCount(),
+		RestartCount:  pb.GetRestartCount(),
+		LastReceiptID: pb.GetLastReceiptId(),
+	}
+	pe := pb.GetEvidence()
+	if len(pe.GetSecretHash()) != len(n.Evidence.SecretHash) {
+		return NodeRecord{}, fmt.Errorf("evidence secret hash has %d bytes, want %d", len(pe.GetSecretHash()), len(n.Evidence.SecretHash))
+	}
+	n.Evidence = attestation.Evidence{
+		Time:            fromUnixNano(pe.GetTime()),
+		ChallengeID:     pe.GetChallengeId(),
+		EKPublic:        pe.GetEkPublic(),
+		EKCertificate:   pe.GetEkCertificate(),
+		EKIntermediates: pe.GetEkIntermediates(),
+		AKPublic:        pe.GetAkPublic(),
+		EventLog:        pe.GetEventLog(),
+		EventLogSHA256:  pe.GetEventLogSha256(),
+	}
+	copy(n.Evidence.SecretHash[:], pe.GetSecretHash())
+	for _, q := range pe.GetQuotes() {
+		if q.GetBank() > 0xffff {
+			return NodeRecord{}, fmt.Errorf("quote bank 0x%x is not a TPM_ALG_ID", q.GetBank())
+		}
+		n.Evidence.Quotes = append(n.Evidence.Quotes, attestation.Quote{Attest: q.GetAttest(), Signature: q.GetSignature(), Bank: uint16(q.GetBank()), PCRs: q.GetPcrs()})
+	}
+	if p := pe.GetPrevious(); p != nil {
+		n.Evidence.Previous = &attestation.Counters{AKName: p.GetAkName(), Clock: p.GetClock(), ResetCount: p.GetResetCount(), RestartCount: p.GetRestartCount()}
+	}
+	for _, s := range pb.GetSvids() {
+		id, err := parseID(s.GetSpiffeId())
+		if err != nil {
+			return NodeRecord{}, err
+		}
+		n.SVIDs = append(n.SVIDs, NodeSVID{Serial: s.GetSerial(), ID: id, NotAfter: fromUnixNano(s.GetNotAfter())})
+	}
+	for _, w := range pb.GetWorkloadEntries() {
+		id, err := parseID(w.GetSpiffeId())
+		if err != nil {
+			return NodeRecord{}, err
+		}
+		e := WorkloadEntry{Name: w.GetName(), ID: id, TTL: time.Duration(w.GetTtlNanos())}
+		for _, sel := range w.GetSelectors() {
+			e.Selectors = append(e.Selectors, Selector{Type: sel.GetType(), Value: sel.GetValue()})
+		}
+		n.WorkloadEntries = append(n.WorkloadEntries, e)
+	}
+	return n, nil
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// fromUnixNano is unixNano's inverse, in UTC.
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func idString(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}
+
+func parseID(s string) (spiffeid.ID, error) {
+	if s == "" {
+		return spiffeid.ID{}, nil
+	}
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("spiffe id %q: %w", s, err)
+	}
+	return id, nil
+}
