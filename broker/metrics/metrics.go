@@ -12,15 +12,13 @@ package metrics
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"strings"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/metricsendpoint"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
@@ -324,35 +322,13 @@ func splitMethod(full string) (service, method string) {
 }
 
 // Endpoint is the HTTP listener that serves a Broker's metrics.
-type Endpoint struct {
-	lis net.Listener
-	srv *http.Server
-}
+type Endpoint = metricsendpoint.Endpoint
 
 // Serve listens on addr (host:port) and serves b's metrics at GET
-// /metrics, and nothing else, until Close.
+// /metrics, over plain HTTP, and nothing else (404), until Close.
 func (b *Broker) Serve(addr string) (*Endpoint, error) {
 	if b == nil {
 		return nil, errors.New("no metrics to serve")
 	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("unable to listen on %s for metrics: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(b.reg, promhttp.HandlerOpts{MaxRequestsInFlight: 4, Timeout: 10 * time.Second}))
-	e := &Endpoint{lis: lis, srv: &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}}
-	go e.srv.Serve(lis)
-	return e, nil
+	return metricsendpoint.Serve(addr, b.reg)
 }
-
-// Addr returns the listening address.
-func (e *Endpoint) Addr() string { return e.lis.Addr().String() }
-
-// Close stops serving; scrapes in progress are cut off.
-func (e *Endpoint) Close() error { return e.srv.Close() }
