@@ -1,17 +1,15 @@
 package agent_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/metricsendpoint/metricstest"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -26,36 +24,6 @@ import (
 	"github.com/keybroker/keybroker/internal/brokertest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
-
-// scrape GETs /metrics from addr and returns each sample, keyed by its
-// series as written ("name{label=\"value\",...}"), and the body.
-func scrape(t *testing.T, addr string) (map[string]float64, string) {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d, %v", resp.StatusCode, err)
-	}
-	samples := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.LastIndexByte(line, ' ')
-		if line == "" || strings.HasPrefix(line, "#") || i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("sample %q: %v", line, err)
-		}
-		samples[line[:i]] = v
-	}
-	return samples, string(body)
-}
 
 // TestMetricsWithTheBroker runs the agent against a started broker with
 // metrics on, through a known sequence: a first attestation, a renewal
@@ -190,7 +158,7 @@ func TestMetricsWithTheBroker(t *testing.T) {
 		t.Fatal("no second re-attestation within the test's time")
 	}
 
-	samples, body := scrape(t, ep.Addr())
+	samples, body := metricstest.Scrape(t, ep.Addr())
 	tests := []struct {
 		series string
 		want   float64

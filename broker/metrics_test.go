@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -9,9 +8,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/keybroker/keybroker/internal/metricsendpoint/metricstest"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -81,36 +81,6 @@ func (m *metricsEnv) attestGRPC(t *testing.T) (*pb.AttestRequest, error) {
 	return areq, err
 }
 
-// scrape fetches /metrics and returns each sample by its series as
-// exposed (labels in name order), and the whole text.
-func scrape(t *testing.T, addr string) (map[string]float64, string) {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %s, %v", resp.Status, err)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("malformed sample %q", line)
-		}
-		out[line[:i]] = v
-	}
-	return out, string(body)
-}
-
 // TestMetricsCountAKnownSequence drives a broker over gRPC through two
 // released attestations, a malformed request, one refused by policy, a
 // replayed answer and a challenge over the address limit, reloads its
@@ -152,7 +122,7 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 		t.Fatal("a broken policy file was installed")
 	}
 
-	got, body := scrape(t, m.r.MetricsAddr())
+	got, body := metricstest.Scrape(t, m.r.MetricsAddr())
 	const svc = `service="keybroker.v1.Broker"`
 	want := map[string]float64{
 		`keybroker_attestations_total{check="",outcome="released"}`:                                    2,
@@ -219,7 +189,7 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 	if err != nil {
 		t.Fatalf("in-process Challenge: %v", err)
 	}
-	if got, _ := scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 1 || got[`keybroker_challenges_issued_total`] != 4 {
+	if got, _ := metricstest.Scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 1 || got[`keybroker_challenges_issued_total`] != 4 {
 		t.Errorf("after an unanswered challenge: outstanding %v, issued %v; want 1, 4",
 			got[`keybroker_challenges_outstanding`], got[`keybroker_challenges_issued_total`])
 	}
@@ -233,7 +203,7 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 			t.Fatalf("in-process Attest = %v; want PermissionDenied", err)
 		}
 	}
-	if got, _ := scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 0 {
+	if got, _ := metricstest.Scrape(t, m.r.MetricsAddr()); got[`keybroker_challenges_outstanding`] != 0 {
 		t.Errorf("after its answer: outstanding %v; want 0", got[`keybroker_challenges_outstanding`])
 	}
 }
