@@ -44,6 +44,15 @@ stdin while the operator configures the broker (an ek_ca block whose roots
 name FILE, a policy selecting ek_cas = [that block's name] and releasing a
 tls_certificate) and restarts it, since ek_ca blocks do not reload.
 
+With --event-log FILE every node sends FILE, a binary TCG PC Client event log
+(as /sys/kernel/security/tpm0/binary_bios_measurements), with its attestation,
+and its SHA-256 PCRs are what the log replays to (the broker's own replay;
+PCRs 0-7 the log has no events for are zero, the others keep their
+defaults): the broker replays it against every quote. A file that does not
+parse as an event log, or has no SHA-256 digests, is refused (exit 2). With
+--serve the policy also requires eventlog.present, so every release verified
+the log; with --addr the broker's policy must accept the log's PCR values.
+
 Progress goes to stderr every second; the summary to stdout, as text or
 --json: nodes, concurrency, errors (by gRPC code, or by the node's failed
 step), wall_seconds, releases_per_second, p50_ms, p95_ms, p99_ms (per node,
@@ -56,7 +65,8 @@ verify, MakeCredential, import blob, P-256 key and certificate, TLS 1.3
 server handshake, and with --ek-certs ek_chain_ms: one node's EK certificate
 chain parsed and verified to the root) and floor_ratio = broker CPU per
 release / floor_ms; ek_certs says whether the nodes presented EK
-certificates.
+certificates; event_log_bytes is the size of the event log each node sent (0
+without --event-log).
 It exits 1 if any release failed.`
 
 type loadgenOpts struct {
@@ -64,6 +74,8 @@ type loadgenOpts struct {
 	key, addr, caPath, ekCAOut    string
 	serve, asJSON, printHashes    bool
 	ekCerts                       bool
+	eventLogPath                  string
+	eventLog                      []byte // read from eventLogPath by check
 }
 
 func loadgenCmd() *cobra.Command {
@@ -91,11 +103,14 @@ func loadgenCmd() *cobra.Command {
 	f.BoolVar(&o.printHashes, "print-ek-hashes", false, "print the nodes' EK hashes on stdout; with --addr, wait for a line on stdin before starting")
 	f.BoolVar(&o.ekCerts, "ek-certs", false, "give the nodes EK certificates from a fresh EK CA (root and intermediate) and have the broker trust that CA instead of their EK hashes")
 	f.StringVar(&o.ekCAOut, "ek-ca-out", "", "with --ek-certs, write the EK CA's root (PEM) to this file; with --addr, required, and loadgen waits for a line on stdin before starting")
+	f.StringVar(&o.eventLogPath, "event-log", "", "a binary TCG event log every node sends with its attestation, its SHA-256 PCRs being what the log replays to")
 	f.BoolVar(&o.asJSON, "json", false, "print the summary as JSON")
 	return cmd
 }
 
-func (o loadgenOpts) check() error {
+// check reports every problem of the command line; it reads and checks
+// the --event-log file into o.eventLog.
+func (o *loadgenOpts) check() error {
 	var p cli.Problems
 	if o.nodes < 1 {
 		p.Addf("--nodes must be at least 1")
@@ -127,7 +142,25 @@ func (o loadgenOpts) check() error {
 	case o.ekCerts && o.addr != "" && o.ekCAOut == "":
 		p.Addf("--ek-ca-out is required with --addr and --ek-certs")
 	}
+	if o.eventLogPath != "" {
+		var err error
+		o.eventLog, err = readEventLog(o.eventLogPath)
+		p.Check("event-log", err)
+	}
 	return p.Err()
+}
+
+// readEventLog reads path and checks that the nodes can boot from it: a
+// TCG event log with SHA-256 digests.
+func readEventLog(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := softtpm.EventLogPCRs(raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return raw, nil
 }
 
 func keyType(s string) (softtpm.KeyType, error) {
@@ -148,7 +181,7 @@ func runLoadgen(ctx context.Context, o loadgenOpts, stdin io.Reader, stdout, std
 	defer stop()
 	key, _ := keyType(o.key)
 	opts := loadgen.Opts{Nodes: o.nodes, Concurrency: o.concurrency, Key: key, Serve: o.serve,
-		Addr: o.addr, BrokerPID: o.brokerPID, Progress: stderr}
+		Addr: o.addr, BrokerPID: o.brokerPID, EventLog: o.eventLog, Progress: stderr}
 	if o.addr != "" {
 		ca, err := os.ReadFile(o.caPath)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -189,12 +190,75 @@ func TestLoadgenUsage(t *testing.T) {
 	}
 }
 
+// corpusLogDir holds the broker's corpus of real event logs (origins in
+// its README).
+const corpusLogDir = "../../broker/verify/testdata/eventlogs"
+
+// loadgen --serve --event-log: every node sends a real machine's event log
+// and quotes what it replays to; the broker, whose policy then requires
+// eventlog.present, releases to every node; the summary gives the log's
+// size.
+func TestLoadgenServeEventLog(t *testing.T) {
+	t.Setenv(asKeybroker, "1")
+	path := filepath.Join(corpusLogDir, "ubuntu-2104-no-secure-boot.bin")
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, "loadgen", "--serve", "--nodes", "6", "--concurrency", "3", "--event-log", path, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	var sum map[string]any
+	if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+		t.Fatalf("summary is not JSON: %v\n%s", err, stdout)
+	}
+	if sum["event_log_bytes"] != float64(fi.Size()) || sum["released"] != 6.0 || sum["receipts"] != 6.0 {
+		t.Errorf("event_log_bytes %v, released %v, receipts %v; want %d, 6, 6", sum["event_log_bytes"], sum["released"], sum["receipts"], fi.Size())
+	}
+	if want := fmt.Sprintf("event log of %d bytes", fi.Size()); !strings.Contains(stderr, want) {
+		t.Errorf("progress does not say %q:\n%s", want, stderr)
+	}
+}
+
+// A file that is not an event log the nodes can boot from is refused as a
+// usage error (exit 2) naming the file and what is wrong, before any node
+// is made.
+func TestLoadgenEventLogRefused(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(text, []byte("this is not an event log\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty.bin")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sha1Log := filepath.Join(corpusLogDir, "debian-10.bin")
+	tests := []struct {
+		name, path, want string
+	}{
+		{"text", text, "--event-log: " + text + ": not a TCG event log: event 0: record is truncated"},
+		{"empty", empty, "--event-log: " + empty + ": not a TCG event log: the event log is empty"},
+		{"SHA-1 log", sha1Log, "--event-log: " + sha1Log + ": the event log has no sha256 digests (it has sha1)"},
+		{"missing", filepath.Join(dir, "nope.bin"), "--event-log: open " + filepath.Join(dir, "nope.bin") + ": no such file or directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(t, "loadgen", "--serve", "--event-log", tt.path)
+			if code != 2 || stdout != "" || !strings.Contains(stderr, tt.want) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 2 and %q", code, stdout, stderr, tt.want)
+			}
+		})
+	}
+}
+
 func TestLoadgenHelp(t *testing.T) {
 	code, stdout, stderr := runCmd(t, "loadgen", "--help")
 	if code != 0 || stderr != "" || strings.Count(stdout, "Usage:") != 1 {
 		t.Fatalf("exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
 	}
-	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--print-ek-hashes", "--ek-certs", "--ek-ca-out", "--json", "floor_ratio", "ek_chain_ms"} {
+	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--print-ek-hashes", "--ek-certs", "--ek-ca-out", "--event-log", "--json", "floor_ratio", "ek_chain_ms", "event_log_bytes"} {
 		if !strings.Contains(stdout, flag) {
 			t.Errorf("help does not mention %s", flag)
 		}

@@ -16,10 +16,10 @@ import (
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
-// NewFleet makes n software TPM nodes with keys of type key, generating
-// their keys (and with ekCA their EK certificates, issued by it) on every
-// core. ekCA may be nil: the nodes have no EK certificate.
-func NewFleet(n int, key softtpm.KeyType, ekCA *softtpm.EKCA) ([]*softtpm.Node, error) {
+// NewFleet makes n software TPM nodes with opts, each with fresh keys (and
+// with opts.EKCA its EK certificate, issued by it), generating them on
+// every core. The nodes share opts' PCR values and event log.
+func NewFleet(n int, opts softtpm.Opts) ([]*softtpm.Node, error) {
 	nodes := make([]*softtpm.Node, n)
 	errs := make([]error, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
@@ -28,7 +28,7 @@ func NewFleet(n int, key softtpm.KeyType, ekCA *softtpm.EKCA) ([]*softtpm.Node, 
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += len(errs) {
-				node, err := softtpm.New(softtpm.Opts{Key: key, EKCA: ekCA})
+				node, err := softtpm.New(opts)
 				if err != nil {
 					errs[w] = fmt.Errorf("unable to make node %d: %w", i, err)
 					return

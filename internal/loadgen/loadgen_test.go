@@ -3,9 +3,12 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +57,7 @@ func newFleet(t *testing.T, n int, key softtpm.KeyType) []*softtpm.Node {
 // newCertFleet makes n nodes with EK certificates issued by ekCA.
 func newCertFleet(t *testing.T, n int, key softtpm.KeyType, ekCA *softtpm.EKCA) []*softtpm.Node {
 	t.Helper()
-	nodes, err := NewFleet(n, key, ekCA)
+	nodes, err := NewFleet(n, softtpm.Opts{Key: key, EKCA: ekCA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +169,104 @@ func TestDriveEKCerts(t *testing.T) {
 	}
 }
 
+// corpusLog is a real machine's event log from the broker's corpus
+// (broker/verify/testdata/eventlogs, origins in its README): Ubuntu 24.04
+// booted by GRUB on a GCE AMD SEV-SNP VM, SHA-256 and SHA-384 digests.
+const corpusLog = "../../broker/verify/testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin"
+
+// With an event log, every node sends a real machine's log and quotes the
+// PCRs it replays to: a broker whose policy requires the nodes' PCRs 0 and
+// 7 and eventlog.present (WriteConfig) releases to every node, stores one
+// receipt each, and each node's record holds the log (kept once, by its
+// SHA-256), which verifies again to the facts of a GRUB boot.
+func TestDriveEventLog(t *testing.T) {
+	raw, err := os.ReadFile(corpusLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Opts{EventLog: raw}
+	nodeOpts, err := o.nodeOpts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := NewFleet(20, nodeOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, cfg := startBrokerWith(t, fleet, nil)
+	policy, err := os.ReadFile(filepath.Join(filepath.Dir(cfg.DataDir), "nodes.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(policy), `"eventlog.present",`) {
+		t.Errorf("the policy does not require eventlog.present:\n%s", policy)
+	}
+	sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 5, Addr: r.Addr(), CAPEM: r.CA.BundlePEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+	if len(sum.Errors) != 0 || sum.Released != 20 || sum.EventLogBytes != len(raw) {
+		t.Fatalf("released %d of 20, errors %v, event_log_bytes %d; want all, none, %d", sum.Released, sum.Errors, sum.EventLogBytes, len(raw))
+	}
+	if n, err := CountReleaseReceipts(context.Background(), cfg.DataDir, EKHashes(fleet)); err != nil || n != 20 {
+		t.Errorf("%d nodes have a release receipt (%v), want 20", n, err)
+	}
+	recs, err := broker.ListNodes(context.Background(), cfg, store.ListNodesOpts{Limit: store.MaxListLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 20 {
+		t.Fatalf("%d node records, want 20", len(recs))
+	}
+	sha := sha256.Sum256(raw)
+	for _, rec := range recs {
+		ev := rec.Evidence
+		// The store keeps the log apart, under its SHA-256, and puts it
+		// back when it reads the record.
+		if !bytes.Equal(ev.EventLog, raw) || (ev.EventLogSHA256 != "" && ev.EventLogSHA256 != hex.EncodeToString(sha[:])) {
+			t.Fatalf("node %s: the record holds %d bytes of event log under %q, want the %d-byte log, SHA-256 %x",
+				rec.EKHash, len(ev.EventLog), ev.EventLogSHA256, len(raw), sha)
+		}
+		v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{})
+		if err != nil {
+			t.Fatalf("node %s: the evidence does not verify again: %v", rec.EKHash, err)
+		}
+		if f := v.EventLog(); f == nil || f.BootLoader != verify.BootLoaderGRUB || !strings.HasPrefix(f.KernelCmdline, "/vmlinuz-6.8.0-1010-gcp ") {
+			t.Errorf("node %s: event log facts %+v, want a GRUB boot of /vmlinuz-6.8.0-1010-gcp", rec.EKHash, f)
+		}
+	}
+}
+
+// The eventlog.present requirement is what makes a broken log path fail
+// the run: nodes with the log's PCRs that send no log are trusted (the
+// same EK CA) and pass the PCR requirements, yet nothing is released.
+func TestDriveEventLogRequired(t *testing.T) {
+	raw, err := os.ReadFile(corpusLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newEKCA(t)
+	o := Opts{EventLog: raw, EKCA: ca}
+	nodeOpts, err := o.nodeOpts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := startBrokerWith(t, newCertFleet(t, 1, softtpm.ECC, ca), ca)
+	nodeOpts.EventLog = nil
+	silent, err := NewFleet(3, nodeOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Drive(context.Background(), silent, Opts{Concurrency: 3, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), EKCA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Released != 0 || sum.Errors["PermissionDenied"] != 3 || sum.EventLogBytes != 0 {
+		t.Fatalf("released %d, errors %v, event_log_bytes %d; want none released, 3 PermissionDenied, 0", sum.Released, sum.Errors, sum.EventLogBytes)
+	}
+}
+
 // A broker trusting one fleet's EK CA refuses nodes certified by another
 // CA and nodes with no EK certificate, at Challenge: nothing is released.
 func TestDriveEKCertsRefusesOtherCAs(t *testing.T) {
@@ -239,6 +340,8 @@ func TestOptsRefused(t *testing.T) {
 		{"both targets", Opts{Serve: true, Addr: "127.0.0.1:1"}, "serve and an address are exclusive"},
 		{"no CA", Opts{Addr: "127.0.0.1:1"}, "a broker address and CA, or serve, are required"},
 		{"negative", Opts{Nodes: -1, Addr: "127.0.0.1:1", CAPEM: []byte("x")}, "nodes and concurrency must be positive"},
+		{"not an event log", Opts{Addr: "127.0.0.1:1", CAPEM: []byte("x"), EventLog: []byte("not a log")},
+			"unable to boot the nodes from the event log: not a TCG event log: event 0: record is truncated"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -261,7 +364,7 @@ func TestProcReaders(t *testing.T) {
 	// rounds of 1,000 node keys (about 2 s of CPU).
 	cpu1 := cpu0
 	for i := 0; i < 50 && err == nil && cpu1 <= cpu0; i++ {
-		if _, err := NewFleet(1000, softtpm.ECC, nil); err != nil {
+		if _, err := NewFleet(1000, softtpm.Opts{}); err != nil {
 			t.Fatal(err)
 		}
 		cpu1, err = processCPU(pid)
@@ -378,5 +481,33 @@ func TestSummaryTrust(t *testing.T) {
 				t.Errorf("text:\n%s\nwant %q, EK chain shown %v", text.String(), wantTrust, wantChain)
 			}
 		})
+	}
+}
+
+// The summary gives the event log's size: event_log_bytes in JSON (0
+// without one) and an event log line in text.
+func TestSummaryEventLog(t *testing.T) {
+	for _, tc := range []struct {
+		bytes    int
+		wantText string
+	}{{0, "event log        none\n"}, {45300, "event log        45300 bytes per attestation\n"}} {
+		s := &Summary{Nodes: 1, Key: "ecc", EventLogBytes: tc.bytes, Errors: map[string]int{}}
+		var js, text bytes.Buffer
+		if err := s.WriteJSON(&js); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteText(&text); err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal(js.Bytes(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got["event_log_bytes"] != float64(tc.bytes) {
+			t.Errorf("JSON %s: want event_log_bytes %d", js.String(), tc.bytes)
+		}
+		if !strings.Contains(text.String(), tc.wantText) {
+			t.Errorf("text:\n%s\nwant %q", text.String(), tc.wantText)
+		}
 	}
 }

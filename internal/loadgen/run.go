@@ -30,6 +30,12 @@ type Opts struct {
 	// With Addr, the broker must trust its root (EKCA.RootPEM). Nil: the
 	// nodes have no EK certificate and are trusted by EK hash.
 	EKCA *softtpm.EKCA
+	// EventLog, if set, is a TCG event log every node sends with its
+	// attestation (event_log); the nodes' SHA-256 PCRs are what it replays
+	// to (softtpm.EventLogPCRs), so Run refuses a log that does not parse
+	// or has no SHA-256 digests. A broker Serve starts then also requires
+	// eventlog.present: every release verified the log. Nil: none.
+	EventLog []byte
 	// Addr and CAPEM are the broker's address and its CA bundle (pinned).
 	Addr  string
 	CAPEM []byte
@@ -83,8 +89,12 @@ func Run(ctx context.Context, o Opts) (*Summary, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
+	nodeOpts, err := o.nodeOpts()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	nodes, err := NewFleet(o.Nodes, o.Key, o.EKCA)
+	nodes, err := NewFleet(o.Nodes, nodeOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -96,24 +106,44 @@ func Run(ctx context.Context, o Opts) (*Summary, error) {
 	return sum, err
 }
 
+// nodeOpts are the options every node of the fleet is made with.
+func (o *Opts) nodeOpts() (softtpm.Opts, error) {
+	opts := softtpm.Opts{Key: o.Key, EKCA: o.EKCA}
+	if o.EventLog == nil {
+		return opts, nil
+	}
+	pcrs, err := softtpm.EventLogPCRs(o.EventLog)
+	if err != nil {
+		return softtpm.Opts{}, fmt.Errorf("unable to boot the nodes from the event log: %w", err)
+	}
+	opts.PCRs, opts.EventLog = pcrs, o.EventLog
+	return opts, nil
+}
+
 // Drive measures the crypto floor, drives every node once through the
-// broker and returns the summary; o.Nodes and o.Key are taken from nodes,
-// which were made with o.EKCA. Failed releases are counted in
+// broker and returns the summary; o.Nodes, o.Key and o.EventLog are taken
+// from nodes, which were made with o.EKCA. Failed releases are counted in
 // Summary.Errors; an error means the run itself could not be made.
 func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error) {
 	if len(nodes) == 0 {
 		return nil, errors.New("no nodes to drive")
 	}
-	o.Nodes, o.Key = len(nodes), nodes[0].Key()
+	o.Nodes, o.Key, o.EventLog = len(nodes), nodes[0].Key(), nodes[0].EventLog()
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
 	if cert, _ := nodes[0].EKCertificate(); o.EKCA != nil && cert == nil {
 		return nil, errors.New("the nodes have no EK certificate from the EK CA")
 	}
-	sum := &Summary{Nodes: o.Nodes, Concurrency: o.Concurrency, Key: o.Key.String(), EKCerts: o.EKCA != nil, Errors: map[string]int{}}
+	sum := &Summary{Nodes: o.Nodes, Concurrency: o.Concurrency, Key: o.Key.String(), EKCerts: o.EKCA != nil,
+		EventLogBytes: len(o.EventLog), Errors: map[string]int{}}
 	if o.Progress != nil {
-		fmt.Fprintf(o.Progress, "loadgen: %d %s nodes at concurrency %d, trusted by %s\n", sum.Nodes, sum.Key, sum.Concurrency, sum.trust())
+		log := "no event log"
+		if sum.EventLogBytes > 0 {
+			log = fmt.Sprintf("each sending an event log of %d bytes", sum.EventLogBytes)
+		}
+		fmt.Fprintf(o.Progress, "loadgen: %d %s nodes at concurrency %d, trusted by %s, %s\n",
+			sum.Nodes, sum.Key, sum.Concurrency, sum.trust(), log)
 	}
 	var err error
 	if sum.Floor, err = MeasureFloor(nodes[0], o.EKCA); err != nil {

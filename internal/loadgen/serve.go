@@ -41,7 +41,8 @@ const startTimeout = 30 * time.Second
 // through ekCA's root (an ek_ca block), has no admission limits, and a
 // policy releasing a TPM-bound TLS certificate to the nodes (selected by EK
 // hash, or by the EK CA) while their sha256 PCRs 0 and 7 hold their
-// values; it returns once the broker answers health checks. Stop it, then
+// values (and, when the nodes send an event log, it verified:
+// eventlog.present); it returns once the broker answers health checks. Stop it, then
 // Cleanup.
 func StartBroker(ctx context.Context, exe string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (*Broker, error) {
 	dir, err := os.MkdirTemp("", "keybroker-loadgen-")
@@ -185,7 +186,8 @@ const (
 // ekCA, it trusts them by EK hash (ek_allow) and its policy selects them by
 // EK hash; with ekCA, it writes ekCA's root to EKCAFile, trusts it (an
 // ek_ca block named EKCAName, no ek_allow) and its policy selects the
-// nodes by that CA (ek_cas).
+// nodes by that CA (ek_cas). The policy requires the first node's sha256
+// PCRs 0 and 7 and, if it sends an event log, eventlog.present.
 func WriteConfig(dir, addr string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (string, error) {
 	if len(nodes) == 0 {
 		return "", errors.New("no nodes to trust")
@@ -205,7 +207,14 @@ func WriteConfig(dir, addr string, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (s
 		trust = fmt.Sprintf("ek_ca %q {\n  roots = [%q]\n}", EKCAName, EKCAFile)
 		selector = fmt.Sprintf("ek_cas = [%q]", EKCAName)
 	}
-	policy := fmt.Sprintf(policyHCL, selector, hex.EncodeToString(pcrs[0]), hex.EncodeToString(pcrs[7]))
+	require := []string{
+		fmt.Sprintf("pcrs.sha256[0] == '%s'", hex.EncodeToString(pcrs[0])),
+		fmt.Sprintf("pcrs.sha256[7] == '%s'", hex.EncodeToString(pcrs[7])),
+	}
+	if nodes[0].EventLog() != nil {
+		require = append(require, "eventlog.present")
+	}
+	policy := fmt.Sprintf(policyHCL, selector, hclList(require))
 	cfg := fmt.Sprintf(configHCL, addr, trust)
 	if err := os.WriteFile(filepath.Join(dir, "nodes.hcl"), []byte(policy), 0o600); err != nil {
 		return "", fmt.Errorf("unable to write the policy: %w", err)
@@ -244,16 +253,13 @@ limits {
 }
 `
 
-// policyHCL: the selector (ek_hashes or ek_cas), sha256 PCR 0 and 7
-// (every node boots the same).
+// policyHCL: the selector (ek_hashes or ek_cas), the requirements (sha256
+// PCR 0 and 7: every node boots the same).
 const policyHCL = `policy "loadgen" {
   select {
     %s
   }
-  require = [
-    "pcrs.sha256[0] == '%s'",
-    "pcrs.sha256[7] == '%s'",
-  ]
+  require = %s
   release "node-tls" {
     type        = "tls_certificate"
     mode        = "tpm_bound"

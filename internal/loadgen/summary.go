@@ -22,6 +22,9 @@ type Summary struct {
 	// EKCerts: the nodes presented EK certificates of the fleet's EK CA
 	// (Opts.EKCA) and were trusted through it; false: by EK hash.
 	EKCerts bool `json:"ek_certs"`
+	// EventLogBytes is the size of the event log every node sent with its
+	// attestation (Opts.EventLog); 0: none.
+	EventLogBytes int `json:"event_log_bytes"`
 	// Released counts the nodes that opened their credential.
 	Released int `json:"released"`
 	// Errors counts failed releases by gRPC code name (Unavailable,
@@ -85,6 +88,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "nodes            %d %s, concurrency %d\n", s.Nodes, s.Key, s.Concurrency)
 	fmt.Fprintf(&b, "trust            %s\n", s.trust())
+	fmt.Fprintf(&b, "event log        %s\n", s.eventLog())
 	fmt.Fprintf(&b, "released         %d in %.2f s: %.1f releases/s\n", s.Released, s.WallSeconds, s.ReleasesPerSecond)
 	fmt.Fprintf(&b, "errors           %s\n", errorsText(s.Errors))
 	fmt.Fprintf(&b, "latency          p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", s.P50Ms, s.P95Ms, s.P99Ms)
@@ -117,6 +121,14 @@ func (s *Summary) trust() string {
 		return "EK certificate (the fleet's EK CA: root trusted, intermediate presented by each node)"
 	}
 	return "EK hash"
+}
+
+// eventLog says what event log the nodes sent.
+func (s *Summary) eventLog() string {
+	if s.EventLogBytes == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d bytes per attestation", s.EventLogBytes)
 }
 
 func optional(v *float64, prec int) string {

@@ -16,6 +16,10 @@
 //     TPM2_Unseal (under PolicyPCR when the blob is PCR-sealed: refused
 //     unless the node's PCRs hold the sealed values), then the JWE.
 //
+// With Opts.EventLog a node sends a TCG event log with its attestation
+// (event_log): a real machine's log, with Opts.PCRs from EventLogPCRs, makes
+// a node whose PCRs are what the log replays to, as that machine's TPM's.
+//
 // A node holds no TPM and no file: making 10,000 ECC nodes costs their key
 // generation only. Its tests check every command against the embedded TPM
 // simulator and the broker's own code (MakeCredential, verify.Quotes,

@@ -57,6 +57,11 @@ type Opts struct {
 	// ChallengeRequest and AttestRequest present with the CA's
 	// intermediate; nil: none, the node is trusted by EK hash only.
 	EKCA *EKCA
+	// EventLog, if set, is the TCG event log AttestRequest sends
+	// (event_log); nil: none. New keeps it, not a copy, so a fleet can
+	// share one log, and does not check it: with PCRs from EventLogPCRs
+	// the node's PCRs are those the log replays to.
+	EventLog []byte
 }
 
 // Node is one software TPM with its EK and AK. Its methods are safe for
@@ -74,6 +79,7 @@ type Node struct {
 	ekHash     string
 	ekCert     []byte   // DER; nil without Opts.EKCA
 	ekInters   [][]byte // DER, the EK certificate's issuers
+	eventLog   []byte   // Opts.EventLog, shared: never written
 	banks      []tpm2.TPMAlgID
 	initial    map[tpm2.TPMAlgID]*pcrBank // PCRs at power-on (Opts.PCRs)
 	firmware   uint64
@@ -93,7 +99,7 @@ const firmwareVersion = 0x0007_0055_0000_0000
 
 // New makes a node with fresh keys.
 func New(opts Opts) (*Node, error) {
-	n := &Node{key: opts.Key, firmware: firmwareVersion, clockStart: time.Now()}
+	n := &Node{key: opts.Key, firmware: firmwareVersion, clockStart: time.Now(), eventLog: opts.EventLog}
 	var err error
 	switch opts.Key {
 	case ECC:
@@ -248,11 +254,13 @@ func (n *Node) ChallengeRequest() *pb.ChallengeRequest {
 }
 
 // AttestRequest answers the challenge challengeID with quotes, presenting
-// the same EK and AK material as ChallengeRequest.
+// the same EK and AK material as ChallengeRequest and the node's event log
+// (Opts.EventLog), if any.
 func (n *Node) AttestRequest(challengeID string, quotes []*pb.Quote) *pb.AttestRequest {
 	return &pb.AttestRequest{ChallengeId: challengeID, Quotes: quotes,
 		EkPublic: slices.Clone(n.ekPublic), AkPublic: slices.Clone(n.akPublic),
-		EkCertificate: slices.Clone(n.ekCert), EkIntermediates: cloneAll(n.ekInters)}
+		EkCertificate: slices.Clone(n.ekCert), EkIntermediates: cloneAll(n.ekInters),
+		EventLog: slices.Clone(n.eventLog)}
 }
 
 // errNotTPM is the one error for a structure the node cannot parse.
