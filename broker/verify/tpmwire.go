@@ -114,6 +114,7 @@ func decodePublic(b []byte) (*tpm2.TPMTPublic, error) {
 	pub.ObjectAttributes = objectAttributes(w.u32())
 	pub.AuthPolicy = tpm2.TPM2BDigest{Buffer: w.sized()}
 	switch pub.Type {
+	case tpm2.TPMAlgNull: // no parameters, no unique: go-tpm reads it so
 	case tpm2.TPMAlgRSA:
 		p := &tpm2.TPMSRSAParms{Symmetric: w.symDefObject()}
 		p.Scheme = tpm2.TPMTRSAScheme{Scheme: w.alg()}
@@ -180,12 +181,14 @@ func objectAttributes(v uint32) tpm2.TPMAObject {
 	return a
 }
 
-// symDefObject reads a TPMT_SYM_DEF_OBJECT.
+// symDefObject reads a TPMT_SYM_DEF_OBJECT. go-tpm's TPMU_SYM_DETAILS has
+// members for AES and XOR only: it neither reads nor writes a TDES, SM4 or
+// Camellia definition, and neither does this.
 func (w *wire) symDefObject() tpm2.TPMTSymDefObject {
 	s := tpm2.TPMTSymDefObject{Algorithm: w.alg()}
 	switch s.Algorithm {
 	case tpm2.TPMAlgNull:
-	case tpm2.TPMAlgTDES, tpm2.TPMAlgAES, tpm2.TPMAlgSM4, tpm2.TPMAlgCamellia:
+	case tpm2.TPMAlgAES:
 		s.KeyBits = tpm2.NewTPMUSymKeyBits(s.Algorithm, tpm2.TPMKeyBits(w.u16()))
 		s.Mode = tpm2.NewTPMUSymMode(s.Algorithm, w.alg())
 	case tpm2.TPMAlgXOR:
