@@ -105,6 +105,12 @@ func (v *Verified) WithEventLog(raw []byte) (out *Verified, err error) {
 	if len(raw) > MaxEventLogSize {
 		return nil, fail(CheckInput, "event_log is too large", nil)
 	}
+	key := eventLogKey(raw, v.pcrs)
+	if facts, ok := eventLogCache.get(key); ok {
+		withLog := *v
+		withLog.eventLog = facts
+		return &withLog, nil
+	}
 	log, err := tcglog.Parse(raw)
 	if err != nil {
 		return nil, fail(CheckEventLog, "event log cannot be parsed", err)
@@ -114,6 +120,7 @@ func (v *Verified) WithEventLog(raw []byte) (out *Verified, err error) {
 		return nil, err
 	}
 	facts := interpretEventLog(raw, log, bank, v.pcrs[bank])
+	eventLogCache.put(key, facts)
 	withLog := *v
 	withLog.eventLog = facts
 	return &withLog, nil

@@ -48,3 +48,10 @@ func DecodeSignature(b []byte) (*tpm2.TPMTSignature, error) {
 	}
 	return out, nil
 }
+
+// EventLogCached reports whether the check of raw against the PCRs v
+// quoted is remembered (eventlog_cache.go).
+func EventLogCached(v *Verified, raw []byte) bool {
+	_, ok := eventLogCache.get(eventLogKey(raw, v.pcrs))
+	return ok
+}
