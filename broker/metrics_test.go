@@ -137,6 +137,8 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 		`keybroker_attest_stage_duration_seconds_count{stage="verify"}`:                                3,
 		`keybroker_attest_stage_duration_seconds_count{stage="policy"}`:                                3,
 		`keybroker_attest_stage_duration_seconds_count{stage="release"}`:                               2,
+		`keybroker_attest_stage_duration_seconds_count{stage="issue"}`:                                 2,
+		`keybroker_attest_stage_duration_seconds_count{stage="seal"}`:                                  2,
 		`keybroker_store_commit_duration_seconds_count{outcome="ok"}`:                                  3,
 		`keybroker_attest_stage_duration_seconds_count{stage="commit"}`:                                3,
 		`keybroker_grpc_server_handled_total{code="OK",method="Challenge",` + svc + `}`:                3,

@@ -116,7 +116,8 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		log:       opts.Logger,
 	}
 	var err error
-	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Logger: opts.Logger}); err != nil {
+	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Logger: opts.Logger,
+		Observe: opts.Metrics.ReleaseStage}); err != nil {
 		return nil, err
 	}
 	for _, b := range opts.PCRBanks {

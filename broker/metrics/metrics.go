@@ -38,6 +38,8 @@ const (
 	StageVerify  = "verify"  // verify the evidence and the node's history
 	StagePolicy  = "policy"  // evaluate the policies
 	StageRelease = "release" // issue and seal every release
+	StageIssue   = "issue"   // issue one credential (part of release; release.StageIssue)
+	StageSeal    = "seal"    // seal one credential to the node's TPM (part of release; release.StageSeal)
 	StageCommit  = "commit"  // record the decision durably
 )
 
@@ -97,7 +99,7 @@ func New() *Broker {
 		}, []string{"check"}),
 		stages: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keybroker_attest_stage_duration_seconds",
-			Help:    "Time spent in each stage of Attest that was reached: open, verify, policy, release (issue and seal), commit.",
+			Help:    "Time spent in each stage of Attest that was reached: open, verify, policy, release (issue and seal every credential), commit; and issue and seal for each credential.",
 			Buckets: durationBuckets,
 		}, []string{"stage"}),
 		commits: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -249,6 +251,15 @@ func (b *Broker) VaultCall(op, outcome string, took time.Duration) {
 	if took >= 0 {
 		b.vaultSeconds.WithLabelValues(op).Observe(took.Seconds())
 	}
+}
+
+// ReleaseStage observes the time one credential's issue (StageIssue) or
+// seal (StageSeal) took (release.Opts.Observe).
+func (b *Broker) ReleaseStage(stage string, took time.Duration) {
+	if b == nil || (stage != StageIssue && stage != StageSeal) {
+		return
+	}
+	b.stages.WithLabelValues(stage).Observe(took.Seconds())
 }
 
 // Stages times the stages of one Attest call: each Done observes the time

@@ -28,6 +28,12 @@ import (
 	"github.com/keybroker/keybroker/sealing"
 )
 
+// The stages of one credential's release Opts.Observe is told of.
+const (
+	StageIssue = "issue"
+	StageSeal  = "seal"
+)
+
 // Opts are what a Releaser issues with. CA is required.
 type Opts struct {
 	CA *issue.CA
@@ -38,15 +44,19 @@ type Opts struct {
 	// them.
 	Vault  *vaultsource.Client
 	Logger *slog.Logger // default: discard
+	// Observe, if set, is told how long each credential took to issue
+	// (StageIssue) and to seal (StageSeal).
+	Observe func(stage string, took time.Duration)
 }
 
 // Releaser issues and seals the releases of decisions. It is safe for
 // concurrent use.
 type Releaser struct {
-	ca     *issue.CA
-	spiffe *issue.SPIFFE
-	vault  *vaultsource.Client
-	log    *slog.Logger
+	ca      *issue.CA
+	spiffe  *issue.SPIFFE
+	vault   *vaultsource.Client
+	log     *slog.Logger
+	observe func(stage string, took time.Duration)
 }
 
 // New returns a Releaser.
@@ -57,7 +67,10 @@ func New(opts Opts) (*Releaser, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, log: opts.Logger}, nil
+	if opts.Observe == nil {
+		opts.Observe = func(string, time.Duration) {}
+	}
+	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, log: opts.Logger, observe: opts.Observe}, nil
 }
 
 // Released is what a decision released: the sealed credentials for the
@@ -226,6 +239,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
 	var iss *issued
 	var err error
+	start := time.Now()
 	switch rel.Type {
 	case policies.TypeTLSCertificate:
 		iss, err = r.issueTLS(rel)
@@ -242,6 +256,8 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		return nil, item, err
 	}
 	defer clear(iss.payload)
+	sealStart := time.Now()
+	r.observe(StageIssue, sealStart.Sub(start))
 	var pcrs *tpmpb.PCRs
 	if rel.Mode == policies.ModePCRSealed {
 		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
@@ -253,6 +269,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	if err != nil {
 		return nil, item, err
 	}
+	r.observe(StageSeal, time.Since(sealStart))
 	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
 	if !iss.notAfter.IsZero() {
 		cred.NotAfterUnix = iss.notAfter.Unix()
