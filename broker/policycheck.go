@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -22,7 +23,9 @@ import (
 //   - an x509_svid release or a workload entry without a spiffe block, or
 //     whose SPIFFE ID (when written without template variables) is not in
 //     the configured trust domain;
-//   - a vault_kv or vault_pki release without a vault block.
+//   - a vault_kv or vault_pki release without a vault block;
+//   - a pcr_sealed release in a bank pcr_banks does not count (nodes are
+//     told to quote only those).
 //
 // Start refuses to start, and a reload keeps the previous policies, when it
 // returns an error.
@@ -104,6 +107,13 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			p.at(r.SPIFFEIDRange, "policy %q: release %q: spiffe_id %s is not in trust domain %q of %s", r.Policy, r.Name, r.SPIFFEID, c.TrustDomain.Name(), conf)
 		case policies.IsVault(r.Type) && c.Vault == nil:
 			p.at(r.Range, "policy %q: release %q is a %s, but %s has no vault block", r.Policy, r.Name, r.Type, conf)
+		case r.PCRBank != 0 && len(c.PCRBanks) > 0 && !slices.Contains(c.PCRBanks, r.PCRBank):
+			var counted []string
+			for _, b := range c.PCRBanks {
+				counted = append(counted, verify.BankName(b))
+			}
+			p.at(r.Range, "policy %q: release %q is sealed to the %s bank, but pcr_banks of %s counts only %s: nodes do not quote it",
+				r.Policy, r.Name, verify.BankName(r.PCRBank), conf, strings.Join(counted, ", "))
 		}
 	}
 }

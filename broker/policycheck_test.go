@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/keybroker/keybroker/broker/verify"
@@ -28,6 +29,12 @@ var checkConfigs = map[string]*Config{
 	"bare": {
 		File:  "broker.hcl",
 		Trust: verify.Trust{EKHashes: []string{checkEKA}},
+	},
+	// sha256 is bare counting only the sha256 bank (pcr_banks).
+	"sha256": {
+		File:     "broker.hcl",
+		Trust:    verify.Trust{EKHashes: []string{checkEKA}},
+		PCRBanks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256},
 	},
 }
 
@@ -83,6 +90,35 @@ policy "web" {
 }
 `,
 			want: []string{`p.hcl:3:31: policy "web": ek_ca "infineon" is not defined in broker.hcl (defined: "swtpm")`},
+		},
+		{
+			name:   "pcr_sealed in a bank pcr_banks does not count",
+			config: "sha256",
+			policy: `
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `"] }
+  release "ok" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcr_bank    = "sha256"
+    pcrs        = [7]
+    common_name = "web"
+  }
+  release "sealed" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcr_bank    = "sha384"
+    pcrs        = [7]
+    common_name = "web"
+  }
+  release "bound" {
+    type        = "tls_certificate"
+    mode        = "tpm_bound"
+    common_name = "web"
+  }
+}
+`,
+			want: []string{`p.hcl:12:19: policy "web": release "sealed" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it`},
 		},
 		{
 			name:   "ek_ca without any ek_ca block",

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/keybroker/keybroker/internal/hcldiag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -212,6 +213,9 @@ type Ref struct {
 	Name string
 	// Type is a release's type; empty otherwise.
 	Type string
+	// PCRBank is the bank a pcr_sealed release is sealed to; zero
+	// otherwise.
+	PCRBank tpm2.TPMAlgID
 	// SPIFFEID is a workload entry's ID, or an x509_svid release's
 	// spiffe_id when it uses no template variable; zero otherwise.
 	SPIFFEID spiffeid.ID
@@ -252,6 +256,9 @@ func (s *Set) Refs() Refs {
 		}
 		for _, rel := range p.releases {
 			ref := Ref{Policy: p.name, Name: rel.name, Type: rel.typ, Range: rel.typeRange}
+			if rel.mode == ModePCRSealed {
+				ref.PCRBank = rel.bank
+			}
 			if rel.spiffeID != nil && len(rel.spiffeID.Variables()) == 0 {
 				if s, err := render(rel.spiffeID, nil); err == nil {
 					ref.SPIFFEID, _ = spiffeid.FromString(s)
