@@ -359,55 +359,23 @@ func denies(r *refusal) *refusal {
 // policy then denies, so that the record is written with the receipt.
 func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, released **release.Released) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	stages := s.metrics.Stages()
-	ev := evidenceOf(ch, req, rec.Time)
-	var node *verify.NodeIdentity
-	var v *verify.Verified
-	var err error
-	if ch.Vouch != nil {
-		node, v, err = evidence.VerifyVouched(ev, s.trust, s.quoteOpts, *ch.Vouch)
-	} else {
-		node, v, err = evidence.Verify(ev, s.trust, s.quoteOpts)
+	o := evidence.Decide(evidence.Inputs{
+		Evidence: evidenceOf(ch, req, rec.Time),
+		Vouch:    ch.Vouch,
+		Trust:    s.trust,
+		Quote:    s.quoteOpts,
+		Policies: s.policies.Load(),
+		Previous: func(ek string) (store.NodeRecord, error) { return s.nodes.GetNode(ctx, ek) },
+		Stage:    stages.Done,
+	})
+	o.FillReceipt(rec)
+	if o.AKChanged {
+		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", rec.EKHash)
 	}
-	if node != nil {
-		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	if r := o.Refusal; r != nil {
+		return nil, o.NodeRecord, decisionRefusal(r)
 	}
-	if err != nil {
-		r := checkRefusal(err)
-		if node != nil && verify.FromTPM(err) {
-			r = denies(r)
-		}
-		return nil, nil, r
-	}
-	digest := v.QuoteDigest()
-	rec.QuoteDigest = digest[:]
-
-	var prev *store.NodeRecord
-	switch p, err := s.nodes.GetNode(ctx, node.EKHash()); {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		return nil, nil, &refusal{code: codes.Internal, check: "internal", msg: "internal error", cause: err}
-	default:
-		prev = &p
-		c := p.Counters()
-		ev.Previous = &c
-	}
-	v, akChanged, err := evidence.WithHistory(v, ev.Previous)
-	if err != nil {
-		return nil, nil, denies(checkRefusal(err))
-	}
-	if akChanged {
-		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", node.EKHash())
-	}
-	nodeRec := evidence.NodeRecord(v, prev, ev)
-	stages.Done(metrics.StageVerify)
-
-	pol := s.policies.Load()
-	d := pol.Evaluate(v)
-	stages.Done(metrics.StagePolicy)
-	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
-	if !d.Allowed {
-		return nil, nodeRec, denies(&refusal{code: codes.PermissionDenied, check: "policy", msg: "policy: no policy allows this node"})
-	}
+	v, d, nodeRec := o.Verified, o.Decision, o.NodeRecord
 	out, err := s.releaser.Release(ctx, v, d)
 	var f *release.Failure
 	switch {
@@ -423,6 +391,21 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 	rec.Allowed, rec.Released = true, out.Items
 	stages.Done(metrics.StageRelease)
 	return resp, nodeRec, nil
+}
+
+// decisionRefusal is the gRPC refusal of a decision that allows nothing.
+func decisionRefusal(r *evidence.Refusal) *refusal {
+	var out *refusal
+	switch r.Check {
+	case evidence.CheckPolicy:
+		out = &refusal{code: codes.PermissionDenied, check: r.Check, msg: "policy: no policy allows this node"}
+	case evidence.CheckInternal:
+		out = &refusal{code: codes.Internal, check: r.Check, msg: "internal error", cause: r.Err}
+	default:
+		out = checkRefusal(r.Err)
+	}
+	out.deny = r.Deny
+	return out
 }
 
 // releaseRefusal is the refusal of a decision that could not be released.

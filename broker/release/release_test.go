@@ -2,12 +2,12 @@ package release_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
@@ -15,12 +15,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent"
-	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/brokertest"
-	"github.com/keybroker/keybroker/internal/tpmtest"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -36,56 +34,28 @@ type simNode struct {
 
 func newSimNode(t *testing.T) *simNode {
 	t.Helper()
-	rw := tpmtest.Open(t)
-	brokertest.Extend(t, rw, 0, "firmware v1")
-	brokertest.Extend(t, rw, 7, "secure boot on")
-	n, err := agent.NewNode(rw, agent.NodeOpts{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
-	req, err := n.ChallengeRequest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hash, err := n.EKHash()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{hash}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	blob, enc, err := challenge.MakeCredential(id.EKPublic(), id.AKName(), secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := n.Activate(&pb.ChallengeResponse{CredentialBlob: blob, EncryptedSecret: enc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	quotes, err := n.Quote(got)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sim := brokertest.NewSim(t)
+	ev := sim.Evidence(t, time.Now())
 	var vq []verify.Quote
-	for _, q := range quotes {
-		vq = append(vq, verify.Quote{Attest: q.GetAttest(), Signature: q.GetSignature(),
-			Bank: tpm2new.TPMAlgID(q.GetPcrs().GetHashAlg()), PCRs: q.GetPcrs().GetValues()})
+	for _, q := range ev.Quotes {
+		vq = append(vq, verify.Quote{Attest: q.Attest, Signature: q.Signature, Bank: tpm2new.TPMAlgID(q.Bank), PCRs: q.PCRs})
 	}
-	v, err := verify.Quotes(id, sha256.Sum256(secret), vq, verify.QuoteOpts{})
+	id, err := verify.Node(ev.EKPublic, nil, nil, ev.AKPublic, verify.Trust{EKHashes: []string{sim.EKHash}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := verify.Quotes(id, ev.SecretHash, vq, verify.QuoteOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v, err = v.WithHistory(nil); err != nil {
 		t.Fatal(err)
 	}
-	pcrs, err := client.ReadPCRs(rw, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
+	pcrs, err := client.ReadPCRs(sim.RW, tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0, 7}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &simNode{node: n, verified: v,
+	return &simNode{node: sim.Node, verified: v,
 		pcr0: hex.EncodeToString(pcrs.GetPcrs()[0]), pcr7: hex.EncodeToString(pcrs.GetPcrs()[7])}
 }
 

@@ -276,52 +276,39 @@ func checkRefusal(err error) *refusal {
 	return &refusal{check: check, resp: resp, err: rerr, cause: err}
 }
 
-// attest verifies ev and evaluates set. Once the answer verified (TPM
-// counters included) it returns the node's new record, also when the
-// policy then denies, as the broker does.
+// attest decides on ev with the broker's pipeline (evidence.Decide): the
+// node, its quotes and event log, its TPM counters against its last
+// login's, then the role's policy. Once the answer verified (TPM counters
+// included) it returns the node's new record, also when the policy then
+// denies, as the broker does.
 func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev attestation.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
-	var d policies.Decision
-	// The same steps in the same order as the broker's Attest: the node,
-	// its quotes and event log, then its TPM counters against its last
-	// login's.
-	node, v, err := evidence.Verify(ev, cfg.trust, cfg.quoteOpts)
-	if node != nil {
-		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
+	o := evidence.Decide(evidence.Inputs{
+		Evidence: ev,
+		Trust:    cfg.trust,
+		Quote:    cfg.quoteOpts,
+		Policies: set,
+		Previous: func(ek string) (store.NodeRecord, error) { return st.GetNode(ctx, ek) },
+	})
+	o.FillReceipt(rec)
+	if o.AKChanged {
+		b.Logger().Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", rec.EKHash)
 	}
-	if err != nil {
-		return nil, d, nil, checkRefusal(err)
+	nodeRec := o.NodeRecord
+	if nodeRec != nil {
+		// Vault storage keeps the counters, not the evidence: an event
+		// log can be large, and the auth method has no dry-run command to
+		// use it.
+		nodeRec.Evidence = attestation.Evidence{Time: ev.Time}
 	}
-	var prev *store.NodeRecord
-	var counters *attestation.Counters
-	switch p, err := st.GetNode(ctx, node.EKHash()); {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		return nil, d, nil, checkRefusal(err)
+	switch r := o.Refusal; {
+	case r == nil:
+		rec.Allowed = true
+		return o.Verified, o.Decision, nodeRec, nil
+	case r.Check == evidence.CheckPolicy:
+		return o.Verified, o.Decision, nodeRec, &refusal{check: r.Check, resp: logical.ErrorResponse(msgPolicyDenied), err: logical.ErrPermissionDenied}
 	default:
-		prev = &p
-		c := p.Counters()
-		counters = &c
+		return o.Verified, o.Decision, nodeRec, checkRefusal(r.Err)
 	}
-	v, akChanged, err := evidence.WithHistory(v, counters)
-	if err != nil {
-		return nil, d, nil, checkRefusal(err)
-	}
-	if akChanged {
-		b.Logger().Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", v.EKHash())
-	}
-	digest := v.QuoteDigest()
-	rec.QuoteDigest = digest[:]
-	// Vault storage keeps the counters, not the evidence: an event log
-	// can be large, and the auth method has no dry-run command to use it.
-	nodeRec := evidence.NodeRecord(v, prev, attestation.Evidence{Time: ev.Time})
-
-	d = set.Evaluate(v)
-	rec.Policies, rec.PolicyHash, rec.Failures = d.Policies, d.PolicyHash, d.Failures
-	if !d.Allowed {
-		return v, d, nodeRec, &refusal{check: "policy", resp: logical.ErrorResponse(msgPolicyDenied), err: logical.ErrPermissionDenied}
-	}
-	rec.Allowed = true
-	return v, d, nodeRec, nil
 }
 
 // presented is what the node presented: its EK and AK material, which the
