@@ -26,6 +26,9 @@ const (
 	challengeKeysPath = "challenge_keys"
 	consumedPrefix    = "consumed/"
 	nodePrefix        = "node/"
+	receiptPrefix     = "receipt/"
+	deniedPrefix      = "denied/"
+	eventLogPrefix    = "eventlog/"
 	// ticketPrefix (path_login_sealed.go) is local too.
 )
 
@@ -84,7 +87,7 @@ func backend() *tpmAuthBackend {
 		PathsSpecial: &logical.Paths{
 			Unauthenticated: []string{"login", "challenge"},
 			SealWrapStorage: []string{configPath, challengeKeysPath},
-			LocalStorage:    []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix},
+			LocalStorage:    []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix},
 		},
 		Paths: []*framework.Path{
 			pathConfig(b),
@@ -92,6 +95,8 @@ func backend() *tpmAuthBackend {
 			pathRole(b),
 			pathChallenge(b),
 			pathLogin(b),
+			pathReceiptList(b),
+			pathReceipt(b),
 		},
 	}
 	return b

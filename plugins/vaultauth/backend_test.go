@@ -335,7 +335,7 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 	}
 	// The challenge keys stay in the cluster whose markers they go with,
 	// and are seal-wrapped like the config.
-	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix}) {
+	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix}) {
 		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
 	}
 	if !slices.Equal(e.b.PathsSpecial.SealWrapStorage, []string{configPath, challengeKeysPath}) {

@@ -47,7 +47,8 @@
 // node (ForwardPerformanceStandby), where a challenge is used up by a
 // check-and-put of its marker under a per-key lock (Vault storage has no
 // transactions) and the rate limit is counted in memory. Replication to
-// standbys is eventual; only the active node decides. Receipts are not
-// kept: Record assigns a receipt's ID but stores only the marker and the
-// counters.
+// standbys is eventual; only the active node decides. The auth method
+// keeps what the broker keeps (storage.go): a receipt per decision, written
+// before the login answers, each node's record with its evidence, and the
+// deny list.
 package vaultauth

@@ -180,6 +180,15 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	ev := presented(ch, in, rec)
 	v, decision, nodeRec, ref := b.attest(ctx, st, ev, cfg, set, rec)
 	dec := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: nodeRec}
+	switch {
+	case ref != nil:
+		rec.Allowed, rec.Check = false, ref.check
+		if ref.deny && rec.EKHash != "" {
+			dec.Deny = store.DenyAdd
+		}
+	case rec.EKHash != "":
+		dec.Deny = store.DenyRemove
+	}
 	switch err := st.Record(ctx, dec); {
 	case errors.Is(err, store.ErrConsumed):
 		// A concurrent login used the challenge first; this one issues
@@ -265,6 +274,7 @@ type refusal struct {
 	resp  *logical.Response
 	err   error
 	cause error
+	deny  bool // the node goes on the deny list (evidence.Refusal.Deny)
 }
 
 func checkRefusal(err error) *refusal {
@@ -294,20 +304,16 @@ func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev attestat
 		b.Logger().Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", rec.EKHash)
 	}
 	nodeRec := o.NodeRecord
-	if nodeRec != nil {
-		// Vault storage keeps the counters, not the evidence: an event
-		// log can be large, and the auth method has no dry-run command to
-		// use it.
-		nodeRec.Evidence = attestation.Evidence{Time: ev.Time}
-	}
 	switch r := o.Refusal; {
 	case r == nil:
 		rec.Allowed = true
 		return o.Verified, o.Decision, nodeRec, nil
 	case r.Check == evidence.CheckPolicy:
-		return o.Verified, o.Decision, nodeRec, &refusal{check: r.Check, resp: logical.ErrorResponse(msgPolicyDenied), err: logical.ErrPermissionDenied}
+		return o.Verified, o.Decision, nodeRec, &refusal{check: r.Check, resp: logical.ErrorResponse(msgPolicyDenied), err: logical.ErrPermissionDenied, deny: r.Deny}
 	default:
-		return o.Verified, o.Decision, nodeRec, checkRefusal(r.Err)
+		ref := checkRefusal(r.Err)
+		ref.deny = r.Deny
+		return o.Verified, o.Decision, nodeRec, ref
 	}
 }
 

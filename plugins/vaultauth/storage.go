@@ -2,7 +2,10 @@ package vaultauth
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -22,13 +25,21 @@ import (
 //     with the challenge's expiry; store.Decisions.Record writes it, the
 //     backend's periodic function deletes it once the challenge expired
 //     (PurgeConsumed).
-//   - node/<EK hash>: the TPM counters of the node's last verified login,
-//     which the next login's counters are compared with (GetNode).
+//   - node/<EK hash>: the node's record (store.NodeRecord, JSON): the TPM
+//     counters of its last verified login, which the next login's counters
+//     are compared with (GetNode), and the evidence it presented, so that
+//     a policy can be tried on it later; its event log apart, once per
+//     content:
+//   - eventlog/<SHA-256 of the log>: an event log, as presented (logs
+//     larger than maxStoredEventLog are not kept: the record names them by
+//     digest only);
+//   - receipt/<receipt ID>: the receipt of each decision (store.Receipt,
+//     JSON), written before the login answers: no token without its
+//     receipt; listed and read at receipts/;
+//   - denied/<EK hash>: the node's deny-list entry (store.Denial, JSON),
+//     added and removed as the broker's are.
 //
-// Receipts, node evidence, node SVIDs and the deny list are not kept:
-// Record assigns the receipt's ID and time but stores neither, and ignores
-// the decision's deny-list change. Vault's audit log records each login and
-// its outcome, and the backend logs each decision with the failed check.
+// Vault's audit log records each login and its outcome as before.
 type vaultStore struct {
 	s     logical.Storage
 	locks []*locksutil.LockEntry
@@ -49,17 +60,9 @@ type markerEntry struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// nodeEntry is the stored form of a node's counters: the part of a
-// store.NodeRecord that the next login needs.
-type nodeEntry struct {
-	EKHash       string    `json:"ek_hash"`
-	FirstSeen    time.Time `json:"first_seen"`
-	LastSeen     time.Time `json:"last_seen"`
-	AKName       []byte    `json:"ak_name"`
-	Clock        uint64    `json:"clock"`
-	ResetCount   uint32    `json:"reset_count"`
-	RestartCount uint32    `json:"restart_count"`
-}
+// maxStoredEventLog bounds the event logs kept in Vault storage, whose
+// entries are at most 1 MiB on integrated storage.
+const maxStoredEventLog = 512 << 10
 
 // validKey reports whether id may end a storage key: 1 to
 // store.MaxIDLength characters of [A-Za-z0-9_-], as challenge IDs (base64url)
@@ -135,9 +138,10 @@ func (v *vaultStore) AddChallengeKey(ctx context.Context, k store.ChallengeKey, 
 // the challenge has no marker, writes the marker, then the node's counters.
 // "login" runs on the active node (performance standbys forward it), so
 // the locks cover the cluster and of concurrent Records on one challenge
-// exactly one succeeds. If the node write fails the challenge stays used
-// up and the caller issues nothing. The receipt's ID and time are set but
-// the receipt is not stored, and d.Deny is ignored (see vaultStore).
+// exactly one succeeds. Then the receipt, the node record and the
+// deny-list change are written, each its own storage write (Vault storage
+// has no transactions): if one fails the challenge stays used up and the
+// caller issues nothing, so no token exists without its receipt.
 func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	if err := d.Validate(); err != nil {
 		return err
@@ -155,6 +159,7 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	if r.ID == "" {
 		r.ID = store.NewReceiptID(r.Time)
 	}
+	r.DenyListed = d.Deny == store.DenyAdd
 	var keys []string
 	if d.ChallengeID != "" {
 		keys = append(keys, consumedPrefix+d.ChallengeID)
@@ -163,22 +168,46 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 		d.Node.LastReceiptID = r.ID
 		keys = append(keys, nodePrefix+d.Node.EKHash)
 	}
-	// LocksForKeys orders the locks and drops duplicates: the marker's
-	// and the node's keys may hash to the same lock.
+	if r.EKHash != "" && d.Deny != store.DenyUnchanged {
+		keys = append(keys, deniedPrefix+r.EKHash)
+	}
+	// LocksForKeys orders the locks and drops duplicates: the keys may
+	// hash to the same lock.
 	locks := locksutil.LocksForKeys(v.locks, keys)
 	for _, l := range locks {
 		l.Lock()
 		defer l.Unlock()
 	}
+	// The marker first (single use), then the receipt: a login whose
+	// receipt is not written issues nothing.
 	if d.ChallengeID != "" {
 		if err := v.consume(ctx, d.ChallengeID, d.ChallengeExpiry); err != nil {
 			return err
 		}
 	}
-	if d.Node == nil {
-		return nil
+	if err := v.putJSON(ctx, receiptPrefix+r.ID, r); err != nil {
+		return fmt.Errorf("unable to write the receipt: %w", err)
 	}
-	return v.putNode(ctx, d.Node)
+	if d.Node != nil {
+		if err := v.putNode(ctx, d.Node); err != nil {
+			return err
+		}
+	}
+	switch d.Deny {
+	case store.DenyAdd:
+		return v.putJSON(ctx, deniedPrefix+r.EKHash, store.Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check})
+	case store.DenyRemove:
+		return v.s.Delete(ctx, deniedPrefix+r.EKHash)
+	}
+	return nil
+}
+
+func (v *vaultStore) putJSON(ctx context.Context, key string, val any) error {
+	entry, err := logical.StorageEntryJSON(key, val)
+	if err != nil {
+		return err
+	}
+	return v.s.Put(ctx, entry)
 }
 
 // consume writes the marker of challenge id, or fails with
@@ -210,30 +239,33 @@ func (v *vaultStore) consume(ctx context.Context, id string, expires time.Time) 
 	return v.s.Put(ctx, entry)
 }
 
-// putNode writes n's counters. The caller holds the record's lock.
+// putNode writes n, its event log apart (once per content). The caller
+// holds the record's lock.
 func (v *vaultStore) putNode(ctx context.Context, n *store.NodeRecord) error {
-	e := nodeEntry{
-		EKHash:       n.EKHash,
-		FirstSeen:    n.FirstSeen,
-		LastSeen:     n.LastSeen,
-		AKName:       n.AKName,
-		Clock:        n.Clock,
-		ResetCount:   n.ResetCount,
-		RestartCount: n.RestartCount,
+	rec := *n
+	if rec.FirstSeen.IsZero() {
+		rec.FirstSeen = rec.LastSeen
 	}
-	if e.FirstSeen.IsZero() {
-		e.FirstSeen = e.LastSeen
+	if log := rec.Evidence.EventLog; len(log) > 0 {
+		sum := sha256.Sum256(log)
+		rec.Evidence.EventLog, rec.Evidence.EventLogSHA256 = nil, hex.EncodeToString(sum[:])
+		key := eventLogPrefix + rec.Evidence.EventLogSHA256
+		switch old, err := v.s.Get(ctx, key); {
+		case err != nil:
+			return err
+		case old == nil && len(log) <= maxStoredEventLog:
+			if err := v.s.Put(ctx, &logical.StorageEntry{Key: key, Value: log}); err != nil {
+				return err
+			}
+		}
 	}
-	entry, err := logical.StorageEntryJSON(nodePrefix+n.EKHash, e)
-	if err != nil {
-		return err
-	}
-	return v.s.Put(ctx, entry)
+	return v.putJSON(ctx, nodePrefix+rec.EKHash, rec)
 }
 
 // GetNode returns the record of the node with this EK hash, or
-// store.ErrNotFound, as store.Nodes does. The record holds the node's
-// counters and when it was first and last seen, no evidence.
+// store.ErrNotFound, as store.Nodes does, with its event log put back when
+// it is kept. Records written before the auth method kept evidence hold
+// the counters and times only.
 func (v *vaultStore) GetNode(ctx context.Context, ekHash string) (store.NodeRecord, error) {
 	if !validKey(ekHash) {
 		return store.NodeRecord{}, store.ErrNotFound
@@ -245,19 +277,58 @@ func (v *vaultStore) GetNode(ctx context.Context, ekHash string) (store.NodeReco
 	case raw == nil:
 		return store.NodeRecord{}, store.ErrNotFound
 	}
-	var e nodeEntry
-	if err := raw.DecodeJSON(&e); err != nil {
+	var n store.NodeRecord
+	if err := raw.DecodeJSON(&n); err != nil {
 		return store.NodeRecord{}, fmt.Errorf("unable to decode node record %s: %w", ekHash, err)
 	}
-	return store.NodeRecord{
-		EKHash:       e.EKHash,
-		FirstSeen:    e.FirstSeen,
-		LastSeen:     e.LastSeen,
-		AKName:       e.AKName,
-		Clock:        e.Clock,
-		ResetCount:   e.ResetCount,
-		RestartCount: e.RestartCount,
-	}, nil
+	if sum := n.Evidence.EventLogSHA256; sum != "" {
+		log, err := v.s.Get(ctx, eventLogPrefix+sum)
+		if err != nil {
+			return store.NodeRecord{}, err
+		}
+		if log != nil {
+			n.Evidence.EventLog, n.Evidence.EventLogSHA256 = log.Value, ""
+		}
+	}
+	return n, nil
+}
+
+// GetReceipt returns a receipt, or store.ErrNotFound.
+func (v *vaultStore) GetReceipt(ctx context.Context, id string) (store.Receipt, error) {
+	if !validKey(strings.ReplaceAll(id, ".", "-")) { // receipt IDs hold their time's fraction
+		return store.Receipt{}, store.ErrNotFound
+	}
+	raw, err := v.s.Get(ctx, receiptPrefix+id)
+	switch {
+	case err != nil:
+		return store.Receipt{}, err
+	case raw == nil:
+		return store.Receipt{}, store.ErrNotFound
+	}
+	var r store.Receipt
+	if err := raw.DecodeJSON(&r); err != nil {
+		return store.Receipt{}, fmt.Errorf("unable to decode receipt %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// GetDenial returns a node's deny-list entry, or store.ErrNotFound.
+func (v *vaultStore) GetDenial(ctx context.Context, ekHash string) (store.Denial, error) {
+	if !validKey(ekHash) {
+		return store.Denial{}, store.ErrNotFound
+	}
+	raw, err := v.s.Get(ctx, deniedPrefix+ekHash)
+	switch {
+	case err != nil:
+		return store.Denial{}, err
+	case raw == nil:
+		return store.Denial{}, store.ErrNotFound
+	}
+	var d store.Denial
+	if err := raw.DecodeJSON(&d); err != nil {
+		return store.Denial{}, fmt.Errorf("unable to decode deny-list entry %s: %w", ekHash, err)
+	}
+	return d, nil
 }
 
 // PurgeConsumed implements store.Decisions: it deletes the markers of
