@@ -1,14 +1,14 @@
 package broker
 
 import (
-	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/keybroker/keybroker/broker/verify"
 )
 
 // certExts are the file name extensions read from an ek_ca directory.
@@ -82,7 +82,7 @@ func addCertFile(pool *x509.CertPool, name, path string) []error {
 	if err != nil {
 		return []error{fmt.Errorf("unable to read %s: %w", name, err)}
 	}
-	certs, err := parseCerts(data)
+	certs, err := verify.ParseCertificates(data)
 	if err != nil {
 		return []error{fmt.Errorf("%s: %w", name, err)}
 	}
@@ -90,38 +90,4 @@ func addCertFile(pool *x509.CertPool, name, path string) []error {
 		pool.AddCert(c)
 	}
 	return nil
-}
-
-// parseCerts parses PEM (if data holds a PEM block) or DER certificates.
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	if !bytes.Contains(data, []byte("-----BEGIN ")) {
-		certs, err := x509.ParseCertificates(data)
-		switch {
-		case err != nil:
-			return nil, fmt.Errorf("is neither PEM nor a DER certificate: %w", err)
-		case len(certs) == 0:
-			return nil, errors.New("holds no certificate")
-		}
-		return certs, nil
-	}
-	var certs []*x509.Certificate
-	for i, rest := 1, data; ; i++ {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("PEM block %d: %w", i, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("holds no PEM certificate")
-	}
-	return certs, nil
 }

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"encoding/hex"
 	"net"
 	"net/url"
 	"os"
@@ -205,7 +204,7 @@ func parseBanks(names []string, allowSHA1 bool, at spot, p *problems) []tpm2.TPM
 func parseEKAllow(hashes []string, at spot, p *problems) []string {
 	var out []string
 	for i, h := range hashes {
-		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 || hex.EncodeToString(b) != h {
+		if !verify.ValidEKHash(h) {
 			p.at(at.entry("ek_allow", i), "ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
 			continue
 		}
@@ -283,7 +282,7 @@ func (vf *VaultFile) build(abs func(string) string, at spot, p *problems) *Vault
 			p.at(rng, "vault: unable to read ca_cert %s: %v", vf.CACert, err)
 		} else if !bytes.Contains(data, []byte("-----BEGIN ")) {
 			p.at(rng, "vault: ca_cert %s: holds no PEM certificate", vf.CACert)
-		} else if _, err := parseCerts(data); err != nil {
+		} else if _, err := verify.ParseCertificates(data); err != nil {
 			p.at(rng, "vault: ca_cert %s: %v", vf.CACert, err)
 		}
 	}

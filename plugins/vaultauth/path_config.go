@@ -3,8 +3,6 @@ package vaultauth
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -137,7 +135,7 @@ func (e configEntry) build() (*config, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, h := range e.EKAllow {
-		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 || hex.EncodeToString(b) != h {
+		if !verify.ValidEKHash(h) {
 			bad("ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
 			continue
 		}
@@ -199,26 +197,13 @@ func (e configEntry) build() (*config, error) {
 // certPool parses the CERTIFICATE blocks of a PEM bundle; other block
 // types are skipped.
 func certPool(src string) (*x509.CertPool, error) {
-	pool := x509.NewCertPool()
-	n := 0
-	rest := []byte(src)
-	for i := 1; ; i++ {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("PEM block %d: %w", i, err)
-		}
-		pool.AddCert(cert)
-		n++
+	certs, err := verify.ParsePEMCertificates([]byte(src))
+	if err != nil {
+		return nil, err
 	}
-	if n == 0 {
-		return nil, errors.New("holds no PEM certificate")
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
 }
