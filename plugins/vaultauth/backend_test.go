@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/refusaltest"
+
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/legacy/tpm2"
@@ -218,6 +220,13 @@ func (n *node) challengeData() map[string]any {
 // login data for role, without the role when role is "".
 func (n *node) answer(ch *logical.Response, role string) map[string]any {
 	n.t.Helper()
+	return n.answerEdited(ch, role, nil)
+}
+
+// answerEdited is answer with the quotes and event log changed by edit
+// (nil: none).
+func (n *node) answerEdited(ch *logical.Response, role string, edit func(*refusaltest.Answer)) map[string]any {
+	n.t.Helper()
 	blob, err := base64.StdEncoding.DecodeString(ch.Data["credential_blob"].(string))
 	if err != nil {
 		n.t.Fatal(err)
@@ -237,6 +246,14 @@ func (n *node) answer(ch *logical.Response, role string) map[string]any {
 	// The EK and AK material of the challenge request, presented again.
 	data := n.challengeData()
 	data["challenge_id"] = ch.Data["challenge_id"]
+	if edit != nil {
+		a := (&refusaltest.Answer{Quotes: quotes}).Clone()
+		edit(a)
+		quotes = a.Quotes
+		if a.EventLog != nil {
+			data["event_log"] = b64(a.EventLog)
+		}
+	}
 	data["quotes"] = quotesData(quotes)
 	if role != "" {
 		data["role"] = role
