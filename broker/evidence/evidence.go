@@ -5,8 +5,6 @@
 package evidence
 
 import (
-	"bytes"
-
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/attestation"
@@ -72,20 +70,18 @@ func verifyEvidence(ev attestation.Evidence, trust verify.Trust, opts verify.Quo
 }
 
 // WithHistory compares v's TPM counters with prev, the node's last verified
-// attestation (nil if none). The TPM offsets the reset and restart counts it
-// reports per AK, so counters reported with another AK cannot be compared:
-// the attestation then counts as the first one (akChanged tells the caller).
+// attestation (nil if none), by verify's AK rule (Verified.WithPrevious):
+// counters reported with another AK cannot be compared, and the
+// attestation then counts as the first one (akChanged tells the caller).
 func WithHistory(v *verify.Verified, prev *attestation.Counters) (out *verify.Verified, akChanged bool, err error) {
-	if prev == nil {
-		out, err = v.WithHistory(nil)
-		return out, false, err
+	var p *verify.Previous
+	if prev != nil {
+		p = &verify.Previous{AKName: prev.AKName, Clock: verify.ClockInfo{Clock: prev.Clock, ResetCount: prev.ResetCount, RestartCount: prev.RestartCount}}
 	}
-	if !bytes.Equal(prev.AKName, v.AKName()) {
-		out, err = v.WithHistoryAfterAKChange()
-		return out, true, err
+	if out, err = v.WithPrevious(p); err != nil {
+		return nil, false, err
 	}
-	out, err = v.WithHistory(&verify.ClockInfo{Clock: prev.Clock, ResetCount: prev.ResetCount, RestartCount: prev.RestartCount})
-	return out, false, err
+	return out, out.History().AKChanged, nil
 }
 
 // NodeRecord is the record of a node whose attestation, evidence, was just

@@ -1,6 +1,9 @@
 package verify
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+)
 
 // History is what the TPM's counters in a verified quote say about the
 // node since its previous attestation, as WithHistory found it.
@@ -42,6 +45,31 @@ type History struct {
 // can be compared: the caller passes nil when the AK changed.
 func (v *Verified) WithHistory(prev *ClockInfo) (*Verified, error) {
 	return v.withHistory(prev, false)
+}
+
+// Previous is what a node's previous verified attestation reported: the
+// name of the AK that signed it, and its counters.
+type Previous struct {
+	AKName []byte
+	Clock  ClockInfo
+}
+
+// WithPrevious is WithHistory against the node's previous attestation
+// (nil: none) with the AK rule applied: counters reported with another AK
+// cannot be compared (the TPM offsets them per key), so the attestation
+// then counts as the first one, and the History says the AK changed
+// (WithHistoryAfterAKChange).
+func (v *Verified) WithPrevious(prev *Previous) (*Verified, error) {
+	switch {
+	case prev == nil:
+		return v.WithHistory(nil)
+	case v == nil || v.node == nil:
+		return nil, fail(CheckInput, "no verified quote", nil)
+	case !bytes.Equal(prev.AKName, v.node.akName):
+		return v.WithHistoryAfterAKChange()
+	}
+	c := prev.Clock
+	return v.WithHistory(&c)
 }
 
 // WithHistoryAfterAKChange is WithHistory for a node whose previous

@@ -109,3 +109,30 @@ func TestWithHistoryNil(t *testing.T) {
 	_, err := v.WithHistory(nil)
 	assertCheck(t, err, verify.CheckInput, "no verified quote")
 }
+
+// WithPrevious applies the AK rule: counters of the same AK are compared,
+// another AK's are not, and the History says the AK changed.
+func TestWithPrevious(t *testing.T) {
+	ak := defaultAK()
+	node := trustedNode(t, ak)
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(t, ak)}, verify.QuoteOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backwards := verify.ClockInfo{Clock: 123457, ResetCount: 7, RestartCount: 3} // the quote's clock is 123456
+	if _, err := v.WithPrevious(&verify.Previous{AKName: v.AKName(), Clock: backwards}); err == nil {
+		t.Fatal("the same AK's counters going backwards were accepted")
+	}
+	got, err := v.WithPrevious(&verify.Previous{AKName: []byte("another AK"), Clock: backwards})
+	if err != nil || *got.History() != (verify.History{FirstSeen: true, AKChanged: true}) {
+		t.Fatalf("another AK: %+v, %v; want first seen, AK changed", got.History(), err)
+	}
+	got, err = v.WithPrevious(nil)
+	if err != nil || *got.History() != (verify.History{FirstSeen: true}) {
+		t.Fatalf("no previous attestation: %+v, %v", got.History(), err)
+	}
+	got, err = v.WithPrevious(&verify.Previous{AKName: v.AKName(), Clock: verify.ClockInfo{Clock: 100, ResetCount: 7, RestartCount: 3}})
+	if err != nil || *got.History() != (verify.History{}) {
+		t.Fatalf("the same AK, clock advanced: %+v, %v", got.History(), err)
+	}
+}
