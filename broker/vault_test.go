@@ -225,3 +225,4 @@ func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
 		t.Errorf("revoked = %v; want the certificate Vault issued for the unrecorded decision", got)
 	}
 }
+

@@ -149,8 +149,12 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 	for _, rel := range d.Releases {
 		cred, item, err := r.release(ctx, v, rel)
 		if err != nil {
+			certs := out.vaultCerts
+			if rel.Type == policies.TypeVaultPKI && item.Serial != "" {
+				certs = append(certs, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
+			}
 			f := failure(rel, err)
-			f.Notes = append(r.revoke(ctx, out.vaultCerts), f.Notes...)
+			f.Notes = append(r.revoke(ctx, certs), f.Notes...)
 			return nil, f
 		}
 		if rel.Type == policies.TypeVaultPKI {
@@ -237,6 +241,16 @@ type issued struct {
 // refused Vault releases already when the broker has no vault block.
 func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
+	// The PCRs to seal to first: nothing is issued (by Vault least of
+	// all) for a release that cannot be sealed.
+	var pcrs *tpmpb.PCRs
+	if rel.Mode == policies.ModePCRSealed {
+		var err error
+		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
+			return nil, item, err
+		}
+		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
+	}
 	var iss *issued
 	var err error
 	start := time.Now()
@@ -252,25 +266,22 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	default:
 		err = fmt.Errorf("release type %q is not supported", rel.Type)
 	}
+	if iss != nil {
+		// Known also when a later step fails: what Vault issued is then
+		// revoked with the rest of the decision.
+		item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
+	}
 	if err != nil {
 		return nil, item, err
 	}
 	defer clear(iss.payload)
 	sealStart := time.Now()
 	r.observe(StageIssue, sealStart.Sub(start))
-	var pcrs *tpmpb.PCRs
-	if rel.Mode == policies.ModePCRSealed {
-		if pcrs, err = v.SealPCRs(rel.PCRBank, rel.PCRs); err != nil {
-			return nil, item, err
-		}
-		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
-	}
 	cred, err := sealing.SealCredential(v.Node().EKPublic(), rel.Name, iss.typ, iss.payload, pcrs)
 	if err != nil {
 		return nil, item, err
 	}
 	r.observe(StageSeal, time.Since(sealStart))
-	item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
 	if !iss.notAfter.IsZero() {
 		cred.NotAfterUnix = iss.notAfter.Unix()
 	}
@@ -315,7 +326,11 @@ func (r *Releaser) issueVaultPKI(ctx context.Context, rel policies.Release) (*is
 	if err != nil {
 		return nil, err
 	}
-	return tlsIssued(c.KeyPEM, c.CertificatePEM, c.ChainPEM, c.Serial, c.NotAfter)
+	iss, err := tlsIssued(c.KeyPEM, c.CertificatePEM, c.ChainPEM, c.Serial, c.NotAfter)
+	if err != nil {
+		return &issued{serial: c.Serial}, err // issued by Vault: to revoke
+	}
+	return iss, nil
 }
 
 // readVaultKV reads a vault_kv release: the latest version of a KV

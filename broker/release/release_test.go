@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/brokertest"
+	"github.com/keybroker/keybroker/internal/fakevaultsource"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -156,5 +158,31 @@ func TestReleaseRefusals(t *testing.T) {
 				t.Fatalf("Release = %v, %v; want kind %d %q with notes, nothing released", out, err, tt.kind, tt.msg)
 			}
 		})
+	}
+}
+
+// A vault_pki release that cannot be sealed (its PCRs were not quoted)
+// asks Vault for nothing: no certificate exists unreleased. (Policies
+// refuse such a node before; this is the release step's own guard.)
+func TestVaultCertificateNeverLeftUnreleased(t *testing.T) {
+	n := newSimNode(t)
+	fake := fakevaultsource.New(t)
+	r := newReleaser(t, release.Opts{Vault: fake.Client(t)})
+	d := policies.Decision{Allowed: true, Releases: []policies.Release{{
+		Name: "sealed-tls", Type: policies.TypeVaultPKI, Mode: policies.ModePCRSealed,
+		PCRBank: tpm2new.TPMAlgSHA512, PCRs: []uint32{7}, Path: "pki/issue/nodes", CommonName: "node.example.com", TTL: time.Hour,
+	}}}
+	out, err := r.Release(context.Background(), n.verified, d)
+	var f *release.Failure
+	if out != nil || !errors.As(err, &f) || f.Kind != release.KindIssue {
+		t.Fatalf("Release = %v, %v; want an issue failure", out, err)
+	}
+	for _, p := range fake.Paths() {
+		if strings.HasPrefix(p, "pki/") {
+			t.Fatalf("Vault was asked %s for a release that could not be sealed", p)
+		}
+	}
+	if got := fake.Revoked(); len(got) != 0 {
+		t.Fatalf("revoked %v", got)
 	}
 }
