@@ -225,4 +225,3 @@ func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
 		t.Errorf("revoked = %v; want the certificate Vault issued for the unrecorded decision", got)
 	}
 }
-
