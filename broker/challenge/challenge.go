@@ -127,6 +127,10 @@ type Challenge struct {
 // EK for its AK name, and seals its hash, the digest of ev and the expiry
 // into the challenge ID. The secret is never kept.
 func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Evidence) (*Issued, error) {
+	return i.issue(ctx, node, ev, node.Vouch())
+}
+
+func (i *Issuer) issue(ctx context.Context, node *verify.NodeIdentity, ev Evidence, vouch verify.Vouch) (*Issued, error) {
 	key, err := i.keys.sealing(ctx)
 	if err != nil {
 		return nil, err
@@ -142,7 +146,7 @@ func (i *Issuer) Issue(ctx context.Context, node *verify.NodeIdentity, ev Eviden
 	}
 	c := claims{secretHash: sha256.Sum256(secret), evidenceDigest: evidenceDigest(ev), expiresAt: i.now().Add(i.ttl)}
 	if i.epoch != ([16]byte{}) {
-		c.epoch, c.vouch = i.epoch, node.Vouch()
+		c.epoch, c.vouch = i.epoch, vouch
 	}
 	token, err := seal(key, c)
 	if err != nil {

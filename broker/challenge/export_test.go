@@ -1,6 +1,7 @@
 package challenge
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
 )
 
 // SealV1 seals a version 1 token (no vouch) with k, as brokers sealed them
@@ -27,4 +29,9 @@ func SealV1(k store.ChallengeKey, secretHash [32]byte, ev Evidence, expires time
 	pt = binary.BigEndian.AppendUint64(pt, uint64(expires.UnixNano()))
 	out = aead.Seal(out, out[tokenHeader:], pt, out[:tokenHeader])
 	return base64.RawURLEncoding.EncodeToString(out)
+}
+
+// IssueVouched is Issue with the vouch v instead of the node's.
+func (i *Issuer) IssueVouched(ctx context.Context, node *verify.NodeIdentity, ev Evidence, v verify.Vouch) (*Issued, error) {
+	return i.issue(ctx, node, ev, v)
 }

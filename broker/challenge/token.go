@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -77,7 +78,13 @@ func seal(k store.ChallengeKey, c claims) (string, error) {
 	pt = append(pt, c.epoch[:]...)
 	pt = append(pt, c.vouch.CA)
 	var notAfter uint64
-	if !c.vouch.NotAfter.IsZero() {
+	switch maxNano := time.Unix(0, math.MaxInt64); {
+	case c.vouch.NotAfter.IsZero():
+	case c.vouch.NotAfter.After(maxNano):
+		// Past 2262 (EK certificates valid until 9999): the latest time
+		// the token can say, still no later than the chain's expiry.
+		notAfter = math.MaxInt64
+	default:
 		notAfter = uint64(c.vouch.NotAfter.UnixNano())
 	}
 	pt = binary.BigEndian.AppendUint64(pt, notAfter)

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"math"
 	"math/big"
 	"testing"
 	"time"
@@ -136,5 +137,26 @@ func TestOpenVersion1Token(t *testing.T) {
 	}
 	if _, err := iss.Open(ctx, token[:len(token)-1]+"A", ev); !errors.Is(err, challenge.ErrUnknown) {
 		t.Fatalf("a tampered version 1 token: %v, want ErrUnknown", err)
+	}
+}
+
+// A chain valid past 2262 (EK certificates valid until 9999) is vouched
+// for until the latest time a token can say, not a wrapped one.
+func TestVouchFarFuture(t *testing.T) {
+	ctx := context.Background()
+	node, ev, trust := ekCertNode(t)
+	v := node.Vouch()
+	v.NotAfter = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	iss := challenge.New(openStore(t), challenge.Opts{Epoch: trust.Epoch()})
+	issued, err := iss.IssueVouched(ctx, node, ev, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := iss.Open(ctx, issued.ID, ev)
+	if err != nil || c.Vouch == nil {
+		t.Fatalf("Open: %v, %v", c.Vouch, err)
+	}
+	if want := time.Unix(0, math.MaxInt64); !c.Vouch.NotAfter.Equal(want) {
+		t.Fatalf("vouch until %v, want %v", c.Vouch.NotAfter, want)
 	}
 }
