@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Defaults of EtcdOpts.
@@ -194,10 +196,16 @@ func (e *Etcd) ekIndexPrefix(ekHash string) string {
 }
 
 // explain says that etcd did not answer when err is the request timeout
-// running out (not the caller's context).
+// running out (not the caller's context), or that it is unavailable when
+// the connection failed first.
 func (e *Etcd) explain(ctx context.Context, err error) error {
-	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("etcd did not answer within %v: %w", e.timeout, err)
+	case ctx.Err() == nil && status.Code(err) == codes.Unavailable:
+		// The connection failed before the timeout (an etcd stopping
+		// resets it).
+		return fmt.Errorf("etcd is unavailable: %w", err)
 	}
 	return err
 }
