@@ -28,12 +28,7 @@ func TestQuotesOnlyCountedBanks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := brokertest.Start(t, brokertest.StartOpts{Policy: env.PolicySource, EKHashes: []string{env.EKHash},
 				TrustDomain: brokertest.TrustDomain, PCRBanks: tt.banks})
-			conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			if _, err := agent.Attest(testContext(t), pb.NewBrokerClient(conn), env.Node, agent.AttestOpts{}); err != nil {
+			if _, err := agent.Attest(testContext(t), brokerClient(t, r), env.Node, agent.AttestOpts{}); err != nil {
 				t.Fatalf("Attest: %v", err)
 			}
 			n, err := r.Store().GetNode(context.Background(), env.EKHash)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/keybroker/keybroker/broker"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -38,12 +40,7 @@ func TestWithTheBroker(t *testing.T) {
   }
 `, webID, uid, dbID, uid, path, sum)})
 	r := brokertest.Start(t, brokertest.StartOpts{Policy: env.PolicySource, EKHashes: []string{env.EKHash}, TrustDomain: "example.org"})
-	conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	client := pb.NewBrokerClient(conn)
+	client := brokerClient(t, r)
 	ctx := testContext(t)
 
 	att, err := agent.Attest(ctx, client, env.Node, agent.AttestOpts{})
@@ -126,4 +123,15 @@ func TestWithTheBroker(t *testing.T) {
 	if err := mgr.Update(ctx, att2); err == nil {
 		t.Error("the broker issued workload SVIDs to a deny-listed node")
 	}
+}
+
+// brokerClient dials r over TLS with its CA, closed when the test ends.
+func brokerClient(t *testing.T, r *broker.Running) pb.BrokerClient {
+	t.Helper()
+	conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewBrokerClient(conn)
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/brokertest"
-	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
 // TestMetricsWithTheBroker runs the agent against a started broker with
@@ -54,12 +53,7 @@ func TestMetricsWithTheBroker(t *testing.T) {
 	}
 	t.Cleanup(func() { ep.Close() })
 
-	conn, err := agent.Dial(r.Addr(), r.CA.BundlePEM(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	client := pb.NewBrokerClient(conn)
+	client := brokerClient(t, r)
 	ctx := testContext(t)
 
 	// 1. The first attestation: released.
