@@ -28,8 +28,21 @@ func Dial(addr string, caPEM []byte, serverName string) (*grpc.ClientConn, error
 		}
 		serverName = host
 	}
-	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13})
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	return dialTLS(addr, &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13})
+}
+
+// callWindow is the flow-control window of the agent's connections, larger
+// than any broker reply: a fixed window turns off grpc-go's bandwidth
+// estimation, whose PINGs the broker would answer on every connection.
+const callWindow = 1 << 20
+
+// dialTLS sets up a gRPC connection to addr over TLS with cfg.
+func dialTLS(addr string, cfg *tls.Config) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithInitialWindowSize(callWindow),
+		grpc.WithInitialConnWindowSize(callWindow),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("unable to set up a connection to %s: %w", addr, err)
 	}

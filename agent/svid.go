@@ -21,8 +21,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent/metrics"
@@ -464,15 +462,14 @@ func (m *SVIDManager) client(node *NodeSVID) (pb.BrokerClient, func(), error) {
 	for _, c := range node.SVID.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	creds := credentials.NewTLS(&tls.Config{
+	conn, err := dialTLS(m.addr, &tls.Config{
 		RootCAs:      m.pool,
 		ServerName:   m.serverName,
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 	})
-	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return nil, nil, fmt.Errorf("unable to set up a connection to %s: %w", m.addr, err)
+		return nil, nil, err
 	}
 	return pb.NewBrokerClient(conn), func() { conn.Close() }, nil
 }

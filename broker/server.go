@@ -167,7 +167,7 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 	if s.metrics != nil { // IDOf digests the token: not without metrics
 		s.metrics.ChallengeOutstanding(challenge.IDOf(issued.ID), issued.ExpiresAt)
 	}
-	s.log.Info("challenge issued", "ek", node.EKHash(), "expires", issued.ExpiresAt)
+	s.log.Debug("challenge issued", "ek", node.EKHash(), "expires", issued.ExpiresAt)
 	return &pb.ChallengeResponse{
 		ChallengeId:     issued.ID,
 		CredentialBlob:  issued.CredentialBlob,
