@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,7 +20,6 @@ import (
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
-	"github.com/keybroker/keybroker/sealing"
 )
 
 // The files Bootstrap writes in OutDir.
@@ -73,6 +73,9 @@ type BootstrapOpts struct {
 	// Metrics, if set, counts the attestation by outcome and observes its
 	// time (up to the credentials opened).
 	Metrics *metrics.Agent
+	// Kubeconfig is where the kubeconfig of a kubelet credential is
+	// written; empty: OutDir/KubeconfigFile.
+	Kubeconfig string
 }
 
 // Result describes a successful bootstrap.
@@ -87,6 +90,9 @@ type Result struct {
 	NodeSVID *NodeSVID
 	// Entries are the workload entries the broker returned.
 	Entries []workload.Entry
+	// KubeletNode is the node name of the kubelet credential written, if
+	// the broker released one.
+	KubeletNode string
 }
 
 // Bootstrap attests the node to the broker and writes the released TLS
@@ -110,14 +116,27 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 		}
 		res.Files = append(res.Files, f.Path)
 	}
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return nil, &StepError{StepWrite, fmt.Errorf("unable to create %s: %w", opts.OutDir, err)}
+	for _, dir := range outDirs(opts.OutDir, files) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, &StepError{StepWrite, fmt.Errorf("unable to create %s: %w", dir, err)}
+		}
 	}
 	if err := atomicfile.WriteSet(files); err != nil {
 		return nil, &StepError{StepWrite, err}
 	}
 	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
 	return res, nil
+}
+
+// outDirs lists outDir and the other directories files go to, once each.
+func outDirs(outDir string, files []atomicfile.File) []string {
+	dirs := []string{outDir}
+	for _, f := range files {
+		if d := filepath.Dir(f.Path); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
 }
 
 // attestAndOpen attests and opens the released credentials inside the
@@ -134,11 +153,8 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 		if c.GetType() != pb.CredentialType_TLS_CERTIFICATE {
 			continue
 		}
-		payload, err := node.Open(c)
+		payload, err := node.openSealed(c)
 		if err != nil {
-			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
-				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
-			}
 			return nil, nil, &StepError{StepOpen, err}
 		}
 		tlsCred = &pb.TLSCredential{}
@@ -148,10 +164,30 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 		mode = c.GetMode()
 		break
 	}
-	if tlsCred == nil {
-		return nil, nil, &StepError{StepOpen, errors.New("the broker released no TLS credential")}
+	kube, err := openKubelet(node, resp, opts.OutDir, opts.Kubeconfig)
+	if err != nil {
+		return nil, nil, &StepError{StepOpen, err}
 	}
-	leaf, err := parseLeaf(tlsCred.GetCertificatePem())
+	if tlsCred == nil && kube == nil {
+		return nil, nil, &StepError{StepOpen, errors.New("the broker released no TLS or kubelet credential")}
+	}
+	var files []atomicfile.File
+	leafPEM := kube.certificate()
+	if tlsCred != nil {
+		leafPEM = tlsCred.GetCertificatePem()
+		files = []atomicfile.File{
+			{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
+			{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
+			{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
+		}
+	}
+	if kube != nil {
+		files = append(files, kube.files...)
+		if tlsCred == nil {
+			mode = kube.mode
+		}
+	}
+	leaf, err := parseLeaf(leafPEM)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
@@ -166,10 +202,8 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
 
 	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
-	files := []atomicfile.File{
-		{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
-		{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
-		{Path: filepath.Join(opts.OutDir, ChainFile), Data: tlsCred.GetChainPem(), Perm: 0o644},
+	if kube != nil {
+		res.KubeletNode = kube.cred.GetNodeName()
 	}
 	return res, append(files, secrets...), nil
 }
@@ -186,11 +220,8 @@ func openSecrets(node *Node, resp *pb.AttestResponse, outDir string) ([]atomicfi
 		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") {
 			return nil, fmt.Errorf("credential %q: the name cannot be a file name", name)
 		}
-		payload, err := node.Open(c)
+		payload, err := node.openSealed(c)
 		if err != nil {
-			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
-				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", name, err)
-			}
 			return nil, err
 		}
 		var sc pb.SecretCredential

@@ -300,6 +300,16 @@ func (n *Node) Open(c *pb.Credential) ([]byte, error) {
 	return out, err
 }
 
+// openSealed opens c as Open does, and says so when a pcr_sealed
+// credential does not open because the PCRs moved since the attestation.
+func (n *Node) openSealed(c *pb.Credential) ([]byte, error) {
+	out, err := n.Open(c)
+	if err != nil && errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+		err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
+	}
+	return out, err
+}
+
 func allPCRs() []int {
 	pcrs := make([]int, 24)
 	for i := range pcrs {

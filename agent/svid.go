@@ -27,7 +27,6 @@ import (
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
-	"github.com/keybroker/keybroker/sealing"
 )
 
 // Limits the agent holds the broker to.
@@ -105,11 +104,8 @@ func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entr
 		if c.GetType() != pb.CredentialType_X509_SVID {
 			continue
 		}
-		payload, err := node.Open(c)
+		payload, err := node.openSealed(c)
 		if err != nil {
-			if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
-				err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
-			}
 			return nil, nil, err
 		}
 		svid, err = parseNodeSVID(payload)

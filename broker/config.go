@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 )
 
@@ -46,6 +47,7 @@ import (
 //	  }
 //	  namespace  = ""                      # Vault Enterprise namespace
 //	}
+//	kubernetes { … }                       # optional: the cluster kubelet releases join (KubernetesFile)
 //	limits { … }                           # optional: admission limits (LimitsFile)
 //	store "etcd" { … }                     # optional: shared state for several brokers (StoreFile)
 //	challenge_key_rotation = "24h"         # how long a challenge key seals challenges
@@ -55,21 +57,22 @@ import (
 // ParseConfig decodes it and builds the parsed form, Config, from it once;
 // the two are kept apart.
 type FileConfig struct {
-	Listen             string      `hcl:"listen,optional"`
-	MetricsListen      string      `hcl:"metrics_listen,optional"`
-	DataDir            string      `hcl:"data_dir"`
-	ServerNames        []string    `hcl:"server_names,optional"`
-	ChallengeTTL       string      `hcl:"challenge_ttl,optional"`
-	AllowSHA1          bool        `hcl:"allow_sha1,optional"`
-	PCRBanks           []string    `hcl:"pcr_banks,optional"`
-	Policies           []string    `hcl:"policies"`
-	PolicyPollInterval string      `hcl:"policy_poll_interval,optional"`
-	EKAllow            []string    `hcl:"ek_allow,optional"`
-	EKCAs              []EKCAFile  `hcl:"ek_ca,block"`
-	SPIFFE             *SPIFFEFile `hcl:"spiffe,block"`
-	Vault              *VaultFile  `hcl:"vault,block"`
-	Limits             *LimitsFile `hcl:"limits,block"`
-	Store              []StoreFile `hcl:"store,block"`
+	Listen             string          `hcl:"listen,optional"`
+	MetricsListen      string          `hcl:"metrics_listen,optional"`
+	DataDir            string          `hcl:"data_dir"`
+	ServerNames        []string        `hcl:"server_names,optional"`
+	ChallengeTTL       string          `hcl:"challenge_ttl,optional"`
+	AllowSHA1          bool            `hcl:"allow_sha1,optional"`
+	PCRBanks           []string        `hcl:"pcr_banks,optional"`
+	Policies           []string        `hcl:"policies"`
+	PolicyPollInterval string          `hcl:"policy_poll_interval,optional"`
+	EKAllow            []string        `hcl:"ek_allow,optional"`
+	EKCAs              []EKCAFile      `hcl:"ek_ca,block"`
+	SPIFFE             *SPIFFEFile     `hcl:"spiffe,block"`
+	Vault              *VaultFile      `hcl:"vault,block"`
+	Kubernetes         *KubernetesFile `hcl:"kubernetes,block"`
+	Limits             *LimitsFile     `hcl:"limits,block"`
+	Store              []StoreFile     `hcl:"store,block"`
 	// ChallengeKeyRotation is how long a challenge key seals challenges
 	// (default 24h).
 	ChallengeKeyRotation string `hcl:"challenge_key_rotation,optional"`
@@ -169,6 +172,9 @@ type Config struct {
 	// Vault is the vault block; nil when absent (vault_kv and vault_pki
 	// releases are then refused).
 	Vault *VaultConfig
+	// Kubernetes is the kubernetes block, its client CA loaded; nil when
+	// absent (kubelet releases are then refused).
+	Kubernetes *release.Kubernetes
 	// Limits are the admission limits on Challenge and Attest;
 	// ParseConfig fills in DefaultLimits for what the file leaves out.
 	Limits LimitsConfig

@@ -95,6 +95,9 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 	if fc.Vault != nil {
 		c.Vault = fc.Vault.build(abs, at.block("vault", 0), p)
 	}
+	if fc.Kubernetes != nil {
+		c.Kubernetes = fc.Kubernetes.build(abs, at.block("kubernetes", 0), p)
+	}
 	c.Store = fc.buildStore(abs, at, p)
 	c.ChallengeKeyRotation = challenge.DefaultKeyRotation
 	if d, ok := parseDays(fc.ChallengeKeyRotation, "challenge_key_rotation", at, p); ok {

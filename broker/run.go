@@ -224,6 +224,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		Policies:             pol,
 		SPIFFE:               sp,
 		Vault:                vc,
+		Kubernetes:           cfg.Kubernetes,
 		Limits:               cfg.Limits,
 		Metrics:              m,
 		Logger:               log,

@@ -77,6 +77,9 @@ type ServerOpts struct {
 	// Vault is the source of vault_kv and vault_pki releases. Nil (the
 	// default) refuses them.
 	Vault *vaultsource.Client
+	// Kubernetes is the cluster kubelet releases join. Nil (the default)
+	// refuses them.
+	Kubernetes *release.Kubernetes
 	// Limits are the admission limits on Challenge and Attest; the zero
 	// value limits nothing (Start passes the configuration's).
 	Limits LimitsConfig
@@ -116,7 +119,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		log:       opts.Logger,
 	}
 	var err error
-	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Logger: opts.Logger,
+	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Kubernetes: opts.Kubernetes, Logger: opts.Logger,
 		Observe: opts.Metrics.ReleaseStage}); err != nil {
 		return nil, err
 	}
@@ -419,7 +422,7 @@ func releaseRefusal(f *release.Failure) *refusal {
 	switch f.Kind {
 	case release.KindSPIFFE:
 		return denies(r)
-	case release.KindNoVault, release.KindVaultRefused:
+	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes:
 		return r
 	case release.KindVaultUnavailable:
 		r.code = codes.Unavailable

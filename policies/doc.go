@@ -15,7 +15,7 @@
 //	    "ek.certified",
 //	  ]
 //	  release "node-tls" {
-//	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv or vault_pki
+//	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv, vault_pki or kubelet
 //	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
 //	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
 //	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
@@ -41,6 +41,14 @@
 //	    path         = "pki/issue/nodes"   # <mount>/issue/<role>, static
 //	    common_name  = "${ek_hash_short}.nodes.example.com"  # names and ttl as tls_certificate
 //	    ttl          = "24h"
+//	  }
+//	  release "kubelet" {
+//	    type         = "kubelet"           # a kubelet client certificate (broker.hcl needs a kubernetes block)
+//	    node_name    = "node-${ek_hash_short}"  # must use ek_hash or ek_hash_short
+//	    kubelet_auth = "client_certificate"     # default, and the only mode so far
+//	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
+//	    pcrs         = [0, 7]
+//	    ttl          = "24h"               # default 24h, at most 168h
 //	  }
 //	  workload "web" {                     # an SVID the node's agent may hand out
 //	    spiffe_id    = "spiffe://example.org/web"
@@ -77,6 +85,18 @@
 // dns_names and ip_addresses, valid for ttl, and releases it as a TLS
 // credential. When Vault is unreachable or refuses, the broker releases
 // nothing to the node, not even the decision's other releases.
+//
+// A kubelet release is a node's Kubernetes identity: a key and a client
+// certificate for user system:node:<node_name> in group system:nodes,
+// signed by the client CA of the broker's kubernetes block (which
+// kube-apiserver trusts through --client-ca-file), released with the API
+// server's address and CA; the agent writes the kubeconfig. node_name is a
+// template that must use ek_hash or ek_hash_short, so that each node's name
+// is bound to its EK: with the Node authorizer and the NodeRestriction
+// admission plugin, a kubelet can then act only on its own Node object and
+// what is bound to it. Kubernetes checks no revocation of client
+// certificates, so ttl is short (at most MaxKubeletTTL): a node that stops
+// attesting falls out of the cluster when its certificate expires.
 //
 // A workload block is an entry the node's agent serves on its Workload
 // API: processes that match every one of its selectors get an SVID for its

@@ -44,10 +44,22 @@ const (
 	// TypeVaultPKI is a TLS certificate and its key issued by a Vault PKI
 	// role (pki/issue/<role>).
 	TypeVaultPKI = "vault_pki"
+	// TypeKubelet is a kubelet's client certificate for system:node:<name>
+	// from the broker's Kubernetes client CA (the kubernetes block of
+	// broker.hcl), with what the agent needs to write its kubeconfig.
+	TypeKubelet = "kubelet"
+)
+
+// Kubelet authentication modes (kubelet_auth).
+const (
+	// KubeletClientCertificate: the broker signs the kubelet's client
+	// certificate itself, with a CA kube-apiserver trusts
+	// (--client-ca-file).
+	KubeletClientCertificate = "client_certificate"
 )
 
 // releaseTypes lists the release types, for messages.
-var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI}
+var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI, TypeKubelet}
 
 // IsVault reports whether a release type takes its material from Vault.
 func IsVault(typ string) bool { return typ == TypeVaultKV || typ == TypeVaultPKI }
@@ -59,6 +71,10 @@ const (
 	// MaxSVIDTTL bounds the ttl of an x509_svid release and of a workload
 	// entry: the SPIFFE authority signs no longer SVID.
 	MaxSVIDTTL = issue.MaxSVIDTTL
+	// MaxKubeletTTL bounds the ttl of a kubelet release. Kubernetes checks
+	// no revocation of client certificates: a node that stops attesting
+	// keeps its access until its certificate expires, so it is short.
+	MaxKubeletTTL = 7 * 24 * time.Hour
 )
 
 // Release is what an allowing policy releases to the node, with its
@@ -81,6 +97,12 @@ type Release struct {
 	// parsed; zero otherwise. Whether it is in the broker's trust domain
 	// is for the broker to check.
 	SPIFFEID spiffeid.ID
+	// NodeName is the Kubernetes node name of TypeKubelet, rendered and
+	// checked as a DNS subdomain (RFC 1123); empty otherwise.
+	NodeName string
+	// KubeletAuth is how a TypeKubelet authenticates:
+	// KubeletClientCertificate; empty otherwise.
+	KubeletAuth string
 }
 
 type releaseHCL struct {
@@ -97,6 +119,8 @@ type releaseHCL struct {
 	IPAddresses *hcl.Attribute `hcl:"ip_addresses,optional"`
 	SPIFFEID    *hcl.Attribute `hcl:"spiffe_id,optional"`
 	Path        *hcl.Attribute `hcl:"path,optional"`
+	NodeName    *hcl.Attribute `hcl:"node_name,optional"`
+	KubeletAuth *hcl.Attribute `hcl:"kubelet_auth,optional"`
 }
 
 // release is the parsed form of a release block; its templates are
@@ -115,6 +139,8 @@ type release struct {
 	ipAddresses []hcl.Expression
 	spiffeID    hcl.Expression // nil if absent
 	path        hcl.Expression // vault_kv, vault_pki; nil otherwise
+	nodeName    hcl.Expression // kubelet; nil otherwise
+	kubeletAuth string         // kubelet; empty otherwise
 }
 
 // sealBanks are the PCR banks a release may be sealed to.
@@ -168,8 +194,11 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	c.sealing(r, raw, where, modeKnown)
 
 	maxTTL, maxFor := MaxTTL, ""
-	if r.typ == TypeX509SVID {
+	switch r.typ {
+	case TypeX509SVID:
 		maxTTL, maxFor = MaxSVIDTTL, "an "+TypeX509SVID
+	case TypeKubelet:
+		maxTTL, maxFor = MaxKubeletTTL, "a "+TypeKubelet
 	}
 	if d, ok := c.ttl(raw.TTL, where, maxTTL, maxFor); ok {
 		r.ttl = d
@@ -177,7 +206,16 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	if raw.Path != nil && !IsVault(r.typ) && r.typ != "" {
 		c.errorf(raw.Path.NameRange, "%s: path is only allowed with type %q or %q", where, TypeVaultKV, TypeVaultPKI)
 	}
+	if r.typ != TypeKubelet && r.typ != "" {
+		for _, a := range []*hcl.Attribute{raw.NodeName, raw.KubeletAuth} {
+			if a != nil {
+				c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeKubelet)
+			}
+		}
+	}
 	switch r.typ {
+	case TypeKubelet:
+		c.kubelet(r, raw, where)
 	case TypeTLSCertificate:
 		c.tlsNames(r, raw, where, TypeTLSCertificate)
 	case TypeX509SVID:
@@ -197,6 +235,68 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 		}
 	}
 	return r
+}
+
+// kubelet validates a kubelet release: kubelet_auth, and a node_name
+// template that names the node by its EK (ek_hash or ek_hash_short), so
+// that no two nodes can be given one Kubernetes identity; none of the
+// other types' names.
+func (c *compiler) kubelet(r *release, raw *releaseHCL, where string) {
+	for _, a := range []*hcl.Attribute{raw.CommonName, raw.DNSNames, raw.IPAddresses, raw.SPIFFEID, raw.Path} {
+		if a != nil {
+			c.errorf(a.NameRange, "%s: %s is not allowed with type %q", where, a.Name, TypeKubelet)
+		}
+	}
+	r.kubeletAuth = KubeletClientCertificate
+	if raw.KubeletAuth != nil {
+		if s, ok := c.str(raw.KubeletAuth.Expr, "%s: kubelet_auth", where); ok {
+			if s != KubeletClientCertificate {
+				c.errorf(raw.KubeletAuth.Expr.Range(), "%s: kubelet_auth %q is not supported; use %q", where, s, KubeletClientCertificate)
+			}
+		}
+	}
+	if raw.NodeName == nil {
+		c.errorf(raw.DefRange, "%s: a %s needs a node_name, such as \"node-${ek_hash_short}\"", where, TypeKubelet)
+		return
+	}
+	what := where + ": node_name"
+	s, ok := c.template(raw.NodeName.Expr, what)
+	if !ok {
+		return
+	}
+	byEK := false
+	for _, tr := range raw.NodeName.Expr.Variables() {
+		if n := tr.RootName(); n == "ek_hash" || n == "ek_hash_short" {
+			byEK = true
+		}
+	}
+	switch {
+	case !byEK:
+		c.errorf(raw.NodeName.Expr.Range(), "%s must use ${ek_hash} or ${ek_hash_short}: a node name shared by several nodes would let one act as another in the cluster", what)
+	case validNodeName(s) != nil:
+		c.errorf(raw.NodeName.Expr.Range(), "%s renders to %q for a sample node: %v", what, s, validNodeName(s))
+	default:
+		r.nodeName = raw.NodeName.Expr
+	}
+}
+
+// validNodeName checks a Kubernetes node name: a DNS subdomain (RFC 1123),
+// lower case, at most 253 characters.
+func validNodeName(s string) error {
+	if s == "" || len(s) > 253 {
+		return errors.New("a node name has 1 to 253 characters")
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("a node name is dot-separated labels of 1 to 63 characters that neither start nor end with '-'")
+		}
+		for _, ch := range label {
+			if (ch < 'a' || ch > 'z') && (ch < '0' || ch > '9') && ch != '-' {
+				return errors.New("a node name holds only lower-case letters, digits, '-' and '.'")
+			}
+		}
+	}
+	return nil
 }
 
 // vaultPath validates the path of a vault_kv or vault_pki release: a
@@ -480,9 +580,19 @@ func render(e hcl.Expression, ctx *hcl.EvalContext) (string, error) {
 func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 	out := Release{
 		Name: r.name, Type: r.typ, Mode: r.mode, PCRBank: r.bank,
-		PCRs: slices.Clone(r.pcrs), TTL: r.ttl,
+		PCRs: slices.Clone(r.pcrs), TTL: r.ttl, KubeletAuth: r.kubeletAuth,
 	}
 	var fails []string
+	if r.nodeName != nil {
+		s, err := render(r.nodeName, ctx)
+		if err == nil {
+			err = validNodeName(s)
+		}
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("node_name: %v", err))
+		}
+		out.NodeName = s
+	}
 	if r.commonName != nil {
 		s, err := render(r.commonName, ctx)
 		if err != nil {

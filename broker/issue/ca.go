@@ -165,6 +165,17 @@ func createCA(dir, certPath, keyPath, cn string, uris []*url.URL, now func() tim
 	return &CA{cert: cert, signer: key, bundle: []*x509.Certificate{cert}, now: now}, nil
 }
 
+// LoadCA loads a CA an operator keeps: the certificate (PEM, the CA's own
+// first; further certificates join BundlePEM) and its key (PKCS#8 or SEC1
+// PEM). It fails if the certificate is not a CA's, has expired, or does not
+// match the key. Only opts.Now is used.
+func LoadCA(certPath, keyPath string, opts CAOpts) (*CA, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return loadCA(certPath, keyPath, opts.Now)
+}
+
 func loadCA(certPath, keyPath string, now func() time.Time) (*CA, error) {
 	certPEM, err := os.ReadFile(certPath)
 	if err != nil {

@@ -31,6 +31,9 @@ type TLSTemplate struct {
 	// CommonName is the subject CN. Verifiers match names against DNSNames
 	// and IPAddresses only; the CN is not copied into them.
 	CommonName string
+	// Organization is the subject O (Kubernetes reads it as the client
+	// certificate's groups).
+	Organization []string
 	// DNSNames are subject alternative names; a leading "*." wildcard is
 	// allowed.
 	DNSNames []string
@@ -143,7 +146,7 @@ func (c *CA) issueTLS(t TLSTemplate) (crypto.Signer, *x509.Certificate, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: t.CommonName},
+		Subject:               pkix.Name{CommonName: t.CommonName, Organization: t.Organization},
 		DNSNames:              t.DNSNames,
 		IPAddresses:           t.IPAddresses,
 		NotBefore:             now.Add(-backdate),

@@ -42,7 +42,9 @@ type Opts struct {
 	SPIFFE *issue.SPIFFE
 	// Vault is the source of vault_kv and vault_pki releases; nil refuses
 	// them.
-	Vault  *vaultsource.Client
+	Vault *vaultsource.Client
+	// Kubernetes is the cluster kubelet releases join; nil refuses them.
+	Kubernetes *Kubernetes
 	Logger *slog.Logger // default: discard
 	// Observe, if set, is told how long each credential took to issue
 	// (StageIssue) and to seal (StageSeal).
@@ -55,6 +57,7 @@ type Releaser struct {
 	ca      *issue.CA
 	spiffe  *issue.SPIFFE
 	vault   *vaultsource.Client
+	kube    *Kubernetes
 	log     *slog.Logger
 	observe func(stage string, took time.Duration)
 }
@@ -70,7 +73,19 @@ func New(opts Opts) (*Releaser, error) {
 	if opts.Observe == nil {
 		opts.Observe = func(string, time.Duration) {}
 	}
-	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, log: opts.Logger, observe: opts.Observe}, nil
+	if k := opts.Kubernetes; k != nil && (k.ClientCA == nil || k.Server == "") {
+		return nil, errors.New("kubernetes needs a server and a client CA")
+	}
+	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, kube: opts.Kubernetes, log: opts.Logger, observe: opts.Observe}, nil
+}
+
+// Kubernetes is the cluster kubelet releases join: where its API server
+// is, what verifies it, and the CA that signs kubelet client certificates,
+// which kube-apiserver trusts through --client-ca-file.
+type Kubernetes struct {
+	Server       string // https://host:port
+	ClusterCAPEM []byte // empty: the node's system roots
+	ClientCA     *issue.CA
 }
 
 // Released is what a decision released: the sealed credentials for the
@@ -105,6 +120,9 @@ const (
 	KindVaultUnavailable
 	// KindIssue: issuing or sealing a credential failed.
 	KindIssue
+	// KindNoKubernetes: the decision releases a kubelet credential and the
+	// broker has no kubernetes block.
+	KindNoKubernetes
 )
 
 // Failure is why a decision released nothing.
@@ -143,6 +161,11 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 			return nil, &Failure{Kind: KindNoVault, Msg: "release: vault unavailable (not configured)",
 				Notes: []string{fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name)},
 				Cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
+		}
+		if rel.Type == policies.TypeKubelet && r.kube == nil {
+			return nil, &Failure{Kind: KindNoKubernetes, Msg: "release: kubernetes is not configured",
+				Notes: []string{fmt.Sprintf("release %q: no kubernetes block is configured in broker.hcl", rel.Name)},
+				Cause: fmt.Errorf("release %q: no kubernetes is configured", rel.Name)}
 		}
 	}
 	out := &Released{}
@@ -263,6 +286,8 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		iss, err = r.issueVaultPKI(ctx, rel)
 	case policies.TypeVaultKV:
 		iss, err = r.readVaultKV(ctx, rel)
+	case policies.TypeKubelet:
+		iss, err = r.issueKubelet(rel)
 	default:
 		err = fmt.Errorf("release type %q is not supported", rel.Type)
 	}
@@ -302,6 +327,41 @@ func (r *Releaser) issueTLS(rel policies.Release) (*issued, error) {
 	}
 	return tlsIssued(tc.KeyPEM, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
 }
+
+// issueKubelet issues a kubelet release: a key and a client certificate
+// for system:node:<node name> in group system:nodes from the Kubernetes
+// client CA, with the API server's address and CA.
+func (r *Releaser) issueKubelet(rel policies.Release) (*issued, error) {
+	if rel.KubeletAuth != policies.KubeletClientCertificate {
+		return nil, fmt.Errorf("kubelet_auth %q is not supported", rel.KubeletAuth)
+	}
+	tc, err := r.kube.ClientCA.IssueTLS(issue.TLSTemplate{
+		CommonName:   KubeletUserPrefix + rel.NodeName,
+		Organization: []string{KubeletGroup},
+		Client:       true,
+		TTL:          rel.TTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.KubeletCredential{
+		NodeName: rel.NodeName, Server: r.kube.Server, ClusterCaPem: r.kube.ClusterCAPEM,
+		KeyPem: tc.KeyPEM, CertificatePem: tc.CertificatePEM, ChainPem: tc.ChainPEM,
+	})
+	clear(tc.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &issued{typ: pb.CredentialType_KUBELET, payload: payload, serial: tc.Serial, notAfter: tc.NotAfter}, nil
+}
+
+// The Kubernetes user and group a kubelet's client certificate names: the
+// Node authorizer and NodeRestriction admission limit such a client to its
+// own Node object and what is bound to it.
+const (
+	KubeletUserPrefix = "system:node:"
+	KubeletGroup      = "system:nodes"
+)
 
 // tlsIssued makes the TLSCredential payload of a key and certificate, from
 // the broker CA or Vault PKI alike, and clears the key it was given.

@@ -34,11 +34,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type bootstrapOpts struct {
-	node     nodeFlags
-	broker   brokerFlags
-	out      string
-	onChange string
-	quiet    bool
+	node       nodeFlags
+	broker     brokerFlags
+	out        string
+	kubeconfig string
+	onChange   string
+	quiet      bool
 }
 
 func bootstrapCmd() *cobra.Command {
@@ -48,7 +49,11 @@ func bootstrapCmd() *cobra.Command {
 		Short: "Attest once and write the released credentials",
 		Long: `Runs challenge → activate credential → quote → attest → open in the TPM, then
 writes key.pem (0600), cert.pem and chain.pem atomically to --out, and
-<release>.json (0600) for each Vault KV secret released.`,
+<release>.json (0600) for each Vault KV secret released. For a kubelet
+release it writes kubelet-client.pem (the client certificate, its chain and
+its key, 0600) to --out and a kubeconfig naming the API server, its CA and
+that file to --kubeconfig (default --out/kubelet.kubeconfig, 0600): point the
+kubelet's --kubeconfig at it.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -64,6 +69,7 @@ writes key.pem (0600), cert.pem and chain.pem atomically to --out, and
 	f := cmd.Flags()
 	o.broker.register(f)
 	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, and <release>.json (0600) for each Vault KV secret released (required; created if missing)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the kubeconfig of a kubelet release (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
@@ -93,7 +99,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, stdout, stderr io.W
 	}
 	defer conn.Close()
 
-	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog}
+	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig}
 	if !o.quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)

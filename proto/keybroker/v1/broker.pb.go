@@ -91,6 +91,10 @@ const (
 	CredentialType_X509_SVID CredentialType = 2
 	// A secret read from Vault's KV version 2 store.
 	CredentialType_SECRET CredentialType = 3
+	// A kubelet's credential for joining a Kubernetes cluster: its client
+	// key and certificate for system:node:<name> and the cluster's API server
+	// address and CA, from which the agent writes a kubeconfig.
+	CredentialType_KUBELET CredentialType = 4
 )
 
 // Enum value maps for CredentialType.
@@ -100,12 +104,14 @@ var (
 		1: "TLS_CERTIFICATE",
 		2: "X509_SVID",
 		3: "SECRET",
+		4: "KUBELET",
 	}
 	CredentialType_value = map[string]int32{
 		"CREDENTIAL_TYPE_UNSPECIFIED": 0,
 		"TLS_CERTIFICATE":             1,
 		"X509_SVID":                   2,
 		"SECRET":                      3,
+		"KUBELET":                     4,
 	}
 )
 
@@ -1481,6 +1487,99 @@ func (x *SecretCredential) GetVersion() int64 {
 	return 0
 }
 
+// KubeletCredential is the payload of a KUBELET credential.
+type KubeletCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node name the certificate names: its subject is CN
+	// system:node:<node_name>, O system:nodes.
+	NodeName string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	// The kube-apiserver URL (https://host:port).
+	Server string `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// The CA certificates that verify the API server's serving certificate,
+	// PEM; empty: the node's system roots.
+	ClusterCaPem []byte `protobuf:"bytes,3,opt,name=cluster_ca_pem,json=clusterCaPem,proto3" json:"cluster_ca_pem,omitempty"`
+	// PKCS#8 private key, PEM.
+	KeyPem []byte `protobuf:"bytes,4,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// The client certificate, PEM.
+	CertificatePem []byte `protobuf:"bytes,5,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	// Issuing CA certificates, PEM, leaf's issuer first.
+	ChainPem      []byte `protobuf:"bytes,6,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeletCredential) Reset() {
+	*x = KubeletCredential{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeletCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeletCredential) ProtoMessage() {}
+
+func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
+func (*KubeletCredential) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *KubeletCredential) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *KubeletCredential) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *KubeletCredential) GetClusterCaPem() []byte {
+	if x != nil {
+		return x.ClusterCaPem
+	}
+	return nil
+}
+
+func (x *KubeletCredential) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+func (x *KubeletCredential) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
+}
+
+func (x *KubeletCredential) GetChainPem() []byte {
+	if x != nil {
+		return x.ChainPem
+	}
+	return nil
+}
+
 var File_keybroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_broker_proto_rawDesc = "" +
@@ -1581,18 +1680,26 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\x03R\aversion\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*J\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\x01\n" +
+	"\x11KubeletCredential\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12$\n" +
+	"\x0ecluster_ca_pem\x18\x03 \x01(\fR\fclusterCaPem\x12\x17\n" +
+	"\akey_pem\x18\x04 \x01(\fR\x06keyPem\x12'\n" +
+	"\x0fcertificate_pem\x18\x05 \x01(\fR\x0ecertificatePem\x12\x1b\n" +
+	"\tchain_pem\x18\x06 \x01(\fR\bchainPem*J\n" +
 	"\vReleaseMode\x12\x1c\n" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PCR_SEALED\x10\x02*a\n" +
+	"PCR_SEALED\x10\x02*n\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTLS_CERTIFICATE\x10\x01\x12\r\n" +
 	"\tX509_SVID\x10\x02\x12\n" +
 	"\n" +
-	"\x06SECRET\x10\x032\xcd\x03\n" +
+	"\x06SECRET\x10\x03\x12\v\n" +
+	"\aKUBELET\x10\x042\xcd\x03\n" +
 	"\x06Broker\x12L\n" +
 	"\tChallenge\x12\x1e.keybroker.v1.ChallengeRequest\x1a\x1f.keybroker.v1.ChallengeResponse\x12C\n" +
 	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponse\x12s\n" +
@@ -1613,7 +1720,7 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                       // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                    // 1: keybroker.v1.CredentialType
@@ -1638,13 +1745,14 @@ var file_keybroker_v1_broker_proto_goTypes = []any{
 	(*X509SVIDCredential)(nil),             // 20: keybroker.v1.X509SVIDCredential
 	(*TLSCredential)(nil),                  // 21: keybroker.v1.TLSCredential
 	(*SecretCredential)(nil),               // 22: keybroker.v1.SecretCredential
-	nil,                                    // 23: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                    // 24: keybroker.v1.SecretCredential.DataEntry
+	(*KubeletCredential)(nil),              // 23: keybroker.v1.KubeletCredential
+	nil,                                    // 24: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                    // 25: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	23, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	24, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
 	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
 	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
 	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
@@ -1654,7 +1762,7 @@ var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
 	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
 	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	24, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	25, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
 	2,  // 13: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
 	4,  // 14: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
 	10, // 15: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
@@ -1683,7 +1791,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
