@@ -70,3 +70,52 @@ policy "vault" {
 		t.Error("a refused bootstrap changed the secret file")
 	}
 }
+
+// TestBootstrapWritesVaultToken: a VAULT_TOKEN credential (vault_token) is
+// written as OUT/<release name>.token, 0600, the token alone; the token
+// Vault created names the node's EK hash and the receipt the broker
+// answered with.
+func TestBootstrapWritesVaultToken(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	env := brokertest.New(t, brokertest.Opts{Server: func(o *broker.ServerOpts) { o.Vault = fake.Client(t) }})
+	pol, err := policies.Parse([]byte(env.PolicySource+fmt.Sprintf(`
+policy "vault" {
+  select { ek_hashes = [%q] }
+  release "vault" {
+    type       = "vault_token"
+    token_role = "nodes"
+    ttl        = "1h"
+  }
+}`, env.EKHash)), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Server.SetPolicies(pol)
+	out := t.TempDir()
+	res, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out})
+	if err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+	created := fake.Tokens()
+	if len(created) != 1 {
+		t.Fatalf("Vault created %d tokens", len(created))
+	}
+	meta, _ := created[0].Request["meta"].(map[string]any)
+	if meta["keybroker_ek_hash"] != env.EKHash || meta["keybroker_receipt_id"] != res.ReceiptID || res.ReceiptID == "" {
+		t.Errorf("token metadata %v; want EK hash %s and receipt %q", meta, env.EKHash, res.ReceiptID)
+	}
+	file := filepath.Join(out, "vault"+agent.TokenFileExt)
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != created[0].Token {
+		t.Errorf("%s = %q, want the token alone", file, b)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode %v, want 0600", file, fi.Mode().Perm())
+	}
+	if len(res.Files) != 4 || res.Files[3] != file {
+		t.Errorf("Files = %v", res.Files)
+	}
+}

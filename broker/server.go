@@ -236,7 +236,10 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		// Recorded once (the receipt's marker makes a replay "used").
 		return nil, s.refuseExpired(ctx, ch)
 	}
-	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
+	// The receipt's ID is known before release: tokens Vault creates for
+	// the decision name it.
+	now := time.Now().UTC()
+	rec := &store.Receipt{ID: store.NewReceiptID(now), Time: now, ChallengeID: ch.ID}
 	// What the decision released: what Vault issued for it is revoked if
 	// the decision cannot be recorded.
 	var released *release.Released
@@ -378,7 +381,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, o.NodeRecord, decisionRefusal(r)
 	}
 	v, d, nodeRec := o.Verified, o.Decision, o.NodeRecord
-	out, err := s.releaser.Release(ctx, v, d)
+	out, err := s.releaser.Release(ctx, v, d, rec.ID)
 	var f *release.Failure
 	switch {
 	case errors.As(err, &f):

@@ -47,8 +47,9 @@ func bootstrapCmd() *cobra.Command {
 		Use:   "bootstrap --broker HOST:PORT --ca CA.pem --out DIR",
 		Short: "Attest once and write the released credentials",
 		Long: `Runs challenge → activate credential → quote → attest → open in the TPM, then
-writes key.pem (0600), cert.pem and chain.pem atomically to --out, and
-<release>.json (0600) for each Vault KV secret released.`,
+writes key.pem (0600), cert.pem and chain.pem atomically to --out, with
+<release>.json (0600) for each Vault KV secret released (vault_kv) and
+<release>.token (0600, the token alone) for each Vault token (vault_token).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -63,7 +64,7 @@ writes key.pem (0600), cert.pem and chain.pem atomically to --out, and
 	}
 	f := cmd.Flags()
 	o.broker.register(f)
-	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, and <release>.json (0600) for each Vault KV secret released (required; created if missing)")
+	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, <release>.json (0600) for each Vault KV secret and <release>.token (0600) for each Vault token released (required; created if missing)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
