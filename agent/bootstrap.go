@@ -204,34 +204,33 @@ func openNamed(node *Node, resp *pb.AttestResponse, outDir string) ([]atomicfile
 	return files, nil
 }
 
-// openFileCredential checks that c's name can name a file and opens c in
-// the TPM.
-func openFileCredential(node *Node, c *pb.Credential) ([]byte, error) {
+// openFileCredential checks that c's name can name a file, opens c in the
+// TPM and decodes its payload into msg.
+func openFileCredential(node *Node, c *pb.Credential, msg proto.Message) error {
 	name := c.GetName()
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") {
-		return nil, fmt.Errorf("credential %q: the name cannot be a file name", name)
+		return fmt.Errorf("credential %q: the name cannot be a file name", name)
 	}
 	payload, err := node.Open(c)
 	if err != nil {
 		if errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
 			err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", name, err)
 		}
-		return nil, err
+		return err
 	}
-	return payload, nil
+	err = proto.Unmarshal(payload, msg)
+	clear(payload)
+	if err != nil {
+		return fmt.Errorf("credential %q: malformed payload: %w", name, err)
+	}
+	return nil
 }
 
 // openSecret opens a SECRET credential: the file <name>.json, a SecretFile.
 func openSecret(node *Node, c *pb.Credential) (atomicfile.File, error) {
-	payload, err := openFileCredential(node, c)
-	if err != nil {
-		return atomicfile.File{}, err
-	}
 	var sc pb.SecretCredential
-	err = proto.Unmarshal(payload, &sc)
-	clear(payload)
-	if err != nil {
-		return atomicfile.File{}, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)
+	if err := openFileCredential(node, c, &sc); err != nil {
+		return atomicfile.File{}, err
 	}
 	doc, err := json.MarshalIndent(SecretFile{Path: sc.GetPath(), Version: sc.GetVersion(), Data: sc.GetData()}, "", "  ")
 	if err != nil {
@@ -243,17 +242,11 @@ func openSecret(node *Node, c *pb.Credential) (atomicfile.File, error) {
 // openToken opens a VAULT_TOKEN credential: the file <name>.token, the
 // token alone.
 func openToken(node *Node, c *pb.Credential) (atomicfile.File, error) {
-	payload, err := openFileCredential(node, c)
-	if err != nil {
+	var tc pb.VaultTokenCredential
+	if err := openFileCredential(node, c, &tc); err != nil {
 		return atomicfile.File{}, err
 	}
-	var tc pb.VaultTokenCredential
-	err = proto.Unmarshal(payload, &tc)
-	clear(payload)
-	switch {
-	case err != nil:
-		return atomicfile.File{}, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)
-	case tc.GetToken() == "" || strings.ContainsAny(tc.GetToken(), " \t\r\n"):
+	if tc.GetToken() == "" || strings.ContainsAny(tc.GetToken(), " \t\r\n") {
 		return atomicfile.File{}, fmt.Errorf("credential %q: the payload holds no usable token", c.GetName())
 	}
 	return atomicfile.File{Path: c.GetName() + TokenFileExt, Data: []byte(tc.GetToken())}, nil

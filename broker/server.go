@@ -74,7 +74,7 @@ type ServerOpts struct {
 	// x509_svid releases and workload entries, and the workload SVID and
 	// bundle RPCs.
 	SPIFFE *issue.SPIFFE
-	// Vault is the source of vault_kv and vault_pki releases. Nil (the
+	// Vault is the source of vault_kv, vault_pki and vault_token releases. Nil (the
 	// default) refuses them.
 	Vault *vaultsource.Client
 	// Limits are the admission limits on Challenge and Attest; the zero

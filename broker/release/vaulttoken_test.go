@@ -41,6 +41,7 @@ func tokenPolicy(ekHash, extra, more string) string {
 func TestReleaseVaultToken(t *testing.T) {
 	n := newSimNode(t)
 	fake := fakevaultsource.New(t)
+	fake.RoleMaxTTL = time.Hour // bounds renewals
 	r := newReleaser(t, release.Opts{Vault: fake.Client(t)})
 	for _, tt := range []struct {
 		name, extra     string
@@ -165,8 +166,9 @@ func TestVaultTokenRevokedUnreleased(t *testing.T) {
 }
 
 // A token whose lifetime Vault did not bound as asked (a TTL longer than
-// the release's) is revoked at once and not released; so is nothing when
-// the broker has no vault block.
+// the release's) is revoked at once and not released; a renewable token
+// is not created from a role that does not bound its renewals; nothing is
+// created when the broker has no vault block.
 func TestVaultTokenUnbounded(t *testing.T) {
 	n := newSimNode(t)
 	fake := fakevaultsource.New(t)
@@ -181,6 +183,20 @@ func TestVaultTokenUnbounded(t *testing.T) {
 	}
 	if created, revoked := fake.Tokens(), fake.RevokedAccessors(); len(created) != 1 || !slices.Equal(revoked, []string{created[0].Accessor}) {
 		t.Errorf("created %+v, revoked %v; want the one token revoked", created, revoked)
+	}
+
+	// A renewable token (period) from a role that does not bound renewals
+	// within the ttl: Vault would renew the token past it, so none is
+	// created.
+	fake.TokenLease = 0
+	for _, roleMax := range []time.Duration{0, 2 * time.Hour} {
+		fake.RoleMaxTTL = roleMax
+		before := len(fake.Tokens())
+		out, err = r.Release(context.Background(), n.verified, n.decision(t, tokenPolicy(n.verified.EKHash(), "\n    period = \"10m\"", "")), "r3")
+		want := `release: vault refused the broker (token role "nodes" must set token_explicit_max_ttl, at most 1h0m0s, for renewable tokens: Vault bounds their renewals by the role's maximum)`
+		if out != nil || !errors.As(err, &f) || f.Msg != want || len(fake.Tokens()) != before {
+			t.Errorf("role max %v: Release = %v, %v, %d tokens created; want %q and none", roleMax, out, err, len(fake.Tokens())-before, want)
+		}
 	}
 
 	noVault := newReleaser(t, release.Opts{})

@@ -2,6 +2,7 @@ package vaultsource
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -20,7 +21,10 @@ type TokenRequest struct {
 	// TTL, and the token is not renewable.
 	TTL time.Duration
 	// Period, if set (at most TTL), is the token's TTL, and the token is
-	// renewable, up to TTL after its creation.
+	// renewable, up to TTL after its creation. Vault bounds the renewals
+	// of a role's tokens by the role's token_explicit_max_ttl, not by the
+	// token's own: with Period the role must set it, at most TTL, and the
+	// broker reads the role (auth/token/roles/<Role>) to check.
 	Period time.Duration
 	// DisplayName, if set, names the token in Vault's audit log.
 	DisplayName string
@@ -44,10 +48,12 @@ type Token struct {
 
 // CreateToken has the token role req.Role create a service token with
 // req's policies, metadata and lifetime. A token whose lifetime is not
-// bounded as asked (Vault answered a TTL of 0, or longer than req.TTL), or
-// that has no accessor to revoke it by (a batch token), is revoked if it
-// can be and refused: a created token either is bounded and revocable or
-// is not returned.
+// bounded as asked (Vault answered a TTL of 0, or longer than req.TTL, or
+// a renewable token without req.Period), or that has no accessor to revoke
+// it by (a batch token), is revoked if it can be and refused: a created
+// token either is bounded and revocable or is not returned. With
+// req.Period, a role whose token_explicit_max_ttl does not bound renewals
+// within req.TTL is refused before any token is created.
 func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (_ *Token, err error) {
 	const op = "token create"
 	switch {
@@ -58,11 +64,17 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (_ *Token, e
 	case req.Period > req.TTL:
 		return nil, &Error{Op: op, Reason: "the token's period exceeds its ttl"}
 	}
-	defer c.observe(OpTokenCreate, time.Now(), &err)
-	ttl := req.TTL
+	ttl, maxTTL := req.TTL, req.TTL
 	if req.Period > 0 {
 		ttl = req.Period
+		if maxTTL, err = c.roleMaxTTL(ctx, req.Role); err != nil {
+			return nil, err
+		}
+		if maxTTL == 0 || maxTTL > req.TTL {
+			return nil, &Error{Op: op, Reason: fmt.Sprintf("token role %q must set token_explicit_max_ttl, at most %s, for renewable tokens: Vault bounds their renewals by the role's maximum", req.Role, req.TTL)}
+		}
 	}
+	defer c.observe(OpTokenCreate, time.Now(), &err)
 	data := map[string]any{
 		"ttl":              seconds(ttl),
 		"explicit_max_ttl": seconds(req.TTL),
@@ -89,10 +101,10 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (_ *Token, e
 	t := &Token{
 		Token: a.ClientToken, Accessor: a.Accessor, Policies: a.Policies,
 		TTL: time.Duration(a.LeaseDuration) * time.Second, Renewable: a.Renewable, Orphan: a.Orphan,
-		NotAfter: start.Add(req.TTL),
+		NotAfter: start.Add(maxTTL),
 	}
 	if !t.Renewable && t.TTL > 0 {
-		t.NotAfter = start.Add(min(t.TTL, req.TTL))
+		t.NotAfter = start.Add(min(t.TTL, maxTTL))
 	}
 	var bad string
 	switch {
@@ -104,6 +116,8 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (_ *Token, e
 		bad = "the token does not expire"
 	case t.TTL > req.TTL:
 		bad = fmt.Sprintf("the token's TTL %s exceeds the %s asked for", t.TTL, req.TTL)
+	case t.Renewable && req.Period == 0:
+		bad = "the token is renewable, which was not asked for"
 	}
 	if bad != "" {
 		if rerr := c.RevokeToken(context.WithoutCancel(ctx), t.Accessor); rerr != nil {
@@ -114,6 +128,27 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (_ *Token, e
 		return nil, &Error{Op: op, Reason: bad}
 	}
 	return t, nil
+}
+
+// roleMaxTTL reads the token_explicit_max_ttl of token role role.
+func (c *Client) roleMaxTTL(ctx context.Context, role string) (_ time.Duration, err error) {
+	defer c.observe(OpTokenRole, time.Now(), &err)
+	s, err := c.api.Logical().ReadWithContext(ctx, "auth/token/roles/"+url.PathEscape(role))
+	if err != nil {
+		return 0, classify("token role read", err)
+	}
+	if s == nil || s.Data == nil {
+		return 0, &Error{Op: "token role read", Reason: "not found (404)"}
+	}
+	n, ok := s.Data["token_explicit_max_ttl"].(json.Number)
+	if !ok {
+		return 0, &Error{Op: "token role read", Reason: "answer lacks token_explicit_max_ttl"}
+	}
+	secs, err := n.Int64()
+	if err != nil || secs < 0 {
+		return 0, &Error{Op: "token role read", Reason: "malformed token_explicit_max_ttl"}
+	}
+	return time.Duration(secs) * time.Second, nil
 }
 
 // RevokeToken revokes a token by its accessor (and every token created

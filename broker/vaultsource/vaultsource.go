@@ -43,7 +43,7 @@ type Opts struct {
 	Logger  *slog.Logger // default: discard
 	// Observe, if set, is told of every call to Vault: its op (OpLogin,
 	// OpRenew, OpKVRead, OpPKIIssue, OpPKIRevoke, OpTokenCreate,
-	// OpTokenRevoke), its outcome (OutcomeOK,
+	// OpTokenRole, OpTokenRevoke), its outcome (OutcomeOK,
 	// OutcomeRefused, OutcomeUnavailable) and how long it took, negative
 	// when not measured (renewals, which the Vault client's lifetime
 	// watcher makes). A failure before Vault is asked (a file that cannot
@@ -58,9 +58,11 @@ const (
 	OpKVRead    = "kv_read"
 	OpPKIIssue  = "pki_issue"
 	OpPKIRevoke = "pki_revoke"
-	// OpTokenCreate and OpTokenRevoke are vault_token releases: a token
-	// role creating a token, a token revoked by its accessor.
+	// OpTokenCreate, OpTokenRole and OpTokenRevoke are vault_token
+	// releases: a token role creating a token, a token role read (its
+	// maximum TTL, for renewable tokens), a token revoked by its accessor.
 	OpTokenCreate = "token_create"
+	OpTokenRole   = "token_role_read"
 	OpTokenRevoke = "token_revoke"
 )
 

@@ -18,9 +18,11 @@ import (
 )
 
 // tokenBrokerPolicy is the Vault ACL policy of a broker that releases
-// vault_token (token role "nodes") and vault_kv.
+// vault_token (token role "nodes", read for its maximum TTL when the
+// release has a period) and vault_kv.
 const tokenBrokerPolicy = brokerVaultPolicy + `
 path "auth/token/create/nodes"    { capabilities = ["create", "update"] }
+path "auth/token/roles/nodes"     { capabilities = ["read"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 `
 
@@ -60,14 +62,16 @@ const everyCredentialPolicy = `policy "swtpm-nodes" {
 
 // tokenRole sets up what a broker releasing Vault tokens needs: the policy
 // node-kv and the token role "nodes" that may grant it, making orphan
-// tokens (not revoked with the broker's own token).
+// tokens (not revoked with the broker's own token) renewable for at most
+// 30 minutes (Vault bounds renewals of a role's tokens by the role's
+// token_explicit_max_ttl).
 func (c *cluster) tokenRole(t *testing.T) {
 	t.Helper()
 	if err := c.root.Sys().PutPolicy("node-kv", nodeKVPolicy); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.root.Logical().Write("auth/token/roles/nodes", map[string]any{
-		"allowed_policies": "node-kv", "orphan": true, "renewable": true,
+		"allowed_policies": "node-kv", "orphan": true, "renewable": true, "token_explicit_max_ttl": "30m",
 	}); err != nil {
 		t.Fatalf("write the token role: %v", err)
 	}
@@ -227,16 +231,8 @@ func TestBrokerReleasesVaultToken(t *testing.T) {
   }
 }
 `, n.pcr7), brokerToken, "")
-		before := c.accessors(t)
-		out := filepath.Join(t.TempDir(), "creds")
-		r := runAgent(t, n.home, bootstrapArgs(failing, n, out)...)
-		want := "bootstrap failed at attest: broker refused (FailedPrecondition): release: vault refused the broker (not found (404))"
-		if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
-			t.Fatalf("bootstrap: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, want)
-		}
-		if after := c.accessors(t); !sameSet(before, after) {
-			t.Errorf("tokens before %d, after %d: the token created for the refused decision is still there", len(before), len(after))
-		}
+		before := refusedKeepsTokens(t, c, failing, n, filepath.Join(t.TempDir(), "creds"),
+			"bootstrap failed at attest: broker refused (FailedPrecondition): release: vault refused the broker (not found (404))")
 		recs, recJSON := failing.receipts(t)
 		if len(recs) != 1 || recs[0].Allowed || recs[0].Check != "release" {
 			t.Fatalf("receipts %s", recJSON)
@@ -260,20 +256,28 @@ func TestBrokerReleasesVaultToken(t *testing.T) {
 
 	t.Run("a refused attestation creates no token", func(t *testing.T) {
 		n.tpm.extend(t, 7, "secure boot off")
-		before := c.accessors(t)
 		prev := dirFiles(t, out)
-		r := runAgent(t, n.home, bootstrapArgs(k, n, out)...)
-		want := "bootstrap failed at attest: broker refused (PermissionDenied): policy: no policy allows this node"
-		if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
-			t.Fatalf("bootstrap after PCR 7 changed: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, want)
-		}
-		if after := c.accessors(t); !sameSet(before, after) {
-			t.Errorf("a refused attestation changed Vault's tokens: %d before, %d after", len(before), len(after))
-		}
+		refusedKeepsTokens(t, c, k, n, out, "bootstrap failed at attest: broker refused (PermissionDenied): policy: no policy allows this node")
 		if now := dirFiles(t, out); !maps.Equal(now, prev) {
 			t.Error("a refused bootstrap changed the output directory")
 		}
 	})
+}
+
+// refusedKeepsTokens bootstraps n against k into out, requires the
+// refusal want (a prefix of stderr) and that Vault holds the same tokens
+// after as before, and returns their accessors.
+func refusedKeepsTokens(t *testing.T, c *cluster, k *keybroker, n *node, out, want string) []string {
+	t.Helper()
+	before := c.accessors(t)
+	r := runAgent(t, n.home, bootstrapArgs(k, n, out)...)
+	if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
+		t.Fatalf("bootstrap: exit %d, stderr %q; want 1 and %q…", r.code, r.stderr, want)
+	}
+	if after := c.accessors(t); !sameSet(before, after) {
+		t.Errorf("a refused attestation left Vault's tokens changed: %d before, %d after", len(before), len(after))
+	}
+	return before
 }
 
 // sameSet reports whether a and b hold the same strings.

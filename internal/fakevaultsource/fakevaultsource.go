@@ -1,11 +1,11 @@
-// Package fakevaultsource is a fake of the Vault the broker takes vault_kv
-// and vault_pki releases from (broker/vaultsource): an HTTPS server on
-// loopback that answers token lookup-self, AppRole login at
+// Package fakevaultsource is a fake of the Vault the broker takes vault_kv,
+// vault_pki and vault_token releases from (broker/vaultsource): an HTTPS
+// server on loopback that answers token lookup-self, AppRole login at
 // auth/approle/login, KV version 2 reads under secret/data/, PKI issues
-// under pki/issue/ and revocations at pki/revoke, token creation at
-// auth/token/create/<role> and revocation at auth/token/revoke-accessor,
-// and can be told to fail
-// (every request or those under a path) or stop listening. It is for
+// under pki/issue/ and revocations at pki/revoke, token role reads at
+// auth/token/roles/<role>, token creation at auth/token/create/<role> and
+// revocation at auth/token/revoke-accessor, and can be told to fail (every
+// request or those under a path) or stop listening. It is for
 // the broker's error mapping and the agent's file writing; the fake of the
 // TPM auth method is internal/fakevault, and the real Vault is tested in
 // e2e/vault.
@@ -61,6 +61,8 @@ type Fake struct {
 	// TokenLease, if set, is the lease the fake answers for the tokens it
 	// creates, instead of the ttl asked for.
 	TokenLease time.Duration
+	// RoleMaxTTL is the token_explicit_max_ttl of every token role.
+	RoleMaxTTL time.Duration
 	tokens     []CreatedToken
 	revokedAcc []string
 }
@@ -194,26 +196,28 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(http.StatusOK, map[string]any{"data": data})
 	case path == "pki/revoke" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
-		var req map[string]any
-		json.NewDecoder(r.Body).Decode(&req)
-		serial, _ := req["serial_number"].(string)
-		f.mu.Lock()
-		f.revoked = append(f.revoked, serial)
-		f.mu.Unlock()
+		f.record(r, "serial_number", &f.revoked)
 		reply(http.StatusOK, map[string]any{"data": map[string]any{"revocation_time": time.Now().Unix()}})
+	case strings.HasPrefix(path, "auth/token/roles/") && r.Method == http.MethodGet:
+		reply(http.StatusOK, map[string]any{"data": map[string]any{"token_explicit_max_ttl": int(f.RoleMaxTTL / time.Second)}})
 	case strings.HasPrefix(path, "auth/token/create/") && (r.Method == http.MethodPut || r.Method == http.MethodPost):
 		reply(http.StatusOK, f.createToken(strings.TrimPrefix(path, "auth/token/create/"), r))
 	case path == "auth/token/revoke-accessor" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
-		var req map[string]any
-		json.NewDecoder(r.Body).Decode(&req)
-		acc, _ := req["accessor"].(string)
-		f.mu.Lock()
-		f.revokedAcc = append(f.revokedAcc, acc)
-		f.mu.Unlock()
+		f.record(r, "accessor", &f.revokedAcc)
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		reply(http.StatusNotFound, map[string]any{"errors": []string{}})
 	}
+}
+
+// record appends the string field of r's JSON body to list.
+func (f *Fake) record(r *http.Request, field string, list *[]string) {
+	var req map[string]any
+	json.NewDecoder(r.Body).Decode(&req)
+	v, _ := req[field].(string)
+	f.mu.Lock()
+	*list = append(*list, v)
+	f.mu.Unlock()
 }
 
 // createToken creates a token for role as auth/token/create/<role>
