@@ -30,6 +30,11 @@ const (
 	// SecretFileExt ends the file of each SECRET credential (a vault_kv
 	// release): <release name>.json, mode 0600, a SecretFile.
 	SecretFileExt = ".json"
+	// TokenFileExt ends the file of each VAULT_TOKEN credential (a
+	// vault_token release): <release name>.token, mode 0600, the token
+	// alone without a newline, as ~/.vault-token holds it (VAULT_TOKEN=$(cat
+	// F), or the vault CLI's token helper).
+	TokenFileExt = ".token"
 )
 
 // SecretFile is the JSON document Bootstrap writes for a SECRET credential.
@@ -195,7 +200,7 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
-	secrets, err := openSecrets(node, resp, opts.OutDir)
+	secrets, err := openNamed(node, resp, opts.OutDir)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
@@ -208,35 +213,74 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	return res, append(files, secrets...), nil
 }
 
-// openSecrets opens the SECRET credentials of resp, as the files to write
-// in outDir: <name>.json, 0600.
-func openSecrets(node *Node, resp *pb.AttestResponse, outDir string) ([]atomicfile.File, error) {
+// openNamed opens the credentials of resp written to files named after
+// their release, as the files to write in outDir, all 0600: SECRET as
+// <name>.json, VAULT_TOKEN as <name>.token.
+func openNamed(node *Node, resp *pb.AttestResponse, outDir string) ([]atomicfile.File, error) {
 	var files []atomicfile.File
 	for _, c := range resp.GetCredentials() {
-		if c.GetType() != pb.CredentialType_SECRET {
+		var f atomicfile.File
+		var err error
+		switch c.GetType() {
+		case pb.CredentialType_SECRET:
+			f, err = openSecret(node, c)
+		case pb.CredentialType_VAULT_TOKEN:
+			f, err = openToken(node, c)
+		default:
 			continue
 		}
-		name := c.GetName()
-		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") {
-			return nil, fmt.Errorf("credential %q: the name cannot be a file name", name)
-		}
-		payload, err := node.openSealed(c)
 		if err != nil {
 			return nil, err
 		}
-		var sc pb.SecretCredential
-		err = proto.Unmarshal(payload, &sc)
-		clear(payload)
-		if err != nil {
-			return nil, fmt.Errorf("credential %q: malformed payload: %w", name, err)
-		}
-		doc, err := json.MarshalIndent(SecretFile{Path: sc.GetPath(), Version: sc.GetVersion(), Data: sc.GetData()}, "", "  ")
-		if err != nil {
-			return nil, fmt.Errorf("credential %q: %w", name, err)
-		}
-		files = append(files, atomicfile.File{Path: filepath.Join(outDir, name+SecretFileExt), Data: append(doc, '\n'), Perm: 0o600})
+		f.Path, f.Perm = filepath.Join(outDir, f.Path), 0o600
+		files = append(files, f)
 	}
 	return files, nil
+}
+
+// openFileCredential checks that c's name can name a file, opens c in the
+// TPM and decodes its payload into msg.
+func openFileCredential(node *Node, c *pb.Credential, msg proto.Message) error {
+	name := c.GetName()
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("credential %q: the name cannot be a file name", name)
+	}
+	payload, err := node.openSealed(c)
+	if err != nil {
+		return err
+	}
+	err = proto.Unmarshal(payload, msg)
+	clear(payload)
+	if err != nil {
+		return fmt.Errorf("credential %q: malformed payload: %w", name, err)
+	}
+	return nil
+}
+
+// openSecret opens a SECRET credential: the file <name>.json, a SecretFile.
+func openSecret(node *Node, c *pb.Credential) (atomicfile.File, error) {
+	var sc pb.SecretCredential
+	if err := openFileCredential(node, c, &sc); err != nil {
+		return atomicfile.File{}, err
+	}
+	doc, err := json.MarshalIndent(SecretFile{Path: sc.GetPath(), Version: sc.GetVersion(), Data: sc.GetData()}, "", "  ")
+	if err != nil {
+		return atomicfile.File{}, fmt.Errorf("credential %q: %w", c.GetName(), err)
+	}
+	return atomicfile.File{Path: c.GetName() + SecretFileExt, Data: append(doc, '\n')}, nil
+}
+
+// openToken opens a VAULT_TOKEN credential: the file <name>.token, the
+// token alone.
+func openToken(node *Node, c *pb.Credential) (atomicfile.File, error) {
+	var tc pb.VaultTokenCredential
+	if err := openFileCredential(node, c, &tc); err != nil {
+		return atomicfile.File{}, err
+	}
+	if tc.GetToken() == "" || strings.ContainsAny(tc.GetToken(), " \t\r\n") {
+		return atomicfile.File{}, fmt.Errorf("credential %q: the payload holds no usable token", c.GetName())
+	}
+	return atomicfile.File{Path: c.GetName() + TokenFileExt, Data: []byte(tc.GetToken())}, nil
 }
 
 // newLap returns a function that reports each finished stage to progress

@@ -36,7 +36,7 @@ import (
 //	spiffe {                               # optional: the SPIFFE authority
 //	  trust_domain = "example.org"        # CA and JWT key in data_dir/spiffe
 //	}
-//	vault {                                # optional: the source of vault_kv and vault_pki releases
+//	vault {                                # optional: the source of vault_kv, vault_pki and vault_token releases
 //	  address    = "https://vault.example.com:8200"
 //	  ca_cert    = "vault-ca.pem"          # PEM bundle that verifies address; default: system roots
 //	  token_file = "vault-token"           # a token, or:
@@ -81,7 +81,8 @@ type FileConfig struct {
 }
 
 // VaultFile is the vault block: the Vault the broker reads vault_kv
-// secrets from and has issue vault_pki certificates, and how it logs in
+// secrets from, has issue vault_pki certificates and create vault_token
+// tokens, and how it logs in
 // (exactly one of TokenFile and AppRole).
 type VaultFile struct {
 	Address   string       `hcl:"address"`
@@ -169,8 +170,8 @@ type Config struct {
 	// when SPIFFE is not configured (x509_svid releases and workload SVIDs
 	// are then refused).
 	TrustDomain spiffeid.TrustDomain
-	// Vault is the vault block; nil when absent (vault_kv and vault_pki
-	// releases are then refused).
+	// Vault is the vault block; nil when absent (vault_kv, vault_pki and
+	// vault_token releases are then refused).
 	Vault *VaultConfig
 	// Kubernetes is the kubernetes block, its client CA loaded; nil when
 	// absent (kubelet releases are then refused).

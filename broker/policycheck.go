@@ -23,7 +23,7 @@ import (
 //   - an x509_svid release or a workload entry without a spiffe block, or
 //     whose SPIFFE ID (when written without template variables) is not in
 //     the configured trust domain;
-//   - a vault_kv or vault_pki release without a vault block;
+//   - a vault_kv, vault_pki or vault_token release without a vault block;
 //   - a pcr_sealed release in a bank pcr_banks does not count (nodes are
 //     told to quote only those).
 //

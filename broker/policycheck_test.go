@@ -59,6 +59,10 @@ policy "web" {
     type = "vault_kv"
     path = "secret/data/db"
   }
+  release "token" {
+    type       = "vault_token"
+    token_role = "nodes"
+  }
   workload "app" {
     spiffe_id = "spiffe://example.org/app"
     selectors = ["unix:uid:1000"]
@@ -149,6 +153,10 @@ policy "web" {
     path        = "pki/issue/web"
     common_name = "web"
   }
+  release "token" {
+    type       = "vault_token"
+    token_role = "nodes"
+  }
   workload "app" {
     spiffe_id = "spiffe://example.org/app"
     selectors = ["unix:uid:1000"]
@@ -159,7 +167,8 @@ policy "web" {
 				`p.hcl:5:17: policy "web": release "svid" is an x509_svid, but broker.hcl has no spiffe block`,
 				`p.hcl:9:12: policy "web": release "db" is a vault_kv, but broker.hcl has no vault block`,
 				`p.hcl:13:19: policy "web": release "cert" is a vault_pki, but broker.hcl has no vault block`,
-				`p.hcl:17:12: policy "web": workload "app" needs a SPIFFE authority, but broker.hcl has no spiffe block`,
+				`p.hcl:18:18: policy "web": release "token" is a vault_token, but broker.hcl has no vault block`,
+				`p.hcl:21:12: policy "web": workload "app" needs a SPIFFE authority, but broker.hcl has no spiffe block`,
 			},
 		},
 		{

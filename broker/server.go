@@ -74,7 +74,7 @@ type ServerOpts struct {
 	// x509_svid releases and workload entries, and the workload SVID and
 	// bundle RPCs.
 	SPIFFE *issue.SPIFFE
-	// Vault is the source of vault_kv and vault_pki releases. Nil (the
+	// Vault is the source of vault_kv, vault_pki and vault_token releases. Nil (the
 	// default) refuses them.
 	Vault *vaultsource.Client
 	// Kubernetes is the cluster kubelet releases join. Nil (the default)
@@ -239,7 +239,10 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 		// Recorded once (the receipt's marker makes a replay "used").
 		return nil, s.refuseExpired(ctx, ch)
 	}
-	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID}
+	// The receipt's ID is known before release: tokens Vault creates for
+	// the decision name it.
+	now := time.Now().UTC()
+	rec := &store.Receipt{ID: store.NewReceiptID(now), Time: now, ChallengeID: ch.ID}
 	// What the decision released: what Vault issued for it is revoked if
 	// the decision cannot be recorded.
 	var released *release.Released
@@ -381,7 +384,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, o.NodeRecord, decisionRefusal(r)
 	}
 	v, d, nodeRec := o.Verified, o.Decision, o.NodeRecord
-	out, err := s.releaser.Release(ctx, v, d)
+	out, err := s.releaser.Release(ctx, v, d, rec.ID)
 	var f *release.Failure
 	switch {
 	case errors.As(err, &f):

@@ -204,15 +204,17 @@ func (failingRecord) Record(context.Context, *store.Decision) error {
 	return errors.New("store unavailable")
 }
 
-// When the decision cannot be recorded, nothing is released, and the
-// certificate Vault issued for it is revoked.
-func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
-	fake := fakevaultsource.New(t)
+// attestUnrecorded attests once to a broker whose store cannot record
+// decisions and whose Vault is fake, under its policy and policy (%s: the
+// node's EK hash), and requires the attestation refused as Unavailable
+// with nothing released.
+func attestUnrecorded(t *testing.T, fake *fakevaultsource.Fake, policy string) {
+	t.Helper()
 	f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
 		o.Vault = fake.Client(t)
 		o.Store = failingRecord{o.Store}
 	}})
-	pol, err := policies.Parse([]byte(f.PolicySource+fmt.Sprintf(vaultPolicy, f.EKHash)), "test.hcl")
+	pol, err := policies.Parse([]byte(f.PolicySource+fmt.Sprintf(policy, f.EKHash)), "test.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +223,35 @@ func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
 	if resp != nil || status.Code(err) != codes.Unavailable {
 		t.Fatalf("Attest with a store that cannot record = %v, %v; want Unavailable and nothing released", resp, err)
 	}
+}
+
+// When the decision cannot be recorded, nothing is released, and the
+// certificate Vault issued for it is revoked.
+func TestAttestRevokesVaultCertificateWhenNotRecorded(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	attestUnrecorded(t, fake, vaultPolicy)
 	if got := fake.Revoked(); len(got) != 1 {
 		t.Errorf("revoked = %v; want the certificate Vault issued for the unrecorded decision", got)
+	}
+}
+
+// When the decision cannot be recorded, the token a vault_token release
+// had Vault create is revoked by its accessor: no token exists for a
+// decision that released nothing.
+func TestAttestRevokesVaultTokenWhenNotRecorded(t *testing.T) {
+	fake := fakevaultsource.New(t)
+	attestUnrecorded(t, fake, `
+policy "vault" {
+  select { ek_hashes = ["%s"] }
+  release "vault" {
+    type       = "vault_token"
+    token_role = "nodes"
+    ttl        = "1h"
+  }
+}
+`)
+	created, revoked := fake.Tokens(), fake.RevokedAccessors()
+	if len(created) != 1 || len(revoked) != 1 || revoked[0] != created[0].Accessor {
+		t.Errorf("created %+v, revoked %v; want the one token revoked", created, revoked)
 	}
 }

@@ -16,7 +16,7 @@ ek_ca "vendors" {
   roots = ["ek-roots"]
 }
 
-# Vault as a source of vault_kv and vault_pki releases: under systemd, load
+# Vault as a source of vault_kv, vault_pki and vault_token releases: under systemd, load
 # the token with the unit's LoadCredential= so only the broker reads it.
 # vault {
 #   address    = "https://vault.example.com:8200"

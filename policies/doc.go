@@ -15,7 +15,7 @@
 //	    "ek.certified",
 //	  ]
 //	  release "node-tls" {
-//	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv, vault_pki or kubelet
+//	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv, vault_pki, vault_token or kubelet
 //	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
 //	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
 //	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
@@ -41,6 +41,16 @@
 //	    path         = "pki/issue/nodes"   # <mount>/issue/<role>, static
 //	    common_name  = "${ek_hash_short}.nodes.example.com"  # names and ttl as tls_certificate
 //	    ttl          = "24h"
+//	  }
+//	  release "vault" {
+//	    type         = "vault_token"       # a token a Vault token role creates for the node
+//	    token_role   = "nodes"             # required: auth/token/create/<token_role>, static
+//	    policies     = ["node-kv"]         # optional: static names, never "root"
+//	    ttl          = "1h"                # default 24h, at most 768h (MaxTokenTTL): the explicit max TTL
+//	    period       = "15m"               # optional, at most ttl: TTL, renewable up to ttl
+//	    display_name = "node-${ek_hash_short}"  # optional; a template
+//	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
+//	    pcrs         = [7]
 //	  }
 //	  release "kubelet" {
 //	    type         = "kubelet"           # a kubelet client certificate (broker.hcl needs a kubernetes block)
@@ -77,14 +87,24 @@
 // node when parsed, and for each node when evaluated); the broker refuses
 // to release it unless the ID is in its configured trust domain.
 //
-// The vault_kv and vault_pki releases take their material from the Vault
-// of the broker's vault block. A vault_kv release reads the latest version
+// The vault_kv, vault_pki and vault_token releases take their material
+// from the Vault of the broker's vault block. A vault_kv release reads the latest version
 // of the KV version 2 secret at path (a template over the same variables,
 // rendered per node) and releases its data; a vault_pki release has Vault's
 // PKI role at path (static) issue a certificate for its common_name,
 // dns_names and ip_addresses, valid for ttl, and releases it as a TLS
-// credential. When Vault is unreachable or refuses, the broker releases
-// nothing to the node, not even the decision's other releases.
+// credential. A vault_token release has the token role token_role create a
+// service token with policies (the role's allowed_policies bound them),
+// whose explicit maximum TTL is ttl, so that the token cannot outlive the
+// release however it is renewed: without period its TTL is ttl and it is
+// not renewable; with period (at most ttl) its TTL is period and it is
+// renewable, and the broker checks that the role's token_explicit_max_ttl
+// (which, not the token's, bounds Vault's renewals) is set and at most
+// ttl. Its metadata names the node's EK hash and the decision's
+// receipt, and the receipt records its accessor, never the token. When
+// Vault is unreachable or refuses, the broker releases nothing to the
+// node, not even the decision's other releases, and revokes the
+// certificates and tokens it had Vault issue for the decision.
 //
 // A kubelet release is a node's Kubernetes identity: a key and a client
 // certificate for user system:node:<node_name> in group system:nodes,

@@ -142,7 +142,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
 		{
 			name:    "missing type",
 			src:     withRelease(`    common_name = "a"`),
-			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate", "x509_svid", "vault_kv", "vault_pki" or "kubelet"`,
+			wantErr: `p.hcl:3:3: policy "web": release "tls": type is required; use "tls_certificate", "x509_svid", "vault_kv", "vault_pki", "vault_token" or "kubelet"`,
 		},
 		{
 			name: "unknown type, mode and bank",
@@ -150,7 +150,7 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
     mode        = "sealed"
     pcr_bank    = "sha1"
     common_name = "a"`),
-			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate", "x509_svid", "vault_kv", "vault_pki" or "kubelet"
+			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate", "x509_svid", "vault_kv", "vault_pki", "vault_token" or "kubelet"
 p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
 p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "sha256", "sha384" or "sha512"`,
 		},

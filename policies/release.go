@@ -44,6 +44,9 @@ const (
 	// TypeVaultPKI is a TLS certificate and its key issued by a Vault PKI
 	// role (pki/issue/<role>).
 	TypeVaultPKI = "vault_pki"
+	// TypeVaultToken is a Vault token created through a token role
+	// (auth/token/create/<role>), valid for at most the release's ttl.
+	TypeVaultToken = "vault_token"
 	// TypeKubelet is a kubelet's client certificate for system:node:<name>
 	// from the broker's Kubernetes client CA (the kubernetes block of
 	// broker.hcl), with what the agent needs to write its kubeconfig.
@@ -59,10 +62,12 @@ const (
 )
 
 // releaseTypes lists the release types, for messages.
-var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI, TypeKubelet}
+var releaseTypes = []string{TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI, TypeVaultToken, TypeKubelet}
 
 // IsVault reports whether a release type takes its material from Vault.
-func IsVault(typ string) bool { return typ == TypeVaultKV || typ == TypeVaultPKI }
+func IsVault(typ string) bool {
+	return typ == TypeVaultKV || typ == TypeVaultPKI || typ == TypeVaultToken
+}
 
 // Release TTL bounds.
 const (
@@ -71,6 +76,10 @@ const (
 	// MaxSVIDTTL bounds the ttl of an x509_svid release and of a workload
 	// entry: the SPIFFE authority signs no longer SVID.
 	MaxSVIDTTL = issue.MaxSVIDTTL
+	// MaxTokenTTL bounds the ttl of a vault_token release: Vault's own
+	// default maximum lease TTL (32 days). A token is a bearer secret; it
+	// must not outlive the attestation that released it by much.
+	MaxTokenTTL = 768 * time.Hour
 	// MaxKubeletTTL bounds the ttl of a kubelet release. Kubernetes checks
 	// no revocation of client certificates: a node that stops attesting
 	// keeps its access until its certificate expires, so it is short.
@@ -81,11 +90,11 @@ const (
 // templates rendered for that node.
 type Release struct {
 	Name        string        // the release block's label, unique in its Set
-	Type        string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV or TypeVaultPKI
+	Type        string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI or TypeVaultToken
 	Mode        Mode          // ModeTPMBound or ModePCRSealed
 	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
 	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
-	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, or MaxSVIDTTL for TypeX509SVID
+	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, MaxSVIDTTL for TypeX509SVID, MaxTokenTTL for TypeVaultToken
 	CommonName  string        // TypeTLSCertificate, TypeVaultPKI: rendered, may be empty
 	DNSNames    []string      // TypeTLSCertificate, TypeVaultPKI: rendered
 	IPAddresses []net.IP      // TypeTLSCertificate, TypeVaultPKI: rendered and parsed
@@ -103,6 +112,24 @@ type Release struct {
 	// KubeletAuth is how a TypeKubelet authenticates:
 	// KubeletClientCertificate; empty otherwise.
 	KubeletAuth string
+	// Token is what a TypeVaultToken creates; nil otherwise.
+	Token *TokenSpec
+}
+
+// TokenSpec is the token a vault_token release has Vault create.
+type TokenSpec struct {
+	// Role is the token role: the token is created at
+	// auth/token/create/<Role>.
+	Role string
+	// Policies are asked for (the role's allowed_policies bound them);
+	// none: the role's token_policies.
+	Policies []string
+	// Period, if set, makes the token renewable: it expires Period after
+	// its creation or last renewal, and never later than the release's
+	// TTL (its explicit maximum TTL). Zero: not renewable, valid for TTL.
+	Period time.Duration
+	// DisplayName is rendered; empty leaves Vault's default.
+	DisplayName string
 }
 
 type releaseHCL struct {
@@ -121,6 +148,10 @@ type releaseHCL struct {
 	Path        *hcl.Attribute `hcl:"path,optional"`
 	NodeName    *hcl.Attribute `hcl:"node_name,optional"`
 	KubeletAuth *hcl.Attribute `hcl:"kubelet_auth,optional"`
+	TokenRole   *hcl.Attribute `hcl:"token_role,optional"`
+	Policies    *hcl.Attribute `hcl:"policies,optional"`
+	Period      *hcl.Attribute `hcl:"period,optional"`
+	DisplayName *hcl.Attribute `hcl:"display_name,optional"`
 }
 
 // release is the parsed form of a release block; its templates are
@@ -141,6 +172,15 @@ type release struct {
 	path        hcl.Expression // vault_kv, vault_pki; nil otherwise
 	nodeName    hcl.Expression // kubelet; nil otherwise
 	kubeletAuth string         // kubelet; empty otherwise
+	token       *tokenRelease  // vault_token; nil otherwise
+}
+
+// tokenRelease is the parsed form of a vault_token's settings.
+type tokenRelease struct {
+	role        string
+	policies    []string
+	period      time.Duration
+	displayName hcl.Expression // nil if absent
 }
 
 // sealBanks are the PCR banks a release may be sealed to.
@@ -197,19 +237,28 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 	switch r.typ {
 	case TypeX509SVID:
 		maxTTL, maxFor = MaxSVIDTTL, "an "+TypeX509SVID
+	case TypeVaultToken:
+		maxTTL, maxFor = MaxTokenTTL, "a "+TypeVaultToken
 	case TypeKubelet:
 		maxTTL, maxFor = MaxKubeletTTL, "a "+TypeKubelet
 	}
 	if d, ok := c.ttl(raw.TTL, where, maxTTL, maxFor); ok {
 		r.ttl = d
 	}
-	if raw.Path != nil && !IsVault(r.typ) && r.typ != "" {
+	if raw.Path != nil && r.typ != TypeVaultKV && r.typ != TypeVaultPKI && r.typ != "" {
 		c.errorf(raw.Path.NameRange, "%s: path is only allowed with type %q or %q", where, TypeVaultKV, TypeVaultPKI)
 	}
 	if r.typ != TypeKubelet && r.typ != "" {
 		for _, a := range []*hcl.Attribute{raw.NodeName, raw.KubeletAuth} {
 			if a != nil {
 				c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeKubelet)
+			}
+		}
+	}
+	if r.typ != TypeVaultToken && r.typ != "" {
+		for _, a := range []*hcl.Attribute{raw.TokenRole, raw.Policies, raw.Period, raw.DisplayName} {
+			if a != nil {
+				c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeVaultToken)
 			}
 		}
 	}
@@ -233,6 +282,8 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 				c.errorf(a.NameRange, "%s: %s is not allowed with type %q", where, a.Name, TypeVaultKV)
 			}
 		}
+	case TypeVaultToken:
+		c.vaultToken(r, raw, where)
 	}
 	return r
 }
@@ -592,6 +643,16 @@ func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 			fails = append(fails, fmt.Sprintf("node_name: %v", err))
 		}
 		out.NodeName = s
+	}
+	if t := r.token; t != nil {
+		out.Token = &TokenSpec{Role: t.role, Policies: slices.Clone(t.policies), Period: t.period}
+		if t.displayName != nil {
+			s, err := render(t.displayName, ctx)
+			if err != nil {
+				fails = append(fails, fmt.Sprintf("display_name: %v", err))
+			}
+			out.Token.DisplayName = s
+		}
 	}
 	if r.commonName != nil {
 		s, err := render(r.commonName, ctx)

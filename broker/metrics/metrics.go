@@ -131,11 +131,11 @@ func New() *Broker {
 		}, []string{"service", "method"}),
 		vaultCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keybroker_vault_calls_total",
-			Help: "Calls to Vault by op (login, renew, kv_read, pki_issue, pki_revoke) and outcome: ok, refused (Vault answered with an error), unavailable (unreachable, sealed, a server error).",
+			Help: "Calls to Vault by op (login, renew, kv_read, pki_issue, pki_revoke, token_create, token_role_read, token_revoke) and outcome: ok, refused (Vault answered with an error), unavailable (unreachable, sealed, a server error).",
 		}, []string{"op", "outcome"}),
 		vaultSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keybroker_vault_call_duration_seconds",
-			Help:    "Time of a call to Vault, whatever its outcome, by op (login, kv_read, pki_issue, pki_revoke; token renewals are not timed).",
+			Help:    "Time of a call to Vault, whatever its outcome, by op (login, kv_read, pki_issue, pki_revoke, token_create, token_role_read, token_revoke; token renewals are not timed).",
 			Buckets: durationBuckets,
 		}, []string{"op"}),
 	}

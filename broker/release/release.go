@@ -1,10 +1,11 @@
 // Package release issues what an allowed decision releases to a verified
 // node — a key and certificate from the broker's CA or SPIFFE authority, a
-// certificate from Vault's PKI, a Vault KV secret — and seals each to the
-// node's TPM: tpm_bound to its EK, or pcr_sealed to its EK and the PCR
-// values its quote reported. It is the step after policy in the broker's
-// Attest; it records nothing. When a decision cannot be released whole,
-// nothing of it is: the certificates Vault issued for it are revoked.
+// certificate from Vault's PKI, a Vault KV secret, a Vault token — and
+// seals each to the node's TPM: tpm_bound to its EK, or pcr_sealed to its
+// EK and the PCR values its quote reported. It is the step after policy in
+// the broker's Attest; it records nothing. When a decision cannot be
+// released whole, nothing of it is: the certificates and tokens Vault
+// issued for it are revoked.
 package release
 
 import (
@@ -40,12 +41,12 @@ type Opts struct {
 	// SPIFFE is the trust domain's authority; nil refuses x509_svid
 	// releases and workload entries.
 	SPIFFE *issue.SPIFFE
-	// Vault is the source of vault_kv and vault_pki releases; nil refuses
-	// them.
+	// Vault is the source of vault_kv, vault_pki and vault_token
+	// releases; nil refuses them.
 	Vault *vaultsource.Client
 	// Kubernetes is the cluster kubelet releases join; nil refuses them.
 	Kubernetes *Kubernetes
-	Logger *slog.Logger // default: discard
+	Logger     *slog.Logger // default: discard
 	// Observe, if set, is told how long each credential took to issue
 	// (StageIssue) and to seal (StageSeal).
 	Observe func(stage string, took time.Duration)
@@ -100,7 +101,7 @@ type Released struct {
 	// NodeEntries the same for the node record.
 	WorkloadEntries []*pb.WorkloadEntry
 	NodeEntries     []store.WorkloadEntry
-	vaultCerts      []vaultCert // revoked if the release is not delivered
+	vaultIssued     []vaultIssued // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
@@ -131,7 +132,7 @@ type Failure struct {
 	// Msg is what the node is told.
 	Msg string
 	// Notes are for the receipt's failures: what failed, and what became
-	// of the certificates Vault issued for the decision.
+	// of the certificates and tokens Vault issued for the decision.
 	Notes []string
 	Cause error
 }
@@ -146,12 +147,14 @@ func (f *Failure) Error() string {
 func (f *Failure) Unwrap() error { return f.Cause }
 
 // Release issues every release of d, an allowed decision on v, each sealed
-// to v's node, and returns them with d's workload entries. Before anything
-// is issued it checks that the broker can issue all of them (SPIFFE
-// identities, a vault block). If any release fails, nothing is released:
-// the certificates Vault issued for d are revoked, and a *Failure says
-// why.
-func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.Decision) (*Released, error) {
+// to v's node, and returns them with d's workload entries. receiptID is
+// the ID the decision's receipt will be recorded under: the tokens Vault
+// creates for d name it, and the node's EK hash, in their metadata. Before
+// anything is issued it checks that the broker can issue all of them
+// (SPIFFE identities, a vault block). If any release fails, nothing is
+// released: the certificates and tokens Vault issued for d are revoked,
+// and a *Failure says why.
+func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.Decision, receiptID string) (*Released, error) {
 	if err := r.checkSPIFFE(d); err != nil {
 		return nil, &Failure{Kind: KindSPIFFE, Msg: "release: the policies release a SPIFFE identity this broker cannot issue",
 			Notes: strings.Split(err.Error(), "\n"), Cause: err}
@@ -170,18 +173,14 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 	}
 	out := &Released{}
 	for _, rel := range d.Releases {
-		cred, item, err := r.release(ctx, v, rel)
-		if err != nil {
-			certs := out.vaultCerts
-			if rel.Type == policies.TypeVaultPKI && item.Serial != "" {
-				certs = append(certs, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
-			}
-			f := failure(rel, err)
-			f.Notes = append(r.revoke(ctx, certs), f.Notes...)
-			return nil, f
+		cred, item, err := r.release(ctx, v, rel, receiptID)
+		if vi, ok := issuedByVault(rel, item); ok {
+			out.vaultIssued = append(out.vaultIssued, vi)
 		}
-		if rel.Type == policies.TypeVaultPKI {
-			out.vaultCerts = append(out.vaultCerts, vaultCert{release: rel.Name, path: rel.Path, serial: item.Serial})
+		if err != nil {
+			f := failure(rel, err)
+			f.Notes = append(r.revoke(ctx, out.vaultIssued), f.Notes...)
+			return nil, f
 		}
 		out.Credentials = append(out.Credentials, cred)
 		out.Items = append(out.Items, item)
@@ -210,44 +209,84 @@ func failure(rel policies.Release, err error) *Failure {
 	return &Failure{Kind: KindIssue, Msg: fmt.Sprintf("release: unable to release %q", rel.Name), Cause: err}
 }
 
-// Unrelease revokes the certificates Vault issued for rel, released but
-// not delivered (its decision could not be recorded), and returns what
-// became of each, for the receipt.
+// Unrelease revokes the certificates and tokens Vault issued for rel,
+// released but not delivered (its decision could not be recorded), and
+// returns what became of each, for the receipt.
 func (r *Releaser) Unrelease(ctx context.Context, rel *Released) []string {
 	if rel == nil {
 		return nil
 	}
-	return r.revoke(ctx, rel.vaultCerts)
+	return r.revoke(ctx, rel.vaultIssued)
 }
 
-// vaultCert is a certificate Vault's PKI issued for a release.
-type vaultCert struct {
-	release, path, serial string
+// vaultIssued is a certificate Vault's PKI issued (id is its serial) or a
+// token a token role created (id is its accessor) for a release.
+type vaultIssued struct {
+	release, what, path, id string
 }
 
-// revoke revokes the certificates Vault issued for a decision that is not
-// released after all, so that none stays valid unreleased; what became of
-// each goes to the notes it returns and to the log. Best effort: the
-// broker's Vault token needs update on <mount>/revoke.
-func (r *Releaser) revoke(ctx context.Context, certs []vaultCert) []string {
+// String names it for receipts and logs, never with a secret.
+func (c vaultIssued) String() string {
+	if c.what == "token" {
+		return "token (accessor " + c.id + ")"
+	}
+	return c.what + " " + c.id
+}
+
+// issuedByVault returns what Vault issued for rel, released or not (item
+// names it also when a later step failed), that the broker revokes if its
+// decision is not released.
+func issuedByVault(rel policies.Release, item store.ReleasedItem) (vaultIssued, bool) {
+	if item.Serial == "" {
+		return vaultIssued{}, false
+	}
+	switch rel.Type {
+	case policies.TypeVaultPKI:
+		return vaultIssued{release: rel.Name, what: "certificate", path: rel.Path, id: item.Serial}, true
+	case policies.TypeVaultToken:
+		return vaultIssued{release: rel.Name, what: "token", id: item.Serial}, true
+	}
+	return vaultIssued{}, false
+}
+
+// revoke revokes the certificates and tokens Vault issued for a decision
+// that is not released after all, so that none stays valid unreleased;
+// what became of each goes to the notes it returns and to the log. Best
+// effort: the broker's Vault token needs update on <mount>/revoke and
+// auth/token/revoke-accessor.
+func (r *Releaser) revoke(ctx context.Context, issued []vaultIssued) []string {
 	var notes []string
-	for _, c := range certs {
+	for _, c := range issued {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		err := r.vault.RevokeCertificate(rctx, c.path, c.serial)
+		var err error
+		if c.what == "certificate" {
+			err = r.vault.RevokeCertificate(rctx, c.path, c.id)
+		} else {
+			err = r.vault.RevokeToken(rctx, c.id)
+		}
 		cancel()
 		if err != nil {
 			why := err.Error()
 			if ve := (*vaultsource.Error)(nil); errors.As(err, &ve) {
 				why = ve.Op + ": " + ve.Reason
 			}
-			notes = append(notes, fmt.Sprintf("release %q: certificate %s was issued but not released, and not revoked: %s", c.release, c.serial, why))
-			r.log.Warn("unable to revoke a vault certificate that was not released", "release", c.release, "serial", c.serial, "error", err)
+			notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released, and not revoked: %s", c.release, c, why))
+			r.log.Warn("unable to revoke a vault "+c.what+" that was not released", "release", c.release, idKey(c.what), c.id, "error", err)
 			continue
 		}
-		notes = append(notes, fmt.Sprintf("release %q: certificate %s was issued but not released; revoked", c.release, c.serial))
-		r.log.Info("vault certificate revoked: its decision was not released", "release", c.release, "serial", c.serial)
+		notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released; revoked", c.release, c))
+		r.log.Info("vault "+c.what+" revoked: its decision was not released", "release", c.release, idKey(c.what), c.id)
 	}
 	return notes
+}
+
+// idKey is the log key of what Vault issued's ID: a certificate's serial,
+// a token's accessor.
+func idKey(what string) string {
+	if what == "token" {
+		return "accessor"
+	}
+	return "serial"
 }
 
 // issued is a credential before it is sealed: its serialized payload
@@ -262,7 +301,7 @@ type issued struct {
 
 // release issues one credential and wraps it to the node's EK. Release has
 // refused Vault releases already when the broker has no vault block.
-func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release) (*pb.Credential, store.ReleasedItem, error) {
+func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release, receiptID string) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
 	// The PCRs to seal to first: nothing is issued (by Vault least of
 	// all) for a release that cannot be sealed.
@@ -288,6 +327,8 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		iss, err = r.readVaultKV(ctx, rel)
 	case policies.TypeKubelet:
 		iss, err = r.issueKubelet(rel)
+	case policies.TypeVaultToken:
+		iss, err = r.createVaultToken(ctx, rel, v.EKHash(), receiptID)
 	default:
 		err = fmt.Errorf("release type %q is not supported", rel.Type)
 	}
@@ -407,6 +448,51 @@ func (r *Releaser) readVaultKV(ctx context.Context, rel policies.Release) (*issu
 		return nil, err
 	}
 	return &issued{typ: pb.CredentialType_SECRET, payload: payload, serial: fmt.Sprintf("v%d", kv.Version)}, nil
+}
+
+// createVaultToken creates a vault_token release: the token role creates a
+// token for the node, bounded by the release's TTL, its metadata naming
+// the node's EK hash, the receipt the decision is recorded under and the
+// release; released as a VaultTokenCredential. The receipt records the
+// token's accessor as its serial, never the token.
+func (r *Releaser) createVaultToken(ctx context.Context, rel policies.Release, ekHash, receiptID string) (*issued, error) {
+	if rel.Token == nil {
+		return nil, errors.New("the release has no token settings")
+	}
+	t, err := r.vault.CreateToken(ctx, vaultsource.TokenRequest{
+		Role:        rel.Token.Role,
+		Policies:    rel.Token.Policies,
+		TTL:         rel.TTL,
+		Period:      rel.Token.Period,
+		DisplayName: rel.Token.DisplayName,
+		Metadata:    tokenMetadata(ekHash, receiptID, rel.Name),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !t.Orphan {
+		r.log.Warn("the vault token released is a child of the broker's token: it is revoked with it (set orphan=true on the token role)",
+			"release", rel.Name, "role", rel.Token.Role, "accessor", t.Accessor)
+	}
+	payload, err := proto.Marshal(&pb.VaultTokenCredential{Token: t.Token, Accessor: t.Accessor, Policies: t.Policies, Renewable: t.Renewable})
+	if err != nil {
+		return &issued{serial: t.Accessor}, err // created: to revoke
+	}
+	return &issued{typ: pb.CredentialType_VAULT_TOKEN, payload: payload, serial: t.Accessor, notAfter: t.NotAfter}, nil
+}
+
+// Metadata keys of the tokens vault_token releases create.
+const (
+	TokenMetaEKHash    = "keybroker_ek_hash"
+	TokenMetaReceiptID = "keybroker_receipt_id"
+	TokenMetaRelease   = "keybroker_release"
+)
+
+// tokenMetadata is the metadata of a token created for release relName to
+// the node of ekHash, in the decision recorded as receiptID: Vault's
+// audit log and lookup show which attestation released the token.
+func tokenMetadata(ekHash, receiptID, relName string) map[string]string {
+	return map[string]string{TokenMetaEKHash: ekHash, TokenMetaReceiptID: receiptID, TokenMetaRelease: relName}
 }
 
 // issueNodeSVID issues an x509_svid release: a fresh key and the node's

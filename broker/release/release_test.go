@@ -102,7 +102,7 @@ func TestReleaseTLS(t *testing.T) {
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			d := n.decision(t, fmt.Sprintf(brokertest.Policy, hash, n.pcr0, n.pcr7, mode.name, mode.extra))
-			out, err := r.Release(context.Background(), n.verified, d)
+			out, err := r.Release(context.Background(), n.verified, d, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,7 +152,7 @@ func TestReleaseRefusals(t *testing.T) {
 		{"vault_kv without a vault", kv, release.KindNoVault, "release: vault unavailable (not configured)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := r.Release(context.Background(), n.verified, n.decision(t, tt.src))
+			out, err := r.Release(context.Background(), n.verified, n.decision(t, tt.src), "")
 			var f *release.Failure
 			if !errors.As(err, &f) || f.Kind != tt.kind || f.Msg != tt.msg || len(f.Notes) == 0 || out != nil {
 				t.Fatalf("Release = %v, %v; want kind %d %q with notes, nothing released", out, err, tt.kind, tt.msg)
@@ -172,7 +172,7 @@ func TestVaultCertificateNeverLeftUnreleased(t *testing.T) {
 		Name: "sealed-tls", Type: policies.TypeVaultPKI, Mode: policies.ModePCRSealed,
 		PCRBank: tpm2new.TPMAlgSHA512, PCRs: []uint32{7}, Path: "pki/issue/nodes", CommonName: "node.example.com", TTL: time.Hour,
 	}}}
-	out, err := r.Release(context.Background(), n.verified, d)
+	out, err := r.Release(context.Background(), n.verified, d, "")
 	var f *release.Failure
 	if out != nil || !errors.As(err, &f) || f.Kind != release.KindIssue {
 		t.Fatalf("Release = %v, %v; want an issue failure", out, err)

@@ -89,7 +89,8 @@ type Receipt struct {
 }
 
 // ReleasedItem describes one credential released under a receipt. It never
-// holds the credential itself.
+// holds the credential itself: Serial names it (a certificate's serial, a
+// vault_kv secret's version such as "v3", a vault_token's accessor).
 type ReleasedItem struct {
 	Name     string    `json:"name"`
 	Type     string    `json:"type"`

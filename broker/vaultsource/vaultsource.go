@@ -1,8 +1,9 @@
-// Package vaultsource is the broker's client of the Vault that vault_kv and
-// vault_pki releases take their material from: it logs in (a token or
-// AppRole), keeps its token alive in the background, reads KV version 2
-// secrets and has PKI roles issue certificates. Every failure it returns is
-// an *Error that says whether Vault was unavailable or refused, without
+// Package vaultsource is the broker's client of the Vault that vault_kv,
+// vault_pki and vault_token releases take their material from: it logs in
+// (a token or AppRole), keeps its token alive in the background, reads KV
+// version 2 secrets, has PKI roles issue certificates and token roles
+// create tokens, and revokes what it had issued. Every failure it returns
+// is an *Error that says whether Vault was unavailable or refused, without
 // secrets.
 package vaultsource
 
@@ -16,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,7 +42,8 @@ type Opts struct {
 	Timeout time.Duration
 	Logger  *slog.Logger // default: discard
 	// Observe, if set, is told of every call to Vault: its op (OpLogin,
-	// OpRenew, OpKVRead, OpPKIIssue, OpPKIRevoke), its outcome (OutcomeOK,
+	// OpRenew, OpKVRead, OpPKIIssue, OpPKIRevoke, OpTokenCreate,
+	// OpTokenRole, OpTokenRevoke), its outcome (OutcomeOK,
 	// OutcomeRefused, OutcomeUnavailable) and how long it took, negative
 	// when not measured (renewals, which the Vault client's lifetime
 	// watcher makes). A failure before Vault is asked (a file that cannot
@@ -57,6 +58,12 @@ const (
 	OpKVRead    = "kv_read"
 	OpPKIIssue  = "pki_issue"
 	OpPKIRevoke = "pki_revoke"
+	// OpTokenCreate, OpTokenRole and OpTokenRevoke are vault_token
+	// releases: a token role creating a token, a token role read (its
+	// maximum TTL, for renewable tokens), a token revoked by its accessor.
+	OpTokenCreate = "token_create"
+	OpTokenRole   = "token_role_read"
+	OpTokenRevoke = "token_revoke"
 )
 
 // Outcomes of Vault calls, as Opts.Observe names them.
@@ -409,7 +416,7 @@ func (c *Client) IssueCertificate(ctx context.Context, path string, req CertRequ
 		data["ip_sans"] = strings.Join(ips, ",")
 	}
 	if req.TTL > 0 {
-		data["ttl"] = strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s"
+		data["ttl"] = seconds(req.TTL)
 	}
 	s, err := c.api.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {

@@ -192,9 +192,13 @@ func TestObserve(t *testing.T) {
 		c.IssueCertificate(ctx, "pki/issue/r", vaultsource.CertRequest{CommonName: "a"})
 		c.RevokeCertificate(ctx, "pki/issue/r", "1234")
 		c.RevokeCertificate(ctx, "not-a-pki-path", "1234") // refused before Vault is asked
+		c.CreateToken(ctx, vaultsource.TokenRequest{Role: "nodes", TTL: time.Hour})
+		c.CreateToken(ctx, vaultsource.TokenRequest{Role: "nodes"}) // no ttl: refused before Vault is asked
+		c.RevokeToken(ctx, "accessor")
 	}
 	each := func(outcome string) []call {
-		return []call{{vaultsource.OpKVRead, outcome}, {vaultsource.OpPKIIssue, outcome}, {vaultsource.OpPKIRevoke, outcome}}
+		return []call{{vaultsource.OpKVRead, outcome}, {vaultsource.OpPKIIssue, outcome}, {vaultsource.OpPKIRevoke, outcome},
+			{vaultsource.OpTokenCreate, outcome}, {vaultsource.OpTokenRevoke, outcome}}
 	}
 	calls()
 	if got, want := rec.take(), each(vaultsource.OutcomeOK); !slices.Equal(got, want) {

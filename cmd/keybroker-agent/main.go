@@ -48,12 +48,13 @@ func bootstrapCmd() *cobra.Command {
 		Use:   "bootstrap --broker HOST:PORT --ca CA.pem --out DIR",
 		Short: "Attest once and write the released credentials",
 		Long: `Runs challenge → activate credential → quote → attest → open in the TPM, then
-writes key.pem (0600), cert.pem and chain.pem atomically to --out, and
-<release>.json (0600) for each Vault KV secret released. For a kubelet
-release it writes kubelet-client.pem (the client certificate, its chain and
-its key, 0600) to --out and a kubeconfig naming the API server, its CA and
-that file to --kubeconfig (default --out/kubelet.kubeconfig, 0600): point the
-kubelet's --kubeconfig at it.`,
+writes key.pem (0600), cert.pem and chain.pem atomically to --out, with
+<release>.json (0600) for each Vault KV secret released (vault_kv) and
+<release>.token (0600, the token alone) for each Vault token (vault_token).
+For a kubelet release it writes kubelet-client.pem (the client certificate,
+its chain and its key, 0600) to --out and a kubeconfig naming the API server,
+its CA and that file to --kubeconfig (default --out/kubelet.kubeconfig, 0600):
+point the kubelet's --kubeconfig at it.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -68,7 +69,7 @@ kubelet's --kubeconfig at it.`,
 	}
 	f := cmd.Flags()
 	o.broker.register(f)
-	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, and <release>.json (0600) for each Vault KV secret released (required; created if missing)")
+	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, <release>.json (0600) for each Vault KV secret and <release>.token (0600) for each Vault token released, kubelet-client.pem for a kubelet release (required; created if missing)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the kubeconfig of a kubelet release (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")

@@ -148,7 +148,7 @@ func startKeybrokerAppRole(t *testing.T, c *cluster, ca localCA, policy, roleID,
 	return startBroker(t, c, ca, policy, fmt.Sprintf(`approle {
     role_id        = %q
     secret_id_file = %q
-  }`, roleID, secretIDFile))
+  }`, roleID, secretIDFile), "")
 }
 
 var appRoleLoginRE = regexp.MustCompile(`msg="logged in to vault" component=vault method=approle ttl=\S+ renewable=true`)

@@ -106,10 +106,18 @@ func (c *cluster) writeKV(t *testing.T, path string, data map[string]any) {
 	}
 }
 
-// brokerToken creates the broker's token: policy keybroker, renewable.
+// brokerToken creates the broker's token: policy keybroker
+// (brokerVaultPolicy), renewable.
 func (c *cluster) brokerToken(t *testing.T) string {
 	t.Helper()
-	if err := c.root.Sys().PutPolicy("keybroker", brokerVaultPolicy); err != nil {
+	return c.brokerTokenWith(t, brokerVaultPolicy)
+}
+
+// brokerTokenWith creates the broker's token: policy keybroker, which
+// policy defines, renewable.
+func (c *cluster) brokerTokenWith(t *testing.T, policy string) string {
+	t.Helper()
+	if err := c.root.Sys().PutPolicy("keybroker", policy); err != nil {
 		t.Fatal(err)
 	}
 	renewable := true
@@ -124,6 +132,7 @@ func (c *cluster) brokerToken(t *testing.T) string {
 type keybroker struct {
 	addr   string // gRPC, 127.0.0.1:port
 	caFile string // the broker's CA, for the agent's --ca
+	config string // its broker.hcl
 	log    *lockedBuffer
 }
 
@@ -151,11 +160,18 @@ var listeningRE = regexp.MustCompile(`msg="broker listening" addr=(127\.0\.0\.1:
 // unless the broker listens.
 func startKeybroker(t *testing.T, c *cluster, ca localCA, policy, token string) *keybroker {
 	t.Helper()
+	return startKeybrokerWith(t, c, ca, policy, token, "")
+}
+
+// startKeybrokerWith is startKeybroker with more configuration (top-level
+// attributes and blocks of broker.hcl).
+func startKeybrokerWith(t *testing.T, c *cluster, ca localCA, policy, token, more string) *keybroker {
+	t.Helper()
 	tokenFile := filepath.Join(t.TempDir(), "vault-token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startBroker(t, c, ca, policy, fmt.Sprintf("token_file = %q", tokenFile))
+	p := startBroker(t, c, ca, policy, fmt.Sprintf("token_file = %q", tokenFile), more)
 	if p.addr == "" {
 		t.Fatalf("keybroker serve exited %d before serving:\n%s", p.code, p.log.String())
 	}
@@ -170,10 +186,10 @@ type brokerProcess struct {
 }
 
 // startBroker runs `keybroker serve` trusting ca's EK certificates, with
-// policy, and a vault block for c whose login is vaultAuth (token_file = …
-// or an approle block). It returns once the broker listens (addr set) or
-// exited.
-func startBroker(t *testing.T, c *cluster, ca localCA, policy, vaultAuth string) *brokerProcess {
+// policy, a vault block for c whose login is vaultAuth (token_file = … or
+// an approle block), and more configuration if any. It returns once the
+// broker listens (addr set) or exited.
+func startBroker(t *testing.T, c *cluster, ca localCA, policy, vaultAuth, more string) *brokerProcess {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "policy.hcl"), []byte(policy), 0o600); err != nil {
@@ -193,13 +209,14 @@ vault {
   ca_cert = %q
   %s
 }
-`, ca.root, ca.intermediate, c.addr, c.caFile, vaultAuth)
+%s
+`, ca.root, ca.intermediate, c.addr, c.caFile, vaultAuth, more)
 	cfgFile := filepath.Join(dir, "broker.hcl")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &brokerProcess{
-		keybroker: &keybroker{caFile: filepath.Join(dir, "data", "ca", "ca.pem"), log: &lockedBuffer{}},
+		keybroker: &keybroker{caFile: filepath.Join(dir, "data", "ca", "ca.pem"), config: cfgFile, log: &lockedBuffer{}},
 		exited:    make(chan struct{}),
 	}
 	cmd := exec.Command(bins.broker, "serve", "--config", cfgFile)

@@ -1,6 +1,6 @@
 // Package vaulte2e tests keybroker's Vault integrations end to end: the
-// auth method, and Vault as the source of the broker's vault_kv and
-// vault_pki releases. A real
+// auth method, and Vault as the source of the broker's vault_kv, vault_pki
+// and vault_token releases. A real
 // Vault (github.com/hashicorp/vault's in-process test cluster, its core and
 // HTTP API over TLS on loopback), the plugin built from plugins/vaultauth
 // and run by Vault as its own process, registered and enabled the way an
@@ -99,4 +99,21 @@
 //     in a loop: 2 to 4 AppRole logins in 10s, counted both in its log and
 //     by Vault's secret_id use count; a bootstrap after the first token
 //     expired still gets the vault_kv secret.
+//   - TestBrokerReleasesVaultToken: one attestation under one policy
+//     releases a TLS certificate, the node's X.509-SVID and a vault_token
+//     (pcr_sealed, ttl 30m, period 10m) created by the token role "nodes"
+//     (orphan, allowed_policies node-kv, token_explicit_max_ttl 30m); the
+//     agent writes key.pem,
+//     cert.pem, chain.pem and vault.token (0600, the token alone). In Vault
+//     the token's lookup-self shows policies default and node-kv, path
+//     auth/token/create/nodes, the display name, metadata naming the EK
+//     hash, the receipt (as `keybroker receipts list` shows it) and the
+//     release, a TTL of at most 10m and explicit_max_ttl 1800s, which a
+//     renewal asking 2h does not pass; it reads the node's KV secret and
+//     gets 403 on another. The receipt holds the token's accessor; the
+//     token shows in no log, receipt or output. A broker whose decision's
+//     later vault_kv release Vault answers 404 leaves Vault's accessors as
+//     they were (the token it created is revoked, and the receipt says so);
+//     after PCR 7 changes the attestation is refused, no token is created
+//     and no file changes.
 package vaulte2e

@@ -1,9 +1,11 @@
-// Package fakevaultsource is a fake of the Vault the broker takes vault_kv
-// and vault_pki releases from (broker/vaultsource): an HTTPS server on
-// loopback that answers token lookup-self, AppRole login at
+// Package fakevaultsource is a fake of the Vault the broker takes vault_kv,
+// vault_pki and vault_token releases from (broker/vaultsource): an HTTPS
+// server on loopback that answers token lookup-self, AppRole login at
 // auth/approle/login, KV version 2 reads under secret/data/, PKI issues
-// under pki/issue/ and revocations at pki/revoke, and can be told to fail
-// (every request or those under a path) or stop listening. It is for
+// under pki/issue/ and revocations at pki/revoke, token role reads at
+// auth/token/roles/<role>, token creation at auth/token/create/<role> and
+// revocation at auth/token/revoke-accessor, and can be told to fail (every
+// request or those under a path) or stop listening. It is for
 // the broker's error mapping and the agent's file writing; the fake of the
 // TPM auth method is internal/fakevault, and the real Vault is tested in
 // e2e/vault.
@@ -18,6 +20,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -55,6 +58,36 @@ type Fake struct {
 	failStatus int
 	paths      []string
 	revoked    []string // serial numbers, as pki/revoke received them
+	// TokenLease, if set, is the lease the fake answers for the tokens it
+	// creates, instead of the ttl asked for.
+	TokenLease time.Duration
+	// RoleMaxTTL is the token_explicit_max_ttl of every token role.
+	RoleMaxTTL time.Duration
+	tokens     []CreatedToken
+	revokedAcc []string
+}
+
+// CreatedToken is a token the fake created: its role, the request's body,
+// and its token and accessor.
+type CreatedToken struct {
+	Role            string
+	Request         map[string]any
+	Token, Accessor string
+}
+
+// Tokens lists the tokens auth/token/create/<role> created.
+func (f *Fake) Tokens() []CreatedToken {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]CreatedToken(nil), f.tokens...)
+}
+
+// RevokedAccessors lists the accessors auth/token/revoke-accessor was asked
+// to revoke.
+func (f *Fake) RevokedAccessors() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.revokedAcc...)
 }
 
 // FailPath makes later requests whose path (without /v1/) starts with
@@ -163,16 +196,50 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(http.StatusOK, map[string]any{"data": data})
 	case path == "pki/revoke" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
-		var req map[string]any
-		json.NewDecoder(r.Body).Decode(&req)
-		serial, _ := req["serial_number"].(string)
-		f.mu.Lock()
-		f.revoked = append(f.revoked, serial)
-		f.mu.Unlock()
+		f.record(r, "serial_number", &f.revoked)
 		reply(http.StatusOK, map[string]any{"data": map[string]any{"revocation_time": time.Now().Unix()}})
+	case strings.HasPrefix(path, "auth/token/roles/") && r.Method == http.MethodGet:
+		reply(http.StatusOK, map[string]any{"data": map[string]any{"token_explicit_max_ttl": int(f.RoleMaxTTL / time.Second)}})
+	case strings.HasPrefix(path, "auth/token/create/") && (r.Method == http.MethodPut || r.Method == http.MethodPost):
+		reply(http.StatusOK, f.createToken(strings.TrimPrefix(path, "auth/token/create/"), r))
+	case path == "auth/token/revoke-accessor" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
+		f.record(r, "accessor", &f.revokedAcc)
+		w.WriteHeader(http.StatusNoContent)
 	default:
 		reply(http.StatusNotFound, map[string]any{"errors": []string{}})
 	}
+}
+
+// record appends the string field of r's JSON body to list.
+func (f *Fake) record(r *http.Request, field string, list *[]string) {
+	var req map[string]any
+	json.NewDecoder(r.Body).Decode(&req)
+	v, _ := req[field].(string)
+	f.mu.Lock()
+	*list = append(*list, v)
+	f.mu.Unlock()
+}
+
+// createToken creates a token for role as auth/token/create/<role>
+// answers: the lease is the ttl asked for (or TokenLease), the metadata
+// and policies those asked for.
+func (f *Fake) createToken(role string, r *http.Request) map[string]any {
+	var req map[string]any
+	json.NewDecoder(r.Body).Decode(&req)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := len(f.tokens) + 1
+	tok := CreatedToken{Role: role, Request: req, Token: fmt.Sprintf("hvs.fake-node-token-%d", n), Accessor: fmt.Sprintf("fake-accessor-%d", n)}
+	f.tokens = append(f.tokens, tok)
+	lease, _ := time.ParseDuration(fmt.Sprint(req["ttl"]))
+	if f.TokenLease != 0 {
+		lease = f.TokenLease
+	}
+	policies, _ := req["policies"].([]any)
+	return map[string]any{"auth": map[string]any{
+		"client_token": tok.Token, "accessor": tok.Accessor, "policies": append([]any{"default"}, policies...),
+		"metadata": req["meta"], "lease_duration": int(lease / time.Second), "renewable": req["renewable"], "orphan": true,
+	}}
 }
 
 // issue makes a CA and a leaf for cn, as pki/issue answers.

@@ -91,10 +91,12 @@ const (
 	CredentialType_X509_SVID CredentialType = 2
 	// A secret read from Vault's KV version 2 store.
 	CredentialType_SECRET CredentialType = 3
+	// A Vault token a token role created for this node.
+	CredentialType_VAULT_TOKEN CredentialType = 4
 	// A kubelet's credential for joining a Kubernetes cluster: its client
 	// key and certificate for system:node:<name> and the cluster's API server
 	// address and CA, from which the agent writes a kubeconfig.
-	CredentialType_KUBELET CredentialType = 4
+	CredentialType_KUBELET CredentialType = 5
 )
 
 // Enum value maps for CredentialType.
@@ -104,14 +106,16 @@ var (
 		1: "TLS_CERTIFICATE",
 		2: "X509_SVID",
 		3: "SECRET",
-		4: "KUBELET",
+		4: "VAULT_TOKEN",
+		5: "KUBELET",
 	}
 	CredentialType_value = map[string]int32{
 		"CREDENTIAL_TYPE_UNSPECIFIED": 0,
 		"TLS_CERTIFICATE":             1,
 		"X509_SVID":                   2,
 		"SECRET":                      3,
-		"KUBELET":                     4,
+		"VAULT_TOKEN":                 4,
+		"KUBELET":                     5,
 	}
 )
 
@@ -1120,7 +1124,7 @@ type Credential struct {
 	Blob  *ImportBlob            `protobuf:"bytes,4,opt,name=blob,proto3" json:"blob,omitempty"`
 	// Compact JWE whose plaintext is a serialized payload message for type
 	// (TLSCredential for TLS_CERTIFICATE, X509SVIDCredential for X509_SVID,
-	// SecretCredential for SECRET).
+	// SecretCredential for SECRET, VaultTokenCredential for VAULT_TOKEN).
 	Jwe string `protobuf:"bytes,5,opt,name=jwe,proto3" json:"jwe,omitempty"`
 	// End of validity, in Unix seconds.
 	NotAfterUnix  int64 `protobuf:"varint,6,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
@@ -1487,6 +1491,81 @@ func (x *SecretCredential) GetVersion() int64 {
 	return 0
 }
 
+// VaultTokenCredential is the JWE payload of a VAULT_TOKEN credential.
+type VaultTokenCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token (a secret).
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its accessor: the receipt records it; Vault revokes and looks the token
+	// up by it.
+	Accessor string `protobuf:"bytes,2,opt,name=accessor,proto3" json:"accessor,omitempty"`
+	// The token's policies, as Vault created it.
+	Policies []string `protobuf:"bytes,3,rep,name=policies,proto3" json:"policies,omitempty"`
+	// Whether it can be renewed (auth/token/renew-self), up to the
+	// credential's not_after_unix.
+	Renewable     bool `protobuf:"varint,4,opt,name=renewable,proto3" json:"renewable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VaultTokenCredential) Reset() {
+	*x = VaultTokenCredential{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VaultTokenCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VaultTokenCredential) ProtoMessage() {}
+
+func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VaultTokenCredential.ProtoReflect.Descriptor instead.
+func (*VaultTokenCredential) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *VaultTokenCredential) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *VaultTokenCredential) GetAccessor() string {
+	if x != nil {
+		return x.Accessor
+	}
+	return ""
+}
+
+func (x *VaultTokenCredential) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *VaultTokenCredential) GetRenewable() bool {
+	if x != nil {
+		return x.Renewable
+	}
+	return false
+}
+
 // KubeletCredential is the payload of a KUBELET credential.
 type KubeletCredential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1510,7 +1589,7 @@ type KubeletCredential struct {
 
 func (x *KubeletCredential) Reset() {
 	*x = KubeletCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1601,7 @@ func (x *KubeletCredential) String() string {
 func (*KubeletCredential) ProtoMessage() {}
 
 func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1614,7 @@ func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
 func (*KubeletCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *KubeletCredential) GetNodeName() string {
@@ -1680,7 +1759,12 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\x03R\aversion\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x14VaultTokenCredential\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
+	"\baccessor\x18\x02 \x01(\tR\baccessor\x12\x1a\n" +
+	"\bpolicies\x18\x03 \x03(\tR\bpolicies\x12\x1c\n" +
+	"\trenewable\x18\x04 \x01(\bR\trenewable\"\xcd\x01\n" +
 	"\x11KubeletCredential\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x16\n" +
 	"\x06server\x18\x02 \x01(\tR\x06server\x12$\n" +
@@ -1692,14 +1776,15 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PCR_SEALED\x10\x02*n\n" +
+	"PCR_SEALED\x10\x02*\x7f\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTLS_CERTIFICATE\x10\x01\x12\r\n" +
 	"\tX509_SVID\x10\x02\x12\n" +
 	"\n" +
-	"\x06SECRET\x10\x03\x12\v\n" +
-	"\aKUBELET\x10\x042\xcd\x03\n" +
+	"\x06SECRET\x10\x03\x12\x0f\n" +
+	"\vVAULT_TOKEN\x10\x04\x12\v\n" +
+	"\aKUBELET\x10\x052\xcd\x03\n" +
 	"\x06Broker\x12L\n" +
 	"\tChallenge\x12\x1e.keybroker.v1.ChallengeRequest\x1a\x1f.keybroker.v1.ChallengeResponse\x12C\n" +
 	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponse\x12s\n" +
@@ -1720,7 +1805,7 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                       // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                    // 1: keybroker.v1.CredentialType
@@ -1745,14 +1830,15 @@ var file_keybroker_v1_broker_proto_goTypes = []any{
 	(*X509SVIDCredential)(nil),             // 20: keybroker.v1.X509SVIDCredential
 	(*TLSCredential)(nil),                  // 21: keybroker.v1.TLSCredential
 	(*SecretCredential)(nil),               // 22: keybroker.v1.SecretCredential
-	(*KubeletCredential)(nil),              // 23: keybroker.v1.KubeletCredential
-	nil,                                    // 24: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                    // 25: keybroker.v1.SecretCredential.DataEntry
+	(*VaultTokenCredential)(nil),           // 23: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),              // 24: keybroker.v1.KubeletCredential
+	nil,                                    // 25: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                    // 26: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	24, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	25, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
 	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
 	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
 	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
@@ -1762,7 +1848,7 @@ var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
 	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
 	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	25, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	26, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
 	2,  // 13: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
 	4,  // 14: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
 	10, // 15: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
@@ -1791,7 +1877,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
