@@ -29,7 +29,7 @@ FUZZ_TARGETS += ./broker:FuzzAttest:15000
 FUZZ_TARGETS += ./broker:FuzzLoadConfig:2000
 FUZZ_TARGETS += ./broker/verify/tcglog:FuzzParse:15000
 
-.PHONY: help all build test test-etcd unit e2e e2e-vault bench sizing fuzz demo lint generate generate-check tidy clean
+.PHONY: help all build test test-etcd unit e2e e2e-vault e2e-kubernetes bench sizing fuzz demo lint generate generate-check tidy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,11 +40,12 @@ build: ## build bin/keybroker, bin/keybroker-agent and bin/vault-plugin-auth-tpm
 	$(GO) build -o $(BIN)/ ./cmd/...
 	cd plugins/vaultauth && $(GO) build -o $(BIN)/ ./cmd/...
 
-test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools, etcd), the same on the etcd store, Vault plugin and Vault e2e, brief fuzzing
+test: lint generate-check ## every test: lint, generated code, unit (simulator), e2e (swtpm, tpm2-tools, etcd), the same on the etcd store, Vault plugin and Vault e2e, Kubernetes e2e, brief fuzzing
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory test-etcd
 	cd plugins/vaultauth && $(GO) test -count=1 -timeout 10m ./...
 	$(MAKE) --no-print-directory e2e-vault
+	$(MAKE) --no-print-directory e2e-kubernetes
 	$(MAKE) --no-print-directory fuzz FUZZTIME=
 
 test-etcd: ## the broker and e2e suites again, on the etcd store (a real etcd server per test; needs etcd-server)
@@ -52,6 +53,21 @@ test-etcd: ## the broker and e2e suites again, on the etcd store (a real etcd se
 
 e2e-vault: ## Vault suite: a Vault 1.19.5 test cluster, the auth plugin and keybroker-agent on swtpm (own module; first build ~6 min)
 	cd e2e/vault && $(GO) test -count=1 -timeout 20m ./...
+
+# The Kubernetes control plane the Kubernetes suite runs, built once from the
+# module proxy (module e2e/kube) into a cache outside the clone.
+KUBE_VERSION ?= v1.37.2
+KUBE_BIN     ?= $(HOME)/.cache/keybroker/kube-$(KUBE_VERSION)
+KUBE_LDFLAGS  = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
+
+$(KUBE_BIN)/kube-apiserver:
+	@echo "building kube-apiserver $(KUBE_VERSION) into $(KUBE_BIN) (once; 15-20 minutes on 2 cores)"
+	@mkdir -p $(KUBE_BIN)
+	cd e2e/kube && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/kube-apiserver.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $(KUBE_BIN)/kube-apiserver.tmp $@
+
+e2e-kubernetes: $(KUBE_BIN)/kube-apiserver ## Kubernetes suite: a real kube-apiserver on etcd, the broker and the agent on swtpm (first build ~15-20 min)
+	KEYBROKER_KUBE_APISERVER=$(KUBE_BIN)/kube-apiserver $(GO) test -count=1 -v -timeout 10m -run '^TestKubernetes' ./e2e/
 
 unit: ## unit tests only (no swtpm needed)
 	$(GO) test -count=1 -short ./...

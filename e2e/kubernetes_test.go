@@ -1,0 +1,327 @@
+package e2e
+
+// The Kubernetes suite: a real kube-apiserver on a real etcd, the broker
+// releasing kubelet credentials, the agent on swtpm writing the kubeconfig.
+// The kube-apiserver binary is built from the module proxy by `make
+// e2e-kubernetes` (module e2e/kube), which names it in
+// KEYBROKER_KUBE_APISERVER; without that variable the suite is skipped.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/internal/etcdtest"
+	"github.com/keybroker/keybroker/internal/swtpmtest"
+)
+
+// KubeAPIServerEnv names the kube-apiserver binary the suite runs.
+const KubeAPIServerEnv = "KEYBROKER_KUBE_APISERVER"
+
+const kubeReadyTimeout = 90 * time.Second
+
+// kubeCluster is a running kube-apiserver with the Node authorizer and
+// NodeRestriction, trusting kubeletCA and adminCA for client certificates.
+type kubeCluster struct {
+	url        string // https://127.0.0.1:port
+	caFile     string // verifies the API server
+	kubeletCA  string // dir of the CA (ca.pem, ca-key.pem) the broker signs kubelets with
+	admin      *http.Client
+	log        *syncBuffer
+	serverName string
+}
+
+// startKube starts kube-apiserver on a fresh etcd. It skips the test when
+// KEYBROKER_KUBE_APISERVER is unset.
+func startKube(t *testing.T) *kubeCluster {
+	t.Helper()
+	bin := os.Getenv(KubeAPIServerEnv)
+	if bin == "" {
+		t.Skipf("%s is not set: run make e2e-kubernetes", KubeAPIServerEnv)
+	}
+	etcd := etcdtest.Start(t, etcdtest.Opts{})
+	dir := t.TempDir()
+	serving, err := issue.LoadOrCreateCA(filepath.Join(dir, "serving-ca"), issue.CAOpts{CommonName: "e2e cluster"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeletCA := filepath.Join(dir, "kubelet-ca")
+	kubelets, err := issue.LoadOrCreateCA(kubeletCA, issue.CAOpts{CommonName: "e2e kubelet clients"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admins, err := issue.LoadOrCreateCA(filepath.Join(dir, "admin-ca"), issue.CAOpts{CommonName: "e2e admins"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := serving.IssueTLS(issue.TLSTemplate{CommonName: "kube-apiserver", DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "serving.pem"), string(cert.CertificatePEM)+string(cert.ChainPEM))
+	writeFile(t, filepath.Join(dir, "serving-key.pem"), string(cert.KeyPEM))
+	writeFile(t, filepath.Join(dir, "client-ca.pem"), string(kubelets.BundlePEM())+string(admins.BundlePEM()))
+	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saDER, err := x509.MarshalPKCS8PrivateKey(saKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saDER})))
+
+	port := freePort(t)
+	k := &kubeCluster{url: "https://127.0.0.1:" + strconv.Itoa(port), caFile: filepath.Join(dir, "serving-ca", issue.CACertFile),
+		kubeletCA: kubeletCA, log: &syncBuffer{}}
+	cmd := exec.Command(bin,
+		"--etcd-servers="+strings.Join(etcd.Endpoints(), ","),
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
+		"--tls-cert-file="+filepath.Join(dir, "serving.pem"), "--tls-private-key-file="+filepath.Join(dir, "serving-key.pem"),
+		"--client-ca-file="+filepath.Join(dir, "client-ca.pem"),
+		"--service-account-key-file="+filepath.Join(dir, "sa.key"), "--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--cert-dir="+filepath.Join(dir, "certs"))
+	cmd.Stdout, cmd.Stderr = k.log, k.log
+	killWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("unable to run kube-apiserver: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("kube-apiserver output (tail):\n%s", lastLines(k.log.String(), 40))
+		}
+	})
+
+	adminCert, err := admins.IssueTLS(issue.TLSTemplate{CommonName: "e2e-admin", Organization: []string{"system:masters"}, Client: true, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(adminCert.CertificatePEM, adminCert.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.admin = kubeClient(t, serving.BundlePEM(), pair)
+	start := time.Now()
+	for {
+		code, body, err := k.do(k.admin, http.MethodGet, "/readyz", nil)
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("kube-apiserver exited: %s", lastLines(k.log.String(), 40))
+		default:
+		}
+		if time.Since(start) > kubeReadyTimeout {
+			t.Fatalf("kube-apiserver not ready after %v: %d %s %v", kubeReadyTimeout, code, body, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("kube-apiserver ready on %s in %v", k.url, time.Since(start).Round(time.Millisecond))
+	return k
+}
+
+// kubeClient is an HTTPS client that trusts caPEM and presents cert.
+func kubeClient(t *testing.T, caPEM []byte, cert tls.Certificate) *http.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA certificate")
+	}
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}}
+}
+
+// do sends a JSON request to the API server and returns the status and
+// body.
+func (k *kubeCluster) do(c *http.Client, method, path string, body any) (int, []byte, error) {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		r = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, k.url+path, r)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, out, err
+}
+
+// kubeconfigClient reads the kubeconfig the agent wrote and returns a
+// client made only from it: the server, its CA, the client certificate.
+func kubeconfigClient(t *testing.T, path string) (server string, c *http.Client) {
+	t.Helper()
+	var doc struct {
+		Clusters []struct {
+			Cluster struct {
+				Server string `json:"server"`
+				CAData []byte `json:"certificate-authority-data"`
+			} `json:"cluster"`
+		} `json:"clusters"`
+		Users []struct {
+			User struct {
+				Cert string `json:"client-certificate"`
+				Key  string `json:"client-key"`
+			} `json:"user"`
+		} `json:"users"`
+	}
+	if err := json.Unmarshal(readFile(t, path), &doc); err != nil || len(doc.Clusters) != 1 || len(doc.Users) != 1 {
+		t.Fatalf("kubeconfig %s: %v", path, err)
+	}
+	pair, err := tls.LoadX509KeyPair(doc.Users[0].User.Cert, doc.Users[0].User.Key)
+	if err != nil {
+		t.Fatalf("kubeconfig client certificate: %v", err)
+	}
+	return doc.Clusters[0].Cluster.Server, kubeClient(t, doc.Clusters[0].Cluster.CAData, pair)
+}
+
+// kubeletPolicy releases a kubelet credential sealed to PCR 0 and 7 to
+// nodes with swtpm's EK CA in the state p measured.
+func kubeletPolicy(p *pcrs) string {
+	return fmt.Sprintf(`policy "workers" {
+  select { ek_cas = ["swtpm"] }
+  require = [%q, %q]
+  release "kubelet" {
+    type      = "kubelet"
+    mode      = "pcr_sealed"
+    pcrs      = [0, 7]
+    ttl       = "1h"
+    node_name = "node-${ek_hash_short}"
+  }
+}
+`, "pcrs.sha256[0] == '"+p.value(0)+"'", "pcrs.sha256[7] == '"+p.value(7)+"'")
+}
+
+// An attested node's kubelet credential authenticates to a real
+// kube-apiserver as system:node:<name> in system:nodes, may create its own
+// Node object and not another node's; a node whose boot changed gets no
+// credential.
+func TestKubernetesKubeletJoin(t *testing.T) {
+	skipUnlessE2E(t)
+	kube := startKube(t)
+	tpm := swtpmtest.Start(t, swtpmtest.Opts{})
+	p := bootMeasured(t, tpm)
+	ekHash := ekHashOf(t, tpm)
+	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: kubeletPolicy(p),
+		extra: fmt.Sprintf("kubernetes {\n  server = %q\n  ca_cert = %q\n  client_ca_cert = %q\n  client_ca_key = %q\n}\n",
+			kube.url, kube.caFile, filepath.Join(kube.kubeletCA, issue.CACertFile), filepath.Join(kube.kubeletCA, issue.CAKeyFile))})
+
+	out := filepath.Join(t.TempDir(), "pki")
+	kubeconfig := filepath.Join(t.TempDir(), "kubelet", "kubelet.conf")
+	wantExit(t, bootstrap(t, tpm, b, out, "--kubeconfig", kubeconfig), 0)
+	for _, f := range []string{kubeconfig, filepath.Join(out, "kubelet-client.pem")} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v (want mode 0600)", f, err)
+		}
+	}
+	server, kubelet := kubeconfigClient(t, kubeconfig)
+	if server != kube.url {
+		t.Fatalf("kubeconfig server %q, want %q", server, kube.url)
+	}
+	nodeName := "node-" + ekHash[:16]
+
+	// Who the API server says the kubelet is.
+	code, body, err := kube.do(kubelet, http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+		map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("SelfSubjectReview: %d %s %v", code, body, err)
+	}
+	var review struct {
+		Status struct {
+			UserInfo struct {
+				Username string   `json:"username"`
+				Groups   []string `json:"groups"`
+			} `json:"userInfo"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(body, &review); err != nil {
+		t.Fatal(err)
+	}
+	if u := review.Status.UserInfo; u.Username != "system:node:"+nodeName || !slices.Contains(u.Groups, "system:nodes") {
+		t.Fatalf("the kubelet is %q in %v, want system:node:%s in system:nodes", u.Username, u.Groups, nodeName)
+	}
+
+	// Its own Node object: yes; another node's: no (Node authorizer and
+	// NodeRestriction).
+	node := func(name string) map[string]any {
+		return map[string]any{"apiVersion": "v1", "kind": "Node", "metadata": map[string]any{"name": name}}
+	}
+	if code, body, err := kube.do(kubelet, http.MethodPost, "/api/v1/nodes", node(nodeName)); err != nil || code != http.StatusCreated {
+		t.Fatalf("creating its own Node: %d %s %v", code, body, err)
+	}
+	if code, body, err := kube.do(kubelet, http.MethodPost, "/api/v1/nodes", node("node-someone-else")); err != nil || code != http.StatusForbidden {
+		t.Fatalf("creating another node's Node: %d %s %v; want 403", code, body, err)
+	}
+	if code, body, err := kube.do(kube.admin, http.MethodGet, "/api/v1/nodes/"+nodeName, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("the Node as the admin sees it: %d %s %v", code, body, err)
+	}
+	if code, _, _ := kube.do(kube.admin, http.MethodGet, "/api/v1/nodes/node-someone-else", nil); code != http.StatusNotFound {
+		t.Errorf("another node's Node exists: %d", code)
+	}
+
+	// The boot changes: the broker refuses, nothing new is written.
+	before := snapshot(t, out)
+	kubeconfigBefore := readFile(t, kubeconfig)
+	p.measure(t, 7, "unknown bootloader")
+	r := bootstrap(t, tpm, b, out, "--kubeconfig", kubeconfig)
+	wantExit(t, r, 1)
+	wantContains(t, "refused bootstrap", r.stderr, "policy")
+	if after := snapshot(t, out); !mapsEqual(before, after) || !bytes.Equal(kubeconfigBefore, readFile(t, kubeconfig)) {
+		t.Error("a refused bootstrap changed the kubelet's files")
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
