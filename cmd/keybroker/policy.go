@@ -274,7 +274,7 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 // evaluate verifies a node's evidence again and evaluates set on it.
 func evaluate(r evalResult, ev attestation.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
 	r.PolicyHash = set.Hash()
-	v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{AllowSHA1: cfg.AllowSHA1, Banks: cfg.PCRBanks})
+	v, err := evidence.Reverify(ev, cfg.Verify)
 	if err != nil {
 		r.Error = "evidence does not verify: " + err.Error()
 		r.Check = string(verify.FailedCheck(err))
