@@ -181,3 +181,12 @@ func parseBanks(names []string, allowSHA1 bool, bad func(i int, format string, a
 	}
 	return out
 }
+
+// PEMBundle is an ek_ca's roots or intermediates written as one PEM bundle
+// (the Vault auth method's config): one source, none when empty.
+func PEMBundle(bundle string) []CertSource {
+	if bundle == "" {
+		return nil
+	}
+	return []CertSource{{Data: []byte(bundle), PEMOnly: true}}
+}

@@ -135,7 +135,7 @@ func (e configEntry) build() (*config, error) {
 	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks}
 	for _, name := range slices.Sorted(maps.Keys(e.EKCAs)) {
 		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: name,
-			Roots: pemSources(e.EKCAs[name].Roots), Intermediates: pemSources(e.EKCAs[name].Intermediates)})
+			Roots: verify.PEMBundle(e.EKCAs[name].Roots), Intermediates: verify.PEMBundle(e.EKCAs[name].Intermediates)})
 	}
 	opts, problems := verify.ParseOpts(oc)
 	for _, p := range problems {
@@ -159,15 +159,6 @@ func (e configEntry) build() (*config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
-}
-
-// pemSources is an ek_ca field, a PEM bundle, as verify.ParseOpts reads
-// it: none when empty.
-func pemSources(bundle string) []verify.CertSource {
-	if bundle == "" {
-		return nil
-	}
-	return []verify.CertSource{{Data: []byte(bundle), PEMOnly: true}}
 }
 
 // config returns the cached configuration, loading it on first use; nil if

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/vaultrecords"
+	"github.com/keybroker/keybroker/internal/cli"
+)
+
+// vaultFlags name a Vault auth method (plugins/vaultauth) whose records a
+// command reads instead of the broker's store.
+type vaultFlags struct {
+	addr, mount string
+}
+
+func (v *vaultFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&v.mount, "vault-mount", "", "read the Vault auth method mounted here (such as auth/tpm) instead of the broker's store; "+
+		"the token is VAULT_TOKEN, Vault's CA VAULT_CACERT, as for the vault CLI")
+	f.StringVar(&v.addr, "vault-addr", "", "Vault's address, with --vault-mount (default $VAULT_ADDR)")
+}
+
+// check reports flags that contradict each other; configured says whether
+// the broker's store was named too.
+func (v *vaultFlags) check(p *cli.Problems, configured bool) {
+	switch {
+	case v.mount == "" && v.addr != "":
+		p.Addf("--vault-addr needs --vault-mount")
+	case v.mount != "" && configured:
+		p.Addf("--vault-mount reads Vault instead of the broker: leave out --config and --data-dir")
+	}
+}
+
+func (v *vaultFlags) set() bool { return v.mount != "" }
+
+func (v *vaultFlags) reader() (*vaultrecords.Reader, error) {
+	return vaultrecords.New(vaultrecords.Opts{Address: v.addr, Mount: v.mount})
+}
+
+// nodeSource is where node records are read: the broker's store or a
+// Vault auth method.
+type nodeSource interface {
+	GetNode(ctx context.Context, ekHash string) (store.NodeRecord, error)
+	ListNodes(ctx context.Context, opts store.ListNodesOpts) ([]store.NodeRecord, error)
+}
+
+// brokerNodes reads the node records of the broker cfg names.
+type brokerNodes struct{ cfg *broker.Config }
+
+func (b brokerNodes) GetNode(ctx context.Context, ekHash string) (store.NodeRecord, error) {
+	return broker.GetNode(ctx, b.cfg, ekHash)
+}
+
+func (b brokerNodes) ListNodes(ctx context.Context, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
+	return broker.ListNodes(ctx, b.cfg, opts)
+}
