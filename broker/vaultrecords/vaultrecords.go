@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -39,8 +41,8 @@ import (
 const MaxResponseBytes = 8 << 20
 
 // Opts configure New. The zero value reads Vault's environment as the
-// vault CLI does (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, VAULT_NAMESPACE…);
-// Mount is required.
+// vault CLI does (VAULT_ADDR, VAULT_TOKEN or else ~/.vault-token,
+// VAULT_CACERT, VAULT_NAMESPACE…); Mount is required.
 type Opts struct {
 	// Address overrides VAULT_ADDR.
 	Address string
@@ -87,9 +89,41 @@ func New(opts Opts) (*Reader, error) {
 		c.SetToken(opts.Token)
 	}
 	if c.Token() == "" {
-		return nil, errors.New("no Vault token: set VAULT_TOKEN")
+		tok, err := tokenFile()
+		if err != nil {
+			return nil, err
+		}
+		c.SetToken(tok)
 	}
 	return &Reader{c: c, mount: mount}, nil
+}
+
+// maxTokenFile bounds ~/.vault-token.
+const maxTokenFile = 4 << 10
+
+// tokenFile reads the token `vault login` left in ~/.vault-token.
+func tokenFile() (string, error) {
+	const none = "no Vault token: set VAULT_TOKEN or log in with 'vault login'"
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", errors.New(none)
+	}
+	f, err := os.Open(filepath.Join(home, ".vault-token"))
+	if err != nil {
+		return "", errors.New(none)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	switch tok := strings.TrimSpace(string(b)); {
+	case err != nil:
+		return "", fmt.Errorf("unable to read ~/.vault-token: %w", err)
+	case len(b) > maxTokenFile:
+		return "", errors.New("~/.vault-token is too large to hold a token")
+	case tok == "":
+		return "", errors.New(none)
+	default:
+		return tok, nil
+	}
 }
 
 // ListReceipts returns the auth method's receipts newest first, as

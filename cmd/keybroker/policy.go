@@ -378,7 +378,11 @@ func printEval(w io.Writer, results []evalResult, set *policies.Set) {
 		case r.Allowed:
 			allowed++
 			fmt.Fprintf(w, "  allowed by %s\n", strings.Join(r.Policies, ", "))
-			fmt.Fprintln(w, "  would release:")
+			if len(r.Releases) == 0 {
+				fmt.Fprintln(w, "  would release nothing (a Vault role's policy: the login issues a token)")
+			} else {
+				fmt.Fprintln(w, "  would release:")
+			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			for _, rel := range r.Releases {
 				mode := rel.Mode

@@ -20,7 +20,7 @@ type vaultFlags struct {
 func (v *vaultFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&v.mount, "vault-mount", "", "read the Vault auth method mounted here (such as auth/tpm) instead of the broker's store; "+
-		"the token is VAULT_TOKEN, Vault's CA VAULT_CACERT, as for the vault CLI")
+		"the token is VAULT_TOKEN (or ~/.vault-token), Vault's CA VAULT_CACERT, as for the vault CLI")
 	f.StringVar(&v.addr, "vault-addr", "", "Vault's address, with --vault-mount (default $VAULT_ADDR)")
 }
 
