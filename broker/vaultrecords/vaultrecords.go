@@ -228,6 +228,37 @@ func (r *Reader) GetNode(ctx context.Context, ekHash string) (store.NodeRecord, 
 	return n, nil
 }
 
+// GetDenial returns the deny-list entry of the node with this EK hash, as
+// nodes/<ek_hash> answers it, or an error wrapping store.ErrNotFound when
+// the node is not on the deny list. (The auth method answers only for
+// nodes with a record.)
+func (r *Reader) GetDenial(ctx context.Context, ekHash string) (store.Denial, error) {
+	if !verify.ValidEKHash(ekHash) {
+		return store.Denial{}, fmt.Errorf("%q is not an EK hash (64 lowercase hex digits)", ekHash)
+	}
+	data, err := r.read(ctx, "nodes/"+ekHash)
+	if err != nil {
+		return store.Denial{}, err
+	}
+	raw, ok := data["denial"]
+	if !ok || raw == nil {
+		return store.Denial{}, fmt.Errorf("node %s is not on %s's deny list: %w", ekHash, r.mount, store.ErrNotFound)
+	}
+	var w struct {
+		Check     string `json:"check"`
+		ReceiptID string `json:"receipt_id"`
+		Time      string `json:"time"`
+	}
+	if err := remarshal(raw, &w); err != nil {
+		return store.Denial{}, fmt.Errorf("node %s: denial: %w", ekHash, err)
+	}
+	t, err := time.Parse(time.RFC3339Nano, w.Time)
+	if err != nil {
+		return store.Denial{}, fmt.Errorf("node %s: denial time %q: %w", ekHash, w.Time, err)
+	}
+	return store.Denial{EKHash: ekHash, Time: t, ReceiptID: w.ReceiptID, Check: w.Check}, nil
+}
+
 // VerifyOpts reads the mount's config (ek_allow, ek_ca, allow_sha1,
 // pcr_banks) and parses it with verify.ParseOpts, as the auth method does:
 // the trust its logins were verified with.

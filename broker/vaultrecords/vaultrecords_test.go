@@ -69,6 +69,7 @@ func newReader(t *testing.T, f *fakeVault) *vaultrecords.Reader {
 const (
 	ekA = "aa00000000000000000000000000000000000000000000000000000000000000"
 	ekB = "bb00000000000000000000000000000000000000000000000000000000000000"
+	ekC = "cc00000000000000000000000000000000000000000000000000000000000000"
 )
 
 func recordData(t *testing.T, n store.NodeRecord) map[string]any {
@@ -93,6 +94,11 @@ func TestReader(t *testing.T) {
 				"allowed": false, "check": "policy", "failures": []string{"x is false"}, "deny_listed": true},
 			"auth/tpm/nodes/" + ekA: recordData(t, nodeA),
 			"auth/tpm/nodes/" + ekB: recordData(t, store.NodeRecord{EKHash: ekA}),
+			"auth/tpm/nodes/" + ekC: func() map[string]any {
+				d := recordData(t, store.NodeRecord{EKHash: ekC})
+				d["denial"] = map[string]any{"check": "policy", "receipt_id": "r9", "time": now.Format(time.RFC3339Nano)}
+				return d
+			}(),
 			"auth/tpm/config": map[string]any{"ek_allow": []string{ekA}, "ek_ca": map[string]any{}, "allow_sha1": true,
 				"pcr_banks": []string{"sha256"}},
 		},
@@ -136,6 +142,13 @@ func TestReader(t *testing.T) {
 	}
 	if ns, err := r.ListNodes(ctx, store.ListNodesOpts{Limit: 1}); err != nil || len(ns) != 1 || ns[0].EKHash != ekA {
 		t.Errorf("ListNodes limit 1 = %v, %v; want %s first", ns, err, ekA)
+	}
+
+	if d, err := r.GetDenial(ctx, ekC); err != nil || d.Check != "policy" || d.ReceiptID != "r9" || !d.Time.Equal(now) || d.EKHash != ekC {
+		t.Errorf("GetDenial of a deny-listed node = %+v, %v", d, err)
+	}
+	if _, err := r.GetDenial(ctx, ekA); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetDenial of a node not on the list: %v, want not found", err)
 	}
 
 	opts, err := r.VerifyOpts(ctx)

@@ -295,7 +295,7 @@ func evalSource(ctx context.Context, o evalOpts, stderr io.Writer) (verify.Opts,
 			fmt.Fprintf(stderr, "policy eval: %v\n", err)
 			return verify.Opts{}, nil, false
 		}
-		return opts, r, true
+		return opts, vaultNodes{r}, true
 	}
 	cfg, err := broker.LoadConfig(o.configPath)
 	if err != nil {

@@ -48,6 +48,18 @@ type nodeSource interface {
 	ListNodes(ctx context.Context, opts store.ListNodesOpts) ([]store.NodeRecord, error)
 }
 
+// vaultNodes reads the node records of a Vault auth method, a node named
+// by its EK hash or a prefix as with the broker.
+type vaultNodes struct{ r broker.NodeReader }
+
+func (v vaultNodes) GetNode(ctx context.Context, ekRef string) (store.NodeRecord, error) {
+	return broker.FindNode(ctx, v.r, ekRef)
+}
+
+func (v vaultNodes) ListNodes(ctx context.Context, opts store.ListNodesOpts) ([]store.NodeRecord, error) {
+	return v.r.ListNodes(ctx, opts)
+}
+
 // brokerNodes reads the node records of the broker cfg names.
 type brokerNodes struct{ cfg *broker.Config }
 

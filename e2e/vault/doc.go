@@ -43,7 +43,9 @@
 //   - TestKeybrokerReadsVaultRecords: after a node logs in through the
 //     auth method, `keybroker receipts list --vault-mount auth/tpm` (VAULT_ADDR,
 //     VAULT_TOKEN with read/list on receipts/, nodes/, config) lists the
-//     login's receipt, and `keybroker policy eval --vault-mount auth/tpm`
+//     login's receipt, `keybroker nodes list` and `nodes show --evidence`
+//     (by an EK hash prefix) the node's record with its evidence, and
+//     `keybroker policy eval --vault-mount auth/tpm`
 //     verifies the node's stored evidence again with the mount's trust and
 //     allows it under a role policy matching its PCR 7, denies it under one
 //     that does not; a token without those capabilities is refused ("Vault

@@ -49,7 +49,8 @@ func runKeybroker(t *testing.T, c *cluster, token string, args ...string) agentR
 
 // TestKeybrokerReadsVaultRecords: after a node logs in through the auth
 // method, `keybroker receipts list --vault-mount auth/tpm` lists the
-// login's receipt, and `keybroker policy eval --vault-mount auth/tpm`
+// login's receipt, `keybroker nodes list/show` the node's record with its
+// evidence, and `keybroker policy eval --vault-mount auth/tpm`
 // verifies the node's stored evidence again with the mount's trust and
 // evaluates candidate role policies on it: allowed by one that matches its
 // PCR 7, denied by one that does not. A token without read on the mount's
@@ -88,6 +89,24 @@ func TestKeybrokerReadsVaultRecords(t *testing.T) {
 	}
 	if r := runKeybroker(t, c, operator, "receipts", "list", mountFlag); r.code != 0 || !strings.Contains(r.stdout, receipt.ID) {
 		t.Errorf("text receipts list exit %d lacks %s:\n%s", r.code, receipt.ID, r.stdout)
+	}
+
+	// The node's record, by an EK hash prefix, with its evidence.
+	if r := runKeybroker(t, c, operator, "nodes", "list", mountFlag); r.code != 0 || !strings.Contains(r.stdout, ekHash) || !strings.Contains(r.stdout, receipt.ID) {
+		t.Errorf("nodes list exit %d lacks %s and %s:\n%s", r.code, ekHash, receipt.ID, r.stdout)
+	}
+	r = runKeybroker(t, c, operator, "nodes", "show", mountFlag, "--evidence", ekHash[:12])
+	var shown struct {
+		EKHash   string `json:"ek_hash"`
+		Evidence struct {
+			EKPublic []byte `json:"ek_public"`
+			Quotes   []any  `json:"quotes"`
+		} `json:"evidence"`
+		Denial any `json:"denial"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &shown); r.code != 0 || err != nil || shown.EKHash != ekHash ||
+		len(shown.Evidence.EKPublic) == 0 || len(shown.Evidence.Quotes) == 0 || shown.Denial != nil {
+		t.Errorf("nodes show exit %d (%v): %+v", r.code, err, shown)
 	}
 
 	// Candidate role policies on the node's stored evidence.
@@ -131,7 +150,7 @@ func TestKeybrokerReadsVaultRecords(t *testing.T) {
 	if e.Allowed || len(e.Failures) == 0 || !strings.Contains(strings.Join(e.Failures, "\n"), "pcrs.sha256[7]") {
 		t.Errorf("a policy wanting another PCR 7: %+v, want denied naming the condition", e)
 	}
-	if r := runKeybroker(t, c, operator, "policy", "eval", mountFlag, "--node", ekHash, write("again.hcl", n.pcr7)); r.code != 0 ||
+	if r := runKeybroker(t, c, operator, "policy", "eval", mountFlag, "--node", ekHash[:10], write("again.hcl", n.pcr7)); r.code != 0 ||
 		!strings.Contains(r.stdout, "allowed by swtpm-nodes") {
 		t.Errorf("policy eval --node exit %d:\n%s", r.code, r.stdout)
 	}
