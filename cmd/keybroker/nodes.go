@@ -79,9 +79,8 @@ func nodesList(o nodesListOpts, stdout, stderr io.Writer) int {
 	var ns []broker.NodeStatus
 	var err error
 	if o.vault.set() {
-		r, rerr := o.vault.reader()
-		if rerr != nil {
-			fmt.Fprintf(stderr, "nodes: %v\n", rerr)
+		r, ok := o.vault.open("nodes", stderr)
+		if !ok {
 			return 1
 		}
 		ns, err = broker.ListNodeStatusFrom(context.Background(), r, opts, false)
@@ -163,9 +162,8 @@ func nodesShow(o nodesShowOpts, ek string, stdout, stderr io.Writer) int {
 	var n broker.NodeStatus
 	var err error
 	if o.vault.set() {
-		r, rerr := o.vault.reader()
-		if rerr != nil {
-			fmt.Fprintf(stderr, "nodes: %v\n", rerr)
+		r, ok := o.vault.open("nodes", stderr)
+		if !ok {
 			return 1
 		}
 		n, err = broker.NodeStatusFrom(context.Background(), r, ek, o.evidence)

@@ -285,9 +285,8 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 // Vault auth method's config and records. A failure is reported on stderr.
 func evalSource(ctx context.Context, o evalOpts, stderr io.Writer) (verify.Opts, nodeSource, bool) {
 	if o.vault.set() {
-		r, err := o.vault.reader()
-		if err != nil {
-			fmt.Fprintf(stderr, "policy eval: %v\n", err)
+		r, ok := o.vault.open("policy eval", stderr)
+		if !ok {
 			return verify.Opts{}, nil, false
 		}
 		opts, err := r.VerifyOpts(ctx)

@@ -102,9 +102,8 @@ instead: the token (VAULT_TOKEN) needs read and list on receipts/.`,
 func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
 	var list func(context.Context, store.ListOpts) ([]store.Receipt, error)
 	if o.vault.set() {
-		r, err := o.vault.reader()
-		if err != nil {
-			fmt.Fprintf(stderr, "receipts: %v\n", err)
+		r, ok := o.vault.open("receipts", stderr)
+		if !ok {
 			return 1
 		}
 		list = r.ListReceipts

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
@@ -37,8 +39,15 @@ func (v *vaultFlags) check(p *cli.Problems, configured bool) {
 
 func (v *vaultFlags) set() bool { return v.mount != "" }
 
-func (v *vaultFlags) reader() (*vaultrecords.Reader, error) {
-	return vaultrecords.New(vaultrecords.Opts{Address: v.addr, Mount: v.mount})
+// open returns the mount's reader; a failure is reported on stderr,
+// prefixed by name.
+func (v *vaultFlags) open(name string, stderr io.Writer) (*vaultrecords.Reader, bool) {
+	r, err := vaultrecords.New(vaultrecords.Opts{Address: v.addr, Mount: v.mount})
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return nil, false
+	}
+	return r, true
 }
 
 // nodeSource is where node records are read: the broker's store or a
