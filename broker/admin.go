@@ -247,7 +247,7 @@ func parseEKHashRef(ref string) (string, error) {
 // starts with it. Keys are EK hashes in order, so the nodes a prefix
 // matches are the first ones after it: two are enough to tell a unique
 // prefix from an ambiguous one.
-func findNode(ctx context.Context, st store.Nodes, ref string) (store.NodeRecord, error) {
+func findNode(ctx context.Context, st NodeReader, ref string) (store.NodeRecord, error) {
 	ref, err := parseEKHashRef(ref)
 	if err != nil {
 		return store.NodeRecord{}, err

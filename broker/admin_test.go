@@ -95,7 +95,7 @@ func TestAdminNodes(t *testing.T) {
 		if _, err := broker.GetNode(ctx, &broker.Config{DataDir: r.DataDir()}, ""); !errors.Is(err, broker.ErrInvalidEKHash) {
 			t.Errorf("GetNode %s of an empty hash: got %v, want ErrInvalidEKHash", how, err)
 		}
-		if _, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{ekHash}}, verify.QuoteOpts{}); err != nil {
+		if _, err := evidence.Reverify(n.Evidence, verify.Opts{Trust: verify.Trust{EKHashes: []string{ekHash}}}); err != nil {
 			t.Errorf("Reverify of the evidence read %s: %v", how, err)
 		}
 		return string(one)

@@ -64,7 +64,7 @@ func TestChallengeFloodOneEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, err := broker.NewServer(broker.ServerOpts{
-		Trust: verify.Trust{EKHashes: []string{ekA, ekB}}, Store: st, CA: ca, Policies: pol,
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{ekA, ekB}}}, Store: st, CA: ca, Policies: pol,
 		Limits: broker.LimitsConfig{ChallengePerEK: ratelimit.Rate{Count: 3, Per: time.Hour}},
 	})
 	if err != nil {

@@ -268,8 +268,8 @@ func newCryptoFloor(b *testing.B, n *benchNode) *cryptoFloor {
 		b.Fatalf("quote does not verify: %v", err)
 	}
 
-	f.node, err = verify.Node(n.req.GetEkPublic(), n.req.GetEkCertificate(), n.req.GetEkIntermediates(), n.req.GetAkPublic(),
-		verify.Trust{EKHashes: []string{n.EKHash}})
+	f.node, err = verify.Node(n.req.GetEkPublic(), n.req.GetEkCertificate(), n.req.GetEkIntermediates(), n.req.GetAkPublic(), verify.Opts{Trust: verify.Trust{EKHashes: []string{n.EKHash}}})
+
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -155,17 +154,15 @@ type Config struct {
 	DataDir      string
 	ServerNames  []string
 	ChallengeTTL time.Duration
-	AllowSHA1    bool
-	// PCRBanks are the banks whose quotes count (verify.QuoteOpts.Banks);
-	// empty: all.
-	PCRBanks    []tpm2.TPMAlgID
+	// Verify is what allow_sha1, pcr_banks, ek_allow and the ek_ca blocks
+	// say, in the one form every check of a node's evidence takes.
+	Verify      verify.Opts
 	PolicyPaths []string
 	// PolicyPollInterval is how often Start's watcher checks the files
 	// under PolicyPaths and reloads the policies when one changed; zero
 	// disables the watcher (SIGHUP and Running.ReloadPolicies still
 	// reload). LoadConfig defaults it to DefaultPolicyPollInterval.
 	PolicyPollInterval time.Duration
-	Trust              verify.Trust
 	// TrustDomain is the SPIFFE trust domain of the spiffe block; zero
 	// when SPIFFE is not configured (x509_svid releases and workload SVIDs
 	// are then refused).

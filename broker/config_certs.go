@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -14,33 +13,31 @@ import (
 // certExts are the file name extensions read from an ek_ca directory.
 var certExts = []string{".pem", ".crt", ".cer"}
 
-// loadPool reads the certificates of an ek_ca list into a pool: each entry
-// is a file or a directory (its *.pem, *.crt and *.cer files, not
-// recursing). It reports every problem to bad with the index of its entry,
-// each naming its file as written in the configuration (joined with the
-// directory entry's name).
-func loadPool(entries []string, abs func(string) string, bad func(i int, err error)) *x509.CertPool {
-	pool := x509.NewCertPool()
+// readCertSources reads the files of an ek_ca list for verify.ParseOpts:
+// each entry is a file or a directory (its *.pem, *.crt and *.cer files,
+// not recursing). An entry that cannot be read gives a source with its
+// error; each source is named as written in the configuration (joined with
+// the directory entry's name).
+func readCertSources(entries []string, abs func(string) string) []verify.CertSource {
+	var out []verify.CertSource
 	for i, entry := range entries {
-		var errs []error
+		bad := func(err error) { out = append(out, verify.CertSource{Entry: i, Name: entry, Err: err}) }
 		if entry == "" {
-			bad(i, errors.New("an entry cannot be empty"))
+			bad(errors.New("an entry cannot be empty"))
 			continue
 		}
 		fi, err := os.Stat(abs(entry))
 		if err != nil {
-			bad(i, fmt.Errorf("unable to read %s: %w", entry, err))
+			bad(fmt.Errorf("unable to read %s: %w", entry, err))
 			continue
 		}
 		if !fi.IsDir() {
-			for _, err := range addCertFile(pool, entry, abs(entry)) {
-				bad(i, err)
-			}
+			out = append(out, readCertFile(i, entry, abs(entry)))
 			continue
 		}
 		des, err := os.ReadDir(abs(entry))
 		if err != nil {
-			bad(i, fmt.Errorf("unable to read %s: %w", entry, err))
+			bad(fmt.Errorf("unable to read %s: %w", entry, err))
 			continue
 		}
 		n := 0
@@ -53,16 +50,13 @@ func loadPool(entries []string, abs func(string) string, bad func(i int, err err
 				continue
 			}
 			n++
-			errs = append(errs, addCertFile(pool, name, path)...)
+			out = append(out, readCertFile(i, name, path))
 		}
 		if n == 0 {
-			errs = append(errs, fmt.Errorf("directory %s holds no *.pem, *.crt or *.cer file", entry))
-		}
-		for _, err := range errs {
-			bad(i, err)
+			bad(fmt.Errorf("directory %s holds no *.pem, *.crt or *.cer file", entry))
 		}
 	}
-	return pool
+	return out
 }
 
 func hasCertExt(name string) bool {
@@ -75,19 +69,11 @@ func hasCertExt(name string) bool {
 	return false
 }
 
-// addCertFile adds the certificates of one file to pool: PEM CERTIFICATE
-// blocks (other block types are skipped), or DER. name labels errors.
-func addCertFile(pool *x509.CertPool, name, path string) []error {
+// readCertFile reads one certificate file of entry i; name labels it.
+func readCertFile(i int, name, path string) verify.CertSource {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return []error{fmt.Errorf("unable to read %s: %w", name, err)}
+		return verify.CertSource{Entry: i, Name: name, Err: fmt.Errorf("unable to read %s: %w", name, err)}
 	}
-	certs, err := verify.ParseCertificates(data)
-	if err != nil {
-		return []error{fmt.Errorf("%s: %w", name, err)}
-	}
-	for _, c := range certs {
-		pool.AddCert(c)
-	}
-	return nil
+	return verify.CertSource{Entry: i, Name: name, Data: data}
 }

@@ -79,7 +79,7 @@ func TestParseConfig(t *testing.T) {
 			src:  `policies = ["p"]`,
 			wantErr: []string{
 				`broker.hcl:1:1: missing required argument: the argument "data_dir" is required, but no definition was found`,
-				`broker.hcl:1:1: no EK is trusted: set ek_allow or an ek_ca block`,
+				`broker.hcl:1:1: no EK is trusted: set ek_allow or ek_ca`,
 			},
 		},
 		{
@@ -191,8 +191,8 @@ ek_ca "vendor" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Trust.CAs) != 1 || cfg.Trust.CAs[0].Name != "vendor" || cfg.Trust.CAs[0].Roots == nil {
-		t.Fatalf("EK CAs = %+v", cfg.Trust.CAs)
+	if len(cfg.Verify.Trust.CAs) != 1 || cfg.Verify.Trust.CAs[0].Name != "vendor" || cfg.Verify.Trust.CAs[0].Roots == nil {
+		t.Fatalf("EK CAs = %+v", cfg.Verify.Trust.CAs)
 	}
 }
 
@@ -248,10 +248,10 @@ ek_ca "vendor" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Trust.CAs) != 1 {
-		t.Fatalf("EK CAs = %+v", cfg.Trust.CAs)
+	if len(cfg.Verify.Trust.CAs) != 1 {
+		t.Fatalf("EK CAs = %+v", cfg.Verify.Trust.CAs)
 	}
-	ca := cfg.Trust.CAs[0]
+	ca := cfg.Verify.Trust.CAs[0]
 	for _, c := range []*x509.Certificate{r1, r2, r3, r4, r5} {
 		if _, err := c.Verify(x509.VerifyOptions{Roots: ca.Roots}); err != nil {
 			t.Errorf("root %q not loaded: %v", c.Subject.CommonName, err)

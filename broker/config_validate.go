@@ -6,12 +6,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -36,7 +34,6 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		DataDir:            abs(fc.DataDir),
 		ServerNames:        fc.ServerNames,
 		ChallengeTTL:       DefaultChallengeTTL,
-		AllowSHA1:          fc.AllowSHA1,
 		PolicyPollInterval: DefaultPolicyPollInterval,
 	}
 	if c.Listen == "" {
@@ -49,7 +46,6 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 	if len(c.ServerNames) == 0 {
 		c.ServerNames = []string{"localhost", "127.0.0.1"}
 	}
-	c.PCRBanks = parseBanks(fc.PCRBanks, fc.AllowSHA1, at, p)
 	if d, ok := parseDuration(fc.ChallengeTTL, "challenge_ttl", at, p); ok {
 		if d <= 0 || d > MaxChallengeTTL {
 			p.at(at.attr("challenge_ttl"), "challenge_ttl must be between 1s and %s", MaxChallengeTTL)
@@ -80,15 +76,7 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		}
 		c.PolicyPaths = append(c.PolicyPaths, abs(path))
 	}
-	c.Trust.EKHashes = parseEKAllow(fc.EKAllow, at, p)
-	c.Trust.CAs = fc.buildEKCAs(abs, at, p)
-	c.Trust.AllowSHA1 = c.AllowSHA1
-	switch {
-	case !at.has("ek_allow") && len(at.blocks("ek_ca")) == 0:
-		p.at(at.def, "no EK is trusted: set ek_allow or an ek_ca block")
-	case at.has("ek_allow") && fc.EKAllow != nil && len(fc.EKAllow) == 0 && len(at.blocks("ek_ca")) == 0:
-		p.at(at.attr("ek_allow"), "no EK is trusted: ek_allow is empty and there is no ek_ca block")
-	}
+	c.Verify = fc.buildVerify(abs, at, p)
 	if fc.SPIFFE != nil {
 		c.TrustDomain = fc.SPIFFE.build(at.block("spiffe", 0), p)
 	}
@@ -176,72 +164,43 @@ func parseDuration(s, name string, at spot, p *problems) (time.Duration, bool) {
 	return d, true
 }
 
-// parseBanks reads pcr_banks as verify.ParseBanks does, each problem at its
-// entry. nil (absent) stays nil: every bank counts.
-func parseBanks(names []string, allowSHA1 bool, at spot, p *problems) []tpm2.TPMAlgID {
-	if names == nil {
-		return nil
+// buildVerify parses allow_sha1, pcr_banks, ek_allow and the ek_ca blocks
+// with verify.ParseOpts, the parser the Vault auth method's config endpoint
+// uses too, each problem at what it is about.
+func (fc *FileConfig) buildVerify(abs func(string) string, at spot, p *problems) verify.Opts {
+	oc := verify.OptsConfig{EKAllow: fc.EKAllow, AllowSHA1: fc.AllowSHA1, PCRBanks: fc.PCRBanks}
+	for _, ca := range fc.EKCAs {
+		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: ca.Name,
+			Roots: readCertSources(ca.Roots, abs), Intermediates: readCertSources(ca.Intermediates, abs)})
 	}
-	if len(names) == 0 {
-		p.at(at.attr("pcr_banks"), "pcr_banks cannot be empty; leave it out to count every bank")
-		return nil
+	o, problems := verify.ParseOpts(oc)
+	for _, cp := range problems {
+		if cp.Attr == "" && at.has("ek_allow") {
+			continue // ek_allow written, its value refused by HCL
+		}
+		p.at(problemRange(cp, at), "%v", cp.Err)
 	}
-	var out []tpm2.TPMAlgID
-	for i, n := range names {
-		id, ok := verify.ParseBank(n)
+	return o
+}
+
+// problemRange is where in the file a problem of verify.ParseOpts is.
+func problemRange(cp verify.ConfigProblem, at spot) hcl.Range {
+	switch {
+	case cp.Attr == "":
+		return at.def
+	case cp.Attr == "ek_ca":
+		in := at.block("ek_ca", cp.Index)
 		switch {
-		case !ok:
-			p.at(at.entry("pcr_banks", i), "pcr_banks: %q is not sha1, sha256, sha384 or sha512", n)
-		case id == tpm2.TPMAlgSHA1 && !allowSHA1:
-			p.at(at.entry("pcr_banks", i), "pcr_banks: sha1 needs allow_sha1")
-		case slices.Contains(out, id):
-			p.at(at.entry("pcr_banks", i), "pcr_banks: %q is listed twice", n)
-		default:
-			out = append(out, id)
+		case cp.List == "":
+			return in.label
+		case cp.Entry < 0:
+			return in.attr(cp.List)
 		}
+		return in.entry(cp.List, cp.Entry)
+	case cp.Index < 0:
+		return at.attr(cp.Attr)
 	}
-	return out
-}
-
-// parseEKAllow checks that each ek_allow entry is an EK hash.
-func parseEKAllow(hashes []string, at spot, p *problems) []string {
-	var out []string
-	for i, h := range hashes {
-		if !verify.ValidEKHash(h) {
-			p.at(at.entry("ek_allow", i), "ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
-			continue
-		}
-		out = append(out, h)
-	}
-	return out
-}
-
-// buildEKCAs loads the certificates of every ek_ca block.
-func (fc *FileConfig) buildEKCAs(abs func(string) string, at spot, p *problems) []verify.CA {
-	var out []verify.CA
-	seen := map[string]bool{}
-	for i, ca := range fc.EKCAs {
-		in := at.block("ek_ca", i)
-		if seen[ca.Name] {
-			p.at(in.label, "ek_ca %q is defined twice", ca.Name)
-			continue
-		}
-		seen[ca.Name] = true
-		if ca.Name == "" {
-			p.at(in.label, "ek_ca name cannot be empty")
-		}
-		n := len(p.diags)
-		roots := loadPool(ca.Roots, abs, func(j int, err error) {
-			p.at(in.entry("roots", j), "ek_ca %q roots: %v", ca.Name, err)
-		})
-		inter := loadPool(ca.Intermediates, abs, func(j int, err error) {
-			p.at(in.entry("intermediates", j), "ek_ca %q intermediates: %v", ca.Name, err)
-		})
-		if len(p.diags) == n {
-			out = append(out, verify.CA{Name: ca.Name, Roots: roots, Intermediates: inter})
-		}
-	}
-	return out
+	return at.entry(cp.Attr, cp.Index)
 }
 
 // build checks the spiffe block's trust domain.

@@ -32,7 +32,7 @@ func TestReverify(t *testing.T) {
 	receipt := env.Receipts(t)[0]
 	trust := verify.Trust{EKHashes: []string{env.EKHash}}
 
-	v, err := evidence.Reverify(rec.Evidence, trust, verify.QuoteOpts{})
+	v, err := evidence.Reverify(rec.Evidence, verify.Opts{Trust: trust})
 	if err != nil {
 		t.Fatalf("Reverify: %v", err)
 	}
@@ -50,7 +50,7 @@ func TestReverify(t *testing.T) {
 	if err := json.Unmarshal(raw, &exported); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := evidence.Reverify(exported, trust, verify.QuoteOpts{}); err != nil {
+	if _, err := evidence.Reverify(exported, verify.Opts{Trust: trust}); err != nil {
 		t.Fatalf("Reverify after a JSON round trip: %v", err)
 	}
 	// What a policy sees is what the broker saw.
@@ -91,7 +91,7 @@ func TestReverify(t *testing.T) {
 			if tt.untrusted {
 				tr = verify.Trust{}
 			}
-			v, err := evidence.Reverify(ev, tr, verify.QuoteOpts{})
+			v, err := evidence.Reverify(ev, verify.Opts{Trust: tr})
 			if v != nil || verify.FailedCheck(err) != tt.check {
 				t.Fatalf("Reverify = %v, %v; want refused by %s", v, err, tt.check)
 			}
@@ -102,7 +102,7 @@ func TestReverify(t *testing.T) {
 		ev := clone()
 		ev.Previous.AKName = []byte("another AK")
 		ev.Previous.Clock += 1 << 40
-		v, err := evidence.Reverify(ev, trust, verify.QuoteOpts{})
+		v, err := evidence.Reverify(ev, verify.Opts{Trust: trust})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -53,8 +53,8 @@ func FuzzAttest(f *testing.F) {
 			t.Fatal(err)
 		}
 		srv, err := broker.NewServer(broker.ServerOpts{
-			Trust: verify.Trust{EKHashes: []string{env.EKHash}},
-			Store: st, CA: env.CA, Policies: pol,
+			Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{env.EKHash}}},
+			Store:  st, CA: env.CA, Policies: pol,
 			Now: func() time.Time { return at },
 		})
 		if err != nil {

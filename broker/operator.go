@@ -151,7 +151,7 @@ func allowNode(ctx context.Context, st store.Backend, ref string, a OperatorActi
 // deny-list entry (nil when it has none). A full EK hash names a node that
 // has a record, a deny-list entry or both; a prefix names a node by its
 // record only (findNode).
-func resolveNode(ctx context.Context, st store.Nodes, ref string) (string, *store.NodeRecord, *store.Denial, error) {
+func resolveNode(ctx context.Context, st NodeReader, ref string) (string, *store.NodeRecord, *store.Denial, error) {
 	n, err := findNode(ctx, st, ref)
 	var rec *store.NodeRecord
 	switch {
@@ -221,7 +221,7 @@ func GetNodeStatus(ctx context.Context, cfg *Config, ekRef string, withEvidence 
 	return out, err
 }
 
-func listNodeStatus(ctx context.Context, st store.Nodes, opts store.ListNodesOpts, withEvidence bool) ([]NodeStatus, error) {
+func listNodeStatus(ctx context.Context, st NodeReader, opts store.ListNodesOpts, withEvidence bool) ([]NodeStatus, error) {
 	ns, err := st.ListNodes(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -241,7 +241,7 @@ func listNodeStatus(ctx context.Context, st store.Nodes, opts store.ListNodesOpt
 	return out, nil
 }
 
-func nodeStatus(ctx context.Context, st store.Nodes, ref string, withEvidence bool) (NodeStatus, error) {
+func nodeStatus(ctx context.Context, st NodeReader, ref string, withEvidence bool) (NodeStatus, error) {
 	ek, rec, denial, err := resolveNode(ctx, st, ref)
 	if err != nil {
 		return NodeStatus{}, err

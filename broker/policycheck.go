@@ -45,7 +45,7 @@ func (c *Config) CheckPolicies(set *policies.Set) error {
 
 func (c *Config) checkEKRefs(p *problems, refs policies.Refs, conf string) {
 	var cas []string
-	for _, ca := range c.Trust.CAs {
+	for _, ca := range c.Verify.Trust.CAs {
 		cas = append(cas, ca.Name)
 	}
 	for _, r := range refs.EKCAs {
@@ -62,12 +62,12 @@ func (c *Config) checkEKRefs(p *problems, refs policies.Refs, conf string) {
 		return // any EK with a certificate from a CA may attest
 	}
 	for _, r := range refs.EKHashes {
-		if !slices.Contains(c.Trust.EKHashes, r.Name) {
+		if !slices.Contains(c.Verify.Trust.EKHashes, r.Name) {
 			p.at(r.Range, "policy %q: ek_hashes entry %s can never attest: it is not in ek_allow and %s has no ek_ca block", r.Policy, r.Name, conf)
 		}
 	}
 	for _, r := range refs.Nodes {
-		if !slices.Contains(c.Trust.EKHashes, r.Name) {
+		if !slices.Contains(c.Verify.Trust.EKHashes, r.Name) {
 			p.at(r.Range, "node %q can never attest: it is not in ek_allow and %s has no ek_ca block", r.Name, conf)
 		}
 	}
@@ -107,9 +107,9 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			p.at(r.SPIFFEIDRange, "policy %q: release %q: spiffe_id %s is not in trust domain %q of %s", r.Policy, r.Name, r.SPIFFEID, c.TrustDomain.Name(), conf)
 		case policies.IsVault(r.Type) && c.Vault == nil:
 			p.at(r.Range, "policy %q: release %q is a %s, but %s has no vault block", r.Policy, r.Name, r.Type, conf)
-		case r.PCRBank != 0 && len(c.PCRBanks) > 0 && !slices.Contains(c.PCRBanks, r.PCRBank):
+		case r.PCRBank != 0 && len(c.Verify.Banks) > 0 && !slices.Contains(c.Verify.Banks, r.PCRBank):
 			var counted []string
-			for _, b := range c.PCRBanks {
+			for _, b := range c.Verify.Banks {
 				counted = append(counted, verify.BankName(b))
 			}
 			p.at(r.Range, "policy %q: release %q is sealed to the %s bank, but pcr_banks of %s counts only %s: nodes do not quote it",

@@ -70,7 +70,7 @@ func crossCheckConfig(dir, policy string) *Config {
 		ServerNames:  []string{"127.0.0.1"},
 		ChallengeTTL: DefaultChallengeTTL,
 		PolicyPaths:  []string{policy},
-		Trust:        verify.Trust{EKHashes: []string{watchedEK}},
+		Verify:       verify.Opts{Trust: verify.Trust{EKHashes: []string{watchedEK}}},
 	}
 }
 

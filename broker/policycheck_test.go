@@ -21,20 +21,19 @@ var checkConfigs = map[string]*Config{
 	// full has an ek_ca "swtpm", a spiffe block and a vault block.
 	"full": {
 		File:        "broker.hcl",
-		Trust:       verify.Trust{CAs: []verify.CA{{Name: "swtpm"}}},
+		Verify:      verify.Opts{Trust: verify.Trust{CAs: []verify.CA{{Name: "swtpm"}}}},
 		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
 		Vault:       &VaultConfig{Address: "https://vault.example.com:8200"},
 	},
 	// bare trusts ek_allow = [checkEKA] only: no ek_ca, spiffe or vault.
 	"bare": {
-		File:  "broker.hcl",
-		Trust: verify.Trust{EKHashes: []string{checkEKA}},
+		File:   "broker.hcl",
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
 	},
 	// sha256 is bare counting only the sha256 bank (pcr_banks).
 	"sha256": {
-		File:     "broker.hcl",
-		Trust:    verify.Trust{EKHashes: []string{checkEKA}},
-		PCRBanks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256},
+		File:   "broker.hcl",
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}, Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}},
 	},
 }
 

@@ -287,7 +287,7 @@ func TestStartWatchesPolicies(t *testing.T) {
 				ChallengeTTL:       DefaultChallengeTTL,
 				PolicyPaths:        []string{path},
 				PolicyPollInterval: tc.interval,
-				Trust:              verify.Trust{EKHashes: []string{watchedEK}},
+				Verify:             verify.Opts{Trust: verify.Trust{EKHashes: []string{watchedEK}}},
 			}, slog.New(slog.NewTextHandler(&logs, nil)))
 			if err != nil {
 				t.Fatal(err)

@@ -214,9 +214,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		b.ObserveCommits(m.StoreTransaction)
 	}
 	srv, err := NewServer(ServerOpts{
-		Trust:                cfg.Trust,
-		AllowSHA1:            cfg.AllowSHA1,
-		PCRBanks:             cfg.PCRBanks,
+		Verify:               cfg.Verify,
 		ChallengeTTL:         cfg.ChallengeTTL,
 		ChallengeKeyRotation: cfg.ChallengeKeyRotation,
 		Store:                st,

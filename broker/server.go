@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -42,8 +41,7 @@ const (
 type Server struct {
 	pb.UnimplementedBrokerServer
 
-	trust      verify.Trust
-	quoteOpts  verify.QuoteOpts
+	verify     verify.Opts // indexed
 	decisions  store.Decisions
 	nodes      store.Nodes
 	challenges *challenge.Issuer
@@ -59,10 +57,9 @@ type Server struct {
 
 // ServerOpts hold what a Server needs. Store, CA and Policies are required.
 type ServerOpts struct {
-	Trust     verify.Trust
-	AllowSHA1 bool
-	// PCRBanks are the banks whose quotes count; empty: all.
-	PCRBanks     []tpm2.TPMAlgID
+	// Verify configures every check of the nodes' evidence (trusted EKs,
+	// SHA-1, the banks whose quotes count).
+	Verify       verify.Opts
 	ChallengeTTL time.Duration
 	// ChallengeKeyRotation is how long a challenge key seals; default
 	// challenge.DefaultKeyRotation.
@@ -108,8 +105,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		opts.Now = time.Now
 	}
 	s := &Server{
-		trust:     opts.Trust.Index(),
-		quoteOpts: verify.QuoteOpts{AllowSHA1: opts.AllowSHA1, Banks: opts.PCRBanks},
+		verify:    opts.Verify.Index(),
 		decisions: opts.Store,
 		nodes:     opts.Store,
 		admission: newAdmission(opts.Limits),
@@ -123,14 +119,13 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		Observe: opts.Metrics.ReleaseStage}); err != nil {
 		return nil, err
 	}
-	for _, b := range opts.PCRBanks {
+	for _, b := range opts.Verify.Banks {
 		s.banks = append(s.banks, uint32(b))
 	}
-	s.trust.AllowSHA1 = opts.AllowSHA1
-	// Each challenge carries the node's vouch under s.trust, so that
+	// Each challenge carries the node's vouch under s.verify, so that
 	// Attest on this Server verifies the node once per challenge.
 	s.challenges = challenge.New(opts.Store, challenge.Opts{TTL: opts.ChallengeTTL, KeyRotation: opts.ChallengeKeyRotation,
-		Now: opts.Now, Epoch: s.trust.Epoch()})
+		Now: opts.Now, Epoch: s.verify.Trust.Epoch()})
 	s.admission.metrics = opts.Metrics
 	s.policies.Store(opts.Policies)
 	return s, nil
@@ -145,7 +140,7 @@ func (s *Server) Challenge(ctx context.Context, req *pb.ChallengeRequest) (*pb.C
 	if err := s.admission.admitAddress(ctx, opChallenge); err != nil {
 		return nil, err
 	}
-	node, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), s.trust)
+	node, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), s.verify)
 	if err != nil {
 		s.log.Warn("challenge refused", "check", verify.FailedCheck(err), "error", err)
 		s.metrics.ChallengeRefused(checkRefusal(err).check)
@@ -327,7 +322,7 @@ func (s *Server) observeRecord(d *store.Decision, err error, took time.Duration)
 func (s *Server) refuseExpired(ctx context.Context, ch challenge.Challenge) error {
 	rec := &store.Receipt{Time: time.Now().UTC(), ChallengeID: ch.ID, Check: "challenge",
 		Failures: []string{"challenge expired at " + ch.ExpiresAt.UTC().Format(time.RFC3339)}}
-	if node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.trust); err == nil {
+	if node, err := verify.Node(ch.EKPublic, ch.EKCertificate, ch.EKIntermediates, ch.AKPublic, s.verify); err == nil {
 		rec.EKHash, rec.AKName = node.EKHash(), node.AKName()
 	}
 	if err := s.record(ctx, &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec}); err != nil {
@@ -370,8 +365,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 	o := evidence.Decide(evidence.Inputs{
 		Evidence: evidenceOf(ch, req, rec.Time),
 		Vouch:    ch.Vouch,
-		Trust:    s.trust,
-		Quote:    s.quoteOpts,
+		Opts:     s.verify,
 		Policies: s.policies.Load(),
 		Previous: func(ek string) (store.NodeRecord, error) { return s.nodes.GetNode(ctx, ek) },
 		Stage:    stages.Done,

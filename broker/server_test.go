@@ -429,7 +429,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := broker.NewServer(broker.ServerOpts{Trust: verify.Trust{EKHashes: []string{ekB}}, Store: st, CA: ca, Policies: pol})
+	srv, err := broker.NewServer(broker.ServerOpts{Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{ekB}}}, Store: st, CA: ca, Policies: pol})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +489,7 @@ func getNode(t *testing.T, env *brokertest.Env) store.NodeRecord {
 // history it carries.
 func reverifyHistory(t *testing.T, env *brokertest.Env, n store.NodeRecord) verify.History {
 	t.Helper()
-	v, err := evidence.Reverify(n.Evidence, verify.Trust{EKHashes: []string{env.EKHash}}, verify.QuoteOpts{})
+	v, err := evidence.Reverify(n.Evidence, verify.Opts{Trust: verify.Trust{EKHashes: []string{env.EKHash}}})
 	if err != nil {
 		t.Fatalf("Reverify: %v", err)
 	}
@@ -646,7 +646,7 @@ func TestAttestPCRBanks(t *testing.T) {
 		t.Run(fmt.Sprint(tt.banks), func(t *testing.T) {
 			f := newFixture(t, brokertest.Opts{Mode: "tpm_bound", Server: func(o *broker.ServerOpts) {
 				for _, b := range tt.banks {
-					o.PCRBanks = append(o.PCRBanks, tpm2b.TPMAlgID(b))
+					o.Verify.Banks = append(o.Verify.Banks, tpm2b.TPMAlgID(b))
 				}
 			}})
 			resp, err := attestOnce(t, f.Env)

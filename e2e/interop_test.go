@@ -217,7 +217,7 @@ func TestInteropQuote(t *testing.T) {
 			t.Logf("tpm2-tools EK+AK+quote in %v", time.Since(start))
 
 			trust := verify.Trust{EKHashes: []string{ekHash(t, tq.ekPublic)}}
-			node, err := verify.Node(tq.ekPublic, nil, nil, tq.akPublic, trust)
+			node, err := verify.Node(tq.ekPublic, nil, nil, tq.akPublic, verify.Opts{Trust: trust})
 			if err != nil {
 				t.Fatalf("Node: %v", err)
 			}
@@ -225,7 +225,7 @@ func TestInteropQuote(t *testing.T) {
 				t.Errorf("AKName = %x, tpm2_createak says %x", node.AKName(), tq.akName)
 			}
 			nonceHash := sha256.Sum256(tq.nonce)
-			v, err := verify.Quotes(node, nonceHash, []verify.Quote{tq.quote}, verify.QuoteOpts{})
+			v, err := verify.Quotes(node, nonceHash, []verify.Quote{tq.quote}, verify.Opts{})
 			if err != nil {
 				t.Fatalf("Quotes: %v", err)
 			}
@@ -312,7 +312,7 @@ func TestInteropQuote(t *testing.T) {
 					if tt.nonceHash != ([32]byte{}) {
 						nh = tt.nonceHash
 					}
-					_, err := verify.Quotes(node, nh, []verify.Quote{q}, verify.QuoteOpts{})
+					_, err := verify.Quotes(node, nh, []verify.Quote{q}, verify.Opts{})
 					if got := verify.FailedCheck(err); got != tt.wantCheck {
 						t.Fatalf("FailedCheck = %q (err %v), want %q", got, err, tt.wantCheck)
 					}
@@ -446,7 +446,7 @@ func TestInteropEKCertificate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			node, err := verify.Node(tq.ekPublic, tt.cert, tt.intermediates, tq.akPublic, tt.trust)
+			node, err := verify.Node(tq.ekPublic, tt.cert, tt.intermediates, tq.akPublic, verify.Opts{Trust: tt.trust})
 			if tt.wantCheck != "" {
 				if got := verify.FailedCheck(err); got != tt.wantCheck {
 					t.Fatalf("FailedCheck = %q (err %v), want %q", got, err, tt.wantCheck)
@@ -462,7 +462,7 @@ func TestInteropEKCertificate(t *testing.T) {
 			if node.EKHash() != hash {
 				t.Errorf("EKHash = %s, want %s", node.EKHash(), hash)
 			}
-			v, err := verify.Quotes(node, sha256.Sum256(tq.nonce), []verify.Quote{tq.quote}, verify.QuoteOpts{})
+			v, err := verify.Quotes(node, sha256.Sum256(tq.nonce), []verify.Quote{tq.quote}, verify.Opts{})
 			if err != nil {
 				t.Fatalf("Quotes: %v", err)
 			}

@@ -39,8 +39,8 @@ func TestExampleConfig(t *testing.T) {
 	if cfg.Listen != "0.0.0.0:8443" {
 		t.Errorf("listen = %s, want 0.0.0.0:8443 (the container's EXPOSE)", cfg.Listen)
 	}
-	if len(cfg.Trust.CAs) != 1 || cfg.Trust.CAs[0].Name != "vendors" {
-		t.Errorf("ek_ca = %+v, want one named vendors", cfg.Trust.CAs)
+	if len(cfg.Verify.Trust.CAs) != 1 || cfg.Verify.Trust.CAs[0].Name != "vendors" {
+		t.Errorf("ek_ca = %+v, want one named vendors", cfg.Verify.Trust.CAs)
 	}
 	set, err := policies.Load(cfg.PolicyPaths...)
 	if err != nil {

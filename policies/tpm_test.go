@@ -185,13 +185,13 @@ func attestNode(n node) (*verify.Verified, error) {
 		}
 		trust.EKHashes = []string{h}
 	}
-	id, err := verify.Node(t.ekPub, ekCert, nil, t.akPub, trust)
+	id, err := verify.Node(t.ekPub, ekCert, nil, t.akPub, verify.Opts{Trust: trust})
 	if err != nil {
 		return nil, fmt.Errorf("unable to verify the node: %w", err)
 	}
 	v, err := verify.Quotes(id, sha256.Sum256(nonce), []verify.Quote{{
 		Attest: q.GetQuote(), Signature: q.GetRawSig(), Bank: tpm2.TPMAlgSHA256, PCRs: q.GetPcrs().GetPcrs(),
-	}}, verify.QuoteOpts{})
+	}}, verify.Opts{})
 	if err != nil {
 		return nil, fmt.Errorf("unable to verify the quote: %w", err)
 	}

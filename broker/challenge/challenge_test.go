@@ -48,7 +48,7 @@ func testNode(t *testing.T) (*verify.NodeIdentity, challenge.Evidence) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := verify.Node(ev.EKPublic, nil, nil, ev.AKPublic, verify.Trust{EKHashes: []string{hash}})
+	node, err := verify.Node(ev.EKPublic, nil, nil, ev.AKPublic, verify.Opts{Trust: verify.Trust{EKHashes: []string{hash}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func ekCertNode(t *testing.T) (*verify.NodeIdentity, challenge.Evidence, verify.
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	trust := verify.Trust{CAs: []verify.CA{{Name: "unused", Roots: x509.NewCertPool()}, {Name: "test", Roots: roots}}}.Index()
-	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, nil, ev.AKPublic, trust)
+	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, nil, ev.AKPublic, verify.Opts{Trust: trust})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestChallengeCarriesVouch(t *testing.T) {
 	if c.Vouch == nil || c.Vouch.CA != node.Vouch().CA || !c.Vouch.NotAfter.Equal(node.Vouch().NotAfter) {
 		t.Fatalf("Open vouch %+v, want %+v", c.Vouch, node.Vouch())
 	}
-	v, err := verify.NodeVouched(c.EKPublic, c.EKCertificate, c.EKIntermediates, c.AKPublic, trust, *c.Vouch)
+	v, err := verify.NodeVouched(c.EKPublic, c.EKCertificate, c.EKIntermediates, c.AKPublic, verify.Opts{Trust: trust}, *c.Vouch)
 	if err != nil || v.EKHash() != node.EKHash() {
 		t.Fatalf("NodeVouched with the challenge's vouch: %v", err)
 	}

@@ -18,8 +18,8 @@ type Inputs struct {
 	// (challenge.Challenge.Vouch): the node is checked with
 	// verify.NodeVouched.
 	Vouch *verify.Vouch
-	Trust verify.Trust
-	Quote verify.QuoteOpts
+	// Opts configure every check: trusted EKs, SHA-1, banks.
+	Opts verify.Opts
 	// Policies are evaluated once the node and its history verified.
 	Policies *policies.Set
 	// Previous returns the node's record by EK hash, or an error wrapping
@@ -92,9 +92,9 @@ func Decide(in Inputs) *Outcome {
 	ev := in.Evidence
 	var v *verify.Verified
 	if in.Vouch != nil {
-		out.Node, v, err = VerifyVouched(ev, in.Trust, in.Quote, *in.Vouch)
+		out.Node, v, err = VerifyVouched(ev, in.Opts, *in.Vouch)
 	} else {
-		out.Node, v, err = Verify(ev, in.Trust, in.Quote)
+		out.Node, v, err = Verify(ev, in.Opts)
 	}
 	if err != nil {
 		out.Refusal = checkRefusal(err, out.Node != nil && verify.FromTPM(err))

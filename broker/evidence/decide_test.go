@@ -35,12 +35,12 @@ func TestDecide(t *testing.T) {
 		return set
 	}
 	allow, deny := parse(pcr7), parse(hex.EncodeToString(make([]byte, 32)))
-	trust := verify.Trust{EKHashes: []string{sim.EKHash}}
+	opts := verify.Opts{Trust: verify.Trust{EKHashes: []string{sim.EKHash}}}
 	none := func(string) (store.NodeRecord, error) { return store.NodeRecord{}, store.ErrNotFound }
 	now := time.Now().UTC()
 	ev := sim.Evidence(t, now)
 
-	first := evidence.Decide(evidence.Inputs{Evidence: ev, Trust: trust, Policies: allow, Previous: none})
+	first := evidence.Decide(evidence.Inputs{Evidence: ev, Opts: opts, Policies: allow, Previous: none})
 	if first.Refusal != nil || first.NodeRecord == nil || !first.Decision.Allowed {
 		t.Fatalf("allowed node: refusal %+v, record %v", first.Refusal, first.NodeRecord)
 	}
@@ -75,11 +75,11 @@ func TestDecide(t *testing.T) {
 		hasRecord bool
 	}{
 		{"untrusted EK", evidence.Inputs{Evidence: ev, Policies: allow, Previous: none}, string(verify.CheckEKTrust), false, false},
-		{"another challenge's secret", evidence.Inputs{Evidence: otherSecret, Trust: trust, Policies: allow, Previous: none}, string(verify.CheckNonce), false, false},
-		{"a PCR value the quote does not sign", evidence.Inputs{Evidence: otherPCR, Trust: trust, Policies: allow, Previous: none}, string(verify.CheckPCRDigest), true, false},
-		{"TPM clock gone back", evidence.Inputs{Evidence: ev, Trust: trust, Policies: allow, Previous: later}, string(verify.CheckCounters), true, false},
-		{"the store fails", evidence.Inputs{Evidence: ev, Trust: trust, Policies: allow, Previous: func(string) (store.NodeRecord, error) { return store.NodeRecord{}, fault }}, evidence.CheckInternal, false, false},
-		{"the policies deny", evidence.Inputs{Evidence: ev, Trust: trust, Policies: deny, Previous: none}, evidence.CheckPolicy, true, true},
+		{"another challenge's secret", evidence.Inputs{Evidence: otherSecret, Opts: opts, Policies: allow, Previous: none}, string(verify.CheckNonce), false, false},
+		{"a PCR value the quote does not sign", evidence.Inputs{Evidence: otherPCR, Opts: opts, Policies: allow, Previous: none}, string(verify.CheckPCRDigest), true, false},
+		{"TPM clock gone back", evidence.Inputs{Evidence: ev, Opts: opts, Policies: allow, Previous: later}, string(verify.CheckCounters), true, false},
+		{"the store fails", evidence.Inputs{Evidence: ev, Opts: opts, Policies: allow, Previous: func(string) (store.NodeRecord, error) { return store.NodeRecord{}, fault }}, evidence.CheckInternal, false, false},
+		{"the policies deny", evidence.Inputs{Evidence: ev, Opts: opts, Policies: deny, Previous: none}, evidence.CheckPolicy, true, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := evidence.Decide(tt.in)

@@ -14,16 +14,15 @@ import (
 
 // Reverify verifies stored evidence again, with the same code as the
 // broker's Attest:
-// the EK and AK (verify.Node, against trust as it is now), the quotes
+// the EK and AK (verify.Node, against opts as they are now), the quotes
 // against the challenge's secret hash (verify.Quotes), the event log
 // (WithEventLog) and the TPM counters against those the attestation was
 // compared with (WithHistory), so a policy can be tried on a node's last
 // attestation without trusting anything stored. It does not check that the
 // challenge was fresh or unused: that was decided when the evidence was
 // presented.
-func Reverify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts) (*verify.Verified, error) {
-	trust.AllowSHA1 = opts.AllowSHA1
-	_, v, err := Verify(ev, trust, opts)
+func Reverify(ev attestation.Evidence, opts verify.Opts) (*verify.Verified, error) {
+	_, v, err := Verify(ev, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -34,24 +33,24 @@ func Reverify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts
 // Verify verifies the node (verify.Node), its quotes against the
 // challenge's secret hash (verify.Quotes) and its event log (WithEventLog).
 // node is returned once the node verified, also when a later step failed.
-func Verify(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
-	return verifyEvidence(ev, trust, opts, nil)
+func Verify(ev attestation.Evidence, opts verify.Opts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+	return verifyEvidence(ev, opts, nil)
 }
 
 // VerifyVouched is Verify for evidence whose EK and AK material the
-// caller verified under trust when it issued the challenge, concluding
+// caller verified under opts when it issued the challenge, concluding
 // vouch (challenge.Challenge.Vouch): the node is checked with
 // verify.NodeVouched, which does not verify the EK certificate's chain
 // again.
-func VerifyVouched(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts, vouch verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
-	return verifyEvidence(ev, trust, opts, &vouch)
+func VerifyVouched(ev attestation.Evidence, opts verify.Opts, vouch verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+	return verifyEvidence(ev, opts, &vouch)
 }
 
-func verifyEvidence(ev attestation.Evidence, trust verify.Trust, opts verify.QuoteOpts, vouch *verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
+func verifyEvidence(ev attestation.Evidence, opts verify.Opts, vouch *verify.Vouch) (node *verify.NodeIdentity, v *verify.Verified, err error) {
 	if vouch != nil {
-		node, err = verify.NodeVouched(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust, *vouch)
+		node, err = verify.NodeVouched(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, opts, *vouch)
 	} else {
-		node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, trust)
+		node, err = verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, opts)
 	}
 	if err != nil {
 		return nil, nil, err

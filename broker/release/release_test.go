@@ -42,11 +42,11 @@ func newSimNode(t *testing.T) *simNode {
 	for _, q := range ev.Quotes {
 		vq = append(vq, verify.Quote{Attest: q.Attest, Signature: q.Signature, Bank: tpm2new.TPMAlgID(q.Bank), PCRs: q.PCRs})
 	}
-	id, err := verify.Node(ev.EKPublic, nil, nil, ev.AKPublic, verify.Trust{EKHashes: []string{sim.EKHash}})
+	id, err := verify.Node(ev.EKPublic, nil, nil, ev.AKPublic, verify.Opts{Trust: verify.Trust{EKHashes: []string{sim.EKHash}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := verify.Quotes(id, ev.SecretHash, vq, verify.QuoteOpts{})
+	v, err := verify.Quotes(id, ev.SecretHash, vq, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -144,7 +144,7 @@ func (n *simNode) quoteBanks(t *testing.T, log *tcglog.Log, allowSHA1 bool) *ver
 	if len(quotes) == 0 { // a SHA-1 log: quote SHA-256, which it cannot be checked against
 		quotes = append(quotes, quote(t, n.ak, legacy.AlgSHA256, pcrRange(24), secret))
 	}
-	v, err := verify.Quotes(n.node, sha256.Sum256(secret), quotes, verify.QuoteOpts{AllowSHA1: allowSHA1})
+	v, err := verify.Quotes(n.node, sha256.Sum256(secret), quotes, verify.Opts{AllowSHA1: allowSHA1})
 	if err != nil {
 		t.Fatalf("verify.Quotes: %v", err)
 	}

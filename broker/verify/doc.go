@@ -6,12 +6,13 @@
 // package can construct; policies evaluate nothing else, so unverified data
 // cannot reach a decision. This package never opens a TPM.
 //
-// A typical broker calls Node when a challenge is requested and again when it
-// is answered, then Quotes with the consumed challenge:
+// Every check takes the one Opts (trusted EKs, SHA-1, banks) built from the
+// configuration. A typical broker calls Node when a challenge is requested
+// and again when it is answered, then Quotes with the consumed challenge:
 //
-//	node, err := verify.Node(ekPub, ekCert, intermediates, akPub, trust)
+//	node, err := verify.Node(ekPub, ekCert, intermediates, akPub, opts)
 //	...
-//	v, err := verify.Quotes(node, secretHash, quotes, verify.QuoteOpts{})
+//	v, err := verify.Quotes(node, secretHash, quotes, opts)
 //	...
 //	v, err = v.WithEventLog(eventLog)   // event-log facts, if the node sent one
 //	v, err = v.WithHistory(prevClock)   // TPM counters against the last attestation

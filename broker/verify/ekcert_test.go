@@ -24,7 +24,7 @@ import (
 // ak, so a test can read what only a *Verified exposes (EKCA, EKCert).
 func verifiedFor(tb testing.TB, node *verify.NodeIdentity, ak softAK) *verify.Verified {
 	tb.Helper()
-	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(tb, ak)}, verify.QuoteOpts{})
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(tb, ak)}, verify.Opts{})
 	if err != nil {
 		tb.Fatalf("verify.Quotes: %v", err)
 	}
@@ -128,7 +128,7 @@ func TestNodeEKCertificate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n, err := verify.Node(ekPub, tt.cert, tt.inter, ak.publicBytes(), tt.trust)
+			n, err := verify.Node(ekPub, tt.cert, tt.inter, ak.publicBytes(), verify.Opts{Trust: tt.trust})
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if err != nil {
 				return
@@ -157,7 +157,7 @@ func TestNodeEKCertificateErrorCause(t *testing.T) {
 		{Name: "other", Roots: pki.otherRoot.pool()},
 		{Name: "vendor-without-intermediate", Roots: pki.root.pool()},
 	}}
-	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(), trust)
+	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(), verify.Opts{Trust: trust})
 	assertCheck(t, err, verify.CheckEKTrust, "ek_certificate does not chain to a trusted EK CA")
 	for _, name := range []string{"other: ", "vendor-without-intermediate: "} {
 		if !strings.Contains(err.Error(), name) {
@@ -177,8 +177,8 @@ func TestEKCertFacts(t *testing.T) {
 	subject := pkix.Name{CommonName: "EK of node-7"}
 	cert := pki.inter.issueEK(t, ekKey, ekCertOpts{notAfter: notAfter, subject: subject})
 	ak := defaultAK()
-	n, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, [][]byte{pki.inter.der}, ak.publicBytes(),
-		verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: pki.root.pool()}}})
+	n, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, [][]byte{pki.inter.der}, ak.publicBytes(), verify.Opts{Trust: verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: pki.root.pool()}}}})
+
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestEKCertSAN(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cert := pki.inter.issueEK(t, ekKey, tt.opts)
-			n, err := verify.Node(ekPub, cert, nil, ak.publicBytes(), trust)
+			n, err := verify.Node(ekPub, cert, nil, ak.publicBytes(), verify.Opts{Trust: trust})
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if err != nil {
 				return
@@ -269,8 +269,8 @@ func TestEKCertSANWithOtherNames(t *testing.T) {
 		Bytes: mustMarshal(t, asn1.ObjectIdentifier{1, 2, 3, 4})}
 	san := sanOf(t, directoryName(t, pkix.RDNSequence{{{Type: oidTPMManufacturer, Value: "id:00001014"}}}), otherName)
 	cert := pki.inter.issueEK(t, ekKey, ekCertOpts{san: san})
-	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(),
-		verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: pki.root.pool(), Intermediates: pki.inter.pool()}}})
+	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(), verify.Opts{Trust: verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: pki.root.pool(), Intermediates: pki.inter.pool()}}}})
+
 	assertCheck(t, err, "", "")
 }
 
@@ -333,8 +333,8 @@ func TestCAWithoutRoots(t *testing.T) {
 
 	ekKey := &ekRSAKey().PublicKey
 	cert := public.issueEK(t, ekKey, ekCertOpts{noSAN: true, subject: pkix.Name{CommonName: "www.example.com"}})
-	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(),
-		verify.Trust{CAs: []verify.CA{{Name: "misconfigured"}}})
+	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(ekKey)), cert, nil, defaultAK().publicBytes(), verify.Opts{Trust: verify.Trust{CAs: []verify.CA{{Name: "misconfigured"}}}})
+
 	assertCheck(t, err, verify.CheckEKTrust, "ek_certificate does not chain to a trusted EK CA")
 	if !strings.Contains(err.Error(), "misconfigured: no roots configured") {
 		t.Errorf("error %q does not say the CA has no roots", err)

@@ -54,7 +54,7 @@ func TestCheckError(t *testing.T) {
 // Every error the package returns carries a check and a message that starts
 // the error text.
 func TestErrorsCarryACheck(t *testing.T) {
-	_, err := verify.Node([]byte{1}, nil, nil, []byte{1}, verify.Trust{})
+	_, err := verify.Node([]byte{1}, nil, nil, []byte{1}, verify.Opts{Trust: verify.Trust{}})
 	var ce *verify.CheckError
 	if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), string(ce.Check)+": "+ce.Msg) {
 		t.Errorf("error %v does not start with its check and message", err)
@@ -72,7 +72,7 @@ func TestEKHash(t *testing.T) {
 	}
 	// The same EK presented as a TPM public area hashes the same.
 	ekPub := tpm2.Marshal(eccEKFromCert(cert.PublicKey))
-	n, err := verify.Node(ekPub, nil, nil, defaultAK().publicBytes(), verify.Trust{EKHashes: []string{want}})
+	n, err := verify.Node(ekPub, nil, nil, defaultAK().publicBytes(), verify.Opts{Trust: verify.Trust{EKHashes: []string{want}}})
 	if err != nil {
 		t.Fatalf("EK from the certificate not trusted by its hash: %v", err)
 	}

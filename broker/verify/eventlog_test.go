@@ -40,7 +40,7 @@ func (n *simNode) verified(t *testing.T) *verify.Verified {
 		quote(t, n.ak, legacy.AlgSHA256, pcrRange(24), secret),
 		quote(t, n.ak, legacy.AlgSHA384, pcrRange(24), secret),
 	}
-	v, err := verify.Quotes(n.node, sha256.Sum256(secret), quotes, verify.QuoteOpts{})
+	v, err := verify.Quotes(n.node, sha256.Sum256(secret), quotes, verify.Opts{})
 	if err != nil {
 		t.Fatalf("verify.Quotes: %v", err)
 	}
@@ -162,7 +162,7 @@ func TestEventLogEventsForUnquotedPCRs(t *testing.T) {
 	// Quote only PCRs 0-7: the log's PCR 8 and 9 events (GRUB) would go
 	// unchecked, so they must be refused, not ignored.
 	q := quote(t, n.ak, legacy.AlgSHA256, pcrRange(8), secret)
-	v, err := verify.Quotes(n.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+	v, err := verify.Quotes(n.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func ExampleQuotes() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	node, err := verify.Node(ekPub, nil, nil, akPub, verify.Trust{EKHashes: []string{ekHash}})
+	node, err := verify.Node(ekPub, nil, nil, akPub, verify.Opts{Trust: verify.Trust{EKHashes: []string{ekHash}}})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func ExampleQuotes() {
 	}}
 
 	// Broker: verify the quotes against the SHA-256 of the secret it sent.
-	v, err := verify.Quotes(node, sha256.Sum256(secret), quotes, verify.QuoteOpts{})
+	v, err := verify.Quotes(node, sha256.Sum256(secret), quotes, verify.Opts{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func ExampleQuotes() {
 	}
 
 	// The same quotes do not answer another challenge.
-	_, err = verify.Quotes(node, sha256.Sum256([]byte("another challenge")), quotes, verify.QuoteOpts{})
+	_, err = verify.Quotes(node, sha256.Sum256([]byte("another challenge")), quotes, verify.Opts{})
 	fmt.Println("refused:", verify.FailedCheck(err))
 	// Output:
 	// verified sha256: 8 PCRs
@@ -89,7 +89,7 @@ func ExampleQuotes() {
 }
 
 func ExampleFailedCheck() {
-	_, err := verify.Node([]byte{0xde, 0xad}, nil, nil, []byte{0xbe, 0xef}, verify.Trust{})
+	_, err := verify.Node([]byte{0xde, 0xad}, nil, nil, []byte{0xbe, 0xef}, verify.Opts{Trust: verify.Trust{}})
 	fmt.Println(verify.FailedCheck(err))
 
 	// Msg is what the node may be told; Err (and Error()) carry the cause.

@@ -296,10 +296,11 @@ func signedQuote(tb testing.TB, ak softAK, attest []byte, bank tpm2.TPMAlgID, pc
 func trustedNode(tb testing.TB, ak softAK) *verify.NodeIdentity {
 	tb.Helper()
 	ek := ekPublicRSA(&ekRSAKey().PublicKey)
-	n, err := verify.Node(tpm2.Marshal(ek), nil, nil, ak.publicBytes(), verify.Trust{
-		EKHashes:  []string{mustEKHash(tb, &ekRSAKey().PublicKey)},
-		AllowSHA1: true, // some tests name the AK with SHA-1
+	n, err := verify.Node(tpm2.Marshal(ek), nil, nil, ak.publicBytes(), verify.Opts{
+		Trust:     verify.Trust{EKHashes: []string{mustEKHash(tb, &ekRSAKey().PublicKey)}},
+		AllowSHA1: true,
 	})
+
 	if err != nil {
 		tb.Fatalf("verify.Node: %v", err)
 	}

@@ -36,12 +36,12 @@ func FuzzEventLog(f *testing.F) {
 	// key generation would dominate a brief run.
 	ak := newSoftECCAK(akP256Key(), tpm2.TPMAlgSHA256)
 	ekKey := &ekECCKey().PublicKey
-	node, err := verify.Node(tpm2.Marshal(ekPublicECC(ekKey)), nil, nil, ak.publicBytes(),
-		verify.Trust{EKHashes: []string{mustEKHash(f, ekKey)}})
+	node, err := verify.Node(tpm2.Marshal(ekPublicECC(ekKey)), nil, nil, ak.publicBytes(), verify.Opts{Trust: verify.Trust{EKHashes: []string{mustEKHash(f, ekKey)}}})
+
 	if err != nil {
 		f.Fatal(err)
 	}
-	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{spec.quote(f, ak)}, verify.QuoteOpts{})
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{spec.quote(f, ak)}, verify.Opts{})
 	if err != nil {
 		f.Fatal(err)
 	}

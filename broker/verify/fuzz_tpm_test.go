@@ -43,7 +43,7 @@ func FuzzNode(f *testing.F) {
 	f.Add(e.eccEK, offCurve(f, e.eccAK, nil))
 	f.Add(e.rsaAK, e.rsaEK)
 	f.Fuzz(func(t *testing.T, ek, ak []byte) {
-		n, err := verify.Node(ek, nil, nil, ak, trust)
+		n, err := verify.Node(ek, nil, nil, ak, verify.Opts{Trust: trust})
 		if err != nil {
 			if verify.FailedCheck(err) == "" {
 				t.Fatalf("error without a check: %v", err)
@@ -93,7 +93,7 @@ func FuzzQuoteAttest(f *testing.F) {
 		signers = append(signers, qualifiedName(f, parent, &soft.pub).Buffer)
 	}
 	genuine := resigned(f, e.rsaQuote, soft, nil, nil)
-	if _, err := verify.Quotes(node, e.nonceHash(), []verify.Quote{genuine}, verify.QuoteOpts{}); err != nil {
+	if _, err := verify.Quotes(node, e.nonceHash(), []verify.Quote{genuine}, verify.Opts{}); err != nil {
 		f.Fatalf("the re-signed simulator quote is refused: %v", err)
 	}
 	f.Add(genuine.Attest)
@@ -103,7 +103,7 @@ func FuzzQuoteAttest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, attest []byte) {
 		q := e.rsaQuote
 		q.Attest, q.Signature = attest, soft.sign(t, attest)
-		_, err := verify.Quotes(node, e.nonceHash(), []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(node, e.nonceHash(), []verify.Quote{q}, verify.Opts{})
 		if err != nil {
 			if verify.FailedCheck(err) == "" {
 				t.Fatalf("error without a check: %v", err)
@@ -137,7 +137,7 @@ func FuzzQuoteSignature(f *testing.F) {
 		node *verify.NodeIdentity
 		q    verify.Quote
 	}{{rsaNode, e.rsaQuote}, {eccNode, e.eccQuote}} {
-		if _, err := verify.Quotes(c.node, e.nonceHash(), []verify.Quote{c.q}, verify.QuoteOpts{}); err != nil {
+		if _, err := verify.Quotes(c.node, e.nonceHash(), []verify.Quote{c.q}, verify.Opts{}); err != nil {
 			f.Fatalf("the simulator's quote is refused: %v", err)
 		}
 		f.Add(c.q.Signature)
@@ -152,7 +152,7 @@ func FuzzQuoteSignature(f *testing.F) {
 		}{{rsaNode, e.rsaQuote}, {eccNode, e.eccQuote}} {
 			q := c.q
 			q.Signature = sig
-			_, err := verify.Quotes(c.node, e.nonceHash(), []verify.Quote{q}, verify.QuoteOpts{})
+			_, err := verify.Quotes(c.node, e.nonceHash(), []verify.Quote{q}, verify.Opts{})
 			if err != nil {
 				if verify.FailedCheck(err) == "" {
 					t.Fatalf("error without a check: %v", err)

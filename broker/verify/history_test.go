@@ -70,7 +70,7 @@ func TestWithHistory(t *testing.T) {
 	ak := defaultAK()
 	node := trustedNode(t, ak)
 	q := newQuoteSpec(tpm2.TPMAlgSHA256).quote(t, ak)
-	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{q}, verify.QuoteOpts{})
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{q}, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestWithHistoryNil(t *testing.T) {
 func TestWithPrevious(t *testing.T) {
 	ak := defaultAK()
 	node := trustedNode(t, ak)
-	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(t, ak)}, verify.QuoteOpts{})
+	v, err := verify.Quotes(node, testNonceHash(), []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(t, ak)}, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}

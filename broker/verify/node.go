@@ -53,9 +53,6 @@ type Trust struct {
 	EKHashes []string
 	// CAs lists the authorities an EK certificate may chain to.
 	CAs []CA
-	// AllowSHA1 accepts SHA-1 as an AK name algorithm. Default false: an AK
-	// named with SHA-1 is refused. (Quotes have their own switch, QuoteOpts.)
-	AllowSHA1 bool
 	// Now is the time at which certificates must be valid; zero means now.
 	Now time.Time
 
@@ -156,24 +153,25 @@ func EKHash(pub crypto.PublicKey) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// Node checks the EK (trusted by hash or by certificate chain) and the AK
-// (attributes, algorithm, size). ekPublic and akPublic are TPMT_PUBLIC
-// encodings; ekCert and intermediates are DER and may be empty.
-func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust) (*NodeIdentity, error) {
-	return node(ekPublic, ekCert, intermediates, akPublic, trust, nil)
+// Node checks the EK (trusted by hash or by certificate chain, opts.Trust)
+// and the AK (attributes, algorithm, size; a SHA-1 name only with
+// opts.AllowSHA1). ekPublic and akPublic are TPMT_PUBLIC encodings; ekCert
+// and intermediates are DER and may be empty.
+func Node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, opts Opts) (*NodeIdentity, error) {
+	return node(ekPublic, ekCert, intermediates, akPublic, opts, nil)
 }
 
 // NodeVouched is Node for the material a node presented again with its
-// answer, which Node accepted under trust (the same Epoch) when the node
+// answer, which Node accepted under opts.Trust (the same Epoch) when the node
 // asked for its challenge, concluding v: every check of Node is made again
 // but the EK certificate's chain, which is taken from v while the chain is
 // valid (after v.NotAfter, or with a CA trust no longer has, the chain is
 // verified again).
-func NodeVouched(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust, v Vouch) (*NodeIdentity, error) {
-	return node(ekPublic, ekCert, intermediates, akPublic, trust, &v)
+func NodeVouched(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, opts Opts, v Vouch) (*NodeIdentity, error) {
+	return node(ekPublic, ekCert, intermediates, akPublic, opts, &v)
 }
 
-func node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trust Trust, v *Vouch) (*NodeIdentity, error) {
+func node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, opts Opts, v *Vouch) (*NodeIdentity, error) {
 	switch {
 	case len(ekPublic) == 0:
 		return nil, fail(CheckInput, "ek_public is empty", nil)
@@ -194,10 +192,10 @@ func node(ekPublic, ekCert []byte, intermediates [][]byte, akPublic []byte, trus
 		}
 	}
 	n := &NodeIdentity{}
-	if err := n.checkEK(ekPublic, ekCert, intermediates, trust, v); err != nil {
+	if err := n.checkEK(ekPublic, ekCert, intermediates, opts.Trust, v); err != nil {
 		return nil, err
 	}
-	if err := n.checkAK(akPublic, trust.AllowSHA1); err != nil {
+	if err := n.checkAK(akPublic, opts.AllowSHA1); err != nil {
 		return nil, err
 	}
 	return n, nil

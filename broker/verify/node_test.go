@@ -60,7 +60,7 @@ func TestNodeInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n, err := verify.Node(tt.ek, tt.cert, tt.inter, tt.ak, trust)
+			n, err := verify.Node(tt.ek, tt.cert, tt.inter, tt.ak, verify.Opts{Trust: trust})
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if (n == nil) == (err == nil) {
 				t.Errorf("Node returned identity %v and error %v: want exactly one", n, err)
@@ -132,7 +132,7 @@ func TestNodeEK(t *testing.T) {
 			if tt.trust != nil {
 				tr = *tt.trust
 			}
-			n, err := verify.Node(tpm2.Marshal(ek), nil, nil, defaultAK().publicBytes(), tr)
+			n, err := verify.Node(tpm2.Marshal(ek), nil, nil, defaultAK().publicBytes(), verify.Opts{Trust: tr})
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if err != nil {
 				return
@@ -215,8 +215,8 @@ func TestNodeAK(t *testing.T) {
 			if tt.mutate != nil {
 				tt.mutate(&ak)
 			}
-			trust := verify.Trust{EKHashes: []string{ekHash}, AllowSHA1: tt.allowSHA1}
-			n, err := verify.Node(ek, nil, nil, tpm2.Marshal(ak), trust)
+			opts := verify.Opts{Trust: verify.Trust{EKHashes: []string{ekHash}}, AllowSHA1: tt.allowSHA1}
+			n, err := verify.Node(ek, nil, nil, tpm2.Marshal(ak), opts)
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if err != nil {
 				return
@@ -259,11 +259,11 @@ func hmacAK() tpm2.TPMTPublic {
 func TestNodeChecksEKBeforeAK(t *testing.T) {
 	ak := defaultAK().pub
 	ak.ObjectAttributes.Restricted = false
-	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(&ekRSAKey().PublicKey)), nil, nil, tpm2.Marshal(ak), verify.Trust{})
+	_, err := verify.Node(tpm2.Marshal(ekPublicRSA(&ekRSAKey().PublicKey)), nil, nil, tpm2.Marshal(ak), verify.Opts{Trust: verify.Trust{}})
 	assertCheck(t, err, verify.CheckEKTrust, "EK is not trusted")
 }
 
-// The AK's SHA-1 switch lives in Trust; QuoteOpts has its own.
+// The AK's SHA-1 switch lives in Trust; Opts has its own.
 func TestNodeAllowSHA1OnlyAffectsTheAKNameAlgorithm(t *testing.T) {
 	ak := defaultAK().pub
 	ak.NameAlg = tpm2.TPMAlgSHA1
@@ -286,7 +286,7 @@ func TestNodeRefusesTrailingBytes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := verify.Node(tc.ek, nil, nil, tc.ak, verify.Trust{EKHashes: []string{mustEKHash(t, ekKey)}})
+			_, err := verify.Node(tc.ek, nil, nil, tc.ak, verify.Opts{Trust: verify.Trust{EKHashes: []string{mustEKHash(t, ekKey)}}})
 			if verify.FailedCheck(err) != verify.CheckInput || err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
 				t.Fatalf("Node = %v; want %q", err, tc.wantErr)
 			}
@@ -314,7 +314,7 @@ func TestTrustIndex(t *testing.T) {
 		{"none", nil, false},
 	} {
 		for _, trust := range []verify.Trust{{EKHashes: tt.hashes}, verify.Trust{EKHashes: tt.hashes}.Index()} {
-			n, err := verify.Node(ek, nil, nil, ak, trust)
+			n, err := verify.Node(ek, nil, nil, ak, verify.Opts{Trust: trust})
 			if tt.want {
 				if err != nil || n.EKHash() != hash {
 					t.Fatalf("%s: Node = %v, %v; want the node", tt.name, n, err)

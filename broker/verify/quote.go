@@ -24,52 +24,6 @@ type Quote struct {
 	PCRs      map[uint32][]byte // index -> digest
 }
 
-// QuoteOpts tunes quote verification. The zero value is the safe default.
-type QuoteOpts struct {
-	// AllowSHA1 accepts SHA-1 PCR banks and SHA-1 quote signatures. Default
-	// false: any SHA-1 quote is refused, even next to a SHA-256 one.
-	AllowSHA1 bool
-	// Banks, if set, are the PCR banks whose quotes count: a quote of
-	// another bank is skipped (neither verified nor seen by policies), and
-	// a node with no quote of these banks is refused (pcr_bank). A SHA-1
-	// quote is still refused without AllowSHA1. Empty: every bank counts.
-	Banks []tpm2.TPMAlgID
-}
-
-// Counts reports whether a quote of bank is verified and used.
-func (o QuoteOpts) Counts(bank tpm2.TPMAlgID) bool {
-	return len(o.Banks) == 0 || slices.Contains(o.Banks, bank) || (bank == tpm2.TPMAlgSHA1 && !o.AllowSHA1)
-}
-
-// ParseBanks reads the configured list of banks whose quotes count
-// (QuoteOpts.Banks), reporting every problem. nil stays nil (every bank);
-// an empty list, unknown or repeated names and sha1 without allowSHA1 are
-// errors.
-func ParseBanks(names []string, allowSHA1 bool) ([]tpm2.TPMAlgID, error) {
-	if names == nil {
-		return nil, nil
-	}
-	if len(names) == 0 {
-		return nil, errors.New("pcr_banks cannot be empty; leave it out to count every bank")
-	}
-	var out []tpm2.TPMAlgID
-	var errs []error
-	for _, n := range names {
-		id, ok := ParseBank(n)
-		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("pcr_banks: %q is not sha1, sha256, sha384 or sha512", n))
-		case id == tpm2.TPMAlgSHA1 && !allowSHA1:
-			errs = append(errs, errors.New("pcr_banks: sha1 needs allow_sha1"))
-		case slices.Contains(out, id):
-			errs = append(errs, fmt.Errorf("pcr_banks: %q is listed twice", n))
-		default:
-			out = append(out, id)
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
 // ParseBank reads a bank name as configurations spell it: sha1, sha256,
 // sha384 or sha512.
 func ParseBank(name string) (tpm2.TPMAlgID, bool) {
@@ -97,7 +51,7 @@ func ParseBank(name string) (tpm2.TPMAlgID, bool) {
 // digest their values to its pcrDigest. Its TPMS_ATTEST and TPMT_SIGNATURE
 // must be exactly their canonical encodings, nothing after them. Banks must
 // not repeat.
-func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opts QuoteOpts) (*Verified, error) {
+func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opts Opts) (*Verified, error) {
 	switch {
 	case node == nil:
 		return nil, fail(CheckInput, "no verified node", nil)
@@ -146,7 +100,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 	return v, nil
 }
 
-func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts QuoteOpts) (*quoteAttest, error) {
+func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts Opts) (*quoteAttest, error) {
 	switch {
 	case len(q.Attest) == 0 || len(q.Attest) > MaxQuoteAttestSize:
 		return nil, fail(CheckInput, "quote attest is empty or too large", nil)

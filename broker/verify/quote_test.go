@@ -5,7 +5,6 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -102,7 +101,7 @@ func TestQuotes(t *testing.T) {
 		nilNode   bool
 		quotes    quotesFunc
 		nonceHash *[32]byte // nil means testNonceHash
-		opts      verify.QuoteOpts
+		opts      verify.Opts
 		wantCheck verify.Check
 		wantErr   string
 		// fromTPM: the refusal comes after a quote proved the TPM answered
@@ -127,7 +126,7 @@ func TestQuotes(t *testing.T) {
 			s.selected, s.pcrs = []uint32{23}, map[uint32][]byte{23: bytesOf(0x17, 32)}
 		})},
 		{name: "four banks", quotes: banks(tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512),
-			opts: verify.QuoteOpts{AllowSHA1: true}},
+			opts: verify.Opts{AllowSHA1: true}},
 
 		// Input limits.
 		{name: "no node", nilNode: true, quotes: spec(nil), wantCheck: input, wantErr: "no verified node"},
@@ -156,7 +155,7 @@ func TestQuotes(t *testing.T) {
 		// Banks.
 		{name: "SHA-1 bank refused", quotes: specOf(tpm2.TPMAlgSHA1, nil),
 			wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed"},
-		{name: "SHA-1 bank with AllowSHA1", quotes: specOf(tpm2.TPMAlgSHA1, nil), opts: verify.QuoteOpts{AllowSHA1: true}},
+		{name: "SHA-1 bank with AllowSHA1", quotes: specOf(tpm2.TPMAlgSHA1, nil), opts: verify.Opts{AllowSHA1: true}},
 		{name: "SHA-1 bank refused next to SHA-256", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1),
 			wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed", fromTPM: true},
 		{name: "unsupported bank", quotes: specOf(tpm2.TPMAlgSM3256, nil),
@@ -219,13 +218,13 @@ func TestQuotes(t *testing.T) {
 		}), wantCheck: sig, wantErr: "signature scheme 0x0010 does not match the AK"},
 		{name: "SHA-1 signature refused", ak: &rsaSHA1, quotes: spec(nil),
 			wantCheck: sig, wantErr: "quote signature hash 0x0004 is not allowed"},
-		{name: "SHA-1 signature with AllowSHA1", ak: &rsaSHA1, quotes: spec(nil), opts: verify.QuoteOpts{AllowSHA1: true}},
+		{name: "SHA-1 signature with AllowSHA1", ak: &rsaSHA1, quotes: spec(nil), opts: verify.Opts{AllowSHA1: true}},
 		{name: "RSAPSS SHA-1 signature refused", ak: &pssSHA1, quotes: spec(nil),
 			wantCheck: sig, wantErr: "quote signature hash 0x0004 is not allowed"},
-		{name: "RSAPSS SHA-1 signature with AllowSHA1", ak: &pssSHA1, quotes: spec(nil), opts: verify.QuoteOpts{AllowSHA1: true}},
+		{name: "RSAPSS SHA-1 signature with AllowSHA1", ak: &pssSHA1, quotes: spec(nil), opts: verify.Opts{AllowSHA1: true}},
 		{name: "ECDSA SHA-1 signature refused", ak: &p256SHA1, quotes: spec(nil),
 			wantCheck: sig, wantErr: "quote signature hash 0x0004 is not allowed"},
-		{name: "ECDSA SHA-1 signature with AllowSHA1", ak: &p256SHA1, quotes: spec(nil), opts: verify.QuoteOpts{AllowSHA1: true}},
+		{name: "ECDSA SHA-1 signature with AllowSHA1", ak: &p256SHA1, quotes: spec(nil), opts: verify.Opts{AllowSHA1: true}},
 		{name: "signature hash SM3", quotes: after(func(q *verify.Quote) {
 			s, _ := tpm2.Unmarshal[tpm2.TPMTSignature](q.Signature)
 			r, _ := s.Signature.RSASSA()
@@ -284,7 +283,7 @@ func TestQuotes(t *testing.T) {
 			q := s.quote(tb, ak)
 			q.Bank = tpm2.TPMAlgSHA256
 			return []verify.Quote{q}
-		}, opts: verify.QuoteOpts{AllowSHA1: true}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
+		}, opts: verify.Opts{AllowSHA1: true}, wantCheck: bank, wantErr: "quote must select exactly the reported bank sha256", fromTPM: true},
 		// pcrDigest uses the signing hash, not the bank's: a SHA-384 bank
 		// quoted by a SHA-256 AK is digested with SHA-256.
 		{name: "pcrDigest with the bank hash instead of the signing hash", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
@@ -300,17 +299,17 @@ func TestQuotes(t *testing.T) {
 			return []verify.Quote{good, bad}
 		}, wantCheck: digest, wantErr: "reported sha384 PCR values do not match the quoted digest", fromTPM: true},
 
-		// Banks that count (QuoteOpts.Banks).
+		// Banks that count (Opts.Banks).
 		{name: "banks: a bank not counted is skipped, even broken", quotes: func(tb testing.TB, ak softAK) []verify.Quote {
 			good := newQuoteSpec(tpm2.TPMAlgSHA256).quote(tb, ak)
 			skipped := newQuoteSpec(tpm2.TPMAlgSHA384).quote(tb, ak)
 			skipped.PCRs[0][0] ^= 1
 			return []verify.Quote{skipped, good}
-		}, opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}},
+		}, opts: verify.Opts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}},
 		{name: "banks: no quote of a counted bank", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384),
-			opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA512}}, wantCheck: bank, wantErr: "no quote of an allowed bank (sha512)"},
+			opts: verify.Opts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA512}}, wantCheck: bank, wantErr: "no quote of an allowed bank (sha512)"},
 		{name: "banks: SHA-1 still refused without allow_sha1", quotes: banks(tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1),
-			opts: verify.QuoteOpts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}, wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed", fromTPM: true},
+			opts: verify.Opts{Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}}, wantCheck: bank, wantErr: "SHA-1 PCR bank is not allowed", fromTPM: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,28 +344,6 @@ func TestQuotes(t *testing.T) {
 	}
 }
 
-func TestParseBanks(t *testing.T) {
-	if b, err := verify.ParseBanks(nil, false); b != nil || err != nil {
-		t.Errorf("nil = %v, %v; want every bank", b, err)
-	}
-	b, err := verify.ParseBanks([]string{"sha384", "sha256"}, false)
-	if err != nil || !slices.Equal(b, []tpm2.TPMAlgID{tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA256}) {
-		t.Errorf("sha384,sha256 = %v, %v", b, err)
-	}
-	_, err = verify.ParseBanks([]string{"sha1", "md5", "sha256", "sha256"}, false)
-	for _, want := range []string{"sha1 needs allow_sha1", `"md5" is not sha1, sha256, sha384 or sha512`, `"sha256" is listed twice`} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("error %v lacks %q", err, want)
-		}
-	}
-	if _, err := verify.ParseBanks([]string{}, false); err == nil {
-		t.Error("an empty list accepted")
-	}
-	if b, err := verify.ParseBanks([]string{"sha1"}, true); err != nil || !slices.Equal(b, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1}) {
-		t.Errorf("sha1 with allow_sha1 = %v, %v", b, err)
-	}
-}
-
 func TestVerifiedAccessors(t *testing.T) {
 	ak := defaultAK()
 	node := trustedNode(t, ak)
@@ -376,7 +353,7 @@ func TestVerifiedAccessors(t *testing.T) {
 	third := newQuoteSpec(tpm2.TPMAlgSHA256)
 	quotes := []verify.Quote{first.quote(t, ak), second.quote(t, ak), third.quote(t, ak)}
 
-	v, err := verify.Quotes(node, testNonceHash(), quotes, verify.QuoteOpts{AllowSHA1: true})
+	v, err := verify.Quotes(node, testNonceHash(), quotes, verify.Opts{AllowSHA1: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +411,7 @@ func TestVerifiedAccessors(t *testing.T) {
 	if v.QuoteDigest() != v.QuoteDigest() {
 		t.Error("QuoteDigest() is not stable")
 	}
-	v2, err := verify.Quotes(node, testNonceHash(), quotes[:1], verify.QuoteOpts{})
+	v2, err := verify.Quotes(node, testNonceHash(), quotes[:1], verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,11 +426,11 @@ func TestQuotesIsRepeatable(t *testing.T) {
 	ak := defaultAK()
 	node := trustedNode(t, ak)
 	quotes := []verify.Quote{newQuoteSpec(tpm2.TPMAlgSHA256).quote(t, ak)}
-	a, err := verify.Quotes(node, testNonceHash(), quotes, verify.QuoteOpts{})
+	a, err := verify.Quotes(node, testNonceHash(), quotes, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := verify.Quotes(node, testNonceHash(), quotes, verify.QuoteOpts{})
+	b, err := verify.Quotes(node, testNonceHash(), quotes, verify.Opts{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,7 @@ func (e *simEvidence) node(tb testing.TB, ek, ak []byte) (*verify.NodeIdentity, 
 			}
 		}
 	}
-	return verify.Node(ek, nil, nil, ak, trust)
+	return verify.Node(ek, nil, nil, ak, verify.Opts{Trust: trust})
 }
 
 func (e *simEvidence) mustNode(tb testing.TB, ek, ak []byte) *verify.NodeIdentity {
@@ -155,7 +155,7 @@ func TestStrictEncodings(t *testing.T) {
 	soft := newSoftECCAK(akP256Key(), tpm2.TPMAlgSHA256)
 	softNode := e.mustNode(t, e.rsaEK, soft.publicBytes())
 	quotes := func(n *verify.NodeIdentity, q verify.Quote) error {
-		_, err := verify.Quotes(n, e.nonceHash(), []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(n, e.nonceHash(), []verify.Quote{q}, verify.Opts{})
 		return err
 	}
 	sigPlus := func(q verify.Quote, b byte) verify.Quote { q.Signature = withByte(q.Signature, b); return q }
@@ -317,7 +317,7 @@ func TestQualifiedSigner(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := verify.Quotes(tt.node, tt.nonce, []verify.Quote{tt.quote}, verify.QuoteOpts{})
+			_, err := verify.Quotes(tt.node, tt.nonce, []verify.Quote{tt.quote}, verify.Opts{})
 			assertCheck(t, err, tt.check, tt.wantErr)
 			if err != nil && verify.FromTPM(err) {
 				t.Error("a qualifiedSigner refusal counts as the node's TPM's answer; it must not deny-list the node")

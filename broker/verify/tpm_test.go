@@ -63,8 +63,8 @@ func must(t *testing.T) func(*client.Key, error) *client.Key {
 
 func simIdentity(t *testing.T, ek, ak *client.Key) *verify.NodeIdentity {
 	t.Helper()
-	n, err := verify.Node(encodePublic(t, ek), nil, nil, encodePublic(t, ak),
-		verify.Trust{EKHashes: []string{mustEKHash(t, ek.PublicKey())}})
+	n, err := verify.Node(encodePublic(t, ek), nil, nil, encodePublic(t, ak), verify.Opts{Trust: verify.Trust{EKHashes: []string{mustEKHash(t, ek.PublicKey())}}})
+
 	if err != nil {
 		t.Fatalf("verify.Node: %v", err)
 	}
@@ -139,12 +139,11 @@ func TestTPMNode(t *testing.T) {
 
 	ekECC := must(t)(client.EndorsementKeyECC(s.rw))
 	akECC := must(t)(client.AttestationKeyECC(s.rw))
-	if _, err := verify.Node(encodePublic(t, ekECC), nil, nil, encodePublic(t, akECC),
-		verify.Trust{EKHashes: []string{mustEKHash(t, ekECC.PublicKey())}}); err != nil {
+	if _, err := verify.Node(encodePublic(t, ekECC), nil, nil, encodePublic(t, akECC), verify.Opts{Trust: verify.Trust{EKHashes: []string{mustEKHash(t, ekECC.PublicKey())}}}); err != nil {
 		t.Errorf("ECC EK and AK refused: %v", err)
 	}
-	_, err := verify.Node(encodePublic(t, ekECC), nil, nil, encodePublic(t, akECC),
-		verify.Trust{EKHashes: []string{s.node.EKHash()}})
+	_, err := verify.Node(encodePublic(t, ekECC), nil, nil, encodePublic(t, akECC), verify.Opts{Trust: verify.Trust{EKHashes: []string{s.node.EKHash()}}})
+
 	assertCheck(t, err, verify.CheckEKTrust, "EK is not trusted")
 }
 
@@ -176,7 +175,7 @@ func TestTPMAKAttributes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ak := *real
 			tt.mutate(&ak)
-			_, err := verify.Node(ekPub, nil, nil, tpm2.Marshal(ak), trust)
+			_, err := verify.Node(ekPub, nil, nil, tpm2.Marshal(ak), verify.Opts{Trust: trust})
 			assertCheck(t, err, verify.CheckAK, tt.wantErr)
 		})
 	}
@@ -190,7 +189,7 @@ func TestTPMQuotes(t *testing.T) {
 	sha256Quote := quote(t, s.ak, legacy.AlgSHA256, all, secret)
 
 	t.Run("RSA AK, SHA-256 bank", func(t *testing.T) {
-		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote}, verify.QuoteOpts{})
+		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote}, verify.Opts{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +202,7 @@ func TestTPMQuotes(t *testing.T) {
 	})
 	t.Run("PCR subset", func(t *testing.T) {
 		q := quote(t, s.ak, legacy.AlgSHA256, []int{0, 7, 14}, secret)
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, "", "")
 	})
 	for _, bank := range []legacy.Algorithm{legacy.AlgSHA384, legacy.AlgSHA512} {
@@ -213,7 +212,7 @@ func TestTPMQuotes(t *testing.T) {
 				t.Skipf("the simulator has no %s bank allocated", name)
 			}
 			q := quote(t, s.ak, bank, all, secret)
-			v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.QuoteOpts{})
+			v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.Opts{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -227,9 +226,9 @@ func TestTPMQuotes(t *testing.T) {
 			t.Skip("the simulator has no sha1 bank allocated")
 		}
 		q := quote(t, s.ak, legacy.AlgSHA1, all, secret)
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckBank, "SHA-1 PCR bank is not allowed")
-		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.QuoteOpts{AllowSHA1: true})
+		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, q}, verify.Opts{AllowSHA1: true})
 		if err != nil {
 			t.Fatalf("with AllowSHA1: %v", err)
 		}
@@ -248,7 +247,7 @@ func TestTPMQuotes(t *testing.T) {
 			}
 		}
 		slices.Sort(want)
-		v, err := verify.Quotes(s.node, nonceHash, quotes, verify.QuoteOpts{AllowSHA1: true})
+		v, err := verify.Quotes(s.node, nonceHash, quotes, verify.Opts{AllowSHA1: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,41 +257,41 @@ func TestTPMQuotes(t *testing.T) {
 	})
 	t.Run("duplicate bank", func(t *testing.T) {
 		again := quote(t, s.ak, legacy.AlgSHA256, all, secret)
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, again}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote, again}, verify.Opts{})
 		assertCheck(t, err, verify.CheckBank, "bank sha256 quoted twice")
 	})
 	t.Run("more than MaxQuotes", func(t *testing.T) {
 		quotes := slices.Repeat([]verify.Quote{sha256Quote}, verify.MaxQuotes+1)
-		_, err := verify.Quotes(s.node, nonceHash, quotes, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, quotes, verify.Opts{})
 		assertCheck(t, err, verify.CheckInput, "too many quotes")
 	})
 	t.Run("wrong nonce", func(t *testing.T) {
-		_, err := verify.Quotes(s.node, sha256.Sum256(newSecret(0x01)), []verify.Quote{sha256Quote}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, sha256.Sum256(newSecret(0x01)), []verify.Quote{sha256Quote}, verify.Opts{})
 		assertCheck(t, err, verify.CheckNonce, "quote qualifying data is not the activated challenge secret")
 	})
 	t.Run("nonce of the wrong length", func(t *testing.T) {
 		short := secret[:20]
 		q := quote(t, s.ak, legacy.AlgSHA256, all, short)
-		_, err := verify.Quotes(s.node, sha256.Sum256(short), []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, sha256.Sum256(short), []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckNonce, "quote qualifying data is not the activated challenge secret")
 	})
 	t.Run("quote by another AK", func(t *testing.T) {
 		// The same template under the endorsement hierarchy is another key.
 		other := must(t)(client.NewKey(s.rw, legacy.HandleEndorsement, client.AKTemplateRSA()))
 		q := quote(t, other, legacy.AlgSHA256, all, secret)
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckSignature, "quote signature does not verify with the AK")
 	})
 	t.Run("quote by an ECC AK for an RSA node", func(t *testing.T) {
 		ecc := must(t)(client.AttestationKeyECC(s.rw))
 		q := quote(t, ecc, legacy.AlgSHA256, all, secret)
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckSignature, "signature scheme 0x0018 does not match the AK")
 	})
 	t.Run("reported PCR value changed", func(t *testing.T) {
 		q := quote(t, s.ak, legacy.AlgSHA256, all, secret)
 		q.PCRs[7][0] ^= 1
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckPCRDigest, "reported sha256 PCR values do not match the quoted digest")
 	})
 	t.Run("PCR extended after the quote", func(t *testing.T) {
@@ -306,29 +305,29 @@ func TestTPMQuotes(t *testing.T) {
 			t.Fatal(err)
 		}
 		q.PCRs = now.GetPcrs()
-		_, err = verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err = verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckPCRDigest, "reported sha256 PCR values do not match the quoted digest")
 	})
 	t.Run("extra reported PCR", func(t *testing.T) {
 		q := quote(t, s.ak, legacy.AlgSHA256, pcrRange(8), secret)
 		q.PCRs[8] = sha256Quote.PCRs[8]
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckPCRDigest, "reported PCRs differ from the quoted selection")
 	})
 	t.Run("PCR value of the wrong size", func(t *testing.T) {
 		q := quote(t, s.ak, legacy.AlgSHA256, pcrRange(8), secret)
 		q.PCRs[3] = q.PCRs[3][:20]
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckInput, "PCR 3 value has the wrong size for bank sha256")
 	})
 	t.Run("reported bank is not the quoted one", func(t *testing.T) {
 		q := sha256Quote
 		q.Bank = tpm2.TPMAlgSHA384
-		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.QuoteOpts{})
+		_, err := verify.Quotes(s.node, nonceHash, []verify.Quote{q}, verify.Opts{})
 		assertCheck(t, err, verify.CheckBank, "quote must select exactly the reported bank sha384")
 	})
 	t.Run("accessors", func(t *testing.T) {
-		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote}, verify.QuoteOpts{})
+		v, err := verify.Quotes(s.node, nonceHash, []verify.Quote{sha256Quote}, verify.Opts{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -364,12 +363,12 @@ func TestTPMQuoteECC(t *testing.T) {
 	s := loadSimNode(t, rw, client.AttestationKeyECC)
 	secret := newSecret(0xec)
 	q := quote(t, s.ak, legacy.AlgSHA256, pcrRange(24), secret)
-	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{}); err != nil {
+	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{}); err != nil {
 		t.Fatalf("ECC P-256 quote refused: %v", err)
 	}
 	rsa := must(t)(client.AttestationKeyRSA(rw))
 	q = quote(t, rsa, legacy.AlgSHA256, pcrRange(24), secret)
-	_, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+	_, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 	assertCheck(t, err, verify.CheckSignature, "signature scheme 0x0014 does not match the AK")
 }
 
@@ -386,7 +385,7 @@ func TestTPMQuoteRSAPSS(t *testing.T) {
 	if err != nil || sig.SigAlg != tpm2.TPMAlgRSAPSS {
 		t.Fatalf("the TPM did not sign with RSAPSS: %v %v", sig, err)
 	}
-	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{}); err != nil {
+	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{}); err != nil {
 		t.Fatalf("RSAPSS quote refused: %v", err)
 	}
 }
@@ -400,9 +399,9 @@ func TestTPMQuoteSHA1Signature(t *testing.T) {
 	})
 	secret := newSecret(0x51)
 	q := rawQuote(t, rw, s.ak, legacy.AlgSHA256, pcrRange(24), secret)
-	_, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+	_, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 	assertCheck(t, err, verify.CheckSignature, "quote signature hash 0x0004 is not allowed")
-	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{AllowSHA1: true}); err != nil {
+	if _, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{AllowSHA1: true}); err != nil {
 		t.Fatalf("SHA-1 signed quote refused with AllowSHA1: %v", err)
 	}
 }
@@ -419,7 +418,7 @@ func TestTPMCertifyIsNotAQuote(t *testing.T) {
 	}
 	q := verify.Quote{Attest: attest, Signature: sig, Bank: tpm2.TPMAlgSHA256,
 		PCRs: map[uint32][]byte{0: make([]byte, 32)}}
-	_, err = verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+	_, err = verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 	assertCheck(t, err, verify.CheckQuoteType, "attestation is not a quote")
 }
 
@@ -461,7 +460,7 @@ func TestRestrictedAKCannotForgeAQuote(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := verify.Quote{Attest: plain, Signature: sigBytes, Bank: tpm2.TPMAlgSHA256, PCRs: map[uint32][]byte{0: make([]byte, 32)}}
-	_, err = verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+	_, err = verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 	assertCheck(t, err, verify.CheckQuoteMagic, "quote is not TPM_GENERATED")
 }
 
@@ -487,7 +486,7 @@ func TestTPMClockResetCount(t *testing.T) {
 		defer ak.Close()
 		node := simIdentity(t, ek, ak)
 		q := quote(t, ak, legacy.AlgSHA256, []int{0}, secret)
-		v, err := verify.Quotes(node, sha256.Sum256(secret), []verify.Quote{q}, verify.QuoteOpts{})
+		v, err := verify.Quotes(node, sha256.Sum256(secret), []verify.Quote{q}, verify.Opts{})
 		if err != nil {
 			t.Fatal(err)
 		}

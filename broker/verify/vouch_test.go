@@ -49,14 +49,14 @@ func TestNodeVouched(t *testing.T) {
 			{"by hash, chain fails", byOther, verify.Trust{CAs: []verify.CA{vendor}, EKHashes: []string{ekHash}}, verify.Vouch{}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
-				n, err := verify.Node(ekPub, tt.cert, nil, ak.publicBytes(), tt.trust)
+				n, err := verify.Node(ekPub, tt.cert, nil, ak.publicBytes(), verify.Opts{Trust: tt.trust})
 				if err != nil {
 					t.Fatal(err)
 				}
 				if got := n.Vouch(); got.CA != tt.want.CA || !got.NotAfter.Equal(tt.want.NotAfter) {
 					t.Fatalf("Vouch() = %+v, want %+v (the leaf expires first)", got, tt.want)
 				}
-				v, err := verify.NodeVouched(ekPub, tt.cert, nil, ak.publicBytes(), tt.trust, n.Vouch())
+				v, err := verify.NodeVouched(ekPub, tt.cert, nil, ak.publicBytes(), verify.Opts{Trust: tt.trust}, n.Vouch())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -65,7 +65,7 @@ func TestNodeVouched(t *testing.T) {
 		}
 	})
 
-	n, err := verify.Node(ekPub, leaf, nil, ak.publicBytes(), verify.Trust{CAs: []verify.CA{vendor}})
+	n, err := verify.Node(ekPub, leaf, nil, ak.publicBytes(), verify.Opts{Trust: verify.Trust{CAs: []verify.CA{vendor}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,10 +75,10 @@ func TestNodeVouched(t *testing.T) {
 		// The same CA name with another root: Node refuses, the vouch
 		// stands (a vouch is only ever used under the Trust that made it).
 		swapped := verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: pki.otherRoot.pool()}}}
-		if _, err := verify.Node(ekPub, leaf, nil, ak.publicBytes(), swapped); err == nil {
+		if _, err := verify.Node(ekPub, leaf, nil, ak.publicBytes(), verify.Opts{Trust: swapped}); err == nil {
 			t.Fatal("Node accepted a chain to another root")
 		}
-		v, err := verify.NodeVouched(ekPub, leaf, nil, ak.publicBytes(), swapped, vouch)
+		v, err := verify.NodeVouched(ekPub, leaf, nil, ak.publicBytes(), verify.Opts{Trust: swapped}, vouch)
 		if err != nil {
 			t.Fatalf("NodeVouched verified the chain again: %v", err)
 		}
@@ -120,7 +120,7 @@ func TestNodeVouched(t *testing.T) {
 			trust: verify.Trust{CAs: []verify.CA{vendor}}, wantCheck: verify.CheckInput, wantErr: "an ek_intermediates entry is not an X.509 certificate"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			v, err := verify.NodeVouched(ekPub, tt.cert, tt.inter, ak.publicBytes(), tt.trust, tt.vouch)
+			v, err := verify.NodeVouched(ekPub, tt.cert, tt.inter, ak.publicBytes(), verify.Opts{Trust: tt.trust}, tt.vouch)
 			assertCheck(t, err, tt.wantCheck, tt.wantErr)
 			if err == nil {
 				if got := verifiedFor(t, v, ak).EKCA(); got != tt.wantCA {

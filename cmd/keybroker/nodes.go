@@ -34,6 +34,7 @@ func oneEK(_ *cobra.Command, args []string) error {
 
 type nodesListOpts struct {
 	storeFlags
+	vault  vaultFlags
 	after  string
 	limit  int
 	asJSON bool
@@ -42,15 +43,19 @@ type nodesListOpts struct {
 func nodesListCmd() *cobra.Command {
 	var o nodesListOpts
 	cmd := &cobra.Command{
-		Use:   "list (--config broker.hcl | --data-dir DIR)",
+		Use:   "list (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm)",
 		Short: "List the nodes the broker keeps records of, by EK hash",
 		Long: `Lists node records in EK hash order: first and last verified attestation,
 last receipt, whether the node is on the deny list, and its node SVIDs. Pass
-the last EK hash printed as --after to get the next page.`,
+the last EK hash printed as --after to get the next page. With --vault-mount
+it lists those the Vault auth method mounted there keeps (its nodes/ path).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.check(&p)
+			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
+			if !o.vault.set() {
+				o.check(&p)
+			}
 			if o.limit < 1 || o.limit > store.MaxListLimit {
 				p.Addf("--limit must be 1 to %d", store.MaxListLimit)
 			}
@@ -61,6 +66,7 @@ the last EK hash printed as --after to get the next page.`,
 		},
 	}
 	o.add(cmd)
+	o.vault.add(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.after, "after", "", "only nodes whose EK hash sorts after this one")
 	f.IntVar(&o.limit, "limit", store.DefaultListLimit, "at most this many nodes")
@@ -69,11 +75,22 @@ the last EK hash printed as --after to get the next page.`,
 }
 
 func nodesList(o nodesListOpts, stdout, stderr io.Writer) int {
-	where, ok := o.load("nodes", stderr)
-	if !ok {
-		return 1
+	opts := store.ListNodesOpts{Limit: o.limit, After: strings.ToLower(o.after)}
+	var ns []broker.NodeStatus
+	var err error
+	if o.vault.set() {
+		r, ok := o.vault.open("nodes", stderr)
+		if !ok {
+			return 1
+		}
+		ns, err = broker.ListNodeStatusFrom(context.Background(), r, opts, false)
+	} else {
+		where, ok := o.load("nodes", stderr)
+		if !ok {
+			return 1
+		}
+		ns, err = broker.ListNodeStatus(context.Background(), where, opts, false)
 	}
-	ns, err := broker.ListNodeStatus(context.Background(), where, store.ListNodesOpts{Limit: o.limit, After: strings.ToLower(o.after)}, false)
 	if err != nil {
 		fmt.Fprintf(stderr, "nodes: %v\n", err)
 		return 1
@@ -107,23 +124,28 @@ func rfc3339(t time.Time) string {
 
 type nodesShowOpts struct {
 	storeFlags
+	vault    vaultFlags
 	evidence bool
 }
 
 func nodesShowCmd() *cobra.Command {
 	var o nodesShowOpts
 	cmd := &cobra.Command{
-		Use:   "show (--config broker.hcl | --data-dir DIR) EKHASH",
+		Use:   "show (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) EKHASH",
 		Short: "Print a node's record and deny-list entry, as JSON",
 		Long: `Prints, as JSON, the record the broker keeps of the node — first and last
 attestation, TPM counters, last receipt, node SVIDs and workload entries —
 and its deny-list entry ("denial"), if any. The node is named by its EK hash
 or a unique prefix of at least 8 hex digits. --evidence adds the evidence of
-its last verified attestation (see 'keybroker evidence show').`,
+its last verified attestation (see 'keybroker evidence show'). With
+--vault-mount it shows a node the Vault auth method mounted there keeps.`,
 		Args: oneEK,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var p cli.Problems
-			o.check(&p)
+			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
+			if !o.vault.set() {
+				o.check(&p)
+			}
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -131,16 +153,27 @@ its last verified attestation (see 'keybroker evidence show').`,
 		},
 	}
 	o.add(cmd)
+	o.vault.add(cmd)
 	cmd.Flags().BoolVar(&o.evidence, "evidence", false, "include the node's last verified evidence")
 	return cmd
 }
 
 func nodesShow(o nodesShowOpts, ek string, stdout, stderr io.Writer) int {
-	where, ok := o.load("nodes", stderr)
-	if !ok {
-		return 1
+	var n broker.NodeStatus
+	var err error
+	if o.vault.set() {
+		r, ok := o.vault.open("nodes", stderr)
+		if !ok {
+			return 1
+		}
+		n, err = broker.NodeStatusFrom(context.Background(), r, ek, o.evidence)
+	} else {
+		where, ok := o.load("nodes", stderr)
+		if !ok {
+			return 1
+		}
+		n, err = broker.GetNodeStatus(context.Background(), where, ek, o.evidence)
 	}
-	n, err := broker.GetNodeStatus(context.Background(), where, ek, o.evidence)
 	if err != nil {
 		fmt.Fprintf(stderr, "nodes: node %s: %v\n", ek, err)
 		return 1

@@ -42,8 +42,13 @@ allowed, by which policies, what would be released (name, type, mode, PCRs,
 TTL, names) and every failed condition. Nothing is released or recorded.
 
 Node records are read through the running broker's admin socket, or from its
-store file when it is stopped. --policy may be repeated; further arguments are
-policy paths too.
+store file when it is stopped. With --vault-mount instead of --config, the
+nodes and their evidence are those the Vault auth method mounted there keeps
+(its nodes/ path), verified again with that mount's trust (its config: ek_allow,
+ek_ca, allow_sha1, pcr_banks), so a new role policy can be tried on
+Vault-attested nodes; the token (VAULT_TOKEN) needs read and list on nodes/
+and read on config. --policy may be repeated; further arguments are policy
+paths too.
 
 Exits 0 when every node was evaluated, allowed or denied (it is a report), 1
 if the configuration or the policies do not load, a record cannot be read or
@@ -165,6 +170,7 @@ type evalWorkload struct {
 }
 
 type evalOpts struct {
+	vault                            vaultFlags
 	configPath, ekHash, evidenceFile string
 	paths                            []string
 	asJSON                           bool
@@ -173,13 +179,16 @@ type evalOpts struct {
 func policyEvalCmd() *cobra.Command {
 	var o evalOpts
 	cmd := &cobra.Command{
-		Use:   "eval --config broker.hcl --policy FILE|DIR... [--node EKHASH | --evidence FILE]",
+		Use:   "eval (--config broker.hcl | --vault-mount auth/tpm) --policy FILE|DIR... [--node EKHASH | --evidence FILE]",
 		Short: "Try policies on nodes' last verified evidence",
 		Long:  policyEvalLong,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.paths = append(o.paths, args...)
 			var p cli.Problems
-			p.Required(cmd, "config")
+			o.vault.check(&p, o.configPath != "")
+			if !o.vault.set() {
+				p.Required(cmd, "config")
+			}
 			if len(o.paths) == 0 {
 				p.Addf("missing required flag --policy")
 			}
@@ -193,18 +202,19 @@ func policyEvalCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.configPath, "config", "", "broker configuration file: trust, allow_sha1 and data_dir (required)")
+	f.StringVar(&o.configPath, "config", "", "broker configuration file: trust, allow_sha1 and data_dir (required without --vault-mount)")
 	f.StringArrayVar(&o.paths, "policy", nil, "candidate policy file or directory of *.hcl (required, repeatable)")
 	f.StringVar(&o.ekHash, "node", "", "evaluate only the node with this EK hash")
 	f.StringVar(&o.evidenceFile, "evidence", "", "evaluate the evidence in this JSON file (see 'keybroker evidence show')")
 	f.BoolVar(&o.asJSON, "json", false, "print JSON, one node per line")
+	o.vault.add(cmd)
 	return cmd
 }
 
 func policyEval(o evalOpts, stdout, stderr io.Writer) int {
-	cfg, err := broker.LoadConfig(o.configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "policy eval: invalid configuration:\n%v\n", err)
+	ctx := context.Background()
+	opts, nodes, ok := evalSource(ctx, o, stderr)
+	if !ok {
 		return 1
 	}
 	set, err := policies.Load(o.paths...)
@@ -213,11 +223,10 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 		return 1
 	}
 
-	ctx := context.Background()
 	var results []evalResult
 	eval := func(r evalResult, ev attestation.Evidence) {
 		r.EvidenceTime = ev.Time
-		results = append(results, evaluate(r, ev, cfg, set))
+		results = append(results, evaluate(r, ev, opts, set))
 	}
 	switch {
 	case o.evidenceFile != "":
@@ -228,16 +237,16 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 		}
 		eval(evalResult{Source: o.evidenceFile}, ev)
 	case o.ekHash != "":
-		n, err := broker.GetNode(ctx, cfg, o.ekHash)
+		n, err := nodes.GetNode(ctx, o.ekHash)
 		if err != nil {
 			fmt.Fprintf(stderr, "policy eval: node %s: %v\n", o.ekHash, err)
 			return 1
 		}
 		eval(evalResult{EKHash: n.EKHash, LastReceiptID: n.LastReceiptID}, n.Evidence)
 	default:
-		opts := store.ListNodesOpts{Limit: 100}
+		list := store.ListNodesOpts{Limit: 100}
 		for {
-			ns, err := broker.ListNodes(ctx, cfg, opts)
+			ns, err := nodes.ListNodes(ctx, list)
 			if err != nil {
 				fmt.Fprintf(stderr, "policy eval: %v\n", err)
 				return 1
@@ -245,13 +254,13 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 			for _, n := range ns {
 				eval(evalResult{EKHash: n.EKHash, LastReceiptID: n.LastReceiptID}, n.Evidence)
 			}
-			if len(ns) < opts.Limit {
+			if len(ns) < list.Limit {
 				break
 			}
-			opts.After = ns[len(ns)-1].EKHash
+			list.After = ns[len(ns)-1].EKHash
 		}
 		if len(results) == 0 {
-			fmt.Fprintln(stderr, "policy eval: no node has attested to this broker yet")
+			fmt.Fprintln(stderr, "policy eval: no node has attested yet")
 		}
 	}
 
@@ -271,10 +280,35 @@ func policyEval(o evalOpts, stdout, stderr io.Writer) int {
 	return code
 }
 
-// evaluate verifies a node's evidence again and evaluates set on it.
-func evaluate(r evalResult, ev attestation.Evidence, cfg *broker.Config, set *policies.Set) evalResult {
+// evalSource is where policy eval reads nodes and the options their
+// evidence is verified with: the broker's configuration and store, or a
+// Vault auth method's config and records. A failure is reported on stderr.
+func evalSource(ctx context.Context, o evalOpts, stderr io.Writer) (verify.Opts, nodeSource, bool) {
+	if o.vault.set() {
+		r, ok := o.vault.open("policy eval", stderr)
+		if !ok {
+			return verify.Opts{}, nil, false
+		}
+		opts, err := r.VerifyOpts(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "policy eval: %v\n", err)
+			return verify.Opts{}, nil, false
+		}
+		return opts, vaultNodes{r}, true
+	}
+	cfg, err := broker.LoadConfig(o.configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "policy eval: invalid configuration:\n%v\n", err)
+		return verify.Opts{}, nil, false
+	}
+	return cfg.Verify, brokerNodes{cfg}, true
+}
+
+// evaluate verifies a node's evidence again with opts and evaluates set on
+// it.
+func evaluate(r evalResult, ev attestation.Evidence, opts verify.Opts, set *policies.Set) evalResult {
 	r.PolicyHash = set.Hash()
-	v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{AllowSHA1: cfg.AllowSHA1, Banks: cfg.PCRBanks})
+	v, err := evidence.Reverify(ev, opts)
 	if err != nil {
 		r.Error = "evidence does not verify: " + err.Error()
 		r.Check = string(verify.FailedCheck(err))
@@ -343,7 +377,11 @@ func printEval(w io.Writer, results []evalResult, set *policies.Set) {
 		case r.Allowed:
 			allowed++
 			fmt.Fprintf(w, "  allowed by %s\n", strings.Join(r.Policies, ", "))
-			fmt.Fprintln(w, "  would release:")
+			if len(r.Releases) == 0 {
+				fmt.Fprintln(w, "  would release nothing (a Vault role's policy: the login issues a token)")
+			} else {
+				fmt.Fprintln(w, "  would release:")
+			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			for _, rel := range r.Releases {
 				mode := rel.Mode

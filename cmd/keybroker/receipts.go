@@ -63,6 +63,7 @@ func writeJSONLines[T any](stdout, stderr io.Writer, name string, items []T) int
 
 type receiptsOpts struct {
 	storeFlags
+	vault  vaultFlags
 	ek     string
 	limit  int
 	asJSON bool
@@ -71,12 +72,18 @@ type receiptsOpts struct {
 func receiptsListCmd() *cobra.Command {
 	var o receiptsOpts
 	cmd := &cobra.Command{
-		Use:   "list (--config broker.hcl | --data-dir DIR)",
+		Use:   "list (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm)",
 		Short: "List decision receipts, newest first",
-		Args:  cli.NoArgs,
+		Long: `Lists the broker's decision receipts, newest first. With --vault-mount it
+lists those of the Vault auth method mounted there (its receipts/ path)
+instead: the token (VAULT_TOKEN) needs read and list on receipts/.`,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.check(&p)
+			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
+			if !o.vault.set() {
+				o.check(&p)
+			}
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -84,6 +91,7 @@ func receiptsListCmd() *cobra.Command {
 		},
 	}
 	o.add(cmd)
+	o.vault.add(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.ek, "ek", "", "only receipts for this EK hash")
 	f.IntVar(&o.limit, "limit", 50, "at most this many receipts, newest first")
@@ -92,11 +100,23 @@ func receiptsListCmd() *cobra.Command {
 }
 
 func receiptsList(o receiptsOpts, stdout, stderr io.Writer) int {
-	where, ok := o.load("receipts", stderr)
-	if !ok {
-		return 1
+	var list func(context.Context, store.ListOpts) ([]store.Receipt, error)
+	if o.vault.set() {
+		r, ok := o.vault.open("receipts", stderr)
+		if !ok {
+			return 1
+		}
+		list = r.ListReceipts
+	} else {
+		where, ok := o.load("receipts", stderr)
+		if !ok {
+			return 1
+		}
+		list = func(ctx context.Context, opts store.ListOpts) ([]store.Receipt, error) {
+			return broker.ListReceipts(ctx, where, opts)
+		}
 	}
-	rs, err := broker.ListReceipts(context.Background(), where, store.ListOpts{Limit: o.limit, EKHash: o.ek})
+	rs, err := list(context.Background(), store.ListOpts{Limit: o.limit, EKHash: o.ek})
 	if err != nil {
 		fmt.Fprintf(stderr, "receipts: %v\n", err)
 		return 1

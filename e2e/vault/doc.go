@@ -40,6 +40,16 @@
 //     file written, and Vault's log records check=policy for the operator.
 //   - TestUntrustedEKCA: an EK certified by another swtpm CA is refused at
 //     challenge (ek_trust).
+//   - TestKeybrokerReadsVaultRecords: after a node logs in through the
+//     auth method, `keybroker receipts list --vault-mount auth/tpm` (VAULT_ADDR,
+//     VAULT_TOKEN with read/list on receipts/, nodes/, config) lists the
+//     login's receipt, `keybroker nodes list` and `nodes show --evidence`
+//     (by an EK hash prefix) the node's record with its evidence, and
+//     `keybroker policy eval --vault-mount auth/tpm`
+//     verifies the node's stored evidence again with the mount's trust and
+//     allows it under a role policy matching its PCR 7, denies it under one
+//     that does not; a token without those capabilities is refused ("Vault
+//     refused: token lacks list on auth/tpm/receipts/").
 //   - TestChallengeAcrossClusterNodes: a cluster of three cores (sys/leader
 //     names one active core; the two standbys forward to it). A proxy sends
 //     the agent's challenge to one standby and its login to the other: the

@@ -182,7 +182,7 @@ func New(tb testing.TB, o Opts) *Env {
 		}
 	}
 	opts := broker.ServerOpts{
-		Trust:    verify.Trust{EKHashes: []string{e.EKHash}},
+		Verify:   verify.Opts{Trust: verify.Trust{EKHashes: []string{e.EKHash}}},
 		Store:    st,
 		CA:       e.CA,
 		Policies: pol,

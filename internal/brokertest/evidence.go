@@ -49,7 +49,7 @@ func (s *Sim) Evidence(tb testing.TB, at time.Time) attestation.Evidence {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	id, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{s.EKHash}})
+	id, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Opts{Trust: verify.Trust{EKHashes: []string{s.EKHash}}})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -359,7 +359,7 @@ func (a *anyEK) Challenge(_ context.Context, req *pb.ChallengeRequest) (*pb.Chal
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "input: "+err.Error())
 	}
-	node, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{hash}})
+	node, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Opts{Trust: verify.Trust{EKHashes: []string{hash}}})
 	if err != nil {
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}

@@ -121,8 +121,8 @@ func TestDriveEKCerts(t *testing.T) {
 			ca := newEKCA(t)
 			fleet := newCertFleet(t, tc.n, tc.key, ca)
 			r, cfg := startBrokerWith(t, fleet, ca)
-			if len(cfg.Trust.EKHashes) != 0 || len(cfg.Trust.CAs) != 1 || cfg.Trust.CAs[0].Name != EKCAName {
-				t.Fatalf("trust %d EK hashes, CAs %+v; want only the EK CA %q", len(cfg.Trust.EKHashes), cfg.Trust.CAs, EKCAName)
+			if len(cfg.Verify.Trust.EKHashes) != 0 || len(cfg.Verify.Trust.CAs) != 1 || cfg.Verify.Trust.CAs[0].Name != EKCAName {
+				t.Fatalf("trust %d EK hashes, CAs %+v; want only the EK CA %q", len(cfg.Verify.Trust.EKHashes), cfg.Verify.Trust.CAs, EKCAName)
 			}
 			sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 6, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), EKCA: ca})
 			if err != nil {
@@ -157,7 +157,7 @@ func TestDriveEKCerts(t *testing.T) {
 				if !bytes.Equal(rec.Evidence.EKCertificate, certs[rec.EKHash]) || len(rec.Evidence.EKIntermediates) != 1 {
 					t.Fatalf("node %s: the record does not hold its EK certificate and intermediate", rec.EKHash)
 				}
-				v, err := evidence.Reverify(rec.Evidence, cfg.Trust, verify.QuoteOpts{})
+				v, err := evidence.Reverify(rec.Evidence, cfg.Verify)
 				if err != nil {
 					t.Fatalf("node %s: the evidence does not verify again: %v", rec.EKHash, err)
 				}
@@ -228,7 +228,7 @@ func TestDriveEventLog(t *testing.T) {
 			t.Fatalf("node %s: the record holds %d bytes of event log under %q, want the %d-byte log, SHA-256 %x",
 				rec.EKHash, len(ev.EventLog), ev.EventLogSHA256, len(raw), sha)
 		}
-		v, err := evidence.Reverify(ev, cfg.Trust, verify.QuoteOpts{})
+		v, err := evidence.Reverify(ev, cfg.Verify)
 		if err != nil {
 			t.Fatalf("node %s: the evidence does not verify again: %v", rec.EKHash, err)
 		}

@@ -233,7 +233,7 @@ func TestEncodingMatchesMarshal(t *testing.T) {
 			if err != nil || !bytes.Equal(name.Buffer, node.AKName()) {
 				t.Errorf("AK name %x, go-tpm's %x (%v)", node.AKName(), name.Buffer, err)
 			}
-			vn, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{node.EKHash()}})
+			vn, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Opts{Trust: verify.Trust{EKHashes: []string{node.EKHash()}}})
 			if err != nil {
 				t.Fatalf("the broker does not trust the node by its EKHash: %v", err)
 			}

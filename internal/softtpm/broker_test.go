@@ -42,7 +42,7 @@ func newServer(t *testing.T, node *Node, mode string) *broker.Server {
 		t.Fatal(err)
 	}
 	s, err := broker.NewServer(broker.ServerOpts{
-		Trust: verify.Trust{EKHashes: []string{node.EKHash()}}, Store: brokertest.OpenStore(t), CA: ca, Policies: pol,
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{node.EKHash()}}}, Store: brokertest.OpenStore(t), CA: ca, Policies: pol,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func trustCA(ca *EKCA) verify.Trust {
 // trust, with node's quote.
 func verifiedBy(t *testing.T, node *Node, req *pb.ChallengeRequest, trust verify.Trust) (*verify.Verified, error) {
 	t.Helper()
-	id, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), trust)
+	id, err := verify.Node(req.GetEkPublic(), req.GetEkCertificate(), req.GetEkIntermediates(), req.GetAkPublic(), verify.Opts{Trust: trust})
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func verifiedBy(t *testing.T, node *Node, req *pb.ChallengeRequest, trust verify
 	if err != nil {
 		t.Fatal(err)
 	}
-	return verify.Quotes(id, sha256.Sum256(secret), []verify.Quote{toVerify(quotes[0])}, verify.QuoteOpts{})
+	return verify.Quotes(id, sha256.Sum256(secret), []verify.Quote{toVerify(quotes[0])}, verify.Opts{})
 }
 
 // A node made with an EK CA presents an EK certificate for its own EK

@@ -103,7 +103,7 @@ func TestEventLogNodeVerifies(t *testing.T) {
 				t.Fatalf("AttestRequest sent %d bytes of event log, want the %d of %s", len(ev.EventLog), len(raw), tc.log)
 			}
 			trust := verify.Trust{EKHashes: []string{node.EKHash()}}
-			_, v, err := evidence.Verify(ev, trust, verify.QuoteOpts{})
+			_, v, err := evidence.Verify(ev, verify.Opts{Trust: trust})
 			if err != nil {
 				t.Fatalf("the broker refuses the node's evidence: %v", err)
 			}
@@ -189,7 +189,7 @@ func TestEventLogNodeWithoutItsPCRsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = evidence.Verify(attestEvidence(t, node), verify.Trust{EKHashes: []string{node.EKHash()}}, verify.QuoteOpts{})
+	_, _, err = evidence.Verify(attestEvidence(t, node), verify.Opts{Trust: verify.Trust{EKHashes: []string{node.EKHash()}}})
 	want := "event log does not replay to the quoted sha256 PCRs [0 1 2 3 4 5 6 7 8 9 14]"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("evidence.Verify = %v, want %q", err, want)

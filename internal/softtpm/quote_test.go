@@ -35,11 +35,11 @@ func checkOf(t *testing.T, req *pb.ChallengeRequest, secret []byte, q *pb.Quote)
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Trust{EKHashes: []string{hash}})
+	node, err := verify.Node(req.GetEkPublic(), nil, nil, req.GetAkPublic(), verify.Opts{Trust: verify.Trust{EKHashes: []string{hash}}})
 	if err != nil {
 		t.Fatalf("verify.Node: %v", err)
 	}
-	_, err = verify.Quotes(node, sha256.Sum256(secret), []verify.Quote{toVerify(q)}, verify.QuoteOpts{})
+	_, err = verify.Quotes(node, sha256.Sum256(secret), []verify.Quote{toVerify(q)}, verify.Opts{})
 	if err == nil {
 		return ""
 	}

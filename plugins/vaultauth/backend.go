@@ -97,6 +97,8 @@ func backend() *tpmAuthBackend {
 			pathLogin(b),
 			pathReceiptList(b),
 			pathReceipt(b),
+			pathNodeList(b),
+			pathNode(b),
 		},
 	}
 	return b

@@ -51,7 +51,7 @@ func (b *tpmAuthBackend) pathChallengeWrite(ctx context.Context, req *logical.Re
 		return logical.ErrorResponse(err.Error()), nil
 	}
 
-	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, cfg.trust)
+	node, err := verify.Node(ev.EKPublic, ev.EKCertificate, ev.EKIntermediates, ev.AKPublic, cfg.verify)
 	if err != nil {
 		b.Logger().Warn("challenge refused", "check", verify.FailedCheck(err), "error", err)
 		return checkResponse(err)

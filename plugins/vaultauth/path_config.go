@@ -2,7 +2,6 @@ package vaultauth
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
@@ -120,8 +119,7 @@ type ekCAEntry struct {
 // config is a validated configEntry in the form the pipeline uses.
 type config struct {
 	entry               configEntry
-	trust               verify.Trust
-	quoteOpts           verify.QuoteOpts
+	verify              verify.Opts // indexed
 	challengeTTL        time.Duration
 	challengesPerMinute int
 	// vault completes logins of roles with token_envelope; nil without
@@ -134,53 +132,22 @@ func (e configEntry) build() (*config, error) {
 	c := &config{entry: e, challengeTTL: e.ChallengeTTL, challengesPerMinute: e.ChallengesPerMinute}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	for _, h := range e.EKAllow {
-		if !verify.ValidEKHash(h) {
-			bad("ek_allow entry %q is not a lowercase hex SHA-256 EK hash", h)
-			continue
-		}
-		c.trust.EKHashes = append(c.trust.EKHashes, h)
-	}
+	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks}
 	for _, name := range slices.Sorted(maps.Keys(e.EKCAs)) {
-		ca := e.EKCAs[name]
-		if name == "" || strings.TrimSpace(name) != name {
-			bad("ek_ca name %q cannot be empty or start or end with spaces", name)
-			continue
-		}
-		roots, rootErr := certPool(ca.Roots)
-		if ca.Roots == "" {
-			rootErr = errors.New("cannot be empty")
-		}
-		if rootErr != nil {
-			bad("ek_ca %q roots: %v", name, rootErr)
-		}
-		var inter *x509.CertPool
-		var interErr error
-		if ca.Intermediates != "" {
-			if inter, interErr = certPool(ca.Intermediates); interErr != nil {
-				bad("ek_ca %q intermediates: %v", name, interErr)
-			}
-		}
-		if rootErr == nil && interErr == nil {
-			c.trust.CAs = append(c.trust.CAs, verify.CA{Name: name, Roots: roots, Intermediates: inter})
-		}
+		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: name,
+			Roots: verify.PEMBundle(e.EKCAs[name].Roots), Intermediates: verify.PEMBundle(e.EKCAs[name].Intermediates)})
 	}
-	if len(e.EKAllow) == 0 && len(e.EKCAs) == 0 {
-		bad("no EK is trusted: set ek_allow or ek_ca")
+	opts, problems := verify.ParseOpts(oc)
+	for _, p := range problems {
+		errs = append(errs, p)
 	}
+	c.verify = opts.Index()
 	if e.ChallengeTTL < time.Second || e.ChallengeTTL > challenge.MaxTTL {
 		bad("challenge_ttl must be between 1s and %s", challenge.MaxTTL)
 	}
 	if e.ChallengesPerMinute < 1 || e.ChallengesPerMinute > maxChallengesPerMinute {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
 	}
-	c.trust.AllowSHA1 = e.AllowSHA1
-	c.trust = c.trust.Index()
-	banks, err := verify.ParseBanks(e.PCRBanks, e.AllowSHA1)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	c.quoteOpts = verify.QuoteOpts{AllowSHA1: e.AllowSHA1, Banks: banks}
 	if e.VaultAddr != "" || e.VaultCACert != "" || e.VaultTLSServerName != "" {
 		v, err := newSelfClient(e.VaultAddr, e.VaultCACert, e.VaultTLSServerName)
 		if err != nil {
@@ -192,20 +159,6 @@ func (e configEntry) build() (*config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
-}
-
-// certPool parses the CERTIFICATE blocks of a PEM bundle; other block
-// types are skipped.
-func certPool(src string) (*x509.CertPool, error) {
-	certs, err := verify.ParsePEMCertificates([]byte(src))
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	for _, c := range certs {
-		pool.AddCert(c)
-	}
-	return pool, nil
 }
 
 // config returns the cached configuration, loading it on first use; nil if

@@ -146,7 +146,7 @@ func (b *tpmAuthBackend) pathLogin(ctx context.Context, req *logical.Request, d 
 	if role.TokenEnvelope != "" && cfg.vault == nil {
 		return logical.ErrorResponse("role %q seals tokens (token_envelope=%s) but the config has no vault_addr", roleName, role.TokenEnvelope), nil
 	}
-	if role.TokenEnvelope == policies.ModePCRSealed && !cfg.quoteOpts.Counts(role.envelopeBank()) {
+	if role.TokenEnvelope == policies.ModePCRSealed && !cfg.verify.Counts(role.envelopeBank()) {
 		return logical.ErrorResponse("role %q seals tokens to %s PCRs but the config's pcr_banks leaves that bank out", roleName, role.EnvelopeBank), nil
 	}
 	if len(role.TokenBoundCIDRs) > 0 {
@@ -294,8 +294,7 @@ func checkRefusal(err error) *refusal {
 func (b *tpmAuthBackend) attest(ctx context.Context, st *vaultStore, ev attestation.Evidence, cfg *config, set *policies.Set, rec *store.Receipt) (*verify.Verified, policies.Decision, *store.NodeRecord, *refusal) {
 	o := evidence.Decide(evidence.Inputs{
 		Evidence: ev,
-		Trust:    cfg.trust,
-		Quote:    cfg.quoteOpts,
+		Opts:     cfg.verify,
 		Policies: set,
 		Previous: func(ek string) (store.NodeRecord, error) { return st.GetNode(ctx, ek) },
 	})

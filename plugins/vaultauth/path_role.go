@@ -219,7 +219,7 @@ func (b *tpmAuthBackend) pathRoleWrite(ctx context.Context, req *logical.Request
 	}
 	errs = append(errs, r.parseEnvelope(d)...)
 	if r.TokenEnvelope == policies.ModePCRSealed {
-		if cfg, err := b.config(ctx, req.Storage); err == nil && cfg != nil && !cfg.quoteOpts.Counts(r.envelopeBank()) {
+		if cfg, err := b.config(ctx, req.Storage); err == nil && cfg != nil && !cfg.verify.Counts(r.envelopeBank()) {
 			errs = append(errs, fmt.Errorf("token_envelope_pcr_bank %s is not among the config's pcr_banks: no login could be sealed", r.EnvelopeBank))
 		}
 	}

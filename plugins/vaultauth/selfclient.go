@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/broker/verify"
 )
 
 // Limits of the requests the plugin makes to Vault's own API.
@@ -156,4 +159,18 @@ func (c *selfClient) do(ctx context.Context, path, token string, body []byte, ou
 		return fmt.Errorf("unable to decode vault_addr's answer: %w", err)
 	}
 	return nil
+}
+
+// certPool parses the CERTIFICATE blocks of a PEM bundle; other block
+// types are skipped.
+func certPool(src string) (*x509.CertPool, error) {
+	certs, err := verify.ParsePEMCertificates([]byte(src))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
 }

@@ -28,8 +28,8 @@ import (
 //   - node/<EK hash>: the node's record (store.NodeRecord, JSON): the TPM
 //     counters of its last verified login, which the next login's counters
 //     are compared with (GetNode), and the evidence it presented, so that
-//     a policy can be tried on it later; its event log apart, once per
-//     content:
+//     a policy can be tried on it later (read at nodes/, with the event
+//     log put back); its event log apart, once per content:
 //   - eventlog/<SHA-256 of the log>: an event log, as presented (logs
 //     larger than maxStoredEventLog are not kept: the record names them by
 //     digest only);

@@ -1,0 +1,39 @@
+package verify
+
+import (
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Opts are everything verification is configured with: the one value the
+// broker and the Vault auth method build from their configuration and pass
+// to every check (Node, NodeVouched, Quotes, and through broker/evidence the
+// event log and the re-verification of stored evidence). The zero value is
+// the safe default: it trusts no EK, refuses SHA-1 and counts every bank.
+type Opts struct {
+	// Trust says which EKs are trusted.
+	Trust Trust
+	// AllowSHA1 accepts SHA-1 wherever a TPM may use it: as an AK name
+	// algorithm, as a PCR bank and as a quote signature's hash. Default
+	// false: an AK named with SHA-1 is refused, and so is any SHA-1 quote,
+	// even next to a SHA-256 one.
+	AllowSHA1 bool
+	// Banks, if set, are the PCR banks whose quotes count: a quote of
+	// another bank is skipped (neither verified nor seen by policies), and
+	// a node with no quote of these banks is refused (pcr_bank). A SHA-1
+	// quote is still refused without AllowSHA1. Empty: every bank counts.
+	Banks []tpm2.TPMAlgID
+}
+
+// Index returns o with its Trust indexed (Trust.Index): what verifies many
+// nodes with one Opts indexes it once.
+func (o Opts) Index() Opts {
+	o.Trust = o.Trust.Index()
+	return o
+}
+
+// Counts reports whether a quote of bank is verified and used.
+func (o Opts) Counts(bank tpm2.TPMAlgID) bool {
+	return len(o.Banks) == 0 || slices.Contains(o.Banks, bank) || (bank == tpm2.TPMAlgSHA1 && !o.AllowSHA1)
+}
