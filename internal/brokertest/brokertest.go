@@ -321,6 +321,8 @@ type StartOpts struct {
 	TrustDomain string
 	// PCRBanks, if set, is the broker's pcr_banks.
 	PCRBanks []string
+	// Config, if set, is appended to the broker's configuration (HCL).
+	Config string
 }
 
 // Start runs a real broker (gRPC over TLS on a loopback port chosen by the
@@ -339,6 +341,7 @@ func Start(tb testing.TB, o StartOpts) *broker.Running {
 	if o.PCRBanks != nil {
 		cfg += fmt.Sprintf("pcr_banks = %s\n", hclStrings(o.PCRBanks))
 	}
+	cfg += o.Config
 	c, err := broker.ParseConfig([]byte(cfg), filepath.Join(dir, "broker.hcl"))
 	if err != nil {
 		tb.Fatal(err)
