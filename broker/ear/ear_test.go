@@ -118,9 +118,11 @@ func TestVector(t *testing.T) {
 			want: map[string]int8{"instance-identity": 2, "configuration": 2},
 		},
 		{
-			name:  "EK certificate chained to an EK CA: genuine hardware",
-			node:  newNode(t, softtpm.Opts{EKCA: ca}),
-			trust: func(*softtpm.Node) verify.Trust { return verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: roots}}} },
+			name: "EK certificate chained to an EK CA: genuine hardware",
+			node: newNode(t, softtpm.Opts{EKCA: ca}),
+			trust: func(*softtpm.Node) verify.Trust {
+				return verify.Trust{CAs: []verify.CA{{Name: "vendor", Roots: roots}}}
+			},
 			policy: `policy "p" {
   select { ek_cas = ["vendor"] }
 }`,
@@ -416,8 +418,8 @@ func TestVerifyStrictClaims(t *testing.T) {
 	good := func() map[string]any {
 		return map[string]any{
 			"eat_profile": ear.Profile, "iat": now, "exp": now + 60,
-			"ear.verifier-id": map[string]any{"build": "b", "developer": "d"},
-			"submods":         map[string]any{"tpm": map[string]any{"ear.status": "affirming", "ear.trustworthiness-vector": map[string]any{"instance-identity": 2}}},
+			"ear.verifier-id":      map[string]any{"build": "b", "developer": "d"},
+			"submods":              map[string]any{"tpm": map[string]any{"ear.status": "affirming", "ear.trustworthiness-vector": map[string]any{"instance-identity": 2}}},
 			"keybroker.receipt-id": "r", "keybroker.ek-hash": "e",
 		}
 	}
