@@ -14,7 +14,8 @@
 //	iat, exp                      issued at, expires (Unix seconds); exp = iat + ttl
 //	ear.verifier-id               {"developer": "https://github.com/keybroker/keybroker", "build": "keybroker <version>"}
 //	eat_nonce                     the relying party's nonce (AttestRequest.relying_party_nonce,
-//	                              8 to 64 bytes), base64url without padding; absent without one
+//	                              8 to 64 bytes), base64url without padding (11 to 86 characters,
+//	                              within RFC 9711's 8 to 88); absent without one
 //	submods                       {"tpm": appraisal}: one submodule, the node's TPM-attested boot
 //	  ear.status                  "affirming": only allowed decisions get a result
 //	  ear.trustworthiness-vector  AR4SI claims, see below

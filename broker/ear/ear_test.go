@@ -242,6 +242,18 @@ func TestClaims(t *testing.T) {
 		}
 	}
 
+	// RFC 9711 bounds a JSON eat_nonce to 8..88 characters: base64url of
+	// the bounds of a nonce in bytes fits.
+	for _, n := range []int{ear.MinNonceSize, ear.MaxNonceSize} {
+		r, err := ear.FromOutcome(o, "r", make([]byte, n), now, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := len(decodeClaims(t, r)["eat_nonce"].(string)); l < 8 || l > 88 {
+			t.Errorf("eat_nonce of a %d-byte nonce has %d characters; want 8 to 88", n, l)
+		}
+	}
+
 	// Without a nonce, eat_nonce is left out.
 	r, err = ear.FromOutcome(o, "r", nil, now, time.Minute)
 	if err != nil {

@@ -155,6 +155,9 @@ func checkNonce(r *Result, opts VerifyOpts) error {
 	if err != nil {
 		return fmt.Errorf("attestation result eat_nonce is not base64url: %w", err)
 	}
+	if len(got) < MinNonceSize || len(got) > MaxNonceSize {
+		return fmt.Errorf("attestation result eat_nonce must be %d to %d bytes, not %d", MinNonceSize, MaxNonceSize, len(got))
+	}
 	if subtle.ConstantTimeCompare(got, opts.Nonce) != 1 {
 		return errors.New("attestation result is for another nonce")
 	}

@@ -532,7 +532,9 @@ type AttestResponse struct {
 	// allowed it (at most 256).
 	WorkloadEntries []*WorkloadEntry `protobuf:"bytes,3,rep,name=workload_entries,json=workloadEntries,proto3" json:"workload_entries,omitempty"`
 	// The broker's attestation result for this decision, when the broker has
-	// an attestation_results block (else empty): an EAT Attestation Result
+	// an attestation_results block (else empty; also empty, and logged, in
+	// the unexpected case that it cannot be signed: the decision and its
+	// credentials stand): an EAT Attestation Result
 	// (EAR, profile "tag:github.com,2023:veraison/ear") as a JWT signed ES256
 	// by the broker's result key, verifiable with the JWKS of
 	// GetAttestationResultKeys. It carries the AR4SI trustworthiness vector of
