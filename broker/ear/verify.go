@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,21 +103,26 @@ func decode(payload []byte) (*Result, error) {
 		return nil, errors.New("unable to decode attestation result claims: trailing data")
 	}
 	var problems []string
-	switch {
-	case r.Profile != Profile:
+	if r.Profile != Profile {
 		problems = append(problems, fmt.Sprintf("eat_profile is %q, not %q", r.Profile, Profile))
-	case r.IssuedAt <= 0:
+	}
+	if r.IssuedAt <= 0 {
 		problems = append(problems, "iat is missing")
-	case r.Expiry <= r.IssuedAt:
+	}
+	if r.Expiry <= r.IssuedAt {
 		problems = append(problems, "exp is missing or not after iat")
-	case r.VerifierID.Build == "" || r.VerifierID.Developer == "":
+	}
+	if r.VerifierID.Build == "" || r.VerifierID.Developer == "" {
 		problems = append(problems, "ear.verifier-id needs build and developer")
-	case r.ReceiptID == "" || r.EKHash == "":
+	}
+	if r.ReceiptID == "" || r.EKHash == "" {
 		problems = append(problems, "keybroker.receipt-id and keybroker.ek-hash are required")
-	case len(r.Submods) == 0:
+	}
+	if len(r.Submods) == 0 {
 		problems = append(problems, "submods is empty")
 	}
-	for name, a := range r.Submods {
+	for _, name := range slices.Sorted(maps.Keys(r.Submods)) {
+		a := r.Submods[name]
 		if _, ok := tierRank[a.Status]; !ok {
 			problems = append(problems, fmt.Sprintf("submods[%q]: ear.status %q is not a trust tier", name, a.Status))
 		}
