@@ -286,3 +286,33 @@ func TestAttestationResultsConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestAttestationResultKeyFile: a broker with key_file publishes that key,
+// and never writes one in data_dir.
+func TestAttestationResultKeyFile(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile := filepath.Join(t.TempDir(), "ear-key.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := brokertest.Start(t, brokertest.StartOpts{Policy: "policy \"p\" {\n  select { ek_hashes = [\"" + strings.Repeat("ab", 32) + "\"] }\n}\n",
+		EKHashes: []string{strings.Repeat("ab", 32)}, Config: "attestation_results {\n  key_file = \"" + keyFile + "\"\n}\n"})
+	keys, err := dialAs(t, r, tls.Certificate{}).GetAttestationResultKeys(context.Background(), &pb.GetAttestationResultKeysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := ear.NewSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantJWKS, _ := want.JWKS(); !bytes.Equal(keys.GetJwks(), wantJWKS) {
+		t.Errorf("published JWKS %s; want key_file's %s", keys.GetJwks(), wantJWKS)
+	}
+	if _, err := os.Stat(filepath.Join(r.DataDir(), broker.EARDir)); !os.IsNotExist(err) {
+		t.Errorf("data_dir/%s exists with key_file: %v", broker.EARDir, err)
+	}
+}
