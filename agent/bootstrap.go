@@ -81,6 +81,14 @@ type BootstrapOpts struct {
 	// Kubeconfig is where the kubeconfig of a kubelet credential is
 	// written; empty: OutDir/KubeconfigFile.
 	Kubeconfig string
+	// RelyingPartyNonce, if set (8 to 64 bytes), is sent as the relying
+	// party's nonce: the broker's attestation result carries it.
+	RelyingPartyNonce []byte
+	// ResultFile, if set, receives the broker's attestation result (an EAR
+	// JWT, for a relying party), 0600, written atomically with the
+	// credentials; a broker that returns none (no attestation_results
+	// block) fails the bootstrap at StepAttest, before anything is written.
+	ResultFile string
 }
 
 // Result describes a successful bootstrap.
@@ -98,6 +106,9 @@ type Result struct {
 	// KubeletNode is the node name of the kubelet credential written, if
 	// the broker released one.
 	KubeletNode string
+	// AttestationResult is the broker's attestation result (an EAR JWT),
+	// empty when it issues none.
+	AttestationResult string
 }
 
 // Bootstrap attests the node to the broker and writes the released TLS
@@ -120,6 +131,11 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 			res.Changed = true
 		}
 		res.Files = append(res.Files, f.Path)
+	}
+	if opts.ResultFile != "" {
+		// A fresh result each time: not a change of the credentials.
+		files = append(files, atomicfile.File{Path: opts.ResultFile, Data: []byte(res.AttestationResult + "\n"), Perm: 0o600})
+		res.Files = append(res.Files, opts.ResultFile)
 	}
 	for _, dir := range outDirs(opts.OutDir, files) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -147,9 +163,12 @@ func outDirs(outDir string, files []atomicfile.File) []string {
 // attestAndOpen attests and opens the released credentials inside the
 // TPM: the result (without Files and Changed) and the files to write.
 func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts, lap func(Step, string)) (*Result, []atomicfile.File, error) {
-	resp, err := attest(ctx, broker, node, opts.EventLog, lap)
+	resp, err := attest(ctx, broker, node, opts.EventLog, opts.RelyingPartyNonce, lap)
 	if err != nil {
 		return nil, nil, err
+	}
+	if opts.ResultFile != "" && resp.GetAttestationResult() == "" {
+		return nil, nil, &StepError{StepAttest, errors.New("the broker returned no attestation result (it has no attestation_results block)")}
 	}
 
 	var tlsCred *pb.TLSCredential
@@ -206,7 +225,8 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	}
 	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
 
-	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries}
+	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries,
+		AttestationResult: resp.GetAttestationResult()}
 	if kube != nil {
 		res.KubeletNode = kube.cred.GetNodeName()
 	}
@@ -299,7 +319,7 @@ func newLap(progress func(Step, time.Duration, string)) func(Step, string) {
 
 // attest runs the two round trips: challenge, activate, quote, attest. It
 // returns the broker's response, the released credentials still sealed.
-func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog []byte, lap func(Step, string)) (*pb.AttestResponse, error) {
+func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, rpNonce []byte, lap func(Step, string)) (*pb.AttestResponse, error) {
 	req, err := node.ChallengeRequest()
 	if err != nil {
 		return nil, &StepError{StepChallenge, err}
@@ -316,7 +336,8 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog []
 	}
 
 	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog,
-		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic()})
+		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic(),
+		RelyingPartyNonce: rpNonce})
 	if err != nil {
 		return nil, &StepError{StepAttest, rpcError(err)}
 	}

@@ -51,6 +51,7 @@ import (
 //	store "etcd" { … }                     # optional: shared state for several brokers (StoreFile)
 //	challenge_key_rotation = "24h"         # how long a challenge key seals challenges
 //	receipt_retention      = "90d"         # receipts older are deleted; "0" keeps them all
+//	attestation_results { … }              # optional: signed EAR results (AttestationResultsFile)
 //
 // Relative paths are relative to the configuration file's directory.
 // ParseConfig decodes it and builds the parsed form, Config, from it once;
@@ -77,6 +78,9 @@ type FileConfig struct {
 	ChallengeKeyRotation string `hcl:"challenge_key_rotation,optional"`
 	// ReceiptRetention is how long receipts are kept (default 90d).
 	ReceiptRetention string `hcl:"receipt_retention,optional"`
+	// AttestationResults, when set, has Attest return signed attestation
+	// results (config_ear.go).
+	AttestationResults *AttestationResultsFile `hcl:"attestation_results,block"`
 }
 
 // VaultFile is the vault block: the Vault the broker reads vault_kv
@@ -185,6 +189,9 @@ type Config struct {
 	// MetricsListen is the host:port on which Start serves the metrics
 	// (GET /metrics, plain HTTP); empty: none.
 	MetricsListen string
+	// AttestationResults is the attestation_results block; nil when
+	// absent (Attest then returns no attestation result).
+	AttestationResults *AttestationResultsConfig
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every

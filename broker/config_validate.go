@@ -87,6 +87,9 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		c.Kubernetes = fc.Kubernetes.build(abs, at.block("kubernetes", 0), p)
 	}
 	c.Store = fc.buildStore(abs, at, p)
+	if fc.AttestationResults != nil {
+		c.AttestationResults = fc.AttestationResults.build(abs, at.block("attestation_results", 0), p)
+	}
 	c.ChallengeKeyRotation = challenge.DefaultKeyRotation
 	if d, ok := parseDays(fc.ChallengeKeyRotation, "challenge_key_rotation", at, p); ok {
 		if d < time.Hour || d > 90*24*time.Hour {

@@ -213,6 +213,16 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if b, ok := st.(*store.Bolt); ok && m != nil {
 		b.ObserveCommits(m.StoreTransaction)
 	}
+	results, err := loadResultSigner(cfg)
+	if err != nil {
+		st.Close()
+		closeVault()
+		return nil, fmt.Errorf("unable to load the attestation result key: %w", err)
+	}
+	var resultTTL time.Duration
+	if cfg.AttestationResults != nil {
+		resultTTL = cfg.AttestationResults.TTL
+	}
 	srv, err := NewServer(ServerOpts{
 		Verify:               cfg.Verify,
 		ChallengeTTL:         cfg.ChallengeTTL,
@@ -224,6 +234,8 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		Vault:                vc,
 		Kubernetes:           cfg.Kubernetes,
 		Limits:               cfg.Limits,
+		Results:              results,
+		ResultTTL:            resultTTL,
 		Metrics:              m,
 		Logger:               log,
 	})

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/broker/challenge"
+	"github.com/keybroker/keybroker/broker/ear"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/metrics"
@@ -50,6 +51,7 @@ type Server struct {
 	banks      []uint32 // the banks whose quotes count, for ChallengeResponse.pcr_banks
 	releaser   *release.Releaser
 	spiffe     *issue.SPIFFE   // nil: SPIFFE is not configured
+	results    resultIssuer    // attestation results (results.go)
 	metrics    *metrics.Broker // nil: no metrics
 	now        func() time.Time
 	log        *slog.Logger
@@ -80,6 +82,11 @@ type ServerOpts struct {
 	// Limits are the admission limits on Challenge and Attest; the zero
 	// value limits nothing (Start passes the configuration's).
 	Limits LimitsConfig
+	// Results, if set, signs an attestation result for each allowed
+	// decision (AttestResponse.attestation_result), valid for ResultTTL
+	// (default DefaultAttestationResultTTL). Nil (the default): none.
+	Results   *ear.Signer
+	ResultTTL time.Duration
 	// Metrics, if set, counts and times what the server does.
 	Metrics *metrics.Broker
 	Logger  *slog.Logger // default: discard
@@ -110,6 +117,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		nodes:     opts.Store,
 		admission: newAdmission(opts.Limits),
 		spiffe:    opts.SPIFFE,
+		results:   newResultIssuer(opts.Results, opts.ResultTTL),
 		metrics:   opts.Metrics,
 		now:       opts.Now,
 		log:       opts.Logger,
@@ -241,7 +249,8 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	// What the decision released: what Vault issued for it is revoked if
 	// the decision cannot be recorded.
 	var released *release.Released
-	resp, node, refusal := s.attest(ctx, ch, req, rec, &released)
+	var outcome *evidence.Outcome
+	resp, node, refusal := s.attest(ctx, ch, req, rec, &released, &outcome)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
 	case refusal != nil:
@@ -266,6 +275,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	}
 	s.log.Info("credentials released", "receipt", rec.ID, "ek", rec.EKHash, "policies", rec.Policies, "released", len(rec.Released))
 	resp.ReceiptId = rec.ID
+	resp.AttestationResult = s.attestationResult(outcome, rec, req.GetRelyingPartyNonce())
 	return resp, nil
 }
 
@@ -360,7 +370,7 @@ func denies(r *refusal) *refusal {
 // attest verifies the answer to ch and decides. Once the answer verified
 // (TPM counters included), it returns the node's new record, also when
 // policy then denies, so that the record is written with the receipt.
-func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, released **release.Released) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
+func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.AttestRequest, rec *store.Receipt, released **release.Released, outcome **evidence.Outcome) (*pb.AttestResponse, *store.NodeRecord, *refusal) {
 	stages := s.metrics.Stages()
 	o := evidence.Decide(evidence.Inputs{
 		Evidence: evidenceOf(ch, req, rec.Time),
@@ -371,6 +381,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		Stage:    stages.Done,
 	})
 	o.FillReceipt(rec)
+	*outcome = o
 	if o.AKChanged {
 		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", rec.EKHash)
 	}
@@ -460,6 +471,9 @@ func checkAttestRequest(req *pb.AttestRequest) error {
 		return fmt.Errorf("at most %d quotes", verify.MaxQuotes)
 	case len(req.GetEventLog()) > verify.MaxEventLogSize:
 		return fmt.Errorf("event_log exceeds %d bytes", verify.MaxEventLogSize)
+	}
+	if err := ear.CheckNonce(req.GetRelyingPartyNonce()); err != nil {
+		return err
 	}
 	for _, q := range req.GetQuotes() {
 		switch {

@@ -48,6 +48,12 @@
 //   - TestAgentSendsEKIntermediates (ekchain_test.go): with only swtpm's root
 //     configured, the node is refused until the agent sends the intermediate
 //     with --ek-intermediates.
+//   - TestAttestationResultOnSWTPM (ear_test.go): with attestation_results,
+//     `keybroker-agent bootstrap --ear-out --ear-nonce` writes the broker's
+//     EAR (0600), which verifies with `keybroker ear jwks` for that nonce,
+//     names the receipt and claims genuine hardware (swtpm's EK chain) and
+//     an approved configuration; without the block the agent fails at
+//     attest and writes nothing.
 //   - TestPolicyDryRun (dryrun_test.go): `keybroker policy eval` re-verifies
 //     a node's stored evidence and shows what a stricter policy would refuse
 //     and why, from the running broker and from a stopped one, and from

@@ -22,3 +22,10 @@ ek_ca "vendors" {
 #   address    = "https://vault.example.com:8200"
 #   token_file = "/run/credentials/keybroker.service/vault-token"
 # }
+
+# Signed attestation results (EAR JWTs) for relying parties, returned with
+# each allowed attestation; "keybroker ear jwks" prints the key to verify
+# them. The broker makes its key in data_dir/ear on first start.
+# attestation_results {
+#   ttl = "5m"
+# }

@@ -80,6 +80,8 @@ type policy struct {
 type requirement struct {
 	src string
 	prg cel.Program
+	// reads are the fact groups (FactGroups) the expression reads.
+	reads []string
 }
 
 // parseDocument parses and validates one document. It returns a nil
@@ -271,7 +273,7 @@ func (c *compiler) requires(p *policy, attr *hcl.Attribute, where string) {
 			c.errorf(e.Range(), "%s: require[%d]: unable to build the CEL program: %v", where, i, err)
 			continue
 		}
-		p.requires = append(p.requires, requirement{src: src, prg: prg})
+		p.requires = append(p.requires, requirement{src: src, prg: prg, reads: factGroupsRead(ast)})
 	}
 }
 

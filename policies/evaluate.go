@@ -31,6 +31,11 @@ type Decision struct {
 	// Failures lists every failed condition of every policy that selected
 	// the node, for operators; see the package documentation.
 	Failures []string
+	// Appraised lists the fact groups (FactGroups: "ek", "pcrs",
+	// "eventlog", ...) that the require expressions of the allowing
+	// policies read, sorted: what the allowed node was appraised on beyond
+	// its verification, for attestation results.
+	Appraised []string
 }
 
 // Failure texts that do not come from a policy.
@@ -75,6 +80,9 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 			continue
 		}
 		d.Policies = append(d.Policies, p.name)
+		for _, r := range p.requires {
+			d.Appraised = append(d.Appraised, r.reads...)
+		}
 		d.Releases = append(d.Releases, releases...)
 		for _, w := range p.workloads {
 			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.clone())
@@ -84,6 +92,8 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		d.Failures = []string{failNoSelection}
 	}
 	d.Allowed = len(d.Policies) > 0
+	slices.Sort(d.Appraised)
+	d.Appraised = slices.Compact(d.Appraised)
 	slices.SortStableFunc(d.Releases, func(a, b Release) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortStableFunc(d.WorkloadEntries, func(a, b WorkloadEntry) int { return strings.Compare(a.Name, b.Name) })
 	return d

@@ -563,3 +563,58 @@ func TestEvaluateSPIFFEIDRenderFailure(t *testing.T) {
 		t.Errorf("Evaluate = allowed %v, failures %q; want denied with %q", d.Allowed, d.Failures, want)
 	}
 }
+
+// TestEvaluateAppraised checks that an allowed decision names the fact
+// groups the allowing policies' require expressions read, and only theirs:
+// a denying policy's facts were not what allowed the node.
+func TestEvaluateAppraised(t *testing.T) {
+	v := attest(t, node{pcrs: []int{7}})
+	tests := []struct {
+		name string
+		src  string
+		want []string
+	}{
+		{
+			name: "pcrs and ek",
+			src: `policy "a" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["pcrs.sha256[7] == \"PCR7\" && !ek.certified", "size(pcrs) > 0"]
+}`,
+			want: []string{"ek", "pcrs"},
+		},
+		{
+			name: "no require",
+			src: `policy "a" {
+  select { ek_hashes = ["EKHASH"] }
+}`,
+			want: nil,
+		},
+		{
+			name: "union of allowing policies, not the denying one",
+			src: `policy "a" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["tpm.clock >= 0"]
+}
+policy "b" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["!eventlog.present || eventlog.secure_boot", "pcrs.sha256[7] == \"PCR7\""]
+}
+policy "denies" {
+  select { ek_hashes = ["EKHASH"] }
+  require = ["node.labels.role == \"x\""]
+}`,
+			want: []string{"eventlog", "pcrs", "tpm"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := mustParse(t, fill(t, v, tt.src)).Evaluate(v)
+			if !d.Allowed {
+				t.Fatalf("denied: %q", d.Failures)
+			}
+			if !slices.Equal(d.Appraised, tt.want) {
+				t.Errorf("Appraised = %q; want %q", d.Appraised, tt.want)
+			}
+		})
+	}
+}

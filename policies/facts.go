@@ -258,3 +258,20 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 // maxCost bounds the work of one require expression at evaluation. It is
 // far above what comparisons over a few dozen PCRs cost.
 const maxCost = 1_000_000
+
+// FactGroups are the top-level facts of require expressions, by which
+// Decision.Appraised names what an allowed node was appraised on.
+var FactGroups = []string{"ek", "pcrs", "tpm", "history", "node", "eventlog"}
+
+// factGroupsRead returns the fact groups a checked expression reads,
+// sorted, from the checker's references to its variables.
+func factGroupsRead(ast *cel.Ast) []string {
+	var out []string
+	for _, ref := range ast.NativeRep().ReferenceMap() {
+		if slices.Contains(FactGroups, ref.Name) && !slices.Contains(out, ref.Name) {
+			out = append(out, ref.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

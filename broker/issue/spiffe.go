@@ -81,16 +81,15 @@ func LoadOrCreateSPIFFE(dir, trustDomain string, opts CAOpts) (*SPIFFE, error) {
 	if !hasURI(ca.cert, td.ID().URL()) {
 		return nil, fmt.Errorf("unable to load SPIFFE authority: the CA in %s is not for trust domain %s", dir, td.Name())
 	}
-	key, err := loadOrCreateJWTKey(filepath.Join(dir, JWTKeyFile))
+	key, err := LoadOrCreateSigningKey(filepath.Join(dir, JWTKeyFile))
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	kid, err := KeyID(key.Public())
 	if err != nil {
-		return nil, fmt.Errorf("unable to encode JWT key: %w", err)
+		return nil, err
 	}
-	sum := sha256.Sum256(der)
-	return &SPIFFE{td: td, ca: ca, jwtKey: key, jwtKID: base64.RawURLEncoding.EncodeToString(sum[:16])}, nil
+	return &SPIFFE{td: td, ca: ca, jwtKey: key, jwtKID: kid}, nil
 }
 
 func hasURI(cert *x509.Certificate, u *url.URL) bool {
@@ -102,19 +101,36 @@ func hasURI(cert *x509.Certificate, u *url.URL) bool {
 	return false
 }
 
-func loadOrCreateJWTKey(path string) (*ecdsa.PrivateKey, error) {
+// LoadSigningKey loads the ECDSA P-256 private key in the PEM file at path
+// (PKCS#8, or SEC 1 as openssl writes it): a JWT signing key.
+func LoadSigningKey(path string) (*ecdsa.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load JWT key: %w", err)
+	}
+	return parseSigningKey(data)
+}
+
+func parseSigningKey(data []byte) (*ecdsa.PrivateKey, error) {
+	signer, err := parseKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load JWT key: %w", err)
+	}
+	key, ok := signer.(*ecdsa.PrivateKey)
+	if !ok || key.Curve != elliptic.P256() {
+		return nil, errors.New("unable to load JWT key: not an ECDSA P-256 key")
+	}
+	return key, nil
+}
+
+// LoadOrCreateSigningKey loads the signing key at path as LoadSigningKey
+// does, or, when there is no file, generates a P-256 key and writes it
+// there (PKCS#8 PEM, 0600, atomically, never replacing a file).
+func LoadOrCreateSigningKey(path string) (*ecdsa.PrivateKey, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
-		signer, err := parseKeyPEM(data)
-		if err != nil {
-			return nil, fmt.Errorf("unable to load JWT key: %w", err)
-		}
-		key, ok := signer.(*ecdsa.PrivateKey)
-		if !ok || key.Curve != elliptic.P256() {
-			return nil, errors.New("unable to load JWT key: not an ECDSA P-256 key")
-		}
-		return key, nil
+		return parseSigningKey(data)
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("unable to load JWT key: %w", err)
 	}
@@ -130,6 +146,17 @@ func loadOrCreateJWTKey(path string) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("unable to write JWT key: %w", err)
 	}
 	return key, nil
+}
+
+// KeyID is the JWK key ID of a public key: the base64url of the first 16
+// bytes of the SHA-256 of its PKIX (SubjectPublicKeyInfo) DER form.
+func KeyID(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("unable to encode JWT key: %w", err)
+	}
+	sum := sha256.Sum256(der)
+	return base64.RawURLEncoding.EncodeToString(sum[:16]), nil
 }
 
 // TrustDomain returns the authority's trust domain.

@@ -98,6 +98,14 @@ func TestUsageErrors(t *testing.T) {
 		{"bad TPM", []string{"ek-hash", "--tpm", "tcp://nohost"}, `ek-hash: --tpm: "tcp://nohost": want tcp://HOST:PORT`},
 		{"missing required", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--event-log", "none"}, "bootstrap: missing required flag --out\n"},
 		{"stray argument", []string{"ek-hash", "extra"}, `ek-hash: unexpected arguments ["extra"]`},
+		{"ear nonce not hex", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--ear-out", "r.jwt", "--ear-nonce", "xyz"},
+			"bootstrap: --ear-nonce: not hex: encoding/hex: invalid byte"},
+		{"ear nonce too short", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--ear-out", "r.jwt", "--ear-nonce", "00112233445566"},
+			"bootstrap: --ear-nonce must be 8 to 64 bytes (16 to 128 hex digits), not 7 bytes\n"},
+		{"ear nonce too long", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--ear-out", "r.jwt", "--ear-nonce", strings.Repeat("ab", 65)},
+			"bootstrap: --ear-nonce must be 8 to 64 bytes (16 to 128 hex digits), not 65 bytes\n"},
+		{"ear nonce without ear out", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--ear-nonce", "0011223344556677"},
+			"bootstrap: --ear-nonce needs --ear-out: the nonce goes only into the attestation result\n"},
 		{"unknown shell", []string{"completion", "tcsh"}, `unknown command "tcsh"`},
 	}
 	for _, tt := range tests {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -146,4 +147,41 @@ func readPEMCerts(path, what string) ([]byte, error) {
 		return nil, fmt.Errorf("the %s %s holds no PEM certificate", what, path)
 	}
 	return b, nil
+}
+
+// resultFlags ask the broker for an attestation result for a relying
+// party.
+type resultFlags struct {
+	out   string
+	nonce string
+}
+
+// The bounds of a relying party's nonce (AttestRequest.relying_party_nonce).
+const (
+	minResultNonce = 8
+	maxResultNonce = 64
+)
+
+func (r *resultFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&r.out, "ear-out", "", "file for the broker's attestation result (EAR JWT, 0600; its directory must exist; the broker needs an attestation_results block)")
+	f.StringVar(&r.nonce, "ear-nonce", "", "the relying party's nonce for the attestation result, hex (8 to 64 bytes; needs --ear-out)")
+}
+
+// check records every problem with the result flags and returns the
+// decoded nonce.
+func (r *resultFlags) check(p *cli.Problems) []byte {
+	if r.nonce == "" {
+		return nil
+	}
+	if r.out == "" {
+		p.Addf("--ear-nonce needs --ear-out: the nonce goes only into the attestation result")
+	}
+	nonce, err := hex.DecodeString(r.nonce)
+	switch {
+	case err != nil:
+		p.Addf("--ear-nonce: not hex: %v", err)
+	case len(nonce) < minResultNonce || len(nonce) > maxResultNonce:
+		p.Addf("--ear-nonce must be %d to %d bytes (%d to %d hex digits), not %d bytes", minResultNonce, maxResultNonce, 2*minResultNonce, 2*maxResultNonce, len(nonce))
+	}
+	return nonce
 }

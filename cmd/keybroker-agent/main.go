@@ -40,6 +40,7 @@ type bootstrapOpts struct {
 	kubeconfig string
 	onChange   string
 	quiet      bool
+	result     resultFlags
 }
 
 func bootstrapCmd() *cobra.Command {
@@ -54,17 +55,23 @@ writes key.pem (0600), cert.pem and chain.pem atomically to --out, with
 For a kubelet release it writes kubelet-client.pem (the client certificate,
 its chain and its key, 0600) to --out and a kubeconfig naming the API server,
 its CA and that file to --kubeconfig (default --out/kubelet.kubeconfig, 0600):
-point the kubelet's --kubeconfig at it.`,
+point the kubelet's --kubeconfig at it.
+
+With --ear-out it also writes the broker's attestation result (an EAR JWT
+signed by the broker, for a relying party; the broker needs an
+attestation_results block) to that file (0600), carrying the relying
+party's --ear-nonce when given.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
 			caPEM := o.broker.check(&p)
 			in := o.node.check(&p)
 			p.Required(cmd, "out")
+			nonce := o.result.check(&p)
 			if err := p.Err(); err != nil {
 				return err
 			}
-			return cli.Code(bootstrap(o, caPEM, in, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+			return cli.Code(bootstrap(o, caPEM, in, nonce, cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
 	f := cmd.Flags()
@@ -73,11 +80,12 @@ point the kubelet's --kubeconfig at it.`,
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the kubeconfig of a kubelet release (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
+	o.result.register(f)
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
 	return cmd
 }
 
-func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) int {
+func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), o.node.timeout)
 	defer cancel()
 
@@ -100,7 +108,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, stdout, stderr io.W
 	}
 	defer conn.Close()
 
-	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig}
+	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig, RelyingPartyNonce: nonce, ResultFile: o.result.out}
 	if !o.quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)

@@ -23,6 +23,8 @@ func TestHelpOnce(t *testing.T) {
 		"policy eval":   "keybroker policy eval (--config broker.hcl | --vault-mount auth/tpm) --policy FILE|DIR...",
 		"evidence":      "keybroker evidence [command]",
 		"evidence show": "keybroker evidence show (--config broker.hcl | --data-dir DIR) --node EKHASH [flags]",
+		"ear":           "keybroker ear [command]",
+		"ear jwks":      "keybroker ear jwks --config broker.hcl [flags]",
 		"demo":          "keybroker demo [--keep DIR] [flags]",
 		"version":       "keybroker version [flags]",
 		"completion":    "keybroker completion [command]",

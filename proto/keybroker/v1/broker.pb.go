@@ -321,8 +321,13 @@ type AttestRequest struct {
 	EkCertificate   []byte   `protobuf:"bytes,5,opt,name=ek_certificate,json=ekCertificate,proto3" json:"ek_certificate,omitempty"`
 	EkIntermediates [][]byte `protobuf:"bytes,6,rep,name=ek_intermediates,json=ekIntermediates,proto3" json:"ek_intermediates,omitempty"`
 	AkPublic        []byte   `protobuf:"bytes,7,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// A nonce from the relying party the node will hand the attestation
+	// result to (optional; 8 to 64 bytes, as EAT bounds a nonce, else
+	// INVALID_ARGUMENT before any work): the result carries it as eat_nonce,
+	// so the relying party knows the result is fresh and meant for it.
+	RelyingPartyNonce []byte `protobuf:"bytes,8,opt,name=relying_party_nonce,json=relyingPartyNonce,proto3" json:"relying_party_nonce,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AttestRequest) Reset() {
@@ -400,6 +405,13 @@ func (x *AttestRequest) GetEkIntermediates() [][]byte {
 func (x *AttestRequest) GetAkPublic() []byte {
 	if x != nil {
 		return x.AkPublic
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetRelyingPartyNonce() []byte {
+	if x != nil {
+		return x.RelyingPartyNonce
 	}
 	return nil
 }
@@ -529,8 +541,19 @@ type AttestResponse struct {
 	// The workload identities this node may hand out, from the policies that
 	// allowed it (at most 256).
 	WorkloadEntries []*WorkloadEntry `protobuf:"bytes,3,rep,name=workload_entries,json=workloadEntries,proto3" json:"workload_entries,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The broker's attestation result for this decision, when the broker has
+	// an attestation_results block (else empty; also empty, and logged, in
+	// the unexpected case that it cannot be signed: the decision and its
+	// credentials stand): an EAT Attestation Result
+	// (EAR, profile "tag:github.com,2023:veraison/ear") as a JWT signed ES256
+	// by the broker's result key, verifiable with the JWKS of
+	// GetAttestationResultKeys. It carries the AR4SI trustworthiness vector of
+	// what was appraised, the policy set's hash (ear.appraisal-policy-id),
+	// this receipt_id and the node's EK hash, iat/exp, and
+	// relying_party_nonce as eat_nonce. See package broker/ear.
+	AttestationResult string `protobuf:"bytes,4,opt,name=attestation_result,json=attestationResult,proto3" json:"attestation_result,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AttestResponse) Reset() {
@@ -582,6 +605,13 @@ func (x *AttestResponse) GetWorkloadEntries() []*WorkloadEntry {
 		return x.WorkloadEntries
 	}
 	return nil
+}
+
+func (x *AttestResponse) GetAttestationResult() string {
+	if x != nil {
+		return x.AttestationResult
+	}
+	return ""
 }
 
 // WorkloadEntry maps local workloads, recognised by all of their selectors,
@@ -1659,6 +1689,88 @@ func (x *KubeletCredential) GetChainPem() []byte {
 	return nil
 }
 
+type GetAttestationResultKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAttestationResultKeysRequest) Reset() {
+	*x = GetAttestationResultKeysRequest{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAttestationResultKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAttestationResultKeysRequest) ProtoMessage() {}
+
+func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAttestationResultKeysRequest.ProtoReflect.Descriptor instead.
+func (*GetAttestationResultKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+type GetAttestationResultKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A JWK Set of the attestation result key: each key with kid, alg "ES256"
+	// and use "sig"; a result's JWT header names its kid.
+	Jwks          []byte `protobuf:"bytes,1,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAttestationResultKeysResponse) Reset() {
+	*x = GetAttestationResultKeysResponse{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAttestationResultKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAttestationResultKeysResponse) ProtoMessage() {}
+
+func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAttestationResultKeysResponse.ProtoReflect.Descriptor instead.
+func (*GetAttestationResultKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetAttestationResultKeysResponse) GetJwks() []byte {
+	if x != nil {
+		return x.Jwks
+	}
+	return nil
+}
+
 var File_keybroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_broker_proto_rawDesc = "" +
@@ -1674,7 +1786,7 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x1b\n" +
-	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\x88\x02\n" +
+	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xb8\x02\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
@@ -1682,7 +1794,8 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\tek_public\x18\x04 \x01(\fR\bekPublic\x12%\n" +
 	"\x0eek_certificate\x18\x05 \x01(\fR\rekCertificate\x12)\n" +
 	"\x10ek_intermediates\x18\x06 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
-	"\tak_public\x18\a \x01(\fR\bakPublic\"j\n" +
+	"\tak_public\x18\a \x01(\fR\bakPublic\x12.\n" +
+	"\x13relying_party_nonce\x18\b \x01(\fR\x11relyingPartyNonce\"j\n" +
 	"\x05Quote\x12\x16\n" +
 	"\x06attest\x18\x01 \x01(\fR\x06attest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12+\n" +
@@ -1692,12 +1805,13 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x06values\x18\x02 \x03(\v2#.keybroker.v1.PCRValues.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xb3\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xe2\x01\n" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12:\n" +
 	"\vcredentials\x18\x02 \x03(\v2\x18.keybroker.v1.CredentialR\vcredentials\x12F\n" +
-	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\"\x97\x01\n" +
+	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\x12-\n" +
+	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\"\x97\x01\n" +
 	"\rWorkloadEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
@@ -1771,7 +1885,10 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0ecluster_ca_pem\x18\x03 \x01(\fR\fclusterCaPem\x12\x17\n" +
 	"\akey_pem\x18\x04 \x01(\fR\x06keyPem\x12'\n" +
 	"\x0fcertificate_pem\x18\x05 \x01(\fR\x0ecertificatePem\x12\x1b\n" +
-	"\tchain_pem\x18\x06 \x01(\fR\bchainPem*J\n" +
+	"\tchain_pem\x18\x06 \x01(\fR\bchainPem\"!\n" +
+	"\x1fGetAttestationResultKeysRequest\"6\n" +
+	" GetAttestationResultKeysResponse\x12\x12\n" +
+	"\x04jwks\x18\x01 \x01(\fR\x04jwks*J\n" +
 	"\vReleaseMode\x12\x1c\n" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
@@ -1784,13 +1901,14 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\n" +
 	"\x06SECRET\x10\x03\x12\x0f\n" +
 	"\vVAULT_TOKEN\x10\x04\x12\v\n" +
-	"\aKUBELET\x10\x052\xcd\x03\n" +
+	"\aKUBELET\x10\x052\xc8\x04\n" +
 	"\x06Broker\x12L\n" +
 	"\tChallenge\x12\x1e.keybroker.v1.ChallengeRequest\x1a\x1f.keybroker.v1.ChallengeResponse\x12C\n" +
 	"\x06Attest\x12\x1b.keybroker.v1.AttestRequest\x1a\x1c.keybroker.v1.AttestResponse\x12s\n" +
 	"\x16IssueWorkloadX509SVIDs\x12+.keybroker.v1.IssueWorkloadX509SVIDsRequest\x1a,.keybroker.v1.IssueWorkloadX509SVIDsResponse\x12m\n" +
 	"\x14IssueWorkloadJWTSVID\x12).keybroker.v1.IssueWorkloadJWTSVIDRequest\x1a*.keybroker.v1.IssueWorkloadJWTSVIDResponse\x12L\n" +
-	"\tGetBundle\x12\x1e.keybroker.v1.GetBundleRequest\x1a\x1f.keybroker.v1.GetBundleResponseB?Z=github.com/keybroker/keybroker/proto/keybroker/v1;keybrokerv1b\x06proto3"
+	"\tGetBundle\x12\x1e.keybroker.v1.GetBundleRequest\x1a\x1f.keybroker.v1.GetBundleResponse\x12y\n" +
+	"\x18GetAttestationResultKeys\x12-.keybroker.v1.GetAttestationResultKeysRequest\x1a..keybroker.v1.GetAttestationResultKeysResponseB?Z=github.com/keybroker/keybroker/proto/keybroker/v1;keybrokerv1b\x06proto3"
 
 var (
 	file_keybroker_v1_broker_proto_rawDescOnce sync.Once
@@ -1805,40 +1923,42 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_keybroker_v1_broker_proto_goTypes = []any{
-	(ReleaseMode)(0),                       // 0: keybroker.v1.ReleaseMode
-	(CredentialType)(0),                    // 1: keybroker.v1.CredentialType
-	(*ChallengeRequest)(nil),               // 2: keybroker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),              // 3: keybroker.v1.ChallengeResponse
-	(*AttestRequest)(nil),                  // 4: keybroker.v1.AttestRequest
-	(*Quote)(nil),                          // 5: keybroker.v1.Quote
-	(*PCRValues)(nil),                      // 6: keybroker.v1.PCRValues
-	(*AttestResponse)(nil),                 // 7: keybroker.v1.AttestResponse
-	(*WorkloadEntry)(nil),                  // 8: keybroker.v1.WorkloadEntry
-	(*Selector)(nil),                       // 9: keybroker.v1.Selector
-	(*IssueWorkloadX509SVIDsRequest)(nil),  // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest
-	(*WorkloadCSR)(nil),                    // 11: keybroker.v1.WorkloadCSR
-	(*IssueWorkloadX509SVIDsResponse)(nil), // 12: keybroker.v1.IssueWorkloadX509SVIDsResponse
-	(*WorkloadX509SVID)(nil),               // 13: keybroker.v1.WorkloadX509SVID
-	(*IssueWorkloadJWTSVIDRequest)(nil),    // 14: keybroker.v1.IssueWorkloadJWTSVIDRequest
-	(*IssueWorkloadJWTSVIDResponse)(nil),   // 15: keybroker.v1.IssueWorkloadJWTSVIDResponse
-	(*GetBundleRequest)(nil),               // 16: keybroker.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),              // 17: keybroker.v1.GetBundleResponse
-	(*Credential)(nil),                     // 18: keybroker.v1.Credential
-	(*ImportBlob)(nil),                     // 19: keybroker.v1.ImportBlob
-	(*X509SVIDCredential)(nil),             // 20: keybroker.v1.X509SVIDCredential
-	(*TLSCredential)(nil),                  // 21: keybroker.v1.TLSCredential
-	(*SecretCredential)(nil),               // 22: keybroker.v1.SecretCredential
-	(*VaultTokenCredential)(nil),           // 23: keybroker.v1.VaultTokenCredential
-	(*KubeletCredential)(nil),              // 24: keybroker.v1.KubeletCredential
-	nil,                                    // 25: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                    // 26: keybroker.v1.SecretCredential.DataEntry
+	(ReleaseMode)(0),                         // 0: keybroker.v1.ReleaseMode
+	(CredentialType)(0),                      // 1: keybroker.v1.CredentialType
+	(*ChallengeRequest)(nil),                 // 2: keybroker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),                // 3: keybroker.v1.ChallengeResponse
+	(*AttestRequest)(nil),                    // 4: keybroker.v1.AttestRequest
+	(*Quote)(nil),                            // 5: keybroker.v1.Quote
+	(*PCRValues)(nil),                        // 6: keybroker.v1.PCRValues
+	(*AttestResponse)(nil),                   // 7: keybroker.v1.AttestResponse
+	(*WorkloadEntry)(nil),                    // 8: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                         // 9: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),    // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                      // 11: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil),   // 12: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),                 // 13: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),      // 14: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),     // 15: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),                 // 16: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),                // 17: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                       // 18: keybroker.v1.Credential
+	(*ImportBlob)(nil),                       // 19: keybroker.v1.ImportBlob
+	(*X509SVIDCredential)(nil),               // 20: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                    // 21: keybroker.v1.TLSCredential
+	(*SecretCredential)(nil),                 // 22: keybroker.v1.SecretCredential
+	(*VaultTokenCredential)(nil),             // 23: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),                // 24: keybroker.v1.KubeletCredential
+	(*GetAttestationResultKeysRequest)(nil),  // 25: keybroker.v1.GetAttestationResultKeysRequest
+	(*GetAttestationResultKeysResponse)(nil), // 26: keybroker.v1.GetAttestationResultKeysResponse
+	nil,                                      // 27: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                      // 28: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	25, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	27, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
 	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
 	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
 	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
@@ -1848,19 +1968,21 @@ var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
 	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
 	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	26, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	28, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
 	2,  // 13: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
 	4,  // 14: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
 	10, // 15: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
 	14, // 16: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
 	16, // 17: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	3,  // 18: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	7,  // 19: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	12, // 20: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	15, // 21: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	17, // 22: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
+	25, // 18: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
+	3,  // 19: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	7,  // 20: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	12, // 21: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	15, // 22: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	17, // 23: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	26, // 24: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1877,7 +1999,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

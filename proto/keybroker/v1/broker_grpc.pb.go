@@ -26,11 +26,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Broker_Challenge_FullMethodName              = "/keybroker.v1.Broker/Challenge"
-	Broker_Attest_FullMethodName                 = "/keybroker.v1.Broker/Attest"
-	Broker_IssueWorkloadX509SVIDs_FullMethodName = "/keybroker.v1.Broker/IssueWorkloadX509SVIDs"
-	Broker_IssueWorkloadJWTSVID_FullMethodName   = "/keybroker.v1.Broker/IssueWorkloadJWTSVID"
-	Broker_GetBundle_FullMethodName              = "/keybroker.v1.Broker/GetBundle"
+	Broker_Challenge_FullMethodName                = "/keybroker.v1.Broker/Challenge"
+	Broker_Attest_FullMethodName                   = "/keybroker.v1.Broker/Attest"
+	Broker_IssueWorkloadX509SVIDs_FullMethodName   = "/keybroker.v1.Broker/IssueWorkloadX509SVIDs"
+	Broker_IssueWorkloadJWTSVID_FullMethodName     = "/keybroker.v1.Broker/IssueWorkloadJWTSVID"
+	Broker_GetBundle_FullMethodName                = "/keybroker.v1.Broker/GetBundle"
+	Broker_GetAttestationResultKeys_FullMethodName = "/keybroker.v1.Broker/GetAttestationResultKeys"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -59,6 +60,11 @@ type BrokerClient interface {
 	IssueWorkloadJWTSVID(ctx context.Context, in *IssueWorkloadJWTSVIDRequest, opts ...grpc.CallOption) (*IssueWorkloadJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's SPIFFE bundle.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// GetAttestationResultKeys returns the JWKS that verifies the attestation
+	// results Attest returns (AttestResponse.attestation_result), without
+	// authentication (it holds only public keys). FAILED_PRECONDITION when the
+	// broker has no attestation_results block.
+	GetAttestationResultKeys(ctx context.Context, in *GetAttestationResultKeysRequest, opts ...grpc.CallOption) (*GetAttestationResultKeysResponse, error)
 }
 
 type brokerClient struct {
@@ -119,6 +125,16 @@ func (c *brokerClient) GetBundle(ctx context.Context, in *GetBundleRequest, opts
 	return out, nil
 }
 
+func (c *brokerClient) GetAttestationResultKeys(ctx context.Context, in *GetAttestationResultKeysRequest, opts ...grpc.CallOption) (*GetAttestationResultKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAttestationResultKeysResponse)
+	err := c.cc.Invoke(ctx, Broker_GetAttestationResultKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -145,6 +161,11 @@ type BrokerServer interface {
 	IssueWorkloadJWTSVID(context.Context, *IssueWorkloadJWTSVIDRequest) (*IssueWorkloadJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's SPIFFE bundle.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
+	// GetAttestationResultKeys returns the JWKS that verifies the attestation
+	// results Attest returns (AttestResponse.attestation_result), without
+	// authentication (it holds only public keys). FAILED_PRECONDITION when the
+	// broker has no attestation_results block.
+	GetAttestationResultKeys(context.Context, *GetAttestationResultKeysRequest) (*GetAttestationResultKeysResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -169,6 +190,9 @@ func (UnimplementedBrokerServer) IssueWorkloadJWTSVID(context.Context, *IssueWor
 }
 func (UnimplementedBrokerServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedBrokerServer) GetAttestationResultKeys(context.Context, *GetAttestationResultKeysRequest) (*GetAttestationResultKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAttestationResultKeys not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -281,6 +305,24 @@ func _Broker_GetBundle_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_GetAttestationResultKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAttestationResultKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).GetAttestationResultKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_GetAttestationResultKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).GetAttestationResultKeys(ctx, req.(*GetAttestationResultKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -307,6 +349,10 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBundle",
 			Handler:    _Broker_GetBundle_Handler,
+		},
+		{
+			MethodName: "GetAttestationResultKeys",
+			Handler:    _Broker_GetAttestationResultKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
