@@ -110,6 +110,56 @@ func TestNoTokenWithoutReceipt(t *testing.T) {
 	}
 }
 
+// crashingStorage stands for the plugin process dying at the first write
+// under prefix: the write does not happen and the login never returns.
+type crashingStorage struct {
+	logical.Storage
+	prefix string
+}
+
+// errCrash is what crashingStorage panics with.
+var errCrash = errors.New("the plugin process died")
+
+func (c crashingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if strings.HasPrefix(e.Key, c.prefix) {
+		panic(errCrash)
+	}
+	return c.Storage.Put(ctx, e)
+}
+
+// The plugin dies between the decision and its answer — after the receipt
+// is durable, before the node record and the reply: no token is issued
+// (Vault creates one only from a returned Auth), the receipt stays, and
+// the challenge stays used, so that a retry of the same answer is refused.
+func TestCrashAfterReceiptIssuesNoToken(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	setup(t, e, n)
+	data := n.answer(e.challenge(n), "web")
+	crashing := restart(t, crashingStorage{Storage: e.storage, prefix: nodePrefix}, e.clock)
+	var resp *logical.Response
+	func() {
+		defer func() {
+			if r := recover(); r != errCrash {
+				t.Fatalf("the login did not reach the node record write (recovered %v)", r)
+			}
+		}()
+		resp, _ = crashing.request(logical.UpdateOperation, "login", data)
+	}()
+	if resp != nil {
+		t.Fatalf("a login that died answered %v", resp)
+	}
+	if keys, _ := e.storage.List(t.Context(), receiptPrefix); len(keys) != 1 {
+		t.Fatalf("receipts %v: the decision's receipt must be durable before anything is issued", keys)
+	}
+	// After a restart the same answer is a replay.
+	again := restart(t, e.storage, e.clock)
+	resp, err := again.request(logical.UpdateOperation, "login", data)
+	if err == nil || (resp != nil && resp.Auth != nil) {
+		t.Fatalf("the answer of a login that died was accepted again: %v %v", resp, err)
+	}
+}
+
 // Event logs are kept apart, once per content, and put back on reading;
 // records written before the auth method kept evidence still read.
 func TestNodeRecordStorage(t *testing.T) {
