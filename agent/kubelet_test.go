@@ -165,21 +165,6 @@ func TestBootstrapKubelet(t *testing.T) {
 	}
 }
 
-// A broker without a kubernetes block refuses a kubelet release, and the
-// node gets nothing.
-func TestBootstrapKubeletNotConfigured(t *testing.T) {
-	env := brokertest.New(t, brokertest.Opts{})
-	r := brokertest.Start(t, brokertest.StartOpts{Policy: kubePolicy(env, true), EKHashes: []string{env.EKHash}})
-	out := t.TempDir()
-	_, err := agent.Bootstrap(testContext(t), brokerClient(t, r), env.Node, agent.BootstrapOpts{OutDir: out})
-	if err == nil || !strings.Contains(err.Error(), "kubernetes is not configured") {
-		t.Fatalf("Bootstrap: %v", err)
-	}
-	if entries, _ := os.ReadDir(out); len(entries) != 0 {
-		t.Errorf("wrote %d files", len(entries))
-	}
-}
-
 // pemBlocks lists the types of the PEM blocks in data.
 func pemBlocks(data []byte) []string {
 	var types []string

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/kube"
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -18,17 +19,21 @@ import (
 //	  ca_cert        = "cluster-ca.pem"          # verifies the API server; default: the node's system roots
 //	  client_ca_cert = "kubelet-client-ca.pem"   # signs kubelet client certificates: kube-apiserver --client-ca-file
 //	  client_ca_key  = "kubelet-client-ca.key"   # its key, PKCS#8 or SEC1 PEM
+//	  token_file     = "kube-token"              # optional: the broker's own bearer token, for quarantine
+//	  quarantine_taint = "keybroker.io/attestation=failed:NoExecute"  # the default
 //	}
 type KubernetesFile struct {
-	Server       string `hcl:"server"`
-	CACert       string `hcl:"ca_cert,optional"`
-	ClientCACert string `hcl:"client_ca_cert"`
-	ClientCAKey  string `hcl:"client_ca_key"`
+	Server          string `hcl:"server"`
+	CACert          string `hcl:"ca_cert,optional"`
+	ClientCACert    string `hcl:"client_ca_cert"`
+	ClientCAKey     string `hcl:"client_ca_key"`
+	TokenFile       string `hcl:"token_file,optional"`
+	QuarantineTaint string `hcl:"quarantine_taint,optional"`
 }
 
 // build validates the kubernetes block and loads its CA, each problem at
 // the attribute it is about; abs resolves relative paths.
-func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) *release.Kubernetes {
+func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) (*release.Kubernetes, *kube.Client) {
 	k := &release.Kubernetes{Server: kf.Server}
 	u, err := url.Parse(kf.Server)
 	rng := at.attr("server")
@@ -55,17 +60,46 @@ func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) *
 			k.ClusterCAPEM = data
 		}
 	}
+	quarantine := kf.quarantine(k, abs, at, p)
 	if kf.ClientCACert == "" || kf.ClientCAKey == "" {
 		if at.has("client_ca_cert") && at.has("client_ca_key") {
 			p.at(at.def, "kubernetes: client_ca_cert and client_ca_key cannot be empty")
 		}
-		return k
+		return k, quarantine
 	}
 	ca, err := issue.LoadCA(abs(kf.ClientCACert), abs(kf.ClientCAKey), issue.CAOpts{})
 	if err != nil {
 		p.at(at.attr("client_ca_cert"), "kubernetes: %v", err)
-		return k
+		return k, quarantine
 	}
 	k.ClientCA = ca
-	return k
+	return k, quarantine
+}
+
+// quarantine builds the client that taints quarantined nodes: nil without
+// token_file.
+func (kf *KubernetesFile) quarantine(k *release.Kubernetes, abs func(string) string, at spot, p *problems) *kube.Client {
+	taint := kube.DefaultTaint
+	if kf.QuarantineTaint != "" {
+		taint = kf.QuarantineTaint
+	}
+	t, err := kube.ParseTaint(taint)
+	if err != nil {
+		p.at(at.attr("quarantine_taint"), "kubernetes: quarantine_taint: %v", err)
+	}
+	if kf.TokenFile == "" {
+		if at.has("quarantine_taint") {
+			p.at(at.attr("quarantine_taint"), "kubernetes: quarantine_taint needs token_file, the broker's identity for tainting nodes")
+		}
+		return nil
+	}
+	readable(p, at.attr("token_file"), "kubernetes: ", "token_file", abs(kf.TokenFile), kf.TokenFile)
+	if err != nil || k.Server == "" {
+		return nil
+	}
+	c, err := kube.New(kube.Opts{Server: k.Server, CAPEM: k.ClusterCAPEM, TokenFile: abs(kf.TokenFile), Taint: t})
+	if err != nil {
+		return nil // the server or CA problem is reported above
+	}
+	return c
 }

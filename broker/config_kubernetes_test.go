@@ -49,6 +49,16 @@ func TestParseConfigKubernetes(t *testing.T) {
 			wantErr: []string{`kubernetes: server "https://h:6443/api?x=1" is not a URL such as "https://10.0.0.1:6443"`},
 		},
 		{
+			name:    "quarantine settings",
+			block:   "kubernetes {\n  server = \"https://h:6443\"\n" + good + "  token_file = \"missing\"\n  quarantine_taint = \"k=v:Evict\"\n}",
+			wantErr: []string{`kubernetes: quarantine_taint: taint "k=v:Evict": effect "Evict" is not NoSchedule, PreferNoSchedule or NoExecute`, `kubernetes: unable to read token_file missing`},
+		},
+		{
+			name:    "a taint without a token",
+			block:   "kubernetes {\n  server = \"https://h:6443\"\n" + good + "  quarantine_taint = \"k=v:NoSchedule\"\n}",
+			wantErr: []string{`kubernetes: quarantine_taint needs token_file, the broker's identity for tainting nodes`},
+		},
+		{
 			name:    "no client CA",
 			block:   "kubernetes {\n  server = \"https://h:6443\"\n}",
 			wantErr: []string{`the argument "client_ca_cert" is required`, `the argument "client_ca_key" is required`},

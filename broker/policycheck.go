@@ -24,6 +24,8 @@ import (
 //     whose SPIFFE ID (when written without template variables) is not in
 //     the configured trust domain;
 //   - a vault_kv, vault_pki or vault_token release without a vault block;
+//   - a kubelet release without a kubernetes block, or with quarantine
+//     and no token_file in it;
 //   - a pcr_sealed release in a bank pcr_banks does not count (nodes are
 //     told to quote only those).
 //
@@ -107,6 +109,10 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			p.at(r.SPIFFEIDRange, "policy %q: release %q: spiffe_id %s is not in trust domain %q of %s", r.Policy, r.Name, r.SPIFFEID, c.TrustDomain.Name(), conf)
 		case policies.IsVault(r.Type) && c.Vault == nil:
 			p.at(r.Range, "policy %q: release %q is a %s, but %s has no vault block", r.Policy, r.Name, r.Type, conf)
+		case r.Type == policies.TypeKubelet && c.Kubernetes == nil:
+			p.at(r.Range, "policy %q: release %q is a %s, but %s has no kubernetes block", r.Policy, r.Name, r.Type, conf)
+		case r.Type == policies.TypeKubelet && r.Quarantine && c.Quarantine == nil:
+			p.at(r.Range, "policy %q: release %q asks for quarantine, but the kubernetes block of %s has no token_file for the broker to taint nodes with", r.Policy, r.Name, conf)
 		case r.PCRBank != 0 && len(c.Verify.Banks) > 0 && !slices.Contains(c.Verify.Banks, r.PCRBank):
 			var counted []string
 			for _, b := range c.Verify.Banks {

@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 )
@@ -18,12 +19,14 @@ const (
 
 // checkConfigs are the configurations policies are checked against.
 var checkConfigs = map[string]*Config{
-	// full has an ek_ca "swtpm", a spiffe block and a vault block.
+	// full has an ek_ca "swtpm", a spiffe block, a vault block and a
+	// kubernetes block without token_file.
 	"full": {
 		File:        "broker.hcl",
 		Verify:      verify.Opts{Trust: verify.Trust{CAs: []verify.CA{{Name: "swtpm"}}}},
 		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
 		Vault:       &VaultConfig{Address: "https://vault.example.com:8200"},
+		Kubernetes:  &release.Kubernetes{Server: "https://10.0.0.1:6443"},
 	},
 	// bare trusts ek_allow = [checkEKA] only: no ek_ca, spiffe or vault.
 	"bare": {
@@ -61,6 +64,10 @@ policy "web" {
   release "token" {
     type       = "vault_token"
     token_role = "nodes"
+  }
+  release "kubelet" {
+    type      = "kubelet"
+    node_name = "n-${ek_hash_short}"
   }
   workload "app" {
     spiffe_id = "spiffe://example.org/app"
@@ -156,6 +163,10 @@ policy "web" {
     type       = "vault_token"
     token_role = "nodes"
   }
+  release "kubelet" {
+    type      = "kubelet"
+    node_name = "n-${ek_hash_short}"
+  }
   workload "app" {
     spiffe_id = "spiffe://example.org/app"
     selectors = ["unix:uid:1000"]
@@ -167,7 +178,25 @@ policy "web" {
 				`p.hcl:9:12: policy "web": release "db" is a vault_kv, but broker.hcl has no vault block`,
 				`p.hcl:13:19: policy "web": release "cert" is a vault_pki, but broker.hcl has no vault block`,
 				`p.hcl:18:18: policy "web": release "token" is a vault_token, but broker.hcl has no vault block`,
-				`p.hcl:21:12: policy "web": workload "app" needs a SPIFFE authority, but broker.hcl has no spiffe block`,
+				`p.hcl:22:17: policy "web": release "kubelet" is a kubelet, but broker.hcl has no kubernetes block`,
+				`p.hcl:25:12: policy "web": workload "app" needs a SPIFFE authority, but broker.hcl has no spiffe block`,
+			},
+		},
+		{
+			name:   "quarantine without a token for the broker",
+			config: "full",
+			policy: `
+policy "web" {
+  select { ek_cas = ["swtpm"] }
+  release "kubelet" {
+    type       = "kubelet"
+    node_name  = "n-${ek_hash_short}"
+    quarantine = true
+  }
+}
+`,
+			want: []string{
+				`p.hcl:5:18: policy "web": release "kubelet" asks for quarantine, but the kubernetes block of broker.hcl has no token_file for the broker to taint nodes with`,
 			},
 		},
 		{

@@ -233,6 +233,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		SPIFFE:               sp,
 		Vault:                vc,
 		Kubernetes:           cfg.Kubernetes,
+		Quarantine:           cfg.Quarantine,
 		Limits:               cfg.Limits,
 		Results:              results,
 		ResultTTL:            resultTTL,

@@ -23,6 +23,7 @@ import (
 	"github.com/keybroker/keybroker/broker/ear"
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/kube"
 	"github.com/keybroker/keybroker/broker/metrics"
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/store"
@@ -51,6 +52,7 @@ type Server struct {
 	banks      []uint32 // the banks whose quotes count, for ChallengeResponse.pcr_banks
 	releaser   *release.Releaser
 	spiffe     *issue.SPIFFE   // nil: SPIFFE is not configured
+	kube       *kube.Client    // nil: no quarantine
 	results    resultIssuer    // attestation results (results.go)
 	metrics    *metrics.Broker // nil: no metrics
 	now        func() time.Time
@@ -79,6 +81,10 @@ type ServerOpts struct {
 	// Kubernetes is the cluster kubelet releases join. Nil (the default)
 	// refuses them.
 	Kubernetes *release.Kubernetes
+	// Quarantine, if set, taints the Kubernetes Node of a node refused
+	// after a kubelet release with quarantine, and untaints it when the
+	// node attests again.
+	Quarantine *kube.Client
 	// Limits are the admission limits on Challenge and Attest; the zero
 	// value limits nothing (Start passes the configuration's).
 	Limits LimitsConfig
@@ -117,6 +123,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		nodes:     opts.Store,
 		admission: newAdmission(opts.Limits),
 		spiffe:    opts.SPIFFE,
+		kube:      opts.Quarantine,
 		results:   newResultIssuer(opts.Results, opts.ResultTTL),
 		metrics:   opts.Metrics,
 		now:       opts.Now,
@@ -251,6 +258,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	var released *release.Released
 	var outcome *evidence.Outcome
 	resp, node, refusal := s.attest(ctx, ch, req, rec, &released, &outcome)
+	node = s.quarantine(ctx, rec, outcome, node, refusal)
 	d := &store.Decision{ChallengeID: ch.ID, ChallengeExpiry: ch.ExpiresAt, Receipt: rec, Node: node}
 	switch {
 	case refusal != nil:

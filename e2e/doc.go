@@ -54,6 +54,15 @@
 //     names the receipt and claims genuine hardware (swtpm's EK chain) and
 //     an approved configuration; without the block the agent fails at
 //     attest and writes nothing.
+//   - TestKubernetesKubeletJoin (kubernetes_test.go; run by make
+//     e2e-kubernetes, which builds kube-apiserver and names it in
+//     KEYBROKER_KUBE_APISERVER): a real kube-apiserver (Node authorizer,
+//     NodeRestriction) on etcd; the kubelet credential the agent writes
+//     authenticates as system:node:<name> in system:nodes, creates its own
+//     Node and is refused another's; after a PCR change nothing changes.
+//   - TestKubernetesQuarantine: a node refused after its boot changed has
+//     its Node tainted by the broker (other taints kept), and untainted when
+//     it attests again in an approved state; both receipts say so.
 //   - TestPolicyDryRun (dryrun_test.go): `keybroker policy eval` re-verifies
 //     a node's stored evidence and shows what a stricter policy would refuse
 //     and why, from the running broker and from a stopped one, and from

@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,12 +43,14 @@ const kubeReadyTimeout = 90 * time.Second
 // kubeCluster is a running kube-apiserver with the Node authorizer and
 // NodeRestriction, trusting kubeletCA and adminCA for client certificates.
 type kubeCluster struct {
-	url        string // https://127.0.0.1:port
-	caFile     string // verifies the API server
-	kubeletCA  string // dir of the CA (ca.pem, ca-key.pem) the broker signs kubelets with
-	admin      *http.Client
-	log        *syncBuffer
-	serverName string
+	url       string // https://127.0.0.1:port
+	caFile    string // verifies the API server
+	kubeletCA string // dir of the CA (ca.pem, ca-key.pem) the broker signs kubelets with
+	admin     *http.Client
+	log       *syncBuffer
+	// brokerToken is a file holding the bearer token of user
+	// keybroker-broker (a static token), for the broker's own requests.
+	brokerToken string
 }
 
 // startKube starts kube-apiserver on a fresh etcd. It skips the test when
@@ -96,14 +99,22 @@ func startKube(t *testing.T) *kubeCluster {
 	writeFile(t, filepath.Join(dir, "sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saDER})))
 	writeFile(t, filepath.Join(dir, "sa.pub"), string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub})))
 
+	token := make([]byte, 16)
+	if _, err := rand.Read(token); err != nil {
+		t.Fatal(err)
+	}
+	brokerToken := fmt.Sprintf("%x", token)
+	writeFile(t, filepath.Join(dir, "tokens.csv"), brokerToken+",keybroker-broker,keybroker-broker-uid\n")
+	writeFile(t, filepath.Join(dir, "broker-token"), brokerToken+"\n")
+
 	port := freePort(t)
 	k := &kubeCluster{url: "https://127.0.0.1:" + strconv.Itoa(port), caFile: filepath.Join(dir, "serving-ca", issue.CACertFile),
-		kubeletCA: kubeletCA, log: &syncBuffer{}}
+		kubeletCA: kubeletCA, log: &syncBuffer{}, brokerToken: filepath.Join(dir, "broker-token")}
 	cmd := exec.Command(bin,
 		"--etcd-servers="+strings.Join(etcd.Endpoints(), ","),
 		"--bind-address=127.0.0.1", "--endpoint-reconciler-type=none", "--secure-port="+strconv.Itoa(port),
 		"--tls-cert-file="+filepath.Join(dir, "serving.pem"), "--tls-private-key-file="+filepath.Join(dir, "serving-key.pem"),
-		"--client-ca-file="+filepath.Join(dir, "client-ca.pem"),
+		"--client-ca-file="+filepath.Join(dir, "client-ca.pem"), "--token-auth-file="+filepath.Join(dir, "tokens.csv"),
 		"--service-account-key-file="+filepath.Join(dir, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
@@ -329,4 +340,111 @@ func freePort(t *testing.T) int {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// quarantineRBAC lets user keybroker-broker read and update Node objects:
+// all the broker's quarantine needs.
+func (k *kubeCluster) quarantineRBAC(t *testing.T) {
+	t.Helper()
+	for path, obj := range map[string]map[string]any{
+		"/apis/rbac.authorization.k8s.io/v1/clusterroles": {
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+			"metadata": map[string]any{"name": "keybroker-quarantine"},
+			"rules":    []any{map[string]any{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"get", "update"}}},
+		},
+		"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings": {
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+			"metadata": map[string]any{"name": "keybroker-quarantine"},
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keybroker-quarantine"},
+			"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "keybroker-broker"}},
+		},
+	} {
+		if code, body, err := k.do(k.admin, http.MethodPost, path, obj); err != nil || code != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s %v", path, code, body, err)
+		}
+	}
+}
+
+// nodeTaints returns the taints of Node name, as the admin reads them.
+func (k *kubeCluster) nodeTaints(t *testing.T, name string) []map[string]any {
+	t.Helper()
+	code, body, err := k.do(k.admin, http.MethodGet, "/api/v1/nodes/"+name, nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET node %s: %d %s %v", name, code, body, err)
+	}
+	var n struct {
+		Spec struct {
+			Taints []map[string]any `json:"taints"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(body, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n.Spec.Taints
+}
+
+// hasTaint reports whether taints hold key with effect (and value, if not
+// empty).
+func hasTaint(taints []map[string]any, key, value, effect string) bool {
+	return slices.ContainsFunc(taints, func(m map[string]any) bool {
+		v, _ := m["value"].(string)
+		return m["key"] == key && m["effect"] == effect && (value == "" || v == value)
+	})
+}
+
+// Quarantine: a node admitted with a kubelet release with quarantine is
+// refused after its boot changed, and the broker taints its Node object
+// (keeping the taints others put there); once the operator approves the new
+// state and the node attests again, the taint is gone. Both receipts say
+// what was done.
+func TestKubernetesQuarantine(t *testing.T) {
+	skipUnlessE2E(t)
+	kube := startKube(t)
+	kube.quarantineRBAC(t)
+	tpm := swtpmtest.Start(t, swtpmtest.Opts{})
+	p := bootMeasured(t, tpm)
+	ekHash := ekHashOf(t, tpm)
+	quarantined := strings.Replace(kubeletPolicy(p), `node_name = "node-${ek_hash_short}"`, `node_name = "node-${ek_hash_short}"
+    quarantine = true`, 1)
+	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: quarantined,
+		extra: fmt.Sprintf("kubernetes {\n  server = %q\n  ca_cert = %q\n  client_ca_cert = %q\n  client_ca_key = %q\n  token_file = %q\n}\n",
+			kube.url, kube.caFile, filepath.Join(kube.kubeletCA, issue.CACertFile), filepath.Join(kube.kubeletCA, issue.CAKeyFile), kube.brokerToken)})
+	out := filepath.Join(t.TempDir(), "pki")
+	kubeconfig := filepath.Join(out, "kubelet.kubeconfig")
+	wantExit(t, bootstrap(t, tpm, b, out), 0)
+	nodeName := "node-" + ekHash[:16]
+	_, kubelet := kubeconfigClient(t, kubeconfig)
+	node := map[string]any{"apiVersion": "v1", "kind": "Node", "metadata": map[string]any{"name": nodeName},
+		"spec": map[string]any{"taints": []any{map[string]any{"key": "example.com/maintenance", "value": "soon", "effect": "NoSchedule"}}}}
+	if code, body, err := kube.do(kubelet, http.MethodPost, "/api/v1/nodes", node); err != nil || code != http.StatusCreated {
+		t.Fatalf("the kubelet creating its Node: %d %s %v", code, body, err)
+	}
+
+	// The boot changes: refused, and the Node is tainted.
+	old7 := p.value(7)
+	p.measure(t, 7, "unknown bootloader")
+	r := bootstrap(t, tpm, b, out)
+	wantExit(t, r, 1)
+	taints := kube.nodeTaints(t, nodeName)
+	if !hasTaint(taints, "keybroker.io/attestation", "failed", "NoExecute") || !hasTaint(taints, "example.com/maintenance", "soon", "NoSchedule") {
+		t.Fatalf("taints after the refusal: %v; want the quarantine taint and the maintenance taint", taints)
+	}
+	rs := receipts(t, b)
+	if q := rs[0].Quarantine; rs[0].Allowed || q == nil || q.Node != nodeName || !q.Tainted || q.Error != "" {
+		t.Fatalf("the refusal's receipt: allowed %v, quarantine %+v", rs[0].Allowed, q)
+	}
+
+	// The operator approves the new state: the node attests, the taint goes.
+	writeFile(t, b.policyFile, strings.Replace(quarantined, old7, p.value(7), 1))
+	b.signal(t, syscall.SIGHUP)
+	b.waitLog(t, "policies reloaded", 1)
+	wantExit(t, bootstrap(t, tpm, b, out), 0)
+	taints = kube.nodeTaints(t, nodeName)
+	if hasTaint(taints, "keybroker.io/attestation", "", "NoExecute") || !hasTaint(taints, "example.com/maintenance", "soon", "NoSchedule") {
+		t.Fatalf("taints after the node attested again: %v; want only the maintenance taint", taints)
+	}
+	rs = receipts(t, b)
+	if q := rs[0].Quarantine; !rs[0].Allowed || q == nil || q.Node != nodeName || q.Tainted || q.Error != "" {
+		t.Fatalf("the allowed receipt: allowed %v, quarantine %+v", rs[0].Allowed, q)
+	}
 }

@@ -23,6 +23,18 @@ ek_ca "vendors" {
 #   token_file = "/run/credentials/keybroker.service/vault-token"
 # }
 
+# Kubernetes: the cluster kubelet releases join (docs/kubernetes.md). The
+# client CA is the one kube-apiserver trusts through --client-ca-file;
+# token_file (the broker's own identity, get and update on nodes) enables
+# quarantine.
+# kubernetes {
+#   server         = "https://10.0.0.1:6443"
+#   ca_cert        = "/etc/keybroker/kubernetes/cluster-ca.pem"
+#   client_ca_cert = "/etc/keybroker/kubernetes/kubelet-client-ca.pem"
+#   client_ca_key  = "/run/credentials/keybroker.service/kubelet-client-ca.key"
+#   token_file     = "/run/credentials/keybroker.service/kube-token"
+# }
+
 # Signed attestation results (EAR JWTs) for relying parties, returned with
 # each allowed attestation; "keybroker ear jwks" prints the key to verify
 # them. The broker makes its key in data_dir/ear on first start.

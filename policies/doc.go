@@ -56,6 +56,7 @@
 //	    type         = "kubelet"           # a kubelet client certificate (broker.hcl needs a kubernetes block)
 //	    node_name    = "node-${ek_hash_short}"  # must use ek_hash or ek_hash_short
 //	    kubelet_auth = "client_certificate"     # default, and the only mode so far
+//	    quarantine   = true                # taint the Node when the node is later refused (needs token_file)
 //	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
 //	    pcrs         = [0, 7]
 //	    ttl          = "24h"               # default 24h, at most 168h
@@ -117,6 +118,11 @@
 // what is bound to it. Kubernetes checks no revocation of client
 // certificates, so ttl is short (at most MaxKubeletTTL): a node that stops
 // attesting falls out of the cluster when its certificate expires.
+// With quarantine = true, a node that was released a kubelet credential and
+// is later refused after its TPM proved itself (a policy refusal such as a
+// changed PCR, its TPM counters, its event log) has its Node object tainted
+// by the broker (the kubernetes block's quarantine_taint), and untainted
+// when it attests again and is allowed; the receipts record both.
 //
 // A workload block is an entry the node's agent serves on its Workload
 // API: processes that match every one of its selectors get an SVID for its

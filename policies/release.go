@@ -112,6 +112,10 @@ type Release struct {
 	// KubeletAuth is how a TypeKubelet authenticates:
 	// KubeletClientCertificate; empty otherwise.
 	KubeletAuth string
+	// Quarantine asks, for a TypeKubelet, that the node's Node object be
+	// tainted when the node is later refused, and untainted when it
+	// attests again.
+	Quarantine bool
 	// Token is what a TypeVaultToken creates; nil otherwise.
 	Token *TokenSpec
 }
@@ -148,6 +152,7 @@ type releaseHCL struct {
 	Path        *hcl.Attribute `hcl:"path,optional"`
 	NodeName    *hcl.Attribute `hcl:"node_name,optional"`
 	KubeletAuth *hcl.Attribute `hcl:"kubelet_auth,optional"`
+	Quarantine  *hcl.Attribute `hcl:"quarantine,optional"`
 	TokenRole   *hcl.Attribute `hcl:"token_role,optional"`
 	Policies    *hcl.Attribute `hcl:"policies,optional"`
 	Period      *hcl.Attribute `hcl:"period,optional"`
@@ -172,6 +177,7 @@ type release struct {
 	path        hcl.Expression // vault_kv, vault_pki; nil otherwise
 	nodeName    hcl.Expression // kubelet; nil otherwise
 	kubeletAuth string         // kubelet; empty otherwise
+	quarantine  bool           // kubelet
 	token       *tokenRelease  // vault_token; nil otherwise
 }
 
@@ -249,7 +255,7 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 		c.errorf(raw.Path.NameRange, "%s: path is only allowed with type %q or %q", where, TypeVaultKV, TypeVaultPKI)
 	}
 	if r.typ != TypeKubelet && r.typ != "" {
-		for _, a := range []*hcl.Attribute{raw.NodeName, raw.KubeletAuth} {
+		for _, a := range []*hcl.Attribute{raw.NodeName, raw.KubeletAuth, raw.Quarantine} {
 			if a != nil {
 				c.errorf(a.NameRange, "%s: %s is only allowed with type %q", where, a.Name, TypeKubelet)
 			}
@@ -299,6 +305,17 @@ func (c *compiler) kubelet(r *release, raw *releaseHCL, where string) {
 		}
 	}
 	r.kubeletAuth = KubeletClientCertificate
+	if raw.Quarantine != nil {
+		v, diags := raw.Quarantine.Expr.Value(nil)
+		switch {
+		case diags.HasErrors():
+			c.diags = append(c.diags, diags...)
+		case v.IsNull() || v.Type() != cty.Bool:
+			c.errorf(raw.Quarantine.Expr.Range(), "%s: quarantine must be true or false", where)
+		default:
+			r.quarantine = v.True()
+		}
+	}
 	if raw.KubeletAuth != nil {
 		if s, ok := c.str(raw.KubeletAuth.Expr, "%s: kubelet_auth", where); ok {
 			if s != KubeletClientCertificate {
@@ -631,7 +648,7 @@ func render(e hcl.Expression, ctx *hcl.EvalContext) (string, error) {
 func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 	out := Release{
 		Name: r.name, Type: r.typ, Mode: r.mode, PCRBank: r.bank,
-		PCRs: slices.Clone(r.pcrs), TTL: r.ttl, KubeletAuth: r.kubeletAuth,
+		PCRs: slices.Clone(r.pcrs), TTL: r.ttl, KubeletAuth: r.kubeletAuth, Quarantine: r.quarantine,
 	}
 	var fails []string
 	if r.nodeName != nil {

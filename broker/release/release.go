@@ -337,6 +337,9 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		// revoked with the rest of the decision.
 		item.Serial, item.NotAfter, item.SPIFFEID = iss.serial, iss.notAfter, iss.id
 	}
+	if rel.Type == policies.TypeKubelet {
+		item.NodeName, item.Quarantine = rel.NodeName, rel.Quarantine
+	}
 	if err != nil {
 		return nil, item, err
 	}

@@ -142,6 +142,16 @@ func TestReleaseRefusals(t *testing.T) {
   }
 }
 `, hash)
+	kubelet := fmt.Sprintf(`policy "kube" {
+  select {
+    ek_hashes = [%q]
+  }
+  release "kubelet" {
+    type      = "kubelet"
+    node_name = "n-${ek_hash_short}"
+  }
+}
+`, hash)
 	for _, tt := range []struct {
 		name string
 		src  string
@@ -150,6 +160,7 @@ func TestReleaseRefusals(t *testing.T) {
 	}{
 		{"x509_svid without a SPIFFE authority", svid, release.KindSPIFFE, "release: the policies release a SPIFFE identity this broker cannot issue"},
 		{"vault_kv without a vault", kv, release.KindNoVault, "release: vault unavailable (not configured)"},
+		{"kubelet without kubernetes", kubelet, release.KindNoKubernetes, "release: kubernetes is not configured"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := r.Release(context.Background(), n.verified, n.decision(t, tt.src), "")

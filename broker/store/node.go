@@ -48,6 +48,12 @@ type NodeRecord struct {
 	// allowed the node's last attestation (none when it was refused): the
 	// only SPIFFE IDs the broker signs workload SVIDs for, for this node.
 	WorkloadEntries []WorkloadEntry `json:"workload_entries,omitempty"`
+	// Kubelet is the Kubernetes node name of the last kubelet credential
+	// released to the node with quarantine; empty if none.
+	Kubelet string `json:"kubelet,omitempty"`
+	// Quarantined reports that the node's Node object (Kubelet) was given
+	// the quarantine taint and has not been released from it.
+	Quarantined bool `json:"quarantined,omitempty"`
 }
 
 // NodeSVID identifies a node X.509-SVID the broker released.

@@ -33,6 +33,8 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 		ResetCount:    n.ResetCount,
 		RestartCount:  n.RestartCount,
 		LastReceiptId: n.LastReceiptID,
+		Kubelet:       n.Kubelet,
+		Quarantined:   n.Quarantined,
 		Evidence: &storev1.Evidence{
 			Time:            unixNano(ev.Time),
 			ChallengeId:     ev.ChallengeID,
@@ -91,6 +93,8 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 		ResetCount:    pb.GetResetCount(),
 		RestartCount:  pb.GetRestartCount(),
 		LastReceiptID: pb.GetLastReceiptId(),
+		Kubelet:       pb.GetKubelet(),
+		Quarantined:   pb.GetQuarantined(),
 	}
 	pe := pb.GetEvidence()
 	if len(pe.GetSecretHash()) != len(n.Evidence.SecretHash) {

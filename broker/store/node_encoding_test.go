@@ -35,6 +35,8 @@ func fullNode() NodeRecord {
 		ResetCount:    3,
 		RestartCount:  4,
 		LastReceiptID: "20260203T040506.000000007Z-0011223344556677",
+		Kubelet:       "node-0011223344556677",
+		Quarantined:   true,
 		Evidence: attestation.Evidence{
 			Time:            time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC),
 			ChallengeID:     "clOtTkourgWXIJduzxljyg",

@@ -86,6 +86,20 @@ type Receipt struct {
 	Action   string `json:"action,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Operator string `json:"operator,omitempty"`
+	// Quarantine records what this decision did to the node's Kubernetes
+	// Node object (a kubelet release with quarantine); nil: nothing.
+	Quarantine *Quarantine `json:"quarantine,omitempty"`
+}
+
+// Quarantine is a decision's change to a node's quarantine taint.
+type Quarantine struct {
+	// Node is the Kubernetes node name.
+	Node string `json:"node"`
+	// Tainted: the decision (a refusal) put or kept the taint on the Node;
+	// false: it (an allowed decision) removed it.
+	Tainted bool `json:"tainted"`
+	// Error says why the Node could not be changed; empty when it was.
+	Error string `json:"error,omitempty"`
 }
 
 // ReleasedItem describes one credential released under a receipt. It never
@@ -101,6 +115,10 @@ type ReleasedItem struct {
 	PCRs     []uint32  `json:"pcrs,omitempty"`
 	// SPIFFEID is the ID of an X.509-SVID.
 	SPIFFEID spiffeid.ID `json:"spiffe_id,omitzero"`
+	// NodeName is a kubelet credential's Kubernetes node name; Quarantine
+	// its release's quarantine setting.
+	NodeName   string `json:"node_name,omitempty"`
+	Quarantine bool   `json:"quarantine,omitempty"`
 }
 
 // ListOpts selects receipts for ListReceipts. The zero value returns the

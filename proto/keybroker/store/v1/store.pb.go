@@ -41,8 +41,12 @@ type NodeRecord struct {
 	Evidence        *Evidence              `protobuf:"bytes,9,opt,name=evidence,proto3" json:"evidence,omitempty"`
 	Svids           []*NodeSVID            `protobuf:"bytes,10,rep,name=svids,proto3" json:"svids,omitempty"`
 	WorkloadEntries []*WorkloadEntry       `protobuf:"bytes,11,rep,name=workload_entries,json=workloadEntries,proto3" json:"workload_entries,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The Kubernetes node name of the last kubelet credential released with
+	// quarantine, and whether its Node carries the quarantine taint.
+	Kubelet       string `protobuf:"bytes,12,opt,name=kubelet,proto3" json:"kubelet,omitempty"`
+	Quarantined   bool   `protobuf:"varint,13,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -150,6 +154,20 @@ func (x *NodeRecord) GetWorkloadEntries() []*WorkloadEntry {
 		return x.WorkloadEntries
 	}
 	return nil
+}
+
+func (x *NodeRecord) GetKubelet() string {
+	if x != nil {
+		return x.Kubelet
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetQuarantined() bool {
+	if x != nil {
+		return x.Quarantined
+	}
+	return false
 }
 
 type Evidence struct {
@@ -596,7 +614,7 @@ var File_keybroker_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xba\x03\n" +
+	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xf6\x03\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\aek_hash\x18\x01 \x01(\tR\x06ekHash\x12\x1d\n" +
@@ -612,7 +630,9 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\bevidence\x18\t \x01(\v2\x1c.keybroker.store.v1.EvidenceR\bevidence\x122\n" +
 	"\x05svids\x18\n" +
 	" \x03(\v2\x1c.keybroker.store.v1.NodeSVIDR\x05svids\x12L\n" +
-	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\"\xa2\x03\n" +
+	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\x12\x18\n" +
+	"\akubelet\x18\f \x01(\tR\akubelet\x12 \n" +
+	"\vquarantined\x18\r \x01(\bR\vquarantined\"\xa2\x03\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
