@@ -66,8 +66,15 @@ $(KUBE_BIN)/kube-apiserver:
 	cd e2e/kube && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/kube-apiserver.tmp k8s.io/kubernetes/cmd/kube-apiserver
 	mv $(KUBE_BIN)/kube-apiserver.tmp $@
 
-e2e-kubernetes: $(KUBE_BIN)/kube-apiserver ## Kubernetes suite: a real kube-apiserver on etcd, the broker and the agent on swtpm (first build ~15-20 min)
-	KEYBROKER_KUBE_APISERVER=$(KUBE_BIN)/kube-apiserver $(GO) test -count=1 -v -timeout 10m -run '^TestKubernetes' ./e2e/
+$(KUBE_BIN)/kube-controller-manager:
+	@echo "building kube-controller-manager $(KUBE_VERSION) into $(KUBE_BIN) (once; a few minutes after kube-apiserver)"
+	@mkdir -p $(KUBE_BIN)
+	cd e2e/kube && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/kube-controller-manager.tmp k8s.io/kubernetes/cmd/kube-controller-manager
+	mv $(KUBE_BIN)/kube-controller-manager.tmp $@
+
+e2e-kubernetes: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kube-controller-manager ## Kubernetes suite: a real kube-apiserver and kube-controller-manager on etcd, the broker and the agent on swtpm (first build ~20 min)
+	KEYBROKER_KUBE_APISERVER=$(KUBE_BIN)/kube-apiserver KEYBROKER_KUBE_CONTROLLER_MANAGER=$(KUBE_BIN)/kube-controller-manager \
+	  $(GO) test -count=1 -v -timeout 10m -run '^TestKubernetes' ./e2e/
 
 unit: ## unit tests only (no swtpm needed)
 	$(GO) test -count=1 -short ./...

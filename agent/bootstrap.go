@@ -81,6 +81,10 @@ type BootstrapOpts struct {
 	// Kubeconfig is where the kubeconfig of a kubelet credential is
 	// written; empty: OutDir/KubeconfigFile.
 	Kubeconfig string
+	// BootstrapKubeconfig is where the bootstrap kubeconfig of a kubelet
+	// credential in bootstrap_token mode is written; empty:
+	// OutDir/BootstrapKubeconfigFile.
+	BootstrapKubeconfig string
 	// RelyingPartyNonce, if set (8 to 64 bytes), is sent as the relying
 	// party's nonce: the broker's attestation result carries it.
 	RelyingPartyNonce []byte
@@ -188,7 +192,7 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 		mode = c.GetMode()
 		break
 	}
-	kube, err := openKubelet(node, resp, opts.OutDir, opts.Kubeconfig)
+	kube, err := openKubelet(node, resp, opts.OutDir, opts.Kubeconfig, opts.BootstrapKubeconfig)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
@@ -211,9 +215,17 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 			mode = kube.mode
 		}
 	}
-	leaf, err := parseLeaf(leafPEM)
-	if err != nil {
-		return nil, nil, &StepError{StepOpen, err}
+	// The validity the result reports: the TLS certificate's, else the
+	// kubelet's certificate's, else the bootstrap token's.
+	notAfter, serial := time.Time{}, ""
+	if leafPEM != nil {
+		leaf, err := parseLeaf(leafPEM)
+		if err != nil {
+			return nil, nil, &StepError{StepOpen, err}
+		}
+		notAfter, serial = leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)
+	} else {
+		notAfter = kube.notAfter
 	}
 	svid, entries, err := openSPIFFE(node, resp)
 	if err != nil {
@@ -225,7 +237,7 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	}
 	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
 
-	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: leaf.NotAfter, Serial: fmt.Sprintf("%x", leaf.SerialNumber), NodeSVID: svid, Entries: entries,
+	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: notAfter, Serial: serial, NodeSVID: svid, Entries: entries,
 		AttestationResult: resp.GetAttestationResult()}
 	if kube != nil {
 		res.KubeletNode = kube.cred.GetNodeName()

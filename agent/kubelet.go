@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -21,13 +23,18 @@ const (
 	// KubeconfigFile is the kubeconfig's name in OutDir unless
 	// BootstrapOpts.Kubeconfig names another path; mode 0600.
 	KubeconfigFile = "kubelet.kubeconfig"
+	// BootstrapKubeconfigFile is the bootstrap kubeconfig's name in OutDir
+	// (a bootstrap_token release) unless BootstrapOpts.BootstrapKubeconfig
+	// names another path; mode 0600.
+	BootstrapKubeconfigFile = "bootstrap-kubelet.kubeconfig"
 )
 
 // kubelet is an opened KUBELET credential.
 type kubelet struct {
-	cred  *pb.KubeletCredential
-	mode  pb.ReleaseMode
-	files []atomicfile.File
+	cred     *pb.KubeletCredential
+	mode     pb.ReleaseMode
+	notAfter time.Time // a bootstrap token's expiry; zero with a certificate
+	files    []atomicfile.File
 }
 
 // certificate is the kubelet's client certificate, PEM; nil without k.
@@ -43,7 +50,7 @@ func (k *kubelet) certificate() []byte {
 // the files to write: the client certificate and key in outDir, and a
 // kubeconfig at kubeconfig (outDir/KubeconfigFile if empty) naming the
 // API server, its CA and that file.
-func openKubelet(node *Node, resp *pb.AttestResponse, outDir, kubeconfig string) (*kubelet, error) {
+func openKubelet(node *Node, resp *pb.AttestResponse, outDir, kubeconfig, bootstrapKubeconfig string) (*kubelet, error) {
 	var found *pb.Credential
 	for _, c := range resp.GetCredentials() {
 		if c.GetType() != pb.CredentialType_KUBELET {
@@ -66,6 +73,9 @@ func openKubelet(node *Node, resp *pb.AttestResponse, outDir, kubeconfig string)
 	clear(payload)
 	if err != nil {
 		return nil, fmt.Errorf("credential %q: malformed payload: %w", found.GetName(), err)
+	}
+	if kc.GetBootstrapToken() != "" {
+		return openBootstrapToken(kc, found, outDir, bootstrapKubeconfig)
 	}
 	if kc.GetNodeName() == "" || kc.GetServer() == "" || len(kc.GetKeyPem()) == 0 || len(kc.GetCertificatePem()) == 0 {
 		return nil, fmt.Errorf("credential %q: incomplete kubelet credential", found.GetName())
@@ -92,11 +102,34 @@ func openKubelet(node *Node, resp *pb.AttestResponse, outDir, kubeconfig string)
 	}}, nil
 }
 
+// openBootstrapToken makes the bootstrap kubeconfig of a bootstrap_token
+// credential: the API server, its CA and the token.
+func openBootstrapToken(kc *pb.KubeletCredential, c *pb.Credential, outDir, path string) (*kubelet, error) {
+	id, secret, ok := strings.Cut(kc.GetBootstrapToken(), ".")
+	if !ok || len(id) != 6 || len(secret) != 16 || strings.Trim(kc.GetBootstrapToken(), "abcdefghijklmnopqrstuvwxyz0123456789.") != "" || kc.GetServer() == "" {
+		return nil, fmt.Errorf("credential %q: malformed bootstrap token credential", c.GetName())
+	}
+	if path == "" {
+		path = filepath.Join(outDir, BootstrapKubeconfigFile)
+	}
+	doc, err := kubeconfigDoc(kc, "kubelet-bootstrap", map[string]any{"token": kc.GetBootstrapToken()})
+	if err != nil {
+		return nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
+	}
+	return &kubelet{cred: kc, mode: c.GetMode(), notAfter: time.Unix(c.GetNotAfterUnix(), 0),
+		files: []atomicfile.File{{Path: path, Data: doc, Perm: 0o600}}}, nil
+}
+
 // kubeconfigFor writes a kubeconfig (in JSON, which kubeconfig readers
 // take as YAML) for the kubelet of kc: one cluster, one user whose client
 // certificate and key are both in clientFile, one context, current.
 func kubeconfigFor(kc *pb.KubeletCredential, clientFile string) ([]byte, error) {
-	user := "system:node:" + kc.GetNodeName()
+	return kubeconfigDoc(kc, "system:node:"+kc.GetNodeName(), map[string]any{"client-certificate": clientFile, "client-key": clientFile})
+}
+
+// kubeconfigDoc writes a kubeconfig for kc's API server with one user,
+// authenticated as auth says.
+func kubeconfigDoc(kc *pb.KubeletCredential, user string, auth map[string]any) ([]byte, error) {
 	type named struct {
 		Name    string         `json:"name"`
 		Cluster map[string]any `json:"cluster,omitempty"`
@@ -111,7 +144,7 @@ func kubeconfigFor(kc *pb.KubeletCredential, clientFile string) ([]byte, error) 
 		"apiVersion":      "v1",
 		"kind":            "Config",
 		"clusters":        []named{{Name: "kubernetes", Cluster: cluster}},
-		"users":           []named{{Name: user, User: map[string]any{"client-certificate": clientFile, "client-key": clientFile}}},
+		"users":           []named{{Name: user, User: auth}},
 		"contexts":        []named{{Name: "default", Context: map[string]any{"cluster": "kubernetes", "user": user}}},
 		"current-context": "default",
 	}

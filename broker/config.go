@@ -12,7 +12,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/keybroker/keybroker/broker/challenge"
-	"github.com/keybroker/keybroker/broker/kube"
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -178,9 +177,6 @@ type Config struct {
 	// Kubernetes is the kubernetes block, its client CA loaded; nil when
 	// absent (kubelet releases are then refused).
 	Kubernetes *release.Kubernetes
-	// Quarantine taints the Node objects of quarantined nodes: the
-	// kubernetes block's token_file is set; nil otherwise.
-	Quarantine *kube.Client
 	// Limits are the admission limits on Challenge and Attest;
 	// ParseConfig fills in DefaultLimits for what the file leaves out.
 	Limits LimitsConfig

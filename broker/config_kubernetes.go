@@ -19,7 +19,7 @@ import (
 //	  ca_cert        = "cluster-ca.pem"          # verifies the API server; default: the node's system roots
 //	  client_ca_cert = "kubelet-client-ca.pem"   # signs kubelet client certificates: kube-apiserver --client-ca-file
 //	  client_ca_key  = "kubelet-client-ca.key"   # its key, PKCS#8 or SEC1 PEM
-//	  token_file     = "kube-token"              # optional: the broker's own bearer token, for quarantine
+//	  token_file     = "kube-token"              # optional: the broker's own bearer token (bootstrap tokens, quarantine)
 //	  quarantine_taint = "keybroker.io/attestation=failed:NoExecute"  # the default
 //	}
 type KubernetesFile struct {
@@ -33,7 +33,7 @@ type KubernetesFile struct {
 
 // build validates the kubernetes block and loads its CA, each problem at
 // the attribute it is about; abs resolves relative paths.
-func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) (*release.Kubernetes, *kube.Client) {
+func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) *release.Kubernetes {
 	k := &release.Kubernetes{Server: kf.Server}
 	u, err := url.Parse(kf.Server)
 	rng := at.attr("server")
@@ -60,25 +60,25 @@ func (kf *KubernetesFile) build(abs func(string) string, at spot, p *problems) (
 			k.ClusterCAPEM = data
 		}
 	}
-	quarantine := kf.quarantine(k, abs, at, p)
+	k.API = kf.api(k, abs, at, p)
 	if kf.ClientCACert == "" || kf.ClientCAKey == "" {
 		if at.has("client_ca_cert") && at.has("client_ca_key") {
 			p.at(at.def, "kubernetes: client_ca_cert and client_ca_key cannot be empty")
 		}
-		return k, quarantine
+		return k
 	}
 	ca, err := issue.LoadCA(abs(kf.ClientCACert), abs(kf.ClientCAKey), issue.CAOpts{})
 	if err != nil {
 		p.at(at.attr("client_ca_cert"), "kubernetes: %v", err)
-		return k, quarantine
+		return k
 	}
 	k.ClientCA = ca
-	return k, quarantine
+	return k
 }
 
-// quarantine builds the client that taints quarantined nodes: nil without
-// token_file.
-func (kf *KubernetesFile) quarantine(k *release.Kubernetes, abs func(string) string, at spot, p *problems) *kube.Client {
+// api builds the broker's own client of the API server (bootstrap tokens,
+// quarantine): nil without token_file.
+func (kf *KubernetesFile) api(k *release.Kubernetes, abs func(string) string, at spot, p *problems) *kube.Client {
 	taint := kube.DefaultTaint
 	if kf.QuarantineTaint != "" {
 		taint = kf.QuarantineTaint

@@ -84,7 +84,7 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		c.Vault = fc.Vault.build(abs, at.block("vault", 0), p)
 	}
 	if fc.Kubernetes != nil {
-		c.Kubernetes, c.Quarantine = fc.Kubernetes.build(abs, at.block("kubernetes", 0), p)
+		c.Kubernetes = fc.Kubernetes.build(abs, at.block("kubernetes", 0), p)
 	}
 	c.Store = fc.buildStore(abs, at, p)
 	if fc.AttestationResults != nil {

@@ -111,8 +111,10 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			p.at(r.Range, "policy %q: release %q is a %s, but %s has no vault block", r.Policy, r.Name, r.Type, conf)
 		case r.Type == policies.TypeKubelet && c.Kubernetes == nil:
 			p.at(r.Range, "policy %q: release %q is a %s, but %s has no kubernetes block", r.Policy, r.Name, r.Type, conf)
-		case r.Type == policies.TypeKubelet && r.Quarantine && c.Quarantine == nil:
+		case r.Type == policies.TypeKubelet && r.Quarantine && c.Kubernetes.API == nil:
 			p.at(r.Range, "policy %q: release %q asks for quarantine, but the kubernetes block of %s has no token_file for the broker to taint nodes with", r.Policy, r.Name, conf)
+		case r.Type == policies.TypeKubelet && r.KubeletAuth == policies.KubeletBootstrapToken && c.Kubernetes.API == nil:
+			p.at(r.Range, "policy %q: release %q is a bootstrap_token kubelet, but the kubernetes block of %s has no token_file for the broker to create bootstrap tokens with", r.Policy, r.Name, conf)
 		case r.PCRBank != 0 && len(c.Verify.Banks) > 0 && !slices.Contains(c.Verify.Banks, r.PCRBank):
 			var counted []string
 			for _, b := range c.Verify.Banks {

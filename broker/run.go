@@ -233,7 +233,6 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		SPIFFE:               sp,
 		Vault:                vc,
 		Kubernetes:           cfg.Kubernetes,
-		Quarantine:           cfg.Quarantine,
 		Limits:               cfg.Limits,
 		Results:              results,
 		ResultTTL:            resultTTL,

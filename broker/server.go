@@ -81,10 +81,6 @@ type ServerOpts struct {
 	// Kubernetes is the cluster kubelet releases join. Nil (the default)
 	// refuses them.
 	Kubernetes *release.Kubernetes
-	// Quarantine, if set, taints the Kubernetes Node of a node refused
-	// after a kubelet release with quarantine, and untaints it when the
-	// node attests again.
-	Quarantine *kube.Client
 	// Limits are the admission limits on Challenge and Attest; the zero
 	// value limits nothing (Start passes the configuration's).
 	Limits LimitsConfig
@@ -123,7 +119,6 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		nodes:     opts.Store,
 		admission: newAdmission(opts.Limits),
 		spiffe:    opts.SPIFFE,
-		kube:      opts.Quarantine,
 		results:   newResultIssuer(opts.Results, opts.ResultTTL),
 		metrics:   opts.Metrics,
 		now:       opts.Now,
@@ -143,6 +138,9 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		Now: opts.Now, Epoch: s.verify.Trust.Epoch()})
 	s.admission.metrics = opts.Metrics
 	s.policies.Store(opts.Policies)
+	if opts.Kubernetes != nil {
+		s.kube = opts.Kubernetes.API
+	}
 	return s, nil
 }
 

@@ -14,6 +14,8 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -51,6 +53,10 @@ type kubeCluster struct {
 	// brokerToken is a file holding the bearer token of user
 	// keybroker-broker (a static token), for the broker's own requests.
 	brokerToken string
+	// adminKubeconfig is a kubeconfig for the admin (system:masters);
+	// servingCA the API server's CA, PEM.
+	adminKubeconfig string
+	servingCA       []byte
 }
 
 // startKube starts kube-apiserver on a fresh etcd. It skips the test when
@@ -117,7 +123,7 @@ func startKube(t *testing.T) *kubeCluster {
 		"--client-ca-file="+filepath.Join(dir, "client-ca.pem"), "--token-auth-file="+filepath.Join(dir, "tokens.csv"),
 		"--service-account-key-file="+filepath.Join(dir, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
-		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--enable-bootstrap-token-auth",
 		"--cert-dir="+filepath.Join(dir, "certs"))
 	cmd.Stdout, cmd.Stderr = k.log, k.log
 	killWithParent(cmd)
@@ -143,6 +149,19 @@ func startKube(t *testing.T) *kubeCluster {
 		t.Fatal(err)
 	}
 	k.admin = kubeClient(t, serving.BundlePEM(), pair)
+	k.servingCA = serving.BundlePEM()
+	k.adminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
+	adminDoc, err := json.Marshal(map[string]any{
+		"apiVersion": "v1", "kind": "Config", "current-context": "admin",
+		"clusters": []any{map[string]any{"name": "e2e", "cluster": map[string]any{"server": k.url, "certificate-authority-data": serving.BundlePEM()}}},
+		"users": []any{map[string]any{"name": "admin", "user": map[string]any{
+			"client-certificate-data": append(append([]byte{}, adminCert.CertificatePEM...), adminCert.ChainPEM...), "client-key-data": adminCert.KeyPEM}}},
+		"contexts": []any{map[string]any{"name": "admin", "context": map[string]any{"cluster": "e2e", "user": "admin"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, k.adminKubeconfig, string(adminDoc))
 	start := time.Now()
 	for {
 		code, body, err := k.do(k.admin, http.MethodGet, "/readyz", nil)
@@ -447,4 +466,258 @@ func TestKubernetesQuarantine(t *testing.T) {
 	if q := rs[0].Quarantine; !rs[0].Allowed || q == nil || q.Node != nodeName || q.Tainted || q.Error != "" {
 		t.Fatalf("the allowed receipt: allowed %v, quarantine %+v", rs[0].Allowed, q)
 	}
+}
+
+// KubeControllerManagerEnv names the kube-controller-manager binary the
+// bootstrap token test runs (make e2e-kubernetes sets it).
+const KubeControllerManagerEnv = "KEYBROKER_KUBE_CONTROLLER_MANAGER"
+
+// startControllerManager runs kube-controller-manager's CSR controllers
+// (approving, signing with signerDir's CA, cleaning) against k.
+func (k *kubeCluster) startControllerManager(t *testing.T, signerDir string) {
+	t.Helper()
+	bin := os.Getenv(KubeControllerManagerEnv)
+	if bin == "" {
+		t.Skipf("%s is not set: run make e2e-kubernetes", KubeControllerManagerEnv)
+	}
+	log := &syncBuffer{}
+	cmd := exec.Command(bin, "--kubeconfig="+k.adminKubeconfig, "--controllers=csrsigning,csrapproving,csrcleaner",
+		"--cluster-signing-cert-file="+filepath.Join(signerDir, issue.CACertFile), "--cluster-signing-key-file="+filepath.Join(signerDir, issue.CAKeyFile),
+		"--leader-elect=false", "--use-service-account-credentials=false", "--secure-port=0", "--bind-address=127.0.0.1")
+	cmd.Stdout, cmd.Stderr = log, log
+	killWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("unable to run kube-controller-manager: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("kube-controller-manager output (tail):\n%s", lastLines(log.String(), 30))
+		}
+	})
+}
+
+// bootstrapRBAC lets user keybroker-broker create and delete Secrets in
+// kube-system (bootstrap tokens), and the bootstrappers of keybroker's
+// tokens create node client CSRs that kube-controller-manager approves.
+func (k *kubeCluster) bootstrapRBAC(t *testing.T) {
+	t.Helper()
+	objs := []struct {
+		path string
+		obj  map[string]any
+	}{
+		{"/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/roles", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+			"metadata": map[string]any{"name": "keybroker-bootstrap-tokens", "namespace": "kube-system"},
+			"rules":    []any{map[string]any{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create", "delete"}}},
+		}},
+		{"/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+			"metadata": map[string]any{"name": "keybroker-bootstrap-tokens", "namespace": "kube-system"},
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keybroker-bootstrap-tokens"},
+			"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "keybroker-broker"}},
+		}},
+	}
+	for _, role := range []string{"system:node-bootstrapper", "system:certificates.k8s.io:certificatesigningrequests:nodeclient"} {
+		objs = append(objs, struct {
+			path string
+			obj  map[string]any
+		}{"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+			"metadata": map[string]any{"name": "keybroker-" + strings.ReplaceAll(role, ":", "-")},
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+			"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:bootstrappers:keybroker"}},
+		}})
+	}
+	for _, o := range objs {
+		if code, body, err := k.do(k.admin, http.MethodPost, o.path, o.obj); err != nil || code != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s %v", o.path, code, body, err)
+		}
+	}
+}
+
+// whoami is the user and groups the API server sees behind c.
+func (k *kubeCluster) whoami(t *testing.T, c *http.Client) (string, []string) {
+	t.Helper()
+	code, body, err := k.do(c, http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+		map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("SelfSubjectReview: %d %s %v", code, body, err)
+	}
+	var review struct {
+		Status struct {
+			UserInfo struct {
+				Username string   `json:"username"`
+				Groups   []string `json:"groups"`
+			} `json:"userInfo"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(body, &review); err != nil {
+		t.Fatal(err)
+	}
+	return review.Status.UserInfo.Username, review.Status.UserInfo.Groups
+}
+
+// bootstrapTokens counts the bootstrap token Secrets in kube-system.
+func (k *kubeCluster) bootstrapTokens(t *testing.T) []map[string]any {
+	t.Helper()
+	code, body, err := k.do(k.admin, http.MethodGet, "/api/v1/namespaces/kube-system/secrets?fieldSelector=type%3Dbootstrap.kubernetes.io%2Ftoken", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("listing bootstrap tokens: %d %s %v", code, body, err)
+	}
+	var list struct {
+		Items []map[string]any `json:"items"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// kubelet_auth = "bootstrap_token": the attested node gets a bootstrap
+// kubeconfig whose token authenticates as system:bootstrap:<id> in the
+// broker's bootstrappers group and expires with the release's TTL; a
+// kubelet-style CSR made with it is approved and signed by
+// kube-controller-manager, and the certificate authenticates as the node.
+// A node whose boot changed gets no token, and none is created.
+func TestKubernetesBootstrapToken(t *testing.T) {
+	skipUnlessE2E(t)
+	kube := startKube(t)
+	kube.bootstrapRBAC(t)
+	// The cluster's signer must be a CA the API server trusts for client
+	// certificates: the kubelet client CA is one.
+	kube.startControllerManager(t, kube.kubeletCA)
+	tpm := swtpmtest.Start(t, swtpmtest.Opts{})
+	p := bootMeasured(t, tpm)
+	ekHash := ekHashOf(t, tpm)
+	policy := strings.Replace(kubeletPolicy(p), `node_name = "node-${ek_hash_short}"`, `node_name = "node-${ek_hash_short}"
+    kubelet_auth = "bootstrap_token"`, 1)
+	policy = strings.Replace(policy, `ttl       = "1h"`, `ttl       = "10m"`, 1)
+	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy,
+		extra: fmt.Sprintf("kubernetes {\n  server = %q\n  ca_cert = %q\n  client_ca_cert = %q\n  client_ca_key = %q\n  token_file = %q\n}\n",
+			kube.url, kube.caFile, filepath.Join(kube.kubeletCA, issue.CACertFile), filepath.Join(kube.kubeletCA, issue.CAKeyFile), kube.brokerToken)})
+	out := filepath.Join(t.TempDir(), "pki")
+	bootKubeconfig := filepath.Join(t.TempDir(), "bootstrap-kubelet.conf")
+	before := time.Now()
+	wantExit(t, bootstrap(t, tpm, b, out, "--bootstrap-kubeconfig", bootKubeconfig), 0)
+	if fi, err := os.Stat(bootKubeconfig); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v (want mode 0600)", bootKubeconfig, err)
+	}
+	var doc struct {
+		Clusters []struct {
+			Cluster struct {
+				Server string `json:"server"`
+				CAData []byte `json:"certificate-authority-data"`
+			} `json:"cluster"`
+		} `json:"clusters"`
+		Users []struct {
+			User struct {
+				Token string `json:"token"`
+			} `json:"user"`
+		} `json:"users"`
+	}
+	if err := json.Unmarshal(readFile(t, bootKubeconfig), &doc); err != nil || len(doc.Users) != 1 || doc.Users[0].User.Token == "" || doc.Clusters[0].Cluster.Server != kube.url {
+		t.Fatalf("bootstrap kubeconfig: %v %+v", err, doc)
+	}
+	token := doc.Users[0].User.Token
+	id, _, _ := strings.Cut(token, ".")
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(doc.Clusters[0].Cluster.CAData)
+	bootClient := &http.Client{Timeout: 20 * time.Second, Transport: &bearer{token: token, base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}}
+	if user, groups := kube.whoami(t, bootClient); user != "system:bootstrap:"+id || !slices.Contains(groups, "system:bootstrappers:keybroker") {
+		t.Fatalf("the bootstrap token is %q in %v", user, groups)
+	}
+	secrets := kube.bootstrapTokens(t)
+	if len(secrets) != 1 {
+		t.Fatalf("%d bootstrap tokens, want 1", len(secrets))
+	}
+	data, _ := secrets[0]["data"].(map[string]any)
+	expB64, _ := data["expiration"].(string)
+	expRaw, _ := base64.StdEncoding.DecodeString(expB64)
+	exp, err := time.Parse(time.RFC3339, string(expRaw))
+	if err != nil || exp.Before(before.Add(9*time.Minute)) || exp.After(time.Now().Add(10*time.Minute)) {
+		t.Fatalf("the token expires at %q (%v); want 10 minutes after the release", expRaw, err)
+	}
+
+	// The kubelet's TLS bootstrap: a CSR for its node name, approved and
+	// signed by the cluster.
+	nodeName := "node-" + ekHash[:16]
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := map[string]any{"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+		"metadata": map[string]any{"generateName": "node-csr-"},
+		"spec": map[string]any{"request": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}),
+			"signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": []string{"digital signature", "client auth"}}}
+	code, body, err := kube.do(bootClient, http.MethodPost, "/apis/certificates.k8s.io/v1/certificatesigningrequests", csr)
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("creating the CSR with the bootstrap token: %d %s %v", code, body, err)
+	}
+	var created struct {
+		Metadata struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(body, &created); err != nil {
+		t.Fatal(err)
+	}
+	var certPEM []byte
+	for deadline := time.Now().Add(60 * time.Second); certPEM == nil; time.Sleep(250 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("CSR %s not signed in 60s", created.Metadata.Name)
+		}
+		code, body, err := kube.do(bootClient, http.MethodGet, "/apis/certificates.k8s.io/v1/certificatesigningrequests/"+created.Metadata.Name, nil)
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("reading the CSR: %d %s %v", code, body, err)
+		}
+		var st struct {
+			Status struct {
+				Certificate []byte `json:"certificate"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal(body, &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Status.Certificate) > 0 {
+			certPEM = st.Status.Certificate
+		}
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user, groups := kube.whoami(t, kubeClient(t, kube.servingCA, pair)); user != "system:node:"+nodeName || !slices.Contains(groups, "system:nodes") {
+		t.Fatalf("the signed certificate is %q in %v", user, groups)
+	}
+
+	// The boot changes: refused, and no new token exists.
+	p.measure(t, 7, "unknown bootloader")
+	wantExit(t, bootstrap(t, tpm, b, out, "--bootstrap-kubeconfig", bootKubeconfig), 1)
+	if n := len(kube.bootstrapTokens(t)); n != 1 {
+		t.Fatalf("%d bootstrap tokens after a refusal, want still 1", n)
+	}
+}
+
+// bearer adds a bearer token to each request.
+type bearer struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
 }

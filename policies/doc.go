@@ -55,7 +55,7 @@
 //	  release "kubelet" {
 //	    type         = "kubelet"           # a kubelet client certificate (broker.hcl needs a kubernetes block)
 //	    node_name    = "node-${ek_hash_short}"  # must use ek_hash or ek_hash_short
-//	    kubelet_auth = "client_certificate"     # default, and the only mode so far
+//	    kubelet_auth = "client_certificate"     # default; or "bootstrap_token" (the kubelet's TLS bootstrap)
 //	    quarantine   = true                # taint the Node when the node is later refused (needs token_file)
 //	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
 //	    pcrs         = [0, 7]
@@ -118,6 +118,13 @@
 // what is bound to it. Kubernetes checks no revocation of client
 // certificates, so ttl is short (at most MaxKubeletTTL): a node that stops
 // attesting falls out of the cluster when its certificate expires.
+// With kubelet_auth = "bootstrap_token" the broker creates a bootstrap
+// token (valid for ttl: default DefaultBootstrapTokenTTL, at most
+// MaxBootstrapTokenTTL) and releases it with the API server's address; the
+// kubelet does the standard TLS bootstrap with it, naming itself in its
+// certificate request, so node_name is optional and not enforced by
+// Kubernetes in this mode.
+//
 // With quarantine = true, a node that was released a kubelet credential and
 // is later refused after its TPM proved itself (a policy refusal such as a
 // changed PCR, its TPM counters, its event log) has its Node object tainted

@@ -30,6 +30,26 @@ func TestKubeletRelease(t *testing.T) {
 	}
 }
 
+// A bootstrap_token release lives 15 minutes unless its ttl says
+// otherwise, and needs no node_name.
+func TestKubeletBootstrapTokenRelease(t *testing.T) {
+	v := attest(t, node{viaCA: true})
+	s := mustParse(t, `policy "nodes" {
+  select { ek_cas = ["`+testCA+`"] }
+  release "kubelet" {
+    type         = "kubelet"
+    kubelet_auth = "bootstrap_token"
+  }
+}`)
+	d := s.Evaluate(v)
+	if !d.Allowed || len(d.Releases) != 1 {
+		t.Fatalf("denied or wrong releases: %q %+v", d.Failures, d.Releases)
+	}
+	if r := d.Releases[0]; r.KubeletAuth != policies.KubeletBootstrapToken || r.TTL != policies.DefaultBootstrapTokenTTL || r.NodeName != "" {
+		t.Errorf("release = %+v", r)
+	}
+}
+
 func TestKubeletReleaseRefused(t *testing.T) {
 	tests := []struct {
 		name, body, want string
@@ -43,7 +63,13 @@ func TestKubeletReleaseRefused(t *testing.T) {
     node_name = "${ek_hash}${ek_hash}${ek_hash}${ek_hash}"`, `node_name renders to`},
 		{"bootstrap token", `type = "kubelet"
     node_name = "n-${ek_hash_short}"
-    kubelet_auth = "token"`, `kubelet_auth "token" is not supported; use "client_certificate"`},
+    kubelet_auth = "token"`, `kubelet_auth "token" is not supported; use "client_certificate" or "bootstrap_token"`},
+		{"bootstrap token for a day and more", `type = "kubelet"
+    kubelet_auth = "bootstrap_token"
+    ttl = "25h"`, `ttl exceeds the maximum of 24h for a bootstrap token`},
+		{"quarantine without the node's name", `type = "kubelet"
+    kubelet_auth = "bootstrap_token"
+    quarantine = true`, `quarantine with kubelet_auth "bootstrap_token" needs the node_name the kubelet registers as (--hostname-override)`},
 		{"ttl beyond a week", `type = "kubelet"
     node_name = "n-${ek_hash_short}"
     ttl = "200h"`, `ttl "200h" exceeds the maximum of 168h for a kubelet`},

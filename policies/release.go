@@ -59,6 +59,18 @@ const (
 	// certificate itself, with a CA kube-apiserver trusts
 	// (--client-ca-file).
 	KubeletClientCertificate = "client_certificate"
+	// KubeletBootstrapToken: the broker creates a short-lived bootstrap
+	// token (a Secret in kube-system) and the kubelet does the standard TLS
+	// bootstrap with it: its certificate is then signed by the cluster's
+	// own signer, for the node name the kubelet asks for.
+	KubeletBootstrapToken = "bootstrap_token"
+)
+
+// Bootstrap token lifetimes: a bootstrap token only starts the kubelet's
+// TLS bootstrap.
+const (
+	DefaultBootstrapTokenTTL = 15 * time.Minute
+	MaxBootstrapTokenTTL     = 24 * time.Hour
 )
 
 // releaseTypes lists the release types, for messages.
@@ -318,10 +330,27 @@ func (c *compiler) kubelet(r *release, raw *releaseHCL, where string) {
 	}
 	if raw.KubeletAuth != nil {
 		if s, ok := c.str(raw.KubeletAuth.Expr, "%s: kubelet_auth", where); ok {
-			if s != KubeletClientCertificate {
-				c.errorf(raw.KubeletAuth.Expr.Range(), "%s: kubelet_auth %q is not supported; use %q", where, s, KubeletClientCertificate)
+			switch s {
+			case KubeletClientCertificate:
+			case KubeletBootstrapToken:
+				r.kubeletAuth = s
+				if raw.TTL == nil {
+					r.ttl = DefaultBootstrapTokenTTL
+				} else if r.ttl > MaxBootstrapTokenTTL {
+					c.errorf(raw.TTL.Expr.Range(), "%s: ttl exceeds the maximum of %s for a bootstrap token", where, hours(MaxBootstrapTokenTTL))
+				}
+			default:
+				c.errorf(raw.KubeletAuth.Expr.Range(), "%s: kubelet_auth %q is not supported; use %q or %q", where, s, KubeletClientCertificate, KubeletBootstrapToken)
 			}
 		}
+	}
+	if raw.NodeName == nil && r.kubeletAuth == KubeletBootstrapToken {
+		// The kubelet names itself in its certificate request; a node_name
+		// only says which Node quarantine taints.
+		if r.quarantine {
+			c.errorf(raw.DefRange, "%s: quarantine with kubelet_auth %q needs the node_name the kubelet registers as (--hostname-override)", where, KubeletBootstrapToken)
+		}
+		return
 	}
 	if raw.NodeName == nil {
 		c.errorf(raw.DefRange, "%s: a %s needs a node_name, such as \"node-${ek_hash_short}\"", where, TypeKubelet)

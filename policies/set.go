@@ -221,8 +221,9 @@ type Ref struct {
 	SPIFFEID spiffeid.ID
 	// SPIFFEIDRange is where SPIFFEID is written.
 	SPIFFEIDRange hcl.Range
-	// Quarantine is a kubelet release's quarantine setting.
-	Quarantine bool
+	// Quarantine and KubeletAuth are a kubelet release's settings.
+	Quarantine  bool
+	KubeletAuth string
 	// Labels are a label selector's labels, or a node block's; nil
 	// otherwise. They are a copy.
 	Labels map[string]string
@@ -257,7 +258,7 @@ func (s *Set) Refs() Refs {
 			r.LabelSelectors = append(r.LabelSelectors, Ref{Policy: p.name, Labels: maps.Clone(p.labels), Range: p.labelsRange})
 		}
 		for _, rel := range p.releases {
-			ref := Ref{Policy: p.name, Name: rel.name, Type: rel.typ, Range: rel.typeRange, Quarantine: rel.quarantine}
+			ref := Ref{Policy: p.name, Name: rel.name, Type: rel.typ, Range: rel.typeRange, Quarantine: rel.quarantine, KubeletAuth: rel.kubeletAuth}
 			if rel.mode == ModePCRSealed {
 				ref.PCRBank = rel.bank
 			}

@@ -1,9 +1,12 @@
-// Package kube is the broker's client of the Kubernetes API for
-// quarantine: it puts a taint on a node's Node object when the node is
-// refused, and takes it off when the node attests again. It reads and
-// replaces the Node (GET, then PUT with its resourceVersion, retried when
-// another writer changed it in between), so other taints are kept; the
-// broker's identity needs get and update on nodes, nothing else.
+// Package kube is the broker's client of the Kubernetes API, with the
+// broker's own identity (a bearer token): for quarantine it puts a taint on
+// a node's Node object when the node is refused, and takes it off when the
+// node attests again, reading and replacing the Node (GET, then PUT with
+// its resourceVersion, retried when another writer changed it in between)
+// so that other taints are kept — get and update on nodes; for kubelet
+// releases in bootstrap_token mode it creates short-lived bootstrap token
+// Secrets in kube-system, and deletes those of decisions not released —
+// create and delete on secrets there.
 package kube
 
 import (
@@ -268,9 +271,13 @@ func apiError(op, node string, code int, body []byte) error {
 	if len(msg) > 300 {
 		msg = msg[:300] + "…"
 	}
+	what := fmt.Sprintf("node %q", node)
+	if node == "" {
+		what = "the cluster"
+	}
 	switch code {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("kubernetes refused to %s node %q (%d): %s", op, node, code, msg)
+		return fmt.Errorf("kubernetes refused to %s %s (%d): %s", op, what, code, msg)
 	}
-	return fmt.Errorf("unable to %s node %q (%d): %s", op, node, code, msg)
+	return fmt.Errorf("unable to %s %s (%d): %s", op, what, code, msg)
 }

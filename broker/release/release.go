@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/broker/issue"
+	"github.com/keybroker/keybroker/broker/kube"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
@@ -87,6 +88,9 @@ type Kubernetes struct {
 	Server       string // https://host:port
 	ClusterCAPEM []byte // empty: the node's system roots
 	ClientCA     *issue.CA
+	// API is the broker's own client of the API server (the kubernetes
+	// block's token_file): bootstrap tokens and quarantine; nil without.
+	API *kube.Client
 }
 
 // Released is what a decision released: the sealed credentials for the
@@ -245,6 +249,10 @@ func issuedByVault(rel policies.Release, item store.ReleasedItem) (vaultIssued, 
 		return vaultIssued{release: rel.Name, what: "certificate", path: rel.Path, id: item.Serial}, true
 	case policies.TypeVaultToken:
 		return vaultIssued{release: rel.Name, what: "token", id: item.Serial}, true
+	case policies.TypeKubelet:
+		if rel.KubeletAuth == policies.KubeletBootstrapToken {
+			return vaultIssued{release: rel.Name, what: bootstrapToken, id: item.Serial}, true
+		}
 	}
 	return vaultIssued{}, false
 }
@@ -259,9 +267,12 @@ func (r *Releaser) revoke(ctx context.Context, issued []vaultIssued) []string {
 	for _, c := range issued {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		var err error
-		if c.what == "certificate" {
+		switch c.what {
+		case "certificate":
 			err = r.vault.RevokeCertificate(rctx, c.path, c.id)
-		} else {
+		case bootstrapToken:
+			err = r.kube.API.DeleteBootstrapToken(rctx, c.id)
+		default:
 			err = r.vault.RevokeToken(rctx, c.id)
 		}
 		cancel()
@@ -271,23 +282,30 @@ func (r *Releaser) revoke(ctx context.Context, issued []vaultIssued) []string {
 				why = ve.Op + ": " + ve.Reason
 			}
 			notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released, and not revoked: %s", c.release, c, why))
-			r.log.Warn("unable to revoke a vault "+c.what+" that was not released", "release", c.release, idKey(c.what), c.id, "error", err)
+			r.log.Warn("unable to revoke a "+c.what+" that was not released", "release", c.release, idKey(c.what), c.id, "error", err)
 			continue
 		}
 		notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released; revoked", c.release, c))
-		r.log.Info("vault "+c.what+" revoked: its decision was not released", "release", c.release, idKey(c.what), c.id)
+		r.log.Info(c.what+" revoked: its decision was not released", "release", c.release, idKey(c.what), c.id)
 	}
 	return notes
 }
 
 // idKey is the log key of what Vault issued's ID: a certificate's serial,
-// a token's accessor.
+// a token's accessor; or of a bootstrap token's ID.
 func idKey(what string) string {
-	if what == "token" {
+	switch what {
+	case "token":
 		return "accessor"
+	case bootstrapToken:
+		return "token_id"
 	}
 	return "serial"
 }
+
+// bootstrapToken names a Kubernetes bootstrap token among what a decision
+// issued, to delete if it is not released.
+const bootstrapToken = "bootstrap token"
 
 // issued is a credential before it is sealed: its serialized payload
 // message and what the receipt records of it.
@@ -326,7 +344,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	case policies.TypeVaultKV:
 		iss, err = r.readVaultKV(ctx, rel)
 	case policies.TypeKubelet:
-		iss, err = r.issueKubelet(rel)
+		iss, err = r.issueKubelet(ctx, rel, v.EKHash(), receiptID)
 	case policies.TypeVaultToken:
 		iss, err = r.createVaultToken(ctx, rel, v.EKHash(), receiptID)
 	default:
@@ -375,8 +393,12 @@ func (r *Releaser) issueTLS(rel policies.Release) (*issued, error) {
 // issueKubelet issues a kubelet release: a key and a client certificate
 // for system:node:<node name> in group system:nodes from the Kubernetes
 // client CA, with the API server's address and CA.
-func (r *Releaser) issueKubelet(rel policies.Release) (*issued, error) {
-	if rel.KubeletAuth != policies.KubeletClientCertificate {
+func (r *Releaser) issueKubelet(ctx context.Context, rel policies.Release, ekHash, receiptID string) (*issued, error) {
+	switch rel.KubeletAuth {
+	case policies.KubeletBootstrapToken:
+		return r.createBootstrapToken(ctx, rel, ekHash, receiptID)
+	case policies.KubeletClientCertificate:
+	default:
 		return nil, fmt.Errorf("kubelet_auth %q is not supported", rel.KubeletAuth)
 	}
 	tc, err := r.kube.ClientCA.IssueTLS(issue.TLSTemplate{
@@ -397,6 +419,25 @@ func (r *Releaser) issueKubelet(rel policies.Release) (*issued, error) {
 		return nil, err
 	}
 	return &issued{typ: pb.CredentialType_KUBELET, payload: payload, serial: tc.Serial, notAfter: tc.NotAfter}, nil
+}
+
+// createBootstrapToken issues a kubelet release in bootstrap_token mode: a
+// bootstrap token valid for the release's TTL, described with the EK and
+// the receipt; the receipt records its ID, never its secret.
+func (r *Releaser) createBootstrapToken(ctx context.Context, rel policies.Release, ekHash, receiptID string) (*issued, error) {
+	if r.kube.API == nil {
+		return nil, errors.New("no token_file in the kubernetes block: the broker cannot create bootstrap tokens")
+	}
+	t, err := r.kube.API.CreateBootstrapToken(ctx, rel.TTL, fmt.Sprintf("keybroker: node %s, receipt %s", ekHash, receiptID))
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(&pb.KubeletCredential{NodeName: rel.NodeName, Server: r.kube.Server, ClusterCaPem: r.kube.ClusterCAPEM,
+		BootstrapToken: t.Token()})
+	if err != nil {
+		return &issued{serial: t.ID}, err // created: to delete
+	}
+	return &issued{typ: pb.CredentialType_KUBELET, payload: payload, serial: t.ID, notAfter: t.Expires}, nil
 }
 
 // The Kubernetes user and group a kubelet's client certificate names: the

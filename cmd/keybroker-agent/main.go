@@ -38,6 +38,7 @@ type bootstrapOpts struct {
 	broker     brokerFlags
 	out        string
 	kubeconfig string
+	bootKube   string
 	onChange   string
 	quiet      bool
 	result     resultFlags
@@ -55,7 +56,10 @@ writes key.pem (0600), cert.pem and chain.pem atomically to --out, with
 For a kubelet release it writes kubelet-client.pem (the client certificate,
 its chain and its key, 0600) to --out and a kubeconfig naming the API server,
 its CA and that file to --kubeconfig (default --out/kubelet.kubeconfig, 0600):
-point the kubelet's --kubeconfig at it.
+point the kubelet's --kubeconfig at it. A kubelet release in bootstrap_token
+mode is a bootstrap kubeconfig (the API server, its CA and a short-lived
+bootstrap token, 0600) at --bootstrap-kubeconfig (default
+--out/bootstrap-kubelet.kubeconfig): the kubelet's --bootstrap-kubeconfig.
 
 With --ear-out it also writes the broker's attestation result (an EAR JWT
 signed by the broker, for a relying party; the broker needs an
@@ -78,6 +82,7 @@ party's --ear-nonce when given.`,
 	o.broker.register(f)
 	f.StringVar(&o.out, "out", "", "directory for key.pem, cert.pem and chain.pem, <release>.json (0600) for each Vault KV secret and <release>.token (0600) for each Vault token released, kubelet-client.pem for a kubelet release (required; created if missing)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the kubeconfig of a kubelet release (default: --out/kubelet.kubeconfig)")
+	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "where to write the bootstrap kubeconfig of a kubelet release in bootstrap_token mode (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
 	o.result.register(f)
@@ -108,7 +113,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 	}
 	defer conn.Close()
 
-	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig, RelyingPartyNonce: nonce, ResultFile: o.result.out}
+	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig, BootstrapKubeconfig: o.bootKube, RelyingPartyNonce: nonce, ResultFile: o.result.out}
 	if !o.quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)

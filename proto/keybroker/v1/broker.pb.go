@@ -1612,9 +1612,13 @@ type KubeletCredential struct {
 	// The client certificate, PEM.
 	CertificatePem []byte `protobuf:"bytes,5,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
 	// Issuing CA certificates, PEM, leaf's issuer first.
-	ChainPem      []byte `protobuf:"bytes,6,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ChainPem []byte `protobuf:"bytes,6,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	// kubelet_auth "bootstrap_token": a bootstrap token "<id>.<secret>" the
+	// kubelet does its TLS bootstrap with; key_pem, certificate_pem and
+	// chain_pem are then empty, and node_name may be.
+	BootstrapToken string `protobuf:"bytes,7,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *KubeletCredential) Reset() {
@@ -1687,6 +1691,13 @@ func (x *KubeletCredential) GetChainPem() []byte {
 		return x.ChainPem
 	}
 	return nil
+}
+
+func (x *KubeletCredential) GetBootstrapToken() string {
+	if x != nil {
+		return x.BootstrapToken
+	}
+	return ""
 }
 
 type GetAttestationResultKeysRequest struct {
@@ -1878,14 +1889,15 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
 	"\baccessor\x18\x02 \x01(\tR\baccessor\x12\x1a\n" +
 	"\bpolicies\x18\x03 \x03(\tR\bpolicies\x12\x1c\n" +
-	"\trenewable\x18\x04 \x01(\bR\trenewable\"\xcd\x01\n" +
+	"\trenewable\x18\x04 \x01(\bR\trenewable\"\xf6\x01\n" +
 	"\x11KubeletCredential\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x16\n" +
 	"\x06server\x18\x02 \x01(\tR\x06server\x12$\n" +
 	"\x0ecluster_ca_pem\x18\x03 \x01(\fR\fclusterCaPem\x12\x17\n" +
 	"\akey_pem\x18\x04 \x01(\fR\x06keyPem\x12'\n" +
 	"\x0fcertificate_pem\x18\x05 \x01(\fR\x0ecertificatePem\x12\x1b\n" +
-	"\tchain_pem\x18\x06 \x01(\fR\bchainPem\"!\n" +
+	"\tchain_pem\x18\x06 \x01(\fR\bchainPem\x12'\n" +
+	"\x0fbootstrap_token\x18\a \x01(\tR\x0ebootstrapToken\"!\n" +
 	"\x1fGetAttestationResultKeysRequest\"6\n" +
 	" GetAttestationResultKeysResponse\x12\x12\n" +
 	"\x04jwks\x18\x01 \x01(\fR\x04jwks*J\n" +
