@@ -129,6 +129,36 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	if err != nil {
 		return nil, err
 	}
+	var extra []atomicfile.File
+	if opts.ResultFile != "" {
+		// A fresh result each time: not a change of the credentials.
+		extra = append(extra, atomicfile.File{Path: opts.ResultFile, Data: []byte(res.AttestationResult + "\n"), Perm: 0o600})
+	}
+	if err := writeFiles(res, opts.OutDir, files, extra); err != nil {
+		return nil, err
+	}
+	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
+	return res, nil
+}
+
+// WriteFiles writes the file credentials of att (AttestOpts.Out) as
+// Bootstrap does — atomically, all or none — and reports whether they
+// changed.
+func WriteFiles(att *Attestation, out FileOut) (changed bool, err error) {
+	if att == nil || att.Result == nil {
+		return false, errors.New("the attestation holds no file credentials")
+	}
+	res := *att.Result
+	if err := writeFiles(&res, out.OutDir, att.Files, nil); err != nil {
+		return false, err
+	}
+	return res.Changed, nil
+}
+
+// writeFiles writes files and extra (whose content does not count as a
+// change) atomically, all or none, creating their directories, and notes
+// in res which files it wrote and whether the credentials changed.
+func writeFiles(res *Result, outDir string, files, extra []atomicfile.File) error {
 	for _, f := range files {
 		old, err := os.ReadFile(f.Path)
 		if err != nil || string(old) != string(f.Data) {
@@ -136,21 +166,19 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 		}
 		res.Files = append(res.Files, f.Path)
 	}
-	if opts.ResultFile != "" {
-		// A fresh result each time: not a change of the credentials.
-		files = append(files, atomicfile.File{Path: opts.ResultFile, Data: []byte(res.AttestationResult + "\n"), Perm: 0o600})
-		res.Files = append(res.Files, opts.ResultFile)
+	for _, f := range extra {
+		res.Files = append(res.Files, f.Path)
 	}
-	for _, dir := range outDirs(opts.OutDir, files) {
+	all := append(slices.Clone(files), extra...)
+	for _, dir := range outDirs(outDir, all) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, &StepError{StepWrite, fmt.Errorf("unable to create %s: %w", dir, err)}
+			return &StepError{StepWrite, fmt.Errorf("unable to create %s: %w", dir, err)}
 		}
 	}
-	if err := atomicfile.WriteSet(files); err != nil {
-		return nil, &StepError{StepWrite, err}
+	if err := atomicfile.WriteSet(all); err != nil {
+		return &StepError{StepWrite, err}
 	}
-	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
-	return res, nil
+	return nil
 }
 
 // outDirs lists outDir and the other directories files go to, once each.
@@ -174,7 +202,26 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if opts.ResultFile != "" && resp.GetAttestationResult() == "" {
 		return nil, nil, &StepError{StepAttest, errors.New("the broker returned no attestation result (it has no attestation_results block)")}
 	}
+	return openFiles(node, resp, FileOut{OutDir: opts.OutDir, Kubeconfig: opts.Kubeconfig, BootstrapKubeconfig: opts.BootstrapKubeconfig}, true, lap)
+}
 
+// FileOut says where the credentials an attestation releases as files
+// are written (Bootstrap; keybroker-agent run --out).
+type FileOut struct {
+	// OutDir receives key.pem, cert.pem, chain.pem, <release>.json,
+	// <release>.token and kubelet-client.pem.
+	OutDir string
+	// Kubeconfig and BootstrapKubeconfig, if set, are where a kubelet
+	// release's kubeconfigs go instead of OutDir.
+	Kubeconfig, BootstrapKubeconfig string
+}
+
+// openFiles opens the credentials of resp that are written as files, and
+// the node SVID and entries: the result (without Files and Changed) and
+// the files. needFile refuses a response with no TLS or kubelet
+// credential.
+func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, lap func(Step, string)) (*Result, []atomicfile.File, error) {
+	opts := out
 	var tlsCred *pb.TLSCredential
 	var mode pb.ReleaseMode
 	for _, c := range resp.GetCredentials() {
@@ -196,7 +243,7 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
-	if tlsCred == nil && kube == nil {
+	if tlsCred == nil && kube == nil && needFile {
 		return nil, nil, &StepError{StepOpen, errors.New("the broker released no TLS or kubelet credential")}
 	}
 	var files []atomicfile.File
@@ -218,13 +265,14 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	// The validity the result reports: the TLS certificate's, else the
 	// kubelet's certificate's, else the bootstrap token's.
 	notAfter, serial := time.Time{}, ""
-	if leafPEM != nil {
+	switch {
+	case leafPEM != nil:
 		leaf, err := parseLeaf(leafPEM)
 		if err != nil {
 			return nil, nil, &StepError{StepOpen, err}
 		}
 		notAfter, serial = leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)
-	} else {
+	case kube != nil:
 		notAfter = kube.notAfter
 	}
 	svid, entries, err := openSPIFFE(node, resp)

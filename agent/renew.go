@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -109,7 +111,7 @@ func (m *SVIDManager) Run(ctx context.Context, attest AttestFunc) error {
 func (m *SVIDManager) schedule() (node time.Time, svidDue bool, svid, lapse time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	node = renewAt(m.nodeAt, m.node.SVID.Certificates[0].NotAfter)
+	node = m.renewBy
 	if !m.lapsed {
 		lapse = m.lapseLocked()
 	}
@@ -202,5 +204,46 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// KeepFiles keeps the file credentials of a node that has no node SVID
+// current: it re-attests with attest (which writes the files) at half the
+// life of what the last attestation released (first, to begin with),
+// until ctx ends. A failed re-attestation is retried after retryMin,
+// doubling up to retryMax; the files stay as they are meanwhile, until
+// they expire.
+func KeepFiles(ctx context.Context, first *Attestation, attest AttestFunc, log *slog.Logger, retryMin, retryMax time.Duration) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	att, at := first, time.Now()
+	next := att.renewBy(at)
+	if next.IsZero() {
+		return errors.New("the broker released nothing with a validity to keep current")
+	}
+	retry := backoff{min: retryMin, max: retryMax}
+	for {
+		if err := sleepUntil(ctx, next); err != nil {
+			return nil
+		}
+		a, err := attest(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			d := retry.next()
+			next = time.Now().Add(d)
+			log.Error("re-attestation failed: the files stay as they are until they expire", "error", err,
+				"retry_in", d.String(), "expires", att.Result.NotAfter.UTC().Format(time.RFC3339))
+			continue
+		}
+		retry.reset()
+		att, at = a, time.Now()
+		if next = att.renewBy(at); next.IsZero() {
+			return errors.New("the broker released nothing with a validity to keep current")
+		}
+		log.Info("re-attested", "receipt", a.ReceiptID, "files", len(a.Files), "valid_until", a.Result.NotAfter.UTC().Format(time.RFC3339),
+			"next", next.UTC().Format(time.RFC3339))
 	}
 }

@@ -47,11 +47,33 @@ type NodeSVID struct {
 	Mode   pb.ReleaseMode
 }
 
-// Attestation is what one attestation released for the Workload API.
+// Attestation is what one attestation released for the Workload API,
+// and with AttestOpts.Out the credentials to write as files.
 type Attestation struct {
 	ReceiptID string
-	NodeSVID  *NodeSVID
-	Entries   []workload.Entry
+	// NodeSVID is nil only with AttestOpts.Out, when the broker released
+	// none.
+	NodeSVID *NodeSVID
+	Entries  []workload.Entry
+	// Files are the file credentials to write (AttestOpts.Out), and Result
+	// what Bootstrap would say of them; NotAfter is Result's validity.
+	Files  []atomicfile.File
+	Result *Result
+}
+
+// renewBy is when the attestation's credentials are half through their
+// life: the node SVID's, and the files' if any.
+func (a *Attestation) renewBy(at time.Time) time.Time {
+	var t time.Time
+	if a.NodeSVID != nil {
+		t = renewAt(at, a.NodeSVID.SVID.Certificates[0].NotAfter)
+	}
+	if a.Result != nil && !a.Result.NotAfter.IsZero() {
+		if f := renewAt(at, a.Result.NotAfter); t.IsZero() || f.Before(t) {
+			t = f
+		}
+	}
+	return t
 }
 
 // AttestOpts tune Attest.
@@ -64,6 +86,10 @@ type AttestOpts struct {
 	// Metrics, if set, counts the attestation by outcome and observes its
 	// time (up to the node SVID opened).
 	Metrics *metrics.Agent
+	// Out, if set, also opens the credentials released as files (TLS,
+	// kubelet, Vault secrets and tokens) into Attestation.Files, and makes
+	// the node SVID optional.
+	Out *FileOut
 }
 
 // Attest attests the node to the broker, as Bootstrap does, and opens the
@@ -82,6 +108,13 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 	resp, err := attest(ctx, broker, node, opts.EventLog, nil, lap)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Out != nil {
+		res, files, err := openFiles(node, resp, *opts.Out, false, lap)
+		if err != nil {
+			return nil, err
+		}
+		return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}, nil
 	}
 	svid, entries, err := openSPIFFE(node, resp)
 	if err != nil {
@@ -224,6 +257,7 @@ type SVIDManager struct {
 	mu        sync.Mutex
 	node      *NodeSVID
 	nodeAt    time.Time // when node was installed
+	renewBy   time.Time // when the attestation is half through its life (node SVID, files)
 	entries   []workload.Entry
 	bundle    *spiffebundle.Bundle
 	svids     map[spiffeid.ID]issuedSVID
@@ -371,6 +405,7 @@ func (m *SVIDManager) Update(ctx context.Context, att *Attestation) error {
 	}
 	m.mu.Lock()
 	m.node, m.nodeAt = att.NodeSVID, time.Now()
+	m.renewBy = att.renewBy(m.nodeAt)
 	m.metrics.NodeSVIDExpires(att.NodeSVID.SVID.Certificates[0].NotAfter)
 	m.entries = slices.Clone(att.Entries)
 	m.bundle = att.NodeSVID.Bundle.Clone()

@@ -104,10 +104,17 @@ type agentRun struct {
 // the Workload API on socket, and waits until it serves.
 func startAgentRun(t *testing.T, tpm *swtpmtest.TPM, b *brokerProc, socket string) *agentRun {
 	t.Helper()
+	return startAgentRunWith(t, tpm, b, socket, "workload API serving")
+}
+
+// startAgentRunWith starts keybroker-agent run with extra flags and waits
+// for ready in its log.
+func startAgentRunWith(t *testing.T, tpm *swtpmtest.TPM, b *brokerProc, socket, ready string, extra ...string) *agentRun {
+	t.Helper()
 	_, agentBin := binaries(t)
 	a := &agentRun{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command(agentBin, "run", "--tpm", "tcp://"+tpm.Addr, "--broker", b.addr, "--ca", b.caFile,
-		"--workload-socket", socket, "--retry-max", "1s")
+	a.cmd = exec.Command(agentBin, append([]string{"run", "--tpm", "tcp://" + tpm.Addr, "--broker", b.addr, "--ca", b.caFile,
+		"--workload-socket", socket, "--retry-max", "1s"}, extra...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.stdout, a.stderr
 	killWithParent(a.cmd)
 	if err := a.cmd.Start(); err != nil {
@@ -124,7 +131,7 @@ func startAgentRun(t *testing.T, tpm *swtpmtest.TPM, b *brokerProc, socket strin
 			t.Logf("keybroker-agent run stdout:\n%s\nstderr:\n%s", a.stdout.String(), a.stderr.String())
 		}
 	})
-	a.waitLog(t, "workload API serving", 30*time.Second)
+	a.waitLog(t, ready, 30*time.Second)
 	return a
 }
 

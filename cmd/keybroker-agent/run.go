@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
@@ -31,6 +32,9 @@ type runOpts struct {
 	quiet     bool
 	// metricsListen is where to serve Prometheus metrics; empty: none.
 	metricsListen string
+	// out and the kubeconfig paths: where the file credentials go (--out);
+	// onChange runs after they changed.
+	out, kubeconfig, bootKube, onChange string
 }
 
 func runCmd() *cobra.Command {
@@ -39,7 +43,16 @@ func runCmd() *cobra.Command {
 		Use:   "run --broker HOST:PORT --ca CA.pem [--workload-socket PATH]",
 		Short: "Attest, serve the SPIFFE Workload API and keep the identities current",
 		Long: `Attests, then serves the SPIFFE Workload API on a unix socket and re-attests
-at half the node SVID's life, until SIGINT or SIGTERM.`,
+at half the node SVID's life, until SIGINT or SIGTERM.
+
+With --out it also keeps every credential released as a file current, as
+bootstrap writes them (key.pem, cert.pem, chain.pem, <release>.json,
+<release>.token, kubelet-client.pem and the kubeconfigs): each attestation
+rewrites them atomically and runs --on-change when they changed, and the
+agent re-attests at half the life of the earliest of the node SVID and the
+files. A failed re-attestation leaves the files as they are, until they
+expire, and is retried (--retry-max). When the broker releases no node SVID,
+run with --out keeps the files current and serves no Workload API.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -52,6 +65,9 @@ at half the node SVID's life, until SIGINT or SIGTERM.`,
 				p.Addf("--retry-max must be ≥ 1s, not %v", o.retryMax)
 			}
 			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
+			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "") {
+				p.Addf("--kubeconfig, --bootstrap-kubeconfig and --on-change need --out")
+			}
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -67,6 +83,10 @@ at half the node SVID's life, until SIGINT or SIGTERM.`,
 	f.DurationVar(&o.retryMax, "retry-max", time.Minute, "longest wait between retries of a failed re-attestation or SVID rotation (the first is after 1s, doubling)")
 	f.BoolVar(&o.logJSON, "log-json", false, "log as JSON instead of text")
 	f.BoolVar(&o.quiet, "quiet", false, "do not print the steps of the first attestation")
+	f.StringVar(&o.out, "out", "", "also write and keep current the credentials released as files in this directory (as bootstrap --out)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --out: where to write a kubelet release's kubeconfig (default: --out/kubelet.kubeconfig)")
+	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "with --out: where to write a bootstrap_token kubelet release's bootstrap kubeconfig (default: --out/bootstrap-kubelet.kubeconfig)")
+	f.StringVar(&o.onChange, "on-change", "", "with --out: shell command to run after the files changed (e.g. 'systemctl reload nginx')")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
 }
@@ -112,6 +132,10 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
 	defer tpm.close()
 	client := pb.NewBrokerClient(conn)
+	var out *agent.FileOut
+	if o.out != "" {
+		out = &agent.FileOut{OutDir: o.out, Kubeconfig: o.kubeconfig, BootstrapKubeconfig: o.bootKube}
+	}
 	attest := func(ctx context.Context, progress func(agent.Step, time.Duration, string)) (*agent.Attestation, error) {
 		ctx, cancel := context.WithTimeout(ctx, o.node.timeout)
 		defer cancel()
@@ -122,10 +146,25 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		var att *agent.Attestation
 		err = tpm.with(func(node *agent.Node) error {
 			var err error
-			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m})
+			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m, Out: out})
 			return err
 		})
-		return att, err
+		if err != nil || out == nil {
+			return att, err
+		}
+		changed, err := agent.WriteFiles(att, *out)
+		if err != nil {
+			return nil, err
+		}
+		if changed && o.onChange != "" {
+			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", o.onChange)
+			cmd.Stdout, cmd.Stderr = stdout, stderr
+			cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+o.out, "KEYBROKER_SERIAL="+att.Result.Serial)
+			if err := cmd.Run(); err != nil {
+				log.Error("the credentials were written, but --on-change failed", "error", err)
+			}
+		}
+		return att, nil
 	}
 
 	var progress func(agent.Step, time.Duration, string)
@@ -143,6 +182,19 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 			fmt.Fprintf(stderr, "run failed: %v\n", err)
 		}
 		return 1
+	}
+	if att.NodeSVID == nil {
+		// --out, and no node SVID: keep the files current, no Workload API.
+		lis.Close()
+		log.Info("no node SVID released: the Workload API is not served; keeping the files current", "out", o.out,
+			"files", len(att.Files), "valid_until", att.Result.NotAfter.UTC().Format(time.RFC3339))
+		if err := agent.KeepFiles(ctx, att, func(ctx context.Context) (*agent.Attestation, error) { return attest(ctx, nil) },
+			log, time.Second, o.retryMax); err != nil {
+			log.Error("renewal stopped", "error", err)
+			return 1
+		}
+		log.Info("stopped")
+		return 0
 	}
 	if err := mgr.Update(ctx, att); err != nil {
 		log.Error("unable to issue workload SVIDs; retrying", "error", err)
