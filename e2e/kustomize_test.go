@@ -1,0 +1,389 @@
+package e2e
+
+// A renderer of the kustomizations in deploy/kubernetes, for the manifest
+// tests: resources (files, and directories holding a kustomization) and
+// strategic merge patches, nothing else; and typed views of the fields the
+// tests read.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// kubeObject is one manifest, as YAML decodes it.
+type kubeObject map[string]any
+
+func (o kubeObject) kind() string { s, _ := o["kind"].(string); return s }
+
+func (o kubeObject) meta(field string) string {
+	m, _ := o["metadata"].(map[string]any)
+	s, _ := m[field].(string)
+	return s
+}
+
+func (o kubeObject) id() string {
+	return o.kind() + " " + path.Join(o.meta("namespace"), o.meta("name"))
+}
+
+// into converts the object into a typed view of it. encoding/json matches
+// field names regardless of case, so a key spelled like one of the view's
+// fields in another case (readOnlyRootFileSystem) fails the test here,
+// rather than reading as the field it is not.
+func (o kubeObject) into(t *testing.T, v any) {
+	t.Helper()
+	names := map[string]bool{}
+	jsonNames(reflect.TypeOf(v), names, map[reflect.Type]bool{})
+	walkKeys(o, func(k string) {
+		if names[k] {
+			return
+		}
+		for n := range names {
+			if strings.EqualFold(n, k) {
+				t.Errorf("%s: field %q is spelled %q", o.id(), n, k)
+			}
+		}
+	})
+	b, err := json.Marshal(o)
+	if err != nil {
+		t.Fatalf("%s: %v", o.id(), err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", o.id(), err)
+	}
+}
+
+// jsonNames collects the JSON field names of t and the types it holds.
+func jsonNames(t reflect.Type, names map[string]bool, seen map[reflect.Type]bool) {
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Slice, reflect.Map:
+		jsonNames(t.Elem(), names, seen)
+	case reflect.Struct:
+		if seen[t] {
+			return
+		}
+		seen[t] = true
+		for f := range t.Fields() {
+			if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" {
+				names[name] = true
+			}
+			jsonNames(f.Type, names, seen)
+		}
+	}
+}
+
+// walkKeys calls f with every map key in v, at any depth.
+func walkKeys(v any, f func(string)) {
+	switch v := v.(type) {
+	case kubeObject:
+		walkKeys(map[string]any(v), f)
+	case map[string]any:
+		for k, e := range v {
+			f(k)
+			walkKeys(e, f)
+		}
+	case []any:
+		for _, e := range v {
+			walkKeys(e, f)
+		}
+	}
+}
+
+// rendered is a kustomization: its objects (bases first, in resources
+// order) and its strategic merge patches.
+type rendered struct {
+	objects []kubeObject
+	patches []kubeObject
+}
+
+// find returns the object of that kind and name.
+func (r rendered) find(t *testing.T, kind, name string) kubeObject {
+	t.Helper()
+	for _, o := range r.objects {
+		if o.kind() == kind && o.meta("name") == name {
+			return o
+		}
+	}
+	t.Fatalf("the kustomization has no %s %s", kind, name)
+	return nil
+}
+
+func (r rendered) patch(t *testing.T, kind, name string) kubeObject {
+	t.Helper()
+	for _, o := range r.patches {
+		if o.kind() == kind && o.meta("name") == name {
+			return o
+		}
+	}
+	t.Fatalf("the kustomization has no patch of %s %s", kind, name)
+	return nil
+}
+
+// renderKustomization reads dir/kustomization.yaml and what it names. Only
+// apiVersion, kind, resources (files and directories holding a
+// kustomization) and patches (files of strategic merge patches) are
+// understood; any other field fails the test, so that this stays what
+// kustomize would render.
+func renderKustomization(t *testing.T, dir string) rendered {
+	t.Helper()
+	var k struct {
+		APIVersion string   `yaml:"apiVersion"`
+		Kind       string   `yaml:"kind"`
+		Resources  []string `yaml:"resources"`
+		Patches    []struct {
+			Path string `yaml:"path"`
+		} `yaml:"patches"`
+	}
+	f := filepath.Join(dir, "kustomization.yaml")
+	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, f)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&k); err != nil {
+		t.Fatalf("%s: %v (only apiVersion, kind, resources and patches with a path are rendered here)", f, err)
+	}
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		t.Fatalf("%s: apiVersion %q kind %q, want a kustomize.config.k8s.io/v1beta1 Kustomization", f, k.APIVersion, k.Kind)
+	}
+	var r rendered
+	seen := map[string]string{}
+	add := func(o kubeObject, from string) {
+		if prev, ok := seen[o.id()]; ok {
+			t.Fatalf("%s in both %s and %s", o.id(), prev, from)
+		}
+		seen[o.id()] = from
+		r.objects = append(r.objects, o)
+	}
+	for _, res := range k.Resources {
+		p := filepath.Join(dir, res)
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("%s: resource %s: %v", f, res, err)
+		}
+		if fi.IsDir() {
+			base := renderKustomization(t, p)
+			if len(base.patches) > 0 {
+				t.Fatalf("%s: base %s has patches; apply them there is not rendered here", f, res)
+			}
+			for _, o := range base.objects {
+				add(o, p)
+			}
+			continue
+		}
+		for _, o := range decodeManifests(t, p) {
+			add(o, p)
+		}
+	}
+	for _, pt := range k.Patches {
+		docs := decodeManifests(t, filepath.Join(dir, pt.Path))
+		if len(docs) != 1 {
+			t.Fatalf("%s: patch %s holds %d documents, want 1", f, pt.Path, len(docs))
+		}
+		if _, ok := seen[docs[0].id()]; !ok {
+			t.Fatalf("%s: patch %s is for %s, which no resource defines", f, pt.Path, docs[0].id())
+		}
+		r.patches = append(r.patches, docs[0])
+	}
+	return r
+}
+
+// decodeManifests reads the YAML documents of a manifest file.
+func decodeManifests(t *testing.T, file string) []kubeObject {
+	t.Helper()
+	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, file)))
+	var out []kubeObject
+	for {
+		// Into a plain map: yaml gives nested mappings the target's type.
+		var m map[string]any
+		err := dec.Decode(&m)
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if m == nil {
+			continue
+		}
+		o := kubeObject(m)
+		if o.kind() == "" || o.meta("name") == "" {
+			t.Fatalf("%s: a document without kind or metadata.name", file)
+		}
+		out = append(out, o)
+	}
+}
+
+// Typed views of the fields the checks read (k8s.io/api is not a
+// dependency of this module).
+type (
+	podTemplate struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+		Spec podSpec `json:"spec"`
+	}
+	podSpec struct {
+		ServiceAccountName           string `json:"serviceAccountName"`
+		AutomountServiceAccountToken *bool  `json:"automountServiceAccountToken"`
+		HostNetwork                  bool   `json:"hostNetwork"`
+		HostPID                      bool   `json:"hostPID"`
+		HostIPC                      bool   `json:"hostIPC"`
+		SecurityContext              struct {
+			RunAsNonRoot *bool `json:"runAsNonRoot"`
+			RunAsUser    *int  `json:"runAsUser"`
+			FSGroup      *int  `json:"fsGroup"`
+		} `json:"securityContext"`
+		Containers     []container `json:"containers"`
+		InitContainers []container `json:"initContainers"`
+		Volumes        []volume    `json:"volumes"`
+	}
+	container struct {
+		Name    string   `json:"name"`
+		Command []string `json:"command"`
+		Args    []string `json:"args"`
+		Ports   []struct {
+			Name          string `json:"name"`
+			ContainerPort int    `json:"containerPort"`
+		} `json:"ports"`
+		SecurityContext struct {
+			Privileged               *bool `json:"privileged"`
+			AllowPrivilegeEscalation *bool `json:"allowPrivilegeEscalation"`
+			ReadOnlyRootFilesystem   *bool `json:"readOnlyRootFilesystem"`
+			RunAsNonRoot             *bool `json:"runAsNonRoot"`
+			Capabilities             struct {
+				Add  []string `json:"add"`
+				Drop []string `json:"drop"`
+			} `json:"capabilities"`
+		} `json:"securityContext"`
+		Resources struct {
+			Requests map[string]string `json:"requests"`
+			Limits   map[string]string `json:"limits"`
+		} `json:"resources"`
+		ReadinessProbe *probe        `json:"readinessProbe"`
+		LivenessProbe  *probe        `json:"livenessProbe"`
+		VolumeMounts   []volumeMount `json:"volumeMounts"`
+	}
+	probe struct {
+		TCPSocket *struct {
+			Port any `json:"port"`
+		} `json:"tcpSocket"`
+	}
+	volumeMount struct {
+		Name      string `json:"name"`
+		MountPath string `json:"mountPath"`
+		SubPath   string `json:"subPath"`
+		ReadOnly  bool   `json:"readOnly"`
+	}
+	volume struct {
+		Name     string `json:"name"`
+		HostPath *struct {
+			Path string `json:"path"`
+			Type string `json:"type"`
+		} `json:"hostPath"`
+		Secret *struct {
+			SecretName string `json:"secretName"`
+		} `json:"secret"`
+		ConfigMap *struct {
+			Name string `json:"name"`
+		} `json:"configMap"`
+		EmptyDir              map[string]any `json:"emptyDir"`
+		PersistentVolumeClaim *struct {
+			ClaimName string `json:"claimName"`
+		} `json:"persistentVolumeClaim"`
+	}
+	workload struct {
+		Spec struct {
+			Replicas *int `json:"replicas"`
+			Strategy struct {
+				Type string `json:"type"`
+			} `json:"strategy"`
+			Template podTemplate `json:"template"`
+		} `json:"spec"`
+	}
+	service struct {
+		Metadata struct {
+			Name      string `json:"name"`
+			Namespace string `json:"namespace"`
+		} `json:"metadata"`
+		Spec struct {
+			Selector map[string]string `json:"selector"`
+			Ports    []struct {
+				Name       string `json:"name"`
+				Port       int    `json:"port"`
+				TargetPort any    `json:"targetPort"`
+			} `json:"ports"`
+		} `json:"spec"`
+	}
+)
+
+func (c container) port(t *testing.T, name string) int {
+	t.Helper()
+	for _, p := range c.Ports {
+		if p.Name == name {
+			return p.ContainerPort
+		}
+	}
+	t.Fatalf("container %s has no port %s", c.Name, name)
+	return 0
+}
+
+// mount returns the mount of the named volume.
+func (c container) mount(t *testing.T, vol string) volumeMount {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		if m.Name == vol {
+			return m
+		}
+	}
+	t.Fatalf("container %s does not mount volume %s", c.Name, vol)
+	return volumeMount{}
+}
+
+// flag returns the value of --name in args (as --name=VALUE or --name VALUE).
+func flagValue(t *testing.T, args []string, name string) string {
+	t.Helper()
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+		if a == "--"+name && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	t.Fatalf("args %q have no --%s", args, name)
+	return ""
+}
+
+func (s podSpec) volume(t *testing.T, name string) volume {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("pod has no volume %s", name)
+	return volume{}
+}
+
+// volumeOf returns the name of the volume whose source names the given
+// Secret or ConfigMap.
+func (s podSpec) volumeOf(t *testing.T, kind, name string) string {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if (kind == "Secret" && v.Secret != nil && v.Secret.SecretName == name) ||
+			(kind == "ConfigMap" && v.ConfigMap != nil && v.ConfigMap.Name == name) {
+			return v.Name
+		}
+	}
+	t.Fatalf("pod mounts no %s %s", kind, name)
+	return ""
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }
