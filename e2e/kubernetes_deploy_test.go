@@ -56,26 +56,18 @@ func wantHardened(t *testing.T, c container) {
 	}
 }
 
-// brokerTree lays out what the broker pod mounts under /etc/keybroker in a
-// temporary directory (broker.hcl and the policies from the ConfigMaps, an
-// EK root, etcd client files) and returns the path of broker.hcl there.
-func brokerTree(t *testing.T, r rendered, brokerHCL string) string {
+// brokerTree lays out, in a temporary directory standing for the pod's
+// root, every volume the broker container mounts under /etc/keybroker, at
+// its mount path: broker.hcl (the subPath mount of its ConfigMap), the
+// ConfigMaps of the kustomization, and for what the operator creates (README
+// "Before you apply") files under the keys the README names. It returns the
+// root and the path of --config in it.
+func brokerTree(t *testing.T, r rendered, pod podSpec, c container, brokerHCL string) (root, config string) {
 	t.Helper()
-	etc := filepath.Join(t.TempDir(), "etc", "keybroker")
-	for _, d := range []string{"policies", "ek-roots", "etcd"} {
-		if err := os.MkdirAll(filepath.Join(etc, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeFile(t, filepath.Join(etc, "broker.hcl"), brokerHCL)
-	for name, content := range configMapData(t, r.find(t, "ConfigMap", "keybroker-policies")) {
-		writeFile(t, filepath.Join(etc, "policies", name), content)
-	}
-	root, err := issue.LoadOrCreateCA(filepath.Join(t.TempDir(), "ek-root"), issue.CAOpts{CommonName: "e2e EK vendor root"})
+	ekRoot, err := issue.LoadOrCreateCA(filepath.Join(t.TempDir(), "ek-root"), issue.CAOpts{CommonName: "e2e EK vendor root"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(etc, "ek-roots", "vendor.pem"), string(root.BundlePEM()))
 	etcdCA, err := issue.LoadOrCreateCA(filepath.Join(t.TempDir(), "etcd-ca"), issue.CAOpts{CommonName: "e2e etcd"})
 	if err != nil {
 		t.Fatal(err)
@@ -84,10 +76,48 @@ func brokerTree(t *testing.T, r rendered, brokerHCL string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(etc, "etcd", "ca.pem"), string(etcdCA.BundlePEM()))
-	writeFile(t, filepath.Join(etc, "etcd", "client.pem"), string(client.CertificatePEM))
-	writeFile(t, filepath.Join(etc, "etcd", "client-key.pem"), string(client.KeyPEM))
-	return filepath.Join(etc, "broker.hcl")
+	operator := map[string]map[string]string{
+		"ConfigMap keybroker-ek-roots": {"vendor.pem": string(ekRoot.BundlePEM())},
+		"Secret keybroker-etcd-client": {"ca.pem": string(etcdCA.BundlePEM()), "client.pem": string(client.CertificatePEM), "client-key.pem": string(client.KeyPEM)},
+	}
+	root = t.TempDir()
+	for _, m := range c.VolumeMounts {
+		if !strings.HasPrefix(m.MountPath, "/etc/keybroker/") {
+			continue
+		}
+		v := pod.volume(t, m.Name)
+		var files map[string]string
+		switch {
+		case v.ConfigMap != nil && v.ConfigMap.Name == "keybroker-config":
+			files = map[string]string{"broker.hcl": brokerHCL}
+		case v.ConfigMap != nil && operator["ConfigMap "+v.ConfigMap.Name] == nil:
+			files = configMapData(t, r.find(t, "ConfigMap", v.ConfigMap.Name))
+		case v.ConfigMap != nil:
+			files = operator["ConfigMap "+v.ConfigMap.Name]
+		case v.Secret != nil:
+			files = operator["Secret "+v.Secret.SecretName]
+		}
+		if files == nil {
+			t.Fatalf("volume %s mounted at %s: nothing known to put there", m.Name, m.MountPath)
+		}
+		dst := filepath.Join(root, filepath.FromSlash(m.MountPath))
+		if m.SubPath != "" {
+			writeTreeFile(t, dst, files[m.SubPath])
+			continue
+		}
+		for name, content := range files {
+			writeTreeFile(t, filepath.Join(dst, name), content)
+		}
+	}
+	return root, filepath.Join(root, filepath.FromSlash(flagValue(t, c.Args, "config")))
+}
+
+func writeTreeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, content)
 }
 
 func configMapData(t *testing.T, o kubeObject) map[string]string {
@@ -102,14 +132,15 @@ func configMapData(t *testing.T, o kubeObject) map[string]string {
 	return cm.Data
 }
 
-// loadBrokerConfig loads broker.hcl as the pod sees it, with its policies
-// checked against it as the broker does at start.
-func loadBrokerConfig(t *testing.T, r rendered, brokerHCL string) (*broker.Config, string) {
+// loadBrokerConfig loads broker.hcl as the broker container sees it (see
+// brokerTree), with its policies checked against it as the broker does at
+// start. Paths in the returned configuration are under root.
+func loadBrokerConfig(t *testing.T, r rendered, pod podSpec, c container, brokerHCL string) (cfg *broker.Config, root string) {
 	t.Helper()
-	file := brokerTree(t, r, brokerHCL)
+	root, file := brokerTree(t, r, pod, c, brokerHCL)
 	cfg, err := broker.LoadConfig(file)
 	if err != nil {
-		t.Fatalf("the manifests' broker.hcl does not load: %v", err)
+		t.Fatalf("the manifests' broker.hcl does not load where the pod mounts it: %v", err)
 	}
 	set, err := policies.Load(cfg.PolicyPaths...)
 	if err != nil {
@@ -118,17 +149,17 @@ func loadBrokerConfig(t *testing.T, r rendered, brokerHCL string) (*broker.Confi
 	if err := cfg.CheckPolicies(set); err != nil {
 		t.Fatalf("the manifests' policies do not check against broker.hcl: %v", err)
 	}
-	return cfg, filepath.Dir(file)
+	return cfg, root
 }
 
-// inPod maps a path of the temporary tree back to the pod's /etc/keybroker.
-func inPod(t *testing.T, etc, p string) string {
+// inPod maps a path of the temporary tree back to the pod's.
+func inPod(t *testing.T, root, p string) string {
 	t.Helper()
-	rel, err := filepath.Rel(etc, p)
+	rel, err := filepath.Rel(root, p)
 	if err != nil || strings.HasPrefix(rel, "..") {
-		t.Fatalf("%s is outside /etc/keybroker", p)
+		t.Fatalf("%s is outside the pod's tree %s", p, root)
 	}
-	return path.Join("/etc/keybroker", filepath.ToSlash(rel))
+	return "/" + filepath.ToSlash(rel)
 }
 
 func listenPort(t *testing.T, addr string) int {
@@ -158,6 +189,18 @@ func kubeBrokerService(t *testing.T, r rendered) (service, int) {
 	return svc, 0
 }
 
+// brokerPod returns the broker Deployment's pod and its one container.
+func brokerPod(t *testing.T, r rendered) (podSpec, container) {
+	t.Helper()
+	var dep workload
+	r.find(t, "Deployment", "keybroker").into(t, &dep)
+	pod := dep.Spec.Template.Spec
+	if len(pod.Containers) != 1 || len(pod.InitContainers) != 0 {
+		t.Fatalf("broker pod has %d containers and %d init containers, want 1 and 0", len(pod.Containers), len(pod.InitContainers))
+	}
+	return pod, pod.Containers[0]
+}
+
 // TestKubernetesManifestsBroker checks the broker's Deployment against the
 // broker.hcl it runs, in the base (etcd, several replicas) and in the bolt
 // variant (one replica, a PersistentVolumeClaim).
@@ -165,11 +208,7 @@ func TestKubernetesManifestsBroker(t *testing.T) {
 	base := renderKustomization(t, deployDir)
 	var dep workload
 	base.find(t, "Deployment", "keybroker").into(t, &dep)
-	pod := dep.Spec.Template.Spec
-	if len(pod.Containers) != 1 || len(pod.InitContainers) != 0 {
-		t.Fatalf("broker pod has %d containers and %d init containers, want 1 and 0", len(pod.Containers), len(pod.InitContainers))
-	}
-	c := pod.Containers[0]
+	pod, c := brokerPod(t, base)
 	wantHardened(t, c)
 	if !isTrue(pod.SecurityContext.RunAsNonRoot) || pod.SecurityContext.RunAsUser == nil || *pod.SecurityContext.RunAsUser == 0 {
 		t.Errorf("broker pod: runAsNonRoot %v runAsUser %v, want a non-root user", pod.SecurityContext.RunAsNonRoot, pod.SecurityContext.RunAsUser)
@@ -184,23 +223,24 @@ func TestKubernetesManifestsBroker(t *testing.T) {
 	}
 	wantNoAPIAccess(t, base, pod, "keybroker")
 
-	cfg, etc := loadBrokerConfig(t, base, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
+	cfg, root := loadBrokerConfig(t, base, pod, c, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
 	if cfg.Store.Kind != broker.StoreEtcd || dep.Spec.Replicas == nil || *dep.Spec.Replicas < 2 {
 		t.Errorf("base: store %s with %v replicas, want etcd with at least 2", cfg.Store.Kind, dep.Spec.Replicas)
 	}
-	// broker.hcl is where --config says, from the ConfigMap.
-	if got, want := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-config")), (volumeMount{MountPath: flagValue(t, c.Args, "config"), SubPath: "broker.hcl"}); got.MountPath != want.MountPath || got.SubPath != want.SubPath {
-		t.Errorf("broker.hcl mounted at %s (subPath %s), want --config %s", got.MountPath, got.SubPath, want.MountPath)
+	// broker.hcl is where --config says, from the ConfigMap (loading it
+	// from the tree of mounts proves that; this says so when it is not).
+	if m, want := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-config")), flagValue(t, c.Args, "config"); m.MountPath != want || m.SubPath != "broker.hcl" {
+		t.Errorf("broker.hcl mounted at %s (subPath %s), want --config %s", m.MountPath, m.SubPath, want)
 	}
-	if m := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-policies")); len(cfg.PolicyPaths) != 1 || inPod(t, etc, cfg.PolicyPaths[0]) != m.MountPath {
+	if m := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-policies")); len(cfg.PolicyPaths) != 1 || inPod(t, root, cfg.PolicyPaths[0]) != m.MountPath {
 		t.Errorf("policies %q, want the ConfigMap's mount %s", cfg.PolicyPaths, m.MountPath)
 	}
-	if m := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-ek-roots")); len(cfg.Verify.Trust.CAs) != 1 {
-		t.Errorf("ek_ca blocks %d, want the one reading %s", len(cfg.Verify.Trust.CAs), m.MountPath)
+	if len(cfg.Verify.Trust.CAs) != 1 {
+		t.Errorf("ek_ca blocks %d, want the one reading the ConfigMap keybroker-ek-roots", len(cfg.Verify.Trust.CAs))
 	}
 	etcdMount := c.mount(t, pod.volumeOf(t, "Secret", "keybroker-etcd-client")).MountPath
 	for _, f := range []string{cfg.Store.CACert, cfg.Store.Cert, cfg.Store.Key} {
-		if p := inPod(t, etc, f); path.Dir(p) != etcdMount {
+		if p := inPod(t, root, f); path.Dir(p) != etcdMount {
 			t.Errorf("etcd file %s is not in the Secret's mount %s", p, etcdMount)
 		}
 	}
@@ -209,7 +249,7 @@ func TestKubernetesManifestsBroker(t *testing.T) {
 	// The bolt variant: its own broker.hcl, one replica that stops before
 	// the next opens store.db, data_dir on the claim it defines.
 	bolt := renderKustomization(t, boltVariant)
-	boltCfg, _ := loadBrokerConfig(t, bolt, configMapData(t, bolt.patch(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
+	boltCfg, _ := loadBrokerConfig(t, bolt, pod, c, configMapData(t, bolt.patch(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
 	if boltCfg.Store.Kind != broker.StoreBolt {
 		t.Errorf("bolt variant: store %s", boltCfg.Store.Kind)
 	}
@@ -374,15 +414,16 @@ func TestKubernetesManifestsAgent(t *testing.T) {
 	// --ca in the broker CA ConfigMap's mount; --broker the Service, by a
 	// name broker.hcl puts in the certificate.
 	caMount := c.mount(t, pod.volumeOf(t, "ConfigMap", "keybroker-broker-ca"))
-	if ca := flagValue(t, args, "ca"); path.Dir(ca) != caMount.MountPath || !caMount.ReadOnly {
-		t.Errorf("--ca %s, want a file of the read-only ConfigMap mount %s", ca, caMount.MountPath)
+	if ca := flagValue(t, args, "ca"); ca != path.Join(caMount.MountPath, "ca.pem") || !caMount.ReadOnly {
+		t.Errorf("--ca %s, want ca.pem of the read-only ConfigMap mount %s", ca, caMount.MountPath)
 	}
 	svc, port := kubeBrokerService(t, base)
 	host, p, err := net.SplitHostPort(flagValue(t, args, "broker"))
 	if err != nil || host != svc.Metadata.Name+"."+svc.Metadata.Namespace+".svc" || p != strconv.Itoa(port) {
 		t.Errorf("--broker %s:%s, want the Service %s.%s.svc:%d", host, p, svc.Metadata.Name, svc.Metadata.Namespace, port)
 	}
-	cfg, _ := loadBrokerConfig(t, base, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
+	bpod, bc := brokerPod(t, base)
+	cfg, _ := loadBrokerConfig(t, base, bpod, bc, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
 	if !slices.Contains(cfg.ServerNames, host) {
 		t.Errorf("--broker host %s is not in the broker's server_names %q", host, cfg.ServerNames)
 	}
@@ -392,9 +433,6 @@ func TestKubernetesManifestsAgent(t *testing.T) {
 		skipUnlessE2E(t)
 		brokerBin, agentBin := binaries(t)
 		wantFlags(t, agentBin, c.Command, args)
-		var dep workload
-		base.find(t, "Deployment", "keybroker").into(t, &dep)
-		bc := dep.Spec.Template.Spec.Containers[0]
 		wantFlags(t, brokerBin, bc.Command, bc.Args)
 	})
 }
