@@ -132,9 +132,33 @@ func (r rendered) patch(t *testing.T, kind, name string) kubeObject {
 // apiVersion, kind, resources (files and directories holding a
 // kustomization) and patches (files of strategic merge patches) are
 // understood; any other field fails the test, so that this stays what
-// kustomize would render.
+// kustomize would render. Like kustomize, it refuses a file outside the
+// kustomization's directory and a base directory that holds a kustomization
+// that led to it ("cycle detected": an overlay cannot live inside its base).
 func renderKustomization(t *testing.T, dir string) rendered {
 	t.Helper()
+	return renderFrom(t, dir, nil)
+}
+
+func renderFrom(t *testing.T, dir string, visited []string) rendered {
+	t.Helper()
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range visited {
+		if v == abs || strings.HasPrefix(v, abs+string(filepath.Separator)) {
+			t.Fatalf("kustomize would refuse %s: cycle detected: candidate root %s contains visited root %s", dir, abs, v)
+		}
+	}
+	visited = append(visited, abs)
+	below := func(f, name string) string {
+		p := filepath.Join(dir, name)
+		if rel, err := filepath.Rel(dir, p); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			t.Fatalf("%s: file %s is not in or below %s, which kustomize refuses", f, name, dir)
+		}
+		return p
+	}
 	var k struct {
 		APIVersion string   `yaml:"apiVersion"`
 		Kind       string   `yaml:"kind"`
@@ -168,7 +192,7 @@ func renderKustomization(t *testing.T, dir string) rendered {
 			t.Fatalf("%s: resource %s: %v", f, res, err)
 		}
 		if fi.IsDir() {
-			base := renderKustomization(t, p)
+			base := renderFrom(t, p, visited)
 			if len(base.patches) > 0 {
 				t.Fatalf("%s: base %s has patches; apply them there is not rendered here", f, res)
 			}
@@ -177,12 +201,12 @@ func renderKustomization(t *testing.T, dir string) rendered {
 			}
 			continue
 		}
-		for _, o := range decodeManifests(t, p) {
+		for _, o := range decodeManifests(t, below(f, res)) {
 			add(o, p)
 		}
 	}
 	for _, pt := range k.Patches {
-		docs := decodeManifests(t, filepath.Join(dir, pt.Path))
+		docs := decodeManifests(t, below(f, pt.Path))
 		if len(docs) != 1 {
 			t.Fatalf("%s: patch %s holds %d documents, want 1", f, pt.Path, len(docs))
 		}
