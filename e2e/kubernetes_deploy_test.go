@@ -30,9 +30,6 @@ import (
 // deployDir is the base kustomization, relative to this package.
 const deployDir = "../deploy/kubernetes"
 
-// boltVariant is the one-broker-on-bbolt overlay.
-var boltVariant = filepath.Join(deployDir, "variants", "bolt")
-
 // wantHardened checks what every keybroker container promises: no
 // privilege, no capability, no escalation, a read-only root file system,
 // resources requested and memory bounded.
@@ -58,27 +55,41 @@ func wantHardened(t *testing.T, c container) {
 
 // brokerTree lays out, in a temporary directory standing for the pod's
 // root, every volume the broker container mounts under /etc/keybroker, at
-// its mount path: broker.hcl (the subPath mount of its ConfigMap), the
-// ConfigMaps of the kustomization, and for what the operator creates (README
-// "Before you apply") files under the keys the README names. It returns the
-// root and the path of --config in it.
-func brokerTree(t *testing.T, r rendered, pod podSpec, c container, brokerHCL string) (root, config string) {
+// its mount path: the ConfigMaps of the kustomization (patched), and for
+// what the operator creates (README "Before you apply") or Kubernetes
+// provides, files under the keys the README names. It returns the root and
+// the path of --config in it.
+func brokerTree(t *testing.T, r rendered, pod podSpec, c container) (root, config string) {
 	t.Helper()
-	ekRoot, err := issue.LoadOrCreateCA(filepath.Join(t.TempDir(), "ek-root"), issue.CAOpts{CommonName: "e2e EK vendor root"})
-	if err != nil {
-		t.Fatal(err)
+	dirs := t.TempDir()
+	newCA := func(name string) *issue.CA {
+		ca, err := issue.LoadOrCreateCA(filepath.Join(dirs, name), issue.CAOpts{CommonName: "e2e " + name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
 	}
-	etcdCA, err := issue.LoadOrCreateCA(filepath.Join(t.TempDir(), "etcd-ca"), issue.CAOpts{CommonName: "e2e etcd"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcdCA, kubeletCA := newCA("etcd"), newCA("kubelet-clients")
 	client, err := etcdCA.IssueTLS(issue.TLSTemplate{CommonName: "keybroker", Client: true, TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	operator := map[string]map[string]string{
-		"ConfigMap keybroker-ek-roots": {"vendor.pem": string(ekRoot.BundlePEM())},
+	kubeletKey := readFile(t, filepath.Join(dirs, "kubelet-clients", issue.CAKeyFile))
+	outside := map[string]map[string]string{
+		"ConfigMap keybroker-ek-roots": {"vendor.pem": string(newCA("ek-root").BundlePEM())},
 		"Secret keybroker-etcd-client": {"ca.pem": string(etcdCA.BundlePEM()), "client.pem": string(client.CertificatePEM), "client-key.pem": string(client.KeyPEM)},
+		"Secret keybroker-kubelet-ca":  {"ca.pem": string(kubeletCA.BundlePEM()), "ca-key.pem": string(kubeletKey)},
+		"ConfigMap kube-root-ca.crt":   {"ca.crt": string(newCA("cluster").BundlePEM())},
+	}
+	data := func(kind, name string) map[string]string {
+		if files, ok := outside[kind+" "+name]; ok {
+			return files
+		}
+		if kind == "ConfigMap" {
+			return configMapData(t, r.resolved(t, kind, name))
+		}
+		t.Fatalf("%s %s: nothing known to put there", kind, name)
+		return nil
 	}
 	root = t.TempDir()
 	for _, m := range c.VolumeMounts {
@@ -86,18 +97,24 @@ func brokerTree(t *testing.T, r rendered, pod podSpec, c container, brokerHCL st
 			continue
 		}
 		v := pod.volume(t, m.Name)
-		var files map[string]string
+		files := map[string]string{}
 		switch {
-		case v.ConfigMap != nil && v.ConfigMap.Name == "keybroker-config":
-			files = map[string]string{"broker.hcl": brokerHCL}
-		case v.ConfigMap != nil && operator["ConfigMap "+v.ConfigMap.Name] == nil:
-			files = configMapData(t, r.find(t, "ConfigMap", v.ConfigMap.Name))
 		case v.ConfigMap != nil:
-			files = operator["ConfigMap "+v.ConfigMap.Name]
+			files = data("ConfigMap", v.ConfigMap.Name)
 		case v.Secret != nil:
-			files = operator["Secret "+v.Secret.SecretName]
-		}
-		if files == nil {
+			files = data("Secret", v.Secret.SecretName)
+		case v.Projected != nil:
+			for _, src := range v.Projected.Sources {
+				switch {
+				case src.ServiceAccountToken != nil:
+					files[src.ServiceAccountToken.Path] = "e2e-service-account-token"
+				case src.ConfigMap != nil:
+					for _, it := range src.ConfigMap.Items {
+						files[it.Path] = data("ConfigMap", src.ConfigMap.Name)[it.Key]
+					}
+				}
+			}
+		default:
 			t.Fatalf("volume %s mounted at %s: nothing known to put there", m.Name, m.MountPath)
 		}
 		dst := filepath.Join(root, filepath.FromSlash(m.MountPath))
@@ -132,12 +149,13 @@ func configMapData(t *testing.T, o kubeObject) map[string]string {
 	return cm.Data
 }
 
-// loadBrokerConfig loads broker.hcl as the broker container sees it (see
-// brokerTree), with its policies checked against it as the broker does at
-// start. Paths in the returned configuration are under root.
-func loadBrokerConfig(t *testing.T, r rendered, pod podSpec, c container, brokerHCL string) (cfg *broker.Config, root string) {
+// loadBrokerConfig loads the broker.hcl of r's broker Deployment as its
+// container sees it (see brokerTree), with its policies checked against it
+// as the broker does at start. Paths in the configuration are under root.
+func loadBrokerConfig(t *testing.T, r rendered) (cfg *broker.Config, root string) {
 	t.Helper()
-	root, file := brokerTree(t, r, pod, c, brokerHCL)
+	pod, c := brokerPod(t, r)
+	root, file := brokerTree(t, r, pod, c)
 	cfg, err := broker.LoadConfig(file)
 	if err != nil {
 		t.Fatalf("the manifests' broker.hcl does not load where the pod mounts it: %v", err)
@@ -189,11 +207,12 @@ func kubeBrokerService(t *testing.T, r rendered) (service, int) {
 	return svc, 0
 }
 
-// brokerPod returns the broker Deployment's pod and its one container.
+// brokerPod returns the broker Deployment's pod (patched) and its one
+// container.
 func brokerPod(t *testing.T, r rendered) (podSpec, container) {
 	t.Helper()
 	var dep workload
-	r.find(t, "Deployment", "keybroker").into(t, &dep)
+	r.resolved(t, "Deployment", "keybroker").into(t, &dep)
 	pod := dep.Spec.Template.Spec
 	if len(pod.Containers) != 1 || len(pod.InitContainers) != 0 {
 		t.Fatalf("broker pod has %d containers and %d init containers, want 1 and 0", len(pod.Containers), len(pod.InitContainers))
@@ -201,9 +220,9 @@ func brokerPod(t *testing.T, r rendered) (podSpec, container) {
 	return pod, pod.Containers[0]
 }
 
-// TestKubernetesManifestsBroker checks the broker's Deployment against the
-// broker.hcl it runs, in the base (etcd, several replicas) and in the bolt
-// variant (one replica, a PersistentVolumeClaim).
+// TestKubernetesManifestsBroker checks the base's broker Deployment (etcd,
+// several replicas) against the broker.hcl it runs (the variants:
+// kubernetes_variants_test.go).
 func TestKubernetesManifestsBroker(t *testing.T) {
 	base := renderKustomization(t, deployDir)
 	var dep workload
@@ -223,7 +242,7 @@ func TestKubernetesManifestsBroker(t *testing.T) {
 	}
 	wantNoAPIAccess(t, base, pod, "keybroker")
 
-	cfg, root := loadBrokerConfig(t, base, pod, c, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
+	cfg, root := loadBrokerConfig(t, base)
 	if cfg.Store.Kind != broker.StoreEtcd || dep.Spec.Replicas == nil || *dep.Spec.Replicas < 2 {
 		t.Errorf("base: store %s with %v replicas, want etcd with at least 2", cfg.Store.Kind, dep.Spec.Replicas)
 	}
@@ -245,27 +264,6 @@ func TestKubernetesManifestsBroker(t *testing.T) {
 		}
 	}
 	wantBrokerPod(t, base, cfg, c, pod)
-
-	// The bolt variant: its own broker.hcl, one replica that stops before
-	// the next opens store.db, data_dir on the claim it defines.
-	bolt := renderKustomization(t, boltVariant)
-	boltCfg, _ := loadBrokerConfig(t, bolt, pod, c, configMapData(t, bolt.patch(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
-	if boltCfg.Store.Kind != broker.StoreBolt {
-		t.Errorf("bolt variant: store %s", boltCfg.Store.Kind)
-	}
-	var patched workload
-	bolt.patch(t, "Deployment", "keybroker").into(t, &patched)
-	if patched.Spec.Replicas == nil || *patched.Spec.Replicas != 1 || patched.Spec.Strategy.Type != "Recreate" {
-		t.Errorf("bolt variant: replicas %v strategy %q, want 1 and Recreate", patched.Spec.Replicas, patched.Spec.Strategy.Type)
-	}
-	claim := bolt.find(t, "PersistentVolumeClaim", "keybroker-data")
-	if v := patched.Spec.Template.Spec.volume(t, "data"); v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != claim.meta("name") {
-		t.Errorf("bolt variant: volume data %+v, want the claim %s", v, claim.meta("name"))
-	}
-	if boltCfg.DataDir != c.mount(t, "data").MountPath || boltCfg.Listen != cfg.Listen || boltCfg.MetricsListen != cfg.MetricsListen {
-		t.Errorf("bolt variant: data_dir %s listen %s metrics %s, want the base Deployment's %s, %s, %s",
-			boltCfg.DataDir, boltCfg.Listen, boltCfg.MetricsListen, c.mount(t, "data").MountPath, cfg.Listen, cfg.MetricsListen)
-	}
 }
 
 // wantBrokerPod checks what broker.hcl and the pod around it must agree
@@ -422,8 +420,8 @@ func TestKubernetesManifestsAgent(t *testing.T) {
 	if err != nil || host != svc.Metadata.Name+"."+svc.Metadata.Namespace+".svc" || p != strconv.Itoa(port) {
 		t.Errorf("--broker %s:%s, want the Service %s.%s.svc:%d", host, p, svc.Metadata.Name, svc.Metadata.Namespace, port)
 	}
-	bpod, bc := brokerPod(t, base)
-	cfg, _ := loadBrokerConfig(t, base, bpod, bc, configMapData(t, base.find(t, "ConfigMap", "keybroker-config"))["broker.hcl"])
+	_, bc := brokerPod(t, base)
+	cfg, _ := loadBrokerConfig(t, base)
 	if !slices.Contains(cfg.ServerNames, host) {
 		t.Errorf("--broker host %s is not in the broker's server_names %q", host, cfg.ServerNames)
 	}

@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -61,6 +63,8 @@ var kubeResources = map[string]struct {
 	"DaemonSet":             {"daemonsets", true},
 	"PodDisruptionBudget":   {"poddisruptionbudgets", true},
 	"NetworkPolicy":         {"networkpolicies", true},
+	"ClusterRole":           {"clusterroles", false},
+	"ClusterRoleBinding":    {"clusterrolebindings", false},
 }
 
 // collectionPath is where objects like o are created.
@@ -133,7 +137,7 @@ func podSecurityWarnings(r kubeReply) []string {
 // namespaces are created for real), checks that copies with an unknown or
 // misspelled field are refused, that Pod Security admission finds nothing
 // in the broker's pods under "restricted" and only the documented host
-// access in the agent's, and has kube-apiserver apply the bolt variant's
+// access in the agent's, and has kube-apiserver apply each variant's
 // patches to the base.
 func TestKubernetesManifestsDryRun(t *testing.T) {
 	k := startKube(t)
@@ -191,7 +195,10 @@ func TestKubernetesManifestsDryRun(t *testing.T) {
 		t.Errorf("dry run with hostPath type CharDev: %d %s, want 422", r.code, r.body)
 	}
 
-	t.Run("bolt variant", func(t *testing.T) { dryRunBoltVariant(t, k, base) })
+	created := map[string]bool{}
+	for _, name := range slices.Sorted(maps.Keys(variantDirs)) {
+		t.Run(name, func(t *testing.T) { dryRunVariant(t, k, base, variantDirs[name], created) })
+	}
 }
 
 // wantAgentPodSecurity checks that "restricted" objects to the agent's pod
@@ -215,61 +222,112 @@ func wantAgentPodSecurity(t *testing.T, warnings []string) {
 	}
 }
 
-// dryRunBoltVariant creates the objects the bolt variant patches for real
-// and has kube-apiserver apply its strategic merge patches as a dry run.
-func dryRunBoltVariant(t *testing.T, k *kubeCluster, base rendered) {
-	bolt := renderKustomization(t, boltVariant)
-	for _, pt := range bolt.patches {
+// dryRunVariant has kube-apiserver apply a variant's strategic merge
+// patches, as a dry run, to the base objects (created for real once), and
+// checks that the result is what the offline checks saw (strategicMerge):
+// replicas, strategy, volumes, mounts, ConfigMap data. The variant's own
+// objects are dry-run like the base's.
+func dryRunVariant(t *testing.T, k *kubeCluster, base rendered, dir string, created map[string]bool) {
+	v := renderKustomization(t, dir)
+	for _, pt := range v.patches {
 		o := base.find(t, pt.kind(), pt.meta("name"))
+		if created[o.id()] {
+			continue
+		}
 		if r := k.send(t, http.MethodPost, collectionPath(t, o), "application/json", mustJSON(t, o)); r.code != http.StatusCreated {
 			t.Fatalf("create %s: %d %s", o.id(), r.code, r.body)
 		}
+		created[o.id()] = true
 	}
 	const smp = "application/strategic-merge-patch+json"
-	var patched workload
-	for _, pt := range bolt.patches {
+	for _, pt := range v.patches {
 		p := collectionPath(t, pt) + "/" + pt.meta("name") + dryRunStrict
 		r := k.send(t, http.MethodPatch, p, smp, mustJSON(t, pt))
 		if r.code != http.StatusOK {
 			t.Errorf("dry-run patch of %s: %d %s", pt.id(), r.code, r.body)
 			continue
 		}
-		if pt.kind() == "Deployment" {
-			if err := json.Unmarshal(r.body, &patched); err != nil {
-				t.Fatal(err)
-			}
-			if ps := podSecurityWarnings(r); len(ps) > 0 {
-				t.Errorf("patched Deployment: Pod Security warnings %q", ps)
-			}
+		if ps := podSecurityWarnings(r); len(ps) > 0 {
+			t.Errorf("patched %s: Pod Security warnings %q", pt.id(), ps)
 		}
+		var server kubeObject
+		if err := json.Unmarshal(r.body, &server); err != nil {
+			t.Fatal(err)
+		}
+		wantSameResult(t, pt.id(), server, v.resolved(t, pt.kind(), pt.meta("name")))
 		bad := withField(t, pt, true, "unknownField")
 		if r := k.send(t, http.MethodPatch, p, smp, mustJSON(t, bad)); r.code != http.StatusBadRequest && r.code != http.StatusUnprocessableEntity {
 			t.Errorf("dry-run patch of %s with an unknown field: %d %s, want 400 or 422", pt.id(), r.code, r.body)
 		}
 	}
-	pod := patched.Spec.Template.Spec
-	if patched.Spec.Replicas == nil || *patched.Spec.Replicas != 1 || patched.Spec.Strategy.Type != "Recreate" {
-		t.Errorf("patched Deployment: replicas %v strategy %q, want 1 and Recreate", patched.Spec.Replicas, patched.Spec.Strategy.Type)
-	}
-	if v := pod.volume(t, "data"); v.PersistentVolumeClaim == nil || v.EmptyDir != nil {
-		t.Errorf("patched Deployment: volume data %+v, want only the claim", v)
-	}
-	for _, v := range pod.Volumes {
-		if v.Name == "etcd-client" {
-			t.Error("patched Deployment still has the etcd-client volume")
-		}
-	}
-	for _, m := range pod.Containers[0].VolumeMounts {
-		if m.Name == "etcd-client" {
-			t.Error("patched Deployment still mounts etcd-client")
-		}
-	}
-	for _, o := range bolt.objects {
-		if o.kind() != "PersistentVolumeClaim" {
+	for _, o := range v.objects {
+		if slices.ContainsFunc(base.objects, func(b kubeObject) bool { return b.id() == o.id() }) {
 			continue
 		}
-		if r := k.send(t, http.MethodPost, collectionPath(t, o)+dryRunStrict, "application/json", mustJSON(t, o)); r.code != http.StatusCreated {
+		r := k.send(t, http.MethodPost, collectionPath(t, o)+dryRunStrict, "application/json", mustJSON(t, o))
+		if r.code != http.StatusCreated {
 			t.Errorf("dry run of %s: %d %s", o.id(), r.code, r.body)
 		}
+		bad := withField(t, o, true, "unknownField")
+		if r := k.send(t, http.MethodPost, collectionPath(t, o)+dryRunStrict, "application/json", mustJSON(t, bad)); r.code != http.StatusBadRequest && r.code != http.StatusUnprocessableEntity {
+			t.Errorf("dry run of %s with an unknown field: %d %s, want 400 or 422", o.id(), r.code, r.body)
+		}
+	}
+}
+
+// patchSummary is what the checks read of a patched object, without the
+// defaults kube-apiserver fills in.
+type patchSummary struct {
+	Replicas *int
+	Strategy string
+	Volumes  []string // name: source, sorted
+	Mounts   []string // container volume path, sorted
+	Data     map[string]string
+}
+
+func summarize(t *testing.T, o kubeObject) patchSummary {
+	t.Helper()
+	if o.kind() == "ConfigMap" {
+		return patchSummary{Data: configMapData(t, o)}
+	}
+	var w workload
+	o.into(t, &w)
+	s := patchSummary{Replicas: w.Spec.Replicas, Strategy: w.Spec.Strategy.Type}
+	for _, v := range w.Spec.Template.Spec.Volumes {
+		var src string
+		switch {
+		case v.HostPath != nil:
+			src = "hostPath " + v.HostPath.Path
+		case v.Secret != nil:
+			src = "secret " + v.Secret.SecretName
+		case v.ConfigMap != nil:
+			src = "configMap " + v.ConfigMap.Name
+		case v.PersistentVolumeClaim != nil:
+			src = "claim " + v.PersistentVolumeClaim.ClaimName
+		case v.Projected != nil:
+			src = "projected"
+		case v.EmptyDir != nil:
+			src = "emptyDir"
+		}
+		s.Volumes = append(s.Volumes, v.Name+": "+src)
+	}
+	for _, c := range w.Spec.Template.Spec.Containers {
+		for _, m := range c.VolumeMounts {
+			s.Mounts = append(s.Mounts, c.Name+" "+m.Name+" "+m.MountPath)
+		}
+	}
+	// Where a merge puts new list entries differs and does not matter.
+	slices.Sort(s.Volumes)
+	slices.Sort(s.Mounts)
+	return s
+}
+
+// wantSameResult compares kube-apiserver's patched object with
+// strategicMerge's.
+func wantSameResult(t *testing.T, id string, server, offline kubeObject) {
+	t.Helper()
+	got, want := summarize(t, server), summarize(t, offline)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("patched %s: kube-apiserver made\n%+v\nthe offline merge made\n%+v", id, got, want)
 	}
 }

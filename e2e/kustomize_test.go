@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,6 +116,82 @@ func (r rendered) find(t *testing.T, kind, name string) kubeObject {
 	}
 	t.Fatalf("the kustomization has no %s %s", kind, name)
 	return nil
+}
+
+// resolved returns the object of that kind and name with the
+// kustomization's patches of it applied (see strategicMerge).
+func (r rendered) resolved(t *testing.T, kind, name string) kubeObject {
+	t.Helper()
+	o := r.find(t, kind, name)
+	for _, p := range r.patches {
+		if p.kind() == kind && p.meta("name") == name {
+			o = strategicMerge(t, o, p)
+		}
+	}
+	return o
+}
+
+// mergeKeys are the list merge keys of the fields the patches touch, as
+// k8s.io/api declares them (patchMergeKey); other lists are replaced.
+var mergeKeys = map[string]string{"containers": "name", "volumes": "name", "volumeMounts": "mountPath"}
+
+// strategicMerge applies a strategic merge patch as far as the manifests
+// need it, for the checks that run without kube-apiserver: maps merge, null
+// deletes a key, lists in mergeKeys merge by their key and honour "$patch:
+// delete", other lists are replaced. TestKubernetesManifestsDryRun has
+// kube-apiserver apply the same patches and compares.
+func strategicMerge(t *testing.T, o, patch kubeObject) kubeObject {
+	t.Helper()
+	var c map[string]any
+	if err := json.Unmarshal(mustJSON(t, o), &c); err != nil {
+		t.Fatal(err)
+	}
+	return mergeMap(c, map[string]any(patch))
+}
+
+func mergeMap(dst, patch map[string]any) map[string]any {
+	for k, pv := range patch {
+		switch pv := pv.(type) {
+		case nil:
+			delete(dst, k)
+		case map[string]any:
+			d, _ := dst[k].(map[string]any)
+			if d == nil {
+				d = map[string]any{}
+			}
+			dst[k] = mergeMap(d, pv)
+		case []any:
+			key, ok := mergeKeys[k]
+			d, _ := dst[k].([]any)
+			if !ok {
+				dst[k] = pv
+				continue
+			}
+			dst[k] = mergeList(d, pv, key)
+		default:
+			dst[k] = pv
+		}
+	}
+	return dst
+}
+
+func mergeList(dst, patch []any, key string) []any {
+	for _, pe := range patch {
+		pm, _ := pe.(map[string]any)
+		i := slices.IndexFunc(dst, func(e any) bool { m, _ := e.(map[string]any); return m != nil && m[key] == pm[key] })
+		if pm["$patch"] == "delete" {
+			if i >= 0 {
+				dst = slices.Delete(dst, i, i+1)
+			}
+			continue
+		}
+		if i < 0 {
+			dst = append(dst, mergeMap(map[string]any{}, pm))
+			continue
+		}
+		dst[i] = mergeMap(dst[i].(map[string]any), pm)
+	}
+	return dst
 }
 
 func (r rendered) patch(t *testing.T, kind, name string) kubeObject {
@@ -317,6 +394,20 @@ type (
 		ConfigMap *struct {
 			Name string `json:"name"`
 		} `json:"configMap"`
+		Projected *struct {
+			Sources []struct {
+				ServiceAccountToken *struct {
+					Path string `json:"path"`
+				} `json:"serviceAccountToken"`
+				ConfigMap *struct {
+					Name  string `json:"name"`
+					Items []struct {
+						Key  string `json:"key"`
+						Path string `json:"path"`
+					} `json:"items"`
+				} `json:"configMap"`
+			} `json:"sources"`
+		} `json:"projected"`
 		EmptyDir              map[string]any `json:"emptyDir"`
 		PersistentVolumeClaim *struct {
 			ClaimName string `json:"claimName"`
