@@ -102,5 +102,8 @@
 // that its flags exist and name its mounts; TestKubernetesManifestsDryRun
 // sends every object to kube-apiserver (KEYBROKER_KUBE_APISERVER, as the
 // Kubernetes suite) with dryRun=All and fieldValidation=Strict, with broken
-// copies refused and Pod Security findings only where documented.
+// copies refused and Pod Security findings only where documented, and has
+// it apply each variant's patches; TestKubernetesManifestsVariants
+// (kubernetes_variants_test.go) checks the variants' brokers (bolt: one
+// replica on a claim; kubelet: the quarantine RBAC, a projected token).
 package e2e
