@@ -145,7 +145,7 @@ RELEASE_LDFLAGS   := -s -w -buildid= -X github.com/keybroker/keybroker/internal/
 RELEASE_ENV       := CGO_ENABLED=0 GOFLAGS= GOAMD64=v1 GOARM64=v8.0
 CONTAINER_TOOL    ?= $(firstword $(foreach t,podman docker,$(shell command -v $(t) 2>/dev/null)))
 
-.PHONY: release release-check container
+.PHONY: release release-check container container-agent
 
 release: ## static, stamped, reproducible binaries for RELEASE_PLATFORMS in dist/, with SHA256SUMS
 	@set -e; dist=$(abspath $(DIST)); mkdir -p $$dist; rm -f $$dist/SHA256SUMS; built=; \
@@ -173,3 +173,9 @@ container: ## the broker's container image from packaging/Containerfile (podman 
 	  echo "container: neither podman nor docker is installed; install one to build packaging/Containerfile"; exit 1; fi
 	$(CONTAINER_TOOL) build -f packaging/Containerfile \
 	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t keybroker:$(VERSION) .
+
+container-agent: ## the agent's container image (the DaemonSet of deploy/kubernetes), stage agent of packaging/Containerfile
+	@if [ -z "$(CONTAINER_TOOL)" ]; then \
+	  echo "container-agent: neither podman nor docker is installed; install one to build packaging/Containerfile"; exit 1; fi
+	$(CONTAINER_TOOL) build -f packaging/Containerfile --target agent \
+	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t keybroker-agent:$(VERSION) .

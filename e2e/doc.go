@@ -91,4 +91,19 @@
 // from $KEYBROKER_GRPCURL or the build .ci/run caches in
 // $HOME/.cache/keybroker/grpcurl-<version>; docs/protocol.md shows the same
 // session.
+//
+// The manifests of deploy/kubernetes (kubernetes_deploy_test.go,
+// kubernetes_dryrun_test.go, rendered by kustomize_test.go):
+// TestKubernetesManifestsBroker loads each shape's broker.hcl from a tree
+// laid out as the broker pod mounts it and checks the Deployment against it
+// (mounts, ports, Services, server_names, hardening, no service-account
+// token); TestKubernetesManifestsAgent checks the DaemonSet's host access
+// (only /dev/tpmrm0 from /dev, the event log read-only, no hostNetwork) and
+// that its flags exist and name its mounts; TestKubernetesManifestsDryRun
+// sends every object to kube-apiserver (KEYBROKER_KUBE_APISERVER, as the
+// Kubernetes suite) with dryRun=All and fieldValidation=Strict, with broken
+// copies refused and Pod Security findings only where documented, and has
+// it apply each variant's patches; TestKubernetesManifestsVariants
+// (kubernetes_variants_test.go) checks the variants' brokers (bolt: one
+// replica on a claim; kubelet: the quarantine RBAC, a projected token).
 package e2e
