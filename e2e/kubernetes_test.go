@@ -579,7 +579,8 @@ func (k *kubeCluster) bootstrapTokens(t *testing.T) []map[string]any {
 
 // kubelet_auth = "bootstrap_token": the attested node gets a bootstrap
 // kubeconfig whose token authenticates as system:bootstrap:<id> in the
-// broker's bootstrappers group and expires with the release's TTL; a
+// broker's bootstrappers group and expires with the release's TTL (and
+// then authenticates no one); a
 // kubelet-style CSR made with it is approved and signed by
 // kube-controller-manager, and the certificate authenticates as the node.
 // A node whose boot changed gets no token, and none is created.
@@ -595,7 +596,7 @@ func TestKubernetesBootstrapToken(t *testing.T) {
 	ekHash := ekHashOf(t, tpm)
 	policy := strings.Replace(kubeletPolicy(p), `node_name = "node-${ek_hash_short}"`, `node_name = "node-${ek_hash_short}"
     kubelet_auth = "bootstrap_token"`, 1)
-	policy = strings.Replace(policy, `ttl       = "1h"`, `ttl       = "10m"`, 1)
+	policy = strings.Replace(policy, `ttl       = "1h"`, `ttl       = "40s"`, 1)
 	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy,
 		extra: fmt.Sprintf("kubernetes {\n  server = %q\n  ca_cert = %q\n  client_ca_cert = %q\n  client_ca_key = %q\n  token_file = %q\n}\n",
 			kube.url, kube.caFile, filepath.Join(kube.kubeletCA, issue.CACertFile), filepath.Join(kube.kubeletCA, issue.CAKeyFile), kube.brokerToken)})
@@ -638,8 +639,8 @@ func TestKubernetesBootstrapToken(t *testing.T) {
 	expB64, _ := data["expiration"].(string)
 	expRaw, _ := base64.StdEncoding.DecodeString(expB64)
 	exp, err := time.Parse(time.RFC3339, string(expRaw))
-	if err != nil || exp.Before(before.Add(9*time.Minute)) || exp.After(time.Now().Add(10*time.Minute)) {
-		t.Fatalf("the token expires at %q (%v); want 10 minutes after the release", expRaw, err)
+	if err != nil || exp.Before(before.Add(39*time.Second)) || exp.After(time.Now().Add(40*time.Second)) {
+		t.Fatalf("the token expires at %q (%v); want 40 seconds after the release", expRaw, err)
 	}
 
 	// The kubelet's TLS bootstrap: a CSR for its node name, approved and
@@ -700,6 +701,13 @@ func TestKubernetesBootstrapToken(t *testing.T) {
 	}
 	if user, groups := kube.whoami(t, kubeClient(t, kube.servingCA, pair)); user != "system:node:"+nodeName || !slices.Contains(groups, "system:nodes") {
 		t.Fatalf("the signed certificate is %q in %v", user, groups)
+	}
+
+	// Once expired, the token authenticates no one.
+	time.Sleep(time.Until(exp) + 2*time.Second)
+	if code, body, err := kube.do(bootClient, http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+		map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("the expired bootstrap token: %d %s %v; want 401", code, body, err)
 	}
 
 	// The boot changes: refused, and no new token exists.
