@@ -295,24 +295,8 @@ func TestKubernetesKubeletJoin(t *testing.T) {
 	nodeName := "node-" + ekHash[:16]
 
 	// Who the API server says the kubelet is.
-	code, body, err := kube.do(kubelet, http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-		map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-	if err != nil || code != http.StatusCreated {
-		t.Fatalf("SelfSubjectReview: %d %s %v", code, body, err)
-	}
-	var review struct {
-		Status struct {
-			UserInfo struct {
-				Username string   `json:"username"`
-				Groups   []string `json:"groups"`
-			} `json:"userInfo"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal(body, &review); err != nil {
-		t.Fatal(err)
-	}
-	if u := review.Status.UserInfo; u.Username != "system:node:"+nodeName || !slices.Contains(u.Groups, "system:nodes") {
-		t.Fatalf("the kubelet is %q in %v, want system:node:%s in system:nodes", u.Username, u.Groups, nodeName)
+	if user, groups := kube.whoami(t, kubelet); user != "system:node:"+nodeName || !slices.Contains(groups, "system:nodes") {
+		t.Fatalf("the kubelet is %q in %v, want system:node:%s in system:nodes", user, groups, nodeName)
 	}
 
 	// Its own Node object: yes; another node's: no (Node authorizer and
