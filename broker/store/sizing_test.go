@@ -22,6 +22,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/store/storetest"
 	"github.com/keybroker/keybroker/internal/etcdtest"
 )
 
@@ -266,7 +267,7 @@ func measureFleet(t *testing.T, f *fleet, target *sizingTarget, receipts int) {
 	row("receipts", start)
 	start = time.Now()
 	for cut := sizingT0.Add(time.Duration(receipts/2) * sizingStep); ; {
-		n, err := target.b.DeleteReceiptsBefore(context.Background(), cut, 1000)
+		n, err := target.b.DeleteReceiptsBefore(context.Background(), cut, 1000, storetest.Seal)
 		must(t, err)
 		if n == 0 {
 			break
