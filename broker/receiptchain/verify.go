@@ -158,39 +158,66 @@ func (v *Verifier) Report() Report {
 		return finish(rep, problems)
 	}
 	rep.First, rep.Last = links[0].seq, links[len(links)-1].seq
-	vouched := func(l link) bool { h, ok := signed[l.seq]; return ok && equal(h, l.hash) }
 
+	// broken[i] says the link after links[i] is broken: the next receipt's
+	// prev, or a signed checkpoint of links[i]'s seq, names another hash.
+	// broken[-1], start, is the link into the first receipt.
 	first := links[0]
+	var start bool
 	switch {
-	case first.seq == 1 && !equal(first.prev, store.GenesisHash):
-		add(first.seq, first.id, "the first receipt's prev is not the genesis hash")
-	case first.seq > 1:
+	case first.seq == 1:
+		start = !equal(first.prev, store.GenesisHash)
+	default:
 		h, ok := signed[first.seq-1]
-		switch {
-		case !ok:
+		if !ok {
 			add(first.seq, first.id, "the chain starts here but no signed checkpoint of seq %d anchors it: receipts before it are missing", first.seq-1)
-		case !equal(h, first.prev):
-			add(first.seq, first.id, "its prev does not match the signed checkpoint of seq %d", first.seq-1)
 		}
+		start = ok && !equal(h, first.prev)
 	}
+	broken := make([]bool, len(links))
 	for i, l := range links {
 		if h, ok := signed[l.seq]; ok && !equal(h, l.hash) {
-			add(l.seq, l.id, "was changed: its hash does not match the signed checkpoint of its seq")
+			broken[i] = true
 		}
-		if i == 0 {
+		if i+1 == len(links) {
+			break
+		}
+		n := links[i+1]
+		switch {
+		case n.seq == l.seq:
+			add(n.seq, n.id, "seq is also held by receipt %s", l.id)
+		case n.seq != l.seq+1:
+			add(l.seq+1, "", "missing: receipts seq %d to %d are not there (between %s and %s)", l.seq+1, n.seq-1, l.id, n.id)
+		case !equal(n.prev, l.hash):
+			broken[i] = true
+		}
+	}
+	// A run of broken links, from the one after links[a] (a = -1: the link
+	// into the first receipt) to the one after links[b], is what changed
+	// receipts leave: a receipt whose bytes changed breaks the link after
+	// it (one link: links[a] changed); two receipts changed, or swapped
+	// with their prevs fixed up, break two (links[a] is the first changed,
+	// unless a checkpoint vouches for its hash); two swapped receipts
+	// whose prevs were left break three or more (links[a+1] is the first).
+	for a := -1; a < len(links); a++ {
+		if !(a == -1 && start || a >= 0 && broken[a]) {
 			continue
 		}
-		p := links[i-1]
-		switch {
-		case l.seq == p.seq:
-			add(l.seq, l.id, "seq is also held by receipt %s", p.id)
-		case l.seq != p.seq+1:
-			add(p.seq+1, "", "missing: receipts seq %d to %d are not there (between %s and %s)", p.seq+1, l.seq-1, p.id, l.id)
-		case !equal(l.prev, p.hash) && vouched(p):
-			add(l.seq, l.id, "was changed: its prev does not match the hash of receipt seq %d (%s), which a checkpoint vouches for", p.seq, p.id)
-		case !equal(l.prev, p.hash):
-			add(p.seq, p.id, "was changed (or receipt seq %d, %s, was): its hash does not match the next receipt's prev", l.seq, l.id)
+		b := a
+		for b+1 < len(links) && broken[b+1] {
+			b++
 		}
+		from := a
+		if h, ok := signed[links[max(a, 0)].seq]; a == -1 || b-a >= 2 || b > a && ok && equal(h, links[a].hash) {
+			from = a + 1
+		}
+		bad := links[from]
+		if from >= b {
+			add(bad.seq, bad.id, "was changed: its hash or prev does not match what the receipts or signed checkpoints around it name")
+		} else {
+			add(bad.seq, bad.id, "was changed, or receipts after it up to seq %d were: they no longer link to each other", links[b].seq)
+		}
+		a = b
 	}
 	last := links[len(links)-1]
 	switch {
