@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -31,6 +32,9 @@ type chainBackend struct {
 	// rewrite changes the stored bytes of receipt seq with edit (nil:
 	// deletes it), while no broker has the store open.
 	rewrite func(t *testing.T, cfg *Config, seq uint64, edit func([]byte) []byte)
+	// putLegacy stores a receipt as a broker before chaining did: val
+	// under its id, without chain fields or index entries.
+	putLegacy func(t *testing.T, cfg *Config, id string, val []byte)
 }
 
 func chainBackends(t *testing.T) []chainBackend {
@@ -54,6 +58,16 @@ func chainBackends(t *testing.T) []chainBackend {
 				return receipts.Put(id, edit(bytes.Clone(receipts.Get(id))))
 			})
 			if err != nil {
+				t.Fatal(err)
+			}
+		},
+		putLegacy: func(t *testing.T, cfg *Config, id string, val []byte) {
+			db, err := bolt.Open(filepath.Join(cfg.DataDir, BoltFile), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("receipts")).Put([]byte(id), val) }); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -89,6 +103,11 @@ func chainBackends(t *testing.T) []chainBackend {
 				_, err = cli.Put(ctx, key, string(edit(got.Kvs[0].Value)))
 			}
 			if err != nil {
+				t.Fatal(err)
+			}
+		},
+		putLegacy: func(t *testing.T, cfg *Config, id string, val []byte) {
+			if _, err := c.Client(t).Put(context.Background(), cfg.Store.Prefix+"receipts/"+id, string(val)); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -308,6 +327,48 @@ func TestReceiptChainTwoBrokers(t *testing.T) {
 			}
 			if rep := verifyChain(t, cfg, publicKeys(t, second)); rep.OK() {
 				t.Error("verified with only the second broker's key, want the first's checkpoints refused")
+			}
+		})
+	}
+}
+
+// TestReceiptChainAfterUnchained runs on a store holding receipts written
+// before receipts were chained: they still read, are counted and not
+// verified, and go with retention; the chain written after them verifies.
+func TestReceiptChainAfterUnchained(t *testing.T) {
+	for _, bk := range chainBackends(t) {
+		t.Run(bk.name, func(t *testing.T) {
+			cfg, _ := bk.open(t)
+			openChainBroker(t, cfg).st.Close() // creates the store
+			old := time.Now().Add(-72 * time.Hour)
+			var legacyIDs []string
+			for i := range 3 {
+				at := old.Add(time.Duration(i) * time.Second)
+				id := store.NewReceiptID(at)
+				legacyIDs = append(legacyIDs, id)
+				bk.putLegacy(t, cfg, id, fmt.Appendf(nil, `{"id":%q,"time":%q,"ek_hash":"ek-old","allowed":true}`, id, at.UTC().Format(time.RFC3339Nano)))
+			}
+			b := openChainBroker(t, cfg)
+			got, err := b.st.GetReceipt(context.Background(), legacyIDs[0])
+			if err != nil || got.Seq != 0 || got.EKHash != "ek-old" {
+				t.Fatalf("legacy receipt = %+v, %v", got, err)
+			}
+			b.record(t, 4, madeNow)
+			b.signHead(t)
+			rep := verifyChain(t, cfg, publicKeys(t, cfg))
+			if !rep.OK() || rep.Unchained != 3 || rep.Receipts != 4 {
+				t.Fatalf("report = %+v, want 4 verified and 3 unchained", rep)
+			}
+
+			b = openChainBroker(t, cfg)
+			r := &Running{st: b.st, checkpoints: b.cp}
+			r.purgeOnce(slog.New(slog.DiscardHandler), time.Now(), 24*time.Hour)
+			if _, err := b.st.GetReceipt(context.Background(), legacyIDs[2]); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("legacy receipt past retention: %v, want deleted", err)
+			}
+			b.signHead(t)
+			if rep := verifyChain(t, cfg, publicKeys(t, cfg)); !rep.OK() || rep.Unchained != 0 || rep.Receipts != 4 {
+				t.Errorf("after purge report = %+v, want 4 verified", rep)
 			}
 		})
 	}
