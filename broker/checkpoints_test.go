@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -371,5 +372,89 @@ func TestReceiptChainAfterUnchained(t *testing.T) {
 				t.Errorf("after purge report = %+v, want 4 verified", rep)
 			}
 		})
+	}
+}
+
+// TestReceiptChainLiveBroker exports through a running broker's admin
+// socket, which signs the head first, and verifies; the broker signs its
+// head again when it stops.
+func TestReceiptChainLiveBroker(t *testing.T) {
+	dir := t.TempDir()
+	hash := strings.Repeat("ab", 32)
+	policy := "policy \"p\" {\n  select { ek_hashes = [\"" + hash + "\"] }\n  release \"r\" {\n    type = \"tls_certificate\"\n    common_name = \"x\"\n  }\n}\n"
+	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseConfig([]byte(`listen = "127.0.0.1:0"
+data_dir = "data"
+policies = ["p.hcl"]
+ek_allow = ["`+hash+`"]
+receipt_checkpoints {
+  every    = 1000000
+  interval = "24h"
+}`), filepath.Join(dir, "broker.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Start(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	keyPath := filepath.Join(dir, "data", ReceiptsDir, CheckpointKeyFile)
+	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 || cfg.CheckpointKeyPath() != keyPath {
+		t.Fatalf("checkpoint key %s: %v, %v; want mode 0600", keyPath, fi, err)
+	}
+	b := &chainBroker{st: r.Store()}
+	b.record(t, 5, madeNow)
+	// The checkpointer's first look signs the head: no checkpoint yet.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		cps, err := r.Store().ListCheckpoints(context.Background(), 0, 0)
+		if err == nil && len(cps) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint after 20s: %v", err)
+		}
+	}
+	b.record(t, 2, madeNow)
+	keys := publicKeys(t, cfg)
+	if rep := verifyChain(t, cfg, keys); !rep.OK() || rep.Receipts != 7 || rep.Covered != 7 {
+		t.Fatalf("live export: %+v, want 7 receipts covered by the checkpoint the export had signed", rep)
+	}
+	cps, err := r.Store().ListCheckpoints(context.Background(), 0, 0)
+	if err != nil || len(cps) != 2 || cps[0].Seq != 5 || cps[1].Seq != 7 {
+		t.Errorf("checkpoints = %+v, %v; want seq 5 (first look) and 7 (export)", cps, err)
+	}
+	b.record(t, 1, madeNow)
+	r.Stop()
+	if rep := verifyChain(t, cfg, keys); !rep.OK() || rep.Covered != 8 {
+		t.Errorf("after stop: %+v, want 8 receipts covered by the checkpoint of the stop", rep)
+	}
+}
+
+func TestReceiptCheckpointsConfig(t *testing.T) {
+	for _, tt := range []struct {
+		name, block, wantErr string
+	}{
+		{"every 0", `every = 0`, "receipt_checkpoints: every must be between 1 and 1000000"},
+		{"interval too short", `interval = "10ms"`, "receipt_checkpoints: interval must be between 1s and 24h0m0s"},
+		{"empty key file", `key_file = ""`, "receipt_checkpoints: key_file cannot be empty"},
+		{"missing key file", `key_file = "nope.pem"`, "receipt_checkpoints: key_file nope.pem:"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			src := "data_dir = \"d\"\npolicies = [\"p\"]\nreceipt_checkpoints {\n  " + tt.block + "\n}\n"
+			_, err := ParseConfig([]byte(src), filepath.Join(t.TempDir(), "broker.hcl"))
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseConfig = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+	cfg, err := ParseConfig([]byte("data_dir = \"d\"\npolicies = [\"p\"]\nek_allow = [\""+strings.Repeat("ab", 32)+"\"]\n"), filepath.Join(t.TempDir(), "broker.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ReceiptCheckpoints != defaultCheckpoints() {
+		t.Errorf("without the block: %+v; want the defaults", cfg.ReceiptCheckpoints)
 	}
 }
