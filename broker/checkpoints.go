@@ -185,7 +185,7 @@ func sealHead(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	defer st.Close()
-	c := &checkpointer{st: st, signer: signer, cfg: cfg.ReceiptCheckpoints, log: slog.New(slog.DiscardHandler)}
+	c := &checkpointer{st: st, signer: signer, cfg: cfg.ReceiptCheckpoints.orDefaults(), log: slog.New(slog.DiscardHandler)}
 	_, err = c.sign(ctx, time.Now(), true)
 	return err
 }

@@ -29,7 +29,8 @@ type ReceiptCheckpointsFile struct {
 	KeyFile  string `hcl:"key_file,optional"`
 }
 
-// ReceiptCheckpointsConfig is the parsed receipt_checkpoints block.
+// ReceiptCheckpointsConfig is the parsed receipt_checkpoints block. Zero
+// Every and Interval mean the defaults.
 type ReceiptCheckpointsConfig struct {
 	Every    uint64
 	Interval time.Duration
@@ -80,6 +81,17 @@ func (rf *ReceiptCheckpointsFile) buildCheckpoints(abs func(string) string, at s
 		if _, err := issue.LoadSigningKey(rc.KeyFile); err != nil {
 			p.at(at.attr("key_file"), "receipt_checkpoints: key_file %s: %v", rf.KeyFile, err)
 		}
+	}
+	return rc
+}
+
+// orDefaults is rc with the defaults for its zero fields.
+func (rc ReceiptCheckpointsConfig) orDefaults() ReceiptCheckpointsConfig {
+	if rc.Every == 0 {
+		rc.Every = DefaultCheckpointEvery
+	}
+	if rc.Interval <= 0 {
+		rc.Interval = DefaultCheckpointInterval
 	}
 	return rc
 }

@@ -127,6 +127,7 @@ func TestVerify(t *testing.T) {
 		{name: "oldest deleted", lines: [][]byte{c.lines[1], c.lines[2], cp3},
 			wantFirst: "receipt seq 2 (20260102T030405.000000001Z-00): the chain starts here but no signed checkpoint of seq 1 anchors it"},
 		{name: "start anchored by a checkpoint (after a purge)", lines: [][]byte{c.lines[3], c.lines[4], c.lines[5], cp3, cp6}},
+		{name: "every receipt past retention", lines: [][]byte{cp6}},
 		{name: "tail not covered", lines: [][]byte{c.lines[0], c.lines[1], c.lines[2], c.lines[3], cp3},
 			wantFirst: "receipt seq 4: receipts up to seq 4 are not covered by a signed checkpoint (the newest covers seq 3)"},
 		{name: "checkpoint by another key refused", lines: [][]byte{c.lines[0], c.lines[1], c.lines[2], c.checkpoint(t, other, 3)},
