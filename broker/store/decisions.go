@@ -55,8 +55,9 @@ const MarkerGrace = 15 * time.Minute
 // Decisions records decisions. Implementations are safe for concurrent use.
 type Decisions interface {
 	// Record writes d durably and atomically: when it returns nil the
-	// marker, the receipt, the node record and the deny-list change are
-	// all stored (fsync'd, or committed by a quorum); on error none is. Of
+	// marker, the receipt (chained: its Seq and Prev set, also in
+	// d.Receipt), the node record and the deny-list change are all stored
+	// (fsync'd, or committed by a quorum); on error none is. Of
 	// concurrent Records with one ChallengeID exactly one succeeds; the
 	// others return an error wrapping ErrConsumed.
 	Record(ctx context.Context, d *Decision) error
