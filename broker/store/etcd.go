@@ -78,13 +78,16 @@ type Etcd struct {
 	mu     sync.Mutex
 	leases map[int64]clientv3.LeaseID // expiry second -> lease ending after it
 
-	// chainMu serializes this process's decisions at the chain head, so
-	// that they do not conflict with each other, only with other
-	// processes'. head is the head as last read or written, at headRev
-	// (its mod revision; 0 when not read yet or absent).
+	// chainMu is held by whoever commits at the chain head: this
+	// process's decisions do not conflict with each other, only with
+	// other processes'. head is the head as last read or written, at
+	// headRev (its mod revision; 0 when not read yet or absent).
 	chainMu sync.Mutex
 	head    ChainHead
 	headRev int64
+	// queue holds the decisions waiting for the head (etcd_commit.go).
+	qmu   sync.Mutex
+	queue []*chained
 }
 
 var _ Backend = (*Etcd)(nil)

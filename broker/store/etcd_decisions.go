@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -52,9 +51,7 @@ func (e *Etcd) Record(ctx context.Context, d *Decision) error {
 }
 
 // record tries d's transaction once; enc is d encoded. The receipt is
-// chained after the head as this process last saw it: the transaction
-// compares the head's mod revision, and a head another broker moved fails
-// it (errRetry) with the new head read in the same round trip.
+// chained after the head (commitChained, etcd_commit.go).
 func (e *Etcd) record(ctx context.Context, d *Decision, enc *encoded) error {
 	r := d.Receipt
 	markerKey, receiptKey := e.key(etcdConsumed, d.ChallengeID), e.key(etcdReceipts, r.ID)
@@ -76,45 +73,8 @@ func (e *Etcd) record(ctx context.Context, d *Decision, enc *encoded) error {
 		return err
 	}
 	ops = append(append(ops, nodeOps...), e.denyOps(d, enc)...)
-	headKey := e.key(etcdChainHead, "")
-
-	e.chainMu.Lock()
-	defer e.chainMu.Unlock()
-	head, headRev := e.head, e.headRev
-	val := head.next(r, enc.receipt)
-	ops = append(ops, clientv3.OpPut(receiptKey, string(val)),
-		clientv3.OpPut(e.key(etcdReceiptsBySeq, seqName(r.Seq)), r.ID),
-		clientv3.OpPut(headKey, string(encodeHead(head))))
-	cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(headKey), "=", headRev))
-	resp, err := e.cli.Txn(ctx).If(append(cmps, nodeCmps...)...).Then(ops...).
-		Else(clientv3.OpGet(markerKey, clientv3.WithCountOnly()), clientv3.OpGet(receiptKey, clientv3.WithCountOnly()),
-			clientv3.OpGet(headKey)).
-		Commit()
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		e.dropLeases()
-		return errRetry
-	}
-	if err != nil {
-		return err
-	}
-	if resp.Succeeded {
-		e.head, e.headRev = head, resp.Header.Revision
-		return nil
-	}
-	if kvs := resp.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && kvs[0].ModRevision != headRev {
-		h, err := decodeHead(kvs[0].Value)
-		if err != nil {
-			return err
-		}
-		e.head, e.headRev = h, kvs[0].ModRevision
-	}
-	switch {
-	case d.ChallengeID != "" && resp.Responses[0].GetResponseRange().Count > 0:
-		return ErrConsumed
-	case resp.Responses[1].GetResponseRange().Count > 0:
-		return fmt.Errorf("receipt id %w", ErrExists)
-	}
-	return errRetry
+	return e.commitChained(ctx, &chained{d: d, body: enc.receipt, receiptKey: receiptKey, markerKey: markerKey,
+		cmps: append(cmps, nodeCmps...), ops: ops})
 }
 
 // denyOps are the writes of d's deny-list change.
