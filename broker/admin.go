@@ -31,10 +31,11 @@ const AdminSocket = "admin.sock"
 //	                                   prefix of at least MinEKHashPrefix hex digits;
 //	                                   400 if malformed, 404 if unknown, 409 if ambiguous
 //
-// and the node status reads and operator actions of handleOperator, and
+// and the node status reads and operator actions of handleOperator, the
+// receipt checkpoints of handleCheckpoints (cp nil: no signing), and
 // the Go profiles of net/http/pprof under /debug/pprof/ (on this socket
 // only: the metrics listener does not serve them).
-func serveAdmin(path string, st store.Backend) (*http.Server, error) {
+func serveAdmin(path string, st store.Backend, cp *checkpointer) (*http.Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another broker is serving %s", path)
@@ -89,6 +90,7 @@ func serveAdmin(path string, st store.Backend) (*http.Server, error) {
 		writeJSON(w, n)
 	})
 	handleOperator(mux, st)
+	handleCheckpoints(mux, st, cp)
 	handlePprof(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)

@@ -70,7 +70,7 @@ func TestGetNodeByEKHashPrefix(t *testing.T) {
 	}
 	dir := t.TempDir()
 	st := storeWithNodes(t, dir)
-	admin, err := serveAdmin(filepath.Join(dir, AdminSocket), st)
+	admin, err := serveAdmin(filepath.Join(dir, AdminSocket), st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,7 @@ import (
 //	store "etcd" { … }                     # optional: shared state for several brokers (StoreFile)
 //	challenge_key_rotation = "24h"         # how long a challenge key seals challenges
 //	receipt_retention      = "90d"         # receipts older are deleted; "0" keeps them all
+//	receipt_checkpoints { … }              # optional: signed receipt chain heads (ReceiptCheckpointsFile)
 //	attestation_results { … }              # optional: signed EAR results (AttestationResultsFile)
 //
 // Relative paths are relative to the configuration file's directory.
@@ -78,6 +79,9 @@ type FileConfig struct {
 	ChallengeKeyRotation string `hcl:"challenge_key_rotation,optional"`
 	// ReceiptRetention is how long receipts are kept (default 90d).
 	ReceiptRetention string `hcl:"receipt_retention,optional"`
+	// ReceiptCheckpoints tunes the signed checkpoints of the receipt
+	// chain (config_receipts.go).
+	ReceiptCheckpoints *ReceiptCheckpointsFile `hcl:"receipt_checkpoints,block"`
 	// AttestationResults, when set, has Attest return signed attestation
 	// results (config_ear.go).
 	AttestationResults *AttestationResultsFile `hcl:"attestation_results,block"`
@@ -186,6 +190,9 @@ type Config struct {
 	ChallengeKeyRotation time.Duration
 	// ReceiptRetention is how long receipts are kept; zero keeps them.
 	ReceiptRetention time.Duration
+	// ReceiptCheckpoints says when the broker signs the receipt chain's
+	// head, and with which key; defaults without the block.
+	ReceiptCheckpoints ReceiptCheckpointsConfig
 	// MetricsListen is the host:port on which Start serves the metrics
 	// (GET /metrics, plain HTTP); empty: none.
 	MetricsListen string

@@ -98,6 +98,7 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 			c.ChallengeKeyRotation = d
 		}
 	}
+	c.ReceiptCheckpoints = fc.ReceiptCheckpoints.buildCheckpoints(abs, at.block("receipt_checkpoints", 0), p)
 	c.ReceiptRetention = DefaultReceiptRetention
 	if d, ok := parseDays(fc.ReceiptRetention, "receipt_retention", at, p); ok {
 		if d != 0 && d < 24*time.Hour {

@@ -80,7 +80,9 @@ type Running struct {
 	once     sync.Once
 	done     chan error
 	stop     chan struct{}
-	tasks    sync.WaitGroup // purge and the policy watcher
+	tasks    sync.WaitGroup // purge, checkpoints and the policy watcher
+	// checkpoints signs the receipt chain's head (checkpoints.go).
+	checkpoints *checkpointer
 }
 
 // PurgeInterval is how often a running broker drops the markers of used
@@ -119,7 +121,7 @@ func (r *Running) purgeOnce(log *slog.Logger, now time.Time, retention time.Dura
 	}
 	total := 0
 	for {
-		n, err := r.st.DeleteReceiptsBefore(ctx, now.Add(-retention), purgeBatch)
+		n, err := r.st.DeleteReceiptsBefore(ctx, now.Add(-retention), purgeBatch, r.checkpoints.signer.Seal)
 		total += n
 		if err != nil {
 			log.Error("unable to delete receipts past their retention", "error", err)
@@ -213,6 +215,13 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	if b, ok := st.(*store.Bolt); ok && m != nil {
 		b.ObserveCommits(m.StoreTransaction)
 	}
+	cps, err := loadCheckpointSigner(cfg)
+	if err != nil {
+		st.Close()
+		closeVault()
+		return nil, err
+	}
+	checkpoints := &checkpointer{st: st, signer: cps, cfg: cfg.ReceiptCheckpoints.orDefaults(), log: log}
 	results, err := loadResultSigner(cfg)
 	if err != nil {
 		st.Close()
@@ -244,7 +253,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, err
 	}
-	admin, err := serveAdmin(filepath.Join(cfg.DataDir, AdminSocket), st)
+	admin, err := serveAdmin(filepath.Join(cfg.DataDir, AdminSocket), st, checkpoints)
 	if err != nil {
 		st.Close()
 		closeVault()
@@ -279,9 +288,10 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 
 	reloader.install = srv.SetPolicies
 	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, metrics: mep, st: st, vault: vc, policies: reloader,
-		done: make(chan error, 1), stop: make(chan struct{})}
+		done: make(chan error, 1), stop: make(chan struct{}), checkpoints: checkpoints}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log, cfg.ReceiptRetention) })
+	r.tasks.Go(func() { checkpoints.run(r.stop) })
 	if cfg.PolicyPollInterval > 0 {
 		r.tasks.Go(func() { reloader.watch(r.stop, cfg.PolicyPollInterval) })
 	}
@@ -322,6 +332,7 @@ func (r *Running) Stop() {
 			r.metrics.Close()
 		}
 		r.tasks.Wait()
+		r.checkpointHead()
 		if r.vault != nil {
 			r.vault.Close()
 		}

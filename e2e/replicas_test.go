@@ -218,6 +218,36 @@ func TestReplicasShareChallenges(t *testing.T) {
 	if rs := receipts(t, bs[1]); len(rs) != 2 || n != 1 {
 		t.Fatalf("receipts: %d (%d for the winner), want 2 in all, read the same from either replica: %+v", len(rs), n, rs)
 	}
+	verifyReplicaChain(t, bs, 2)
+}
+
+// verifyReplicaChain exports the receipt chain the replicas bs share and
+// verifies it under their checkpoint keys, published by
+// "receipts checkpoint-key": one chain of want receipts.
+func verifyReplicaChain(t *testing.T, bs []*brokerProc, want int) {
+	t.Helper()
+	dir := t.TempDir()
+	var keyArgs []string
+	for i, b := range bs {
+		r := keybroker(t, "receipts", "checkpoint-key", "--config", b.configFile)
+		wantExit(t, r, 0)
+		path := filepath.Join(dir, fmt.Sprintf("checkpoint-%d.pem", i))
+		if err := os.WriteFile(path, []byte(r.stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		keyArgs = append(keyArgs, "--key", path)
+	}
+	r := keybroker(t, "receipts", "export", "--config", bs[1].configFile)
+	wantExit(t, r, 0)
+	export := filepath.Join(dir, "export.jsonl")
+	if err := os.WriteFile(export, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = keybroker(t, append([]string{"receipts", "verify", export}, keyArgs...)...)
+	wantExit(t, r, 0)
+	if line := fmt.Sprintf("receipts: %d chained, seq 1 to %d\n", want, want); !strings.Contains(r.stdout, line) {
+		t.Errorf("receipts verify: want %q:\n%s", line, r.stdout)
+	}
 }
 
 // faultRun is a set of nodes attesting in a loop against replicas, each

@@ -8,6 +8,7 @@ import "io"
 type Backend interface {
 	Decisions
 	Receipts
+	Checkpoints
 	Nodes
 	ChallengeKeys
 	io.Closer

@@ -23,15 +23,20 @@ var (
 	bucketReceipts      = []byte("receipts")
 	bucketReceiptsByEK  = []byte("receipts_by_ek")
 	bucketNodes         = []byte("nodes")
-	bucketNodeSVIDs     = []byte("node_svids")     // node SVID serial -> EK hash
-	bucketDenied        = []byte("denied")         // EK hash -> Denial
-	bucketEventLogs     = []byte("event_logs")     // SHA-256 of an event log -> the log
-	bucketChallengeKeys = []byte("challenge_keys") // key ID -> ChallengeKey
+	bucketNodeSVIDs     = []byte("node_svids")      // node SVID serial -> EK hash
+	bucketDenied        = []byte("denied")          // EK hash -> Denial
+	bucketEventLogs     = []byte("event_logs")      // SHA-256 of an event log -> the log
+	bucketChallengeKeys = []byte("challenge_keys")  // key ID -> ChallengeKey
+	bucketChain         = []byte("chain")           // keyChainHead -> ChainHead
+	bucketReceiptsBySeq = []byte("receipts_by_seq") // Seq (big-endian) -> receipt ID
+	bucketCheckpoints   = []byte("checkpoints")     // Seq (big-endian) -> Checkpoint
+	keyChainHead        = []byte("head")
 )
 
 // buckets are every bucket a writable open creates.
 var buckets = [][]byte{bucketConsumed, bucketReceipts, bucketReceiptsByEK, bucketNodes,
-	bucketNodeSVIDs, bucketDenied, bucketEventLogs, bucketChallengeKeys}
+	bucketNodeSVIDs, bucketDenied, bucketEventLogs, bucketChallengeKeys, bucketChain, bucketReceiptsBySeq,
+	bucketCheckpoints}
 
 // BoltOpts configures OpenBolt. The zero value opens the file for writing,
 // waiting DefaultLockTimeout for the lock.

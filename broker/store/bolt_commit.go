@@ -151,14 +151,23 @@ func (c *committer) commit(batch []*pending) {
 	results := make([]error, len(batch))
 	start := time.Now()
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		chain := tx.Bucket(bucketChain)
+		head, err := decodeHead(chain.Get(keyChainHead))
+		if err != nil {
+			return err
+		}
+		start := head.Seq
 		for i, p := range batch {
-			err := applyPending(tx, p)
+			err := applyPending(tx, p, &head)
 			if err != nil && !errors.Is(err, ErrConsumed) {
 				return errBatchAbort{err}
 			}
 			results[i] = err
 		}
-		return nil
+		if head.Seq == start {
+			return nil
+		}
+		return chain.Put(keyChainHead, encodeHead(head))
 	})
 	c.observe(len(batch), time.Since(start), err)
 	var abort errBatchAbort
@@ -205,8 +214,9 @@ func (b *Bolt) ObserveCommits(o CommitObserver) {
 
 // applyPending writes one decision in tx: the challenge's marker (refusing
 // a used challenge, ErrConsumed, before anything is written), the
-// receipt, the node record and the deny-list change.
-func applyPending(tx *bolt.Tx, p *pending) error {
+// receipt, chained after head (which it moves), the node record and the
+// deny-list change.
+func applyPending(tx *bolt.Tx, p *pending, head *ChainHead) error {
 	d := p.d
 	if d.ChallengeID != "" {
 		markers := tx.Bucket(bucketConsumed)
@@ -217,7 +227,7 @@ func applyPending(tx *bolt.Tx, p *pending) error {
 			return err
 		}
 	}
-	if err := putReceipt(tx, d.Receipt, p.receipt); err != nil {
+	if err := putReceipt(tx, d.Receipt, p.receipt, head); err != nil {
 		return err
 	}
 	if p.node != nil {

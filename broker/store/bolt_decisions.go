@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -31,6 +30,7 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
 	if err := b.commits.submit(&pending{d: d, encoded: enc, done: make(chan error, 1)}); err != nil {
+		d.Receipt.Seq, d.Receipt.Prev = 0, "" // not chained: not written
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
 	return nil
@@ -67,8 +67,9 @@ func (b *Bolt) Used(ctx context.Context, challengeID string) (bool, error) {
 // when they split.
 const receiptsFillPercent = 0.9
 
-// putReceipt writes r, encoded as val, and its EK index entry.
-func putReceipt(tx *bolt.Tx, r *Receipt, val []byte) error {
+// putReceipt writes r, encoded without Seq and Prev as body, chained
+// after head (which it moves), with its sequence and EK index entries.
+func putReceipt(tx *bolt.Tx, r *Receipt, body []byte, head *ChainHead) error {
 	bk := tx.Bucket(bucketReceipts)
 	// Receipt IDs start with their time: receipts are appended, and pages
 	// split at bbolt's default half fill would stay half empty.
@@ -76,7 +77,12 @@ func putReceipt(tx *bolt.Tx, r *Receipt, val []byte) error {
 	if bk.Get([]byte(r.ID)) != nil {
 		return fmt.Errorf("receipt id %w", ErrExists)
 	}
-	if err := bk.Put([]byte(r.ID), val); err != nil {
+	if err := bk.Put([]byte(r.ID), head.next(r, body)); err != nil {
+		return err
+	}
+	bySeq := tx.Bucket(bucketReceiptsBySeq)
+	bySeq.FillPercent = 1 // sequence numbers only grow
+	if err := bySeq.Put(seqKey(r.Seq), []byte(r.ID)); err != nil {
 		return err
 	}
 	if r.EKHash == "" {
@@ -211,45 +217,6 @@ func (b *Bolt) PurgeConsumed(ctx context.Context, now time.Time) (int, error) {
 	})
 	if err != nil {
 		return 0, fmt.Errorf("unable to purge used challenges: %w", err)
-	}
-	return n, nil
-}
-
-// DeleteReceiptsBefore implements Receipts.
-func (b *Bolt) DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("unable to delete receipts: %w", err)
-	}
-	if limit <= 0 {
-		return 0, errors.New("unable to delete receipts: limit must be positive")
-	}
-	end := []byte(receiptIDBefore(before))
-	var n int
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		bk, idx := tx.Bucket(bucketReceipts), tx.Bucket(bucketReceiptsByEK)
-		type doomed struct{ id, ek []byte }
-		var del []doomed
-		c := bk.Cursor()
-		for k, v := c.First(); k != nil && bytes.Compare(k, end) < 0 && len(del) < limit; k, v = c.Next() {
-			var r Receipt
-			_ = json.Unmarshal(v, &r) // an undecodable receipt is deleted all the same
-			del = append(del, doomed{bytes.Clone(k), []byte(r.EKHash)})
-		}
-		for _, d := range del {
-			if err := bk.Delete(d.id); err != nil {
-				return err
-			}
-			if len(d.ek) > 0 {
-				if err := idx.Delete(ekIndexKey(string(d.ek), string(d.id))); err != nil {
-					return err
-				}
-			}
-		}
-		n = len(del)
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("unable to delete receipts: %w", err)
 	}
 	return n, nil
 }

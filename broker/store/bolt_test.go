@@ -317,12 +317,18 @@ func TestDeleteReceiptsIndex(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := b.DeleteReceiptsBefore(ctx, t0.Add(3*time.Second), 100); err != nil || n != 3 {
+	if n, err := b.DeleteReceiptsBefore(ctx, t0.Add(3*time.Second), 100, testSeal); err != nil || n != 3 {
 		t.Fatalf("DeleteReceiptsBefore = %d, %v; want 3", n, err)
 	}
 	if got := countKeys(t, b, bucketReceiptsByEK); got != 1 {
 		t.Errorf("EK index entries = %d, want 1", got)
 	}
+}
+
+// testSeal seals with a placeholder signature: the store keeps it
+// unchecked.
+func testSeal(h ChainHead) (Checkpoint, error) {
+	return Checkpoint{Seq: h.Seq, Head: h.Hash, Time: t0, KeyID: "test", Signature: []byte("sig")}, nil
 }
 
 func countKeys(t *testing.T, b *Bolt, bucket []byte) int {

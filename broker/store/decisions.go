@@ -55,8 +55,9 @@ const MarkerGrace = 15 * time.Minute
 // Decisions records decisions. Implementations are safe for concurrent use.
 type Decisions interface {
 	// Record writes d durably and atomically: when it returns nil the
-	// marker, the receipt, the node record and the deny-list change are
-	// all stored (fsync'd, or committed by a quorum); on error none is. Of
+	// marker, the receipt (chained: its Seq and Prev set, also in
+	// d.Receipt), the node record and the deny-list change are all stored
+	// (fsync'd, or committed by a quorum); on error none is. Of
 	// concurrent Records with one ChallengeID exactly one succeeds; the
 	// others return an error wrapping ErrConsumed.
 	Record(ctx context.Context, d *Decision) error
@@ -113,7 +114,7 @@ func (d *Decision) Validate() error {
 
 // encoded is a decision in its stored forms.
 type encoded struct {
-	receipt []byte     // the receipt
+	receipt []byte     // the receipt without Seq and Prev (chainReceipt adds them)
 	stored  NodeRecord // the node record as stored: its event log apart (splitEventLog)
 	node    []byte     // stored, encoded (nil: no node record)
 	log     []byte     // the node's event log (nil: none)
@@ -136,10 +137,11 @@ func (d *Decision) prepare() (*encoded, error) {
 		r.ID = NewReceiptID(r.Time)
 	}
 	r.DenyListed = d.Deny == DenyAdd
+	r.Seq, r.Prev = 0, "" // the commit chains it
 	enc := &encoded{}
 	var err error
-	if enc.receipt, err = json.Marshal(&r); err != nil {
-		return nil, fmt.Errorf("unable to encode receipt: %w", err)
+	if enc.receipt, err = EncodeReceipt(&r); err != nil {
+		return nil, err
 	}
 	var node *NodeRecord
 	if d.Node != nil {

@@ -8,8 +8,11 @@
 //
 // The state is behind small interfaces, each in a file named after it:
 // Decisions (record a decision: marker, receipt, node record and deny-list
-// change in one transaction), Receipts, Nodes and ChallengeKeys; Backend is
-// all of them, as an opener returns it. Bolt is the embedded default, one
+// change in one transaction), Receipts, Checkpoints (the receipt chain's
+// head and its signed checkpoints), Nodes and ChallengeKeys; Backend is all
+// of them, as an opener returns it. Every receipt is chained (chain.go):
+// the transaction that writes it gives it the store's next sequence number
+// and the hash of the receipt before (docs/receipts.md). Bolt is the embedded default, one
 // bbolt file owned by one broker process; Etcd is shared by broker replicas
 // through an etcd cluster. Both pass the same contract tests
 // (broker/store/storetest). Business rules (what is trusted, what is
@@ -36,9 +39,10 @@
 //
 // In etcd every key is under EtcdOpts.Prefix: consumed/<challenge id>
 // (leased to the challenge's expiry), receipts/<id>,
-// receipts_by_ek/<path-escaped ek hash>/<id>, nodes/<ek hash>,
-// node_svids/<serial>, denied/<ek hash>, event_logs/<sha-256> and
-// challenge_keys/<id>. Values stay small: an event log is stored once, by
+// receipts_by_ek/<path-escaped ek hash>/<id>, receipts_by_seq/<seq>,
+// chain_head, checkpoints/<seq> (seq as 20 decimal digits),
+// nodes/<ek hash>, node_svids/<serial>, denied/<ek hash>,
+// event_logs/<sha-256> and challenge_keys/<id>. Values stay small: an event log is stored once, by
 // content hash, apart from the node records that name it. etcd refuses
 // requests above its --max-request-bytes (1.5 MiB by default); a node
 // record without its log is far below that.

@@ -27,14 +27,17 @@ const (
 
 // Key families under EtcdOpts.Prefix.
 const (
-	etcdConsumed      = "consumed/"       // challenge ID -> expiry (RFC 3339), leased to the expiry
-	etcdReceipts      = "receipts/"       // receipt ID -> Receipt
-	etcdReceiptsByEK  = "receipts_by_ek/" // escaped EK hash/receipt ID -> ""
-	etcdNodes         = "nodes/"          // EK hash -> NodeRecord without its event log
-	etcdNodeSVIDs     = "node_svids/"     // node SVID serial -> EK hash
-	etcdDenied        = "denied/"         // EK hash -> Denial
-	etcdEventLogs     = "event_logs/"     // SHA-256 of an event log (hex) -> the log
-	etcdChallengeKeys = "challenge_keys/" // key ID -> ChallengeKey
+	etcdConsumed      = "consumed/"        // challenge ID -> expiry (RFC 3339), leased to the expiry
+	etcdReceipts      = "receipts/"        // receipt ID -> Receipt
+	etcdReceiptsByEK  = "receipts_by_ek/"  // escaped EK hash/receipt ID -> ""
+	etcdNodes         = "nodes/"           // EK hash -> NodeRecord without its event log
+	etcdNodeSVIDs     = "node_svids/"      // node SVID serial -> EK hash
+	etcdDenied        = "denied/"          // EK hash -> Denial
+	etcdEventLogs     = "event_logs/"      // SHA-256 of an event log (hex) -> the log
+	etcdChallengeKeys = "challenge_keys/"  // key ID -> ChallengeKey
+	etcdChainHead     = "chain_head"       // the receipt chain's ChainHead
+	etcdReceiptsBySeq = "receipts_by_seq/" // Seq (20 decimal digits) -> receipt ID
+	etcdCheckpoints   = "checkpoints/"     // Seq (20 decimal digits) -> Checkpoint
 )
 
 // EtcdOpts configures OpenEtcd.
@@ -74,6 +77,17 @@ type Etcd struct {
 
 	mu     sync.Mutex
 	leases map[int64]clientv3.LeaseID // expiry second -> lease ending after it
+
+	// chainMu is held by whoever commits at the chain head: this
+	// process's decisions do not conflict with each other, only with
+	// other processes'. head is the head as last read or written, at
+	// headRev (its mod revision; 0 when not read yet or absent).
+	chainMu sync.Mutex
+	head    ChainHead
+	headRev int64
+	// queue holds the decisions waiting for the head (etcd_commit.go).
+	qmu   sync.Mutex
+	queue []*chained
 }
 
 var _ Backend = (*Etcd)(nil)
@@ -91,7 +105,8 @@ func OpenEtcd(ctx context.Context, opts EtcdOpts) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to open etcd store: %w", err)
 	}
-	e := &Etcd{cli: cli, prefix: prefix, timeout: opts.RequestTimeout, leases: map[int64]clientv3.LeaseID{}}
+	e := &Etcd{cli: cli, prefix: prefix, timeout: opts.RequestTimeout, leases: map[int64]clientv3.LeaseID{},
+		head: ChainHead{Hash: GenesisHash}}
 	if e.timeout == 0 {
 		e.timeout = DefaultEtcdRequestTimeout
 	}

@@ -2,13 +2,11 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -46,18 +44,19 @@ func (e *Etcd) Record(ctx context.Context, d *Decision) error {
 		err = e.record(rctx, d, enc)
 	}
 	if err != nil {
+		d.Receipt.Seq, d.Receipt.Prev = 0, "" // not chained: not written
 		return fmt.Errorf("unable to record decision: %w", e.explain(ctx, err))
 	}
 	return nil
 }
 
-// record tries d's transaction once; enc is d encoded.
+// record tries d's transaction once; enc is d encoded. The receipt is
+// chained after the head (commitChained, etcd_commit.go).
 func (e *Etcd) record(ctx context.Context, d *Decision, enc *encoded) error {
 	r := d.Receipt
-	val := enc.receipt
 	markerKey, receiptKey := e.key(etcdConsumed, d.ChallengeID), e.key(etcdReceipts, r.ID)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(receiptKey), "=", 0)}
-	ops := []clientv3.Op{clientv3.OpPut(receiptKey, string(val))}
+	var ops []clientv3.Op
 	if r.EKHash != "" {
 		ops = append(ops, clientv3.OpPut(e.ekIndexPrefix(r.EKHash)+r.ID, ""))
 	}
@@ -73,28 +72,9 @@ func (e *Etcd) record(ctx context.Context, d *Decision, enc *encoded) error {
 	if err != nil {
 		return err
 	}
-	denyOps := e.denyOps(d, enc)
-	resp, err := e.cli.Txn(ctx).If(append(cmps, nodeCmps...)...).
-		Then(append(append(ops, nodeOps...), denyOps...)...).
-		Else(clientv3.OpGet(markerKey, clientv3.WithCountOnly()), clientv3.OpGet(receiptKey, clientv3.WithCountOnly())).
-		Commit()
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		e.dropLeases()
-		return errRetry
-	}
-	if err != nil {
-		return err
-	}
-	if resp.Succeeded {
-		return nil
-	}
-	switch {
-	case d.ChallengeID != "" && resp.Responses[0].GetResponseRange().Count > 0:
-		return ErrConsumed
-	case resp.Responses[1].GetResponseRange().Count > 0:
-		return fmt.Errorf("receipt id %w", ErrExists)
-	}
-	return errRetry
+	ops = append(append(ops, nodeOps...), e.denyOps(d, enc)...)
+	return e.commitChained(ctx, &chained{d: d, body: enc.receipt, receiptKey: receiptKey, markerKey: markerKey,
+		cmps: append(cmps, nodeCmps...), ops: ops})
 }
 
 // denyOps are the writes of d's deny-list change.
@@ -153,61 +133,6 @@ func (e *Etcd) PurgeConsumed(ctx context.Context, _ time.Time) (int, error) {
 		return 0, fmt.Errorf("unable to purge used challenges: %w", e.explain(ctx, err))
 	}
 	return 0, nil
-}
-
-// deleteBatch is how many receipts one DeleteReceiptsBefore transaction
-// deletes: etcd refuses transactions of more than 128 operations.
-const deleteBatch = 100
-
-// DeleteReceiptsBefore implements Receipts: in transactions of at most
-// deleteBatch receipts, each a range delete of the receipts and the
-// deletes of their EK index entries.
-func (e *Etcd) DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("unable to delete receipts: %w", e.explain(ctx, err))
-	}
-	if limit <= 0 {
-		return 0, errors.New("unable to delete receipts: limit must be positive")
-	}
-	rctx, cancel := e.request(ctx)
-	defer cancel()
-	var n int
-	for n < limit {
-		deleted, err := e.deleteReceipts(rctx, e.key(etcdReceipts, receiptIDBefore(before)), min(limit-n, deleteBatch))
-		n += deleted
-		if err != nil {
-			return n, fmt.Errorf("unable to delete receipts: %w", e.explain(ctx, err))
-		}
-		if deleted == 0 {
-			break
-		}
-	}
-	return n, nil
-}
-
-// deleteReceipts deletes the oldest receipts (at most batch) whose key
-// sorts before end, with their index entries, and returns how many.
-func (e *Etcd) deleteReceipts(ctx context.Context, end string, batch int) (int, error) {
-	start := e.key(etcdReceipts, "")
-	resp, err := e.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(batch)),
-		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil || len(resp.Kvs) == 0 {
-		return 0, err
-	}
-	last := string(resp.Kvs[len(resp.Kvs)-1].Key)
-	ops := []clientv3.Op{clientv3.OpDelete(start, clientv3.WithRange(last+"\x00"))}
-	for _, kv := range resp.Kvs {
-		var r Receipt
-		_ = json.Unmarshal(kv.Value, &r) // an undecodable receipt is deleted all the same
-		if r.EKHash != "" {
-			ops = append(ops, clientv3.OpDelete(e.ekIndexPrefix(r.EKHash)+string(kv.Key[len(start):])))
-		}
-	}
-	tresp, err := e.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return 0, err
-	}
-	return int(tresp.Responses[0].GetResponseDeleteRange().Deleted), nil
 }
 
 // nodeOps returns what writing d's node record (or forgetting one) adds to

@@ -63,7 +63,7 @@ func TestEtcdLayout(t *testing.T) {
 		t.Errorf("stored node record holds its event log or lacks its hash: %s", v)
 	}
 
-	if n, err := e.DeleteReceiptsBefore(ctx, storetest.T0.Add(2*time.Second), 10); err != nil || n != 2 {
+	if n, err := e.DeleteReceiptsBefore(ctx, storetest.T0.Add(2*time.Second), 10, storetest.Seal); err != nil || n != 2 {
 		t.Fatalf("DeleteReceiptsBefore = %d, %v; want 2", n, err)
 	}
 	if got := countKeys(t, c, p+"receipts_by_ek/"); got != 1 {
@@ -78,7 +78,7 @@ func TestEtcdLayout(t *testing.T) {
 	}
 	for _, kv := range all.Kvs {
 		if fam, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), p), "/"); !strings.Contains(
-			" consumed receipts receipts_by_ek nodes node_svids denied event_logs challenge_keys ", " "+fam+" ") {
+			" consumed receipts receipts_by_ek receipts_by_seq nodes node_svids denied event_logs challenge_keys chain_head checkpoints ", " "+fam+" ") {
 			t.Errorf("unexpected key %s", kv.Key)
 		}
 	}
@@ -98,7 +98,7 @@ func TestEtcdDeleteReceiptsBatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := e.DeleteReceiptsBefore(ctx, storetest.T0.Add(time.Hour), 230); err != nil || n != 230 {
+	if n, err := e.DeleteReceiptsBefore(ctx, storetest.T0.Add(time.Hour), 230, storetest.Seal); err != nil || n != 230 {
 		t.Fatalf("DeleteReceiptsBefore = %d, %v; want 230", n, err)
 	}
 	if got := countKeys(t, c, "/batches/receipts_by_ek/"); got != total-230 {

@@ -16,9 +16,14 @@ type Receipts interface {
 	// GetReceipt returns one receipt, or ErrNotFound.
 	GetReceipt(ctx context.Context, id string) (Receipt, error)
 	// DeleteReceiptsBefore deletes at most limit receipts whose ID sorts
-	// before the IDs made at before (NewReceiptID), oldest first, and
-	// returns how many it deleted.
-	DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int) (int, error)
+	// before the IDs made at before (NewReceiptID), and returns how many
+	// it deleted. Chained receipts go in chain order, from the lowest Seq,
+	// up to the first one made at or after before, so that the chain left
+	// has no gap; the checkpoint seal signs for the last one deleted is
+	// stored in the same transaction (and older checkpoints deleted), so
+	// that the chain left begins right after a signed checkpoint. With a
+	// nil seal only receipts written before chaining (Seq 0) are deleted.
+	DeleteReceiptsBefore(ctx context.Context, before time.Time, limit int, seal Sealer) (int, error)
 }
 
 // receiptIDLayout formats the time part of generated receipt IDs: fixed

@@ -58,6 +58,12 @@ func validateID(id string) error {
 // Receipt records one attestation decision and what was released. Receipts
 // are written before anything is released, and never changed afterwards.
 type Receipt struct {
+	// Seq is the receipt's place in its store's chain (1, 2, 3, ...) and
+	// Prev the hash (ReceiptHash) of receipt Seq-1, GenesisHash for Seq 1:
+	// Decisions.Record sets both when it commits (chain.go). Both are empty
+	// on receipts written before receipts were chained.
+	Seq  uint64 `json:"seq,omitempty"`
+	Prev string `json:"prev,omitempty"`
 	// ID is assigned by Decisions.Record when empty (NewReceiptID), so
 	// that IDs sort in time order.
 	ID string `json:"id"`

@@ -28,7 +28,8 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	root := cli.NewRoot("keybroker", "Release secrets only to machines that prove what they booted", long,
 		serveCmd(),
-		cli.NewGroup("receipts", "Read and export the broker's decision receipts", receiptsListCmd(), receiptsExportCmd()),
+		cli.NewGroup("receipts", "Read, export and verify the broker's decision receipts", receiptsListCmd(), receiptsExportCmd(),
+			receiptsVerifyCmd(), receiptsCheckpointKeyCmd()),
 		cli.NewGroup("nodes", "List, show, forget and allow the nodes the broker knows", nodesListCmd(), nodesShowCmd(), nodesForgetCmd(), nodesAllowCmd()),
 		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
 		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),

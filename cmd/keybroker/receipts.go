@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/receiptchain"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/cli"
 )
@@ -163,9 +164,14 @@ func shortEK(ek string) string {
 }
 
 const receiptsExportLong = `Writes every receipt selected, newest first, as JSON lines (one receipt a
-line) to stdout: for archiving receipts before receipt_retention deletes
-them. --after and --before take RFC 3339 times (2026-01-02T15:04:05Z) or
-dates (2026-01-02, midnight UTC); --after is inclusive, --before exclusive.
+line, in the canonical encoding its chain hash covers), then every signed
+checkpoint of the receipt chain ({"checkpoint":{...}} lines), to stdout: for
+archiving receipts before receipt_retention deletes them, and for "keybroker
+receipts verify". The running broker first signs the chain head; receipts
+chained after the newest checkpoint are left out. "receipts verify" needs
+an export without --after, --before or --ek. --after and --before take RFC
+3339 times (2026-01-02T15:04:05Z) or dates (2026-01-02, midnight UTC);
+--after is inclusive, --before exclusive.
 It reads through the running broker's admin socket, or from the store when
 no broker runs, a page at a time. With stderr on a terminal it reports its
 progress there every 10,000 receipts.`
@@ -216,10 +222,15 @@ func receiptsExport(o exportOpts, opts broker.ExportOpts, stdout, stderr io.Writ
 		return 1
 	}
 	bw := bufio.NewWriter(stdout)
-	enc := json.NewEncoder(bw)
+	line := func(b []byte, err error) error {
+		if err == nil {
+			_, err = bw.Write(append(b, '\n'))
+		}
+		return err
+	}
 	progress, written := isTerminal(stderr), 0
-	n, err := broker.ExportReceipts(context.Background(), where, opts, func(r store.Receipt) error {
-		if err := enc.Encode(r); err != nil {
+	n, err := broker.ExportChain(context.Background(), where, opts, func(r store.Receipt) error {
+		if err := line(store.EncodeReceipt(&r)); err != nil {
 			return err
 		}
 		if progress && written%progressEvery == progressEvery-1 {
@@ -227,7 +238,7 @@ func receiptsExport(o exportOpts, opts broker.ExportOpts, stdout, stderr io.Writ
 		}
 		written++
 		return nil
-	})
+	}, func(c store.Checkpoint) error { return line(receiptchain.CheckpointLine(c)) })
 	if ferr := bw.Flush(); err == nil {
 		err = ferr
 	}

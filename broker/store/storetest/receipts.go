@@ -108,20 +108,30 @@ func testListReceipts(t *testing.T, b store.Backend) {
 	}
 }
 
+// testDeleteReceiptsBefore deletes receipts in chain order: recordReceipts
+// chains them as times 3, 0, 4, 1, 5, 2 (seq 1 to 6), so that a cut at
+// T0+3s deletes none (seq 1 is at T0+3s) and one at T0+5s deletes seq 1
+// to 4, leaving a checkpoint of seq 4.
 func testDeleteReceiptsBefore(t *testing.T, b store.Backend) {
 	ctx := ctxT(t)
 	all := recordReceipts(t, b)
-	if _, err := b.DeleteReceiptsBefore(ctx, T0.Add(time.Hour), 0); err == nil ||
+	if _, err := b.DeleteReceiptsBefore(ctx, T0.Add(time.Hour), 0, Seal); err == nil ||
 		!strings.Contains(err.Error(), "limit must be positive") {
 		t.Errorf("DeleteReceiptsBefore with limit 0: got %v, want an error", err)
 	}
-	// Receipts 0, 1 and 2 are before T0+3s; two per call, oldest first.
-	cut := T0.Add(3 * time.Second)
+	if n, err := b.DeleteReceiptsBefore(ctx, T0.Add(time.Hour), 10, nil); err != nil || n != 0 {
+		t.Errorf("DeleteReceiptsBefore without a sealer = %d, %v; want no chained receipt deleted", n, err)
+	}
+	if n, err := b.DeleteReceiptsBefore(ctx, T0.Add(3*time.Second), 10, Seal); err != nil || n != 0 {
+		t.Errorf("DeleteReceiptsBefore(T0+3s) = %d, %v; want 0: seq 1 is not past it", n, err)
+	}
+	cut := T0.Add(5 * time.Second)
 	for i, want := range []struct {
-		n    int
-		left string
-	}{{2, "5,4,3,2"}, {1, "5,4,3"}, {0, "5,4,3"}} {
-		n, err := b.DeleteReceiptsBefore(ctx, cut, 2)
+		n          int
+		left       string
+		checkpoint uint64
+	}{{2, "5,4,2,1", 2}, {2, "5,2", 4}, {0, "5,2", 4}} {
+		n, err := b.DeleteReceiptsBefore(ctx, cut, 2, Seal)
 		if err != nil || n != want.n {
 			t.Fatalf("DeleteReceiptsBefore #%d = %d, %v; want %d", i+1, n, err, want.n)
 		}
@@ -129,13 +139,23 @@ func testDeleteReceiptsBefore(t *testing.T, b store.Backend) {
 		if err != nil || serials(rs) != want.left {
 			t.Errorf("after delete #%d ListReceipts = %s, %v; want %s", i+1, serials(rs), err, want.left)
 		}
+		cps, err := b.ListCheckpoints(ctx, 0, 0)
+		if err != nil || len(cps) != 1 || cps[0].Seq != want.checkpoint {
+			t.Errorf("after delete #%d checkpoints = %+v, %v; want one of seq %d", i+1, cps, err, want.checkpoint)
+		}
 	}
-	for _, i := range []int{0, 1, 2} {
+	// The chain left starts right after the checkpoint, which names the
+	// hash receipt seq 5 links to.
+	if cps, _ := b.ListCheckpoints(ctx, 0, 0); len(cps) != 1 || cps[0].Head != all[5].Prev {
+		t.Errorf("checkpoint = %+v, want head %s (prev of seq 5)", cps, all[5].Prev)
+	}
+	CheckChain(t, b, 5, all[5].Prev)
+	for _, i := range []int{0, 1, 3, 4} {
 		if _, err := b.GetReceipt(ctx, all[i].ID); !isNotFound(err) {
 			t.Errorf("GetReceipt of deleted receipt %d = %v; want ErrNotFound", i, err)
 		}
 	}
-	for ek, want := range map[string]string{"ek-a": "4", "ek-b": "5,3"} {
+	for ek, want := range map[string]string{"ek-a": "2", "ek-b": "5"} {
 		rs, err := b.ListReceipts(ctx, store.ListOpts{EKHash: ek, Limit: 1000})
 		if err != nil || serials(rs) != want {
 			t.Errorf("ListReceipts(%s) after deleting = %s, %v; want %s", ek, serials(rs), err, want)

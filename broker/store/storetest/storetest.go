@@ -41,6 +41,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Backend) {
 		{"ReceiptIDTaken", testReceiptIDTaken},
 		{"ListReceipts", testListReceipts},
 		{"DeleteReceiptsBefore", testDeleteReceiptsBefore},
+		{"ChainConcurrent", testChainConcurrent},
+		{"Checkpoints", testCheckpoints},
 		{"SingleUse", testSingleUse},
 		{"ConcurrentSingleUse", testConcurrentSingleUse},
 		{"ConcurrentNodeUpdates", testConcurrentNodeUpdates},
