@@ -243,13 +243,10 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
-	if tlsCred == nil && kube == nil && needFile {
-		return nil, nil, &StepError{StepOpen, errors.New("the broker released no TLS or kubelet credential")}
-	}
 	var files []atomicfile.File
-	leafPEM := kube.certificate()
+	var certs [][]byte // the certificates written, TLS first
 	if tlsCred != nil {
-		leafPEM = tlsCred.GetCertificatePem()
+		certs = append(certs, tlsCred.GetCertificatePem())
 		files = []atomicfile.File{
 			{Path: filepath.Join(opts.OutDir, KeyFile), Data: tlsCred.GetKeyPem(), Perm: 0o600},
 			{Path: filepath.Join(opts.OutDir, CertFile), Data: tlsCred.GetCertificatePem(), Perm: 0o644},
@@ -257,40 +254,58 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 		}
 	}
 	if kube != nil {
+		if c := kube.certificate(); c != nil {
+			certs = append(certs, c)
+		}
 		files = append(files, kube.files...)
 		if tlsCred == nil {
 			mode = kube.mode
 		}
 	}
-	// The validity the result reports: the TLS certificate's, else the
-	// kubelet's certificate's, else the bootstrap token's.
-	notAfter, serial := time.Time{}, ""
-	switch {
-	case leafPEM != nil:
-		leaf, err := parseLeaf(leafPEM)
-		if err != nil {
-			return nil, nil, &StepError{StepOpen, err}
-		}
-		notAfter, serial = leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)
-	case kube != nil:
-		notAfter = kube.notAfter
-	}
 	svid, entries, err := openSPIFFE(node, resp)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
-	secrets, err := openNamed(node, resp, opts.OutDir)
+	named, err := openNamed(node, resp, opts.OutDir)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
-	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
-
-	res := &Result{ReceiptID: resp.GetReceiptId(), NotAfter: notAfter, Serial: serial, NodeSVID: svid, Entries: entries,
-		AttestationResult: resp.GetAttestationResult()}
+	files = append(files, named...)
+	if len(files) == 0 && needFile {
+		return nil, nil, &StepError{StepOpen, errors.New("the broker released nothing written to files (no TLS, kubelet or Vault credential)")}
+	}
+	// The result's validity is the earliest of the files' — a certificate's,
+	// a Vault token's — so that renewing at half of it renews them all. A
+	// bootstrap token is used once and not renewed: it does not count.
+	res := &Result{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries, AttestationResult: resp.GetAttestationResult()}
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (res.NotAfter.IsZero() || t.Before(res.NotAfter)) {
+			res.NotAfter = t
+		}
+	}
+	for i, c := range certs {
+		leaf, err := parseLeaf(c)
+		if err != nil {
+			return nil, nil, &StepError{StepOpen, err}
+		}
+		if i == 0 {
+			res.Serial = fmt.Sprintf("%x", leaf.SerialNumber)
+		}
+		earliest(leaf.NotAfter)
+	}
+	for _, c := range resp.GetCredentials() {
+		if t := c.GetType(); (t == pb.CredentialType_SECRET || t == pb.CredentialType_VAULT_TOKEN) && c.GetNotAfterUnix() > 0 {
+			earliest(time.Unix(c.GetNotAfterUnix(), 0))
+		}
+	}
 	if kube != nil {
 		res.KubeletNode = kube.cred.GetNodeName()
 	}
-	return res, append(files, secrets...), nil
+	if mode == pb.ReleaseMode_RELEASE_MODE_UNSPECIFIED && len(resp.GetCredentials()) > 0 {
+		mode = resp.GetCredentials()[0].GetMode()
+	}
+	lap(StepOpen, fmt.Sprintf("opened inside the TPM (%s)", mode))
+	return res, files, nil
 }
 
 // openNamed opens the credentials of resp written to files named after

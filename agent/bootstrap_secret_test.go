@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
@@ -116,6 +117,16 @@ func TestBootstrapWritesVaultToken(t *testing.T) {
 	}
 	if len(res.Files) != 4 || res.Files[3] != file {
 		t.Errorf("Files = %v", res.Files)
+	}
+	// The result's validity is the earliest of the files': the token's
+	// hour, not the certificate's two.
+	if left := time.Until(res.NotAfter); left > time.Hour || left < 55*time.Minute {
+		t.Errorf("NotAfter in %v, want the token's 1h", left)
+	}
+	// The result's validity is the earliest of the files': the token's
+	// hour, not the certificate's two.
+	if left := time.Until(res.NotAfter); left > time.Hour || left < 55*time.Minute {
+		t.Errorf("NotAfter in %v, want the token's 1h", left)
 	}
 	// The receipt keeps the accessor, never the token.
 	recs := env.Receipts(t)

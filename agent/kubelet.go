@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -31,10 +30,9 @@ const (
 
 // kubelet is an opened KUBELET credential.
 type kubelet struct {
-	cred     *pb.KubeletCredential
-	mode     pb.ReleaseMode
-	notAfter time.Time // a bootstrap token's expiry; zero with a certificate
-	files    []atomicfile.File
+	cred  *pb.KubeletCredential
+	mode  pb.ReleaseMode
+	files []atomicfile.File
 }
 
 // certificate is the kubelet's client certificate, PEM; nil without k.
@@ -116,7 +114,7 @@ func openBootstrapToken(kc *pb.KubeletCredential, c *pb.Credential, outDir, path
 	if err != nil {
 		return nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
 	}
-	return &kubelet{cred: kc, mode: c.GetMode(), notAfter: time.Unix(c.GetNotAfterUnix(), 0),
+	return &kubelet{cred: kc, mode: c.GetMode(),
 		files: []atomicfile.File{{Path: path, Data: doc, Perm: 0o600}}}, nil
 }
 

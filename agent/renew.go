@@ -207,6 +207,9 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	}
 }
 
+// errNothingToRenew: an attestation released nothing with a validity.
+var errNothingToRenew = errors.New("the broker released nothing that needs renewing (a bootstrap token is used once: use keybroker-agent bootstrap for it)")
+
 // KeepFiles keeps the file credentials of a node that has no node SVID
 // current: it re-attests with attest (which writes the files) at half the
 // life of what the last attestation released (first, to begin with),
@@ -220,9 +223,12 @@ func KeepFiles(ctx context.Context, first *Attestation, attest AttestFunc, log *
 	att, at := first, time.Now()
 	next := att.renewBy(at)
 	if next.IsZero() {
-		return errors.New("the broker released nothing with a validity to keep current")
+		return errNothingToRenew
 	}
 	retry := backoff{min: retryMin, max: retryMax}
+	if !next.After(at) {
+		next = at.Add(retry.next()) // expired already (clock skew): not at once
+	}
 	for {
 		if err := sleepUntil(ctx, next); err != nil {
 			return nil
@@ -241,7 +247,10 @@ func KeepFiles(ctx context.Context, first *Attestation, attest AttestFunc, log *
 		retry.reset()
 		att, at = a, time.Now()
 		if next = att.renewBy(at); next.IsZero() {
-			return errors.New("the broker released nothing with a validity to keep current")
+			return errNothingToRenew
+		}
+		if !next.After(at) {
+			next = at.Add(retry.next())
 		}
 		log.Info("re-attested", "receipt", a.ReceiptID, "files", len(a.Files), "valid_until", a.Result.NotAfter.UTC().Format(time.RFC3339),
 			"next", next.UTC().Format(time.RFC3339))

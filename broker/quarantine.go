@@ -30,9 +30,29 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 	}
 	deny := refused != nil && o.Refusal != nil && o.Refusal.Deny
 	if refused != nil && !deny {
-		return node // a fault, or a refusal not about the node: no change
+		// A fault, or a refusal not about the node: no change (a new record
+		// carries the state over, evidence.NodeRecord).
+		return node
 	}
-	if !deny && node != nil {
+	// The state before this decision: a new record carries it over; a
+	// refusal before the node had one reads the stored record.
+	var prev store.NodeRecord
+	if node != nil {
+		prev = *node
+	} else {
+		p, err := s.nodes.GetNode(ctx, rec.EKHash)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil
+		case err != nil:
+			s.log.Error("quarantine: unable to read the node's record", "ek", rec.EKHash, "error", err)
+			return nil
+		}
+		prev = p
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quarantineTimeout)
+	defer cancel()
+	if !deny {
 		// Allowed: the kubelet release (if any) names the node from now on,
 		// and a quarantine ends.
 		node.Kubelet, node.Quarantined = "", false
@@ -40,21 +60,6 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 			if it.Type == policies.TypeKubelet && it.Quarantine {
 				node.Kubelet = it.NodeName
 			}
-		}
-	}
-	prev, err := s.nodes.GetNode(ctx, rec.EKHash)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return node
-	case err != nil:
-		s.log.Error("quarantine: unable to read the node's record", "ek", rec.EKHash, "error", err)
-		return node
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quarantineTimeout)
-	defer cancel()
-	if !deny {
-		if node == nil {
-			return nil
 		}
 		if prev.Quarantined && prev.Kubelet != "" {
 			q := &store.Quarantine{Node: prev.Kubelet}

@@ -91,7 +91,11 @@ func TestQuarantineDecisions(t *testing.T) {
 		var ref *refusal
 		var node *store.NodeRecord
 		if withNode {
+			// As evidence.NodeRecord makes it: the state carried over.
 			node = &store.NodeRecord{EKHash: ek, LastSeen: time.Now()}
+			if p, err := st.GetNode(ctx, ek); err == nil {
+				node.Kubelet, node.Quarantined = p.Kubelet, p.Quarantined
+			}
 		}
 		if allowed {
 			rec.Released = []store.ReleasedItem{{Name: "kubelet", Type: "kubelet", NodeName: "node-a", Quarantine: true}}
@@ -124,6 +128,14 @@ func TestQuarantineDecisions(t *testing.T) {
 	rec = decide(false, true, true) // a policy refusal again: still tainted, once
 	if q := rec.Quarantine; q == nil || !q.Tainted || strings.Count(api.taints("node-a"), "keybroker.io/attestation") != 1 {
 		t.Fatalf("a second refusal: quarantine %+v, node spec %s", q, api.taints("node-a"))
+	}
+	// A refusal that is not about the node (here: a release that failed on
+	// the broker's side, after the policies allowed) keeps the state.
+	if rec := decide(false, false, true); rec.Quarantine != nil {
+		t.Fatalf("a broker-side failure changed the quarantine: %+v", rec.Quarantine)
+	}
+	if n, _ := st.GetNode(ctx, ek); !n.Quarantined || n.Kubelet != "node-a" {
+		t.Fatalf("node record after a broker-side failure: %+v", n)
 	}
 	rec = decide(true, false, true)
 	if q := rec.Quarantine; q == nil || q.Tainted || q.Error != "" || strings.Contains(api.taints("node-a"), "keybroker.io/attestation") {

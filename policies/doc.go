@@ -54,7 +54,7 @@
 //	  }
 //	  release "kubelet" {
 //	    type         = "kubelet"           # a kubelet client certificate (broker.hcl needs a kubernetes block)
-//	    node_name    = "node-${ek_hash_short}"  # must use ek_hash or ek_hash_short
+//	    node_name    = "node-${ek_hash_short}"  # must contain ${ek_hash_short}
 //	    kubelet_auth = "client_certificate"     # default; or "bootstrap_token" (the kubelet's TLS bootstrap)
 //	    quarantine   = true                # taint the Node when the node is later refused (needs token_file)
 //	    mode         = "pcr_sealed"        # mode, pcr_bank, pcrs as above
@@ -112,7 +112,7 @@
 // signed by the client CA of the broker's kubernetes block (which
 // kube-apiserver trusts through --client-ca-file), released with the API
 // server's address and CA; the agent writes the kubeconfig. node_name is a
-// template that must use ek_hash or ek_hash_short, so that each node's name
+// template whose value must contain the node's ek_hash_short, so that each node's name
 // is bound to its EK: with the Node authorizer and the NodeRestriction
 // admission plugin, a kubelet can then act only on its own Node object and
 // what is bound to it. Kubernetes checks no revocation of client

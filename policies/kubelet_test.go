@@ -56,7 +56,9 @@ func TestKubeletReleaseRefused(t *testing.T) {
 	}{
 		{"no node name", `type = "kubelet"`, `a kubelet needs a node_name, such as "node-${ek_hash_short}"`},
 		{"static node name", `type = "kubelet"
-    node_name = "worker-1"`, `node_name must use ${ek_hash} or ${ek_hash_short}: a node name shared by several nodes would let one act as another in the cluster`},
+    node_name = "worker-1"`, `node_name must contain the node's ${ek_hash_short}, such as "node-${ek_hash_short}": a node name shared by several nodes would let one act as another in the cluster`},
+		{"a name that uses the EK but not in it", `type = "kubelet"
+    node_name = "${ek_hash != "" ? "shared-node" : "x"}"`, `node_name must contain the node's ${ek_hash_short}`},
 		{"not a DNS name", `type = "kubelet"
     node_name = "Worker_${ek_hash_short}"`, `node_name renders to "Worker_0000000000000000" for a sample node: a node name holds only lower-case letters, digits, '-' and '.'`},
 		{"too long", `type = "kubelet"

@@ -361,15 +361,9 @@ func (c *compiler) kubelet(r *release, raw *releaseHCL, where string) {
 	if !ok {
 		return
 	}
-	byEK := false
-	for _, tr := range raw.NodeName.Expr.Variables() {
-		if n := tr.RootName(); n == "ek_hash" || n == "ek_hash_short" {
-			byEK = true
-		}
-	}
 	switch {
-	case !byEK:
-		c.errorf(raw.NodeName.Expr.Range(), "%s must use ${ek_hash} or ${ek_hash_short}: a node name shared by several nodes would let one act as another in the cluster", what)
+	case !strings.Contains(s, sampleShort):
+		c.errorf(raw.NodeName.Expr.Range(), "%s must contain the node's ${ek_hash_short}, such as \"node-${ek_hash_short}\": a node name shared by several nodes would let one act as another in the cluster", what)
 	case validNodeName(s) != nil:
 		c.errorf(raw.NodeName.Expr.Range(), "%s renders to %q for a sample node: %v", what, s, validNodeName(s))
 	default:
@@ -633,13 +627,20 @@ func (c *compiler) template(e hcl.Expression, what string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	s, err := render(e, templateContext(strings.Repeat("0", 64), "ca"))
+	s, err := render(e, templateContext(sampleHash, "ca"))
 	if err != nil {
 		c.errorf(e.Range(), "%s: %v", what, err)
 		return "", false
 	}
 	return s, true
 }
+
+// sampleHash is the EK hash templates are checked with when parsed;
+// sampleShort its ek_hash_short.
+var (
+	sampleHash  = strings.Repeat("0", 64)
+	sampleShort = sampleHash[:16]
+)
 
 // templateContext holds the template variables for a node.
 func templateContext(ekHash, ekCA string) *hcl.EvalContext {
@@ -684,6 +685,9 @@ func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 		s, err := render(r.nodeName, ctx)
 		if err == nil {
 			err = validNodeName(s)
+		}
+		if short := ctx.Variables["ek_hash_short"]; err == nil && (!short.IsKnown() || short.IsNull() || !strings.Contains(s, short.AsString())) {
+			err = fmt.Errorf("%q does not contain the node's ek_hash_short", s)
 		}
 		if err != nil {
 			fails = append(fails, fmt.Sprintf("node_name: %v", err))

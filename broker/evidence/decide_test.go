@@ -52,6 +52,17 @@ func TestDecide(t *testing.T) {
 	if first.NodeRecord.EKHash != sim.EKHash || !first.NodeRecord.FirstSeen.Equal(now) || len(first.NodeRecord.Evidence.Quotes) == 0 {
 		t.Fatalf("node record %+v", first.NodeRecord)
 	}
+	// The quarantine state is carried over to the new record: only the
+	// broker's quarantine step changes it.
+	quarantined := func(string) (store.NodeRecord, error) {
+		r := *first.NodeRecord
+		r.Kubelet, r.Quarantined = "node-a", true
+		return r, nil
+	}
+	if again := evidence.Decide(evidence.Inputs{Evidence: sim.Evidence(t, now), Opts: opts, Policies: allow, Previous: quarantined}); again.NodeRecord == nil ||
+		again.NodeRecord.Kubelet != "node-a" || !again.NodeRecord.Quarantined {
+		t.Fatalf("the new record dropped the quarantine state: %+v", again.NodeRecord)
+	}
 	later := func(string) (store.NodeRecord, error) {
 		r := *first.NodeRecord
 		r.Clock += 1 << 40 // the TPM's clock went back since

@@ -100,5 +100,10 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 	if prev != nil && !prev.FirstSeen.IsZero() {
 		n.FirstSeen = prev.FirstSeen
 	}
+	if prev != nil {
+		// The quarantine state outlives the decision unless the decision
+		// changes it (the broker's quarantine step).
+		n.Kubelet, n.Quarantined = prev.Kubelet, prev.Quarantined
+	}
 	return n
 }

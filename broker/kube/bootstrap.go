@@ -37,7 +37,15 @@ func (t BootstrapToken) Token() string { return t.ID + "." + t.Secret }
 // kube-system.
 func (c *Client) CreateBootstrapToken(ctx context.Context, ttl time.Duration, description string) (BootstrapToken, error) {
 	for range attempts {
-		t := BootstrapToken{ID: randomToken(6), Secret: randomToken(16), Expires: time.Now().Add(ttl).UTC().Truncate(time.Second)}
+		id, err := randomToken(6)
+		if err != nil {
+			return BootstrapToken{}, err
+		}
+		sec, err := randomToken(16)
+		if err != nil {
+			return BootstrapToken{}, err
+		}
+		t := BootstrapToken{ID: id, Secret: sec, Expires: time.Now().Add(ttl).UTC().Truncate(time.Second)}
 		secret := map[string]any{
 			"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
 			"metadata": map[string]any{"name": "bootstrap-token-" + t.ID, "namespace": bootstrapNamespace,
@@ -54,7 +62,9 @@ func (c *Client) CreateBootstrapToken(ctx context.Context, ttl time.Duration, de
 		code, out, err := c.do(ctx, http.MethodPost, "/api/v1/namespaces/"+bootstrapNamespace+"/secrets", body)
 		switch {
 		case err != nil:
-			return BootstrapToken{}, err
+			// The Secret may exist nonetheless: its ID, for the caller to
+			// delete it.
+			return BootstrapToken{ID: t.ID}, err
 		case code == http.StatusCreated:
 			return t, nil
 		case code == http.StatusConflict:
@@ -80,13 +90,13 @@ func (c *Client) DeleteBootstrapToken(ctx context.Context, id string) error {
 }
 
 // randomToken draws n characters of [a-z0-9], uniformly.
-func randomToken(n int) string {
+func randomToken(n int) (string, error) {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 	out := make([]byte, 0, n)
 	var buf [32]byte
 	for len(out) < n {
 		if _, err := rand.Read(buf[:]); err != nil {
-			panic(fmt.Sprintf("crypto/rand: %v", err))
+			return "", fmt.Errorf("unable to draw a bootstrap token: %w", err)
 		}
 		for _, b := range buf {
 			// 252 = 7*36: reject the top values for uniformity.
@@ -95,5 +105,5 @@ func randomToken(n int) string {
 			}
 		}
 	}
-	return string(out)
+	return string(out), nil
 }

@@ -229,6 +229,15 @@ type vaultIssued struct {
 	release, what, path, id string
 }
 
+// source names what it is with where it comes from, for logs: "vault
+// certificate", "vault token", "kubernetes bootstrap token".
+func (c vaultIssued) source() string {
+	if c.what == bootstrapToken {
+		return "kubernetes " + c.what
+	}
+	return "vault " + c.what
+}
+
 // String names it for receipts and logs, never with a secret.
 func (c vaultIssued) String() string {
 	if c.what == "token" {
@@ -282,11 +291,11 @@ func (r *Releaser) revoke(ctx context.Context, issued []vaultIssued) []string {
 				why = ve.Op + ": " + ve.Reason
 			}
 			notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released, and not revoked: %s", c.release, c, why))
-			r.log.Warn("unable to revoke a "+c.what+" that was not released", "release", c.release, idKey(c.what), c.id, "error", err)
+			r.log.Warn("unable to revoke a "+c.source()+" that was not released", "release", c.release, idKey(c.what), c.id, "error", err)
 			continue
 		}
 		notes = append(notes, fmt.Sprintf("release %q: %s was issued but not released; revoked", c.release, c))
-		r.log.Info(c.what+" revoked: its decision was not released", "release", c.release, idKey(c.what), c.id)
+		r.log.Info(c.source()+" revoked: its decision was not released", "release", c.release, idKey(c.what), c.id)
 	}
 	return notes
 }
@@ -430,6 +439,9 @@ func (r *Releaser) createBootstrapToken(ctx context.Context, rel policies.Releas
 	}
 	t, err := r.kube.API.CreateBootstrapToken(ctx, rel.TTL, fmt.Sprintf("keybroker: node %s, receipt %s", ekHash, receiptID))
 	if err != nil {
+		if t.ID != "" {
+			return &issued{serial: t.ID}, err // perhaps created: to delete
+		}
 		return nil, err
 	}
 	payload, err := proto.Marshal(&pb.KubeletCredential{NodeName: rel.NodeName, Server: r.kube.Server, ClusterCaPem: r.kube.ClusterCAPEM,

@@ -163,7 +163,7 @@ const (
 )
 
 func (r *resultFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&r.out, "ear-out", "", "file for the broker's attestation result (EAR JWT, 0600; its directory must exist; the broker needs an attestation_results block)")
+	f.StringVar(&r.out, "ear-out", "", "file for the broker's attestation result (EAR JWT, 0600; its directory is created if missing; the broker needs an attestation_results block)")
 	f.StringVar(&r.nonce, "ear-nonce", "", "the relying party's nonce for the attestation result, hex (8 to 64 bytes; needs --ear-out)")
 }
 

@@ -136,8 +136,8 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	if o.out != "" {
 		out = &agent.FileOut{OutDir: o.out, Kubeconfig: o.kubeconfig, BootstrapKubeconfig: o.bootKube}
 	}
-	attest := func(ctx context.Context, progress func(agent.Step, time.Duration, string)) (*agent.Attestation, error) {
-		ctx, cancel := context.WithTimeout(ctx, o.node.timeout)
+	attest := func(runCtx context.Context, progress func(agent.Step, time.Duration, string)) (*agent.Attestation, error) {
+		ctx, cancel := context.WithTimeout(runCtx, o.node.timeout)
 		defer cancel()
 		logBytes, err := agent.ReadEventLog(o.node.eventLog)
 		if err != nil {
@@ -157,7 +157,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 			return nil, err
 		}
 		if changed && o.onChange != "" {
-			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", o.onChange)
+			cmd := exec.CommandContext(runCtx, "/bin/sh", "-c", o.onChange)
 			cmd.Stdout, cmd.Stderr = stdout, stderr
 			cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+o.out, "KEYBROKER_SERIAL="+att.Result.Serial)
 			if err := cmd.Run(); err != nil {
