@@ -318,7 +318,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	start := time.Now()
 	switch rel.Type {
 	case policies.TypeTLSCertificate:
-		iss, err = r.issueTLS(rel)
+		iss, err = r.issueTLS(v, rel)
 	case policies.TypeX509SVID:
 		iss, err = r.issueNodeSVID(rel)
 	case policies.TypeVaultPKI:
@@ -351,6 +351,9 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		return nil, item, err
 	}
 	r.observe(StageSeal, time.Since(sealStart))
+	if rel.Mode == policies.ModeTPMResident {
+		cred.Mode = pb.ReleaseMode_TPM_RESIDENT
+	}
 	if !iss.notAfter.IsZero() {
 		cred.NotAfterUnix = iss.notAfter.Unix()
 	}
@@ -358,14 +361,28 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 }
 
 // issueTLS issues a tls_certificate release: a key and certificate from
-// the broker CA.
-func (r *Releaser) issueTLS(rel policies.Release) (*issued, error) {
-	tc, err := r.ca.IssueTLS(issue.TLSTemplate{
+// the broker CA, or, tpm_resident, a certificate from the broker CA for
+// the key the node created in its TPM for the release (verified by
+// verify.Verified.WithResidentKeys), with no key in the payload.
+func (r *Releaser) issueTLS(v *verify.Verified, rel policies.Release) (*issued, error) {
+	t := issue.TLSTemplate{
 		CommonName:  rel.CommonName,
 		DNSNames:    rel.DNSNames,
 		IPAddresses: rel.IPAddresses,
 		TTL:         rel.TTL,
-	})
+	}
+	if rel.Mode == policies.ModeTPMResident {
+		k := v.ResidentKey(rel.Name)
+		if k == nil {
+			return nil, fmt.Errorf("release %q is tpm_resident and the node offered no certified TPM key for it (the agent's --tpm-resident %s)", rel.Name, rel.Name)
+		}
+		tc, err := r.ca.IssueTLSForKey(t, k.Public())
+		if err != nil {
+			return nil, err
+		}
+		return tlsIssued(nil, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
+	}
+	tc, err := r.ca.IssueTLS(t)
 	if err != nil {
 		return nil, err
 	}
