@@ -71,7 +71,7 @@ func TestBootstrapTPMResidentRefused(t *testing.T) {
 	env := brokertest.New(t, brokertest.Opts{Mode: "tpm_resident"})
 	out := filepath.Join(t.TempDir(), "tls")
 	_, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out})
-	if err == nil || !strings.Contains(err.Error(), `unable to release "node-tls"`) {
+	if err == nil || !strings.Contains(err.Error(), `broker refused (FailedPrecondition): release: "node-tls" is tpm_resident and the node offered no TPM key for it (agent --tpm-resident node-tls)`) {
 		t.Fatalf("Bootstrap without a resident key: %v, want the release refused", err)
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {

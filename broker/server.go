@@ -438,7 +438,7 @@ func releaseRefusal(f *release.Failure) *refusal {
 	switch f.Kind {
 	case release.KindSPIFFE:
 		return denies(r)
-	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes:
+	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes, release.KindNoResidentKey:
 		return r
 	case release.KindVaultUnavailable:
 		r.code = codes.Unavailable

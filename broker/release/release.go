@@ -124,6 +124,10 @@ const (
 	// KindNoKubernetes: the decision releases a kubelet credential and the
 	// broker has no kubernetes block.
 	KindNoKubernetes
+	// KindNoResidentKey: the decision releases a tpm_resident certificate
+	// and the node offered no certified TPM key for it (the agent was not
+	// told of the release): about the node's setup, not its state.
+	KindNoResidentKey
 )
 
 // Failure is why a decision released nothing.
@@ -164,6 +168,11 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 			return nil, &Failure{Kind: KindNoVault, Msg: "release: vault unavailable (not configured)",
 				Notes: []string{fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name)},
 				Cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
+		}
+		if rel.Mode == policies.ModeTPMResident && v.ResidentKey(rel.Name) == nil {
+			return nil, &Failure{Kind: KindNoResidentKey, Msg: fmt.Sprintf("release: %q is tpm_resident and the node offered no TPM key for it (agent --tpm-resident %s)", rel.Name, rel.Name),
+				Notes: []string{fmt.Sprintf("release %q: tpm_resident, and the node offered no certified TPM key for it", rel.Name)},
+				Cause: fmt.Errorf("release %q: no resident key offered", rel.Name)}
 		}
 		if rel.Type == policies.TypeKubelet && r.kube == nil {
 			return nil, &Failure{Kind: KindNoKubernetes, Msg: "release: kubernetes is not configured",
@@ -373,8 +382,8 @@ func (r *Releaser) issueTLS(v *verify.Verified, rel policies.Release) (*issued, 
 	}
 	if rel.Mode == policies.ModeTPMResident {
 		k := v.ResidentKey(rel.Name)
-		if k == nil {
-			return nil, fmt.Errorf("release %q is tpm_resident and the node offered no certified TPM key for it (the agent's --tpm-resident %s)", rel.Name, rel.Name)
+		if k == nil { // Release checked it first
+			return nil, fmt.Errorf("release %q: no resident key offered", rel.Name)
 		}
 		tc, err := r.ca.IssueTLSForKey(t, k.Public())
 		if err != nil {
