@@ -263,14 +263,19 @@ func (w *wire) keyedHashScheme(scheme tpm2.TPMAlgID) tpm2.TPMUSchemeKeyedHash {
 	return u
 }
 
-// quoteAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE says.
-type quoteAttest struct {
+// attestHeader is what every TPMS_ATTEST says before its attested union.
+type attestHeader struct {
 	qualifiedSigner []byte
 	extraData       []byte
 	clock           tpm2.TPMSClockInfo
 	firmware        uint64
-	selections      []tpm2.TPMSPCRSelection
-	pcrDigest       []byte
+}
+
+// quoteAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE says.
+type quoteAttest struct {
+	attestHeader
+	selections []tpm2.TPMSPCRSelection
+	pcrDigest  []byte
 }
 
 // errNotQuote is decodeQuoteAttest's answer to a TPMS_ATTEST of another
@@ -282,7 +287,7 @@ var errNotQuote = errors.New("attestation is not a quote")
 func decodeQuoteAttest(b []byte) (*quoteAttest, error) {
 	w := &wire{b: b}
 	a := &quoteAttest{}
-	if err := w.attestHeader(tpm2.TPMSTAttestQuote, errNotQuote, a); err != nil {
+	if err := w.attestHeader(tpm2.TPMSTAttestQuote, errNotQuote, &a.attestHeader); err != nil {
 		return nil, err
 	}
 	n := w.u32()
@@ -308,7 +313,7 @@ func decodeQuoteAttest(b []byte) (*quoteAttest, error) {
 // attestHeader reads a TPMS_ATTEST up to its attested union into a:
 // magic, type (notType if it is not typ), qualifiedSigner, extraData,
 // clockInfo and firmwareVersion.
-func (w *wire) attestHeader(typ tpm2.TPMST, notType error, a *quoteAttest) error {
+func (w *wire) attestHeader(typ tpm2.TPMST, notType error, a *attestHeader) error {
 	magic := w.u32()
 	got := tpm2.TPMST(w.u16())
 	if w.err == nil && magic != uint32(tpm2.TPMGeneratedValue) {
@@ -334,7 +339,7 @@ func (w *wire) attestHeader(typ tpm2.TPMST, notType error, a *quoteAttest) error
 // certifyAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY says:
 // the header fields and TPMS_CERTIFY_INFO.
 type certifyAttest struct {
-	quoteAttest
+	attestHeader
 	name, qualifiedName []byte
 }
 
@@ -347,7 +352,7 @@ var errNotCertify = errors.New("attestation is not a certify")
 func decodeCertifyAttest(b []byte) (*certifyAttest, error) {
 	w := &wire{b: b}
 	a := &certifyAttest{}
-	if err := w.attestHeader(tpm2.TPMSTAttestCertify, errNotCertify, &a.quoteAttest); err != nil {
+	if err := w.attestHeader(tpm2.TPMSTAttestCertify, errNotCertify, &a.attestHeader); err != nil {
 		return nil, err
 	}
 	a.name, a.qualifiedName = w.sized(), w.sized()
