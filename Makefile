@@ -24,6 +24,7 @@ FUZZ_TARGETS += ./broker/verify:FuzzEventLog:15000
 FUZZ_TARGETS += ./broker/verify:FuzzNode:15000
 FUZZ_TARGETS += ./broker/verify:FuzzQuoteAttest:12000
 FUZZ_TARGETS += ./broker/verify:FuzzQuoteSignature:40000
+FUZZ_TARGETS += ./broker/verify:FuzzResidentCertify:12000
 FUZZ_TARGETS += ./broker/verify:FuzzWire:40000
 FUZZ_TARGETS += ./broker:FuzzAttest:15000
 FUZZ_TARGETS += ./broker:FuzzLoadConfig:2000

@@ -237,6 +237,11 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 			return nil, nil, &StepError{StepOpen, fmt.Errorf("credential %q: malformed payload: %w", c.GetName(), err)}
 		}
 		mode = c.GetMode()
+		if mode == pb.ReleaseMode_TPM_RESIDENT {
+			if tlsCred.KeyPem, err = node.residentKeyPEM(c.GetName(), tlsCred.GetCertificatePem()); err != nil {
+				return nil, nil, &StepError{StepOpen, err}
+			}
+		}
 		break
 	}
 	kube, err := openKubelet(node, resp, opts.OutDir, opts.Kubeconfig, opts.BootstrapKubeconfig)
@@ -405,12 +410,12 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, r
 	}
 	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:min(8, len(ch.GetChallengeId()))]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
 
-	quotes, err := node.answer(ch, lap)
+	quotes, keys, err := node.answer(ch, lap)
 	if err != nil {
 		return nil, err
 	}
 
-	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog,
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog, ResidentKeys: keys,
 		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic(),
 		RelyingPartyNonce: rpNonce})
 	if err != nil {
@@ -453,18 +458,24 @@ func (e *brokerError) GRPCStatus() *status.Status { return e.s }
 
 // answer answers a challenge inside the TPM: it activates the credential
 // (only the TPM holding the EK and the AK can) and quotes with the recovered
-// secret, reporting each stage to lap. Errors are *StepError.
-func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Quote, error) {
+// secret, and certifies a new key for each tpm_resident release
+// (NodeOpts.TPMResident) over it, reporting each stage to lap. Errors are
+// *StepError.
+func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Quote, []*pb.ResidentKey, error) {
 	secret, err := n.Activate(ch)
 	if err != nil {
-		return nil, &StepError{StepActivate, err}
+		return nil, nil, &StepError{StepActivate, err}
 	}
 	defer clear(secret)
 	lap(StepActivate, "credential activated: the AK and EK share this TPM")
 	quotes, err := n.QuoteFor(ch, secret)
 	if err != nil {
-		return nil, &StepError{StepQuote, err}
+		return nil, nil, &StepError{StepQuote, err}
 	}
-	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted", len(quotes)))
-	return quotes, nil
+	keys, err := n.residentKeys(secret)
+	if err != nil {
+		return nil, nil, &StepError{StepQuote, err}
+	}
+	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted, %d TPM-resident key(s) certified", len(quotes), len(keys)))
+	return quotes, keys, nil
 }

@@ -8,6 +8,12 @@
 //	node, _ := agent.NewNode(rw, agent.NodeOpts{})
 //	res, err := agent.Bootstrap(ctx, brokerClient, node, agent.BootstrapOpts{OutDir: "/etc/keybroker"})
 //
+// With NodeOpts.TPMResident the node creates, before each Attest, one
+// signing key per named tpm_resident release inside the TPM, certified by
+// the AK for the challenge (package resident), and Bootstrap writes the
+// released certificate with that key as a TSS2 key file instead of a
+// PKCS#8 key.
+//
 // For SPIFFE, Attest opens the node X.509-SVID and workload entries an
 // attestation released; an SVIDManager gets the workload SVIDs with it and
 // keeps them current (Run re-attests at half the node SVID's life), and

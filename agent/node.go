@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-tpm/legacy/tpm2"
 
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/resident"
 	"github.com/keybroker/keybroker/sealing"
 )
 
@@ -34,6 +35,16 @@ type NodeOpts struct {
 	// most MaxEKIntermediateSize bytes each, MaxEKIntermediatesSize in all
 	// (see ReadEKIntermediates).
 	EKIntermediates [][]byte
+	// TPMResident names the tpm_resident releases the node expects (at
+	// most MaxTPMResident). Before each attestation the agent creates one
+	// ECDSA P-256 signing key per name inside the TPM, under the storage
+	// key TSS2 key files name as TPM_RH_OWNER, certifies it with the AK
+	// for the challenge and sends the certify with Attest; the broker
+	// signs a certificate for the key of the release of that name, and the
+	// agent writes the key as a TSS2 PEM key file. The agent does not know
+	// the broker's policies: a release it does not name gets no key and
+	// is refused by the broker.
+	TPMResident []string
 }
 
 // Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
@@ -53,11 +64,17 @@ type Node struct {
 	ak            *client.Key
 	banks         []tpm2.Algorithm
 	intermediates [][]byte
+	residentNames []string
+	// resident are the keys created for the last attestation.
+	resident []*resident.Key
 }
 
 // NewNode loads or creates the EK and AK in the TPM.
 func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 	if err := checkEKIntermediates(opts.EKIntermediates); err != nil {
+		return nil, err
+	}
+	if err := checkTPMResident(opts.TPMResident); err != nil {
 		return nil, err
 	}
 	ek, err := client.EndorsementKeyRSA(rw)
@@ -78,7 +95,8 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		ek.Close()
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
-	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates)}
+	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates),
+		residentNames: slices.Clone(opts.TPMResident)}
 	if len(n.banks) == 0 {
 		if n.banks, err = defaultBanks(rw); err != nil {
 			n.Close()

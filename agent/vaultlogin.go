@@ -109,7 +109,7 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 	}
 	lap(StepChallenge, detail)
 
-	quotes, err := node.answer(ch, lap)
+	quotes, _, err := node.answer(ch, lap)
 	if err != nil {
 		return nil, err
 	}

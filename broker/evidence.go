@@ -29,5 +29,10 @@ func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) att
 			PCRs:      q.GetPcrs().GetValues(),
 		})
 	}
+	for _, k := range req.GetResidentKeys() {
+		ev.ResidentKeys = append(ev.ResidentKeys, attestation.ResidentKey{
+			Name: k.GetName(), Public: k.GetPublic(), CertifyInfo: k.GetCertifyInfo(), Signature: k.GetSignature(),
+		})
+	}
 	return ev
 }

@@ -436,7 +436,7 @@ func releaseRefusal(f *release.Failure) *refusal {
 	switch f.Kind {
 	case release.KindSPIFFE:
 		return denies(r)
-	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes:
+	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes, release.KindNoResidentKey:
 		return r
 	case release.KindVaultUnavailable:
 		r.code = codes.Unavailable
@@ -477,6 +477,14 @@ func checkAttestRequest(req *pb.AttestRequest) error {
 		return fmt.Errorf("at most %d quotes", verify.MaxQuotes)
 	case len(req.GetEventLog()) > verify.MaxEventLogSize:
 		return fmt.Errorf("event_log exceeds %d bytes", verify.MaxEventLogSize)
+	case len(req.GetResidentKeys()) > verify.MaxResidentKeys:
+		return fmt.Errorf("at most %d resident keys", verify.MaxResidentKeys)
+	}
+	for _, k := range req.GetResidentKeys() {
+		if len(k.GetName()) > verify.MaxResidentKeyNameSize || len(k.GetPublic()) > verify.MaxPublicSize ||
+			len(k.GetCertifyInfo()) > verify.MaxCertifyAttestSize || len(k.GetSignature()) > verify.MaxSignatureSize {
+			return errors.New("a resident key exceeds its size limits")
+		}
 	}
 	if err := ear.CheckNonce(req.GetRelyingPartyNonce()); err != nil {
 		return err

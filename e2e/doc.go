@@ -77,6 +77,14 @@
 //     SVID's expiry an open FetchX509SVID stream and new calls get
 //     PermissionDenied "identity expired"; SIGTERM stops the agent with exit
 //     0 and removes the socket.
+//   - TestTPMResidentOpenSSL (resident_test.go): a tpm_resident TLS release
+//     is refused to an agent without --tpm-resident (FailedPrecondition,
+//     nothing written); with it the agent writes a TSS2 key file (0600)
+//     whose key is in swtpm; OpenSSL's tpm2 provider (Debian tpm2-openssl,
+//     behind tpm2-abrmd on a private D-Bus session bus) reads the
+//     certificate's public key from it, openssl s_server serves TLS 1.3 with
+//     it to a Go client that verifies the chain to the broker's CA (the
+//     released serial), and on another swtpm the key file does not load.
 //
 // The interop tests (interop_test.go) check that quotes, AKs and EK
 // certificates produced by tpm2-tools verify with broker/verify, and that

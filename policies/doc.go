@@ -16,7 +16,7 @@
 //	  ]
 //	  release "node-tls" {
 //	    type         = "tls_certificate"   # required: tls_certificate, x509_svid, vault_kv, vault_pki, vault_token or kubelet
-//	    mode         = "pcr_sealed"        # or "tpm_bound" (default)
+//	    mode         = "pcr_sealed"        # or "tpm_bound" (default), or "tpm_resident" (below)
 //	    pcr_bank     = "sha256"            # pcr_sealed only; sha256 (default), sha384, sha512
 //	    pcrs         = [0, 7]              # required for pcr_sealed, forbidden for tpm_bound
 //	    ttl          = "24h"               # default 24h, at most 8760h
@@ -106,6 +106,15 @@
 // Vault is unreachable or refuses, the broker releases nothing to the
 // node, not even the decision's other releases, and revokes the
 // certificates and tokens it had Vault issue for the decision.
+//
+// A tls_certificate release with mode = "tpm_resident" releases only a
+// certificate, for a key the node created inside its TPM for that release
+// and certified with its AK for this attestation (AttestRequest
+// resident_keys; keybroker-agent bootstrap --tpm-resident <release>). It
+// takes no pcr_bank or pcrs; the broker refuses the release when the node
+// offered no key for it, and the attestation when a certify does not
+// verify (broker/verify.Verified.WithResidentKeys). Other types refuse the
+// mode.
 //
 // A kubelet release is a node's Kubernetes identity: a key and a client
 // certificate for user system:node:<node_name> in group system:nodes,

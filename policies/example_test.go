@@ -35,7 +35,7 @@ func ExampleParse() {
 	// Output:
 	// web.hcl:3:14: policy "web": require[0] at expression 1:16: found no matching overload for '_==_' applied to '(string, int)'
 	// web.hcl:4:3: policy "web": release "web-tls": a tls_certificate needs a common_name, dns_names or ip_addresses
-	// web.hcl:6:12: policy "web": release "web-tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
+	// web.hcl:6:12: policy "web": release "web-tls": mode "sealed" is not supported; use "tpm_bound", "pcr_sealed" or "tpm_resident"
 	// web.hcl:7:12: policy "web": release "web-tls": ttl "1y" is not a duration such as "24h"
 }
 

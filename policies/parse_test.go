@@ -151,8 +151,17 @@ p.hcl:7:14: policy "db": require[0] must be a string`,
     pcr_bank    = "sha1"
     common_name = "a"`),
 			wantErr: `p.hcl:4:19: policy "web": release "tls": type "ssh_key" is not supported; use "tls_certificate", "x509_svid", "vault_kv", "vault_pki", "vault_token" or "kubelet"
-p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound" or "pcr_sealed"
+p.hcl:5:19: policy "web": release "tls": mode "sealed" is not supported; use "tpm_bound", "pcr_sealed" or "tpm_resident"
 p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "sha256", "sha384" or "sha512"`,
+		},
+		{
+			name: "tpm_resident on a release that is not a tls_certificate, with PCRs",
+			src: withRelease(`    type        = "vault_kv"
+    mode        = "tpm_resident"
+    pcrs        = [7]
+    path        = "secret/data/web"`),
+			wantErr: `p.hcl:5:19: policy "web": release "tls": mode "tpm_resident" is only supported for type "tls_certificate"
+p.hcl:6:5: policy "web": release "tls": pcrs is only allowed with mode "pcr_sealed"`,
 		},
 		{
 			name: "PCRs with tpm_bound",

@@ -29,6 +29,10 @@ const (
 	// over the release's PCRs: only that TPM can open it, and only while
 	// those PCRs hold the values it attested.
 	ModePCRSealed Mode = "pcr_sealed"
+	// ModeTPMResident releases only a certificate, for a key the node
+	// created inside its TPM and certified with its AK for this
+	// attestation: no private key travels. tls_certificate only.
+	ModeTPMResident Mode = "tpm_resident"
 )
 
 // Release types.
@@ -241,8 +245,13 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 			switch m := Mode(s); m {
 			case ModeTPMBound, ModePCRSealed:
 				r.mode = m
+			case ModeTPMResident:
+				r.mode = m
+				if r.typ != TypeTLSCertificate {
+					c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is only supported for type %q", where, s, TypeTLSCertificate)
+				}
 			default:
-				c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is not supported; use %q or %q", where, s, ModeTPMBound, ModePCRSealed)
+				c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is not supported; use %q, %q or %q", where, s, ModeTPMBound, ModePCRSealed, ModeTPMResident)
 				modeKnown = false
 			}
 		} else {
@@ -561,7 +570,7 @@ func (c *compiler) sealing(r *release, raw *releaseHCL, where string, modeKnown 
 		return
 	}
 	switch r.mode {
-	case ModeTPMBound:
+	case ModeTPMBound, ModeTPMResident:
 		if raw.PCRBank != nil {
 			c.errorf(raw.PCRBank.NameRange, "%s: pcr_bank is only allowed with mode %q", where, ModePCRSealed)
 		}

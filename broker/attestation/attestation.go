@@ -35,6 +35,10 @@ type Evidence struct {
 	// backend keeps each distinct log once, under its SHA-256 (hex), and
 	// puts it back when it reads the record.
 	EventLogSHA256 string `json:"event_log_sha256,omitempty"`
+	// ResidentKeys are the keys the node created in its TPM for
+	// tpm_resident releases, with their certifies by the AK. Not kept in
+	// node records: they are verified for release only.
+	ResidentKeys []ResidentKey `json:"resident_keys,omitempty"`
 	// Previous holds the counters of the attestation this one was compared
 	// with (the node record as it was), nil if there was none: verifying
 	// the evidence again reproduces the same history.
@@ -48,6 +52,16 @@ type Quote struct {
 	Signature []byte            `json:"signature"`
 	Bank      uint16            `json:"bank"` // TPM_ALG_ID of the PCR bank
 	PCRs      map[uint32][]byte `json:"pcrs"`
+}
+
+// ResidentKey is one TPM-resident key and its certify: the release name,
+// the key's TPMT_PUBLIC, the certify's TPMS_ATTEST and the AK's
+// TPMT_SIGNATURE over it.
+type ResidentKey struct {
+	Name        string `json:"name"`
+	Public      []byte `json:"public"`
+	CertifyInfo []byte `json:"certify_info"`
+	Signature   []byte `json:"signature"`
 }
 
 // Counters are a TPM's clock and reset and restart counts as a quote

@@ -31,8 +31,8 @@ func Reverify(ev attestation.Evidence, opts verify.Opts) (*verify.Verified, erro
 }
 
 // Verify verifies the node (verify.Node), its quotes against the
-// challenge's secret hash (verify.Quotes) and its event log (WithEventLog).
-// node is returned once the node verified, also when a later step failed.
+// challenge's secret hash (verify.Quotes), its event log (WithEventLog)
+// and the resident keys it offered (WithResidentKeys). node is returned once the node verified, also when a later step failed.
 func Verify(ev attestation.Evidence, opts verify.Opts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
 	return verifyEvidence(ev, opts, nil)
 }
@@ -63,6 +63,13 @@ func verifyEvidence(ev attestation.Evidence, opts verify.Opts, vouch *verify.Vou
 		return node, nil, err
 	}
 	if v, err = v.WithEventLog(ev.EventLog); err != nil {
+		return node, nil, err
+	}
+	keys := make([]verify.ResidentKeyEvidence, 0, len(ev.ResidentKeys))
+	for _, k := range ev.ResidentKeys {
+		keys = append(keys, verify.ResidentKeyEvidence{Name: k.Name, Public: k.Public, CertifyInfo: k.CertifyInfo, Signature: k.Signature})
+	}
+	if v, err = v.WithResidentKeys(keys, opts); err != nil {
 		return node, nil, err
 	}
 	return node, v, nil

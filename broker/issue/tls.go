@@ -117,17 +117,44 @@ func (c *CA) ServingCertificate(names []string) (tls.Certificate, error) {
 	}, nil
 }
 
-func (c *CA) issueTLS(t TLSTemplate) (crypto.Signer, *x509.Certificate, error) {
-	if err := t.validate(); err != nil {
-		return nil, nil, fmt.Errorf("invalid template: %w", err)
+// IssueTLSForKey signs a certificate following t for pub, a key the
+// caller holds (such as a key inside a node's TPM, whose certify
+// broker/verify checked). KeyPEM is empty.
+func (c *CA) IssueTLSForKey(t TLSTemplate, pub crypto.PublicKey) (*TLSCredential, error) {
+	cert, err := c.signTLS(t, pub)
+	if err != nil {
+		return nil, fmt.Errorf("unable to issue tls certificate: %w", err)
 	}
+	return &TLSCredential{
+		CertificatePEM: encodeCerts(cert),
+		ChainPEM:       encodeCerts(c.cert),
+		Serial:         cert.SerialNumber.Text(16),
+		NotBefore:      cert.NotBefore,
+		NotAfter:       cert.NotAfter,
+		Certificate:    cert,
+	}, nil
+}
+
+func (c *CA) issueTLS(t TLSTemplate) (crypto.Signer, *x509.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to generate key: %w", err)
 	}
-	serial, err := newSerial()
+	cert, err := c.signTLS(t, key.Public())
 	if err != nil {
 		return nil, nil, err
+	}
+	return key, cert, nil
+}
+
+// signTLS signs a certificate following t for pub.
+func (c *CA) signTLS(t TLSTemplate, pub crypto.PublicKey) (*x509.Certificate, error) {
+	if err := t.validate(); err != nil {
+		return nil, fmt.Errorf("invalid template: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
 	}
 	now := c.now()
 	notAfter := now.Add(t.TTL)
@@ -135,7 +162,7 @@ func (c *CA) issueTLS(t TLSTemplate) (crypto.Signer, *x509.Certificate, error) {
 		notAfter = c.cert.NotAfter
 	}
 	if !notAfter.After(now) {
-		return nil, nil, fmt.Errorf("ca certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("ca certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	var eku []x509.ExtKeyUsage
 	if t.Server || !t.Client {
@@ -155,15 +182,15 @@ func (c *CA) issueTLS(t TLSTemplate) (crypto.Signer, *x509.Certificate, error) {
 		ExtKeyUsage:           eku,
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.signer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("unable to sign certificate: %w", err)
+		return nil, fmt.Errorf("unable to sign certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, fmt.Errorf("unable to parse issued certificate: %w", err)
+		return nil, fmt.Errorf("unable to parse issued certificate: %w", err)
 	}
-	return key, cert, nil
+	return cert, nil
 }
 
 // validate reports every problem with t.

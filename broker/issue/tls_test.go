@@ -3,6 +3,7 @@ package issue
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -265,5 +266,34 @@ func TestServingCertificateErrors(t *testing.T) {
 				t.Fatalf("ServingCertificate error = %v, want it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestIssueTLSForKey: the certificate is for the given key, chains to the
+// CA, and no key is returned; a bad template is refused as for IssueTLS.
+func TestIssueTLSForKey(t *testing.T) {
+	ca, _ := newTestCA(t, t0)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := ca.IssueTLSForKey(TLSTemplate{CommonName: "web", DNSNames: []string{"web.example"}, TTL: time.Hour}, key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cred.KeyPEM != nil {
+		t.Error("IssueTLSForKey returned a key")
+	}
+	if !key.PublicKey.Equal(cred.Certificate.PublicKey) {
+		t.Error("the certificate is not for the given key")
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Certificate())
+	if _, err := cred.Certificate.Verify(x509.VerifyOptions{Roots: pool, DNSName: "web.example", CurrentTime: t0.Add(time.Minute)}); err != nil {
+		t.Errorf("the certificate does not verify: %v", err)
+	}
+	_, err = ca.IssueTLSForKey(TLSTemplate{TTL: time.Hour}, key.Public())
+	if err == nil || err.Error() != "unable to issue tls certificate: invalid template: a common name, dns name or ip address is required" {
+		t.Errorf("IssueTLSForKey with no name = %v", err)
 	}
 }

@@ -128,6 +128,10 @@ const (
 	// KindNoKubernetes: the decision releases a kubelet credential and the
 	// broker has no kubernetes block.
 	KindNoKubernetes
+	// KindNoResidentKey: the decision releases a tpm_resident certificate
+	// and the node offered no certified TPM key for it (the agent was not
+	// told of the release): about the node's setup, not its state.
+	KindNoResidentKey
 )
 
 // Failure is why a decision released nothing.
@@ -168,6 +172,11 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 			return nil, &Failure{Kind: KindNoVault, Msg: "release: vault unavailable (not configured)",
 				Notes: []string{fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name)},
 				Cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
+		}
+		if rel.Mode == policies.ModeTPMResident && v.ResidentKey(rel.Name) == nil {
+			return nil, &Failure{Kind: KindNoResidentKey, Msg: fmt.Sprintf("release: %q is tpm_resident and the node offered no TPM key for it (agent --tpm-resident %s)", rel.Name, rel.Name),
+				Notes: []string{fmt.Sprintf("release %q: tpm_resident, and the node offered no certified TPM key for it", rel.Name)},
+				Cause: fmt.Errorf("release %q: no resident key offered", rel.Name)}
 		}
 		if rel.Type == policies.TypeKubelet && r.kube == nil {
 			return nil, &Failure{Kind: KindNoKubernetes, Msg: "release: kubernetes is not configured",
@@ -345,7 +354,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	start := time.Now()
 	switch rel.Type {
 	case policies.TypeTLSCertificate:
-		iss, err = r.issueTLS(rel)
+		iss, err = r.issueTLS(v, rel)
 	case policies.TypeX509SVID:
 		iss, err = r.issueNodeSVID(rel)
 	case policies.TypeVaultPKI:
@@ -378,6 +387,9 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		return nil, item, err
 	}
 	r.observe(StageSeal, time.Since(sealStart))
+	if rel.Mode == policies.ModeTPMResident {
+		cred.Mode = pb.ReleaseMode_TPM_RESIDENT
+	}
 	if !iss.notAfter.IsZero() {
 		cred.NotAfterUnix = iss.notAfter.Unix()
 	}
@@ -385,14 +397,28 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 }
 
 // issueTLS issues a tls_certificate release: a key and certificate from
-// the broker CA.
-func (r *Releaser) issueTLS(rel policies.Release) (*issued, error) {
-	tc, err := r.ca.IssueTLS(issue.TLSTemplate{
+// the broker CA, or, tpm_resident, a certificate from the broker CA for
+// the key the node created in its TPM for the release (verified by
+// verify.Verified.WithResidentKeys), with no key in the payload.
+func (r *Releaser) issueTLS(v *verify.Verified, rel policies.Release) (*issued, error) {
+	t := issue.TLSTemplate{
 		CommonName:  rel.CommonName,
 		DNSNames:    rel.DNSNames,
 		IPAddresses: rel.IPAddresses,
 		TTL:         rel.TTL,
-	})
+	}
+	if rel.Mode == policies.ModeTPMResident {
+		k := v.ResidentKey(rel.Name)
+		if k == nil { // Release checked it first
+			return nil, fmt.Errorf("release %q: no resident key offered", rel.Name)
+		}
+		tc, err := r.ca.IssueTLSForKey(t, k.Public())
+		if err != nil {
+			return nil, err
+		}
+		return tlsIssued(nil, tc.CertificatePEM, tc.ChainPEM, tc.Serial, tc.NotAfter)
+	}
+	tc, err := r.ca.IssueTLS(t)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,9 @@ const (
 	CheckBank       Check = "pcr_bank"
 	CheckEventLog   Check = "event_log"
 	CheckCounters   Check = "tpm_counters"
+	// CheckResidentKey: a key offered for a tpm_resident release is not a
+	// TPM-resident signing key the AK certified for this challenge.
+	CheckResidentKey Check = "resident_key"
 )
 
 // CheckError is a failed verification step. Msg is safe to show to the node:

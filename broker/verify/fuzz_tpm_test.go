@@ -3,12 +3,15 @@ package verify_test
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
 	"slices"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/resident"
 )
 
 // The TPM structures a broker parses, fuzzed through verify's entry points
@@ -165,6 +168,64 @@ func FuzzQuoteSignature(f *testing.F) {
 			if c.node == rsaNode && !bytes.Equal(sig, e.rsaQuote.Signature) {
 				t.Fatalf("accepted RSASSA signature %x, not the TPM's %x", sig, e.rsaQuote.Signature)
 			}
+		}
+	})
+}
+
+// FuzzResidentCertify feeds TPMS_ATTEST structures, signed by the AK, to
+// Verified.WithResidentKeys as the certify of a P-256 resident key. Whatever
+// it accepts must be exactly a TPMS_ATTEST of type CERTIFY over this
+// challenge's qualifying data for the release, naming the presented key.
+func FuzzResidentCertify(f *testing.F) {
+	e := newSimEvidence(f)
+	soft := newSoftECCAK(akP256Key(), tpm2.TPMAlgSHA256)
+	node := e.mustNode(f, e.rsaEK, soft.publicBytes())
+	v, err := verify.Quotes(node, e.nonceHash(), []verify.Quote{resigned(f, e.rsaQuote, soft, nil, nil)}, verify.Opts{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	key := resident.KeyTemplate()
+	key.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, eccPoint(&mustECDSAKey(elliptic.P256()).PublicKey))
+	public := tpm2.Marshal(key)
+	sum := sha256.Sum256(public)
+	name := append([]byte{0, byte(tpm2.TPMAlgSHA256)}, sum[:]...)
+	qd := resident.QualifyingData(e.secret, "web")
+	genuine := tpm2.Marshal(&tpm2.TPMSAttest{
+		Magic: tpm2.TPMGeneratedValue, Type: tpm2.TPMSTAttestCertify,
+		QualifiedSigner: tpm2.TPM2BName{Buffer: name}, ExtraData: tpm2.TPM2BData{Buffer: qd},
+		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestCertify, &tpm2.TPMSCertifyInfo{
+			Name: tpm2.TPM2BName{Buffer: name}, QualifiedName: tpm2.TPM2BName{Buffer: name}}),
+	})
+	check := func(t testing.TB, attest []byte) error {
+		_, err := v.WithResidentKeys([]verify.ResidentKeyEvidence{{Name: "web", Public: public, CertifyInfo: attest, Signature: soft.sign(t, attest)}}, verify.Opts{})
+		return err
+	}
+	if err := check(f, genuine); err != nil {
+		f.Fatalf("the genuine certify is refused: %v", err)
+	}
+	f.Add(genuine)
+	f.Add(resigned(f, e.rsaQuote, soft, nil, nil).Attest)
+	f.Add(withByte(genuine, 0))
+	f.Fuzz(func(t *testing.T, attest []byte) {
+		err := check(t, attest)
+		if err != nil {
+			if verify.FailedCheck(err) == "" {
+				t.Fatalf("error without a check: %v", err)
+			}
+			return
+		}
+		if !canonical[tpm2.TPMSAttest](attest) {
+			t.Fatalf("accepted %x, which is not exactly a TPMS_ATTEST", attest)
+		}
+		att, _ := tpm2.Unmarshal[tpm2.TPMSAttest](attest)
+		certify, err := att.Attested.Certify()
+		switch {
+		case att.Type != tpm2.TPMSTAttestCertify || err != nil:
+			t.Fatalf("accepted an attestation of type 0x%04x", uint16(att.Type))
+		case !bytes.Equal(att.ExtraData.Buffer, qd):
+			t.Fatalf("accepted qualifying data %x", att.ExtraData.Buffer)
+		case !bytes.Equal(certify.Name.Buffer, name):
+			t.Fatalf("accepted certified name %x", certify.Name.Buffer)
 		}
 	})
 }

@@ -86,6 +86,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 				RestartCount: info.clock.RestartCount, Safe: bool(info.clock.Safe),
 			}
 			v.firmware = info.firmware
+			v.secret = slices.Clone(info.extraData)
 		}
 		digest.Write(q.Attest)
 	}

@@ -263,14 +263,19 @@ func (w *wire) keyedHashScheme(scheme tpm2.TPMAlgID) tpm2.TPMUSchemeKeyedHash {
 	return u
 }
 
-// quoteAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE says.
-type quoteAttest struct {
+// attestHeader is what every TPMS_ATTEST says before its attested union.
+type attestHeader struct {
 	qualifiedSigner []byte
 	extraData       []byte
 	clock           tpm2.TPMSClockInfo
 	firmware        uint64
-	selections      []tpm2.TPMSPCRSelection
-	pcrDigest       []byte
+}
+
+// quoteAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE says.
+type quoteAttest struct {
+	attestHeader
+	selections []tpm2.TPMSPCRSelection
+	pcrDigest  []byte
 }
 
 // errNotQuote is decodeQuoteAttest's answer to a TPMS_ATTEST of another
@@ -281,25 +286,10 @@ var errNotQuote = errors.New("attestation is not a quote")
 // magic included.
 func decodeQuoteAttest(b []byte) (*quoteAttest, error) {
 	w := &wire{b: b}
-	magic := w.u32()
-	typ := tpm2.TPMST(w.u16())
-	if w.err == nil && magic != uint32(tpm2.TPMGeneratedValue) {
-		return nil, fmt.Errorf("magic 0x%08x is not TPM_GENERATED", magic)
+	a := &quoteAttest{}
+	if err := w.attestHeader(tpm2.TPMSTAttestQuote, errNotQuote, &a.attestHeader); err != nil {
+		return nil, err
 	}
-	if w.err == nil && typ != tpm2.TPMSTAttestQuote {
-		return nil, errNotQuote
-	}
-	a := &quoteAttest{qualifiedSigner: w.sized(), extraData: w.sized()}
-	a.clock.Clock = w.u64()
-	a.clock.ResetCount = w.u32()
-	a.clock.RestartCount = w.u32()
-	switch safe := w.u8(); safe {
-	case 0, 1:
-		a.clock.Safe = safe == 1
-	default:
-		w.nonCanonical = true // go-tpm reads any non-zero byte as yes
-	}
-	a.firmware = w.u64()
 	n := w.u32()
 	if w.err == nil && n > maxPCRSelections {
 		return nil, fmt.Errorf("%d PCR selections", n)
@@ -314,6 +304,58 @@ func decodeQuoteAttest(b []byte) (*quoteAttest, error) {
 		a.selections = append(a.selections, s)
 	}
 	a.pcrDigest = w.sized()
+	if err := w.end(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// attestHeader reads a TPMS_ATTEST up to its attested union into a:
+// magic, type (notType if it is not typ), qualifiedSigner, extraData,
+// clockInfo and firmwareVersion.
+func (w *wire) attestHeader(typ tpm2.TPMST, notType error, a *attestHeader) error {
+	magic := w.u32()
+	got := tpm2.TPMST(w.u16())
+	if w.err == nil && magic != uint32(tpm2.TPMGeneratedValue) {
+		return fmt.Errorf("magic 0x%08x is not TPM_GENERATED", magic)
+	}
+	if w.err == nil && got != typ {
+		return notType
+	}
+	a.qualifiedSigner, a.extraData = w.sized(), w.sized()
+	a.clock.Clock = w.u64()
+	a.clock.ResetCount = w.u32()
+	a.clock.RestartCount = w.u32()
+	switch safe := w.u8(); safe {
+	case 0, 1:
+		a.clock.Safe = safe == 1
+	default:
+		w.nonCanonical = true // go-tpm reads any non-zero byte as yes
+	}
+	a.firmware = w.u64()
+	return nil
+}
+
+// certifyAttest is what a TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY says:
+// the header fields and TPMS_CERTIFY_INFO.
+type certifyAttest struct {
+	attestHeader
+	name, qualifiedName []byte
+}
+
+// errNotCertify is decodeCertifyAttest's answer to a TPMS_ATTEST of
+// another type than a certify.
+var errNotCertify = errors.New("attestation is not a certify")
+
+// decodeCertifyAttest decodes b as exactly one TPMS_ATTEST of type
+// CERTIFY, magic included.
+func decodeCertifyAttest(b []byte) (*certifyAttest, error) {
+	w := &wire{b: b}
+	a := &certifyAttest{}
+	if err := w.attestHeader(tpm2.TPMSTAttestCertify, errNotCertify, &a.attestHeader); err != nil {
+		return nil, err
+	}
+	a.name, a.qualifiedName = w.sized(), w.sized()
 	if err := w.end(); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,10 @@ type Verified struct {
 	quoteDigest [32]byte
 	eventLog    *EventLogFacts
 	history     *History
+	// secret is the activated challenge secret the quotes carried, which
+	// resident keys' certifies are bound to (resident.QualifyingData).
+	secret   []byte
+	resident []*ResidentKey
 }
 
 // Node returns the verified node identity.

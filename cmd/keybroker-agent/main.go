@@ -34,14 +34,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type bootstrapOpts struct {
-	node       nodeFlags
-	broker     brokerFlags
-	out        string
-	kubeconfig string
-	bootKube   string
-	onChange   string
-	quiet      bool
-	result     resultFlags
+	node        nodeFlags
+	broker      brokerFlags
+	out         string
+	kubeconfig  string
+	bootKube    string
+	onChange    string
+	quiet       bool
+	result      resultFlags
+	tpmResident []string
 }
 
 func bootstrapCmd() *cobra.Command {
@@ -85,6 +86,7 @@ party's --ear-nonce when given.`,
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "where to write the bootstrap kubeconfig of a kubelet release in bootstrap_token mode (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
+	f.StringArrayVar(&o.tpmResident, "tpm-resident", nil, "name of a tpm_resident release (repeat for each, at most 8): create its key inside the TPM, have the AK certify it and write it to --out/key.pem as a TSS2 key file (-----BEGIN TSS2 PRIVATE KEY-----, parent TPM_RH_OWNER, empty password) that OpenSSL's tpm2 provider loads; the broker signs only the certificate")
 	o.result.register(f)
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
 	return cmd
@@ -100,7 +102,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, TPMResident: o.tpmResident})
 	if err != nil {
 		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
 		return 1

@@ -37,6 +37,11 @@ const (
 	// Import blob to the EK with PolicyPCR: only this TPM, and only while the
 	// listed PCRs hold the attested values.
 	ReleaseMode_PCR_SEALED ReleaseMode = 2
+	// The key was created inside the node's TPM and certified by its AK
+	// (AttestRequest.resident_keys): the credential's payload carries the
+	// certificate for that key and no private key (key_pem empty). The
+	// payload is sealed as for TPM_BOUND (blob and jwe are set).
+	ReleaseMode_TPM_RESIDENT ReleaseMode = 3
 )
 
 // Enum value maps for ReleaseMode.
@@ -45,11 +50,13 @@ var (
 		0: "RELEASE_MODE_UNSPECIFIED",
 		1: "TPM_BOUND",
 		2: "PCR_SEALED",
+		3: "TPM_RESIDENT",
 	}
 	ReleaseMode_value = map[string]int32{
 		"RELEASE_MODE_UNSPECIFIED": 0,
 		"TPM_BOUND":                1,
 		"PCR_SEALED":               2,
+		"TPM_RESIDENT":             3,
 	}
 )
 
@@ -326,8 +333,12 @@ type AttestRequest struct {
 	// INVALID_ARGUMENT before any work): the result carries it as eat_nonce,
 	// so the relying party knows the result is fresh and meant for it.
 	RelyingPartyNonce []byte `protobuf:"bytes,8,opt,name=relying_party_nonce,json=relyingPartyNonce,proto3" json:"relying_party_nonce,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Keys the node created inside its TPM for tpm_resident releases, each
+	// certified by the AK (at most 8): the broker signs a certificate for a
+	// release's key and never sees a private key. See ResidentKey.
+	ResidentKeys  []*ResidentKey `protobuf:"bytes,9,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AttestRequest) Reset() {
@@ -416,6 +427,93 @@ func (x *AttestRequest) GetRelyingPartyNonce() []byte {
 	return nil
 }
 
+func (x *AttestRequest) GetResidentKeys() []*ResidentKey {
+	if x != nil {
+		return x.ResidentKeys
+	}
+	return nil
+}
+
+// ResidentKey is a signing key created inside the node's TPM for one
+// tpm_resident release, and the AK's TPM2_Certify of it. The broker
+// verifies that certify_info is a TPMS_ATTEST of type CERTIFY signed by the
+// AK, whose qualifying data is SHA-256("keybroker tpm_resident v1" || 0x00
+// || the activated challenge secret || name), whose certified name is the
+// name of public, and that public is an unrestricted signing key (ECC P-256
+// or RSA 2048) with fixedTPM, fixedParent and sensitiveDataOrigin, and
+// without decrypt.
+type ResidentKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The release the key is for (at most 128 bytes).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The key's public area, TPMT_PUBLIC (at most 1 KiB).
+	Public []byte `protobuf:"bytes,2,opt,name=public,proto3" json:"public,omitempty"`
+	// TPMS_ATTEST of TPM2_Certify by the AK (at most 1 KiB).
+	CertifyInfo []byte `protobuf:"bytes,3,opt,name=certify_info,json=certifyInfo,proto3" json:"certify_info,omitempty"`
+	// TPMT_SIGNATURE over certify_info by the AK (at most 1 KiB).
+	Signature     []byte `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResidentKey) Reset() {
+	*x = ResidentKey{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResidentKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResidentKey) ProtoMessage() {}
+
+func (x *ResidentKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResidentKey.ProtoReflect.Descriptor instead.
+func (*ResidentKey) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ResidentKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResidentKey) GetPublic() []byte {
+	if x != nil {
+		return x.Public
+	}
+	return nil
+}
+
+func (x *ResidentKey) GetCertifyInfo() []byte {
+	if x != nil {
+		return x.CertifyInfo
+	}
+	return nil
+}
+
+func (x *ResidentKey) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 type Quote struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// TPMS_ATTEST as signed by the TPM (at most 8 KiB).
@@ -430,7 +528,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +540,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +553,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Quote) GetAttest() []byte {
@@ -491,7 +589,7 @@ type PCRValues struct {
 
 func (x *PCRValues) Reset() {
 	*x = PCRValues{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +601,7 @@ func (x *PCRValues) String() string {
 func (*PCRValues) ProtoMessage() {}
 
 func (x *PCRValues) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +614,7 @@ func (x *PCRValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValues.ProtoReflect.Descriptor instead.
 func (*PCRValues) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PCRValues) GetHashAlg() uint32 {
@@ -558,7 +656,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +668,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +681,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AttestResponse) GetReceiptId() string {
@@ -631,7 +729,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +741,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +754,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -701,7 +799,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +811,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +824,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Selector) GetType() string {
@@ -753,7 +851,7 @@ type IssueWorkloadX509SVIDsRequest struct {
 
 func (x *IssueWorkloadX509SVIDsRequest) Reset() {
 	*x = IssueWorkloadX509SVIDsRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +863,7 @@ func (x *IssueWorkloadX509SVIDsRequest) String() string {
 func (*IssueWorkloadX509SVIDsRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +876,7 @@ func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueWorkloadX509SVIDsRequest) GetCsrs() []*WorkloadCSR {
@@ -800,7 +898,7 @@ type WorkloadCSR struct {
 
 func (x *WorkloadCSR) Reset() {
 	*x = WorkloadCSR{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +910,7 @@ func (x *WorkloadCSR) String() string {
 func (*WorkloadCSR) ProtoMessage() {}
 
 func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +923,7 @@ func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadCSR.ProtoReflect.Descriptor instead.
 func (*WorkloadCSR) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WorkloadCSR) GetSpiffeId() string {
@@ -851,7 +949,7 @@ type IssueWorkloadX509SVIDsResponse struct {
 
 func (x *IssueWorkloadX509SVIDsResponse) Reset() {
 	*x = IssueWorkloadX509SVIDsResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +961,7 @@ func (x *IssueWorkloadX509SVIDsResponse) String() string {
 func (*IssueWorkloadX509SVIDsResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +974,7 @@ func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IssueWorkloadX509SVIDsResponse) GetSvids() []*WorkloadX509SVID {
@@ -898,7 +996,7 @@ type WorkloadX509SVID struct {
 
 func (x *WorkloadX509SVID) Reset() {
 	*x = WorkloadX509SVID{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1008,7 @@ func (x *WorkloadX509SVID) String() string {
 func (*WorkloadX509SVID) ProtoMessage() {}
 
 func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1021,7 @@ func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadX509SVID.ProtoReflect.Descriptor instead.
 func (*WorkloadX509SVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkloadX509SVID) GetSpiffeId() string {
@@ -958,7 +1056,7 @@ type IssueWorkloadJWTSVIDRequest struct {
 
 func (x *IssueWorkloadJWTSVIDRequest) Reset() {
 	*x = IssueWorkloadJWTSVIDRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1068,7 @@ func (x *IssueWorkloadJWTSVIDRequest) String() string {
 func (*IssueWorkloadJWTSVIDRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1081,7 @@ func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IssueWorkloadJWTSVIDRequest) GetSpiffeId() string {
@@ -1011,7 +1109,7 @@ type IssueWorkloadJWTSVIDResponse struct {
 
 func (x *IssueWorkloadJWTSVIDResponse) Reset() {
 	*x = IssueWorkloadJWTSVIDResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1121,7 @@ func (x *IssueWorkloadJWTSVIDResponse) String() string {
 func (*IssueWorkloadJWTSVIDResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1134,7 @@ func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IssueWorkloadJWTSVIDResponse) GetToken() string {
@@ -1061,7 +1159,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1171,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1184,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 type GetBundleResponse struct {
@@ -1101,7 +1199,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1211,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1224,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1164,7 +1262,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1274,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1287,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Credential) GetName() string {
@@ -1264,7 +1362,7 @@ type ImportBlob struct {
 
 func (x *ImportBlob) Reset() {
 	*x = ImportBlob{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1374,7 @@ func (x *ImportBlob) String() string {
 func (*ImportBlob) ProtoMessage() {}
 
 func (x *ImportBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1387,7 @@ func (x *ImportBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBlob.ProtoReflect.Descriptor instead.
 func (*ImportBlob) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ImportBlob) GetDuplicate() []byte {
@@ -1336,7 +1434,7 @@ type X509SVIDCredential struct {
 
 func (x *X509SVIDCredential) Reset() {
 	*x = X509SVIDCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1446,7 @@ func (x *X509SVIDCredential) String() string {
 func (*X509SVIDCredential) ProtoMessage() {}
 
 func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1459,7 @@ func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDCredential.ProtoReflect.Descriptor instead.
 func (*X509SVIDCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *X509SVIDCredential) GetSpiffeId() string {
@@ -1407,7 +1505,7 @@ type TLSCredential struct {
 
 func (x *TLSCredential) Reset() {
 	*x = TLSCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1517,7 @@ func (x *TLSCredential) String() string {
 func (*TLSCredential) ProtoMessage() {}
 
 func (x *TLSCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1530,7 @@ func (x *TLSCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSCredential.ProtoReflect.Descriptor instead.
 func (*TLSCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TLSCredential) GetKeyPem() []byte {
@@ -1472,7 +1570,7 @@ type SecretCredential struct {
 
 func (x *SecretCredential) Reset() {
 	*x = SecretCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1582,7 @@ func (x *SecretCredential) String() string {
 func (*SecretCredential) ProtoMessage() {}
 
 func (x *SecretCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1595,7 @@ func (x *SecretCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretCredential.ProtoReflect.Descriptor instead.
 func (*SecretCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SecretCredential) GetData() map[string]string {
@@ -1540,7 +1638,7 @@ type VaultTokenCredential struct {
 
 func (x *VaultTokenCredential) Reset() {
 	*x = VaultTokenCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1650,7 @@ func (x *VaultTokenCredential) String() string {
 func (*VaultTokenCredential) ProtoMessage() {}
 
 func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1663,7 @@ func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VaultTokenCredential.ProtoReflect.Descriptor instead.
 func (*VaultTokenCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VaultTokenCredential) GetToken() string {
@@ -1623,7 +1721,7 @@ type KubeletCredential struct {
 
 func (x *KubeletCredential) Reset() {
 	*x = KubeletCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1733,7 @@ func (x *KubeletCredential) String() string {
 func (*KubeletCredential) ProtoMessage() {}
 
 func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1746,7 @@ func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
 func (*KubeletCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KubeletCredential) GetNodeName() string {
@@ -1708,7 +1806,7 @@ type GetAttestationResultKeysRequest struct {
 
 func (x *GetAttestationResultKeysRequest) Reset() {
 	*x = GetAttestationResultKeysRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1818,7 @@ func (x *GetAttestationResultKeysRequest) String() string {
 func (*GetAttestationResultKeysRequest) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1831,7 @@ func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 type GetAttestationResultKeysResponse struct {
@@ -1747,7 +1845,7 @@ type GetAttestationResultKeysResponse struct {
 
 func (x *GetAttestationResultKeysResponse) Reset() {
 	*x = GetAttestationResultKeysResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1857,7 @@ func (x *GetAttestationResultKeysResponse) String() string {
 func (*GetAttestationResultKeysResponse) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1870,7 @@ func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetAttestationResultKeysResponse) GetJwks() []byte {
@@ -1797,7 +1895,7 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x1b\n" +
-	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xb8\x02\n" +
+	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xf8\x02\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
@@ -1806,7 +1904,13 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0eek_certificate\x18\x05 \x01(\fR\rekCertificate\x12)\n" +
 	"\x10ek_intermediates\x18\x06 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
 	"\tak_public\x18\a \x01(\fR\bakPublic\x12.\n" +
-	"\x13relying_party_nonce\x18\b \x01(\fR\x11relyingPartyNonce\"j\n" +
+	"\x13relying_party_nonce\x18\b \x01(\fR\x11relyingPartyNonce\x12>\n" +
+	"\rresident_keys\x18\t \x03(\v2\x19.keybroker.v1.ResidentKeyR\fresidentKeys\"z\n" +
+	"\vResidentKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06public\x18\x02 \x01(\fR\x06public\x12!\n" +
+	"\fcertify_info\x18\x03 \x01(\fR\vcertifyInfo\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\"j\n" +
 	"\x05Quote\x12\x16\n" +
 	"\x06attest\x18\x01 \x01(\fR\x06attest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12+\n" +
@@ -1900,12 +2004,13 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0fbootstrap_token\x18\a \x01(\tR\x0ebootstrapToken\"!\n" +
 	"\x1fGetAttestationResultKeysRequest\"6\n" +
 	" GetAttestationResultKeysResponse\x12\x12\n" +
-	"\x04jwks\x18\x01 \x01(\fR\x04jwks*J\n" +
+	"\x04jwks\x18\x01 \x01(\fR\x04jwks*\\\n" +
 	"\vReleaseMode\x12\x1c\n" +
 	"\x18RELEASE_MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTPM_BOUND\x10\x01\x12\x0e\n" +
 	"\n" +
-	"PCR_SEALED\x10\x02*\x7f\n" +
+	"PCR_SEALED\x10\x02\x12\x10\n" +
+	"\fTPM_RESIDENT\x10\x03*\x7f\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTLS_CERTIFICATE\x10\x01\x12\r\n" +
@@ -1935,69 +2040,71 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                         // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                      // 1: keybroker.v1.CredentialType
 	(*ChallengeRequest)(nil),                 // 2: keybroker.v1.ChallengeRequest
 	(*ChallengeResponse)(nil),                // 3: keybroker.v1.ChallengeResponse
 	(*AttestRequest)(nil),                    // 4: keybroker.v1.AttestRequest
-	(*Quote)(nil),                            // 5: keybroker.v1.Quote
-	(*PCRValues)(nil),                        // 6: keybroker.v1.PCRValues
-	(*AttestResponse)(nil),                   // 7: keybroker.v1.AttestResponse
-	(*WorkloadEntry)(nil),                    // 8: keybroker.v1.WorkloadEntry
-	(*Selector)(nil),                         // 9: keybroker.v1.Selector
-	(*IssueWorkloadX509SVIDsRequest)(nil),    // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest
-	(*WorkloadCSR)(nil),                      // 11: keybroker.v1.WorkloadCSR
-	(*IssueWorkloadX509SVIDsResponse)(nil),   // 12: keybroker.v1.IssueWorkloadX509SVIDsResponse
-	(*WorkloadX509SVID)(nil),                 // 13: keybroker.v1.WorkloadX509SVID
-	(*IssueWorkloadJWTSVIDRequest)(nil),      // 14: keybroker.v1.IssueWorkloadJWTSVIDRequest
-	(*IssueWorkloadJWTSVIDResponse)(nil),     // 15: keybroker.v1.IssueWorkloadJWTSVIDResponse
-	(*GetBundleRequest)(nil),                 // 16: keybroker.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),                // 17: keybroker.v1.GetBundleResponse
-	(*Credential)(nil),                       // 18: keybroker.v1.Credential
-	(*ImportBlob)(nil),                       // 19: keybroker.v1.ImportBlob
-	(*X509SVIDCredential)(nil),               // 20: keybroker.v1.X509SVIDCredential
-	(*TLSCredential)(nil),                    // 21: keybroker.v1.TLSCredential
-	(*SecretCredential)(nil),                 // 22: keybroker.v1.SecretCredential
-	(*VaultTokenCredential)(nil),             // 23: keybroker.v1.VaultTokenCredential
-	(*KubeletCredential)(nil),                // 24: keybroker.v1.KubeletCredential
-	(*GetAttestationResultKeysRequest)(nil),  // 25: keybroker.v1.GetAttestationResultKeysRequest
-	(*GetAttestationResultKeysResponse)(nil), // 26: keybroker.v1.GetAttestationResultKeysResponse
-	nil,                                      // 27: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                      // 28: keybroker.v1.SecretCredential.DataEntry
+	(*ResidentKey)(nil),                      // 5: keybroker.v1.ResidentKey
+	(*Quote)(nil),                            // 6: keybroker.v1.Quote
+	(*PCRValues)(nil),                        // 7: keybroker.v1.PCRValues
+	(*AttestResponse)(nil),                   // 8: keybroker.v1.AttestResponse
+	(*WorkloadEntry)(nil),                    // 9: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                         // 10: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),    // 11: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                      // 12: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil),   // 13: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),                 // 14: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),      // 15: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),     // 16: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),                 // 17: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),                // 18: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                       // 19: keybroker.v1.Credential
+	(*ImportBlob)(nil),                       // 20: keybroker.v1.ImportBlob
+	(*X509SVIDCredential)(nil),               // 21: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                    // 22: keybroker.v1.TLSCredential
+	(*SecretCredential)(nil),                 // 23: keybroker.v1.SecretCredential
+	(*VaultTokenCredential)(nil),             // 24: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),                // 25: keybroker.v1.KubeletCredential
+	(*GetAttestationResultKeysRequest)(nil),  // 26: keybroker.v1.GetAttestationResultKeysRequest
+	(*GetAttestationResultKeysResponse)(nil), // 27: keybroker.v1.GetAttestationResultKeysResponse
+	nil,                                      // 28: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                      // 29: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
-	5,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
-	6,  // 1: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	27, // 2: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
-	18, // 3: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
-	8,  // 4: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
-	9,  // 5: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
-	11, // 6: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
-	13, // 7: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
-	1,  // 8: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
-	0,  // 9: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
-	19, // 10: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
-	6,  // 11: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	28, // 12: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
-	2,  // 13: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 14: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	10, // 15: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
-	14, // 16: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
-	16, // 17: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	25, // 18: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
-	3,  // 19: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	7,  // 20: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	12, // 21: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	15, // 22: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	17, // 23: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	26, // 24: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	6,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
+	5,  // 1: keybroker.v1.AttestRequest.resident_keys:type_name -> keybroker.v1.ResidentKey
+	7,  // 2: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
+	28, // 3: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	19, // 4: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
+	9,  // 5: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
+	10, // 6: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
+	12, // 7: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
+	14, // 8: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
+	1,  // 9: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
+	0,  // 10: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
+	20, // 11: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
+	7,  // 12: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
+	29, // 13: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	2,  // 14: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 15: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	11, // 16: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	15, // 17: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	17, // 18: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	26, // 19: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
+	3,  // 20: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	8,  // 21: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	13, // 22: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	16, // 23: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	18, // 24: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	27, // 25: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -2011,7 +2118,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

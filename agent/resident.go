@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/resident"
+)
+
+// MaxTPMResident bounds NodeOpts.TPMResident (the broker takes at most as
+// many resident keys in one attestation).
+const MaxTPMResident = 8
+
+// checkTPMResident checks the release names of NodeOpts.TPMResident.
+func checkTPMResident(names []string) error {
+	if len(names) > MaxTPMResident {
+		return fmt.Errorf("at most %d tpm_resident releases", MaxTPMResident)
+	}
+	for i, name := range names {
+		if name == "" || len(name) > resident.MaxNameSize || strings.ContainsAny(name, "\x00\n") {
+			return fmt.Errorf("tpm_resident release name %q must be 1 to %d bytes", name, resident.MaxNameSize)
+		}
+		if slices.Contains(names[:i], name) {
+			return fmt.Errorf("tpm_resident release %q is listed twice", name)
+		}
+	}
+	return nil
+}
+
+// residentKeys creates a key inside the TPM for each tpm_resident release
+// the node was told of, certified by the AK for the challenge whose
+// activated secret is secret, keeps them for residentKeyPEM and returns
+// them for the AttestRequest. Nothing private leaves the TPM: the private
+// part the TPM returns is encrypted to its parent storage key.
+func (n *Node) residentKeys(secret []byte) ([]*pb.ResidentKey, error) {
+	n.resident = nil
+	var out []*pb.ResidentKey
+	for _, name := range n.residentNames {
+		k, err := resident.Create(n.rw, uint32(n.ak.Handle()), secret, name)
+		if err != nil {
+			return nil, fmt.Errorf("tpm_resident release %q: %w", name, err)
+		}
+		n.resident = append(n.resident, k)
+		out = append(out, &pb.ResidentKey{Name: name, Public: k.Public, CertifyInfo: k.CertifyInfo, Signature: k.Signature})
+	}
+	return out, nil
+}
+
+// residentKeyPEM returns the TSS2 PEM key file of the key created for
+// release name in the last attestation, once certPEM, the certificate the
+// broker released for it, is known to certify that key.
+func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
+	i := slices.IndexFunc(n.resident, func(k *resident.Key) bool { return k.Name == name })
+	if i < 0 {
+		return nil, fmt.Errorf("credential %q is tpm_resident and this agent created no key for it (--tpm-resident %s)", name, name)
+	}
+	k := n.resident[i]
+	leaf, err := parseLeaf(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("credential %q: %w", name, err)
+	}
+	pub, err := k.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("credential %q: %w", name, err)
+	}
+	want, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("credential %q: %w", name, err)
+	}
+	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) {
+		return nil, errors.New("credential " + fmt.Sprintf("%q", name) + ": the certificate is not for the key created in the TPM")
+	}
+	return k.PEM()
+}

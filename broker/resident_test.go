@@ -1,0 +1,106 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm-tools/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keybroker/keybroker/internal/brokertest"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/resident"
+)
+
+// TestAttestTPMResident: through the server's Attest, a tpm_resident
+// release is a certificate for the certified key with no key in the
+// payload; a certify over another secret is refused with check
+// resident_key, recorded as such, and releases nothing; an oversized
+// resident key is refused before any work.
+func TestAttestTPMResident(t *testing.T) {
+	env := brokertest.New(t, brokertest.Opts{Mode: "tpm_resident"})
+	ak, err := client.AttestationKeyRSA(env.RW) // the node's AK again (same template)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ak.Close)
+	ctx := context.Background()
+	answer := func(t *testing.T, secretFor func(secret []byte) []byte) (*pb.AttestResponse, *resident.Key, error) {
+		t.Helper()
+		ch, secret := env.Challenge(t)
+		req := env.AttestRequest(t, ch, secret)
+		k, err := resident.Create(env.RW, uint32(ak.Handle()), secretFor(secret), "node-tls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ResidentKeys = []*pb.ResidentKey{{Name: k.Name, Public: k.Public, CertifyInfo: k.CertifyInfo, Signature: k.Signature}}
+		resp, err := env.Server.Attest(ctx, req)
+		return resp, k, err
+	}
+
+	t.Run("released", func(t *testing.T) {
+		resp, k, err := answer(t, func(s []byte) []byte { return s })
+		if err != nil {
+			t.Fatalf("Attest: %v", err)
+		}
+		if len(resp.GetCredentials()) != 1 || resp.GetCredentials()[0].GetMode() != pb.ReleaseMode_TPM_RESIDENT {
+			t.Fatalf("credentials = %v, want one TPM_RESIDENT", resp.GetCredentials())
+		}
+		payload, err := env.Node.Open(resp.GetCredentials()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tc pb.TLSCredential
+		if err := proto.Unmarshal(payload, &tc); err != nil {
+			t.Fatal(err)
+		}
+		if len(tc.GetKeyPem()) != 0 {
+			t.Error("a tpm_resident payload carries a key")
+		}
+		block, _ := pem.Decode(tc.GetCertificatePem())
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := k.PublicKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := x509.MarshalPKIXPublicKey(pub)
+		if !bytes.Equal(cert.RawSubjectPublicKeyInfo, want) {
+			t.Error("the certificate is not for the certified key")
+		}
+		rs := env.Receipts(t)
+		if got := rs[0].Released; len(got) != 1 || got[0].Mode != "tpm_resident" || got[0].Serial != cert.SerialNumber.Text(16) {
+			t.Errorf("receipt released %+v", got)
+		}
+	})
+
+	t.Run("certify over another secret", func(t *testing.T) {
+		_, _, err := answer(t, func([]byte) []byte { return bytes.Repeat([]byte{7}, 32) })
+		want := `resident_key: resident key "node-tls": certify qualifying data is not bound to this challenge (receipt `
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Attest = %v, want PermissionDenied %q", err, want)
+		}
+		rec := env.Receipts(t)[0]
+		if rec.Allowed || rec.Check != "resident_key" || len(rec.Released) != 0 || rec.DenyListed {
+			t.Errorf("receipt = allowed %v, check %q, released %v, deny-listed %v", rec.Allowed, rec.Check, rec.Released, rec.DenyListed)
+		}
+	})
+
+	t.Run("oversized", func(t *testing.T) {
+		ch, secret := env.Challenge(t)
+		req := env.AttestRequest(t, ch, secret)
+		req.ResidentKeys = []*pb.ResidentKey{{Name: "node-tls", Public: make([]byte, 2<<10)}}
+		_, err := env.Server.Attest(ctx, req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "input: a resident key exceeds its size limits") {
+			t.Fatalf("Attest = %v, want InvalidArgument", err)
+		}
+	})
+}
