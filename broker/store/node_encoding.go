@@ -50,6 +50,9 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 	for _, q := range ev.Quotes {
 		pb.Evidence.Quotes = append(pb.Evidence.Quotes, &storev1.Quote{Attest: q.Attest, Signature: q.Signature, Bank: uint32(q.Bank), Pcrs: q.PCRs})
 	}
+	for _, k := range ev.ResidentKeys {
+		pb.Evidence.ResidentKeys = append(pb.Evidence.ResidentKeys, &storev1.ResidentKey{Name: k.Name, Public: k.Public, CertifyInfo: k.CertifyInfo, Signature: k.Signature})
+	}
 	if p := ev.Previous; p != nil {
 		pb.Evidence.Previous = &storev1.Counters{AkName: p.AKName, Clock: p.Clock, ResetCount: p.ResetCount, RestartCount: p.RestartCount}
 	}
@@ -116,6 +119,9 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 			return NodeRecord{}, fmt.Errorf("quote bank 0x%x is not a TPM_ALG_ID", q.GetBank())
 		}
 		n.Evidence.Quotes = append(n.Evidence.Quotes, attestation.Quote{Attest: q.GetAttest(), Signature: q.GetSignature(), Bank: uint16(q.GetBank()), PCRs: q.GetPcrs()})
+	}
+	for _, k := range pe.GetResidentKeys() {
+		n.Evidence.ResidentKeys = append(n.Evidence.ResidentKeys, attestation.ResidentKey{Name: k.GetName(), Public: k.GetPublic(), CertifyInfo: k.GetCertifyInfo(), Signature: k.GetSignature()})
 	}
 	if p := pe.GetPrevious(); p != nil {
 		n.Evidence.Previous = &attestation.Counters{AKName: p.GetAkName(), Clock: p.GetClock(), ResetCount: p.GetResetCount(), RestartCount: p.GetRestartCount()}

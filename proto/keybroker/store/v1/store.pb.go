@@ -183,6 +183,7 @@ type Evidence struct {
 	EventLog        []byte                 `protobuf:"bytes,9,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
 	EventLogSha256  string                 `protobuf:"bytes,10,opt,name=event_log_sha256,json=eventLogSha256,proto3" json:"event_log_sha256,omitempty"`
 	Previous        *Counters              `protobuf:"bytes,11,opt,name=previous,proto3" json:"previous,omitempty"`
+	ResidentKeys    []*ResidentKey         `protobuf:"bytes,12,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -294,6 +295,84 @@ func (x *Evidence) GetPrevious() *Counters {
 	return nil
 }
 
+func (x *Evidence) GetResidentKeys() []*ResidentKey {
+	if x != nil {
+		return x.ResidentKeys
+	}
+	return nil
+}
+
+// A TPM-resident key the node created and its AK certified (tpm_resident
+// releases): the release name, its TPMT_PUBLIC, the TPMS_ATTEST of the
+// certify and its TPMT_SIGNATURE.
+type ResidentKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Public        []byte                 `protobuf:"bytes,2,opt,name=public,proto3" json:"public,omitempty"`
+	CertifyInfo   []byte                 `protobuf:"bytes,3,opt,name=certify_info,json=certifyInfo,proto3" json:"certify_info,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResidentKey) Reset() {
+	*x = ResidentKey{}
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResidentKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResidentKey) ProtoMessage() {}
+
+func (x *ResidentKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResidentKey.ProtoReflect.Descriptor instead.
+func (*ResidentKey) Descriptor() ([]byte, []int) {
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResidentKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResidentKey) GetPublic() []byte {
+	if x != nil {
+		return x.Public
+	}
+	return nil
+}
+
+func (x *ResidentKey) GetCertifyInfo() []byte {
+	if x != nil {
+		return x.CertifyInfo
+	}
+	return nil
+}
+
+func (x *ResidentKey) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 type Quote struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Attest        []byte                 `protobuf:"bytes,1,opt,name=attest,proto3" json:"attest,omitempty"`
@@ -306,7 +385,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -318,7 +397,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -331,7 +410,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Quote) GetAttest() []byte {
@@ -374,7 +453,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +465,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +478,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{3}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Counters) GetAkName() []byte {
@@ -441,7 +520,7 @@ type NodeSVID struct {
 
 func (x *NodeSVID) Reset() {
 	*x = NodeSVID{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +532,7 @@ func (x *NodeSVID) String() string {
 func (*NodeSVID) ProtoMessage() {}
 
 func (x *NodeSVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +545,7 @@ func (x *NodeSVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSVID.ProtoReflect.Descriptor instead.
 func (*NodeSVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{4}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeSVID) GetSerial() string {
@@ -502,7 +581,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +593,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +606,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{5}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -568,7 +647,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +659,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +672,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Selector) GetType() string {
@@ -632,7 +711,7 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	" \x03(\v2\x1c.keybroker.store.v1.NodeSVIDR\x05svids\x12L\n" +
 	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\x12\x18\n" +
 	"\akubelet\x18\f \x01(\tR\akubelet\x12 \n" +
-	"\vquarantined\x18\r \x01(\bR\vquarantined\"\xa2\x03\n" +
+	"\vquarantined\x18\r \x01(\bR\vquarantined\"\xe8\x03\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
@@ -646,7 +725,13 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\tevent_log\x18\t \x01(\fR\beventLog\x12(\n" +
 	"\x10event_log_sha256\x18\n" +
 	" \x01(\tR\x0eeventLogSha256\x128\n" +
-	"\bprevious\x18\v \x01(\v2\x1c.keybroker.store.v1.CountersR\bprevious\"\xc3\x01\n" +
+	"\bprevious\x18\v \x01(\v2\x1c.keybroker.store.v1.CountersR\bprevious\x12D\n" +
+	"\rresident_keys\x18\f \x03(\v2\x1f.keybroker.store.v1.ResidentKeyR\fresidentKeys\"z\n" +
+	"\vResidentKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06public\x18\x02 \x01(\fR\x06public\x12!\n" +
+	"\fcertify_info\x18\x03 \x01(\fR\vcertifyInfo\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\"\xc3\x01\n" +
 	"\x05Quote\x12\x16\n" +
 	"\x06attest\x18\x01 \x01(\fR\x06attest\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x12\n" +
@@ -686,30 +771,32 @@ func file_keybroker_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_keybroker_store_v1_store_proto_rawDescData
 }
 
-var file_keybroker_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_keybroker_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_keybroker_store_v1_store_proto_goTypes = []any{
 	(*NodeRecord)(nil),    // 0: keybroker.store.v1.NodeRecord
 	(*Evidence)(nil),      // 1: keybroker.store.v1.Evidence
-	(*Quote)(nil),         // 2: keybroker.store.v1.Quote
-	(*Counters)(nil),      // 3: keybroker.store.v1.Counters
-	(*NodeSVID)(nil),      // 4: keybroker.store.v1.NodeSVID
-	(*WorkloadEntry)(nil), // 5: keybroker.store.v1.WorkloadEntry
-	(*Selector)(nil),      // 6: keybroker.store.v1.Selector
-	nil,                   // 7: keybroker.store.v1.Quote.PcrsEntry
+	(*ResidentKey)(nil),   // 2: keybroker.store.v1.ResidentKey
+	(*Quote)(nil),         // 3: keybroker.store.v1.Quote
+	(*Counters)(nil),      // 4: keybroker.store.v1.Counters
+	(*NodeSVID)(nil),      // 5: keybroker.store.v1.NodeSVID
+	(*WorkloadEntry)(nil), // 6: keybroker.store.v1.WorkloadEntry
+	(*Selector)(nil),      // 7: keybroker.store.v1.Selector
+	nil,                   // 8: keybroker.store.v1.Quote.PcrsEntry
 }
 var file_keybroker_store_v1_store_proto_depIdxs = []int32{
 	1, // 0: keybroker.store.v1.NodeRecord.evidence:type_name -> keybroker.store.v1.Evidence
-	4, // 1: keybroker.store.v1.NodeRecord.svids:type_name -> keybroker.store.v1.NodeSVID
-	5, // 2: keybroker.store.v1.NodeRecord.workload_entries:type_name -> keybroker.store.v1.WorkloadEntry
-	2, // 3: keybroker.store.v1.Evidence.quotes:type_name -> keybroker.store.v1.Quote
-	3, // 4: keybroker.store.v1.Evidence.previous:type_name -> keybroker.store.v1.Counters
-	7, // 5: keybroker.store.v1.Quote.pcrs:type_name -> keybroker.store.v1.Quote.PcrsEntry
-	6, // 6: keybroker.store.v1.WorkloadEntry.selectors:type_name -> keybroker.store.v1.Selector
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	5, // 1: keybroker.store.v1.NodeRecord.svids:type_name -> keybroker.store.v1.NodeSVID
+	6, // 2: keybroker.store.v1.NodeRecord.workload_entries:type_name -> keybroker.store.v1.WorkloadEntry
+	3, // 3: keybroker.store.v1.Evidence.quotes:type_name -> keybroker.store.v1.Quote
+	4, // 4: keybroker.store.v1.Evidence.previous:type_name -> keybroker.store.v1.Counters
+	2, // 5: keybroker.store.v1.Evidence.resident_keys:type_name -> keybroker.store.v1.ResidentKey
+	8, // 6: keybroker.store.v1.Quote.pcrs:type_name -> keybroker.store.v1.Quote.PcrsEntry
+	7, // 7: keybroker.store.v1.WorkloadEntry.selectors:type_name -> keybroker.store.v1.Selector
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_store_v1_store_proto_init() }
@@ -723,7 +810,7 @@ func file_keybroker_store_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_store_v1_store_proto_rawDesc), len(file_keybroker_store_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
