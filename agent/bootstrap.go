@@ -137,7 +137,14 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	if err := writeFiles(res, opts.OutDir, files, extra); err != nil {
 		return nil, err
 	}
-	lap(StepWrite, fmt.Sprintf("wrote %s (serial %s, valid until %s)", opts.OutDir, res.Serial, res.NotAfter.UTC().Format(time.RFC3339)))
+	detail := "wrote " + opts.OutDir
+	switch {
+	case res.Serial != "":
+		detail += fmt.Sprintf(" (serial %s, valid until %s)", res.Serial, res.NotAfter.UTC().Format(time.RFC3339))
+	case !res.NotAfter.IsZero():
+		detail += fmt.Sprintf(" (valid until %s)", res.NotAfter.UTC().Format(time.RFC3339))
+	}
+	lap(StepWrite, detail)
 	return res, nil
 }
 
