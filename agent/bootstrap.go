@@ -483,6 +483,10 @@ func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Q
 	if err != nil {
 		return nil, nil, &StepError{StepQuote, err}
 	}
-	lap(StepQuote, fmt.Sprintf("%d bank(s) quoted, %d TPM-resident key(s) certified", len(quotes), len(keys)))
+	detail := fmt.Sprintf("%d bank(s) quoted", len(quotes))
+	if len(keys) > 0 {
+		detail += fmt.Sprintf(", %d TPM-resident key(s) certified", len(keys))
+	}
+	lap(StepQuote, detail)
 	return quotes, keys, nil
 }
