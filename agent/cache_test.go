@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,4 +174,26 @@ func TestReopenRefusals(t *testing.T) {
 	if _, err := agent.Reopen(env.Node, cache, agent.FileOut{OutDir: t.TempDir()}); err != nil {
 		t.Fatalf("Reopen of the untouched cache: %v", err)
 	}
+}
+
+// What `keybroker-agent reopen` does after a reboot without the broker:
+// open, in this TPM, what a Bootstrap with CacheDir kept sealed, and write
+// it as Bootstrap does.
+func ExampleReopen() {
+	rw, err := agent.OpenTPM("/dev/tpmrm0")
+	if err != nil {
+		return
+	}
+	defer rw.Close()
+	node, err := agent.NewNode(rw, agent.NodeOpts{})
+	if err != nil {
+		return
+	}
+	defer node.Close()
+	res, err := agent.Reopen(node, "/var/lib/keybroker/cache", agent.FileOut{OutDir: "/etc/keybroker/tls"})
+	if err != nil {
+		slog.Error("reopen failed; nothing written", "error", err)
+		return
+	}
+	slog.Info("reopened", "receipt", res.ReceiptID, "not_after", res.NotAfter)
 }
