@@ -93,6 +93,12 @@ type BootstrapOpts struct {
 	// credentials; a broker that returns none (no attestation_results
 	// block) fails the bootstrap at StepAttest, before anything is written.
 	ResultFile string
+	// CacheDir, if set, receives CacheFile (0600, written atomically with
+	// the credentials): what the broker released, still sealed, for Reopen
+	// after a reboot without the broker. It holds only TPM-bound blobs; whoever
+	// has the disk and this TPM in the same boot state opens them until they
+	// expire, as the running node does.
+	CacheDir string
 }
 
 // Result describes a successful bootstrap.
@@ -124,12 +130,11 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 	}
 	lap := newLap(opts.Progress)
 	start := time.Now()
-	res, files, err := attestAndOpen(ctx, broker, node, opts, lap)
+	res, files, extra, err := attestAndOpen(ctx, broker, node, opts, lap)
 	opts.Metrics.Attestation(err, time.Since(start))
 	if err != nil {
 		return nil, err
 	}
-	var extra []atomicfile.File
 	if opts.ResultFile != "" {
 		// A fresh result each time: not a change of the credentials.
 		extra = append(extra, atomicfile.File{Path: opts.ResultFile, Data: []byte(res.AttestationResult + "\n"), Perm: 0o600})
@@ -200,16 +205,25 @@ func outDirs(outDir string, files []atomicfile.File) []string {
 }
 
 // attestAndOpen attests and opens the released credentials inside the
-// TPM: the result (without Files and Changed) and the files to write.
-func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts, lap func(Step, string)) (*Result, []atomicfile.File, error) {
+// TPM: the result (without Files and Changed), the files to write and the
+// credential cache to write with them (opts.CacheDir), if any.
+func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts, lap func(Step, string)) (*Result, []atomicfile.File, []atomicfile.File, error) {
 	resp, err := attest(ctx, broker, node, opts.EventLog, opts.RelyingPartyNonce, lap)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if opts.ResultFile != "" && resp.GetAttestationResult() == "" {
-		return nil, nil, &StepError{StepAttest, errors.New("the broker returned no attestation result (it has no attestation_results block)")}
+		return nil, nil, nil, &StepError{StepAttest, errors.New("the broker returned no attestation result (it has no attestation_results block)")}
 	}
-	return openFiles(node, resp, FileOut{OutDir: opts.OutDir, Kubeconfig: opts.Kubeconfig, BootstrapKubeconfig: opts.BootstrapKubeconfig}, true, lap)
+	res, files, err := openFiles(node, resp, FileOut{OutDir: opts.OutDir, Kubeconfig: opts.Kubeconfig, BootstrapKubeconfig: opts.BootstrapKubeconfig}, true, lap)
+	if err != nil || opts.CacheDir == "" {
+		return res, files, nil, err
+	}
+	cache, err := cacheFile(opts.CacheDir, resp)
+	if err != nil {
+		return nil, nil, nil, &StepError{StepWrite, err}
+	}
+	return res, files, []atomicfile.File{cache}, nil
 }
 
 // FileOut says where the credentials an attestation releases as files

@@ -14,6 +14,11 @@
 // released certificate with that key as a TSS2 key file instead of a
 // PKCS#8 key.
 //
+// With BootstrapOpts.CacheDir, Bootstrap also keeps the released
+// credentials still sealed (CacheFile); Reopen opens them in the TPM and
+// writes them as Bootstrap does, without the broker, after a reboot into
+// the same boot state and until they expire.
+//
 // For SPIFFE, Attest opens the node X.509-SVID and workload entries an
 // attestation released; an SVIDManager gets the workload SVIDs with it and
 // keeps them current (Run re-attests at half the node SVID's life), and

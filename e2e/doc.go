@@ -48,6 +48,11 @@
 //   - TestAgentSendsEKIntermediates (ekchain_test.go): with only swtpm's root
 //     configured, the node is refused until the agent sends the intermediate
 //     with --ek-intermediates.
+//   - TestReopenAfterRebootOnSWTPM (reopen_test.go): bootstrap --cache
+//     keeps the credential sealed (0600, no plaintext key); after a swtpm
+//     reset with the broker stopped, reopen refuses ("sealed to PCR values
+//     this TPM no longer holds") and writes nothing, and once the same boot
+//     is measured again it writes the bootstrapped files byte for byte.
 //   - TestAttestationResultOnSWTPM (ear_test.go): with attestation_results,
 //     `keybroker-agent bootstrap --ear-out --ear-nonce` writes the broker's
 //     EAR (0600), which verifies with `keybroker ear jwks` for that nonce,

@@ -17,6 +17,7 @@ func TestHelpOnce(t *testing.T) {
 	cmds := map[string]string{
 		"":            "keybroker-agent [command]",
 		"bootstrap":   "keybroker-agent bootstrap --broker HOST:PORT --ca CA.pem --out DIR [flags]",
+		"reopen":      "keybroker-agent reopen --cache DIR --out DIR [flags]",
 		"run":         "keybroker-agent run --broker HOST:PORT --ca CA.pem",
 		"vault-login": "keybroker-agent vault-login --vault-addr https://HOST:PORT --role ROLE [flags]",
 		"ek-hash":     "keybroker-agent ek-hash [--tpm TPM] [flags]",
@@ -106,6 +107,9 @@ func TestUsageErrors(t *testing.T) {
 			"bootstrap: --ear-nonce must be 8 to 64 bytes (16 to 128 hex digits), not 65 bytes\n"},
 		{"ear nonce without ear out", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--ear-nonce", "0011223344556677"},
 			"bootstrap: --ear-nonce needs --ear-out: the nonce goes only into the attestation result\n"},
+		{"reopen without cache or out", []string{"reopen", "--tpm", "tpm0"},
+			"keybroker-agent reopen: --tpm: unknown TPM \"tpm0\": want simulator, tcp://HOST:PORT or a device path\nkeybroker-agent reopen: missing required flag --cache\nkeybroker-agent reopen: missing required flag --out\n"},
+		{"reopen takes no broker", []string{"reopen", "--cache", "c", "--out", "o", "--broker", "127.0.0.1:1"}, "reopen: unknown flag: --broker"},
 		{"unknown shell", []string{"completion", "tcsh"}, `unknown command "tcsh"`},
 	}
 	for _, tt := range tests {
@@ -137,5 +141,19 @@ func TestCompletion(t *testing.T) {
 				t.Errorf("%s -n on the completion script: %v\n%s", shell, err, out)
 			}
 		})
+	}
+}
+
+// TestReopenWithoutCache checks that reopen fails at open, with exit 1,
+// when --cache holds no cache, and writes nothing.
+func TestReopenWithoutCache(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "tls")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"reopen", "--tpm", "simulator", "--cache", t.TempDir(), "--out", out}, &stdout, &stderr)
+	if code != 1 || !strings.HasPrefix(stderr.String(), "reopen failed at open: unable to read the credential cache: open ") || stdout.Len() > 0 {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 1 and a failure at open", code, stdout.String(), stderr.String())
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("a failed reopen created %s: %v", out, err)
 	}
 }

@@ -29,7 +29,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	root := cli.NewRoot("keybroker-agent", "Attest this node's TPM to a keybroker broker or to Vault", long,
-		bootstrapCmd(), runCmd(), vaultLoginCmd(), ekHashCmd())
+		bootstrapCmd(), reopenCmd(), runCmd(), vaultLoginCmd(), ekHashCmd())
 	return cli.Execute(root, args, stdout, stderr)
 }
 
@@ -43,6 +43,7 @@ type bootstrapOpts struct {
 	quiet       bool
 	result      resultFlags
 	tpmResident []string
+	cache       string
 }
 
 func bootstrapCmd() *cobra.Command {
@@ -65,7 +66,14 @@ bootstrap token, 0600) at --bootstrap-kubeconfig (default
 With --ear-out it also writes the broker's attestation result (an EAR JWT
 signed by the broker, for a relying party; the broker needs an
 attestation_results block) to that file (0600), carrying the relying
-party's --ear-nonce when given.`,
+party's --ear-nonce when given.
+
+With --cache DIR it also keeps what the broker released, still sealed (the
+TPM import blobs and encrypted payloads, never a plaintext key), with the
+receipt ID and each credential's expiry, in DIR/sealed-credentials.json
+(0600), for reopen after a reboot without the broker. A stolen disk holds
+only TPM-bound blobs; whoever has the disk and this same TPM in the same boot
+state can open them until they expire — as the running node can.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -88,6 +96,7 @@ party's --ear-nonce when given.`,
 	o.node.register(f, "give up after this long")
 	f.StringArrayVar(&o.tpmResident, "tpm-resident", nil, "name of a tpm_resident release (repeat for each, at most 8): create its key inside the TPM, have the AK certify it and write it to --out/key.pem as a TSS2 key file (-----BEGIN TSS2 PRIVATE KEY-----, parent TPM_RH_OWNER, empty password) that OpenSSL's tpm2 provider loads; the broker signs only the certificate")
 	o.result.register(f)
+	f.StringVar(&o.cache, "cache", "", "also keep the released credentials, still sealed, in this directory (sealed-credentials.json, 0600) for reopen after a reboot without the broker (created if missing)")
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
 	return cmd
 }
@@ -115,7 +124,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 	}
 	defer conn.Close()
 
-	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig, BootstrapKubeconfig: o.bootKube, RelyingPartyNonce: nonce, ResultFile: o.result.out}
+	opts := agent.BootstrapOpts{OutDir: o.out, EventLog: in.eventLog, Kubeconfig: o.kubeconfig, BootstrapKubeconfig: o.bootKube, RelyingPartyNonce: nonce, ResultFile: o.result.out, CacheDir: o.cache}
 	if !o.quiet {
 		opts.Progress = func(s agent.Step, took time.Duration, detail string) {
 			fmt.Fprintf(stdout, "%-9s %8s  %s\n", s, took.Round(100*time.Microsecond), detail)
