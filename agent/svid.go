@@ -13,15 +13,12 @@ import (
 	"net"
 	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
@@ -35,191 +32,6 @@ const (
 	maxCSRsPerRequest  = 64  // per IssueWorkloadX509SVIDs call
 	maxJWTCache        = 1024
 )
-
-// NodeSVID is the node's X.509-SVID, released by an attestation (an
-// x509_svid release) and opened inside the TPM. The agent authenticates to
-// the broker with it to get workload SVIDs; it is never served to
-// workloads.
-type NodeSVID struct {
-	SVID *x509svid.SVID
-	// Bundle is the trust domain's bundle the broker sent with it.
-	Bundle *spiffebundle.Bundle
-	Mode   pb.ReleaseMode
-}
-
-// Attestation is what one attestation released for the Workload API,
-// and with AttestOpts.Out the credentials to write as files.
-type Attestation struct {
-	ReceiptID string
-	// NodeSVID is nil only with AttestOpts.Out, when the broker released
-	// none.
-	NodeSVID *NodeSVID
-	Entries  []workload.Entry
-	// Files are the file credentials to write (AttestOpts.Out), and Result
-	// what Bootstrap would say of them; NotAfter is Result's validity.
-	Files  []atomicfile.File
-	Result *Result
-}
-
-// renewBy is when the attestation's credentials are half through their
-// life: the node SVID's, and the files' if any.
-func (a *Attestation) renewBy(at time.Time) time.Time {
-	var t time.Time
-	if a.NodeSVID != nil {
-		t = renewAt(at, a.NodeSVID.SVID.Certificates[0].NotAfter)
-	}
-	if a.Result != nil && !a.Result.NotAfter.IsZero() {
-		if f := renewAt(at, a.Result.NotAfter); t.IsZero() || f.Before(t) {
-			t = f
-		}
-	}
-	return t
-}
-
-// AttestOpts tune Attest.
-type AttestOpts struct {
-	// Progress, if set, is called after each stage with its duration.
-	Progress func(step Step, took time.Duration, detail string)
-	// EventLog is the TCG binary event log sent with the quotes (see
-	// ReadEventLog). Nil sends none.
-	EventLog []byte
-	// Metrics, if set, counts the attestation by outcome and observes its
-	// time (up to the node SVID opened).
-	Metrics *metrics.Agent
-	// Out, if set, also opens the credentials released as files (TLS,
-	// kubelet, Vault secrets and tokens) into Attestation.Files, and makes
-	// the node SVID optional.
-	Out *FileOut
-}
-
-// Attest attests the node to the broker, as Bootstrap does, and opens the
-// node X.509-SVID the broker released, with the workload entries this node
-// may hand out. Other credentials are left sealed and no file is written.
-// On failure it returns a *StepError naming the stage.
-func Attest(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
-	start := time.Now()
-	att, err := attestSPIFFE(ctx, broker, node, opts)
-	opts.Metrics.Attestation(err, time.Since(start))
-	return att, err
-}
-
-func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
-	lap := newLap(opts.Progress)
-	resp, err := attest(ctx, broker, node, opts.EventLog, nil, lap)
-	if err != nil {
-		return nil, err
-	}
-	if opts.Out != nil {
-		res, files, err := openFiles(node, resp, *opts.Out, false, lap)
-		if err != nil {
-			return nil, err
-		}
-		return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}, nil
-	}
-	svid, entries, err := openSPIFFE(node, resp)
-	if err != nil {
-		return nil, &StepError{StepOpen, err}
-	}
-	if svid == nil {
-		return nil, &StepError{StepOpen, errors.New("the broker released no X.509-SVID (no x509_svid release in the policies that allow this node)")}
-	}
-	lap(StepOpen, fmt.Sprintf("node SVID %s opened inside the TPM (%s), valid until %s; workload entries: %d",
-		svid.SVID.ID, svid.Mode, svid.SVID.Certificates[0].NotAfter.UTC().Format(time.RFC3339), len(entries)))
-	return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries}, nil
-}
-
-// openSPIFFE opens the first X509_SVID credential of resp (nil if there is
-// none) and converts the workload entries, which must belong to its trust
-// domain.
-func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entry, error) {
-	var svid *NodeSVID
-	for _, c := range resp.GetCredentials() {
-		if c.GetType() != pb.CredentialType_X509_SVID {
-			continue
-		}
-		payload, err := node.openSealed(c)
-		if err != nil {
-			return nil, nil, err
-		}
-		svid, err = parseNodeSVID(payload)
-		clear(payload)
-		if err != nil {
-			return nil, nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
-		}
-		svid.Mode = c.GetMode()
-		break
-	}
-	var td spiffeid.TrustDomain
-	if svid != nil {
-		td = svid.SVID.ID.TrustDomain()
-	}
-	entries, err := entriesFromProto(td, resp.GetWorkloadEntries())
-	if err != nil {
-		return nil, nil, err
-	}
-	return svid, entries, nil
-}
-
-// parseNodeSVID decodes an X509SVIDCredential payload and checks that the
-// SVID names the ID it claims, matches its key and chains to the bundle.
-func parseNodeSVID(payload []byte) (*NodeSVID, error) {
-	var cred pb.X509SVIDCredential
-	if err := proto.Unmarshal(payload, &cred); err != nil {
-		return nil, fmt.Errorf("malformed payload: %w", err)
-	}
-	defer clear(cred.KeyPem)
-	svid, err := x509svid.Parse(cred.GetCertificatesPem(), cred.GetKeyPem())
-	if err != nil {
-		return nil, fmt.Errorf("unable to parse the node X.509-SVID: %w", err)
-	}
-	if svid.ID.String() != cred.GetSpiffeId() {
-		return nil, fmt.Errorf("the node X.509-SVID names %s, the credential %q", svid.ID, cred.GetSpiffeId())
-	}
-	bundle, err := spiffebundle.Parse(svid.ID.TrustDomain(), cred.GetSpiffeBundle())
-	if err != nil {
-		return nil, fmt.Errorf("unable to parse the trust domain bundle: %w", err)
-	}
-	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
-		return nil, fmt.Errorf("the node X.509-SVID does not verify against its bundle: %w", err)
-	}
-	return &NodeSVID{SVID: svid, Bundle: bundle}, nil
-}
-
-// entriesFromProto converts and validates workload entries. With a
-// non-zero td every entry's ID must be in it. Any invalid entry fails all:
-// the broker validates them, so one that is not valid means something is
-// wrong between it and the agent.
-func entriesFromProto(td spiffeid.TrustDomain, in []*pb.WorkloadEntry) ([]workload.Entry, error) {
-	if len(in) > MaxWorkloadEntries {
-		return nil, fmt.Errorf("%d workload entries, at most %d allowed", len(in), MaxWorkloadEntries)
-	}
-	var out []workload.Entry
-	var errs []error
-	for _, e := range in {
-		id, err := spiffeid.FromString(e.GetSpiffeId())
-		if err != nil {
-			errs = append(errs, fmt.Errorf("workload entry %q: invalid SPIFFE ID %q: %w", e.GetName(), e.GetSpiffeId(), err))
-			continue
-		}
-		if !td.IsZero() && !id.MemberOf(td) {
-			errs = append(errs, fmt.Errorf("workload entry %q: %s is not in trust domain %s", e.GetName(), id, td.Name()))
-			continue
-		}
-		we := workload.Entry{Name: e.GetName(), ID: id, TTL: time.Duration(e.GetTtlSeconds()) * time.Second}
-		for _, s := range e.GetSelectors() {
-			we.Selectors = append(we.Selectors, workload.Selector{Type: s.GetType(), Value: s.GetValue()})
-		}
-		if err := we.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("workload %w", err))
-			continue
-		}
-		out = append(out, we)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
 
 // BrokerTarget is where the agent gets workload SVIDs: the broker, over
 // mutual TLS with the node X.509-SVID as client certificate, the broker's
@@ -276,16 +88,6 @@ type issuedSVID struct {
 // renewAt is half-way from when the agent got a certificate to its expiry
 // (not from NotBefore, which the broker backdates).
 func renewAt(at, notAfter time.Time) time.Time { return at.Add(notAfter.Sub(at) / 2) }
-
-type jwtKey struct {
-	id       spiffeid.ID
-	audience string // sorted, NUL-separated
-}
-
-type cachedJWT struct {
-	svid      *jwtsvid.SVID
-	refreshAt time.Time
-}
 
 // SVIDOption configures an SVIDManager.
 type SVIDOption func(*SVIDManager)
@@ -598,81 +400,4 @@ func workloadSVID(s *pb.WorkloadX509SVID, key *ecdsa.PrivateKey, bundle *spiffeb
 		return nil, fmt.Errorf("SVID for %s names %s", s.GetSpiffeId(), id)
 	}
 	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
-}
-
-// FetchJWTSVID implements workload.Source: a cached JWT-SVID for id and
-// audience until half its life, else a new one from the broker. After a
-// failed re-attestation only cached, unexpired tokens are returned.
-func (m *SVIDManager) FetchJWTSVID(ctx context.Context, id spiffeid.ID, audience []string) (*jwtsvid.SVID, error) {
-	sorted := slices.Clone(audience)
-	slices.Sort(sorted)
-	key := jwtKey{id: id, audience: strings.Join(sorted, "\x00")}
-	now := time.Now()
-
-	m.mu.Lock()
-	if m.node == nil {
-		m.mu.Unlock()
-		return nil, errors.New("the agent holds no identity yet")
-	}
-	if !now.Before(m.lapseLocked()) {
-		m.mu.Unlock()
-		return nil, workload.ErrExpired
-	}
-	if !slices.Contains(m.entryIDsLocked(), id) {
-		m.mu.Unlock()
-		return nil, workload.ErrNoIdentity
-	}
-	c, cached := m.jwts[key]
-	if cached && now.Before(c.refreshAt) {
-		m.mu.Unlock()
-		return c.svid, nil
-	}
-	if m.suspended {
-		m.mu.Unlock()
-		if cached && now.Before(c.svid.Expiry) {
-			return c.svid, nil
-		}
-		return nil, errSuspended
-	}
-	node, bundle := m.node, m.bundle
-	m.mu.Unlock()
-
-	client, done, err := m.client(node)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	resp, err := client.IssueWorkloadJWTSVID(ctx, &pb.IssueWorkloadJWTSVIDRequest{SpiffeId: id.String(), Audience: audience})
-	if err != nil {
-		return nil, fmt.Errorf("IssueWorkloadJWTSVID: %w", rpcError(err))
-	}
-	svid, err := jwtsvid.ParseAndValidate(resp.GetToken(), bundle, audience)
-	if err != nil {
-		return nil, fmt.Errorf("the broker's JWT-SVID for %s does not validate: %w", id, err)
-	}
-	if svid.ID != id {
-		return nil, fmt.Errorf("the broker's JWT-SVID for %s names %s", id, svid.ID)
-	}
-	for _, a := range audience {
-		if !slices.Contains(svid.Audience, a) {
-			return nil, fmt.Errorf("the broker's JWT-SVID for %s lacks audience %q", id, a)
-		}
-	}
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.jwts) >= maxJWTCache {
-		for k, c := range m.jwts {
-			if !now.Before(c.svid.Expiry) {
-				delete(m.jwts, k)
-			}
-		}
-		if len(m.jwts) >= maxJWTCache {
-			clear(m.jwts)
-		}
-	}
-	if m.node == node {
-		m.jwts[key] = cachedJWT{svid: svid, refreshAt: renewAt(now, svid.Expiry)}
-	}
-	return svid, nil
 }

@@ -85,7 +85,7 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		}
 		d.Releases = append(d.Releases, releases...)
 		for _, w := range p.workloads {
-			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.clone())
+			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.Clone())
 		}
 	}
 	if !selected {

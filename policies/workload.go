@@ -1,17 +1,14 @@
 package policies
 
 import (
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"path"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/keybroker/keybroker/internal/workloadentry"
 )
 
 // Workload entry bounds.
@@ -19,7 +16,7 @@ const (
 	// DefaultWorkloadTTL is a workload entry's ttl unless it sets one.
 	DefaultWorkloadTTL = time.Hour
 	// MaxSelectors bounds the selectors of one workload entry.
-	MaxSelectors = 16
+	MaxSelectors = workloadentry.MaxSelectors
 	// MaxWorkloadEntries bounds the workload entries of a Set, so that no
 	// Decision carries more than the API allows.
 	MaxWorkloadEntries = 256
@@ -27,25 +24,20 @@ const (
 
 // WorkloadEntry maps the workloads on a node that match all of its
 // selectors to a SPIFFE ID. An allowed node's agent may obtain SVIDs for
-// the IDs of its Decision's entries, and only for those.
-type WorkloadEntry struct {
-	Name      string // the workload block's label, unique in its Set
-	ID        spiffeid.ID
-	Selectors []Selector // at least one, at most MaxSelectors, no duplicates
-	// TTL is the longest validity of an SVID for this entry:
-	// DefaultWorkloadTTL unless set, at most MaxSVIDTTL.
-	TTL time.Duration
-}
+// the IDs of its Decision's entries, and only for those. A parsed entry
+// has a name (the workload block's label, unique in its Set), 1 to
+// MaxSelectors selectors without duplicates, and a TTL (the longest
+// validity of an SVID for it: DefaultWorkloadTTL unless set, at most
+// MaxSVIDTTL).
+//
+// It is the type the broker stores (store.WorkloadEntry) and the agent
+// matches callers against (agent/workload.Entry).
+type WorkloadEntry = workloadentry.Entry
 
 // Selector is a fact about a workload process that the node's agent checks
 // before handing it an SVID, written "type:value" in a policy, such as
 // "unix:uid:1000" (Type "unix", Value "uid:1000").
-type Selector struct {
-	Type  string
-	Value string
-}
-
-func (s Selector) String() string { return s.Type + ":" + s.Value }
+type Selector = workloadentry.Selector
 
 // SelectorTypeUnix is the selector type of facts an agent learns from the
 // Workload API socket's peer credentials:
@@ -54,64 +46,11 @@ func (s Selector) String() string { return s.Type + ":" + s.Value }
 //	unix:gid:<n>          the process's primary group ID
 //	unix:path:<path>      its executable, an absolute, clean path
 //	unix:sha256:<hex>     the SHA-256 of its executable, 64 lowercase hex digits
-const SelectorTypeUnix = "unix"
-
-// selectorTypes are the selector types a workload entry may use, each with
-// the check of its values. A new type (and the agent's support for it) is
-// one more entry.
-var selectorTypes = map[string]func(value string) error{
-	SelectorTypeUnix: checkUnixSelector,
-}
+const SelectorTypeUnix = workloadentry.SelectorTypeUnix
 
 // ParseSelector parses a selector written "type:value", checking that the
 // type is known and the value valid for it.
-func ParseSelector(s string) (Selector, error) {
-	typ, val, ok := strings.Cut(s, ":")
-	if !ok || typ == "" {
-		return Selector{}, fmt.Errorf("%q is not a selector such as \"unix:uid:1000\"", s)
-	}
-	check, known := selectorTypes[typ]
-	if !known {
-		return Selector{}, fmt.Errorf("%q has an unknown selector type %q; use %s", s, typ, quoteList(selectorTypeNames()))
-	}
-	if err := check(val); err != nil {
-		return Selector{}, fmt.Errorf("%q: %w", s, err)
-	}
-	return Selector{Type: typ, Value: val}, nil
-}
-
-func selectorTypeNames() []string {
-	names := make([]string, 0, len(selectorTypes))
-	for n := range selectorTypes {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
-func checkUnixSelector(v string) error {
-	key, val, ok := strings.Cut(v, ":")
-	if !ok || val == "" {
-		return errors.New("a unix selector is uid:<n>, gid:<n>, path:<absolute path> or sha256:<hex>")
-	}
-	switch key {
-	case "uid", "gid":
-		if n, err := strconv.ParseUint(val, 10, 32); err != nil || strconv.FormatUint(n, 10) != val {
-			return fmt.Errorf("%s must be a decimal number below 2^32", key)
-		}
-	case "path":
-		if !path.IsAbs(val) || path.Clean(val) != val {
-			return errors.New("path must be absolute and clean")
-		}
-	case "sha256":
-		if b, err := hex.DecodeString(val); err != nil || len(b) != 32 || strings.ToLower(val) != val {
-			return errors.New("sha256 must be 64 lowercase hex digits")
-		}
-	default:
-		return fmt.Errorf("unknown unix selector %q; use uid, gid, path or sha256", key)
-	}
-	return nil
-}
+func ParseSelector(s string) (Selector, error) { return workloadentry.ParseSelector(s) }
 
 type workloadHCL struct {
 	Name      string         `hcl:"name,label"`
@@ -178,10 +117,4 @@ func (c *compiler) workload(raw *workloadHCL, policyWhere string) *workload {
 		w.entry.TTL = d
 	}
 	return w
-}
-
-// clone returns a copy of the entry that shares nothing with the Set.
-func (e WorkloadEntry) clone() WorkloadEntry {
-	e.Selectors = slices.Clone(e.Selectors)
-	return e
 }

@@ -124,9 +124,9 @@ func self(t testing.TB) (uid, path, sum Selector) {
 		t.Fatal(err)
 	}
 	h := sha256.Sum256(data)
-	return Selector{"unix", "uid:" + strconv.Itoa(os.Getuid())},
-		Selector{"unix", "path:" + exe},
-		Selector{"unix", "sha256:" + hex.EncodeToString(h[:])}
+	return Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())},
+		Selector{Type: "unix", Value: "path:" + exe},
+		Selector{Type: "unix", Value: "sha256:" + hex.EncodeToString(h[:])}
 }
 
 // socketDir is a short directory for sockets (sun_path holds 108 bytes).
@@ -196,7 +196,7 @@ func TestWorkloadAPI(t *testing.T) {
 	uid, path, sum := self(t)
 	src.set(src.snapshot(
 		Entry{Name: "web", ID: webID, Selectors: []Selector{uid}},
-		Entry{Name: "other", ID: spiffeid.RequireFromString("spiffe://example.org/other"), Selectors: []Selector{{"unix", "uid:4294967294"}}},
+		Entry{Name: "other", ID: spiffeid.RequireFromString("spiffe://example.org/other"), Selectors: []Selector{{Type: "unix", Value: "uid:4294967294"}}},
 		Entry{Name: "web-again", ID: webID, Selectors: []Selector{path}},
 		Entry{Name: "db", ID: dbID, Selectors: []Selector{uid, path, sum}},
 	))
@@ -389,7 +389,7 @@ func TestNoMatchingEntry(t *testing.T) {
 	src := newFakeSource(t)
 	_, path, _ := self(t)
 	// The right executable, but another user.
-	src.set(src.snapshot(Entry{Name: "web", ID: webID, Selectors: []Selector{{"unix", "uid:4294967294"}, path}}))
+	src.set(src.snapshot(Entry{Name: "web", ID: webID, Selectors: []Selector{{Type: "unix", Value: "uid:4294967294"}, path}}))
 	addr := serve(t, src)
 	ctx := testContext(t)
 	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(addr))

@@ -25,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/workloadentry"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
@@ -631,20 +632,17 @@ func (r *Releaser) checkSPIFFE(d policies.Decision) error {
 	return errors.Join(errs...)
 }
 
-// workloadEntries converts a decision's workload entries for the reply and
-// the node record.
+// workloadEntries converts a decision's workload entries for the reply,
+// and copies them for the node record (policies and the store share the
+// type).
 func workloadEntries(in []policies.WorkloadEntry) ([]*pb.WorkloadEntry, []store.WorkloadEntry) {
 	var out []*pb.WorkloadEntry
-	var rec []store.WorkloadEntry
 	for _, e := range in {
 		pe := &pb.WorkloadEntry{Name: e.Name, SpiffeId: e.ID.String(), TtlSeconds: int64(e.TTL / time.Second)}
-		re := store.WorkloadEntry{Name: e.Name, ID: e.ID, TTL: e.TTL}
 		for _, sel := range e.Selectors {
 			pe.Selectors = append(pe.Selectors, &pb.Selector{Type: sel.Type, Value: sel.Value})
-			re.Selectors = append(re.Selectors, store.Selector{Type: sel.Type, Value: sel.Value})
 		}
 		out = append(out, pe)
-		rec = append(rec, re)
 	}
-	return out, rec
+	return out, workloadentry.Clone(in)
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/attestation"
+	"github.com/keybroker/keybroker/internal/workloadentry"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -68,21 +69,15 @@ type NodeSVID struct {
 // MaxSerialLength bounds NodeSVID.Serial: 20 bytes as hex (RFC 5280).
 const MaxSerialLength = 40
 
-// WorkloadEntry is a workload entry as the node received it.
-type WorkloadEntry struct {
-	Name      string      `json:"name"`
-	ID        spiffeid.ID `json:"spiffe_id"`
-	Selectors []Selector  `json:"selectors"`
-	// TTL is the longest validity of an SVID for the entry.
-	TTL time.Duration `json:"ttl"`
-}
+// WorkloadEntry is a workload entry as the node received it: the type
+// policies parse (policies.WorkloadEntry) and the agent matches callers
+// against (agent/workload.Entry). Its JSON fields are name, spiffe_id,
+// selectors (each type and value) and ttl (nanoseconds).
+type WorkloadEntry = workloadentry.Entry
 
 // Selector is one selector of a workload entry, such as type "unix",
 // value "uid:1000".
-type Selector struct {
-	Type  string `json:"type"`
-	Value string `json:"value"`
-}
+type Selector = workloadentry.Selector
 
 // Denial is a node's entry on the deny list: the refused attestation that
 // put it there. While a node is on the list, the broker issues it no
