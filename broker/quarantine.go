@@ -23,7 +23,9 @@ const quarantineTimeout = 10 * time.Second
 // could cause changes nothing. The state is kept in the node record, which
 // it returns (node itself, or, when the refusal came before the node had a
 // new record, its previous record with the state changed); nil when the
-// decision writes no node record.
+// decision writes no node record. It also keeps each node to one bootstrap
+// token: an allowed decision deletes the node's previous token when it
+// releases a new one, a refusal about the node deletes the one it holds.
 func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence.Outcome, node *store.NodeRecord, refused *refusal) *store.NodeRecord {
 	if s.kube == nil || rec.EKHash == "" || o == nil {
 		return node
@@ -52,6 +54,9 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quarantineTimeout)
 	defer cancel()
+	if !deny && node != nil {
+		s.retireBootstrapToken(ctx, rec, node, prev.BootstrapToken)
+	}
 	if !deny {
 		// Allowed: the kubelet release (if any) names the node from now on,
 		// and a quarantine ends.
@@ -76,7 +81,7 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 		}
 		return node
 	}
-	if prev.Kubelet == "" {
+	if prev.Kubelet == "" && prev.BootstrapToken == "" {
 		return node
 	}
 	if node == nil {
@@ -86,6 +91,17 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 		kept := prev
 		kept.SVIDs, kept.WorkloadEntries = nil, nil
 		node = &kept
+	}
+	if prev.BootstrapToken != "" {
+		// A refused node keeps no bootstrap token it has not used yet.
+		if err := s.kube.DeleteBootstrapToken(ctx, prev.BootstrapToken); err != nil {
+			s.log.Error("unable to delete the refused node's bootstrap token", "ek", rec.EKHash, "token_id", prev.BootstrapToken, "error", err)
+		} else {
+			node.BootstrapToken = ""
+		}
+	}
+	if prev.Kubelet == "" {
+		return node
 	}
 	node.Kubelet, node.Quarantined = prev.Kubelet, true
 	q := &store.Quarantine{Node: prev.Kubelet, Tainted: true}
@@ -97,4 +113,23 @@ func (s *Server) quarantine(ctx context.Context, rec *store.Receipt, o *evidence
 	}
 	rec.Quarantine = q
 	return node
+}
+
+// retireBootstrapToken records the bootstrap token an allowed decision
+// released in node, and deletes the node's previous one (prev), so that a
+// node re-running its bootstrap holds one token at a time.
+func (s *Server) retireBootstrapToken(ctx context.Context, rec *store.Receipt, node *store.NodeRecord, prev string) {
+	for _, it := range rec.Released {
+		if it.Type == policies.TypeKubelet && it.BootstrapToken && it.Serial != "" {
+			node.BootstrapToken = it.Serial
+		}
+	}
+	if prev == "" || prev == node.BootstrapToken {
+		return
+	}
+	if err := s.kube.DeleteBootstrapToken(ctx, prev); err != nil {
+		s.log.Error("unable to delete the node's previous bootstrap token", "ek", rec.EKHash, "token_id", prev, "error", err)
+		return
+	}
+	s.log.Info("previous bootstrap token deleted", "ek", rec.EKHash, "token_id", prev)
 }

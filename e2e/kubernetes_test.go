@@ -567,7 +567,8 @@ func (k *kubeCluster) bootstrapTokens(t *testing.T) []map[string]any {
 // then authenticates no one); a
 // kubelet-style CSR made with it is approved and signed by
 // kube-controller-manager, and the certificate authenticates as the node.
-// A node whose boot changed gets no token, and none is created.
+// Bootstrapping again replaces the node's token; a node whose boot changed
+// gets no token, none is created, and its unused one is deleted.
 func TestKubernetesBootstrapToken(t *testing.T) {
 	skipUnlessE2E(t)
 	kube := startKube(t)
@@ -694,11 +695,19 @@ func TestKubernetesBootstrapToken(t *testing.T) {
 		t.Fatalf("the expired bootstrap token: %d %s %v; want 401", code, body, err)
 	}
 
-	// The boot changes: refused, and no new token exists.
+	// Bootstrapping again replaces the node's token: one at a time.
+	wantExit(t, bootstrap(t, tpm, b, out, "--bootstrap-kubeconfig", bootKubeconfig), 0)
+	secrets = kube.bootstrapTokens(t)
+	if len(secrets) != 1 || secrets[0]["metadata"].(map[string]any)["name"] == "bootstrap-token-"+id {
+		t.Fatalf("after a second bootstrap: %d tokens (the first, bootstrap-token-%s, must be gone)", len(secrets), id)
+	}
+
+	// The boot changes: refused, no new token, and the node's unused one is
+	// deleted.
 	p.measure(t, 7, "unknown bootloader")
 	wantExit(t, bootstrap(t, tpm, b, out, "--bootstrap-kubeconfig", bootKubeconfig), 1)
-	if n := len(kube.bootstrapTokens(t)); n != 1 {
-		t.Fatalf("%d bootstrap tokens after a refusal, want still 1", n)
+	if n := len(kube.bootstrapTokens(t)); n != 0 {
+		t.Fatalf("%d bootstrap tokens after a refusal, want none", n)
 	}
 }
 

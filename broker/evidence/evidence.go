@@ -110,7 +110,7 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 	if prev != nil {
 		// The quarantine state outlives the decision unless the decision
 		// changes it (the broker's quarantine step).
-		n.Kubelet, n.Quarantined = prev.Kubelet, prev.Quarantined
+		n.Kubelet, n.Quarantined, n.BootstrapToken = prev.Kubelet, prev.Quarantined, prev.BootstrapToken
 	}
 	return n
 }

@@ -376,6 +376,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	}
 	if rel.Type == policies.TypeKubelet {
 		item.NodeName, item.Quarantine = rel.NodeName, rel.Quarantine
+		item.BootstrapToken = rel.KubeletAuth == policies.KubeletBootstrapToken
 	}
 	if err != nil {
 		return nil, item, err

@@ -55,6 +55,10 @@ type NodeRecord struct {
 	// Quarantined reports that the node's Node object (Kubelet) was given
 	// the quarantine taint and has not been released from it.
 	Quarantined bool `json:"quarantined,omitempty"`
+	// BootstrapToken is the ID of the last Kubernetes bootstrap token
+	// released to the node (kubelet_auth bootstrap_token): the broker
+	// deletes it when it releases the next one, or refuses the node.
+	BootstrapToken string `json:"bootstrap_token,omitempty"`
 }
 
 // NodeSVID identifies a node X.509-SVID the broker released.

@@ -27,16 +27,17 @@ func fullNode() NodeRecord {
 		return m
 	}
 	return NodeRecord{
-		EKHash:        "ab12",
-		FirstSeen:     time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
-		LastSeen:      time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC),
-		AKName:        []byte{0, 11, 1, 2, 3},
-		Clock:         1234567,
-		ResetCount:    3,
-		RestartCount:  4,
-		LastReceiptID: "20260203T040506.000000007Z-0011223344556677",
-		Kubelet:       "node-0011223344556677",
-		Quarantined:   true,
+		EKHash:         "ab12",
+		FirstSeen:      time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
+		LastSeen:       time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC),
+		AKName:         []byte{0, 11, 1, 2, 3},
+		Clock:          1234567,
+		ResetCount:     3,
+		RestartCount:   4,
+		LastReceiptID:  "20260203T040506.000000007Z-0011223344556677",
+		Kubelet:        "node-0011223344556677",
+		Quarantined:    true,
+		BootstrapToken: "abcdef",
 		Evidence: attestation.Evidence{
 			Time:            time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC),
 			ChallengeID:     "clOtTkourgWXIJduzxljyg",

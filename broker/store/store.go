@@ -125,6 +125,9 @@ type ReleasedItem struct {
 	// its release's quarantine setting.
 	NodeName   string `json:"node_name,omitempty"`
 	Quarantine bool   `json:"quarantine,omitempty"`
+	// BootstrapToken marks a kubelet release in bootstrap_token mode: Serial
+	// is the token's ID.
+	BootstrapToken bool `json:"bootstrap_token,omitempty"`
 }
 
 // ListOpts selects receipts for ListReceipts. The zero value returns the

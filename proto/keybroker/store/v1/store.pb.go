@@ -43,10 +43,12 @@ type NodeRecord struct {
 	WorkloadEntries []*WorkloadEntry       `protobuf:"bytes,11,rep,name=workload_entries,json=workloadEntries,proto3" json:"workload_entries,omitempty"`
 	// The Kubernetes node name of the last kubelet credential released with
 	// quarantine, and whether its Node carries the quarantine taint.
-	Kubelet       string `protobuf:"bytes,12,opt,name=kubelet,proto3" json:"kubelet,omitempty"`
-	Quarantined   bool   `protobuf:"varint,13,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Kubelet     string `protobuf:"bytes,12,opt,name=kubelet,proto3" json:"kubelet,omitempty"`
+	Quarantined bool   `protobuf:"varint,13,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	// The ID of the last bootstrap token released to the node.
+	BootstrapToken string `protobuf:"bytes,14,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -168,6 +170,13 @@ func (x *NodeRecord) GetQuarantined() bool {
 		return x.Quarantined
 	}
 	return false
+}
+
+func (x *NodeRecord) GetBootstrapToken() string {
+	if x != nil {
+		return x.BootstrapToken
+	}
+	return ""
 }
 
 type Evidence struct {
@@ -693,7 +702,7 @@ var File_keybroker_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xf6\x03\n" +
+	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\x9f\x04\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\aek_hash\x18\x01 \x01(\tR\x06ekHash\x12\x1d\n" +
@@ -711,7 +720,8 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	" \x03(\v2\x1c.keybroker.store.v1.NodeSVIDR\x05svids\x12L\n" +
 	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\x12\x18\n" +
 	"\akubelet\x18\f \x01(\tR\akubelet\x12 \n" +
-	"\vquarantined\x18\r \x01(\bR\vquarantined\"\xe8\x03\n" +
+	"\vquarantined\x18\r \x01(\bR\vquarantined\x12'\n" +
+	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\"\xe8\x03\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
