@@ -125,20 +125,7 @@ func startKube(t *testing.T) *kubeCluster {
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--enable-bootstrap-token-auth",
 		"--cert-dir="+filepath.Join(dir, "certs"))
-	cmd.Stdout, cmd.Stderr = k.log, k.log
-	killWithParent(cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("unable to run kube-apiserver: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("kube-apiserver output (tail):\n%s", lastLines(k.log.String(), 40))
-		}
-	})
+	exited := startProc(t, "kube-apiserver", cmd, k.log)
 
 	adminCert, err := admins.IssueTLS(issue.TLSTemplate{CommonName: "e2e-admin", Organization: []string{"system:masters"}, Client: true, TTL: time.Hour})
 	if err != nil {
@@ -464,14 +451,21 @@ func (k *kubeCluster) startControllerManager(t *testing.T, signerDir string) {
 	if bin == "" {
 		t.Skipf("%s is not set: run make e2e-kubernetes", KubeControllerManagerEnv)
 	}
-	log := &syncBuffer{}
 	cmd := exec.Command(bin, "--kubeconfig="+k.adminKubeconfig, "--controllers=csrsigning,csrapproving,csrcleaner",
 		"--cluster-signing-cert-file="+filepath.Join(signerDir, issue.CACertFile), "--cluster-signing-key-file="+filepath.Join(signerDir, issue.CAKeyFile),
 		"--leader-elect=false", "--use-service-account-credentials=false", "--secure-port=0", "--bind-address=127.0.0.1")
+	startProc(t, "kube-controller-manager", cmd, &syncBuffer{})
+}
+
+// startProc starts cmd with its output in log, and kills it when the test
+// ends, logging the tail of its output if the test failed; the channel
+// closes when it exits.
+func startProc(t *testing.T, name string, cmd *exec.Cmd, log *syncBuffer) <-chan struct{} {
+	t.Helper()
 	cmd.Stdout, cmd.Stderr = log, log
 	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("unable to run kube-controller-manager: %v", err)
+		t.Fatalf("unable to run %s: %v", name, err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
@@ -479,9 +473,10 @@ func (k *kubeCluster) startControllerManager(t *testing.T, signerDir string) {
 		cmd.Process.Kill()
 		<-exited
 		if t.Failed() {
-			t.Logf("kube-controller-manager output (tail):\n%s", lastLines(log.String(), 30))
+			t.Logf("%s output (tail):\n%s", name, lastLines(log.String(), 40))
 		}
 	})
+	return exited
 }
 
 // bootstrapRBAC lets user keybroker-broker create and delete Secrets in

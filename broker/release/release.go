@@ -106,7 +106,7 @@ type Released struct {
 	// NodeEntries the same for the node record.
 	WorkloadEntries []*pb.WorkloadEntry
 	NodeEntries     []store.WorkloadEntry
-	vaultIssued     []vaultIssued // revoked if the release is not delivered
+	revocable       []revocable // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
@@ -188,12 +188,12 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 	out := &Released{}
 	for _, rel := range d.Releases {
 		cred, item, err := r.release(ctx, v, rel, receiptID)
-		if vi, ok := issuedByVault(rel, item); ok {
-			out.vaultIssued = append(out.vaultIssued, vi)
+		if vi, ok := revocableOf(rel, item); ok {
+			out.revocable = append(out.revocable, vi)
 		}
 		if err != nil {
 			f := failure(rel, err)
-			f.Notes = append(r.revoke(ctx, out.vaultIssued), f.Notes...)
+			f.Notes = append(r.revoke(ctx, out.revocable), f.Notes...)
 			return nil, f
 		}
 		out.Credentials = append(out.Credentials, cred)
@@ -230,18 +230,20 @@ func (r *Releaser) Unrelease(ctx context.Context, rel *Released) []string {
 	if rel == nil {
 		return nil
 	}
-	return r.revoke(ctx, rel.vaultIssued)
+	return r.revoke(ctx, rel.revocable)
 }
 
-// vaultIssued is a certificate Vault's PKI issued (id is its serial) or a
-// token a token role created (id is its accessor) for a release.
-type vaultIssued struct {
+// revocable is what a release created outside the broker, to revoke if
+// its decision is not delivered: a certificate Vault's PKI issued (id is
+// its serial), a token a Vault token role created (its accessor), a
+// Kubernetes bootstrap token (its ID).
+type revocable struct {
 	release, what, path, id string
 }
 
 // source names what it is with where it comes from, for logs: "vault
 // certificate", "vault token", "kubernetes bootstrap token".
-func (c vaultIssued) source() string {
+func (c revocable) source() string {
 	if c.what == bootstrapToken {
 		return "kubernetes " + c.what
 	}
@@ -249,31 +251,31 @@ func (c vaultIssued) source() string {
 }
 
 // String names it for receipts and logs, never with a secret.
-func (c vaultIssued) String() string {
+func (c revocable) String() string {
 	if c.what == "token" {
 		return "token (accessor " + c.id + ")"
 	}
 	return c.what + " " + c.id
 }
 
-// issuedByVault returns what Vault issued for rel, released or not (item
+// revocableOf returns what was created for rel, released or not (item
 // names it also when a later step failed), that the broker revokes if its
 // decision is not released.
-func issuedByVault(rel policies.Release, item store.ReleasedItem) (vaultIssued, bool) {
+func revocableOf(rel policies.Release, item store.ReleasedItem) (revocable, bool) {
 	if item.Serial == "" {
-		return vaultIssued{}, false
+		return revocable{}, false
 	}
 	switch rel.Type {
 	case policies.TypeVaultPKI:
-		return vaultIssued{release: rel.Name, what: "certificate", path: rel.Path, id: item.Serial}, true
+		return revocable{release: rel.Name, what: "certificate", path: rel.Path, id: item.Serial}, true
 	case policies.TypeVaultToken:
-		return vaultIssued{release: rel.Name, what: "token", id: item.Serial}, true
+		return revocable{release: rel.Name, what: "token", id: item.Serial}, true
 	case policies.TypeKubelet:
 		if rel.KubeletAuth == policies.KubeletBootstrapToken {
-			return vaultIssued{release: rel.Name, what: bootstrapToken, id: item.Serial}, true
+			return revocable{release: rel.Name, what: bootstrapToken, id: item.Serial}, true
 		}
 	}
-	return vaultIssued{}, false
+	return revocable{}, false
 }
 
 // revoke revokes the certificates and tokens Vault issued for a decision
@@ -281,7 +283,7 @@ func issuedByVault(rel policies.Release, item store.ReleasedItem) (vaultIssued, 
 // what became of each goes to the notes it returns and to the log. Best
 // effort: the broker's Vault token needs update on <mount>/revoke and
 // auth/token/revoke-accessor.
-func (r *Releaser) revoke(ctx context.Context, issued []vaultIssued) []string {
+func (r *Releaser) revoke(ctx context.Context, issued []revocable) []string {
 	var notes []string
 	for _, c := range issued {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
