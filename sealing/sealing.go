@@ -23,7 +23,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
-	"github.com/google/go-tpm-tools/server"
+	"github.com/google/go-tpm/tpm2"
 )
 
 // CEKSize is the size of the content-encryption key in bytes.
@@ -37,13 +37,21 @@ const MaxJWESize = 1 << 20
 type Envelope struct {
 	Blob *tpmpb.ImportBlob
 	JWE  string
+	// Authorization, when set, says which PCR-policy signers (and policy
+	// counter) the blob's object is bound to: open it with OpenAuthorized.
+	Authorization *Authorization
 }
 
 // WrapOpts tune Wrap. The zero value binds the secret to the TPM only.
 type WrapOpts struct {
 	// PCRs, when set, seals the CEK to these PCR values (one bank): the TPM
-	// opens the envelope only while its PCRs hold them. Nil means TPM_BOUND.
+	// opens the envelope only while its PCRs hold them. Nil (and no
+	// Authorization) means TPM_BOUND.
 	PCRs *tpmpb.PCRs
+	// Authorization, when set instead of PCRs, seals the CEK to approvals
+	// (pcr_policy = "authorized"): the TPM opens the envelope in any state
+	// one of its signers approved (SignApproval), and in no other.
+	Authorization *Authorization
 	// KeyID is put in the JWE header ("kid"), e.g. the credential name.
 	KeyID string
 }
@@ -52,15 +60,42 @@ type WrapOpts struct {
 // be the public key of an EK made from the TCG default template (RSA-2048 or
 // ECC P-256).
 func Wrap(ek crypto.PublicKey, payload []byte, opts WrapOpts) (*Envelope, error) {
+	ekPub, err := ekPublicFromKey(ek)
+	if err != nil {
+		return nil, err
+	}
+	return wrap(ekPub, payload, opts)
+}
+
+// wrap is Wrap to the EK whose public area is ek.
+func wrap(ek *tpm2.TPMTPublic, payload []byte, opts WrapOpts) (*Envelope, error) {
+	var authPolicy []byte
+	switch {
+	case opts.PCRs != nil && opts.Authorization != nil:
+		return nil, errors.New("an envelope is sealed to PCR values or to approvals, not both")
+	case opts.PCRs != nil:
+		p, err := LiteralPCRPolicy(opts.PCRs)
+		if err != nil {
+			return nil, fmt.Errorf("unable to create import blob: %w", err)
+		}
+		authPolicy = p
+	case opts.Authorization != nil:
+		p, err := opts.Authorization.AuthPolicy()
+		if err != nil {
+			return nil, fmt.Errorf("unable to create import blob: %w", err)
+		}
+		authPolicy = p
+	}
 	cek := make([]byte, CEKSize)
 	if _, err := rand.Read(cek); err != nil {
 		return nil, fmt.Errorf("unable to generate content key: %w", err)
 	}
 	defer clear(cek)
-	blob, err := server.CreateImportBlob(ek, cek, opts.PCRs)
+	blob, err := importBlob(ek, cek, authPolicy)
 	if err != nil {
 		return nil, fmt.Errorf("unable to create import blob: %w", err)
 	}
+	blob.Pcrs = opts.PCRs
 	var hdr *jose.EncrypterOptions
 	if opts.KeyID != "" {
 		hdr = (&jose.EncrypterOptions{}).WithHeader("kid", opts.KeyID)
@@ -77,7 +112,7 @@ func Wrap(ek crypto.PublicKey, payload []byte, opts WrapOpts) (*Envelope, error)
 	if err != nil {
 		return nil, fmt.Errorf("unable to serialize JWE: %w", err)
 	}
-	return &Envelope{Blob: blob, JWE: jwe}, nil
+	return &Envelope{Blob: blob, JWE: jwe, Authorization: opts.Authorization}, nil
 }
 
 // ErrImport reports that the TPM refused to import the envelope's key: it was
@@ -95,6 +130,9 @@ func Open(ek *client.Key, env *Envelope) ([]byte, error) {
 	if env == nil || env.Blob == nil {
 		return nil, errors.New("envelope has no import blob")
 	}
+	if env.Authorization != nil {
+		return nil, errors.New("envelope is sealed to PCR-policy approvals: open it with OpenAuthorized")
+	}
 	if len(env.JWE) > MaxJWESize {
 		return nil, errors.New("envelope JWE is too large")
 	}
@@ -103,10 +141,15 @@ func Open(ek *client.Key, env *Envelope) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %w", ErrImport, err)
 	}
 	defer clear(cek)
+	return decrypt(cek, env.JWE)
+}
+
+// decrypt decrypts jwe (dir, A256GCM) under the CEK a TPM unsealed.
+func decrypt(cek []byte, jwe string) ([]byte, error) {
 	if len(cek) != CEKSize {
 		return nil, fmt.Errorf("envelope content key has %d bytes, want %d", len(cek), CEKSize)
 	}
-	obj, err := jose.ParseEncrypted(env.JWE, []jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
+	obj, err := jose.ParseEncrypted(jwe, []jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
 	if err != nil {
 		return nil, fmt.Errorf("unable to parse JWE: %w", err)
 	}

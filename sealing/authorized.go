@@ -1,0 +1,313 @@
+package sealing
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/big"
+
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/google/go-tpm/tpm2"
+)
+
+// PolicyRef is the policyRef of every keybroker PCR-policy approval: it is
+// part of what the signing key signs and of the blob's PolicyAuthorize, so
+// a signature the same key made for another purpose never authorizes a
+// blob.
+var PolicyRef = []byte("keybroker pcr-policy v1")
+
+// MaxSigners bounds the signing keys an authorized blob names (the TPM's
+// PolicyOR takes at most eight branches).
+const MaxSigners = 8
+
+// Authorization binds an envelope to approvals instead of literal PCR
+// values (pcr_policy = "authorized"): the CEK's object has the authPolicy
+// PolicyAuthorize(signer) for each signer, joined by a PolicyOR when there
+// are several, so it opens in any state some signer approved.
+type Authorization struct {
+	// Signers are the TPMT_PUBLICs of the PCR-policy signing keys (ECC
+	// P-256, see SignerPublic) whose approvals open the envelope: the
+	// current key and, while a rotation is prepared, the next one. 1 to
+	// MaxSigners; the order is part of the policy.
+	Signers [][]byte
+	// Counter, when set, is the node's policy-version NV counter (see
+	// CounterPublic): each approval then holds only while the counter is at
+	// most the approval's version, so incrementing the counter revokes
+	// every approval made before.
+	Counter *tpm2.TPMSNVPublic
+}
+
+// Approval is a PCR-policy signing key's approval of one state: a signature
+// over the approved policy PolicyPCR(PCRs) [∧ PolicyNV(counter ≤ Version)].
+type Approval struct {
+	// PCRs is the approved state: one bank and its values.
+	PCRs *tpmpb.PCRs
+	// Version bounds the node's policy counter (unused without a counter).
+	Version uint64
+	// Signer is the signing key's TPMT_PUBLIC.
+	Signer []byte
+	// Signature is a TPMT_SIGNATURE (ECDSA, SHA-256) over
+	// SHA-256(approvedPolicy || PolicyRef).
+	Signature []byte
+}
+
+// SignerPublic returns the TPMT_PUBLIC under which a TPM loads a PCR-policy
+// signing key (ECC P-256, ECDSA with SHA-256) to check its approvals. The
+// broker publishes it and names it in every authorized blob.
+func SignerPublic(pub *ecdsa.PublicKey) ([]byte, error) {
+	if pub == nil || pub.Curve != elliptic.P256() {
+		return nil, errors.New("the PCR-policy signing key must be ECC P-256")
+	}
+	ecdh, err := pub.ECDH()
+	if err != nil {
+		return nil, fmt.Errorf("unable to use the PCR-policy signing key: %w", err)
+	}
+	point := ecdh.Bytes() // 0x04 || X || Y
+	t := tpm2.TPMTPublic{
+		Type:             tpm2.TPMAlgECC,
+		NameAlg:          tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme: tpm2.TPMTECCScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: point[1:33]},
+			Y: tpm2.TPM2BECCParameter{Buffer: point[33:]},
+		}),
+	}
+	return tpm2.Marshal(t), nil
+}
+
+// signerKey parses a TPMT_PUBLIC made by SignerPublic back into its key
+// and TPM name. It accepts only that exact form.
+func signerKey(public []byte) (*ecdsa.PublicKey, *tpm2.TPM2BName, error) {
+	t, err := tpm2.Unmarshal[tpm2.TPMTPublic](public)
+	if err != nil {
+		return nil, nil, fmt.Errorf("PCR-policy signer is not a TPMT_PUBLIC: %w", err)
+	}
+	ecc, err := t.Unique.ECC()
+	if err != nil {
+		return nil, nil, fmt.Errorf("PCR-policy signer is not an ECC key: %w", err)
+	}
+	x, y := new(big.Int).SetBytes(ecc.X.Buffer), new(big.Int).SetBytes(ecc.Y.Buffer)
+	if !elliptic.P256().IsOnCurve(x, y) { //nolint:staticcheck // the point comes as coordinates
+		return nil, nil, errors.New("PCR-policy signer is not a P-256 point")
+	}
+	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}
+	want, err := SignerPublic(pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !bytes.Equal(want, public) {
+		return nil, nil, errors.New("PCR-policy signer is not a keybroker signing key (want ECC P-256, ECDSA-SHA256, sign only)")
+	}
+	name, err := tpm2.ObjectName(t)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pub, name, nil
+}
+
+// checkAuthorization checks a's form: 1 to MaxSigners well-formed signers,
+// no signer twice, and a counter of the keybroker form when set.
+func checkAuthorization(a *Authorization) error {
+	if len(a.Signers) == 0 || len(a.Signers) > MaxSigners {
+		return fmt.Errorf("an authorized envelope names %d PCR-policy signers, want 1 to %d", len(a.Signers), MaxSigners)
+	}
+	for i, s := range a.Signers {
+		if _, _, err := signerKey(s); err != nil {
+			return err
+		}
+		for _, prev := range a.Signers[:i] {
+			if bytes.Equal(prev, s) {
+				return errors.New("an authorized envelope names a PCR-policy signer twice")
+			}
+		}
+	}
+	if a.Counter != nil {
+		return CheckCounterPublic(a.Counter)
+	}
+	return nil
+}
+
+// AuthPolicy is the authPolicy of an authorized envelope's sealed object:
+// PolicyAuthorize(signer, PolicyRef) for one signer, PolicyOR over one such
+// branch per signer otherwise.
+func (a *Authorization) AuthPolicy() ([]byte, error) {
+	if err := checkAuthorization(a); err != nil {
+		return nil, err
+	}
+	branches, err := a.branches()
+	if err != nil {
+		return nil, err
+	}
+	if len(branches) == 1 {
+		return branches[0].Buffer, nil
+	}
+	calc, err := tpm2.NewPolicyCalculator(sealedObjectNameAlg)
+	if err != nil {
+		return nil, err
+	}
+	if err := (tpm2.PolicyOr{PHashList: tpm2.TPMLDigest{Digests: branches}}).Update(calc); err != nil {
+		return nil, err
+	}
+	return calc.Hash().Digest, nil
+}
+
+// branches returns the PolicyAuthorize digest of each signer, in order.
+func (a *Authorization) branches() ([]tpm2.TPM2BDigest, error) {
+	out := make([]tpm2.TPM2BDigest, 0, len(a.Signers))
+	for _, s := range a.Signers {
+		_, name, err := signerKey(s)
+		if err != nil {
+			return nil, err
+		}
+		calc, err := tpm2.NewPolicyCalculator(sealedObjectNameAlg)
+		if err != nil {
+			return nil, err
+		}
+		if err := (tpm2.PolicyAuthorize{KeySign: *name, PolicyRef: tpm2.TPM2BDigest{Buffer: PolicyRef}}).Update(calc); err != nil {
+			return nil, err
+		}
+		out = append(out, tpm2.TPM2BDigest{Buffer: calc.Hash().Digest})
+	}
+	return out, nil
+}
+
+// ApprovedPolicy is the policy digest an approval of state pcrs signs:
+// PolicyPCR(pcrs), then, with a counter, PolicyNV(counter ≤ version).
+func ApprovedPolicy(pcrs *tpmpb.PCRs, counter *tpm2.TPMSNVPublic, version uint64) ([]byte, error) {
+	calc, err := tpm2.NewPolicyCalculator(sealedObjectNameAlg)
+	if err != nil {
+		return nil, err
+	}
+	sel, digest, err := pcrPolicyArgs(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	if err := (tpm2.PolicyPCR{Pcrs: sel, PcrDigest: tpm2.TPM2BDigest{Buffer: digest}}).Update(calc); err != nil {
+		return nil, err
+	}
+	if counter != nil {
+		cmd, err := counterPolicy(counter, version)
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	return calc.Hash().Digest, nil
+}
+
+// LiteralPCRPolicy is the authPolicy of a pcr_sealed envelope with literal
+// values: PolicyPCR(pcrs), the policy go-tpm-tools' Key.Import runs.
+func LiteralPCRPolicy(pcrs *tpmpb.PCRs) ([]byte, error) {
+	return ApprovedPolicy(pcrs, nil, 0)
+}
+
+// pcrPolicyArgs returns TPM2_PolicyPCR's selection and PCR digest for one
+// bank of values: SHA-256 over the values in index order.
+func pcrPolicyArgs(pcrs *tpmpb.PCRs) (tpm2.TPMLPCRSelection, []byte, error) {
+	if len(pcrs.GetPcrs()) == 0 {
+		return tpm2.TPMLPCRSelection{}, nil, errors.New("a PCR policy needs at least one PCR value")
+	}
+	bank := tpm2.TPMIAlgHash(pcrs.GetHash())
+	bh, err := bank.Hash()
+	if err != nil {
+		return tpm2.TPMLPCRSelection{}, nil, fmt.Errorf("unsupported PCR bank 0x%04x", uint32(pcrs.GetHash()))
+	}
+	bitmap := make([]byte, 3)
+	h := sha256.New()
+	for i := uint32(0); i < 24; i++ {
+		v, ok := pcrs.GetPcrs()[i]
+		if !ok {
+			continue
+		}
+		if len(v) != bh.Size() {
+			return tpm2.TPMLPCRSelection{}, nil, fmt.Errorf("PCR %d has %d bytes, want %d for its bank", i, len(v), bh.Size())
+		}
+		bitmap[i/8] |= 1 << (i % 8)
+		h.Write(v)
+	}
+	if len(pcrs.GetPcrs()) != countBits(bitmap) {
+		return tpm2.TPMLPCRSelection{}, nil, errors.New("a PCR policy names a PCR index above 23")
+	}
+	sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: bank, PCRSelect: bitmap}}}
+	return sel, h.Sum(nil), nil
+}
+
+func countBits(b []byte) int {
+	n := 0
+	for _, x := range b {
+		for ; x != 0; x &= x - 1 {
+			n++
+		}
+	}
+	return n
+}
+
+// approvalDigest is aHash, what an approval's signature covers:
+// SHA-256(approvedPolicy || PolicyRef), as TPM2_PolicyAuthorize checks it.
+func approvalDigest(approvedPolicy []byte) []byte {
+	h := sha256.New()
+	h.Write(approvedPolicy)
+	h.Write(PolicyRef)
+	return h.Sum(nil)
+}
+
+// SignApproval approves state pcrs with the PCR-policy signing key key
+// (ECC P-256), for a node whose policy counter is counter (nil: none) at
+// most version. The broker signs; the node checks the signature inside its
+// TPM (TPM2_VerifySignature) when it opens an authorized envelope.
+func SignApproval(key *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, counter *tpm2.TPMSNVPublic, version uint64) (*Approval, error) {
+	signer, err := SignerPublic(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	policy, err := ApprovedPolicy(pcrs, counter, version)
+	if err != nil {
+		return nil, err
+	}
+	r, s, err := ecdsa.Sign(rand.Reader, key, approvalDigest(policy))
+	if err != nil {
+		return nil, fmt.Errorf("unable to sign the PCR-policy approval: %w", err)
+	}
+	sig := tpm2.TPMTSignature{
+		SigAlg: tpm2.TPMAlgECDSA,
+		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
+			Hash:       tpm2.TPMAlgSHA256,
+			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, 32))},
+			SignatureS: tpm2.TPM2BECCParameter{Buffer: s.FillBytes(make([]byte, 32))},
+		}),
+	}
+	if counter == nil {
+		version = 0
+	}
+	return &Approval{PCRs: pcrs, Version: version, Signer: signer, Signature: tpm2.Marshal(sig)}, nil
+}
+
+// counterPolicy is the PolicyNV of an approval at version: the counter's
+// 8-byte value, unsigned, at most version.
+func counterPolicy(counter *tpm2.TPMSNVPublic, version uint64) (*tpm2.PolicyNV, error) {
+	name, err := tpm2.NVName(counter)
+	if err != nil {
+		return nil, fmt.Errorf("unable to name the policy counter: %w", err)
+	}
+	return &tpm2.PolicyNV{
+		NVIndex:   tpm2.NamedHandle{Handle: counter.NVIndex, Name: *name},
+		OperandB:  tpm2.TPM2BOperand{Buffer: binary.BigEndian.AppendUint64(nil, version)},
+		Operation: tpm2.TPMEOUnsignedLE,
+	}, nil
+}
