@@ -10,9 +10,9 @@ import (
 
 	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	legacy "github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-	legacy "github.com/google/go-tpm/legacy/tpm2"
 )
 
 // MaxApprovals bounds the approvals a node considers for one envelope.
