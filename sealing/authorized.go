@@ -9,17 +9,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
+	"slices"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
 )
 
-// PolicyRef is the policyRef of every keybroker PCR-policy approval: it is
-// part of what the signing key signs and of the blob's PolicyAuthorize, so
-// a signature the same key made for another purpose never authorizes a
-// blob.
-var PolicyRef = []byte("keybroker pcr-policy v1")
+// policyRefPrefix starts the policyRef of every keybroker PCR-policy
+// approval; the PCR selection follows (see policyRef).
+const policyRefPrefix = "keybroker pcr-policy v1 "
 
 // MaxSigners bounds the signing keys an authorized blob names (the TPM's
 // PolicyOR takes at most eight branches).
@@ -30,6 +30,11 @@ const MaxSigners = 8
 // PolicyAuthorize(signer) for each signer, joined by a PolicyOR when there
 // are several, so it opens in any state some signer approved.
 type Authorization struct {
+	// Bank (a TPM_ALG_ID) and PCRs are the PCR selection the approvals
+	// must cover: it is the blob's policyRef, so an approval over fewer
+	// PCRs, or another bank, never opens the envelope.
+	Bank uint32
+	PCRs []uint32
 	// Signers are the TPMT_PUBLICs of the PCR-policy signing keys (ECC
 	// P-256, see SignerPublic) whose approvals open the envelope: the
 	// current key and, while a rotation is prepared, the next one. 1 to
@@ -52,7 +57,8 @@ type Approval struct {
 	// Signer is the signing key's TPMT_PUBLIC.
 	Signer []byte
 	// Signature is a TPMT_SIGNATURE (ECDSA, SHA-256) over
-	// SHA-256(approvedPolicy || PolicyRef).
+	// SHA-256(approvedPolicy || policyRef), policyRef naming the selection
+	// of PCRs.
 	Signature []byte
 }
 
@@ -119,9 +125,13 @@ func signerKey(public []byte) (*ecdsa.PublicKey, *tpm2.TPM2BName, error) {
 	return pub, name, nil
 }
 
-// checkAuthorization checks a's form: 1 to MaxSigners well-formed signers,
-// no signer twice, and a counter of the keybroker form when set.
+// checkAuthorization checks a's form: a PCR selection, 1 to MaxSigners
+// well-formed signers, no signer twice, and a counter of the keybroker form
+// when set.
 func checkAuthorization(a *Authorization) error {
+	if _, err := a.policyRef(); err != nil {
+		return err
+	}
 	if len(a.Signers) == 0 || len(a.Signers) > MaxSigners {
 		return fmt.Errorf("an authorized envelope names %d PCR-policy signers, want 1 to %d", len(a.Signers), MaxSigners)
 	}
@@ -165,8 +175,52 @@ func (a *Authorization) AuthPolicy() ([]byte, error) {
 	return calc.Hash().Digest, nil
 }
 
+// policyRef is the policyRef of a's approvals.
+func (a *Authorization) policyRef() ([]byte, error) {
+	sel, err := selection(a.Bank, a.PCRs)
+	if err != nil {
+		return nil, err
+	}
+	return policyRef(sel), nil
+}
+
+// policyRef is the policyRef of approvals over sel: policyRefPrefix, then
+// the TPML_PCR_SELECTION. It is part of what the signing key signs and of
+// the blob's PolicyAuthorize, so neither a signature the same key made for
+// another purpose nor an approval over another selection authorizes a
+// blob.
+func policyRef(sel tpm2.TPMLPCRSelection) []byte {
+	return append([]byte(policyRefPrefix), tpm2.Marshal(sel)...)
+}
+
+// selection is the TPML_PCR_SELECTION of indexes (0 to 23, at least one,
+// none twice) in bank.
+func selection(bank uint32, indexes []uint32) (tpm2.TPMLPCRSelection, error) {
+	if _, err := tpm2.TPMIAlgHash(bank).Hash(); err != nil {
+		return tpm2.TPMLPCRSelection{}, fmt.Errorf("unsupported PCR bank 0x%04x", bank)
+	}
+	if len(indexes) == 0 {
+		return tpm2.TPMLPCRSelection{}, errors.New("a PCR policy needs at least one PCR")
+	}
+	bitmap := make([]byte, 3)
+	for _, i := range indexes {
+		if i > 23 {
+			return tpm2.TPMLPCRSelection{}, fmt.Errorf("PCR index %d is above 23", i)
+		}
+		if bitmap[i/8]&(1<<(i%8)) != 0 {
+			return tpm2.TPMLPCRSelection{}, fmt.Errorf("PCR %d is selected twice", i)
+		}
+		bitmap[i/8] |= 1 << (i % 8)
+	}
+	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMIAlgHash(bank), PCRSelect: bitmap}}}, nil
+}
+
 // branches returns the PolicyAuthorize digest of each signer, in order.
 func (a *Authorization) branches() ([]tpm2.TPM2BDigest, error) {
+	ref, err := a.policyRef()
+	if err != nil {
+		return nil, err
+	}
 	out := make([]tpm2.TPM2BDigest, 0, len(a.Signers))
 	for _, s := range a.Signers {
 		_, name, err := signerKey(s)
@@ -177,7 +231,7 @@ func (a *Authorization) branches() ([]tpm2.TPM2BDigest, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := (tpm2.PolicyAuthorize{KeySign: *name, PolicyRef: tpm2.TPM2BDigest{Buffer: PolicyRef}}).Update(calc); err != nil {
+		if err := (tpm2.PolicyAuthorize{KeySign: *name, PolicyRef: tpm2.TPM2BDigest{Buffer: ref}}).Update(calc); err != nil {
 			return nil, err
 		}
 		out = append(out, tpm2.TPM2BDigest{Buffer: calc.Hash().Digest})
@@ -220,50 +274,29 @@ func LiteralPCRPolicy(pcrs *tpmpb.PCRs) ([]byte, error) {
 // pcrPolicyArgs returns TPM2_PolicyPCR's selection and PCR digest for one
 // bank of values: SHA-256 over the values in index order.
 func pcrPolicyArgs(pcrs *tpmpb.PCRs) (tpm2.TPMLPCRSelection, []byte, error) {
-	if len(pcrs.GetPcrs()) == 0 {
-		return tpm2.TPMLPCRSelection{}, nil, errors.New("a PCR policy needs at least one PCR value")
-	}
-	bank := tpm2.TPMIAlgHash(pcrs.GetHash())
-	bh, err := bank.Hash()
+	indexes := slices.Sorted(maps.Keys(pcrs.GetPcrs()))
+	sel, err := selection(uint32(pcrs.GetHash()), indexes)
 	if err != nil {
-		return tpm2.TPMLPCRSelection{}, nil, fmt.Errorf("unsupported PCR bank 0x%04x", uint32(pcrs.GetHash()))
+		return tpm2.TPMLPCRSelection{}, nil, err
 	}
-	bitmap := make([]byte, 3)
+	bh, _ := tpm2.TPMIAlgHash(pcrs.GetHash()).Hash()
 	h := sha256.New()
-	for i := uint32(0); i < 24; i++ {
-		v, ok := pcrs.GetPcrs()[i]
-		if !ok {
-			continue
-		}
+	for _, i := range indexes {
+		v := pcrs.GetPcrs()[i]
 		if len(v) != bh.Size() {
 			return tpm2.TPMLPCRSelection{}, nil, fmt.Errorf("PCR %d has %d bytes, want %d for its bank", i, len(v), bh.Size())
 		}
-		bitmap[i/8] |= 1 << (i % 8)
 		h.Write(v)
 	}
-	if len(pcrs.GetPcrs()) != countBits(bitmap) {
-		return tpm2.TPMLPCRSelection{}, nil, errors.New("a PCR policy names a PCR index above 23")
-	}
-	sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: bank, PCRSelect: bitmap}}}
 	return sel, h.Sum(nil), nil
 }
 
-func countBits(b []byte) int {
-	n := 0
-	for _, x := range b {
-		for ; x != 0; x &= x - 1 {
-			n++
-		}
-	}
-	return n
-}
-
 // approvalDigest is aHash, what an approval's signature covers:
-// SHA-256(approvedPolicy || PolicyRef), as TPM2_PolicyAuthorize checks it.
-func approvalDigest(approvedPolicy []byte) []byte {
+// SHA-256(approvedPolicy || policyRef), as TPM2_PolicyAuthorize checks it.
+func approvalDigest(approvedPolicy, ref []byte) []byte {
 	h := sha256.New()
 	h.Write(approvedPolicy)
-	h.Write(PolicyRef)
+	h.Write(ref)
 	return h.Sum(nil)
 }
 
@@ -280,7 +313,11 @@ func SignApproval(key *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, counter *tpm2.TPMSNVP
 	if err != nil {
 		return nil, err
 	}
-	r, s, err := ecdsa.Sign(rand.Reader, key, approvalDigest(policy))
+	sel, _, err := pcrPolicyArgs(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	r, s, err := ecdsa.Sign(rand.Reader, key, approvalDigest(policy, policyRef(sel)))
 	if err != nil {
 		return nil, fmt.Errorf("unable to sign the PCR-policy approval: %w", err)
 	}

@@ -67,7 +67,7 @@ func signerPublic(t *testing.T, k *ecdsa.PrivateKey) []byte {
 
 func (n *authorizedNode) wrap(t *testing.T, signers ...*ecdsa.PrivateKey) *sealing.Envelope {
 	t.Helper()
-	auth := &sealing.Authorization{Counter: n.counter}
+	auth := &sealing.Authorization{Counter: n.counter, Bank: uint32(tpm2.TPMAlgSHA256), PCRs: []uint32{0, 7}}
 	for _, k := range signers {
 		auth.Signers = append(auth.Signers, signerPublic(t, k))
 	}
@@ -177,6 +177,7 @@ func TestAuthorizedRefusesForgedApprovals(t *testing.T) {
 		{"signature over another policy", env, []*sealing.Approval{overOther}, sealing.ErrImport},
 		{"signature by another key", env, []*sealing.Approval{byStranger}, sealing.ErrImport},
 		{"approval by a key the blob does not name", env, []*sealing.Approval{n.approve(t, stranger, now)}, sealing.ErrNotApproved},
+		{"approval over fewer PCRs", env, []*sealing.Approval{n.approve(t, n.current, &tpmpb.PCRs{Hash: now.GetHash(), Pcrs: map[uint32][]byte{7: now.GetPcrs()[7]}})}, sealing.ErrNotApproved},
 		{"blob bound to another key", otherEnv, []*sealing.Approval{n.approve(t, n.current, now)}, sealing.ErrImport},
 	}
 	for _, tt := range tests {
@@ -238,6 +239,7 @@ func TestAuthorizationChecks(t *testing.T) {
 	badCounter := sealing.CounterPublic(sealing.DefaultCounterIndex)
 	badCounter.Attributes.OwnerWrite = true
 	outside := sealing.CounterPublic(0x01800000)
+	sha256Bank := uint32(tpm2.TPMAlgSHA256)
 	tests := []struct {
 		name    string
 		auth    sealing.Authorization
@@ -249,9 +251,16 @@ func TestAuthorizationChecks(t *testing.T) {
 		{"signer not a TPMT_PUBLIC", sealing.Authorization{Signers: [][]byte{{1, 2}}}, "PCR-policy signer is not a TPMT_PUBLIC"},
 		{"counter not ours", sealing.Authorization{Signers: [][]byte{one}, Counter: badCounter}, "is not a keybroker policy counter"},
 		{"counter outside the owner range", sealing.Authorization{Signers: [][]byte{one}, Counter: outside}, "not in the owner NV range"},
+		{"no PCRs", sealing.Authorization{Bank: sha256Bank, Signers: [][]byte{one}}, "a PCR policy needs at least one PCR"},
+		{"PCR 24", sealing.Authorization{Bank: sha256Bank, PCRs: []uint32{24}, Signers: [][]byte{one}}, "PCR index 24 is above 23"},
+		{"PCR twice", sealing.Authorization{Bank: sha256Bank, PCRs: []uint32{7, 7}, Signers: [][]byte{one}}, "PCR 7 is selected twice"},
+		{"unknown bank", sealing.Authorization{Bank: 0x99, PCRs: []uint32{7}, Signers: [][]byte{one}}, "unsupported PCR bank 0x0099"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.auth.Bank == 0 { // a valid selection unless the case is about it
+				tt.auth.Bank, tt.auth.PCRs = sha256Bank, []uint32{7}
+			}
 			_, err := tt.auth.AuthPolicy()
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("AuthPolicy = %v; want %q", err, tt.wantErr)

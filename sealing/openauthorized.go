@@ -50,7 +50,11 @@ func OpenAuthorized(rw io.ReadWriter, ek *client.Key, env *Envelope, approvals [
 	if len(approvals) > MaxApprovals {
 		return nil, fmt.Errorf("%d PCR-policy approvals, at most %d allowed", len(approvals), MaxApprovals)
 	}
-	a, err := pickApproval(rw, env.Authorization, approvals)
+	want, err := selection(env.Authorization.Bank, env.Authorization.PCRs)
+	if err != nil {
+		return nil, err
+	}
+	a, err := pickApproval(rw, env.Authorization, tpm2.Marshal(want), approvals)
 	if err != nil {
 		return nil, err
 	}
@@ -62,14 +66,15 @@ func OpenAuthorized(rw io.ReadWriter, ek *client.Key, env *Envelope, approvals [
 	return decrypt(cek, env.JWE)
 }
 
-// pickApproval returns the approval, by one of auth's signers, of the state
-// the TPM's PCRs hold now.
-func pickApproval(rw io.ReadWriter, auth *Authorization, approvals []*Approval) (*Approval, error) {
+// pickApproval returns the approval, by one of auth's signers and over the
+// envelope's PCR selection (the TPML_PCR_SELECTION want), of the state the
+// TPM's PCRs hold now.
+func pickApproval(rw io.ReadWriter, auth *Authorization, want []byte, approvals []*Approval) (*Approval, error) {
 	for _, a := range approvals {
 		if !slices.ContainsFunc(auth.Signers, func(s []byte) bool { return bytes.Equal(s, a.Signer) }) {
 			continue
 		}
-		if _, _, err := pcrPolicyArgs(a.PCRs); err != nil {
+		if sel, _, err := pcrPolicyArgs(a.PCRs); err != nil || !bytes.Equal(tpm2.Marshal(sel), want) {
 			continue
 		}
 		indexes := make([]int, 0, len(a.PCRs.GetPcrs()))
@@ -105,7 +110,11 @@ func unsealAuthorized(tpm transport.TPM, ek *client.Key, env *Envelope, a *Appro
 	if err != nil {
 		return nil, err
 	}
-	ticket, signerName, err := verifyApproval(tpm, a, approved)
+	ref, err := env.Authorization.policyRef()
+	if err != nil {
+		return nil, err
+	}
+	ticket, signerName, err := verifyApproval(tpm, a, approvalDigest(approved, ref))
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +150,7 @@ func unsealAuthorized(tpm transport.TPM, ek *client.Key, env *Envelope, a *Appro
 		if _, err := (tpm2.PolicyAuthorize{
 			PolicySession:  sess,
 			ApprovedPolicy: tpm2.TPM2BDigest{Buffer: approved},
-			PolicyRef:      tpm2.TPM2BDigest{Buffer: PolicyRef},
+			PolicyRef:      tpm2.TPM2BDigest{Buffer: ref},
 			KeySign:        *signerName,
 			CheckTicket:    *ticket,
 		}).Execute(tpm); err != nil {
@@ -165,7 +174,7 @@ func unsealAuthorized(tpm transport.TPM, ek *client.Key, env *Envelope, a *Appro
 // external public key in the owner hierarchy (a NULL-hierarchy key would
 // give a NULL ticket, which TPM2_PolicyAuthorize refuses) and returns the
 // TPM2_VerifySignature ticket and the signer's name.
-func verifyApproval(tpm transport.TPM, a *Approval, approved []byte) (*tpm2.TPMTTKVerified, *tpm2.TPM2BName, error) {
+func verifyApproval(tpm transport.TPM, a *Approval, aHash []byte) (*tpm2.TPMTTKVerified, *tpm2.TPM2BName, error) {
 	if _, _, err := signerKey(a.Signer); err != nil {
 		return nil, nil, err
 	}
@@ -187,7 +196,7 @@ func verifyApproval(tpm transport.TPM, a *Approval, approved []byte) (*tpm2.TPMT
 	defer (tpm2.FlushContext{FlushHandle: loaded.ObjectHandle}).Execute(tpm) //nolint:errcheck // best effort
 	v, err := (tpm2.VerifySignature{
 		KeyHandle: tpm2.NamedHandle{Handle: loaded.ObjectHandle, Name: loaded.Name},
-		Digest:    tpm2.TPM2BDigest{Buffer: approvalDigest(approved)},
+		Digest:    tpm2.TPM2BDigest{Buffer: aHash},
 		Signature: *sig,
 	}).Execute(tpm)
 	if err != nil {
