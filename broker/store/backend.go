@@ -11,5 +11,6 @@ type Backend interface {
 	Checkpoints
 	Nodes
 	ChallengeKeys
+	PCRApprovals
 	io.Closer
 }

@@ -30,13 +30,14 @@ var (
 	bucketChain         = []byte("chain")           // keyChainHead -> ChainHead
 	bucketReceiptsBySeq = []byte("receipts_by_seq") // Seq (big-endian) -> receipt ID
 	bucketCheckpoints   = []byte("checkpoints")     // Seq (big-endian) -> Checkpoint
+	bucketPCRApprovals  = []byte("pcr_approvals")   // approval ID -> PCRApproval
 	keyChainHead        = []byte("head")
 )
 
 // buckets are every bucket a writable open creates.
 var buckets = [][]byte{bucketConsumed, bucketReceipts, bucketReceiptsByEK, bucketNodes,
 	bucketNodeSVIDs, bucketDenied, bucketEventLogs, bucketChallengeKeys, bucketChain, bucketReceiptsBySeq,
-	bucketCheckpoints}
+	bucketCheckpoints, bucketPCRApprovals}
 
 // BoltOpts configures OpenBolt. The zero value opens the file for writing,
 // waiting DefaultLockTimeout for the lock.

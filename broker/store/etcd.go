@@ -38,6 +38,7 @@ const (
 	etcdChainHead     = "chain_head"       // the receipt chain's ChainHead
 	etcdReceiptsBySeq = "receipts_by_seq/" // Seq (20 decimal digits) -> receipt ID
 	etcdCheckpoints   = "checkpoints/"     // Seq (20 decimal digits) -> Checkpoint
+	etcdPCRApprovals  = "pcr_approvals/"   // approval ID -> PCRApproval
 )
 
 // EtcdOpts configures OpenEtcd.

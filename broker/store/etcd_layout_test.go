@@ -78,7 +78,7 @@ func TestEtcdLayout(t *testing.T) {
 	}
 	for _, kv := range all.Kvs {
 		if fam, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), p), "/"); !strings.Contains(
-			" consumed receipts receipts_by_ek receipts_by_seq nodes node_svids denied event_logs challenge_keys chain_head checkpoints ", " "+fam+" ") {
+			" consumed receipts receipts_by_ek receipts_by_seq nodes node_svids denied event_logs challenge_keys chain_head checkpoints pcr_approvals ", " "+fam+" ") {
 			t.Errorf("unexpected key %s", kv.Key)
 		}
 	}

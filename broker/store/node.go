@@ -59,6 +59,12 @@ type NodeRecord struct {
 	// released to the node (kubelet_auth bootstrap_token): the broker
 	// deletes it when it releases the next one, or refuses the node.
 	BootstrapToken string `json:"bootstrap_token,omitempty"`
+	// PolicyCounterBound is the version the broker signs this node's
+	// PCR-policy approvals at (pcr_policy "authorized"): its policy counter
+	// must not exceed it. PolicyEpoch is the broker's revocation epoch
+	// when the bound was set (broker/pcrpolicy).
+	PolicyCounterBound uint64 `json:"policy_counter_bound,omitempty"`
+	PolicyEpoch        uint64 `json:"policy_epoch,omitempty"`
 }
 
 // NodeSVID identifies a node X.509-SVID the broker released.

@@ -25,17 +25,19 @@ const nodeRecordV1 = 0x01
 func marshalNode(n *NodeRecord) ([]byte, error) {
 	ev := &n.Evidence
 	pb := &storev1.NodeRecord{
-		EkHash:         n.EKHash,
-		FirstSeen:      unixNano(n.FirstSeen),
-		LastSeen:       unixNano(n.LastSeen),
-		AkName:         n.AKName,
-		Clock:          n.Clock,
-		ResetCount:     n.ResetCount,
-		RestartCount:   n.RestartCount,
-		LastReceiptId:  n.LastReceiptID,
-		Kubelet:        n.Kubelet,
-		Quarantined:    n.Quarantined,
-		BootstrapToken: n.BootstrapToken,
+		EkHash:             n.EKHash,
+		FirstSeen:          unixNano(n.FirstSeen),
+		LastSeen:           unixNano(n.LastSeen),
+		AkName:             n.AKName,
+		Clock:              n.Clock,
+		ResetCount:         n.ResetCount,
+		RestartCount:       n.RestartCount,
+		LastReceiptId:      n.LastReceiptID,
+		Kubelet:            n.Kubelet,
+		Quarantined:        n.Quarantined,
+		BootstrapToken:     n.BootstrapToken,
+		PolicyCounterBound: n.PolicyCounterBound,
+		PolicyEpoch:        n.PolicyEpoch,
 		Evidence: &storev1.Evidence{
 			Time:            unixNano(ev.Time),
 			ChallengeId:     ev.ChallengeID,
@@ -89,17 +91,19 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 		return NodeRecord{}, err
 	}
 	n := NodeRecord{
-		EKHash:         pb.GetEkHash(),
-		FirstSeen:      fromUnixNano(pb.GetFirstSeen()),
-		LastSeen:       fromUnixNano(pb.GetLastSeen()),
-		AKName:         pb.GetAkName(),
-		Clock:          pb.GetClock(),
-		ResetCount:     pb.GetResetCount(),
-		RestartCount:   pb.GetRestartCount(),
-		LastReceiptID:  pb.GetLastReceiptId(),
-		Kubelet:        pb.GetKubelet(),
-		Quarantined:    pb.GetQuarantined(),
-		BootstrapToken: pb.GetBootstrapToken(),
+		EKHash:             pb.GetEkHash(),
+		FirstSeen:          fromUnixNano(pb.GetFirstSeen()),
+		LastSeen:           fromUnixNano(pb.GetLastSeen()),
+		AKName:             pb.GetAkName(),
+		Clock:              pb.GetClock(),
+		ResetCount:         pb.GetResetCount(),
+		RestartCount:       pb.GetRestartCount(),
+		LastReceiptID:      pb.GetLastReceiptId(),
+		Kubelet:            pb.GetKubelet(),
+		Quarantined:        pb.GetQuarantined(),
+		BootstrapToken:     pb.GetBootstrapToken(),
+		PolicyCounterBound: pb.GetPolicyCounterBound(),
+		PolicyEpoch:        pb.GetPolicyEpoch(),
 	}
 	pe := pb.GetEvidence()
 	if len(pe.GetSecretHash()) != len(n.Evidence.SecretHash) {

@@ -56,6 +56,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Backend) {
 		{"ForgetNode", testForgetNode},
 		{"DenyList", testDenyList},
 		{"ChallengeKeys", testChallengeKeys},
+		{"PCRApprovals", testPCRApprovals},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tt := range tests {

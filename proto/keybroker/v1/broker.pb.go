@@ -336,7 +336,10 @@ type AttestRequest struct {
 	// Keys the node created inside its TPM for tpm_resident releases, each
 	// certified by the AK (at most 8): the broker signs a certificate for a
 	// release's key and never sees a private key. See ResidentKey.
-	ResidentKeys  []*ResidentKey `protobuf:"bytes,9,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
+	ResidentKeys []*ResidentKey `protobuf:"bytes,9,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
+	// The node's policy-version counter, for pcr_policy "authorized"
+	// releases (optional; see PolicyCounter).
+	PolicyCounter *PolicyCounter `protobuf:"bytes,11,opt,name=policy_counter,json=policyCounter,proto3" json:"policy_counter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -434,6 +437,150 @@ func (x *AttestRequest) GetResidentKeys() []*ResidentKey {
 	return nil
 }
 
+func (x *AttestRequest) GetPolicyCounter() *PolicyCounter {
+	if x != nil {
+		return x.PolicyCounter
+	}
+	return nil
+}
+
+// PolicyCounter is the node's policy-version NV counter: a TPM_NT_COUNTER
+// the agent defines in the owner range (keybroker's form: authRead,
+// authWrite, noDA, written, 8 bytes, no policy; anything else is refused).
+// The broker binds the approvals it signs for the node to its name
+// (PolicyNV: counter <= the approval's version), so advancing it revokes
+// every approval made before.
+type PolicyCounter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// TPMS_NV_PUBLIC of the counter (at most 256 bytes).
+	NvPublic []byte `protobuf:"bytes,1,opt,name=nv_public,json=nvPublic,proto3" json:"nv_public,omitempty"`
+	// Its value when the node attested.
+	Value         uint64 `protobuf:"varint,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyCounter) Reset() {
+	*x = PolicyCounter{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyCounter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyCounter) ProtoMessage() {}
+
+func (x *PolicyCounter) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyCounter.ProtoReflect.Descriptor instead.
+func (*PolicyCounter) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PolicyCounter) GetNvPublic() []byte {
+	if x != nil {
+		return x.NvPublic
+	}
+	return nil
+}
+
+func (x *PolicyCounter) GetValue() uint64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+// PCRApproval is the broker's PCR-policy signing key's approval of one PCR
+// state for one node: an ECDSA P-256 signature over SHA-256(approvedPolicy
+// || policyRef), where approvedPolicy is TPM2_PolicyPCR over pcrs followed,
+// when the node has a policy counter, by TPM2_PolicyNV(counter <= version),
+// and policyRef is "keybroker pcr-policy v1 " followed by the
+// TPML_PCR_SELECTION of pcrs. The node checks it inside its TPM
+// (TPM2_VerifySignature) and uses the ticket in TPM2_PolicyAuthorize.
+type PCRApproval struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Pcrs    *PCRValues             `protobuf:"bytes,1,opt,name=pcrs,proto3" json:"pcrs,omitempty"`
+	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// TPMT_PUBLIC of the signing key (at most 256 bytes).
+	Signer []byte `protobuf:"bytes,3,opt,name=signer,proto3" json:"signer,omitempty"`
+	// TPMT_SIGNATURE (at most 256 bytes).
+	Signature     []byte `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PCRApproval) Reset() {
+	*x = PCRApproval{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PCRApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PCRApproval) ProtoMessage() {}
+
+func (x *PCRApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PCRApproval.ProtoReflect.Descriptor instead.
+func (*PCRApproval) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PCRApproval) GetPcrs() *PCRValues {
+	if x != nil {
+		return x.Pcrs
+	}
+	return nil
+}
+
+func (x *PCRApproval) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PCRApproval) GetSigner() []byte {
+	if x != nil {
+		return x.Signer
+	}
+	return nil
+}
+
+func (x *PCRApproval) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 // ResidentKey is a signing key created inside the node's TPM for one
 // tpm_resident release, and the AK's TPM2_Certify of it. The broker
 // verifies that certify_info is a TPMS_ATTEST of type CERTIFY signed by the
@@ -458,7 +605,7 @@ type ResidentKey struct {
 
 func (x *ResidentKey) Reset() {
 	*x = ResidentKey{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +617,7 @@ func (x *ResidentKey) String() string {
 func (*ResidentKey) ProtoMessage() {}
 
 func (x *ResidentKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[3]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +630,7 @@ func (x *ResidentKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResidentKey.ProtoReflect.Descriptor instead.
 func (*ResidentKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ResidentKey) GetName() string {
@@ -528,7 +675,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +687,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[4]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +700,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Quote) GetAttest() []byte {
@@ -589,7 +736,7 @@ type PCRValues struct {
 
 func (x *PCRValues) Reset() {
 	*x = PCRValues{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +748,7 @@ func (x *PCRValues) String() string {
 func (*PCRValues) ProtoMessage() {}
 
 func (x *PCRValues) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[5]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +761,7 @@ func (x *PCRValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValues.ProtoReflect.Descriptor instead.
 func (*PCRValues) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PCRValues) GetHashAlg() uint32 {
@@ -650,13 +797,23 @@ type AttestResponse struct {
 	// this receipt_id and the node's EK hash, iat/exp, and
 	// relying_party_nonce as eat_nonce. See package broker/ear.
 	AttestationResult string `protobuf:"bytes,4,opt,name=attestation_result,json=attestationResult,proto3" json:"attestation_result,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Approvals of every PCR state the node's pcr_policy "authorized"
+	// releases may open in: the attested state and the states the operator
+	// approved (at most 256). The agent keeps them with its cached
+	// credentials, so they re-open in an approved state without a new
+	// release.
+	PcrApprovals []*PCRApproval `protobuf:"bytes,5,rep,name=pcr_approvals,json=pcrApprovals,proto3" json:"pcr_approvals,omitempty"`
+	// The value the node's policy counter must reach before it uses
+	// pcr_approvals: above the version of every approval revoked since the
+	// node last attested (0: no counter in use).
+	PolicyCounterMin uint64 `protobuf:"varint,7,opt,name=policy_counter_min,json=policyCounterMin,proto3" json:"policy_counter_min,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +825,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +838,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AttestResponse) GetReceiptId() string {
@@ -712,6 +869,20 @@ func (x *AttestResponse) GetAttestationResult() string {
 	return ""
 }
 
+func (x *AttestResponse) GetPcrApprovals() []*PCRApproval {
+	if x != nil {
+		return x.PcrApprovals
+	}
+	return nil
+}
+
+func (x *AttestResponse) GetPolicyCounterMin() uint64 {
+	if x != nil {
+		return x.PolicyCounterMin
+	}
+	return 0
+}
+
 // WorkloadEntry maps local workloads, recognised by all of their selectors,
 // to a SPIFFE ID.
 type WorkloadEntry struct {
@@ -729,7 +900,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +912,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +925,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -799,7 +970,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +982,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +995,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Selector) GetType() string {
@@ -851,7 +1022,7 @@ type IssueWorkloadX509SVIDsRequest struct {
 
 func (x *IssueWorkloadX509SVIDsRequest) Reset() {
 	*x = IssueWorkloadX509SVIDsRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1034,7 @@ func (x *IssueWorkloadX509SVIDsRequest) String() string {
 func (*IssueWorkloadX509SVIDsRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1047,7 @@ func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IssueWorkloadX509SVIDsRequest) GetCsrs() []*WorkloadCSR {
@@ -898,7 +1069,7 @@ type WorkloadCSR struct {
 
 func (x *WorkloadCSR) Reset() {
 	*x = WorkloadCSR{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1081,7 @@ func (x *WorkloadCSR) String() string {
 func (*WorkloadCSR) ProtoMessage() {}
 
 func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1094,7 @@ func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadCSR.ProtoReflect.Descriptor instead.
 func (*WorkloadCSR) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkloadCSR) GetSpiffeId() string {
@@ -949,7 +1120,7 @@ type IssueWorkloadX509SVIDsResponse struct {
 
 func (x *IssueWorkloadX509SVIDsResponse) Reset() {
 	*x = IssueWorkloadX509SVIDsResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1132,7 @@ func (x *IssueWorkloadX509SVIDsResponse) String() string {
 func (*IssueWorkloadX509SVIDsResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1145,7 @@ func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IssueWorkloadX509SVIDsResponse) GetSvids() []*WorkloadX509SVID {
@@ -996,7 +1167,7 @@ type WorkloadX509SVID struct {
 
 func (x *WorkloadX509SVID) Reset() {
 	*x = WorkloadX509SVID{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1179,7 @@ func (x *WorkloadX509SVID) String() string {
 func (*WorkloadX509SVID) ProtoMessage() {}
 
 func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1192,7 @@ func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadX509SVID.ProtoReflect.Descriptor instead.
 func (*WorkloadX509SVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WorkloadX509SVID) GetSpiffeId() string {
@@ -1056,7 +1227,7 @@ type IssueWorkloadJWTSVIDRequest struct {
 
 func (x *IssueWorkloadJWTSVIDRequest) Reset() {
 	*x = IssueWorkloadJWTSVIDRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1239,7 @@ func (x *IssueWorkloadJWTSVIDRequest) String() string {
 func (*IssueWorkloadJWTSVIDRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1252,7 @@ func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IssueWorkloadJWTSVIDRequest) GetSpiffeId() string {
@@ -1109,7 +1280,7 @@ type IssueWorkloadJWTSVIDResponse struct {
 
 func (x *IssueWorkloadJWTSVIDResponse) Reset() {
 	*x = IssueWorkloadJWTSVIDResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1292,7 @@ func (x *IssueWorkloadJWTSVIDResponse) String() string {
 func (*IssueWorkloadJWTSVIDResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1305,7 @@ func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IssueWorkloadJWTSVIDResponse) GetToken() string {
@@ -1159,7 +1330,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1342,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1355,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 type GetBundleResponse struct {
@@ -1199,7 +1370,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1382,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1395,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1262,7 +1433,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1445,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1458,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Credential) GetName() string {
@@ -1342,7 +1513,10 @@ func (x *Credential) GetNotAfterUnix() int64 {
 // (AES-128-CFB) and name algorithms, with no inner wrapper. When pcrs is
 // unset its authPolicy is empty and userWithAuth is set (unseal with an empty
 // password); otherwise userWithAuth is clear and authPolicy is the SHA-256
-// TPM2_PolicyPCR digest over pcrs.
+// TPM2_PolicyPCR digest over pcrs. With authorization set (pcr_policy
+// "authorized") pcrs is unset and authPolicy is TPM2_PolicyAuthorize by
+// each signer (PolicyOR over them when there are several): see
+// PolicyAuthorization.
 type ImportBlob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// TPM2B_PRIVATE: the outer HMAC (TPM2B_DIGEST) and the encrypted sensitive
@@ -1355,14 +1529,17 @@ type ImportBlob struct {
 	PublicArea []byte `protobuf:"bytes,3,opt,name=public_area,json=publicArea,proto3" json:"public_area,omitempty"`
 	// For PCR_SEALED: the bank and PCR values the object's PolicyPCR requires
 	// (the selection for TPM2_PolicyPCR is the bank and the map's keys).
-	Pcrs          *PCRValues `protobuf:"bytes,4,opt,name=pcrs,proto3" json:"pcrs,omitempty"`
+	Pcrs *PCRValues `protobuf:"bytes,4,opt,name=pcrs,proto3" json:"pcrs,omitempty"`
+	// For pcr_policy "authorized": the PCR-policy signers and selection the
+	// object is bound to.
+	Authorization *PolicyAuthorization `protobuf:"bytes,5,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImportBlob) Reset() {
 	*x = ImportBlob{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1551,7 @@ func (x *ImportBlob) String() string {
 func (*ImportBlob) ProtoMessage() {}
 
 func (x *ImportBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1564,7 @@ func (x *ImportBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBlob.ProtoReflect.Descriptor instead.
 func (*ImportBlob) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ImportBlob) GetDuplicate() []byte {
@@ -1418,6 +1595,92 @@ func (x *ImportBlob) GetPcrs() *PCRValues {
 	return nil
 }
 
+func (x *ImportBlob) GetAuthorization() *PolicyAuthorization {
+	if x != nil {
+		return x.Authorization
+	}
+	return nil
+}
+
+// PolicyAuthorization is what an authorized import blob is bound to: its
+// authPolicy is TPM2_PolicyAuthorize(signer, policyRef) for each signer,
+// joined by TPM2_PolicyOR when there are several (the current signing key
+// and the next, for a rotation), with policyRef "keybroker pcr-policy v1 "
+// followed by the TPML_PCR_SELECTION of hash_alg and pcrs. It opens in a
+// state a PCRApproval by one of the signers covers.
+type PolicyAuthorization struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PCR bank (TPM_ALG_ID) and indexes approvals must cover.
+	HashAlg uint32   `protobuf:"varint,1,opt,name=hash_alg,json=hashAlg,proto3" json:"hash_alg,omitempty"`
+	Pcrs    []uint32 `protobuf:"varint,2,rep,packed,name=pcrs,proto3" json:"pcrs,omitempty"`
+	// TPMT_PUBLIC of each signing key, in PolicyOR order (1 to 8, at most
+	// 256 bytes each).
+	Signers [][]byte `protobuf:"bytes,3,rep,name=signers,proto3" json:"signers,omitempty"`
+	// TPMS_NV_PUBLIC of the node's policy counter the approvals are bound to
+	// (empty: none).
+	CounterPublic []byte `protobuf:"bytes,4,opt,name=counter_public,json=counterPublic,proto3" json:"counter_public,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyAuthorization) Reset() {
+	*x = PolicyAuthorization{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyAuthorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyAuthorization) ProtoMessage() {}
+
+func (x *PolicyAuthorization) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyAuthorization.ProtoReflect.Descriptor instead.
+func (*PolicyAuthorization) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PolicyAuthorization) GetHashAlg() uint32 {
+	if x != nil {
+		return x.HashAlg
+	}
+	return 0
+}
+
+func (x *PolicyAuthorization) GetPcrs() []uint32 {
+	if x != nil {
+		return x.Pcrs
+	}
+	return nil
+}
+
+func (x *PolicyAuthorization) GetSigners() [][]byte {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
+func (x *PolicyAuthorization) GetCounterPublic() []byte {
+	if x != nil {
+		return x.CounterPublic
+	}
+	return nil
+}
+
 // X509SVIDCredential is the JWE payload of an X509_SVID credential.
 type X509SVIDCredential struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1434,7 +1697,7 @@ type X509SVIDCredential struct {
 
 func (x *X509SVIDCredential) Reset() {
 	*x = X509SVIDCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1709,7 @@ func (x *X509SVIDCredential) String() string {
 func (*X509SVIDCredential) ProtoMessage() {}
 
 func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1722,7 @@ func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDCredential.ProtoReflect.Descriptor instead.
 func (*X509SVIDCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *X509SVIDCredential) GetSpiffeId() string {
@@ -1505,7 +1768,7 @@ type TLSCredential struct {
 
 func (x *TLSCredential) Reset() {
 	*x = TLSCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1780,7 @@ func (x *TLSCredential) String() string {
 func (*TLSCredential) ProtoMessage() {}
 
 func (x *TLSCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1793,7 @@ func (x *TLSCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSCredential.ProtoReflect.Descriptor instead.
 func (*TLSCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TLSCredential) GetKeyPem() []byte {
@@ -1570,7 +1833,7 @@ type SecretCredential struct {
 
 func (x *SecretCredential) Reset() {
 	*x = SecretCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1845,7 @@ func (x *SecretCredential) String() string {
 func (*SecretCredential) ProtoMessage() {}
 
 func (x *SecretCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1858,7 @@ func (x *SecretCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretCredential.ProtoReflect.Descriptor instead.
 func (*SecretCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SecretCredential) GetData() map[string]string {
@@ -1638,7 +1901,7 @@ type VaultTokenCredential struct {
 
 func (x *VaultTokenCredential) Reset() {
 	*x = VaultTokenCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1913,7 @@ func (x *VaultTokenCredential) String() string {
 func (*VaultTokenCredential) ProtoMessage() {}
 
 func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1926,7 @@ func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VaultTokenCredential.ProtoReflect.Descriptor instead.
 func (*VaultTokenCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VaultTokenCredential) GetToken() string {
@@ -1721,7 +1984,7 @@ type KubeletCredential struct {
 
 func (x *KubeletCredential) Reset() {
 	*x = KubeletCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1996,7 @@ func (x *KubeletCredential) String() string {
 func (*KubeletCredential) ProtoMessage() {}
 
 func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +2009,7 @@ func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
 func (*KubeletCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KubeletCredential) GetNodeName() string {
@@ -1806,7 +2069,7 @@ type GetAttestationResultKeysRequest struct {
 
 func (x *GetAttestationResultKeysRequest) Reset() {
 	*x = GetAttestationResultKeysRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +2081,7 @@ func (x *GetAttestationResultKeysRequest) String() string {
 func (*GetAttestationResultKeysRequest) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +2094,7 @@ func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 type GetAttestationResultKeysResponse struct {
@@ -1845,7 +2108,7 @@ type GetAttestationResultKeysResponse struct {
 
 func (x *GetAttestationResultKeysResponse) Reset() {
 	*x = GetAttestationResultKeysResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2120,7 @@ func (x *GetAttestationResultKeysResponse) String() string {
 func (*GetAttestationResultKeysResponse) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2133,7 @@ func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetAttestationResultKeysResponse) GetJwks() []byte {
@@ -1895,7 +2158,7 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x1b\n" +
-	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xf8\x02\n" +
+	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xbc\x03\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
@@ -1905,7 +2168,16 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x10ek_intermediates\x18\x06 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
 	"\tak_public\x18\a \x01(\fR\bakPublic\x12.\n" +
 	"\x13relying_party_nonce\x18\b \x01(\fR\x11relyingPartyNonce\x12>\n" +
-	"\rresident_keys\x18\t \x03(\v2\x19.keybroker.v1.ResidentKeyR\fresidentKeys\"z\n" +
+	"\rresident_keys\x18\t \x03(\v2\x19.keybroker.v1.ResidentKeyR\fresidentKeys\x12B\n" +
+	"\x0epolicy_counter\x18\v \x01(\v2\x1b.keybroker.v1.PolicyCounterR\rpolicyCounter\"B\n" +
+	"\rPolicyCounter\x12\x1b\n" +
+	"\tnv_public\x18\x01 \x01(\fR\bnvPublic\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value\"\x8a\x01\n" +
+	"\vPCRApproval\x12+\n" +
+	"\x04pcrs\x18\x01 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06signer\x18\x03 \x01(\fR\x06signer\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\"z\n" +
 	"\vResidentKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06public\x18\x02 \x01(\fR\x06public\x12!\n" +
@@ -1920,13 +2192,15 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x06values\x18\x02 \x03(\v2#.keybroker.v1.PCRValues.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xe2\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xd0\x02\n" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12:\n" +
 	"\vcredentials\x18\x02 \x03(\v2\x18.keybroker.v1.CredentialR\vcredentials\x12F\n" +
 	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\x12-\n" +
-	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\"\x97\x01\n" +
+	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\x12>\n" +
+	"\rpcr_approvals\x18\x05 \x03(\v2\x19.keybroker.v1.PCRApprovalR\fpcrApprovals\x12,\n" +
+	"\x12policy_counter_min\x18\a \x01(\x04R\x10policyCounterMin\"\x97\x01\n" +
 	"\rWorkloadEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
@@ -1965,14 +2239,20 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\x0e2\x19.keybroker.v1.ReleaseModeR\x04mode\x12,\n" +
 	"\x04blob\x18\x04 \x01(\v2\x18.keybroker.v1.ImportBlobR\x04blob\x12\x10\n" +
 	"\x03jwe\x18\x05 \x01(\tR\x03jwe\x12$\n" +
-	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"\x9f\x01\n" +
+	"\x0enot_after_unix\x18\x06 \x01(\x03R\fnotAfterUnix\"\xe8\x01\n" +
 	"\n" +
 	"ImportBlob\x12\x1c\n" +
 	"\tduplicate\x18\x01 \x01(\fR\tduplicate\x12%\n" +
 	"\x0eencrypted_seed\x18\x02 \x01(\fR\rencryptedSeed\x12\x1f\n" +
 	"\vpublic_area\x18\x03 \x01(\fR\n" +
 	"publicArea\x12+\n" +
-	"\x04pcrs\x18\x04 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\"\x9a\x01\n" +
+	"\x04pcrs\x18\x04 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\x12G\n" +
+	"\rauthorization\x18\x05 \x01(\v2!.keybroker.v1.PolicyAuthorizationR\rauthorization\"\x85\x01\n" +
+	"\x13PolicyAuthorization\x12\x19\n" +
+	"\bhash_alg\x18\x01 \x01(\rR\ahashAlg\x12\x12\n" +
+	"\x04pcrs\x18\x02 \x03(\rR\x04pcrs\x12\x18\n" +
+	"\asigners\x18\x03 \x03(\fR\asigners\x12%\n" +
+	"\x0ecounter_public\x18\x04 \x01(\fR\rcounterPublic\"\x9a\x01\n" +
 	"\x12X509SVIDCredential\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12)\n" +
@@ -2040,71 +2320,78 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                         // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                      // 1: keybroker.v1.CredentialType
 	(*ChallengeRequest)(nil),                 // 2: keybroker.v1.ChallengeRequest
 	(*ChallengeResponse)(nil),                // 3: keybroker.v1.ChallengeResponse
 	(*AttestRequest)(nil),                    // 4: keybroker.v1.AttestRequest
-	(*ResidentKey)(nil),                      // 5: keybroker.v1.ResidentKey
-	(*Quote)(nil),                            // 6: keybroker.v1.Quote
-	(*PCRValues)(nil),                        // 7: keybroker.v1.PCRValues
-	(*AttestResponse)(nil),                   // 8: keybroker.v1.AttestResponse
-	(*WorkloadEntry)(nil),                    // 9: keybroker.v1.WorkloadEntry
-	(*Selector)(nil),                         // 10: keybroker.v1.Selector
-	(*IssueWorkloadX509SVIDsRequest)(nil),    // 11: keybroker.v1.IssueWorkloadX509SVIDsRequest
-	(*WorkloadCSR)(nil),                      // 12: keybroker.v1.WorkloadCSR
-	(*IssueWorkloadX509SVIDsResponse)(nil),   // 13: keybroker.v1.IssueWorkloadX509SVIDsResponse
-	(*WorkloadX509SVID)(nil),                 // 14: keybroker.v1.WorkloadX509SVID
-	(*IssueWorkloadJWTSVIDRequest)(nil),      // 15: keybroker.v1.IssueWorkloadJWTSVIDRequest
-	(*IssueWorkloadJWTSVIDResponse)(nil),     // 16: keybroker.v1.IssueWorkloadJWTSVIDResponse
-	(*GetBundleRequest)(nil),                 // 17: keybroker.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),                // 18: keybroker.v1.GetBundleResponse
-	(*Credential)(nil),                       // 19: keybroker.v1.Credential
-	(*ImportBlob)(nil),                       // 20: keybroker.v1.ImportBlob
-	(*X509SVIDCredential)(nil),               // 21: keybroker.v1.X509SVIDCredential
-	(*TLSCredential)(nil),                    // 22: keybroker.v1.TLSCredential
-	(*SecretCredential)(nil),                 // 23: keybroker.v1.SecretCredential
-	(*VaultTokenCredential)(nil),             // 24: keybroker.v1.VaultTokenCredential
-	(*KubeletCredential)(nil),                // 25: keybroker.v1.KubeletCredential
-	(*GetAttestationResultKeysRequest)(nil),  // 26: keybroker.v1.GetAttestationResultKeysRequest
-	(*GetAttestationResultKeysResponse)(nil), // 27: keybroker.v1.GetAttestationResultKeysResponse
-	nil,                                      // 28: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                      // 29: keybroker.v1.SecretCredential.DataEntry
+	(*PolicyCounter)(nil),                    // 5: keybroker.v1.PolicyCounter
+	(*PCRApproval)(nil),                      // 6: keybroker.v1.PCRApproval
+	(*ResidentKey)(nil),                      // 7: keybroker.v1.ResidentKey
+	(*Quote)(nil),                            // 8: keybroker.v1.Quote
+	(*PCRValues)(nil),                        // 9: keybroker.v1.PCRValues
+	(*AttestResponse)(nil),                   // 10: keybroker.v1.AttestResponse
+	(*WorkloadEntry)(nil),                    // 11: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                         // 12: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),    // 13: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                      // 14: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil),   // 15: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),                 // 16: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),      // 17: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),     // 18: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),                 // 19: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),                // 20: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                       // 21: keybroker.v1.Credential
+	(*ImportBlob)(nil),                       // 22: keybroker.v1.ImportBlob
+	(*PolicyAuthorization)(nil),              // 23: keybroker.v1.PolicyAuthorization
+	(*X509SVIDCredential)(nil),               // 24: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                    // 25: keybroker.v1.TLSCredential
+	(*SecretCredential)(nil),                 // 26: keybroker.v1.SecretCredential
+	(*VaultTokenCredential)(nil),             // 27: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),                // 28: keybroker.v1.KubeletCredential
+	(*GetAttestationResultKeysRequest)(nil),  // 29: keybroker.v1.GetAttestationResultKeysRequest
+	(*GetAttestationResultKeysResponse)(nil), // 30: keybroker.v1.GetAttestationResultKeysResponse
+	nil,                                      // 31: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                      // 32: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
-	6,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
-	5,  // 1: keybroker.v1.AttestRequest.resident_keys:type_name -> keybroker.v1.ResidentKey
-	7,  // 2: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	28, // 3: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
-	19, // 4: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
-	9,  // 5: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
-	10, // 6: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
-	12, // 7: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
-	14, // 8: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
-	1,  // 9: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
-	0,  // 10: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
-	20, // 11: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
-	7,  // 12: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	29, // 13: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
-	2,  // 14: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 15: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	11, // 16: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
-	15, // 17: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
-	17, // 18: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	26, // 19: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
-	3,  // 20: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	8,  // 21: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	13, // 22: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	16, // 23: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	18, // 24: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	27, // 25: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
+	7,  // 1: keybroker.v1.AttestRequest.resident_keys:type_name -> keybroker.v1.ResidentKey
+	5,  // 2: keybroker.v1.AttestRequest.policy_counter:type_name -> keybroker.v1.PolicyCounter
+	9,  // 3: keybroker.v1.PCRApproval.pcrs:type_name -> keybroker.v1.PCRValues
+	9,  // 4: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
+	31, // 5: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	21, // 6: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
+	11, // 7: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
+	6,  // 8: keybroker.v1.AttestResponse.pcr_approvals:type_name -> keybroker.v1.PCRApproval
+	12, // 9: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
+	14, // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
+	16, // 11: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
+	1,  // 12: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
+	0,  // 13: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
+	22, // 14: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
+	9,  // 15: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
+	23, // 16: keybroker.v1.ImportBlob.authorization:type_name -> keybroker.v1.PolicyAuthorization
+	32, // 17: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	2,  // 18: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 19: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	13, // 20: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	17, // 21: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	19, // 22: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	29, // 23: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
+	3,  // 24: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	10, // 25: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	15, // 26: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	18, // 27: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	20, // 28: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	30, // 29: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -2118,7 +2405,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

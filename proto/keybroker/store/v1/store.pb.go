@@ -47,8 +47,13 @@ type NodeRecord struct {
 	Quarantined bool   `protobuf:"varint,13,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
 	// The ID of the last bootstrap token released to the node.
 	BootstrapToken string `protobuf:"bytes,14,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// pcr_policy "authorized": the version the broker signs the node's
+	// PCR-policy approvals at (its policy counter must not exceed it), and
+	// the broker's revocation epoch when that version was set.
+	PolicyCounterBound uint64 `protobuf:"varint,15,opt,name=policy_counter_bound,json=policyCounterBound,proto3" json:"policy_counter_bound,omitempty"`
+	PolicyEpoch        uint64 `protobuf:"varint,16,opt,name=policy_epoch,json=policyEpoch,proto3" json:"policy_epoch,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -177,6 +182,20 @@ func (x *NodeRecord) GetBootstrapToken() string {
 		return x.BootstrapToken
 	}
 	return ""
+}
+
+func (x *NodeRecord) GetPolicyCounterBound() uint64 {
+	if x != nil {
+		return x.PolicyCounterBound
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetPolicyEpoch() uint64 {
+	if x != nil {
+		return x.PolicyEpoch
+	}
+	return 0
 }
 
 type Evidence struct {
@@ -702,7 +721,7 @@ var File_keybroker_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\x9f\x04\n" +
+	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xf4\x04\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\aek_hash\x18\x01 \x01(\tR\x06ekHash\x12\x1d\n" +
@@ -721,7 +740,9 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\x12\x18\n" +
 	"\akubelet\x18\f \x01(\tR\akubelet\x12 \n" +
 	"\vquarantined\x18\r \x01(\bR\vquarantined\x12'\n" +
-	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\"\xe8\x03\n" +
+	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\x120\n" +
+	"\x14policy_counter_bound\x18\x0f \x01(\x04R\x12policyCounterBound\x12!\n" +
+	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\"\xe8\x03\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// MaxApprovedPCRs bounds the PCR values of one approved state.
+const MaxApprovedPCRs = 24
+
+// maxApprovalNote bounds an approval's source and note.
+const maxApprovalNote = 256
+
+// PCRApproval is a PCR state the operator approved (or revoked) for
+// pcr_policy "authorized" releases. The store only keeps these records;
+// which approvals a node receives, and what a revocation means, is decided
+// above it (broker/pcrpolicy).
+type PCRApproval struct {
+	// ID names the state: lowercase hex, 8 to 64 digits (pcrpolicy derives
+	// it from the bank and values, so approving a state twice is one
+	// record).
+	ID string `json:"id"`
+	// Bank is the PCR bank as a TPM_ALG_ID (0x000B SHA-256, ...).
+	Bank uint32 `json:"bank"`
+	// PCRs are the approved values by PCR index.
+	PCRs map[uint32][]byte `json:"pcrs"`
+	// Source says where the state came from ("node <EK hash>",
+	// "explicit"); Note is the operator's comment.
+	Source string `json:"source,omitempty"`
+	Note   string `json:"note,omitempty"`
+	// Created is when the state was approved; Revoked, when not zero, when
+	// its approval was revoked. Revoked records are kept.
+	Created time.Time `json:"created"`
+	Revoked time.Time `json:"revoked,omitzero"`
+}
+
+// Validate checks that a can be stored.
+func (a PCRApproval) Validate() error {
+	var errs []error
+	if len(a.ID) < 8 || len(a.ID) > 64 || !isLowerHex(a.ID) {
+		errs = append(errs, errors.New("PCR approval id must be 8 to 64 lowercase hex digits"))
+	}
+	if a.Bank == 0 || a.Bank > 0xFFFF {
+		errs = append(errs, errors.New("PCR approval bank must be a TPM_ALG_ID"))
+	}
+	if len(a.PCRs) == 0 || len(a.PCRs) > MaxApprovedPCRs {
+		errs = append(errs, fmt.Errorf("PCR approval must name 1 to %d PCR values", MaxApprovedPCRs))
+	}
+	for i, v := range a.PCRs {
+		if i > 23 || len(v) == 0 || len(v) > 64 {
+			errs = append(errs, fmt.Errorf("PCR approval value of PCR %d is not a PCR value", i))
+		}
+	}
+	if len(a.Source) > maxApprovalNote || len(a.Note) > maxApprovalNote {
+		errs = append(errs, fmt.Errorf("PCR approval source and note must be at most %d bytes", maxApprovalNote))
+	}
+	if a.Created.IsZero() {
+		errs = append(errs, errors.New("PCR approval creation time cannot be zero"))
+	}
+	return errors.Join(errs...)
+}
+
+// PCRApprovals keeps the approved PCR states, shared by every replica.
+// Implementations are safe for concurrent use, also across processes.
+type PCRApprovals interface {
+	// PCRApprovals returns every stored approval, revoked ones included,
+	// oldest first.
+	PCRApprovals(ctx context.Context) ([]PCRApproval, error)
+	// PutPCRApproval stores a, replacing the record with the same ID.
+	PutPCRApproval(ctx context.Context, a PCRApproval) error
+}
+
+// sortOldestFirst orders approvals by creation time, oldest first (then by
+// ID).
+func sortOldestFirst(as []PCRApproval) {
+	slices.SortFunc(as, func(a, b PCRApproval) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return compareStrings(a.ID, b.ID)
+	})
+}
