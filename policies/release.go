@@ -105,15 +105,23 @@ const (
 // Release is what an allowing policy releases to the node, with its
 // templates rendered for that node.
 type Release struct {
-	Name        string        // the release block's label, unique in its Set
-	Type        string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI or TypeVaultToken
-	Mode        Mode          // ModeTPMBound or ModePCRSealed
-	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
-	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
-	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, MaxSVIDTTL for TypeX509SVID, MaxTokenTTL for TypeVaultToken
-	CommonName  string        // TypeTLSCertificate, TypeVaultPKI: rendered, may be empty
-	DNSNames    []string      // TypeTLSCertificate, TypeVaultPKI: rendered
-	IPAddresses []net.IP      // TypeTLSCertificate, TypeVaultPKI: rendered and parsed
+	Name    string        // the release block's label, unique in its Set
+	Type    string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI or TypeVaultToken
+	Mode    Mode          // ModeTPMBound or ModePCRSealed
+	PCRBank tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
+	PCRs    []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
+	// PCRPolicy is, for ModePCRSealed, what the blob is bound to:
+	// PCRPolicyLiteral (the attested values) or PCRPolicyAuthorized
+	// (approvals by the broker's PCR-policy signing key); empty otherwise.
+	PCRPolicy PCRPolicy
+	// ExpectedStates are, for PCRPolicyAuthorized, states the policy
+	// approves besides the attested one: values of PCRBank for each of
+	// PCRs.
+	ExpectedStates []map[uint32][]byte
+	TTL            time.Duration // DefaultTTL unless set; at most MaxTTL, MaxSVIDTTL for TypeX509SVID, MaxTokenTTL for TypeVaultToken
+	CommonName     string        // TypeTLSCertificate, TypeVaultPKI: rendered, may be empty
+	DNSNames       []string      // TypeTLSCertificate, TypeVaultPKI: rendered
+	IPAddresses    []net.IP      // TypeTLSCertificate, TypeVaultPKI: rendered and parsed
 	// Path is the Vault path of TypeVaultKV (a KV v2 data path such as
 	// "secret/data/nodes/web", rendered) and TypeVaultPKI (the issue
 	// endpoint "pki/issue/<role>"); empty otherwise.
@@ -153,48 +161,53 @@ type TokenSpec struct {
 }
 
 type releaseHCL struct {
-	Name        string         `hcl:"name,label"`
-	NameRange   hcl.Range      `hcl:"name,label_range"`
-	DefRange    hcl.Range      `hcl:",def_range"`
-	Type        *hcl.Attribute `hcl:"type,optional"`
-	Mode        *hcl.Attribute `hcl:"mode,optional"`
-	PCRBank     *hcl.Attribute `hcl:"pcr_bank,optional"`
-	PCRs        *hcl.Attribute `hcl:"pcrs,optional"`
-	TTL         *hcl.Attribute `hcl:"ttl,optional"`
-	CommonName  *hcl.Attribute `hcl:"common_name,optional"`
-	DNSNames    *hcl.Attribute `hcl:"dns_names,optional"`
-	IPAddresses *hcl.Attribute `hcl:"ip_addresses,optional"`
-	SPIFFEID    *hcl.Attribute `hcl:"spiffe_id,optional"`
-	Path        *hcl.Attribute `hcl:"path,optional"`
-	NodeName    *hcl.Attribute `hcl:"node_name,optional"`
-	KubeletAuth *hcl.Attribute `hcl:"kubelet_auth,optional"`
-	Quarantine  *hcl.Attribute `hcl:"quarantine,optional"`
-	TokenRole   *hcl.Attribute `hcl:"token_role,optional"`
-	Policies    *hcl.Attribute `hcl:"policies,optional"`
-	Period      *hcl.Attribute `hcl:"period,optional"`
-	DisplayName *hcl.Attribute `hcl:"display_name,optional"`
+	Name      string         `hcl:"name,label"`
+	NameRange hcl.Range      `hcl:"name,label_range"`
+	DefRange  hcl.Range      `hcl:",def_range"`
+	Type      *hcl.Attribute `hcl:"type,optional"`
+	Mode      *hcl.Attribute `hcl:"mode,optional"`
+	PCRBank   *hcl.Attribute `hcl:"pcr_bank,optional"`
+	PCRs      *hcl.Attribute `hcl:"pcrs,optional"`
+	PCRPolicy *hcl.Attribute `hcl:"pcr_policy,optional"`
+	// ExpectedStates is a list of objects, PCR index = hex value.
+	ExpectedStates *hcl.Attribute `hcl:"expected_states,optional"`
+	TTL            *hcl.Attribute `hcl:"ttl,optional"`
+	CommonName     *hcl.Attribute `hcl:"common_name,optional"`
+	DNSNames       *hcl.Attribute `hcl:"dns_names,optional"`
+	IPAddresses    *hcl.Attribute `hcl:"ip_addresses,optional"`
+	SPIFFEID       *hcl.Attribute `hcl:"spiffe_id,optional"`
+	Path           *hcl.Attribute `hcl:"path,optional"`
+	NodeName       *hcl.Attribute `hcl:"node_name,optional"`
+	KubeletAuth    *hcl.Attribute `hcl:"kubelet_auth,optional"`
+	Quarantine     *hcl.Attribute `hcl:"quarantine,optional"`
+	TokenRole      *hcl.Attribute `hcl:"token_role,optional"`
+	Policies       *hcl.Attribute `hcl:"policies,optional"`
+	Period         *hcl.Attribute `hcl:"period,optional"`
+	DisplayName    *hcl.Attribute `hcl:"display_name,optional"`
 }
 
 // release is the parsed form of a release block; its templates are
 // rendered per node by render.
 type release struct {
-	name        string
-	nameRange   hcl.Range
-	typ         string
-	typeRange   hcl.Range // the type attribute's value, or the block
-	mode        Mode
-	bank        tpm2.TPMAlgID
-	pcrs        []uint32
-	ttl         time.Duration
-	commonName  hcl.Expression // nil if absent
-	dnsNames    []hcl.Expression
-	ipAddresses []hcl.Expression
-	spiffeID    hcl.Expression // nil if absent
-	path        hcl.Expression // vault_kv, vault_pki; nil otherwise
-	nodeName    hcl.Expression // kubelet; nil otherwise
-	kubeletAuth string         // kubelet; empty otherwise
-	quarantine  bool           // kubelet
-	token       *tokenRelease  // vault_token; nil otherwise
+	name           string
+	nameRange      hcl.Range
+	typ            string
+	typeRange      hcl.Range // the type attribute's value, or the block
+	mode           Mode
+	bank           tpm2.TPMAlgID
+	pcrs           []uint32
+	pcrPolicy      PCRPolicy           // pcr_sealed; empty otherwise
+	expectedStates []map[uint32][]byte // pcr_policy "authorized"
+	ttl            time.Duration
+	commonName     hcl.Expression // nil if absent
+	dnsNames       []hcl.Expression
+	ipAddresses    []hcl.Expression
+	spiffeID       hcl.Expression // nil if absent
+	path           hcl.Expression // vault_kv, vault_pki; nil otherwise
+	nodeName       hcl.Expression // kubelet; nil otherwise
+	kubeletAuth    string         // kubelet; empty otherwise
+	quarantine     bool           // kubelet
+	token          *tokenRelease  // vault_token; nil otherwise
 }
 
 // tokenRelease is the parsed form of a vault_token's settings.
@@ -259,6 +272,10 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 		}
 	}
 	c.sealing(r, raw, where, modeKnown)
+	c.pcrPolicy(r, raw, where, modeKnown)
+	if r.mode != ModePCRSealed {
+		r.pcrPolicy, r.expectedStates = "", nil
+	}
 
 	maxTTL, maxFor := MaxTTL, ""
 	switch r.typ {
@@ -687,7 +704,7 @@ func render(e hcl.Expression, ctx *hcl.EvalContext) (string, error) {
 func (r *release) render(ctx *hcl.EvalContext) (Release, []string) {
 	out := Release{
 		Name: r.name, Type: r.typ, Mode: r.mode, PCRBank: r.bank,
-		PCRs: slices.Clone(r.pcrs), TTL: r.ttl, KubeletAuth: r.kubeletAuth, Quarantine: r.quarantine,
+		PCRs: slices.Clone(r.pcrs), PCRPolicy: r.pcrPolicy, ExpectedStates: cloneStates(r.expectedStates), TTL: r.ttl, KubeletAuth: r.kubeletAuth, Quarantine: r.quarantine,
 	}
 	var fails []string
 	if r.nodeName != nil {

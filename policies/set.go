@@ -216,6 +216,10 @@ type Ref struct {
 	// PCRBank is the bank a pcr_sealed release is sealed to; zero
 	// otherwise.
 	PCRBank tpm2.TPMAlgID
+	// PCRPolicy is a pcr_sealed release's pcr_policy, and ExpectedStates
+	// the number of its expected_states; empty otherwise.
+	PCRPolicy      PCRPolicy
+	ExpectedStates int
 	// SPIFFEID is a workload entry's ID, or an x509_svid release's
 	// spiffe_id when it uses no template variable; zero otherwise.
 	SPIFFEID spiffeid.ID
@@ -260,7 +264,7 @@ func (s *Set) Refs() Refs {
 		for _, rel := range p.releases {
 			ref := Ref{Policy: p.name, Name: rel.name, Type: rel.typ, Range: rel.typeRange, Quarantine: rel.quarantine, KubeletAuth: rel.kubeletAuth}
 			if rel.mode == ModePCRSealed {
-				ref.PCRBank = rel.bank
+				ref.PCRBank, ref.PCRPolicy, ref.ExpectedStates = rel.bank, rel.pcrPolicy, len(rel.expectedStates)
 			}
 			if rel.spiffeID != nil && len(rel.spiffeID.Variables()) == 0 {
 				if s, err := render(rel.spiffeID, nil); err == nil {
