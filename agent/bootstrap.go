@@ -223,7 +223,11 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if err != nil {
 		return nil, nil, nil, &StepError{StepWrite, err}
 	}
-	return res, files, []atomicfile.File{cache}, nil
+	approvals, err := approvalsFile(opts.CacheDir, resp)
+	if err != nil {
+		return nil, nil, nil, &StepError{StepWrite, err}
+	}
+	return res, files, []atomicfile.File{cache, approvals}, nil
 }
 
 // FileOut says where the credentials an attestation releases as files
@@ -435,12 +439,19 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, r
 	if err != nil {
 		return nil, err
 	}
+	counter, err := node.policyCounter()
+	if err != nil {
+		return nil, &StepError{StepAttest, err}
+	}
 
 	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog, ResidentKeys: keys,
 		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic(),
-		RelyingPartyNonce: rpNonce})
+		RelyingPartyNonce: rpNonce, PolicyCounter: counter})
 	if err != nil {
 		return nil, &StepError{StepAttest, rpcError(err)}
+	}
+	if err := node.takeApprovals(resp); err != nil {
+		return nil, &StepError{StepOpen, err}
 	}
 	lap(StepAttest, fmt.Sprintf("receipt %s, %d credential(s)", resp.GetReceiptId(), len(resp.GetCredentials())))
 	return resp, nil

@@ -22,6 +22,15 @@ import (
 // that TPM holds the PCR values it was sealed to.
 const CacheFile = "sealed-credentials.json"
 
+// ApprovalsFile is the file, next to CacheFile, that keeps the PCR-policy
+// approvals of the last attestation (AttestResponse.pcr_approvals, as
+// protojson, mode 0600): Reopen opens pcr_policy "authorized" credentials
+// with them. It is written at every attestation with a cache, apart from
+// the credentials, so a credential cached earlier re-opens in a state
+// approved since, without a new release. Approvals are signatures over
+// PCR states, not secrets.
+const ApprovalsFile = "pcr-approvals.json"
+
 // maxCacheFile bounds the cache file Reopen reads.
 const maxCacheFile = 4 << 20
 
@@ -34,6 +43,16 @@ func cacheFile(dir string, resp *pb.AttestResponse) (atomicfile.File, error) {
 		return atomicfile.File{}, fmt.Errorf("unable to encode the credential cache: %w", err)
 	}
 	return atomicfile.File{Path: filepath.Join(dir, CacheFile), Data: append(data, '\n'), Perm: 0o600}, nil
+}
+
+// approvalsFile is the ApprovalsFile of resp's approvals, to write in dir.
+func approvalsFile(dir string, resp *pb.AttestResponse) (atomicfile.File, error) {
+	kept := &pb.AttestResponse{PcrApprovals: resp.GetPcrApprovals()}
+	data, err := protojson.MarshalOptions{Multiline: true}.Marshal(kept)
+	if err != nil {
+		return atomicfile.File{}, fmt.Errorf("unable to encode the PCR-policy approvals: %w", err)
+	}
+	return atomicfile.File{Path: filepath.Join(dir, ApprovalsFile), Data: append(data, '\n'), Perm: 0o600}, nil
 }
 
 // Reopen opens, inside node's TPM and without contacting the broker, the
@@ -57,6 +76,11 @@ func Reopen(node *Node, cacheDir string, out FileOut) (*Result, error) {
 	if err != nil {
 		return nil, &StepError{StepOpen, err}
 	}
+	approvals, err := readApprovals(filepath.Join(cacheDir, ApprovalsFile))
+	if err != nil {
+		return nil, &StepError{StepOpen, err}
+	}
+	node.UseApprovals(approvals)
 	res, files, err := openFiles(node, resp, out, true, func(Step, string) {})
 	if se := (*StepError)(nil); errors.As(err, &se) {
 		return nil, &StepError{se.Step, fmt.Errorf("the cached credentials do not open in this TPM (changed, or sealed to another TPM or boot state): %w", se.Err)}
@@ -76,31 +100,9 @@ func Reopen(node *Node, cacheDir string, out FileOut) (*Result, error) {
 // others, at most maxCacheFile bytes, strict protojson, with a receipt and
 // credentials none of which has expired at now.
 func readCache(path string, now time.Time) (*pb.AttestResponse, error) {
-	f, err := os.Open(path)
+	resp, err := readCacheResponse(path, "the credential cache")
 	if err != nil {
-		return nil, fmt.Errorf("unable to read the credential cache: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("unable to read the credential cache: %w", err)
-	}
-	switch {
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("the credential cache %s is not a regular file", path)
-	case fi.Mode().Perm()&0o077 != 0:
-		return nil, fmt.Errorf("the credential cache %s has mode %v: want 0600", path, fi.Mode().Perm())
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxCacheFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("unable to read the credential cache: %w", err)
-	}
-	if len(data) > maxCacheFile {
-		return nil, fmt.Errorf("the credential cache %s exceeds %d bytes", path, maxCacheFile)
-	}
-	var resp pb.AttestResponse
-	if err := protojson.Unmarshal(data, &resp); err != nil {
-		return nil, fmt.Errorf("the credential cache %s is malformed: %w", path, err)
+		return nil, err
 	}
 	if resp.GetReceiptId() == "" || len(resp.GetCredentials()) == 0 || resp.GetAttestationResult() != "" || len(resp.GetWorkloadEntries()) != 0 {
 		return nil, fmt.Errorf("the credential cache %s is malformed: want a receipt ID and credentials only", path)
@@ -113,6 +115,56 @@ func readCache(path string, now time.Time) (*pb.AttestResponse, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
+	}
+	return resp, nil
+}
+
+// readApprovals reads the approvals file at path, checked as readCache
+// checks the cache; none when there is no file (a cache made without
+// pcr_policy "authorized" releases, or before they existed).
+func readApprovals(path string) ([]*pb.PCRApproval, error) {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	resp, err := readCacheResponse(path, "the PCR-policy approvals")
+	if err != nil {
+		return nil, err
+	}
+	if resp.GetReceiptId() != "" || len(resp.GetCredentials()) != 0 || resp.GetAttestationResult() != "" || len(resp.GetWorkloadEntries()) != 0 {
+		return nil, fmt.Errorf("the PCR-policy approvals %s are malformed: want approvals only", path)
+	}
+	return resp.GetPcrApprovals(), nil
+}
+
+// readCacheResponse reads what, an AttestResponse kept in the cache at
+// path: a regular file, not readable by others, at most maxCacheFile
+// bytes, strict protojson.
+func readCacheResponse(path, what string) (*pb.AttestResponse, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read %s: %w", what, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("unable to read %s: %w", what, err)
+	}
+	switch {
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s %s is not a regular file", what, path)
+	case fi.Mode().Perm()&0o077 != 0:
+		return nil, fmt.Errorf("%s %s has mode %v: want 0600", what, path, fi.Mode().Perm())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxCacheFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("unable to read %s: %w", what, err)
+	}
+	if len(data) > maxCacheFile {
+		return nil, fmt.Errorf("%s %s exceeds %d bytes", what, path, maxCacheFile)
+	}
+	var resp pb.AttestResponse
+	if err := protojson.Unmarshal(data, &resp); err != nil {
+		return nil, fmt.Errorf("%s %s is malformed: %w", what, path, err)
 	}
 	return &resp, nil
 }

@@ -45,6 +45,12 @@ type NodeOpts struct {
 	// the broker's policies: a release it does not name gets no key and
 	// is refused by the broker.
 	TPMResident []string
+	// PolicyCounter is the NV index of the node's policy-version counter
+	// for pcr_policy "authorized" releases (sealing.DefaultCounterIndex,
+	// in the owner range): defined on first use with owner authorization,
+	// reported in each Attest and advanced when the broker revoked an
+	// approval. Zero: none, and the broker refuses such releases.
+	PolicyCounter uint32
 }
 
 // Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
@@ -67,6 +73,10 @@ type Node struct {
 	residentNames []string
 	// resident are the keys created for the last attestation.
 	resident []*resident.Key
+	// counter is NodeOpts.PolicyCounter; approvals the PCR-policy
+	// approvals of the last attestation (or of the cache, for Reopen).
+	counter   uint32
+	approvals []*pb.PCRApproval
 }
 
 // NewNode loads or creates the EK and AK in the TPM.
@@ -96,7 +106,7 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
 	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates),
-		residentNames: slices.Clone(opts.TPMResident)}
+		residentNames: slices.Clone(opts.TPMResident), counter: opts.PolicyCounter}
 	if len(n.banks) == 0 {
 		if n.banks, err = defaultBanks(rw); err != nil {
 			n.Close()
@@ -303,8 +313,13 @@ func (n *Node) quote(secret []byte, banks []tpm2.Algorithm) ([]*pb.Quote, error)
 	return out, nil
 }
 
-// Open opens a released credential inside the TPM and returns its payload.
+// Open opens a released credential inside the TPM and returns its payload:
+// a pcr_policy "authorized" one with the approvals of the last attestation
+// (or UseApprovals).
 func (n *Node) Open(c *pb.Credential) ([]byte, error) {
+	if c.GetBlob().GetAuthorization() != nil {
+		return sealing.OpenAuthorizedCredential(n.rw, n.ek, c, n.approvals)
+	}
 	out, err := sealing.OpenCredential(n.ek, c)
 	if errors.Is(err, sealing.ErrImport) {
 		// go-tpm-tools keeps one EK policy session per loaded key; a
@@ -322,7 +337,13 @@ func (n *Node) Open(c *pb.Credential) ([]byte, error) {
 // credential does not open because the PCRs moved since the attestation.
 func (n *Node) openSealed(c *pb.Credential) ([]byte, error) {
 	out, err := n.Open(c)
-	if err != nil && errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED {
+	switch {
+	case err == nil:
+	case errors.Is(err, sealing.ErrNotApproved):
+		err = fmt.Errorf("credential %q is sealed to approved PCR states, and the broker has approved none the TPM holds now: %w", c.GetName(), err)
+	case errors.Is(err, sealing.ErrImport) && c.GetBlob().GetAuthorization() != nil:
+		err = fmt.Errorf("credential %q: the TPM refused its PCR-policy approval (revoked, or not by the broker's key): %w", c.GetName(), err)
+	case errors.Is(err, sealing.ErrImport) && c.GetMode() == pb.ReleaseMode_PCR_SEALED:
 		err = fmt.Errorf("credential %q is sealed to PCR values this TPM no longer holds: %w", c.GetName(), err)
 	}
 	return out, err

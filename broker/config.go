@@ -53,6 +53,7 @@ import (
 //	receipt_retention      = "90d"         # receipts older are deleted; "0" keeps them all
 //	receipt_checkpoints { … }              # optional: signed receipt chain heads (ReceiptCheckpointsFile)
 //	attestation_results { … }              # optional: signed EAR results (AttestationResultsFile)
+//	pcr_policy { … }                       # optional: PCR-policy signing keys (PCRPolicyFile)
 //
 // Relative paths are relative to the configuration file's directory.
 // ParseConfig decodes it and builds the parsed form, Config, from it once;
@@ -85,6 +86,9 @@ type FileConfig struct {
 	// AttestationResults, when set, has Attest return signed attestation
 	// results (config_ear.go).
 	AttestationResults *AttestationResultsFile `hcl:"attestation_results,block"`
+	// PCRPolicy names the keys that sign PCR-policy approvals
+	// (config_pcrpolicy.go).
+	PCRPolicy *PCRPolicyFile `hcl:"pcr_policy,block"`
 }
 
 // VaultFile is the vault block: the Vault the broker reads vault_kv
@@ -199,6 +203,8 @@ type Config struct {
 	// AttestationResults is the attestation_results block; nil when
 	// absent (Attest then returns no attestation result).
 	AttestationResults *AttestationResultsConfig
+	// PCRPolicy names the PCR-policy signing keys; zero: the broker's own.
+	PCRPolicy PCRPolicyConfig
 }
 
 // LoadConfig reads, defaults and validates a configuration file. Every

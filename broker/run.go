@@ -228,6 +228,12 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, fmt.Errorf("unable to load the attestation result key: %w", err)
 	}
+	pcrSigner, err := loadPCRPolicySigner(cfg, true)
+	if err != nil {
+		st.Close()
+		closeVault()
+		return nil, err
+	}
 	var resultTTL time.Duration
 	if cfg.AttestationResults != nil {
 		resultTTL = cfg.AttestationResults.TTL
@@ -245,6 +251,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		Limits:               cfg.Limits,
 		Results:              results,
 		ResultTTL:            resultTTL,
+		PCRPolicy:            pcrSigner,
 		Metrics:              m,
 		Logger:               log,
 	})

@@ -25,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/kube"
 	"github.com/keybroker/keybroker/broker/metrics"
+	"github.com/keybroker/keybroker/broker/pcrpolicy"
 	"github.com/keybroker/keybroker/broker/release"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
@@ -46,6 +47,7 @@ type Server struct {
 	verify     verify.Opts // indexed
 	decisions  store.Decisions
 	nodes      store.Nodes
+	approvals  store.PCRApprovals
 	challenges *challenge.Issuer
 	admission  *admission
 	policies   atomic.Pointer[policies.Set]
@@ -89,6 +91,9 @@ type ServerOpts struct {
 	// (default DefaultAttestationResultTTL). Nil (the default): none.
 	Results   *ear.Signer
 	ResultTTL time.Duration
+	// PCRPolicy signs the approvals of pcr_policy "authorized" releases.
+	// Nil (the default) refuses them.
+	PCRPolicy *pcrpolicy.Signer
 	// Metrics, if set, counts and times what the server does.
 	Metrics *metrics.Broker
 	Logger  *slog.Logger // default: discard
@@ -117,6 +122,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		verify:    opts.Verify.Index(),
 		decisions: opts.Store,
 		nodes:     opts.Store,
+		approvals: opts.Store,
 		admission: newAdmission(opts.Limits),
 		spiffe:    opts.SPIFFE,
 		results:   newResultIssuer(opts.Results, opts.ResultTTL),
@@ -126,7 +132,7 @@ func NewServer(opts ServerOpts) (*Server, error) {
 	}
 	var err error
 	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Kubernetes: opts.Kubernetes, Logger: opts.Logger,
-		Observe: opts.Metrics.ReleaseStage}); err != nil {
+		Observe: opts.Metrics.ReleaseStage, PCRPolicy: opts.PCRPolicy}); err != nil {
 		return nil, err
 	}
 	for _, b := range opts.Verify.Banks {
@@ -395,7 +401,11 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, o.NodeRecord, decisionRefusal(r)
 	}
 	v, d, nodeRec := o.Verified, o.Decision, o.NodeRecord
-	out, err := s.releaser.Release(ctx, v, d, rec.ID)
+	pn, err := s.policyNode(ctx, req.GetPolicyCounter(), d, nodeRec)
+	if err != nil {
+		return nil, nodeRec, &refusal{code: codes.Unavailable, check: "release", msg: "release: unable to read the PCR-policy approvals", cause: err}
+	}
+	out, err := s.releaser.ReleaseFor(ctx, v, d, rec.ID, pn)
 	var f *release.Failure
 	switch {
 	case errors.As(err, &f):
@@ -405,7 +415,10 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err})
 	}
 	*released = out
-	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries}
+	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries, PcrApprovals: out.Approvals}
+	if pn != nil {
+		resp.PolicyCounterMin = pn.Version
+	}
 	nodeRec.WorkloadEntries, nodeRec.SVIDs = out.NodeEntries, out.SVIDs
 	rec.Allowed, rec.Released = true, out.Items
 	stages.Done(metrics.StageRelease)
@@ -436,7 +449,7 @@ func releaseRefusal(f *release.Failure) *refusal {
 	switch f.Kind {
 	case release.KindSPIFFE:
 		return denies(r)
-	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes, release.KindNoResidentKey:
+	case release.KindNoVault, release.KindVaultRefused, release.KindNoKubernetes, release.KindNoResidentKey, release.KindNoPolicyCounter:
 		return r
 	case release.KindVaultUnavailable:
 		r.code = codes.Unavailable
@@ -487,6 +500,9 @@ func checkAttestRequest(req *pb.AttestRequest) error {
 		}
 	}
 	if err := ear.CheckNonce(req.GetRelyingPartyNonce()); err != nil {
+		return err
+	}
+	if err := checkPolicyCounter(req.GetPolicyCounter()); err != nil {
 		return err
 	}
 	for _, q := range req.GetQuotes() {

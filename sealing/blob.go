@@ -73,6 +73,9 @@ func BlobFromProto(b *pb.ImportBlob) (*tpmpb.ImportBlob, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.GetPcrs() != nil && b.GetAuthorization() != nil {
+		return nil, errors.New("import blob names both PCR values and a PCR-policy authorization")
+	}
 	out := &tpmpb.ImportBlob{Duplicate: dup, EncryptedSeed: seed, PublicArea: pub}
 	if p := b.GetPcrs(); p != nil {
 		if len(p.GetValues()) > MaxBlobPCRs {

@@ -1,7 +1,8 @@
 package sealing
 
 import (
-	"fmt"
+	"errors"
+	"io"
 
 	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
@@ -16,11 +17,21 @@ import (
 // and the Vault auth method's sealed tokens are both made here, so a node
 // opens either with the same code.
 func SealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, pcrs *tpmpb.PCRs) (*pb.Credential, error) {
-	key, err := tpm2.Pub(*ek)
-	if err != nil {
-		return nil, fmt.Errorf("unable to use the EK: %w", err)
+	return sealCredential(ek, name, typ, payload, WrapOpts{PCRs: pcrs, KeyID: name})
+}
+
+// SealAuthorized is SealCredential for pcr_policy "authorized": a
+// PCR_SEALED Credential bound to approvals as auth says (see
+// WrapOpts.Authorization), whose blob carries auth as its authorization.
+func SealAuthorized(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, auth *Authorization) (*pb.Credential, error) {
+	if auth == nil {
+		return nil, errors.New("no PCR-policy authorization")
 	}
-	env, err := Wrap(key, payload, WrapOpts{PCRs: pcrs, KeyID: name})
+	return sealCredential(ek, name, typ, payload, WrapOpts{Authorization: auth, KeyID: name})
+}
+
+func sealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, opts WrapOpts) (*pb.Credential, error) {
+	env, err := wrap(ek, payload, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -29,8 +40,11 @@ func SealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, pay
 		return nil, err
 	}
 	cred := &pb.Credential{Name: name, Type: typ, Mode: pb.ReleaseMode_TPM_BOUND, Blob: blob, Jwe: env.JWE}
-	if pcrs != nil {
+	if opts.PCRs != nil || opts.Authorization != nil {
 		cred.Mode = pb.ReleaseMode_PCR_SEALED
+	}
+	if opts.Authorization != nil {
+		blob.Authorization = AuthorizationToProto(opts.Authorization)
 	}
 	return cred, nil
 }
@@ -44,5 +58,26 @@ func OpenCredential(ek *client.Key, c *pb.Credential) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.GetBlob().GetAuthorization() != nil {
+		return nil, errors.New("credential is sealed to PCR-policy approvals: open it with OpenAuthorizedCredential")
+	}
 	return Open(ek, &Envelope{Blob: blob, JWE: c.GetJwe()})
+}
+
+// OpenAuthorizedCredential opens a Credential made by SealAuthorized inside
+// the TPM on rw under ek with one of approvals (see OpenAuthorized).
+func OpenAuthorizedCredential(rw io.ReadWriter, ek *client.Key, c *pb.Credential, approvals []*pb.PCRApproval) ([]byte, error) {
+	blob, err := BlobFromProto(c.GetBlob())
+	if err != nil {
+		return nil, err
+	}
+	auth, err := AuthorizationFromProto(c.GetBlob().GetAuthorization())
+	if err != nil {
+		return nil, err
+	}
+	as, err := ApprovalsFromProto(approvals)
+	if err != nil {
+		return nil, err
+	}
+	return OpenAuthorized(rw, ek, &Envelope{Blob: blob, JWE: c.GetJwe(), Authorization: auth}, as)
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/broker/kube"
+	"github.com/keybroker/keybroker/broker/pcrpolicy"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
@@ -52,6 +53,9 @@ type Opts struct {
 	// Observe, if set, is told how long each credential took to issue
 	// (StageIssue) and to seal (StageSeal).
 	Observe func(stage string, took time.Duration)
+	// PCRPolicy signs the approvals of pcr_policy "authorized" releases;
+	// nil refuses them.
+	PCRPolicy *pcrpolicy.Signer
 }
 
 // Releaser issues and seals the releases of decisions. It is safe for
@@ -63,6 +67,7 @@ type Releaser struct {
 	kube    *Kubernetes
 	log     *slog.Logger
 	observe func(stage string, took time.Duration)
+	pcrs    *pcrpolicy.Signer
 }
 
 // New returns a Releaser.
@@ -79,7 +84,7 @@ func New(opts Opts) (*Releaser, error) {
 	if k := opts.Kubernetes; k != nil && (k.ClientCA == nil || k.Server == "") {
 		return nil, errors.New("kubernetes needs a server and a client CA")
 	}
-	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, kube: opts.Kubernetes, log: opts.Logger, observe: opts.Observe}, nil
+	return &Releaser{ca: opts.CA, spiffe: opts.SPIFFE, vault: opts.Vault, kube: opts.Kubernetes, log: opts.Logger, observe: opts.Observe, pcrs: opts.PCRPolicy}, nil
 }
 
 // Kubernetes is the cluster kubelet releases join: where its API server
@@ -106,7 +111,10 @@ type Released struct {
 	// NodeEntries the same for the node record.
 	WorkloadEntries []*pb.WorkloadEntry
 	NodeEntries     []store.WorkloadEntry
-	revocable       []revocable // revoked if the release is not delivered
+	// Approvals are the PCR-policy approvals of the node's pcr_policy
+	// "authorized" releases (ReleaseFor); none without.
+	Approvals []*pb.PCRApproval
+	revocable []revocable // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
@@ -133,6 +141,10 @@ const (
 	// and the node offered no certified TPM key for it (the agent was not
 	// told of the release): about the node's setup, not its state.
 	KindNoResidentKey
+	// KindNoPolicyCounter: the decision releases a pcr_policy "authorized"
+	// credential and the node reported no policy counter (or the broker
+	// has no PCR-policy key): about the node's setup, not its state.
+	KindNoPolicyCounter
 )
 
 // Failure is why a decision released nothing.
@@ -164,6 +176,16 @@ func (f *Failure) Unwrap() error { return f.Cause }
 // released: the certificates and tokens Vault issued for d are revoked,
 // and a *Failure says why.
 func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.Decision, receiptID string) (*Released, error) {
+	return r.ReleaseFor(ctx, v, d, receiptID, nil)
+}
+
+// ReleaseFor is Release for a node whose pcr_policy "authorized" releases
+// are sealed to its policy counter as node says (nil: the node has no
+// counter, and such releases are refused).
+func (r *Releaser) ReleaseFor(ctx context.Context, v *verify.Verified, d policies.Decision, receiptID string, node *PolicyNode) (*Released, error) {
+	if f := r.checkAuthorized(d, node); f != nil {
+		return nil, f
+	}
 	if err := r.checkSPIFFE(d); err != nil {
 		return nil, &Failure{Kind: KindSPIFFE, Msg: "release: the policies release a SPIFFE identity this broker cannot issue",
 			Notes: strings.Split(err.Error(), "\n"), Cause: err}
@@ -187,7 +209,7 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 	}
 	out := &Released{}
 	for _, rel := range d.Releases {
-		cred, item, err := r.release(ctx, v, rel, receiptID)
+		cred, item, err := r.release(ctx, v, rel, receiptID, node)
 		if vi, ok := revocableOf(rel, item); ok {
 			out.revocable = append(out.revocable, vi)
 		}
@@ -203,6 +225,13 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 		}
 	}
 	out.WorkloadEntries, out.NodeEntries = workloadEntries(d.WorkloadEntries)
+	approvals, err := r.approvals(v, d, node)
+	if err != nil {
+		f := failure(policies.Release{Name: "pcr-policy approvals"}, err)
+		f.Notes = append(r.revoke(ctx, out.revocable), f.Notes...)
+		return nil, f
+	}
+	out.Approvals = approvals
 	return out, nil
 }
 
@@ -340,7 +369,7 @@ type issued struct {
 
 // release issues one credential and wraps it to the node's EK. Release has
 // refused Vault releases already when the broker has no vault block.
-func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release, receiptID string) (*pb.Credential, store.ReleasedItem, error) {
+func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies.Release, receiptID string, node *PolicyNode) (*pb.Credential, store.ReleasedItem, error) {
 	item := store.ReleasedItem{Name: rel.Name, Type: rel.Type, Mode: string(rel.Mode)}
 	// The PCRs to seal to first: nothing is issued (by Vault least of
 	// all) for a release that cannot be sealed.
@@ -351,6 +380,15 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 			return nil, item, err
 		}
 		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
+	}
+	seal := func(payload []byte, typ pb.CredentialType) (*pb.Credential, error) {
+		return sealing.SealCredential(v.Node().EKPublic(), rel.Name, typ, payload, pcrs)
+	}
+	if rel.PCRPolicy == policies.PCRPolicyAuthorized {
+		auth := r.pcrs.Authorization(rel.PCRBank, rel.PCRs, node.Counter)
+		seal = func(payload []byte, typ pb.CredentialType) (*pb.Credential, error) {
+			return sealing.SealAuthorized(v.Node().EKPublic(), rel.Name, typ, payload, auth)
+		}
 	}
 	var iss *issued
 	var err error
@@ -386,7 +424,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	defer clear(iss.payload)
 	sealStart := time.Now()
 	r.observe(StageIssue, sealStart.Sub(start))
-	cred, err := sealing.SealCredential(v.Node().EKPublic(), rel.Name, iss.typ, iss.payload, pcrs)
+	cred, err := seal(iss.payload, iss.typ)
 	if err != nil {
 		return nil, item, err
 	}

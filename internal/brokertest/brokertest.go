@@ -109,6 +109,10 @@ type Opts struct {
 	// Server, if set, may change the server options before the server is
 	// made.
 	Server func(*broker.ServerOpts)
+	// PCRPolicy, if set, is the pcr_sealed releases' pcr_policy.
+	PCRPolicy string
+	// Node, if set, may change the node's options before it is made.
+	Node func(*agent.NodeOpts)
 }
 
 // Env is a node and a broker Server that trusts and allows it.
@@ -137,7 +141,11 @@ func New(tb testing.TB, o Opts) *Env {
 	e.RW = tpmtest.Open(tb)
 	Extend(tb, e.RW, 0, "firmware v1")
 	Extend(tb, e.RW, 7, "secure boot on")
-	node, err := agent.NewNode(e.RW, agent.NodeOpts{})
+	var nodeOpts agent.NodeOpts
+	if o.Node != nil {
+		o.Node(&nodeOpts)
+	}
+	node, err := agent.NewNode(e.RW, nodeOpts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -154,6 +162,10 @@ func New(tb testing.TB, o Opts) *Env {
 	switch o.Mode {
 	case "tpm_bound", "tpm_resident":
 		mode, extra = o.Mode, ""
+	default:
+		if o.PCRPolicy != "" {
+			extra += fmt.Sprintf("\n    pcr_policy  = %q", o.PCRPolicy)
+		}
 	}
 	pcr0, pcr7 := hex.EncodeToString(pcrs.GetPcrs()[0]), hex.EncodeToString(pcrs.GetPcrs()[7])
 	src := fmt.Sprintf(Policy, e.EKHash, pcr0, pcr7, mode, extra)
