@@ -32,6 +32,7 @@ const AdminSocket = "admin.sock"
 //	                                   400 if malformed, 404 if unknown, 409 if ambiguous
 //
 // and the node status reads and operator actions of handleOperator, the
+// PCR-policy approvals of handlePCRApprovals, the
 // receipt checkpoints of handleCheckpoints (cp nil: no signing), and
 // the Go profiles of net/http/pprof under /debug/pprof/ (on this socket
 // only: the metrics listener does not serve them).
@@ -90,6 +91,7 @@ func serveAdmin(path string, st store.Backend, cp *checkpointer) (*http.Server, 
 		writeJSON(w, n)
 	})
 	handleOperator(mux, st)
+	handlePCRApprovals(mux, st)
 	handleCheckpoints(mux, st, cp)
 	handlePprof(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

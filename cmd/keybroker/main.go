@@ -34,6 +34,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
 		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),
 		cli.NewGroup("ear", "Publish the key that verifies the broker's attestation results", earJWKSCmd()),
+		cli.NewGroup("pcr-policy", "Approve, list and revoke PCR states for pcr_policy \"authorized\" releases", pcrPolicyApproveCmd(), pcrPolicyListCmd(),
+			pcrPolicyRevokeCmd(), pcrPolicyKeysCmd()),
 		demoCmd(),
 		loadgenCmd(),
 	)
