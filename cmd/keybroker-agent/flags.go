@@ -14,6 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/cli"
+	"github.com/keybroker/keybroker/sealing"
 )
 
 // nodeFlags are the flags of every command that attests with the TPM.
@@ -23,12 +24,14 @@ type nodeFlags struct {
 	eventLog        string
 	ekIntermediates string
 	timeout         time.Duration
+	counter         string
 }
 
 // nodeInputs is what nodeFlags name, read and checked.
 type nodeInputs struct {
 	eventLog      []byte
 	intermediates [][]byte
+	counter       uint32 // the policy counter's NV index; 0: none
 }
 
 func (n *nodeFlags) register(f *pflag.FlagSet, timeoutHelp string) {
@@ -37,6 +40,7 @@ func (n *nodeFlags) register(f *pflag.FlagSet, timeoutHelp string) {
 	f.StringVar(&n.eventLog, "event-log", "auto", "TCG binary event log to send: auto (the kernel's, if present), none, or a file")
 	f.StringVar(&n.ekIntermediates, "ek-intermediates", "", "PEM file with intermediate CA certificates to send with the EK certificate (at most 8)")
 	f.DurationVar(&n.timeout, "timeout", time.Minute, timeoutHelp)
+	f.StringVar(&n.counter, "pcr-policy-counter", "none", `the policy-version NV counter pcr_policy "authorized" releases need: none, default (NV index 0x01004b42) or an owner-range NV index in hex; defined on first use with the owner hierarchy's empty auth, reported to the broker and advanced when it revoked an approval`)
 }
 
 // check records every problem with the node flags and reads the files
@@ -59,7 +63,25 @@ func (n *nodeFlags) check(p *cli.Problems) nodeInputs {
 	if n.timeout <= 0 {
 		p.Addf("--timeout must be > 0, not %v", n.timeout)
 	}
+	in.counter, err = parseCounterIndex(n.counter)
+	p.Check("pcr-policy-counter", err)
 	return in
+}
+
+// parseCounterIndex reads --pcr-policy-counter: none (0), default, or an
+// NV index in the owner range (0x01000000 to 0x013fffff).
+func parseCounterIndex(s string) (uint32, error) {
+	switch s {
+	case "none":
+		return 0, nil
+	case "default":
+		return uint32(sealing.DefaultCounterIndex), nil
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(s), "0x"), 16, 32)
+	if err != nil || !strings.HasPrefix(strings.ToLower(s), "0x") || n < 0x01000000 || n > 0x013fffff {
+		return 0, fmt.Errorf("%q: want none, default or an owner-range NV index 0x01000000..0x013fffff", s)
+	}
+	return uint32(n), nil
 }
 
 func tpmFlag(f *pflag.FlagSet, spec *string) {

@@ -73,7 +73,15 @@ TPM import blobs and encrypted payloads, never a plaintext key), with the
 receipt ID and each credential's expiry, in DIR/sealed-credentials.json
 (0600), for reopen after a reboot without the broker. A stolen disk holds
 only TPM-bound blobs; whoever has the disk and this same TPM in the same boot
-state can open them until they expire — as the running node can.`,
+state can open them until they expire — as the running node can. It also
+keeps the PCR-policy approvals of pcr_policy "authorized" releases in
+DIR/pcr-approvals.json (0600), replaced at each attestation: a credential
+cached before re-opens in any state the broker approved since.
+
+With --pcr-policy-counter default (or an NV index) the agent defines, on
+first use, its policy-version NV counter (a TPM_NT_COUNTER in the owner
+range), reports it with each attestation and advances it when the broker
+says an approval was revoked: pcr_policy "authorized" releases need it.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -111,7 +119,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, TPMResident: o.tpmResident})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, TPMResident: o.tpmResident, PolicyCounter: in.counter})
 	if err != nil {
 		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
 		return 1

@@ -65,6 +65,10 @@ func TestRunFlags(t *testing.T) {
 			wantStderr: "keybroker-agent run: unknown flag: --frobnicate\nRun 'keybroker-agent run --help' for usage.\n"},
 		{name: "bad duration", args: []string{"run", "--grace", "soon"}, wantCode: 2,
 			wantStderr: `invalid argument "soon" for "--grace" flag`},
+		{name: "policy counter outside the owner range", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--pcr-policy-counter", "0x01800000"}, wantCode: 2,
+			wantStderr: `run: --pcr-policy-counter: "0x01800000": want none, default or an owner-range NV index 0x01000000..0x013fffff`},
+		{name: "policy counter not hex", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--pcr-policy-counter", "16797506"}, wantCode: 2,
+			wantStderr: `run: --pcr-policy-counter: "16797506": want none, default or an owner-range NV index`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

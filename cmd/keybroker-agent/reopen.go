@@ -35,7 +35,12 @@ and writes the same files bootstrap writes to --out (and --kubeconfig,
 reach. It writes nothing when any cached credential has expired, when a
 pcr_sealed credential is sealed to PCR values this TPM no longer holds (the
 node booted something else), or when the cache is malformed, readable by
-others or does not open in this TPM.
+others or does not open in this TPM. A pcr_policy "authorized" credential
+opens in any state an approval in --cache/pcr-approvals.json covers (the
+approvals of the last attestation, which may be newer than the credential):
+after an approved firmware, kernel or dbx update it opens without a new
+release; in a state never approved, or with an approval revoked since (the
+policy counter passed it), it does not.
 
 Trade-off: the cache holds only TPM-bound blobs, so a stolen disk alone opens
 nothing; but whoever has the disk and this same TPM in the same boot state

@@ -129,7 +129,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	}
 	defer lis.Close()
 
-	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
+	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, PolicyCounter: in.counter}}
 	defer tpm.close()
 	client := pb.NewBrokerClient(conn)
 	var out *agent.FileOut

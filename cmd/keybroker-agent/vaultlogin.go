@@ -114,7 +114,7 @@ func vaultLogin(o vaultLoginOpts, caPEM []byte, in nodeInputs, stdout, stderr io
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, PolicyCounter: in.counter})
 	if err != nil {
 		fmt.Fprintf(stderr, "vault-login failed at tpm: %v\n", err)
 		return 1
