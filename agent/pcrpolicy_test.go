@@ -29,14 +29,7 @@ import (
 // pcr_policy "authorized", and a node with a policy counter.
 func authorizedEnv(t *testing.T) *brokertest.Env {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := pcrpolicy.NewSigner(key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := newPCRSigner(t)
 	return brokertest.New(t, brokertest.Opts{
 		PCRPolicy: "authorized",
 		Node:      func(o *agent.NodeOpts) { o.PolicyCounter = uint32(sealing.DefaultCounterIndex) },
@@ -196,6 +189,22 @@ func approvalVersion(t *testing.T, file []byte) uint64 {
 // A node without a policy counter gets no pcr_policy "authorized" release,
 // and is told why; nothing is written.
 func TestAuthorizedNeedsACounter(t *testing.T) {
+	signer := newPCRSigner(t)
+	env := brokertest.New(t, brokertest.Opts{PCRPolicy: "authorized", Server: func(o *broker.ServerOpts) { o.PCRPolicy = signer }})
+	out := filepath.Join(t.TempDir(), "tls")
+	_, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out})
+	if err == nil || !strings.Contains(err.Error(), `"node-tls" is pcr_policy "authorized" and the node reported no policy counter`) {
+		t.Fatalf("Bootstrap without a counter = %v", err)
+	}
+	assertNothingWritten(t, out)
+	if rs := env.Receipts(t); len(rs) != 1 || rs[0].Allowed || rs[0].DenyListed {
+		t.Errorf("receipts = %+v; want one refusal, not deny-listed", rs)
+	}
+}
+
+// newPCRSigner is a broker PCR-policy signer with a fresh key.
+func newPCRSigner(t *testing.T) *pcrpolicy.Signer {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -204,14 +213,5 @@ func TestAuthorizedNeedsACounter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := brokertest.New(t, brokertest.Opts{PCRPolicy: "authorized", Server: func(o *broker.ServerOpts) { o.PCRPolicy = signer }})
-	out := filepath.Join(t.TempDir(), "tls")
-	_, err = agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out})
-	if err == nil || !strings.Contains(err.Error(), `"node-tls" is pcr_policy "authorized" and the node reported no policy counter`) {
-		t.Fatalf("Bootstrap without a counter = %v", err)
-	}
-	assertNothingWritten(t, out)
-	if rs := env.Receipts(t); len(rs) != 1 || rs[0].Allowed || rs[0].DenyListed {
-		t.Errorf("receipts = %+v; want one refusal, not deny-listed", rs)
-	}
+	return signer
 }

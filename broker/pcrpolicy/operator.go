@@ -51,11 +51,7 @@ func CheckState(bank uint32, pcrs map[uint32][]byte) error {
 // each node at its next attestation. Approving a state again updates its
 // note; a revoked state is refused with ErrRevoked.
 func Approve(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, source, note string, now time.Time) (store.PCRApproval, error) {
-	if err := CheckState(bank, pcrs); err != nil {
-		return store.PCRApproval{}, err
-	}
-	id := StateID(bank, pcrs)
-	all, err := st.PCRApprovals(ctx)
+	id, all, err := readState(ctx, st, bank, pcrs)
 	if err != nil {
 		return store.PCRApproval{}, err
 	}
@@ -110,11 +106,7 @@ func Revoke(ctx context.Context, st store.PCRApprovals, id, note string, now tim
 // through the store (an attested state, a policy's expected state): as
 // Revoke, for every state that agrees with it on the PCRs they share.
 func RevokeState(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, source, note string, now time.Time) (store.PCRApproval, error) {
-	if err := CheckState(bank, pcrs); err != nil {
-		return store.PCRApproval{}, err
-	}
-	id := StateID(bank, pcrs)
-	all, err := st.PCRApprovals(ctx)
+	id, all, err := readState(ctx, st, bank, pcrs)
 	if err != nil {
 		return store.PCRApproval{}, err
 	}
@@ -128,4 +120,17 @@ func RevokeState(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs m
 		return store.PCRApproval{}, err
 	}
 	return a, nil
+}
+
+// readState checks state (bank, pcrs) and returns its ID and every stored
+// record.
+func readState(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte) (string, []store.PCRApproval, error) {
+	if err := CheckState(bank, pcrs); err != nil {
+		return "", nil, err
+	}
+	all, err := st.PCRApprovals(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	return StateID(bank, pcrs), all, nil
 }

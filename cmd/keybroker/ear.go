@@ -15,28 +15,39 @@ type earJWKSOpts struct {
 }
 
 func earJWKSCmd() *cobra.Command {
-	var o earJWKSOpts
-	cmd := &cobra.Command{
-		Use:   "jwks --config broker.hcl",
-		Short: "Print the JWKS that verifies the broker's attestation results",
-		Long: `Print the JWK Set of the broker's attestation result key (kid, alg ES256,
+	return configKeyCmd("jwks", "Print the JWKS that verifies the broker's attestation results",
+		`Print the JWK Set of the broker's attestation result key (kid, alg ES256,
 use sig), as the GetAttestationResultKeys RPC publishes it, for relying
 parties that verify the EAR attestation results nodes hand them. It reads
 the key named by the attestation_results block (key_file, or the key the
 broker made in data_dir/ear on its first start) and never creates one.`,
-		Args: cli.NoArgs,
+		"broker configuration file with an attestation_results block",
+		func(path string, stdout, stderr io.Writer) int {
+			return earJWKS(earJWKSOpts{configPath: path}, stdout, stderr)
+		})
+}
+
+// configKeyCmd is a command that takes only --config (required) and prints
+// a key the configuration names: ear jwks, pcr-policy keys.
+func configKeyCmd(name, short, long, flagHelp string, run func(configPath string, stdout, stderr io.Writer) int) *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   name + " --config broker.hcl",
+		Short: short,
+		Long:  long,
+		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			if o.configPath == "" {
+			if configPath == "" {
 				p.Addf("--config is required")
 			}
 			if err := p.Err(); err != nil {
 				return err
 			}
-			return cli.Code(earJWKS(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+			return cli.Code(run(configPath, cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
-	cmd.Flags().StringVar(&o.configPath, "config", "", "broker configuration file with an attestation_results block")
+	cmd.Flags().StringVar(&configPath, "config", "", flagHelp)
 	return cmd
 }
 

@@ -232,39 +232,19 @@ func pcrPolicyList(o pcrPolicyListOpts, stdout, stderr io.Writer) int {
 	return 0
 }
 
-type pcrPolicyKeysOpts struct {
-	configPath string
-}
-
 func pcrPolicyKeysCmd() *cobra.Command {
-	var o pcrPolicyKeysOpts
-	cmd := &cobra.Command{
-		Use:   "keys --config broker.hcl",
-		Short: "Print the public keys that sign PCR-policy approvals",
-		Long: `Prints the PCR-policy signing keys' public keys (PEM, PKIX), the current key
+	return configKeyCmd("keys", "Print the public keys that sign PCR-policy approvals",
+		`Prints the PCR-policy signing keys' public keys (PEM, PKIX), the current key
 first and then the next one (pcr_policy.next_key_file), for operators to pin:
 a pcr_policy "authorized" import blob opens only with approvals by these keys
 (its TPM2_PolicyAuthorize names them). It reads the key files of the
 pcr_policy block, or the key the broker made in data_dir/pcr-policy on its
 first start, and never creates one.`,
-		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var p cli.Problems
-			if o.configPath == "" {
-				p.Addf("--config is required")
-			}
-			if err := p.Err(); err != nil {
-				return err
-			}
-			return cli.Code(pcrPolicyKeys(o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
-		},
-	}
-	cmd.Flags().StringVar(&o.configPath, "config", "", "broker configuration file")
-	return cmd
+		"broker configuration file", pcrPolicyKeys)
 }
 
-func pcrPolicyKeys(o pcrPolicyKeysOpts, stdout, stderr io.Writer) int {
-	cfg, err := broker.LoadConfig(o.configPath)
+func pcrPolicyKeys(configPath string, stdout, stderr io.Writer) int {
+	cfg, err := broker.LoadConfig(configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "pcr-policy keys: invalid configuration:\n%v\n", err)
 		return 1
