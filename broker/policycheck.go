@@ -26,8 +26,9 @@ import (
 //   - a vault_kv, vault_pki or vault_token release without a vault block;
 //   - a kubelet release without a kubernetes block, or with quarantine
 //     and no token_file in it;
-//   - a pcr_sealed release in a bank pcr_banks does not count (nodes are
-//     told to quote only those).
+//   - a pcr_sealed release (and so its expected_states, for pcr_policy
+//     "authorized") in a bank pcr_banks does not count (nodes are told to
+//     quote only those).
 //
 // Start refuses to start, and a reload keeps the previous policies, when it
 // returns an error.
@@ -120,8 +121,12 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			for _, b := range c.Verify.Banks {
 				counted = append(counted, verify.BankName(b))
 			}
-			p.at(r.Range, "policy %q: release %q is sealed to the %s bank, but pcr_banks of %s counts only %s: nodes do not quote it",
-				r.Policy, r.Name, verify.BankName(r.PCRBank), conf, strings.Join(counted, ", "))
+			expected := ""
+			if r.ExpectedStates > 0 {
+				expected = fmt.Sprintf(", and its %d expected_states can never be approved", r.ExpectedStates)
+			}
+			p.at(r.Range, "policy %q: release %q is sealed to the %s bank, but pcr_banks of %s counts only %s: nodes do not quote it%s",
+				r.Policy, r.Name, verify.BankName(r.PCRBank), conf, strings.Join(counted, ", "), expected)
 		}
 	}
 }

@@ -131,6 +131,25 @@ policy "web" {
 			want: []string{`p.hcl:12:19: policy "web": release "sealed" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it`},
 		},
 		{
+			name:   "expected_states in a bank pcr_banks does not count",
+			config: "sha256",
+			policy: `
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `"] }
+  release "updates" {
+    type            = "tls_certificate"
+    mode            = "pcr_sealed"
+    pcr_bank        = "sha384"
+    pcrs            = [7]
+    pcr_policy      = "authorized"
+    expected_states = [{ 7 = "` + strings.Repeat("ab", 48) + `" }]
+    common_name     = "web"
+  }
+}
+`,
+			want: []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
+		},
+		{
 			name:   "ek_ca without any ek_ca block",
 			config: "bare",
 			policy: `
