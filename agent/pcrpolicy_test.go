@@ -20,7 +20,9 @@ import (
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/pcrpolicy"
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/brokertest"
+	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
 )
@@ -205,13 +207,77 @@ func TestAuthorizedNeedsACounter(t *testing.T) {
 // newPCRSigner is a broker PCR-policy signer with a fresh key.
 func newPCRSigner(t *testing.T) *pcrpolicy.Signer {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := pcrpolicy.NewSigner(key, nil)
+	signer, err := pcrpolicy.NewSigner(newKey(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return signer
+}
+
+// Rotation: credentials sealed while the broker published a next key open
+// with approvals by that key once it is the current one; credentials sealed
+// before it was published need a new release.
+func TestRotationKeepsOpening(t *testing.T) {
+	current, next := newKey(t), newKey(t)
+	before, err := pcrpolicy.NewSigner(current, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := brokertest.New(t, brokertest.Opts{
+		PCRPolicy: "authorized",
+		Node:      func(o *agent.NodeOpts) { o.PolicyCounter = uint32(sealing.DefaultCounterIndex) },
+		Server:    func(o *broker.ServerOpts) { o.PCRPolicy = before },
+	})
+	_, cache := bootstrapCached(t, env)
+	sealedToCurrent := readFile(t, filepath.Join(cache, agent.CacheFile))
+
+	// next_key_file published: new blobs name both keys.
+	bootstrapWith(t, env, cache, current, next)
+	sealedToBoth := readFile(t, filepath.Join(cache, agent.CacheFile))
+	// next made the current key: approvals are by it alone.
+	bootstrapWith(t, env, cache, next, nil)
+
+	if err := reopenErr(t, env, cache); err != nil {
+		t.Fatalf("Reopen of the credentials released after the rotation: %v", err)
+	}
+	writeFile(t, filepath.Join(cache, agent.CacheFile), sealedToBoth)
+	if err := reopenErr(t, env, cache); err != nil {
+		t.Fatalf("Reopen of credentials sealed to the current and the next key, with the next key's approvals: %v", err)
+	}
+	writeFile(t, filepath.Join(cache, agent.CacheFile), sealedToCurrent)
+	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
+		t.Fatalf("Reopen of credentials sealed before the next key was published = %v; want %v", err, sealing.ErrNotApproved)
+	}
+}
+
+// bootstrapWith attests env's node, with cache, to a server like env's
+// whose PCR-policy keys are current and next.
+func bootstrapWith(t *testing.T, env *brokertest.Env, cache string, current, next *ecdsa.PrivateKey) {
+	t.Helper()
+	signer, err := pcrpolicy.NewSigner(current, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policies.Parse([]byte(env.PolicySource), "test.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := broker.NewServer(broker.ServerOpts{Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{env.EKHash}}},
+		Store: env.Store, CA: env.CA, Policies: pol, PCRPolicy: signer, Now: env.Clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "tls")
+	if _, err := agent.Bootstrap(context.Background(), direct{srv: srv}, env.Node, agent.BootstrapOpts{OutDir: out, CacheDir: cache}); err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+}
+
+func newKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
