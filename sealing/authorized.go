@@ -18,8 +18,11 @@ import (
 )
 
 // policyRefPrefix starts the policyRef of every keybroker PCR-policy
-// approval; the PCR selection follows (see policyRef).
+// approval; the PCR selection and the node follow (see policyRef).
 const policyRefPrefix = "keybroker pcr-policy v1 "
+
+// MaxNodeRef bounds Authorization.Node.
+const MaxNodeRef = 128
 
 // MaxSigners bounds the signing keys an authorized blob names (the TPM's
 // PolicyOR takes at most eight branches).
@@ -35,6 +38,10 @@ type Authorization struct {
 	// PCRs, or another bank, never opens the envelope.
 	Bank uint32
 	PCRs []uint32
+	// Node names the node the envelope is for (the broker uses its EK
+	// hash), 1 to MaxNodeRef bytes: it is part of the policyRef too, so an
+	// approval made for one node never opens another node's envelope.
+	Node []byte
 	// Signers are the TPMT_PUBLICs of the PCR-policy signing keys (ECC
 	// P-256, see SignerPublic) whose approvals open the envelope: the
 	// current key and, while a rotation is prepared, the next one. 1 to
@@ -58,7 +65,7 @@ type Approval struct {
 	Signer []byte
 	// Signature is a TPMT_SIGNATURE (ECDSA, SHA-256) over
 	// SHA-256(approvedPolicy || policyRef), policyRef naming the selection
-	// of PCRs.
+	// of PCRs and the node.
 	Signature []byte
 }
 
@@ -181,16 +188,24 @@ func (a *Authorization) policyRef() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return policyRef(sel), nil
+	if len(a.Node) == 0 || len(a.Node) > MaxNodeRef {
+		return nil, fmt.Errorf("an authorized envelope names its node in 1 to %d bytes, not %d", MaxNodeRef, len(a.Node))
+	}
+	return policyRef(sel, a.Node), nil
 }
 
-// policyRef is the policyRef of approvals over sel: policyRefPrefix, then
-// the TPML_PCR_SELECTION. It is part of what the signing key signs and of
-// the blob's PolicyAuthorize, so neither a signature the same key made for
-// another purpose nor an approval over another selection authorizes a
-// blob.
-func policyRef(sel tpm2.TPMLPCRSelection) []byte {
-	return append([]byte(policyRefPrefix), tpm2.Marshal(sel)...)
+// policyRef is the policyRef of approvals over sel for node: the SHA-256
+// of policyRefPrefix, the TPML_PCR_SELECTION and node (a digest, as
+// TPM2_PolicyAuthorize takes at most a digest's size). It is part of what
+// the signing key signs and of the blob's PolicyAuthorize, so neither a
+// signature the same key made for another purpose, nor an approval over
+// another selection or for another node, authorizes a blob.
+func policyRef(sel tpm2.TPMLPCRSelection, node []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(policyRefPrefix))
+	h.Write(tpm2.Marshal(sel))
+	h.Write(node)
+	return h.Sum(nil)
 }
 
 // selection is the TPML_PCR_SELECTION of indexes (0 to 23, at least one,
@@ -301,10 +316,13 @@ func approvalDigest(approvedPolicy, ref []byte) []byte {
 }
 
 // SignApproval approves state pcrs with the PCR-policy signing key key
-// (ECC P-256), for a node whose policy counter is counter (nil: none) at
-// most version. The broker signs; the node checks the signature inside its
+// (ECC P-256), for node (Authorization.Node) whose policy counter is
+// counter (nil: none) at most version. The broker signs; the node checks the signature inside its
 // TPM (TPM2_VerifySignature) when it opens an authorized envelope.
-func SignApproval(key *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, counter *tpm2.TPMSNVPublic, version uint64) (*Approval, error) {
+func SignApproval(key *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, node []byte, counter *tpm2.TPMSNVPublic, version uint64) (*Approval, error) {
+	if len(node) == 0 || len(node) > MaxNodeRef {
+		return nil, fmt.Errorf("an approval names its node in 1 to %d bytes, not %d", MaxNodeRef, len(node))
+	}
 	signer, err := SignerPublic(&key.PublicKey)
 	if err != nil {
 		return nil, err
@@ -317,7 +335,7 @@ func SignApproval(key *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, counter *tpm2.TPMSNVP
 	if err != nil {
 		return nil, err
 	}
-	r, s, err := ecdsa.Sign(rand.Reader, key, approvalDigest(policy, policyRef(sel)))
+	r, s, err := ecdsa.Sign(rand.Reader, key, approvalDigest(policy, policyRef(sel, node)))
 	if err != nil {
 		return nil, fmt.Errorf("unable to sign the PCR-policy approval: %w", err)
 	}

@@ -67,7 +67,7 @@ func signerPublic(t *testing.T, k *ecdsa.PrivateKey) []byte {
 
 func (n *authorizedNode) wrap(t *testing.T, signers ...*ecdsa.PrivateKey) *sealing.Envelope {
 	t.Helper()
-	auth := &sealing.Authorization{Counter: n.counter, Bank: uint32(tpm2.TPMAlgSHA256), PCRs: []uint32{0, 7}}
+	auth := &sealing.Authorization{Counter: n.counter, Bank: uint32(tpm2.TPMAlgSHA256), PCRs: []uint32{0, 7}, Node: []byte(thisNode)}
 	for _, k := range signers {
 		auth.Signers = append(auth.Signers, signerPublic(t, k))
 	}
@@ -89,7 +89,15 @@ func (n *authorizedNode) state(t *testing.T) *tpmpb.PCRs {
 
 func (n *authorizedNode) approve(t *testing.T, k *ecdsa.PrivateKey, pcrs *tpmpb.PCRs) *sealing.Approval {
 	t.Helper()
-	a, err := sealing.SignApproval(k, pcrs, n.counter, n.version)
+	return n.approveFor(t, k, pcrs, thisNode)
+}
+
+// thisNode names the simulator's node in its envelopes' policyRef.
+const thisNode = "node-a"
+
+func (n *authorizedNode) approveFor(t *testing.T, k *ecdsa.PrivateKey, pcrs *tpmpb.PCRs, node string) *sealing.Approval {
+	t.Helper()
+	a, err := sealing.SignApproval(k, pcrs, []byte(node), n.counter, n.version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +185,7 @@ func TestAuthorizedRefusesForgedApprovals(t *testing.T) {
 		{"signature over another policy", env, []*sealing.Approval{overOther}, sealing.ErrImport},
 		{"signature by another key", env, []*sealing.Approval{byStranger}, sealing.ErrImport},
 		{"approval by a key the blob does not name", env, []*sealing.Approval{n.approve(t, stranger, now)}, sealing.ErrNotApproved},
+		{"approval for another node", env, []*sealing.Approval{n.approveFor(t, n.current, now, "node-b")}, sealing.ErrImport},
 		{"approval over fewer PCRs", env, []*sealing.Approval{n.approve(t, n.current, &tpmpb.PCRs{Hash: now.GetHash(), Pcrs: map[uint32][]byte{7: now.GetPcrs()[7]}})}, sealing.ErrNotApproved},
 		{"blob bound to another key", otherEnv, []*sealing.Approval{n.approve(t, n.current, now)}, sealing.ErrImport},
 	}
@@ -255,11 +264,15 @@ func TestAuthorizationChecks(t *testing.T) {
 		{"PCR 24", sealing.Authorization{Bank: sha256Bank, PCRs: []uint32{24}, Signers: [][]byte{one}}, "PCR index 24 is above 23"},
 		{"PCR twice", sealing.Authorization{Bank: sha256Bank, PCRs: []uint32{7, 7}, Signers: [][]byte{one}}, "PCR 7 is selected twice"},
 		{"unknown bank", sealing.Authorization{Bank: 0x99, PCRs: []uint32{7}, Signers: [][]byte{one}}, "unsupported PCR bank 0x0099"},
+		{"no node", sealing.Authorization{Signers: [][]byte{one}, Node: []byte{}}, "names its node in 1 to 128 bytes, not 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.auth.Bank == 0 { // a valid selection unless the case is about it
 				tt.auth.Bank, tt.auth.PCRs = sha256Bank, []uint32{7}
+			}
+			if tt.auth.Node == nil { // a node unless the case is about it
+				tt.auth.Node = []byte(thisNode)
 			}
 			_, err := tt.auth.AuthPolicy()
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {

@@ -22,7 +22,7 @@ const (
 
 // AuthorizationToProto encodes a as the API's PolicyAuthorization.
 func AuthorizationToProto(a *Authorization) *pb.PolicyAuthorization {
-	out := &pb.PolicyAuthorization{HashAlg: a.Bank, Pcrs: append([]uint32(nil), a.PCRs...), Signers: a.Signers}
+	out := &pb.PolicyAuthorization{HashAlg: a.Bank, Pcrs: append([]uint32(nil), a.PCRs...), Signers: a.Signers, Node: a.Node}
 	if a.Counter != nil {
 		out.CounterPublic = tpm2.Marshal(a.Counter)
 	}
@@ -35,7 +35,7 @@ func AuthorizationFromProto(p *pb.PolicyAuthorization) (*Authorization, error) {
 	if p == nil {
 		return nil, errors.New("no PCR-policy authorization")
 	}
-	a := &Authorization{Bank: p.GetHashAlg(), PCRs: p.GetPcrs(), Signers: p.GetSigners()}
+	a := &Authorization{Bank: p.GetHashAlg(), PCRs: p.GetPcrs(), Signers: p.GetSigners(), Node: p.GetNode()}
 	for _, s := range a.Signers {
 		if len(s) > MaxSignerSize {
 			return nil, fmt.Errorf("PCR-policy signer exceeds %d bytes", MaxSignerSize)

@@ -66,6 +66,8 @@ type Selection struct {
 
 // Node is what a node's approvals are made from.
 type Node struct {
+	// EKHash names the node; its approvals are for it alone.
+	EKHash string
 	// Attested returns the values the node attested for bank and pcrs
 	// (verify.Verified.SealPCRs).
 	Attested func(bank tpm2.TPMAlgID, pcrs []uint32) (*tpmpb.PCRs, error)
@@ -106,7 +108,7 @@ func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval)
 			if len(out) == sealing.MaxApprovals {
 				return nil, fmt.Errorf("more than %d approved PCR states for one node", sealing.MaxApprovals)
 			}
-			a, err := sealing.SignApproval(s.current, &tpmpb.PCRs{Hash: tpmpb.HashAlgo(sel.Bank), Pcrs: st}, n.Counter, n.Version)
+			a, err := sealing.SignApproval(s.current, &tpmpb.PCRs{Hash: tpmpb.HashAlgo(sel.Bank), Pcrs: st}, []byte(n.EKHash), n.Counter, n.Version)
 			if err != nil {
 				return nil, err
 			}

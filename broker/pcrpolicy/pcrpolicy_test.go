@@ -53,6 +53,7 @@ func TestApprovals(t *testing.T) {
 	v := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 	attested := map[uint32][]byte{0: v(0), 7: v(1)}
 	node := pcrpolicy.Node{
+		EKHash: "ek",
 		Attested: func(bank tpm2.TPMAlgID, pcrs []uint32) (*tpmpb.PCRs, error) {
 			return &tpmpb.PCRs{Hash: tpmpb.HashAlgo(bank), Pcrs: attested}, nil
 		},
@@ -120,7 +121,7 @@ func TestNewSigner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := s.Authorization(tpm2.TPMAlgSHA256, []uint32{7}, nil); len(a.Signers) != 2 {
+	if a := s.Authorization(tpm2.TPMAlgSHA256, []uint32{7}, "ek", nil); len(a.Signers) != 2 {
 		t.Errorf("an authorization names %d signers, want the current and the next", len(a.Signers))
 	}
 	pems, err := s.PublicKeysPEM()

@@ -43,11 +43,11 @@ func NewSigner(current, next *ecdsa.PrivateKey) (*Signer, error) {
 	return s, nil
 }
 
-// Authorization is what a release of bank and pcrs for a node with policy
-// counter counter is sealed to: the signers (current, next) and the
-// counter.
-func (s *Signer) Authorization(bank tpm2.TPMAlgID, pcrs []uint32, counter *tpm2.TPMSNVPublic) *sealing.Authorization {
-	return &sealing.Authorization{Bank: uint32(bank), PCRs: append([]uint32(nil), pcrs...), Signers: s.signers, Counter: counter}
+// Authorization is what a release of bank and pcrs for node (its EK hash)
+// with policy counter counter is sealed to: the signers (current, next),
+// the node and the counter.
+func (s *Signer) Authorization(bank tpm2.TPMAlgID, pcrs []uint32, node string, counter *tpm2.TPMSNVPublic) *sealing.Authorization {
+	return &sealing.Authorization{Bank: uint32(bank), PCRs: append([]uint32(nil), pcrs...), Node: []byte(node), Signers: s.signers, Counter: counter}
 }
 
 // PublicKeysPEM returns the signing keys' public keys as PEM "PUBLIC KEY"

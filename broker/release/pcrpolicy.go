@@ -65,7 +65,7 @@ func (r *Releaser) approvals(v *verify.Verified, d policies.Decision, node *Poli
 	if len(sels) == 0 {
 		return nil, nil
 	}
-	as, err := r.pcrs.Approvals(pcrpolicy.Node{Attested: v.SealPCRs, Counter: node.Counter, Version: node.Version}, sels, node.Stored)
+	as, err := r.pcrs.Approvals(pcrpolicy.Node{EKHash: v.EKHash(), Attested: v.SealPCRs, Counter: node.Counter, Version: node.Version}, sels, node.Stored)
 	if err != nil {
 		return nil, err
 	}

@@ -385,7 +385,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		return sealing.SealCredential(v.Node().EKPublic(), rel.Name, typ, payload, pcrs)
 	}
 	if rel.PCRPolicy == policies.PCRPolicyAuthorized {
-		auth := r.pcrs.Authorization(rel.PCRBank, rel.PCRs, node.Counter)
+		auth := r.pcrs.Authorization(rel.PCRBank, rel.PCRs, v.EKHash(), node.Counter)
 		seal = func(payload []byte, typ pb.CredentialType) (*pb.Credential, error) {
 			return sealing.SealAuthorized(v.Node().EKPublic(), rel.Name, typ, payload, auth)
 		}

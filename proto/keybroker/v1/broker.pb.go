@@ -508,9 +508,10 @@ func (x *PolicyCounter) GetValue() uint64 {
 // state for one node: an ECDSA P-256 signature over SHA-256(approvedPolicy
 // || policyRef), where approvedPolicy is TPM2_PolicyPCR over pcrs followed,
 // when the node has a policy counter, by TPM2_PolicyNV(counter <= version),
-// and policyRef is "keybroker pcr-policy v1 " followed by the
-// TPML_PCR_SELECTION of pcrs. The node checks it inside its TPM
-// (TPM2_VerifySignature) and uses the ticket in TPM2_PolicyAuthorize.
+// and policyRef is SHA-256("keybroker pcr-policy v1 " || the
+// TPML_PCR_SELECTION of pcrs || the node, PolicyAuthorization.node).
+// The node checks it inside its TPM (TPM2_VerifySignature) and uses the
+// ticket in TPM2_PolicyAuthorize.
 type PCRApproval struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Pcrs    *PCRValues             `protobuf:"bytes,1,opt,name=pcrs,proto3" json:"pcrs,omitempty"`
@@ -1605,9 +1606,9 @@ func (x *ImportBlob) GetAuthorization() *PolicyAuthorization {
 // PolicyAuthorization is what an authorized import blob is bound to: its
 // authPolicy is TPM2_PolicyAuthorize(signer, policyRef) for each signer,
 // joined by TPM2_PolicyOR when there are several (the current signing key
-// and the next, for a rotation), with policyRef "keybroker pcr-policy v1 "
-// followed by the TPML_PCR_SELECTION of hash_alg and pcrs. It opens in a
-// state a PCRApproval by one of the signers covers.
+// and the next, for a rotation), with policyRef SHA-256("keybroker
+// pcr-policy v1 " || the TPML_PCR_SELECTION of hash_alg and pcrs || node).
+// It opens in a state a PCRApproval by one of the signers covers.
 type PolicyAuthorization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The PCR bank (TPM_ALG_ID) and indexes approvals must cover.
@@ -1619,6 +1620,10 @@ type PolicyAuthorization struct {
 	// TPMS_NV_PUBLIC of the node's policy counter the approvals are bound to
 	// (empty: none).
 	CounterPublic []byte `protobuf:"bytes,4,opt,name=counter_public,json=counterPublic,proto3" json:"counter_public,omitempty"`
+	// The node the blob is for (the broker puts the EK hash, 64 hex
+	// characters; 1 to 128 bytes): part of the policyRef, so approvals for
+	// one node never open another's blob.
+	Node          []byte `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1677,6 +1682,13 @@ func (x *PolicyAuthorization) GetSigners() [][]byte {
 func (x *PolicyAuthorization) GetCounterPublic() []byte {
 	if x != nil {
 		return x.CounterPublic
+	}
+	return nil
+}
+
+func (x *PolicyAuthorization) GetNode() []byte {
+	if x != nil {
+		return x.Node
 	}
 	return nil
 }
@@ -2247,12 +2259,13 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\vpublic_area\x18\x03 \x01(\fR\n" +
 	"publicArea\x12+\n" +
 	"\x04pcrs\x18\x04 \x01(\v2\x17.keybroker.v1.PCRValuesR\x04pcrs\x12G\n" +
-	"\rauthorization\x18\x05 \x01(\v2!.keybroker.v1.PolicyAuthorizationR\rauthorization\"\x85\x01\n" +
+	"\rauthorization\x18\x05 \x01(\v2!.keybroker.v1.PolicyAuthorizationR\rauthorization\"\x99\x01\n" +
 	"\x13PolicyAuthorization\x12\x19\n" +
 	"\bhash_alg\x18\x01 \x01(\rR\ahashAlg\x12\x12\n" +
 	"\x04pcrs\x18\x02 \x03(\rR\x04pcrs\x12\x18\n" +
 	"\asigners\x18\x03 \x03(\fR\asigners\x12%\n" +
-	"\x0ecounter_public\x18\x04 \x01(\fR\rcounterPublic\"\x9a\x01\n" +
+	"\x0ecounter_public\x18\x04 \x01(\fR\rcounterPublic\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\fR\x04node\"\x9a\x01\n" +
 	"\x12X509SVIDCredential\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12)\n" +
