@@ -124,12 +124,33 @@ func mustOpen(t *testing.T, n *authorizedNode, env *sealing.Envelope, approvals 
 	}
 }
 
+// mustRefuse checks that the envelope does not open, with want, and that
+// the refusal left no more sessions or objects loaded in the TPM than
+// before.
 func mustRefuse(t *testing.T, n *authorizedNode, want error, env *sealing.Envelope, approvals ...*sealing.Approval) {
 	t.Helper()
+	before := loadedHandles(t, n.rw)
 	got, err := n.open(env, approvals...)
 	if !errors.Is(err, want) || got != nil {
 		t.Fatalf("OpenAuthorized = %q, %v; want %v", got, err, want)
 	}
+	if after := loadedHandles(t, n.rw); after != before {
+		t.Fatalf("a refused open left %d sessions and objects loaded, %d before", after, before)
+	}
+}
+
+// loadedHandles counts the sessions and transient objects loaded.
+func loadedHandles(t *testing.T, rw io.ReadWriter) int {
+	t.Helper()
+	n := 0
+	for _, ht := range []legacy.HandleType{legacy.HandleTypeLoadedSession, legacy.HandleTypeTransient} {
+		hs, err := client.Handles(rw, ht)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(hs)
+	}
+	return n
 }
 
 // The whole update story on one TPM: sealed to approvals, the envelope

@@ -103,8 +103,7 @@ func samePCRs(cur, want *tpmpb.PCRs) bool {
 	return ok == 1
 }
 
-// unsealAuthorized runs the TPM half of OpenAuthorized for approval a by
-// signer number branch.
+// unsealAuthorized runs the TPM half of OpenAuthorized for approval a.
 func unsealAuthorized(tpm transport.TPM, ek *client.Key, env *Envelope, a *Approval) ([]byte, error) {
 	approved, err := ApprovedPolicy(a.PCRs, env.Authorization.Counter, a.Version)
 	if err != nil {
@@ -132,42 +131,69 @@ func unsealAuthorized(tpm transport.TPM, ek *client.Key, env *Envelope, a *Appro
 	if err != nil {
 		return nil, err
 	}
-	policy := func(tpm transport.TPM, sess tpm2.TPMISHPolicy, _ tpm2.TPM2BNonce) error {
-		if _, err := (tpm2.PolicyPCR{PolicySession: sess, Pcrs: sel}).Execute(tpm); err != nil {
-			return fmt.Errorf("PolicyPCR: %w", err)
-		}
-		if c := env.Authorization.Counter; c != nil {
-			cmd, err := counterPolicy(c, a.Version)
-			if err != nil {
-				return err
-			}
-			cmd.AuthHandle = tpm2.AuthHandle{Handle: c.NVIndex, Name: cmd.NVIndex.(tpm2.NamedHandle).Name, Auth: tpm2.PasswordAuth(nil)}
-			cmd.PolicySession = sess
-			if _, err := cmd.Execute(tpm); err != nil {
-				return fmt.Errorf("PolicyNV (the approval's version is below the policy counter): %w", err)
-			}
-		}
-		if _, err := (tpm2.PolicyAuthorize{
-			PolicySession:  sess,
-			ApprovedPolicy: tpm2.TPM2BDigest{Buffer: approved},
-			PolicyRef:      tpm2.TPM2BDigest{Buffer: ref},
-			KeySign:        *signerName,
-			CheckTicket:    *ticket,
-		}).Execute(tpm); err != nil {
-			return fmt.Errorf("PolicyAuthorize: %w", err)
-		}
-		if len(branches) > 1 {
-			if _, err := (tpm2.PolicyOr{PolicySession: sess, PHashList: tpm2.TPMLDigest{Digests: branches}}).Execute(tpm); err != nil {
-				return fmt.Errorf("PolicyOR: %w", err)
-			}
-		}
-		return nil
+	// A session of our own, flushed whatever happens: go-tpm's one-off
+	// policy sessions stay loaded when a policy command fails.
+	sess, closeSession, err := tpm2.PolicySession(tpm, sealedObjectNameAlg, 16)
+	if err != nil {
+		return nil, fmt.Errorf("unable to start a policy session: %w", err)
 	}
-	out, err := (tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: obj.ObjectHandle, Name: obj.Name, Auth: tpm2.Policy(sealedObjectNameAlg, 16, policy)}}).Execute(tpm)
+	defer closeSession() //nolint:errcheck // best effort
+	p := &approvedPolicy{sel: sel, counter: env.Authorization.Counter, version: a.Version, approved: approved, ref: ref,
+		signer: signerName, ticket: ticket, branches: branches}
+	if err := p.run(tpm, sess.Handle()); err != nil {
+		return nil, err
+	}
+	out, err := (tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: obj.ObjectHandle, Name: obj.Name, Auth: sess}}).Execute(tpm)
 	if err != nil {
 		return nil, fmt.Errorf("unseal failed: %w", err)
 	}
 	return out.OutData.Buffer, nil
+}
+
+// approvedPolicy is what the unseal session of an authorized envelope runs.
+type approvedPolicy struct {
+	sel      tpm2.TPMLPCRSelection
+	counter  *tpm2.TPMSNVPublic // nil: no PolicyNV
+	version  uint64
+	approved []byte // the approved policy digest
+	ref      []byte // the policyRef
+	signer   *tpm2.TPM2BName
+	ticket   *tpm2.TPMTTKVerified
+	branches []tpm2.TPM2BDigest // PolicyOR when more than one
+}
+
+// run runs, in session sess, PolicyPCR(sel), PolicyNV(counter ≤ version),
+// PolicyAuthorize(approved, ref, signer, ticket) and PolicyOR(branches).
+func (p *approvedPolicy) run(tpm transport.TPM, sess tpm2.TPMHandle) error {
+	if _, err := (tpm2.PolicyPCR{PolicySession: sess, Pcrs: p.sel}).Execute(tpm); err != nil {
+		return fmt.Errorf("PolicyPCR: %w", err)
+	}
+	if p.counter != nil {
+		cmd, err := counterPolicy(p.counter, p.version)
+		if err != nil {
+			return err
+		}
+		cmd.AuthHandle = tpm2.AuthHandle{Handle: p.counter.NVIndex, Name: cmd.NVIndex.(tpm2.NamedHandle).Name, Auth: tpm2.PasswordAuth(nil)}
+		cmd.PolicySession = sess
+		if _, err := cmd.Execute(tpm); err != nil {
+			return fmt.Errorf("PolicyNV (the approval's version is below the policy counter): %w", err)
+		}
+	}
+	if _, err := (tpm2.PolicyAuthorize{
+		PolicySession:  sess,
+		ApprovedPolicy: tpm2.TPM2BDigest{Buffer: p.approved},
+		PolicyRef:      tpm2.TPM2BDigest{Buffer: p.ref},
+		KeySign:        *p.signer,
+		CheckTicket:    *p.ticket,
+	}).Execute(tpm); err != nil {
+		return fmt.Errorf("PolicyAuthorize: %w", err)
+	}
+	if len(p.branches) > 1 {
+		if _, err := (tpm2.PolicyOr{PolicySession: sess, PHashList: tpm2.TPMLDigest{Digests: p.branches}}).Execute(tpm); err != nil {
+			return fmt.Errorf("PolicyOR: %w", err)
+		}
+	}
+	return nil
 }
 
 // verifyApproval has the TPM check a's signature: it loads the signer as an
