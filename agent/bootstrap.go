@@ -27,6 +27,12 @@ const (
 	KeyFile   = "key.pem"   // PKCS#8 private key, mode 0600
 	CertFile  = "cert.pem"  // leaf certificate
 	ChainFile = "chain.pem" // issuing CA certificates
+	// SVIDFile and SVIDKeyFile are a tpm_resident node X.509-SVID: its
+	// certificates (the SVID first) and its key as a TSS2 key file (mode
+	// 0600; no private key: the TPM's blob, loadable only in that TPM).
+	// A node SVID whose key the broker made is never written.
+	SVIDFile    = "svid.pem"
+	SVIDKeyFile = "svid_key.pem"
 	// SecretFileExt ends the file of each SECRET credential (a vault_kv
 	// release): <release name>.json, mode 0600, a SecretFile.
 	SecretFileExt = ".json"
@@ -291,6 +297,14 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 	svid, entries, err := openSPIFFE(node, resp)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
+	}
+	if svid != nil && svid.Key != nil {
+		f, err := svid.residentFiles(opts.OutDir)
+		if err != nil {
+			return nil, nil, &StepError{StepOpen, err}
+		}
+		files = append(files, f...)
+		certs = append(certs, f[0].Data)
 	}
 	named, err := openNamed(node, resp, opts.OutDir)
 	if err != nil {

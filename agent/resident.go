@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,8 +15,9 @@ import (
 // many resident keys in one attestation).
 const MaxTPMResident = 8
 
-// checkTPMResident checks the release names of NodeOpts.TPMResident.
-func checkTPMResident(names []string) error {
+// checkTPMResident checks the release names of NodeOpts.TPMResident and
+// that NodeOpts.TPMResidentPCRs binds only those.
+func checkTPMResident(names []string, pcrs map[string]*resident.PCRs) error {
 	if len(names) > MaxTPMResident {
 		return fmt.Errorf("at most %d tpm_resident releases", MaxTPMResident)
 	}
@@ -29,19 +29,28 @@ func checkTPMResident(names []string) error {
 			return fmt.Errorf("tpm_resident release %q is listed twice", name)
 		}
 	}
+	for name, sel := range pcrs {
+		switch {
+		case !slices.Contains(names, name):
+			return fmt.Errorf("tpm_resident release %q is bound to PCRs but not listed", name)
+		case sel == nil || len(sel.PCRs) == 0:
+			return fmt.Errorf("tpm_resident release %q is bound to no PCR", name)
+		}
+	}
 	return nil
 }
 
 // residentKeys creates a key inside the TPM for each tpm_resident release
-// the node was told of, certified by the AK for the challenge whose
-// activated secret is secret, keeps them for residentKeyPEM and returns
-// them for the AttestRequest. Nothing private leaves the TPM: the private
-// part the TPM returns is encrypted to its parent storage key.
+// the node was told of (bound to the PCRs NodeOpts.TPMResidentPCRs names
+// for it), certified by the AK for the challenge whose activated secret is
+// secret, keeps them for residentKeyFor and returns them for the
+// AttestRequest. Nothing private leaves the TPM: the private part the TPM
+// returns is encrypted to its parent storage key.
 func (n *Node) residentKeys(secret []byte) ([]*pb.ResidentKey, error) {
 	n.resident = nil
 	var out []*pb.ResidentKey
 	for _, name := range n.residentNames {
-		k, err := resident.Create(n.rw, uint32(n.ak.Handle()), secret, name)
+		k, err := resident.CreateWith(n.rw, uint32(n.ak.Handle()), secret, name, resident.CreateOpts{PCRs: n.residentPCRs[name]})
 		if err != nil {
 			return nil, fmt.Errorf("tpm_resident release %q: %w", name, err)
 		}
@@ -51,19 +60,15 @@ func (n *Node) residentKeys(secret []byte) ([]*pb.ResidentKey, error) {
 	return out, nil
 }
 
-// residentKeyPEM returns the TSS2 PEM key file of the key created for
-// release name in the last attestation, once certPEM, the certificate the
-// broker released for it, is known to certify that key.
-func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
+// residentKeyFor returns the key created for release name in the last
+// attestation, once leaf, the certificate the broker released for it, is
+// known to certify that key.
+func (n *Node) residentKeyFor(name string, leaf *x509.Certificate) (*resident.Key, error) {
 	i := slices.IndexFunc(n.resident, func(k *resident.Key) bool { return k.Name == name })
 	if i < 0 {
 		return nil, fmt.Errorf("credential %q is tpm_resident and this agent created no key for it (--tpm-resident %s)", name, name)
 	}
 	k := n.resident[i]
-	leaf, err := parseLeaf(certPEM)
-	if err != nil {
-		return nil, fmt.Errorf("credential %q: %w", name, err)
-	}
 	pub, err := k.PublicKey()
 	if err != nil {
 		return nil, fmt.Errorf("credential %q: %w", name, err)
@@ -73,7 +78,22 @@ func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
 		return nil, fmt.Errorf("credential %q: %w", name, err)
 	}
 	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) {
-		return nil, errors.New("credential " + fmt.Sprintf("%q", name) + ": the certificate is not for the key created in the TPM")
+		return nil, fmt.Errorf("credential %q: the certificate is not for the key created in the TPM", name)
+	}
+	return k, nil
+}
+
+// residentKeyPEM returns the TSS2 PEM key file of the key created for
+// release name in the last attestation, once certPEM, the certificate the
+// broker released for it, is known to certify that key.
+func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
+	leaf, err := parseLeaf(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("credential %q: %w", name, err)
+	}
+	k, err := n.residentKeyFor(name, leaf)
+	if err != nil {
+		return nil, err
 	}
 	return k.PEM()
 }
