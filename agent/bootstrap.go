@@ -160,14 +160,15 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 }
 
 // WriteFiles writes the file credentials of att (AttestOpts.Out) as
-// Bootstrap does — atomically, all or none — and reports whether they
-// changed.
+// Bootstrap does — atomically, all or none, with the credential cache of
+// AttestOpts.CacheDir — and reports whether they changed (a new cache
+// alone is no change).
 func WriteFiles(att *Attestation, out FileOut) (changed bool, err error) {
 	if att == nil || att.Result == nil {
 		return false, errors.New("the attestation holds no file credentials")
 	}
 	res := *att.Result
-	if err := writeFiles(&res, out.OutDir, att.Files, nil); err != nil {
+	if err := writeFiles(&res, out.OutDir, att.Files, att.cache); err != nil {
 		return false, err
 	}
 	return res.Changed, nil

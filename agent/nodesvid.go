@@ -49,6 +49,9 @@ type Attestation struct {
 	// what Bootstrap would say of them; NotAfter is Result's validity.
 	Files  []atomicfile.File
 	Result *Result
+	// cache is the credential cache to write with Files
+	// (AttestOpts.CacheDir), if any.
+	cache []atomicfile.File
 }
 
 // renewBy is when the attestation's credentials are half through their
@@ -80,6 +83,10 @@ type AttestOpts struct {
 	// kubelet, Vault secrets and tokens) into Attestation.Files, and makes
 	// the node SVID optional.
 	Out *FileOut
+	// CacheDir, with Out, has WriteFiles also write CacheFile there, as
+	// BootstrapOpts.CacheDir does: the credentials still sealed, for
+	// Reopen after a reboot without the broker.
+	CacheDir string
 }
 
 // Attest attests the node to the broker, as Bootstrap does, and opens the
@@ -104,7 +111,15 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 		if err != nil {
 			return nil, err
 		}
-		return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}, nil
+		att := &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}
+		if opts.CacheDir != "" {
+			cache, err := cacheFile(opts.CacheDir, resp)
+			if err != nil {
+				return nil, &StepError{StepWrite, err}
+			}
+			att.cache = []atomicfile.File{cache}
+		}
+		return att, nil
 	}
 	svid, entries, err := openSPIFFE(node, resp)
 	if err != nil {
