@@ -226,11 +226,11 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if err != nil || opts.CacheDir == "" {
 		return res, files, nil, err
 	}
-	cache, err := cacheFile(opts.CacheDir, resp)
+	cache, err := residentlessCache(opts.CacheDir, resp)
 	if err != nil {
 		return nil, nil, nil, &StepError{StepWrite, err}
 	}
-	return res, files, []atomicfile.File{cache}, nil
+	return res, files, cache, nil
 }
 
 // FileOut says where the credentials an attestation releases as files

@@ -113,11 +113,9 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 		}
 		att := &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}
 		if opts.CacheDir != "" {
-			cache, err := cacheFile(opts.CacheDir, resp)
-			if err != nil {
+			if att.cache, err = residentlessCache(opts.CacheDir, resp); err != nil {
 				return nil, &StepError{StepWrite, err}
 			}
-			att.cache = []atomicfile.File{cache}
 		}
 		return att, nil
 	}

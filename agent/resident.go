@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/keybroker/keybroker/internal/atomicfile"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/resident"
 )
@@ -96,4 +97,26 @@ func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
 		return nil, err
 	}
 	return k.PEM()
+}
+
+// residentlessCache is the credential cache of resp in dir (cacheFile)
+// without its tpm_resident credentials, or none when nothing else is
+// left. Reopen could not use them: their keys are created anew at each
+// attestation and not kept (the key files written with them stay loadable
+// in this TPM).
+func residentlessCache(dir string, resp *pb.AttestResponse) ([]atomicfile.File, error) {
+	kept := &pb.AttestResponse{ReceiptId: resp.GetReceiptId()}
+	for _, c := range resp.GetCredentials() {
+		if c.GetMode() != pb.ReleaseMode_TPM_RESIDENT {
+			kept.Credentials = append(kept.Credentials, c)
+		}
+	}
+	if len(kept.Credentials) == 0 {
+		return nil, nil
+	}
+	f, err := cacheFile(dir, kept)
+	if err != nil {
+		return nil, err
+	}
+	return []atomicfile.File{f}, nil
 }

@@ -34,8 +34,8 @@ func TestResidentNodeSVID(t *testing.T) {
 	}
 	t.Cleanup(node.Close)
 	ctx := testContext(t)
-	out := filepath.Join(t.TempDir(), "out")
-	att, err := agent.Attest(ctx, brokerClient(t, r), node, agent.AttestOpts{Out: &agent.FileOut{OutDir: out}})
+	out, cache := filepath.Join(t.TempDir(), "out"), filepath.Join(t.TempDir(), "cache")
+	att, err := agent.Attest(ctx, brokerClient(t, r), node, agent.AttestOpts{Out: &agent.FileOut{OutDir: out}, CacheDir: cache})
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}
@@ -73,6 +73,17 @@ func TestResidentNodeSVID(t *testing.T) {
 		t.Fatalf("%s does not start with the node SVID: %v", agent.SVIDFile, err)
 	}
 
+	// The cache keeps the other credentials (the TLS release), not the
+	// resident SVID, whose key is created anew at each attestation: it
+	// reopens.
+	cached := string(readFile(t, filepath.Join(cache, agent.CacheFile)))
+	if !strings.Contains(cached, `"node-tls"`) || strings.Contains(cached, `"node-svid"`) {
+		t.Fatalf("the cache holds:\n%s\nwant node-tls and not node-svid", cached)
+	}
+	if _, err := agent.Reopen(node, cache, agent.FileOut{OutDir: filepath.Join(t.TempDir(), "reopened")}); err != nil {
+		t.Fatalf("Reopen: %v", err)
+	}
+
 	// Workload SVIDs over mutual TLS, the client's handshake signed in
 	// the TPM.
 	log, _ := testLogger(t)
@@ -103,4 +114,13 @@ func TestResidentNodeSVID(t *testing.T) {
 	if !strings.Contains(err.Error(), "tls: failed to sign handshake: the TPM did not sign with the resident key") || !strings.Contains(err.Error(), "a policy check failed") {
 		t.Fatalf("Update after PCR 7 changed = %v, want the TPM's policy refusal", err)
 	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
