@@ -76,7 +76,11 @@ func TestResidentNodeSVID(t *testing.T) {
 	// The cache keeps the other credentials (the TLS release), not the
 	// resident SVID, whose key is created anew at each attestation: it
 	// reopens.
-	cached := string(readFile(t, filepath.Join(cache, agent.CacheFile)))
+	cachedJSON, err := os.ReadFile(filepath.Join(cache, agent.CacheFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached := string(cachedJSON)
 	if !strings.Contains(cached, `"node-tls"`) || strings.Contains(cached, `"node-svid"`) {
 		t.Fatalf("the cache holds:\n%s\nwant node-tls and not node-svid", cached)
 	}
@@ -114,13 +118,4 @@ func TestResidentNodeSVID(t *testing.T) {
 	if !strings.Contains(err.Error(), "tls: failed to sign handshake: the TPM did not sign with the resident key") || !strings.Contains(err.Error(), "a policy check failed") {
 		t.Fatalf("Update after PCR 7 changed = %v, want the TPM's policy refusal", err)
 	}
-}
-
-func readFile(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

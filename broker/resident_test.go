@@ -52,30 +52,12 @@ func TestAttestTPMResident(t *testing.T) {
 		if len(resp.GetCredentials()) != 1 || resp.GetCredentials()[0].GetMode() != pb.ReleaseMode_TPM_RESIDENT {
 			t.Fatalf("credentials = %v, want one TPM_RESIDENT", resp.GetCredentials())
 		}
-		payload, err := env.Node.Open(resp.GetCredentials()[0])
-		if err != nil {
-			t.Fatal(err)
-		}
 		var tc pb.TLSCredential
-		if err := proto.Unmarshal(payload, &tc); err != nil {
-			t.Fatal(err)
-		}
+		openResident(t, env, resp.GetCredentials()[0], &tc)
 		if len(tc.GetKeyPem()) != 0 {
 			t.Error("a tpm_resident payload carries a key")
 		}
-		block, _ := pem.Decode(tc.GetCertificatePem())
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, err := k.PublicKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, _ := x509.MarshalPKIXPublicKey(pub)
-		if !bytes.Equal(cert.RawSubjectPublicKeyInfo, want) {
-			t.Error("the certificate is not for the certified key")
-		}
+		cert := certifiedKey(t, tc.GetCertificatePem(), k)
 		rs := env.Receipts(t)
 		if got := rs[0].Released; len(got) != 1 || got[0].Mode != "tpm_resident" || got[0].Serial != cert.SerialNumber.Text(16) {
 			t.Errorf("receipt released %+v", got)
@@ -158,30 +140,12 @@ func TestAttestTPMResidentSVID(t *testing.T) {
 		if svid == nil || svid.GetMode() != pb.ReleaseMode_TPM_RESIDENT {
 			t.Fatalf("credentials = %v, want a TPM_RESIDENT X509_SVID", resp.GetCredentials())
 		}
-		payload, err := env.Node.Open(svid)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var sc pb.X509SVIDCredential
-		if err := proto.Unmarshal(payload, &sc); err != nil {
-			t.Fatal(err)
-		}
+		openResident(t, env, svid, &sc)
 		if len(sc.GetKeyPem()) != 0 {
 			t.Error("a tpm_resident SVID payload carries a key")
 		}
-		block, _ := pem.Decode(sc.GetCertificatesPem())
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, err := k.PublicKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, _ := x509.MarshalPKIXPublicKey(pub)
-		if !bytes.Equal(cert.RawSubjectPublicKeyInfo, want) {
-			t.Error("the SVID is not for the certified key")
-		}
+		cert := certifiedKey(t, sc.GetCertificatesPem(), k)
 		if len(cert.URIs) != 1 || cert.URIs[0].String() != sc.GetSpiffeId() || !strings.HasPrefix(sc.GetSpiffeId(), "spiffe://example.org/node/") {
 			t.Errorf("SVID names %v, payload %q", cert.URIs, sc.GetSpiffeId())
 		}
@@ -217,4 +181,39 @@ func TestAttestTPMResidentSVID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openResident opens c in the node's TPM into msg.
+func openResident(t *testing.T, env *brokertest.Env, c *pb.Credential, msg proto.Message) {
+	t.Helper()
+	payload, err := env.Node.Open(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(payload, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// certifiedKey returns the first certificate of certPEM, failing the test
+// unless it is for k's public key.
+func certifiedKey(t *testing.T, certPEM []byte, k *resident.Key) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatal("no PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := k.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := x509.MarshalPKIXPublicKey(pub)
+	if !bytes.Equal(cert.RawSubjectPublicKeyInfo, want) {
+		t.Error("the certificate is not for the certified key")
+	}
+	return cert
 }
