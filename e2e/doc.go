@@ -52,7 +52,8 @@
 //     keeps the credential sealed (0600, no plaintext key); after a swtpm
 //     reset with the broker stopped, reopen refuses ("sealed to PCR values
 //     this TPM no longer holds") and writes nothing, and once the same boot
-//     is measured again it writes the bootstrapped files byte for byte.
+//     is measured again it writes the bootstrapped files byte for byte,
+//     running --on-change then and not when a reopen changes nothing.
 //   - TestAttestationResultOnSWTPM (ear_test.go): with attestation_results,
 //     `keybroker-agent bootstrap --ear-out --ear-nonce` writes the broker's
 //     EAR (0600), which verifies with `keybroker ear jwks` for that nonce,
