@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -63,23 +64,23 @@ func (n *Node) residentKeys(secret []byte) ([]*pb.ResidentKey, error) {
 
 // residentKeyFor returns the key created for release name in the last
 // attestation, once leaf, the certificate the broker released for it, is
-// known to certify that key.
+// known to certify that key. Errors do not name the credential.
 func (n *Node) residentKeyFor(name string, leaf *x509.Certificate) (*resident.Key, error) {
 	i := slices.IndexFunc(n.resident, func(k *resident.Key) bool { return k.Name == name })
 	if i < 0 {
-		return nil, fmt.Errorf("credential %q is tpm_resident and this agent created no key for it (--tpm-resident %s)", name, name)
+		return nil, fmt.Errorf("tpm_resident, and this agent created no key for it (--tpm-resident %s)", name)
 	}
 	k := n.resident[i]
 	pub, err := k.PublicKey()
 	if err != nil {
-		return nil, fmt.Errorf("credential %q: %w", name, err)
+		return nil, err
 	}
 	want, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("credential %q: %w", name, err)
+		return nil, err
 	}
 	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) {
-		return nil, fmt.Errorf("credential %q: the certificate is not for the key created in the TPM", name)
+		return nil, errors.New("the certificate is not for the key created in the TPM")
 	}
 	return k, nil
 }
@@ -94,7 +95,7 @@ func (n *Node) residentKeyPEM(name string, certPEM []byte) ([]byte, error) {
 	}
 	k, err := n.residentKeyFor(name, leaf)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("credential %q: %w", name, err)
 	}
 	return k.PEM()
 }

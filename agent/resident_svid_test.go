@@ -1,18 +1,26 @@
 package agent_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/internal/brokertest"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/resident"
+	"github.com/keybroker/keybroker/sealing"
 )
 
 // TestResidentNodeSVID: with a tpm_resident x509_svid release bound to
@@ -117,5 +125,91 @@ func TestResidentNodeSVID(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "tls: failed to sign handshake: the TPM did not sign with the resident key") || !strings.Contains(err.Error(), "a policy check failed") {
 		t.Fatalf("Update after PCR 7 changed = %v, want the TPM's policy refusal", err)
+	}
+}
+
+// tampered is a broker whose Attest answers are edited before the agent
+// sees them.
+type tampered struct {
+	direct
+	edit func(*pb.AttestResponse)
+}
+
+func (c tampered) Attest(ctx context.Context, in *pb.AttestRequest, opts ...grpc.CallOption) (*pb.AttestResponse, error) {
+	resp, err := c.direct.Attest(ctx, in, opts...)
+	if err == nil {
+		c.edit(resp)
+	}
+	return resp, err
+}
+
+// TestResidentNodeSVIDRefused: the agent takes a TPM_RESIDENT node SVID
+// only for the key it created in the TPM, and only without a key in the
+// payload; otherwise the attestation fails at open.
+func TestResidentNodeSVIDRefused(t *testing.T) {
+	env := brokertest.New(t, brokertest.Opts{Mode: "tpm_bound", SPIFFE: true, SVIDMode: "tpm_resident"})
+	node, err := agent.NewNode(env.RW, agent.NodeOpts{TPMResident: []string{"node-svid"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	req, err := node.ChallengeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := tpm2.Unmarshal[tpm2.TPMTPublic](req.GetEkPublic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A node SVID for a key the broker made, sealed to this node's EK.
+	forged := func(withKey bool) func(*pb.AttestResponse) {
+		return func(resp *pb.AttestResponse) {
+			svid, err := env.SPIFFE.IssueX509SVID(spiffeid.RequireFromString("spiffe://example.org/node/x"), time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bundle, err := env.SPIFFE.BundleJWKS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred := &pb.X509SVIDCredential{SpiffeId: svid.ID.String(), CertificatesPem: issue.CertificatesPEM(svid.Chain), SpiffeBundle: bundle}
+			if withKey {
+				cred.KeyPem = svid.KeyPEM
+			}
+			payload, err := proto.Marshal(cred)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, c := range resp.GetCredentials() {
+				if c.GetType() == pb.CredentialType_X509_SVID {
+					sealed, err := sealing.SealCredential(ek, c.GetName(), c.GetType(), payload, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sealed.Mode = pb.ReleaseMode_TPM_RESIDENT
+					resp.Credentials[i] = sealed
+				}
+			}
+		}
+	}
+	for _, tt := range []struct {
+		name    string
+		edit    func(*pb.AttestResponse)
+		wantErr string
+	}{
+		{"SVID for another key", forged(false), `open: credential "node-svid": the certificate is not for the key created in the TPM`},
+		{"payload with a key", forged(true), `open: credential "node-svid": a tpm_resident node X.509-SVID carries a private key`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := agent.Attest(context.Background(), tampered{direct{srv: env.Server}, tt.edit}, node, agent.AttestOpts{})
+			if err == nil || err.Error() != tt.wantErr {
+				t.Fatalf("Attest = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+	// Untouched, the same broker's answer opens.
+	att, err := agent.Attest(context.Background(), direct{srv: env.Server}, node, agent.AttestOpts{})
+	if err != nil || att.NodeSVID.Key == nil {
+		t.Fatalf("Attest = %v; want a TPM_RESIDENT node SVID", err)
 	}
 }
