@@ -64,7 +64,8 @@ With --tpm-resident NAME for a tpm_resident x509_svid release, the node
 SVID's key is created inside the TPM and the agent's mutual TLS to the
 broker (workload SVIDs, JWT-SVIDs, bundles) signs its handshakes in the TPM,
 opening it for each signature; bound to PCRs (NAME=sha256:0,7), the TPM
-stops signing once the boot state changes, and the agent must re-attest.`,
+stops signing once the boot state changes, until an attestation the
+policies allow creates a key for the new state.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
