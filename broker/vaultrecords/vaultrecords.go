@@ -19,7 +19,7 @@
 //	path "auth/tpm/nodes/*"       { capabilities = ["read", "list"] }
 //	path "auth/tpm/config"        { capabilities = ["read"] }
 //	path "auth/tpm/checkpoints/*" { capabilities = ["read", "list"] }
-//	path "auth/tpm/checkpoints"   { capabilities = ["update"] }
+//	path "auth/tpm/checkpoints"   { capabilities = ["list", "update"] }
 //	path "auth/tpm/checkpoint-key" { capabilities = ["read"] }
 package vaultrecords
 

@@ -63,11 +63,14 @@ type tpmAuthBackend struct {
 	limiter      *rateLimiter
 
 	// chain serializes extending the receipt chain (chain.go); cp signs
-	// its checkpoints (checkpoints.go), made on first use under cpMu.
-	chain    chain
-	cpMu     sync.Mutex
-	cp       *receiptchain.Checkpointer
-	cpSigner *receiptchain.Signer
+	// its checkpoints every cpEvery receipts or cpInterval
+	// (checkpoints.go), made on first use under cpMu.
+	chain      chain
+	cpMu       sync.Mutex
+	cp         *receiptchain.Checkpointer
+	cpSigner   *receiptchain.Signer
+	cpEvery    uint64
+	cpInterval time.Duration
 }
 
 // cachedPolicy is a role's parsed policy document and the SHA-256 of the

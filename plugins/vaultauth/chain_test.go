@@ -298,22 +298,22 @@ func rewriteSeq(t *testing.T, e *env, seq uint64, edit func([]byte) []byte) {
 	}
 }
 
-// Checkpoints come every checkpointEvery receipts without waiting for the
+// Checkpoints come every defaultCheckpointEvery receipts without waiting for the
 // periodic function, and from the periodic function once
-// checkpointInterval passed; the key is made once, kept seal-wrapped and
+// defaultCheckpointInterval passed; the key is made once, kept seal-wrapped and
 // survives a restart.
 func TestCheckpointSchedule(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	st := e.b.store(e.storage)
-	for i := range checkpointEvery + 1 {
+	for i := range defaultCheckpointEvery + 1 {
 		if err := decide(ctx, st, fmt.Sprintf("ch%d", i), "ek-a"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	cps, err := st.ListCheckpoints(ctx, 0, 0)
-	if err != nil || len(cps) != 1 || cps[0].Seq != checkpointEvery {
-		t.Fatalf("checkpoints after %d receipts: %+v, %v; want one of seq %d", checkpointEvery+1, cps, err, checkpointEvery)
+	if err != nil || len(cps) != 1 || cps[0].Seq != defaultCheckpointEvery {
+		t.Fatalf("checkpoints after %d receipts: %+v, %v; want one of seq %d", defaultCheckpointEvery+1, cps, err, defaultCheckpointEvery)
 	}
 	keys := e.checkpointKeys()
 	if err := keys.VerifyCheckpoint(cps[0]); err != nil {
@@ -328,13 +328,13 @@ func TestCheckpointSchedule(t *testing.T) {
 		}
 	}
 	periodic()
-	if cps, _ := st.ListCheckpoints(ctx, checkpointEvery, 0); len(cps) != 0 {
+	if cps, _ := st.ListCheckpoints(ctx, defaultCheckpointEvery, 0); len(cps) != 0 {
 		t.Fatalf("a checkpoint before it was due: %+v", cps)
 	}
-	e.clock.add(checkpointInterval)
+	e.clock.add(defaultCheckpointInterval)
 	periodic()
-	if cps, _ := st.ListCheckpoints(ctx, checkpointEvery, 0); len(cps) != 1 || cps[0].Seq != checkpointEvery+1 {
-		t.Fatalf("checkpoints after the interval: %+v; want seq %d", cps, checkpointEvery+1)
+	if cps, _ := st.ListCheckpoints(ctx, defaultCheckpointEvery, 0); len(cps) != 1 || cps[0].Seq != defaultCheckpointEvery+1 {
+		t.Fatalf("checkpoints after the interval: %+v; want seq %d", cps, defaultCheckpointEvery+1)
 	}
 
 	special := e.b.PathsSpecial
@@ -353,7 +353,52 @@ func TestCheckpointSchedule(t *testing.T) {
 	if err := again.b.periodic(ctx, &logical.Request{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	if cps, _ := st.ListCheckpoints(ctx, checkpointEvery+1, 0); len(cps) != 1 || cps[0].Seq != checkpointEvery+2 {
+	if cps, _ := st.ListCheckpoints(ctx, defaultCheckpointEvery+1, 0); len(cps) != 1 || cps[0].Seq != defaultCheckpointEvery+2 {
 		t.Fatalf("checkpoints after a restart: %+v", cps)
+	}
+}
+
+// The schedule follows the config: checkpoint_every and
+// checkpoint_interval, read back as written.
+func TestCheckpointScheduleConfigured(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.configure(map[string]any{"ek_allow": hashA, "checkpoint_every": 3, "checkpoint_interval": "10m"})
+	if resp, err := e.request(logical.ReadOperation, "config", nil); err != nil ||
+		resp.Data["checkpoint_every"] != uint64(3) || resp.Data["checkpoint_interval"] != int64(600) {
+		t.Fatalf("config read: %v, %v", resp, err)
+	}
+	st := e.b.store(e.storage)
+	for i := range 7 {
+		if err := decide(ctx, st, fmt.Sprintf("ch%d", i), "ek-a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seqs := func() (out []uint64) {
+		cps, err := st.ListCheckpoints(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cps {
+			out = append(out, c.Seq)
+		}
+		return out
+	}
+	if got := seqs(); !slices.Equal(got, []uint64{3, 6}) {
+		t.Fatalf("checkpoints of seqs %v, want 3 and 6", got)
+	}
+	e.clock.add(defaultCheckpointInterval)
+	if err := e.b.periodic(ctx, &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(); len(got) != 2 {
+		t.Fatalf("checkpoints of seqs %v before checkpoint_interval passed", got)
+	}
+	e.clock.add(10 * time.Minute)
+	if err := e.b.periodic(ctx, &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(); !slices.Equal(got, []uint64{3, 6, 7}) {
+		t.Fatalf("checkpoints of seqs %v, want 3, 6 and 7", got)
 	}
 }

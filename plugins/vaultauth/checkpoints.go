@@ -22,41 +22,57 @@ import (
 // Checkpoints of the auth method's receipt chain (docs/receipts.md): the
 // auth method signs its chain head with a key of its own, an ECDSA P-256
 // key made on first use and kept seal-wrapped at checkpointKeyPath
-// (PKCS#8 DER), once checkpointEvery receipts were chained since the last
-// checkpoint (after the login that chains the last of them) or, when
-// receipts were chained at all, at the periodic function after
-// checkpointInterval. The checkpoints are kept at
+// (PKCS#8 DER), once config's checkpoint_every receipts were chained since
+// the last checkpoint (after the login that chains the last of them) or,
+// when receipts were chained at all, at the periodic function once
+// checkpoint_interval passed. The checkpoints are kept at
 // checkpointPrefix<seq, 20 digits> (store.Checkpoint, JSON), one per seq,
 // and read at checkpoints/; the public key at checkpoint-key.
 const (
 	checkpointKeyPath = "checkpoint_key"
 	checkpointPrefix  = "checkpoint/"
-
-	checkpointEvery    = 1000
-	checkpointInterval = time.Minute
 )
 
 var _ store.Checkpoints = (*vaultStore)(nil)
 
-// checkpointer returns the backend's Checkpointer, made on first use with
-// its key (created then when there is none).
+// checkpointSchedule returns the configured checkpoint_every and
+// checkpoint_interval, the defaults when the auth method is not
+// configured.
+func (b *tpmAuthBackend) checkpointSchedule(ctx context.Context, s logical.Storage) (uint64, time.Duration, error) {
+	c, err := b.config(ctx, s)
+	switch {
+	case err != nil:
+		return 0, 0, err
+	case c == nil:
+		return defaultCheckpointEvery, defaultCheckpointInterval, nil
+	}
+	return c.checkpointEvery, c.checkpointInterval, nil
+}
+
+// checkpointer returns the backend's Checkpointer on the configured
+// schedule, made on first use and again when the schedule changed, with
+// its key (created on first use when there is none).
 func (b *tpmAuthBackend) checkpointer(ctx context.Context, s logical.Storage) (*receiptchain.Checkpointer, *receiptchain.Signer, error) {
+	every, interval, err := b.checkpointSchedule(ctx, s)
+	if err != nil {
+		return nil, nil, err
+	}
 	b.cpMu.Lock()
 	defer b.cpMu.Unlock()
-	if b.cp != nil {
+	if b.cp != nil && b.cpEvery == every && b.cpInterval == interval {
 		return b.cp, b.cpSigner, nil
 	}
-	key, err := loadOrCreateCheckpointKey(ctx, s)
-	if err != nil {
-		return nil, nil, err
+	if b.cpSigner == nil {
+		key, err := loadOrCreateCheckpointKey(ctx, s)
+		if err != nil {
+			return nil, nil, err
+		}
+		if b.cpSigner, err = receiptchain.NewSigner(key); err != nil {
+			return nil, nil, err
+		}
 	}
-	signer, err := receiptchain.NewSigner(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	b.cp = receiptchain.NewCheckpointer(b.store(s), signer, checkpointEvery, checkpointInterval)
-	b.cpSigner = signer
-	return b.cp, signer, nil
+	b.cp, b.cpEvery, b.cpInterval = receiptchain.NewCheckpointer(b.store(s), b.cpSigner, every, interval), every, interval
+	return b.cp, b.cpSigner, nil
 }
 
 // loadOrCreateCheckpointKey reads the checkpoint key, or makes one and

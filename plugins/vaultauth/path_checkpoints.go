@@ -139,8 +139,9 @@ const (
 The auth method's receipts form a hash chain (each names its seq and the
 hash of the receipt before it). A checkpoint is the chain head (seq, hash)
 signed with the auth method's own ECDSA P-256 key (checkpoint-key): every
-1000 receipts, and within about a minute (the periodic function) of any
-receipt. List gives the seqs, 20 digits each, lowest first; read
+checkpoint_every receipts (config; 1000), and, while receipts are added,
+once checkpoint_interval (config; 60s) passed, checked by the periodic
+function about once a minute. List gives the seqs, 20 digits each, lowest first; read
 checkpoints/<seq> gives one (seq, head, time, key_id, signature in base64,
 the format of docs/receipts.md). A write to checkpoints signs the head now
 when it moved since the last checkpoint (as "keybroker receipts export

@@ -63,14 +63,18 @@ func (b *tpmAuthBackend) store(s logical.Storage) *vaultStore {
 		chained: func(ctx context.Context, head store.ChainHead) { b.receiptChained(ctx, s, head) }}
 }
 
-// receiptChained signs the chain head when it is a multiple of
-// checkpointEvery; a failure is logged (the periodic function tries
-// again), the login goes on.
+// receiptChained signs the chain head when it is a multiple of the
+// configured checkpoint_every; a failure is logged (the periodic function
+// tries again), the login goes on.
 func (b *tpmAuthBackend) receiptChained(ctx context.Context, s logical.Storage, head store.ChainHead) {
-	if head.Seq%checkpointEvery != 0 {
+	every, _, err := b.checkpointSchedule(ctx, s)
+	if err == nil && head.Seq%every != 0 {
 		return
 	}
-	if _, err := b.signCheckpoint(ctx, s, true); err != nil {
+	if err == nil {
+		_, err = b.signCheckpoint(ctx, s, true)
+	}
+	if err != nil {
 		b.Logger().Error("unable to sign a receipt checkpoint", "seq", head.Seq, "error", err)
 	}
 }
