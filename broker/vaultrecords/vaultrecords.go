@@ -24,6 +24,7 @@
 package vaultrecords
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -212,20 +213,23 @@ func (r *Reader) ExportChain(ctx context.Context, emitReceipt func([]byte) error
 		through = max(through, c.Seq)
 	}
 	n := 0
+	var emitErr error
 	err = r.eachReceipt(ctx, "", func(rec store.Receipt, encoded []byte) bool {
 		if through > 0 && rec.Seq > through {
 			return true
 		}
 		if encoded == nil {
-			encoded, err = store.EncodeReceipt(&rec)
+			encoded, emitErr = store.EncodeReceipt(&rec)
 		}
-		if err == nil {
-			err = emitReceipt(encoded)
+		if emitErr == nil {
+			emitErr = emitReceipt(encoded)
 		}
-		n++
-		return err == nil
+		if emitErr == nil {
+			n++
+		}
+		return emitErr == nil
 	})
-	if err != nil {
+	if err = cmp.Or(err, emitErr); err != nil {
 		return n, err
 	}
 	for _, c := range cps {

@@ -282,6 +282,10 @@ func TestExportChain(t *testing.T) {
 	if n, _ := export(t, r, keys); n != 5 {
 		t.Errorf("exported %d receipts after signing the head, want 5", n)
 	}
+	stop := errors.New("disk full")
+	if n, err := r.ExportChain(context.Background(), func([]byte) error { return stop }, func(store.Checkpoint) error { return nil }); !errors.Is(err, stop) || n != 0 {
+		t.Errorf("ExportChain whose writer fails = %d, %v; want 0, the writer's error", n, err)
+	}
 	f.forbidden = map[string]bool{"GET auth/tpm/checkpoints": true}
 	emitted := 0
 	_, err := r.ExportChain(context.Background(), func([]byte) error { emitted++; return nil }, func(store.Checkpoint) error { return nil })

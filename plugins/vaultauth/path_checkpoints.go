@@ -30,6 +30,8 @@ func pathCheckpointList(b *tpmAuthBackend) *framework.Path {
 			logical.UpdateOperation: &framework.PathOperation{
 				Callback: b.pathCheckpointSign,
 				Summary:  "Sign the receipt chain's head now.",
+				// The active node signs: it holds the chain.
+				ForwardPerformanceStandby: true,
 			},
 		},
 		HelpSynopsis:    pathCheckpointListHelpSyn,

@@ -214,9 +214,6 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	if err != nil {
 		return err
 	}
-	if v.chained != nil {
-		v.chained(ctx, head)
-	}
 	if d.Node != nil {
 		if err := v.putNode(ctx, d.Node); err != nil {
 			return err
@@ -224,11 +221,14 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	}
 	switch d.Deny {
 	case store.DenyAdd:
-		return v.putJSON(ctx, deniedPrefix+r.EKHash, store.Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check})
+		err = v.putJSON(ctx, deniedPrefix+r.EKHash, store.Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check})
 	case store.DenyRemove:
-		return v.s.Delete(ctx, deniedPrefix+r.EKHash)
+		err = v.s.Delete(ctx, deniedPrefix+r.EKHash)
 	}
-	return nil
+	if err == nil && v.chained != nil {
+		v.chained(ctx, head)
+	}
+	return err
 }
 
 func (v *vaultStore) putJSON(ctx context.Context, key string, val any) error {
