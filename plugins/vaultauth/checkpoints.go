@@ -22,10 +22,10 @@ import (
 // Checkpoints of the auth method's receipt chain (docs/receipts.md): the
 // auth method signs its chain head with a key of its own, an ECDSA P-256
 // key made on first use and kept seal-wrapped at checkpointKeyPath
-// (PKCS#8 DER), once config's checkpoint_every receipts were chained since
-// the last checkpoint (after the login that chains the last of them) or,
-// when receipts were chained at all, at the periodic function once
-// checkpoint_interval passed. The checkpoints are kept at
+// (PKCS#8 DER), whenever the head's seq is a multiple of config's
+// checkpoint_every (after the login that chains it), and, when receipts
+// were chained at all, at the periodic function once checkpoint_interval
+// passed since the last checkpoint. The checkpoints are kept at
 // checkpointPrefix<seq, 20 digits> (store.Checkpoint, JSON), one per seq,
 // and read at checkpoints/; the public key at checkpoint-key.
 const (

@@ -141,7 +141,7 @@ const (
 The auth method's receipts form a hash chain (each names its seq and the
 hash of the receipt before it). A checkpoint is the chain head (seq, hash)
 signed with the auth method's own ECDSA P-256 key (checkpoint-key): every
-checkpoint_every receipts (config; 1000), and, while receipts are added,
+checkpoint_every receipts (config; 1000: at each multiple), and, while receipts are added,
 once checkpoint_interval (config; 60s) passed, checked by the periodic
 function about once a minute. List gives the seqs, 20 digits each, lowest first; read
 checkpoints/<seq> gives one (seq, head, time, key_id, signature in base64,

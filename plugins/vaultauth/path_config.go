@@ -81,7 +81,7 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 			"checkpoint_every": {
 				Type:    framework.TypeInt,
 				Default: defaultCheckpointEvery,
-				Description: fmt.Sprintf("Sign a checkpoint of the receipt chain once this many receipts were added since the last one; "+
+				Description: fmt.Sprintf("Sign a checkpoint of the receipt chain whenever its seq is a multiple of this: at most this many receipts apart; "+
 					"1 to %d. Default %d.", maxCheckpointEvery, defaultCheckpointEvery),
 			},
 			"checkpoint_interval": {
