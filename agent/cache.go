@@ -45,6 +45,21 @@ func cacheFile(dir string, resp *pb.AttestResponse) (atomicfile.File, error) {
 	return atomicfile.File{Path: filepath.Join(dir, CacheFile), Data: append(data, '\n'), Perm: 0o600}, nil
 }
 
+// cacheFiles are the files a cache in dir keeps of resp: its credentials
+// still sealed (CacheFile, without tpm_resident ones: residentlessCache)
+// and its PCR-policy approvals (ApprovalsFile).
+func cacheFiles(dir string, resp *pb.AttestResponse) ([]atomicfile.File, error) {
+	files, err := residentlessCache(dir, resp)
+	if err != nil {
+		return nil, err
+	}
+	approvals, err := approvalsFile(dir, resp)
+	if err != nil {
+		return nil, err
+	}
+	return append(files, approvals), nil
+}
+
 // approvalsFile is the ApprovalsFile of resp's approvals, to write in dir.
 func approvalsFile(dir string, resp *pb.AttestResponse) (atomicfile.File, error) {
 	kept := &pb.AttestResponse{PcrApprovals: resp.GetPcrApprovals()}
