@@ -45,6 +45,11 @@ type NodeOpts struct {
 	// the broker's policies: a release it does not name gets no key and
 	// is refused by the broker.
 	TPMResident []string
+	// IdentityLog, if set, returns the node's record of issued identities
+	// (idlog.File.Segment), sent with each attestation. It is read just
+	// before the quotes: the caller keeps its PCR from being extended
+	// between the two (the agent holds the TPM across both). Default: none.
+	IdentityLog func() []byte
 }
 
 // Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
@@ -65,6 +70,7 @@ type Node struct {
 	banks         []tpm2.Algorithm
 	intermediates [][]byte
 	residentNames []string
+	identityLog   func() []byte
 	// resident are the keys created for the last attestation.
 	resident []*resident.Key
 }
@@ -96,7 +102,7 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
 	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates),
-		residentNames: slices.Clone(opts.TPMResident)}
+		residentNames: slices.Clone(opts.TPMResident), identityLog: opts.IdentityLog}
 	if len(n.banks) == 0 {
 		if n.banks, err = defaultBanks(rw); err != nil {
 			n.Close()

@@ -16,7 +16,7 @@ import (
 // broker's Attest:
 // the EK and AK (verify.Node, against opts as they are now), the quotes
 // against the challenge's secret hash (verify.Quotes), the event log
-// (WithEventLog) and the TPM counters against those the attestation was
+// (WithEventLog), the identity log (WithIdentityLog) and the TPM counters against those the attestation was
 // compared with (WithHistory), so a policy can be tried on a node's last
 // attestation without trusting anything stored. It does not check that the
 // challenge was fresh or unused: that was decided when the evidence was
@@ -31,8 +31,8 @@ func Reverify(ev attestation.Evidence, opts verify.Opts) (*verify.Verified, erro
 }
 
 // Verify verifies the node (verify.Node), its quotes against the
-// challenge's secret hash (verify.Quotes), its event log (WithEventLog)
-// and the resident keys it offered (WithResidentKeys). node is returned once the node verified, also when a later step failed.
+// challenge's secret hash (verify.Quotes), its event log (WithEventLog),
+// its record of issued identities (WithIdentityLog) and the resident keys it offered (WithResidentKeys). node is returned once the node verified, also when a later step failed.
 func Verify(ev attestation.Evidence, opts verify.Opts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
 	return verifyEvidence(ev, opts, nil)
 }
@@ -63,6 +63,9 @@ func verifyEvidence(ev attestation.Evidence, opts verify.Opts, vouch *verify.Vou
 		return node, nil, err
 	}
 	if v, err = v.WithEventLog(ev.EventLog); err != nil {
+		return node, nil, err
+	}
+	if v, err = v.WithIdentityLog(ev.IdentityLog); err != nil {
 		return node, nil, err
 	}
 	keys := make([]verify.ResidentKeyEvidence, 0, len(ev.ResidentKeys))

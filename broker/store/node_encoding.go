@@ -46,6 +46,7 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 			SecretHash:      ev.SecretHash[:],
 			EventLog:        ev.EventLog,
 			EventLogSha256:  ev.EventLogSHA256,
+			IdentityLog:     ev.IdentityLog,
 		},
 	}
 	for _, q := range ev.Quotes {
@@ -114,6 +115,7 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 		AKPublic:        pe.GetAkPublic(),
 		EventLog:        pe.GetEventLog(),
 		EventLogSHA256:  pe.GetEventLogSha256(),
+		IdentityLog:     pe.GetIdentityLog(),
 	}
 	copy(n.Evidence.SecretHash[:], pe.GetSecretHash())
 	for _, q := range pe.GetQuotes() {

@@ -35,6 +35,8 @@ type runOpts struct {
 	// out and the kubeconfig paths: where the file credentials go (--out);
 	// onChange runs after they changed.
 	out, kubeconfig, bootKube, onChange string
+	// identity: the record of handed-out SVIDs (--identity-log-dir).
+	identity identityFlags
 }
 
 func runCmd() *cobra.Command {
@@ -52,7 +54,13 @@ rewrites them atomically and runs --on-change when they changed, and the
 agent re-attests at half the life of the earliest of the node SVID and the
 files. A failed re-attestation leaves the files as they are, until they
 expire, and is retried (--retry-max). When the broker releases no node SVID,
-run with --out keeps the files current and serves no Workload API.`,
+run with --out keeps the files current and serves no Workload API.
+
+With --identity-log-dir every SVID the Workload API hands out is first
+recorded (SPIFFE ID, serial, the entry's selectors, the caller's executable
+digest and uid), fsync'd and extended into --identity-log-pcr; the record
+goes with each attestation and the broker replays it against the quoted PCR
+(docs/identities.md). A handout that cannot be recorded is refused.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -65,6 +73,7 @@ run with --out keeps the files current and serves no Workload API.`,
 				p.Addf("--retry-max must be ≥ 1s, not %v", o.retryMax)
 			}
 			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
+			o.identity.check(&p)
 			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "") {
 				p.Addf("--kubeconfig, --bootstrap-kubeconfig and --on-change need --out")
 			}
@@ -87,6 +96,7 @@ run with --out keeps the files current and serves no Workload API.`,
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --out: where to write a kubelet release's kubeconfig (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "with --out: where to write a bootstrap_token kubelet release's bootstrap kubeconfig (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "with --out: shell command to run after the files changed (e.g. 'systemctl reload nginx')")
+	o.identity.register(f)
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
 }
@@ -131,6 +141,14 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 
 	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
 	defer tpm.close()
+	idLog, err := openIdentityLog(o.identity, tpm, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	if idLog != nil {
+		defer idLog.Close()
+	}
 	client := pb.NewBrokerClient(conn)
 	var out *agent.FileOut
 	if o.out != "" {
@@ -200,7 +218,8 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		log.Error("unable to issue workload SVIDs; retrying", "error", err)
 	}
 
-	srv := workload.NewServer(mgr, workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))
+	srv := workload.NewServer(mgr, append(recorderOption(idLog, tpm),
+		workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, lis) }()
 	log.Info("workload API serving", "socket", o.socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+o.socket,
@@ -244,45 +263,4 @@ func startMetrics(addr string, log *slog.Logger) (*metrics.Agent, func(), error)
 	}
 	log.Info("metrics serving", "address", ep.Addr(), "path", "/metrics")
 	return m, func() { ep.Close() }, nil
-}
-
-// tpmSession opens the TPM for each attestation and closes it after, so
-// that a TPM serving one client at a time (swtpm over TCP) is free in
-// between; the embedded simulator, whose state a reopen would lose, stays
-// open.
-type tpmSession struct {
-	spec string
-	opts agent.NodeOpts
-
-	rw   io.ReadWriteCloser // held open: simulator only
-	node *agent.Node
-}
-
-func (t *tpmSession) with(fn func(*agent.Node) error) error {
-	if t.node != nil {
-		return fn(t.node)
-	}
-	rw, err := agent.OpenTPM(t.spec)
-	if err != nil {
-		return &agent.StepError{Step: "tpm", Err: err}
-	}
-	node, err := agent.NewNode(rw, t.opts)
-	if err != nil {
-		rw.Close()
-		return &agent.StepError{Step: "tpm", Err: err}
-	}
-	if t.spec == "simulator" {
-		t.rw, t.node = rw, node
-		return fn(node)
-	}
-	defer rw.Close()
-	defer node.Close()
-	return fn(node)
-}
-
-func (t *tpmSession) close() {
-	if t.node != nil {
-		t.node.Close()
-		t.rw.Close()
-	}
 }

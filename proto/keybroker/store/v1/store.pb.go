@@ -193,8 +193,10 @@ type Evidence struct {
 	EventLogSha256  string                 `protobuf:"bytes,10,opt,name=event_log_sha256,json=eventLogSha256,proto3" json:"event_log_sha256,omitempty"`
 	Previous        *Counters              `protobuf:"bytes,11,opt,name=previous,proto3" json:"previous,omitempty"`
 	ResidentKeys    []*ResidentKey         `protobuf:"bytes,12,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The node's record of issued identities (package idlog), as sent.
+	IdentityLog   []byte `protobuf:"bytes,13,opt,name=identity_log,json=identityLog,proto3" json:"identity_log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Evidence) Reset() {
@@ -307,6 +309,13 @@ func (x *Evidence) GetPrevious() *Counters {
 func (x *Evidence) GetResidentKeys() []*ResidentKey {
 	if x != nil {
 		return x.ResidentKeys
+	}
+	return nil
+}
+
+func (x *Evidence) GetIdentityLog() []byte {
+	if x != nil {
+		return x.IdentityLog
 	}
 	return nil
 }
@@ -721,7 +730,7 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\x10workload_entries\x18\v \x03(\v2!.keybroker.store.v1.WorkloadEntryR\x0fworkloadEntries\x12\x18\n" +
 	"\akubelet\x18\f \x01(\tR\akubelet\x12 \n" +
 	"\vquarantined\x18\r \x01(\bR\vquarantined\x12'\n" +
-	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\"\xe8\x03\n" +
+	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\"\x8b\x04\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
@@ -736,7 +745,8 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\x10event_log_sha256\x18\n" +
 	" \x01(\tR\x0eeventLogSha256\x128\n" +
 	"\bprevious\x18\v \x01(\v2\x1c.keybroker.store.v1.CountersR\bprevious\x12D\n" +
-	"\rresident_keys\x18\f \x03(\v2\x1f.keybroker.store.v1.ResidentKeyR\fresidentKeys\"z\n" +
+	"\rresident_keys\x18\f \x03(\v2\x1f.keybroker.store.v1.ResidentKeyR\fresidentKeys\x12!\n" +
+	"\fidentity_log\x18\r \x01(\fR\videntityLog\"z\n" +
 	"\vResidentKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06public\x18\x02 \x01(\fR\x06public\x12!\n" +
