@@ -84,14 +84,14 @@ type Record struct {
 
 // Issued is a handout record as the broker's facts present it.
 type Issued struct {
-	Type      string
-	SPIFFEID  string
-	Serial    string
-	Expires   time.Time
-	Selectors []string
-	ExeSHA256 string
-	UID       uint32
-	Time      time.Time
+	Type      string    `json:"type"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	Serial    string    `json:"serial"`
+	Expires   time.Time `json:"expires,omitzero"`
+	Selectors []string  `json:"selectors"`
+	ExeSHA256 string    `json:"exe_sha256"`
+	UID       uint32    `json:"uid"`
+	Time      time.Time `json:"time"`
 }
 
 // BootRecord returns the record that starts a segment extending pcr.
