@@ -52,6 +52,7 @@ func fullNode() NodeRecord {
 			},
 			EventLog:       []byte("log"),
 			EventLogSHA256: "deadbeef",
+			IdentityLog:    []byte("{\"type\":\"boot\"}\n"),
 			Previous:       &attestation.Counters{AKName: []byte{0, 11, 9}, Clock: 99, ResetCount: 1, RestartCount: 2},
 			ResidentKeys:   []attestation.ResidentKey{{Name: "web", Public: []byte{0, 35, 1}, CertifyInfo: []byte{0xff, 0x54, 0x43, 0x47}, Signature: []byte{0, 24, 2}}},
 		},
