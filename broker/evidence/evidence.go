@@ -5,11 +5,15 @@
 package evidence
 
 import (
+	"bytes"
+	"slices"
+
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // Reverify verifies stored evidence again, with the same code as the
@@ -114,6 +118,30 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 		// The quarantine state outlives the decision unless the decision
 		// changes it (the broker's quarantine step).
 		n.Kubelet, n.Quarantined, n.BootstrapToken = prev.Kubelet, prev.Quarantined, prev.BootstrapToken
+		n.EarlierIdentityLogs = earlierIdentityLogs(prev, ev.IdentityLog)
 	}
 	return n
+}
+
+// earlierIdentityLogs returns the identity logs of the node's earlier
+// boots, given its previous record and the identity log just verified:
+// when that log is not a continuation of the previous one (another boot,
+// or none any more), the previous one, bound to its receipt, becomes the
+// newest earlier log. Whole logs are kept, newest first, while they hold
+// at most idlog.MaxSize bytes in all.
+func earlierIdentityLogs(prev *store.NodeRecord, current []byte) []store.IdentityLog {
+	earlier := prev.EarlierIdentityLogs
+	if last := prev.Evidence.IdentityLog; len(last) > 0 {
+		boot := last[:bytes.IndexByte(last, '\n')+1]
+		if !bytes.HasPrefix(current, boot) {
+			earlier = append([]store.IdentityLog{{ReceiptID: prev.LastReceiptID, Log: last}}, earlier...)
+		}
+	}
+	size := 0
+	for i, l := range earlier {
+		if size += len(l.Log); size > idlog.MaxSize {
+			return slices.Clone(earlier[:i])
+		}
+	}
+	return slices.Clone(earlier)
 }

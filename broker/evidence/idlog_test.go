@@ -3,6 +3,7 @@ package evidence_test
 import (
 	"bytes"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -85,9 +86,38 @@ func TestDecideIdentityLog(t *testing.T) {
 		t.Fatalf("failures %q do not name the identities condition", o.Decision.Failures)
 	}
 
+	lines := bytes.SplitAfter(segment, []byte("\n"))
+	// The record of an earlier boot moves to EarlierIdentityLogs, bound to
+	// the receipt that verified it; the same boot's record does not.
+	prev := *o.NodeRecord
+	prev.LastReceiptID = "receipt-of-boot-0"
+	boot0 := bytes.Replace(segment, []byte("boot-1"), []byte("boot-0"), 1)
+	for _, tt := range []struct {
+		name    string
+		last    []byte
+		earlier []store.IdentityLog
+		want    []store.IdentityLog
+	}{
+		{"another boot", boot0, nil, []store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}}},
+		{"the same boot", segment[:len(lines[0])+len(lines[1])], nil, nil},
+		{"kept while they fit", boot0, []store.IdentityLog{{ReceiptID: "r-1", Log: make([]byte, idlog.MaxSize-len(boot0))}, {ReceiptID: "r-2", Log: []byte("x")}},
+			[]store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}, {ReceiptID: "r-1", Log: make([]byte, idlog.MaxSize-len(boot0))}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := prev
+			p.Evidence.IdentityLog, p.EarlierIdentityLogs = tt.last, tt.earlier
+			ev := sim.Evidence(t, now.Add(time.Second))
+			ev.IdentityLog = segment
+			o := evidence.Decide(evidence.Inputs{Evidence: ev, Opts: opts, Policies: set,
+				Previous: func(string) (store.NodeRecord, error) { return p, nil }})
+			if o.NodeRecord == nil || !reflect.DeepEqual(o.NodeRecord.EarlierIdentityLogs, tt.want) {
+				t.Fatalf("earlier identity logs %v (refusal %+v), want %v", o.NodeRecord, o.Refusal, tt.want)
+			}
+		})
+	}
+
 	// Without the unsigned handout (a record of the first two only), the
 	// PCR holds one more extend: refused before any policy.
-	lines := bytes.SplitAfter(segment, []byte("\n"))
 	dropped := bytes.Join(lines[:3], nil)
 	edited := bytes.Replace(segment, []byte("w1"), []byte("w9"), 1)
 	unknown := bytes.Replace(segment, []byte(`"time"`), []byte(`"extra":1,"time"`), 1)

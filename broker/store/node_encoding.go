@@ -61,6 +61,9 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 	for _, s := range n.SVIDs {
 		pb.Svids = append(pb.Svids, &storev1.NodeSVID{Serial: s.Serial, SpiffeId: idString(s.ID), NotAfter: unixNano(s.NotAfter)})
 	}
+	for _, l := range n.EarlierIdentityLogs {
+		pb.EarlierIdentityLogs = append(pb.EarlierIdentityLogs, &storev1.IdentityLog{ReceiptId: l.ReceiptID, Log: l.Log})
+	}
 	for _, w := range n.WorkloadEntries {
 		e := &storev1.WorkloadEntry{Name: w.Name, SpiffeId: idString(w.ID), TtlNanos: int64(w.TTL)}
 		for _, sel := range w.Selectors {
@@ -136,6 +139,9 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 			return NodeRecord{}, err
 		}
 		n.SVIDs = append(n.SVIDs, NodeSVID{Serial: s.GetSerial(), ID: id, NotAfter: fromUnixNano(s.GetNotAfter())})
+	}
+	for _, l := range pb.GetEarlierIdentityLogs() {
+		n.EarlierIdentityLogs = append(n.EarlierIdentityLogs, IdentityLog{ReceiptID: l.GetReceiptId(), Log: l.GetLog()})
 	}
 	for _, w := range pb.GetWorkloadEntries() {
 		id, err := parseID(w.GetSpiffeId())
