@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -29,14 +28,7 @@ import (
 // executable's digest.
 func identityPolicy(t *testing.T, p *pcrs, nodeTTL time.Duration) string {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(readFile(t, exe))
+	_, sum := selfExecutable(t)
 	var b strings.Builder
 	b.WriteString("policy \"mesh\" {\n  select {\n    ek_cas = [\"swtpm\"]\n  }\n  require = [\n")
 	for _, r := range append(pcrRequire(p.value(0), p.value(7)),
@@ -63,7 +55,7 @@ func identityPolicy(t *testing.T, p *pcrs, nodeTTL time.Duration) string {
     selectors = ["unix:uid:%[3]d"]
   }
 }
-`, nodeTTL.String(), e2eTrustDomain, os.Getuid(), hex.EncodeToString(sum[:]))
+`, nodeTTL.String(), e2eTrustDomain, os.Getuid(), sum)
 	return b.String()
 }
 
