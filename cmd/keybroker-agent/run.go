@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
@@ -35,6 +34,9 @@ type runOpts struct {
 	// out and the kubeconfig paths: where the file credentials go (--out);
 	// onChange runs after they changed.
 	out, kubeconfig, bootKube, onChange string
+	// cache keeps the credentials still sealed, with --out.
+	cache    string
+	resident residentFlags
 	// identity: the record of handed-out SVIDs (--identity-log-dir).
 	identity identityFlags
 }
@@ -54,7 +56,17 @@ rewrites them atomically and runs --on-change when they changed, and the
 agent re-attests at half the life of the earliest of the node SVID and the
 files. A failed re-attestation leaves the files as they are, until they
 expire, and is retried (--retry-max). When the broker releases no node SVID,
-run with --out keeps the files current and serves no Workload API.
+run with --out keeps the files current and serves no Workload API. With
+--cache DIR (and --out) each attestation also rewrites
+DIR/sealed-credentials.json as bootstrap --cache does, for reopen after a
+reboot without the broker.
+
+With --tpm-resident NAME for a tpm_resident x509_svid release, the node
+SVID's key is created inside the TPM and the agent's mutual TLS to the
+broker (workload SVIDs, JWT-SVIDs, bundles) signs its handshakes in the TPM,
+opening it for each signature; bound to PCRs (NAME=sha256:0,7), the TPM
+stops signing once the boot state changes, until an attestation the
+policies allow creates a key for the new state.
 
 With --identity-log-dir every SVID the Workload API hands out is first
 recorded (SPIFFE ID, serial, the entry's selectors, the caller's executable
@@ -74,9 +86,10 @@ goes with each attestation and the broker replays it against the quoted PCR
 			}
 			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
 			o.identity.check(&p)
-			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "") {
-				p.Addf("--kubeconfig, --bootstrap-kubeconfig and --on-change need --out")
+			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "" || o.cache != "") {
+				p.Addf("--kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out")
 			}
+			in.residentNames, in.residentPCRs = o.resident.check(&p)
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -96,6 +109,8 @@ goes with each attestation and the broker replays it against the quoted PCR
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --out: where to write a kubelet release's kubeconfig (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "with --out: where to write a bootstrap_token kubelet release's bootstrap kubeconfig (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "with --out: shell command to run after the files changed (e.g. 'systemctl reload nginx')")
+	f.StringVar(&o.cache, "cache", "", "with --out: also keep the released credentials, still sealed, in this directory (sealed-credentials.json, 0600), rewritten at each attestation, for reopen after a reboot without the broker (created if missing)")
+	o.resident.register(f, "a tpm_resident x509_svid's key (the node SVID) signs the agent's TLS handshakes with the broker inside the TPM; with --out, keys are written as bootstrap writes them")
 	o.identity.register(f)
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
@@ -139,7 +154,9 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	}
 	defer lis.Close()
 
-	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
+	tpm := &tpmSession{spec: o.node.tpm}
+	tpm.opts = agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates,
+		TPMResident: in.residentNames, TPMResidentPCRs: in.residentPCRs, TPM: tpm.withRW}
 	defer tpm.close()
 	idLog, err := openIdentityLog(o.identity, tpm, log)
 	if err != nil {
@@ -164,7 +181,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		var att *agent.Attestation
 		err = tpm.with(func(node *agent.Node) error {
 			var err error
-			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m, Out: out})
+			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m, Out: out, CacheDir: o.cache})
 			return err
 		})
 		if err != nil || out == nil {
@@ -175,10 +192,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 			return nil, err
 		}
 		if changed && o.onChange != "" {
-			cmd := exec.CommandContext(runCtx, "/bin/sh", "-c", o.onChange)
-			cmd.Stdout, cmd.Stderr = stdout, stderr
-			cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+o.out, "KEYBROKER_SERIAL="+att.Result.Serial)
-			if err := cmd.Run(); err != nil {
+			if err := runOnChange(runCtx, o.onChange, o.out, att.Result.Serial, stdout, stderr); err != nil {
 				log.Error("the credentials were written, but --on-change failed", "error", err)
 			}
 		}

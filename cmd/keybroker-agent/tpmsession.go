@@ -7,12 +7,14 @@ import (
 	"github.com/keybroker/keybroker/agent"
 )
 
-// tpmSession opens the TPM for each attestation (and each identity log
-// extend) and closes it after, so that a TPM serving one client at a time
-// (swtpm over TCP) is free in between; the embedded simulator, whose state
-// a reopen would lose, stays open. One use at a time: an attestation holds
-// the TPM from the identity log it reads to its quotes, so that no handout
-// is extended in between.
+// tpmSession opens the TPM for each attestation, each signature by a
+// tpm_resident node SVID's key and each identity log extend, and closes it
+// after, so that a TPM serving one client at a time (swtpm over TCP) is free
+// in between; the embedded simulator, whose state a reopen would lose, stays
+// open. One user at a time: the renewal loop, the Workload API's handshakes
+// with the broker and its identity records take turns, and an attestation
+// holds the TPM from the identity log it reads to its quotes, so that no
+// handout is extended in between.
 type tpmSession struct {
 	spec string
 	opts agent.NodeOpts
@@ -62,7 +64,8 @@ func (t *tpmSession) with(fn func(*agent.Node) error) error {
 	return fn(node)
 }
 
-// withRW runs fn with the TPM, no keys loaded.
+// withRW runs fn with the TPM alone, no keys loaded: a signature
+// (agent.NodeOpts.TPM) or an identity log extend.
 func (t *tpmSession) withRW(fn func(io.ReadWriter) error) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
