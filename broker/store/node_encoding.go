@@ -239,50 +239,52 @@ func evidenceFromProto(n *NodeRecord, pe *storev1.Evidence) error {
 	return nil
 }
 
+// eachField calls fn with each top-level field of the protobuf message b:
+// its number and type, where it starts and ends in b, and the length of its
+// tag.
+func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, start, end, tagLen int)) error {
+	for i := 0; i < len(b); {
+		n, typ, tagLen := protowire.ConsumeTag(b[i:])
+		if tagLen < 0 {
+			return protowire.ParseError(tagLen)
+		}
+		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
+		if valLen < 0 {
+			return protowire.ParseError(valLen)
+		}
+		fn(n, typ, i, i+tagLen+valLen, tagLen)
+		i += tagLen + valLen
+	}
+	return nil
+}
+
 // fieldBytes returns the value of the last top-level length-delimited field
 // numbered num of the protobuf message b (as proto does for a scalar
 // field), nil when it has none.
 func fieldBytes(b []byte, num protowire.Number) ([]byte, error) {
 	var out []byte
-	for i := 0; i < len(b); {
-		n, typ, tagLen := protowire.ConsumeTag(b[i:])
-		if tagLen < 0 {
-			return nil, protowire.ParseError(tagLen)
-		}
-		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
-		if valLen < 0 {
-			return nil, protowire.ParseError(valLen)
-		}
+	err := eachField(b, func(n protowire.Number, typ protowire.Type, start, _, tagLen int) {
 		if n == num && typ == protowire.BytesType {
-			v, _ := protowire.ConsumeBytes(b[i+tagLen:])
-			out = v
+			out, _ = protowire.ConsumeBytes(b[start+tagLen:])
 		}
-		i += tagLen + valLen
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // withoutField returns the protobuf message b without its top-level fields
 // numbered num, or b itself when it has none.
 func withoutField(b []byte, num protowire.Number) ([]byte, error) {
 	var out []byte
-	for i := 0; i < len(b); {
-		n, typ, tagLen := protowire.ConsumeTag(b[i:])
-		if tagLen < 0 {
-			return nil, protowire.ParseError(tagLen)
-		}
-		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
-		if valLen < 0 {
-			return nil, protowire.ParseError(valLen)
-		}
-		end := i + tagLen + valLen
+	err := eachField(b, func(n protowire.Number, _ protowire.Type, start, end, _ int) {
 		switch {
 		case n == num && out == nil:
-			out = append(make([]byte, 0, len(b)), b[:i]...)
+			out = append(make([]byte, 0, len(b)), b[:start]...)
 		case n != num && out != nil:
-			out = append(out, b[i:end]...)
+			out = append(out, b[start:end]...)
 		}
-		i = end
+	})
+	if err != nil {
+		return nil, err
 	}
 	if out == nil {
 		return b, nil
