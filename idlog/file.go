@@ -60,9 +60,10 @@ type File struct {
 
 // Open opens the log in dir (created 0700 if missing). If the file's
 // segment replays to pcr's value, it continues it (the agent restarted
-// within a boot). Otherwise, when pcr is still reset (all zero) or the
-// segment is another boot's, the file moves to PreviousFileName and a new
-// segment starts with a boot record, extended into pcr. A segment that
+// within a boot). Otherwise, when pcr is still reset (all zero: the file,
+// whatever it holds, is another boot's) or the segment names another boot,
+// the file moves to PreviousFileName and a new segment starts with a boot
+// record, extended into pcr. A segment that
 // neither replays nor is another boot's is continued with File.Mismatch set.
 // A trailing partial record (a write cut short before its extend) is
 // dropped.
@@ -80,22 +81,24 @@ func Open(dir string, opts Opts, pcr PCR) (*File, error) {
 		return nil, fmt.Errorf("unable to create the identity log directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	raw, err := readSegment(path)
-	if err != nil {
-		return nil, err
-	}
 	current, err := pcr.Read()
 	if err != nil {
 		return nil, fmt.Errorf("unable to read PCR %d: %w", opts.PCR, err)
 	}
+	raw, err := readSegment(path)
 	var log *Log
-	if len(raw) > 0 {
-		if log, err = Parse(raw); err != nil {
-			return nil, fmt.Errorf("identity log %s: %w", path, err)
-		}
-		if log.PCR != opts.PCR {
-			return nil, fmt.Errorf("identity log %s extends PCR %d, not %d: move it away to change the PCR", path, log.PCR, opts.PCR)
-		}
+	if err == nil && len(raw) > 0 {
+		log, err = Parse(raw)
+	}
+	switch {
+	case err != nil && current != [32]byte{}:
+		// The PCR was extended this boot: the file must explain it.
+		return nil, fmt.Errorf("identity log %s: %w", path, err)
+	case err != nil:
+		// A reset PCR: the file, whatever it holds, is another boot's.
+		log, raw = nil, []byte{}
+	case log != nil && log.PCR != opts.PCR:
+		return nil, fmt.Errorf("identity log %s extends PCR %d, not %d: move it away to change the PCR", path, log.PCR, opts.PCR)
 	}
 	lf := &File{pcr: opts.PCR, now: opts.Now, seen: map[string]bool{}}
 	switch {
@@ -106,7 +109,7 @@ func Open(dir string, opts Opts, pcr PCR) (*File, error) {
 	default:
 		// A PCR extended before this boot's first record cannot replay.
 		lf.Mismatch = current != [32]byte{}
-		if log != nil {
+		if _, err := os.Stat(path); err == nil {
 			if err := os.Rename(path, filepath.Join(dir, PreviousFileName)); err != nil {
 				return nil, fmt.Errorf("unable to keep the previous boot's identity log: %w", err)
 			}

@@ -153,6 +153,29 @@ func TestFileRefusals(t *testing.T) {
 		t.Fatalf("PCR 16: %v", err)
 	}
 
+	// A file that does not parse stops the agent while the PCR says this
+	// boot extended it; after a reboot it is kept aside and a new segment
+	// starts.
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, idlog.FileName), []byte("not a record\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idlog.Open(bad, idlog.Opts{}, pcr); err == nil || !strings.Contains(err.Error(), "identity log record 1: is not a record") {
+		t.Fatalf("corrupt log, extended PCR: %v", err)
+	}
+	if err := reboot(rw); err != nil {
+		t.Fatal(err)
+	}
+	lf, err = idlog.Open(bad, idlog.Opts{}, pcr)
+	if err != nil {
+		t.Fatalf("corrupt log after a reboot: %v", err)
+	}
+	replays(t, lf, pcr)
+	lf.Close()
+	if prev, err := os.ReadFile(filepath.Join(bad, idlog.PreviousFileName)); err != nil || string(prev) != "not a record\n" {
+		t.Fatalf("the corrupt log was not kept aside: %q %v", prev, err)
+	}
+
 	// Full: refused with ErrFull, nothing appended.
 	if err := reboot(rw); err != nil {
 		t.Fatal(err)
