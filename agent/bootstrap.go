@@ -446,7 +446,7 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, r
 	}
 	lap(StepChallenge, "challenge "+ch.GetChallengeId()[:min(8, len(ch.GetChallengeId()))]+"…, expires "+time.Unix(ch.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
 
-	quotes, keys, err := node.answer(ch, lap)
+	a, err := node.answer(ch, lap)
 	if err != nil {
 		return nil, err
 	}
@@ -455,7 +455,7 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, r
 		return nil, &StepError{StepAttest, err}
 	}
 
-	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: quotes, EventLog: eventLog, ResidentKeys: keys,
+	resp, err := broker.Attest(ctx, &pb.AttestRequest{ChallengeId: ch.GetChallengeId(), Quotes: a.quotes, EventLog: eventLog, ResidentKeys: a.keys, IdentityLog: a.identityLog,
 		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic(),
 		RelyingPartyNonce: rpNonce, PolicyCounter: counter})
 	if err != nil {
@@ -504,25 +504,39 @@ func (e *brokerError) GRPCStatus() *status.Status { return e.s }
 // secret, and certifies a new key for each tpm_resident release
 // (NodeOpts.TPMResident) over it, reporting each stage to lap. Errors are
 // *StepError.
-func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) ([]*pb.Quote, []*pb.ResidentKey, error) {
+func (n *Node) answer(ch *pb.ChallengeResponse, lap func(Step, string)) (*answered, error) {
 	secret, err := n.Activate(ch)
 	if err != nil {
-		return nil, nil, &StepError{StepActivate, err}
+		return nil, &StepError{StepActivate, err}
 	}
 	defer clear(secret)
 	lap(StepActivate, "credential activated: the AK and EK share this TPM")
-	quotes, err := n.QuoteFor(ch, secret)
-	if err != nil {
-		return nil, nil, &StepError{StepQuote, err}
+	a := &answered{}
+	if n.identityLog != nil {
+		a.identityLog = n.identityLog()
 	}
-	keys, err := n.residentKeys(secret)
-	if err != nil {
-		return nil, nil, &StepError{StepQuote, err}
+	if a.quotes, err = n.QuoteFor(ch, secret); err != nil {
+		return nil, &StepError{StepQuote, err}
 	}
-	detail := fmt.Sprintf("%d bank(s) quoted", len(quotes))
-	if len(keys) > 0 {
-		detail += fmt.Sprintf(", %d TPM-resident key(s) certified", len(keys))
+	if a.keys, err = n.residentKeys(secret); err != nil {
+		return nil, &StepError{StepQuote, err}
+	}
+	detail := fmt.Sprintf("%d bank(s) quoted", len(a.quotes))
+	if len(a.keys) > 0 {
+		detail += fmt.Sprintf(", %d TPM-resident key(s) certified", len(a.keys))
+	}
+	if len(a.identityLog) > 0 {
+		detail += fmt.Sprintf(", identity log of %d bytes", len(a.identityLog))
 	}
 	lap(StepQuote, detail)
-	return quotes, keys, nil
+	return a, nil
+}
+
+// answered is a node's answer to a challenge: its quotes, the certifies
+// of its TPM-resident keys and its record of issued identities (read just
+// before the quotes).
+type answered struct {
+	quotes      []*pb.Quote
+	keys        []*pb.ResidentKey
+	identityLog []byte
 }

@@ -64,6 +64,11 @@ type NodeOpts struct {
 	// through the Node's own connection, which must then stay open and
 	// not be used by anything else during a handshake.
 	TPM resident.TPMFunc
+	// IdentityLog, if set, returns the node's record of issued identities
+	// (idlog.File.Segment), sent with each attestation. It is read just
+	// before the quotes: the caller keeps its PCR from being extended
+	// between the two (the agent holds the TPM across both). Default: none.
+	IdentityLog func() []byte
 }
 
 // Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
@@ -84,6 +89,7 @@ type Node struct {
 	banks         []tpm2.Algorithm
 	intermediates [][]byte
 	residentNames []string
+	identityLog   func() []byte
 	residentPCRs  map[string]*resident.PCRs
 	tpm           resident.TPMFunc
 	// resident are the keys created for the last attestation.
@@ -121,7 +127,8 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
 	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates),
-		residentNames: slices.Clone(opts.TPMResident), residentPCRs: maps.Clone(opts.TPMResidentPCRs), tpm: opts.TPM, counter: opts.PolicyCounter}
+		residentNames: slices.Clone(opts.TPMResident), residentPCRs: maps.Clone(opts.TPMResidentPCRs), tpm: opts.TPM, counter: opts.PolicyCounter,
+		identityLog: opts.IdentityLog}
 	if n.tpm == nil {
 		n.tpm = func(fn func(io.ReadWriter) error) error { return fn(rw) }
 	}

@@ -109,12 +109,12 @@ func VaultLogin(ctx context.Context, c *vaultapi.Client, node *Node, opts VaultL
 	}
 	lap(StepChallenge, detail)
 
-	quotes, _, err := node.answer(ch, lap)
+	a, err := node.answer(ch, lap)
 	if err != nil {
 		return nil, err
 	}
 
-	login, err := logical.WriteWithContext(ctx, "auth/"+mount+"/login", vaultLoginRequest(opts.Role, req, ch.GetChallengeId(), quotes, opts.EventLog))
+	login, err := logical.WriteWithContext(ctx, "auth/"+mount+"/login", vaultLoginRequest(opts.Role, req, ch.GetChallengeId(), a, opts.EventLog))
 	if err != nil {
 		return nil, &StepError{StepLogin, vaultError(err)}
 	}
@@ -300,9 +300,9 @@ func parseVaultChallenge(s *vaultapi.Secret) (*pb.ChallengeResponse, error) {
 // (the challenge was issued for it), and each quote as its TPMS_ATTEST and
 // TPMT_SIGNATURE, base64, with the quoted PCR values by index (hash_alg is
 // the TPM_ALG_ID of the bank).
-func vaultLoginRequest(role string, ch *pb.ChallengeRequest, challengeID string, quotes []*pb.Quote, eventLog []byte) map[string]any {
-	qs := make([]map[string]any, len(quotes))
-	for i, q := range quotes {
+func vaultLoginRequest(role string, ch *pb.ChallengeRequest, challengeID string, a *answered, eventLog []byte) map[string]any {
+	qs := make([]map[string]any, len(a.quotes))
+	for i, q := range a.quotes {
 		values := make(map[string]string, len(q.GetPcrs().GetValues()))
 		for idx, v := range q.GetPcrs().GetValues() {
 			values[strconv.FormatUint(uint64(idx), 10)] = b64(v)
@@ -322,6 +322,9 @@ func vaultLoginRequest(role string, ch *pb.ChallengeRequest, challengeID string,
 	body["quotes"] = qs
 	if len(eventLog) > 0 {
 		body["event_log"] = b64(eventLog)
+	}
+	if len(a.identityLog) > 0 {
+		body["identity_log"] = b64(a.identityLog)
 	}
 	return body
 }

@@ -20,6 +20,7 @@ func evidenceOf(ch challenge.Challenge, req *pb.AttestRequest, at time.Time) att
 		AKPublic:        ch.AKPublic,
 		SecretHash:      ch.SecretHash,
 		EventLog:        req.GetEventLog(),
+		IdentityLog:     req.GetIdentityLog(),
 	}
 	for _, q := range req.GetQuotes() {
 		ev.Quotes = append(ev.Quotes, attestation.Quote{

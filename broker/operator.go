@@ -257,8 +257,9 @@ func nodeStatus(ctx context.Context, st NodeReader, ref string, withEvidence boo
 // statusOf returns n's status without its deny-list entry.
 func statusOf(n *store.NodeRecord, withEvidence bool) NodeStatus {
 	s := NodeStatus{NodeRecord: *n}
-	s.NodeRecord.Evidence = attestation.Evidence{}
+	s.NodeRecord.Evidence, s.NodeRecord.EarlierIdentityLogs = attestation.Evidence{}, nil
 	if withEvidence {
+		s.NodeRecord.EarlierIdentityLogs = n.EarlierIdentityLogs
 		ev := n.Evidence
 		s.Evidence = &ev
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultsource"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -497,6 +498,8 @@ func checkAttestRequest(req *pb.AttestRequest) error {
 		return fmt.Errorf("at most %d quotes", verify.MaxQuotes)
 	case len(req.GetEventLog()) > verify.MaxEventLogSize:
 		return fmt.Errorf("event_log exceeds %d bytes", verify.MaxEventLogSize)
+	case len(req.GetIdentityLog()) > idlog.MaxSize:
+		return fmt.Errorf("identity_log exceeds %d bytes", idlog.MaxSize)
 	case len(req.GetResidentKeys()) > verify.MaxResidentKeys:
 		return fmt.Errorf("at most %d resident keys", verify.MaxResidentKeys)
 	}

@@ -35,6 +35,13 @@
 //     codes and stage names; `keybroker-agent ek-hash` prints the hash the
 //     broker records, and that hash alone (ek_allow, tpm_bound) is enough to
 //     be trusted.
+//   - TestIdentityRecordOnSWTPM (idlog_test.go): keybroker-agent run
+//     --identity-log-dir records the three X.509-SVIDs and the JWT-SVID a
+//     go-spiffe client fetches, each once however often fetched, in PCR 15;
+//     the re-attestation carries the record, the broker replays it against
+//     the quote, `keybroker audit show` lists it, and a policy over
+//     identities.issued denies the node for an entry without an executable
+//     digest; PCR 15 extended out of band refuses it as identity_log.
 //   - TestEventLogPolicy (eventlog_test.go): two swtpm nodes boot with
 //     realistic event logs (internal/evidencetest); a policy over Secure
 //     Boot, the kernel digest and the command line allows the one that

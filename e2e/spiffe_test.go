@@ -59,14 +59,7 @@ var (
 // the executable's SHA-256).
 func spiffePolicy(t *testing.T, p *pcrs) string {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(readFile(t, exe))
+	exe, sum := selfExecutable(t)
 	var b strings.Builder
 	b.WriteString("policy \"mesh\" {\n  select {\n    ek_cas = [\"swtpm\"]\n  }\n  require = [\n")
 	for _, r := range pcrRequire(p.value(0), p.value(7)) {
@@ -87,8 +80,24 @@ func spiffePolicy(t *testing.T, p *pcrs) string {
     ttl       = "1h"
   }
 }
-`, e2eNodeSVIDTTL.String(), e2eTrustDomain, e2eWorkloadID, os.Getuid(), exe, hex.EncodeToString(sum[:]))
+`, e2eNodeSVIDTTL.String(), e2eTrustDomain, e2eWorkloadID, os.Getuid(), exe, sum)
 	return b.String()
+}
+
+// selfExecutable returns this test binary's path, symlinks resolved, and
+// its SHA-256 in hex: what the agent's unix:path and unix:sha256 selectors
+// say of this process.
+func selfExecutable(t *testing.T) (path, sha256Hex string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(readFile(t, exe))
+	return exe, hex.EncodeToString(sum[:])
 }
 
 // agentRun is a running `keybroker-agent run`.

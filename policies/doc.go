@@ -79,7 +79,7 @@
 // its EK certificate chained to a CA named in ek_cas, or its labels include
 // every label of select's labels; a policy must select something. Require
 // expressions see the facts listed by FactNames (ek, pcrs, tpm, history,
-// eventlog, node.labels) and are compiled once, when the document is parsed; each must
+// eventlog, identities, node.labels) and are compiled once, when the document is parsed; each must
 // evaluate to a bool. A tls_certificate release's common_name, dns_names
 // and ip_addresses are HCL templates over ek_hash, ek_hash_short (its first
 // 16 hex characters) and ek_ca, rendered for each node; it needs at least

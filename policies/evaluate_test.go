@@ -379,6 +379,9 @@ func TestFacts(t *testing.T) {
 	if el["present"] != false || el["kernel_cmdline"] != "" {
 		t.Errorf("eventlog facts without a log = %v", el)
 	}
+	if id := f["identities"].(map[string]any); id["present"] != false || len(id["issued"].([]map[string]any)) != 0 {
+		t.Errorf("identities facts without a record = %v", id)
+	}
 	history := f["history"].(map[string]any)
 	if history["first_seen"] != true || history["rebooted"] != false || history["resets"] != int64(0) || history["restarts"] != int64(0) {
 		t.Errorf("history facts of a first attestation = %v", history)
@@ -406,6 +409,10 @@ func TestFacts(t *testing.T) {
 			}
 		case "node":
 			if _, ok := f["node"].(map[string]any)[key]; !ok {
+				t.Errorf("fact %s is missing", name)
+			}
+		case "identities":
+			if _, ok := f["identities"].(map[string]any)[key]; !ok {
 				t.Errorf("fact %s is missing", name)
 			}
 		case "pcrs":

@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/cel-go/cel"
 	"github.com/google/go-tpm/tpm2"
@@ -50,6 +51,10 @@ var factDocs = []FactDoc{
 	{"eventlog.events", "list(map)", "the measured events, in order: {pcr: int, type: int, digest: hex in eventlog.bank}"},
 	{"eventlog.bank", "string", "the bank the facts were read from: sha256 when quoted and logged"},
 	{"eventlog.problems", "list(string)", "the parts of the log that could not be interpreted (their facts are empty); empty when all was read"},
+	{"identities.present", "bool", "whether the node sent a record of issued identities (it replayed to its quoted PCR)"},
+	{"identities.pcr", "int", "the PCR the record extends (SHA-256 bank); 0 without a record"},
+	{"identities.boot_id", "string", "the boot the record is of, as the agent read it; \"\" if unknown"},
+	{"identities.issued", "list(map)", "the SVIDs the agent handed to workloads this boot, in order: {type: \"x509\" or \"jwt\", spiffe_id, serial, expires (RFC 3339 or \"\"), selectors: list(string) of the entry, exe_sha256: the caller's executable (\"\" if unread), uid: int, time: RFC 3339}"},
 	{"node.labels", "map(string, string)", "the labels a node block of the policy documents gives this EK; empty if none"},
 }
 
@@ -104,9 +109,15 @@ func FactDocs() []FactDoc {
 //	eventlog.events           list(map), the measured events: {pcr, type, digest}
 //	eventlog.bank             string, the bank the facts were read from
 //	eventlog.problems         list(string), what could not be interpreted
+//	identities.present        bool, whether the node sent a record of issued identities (it replayed)
+//	identities.pcr            int, the PCR the record extends (SHA-256 bank)
+//	identities.boot_id        string, the boot the record is of
+//	identities.issued         list(map), the SVIDs handed out this boot: {type, spiffe_id, serial,
+//	                          expires, selectors, exe_sha256, uid, time}
 //
 // Without an event log, eventlog.present is false and every other eventlog
-// fact is empty (false, "", []).
+// fact is empty (false, "", []); likewise the identities facts without an
+// identity record.
 // The history facts compare the quote's TPM counters with the node's
 // previous attestation (verify.Verified.WithHistory; the broker always does
 // this, and refuses counters that went backwards before any policy runs).
@@ -127,7 +138,7 @@ func FactNames() []string {
 // Facts returns the facts of a verified node as Evaluate presents them to
 // CEL: "ek" (map[string]any), "pcrs" (map[string]map[int64]string), "tpm"
 // (map[string]int64), "history" (map[string]any) and "eventlog"
-// (map[string]any). It returns nil for a nil or zero Verified.
+// (map[string]any) and "identities" (map[string]any). It returns nil for a nil or zero Verified.
 func Facts(v *verify.Verified) map[string]any {
 	if v == nil || v.Node() == nil {
 		return nil
@@ -152,11 +163,12 @@ func Facts(v *verify.Verified) map[string]any {
 	}
 	clock := v.Clock()
 	return map[string]any{
-		"eventlog": eventLogFacts(v.EventLog()),
-		"node":     map[string]any{"labels": map[string]string{}},
-		"history":  historyFacts(v.History()),
-		"ek":       ek,
-		"pcrs":     pcrs,
+		"eventlog":   eventLogFacts(v.EventLog()),
+		"identities": identityFacts(v.IdentityLog()),
+		"node":       map[string]any{"labels": map[string]string{}},
+		"history":    historyFacts(v.History()),
+		"ek":         ek,
+		"pcrs":       pcrs,
 		"tpm": map[string]int64{
 			"reset_count":      int64(clock.ResetCount),
 			"restart_count":    int64(clock.RestartCount),
@@ -224,6 +236,31 @@ func eventLogFacts(f *verify.EventLogFacts) map[string]any {
 	}
 }
 
+// identityFacts presents the record of issued identities; without one,
+// present is false and the rest empty.
+func identityFacts(l *verify.IdentityLog) map[string]any {
+	if l == nil {
+		return map[string]any{"present": false, "pcr": int64(0), "boot_id": "", "issued": []map[string]any{}}
+	}
+	issued := make([]map[string]any, 0, len(l.Issued))
+	for _, i := range l.Issued {
+		expires := ""
+		if !i.Expires.IsZero() {
+			expires = i.Expires.UTC().Format(time.RFC3339)
+		}
+		selectors := i.Selectors
+		if selectors == nil {
+			selectors = []string{}
+		}
+		issued = append(issued, map[string]any{
+			"type": i.Type, "spiffe_id": i.SPIFFEID, "serial": i.Serial, "expires": expires,
+			"selectors": selectors, "exe_sha256": i.ExeSHA256, "uid": int64(i.UID),
+			"time": i.Time.UTC().Format(time.RFC3339),
+		})
+	}
+	return map[string]any{"present": true, "pcr": int64(l.PCR), "boot_id": l.BootID, "issued": issued}
+}
+
 // clampInt64 maps a TPM uint64 to CEL's int without wrapping negative.
 func clampInt64(u uint64) int64 {
 	if u > math.MaxInt64 {
@@ -248,6 +285,8 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 			"what the policy documents say about the node: labels"),
 		cel.VariableWithDoc("eventlog", cel.MapType(cel.StringType, cel.DynType),
 			"facts from the verified event log: present, secure_boot, pk, kek, db, dbx, authorities, boot_apps, boot_loader, grub_commands, kernel_cmdline, firmware_version, separators, events, bank, problems"),
+		cel.VariableWithDoc("identities", cel.MapType(cel.StringType, cel.DynType),
+			"the verified record of identities the agent handed to workloads this boot: present, pcr, boot_id, issued"),
 	)
 })
 
@@ -257,7 +296,7 @@ const maxCost = 1_000_000
 
 // FactGroups are the top-level facts of require expressions, by which
 // Decision.Appraised names what an allowed node was appraised on.
-var FactGroups = []string{"ek", "pcrs", "tpm", "history", "node", "eventlog"}
+var FactGroups = []string{"ek", "pcrs", "tpm", "history", "node", "eventlog", "identities"}
 
 // factGroupsRead returns the fact groups a checked expression reads,
 // sorted, from the checker's references to its variables.

@@ -31,4 +31,9 @@
 //
 // The server holds no identities itself: a Source (the agent's SVID
 // manager) supplies snapshots and JWT-SVIDs.
+//
+// With WithRecorder, every SVID is recorded before it is handed out (the
+// agent's TPM-backed identity log, package idlog): a response whose SVIDs
+// cannot be recorded is refused with Unavailable "unable to record the
+// identity handout".
 package workload

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // HeaderKey and HeaderValue form the metadata every Workload API call must
@@ -42,6 +44,7 @@ const (
 	msgBadSPIFFEID     = "spiffe_id is not a valid SPIFFE ID"
 	msgJWTUnavailable  = "unable to fetch a JWT-SVID"
 	msgEncodingFailure = "unable to encode the response"
+	msgUnrecorded      = "unable to record the identity handout"
 )
 
 // Server is the SPIFFE Workload API. Every call must carry the
@@ -56,6 +59,7 @@ type Server struct {
 	now     func() time.Time
 	procDir string
 	att     *attestor
+	rec     Recorder
 	unary   []grpc.UnaryServerInterceptor
 	stream  []grpc.StreamServerInterceptor
 }
@@ -199,6 +203,9 @@ func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Server
 		case len(resp.Svids) == 0 && expired:
 			return status.Error(codes.PermissionDenied, msgExpired)
 		case len(resp.Svids) > 0 && !proto.Equal(resp, last):
+			if err := s.record(c, entries, x509Handouts(snap, resp)); err != nil {
+				return err
+			}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
@@ -267,6 +274,18 @@ func x509Response(snap *Snapshot, entries []Entry, now time.Time) (*workloadpb.X
 		})
 	}
 	return resp, wake, expired, nil
+}
+
+// x509Handouts are the handouts of resp's SVIDs, for the Recorder.
+func x509Handouts(snap *Snapshot, resp *workloadpb.X509SVIDResponse) []idlog.Issued {
+	var out []idlog.Issued
+	for _, v := range resp.Svids {
+		id, _ := spiffeid.FromString(v.SpiffeId)
+		cert := snap.X509SVIDs[id].Certificates[0]
+		out = append(out, idlog.Issued{Type: idlog.TypeX509, SPIFFEID: v.SpiffeId,
+			Serial: cert.SerialNumber.Text(16), Expires: cert.NotAfter})
+	}
+	return out
 }
 
 func concatDER(certs []*x509.Certificate) []byte {
@@ -371,6 +390,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 		return nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
 	resp := &workloadpb.JWTSVIDResponse{}
+	var handouts []idlog.Issued
 	for _, id := range ids {
 		svid, err := s.src.FetchJWTSVID(ctx, id, req.GetAudience())
 		if err != nil {
@@ -383,7 +403,13 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 			}
 			return nil, status.Error(codes.Unavailable, msgJWTUnavailable)
 		}
-		resp.Svids = append(resp.Svids, &workloadpb.JWTSVID{SpiffeId: id.String(), Svid: svid.Marshal()})
+		token := svid.Marshal()
+		resp.Svids = append(resp.Svids, &workloadpb.JWTSVID{SpiffeId: id.String(), Svid: token})
+		handouts = append(handouts, idlog.Issued{Type: idlog.TypeJWT, SPIFFEID: id.String(),
+			Serial: idlog.SerialOfToken(token), Expires: svid.Expiry})
+	}
+	if err := s.record(c, entries, handouts); err != nil {
+		return nil, err
 	}
 	return resp, nil
 }

@@ -35,6 +35,9 @@ type Evidence struct {
 	// backend keeps each distinct log once, under its SHA-256 (hex), and
 	// puts it back when it reads the record.
 	EventLogSHA256 string `json:"event_log_sha256,omitempty"`
+	// IdentityLog is the node's record of the identities its agent handed
+	// to workloads in the current boot (package idlog), as sent, if any.
+	IdentityLog []byte `json:"identity_log,omitempty"`
 	// ResidentKeys are the keys the node created in its TPM for
 	// tpm_resident releases, with their certifies by the AK. Not kept in
 	// node records: they are verified for release only.

@@ -5,18 +5,22 @@
 package evidence
 
 import (
+	"bytes"
+	"slices"
+
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // Reverify verifies stored evidence again, with the same code as the
 // broker's Attest:
 // the EK and AK (verify.Node, against opts as they are now), the quotes
 // against the challenge's secret hash (verify.Quotes), the event log
-// (WithEventLog) and the TPM counters against those the attestation was
+// (WithEventLog), the identity log (WithIdentityLog) and the TPM counters against those the attestation was
 // compared with (WithHistory), so a policy can be tried on a node's last
 // attestation without trusting anything stored. It does not check that the
 // challenge was fresh or unused: that was decided when the evidence was
@@ -31,8 +35,8 @@ func Reverify(ev attestation.Evidence, opts verify.Opts) (*verify.Verified, erro
 }
 
 // Verify verifies the node (verify.Node), its quotes against the
-// challenge's secret hash (verify.Quotes), its event log (WithEventLog)
-// and the resident keys it offered (WithResidentKeys). node is returned once the node verified, also when a later step failed.
+// challenge's secret hash (verify.Quotes), its event log (WithEventLog),
+// its record of issued identities (WithIdentityLog) and the resident keys it offered (WithResidentKeys). node is returned once the node verified, also when a later step failed.
 func Verify(ev attestation.Evidence, opts verify.Opts) (node *verify.NodeIdentity, v *verify.Verified, err error) {
 	return verifyEvidence(ev, opts, nil)
 }
@@ -63,6 +67,9 @@ func verifyEvidence(ev attestation.Evidence, opts verify.Opts, vouch *verify.Vou
 		return node, nil, err
 	}
 	if v, err = v.WithEventLog(ev.EventLog); err != nil {
+		return node, nil, err
+	}
+	if v, err = v.WithIdentityLog(ev.IdentityLog); err != nil {
 		return node, nil, err
 	}
 	keys := make([]verify.ResidentKeyEvidence, 0, len(ev.ResidentKeys))
@@ -114,6 +121,30 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 		// So is the version its PCR-policy approvals are signed at, which
 		// only the release step raises.
 		n.PolicyCounterBound, n.PolicyEpoch = prev.PolicyCounterBound, prev.PolicyEpoch
+		n.EarlierIdentityLogs = earlierIdentityLogs(prev, ev.IdentityLog)
 	}
 	return n
+}
+
+// earlierIdentityLogs returns the identity logs of the node's earlier
+// boots, given its previous record and the identity log just verified:
+// when that log is not a continuation of the previous one (another boot,
+// or none any more), the previous one, bound to its receipt, becomes the
+// newest earlier log. Whole logs are kept, newest first, while they hold
+// at most idlog.MaxSize bytes in all.
+func earlierIdentityLogs(prev *store.NodeRecord, current []byte) []store.IdentityLog {
+	earlier := prev.EarlierIdentityLogs
+	if last := prev.Evidence.IdentityLog; len(last) > 0 {
+		boot := last[:bytes.IndexByte(last, '\n')+1]
+		if !bytes.HasPrefix(current, boot) {
+			earlier = append([]store.IdentityLog{{ReceiptID: prev.LastReceiptID, Log: last}}, earlier...)
+		}
+	}
+	size := 0
+	for i, l := range earlier {
+		if size += len(l.Log); size > idlog.MaxSize {
+			return slices.Clone(earlier[:i])
+		}
+	}
+	return slices.Clone(earlier)
 }

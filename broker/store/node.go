@@ -65,6 +65,19 @@ type NodeRecord struct {
 	// when the bound was set (broker/pcrpolicy).
 	PolicyCounterBound uint64 `json:"policy_counter_bound,omitempty"`
 	PolicyEpoch        uint64 `json:"policy_epoch,omitempty"`
+	// EarlierIdentityLogs are the node's records of issued identities of
+	// earlier boots (package idlog), newest first, each as the last
+	// attestation of its boot carried and verified it, with that
+	// attestation's receipt; the current boot's is in Evidence. The
+	// decision pipeline (broker/evidence.NodeRecord) bounds them.
+	EarlierIdentityLogs []IdentityLog `json:"earlier_identity_logs,omitempty"`
+}
+
+// IdentityLog is a record of issued identities a verified attestation
+// carried, and that attestation's receipt.
+type IdentityLog struct {
+	ReceiptID string `json:"receipt_id"`
+	Log       []byte `json:"log"`
 }
 
 // NodeSVID identifies a node X.509-SVID the broker released.

@@ -49,6 +49,7 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 			SecretHash:      ev.SecretHash[:],
 			EventLog:        ev.EventLog,
 			EventLogSha256:  ev.EventLogSHA256,
+			IdentityLog:     ev.IdentityLog,
 		},
 	}
 	for _, q := range ev.Quotes {
@@ -62,6 +63,9 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 	}
 	for _, s := range n.SVIDs {
 		pb.Svids = append(pb.Svids, &storev1.NodeSVID{Serial: s.Serial, SpiffeId: idString(s.ID), NotAfter: unixNano(s.NotAfter)})
+	}
+	for _, l := range n.EarlierIdentityLogs {
+		pb.EarlierIdentityLogs = append(pb.EarlierIdentityLogs, &storev1.IdentityLog{ReceiptId: l.ReceiptID, Log: l.Log})
 	}
 	for _, w := range n.WorkloadEntries {
 		e := &storev1.WorkloadEntry{Name: w.Name, SpiffeId: idString(w.ID), TtlNanos: int64(w.TTL)}
@@ -83,14 +87,19 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 }
 
 // unmarshalNodeHead decodes a stored node record without its evidence
-// (Evidence is zero): what a decision needs of the previous record, at a
+// (Evidence is zero but for its IdentityLog, which a decision compares with
+// the new one): what a decision needs of the previous record, at a
 // fraction of the cost — the evidence is most of a record.
 func unmarshalNodeHead(v []byte) (NodeRecord, error) {
 	return unmarshalNodeFields(v, false)
 }
 
-// nodeEvidenceField is storev1.NodeRecord's evidence field number.
-const nodeEvidenceField = 9
+// nodeEvidenceField is storev1.NodeRecord's evidence field number,
+// evidenceIdentityLogField storev1.Evidence's identity_log.
+const (
+	nodeEvidenceField        = 9
+	evidenceIdentityLogField = 13
+)
 
 func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 	switch {
@@ -98,15 +107,22 @@ func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 		var n NodeRecord
 		err := json.Unmarshal(v, &n)
 		if !withEvidence {
-			n.Evidence = attestation.Evidence{}
+			n.Evidence = attestation.Evidence{IdentityLog: n.Evidence.IdentityLog}
 		}
 		return n, err
 	case len(v) == 0 || v[0] != nodeRecordV1:
 		return NodeRecord{}, errors.New("unknown encoding")
 	}
 	body := v[1:]
+	var identityLog []byte
 	if !withEvidence {
-		var err error
+		ev, err := fieldBytes(body, nodeEvidenceField)
+		if err == nil {
+			identityLog, err = fieldBytes(ev, evidenceIdentityLogField)
+		}
+		if err != nil {
+			return NodeRecord{}, err
+		}
 		if body, err = withoutField(body, nodeEvidenceField); err != nil {
 			return NodeRecord{}, err
 		}
@@ -134,6 +150,11 @@ func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 		if err := evidenceFromProto(&n, pb.GetEvidence()); err != nil {
 			return NodeRecord{}, err
 		}
+	} else {
+		n.Evidence.IdentityLog = identityLog
+	}
+	for _, l := range pb.GetEarlierIdentityLogs() {
+		n.EarlierIdentityLogs = append(n.EarlierIdentityLogs, IdentityLog{ReceiptID: l.GetReceiptId(), Log: l.GetLog()})
 	}
 	for _, s := range pb.GetSvids() {
 		id, err := parseID(s.GetSpiffeId())
@@ -204,6 +225,7 @@ func evidenceFromProto(n *NodeRecord, pe *storev1.Evidence) error {
 		AKPublic:        pe.GetAkPublic(),
 		EventLog:        pe.GetEventLog(),
 		EventLogSHA256:  pe.GetEventLogSha256(),
+		IdentityLog:     pe.GetIdentityLog(),
 	}
 	copy(n.Evidence.SecretHash[:], pe.GetSecretHash())
 	for _, q := range pe.GetQuotes() {
@@ -221,27 +243,52 @@ func evidenceFromProto(n *NodeRecord, pe *storev1.Evidence) error {
 	return nil
 }
 
+// eachField calls fn with each top-level field of the protobuf message b:
+// its number and type, where it starts and ends in b, and the length of its
+// tag.
+func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, start, end, tagLen int)) error {
+	for i := 0; i < len(b); {
+		n, typ, tagLen := protowire.ConsumeTag(b[i:])
+		if tagLen < 0 {
+			return protowire.ParseError(tagLen)
+		}
+		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
+		if valLen < 0 {
+			return protowire.ParseError(valLen)
+		}
+		fn(n, typ, i, i+tagLen+valLen, tagLen)
+		i += tagLen + valLen
+	}
+	return nil
+}
+
+// fieldBytes returns the value of the last top-level length-delimited field
+// numbered num of the protobuf message b (as proto does for a scalar
+// field), nil when it has none.
+func fieldBytes(b []byte, num protowire.Number) ([]byte, error) {
+	var out []byte
+	err := eachField(b, func(n protowire.Number, typ protowire.Type, start, _, tagLen int) {
+		if n == num && typ == protowire.BytesType {
+			out, _ = protowire.ConsumeBytes(b[start+tagLen:])
+		}
+	})
+	return out, err
+}
+
 // withoutField returns the protobuf message b without its top-level fields
 // numbered num, or b itself when it has none.
 func withoutField(b []byte, num protowire.Number) ([]byte, error) {
 	var out []byte
-	for i := 0; i < len(b); {
-		n, typ, tagLen := protowire.ConsumeTag(b[i:])
-		if tagLen < 0 {
-			return nil, protowire.ParseError(tagLen)
-		}
-		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
-		if valLen < 0 {
-			return nil, protowire.ParseError(valLen)
-		}
-		end := i + tagLen + valLen
+	err := eachField(b, func(n protowire.Number, _ protowire.Type, start, end, _ int) {
 		switch {
 		case n == num && out == nil:
-			out = append(make([]byte, 0, len(b)), b[:i]...)
+			out = append(make([]byte, 0, len(b)), b[:start]...)
 		case n != num && out != nil:
-			out = append(out, b[i:end]...)
+			out = append(out, b[start:end]...)
 		}
-		i = end
+	})
+	if err != nil {
+		return nil, err
 	}
 	if out == nil {
 		return b, nil

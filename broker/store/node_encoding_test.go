@@ -54,10 +54,12 @@ func fullNode() NodeRecord {
 			},
 			EventLog:       []byte("log"),
 			EventLogSHA256: "deadbeef",
+			IdentityLog:    []byte("{\"type\":\"boot\"}\n"),
 			Previous:       &attestation.Counters{AKName: []byte{0, 11, 9}, Clock: 99, ResetCount: 1, RestartCount: 2},
 			ResidentKeys:   []attestation.ResidentKey{{Name: "web", Public: []byte{0, 35, 1}, CertifyInfo: []byte{0xff, 0x54, 0x43, 0x47}, Signature: []byte{0, 24, 2}}},
 		},
-		SVIDs: []NodeSVID{{Serial: "1f", ID: id, NotAfter: time.Date(2026, 3, 1, 0, 0, 0, 1, time.UTC)}},
+		EarlierIdentityLogs: []IdentityLog{{ReceiptID: "20260101T000000.000000000Z-00", Log: []byte("{}\n")}},
+		SVIDs:               []NodeSVID{{Serial: "1f", ID: id, NotAfter: time.Date(2026, 3, 1, 0, 0, 0, 1, time.UTC)}},
 		WorkloadEntries: []WorkloadEntry{{Name: "web", ID: w, TTL: time.Hour,
 			Selectors: []Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "path:/bin/web"}}}},
 	}
@@ -125,9 +127,10 @@ func TestNodeRecordEncoding(t *testing.T) {
 	}
 	t.Logf("stored form %d bytes, JSON %d", len(b), len(js))
 
-	// Without its evidence, every other field, in both forms.
+	// Without its evidence but for the identity log, every other field, in
+	// both forms.
 	head := n
-	head.Evidence = attestation.Evidence{}
+	head.Evidence = attestation.Evidence{IdentityLog: n.Evidence.IdentityLog} // compared by the next decision
 	for form, enc := range map[string][]byte{"compact": b, "JSON": js} {
 		got, err := decodeNodeHead(n.EKHash, enc)
 		if err != nil || !reflect.DeepEqual(got, head) {

@@ -24,6 +24,7 @@ type Nodes interface {
 // without its evidence, which is most of a record: a decision needs only the
 // previous record's counters and bookkeeping (Bolt, Etcd).
 type NodeHeads interface {
-	// GetNodeHead is GetNode with the record's Evidence left zero.
+	// GetNodeHead is GetNode with the record's Evidence left zero but for
+	// its IdentityLog.
 	GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error)
 }

@@ -19,7 +19,10 @@ const (
 	CheckPCRDigest  Check = "pcr_digest"
 	CheckBank       Check = "pcr_bank"
 	CheckEventLog   Check = "event_log"
-	CheckCounters   Check = "tpm_counters"
+	// CheckIdentityLog: the node's record of issued identities does not
+	// parse or does not replay to its quoted PCR (WithIdentityLog).
+	CheckIdentityLog Check = "identity_log"
+	CheckCounters    Check = "tpm_counters"
 	// CheckResidentKey: a key offered for a tpm_resident release is not a
 	// TPM-resident signing key the AK certified for this challenge.
 	CheckResidentKey Check = "resident_key"

@@ -28,6 +28,7 @@ type Verified struct {
 	firmware    uint64
 	quoteDigest [32]byte
 	eventLog    *EventLogFacts
+	identities  *IdentityLog
 	history     *History
 	// secret is the activated challenge secret the quotes carried, which
 	// resident keys' certifies are bound to (resident.QualifyingData).

@@ -57,6 +57,8 @@ func TestRunFlags(t *testing.T) {
 			wantStderr: "run: --ca: the broker CA bundle " + notPEM + " holds no PEM certificate\n"},
 		{name: "broker without port", args: []string{"run", "--broker", "broker.example.com", "--ca", ca}, wantCode: 2,
 			wantStderr: `run: --broker "broker.example.com": want HOST:PORT`},
+		{name: "identity log on a resettable PCR", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--identity-log-dir", "/tmp/x", "--identity-log-pcr", "16"}, wantCode: 2,
+			wantStderr: "run: --identity-log-pcr: PCR 16 cannot hold the identity record: software may reset it\n"},
 		{name: "metrics address without port", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--metrics-listen", "localhost"}, wantCode: 2,
 			wantStderr: `run: --metrics-listen: "localhost": want HOST:PORT, such as 127.0.0.1:9465`},
 		{name: "metrics port by name", args: []string{"run", "--broker", "127.0.0.1:1", "--ca", ca, "--metrics-listen", "127.0.0.1:http"}, wantCode: 2,

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -38,6 +37,8 @@ type runOpts struct {
 	// cache keeps the credentials still sealed, with --out.
 	cache    string
 	resident residentFlags
+	// identity: the record of handed-out SVIDs (--identity-log-dir).
+	identity identityFlags
 }
 
 func runCmd() *cobra.Command {
@@ -65,7 +66,13 @@ SVID's key is created inside the TPM and the agent's mutual TLS to the
 broker (workload SVIDs, JWT-SVIDs, bundles) signs its handshakes in the TPM,
 opening it for each signature; bound to PCRs (NAME=sha256:0,7), the TPM
 stops signing once the boot state changes, until an attestation the
-policies allow creates a key for the new state.`,
+policies allow creates a key for the new state.
+
+With --identity-log-dir every SVID the Workload API hands out is first
+recorded (SPIFFE ID, serial, the entry's selectors, the caller's executable
+digest and uid), fsync'd and extended into --identity-log-pcr; the record
+goes with each attestation and the broker replays it against the quoted PCR
+(docs/identities.md). A handout that cannot be recorded is refused.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -78,6 +85,7 @@ policies allow creates a key for the new state.`,
 				p.Addf("--retry-max must be ≥ 1s, not %v", o.retryMax)
 			}
 			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
+			o.identity.check(&p)
 			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "" || o.cache != "") {
 				p.Addf("--kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out")
 			}
@@ -103,6 +111,7 @@ policies allow creates a key for the new state.`,
 	f.StringVar(&o.onChange, "on-change", "", "with --out: shell command to run after the files changed (e.g. 'systemctl reload nginx')")
 	f.StringVar(&o.cache, "cache", "", "with --out: also keep the released credentials, still sealed, in this directory (sealed-credentials.json, 0600), rewritten at each attestation, for reopen after a reboot without the broker (created if missing)")
 	o.resident.register(f, "a tpm_resident x509_svid's key (the node SVID) signs the agent's TLS handshakes with the broker inside the TPM; with --out, keys are written as bootstrap writes them")
+	o.identity.register(f)
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
 }
@@ -149,6 +158,14 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	tpm.opts = agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates,
 		TPMResident: in.residentNames, TPMResidentPCRs: in.residentPCRs, TPM: tpm.withRW, PolicyCounter: in.counter}
 	defer tpm.close()
+	idLog, err := openIdentityLog(o.identity, tpm, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	if idLog != nil {
+		defer idLog.Close()
+	}
 	client := pb.NewBrokerClient(conn)
 	var out *agent.FileOut
 	if o.out != "" {
@@ -215,7 +232,8 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		log.Error("unable to issue workload SVIDs; retrying", "error", err)
 	}
 
-	srv := workload.NewServer(mgr, workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))
+	srv := workload.NewServer(mgr, append(recorderOption(idLog, tpm),
+		workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, lis) }()
 	log.Info("workload API serving", "socket", o.socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+o.socket,
@@ -259,71 +277,4 @@ func startMetrics(addr string, log *slog.Logger) (*metrics.Agent, func(), error)
 	}
 	log.Info("metrics serving", "address", ep.Addr(), "path", "/metrics")
 	return m, func() { ep.Close() }, nil
-}
-
-// tpmSession opens the TPM for each attestation, and each signature by a
-// tpm_resident node SVID's key, and closes it after, so that a TPM serving
-// one client at a time (swtpm over TCP) is free in between; the embedded
-// simulator, whose state a reopen would lose, stays open. One user at a
-// time: the renewal loop and the Workload API's handshakes with the broker
-// take turns.
-type tpmSession struct {
-	spec string
-	opts agent.NodeOpts
-
-	mu   sync.Mutex
-	rw   io.ReadWriteCloser // held open: simulator only
-	node *agent.Node
-}
-
-func (t *tpmSession) with(fn func(*agent.Node) error) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.node != nil {
-		return fn(t.node)
-	}
-	rw, err := agent.OpenTPM(t.spec)
-	if err != nil {
-		return &agent.StepError{Step: "tpm", Err: err}
-	}
-	node, err := agent.NewNode(rw, t.opts)
-	if err != nil {
-		rw.Close()
-		return &agent.StepError{Step: "tpm", Err: err}
-	}
-	if t.spec == "simulator" {
-		t.rw, t.node = rw, node
-		return fn(node)
-	}
-	defer rw.Close()
-	defer node.Close()
-	return fn(node)
-}
-
-// withRW runs fn with the TPM alone, for a signature (agent.NodeOpts.TPM):
-// the held simulator, or the TPM opened for fn.
-func (t *tpmSession) withRW(fn func(io.ReadWriter) error) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.rw != nil {
-		return fn(t.rw)
-	}
-	if t.spec == "simulator" {
-		return errors.New("the simulator is not open: no attestation yet")
-	}
-	rw, err := agent.OpenTPM(t.spec)
-	if err != nil {
-		return err
-	}
-	defer rw.Close()
-	return fn(rw)
-}
-
-func (t *tpmSession) close() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.node != nil {
-		t.node.Close()
-		t.rw.Close()
-	}
 }

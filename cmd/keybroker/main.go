@@ -33,6 +33,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cli.NewGroup("nodes", "List, show, forget and allow the nodes the broker knows", nodesListCmd(), nodesShowCmd(), nodesForgetCmd(), nodesAllowCmd()),
 		cli.NewGroup("policy", "Check policies and try them on nodes' evidence", policyCheckCmd(), policyEvalCmd()),
 		cli.NewGroup("evidence", "Read nodes' last verified evidence", evidenceShowCmd()),
+		cli.NewGroup("audit", "Read nodes' verified records of issued identities", auditShowCmd()),
 		cli.NewGroup("ear", "Publish the key that verifies the broker's attestation results", earJWKSCmd()),
 		cli.NewGroup("pcr-policy", "Approve, list and revoke PCR states for pcr_policy \"authorized\" releases", pcrPolicyApproveCmd(), pcrPolicyListCmd(),
 			pcrPolicyRevokeCmd(), pcrPolicyKeysCmd()),

@@ -159,23 +159,8 @@ its last verified attestation (see 'keybroker evidence show'). With
 }
 
 func nodesShow(o nodesShowOpts, ek string, stdout, stderr io.Writer) int {
-	var n broker.NodeStatus
-	var err error
-	if o.vault.set() {
-		r, ok := o.vault.open("nodes", stderr)
-		if !ok {
-			return 1
-		}
-		n, err = broker.NodeStatusFrom(context.Background(), r, ek, o.evidence)
-	} else {
-		where, ok := o.load("nodes", stderr)
-		if !ok {
-			return 1
-		}
-		n, err = broker.GetNodeStatus(context.Background(), where, ek, o.evidence)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "nodes: node %s: %v\n", ek, err)
+	n, ok := nodeStatus("nodes", o.storeFlags, o.vault, ek, o.evidence, stderr)
+	if !ok {
 		return 1
 	}
 	b, err := json.MarshalIndent(n, "", "  ")
@@ -185,6 +170,32 @@ func nodesShow(o nodesShowOpts, ek string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s\n", b)
 	return 0
+}
+
+// nodeStatus reads the status of the node ek from the broker's store (or
+// its admin socket) or, with --vault-mount, from the Vault auth method;
+// it reports failures on stderr as the command name does.
+func nodeStatus(name string, s storeFlags, v vaultFlags, ek string, evidence bool, stderr io.Writer) (broker.NodeStatus, bool) {
+	var n broker.NodeStatus
+	var err error
+	if v.set() {
+		r, ok := v.open(name, stderr)
+		if !ok {
+			return n, false
+		}
+		n, err = broker.NodeStatusFrom(context.Background(), r, ek, evidence)
+	} else {
+		where, ok := s.load(name, stderr)
+		if !ok {
+			return n, false
+		}
+		n, err = broker.GetNodeStatus(context.Background(), where, ek, evidence)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: node %s: %v\n", name, ek, err)
+		return n, false
+	}
+	return n, true
 }
 
 type nodesActionOpts struct {

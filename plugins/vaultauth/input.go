@@ -13,6 +13,7 @@ import (
 	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // Decoding of the challenge and login requests: every problem is reported
@@ -145,6 +146,13 @@ func decodeLogin(d *framework.FieldData) (*loginRequest, error) {
 			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
 		} else if out.eventLog = in.decode("event_log", s); len(out.eventLog) > verify.MaxEventLogSize {
 			in.add("event_log exceeds %d bytes", verify.MaxEventLogSize)
+		}
+	}
+	if s := d.Get("identity_log").(string); s != "" {
+		if base64.StdEncoding.DecodedLen(len(s)) > idlog.MaxSize+2 {
+			in.add("identity_log exceeds %d bytes", idlog.MaxSize)
+		} else if out.identityLog = in.decode("identity_log", s); len(out.identityLog) > idlog.MaxSize {
+			in.add("identity_log exceeds %d bytes", idlog.MaxSize)
 		}
 	}
 	raw := d.Get("quotes").([]any)

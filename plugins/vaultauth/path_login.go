@@ -17,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -86,6 +87,12 @@ func loginFields() map[string]*framework.FieldSchema {
 			Description: fmt.Sprintf("The TCG binary event log behind the quoted PCRs, base64; at most %d bytes. "+
 				"Without it the policy sees eventlog.present == false.", verify.MaxEventLogSize),
 		},
+		"identity_log": {
+			Type: framework.TypeString,
+			Description: fmt.Sprintf("The agent's record of the identities it handed to workloads this boot, base64; "+
+				"at most %d bytes. It must replay to the quoted sha256 value of the PCR it names, else the login is "+
+				"refused (identity_log). Without it the policy sees identities.present == false.", idlog.MaxSize),
+		},
 	} {
 		fields[name] = f
 	}
@@ -114,6 +121,7 @@ type loginRequest struct {
 	evidence    challenge.Evidence
 	quotes      []attestation.Quote
 	eventLog    []byte
+	identityLog []byte
 }
 
 // pathLogin answers a challenge: it opens the challenge with the EK and AK
@@ -329,6 +337,7 @@ func presented(ch challenge.Challenge, in *loginRequest, rec *store.Receipt) att
 		SecretHash:      ch.SecretHash,
 		Quotes:          in.quotes,
 		EventLog:        in.eventLog,
+		IdentityLog:     in.identityLog,
 	}
 }
 
@@ -375,11 +384,11 @@ const pathLoginHelpDesc = `
 Unauthenticated. The node activates the challenge's credential in its TPM
 (TPM2_ActivateCredential), quotes its PCRs with its AK using the recovered
 secret as qualifying data, and sends role, challenge_id, quotes, optionally
-event_log, and again the ek_public, ek_certificate, ek_intermediates and
+event_log and identity_log, and again the ek_public, ek_certificate, ek_intermediates and
 ak_public of its challenge request, which the challenge was issued for.
 Vault opens the challenge (refused if it is unknown, expired or was issued
-for other EK or AK material), verifies the node, the quotes, the event log
-and the TPM counters against the node's last login exactly as the keybroker
+for other EK or AK material), verifies the node, the quotes, the event log,
+the identity log and the TPM counters against the node's last login exactly as the keybroker
 broker does, evaluates the role's policy document over the verified facts,
 and uses the challenge up (once, whatever the outcome).
 
@@ -397,7 +406,7 @@ field); nodes never send a ticket.
 
 A refused login issues nothing and answers "permission denied" with the
 failed check: challenge, ek_trust, ak_attributes, quote_magic, quote_type,
-quote_nonce, quote_signature, pcr_digest, pcr_bank, event_log, tpm_counters,
-or "policy: no policy allows this node". The failed policy conditions are
+quote_nonce, quote_signature, pcr_digest, pcr_bank, event_log, identity_log,
+tpm_counters, or "policy: no policy allows this node". The failed policy conditions are
 logged for operators and never returned. Malformed input is a 400 error.
 `

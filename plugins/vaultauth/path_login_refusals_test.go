@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/idlog"
 )
 
 func TestLoginRefusals(t *testing.T) {
@@ -109,6 +111,28 @@ func TestLoginRefusals(t *testing.T) {
 				return d
 			},
 			denied: true, wantErr: "event_log: ", consumed: true,
+		},
+		{
+			name: "identity log that does not replay",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				line, err := idlog.Encode(idlog.BootRecord(15, "boot", time.Now()), true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				d["identity_log"] = b64(append(line, '\n'))
+				return d
+			},
+			denied: true, wantErr: "identity_log: identity log does not replay to the quoted sha256 PCR 15", consumed: true,
+		},
+		{
+			name: "oversized identity log",
+			answer: func(e *env) map[string]any {
+				d := n.answer(e.challenge(n), "web")
+				d["identity_log"] = b64(make([]byte, idlog.MaxSize+1))
+				return d
+			},
+			wantErr: "identity_log exceeds 262144 bytes",
 		},
 		{
 			name: "EK no longer trusted",

@@ -159,7 +159,7 @@ func sealedResponse(cred *pb.Credential, auth *selfAuth) (*logical.Response, err
 // pathLoginTicket redeems a ticket: once, before it expires, for the role
 // it names, while the role still seals tokens with the same policy.
 func (b *tpmAuthBackend) pathLoginTicket(ctx context.Context, req *logical.Request, d *framework.FieldData, roleName string, role *roleEntry, ticket string) (*logical.Response, error) {
-	for _, f := range []string{"challenge_id", "quotes", "event_log", "ek_public", "ek_certificate", "ek_intermediates", "ak_public"} {
+	for _, f := range []string{"challenge_id", "quotes", "event_log", "identity_log", "ek_public", "ek_certificate", "ek_intermediates", "ak_public"} {
 		if _, ok := d.GetOk(f); ok {
 			return logical.ErrorResponse("ticket cannot be combined with %s", f), nil
 		}

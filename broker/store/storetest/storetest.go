@@ -118,8 +118,9 @@ func Node(ekHash string, clock uint64) store.NodeRecord {
 				Bank:      0x000b,
 				PCRs:      map[uint32][]byte{0: bytes.Repeat([]byte{0}, 32), 7: bytes.Repeat([]byte{7}, 32)},
 			}},
-			EventLog: []byte("event log of " + ekHash),
-			Previous: &attestation.Counters{AKName: []byte("ak-name"), Clock: 1, ResetCount: 7, RestartCount: 3},
+			EventLog:    []byte("event log of " + ekHash),
+			IdentityLog: []byte("identity log of " + ekHash + "\n"),
+			Previous:    &attestation.Counters{AKName: []byte("ak-name"), Clock: 1, ResetCount: 7, RestartCount: 3},
 		},
 	}
 }

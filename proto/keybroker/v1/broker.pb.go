@@ -337,6 +337,13 @@ type AttestRequest struct {
 	// certified by the AK (at most 8): the broker signs a certificate for a
 	// release's key and never sees a private key. See ResidentKey.
 	ResidentKeys []*ResidentKey `protobuf:"bytes,9,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
+	// The node's record of the identities its agent handed to workloads in
+	// the current boot (at most 256 KiB; optional): one JSON record a line,
+	// the first a boot record naming the PCR, each record's SHA-256 extended
+	// into that PCR's SHA-256 bank. The broker replays it against the quoted
+	// PCR and refuses the attestation (identity_log) when it does not
+	// replay; policies read it as identities.issued. See docs/identities.md.
+	IdentityLog []byte `protobuf:"bytes,10,opt,name=identity_log,json=identityLog,proto3" json:"identity_log,omitempty"`
 	// The node's policy-version counter, for pcr_policy "authorized"
 	// releases (optional; see PolicyCounter).
 	PolicyCounter *PolicyCounter `protobuf:"bytes,11,opt,name=policy_counter,json=policyCounter,proto3" json:"policy_counter,omitempty"`
@@ -433,6 +440,13 @@ func (x *AttestRequest) GetRelyingPartyNonce() []byte {
 func (x *AttestRequest) GetResidentKeys() []*ResidentKey {
 	if x != nil {
 		return x.ResidentKeys
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetIdentityLog() []byte {
+	if x != nil {
+		return x.IdentityLog
 	}
 	return nil
 }
@@ -2171,7 +2185,7 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x02 \x01(\fR\x0ecredentialBlob\x12)\n" +
 	"\x10encrypted_secret\x18\x03 \x01(\fR\x0fencryptedSecret\x12!\n" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12\x1b\n" +
-	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xbc\x03\n" +
+	"\tpcr_banks\x18\x05 \x03(\rR\bpcrBanks\"\xdf\x03\n" +
 	"\rAttestRequest\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\tR\vchallengeId\x12+\n" +
 	"\x06quotes\x18\x02 \x03(\v2\x13.keybroker.v1.QuoteR\x06quotes\x12\x1b\n" +
@@ -2181,7 +2195,9 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x10ek_intermediates\x18\x06 \x03(\fR\x0fekIntermediates\x12\x1b\n" +
 	"\tak_public\x18\a \x01(\fR\bakPublic\x12.\n" +
 	"\x13relying_party_nonce\x18\b \x01(\fR\x11relyingPartyNonce\x12>\n" +
-	"\rresident_keys\x18\t \x03(\v2\x19.keybroker.v1.ResidentKeyR\fresidentKeys\x12B\n" +
+	"\rresident_keys\x18\t \x03(\v2\x19.keybroker.v1.ResidentKeyR\fresidentKeys\x12!\n" +
+	"\fidentity_log\x18\n" +
+	" \x01(\fR\videntityLog\x12B\n" +
 	"\x0epolicy_counter\x18\v \x01(\v2\x1b.keybroker.v1.PolicyCounterR\rpolicyCounter\"B\n" +
 	"\rPolicyCounter\x12\x1b\n" +
 	"\tnv_public\x18\x01 \x01(\fR\bnvPublic\x12\x14\n" +

@@ -52,8 +52,10 @@ type NodeRecord struct {
 	// the broker's revocation epoch when that version was set.
 	PolicyCounterBound uint64 `protobuf:"varint,15,opt,name=policy_counter_bound,json=policyCounterBound,proto3" json:"policy_counter_bound,omitempty"`
 	PolicyEpoch        uint64 `protobuf:"varint,16,opt,name=policy_epoch,json=policyEpoch,proto3" json:"policy_epoch,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The node's identity logs of earlier boots, newest first.
+	EarlierIdentityLogs []*IdentityLog `protobuf:"bytes,17,rep,name=earlier_identity_logs,json=earlierIdentityLogs,proto3" json:"earlier_identity_logs,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -198,6 +200,67 @@ func (x *NodeRecord) GetPolicyEpoch() uint64 {
 	return 0
 }
 
+func (x *NodeRecord) GetEarlierIdentityLogs() []*IdentityLog {
+	if x != nil {
+		return x.EarlierIdentityLogs
+	}
+	return nil
+}
+
+// An identity log as an attestation carried and verified it, and that
+// attestation's receipt.
+type IdentityLog struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReceiptId     string                 `protobuf:"bytes,1,opt,name=receipt_id,json=receiptId,proto3" json:"receipt_id,omitempty"`
+	Log           []byte                 `protobuf:"bytes,2,opt,name=log,proto3" json:"log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentityLog) Reset() {
+	*x = IdentityLog{}
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentityLog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentityLog) ProtoMessage() {}
+
+func (x *IdentityLog) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentityLog.ProtoReflect.Descriptor instead.
+func (*IdentityLog) Descriptor() ([]byte, []int) {
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IdentityLog) GetReceiptId() string {
+	if x != nil {
+		return x.ReceiptId
+	}
+	return ""
+}
+
+func (x *IdentityLog) GetLog() []byte {
+	if x != nil {
+		return x.Log
+	}
+	return nil
+}
+
 type Evidence struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Time            int64                  `protobuf:"varint,1,opt,name=time,proto3" json:"time,omitempty"`
@@ -212,13 +275,15 @@ type Evidence struct {
 	EventLogSha256  string                 `protobuf:"bytes,10,opt,name=event_log_sha256,json=eventLogSha256,proto3" json:"event_log_sha256,omitempty"`
 	Previous        *Counters              `protobuf:"bytes,11,opt,name=previous,proto3" json:"previous,omitempty"`
 	ResidentKeys    []*ResidentKey         `protobuf:"bytes,12,rep,name=resident_keys,json=residentKeys,proto3" json:"resident_keys,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The node's record of issued identities (package idlog), as sent.
+	IdentityLog   []byte `protobuf:"bytes,13,opt,name=identity_log,json=identityLog,proto3" json:"identity_log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[1]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +295,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[1]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +308,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{1}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Evidence) GetTime() int64 {
@@ -330,6 +395,13 @@ func (x *Evidence) GetResidentKeys() []*ResidentKey {
 	return nil
 }
 
+func (x *Evidence) GetIdentityLog() []byte {
+	if x != nil {
+		return x.IdentityLog
+	}
+	return nil
+}
+
 // A TPM-resident key the node created and its AK certified (tpm_resident
 // releases): the release name, its TPMT_PUBLIC, the TPMS_ATTEST of the
 // certify and its TPMT_SIGNATURE.
@@ -345,7 +417,7 @@ type ResidentKey struct {
 
 func (x *ResidentKey) Reset() {
 	*x = ResidentKey{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +429,7 @@ func (x *ResidentKey) String() string {
 func (*ResidentKey) ProtoMessage() {}
 
 func (x *ResidentKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[2]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +442,7 @@ func (x *ResidentKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResidentKey.ProtoReflect.Descriptor instead.
 func (*ResidentKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ResidentKey) GetName() string {
@@ -413,7 +485,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +497,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[3]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +510,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{3}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Quote) GetAttest() []byte {
@@ -481,7 +553,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +565,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[4]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +578,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{4}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Counters) GetAkName() []byte {
@@ -548,7 +620,7 @@ type NodeSVID struct {
 
 func (x *NodeSVID) Reset() {
 	*x = NodeSVID{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +632,7 @@ func (x *NodeSVID) String() string {
 func (*NodeSVID) ProtoMessage() {}
 
 func (x *NodeSVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[5]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +645,7 @@ func (x *NodeSVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSVID.ProtoReflect.Descriptor instead.
 func (*NodeSVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{5}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NodeSVID) GetSerial() string {
@@ -609,7 +681,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +693,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[6]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +706,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -675,7 +747,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +759,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_store_v1_store_proto_msgTypes[7]
+	mi := &file_keybroker_store_v1_store_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +772,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_store_v1_store_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Selector) GetType() string {
@@ -721,7 +793,7 @@ var File_keybroker_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xf4\x04\n" +
+	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xc9\x05\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\aek_hash\x18\x01 \x01(\tR\x06ekHash\x12\x1d\n" +
@@ -742,7 +814,12 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\vquarantined\x18\r \x01(\bR\vquarantined\x12'\n" +
 	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\x120\n" +
 	"\x14policy_counter_bound\x18\x0f \x01(\x04R\x12policyCounterBound\x12!\n" +
-	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\"\xe8\x03\n" +
+	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\x12S\n" +
+	"\x15earlier_identity_logs\x18\x11 \x03(\v2\x1f.keybroker.store.v1.IdentityLogR\x13earlierIdentityLogs\">\n" +
+	"\vIdentityLog\x12\x1d\n" +
+	"\n" +
+	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12\x10\n" +
+	"\x03log\x18\x02 \x01(\fR\x03log\"\x8b\x04\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
@@ -757,7 +834,8 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\x10event_log_sha256\x18\n" +
 	" \x01(\tR\x0eeventLogSha256\x128\n" +
 	"\bprevious\x18\v \x01(\v2\x1c.keybroker.store.v1.CountersR\bprevious\x12D\n" +
-	"\rresident_keys\x18\f \x03(\v2\x1f.keybroker.store.v1.ResidentKeyR\fresidentKeys\"z\n" +
+	"\rresident_keys\x18\f \x03(\v2\x1f.keybroker.store.v1.ResidentKeyR\fresidentKeys\x12!\n" +
+	"\fidentity_log\x18\r \x01(\fR\videntityLog\"z\n" +
 	"\vResidentKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06public\x18\x02 \x01(\fR\x06public\x12!\n" +
@@ -802,32 +880,34 @@ func file_keybroker_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_keybroker_store_v1_store_proto_rawDescData
 }
 
-var file_keybroker_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_keybroker_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_keybroker_store_v1_store_proto_goTypes = []any{
 	(*NodeRecord)(nil),    // 0: keybroker.store.v1.NodeRecord
-	(*Evidence)(nil),      // 1: keybroker.store.v1.Evidence
-	(*ResidentKey)(nil),   // 2: keybroker.store.v1.ResidentKey
-	(*Quote)(nil),         // 3: keybroker.store.v1.Quote
-	(*Counters)(nil),      // 4: keybroker.store.v1.Counters
-	(*NodeSVID)(nil),      // 5: keybroker.store.v1.NodeSVID
-	(*WorkloadEntry)(nil), // 6: keybroker.store.v1.WorkloadEntry
-	(*Selector)(nil),      // 7: keybroker.store.v1.Selector
-	nil,                   // 8: keybroker.store.v1.Quote.PcrsEntry
+	(*IdentityLog)(nil),   // 1: keybroker.store.v1.IdentityLog
+	(*Evidence)(nil),      // 2: keybroker.store.v1.Evidence
+	(*ResidentKey)(nil),   // 3: keybroker.store.v1.ResidentKey
+	(*Quote)(nil),         // 4: keybroker.store.v1.Quote
+	(*Counters)(nil),      // 5: keybroker.store.v1.Counters
+	(*NodeSVID)(nil),      // 6: keybroker.store.v1.NodeSVID
+	(*WorkloadEntry)(nil), // 7: keybroker.store.v1.WorkloadEntry
+	(*Selector)(nil),      // 8: keybroker.store.v1.Selector
+	nil,                   // 9: keybroker.store.v1.Quote.PcrsEntry
 }
 var file_keybroker_store_v1_store_proto_depIdxs = []int32{
-	1, // 0: keybroker.store.v1.NodeRecord.evidence:type_name -> keybroker.store.v1.Evidence
-	5, // 1: keybroker.store.v1.NodeRecord.svids:type_name -> keybroker.store.v1.NodeSVID
-	6, // 2: keybroker.store.v1.NodeRecord.workload_entries:type_name -> keybroker.store.v1.WorkloadEntry
-	3, // 3: keybroker.store.v1.Evidence.quotes:type_name -> keybroker.store.v1.Quote
-	4, // 4: keybroker.store.v1.Evidence.previous:type_name -> keybroker.store.v1.Counters
-	2, // 5: keybroker.store.v1.Evidence.resident_keys:type_name -> keybroker.store.v1.ResidentKey
-	8, // 6: keybroker.store.v1.Quote.pcrs:type_name -> keybroker.store.v1.Quote.PcrsEntry
-	7, // 7: keybroker.store.v1.WorkloadEntry.selectors:type_name -> keybroker.store.v1.Selector
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2, // 0: keybroker.store.v1.NodeRecord.evidence:type_name -> keybroker.store.v1.Evidence
+	6, // 1: keybroker.store.v1.NodeRecord.svids:type_name -> keybroker.store.v1.NodeSVID
+	7, // 2: keybroker.store.v1.NodeRecord.workload_entries:type_name -> keybroker.store.v1.WorkloadEntry
+	1, // 3: keybroker.store.v1.NodeRecord.earlier_identity_logs:type_name -> keybroker.store.v1.IdentityLog
+	4, // 4: keybroker.store.v1.Evidence.quotes:type_name -> keybroker.store.v1.Quote
+	5, // 5: keybroker.store.v1.Evidence.previous:type_name -> keybroker.store.v1.Counters
+	3, // 6: keybroker.store.v1.Evidence.resident_keys:type_name -> keybroker.store.v1.ResidentKey
+	9, // 7: keybroker.store.v1.Quote.pcrs:type_name -> keybroker.store.v1.Quote.PcrsEntry
+	8, // 8: keybroker.store.v1.WorkloadEntry.selectors:type_name -> keybroker.store.v1.Selector
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_store_v1_store_proto_init() }
@@ -841,7 +921,7 @@ func file_keybroker_store_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_store_v1_store_proto_rawDesc), len(file_keybroker_store_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/pflag"
+
+	"github.com/keybroker/keybroker/agent"
+	"github.com/keybroker/keybroker/agent/workload"
+	"github.com/keybroker/keybroker/idlog"
+	"github.com/keybroker/keybroker/internal/cli"
+)
+
+// identityFlags are run's identity record (docs/identities.md).
+type identityFlags struct {
+	dir string
+	pcr int
+}
+
+func (f *identityFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.dir, "identity-log-dir", "", "record every SVID the Workload API hands out in DIR/"+idlog.FileName+
+		" (0600, fsync'd, then extended into --identity-log-pcr) and send it with each attestation; default: no record")
+	fs.IntVar(&f.pcr, "identity-log-pcr", idlog.DefaultPCR, "with --identity-log-dir: the PCR (SHA-256 bank) the record extends: 10-15 or 17-22, one nothing else on the machine extends")
+}
+
+func (f *identityFlags) check(p *cli.Problems) {
+	if f.dir == "" {
+		return
+	}
+	p.Check("identity-log-pcr", idlog.ValidPCR(f.pcr))
+}
+
+// openIdentityLog opens the identity record (nil without --identity-log-dir)
+// and has the node send it with each attestation.
+func openIdentityLog(f identityFlags, tpm *tpmSession, log *slog.Logger) (*idlog.File, error) {
+	if f.dir == "" {
+		return nil, nil
+	}
+	var lf *idlog.File
+	err := tpm.withRW(func(rw io.ReadWriter) error {
+		var err error
+		lf, err = idlog.Open(f.dir, idlog.Opts{PCR: f.pcr, BootID: agent.BootID()}, agent.TPMPCR{RW: rw, Index: f.pcr})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity log: %w", err)
+	}
+	if lf.Mismatch {
+		log.Error("the identity log does not replay to its PCR (extended by something else, or the file was edited): the broker will refuse attestations until the next boot",
+			"pcr", f.pcr, "dir", f.dir)
+	}
+	tpm.opts.IdentityLog = lf.Segment
+	return lf, nil
+}
+
+// recorderOption has the Workload API record its handouts in lf, if set.
+func recorderOption(lf *idlog.File, tpm *tpmSession) []workload.Option {
+	if lf == nil {
+		return nil
+	}
+	return []workload.Option{workload.WithRecorder(&agent.IdentityRecorder{Log: lf, WithTPM: tpm.withRW})}
+}
