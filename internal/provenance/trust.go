@@ -8,13 +8,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/signature"
+
+	"github.com/keybroker/keybroker/internal/workloadentry"
 )
 
 // Bounds on trust material and bundles.
@@ -35,16 +36,15 @@ const (
 	MaxSubjectSize = 1024
 )
 
-// namePattern is the form of signer and trusted root names: they appear in
+// CheckName checks a signer or trusted root name: they appear in
 // selectors (signed:key:<name>), so no colons or slashes.
-var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+func CheckName(name string) error { return workloadentry.CheckTrustName(name) }
 
-// CheckName checks a signer or trusted root name.
-func CheckName(name string) error {
-	if !namePattern.MatchString(name) {
-		return fmt.Errorf("name %q must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
-	}
-	return nil
+// Material is trust material as policies hold it and the broker sends it:
+// what NewTrust parses.
+type Material struct {
+	Keys  []Key
+	Roots []Root
 }
 
 // Key is a public key a policy trusts to sign workload executables, by
@@ -230,7 +230,7 @@ func NewTrust(keys []Key, roots []Root) (*Trust, error) {
 		t.roots = append(t.roots, trustedRoot{name: r.Name, issuers: slices.Clone(r.Issuers), verifier: v})
 		fmt.Fprintf(h, "root %q %q %x\n", r.Name, r.Issuers, sha256.Sum256(r.JSON))
 	}
-	errs = append(errs, checkIssuerPrefixes(allIssuers)...)
+	errs = append(errs, CheckIssuerSet(allIssuers)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -238,10 +238,10 @@ func NewTrust(keys []Key, roots []Root) (*Trust, error) {
 	return t, nil
 }
 
-// checkIssuerPrefixes refuses an issuer declared twice, or one that is
+// CheckIssuerSet refuses an issuer declared twice, or one that is
 // another followed by "/...": "<issuer>/<subject>" would then split two
 // ways.
-func checkIssuerPrefixes(issuers []string) []error {
+func CheckIssuerSet(issuers []string) []error {
 	var errs []error
 	for i, a := range issuers {
 		for _, b := range issuers[i+1:] {
