@@ -23,6 +23,7 @@ import (
 const (
 	e2eSignedKeyID      = "spiffe://" + e2eTrustDomain + "/signed/key"
 	e2eSignedIdentityID = "spiffe://" + e2eTrustDomain + "/signed/identity"
+	e2eSignedCosignID   = "spiffe://" + e2eTrustDomain + "/signed/cosign"
 	e2eIssuer           = "https://issuer.e2e.keybroker/auth"
 	e2eSubject          = "release@e2e.keybroker"
 )
@@ -73,9 +74,12 @@ func runWorkload(t *testing.T, exe, socket string) (string, error) {
 	return out.String(), err
 }
 
-func signedPolicy(p *pcrs, keyFile, rootFile string) string {
+func signedPolicy(p *pcrs, keyFile, rootFile, cosignKey string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `signer "release" {
+  public_key = file(%q)
+}
+signer "cosign" {
   public_key = file(%q)
 }
 trusted_root "e2e" {
@@ -87,7 +91,7 @@ policy "signed" {
     ek_cas = ["swtpm"]
   }
   require = [
-`, keyFile, rootFile, e2eIssuer)
+`, keyFile, cosignKey, rootFile, e2eIssuer)
 	for _, r := range pcrRequire(p.value(0), p.value(7)) {
 		fmt.Fprintf(&b, "    %q,\n", r)
 	}
@@ -106,8 +110,12 @@ policy "signed" {
     spiffe_id = %q
     selectors = ["signed:identity:%s/%s"]
   }
+  workload "signed-cosign" {
+    spiffe_id = %q
+    selectors = ["signed:key:cosign"]
+  }
 }
-`, e2eTrustDomain, e2eSignedKeyID, os.Getuid(), e2eSignedIdentityID, e2eIssuer, e2eSubject)
+`, e2eTrustDomain, e2eSignedKeyID, os.Getuid(), e2eSignedIdentityID, e2eIssuer, e2eSubject, e2eSignedCosignID)
 	return b.String()
 }
 
@@ -133,10 +141,23 @@ func TestSignedSelectorsOnSWTPM(t *testing.T) {
 	other.SignFile(t, foreign, foreign+".sigstore.json")
 	keyless := copyExe(t, built, filepath.Join(dir, "keyless"), true)
 	ca.SignFile(t, keyless, keyless+".bundle", e2eIssuer, e2eSubject)
+	// cosign, when built, signs another copy with a key pair it made;
+	// without it the cosign signer is a key that signs nothing here.
+	cosignKey := filepath.Join(dir, "unused.pub")
+	writeFile(t, cosignKey, string(provenancetest.NewKeySigner(t).PublicKeyPEM))
+	var cosigned string
+	if bin := provenancetest.Cosign(t); bin != "" {
+		cdir := filepath.Join(dir, "cosign")
+		cosigned = copyExe(t, built, cdir, false)
+		provenancetest.RunCosign(t, bin, cdir, "generate-key-pair")
+		provenancetest.RunCosign(t, bin, cdir, "sign-blob", "--yes", "--key", "cosign.key", "--new-bundle-format", "--tlog-upload=false",
+			"--bundle", "fetchsvid.sigstore.json", "fetchsvid")
+		cosignKey = filepath.Join(cdir, "cosign.pub")
+	}
 
 	tpm := swtpmtest.Start(t, swtpmtest.Opts{})
 	p := bootMeasured(t, tpm)
-	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: signedPolicy(p, keyFile, rootFile),
+	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: signedPolicy(p, keyFile, rootFile, cosignKey),
 		extra: fmt.Sprintf("\nspiffe {\n  trust_domain = %q\n}\n", e2eTrustDomain)})
 	socket := filepath.Join(t.TempDir(), "run", "agent.sock")
 	a := startAgentRun(t, tpm, b, socket)
@@ -145,6 +166,15 @@ func TestSignedSelectorsOnSWTPM(t *testing.T) {
 	t.Run("signed by the trusted key", func(t *testing.T) {
 		out, err := runWorkload(t, signed, socket)
 		if err != nil || strings.TrimSpace(out) != e2eSignedKeyID {
+			t.Fatalf("fetchsvid: %v\n%s", err, out)
+		}
+	})
+	t.Run("signed with cosign", func(t *testing.T) {
+		if cosigned == "" {
+			t.Skip(provenancetest.CosignEnv + " is not set (.ci/run builds cosign and sets it)")
+		}
+		out, err := runWorkload(t, cosigned, socket)
+		if err != nil || strings.TrimSpace(out) != e2eSignedCosignID {
 			t.Fatalf("fetchsvid: %v\n%s", err, out)
 		}
 	})
@@ -159,14 +189,17 @@ func TestSignedSelectorsOnSWTPM(t *testing.T) {
 		if err == nil || !strings.Contains(out, "PermissionDenied") {
 			t.Fatalf("fetchsvid of the modified executable: %v\n%s", err, out)
 		}
-		a.waitLog(t, modified+`.sigstore.json error="no trusted signature: signer \"release\": failed to verify signature: artifact does not match digest"`, 10*time.Second)
+		a.waitLog(t, modified+`.sigstore.json error="no trusted signature: `, 10*time.Second)
+		if !strings.Contains(a.stderr.String(), `signer \"release\": failed to verify signature: artifact does not match digest`) {
+			t.Error("the agent log does not say that the artifact does not match the release signature")
+		}
 	})
 	t.Run("signed by another key", func(t *testing.T) {
 		out, err := runWorkload(t, foreign, socket)
 		if err == nil || !strings.Contains(out, "PermissionDenied") {
 			t.Fatalf("fetchsvid of the foreign-signed executable: %v\n%s", err, out)
 		}
-		a.waitLog(t, foreign+`.sigstore.json error="no trusted signature: signer \"release\": failed to verify signature`, 10*time.Second)
+		a.waitLog(t, foreign+`.sigstore.json error="no trusted signature: `, 10*time.Second)
 	})
 	t.Run("unsigned", func(t *testing.T) {
 		out, err := runWorkload(t, built, socket)

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net/url"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -217,5 +218,34 @@ func writeBundle(tb testing.TB, path string, b []byte) {
 	tb.Helper()
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+// CosignEnv names the cosign CLI the tests sign with (.ci/run builds it
+// from the module proxy and sets it).
+const CosignEnv = "KEYBROKER_COSIGN"
+
+// Cosign returns the cosign CLI of $KEYBROKER_COSIGN, or "" when unset.
+func Cosign(tb testing.TB) string {
+	tb.Helper()
+	bin := os.Getenv(CosignEnv)
+	if bin == "" {
+		return ""
+	}
+	if _, err := os.Stat(bin); err != nil {
+		tb.Fatalf("%s: %v", CosignEnv, err)
+	}
+	return bin
+}
+
+// RunCosign runs the cosign CLI bin in dir, offline (HOME is dir), with an
+// empty key password.
+func RunCosign(tb testing.TB, bin, dir string, args ...string) {
+	tb.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "HOME="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("cosign %v: %v\n%s", args, err, out)
 	}
 }
