@@ -120,6 +120,10 @@ func (c *compiler) signer(raw *signerHCL) *signer {
 	return &signer{key: provenance.Key{Name: raw.Name, DER: der}, rng: raw.NameRange}
 }
 
+// trustedRoot parses a trusted_root block. A root with errors is still
+// returned when its issuers list could be read, so that the Set's checks
+// (ambiguous issuers, identity selectors) report along with them; the Set
+// is discarded then.
 func (c *compiler) trustedRoot(raw *trustedRootHCL) *trustedRoot {
 	where := fmt.Sprintf("trusted_root %q", raw.Name)
 	if err := provenance.CheckName(raw.Name); err != nil {
@@ -127,16 +131,12 @@ func (c *compiler) trustedRoot(raw *trustedRootHCL) *trustedRoot {
 		return nil
 	}
 	r := &trustedRoot{root: provenance.Root{Name: raw.Name}, rng: raw.NameRange}
-	ok := true
 	if raw.JSON == nil {
 		c.errorf(raw.DefRange, "%s: json is required", where)
-		ok = false
-	} else if s, good := c.trustStr(raw.JSON, where+": json"); !good {
-		ok = false
-	} else if _, err := provenance.ParseTrustedRoot([]byte(s)); err != nil {
-		c.errorf(raw.JSON.Expr.Range(), "%s: json: %v", where, err)
-		ok = false
-	} else {
+	} else if s, ok := c.trustStr(raw.JSON, where+": json"); ok {
+		if _, err := provenance.ParseTrustedRoot([]byte(s)); err != nil {
+			c.errorf(raw.JSON.Expr.Range(), "%s: json: %v", where, err)
+		}
 		r.root.JSON = []byte(s)
 	}
 	if raw.Issuers == nil {
@@ -145,25 +145,22 @@ func (c *compiler) trustedRoot(raw *trustedRootHCL) *trustedRoot {
 	}
 	r.issuerRange = raw.Issuers.Expr.Range()
 	exprs := c.list(raw.Issuers, where)
-	if exprs != nil && (len(exprs) == 0 || len(exprs) > provenance.MaxIssuers) {
+	if exprs == nil {
+		return nil
+	}
+	if len(exprs) == 0 || len(exprs) > provenance.MaxIssuers {
 		c.errorf(raw.Issuers.Expr.Range(), "%s: issuers must list 1 to %d issuers", where, provenance.MaxIssuers)
-		ok = false
 	}
 	for i, e := range exprs {
-		s, good := c.str(e, "%s: issuers[%d]", where, i)
-		if !good {
-			ok = false
+		s, ok := c.str(e, "%s: issuers[%d]", where, i)
+		if !ok {
 			continue
 		}
 		if err := provenance.CheckIssuer(s); err != nil {
 			c.errorf(e.Range(), "%s: issuers[%d]: %v", where, i, err)
-			ok = false
 			continue
 		}
 		r.root.Issuers = append(r.root.Issuers, s)
-	}
-	if !ok || exprs == nil {
-		return nil
 	}
 	return r
 }
