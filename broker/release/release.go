@@ -109,7 +109,7 @@ type Released struct {
 	// WorkloadTrust is the trust material of the entries' signed
 	// selectors, for the reply (nil when none).
 	WorkloadTrust *pb.WorkloadTrust
-	revocable       []revocable // revoked if the release is not delivered
+	revocable     []revocable // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
