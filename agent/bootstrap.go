@@ -28,6 +28,12 @@ const (
 	KeyFile   = "key.pem"   // PKCS#8 private key, mode 0600
 	CertFile  = "cert.pem"  // leaf certificate
 	ChainFile = "chain.pem" // issuing CA certificates
+	// SVIDFile and SVIDKeyFile are a tpm_resident node X.509-SVID: its
+	// certificates (the SVID first) and its key as a TSS2 key file (mode
+	// 0600; no private key: the TPM's blob, loadable only in that TPM).
+	// A node SVID whose key the broker made is never written.
+	SVIDFile    = "svid.pem"
+	SVIDKeyFile = "svid_key.pem"
 	// SecretFileExt ends the file of each SECRET credential (a vault_kv
 	// release): <release name>.json, mode 0600, a SecretFile.
 	SecretFileExt = ".json"
@@ -158,14 +164,15 @@ func Bootstrap(ctx context.Context, broker pb.BrokerClient, node *Node, opts Boo
 }
 
 // WriteFiles writes the file credentials of att (AttestOpts.Out) as
-// Bootstrap does — atomically, all or none — and reports whether they
-// changed.
+// Bootstrap does — atomically, all or none, with the credential cache of
+// AttestOpts.CacheDir — and reports whether they changed (a new cache
+// alone is no change).
 func WriteFiles(att *Attestation, out FileOut) (changed bool, err error) {
 	if att == nil || att.Result == nil {
 		return false, errors.New("the attestation holds no file credentials")
 	}
 	res := *att.Result
-	if err := writeFiles(&res, out.OutDir, att.Files, nil); err != nil {
+	if err := writeFiles(&res, out.OutDir, att.Files, att.cache); err != nil {
 		return false, err
 	}
 	return res.Changed, nil
@@ -223,11 +230,11 @@ func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts
 	if err != nil || opts.CacheDir == "" {
 		return res, files, nil, err
 	}
-	cache, err := cacheFile(opts.CacheDir, resp)
+	cache, err := residentlessCache(opts.CacheDir, resp)
 	if err != nil {
 		return nil, nil, nil, &StepError{StepWrite, err}
 	}
-	return res, files, []atomicfile.File{cache}, nil
+	return res, files, cache, nil
 }
 
 // FileOut says where the credentials an attestation releases as files
@@ -295,6 +302,14 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 	svid, entries, trust, err := openSPIFFE(node, resp)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
+	}
+	if svid != nil && svid.Key != nil {
+		f, err := svid.residentFiles(opts.OutDir)
+		if err != nil {
+			return nil, nil, &StepError{StepOpen, err}
+		}
+		files = append(files, f...)
+		certs = append(certs, f[0].Data)
 	}
 	named, err := openNamed(node, resp, opts.OutDir)
 	if err != nil {

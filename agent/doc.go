@@ -12,7 +12,12 @@
 // signing key per named tpm_resident release inside the TPM, certified by
 // the AK for the challenge (package resident), and Bootstrap writes the
 // released certificate with that key as a TSS2 key file instead of a
-// PKCS#8 key.
+// PKCS#8 key. For a tpm_resident x509_svid release the node SVID's key is
+// such a key: NodeSVID.SVID.PrivateKey signs through the TPM
+// (resident.Key.Signer, reaching it through NodeOpts.TPM), so the
+// SVIDManager's mutual TLS with the broker never holds a private key, and
+// NodeOpts.TPMResidentPCRs binds it to the current PCR values (PolicyPCR):
+// after they change, the TPM refuses to sign.
 //
 // With BootstrapOpts.CacheDir, Bootstrap also keeps the released
 // credentials still sealed (CacheFile); Reopen opens them in the TPM and

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 
@@ -45,6 +46,18 @@ type NodeOpts struct {
 	// the broker's policies: a release it does not name gets no key and
 	// is refused by the broker.
 	TPMResident []string
+	// TPMResidentPCRs binds the keys of the tpm_resident releases it
+	// names (each also in TPMResident) to the values those PCRs hold when
+	// the key is created: its authPolicy is TPM2_PolicyPCR over them, so it
+	// signs only in that state. For an x509_svid release whose pcrs ask
+	// for it; the broker refuses a key bound to other PCRs or values.
+	TPMResidentPCRs map[string]*resident.PCRs
+	// TPM, if set, is how a tpm_resident node SVID's key reaches the TPM
+	// to sign the agent's TLS handshakes with the broker, after this Node
+	// may be closed (keybroker-agent run opens the TPM per use). Nil:
+	// through the Node's own connection, which must then stay open and
+	// not be used by anything else during a handshake.
+	TPM resident.TPMFunc
 }
 
 // Limits on NodeOpts.EKIntermediates. The broker refuses a challenge request
@@ -65,6 +78,8 @@ type Node struct {
 	banks         []tpm2.Algorithm
 	intermediates [][]byte
 	residentNames []string
+	residentPCRs  map[string]*resident.PCRs
+	tpm           resident.TPMFunc
 	// resident are the keys created for the last attestation.
 	resident []*resident.Key
 }
@@ -74,7 +89,7 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 	if err := checkEKIntermediates(opts.EKIntermediates); err != nil {
 		return nil, err
 	}
-	if err := checkTPMResident(opts.TPMResident); err != nil {
+	if err := checkTPMResident(opts.TPMResident, opts.TPMResidentPCRs); err != nil {
 		return nil, err
 	}
 	ek, err := client.EndorsementKeyRSA(rw)
@@ -96,7 +111,10 @@ func NewNode(rw io.ReadWriter, opts NodeOpts) (*Node, error) {
 		return nil, fmt.Errorf("unable to create the AK: %w", err)
 	}
 	n := &Node{rw: rw, ek: ek, ak: ak, banks: opts.Banks, intermediates: cloneAll(opts.EKIntermediates),
-		residentNames: slices.Clone(opts.TPMResident)}
+		residentNames: slices.Clone(opts.TPMResident), residentPCRs: maps.Clone(opts.TPMResidentPCRs), tpm: opts.TPM}
+	if n.tpm == nil {
+		n.tpm = func(fn func(io.ReadWriter) error) error { return fn(rw) }
+	}
 	if len(n.banks) == 0 {
 		if n.banks, err = defaultBanks(rw); err != nil {
 			n.Close()

@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -16,6 +20,7 @@ import (
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	"github.com/keybroker/keybroker/internal/provenance"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/resident"
 )
 
 // NodeSVID is the node's X.509-SVID, released by an attestation (an
@@ -27,6 +32,10 @@ type NodeSVID struct {
 	// Bundle is the trust domain's bundle the broker sent with it.
 	Bundle *spiffebundle.Bundle
 	Mode   pb.ReleaseMode
+	// Key is, for a TPM_RESIDENT node SVID, its key in the TPM (what
+	// the TSS2 key file holds); SVID.PrivateKey then signs through the
+	// TPM (NodeOpts.TPM). Nil otherwise.
+	Key *resident.Key
 }
 
 // Attestation is what one attestation released for the Workload API,
@@ -44,6 +53,9 @@ type Attestation struct {
 	// what Bootstrap would say of them; NotAfter is Result's validity.
 	Files  []atomicfile.File
 	Result *Result
+	// cache is the credential cache to write with Files
+	// (AttestOpts.CacheDir), if any.
+	cache []atomicfile.File
 }
 
 // renewBy is when the attestation's credentials are half through their
@@ -75,6 +87,10 @@ type AttestOpts struct {
 	// kubelet, Vault secrets and tokens) into Attestation.Files, and makes
 	// the node SVID optional.
 	Out *FileOut
+	// CacheDir, with Out, has WriteFiles also write CacheFile there, as
+	// BootstrapOpts.CacheDir does: the credentials still sealed, for
+	// Reopen after a reboot without the broker.
+	CacheDir string
 }
 
 // Attest attests the node to the broker, as Bootstrap does, and opens the
@@ -99,7 +115,13 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 		if err != nil {
 			return nil, err
 		}
-		return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, WorkloadTrust: res.WorkloadTrust, Files: files, Result: res}, nil
+		att := &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, WorkloadTrust: res.WorkloadTrust, Files: files, Result: res}
+		if opts.CacheDir != "" {
+			if att.cache, err = residentlessCache(opts.CacheDir, resp); err != nil {
+				return nil, &StepError{StepWrite, err}
+			}
+		}
+		return att, nil
 	}
 	svid, entries, trust, err := openSPIFFE(node, resp)
 	if err != nil {
@@ -126,7 +148,11 @@ func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entr
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		svid, err = parseNodeSVID(payload)
+		if c.GetMode() == pb.ReleaseMode_TPM_RESIDENT {
+			svid, err = node.residentNodeSVID(c.GetName(), payload)
+		} else {
+			svid, err = parseNodeSVID(payload)
+		}
 		clear(payload)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
@@ -161,6 +187,70 @@ func parseNodeSVID(payload []byte) (*NodeSVID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to parse the node X.509-SVID: %w", err)
 	}
+	return checkNodeSVID(svid, &cred)
+}
+
+// residentNodeSVID decodes the X509SVIDCredential payload of the
+// tpm_resident release name: the SVID must certify the key this node
+// created in its TPM for the release, and its private key is a signer
+// through the TPM. The payload must carry no key.
+func (n *Node) residentNodeSVID(name string, payload []byte) (*NodeSVID, error) {
+	var cred pb.X509SVIDCredential
+	if err := proto.Unmarshal(payload, &cred); err != nil {
+		return nil, fmt.Errorf("malformed payload: %w", err)
+	}
+	if len(cred.GetKeyPem()) != 0 {
+		clear(cred.KeyPem)
+		return nil, errors.New("a tpm_resident node X.509-SVID carries a private key")
+	}
+	certs, err := parseCertificatesPEM(cred.GetCertificatesPem())
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse the node X.509-SVID: %w", err)
+	}
+	k, err := n.residentKeyFor(name, certs[0])
+	if err != nil {
+		return nil, err
+	}
+	signer, err := k.Signer(n.tpm)
+	if err != nil {
+		return nil, err
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		return nil, fmt.Errorf("unable to parse the node X.509-SVID: %w", err)
+	}
+	svid, err := checkNodeSVID(&x509svid.SVID{ID: id, Certificates: certs, PrivateKey: signer}, &cred)
+	if err != nil {
+		return nil, err
+	}
+	svid.Key = k
+	return svid, nil
+}
+
+// parseCertificatesPEM reads PEM data holding only CERTIFICATE blocks, at
+// least one.
+func parseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := bytes.TrimSpace(data); len(rest) > 0; rest = bytes.TrimSpace(rest) {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil || block.Type != "CERTIFICATE" {
+			return nil, errors.New("not a sequence of PEM certificates")
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	return certs, nil
+}
+
+// checkNodeSVID checks that svid names the ID cred claims and chains to
+// the bundle cred carries.
+func checkNodeSVID(svid *x509svid.SVID, cred *pb.X509SVIDCredential) (*NodeSVID, error) {
 	if svid.ID.String() != cred.GetSpiffeId() {
 		return nil, fmt.Errorf("the node X.509-SVID names %s, the credential %q", svid.ID, cred.GetSpiffeId())
 	}
@@ -208,4 +298,22 @@ func entriesFromProto(td spiffeid.TrustDomain, in []*pb.WorkloadEntry) ([]worklo
 		return nil, err
 	}
 	return out, nil
+}
+
+// residentFiles are the files of a tpm_resident node SVID in outDir:
+// SVIDFile (the certificates, the SVID first) and SVIDKeyFile (the TSS2
+// key file).
+func (s *NodeSVID) residentFiles(outDir string) ([]atomicfile.File, error) {
+	key, err := s.Key.PEM()
+	if err != nil {
+		return nil, fmt.Errorf("node X.509-SVID %s: %w", s.SVID.ID, err)
+	}
+	var certs []byte
+	for _, c := range s.SVID.Certificates {
+		certs = append(certs, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return []atomicfile.File{
+		{Path: filepath.Join(outDir, SVIDFile), Data: certs, Perm: 0o644},
+		{Path: filepath.Join(outDir, SVIDKeyFile), Data: key, Perm: 0o600},
+	}, nil
 }

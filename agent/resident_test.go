@@ -81,17 +81,21 @@ func TestBootstrapTPMResidentRefused(t *testing.T) {
 
 func TestNodeOptsTPMResident(t *testing.T) {
 	env := brokertest.New(t, brokertest.Opts{})
+	sel := &resident.PCRs{Bank: tpm2.TPMAlgSHA256, PCRs: []uint32{7}}
 	for _, tt := range []struct {
 		name    string
 		names   []string
+		pcrs    map[string]*resident.PCRs
 		wantErr string
 	}{
-		{"empty name", []string{""}, `tpm_resident release name "" must be 1 to 128 bytes`},
-		{"twice", []string{"a", "a"}, `tpm_resident release "a" is listed twice`},
-		{"too many", strings.Split("a,b,c,d,e,f,g,h,i", ","), "at most 8 tpm_resident releases"},
+		{"empty name", []string{""}, nil, `tpm_resident release name "" must be 1 to 128 bytes`},
+		{"twice", []string{"a", "a"}, nil, `tpm_resident release "a" is listed twice`},
+		{"too many", strings.Split("a,b,c,d,e,f,g,h,i", ","), nil, "at most 8 tpm_resident releases"},
+		{"PCRs for an unlisted release", []string{"a"}, map[string]*resident.PCRs{"b": sel}, `tpm_resident release "b" is bound to PCRs but not listed`},
+		{"no PCR", []string{"a"}, map[string]*resident.PCRs{"a": {Bank: tpm2.TPMAlgSHA256}}, `tpm_resident release "a" is bound to no PCR`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := agent.NewNode(env.RW, agent.NodeOpts{TPMResident: tt.names})
+			_, err := agent.NewNode(env.RW, agent.NodeOpts{TPMResident: tt.names, TPMResidentPCRs: tt.pcrs})
 			if err == nil || err.Error() != tt.wantErr {
 				t.Fatalf("NewNode = %v, want %q", err, tt.wantErr)
 			}

@@ -2,12 +2,10 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/issue"
@@ -20,14 +18,15 @@ import (
 // cfg.Interval after it when receipts were added at all; and on demand
 // (Stop, an export). Checking costs one read of the head per tick.
 type checkpointer struct {
-	st     store.Checkpoints
+	due    *receiptchain.Checkpointer
 	signer *receiptchain.Signer
 	cfg    ReceiptCheckpointsConfig
 	log    *slog.Logger
+}
 
-	mu     sync.Mutex
-	last   uint64    // the newest head signed or found signed
-	lastAt time.Time // when
+func newCheckpointer(st store.Checkpoints, signer *receiptchain.Signer, cfg ReceiptCheckpointsConfig, log *slog.Logger) *checkpointer {
+	cfg = cfg.orDefaults()
+	return &checkpointer{due: receiptchain.NewCheckpointer(st, signer, cfg.Every, cfg.Interval), signer: signer, cfg: cfg, log: log}
 }
 
 // checkpointTick is the longest between two looks at the head.
@@ -54,29 +53,11 @@ func (c *checkpointer) run(stop <-chan struct{}) {
 // since the last checkpoint) and returns the head the newest checkpoint
 // covers.
 func (c *checkpointer) sign(ctx context.Context, now time.Time, force bool) (store.ChainHead, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	head, err := c.st.ChainHead(ctx)
-	if err != nil {
-		return store.ChainHead{}, err
+	head, signed, err := c.due.Sign(ctx, now, force)
+	if signed {
+		c.log.Debug("signed receipt checkpoint", "seq", head.Seq)
 	}
-	if head.Seq == 0 || head.Seq == c.last {
-		return head, nil
-	}
-	if !force && head.Seq-c.last < c.cfg.Every && now.Sub(c.lastAt) < c.cfg.Interval {
-		return head, nil
-	}
-	cp, err := c.signer.Seal(head)
-	if err != nil {
-		return store.ChainHead{}, err
-	}
-	// Another broker on the same etcd may have signed this head first.
-	if err := c.st.PutCheckpoint(ctx, cp); err != nil && !errors.Is(err, store.ErrExists) {
-		return store.ChainHead{}, err
-	}
-	c.last, c.lastAt = head.Seq, now
-	c.log.Debug("signed receipt checkpoint", "seq", head.Seq)
-	return head, nil
+	return head, err
 }
 
 // checkpointHead signs the chain head as the broker stops, so that a
@@ -185,7 +166,7 @@ func sealHead(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	defer st.Close()
-	c := &checkpointer{st: st, signer: signer, cfg: cfg.ReceiptCheckpoints.orDefaults(), log: slog.New(slog.DiscardHandler)}
+	c := newCheckpointer(st, signer, cfg.ReceiptCheckpoints, slog.New(slog.DiscardHandler))
 	_, err = c.sign(ctx, time.Now(), true)
 	return err
 }

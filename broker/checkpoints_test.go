@@ -140,7 +140,7 @@ func openChainBroker(t *testing.T, cfg *Config) *chainBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &chainBroker{st: st, cp: &checkpointer{st: st, signer: signer, cfg: cfg.ReceiptCheckpoints.orDefaults(), log: slog.New(slog.DiscardHandler)}}
+	return &chainBroker{st: st, cp: newCheckpointer(st, signer, cfg.ReceiptCheckpoints, slog.New(slog.DiscardHandler))}
 }
 
 // record records n decisions at once (sharing group commits, or racing

@@ -221,7 +221,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, err
 	}
-	checkpoints := &checkpointer{st: st, signer: cps, cfg: cfg.ReceiptCheckpoints.orDefaults(), log: log}
+	checkpoints := newCheckpointer(st, cps, cfg.ReceiptCheckpoints, log)
 	results, err := loadResultSigner(cfg)
 	if err != nil {
 		st.Close()

@@ -43,9 +43,12 @@ const (
 type Server struct {
 	pb.UnimplementedBrokerServer
 
-	verify     verify.Opts // indexed
-	decisions  store.Decisions
-	nodes      store.Nodes
+	verify    verify.Opts // indexed
+	decisions store.Decisions
+	nodes     store.Nodes
+	// previous reads the record a decision builds on: without its
+	// evidence where the store can (store.NodeHeads).
+	previous   func(ctx context.Context, ekHash string) (store.NodeRecord, error)
 	challenges *challenge.Issuer
 	admission  *admission
 	policies   atomic.Pointer[policies.Set]
@@ -123,6 +126,10 @@ func NewServer(opts ServerOpts) (*Server, error) {
 		metrics:   opts.Metrics,
 		now:       opts.Now,
 		log:       opts.Logger,
+	}
+	s.previous = s.nodes.GetNode
+	if h, ok := opts.Store.(store.NodeHeads); ok {
+		s.previous = h.GetNodeHead
 	}
 	var err error
 	if s.releaser, err = release.New(release.Opts{CA: opts.CA, SPIFFE: opts.SPIFFE, Vault: opts.Vault, Kubernetes: opts.Kubernetes, Logger: opts.Logger,
@@ -383,7 +390,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		Vouch:    ch.Vouch,
 		Opts:     s.verify,
 		Policies: s.policies.Load(),
-		Previous: func(ek string) (store.NodeRecord, error) { return s.nodes.GetNode(ctx, ek) },
+		Previous: func(ek string) (store.NodeRecord, error) { return s.previous(ctx, ek) },
 		Stage:    stages.Done,
 	})
 	o.FillReceipt(rec)

@@ -52,7 +52,8 @@
 //     keeps the credential sealed (0600, no plaintext key); after a swtpm
 //     reset with the broker stopped, reopen refuses ("sealed to PCR values
 //     this TPM no longer holds") and writes nothing, and once the same boot
-//     is measured again it writes the bootstrapped files byte for byte.
+//     is measured again it writes the bootstrapped files byte for byte,
+//     running --on-change then and not when a reopen changes nothing.
 //   - TestAttestationResultOnSWTPM (ear_test.go): with attestation_results,
 //     `keybroker-agent bootstrap --ear-out --ear-nonce` writes the broker's
 //     EAR (0600), which verifies with `keybroker ear jwks` for that nonce,
@@ -99,6 +100,12 @@
 //     certificate's public key from it, openssl s_server serves TLS 1.3 with
 //     it to a Go client that verifies the chain to the broker's CA (the
 //     released serial), and on another swtpm the key file does not load.
+//   - TestResidentNodeSVIDOnSWTPM (resident_svid_test.go): keybroker-agent
+//     run --tpm-resident node-svid=sha256:0,7 with a tpm_resident x509_svid
+//     release bound to PCRs 0 and 7 serves go-spiffe workload SVIDs it got
+//     over mutual TLS whose handshakes swtpm signed, writes svid.pem and a
+//     TSS2 svid_key.pem (0600), and after PCR 7 changes the TPM refuses to
+//     sign (a policy check failed): no new JWT-SVID.
 //
 // The interop tests (interop_test.go) check that quotes, AKs and EK
 // certificates produced by tpm2-tools verify with broker/verify, and that

@@ -35,12 +35,17 @@ func TestReopenAfterRebootOnSWTPM(t *testing.T) {
 	// Reboot: the PCRs are back at their reset values.
 	tpm.Reset(t)
 	fresh := filepath.Join(t.TempDir(), "tls")
-	args := []string{"reopen", "--tpm", "tcp://" + tpm.Addr, "--cache", cache, "--out", fresh}
+	marker := filepath.Join(t.TempDir(), "changed")
+	args := []string{"reopen", "--tpm", "tcp://" + tpm.Addr, "--cache", cache, "--out", fresh,
+		"--on-change", `echo "$KEYBROKER_OUT" > ` + marker}
 	r := agent(t, args...)
 	wantExit(t, r, 1)
 	wantContains(t, "reopen stderr", r.stderr, "reopen failed at open:", "sealed to PCR values this TPM no longer holds")
 	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
 		t.Errorf("a refused reopen created %s: %v", fresh, err)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Errorf("a refused reopen ran --on-change: %v", err)
 	}
 
 	// The same boot again: the credentials open, byte for byte.
@@ -53,5 +58,17 @@ func TestReopenAfterRebootOnSWTPM(t *testing.T) {
 		if !bytes.Equal(after[name], want) {
 			t.Errorf("reopened %s differs from the bootstrapped one", name)
 		}
+	}
+	// --on-change ran once the files changed (written into an empty
+	// --out), and not again when they are the same.
+	if got := string(readFile(t, marker)); got != fresh+"\n" {
+		t.Errorf("--on-change wrote %q, want KEYBROKER_OUT %q", got, fresh)
+	}
+	if err := os.Remove(marker); err != nil {
+		t.Fatal(err)
+	}
+	wantExit(t, agent(t, args...), 0)
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Errorf("--on-change ran although the reopened files did not change: %v", err)
 	}
 }

@@ -119,14 +119,30 @@
 // node, not even the decision's other releases, and revokes the
 // certificates and tokens it had Vault issue for the decision.
 //
-// A tls_certificate release with mode = "tpm_resident" releases only a
-// certificate, for a key the node created inside its TPM for that release
-// and certified with its AK for this attestation (AttestRequest
-// resident_keys; keybroker-agent bootstrap --tpm-resident <release>). It
-// takes no pcr_bank or pcrs; the broker refuses the release when the node
-// offered no key for it, and the attestation when a certify does not
-// verify (broker/verify.Verified.WithResidentKeys). Other types refuse the
-// mode.
+// A tls_certificate or x509_svid release with mode = "tpm_resident"
+// releases only a certificate (for x509_svid: the node SVID), for a key the
+// node created inside its TPM for that release and certified with its AK
+// for this attestation (AttestRequest resident_keys; keybroker-agent
+// bootstrap or run --tpm-resident <release>). The broker refuses the
+// release when the node offered no key for it, and the attestation when a
+// certify does not verify (broker/verify.Verified.WithResidentKeys). Other
+// types refuse the mode. An x509_svid release may bind the key to PCRs:
+//
+//	release "node-svid" {
+//	  type      = "x509_svid"
+//	  mode      = "tpm_resident"
+//	  pcrs      = [0, 7]   # pcr_bank = "sha256" by default
+//	  spiffe_id = "spiffe://example.org/node/${ek_hash_short}"
+//	}
+//
+// The key's certified authPolicy must then be TPM2_PolicyPCR over the
+// values of those PCRs in the verified quote, without userWithAuth, so that
+// the TPM signs with it only in the attested boot state
+// (Verified.CheckResidentPCRPolicy; the agent: --tpm-resident
+// node-svid=sha256:0,7); otherwise the release is refused. A
+// tls_certificate release refuses pcrs with tpm_resident: OpenSSL's tpm2
+// provider cannot satisfy a PolicyPCR key, so PCR-bound keys are for the
+// agent's own use (its mutual TLS with the broker).
 //
 // A kubelet release is a node's Kubernetes identity: a key and a client
 // certificate for user system:node:<node_name> in group system:nodes,

@@ -153,12 +153,11 @@ func (p *policy) evaluate(v *verify.Verified, act cel.Activation, tmpl *hcl.Eval
 	for _, r := range p.releases {
 		rwhere := fmt.Sprintf("%s: release %q", where, r.name)
 		if r.mode == ModePCRSealed {
-			quoted := v.PCRs(r.bank)
-			if quoted == nil {
+			if v.NumPCRs(r.bank) == 0 {
 				fails = append(fails, fmt.Sprintf("%s: bank %s was not quoted", rwhere, verify.BankName(r.bank)))
 			} else {
 				for _, idx := range r.pcrs {
-					if _, ok := quoted[idx]; !ok {
+					if !v.QuotedPCR(r.bank, idx) {
 						fails = append(fails, fmt.Sprintf("%s: PCR %d of bank %s was not quoted", rwhere, idx, verify.BankName(r.bank)))
 					}
 				}

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/verify"
 )
@@ -147,12 +148,7 @@ func Facts(v *verify.Verified) map[string]any {
 	}
 	pcrs := map[string]map[int64]string{}
 	for _, bank := range v.Banks() {
-		values := v.PCRs(bank)
-		m := make(map[int64]string, len(values))
-		for idx, d := range values {
-			m[int64(idx)] = hex.EncodeToString(d)
-		}
-		pcrs[verify.BankName(bank)] = m
+		pcrs[verify.BankName(bank)] = hexPCRs(v, bank)
 	}
 	clock := v.Clock()
 	return map[string]any{
@@ -274,4 +270,30 @@ func factGroupsRead(ast *cel.Ast) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// hexPCRs returns a bank's PCR values as lowercase hex, all of them slices of
+// one string: one allocation per bank instead of one per PCR.
+func hexPCRs(v *verify.Verified, bank tpm2.TPMAlgID) map[int64]string {
+	n := 0
+	for _, d := range v.PCRValues(bank) {
+		n += hex.EncodedLen(len(d))
+	}
+	buf := make([]byte, 0, n)
+	type span struct {
+		idx        int64
+		start, end int
+	}
+	spans := make([]span, 0, v.NumPCRs(bank))
+	for idx, d := range v.PCRValues(bank) {
+		start := len(buf)
+		buf = hex.AppendEncode(buf, d)
+		spans = append(spans, span{int64(idx), start, len(buf)})
+	}
+	all := string(buf)
+	m := make(map[int64]string, len(spans))
+	for _, s := range spans {
+		m[s.idx] = all[s.start:s.end]
+	}
+	return m
 }

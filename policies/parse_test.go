@@ -160,8 +160,8 @@ p.hcl:6:19: policy "web": release "tls": pcr_bank "sha1" is not supported; use "
     mode        = "tpm_resident"
     pcrs        = [7]
     path        = "secret/data/web"`),
-			wantErr: `p.hcl:5:19: policy "web": release "tls": mode "tpm_resident" is only supported for type "tls_certificate"
-p.hcl:6:5: policy "web": release "tls": pcrs is only allowed with mode "pcr_sealed"`,
+			wantErr: `p.hcl:5:19: policy "web": release "tls": mode "tpm_resident" is only supported for type "tls_certificate" or "x509_svid"
+p.hcl:6:5: policy "web": release "tls": pcrs with mode "tpm_resident" is only supported for type "x509_svid" (OpenSSL's tpm2 provider cannot use a PCR-bound key)`,
 		},
 		{
 			name: "PCRs with tpm_bound",

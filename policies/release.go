@@ -31,7 +31,10 @@ const (
 	ModePCRSealed Mode = "pcr_sealed"
 	// ModeTPMResident releases only a certificate, for a key the node
 	// created inside its TPM and certified with its AK for this
-	// attestation: no private key travels. tls_certificate only.
+	// attestation: no private key travels. tls_certificate and x509_svid
+	// (the node SVID, whose TLS handshakes the agent signs in the TPM);
+	// an x509_svid may also name pcrs (and pcr_bank): the key must then
+	// sign only while those PCRs hold the values quoted (PolicyPCR).
 	ModeTPMResident Mode = "tpm_resident"
 )
 
@@ -107,9 +110,9 @@ const (
 type Release struct {
 	Name        string        // the release block's label, unique in its Set
 	Type        string        // TypeTLSCertificate, TypeX509SVID, TypeVaultKV, TypeVaultPKI or TypeVaultToken
-	Mode        Mode          // ModeTPMBound or ModePCRSealed
-	PCRBank     tpm2.TPMAlgID // ModePCRSealed: the bank of PCRs; zero otherwise
-	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending; all were quoted
+	Mode        Mode          // ModeTPMBound, ModePCRSealed or ModeTPMResident
+	PCRBank     tpm2.TPMAlgID // ModePCRSealed, ModeTPMResident with PCRs: the bank of PCRs; zero otherwise
+	PCRs        []uint32      // ModePCRSealed: the PCRs to seal to, ascending, all quoted; ModeTPMResident: the PCRs the key's PolicyPCR must cover (x509_svid only), or none
 	TTL         time.Duration // DefaultTTL unless set; at most MaxTTL, MaxSVIDTTL for TypeX509SVID, MaxTokenTTL for TypeVaultToken
 	CommonName  string        // TypeTLSCertificate, TypeVaultPKI: rendered, may be empty
 	DNSNames    []string      // TypeTLSCertificate, TypeVaultPKI: rendered
@@ -247,8 +250,8 @@ func (c *compiler) release(raw *releaseHCL, policyWhere string) *release {
 				r.mode = m
 			case ModeTPMResident:
 				r.mode = m
-				if r.typ != TypeTLSCertificate {
-					c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is only supported for type %q", where, s, TypeTLSCertificate)
+				if r.typ != TypeTLSCertificate && r.typ != TypeX509SVID {
+					c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is only supported for type %q or %q", where, s, TypeTLSCertificate, TypeX509SVID)
 				}
 			default:
 				c.errorf(raw.Mode.Expr.Range(), "%s: mode %q is not supported; use %q, %q or %q", where, s, ModeTPMBound, ModePCRSealed, ModeTPMResident)
@@ -548,8 +551,9 @@ func (c *compiler) svidNames(r *release, raw *releaseHCL, where string) {
 	r.spiffeID = raw.SPIFFEID.Expr
 }
 
-// sealing validates pcr_bank and pcrs, and that they are given exactly when
-// the mode is pcr_sealed.
+// sealing validates pcr_bank and pcrs: required with mode pcr_sealed,
+// optional with tpm_resident (an x509_svid's key bound to them), refused
+// otherwise.
 func (c *compiler) sealing(r *release, raw *releaseHCL, where string, modeKnown bool) {
 	bank := tpm2.TPMAlgSHA256
 	if raw.PCRBank != nil {
@@ -570,7 +574,24 @@ func (c *compiler) sealing(r *release, raw *releaseHCL, where string, modeKnown 
 		return
 	}
 	switch r.mode {
-	case ModeTPMBound, ModeTPMResident:
+	case ModeTPMResident:
+		if raw.PCRs == nil {
+			if raw.PCRBank != nil {
+				c.errorf(raw.PCRBank.NameRange, "%s: pcr_bank needs pcrs", where)
+			}
+			return
+		}
+		// The agent signs with a PCR-bound key itself; OpenSSL's tpm2
+		// provider cannot satisfy its policy, so a tls_certificate's
+		// key is never PCR-bound.
+		switch {
+		case r.typ != TypeX509SVID:
+			c.errorf(raw.PCRs.NameRange, "%s: pcrs with mode %q is only supported for type %q (OpenSSL's tpm2 provider cannot use a PCR-bound key)", where, ModeTPMResident, TypeX509SVID)
+		case emptyPCRs:
+			c.errorf(raw.PCRs.Expr.Range(), "%s: pcrs cannot be empty", where)
+		}
+		r.bank, r.pcrs = bank, pcrs
+	case ModeTPMBound:
 		if raw.PCRBank != nil {
 			c.errorf(raw.PCRBank.NameRange, "%s: pcr_bank is only allowed with mode %q", where, ModePCRSealed)
 		}

@@ -2,7 +2,12 @@ package resident_test
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"log"
 
 	"github.com/google/go-tpm-tools/client"
@@ -46,5 +51,43 @@ func ExampleCreate() {
 	fmt.Println(bytes.Equal(back.Public, key.Public))
 	// Output:
 	// -----BEGIN TSS2 PRIVATE KEY-----
+	// true
+}
+
+// A node SVID's key bound to PCR 7: created with a PolicyPCR over the
+// value PCR 7 holds now, it signs through the TPM (as crypto.Signer, for
+// crypto/tls) only while PCR 7 keeps that value.
+func ExampleKey_Signer() {
+	sim, err := simulator.Get()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sim.Close()
+	ak, err := client.AttestationKeyRSA(sim)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ak.Close()
+	secret := bytes.Repeat([]byte{0x42}, 32) // from TPM2_ActivateCredential
+	pcrs, err := resident.ParsePCRs("sha256:7")
+	if err != nil {
+		log.Fatal(err)
+	}
+	key, err := resident.CreateWith(sim, uint32(ak.Handle()), secret, "node-svid", resident.CreateOpts{PCRs: pcrs})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The agent reaches its TPM per signature; here it stays open.
+	signer, err := key.Signer(func(fn func(io.ReadWriter) error) error { return fn(sim) })
+	if err != nil {
+		log.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("TLS 1.3 CertificateVerify content"))
+	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ecdsa.VerifyASN1(signer.Public().(*ecdsa.PublicKey), digest[:], sig))
+	// Output:
 	// true
 }

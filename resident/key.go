@@ -66,7 +66,10 @@ func KeyTemplate() tpm2.TPMTPublic {
 // the AK's certify of it. Private is the TPM's own encryption of the key
 // under the parent (ParentTemplate's primary): only that TPM can load it.
 type Key struct {
-	Name        string
+	Name string
+	// PCRs, if set, is what the key is bound to (CreateOpts.PCRs): it
+	// signs only in a PolicyPCR session over them.
+	PCRs        *PCRs
 	Public      []byte // TPMT_PUBLIC
 	Private     []byte // TPM2B_PRIVATE
 	CertifyInfo []byte // TPMS_ATTEST of type CERTIFY
@@ -82,15 +85,41 @@ func (k *Key) PublicKey() (crypto.PublicKey, error) {
 	return tpm2.Pub(*pub)
 }
 
+// CreateOpts tune CreateWith. The zero value is Create's key.
+type CreateOpts struct {
+	// PCRs, if set, binds the key to the values these PCRs hold now: its
+	// authPolicy is TPM2_PolicyPCR over them (computed by the TPM in a
+	// trial session) and userWithAuth is clear, so its empty password
+	// does not authorize signing. It still certifies with the password
+	// (the ADMIN role: adminWithPolicy is clear). OpenSSL's tpm2 provider
+	// cannot start the policy session such a key needs (the agent signs
+	// with it itself, Key.Signer).
+	PCRs *PCRs
+}
+
 // Create creates a resident key for release name under the parent
 // storage key and certifies it with the AK at akHandle (a loaded
 // restricted signing key with an empty password, such as go-tpm-tools'
 // AK) over QualifyingData(secret, name). It flushes everything it loaded.
 func Create(rw io.ReadWriter, akHandle uint32, secret []byte, name string) (*Key, error) {
+	return CreateWith(rw, akHandle, secret, name, CreateOpts{})
+}
+
+// CreateWith is Create with opts.
+func CreateWith(rw io.ReadWriter, akHandle uint32, secret []byte, name string, opts CreateOpts) (*Key, error) {
 	if name == "" || len(name) > MaxNameSize {
 		return nil, fmt.Errorf("resident key name must be 1 to %d bytes", MaxNameSize)
 	}
 	tpm := transport.FromReadWriter(rw)
+	tmpl := KeyTemplate()
+	if opts.PCRs != nil {
+		policy, err := trialPolicyPCR(tpm, opts.PCRs)
+		if err != nil {
+			return nil, err
+		}
+		tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: policy}
+		tmpl.ObjectAttributes.UserWithAuth = false
+	}
 	parent, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHOwner,
 		InPublic:      tpm2.New2B(ParentTemplate()),
@@ -101,7 +130,7 @@ func Create(rw io.ReadWriter, akHandle uint32, secret []byte, name string) (*Key
 	defer flush(tpm, parent.ObjectHandle)
 	created, err := tpm2.Create{
 		ParentHandle: tpm2.NamedHandle{Handle: parent.ObjectHandle, Name: parent.Name},
-		InPublic:     tpm2.New2B(KeyTemplate()),
+		InPublic:     tpm2.New2B(tmpl),
 	}.Execute(tpm)
 	if err != nil {
 		return nil, fmt.Errorf("unable to create the key: %w", err)
@@ -137,6 +166,7 @@ func Create(rw io.ReadWriter, akHandle uint32, secret []byte, name string) (*Key
 	}
 	return &Key{
 		Name:        name,
+		PCRs:        opts.PCRs,
 		Public:      tpm2.Marshal(pub),
 		Private:     tpm2.Marshal(created.OutPrivate),
 		CertifyInfo: cert.CertifyInfo.Bytes(),
@@ -146,4 +176,25 @@ func Create(rw io.ReadWriter, akHandle uint32, secret []byte, name string) (*Key
 
 func flush(tpm transport.TPM, h tpm2.TPMHandle) {
 	_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(tpm)
+}
+
+// trialPolicyPCR is the digest of TPM2_PolicyPCR over the current values
+// of pcrs, as the TPM computes it in a trial session.
+func trialPolicyPCR(tpm transport.TPM, pcrs *PCRs) ([]byte, error) {
+	if len(pcrs.PCRs) == 0 {
+		return nil, errors.New("a PCR-bound key needs at least one PCR")
+	}
+	sess, closeSession, err := tpm2.PolicySession(tpm, tpm2.TPMAlgSHA256, 16, tpm2.Trial())
+	if err != nil {
+		return nil, fmt.Errorf("unable to start a trial policy session: %w", err)
+	}
+	defer closeSession()
+	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: pcrs.Selection()}).Execute(tpm); err != nil {
+		return nil, fmt.Errorf("unable to compute the PCR policy (%s): %w", pcrs, err)
+	}
+	d, err := tpm2.PolicyGetDigest{PolicySession: sess.Handle()}.Execute(tpm)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read the PCR policy: %w", err)
+	}
+	return d.PolicyDigest.Buffer, nil
 }

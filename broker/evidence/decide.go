@@ -23,7 +23,8 @@ type Inputs struct {
 	// Policies are evaluated once the node and its history verified.
 	Policies *policies.Set
 	// Previous returns the node's record by EK hash, or an error wrapping
-	// store.ErrNotFound when it has none.
+	// store.ErrNotFound when it has none. Only its counters and bookkeeping
+	// are read, never its Evidence (which store.NodeHeads leaves out).
 	Previous func(ekHash string) (store.NodeRecord, error)
 	// Stage, if set, is called as each stage ends: StageVerify once the
 	// attestation verified (history included), StagePolicy once the

@@ -210,6 +210,16 @@ func (s *SPIFFE) IssueX509SVID(id spiffeid.ID, ttl time.Duration) (*X509SVID, er
 	return svid, nil
 }
 
+// IssueX509SVIDForKey issues an X.509-SVID for id and a key the caller
+// vouches for (a tpm_resident release: a key certified inside the node's
+// TPM), valid for ttl as IssueX509SVID's. KeyPEM is empty.
+func (s *SPIFFE) IssueX509SVIDForKey(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*X509SVID, error) {
+	if pub == nil {
+		return nil, errors.New("no public key to certify")
+	}
+	return s.sign(id, pub, ttl)
+}
+
 // SignX509SVID signs a workload's PKCS#10 request for id. The request must be
 // self-signed and name exactly id as its only URI SAN, and nothing else.
 func (s *SPIFFE) SignX509SVID(csrDER []byte, id spiffeid.ID, ttl time.Duration) (*X509SVID, error) {

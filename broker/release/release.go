@@ -28,6 +28,7 @@ import (
 	"github.com/keybroker/keybroker/internal/workloadentry"
 	"github.com/keybroker/keybroker/policies"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/resident"
 	"github.com/keybroker/keybroker/sealing"
 )
 
@@ -133,8 +134,9 @@ const (
 	// broker has no kubernetes block.
 	KindNoKubernetes
 	// KindNoResidentKey: the decision releases a tpm_resident certificate
-	// and the node offered no certified TPM key for it (the agent was not
-	// told of the release): about the node's setup, not its state.
+	// and the node offered no certified TPM key fit for it (the agent was
+	// not told of the release, or not of the PCRs it binds the key to):
+	// about the node's setup, not its state.
 	KindNoResidentKey
 )
 
@@ -177,10 +179,8 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 				Notes: []string{fmt.Sprintf("release %q: no vault is configured (the vault block of broker.hcl)", rel.Name)},
 				Cause: fmt.Errorf("release %q: no vault is configured", rel.Name)}
 		}
-		if rel.Mode == policies.ModeTPMResident && v.ResidentKey(rel.Name) == nil {
-			return nil, &Failure{Kind: KindNoResidentKey, Msg: fmt.Sprintf("release: %q is tpm_resident and the node offered no TPM key for it (agent --tpm-resident %s)", rel.Name, rel.Name),
-				Notes: []string{fmt.Sprintf("release %q: tpm_resident, and the node offered no certified TPM key for it", rel.Name)},
-				Cause: fmt.Errorf("release %q: no resident key offered", rel.Name)}
+		if f := residentKeyFailure(v, rel); f != nil {
+			return nil, f
 		}
 		if rel.Type == policies.TypeKubelet && r.kube == nil {
 			return nil, &Failure{Kind: KindNoKubernetes, Msg: "release: kubernetes is not configured",
@@ -208,6 +208,31 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 	out.WorkloadEntries, out.NodeEntries = workloadEntries(d.WorkloadEntries)
 	out.WorkloadTrust = d.WorkloadTrust.ToProto()
 	return out, nil
+}
+
+// residentKeyFailure says why the node's resident key cannot serve the
+// tpm_resident release rel — it offered none, or the release binds the key
+// to PCRs and the key's PolicyPCR is not over the quoted values — or nil.
+func residentKeyFailure(v *verify.Verified, rel policies.Release) *Failure {
+	if rel.Mode != policies.ModeTPMResident {
+		return nil
+	}
+	if v.ResidentKey(rel.Name) == nil {
+		return &Failure{Kind: KindNoResidentKey, Msg: fmt.Sprintf("release: %q is tpm_resident and the node offered no TPM key for it (agent --tpm-resident %s)", rel.Name, rel.Name),
+			Notes: []string{fmt.Sprintf("release %q: tpm_resident, and the node offered no certified TPM key for it", rel.Name)},
+			Cause: fmt.Errorf("release %q: no resident key offered", rel.Name)}
+	}
+	if len(rel.PCRs) == 0 {
+		return nil
+	}
+	if err := v.CheckResidentPCRPolicy(rel.Name, rel.PCRBank, rel.PCRs); err != nil {
+		sel := resident.PCRs{Bank: rel.PCRBank, PCRs: rel.PCRs}
+		return &Failure{Kind: KindNoResidentKey,
+			Msg:   fmt.Sprintf("release: %q is tpm_resident bound to PCRs and the node's TPM key for it is not bound to the attested values (agent --tpm-resident %s=%s)", rel.Name, rel.Name, sel.String()),
+			Notes: []string{fmt.Sprintf("release %q: %v", rel.Name, err)},
+			Cause: err}
+	}
+	return nil
 }
 
 // failure describes the failed release rel.
@@ -363,7 +388,7 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 	case policies.TypeTLSCertificate:
 		iss, err = r.issueTLS(v, rel)
 	case policies.TypeX509SVID:
-		iss, err = r.issueNodeSVID(rel)
+		iss, err = r.issueNodeSVID(v, rel)
 	case policies.TypeVaultPKI:
 		iss, err = r.issueVaultPKI(ctx, rel)
 	case policies.TypeVaultKV:
@@ -586,14 +611,27 @@ func tokenMetadata(ekHash, receiptID, relName string) map[string]string {
 }
 
 // issueNodeSVID issues an x509_svid release: a fresh key and the node's
-// X.509-SVID from the SPIFFE authority, with the trust domain's bundle.
-// checkSPIFFE has checked that the authority exists and the ID is in its
-// trust domain.
-func (r *Releaser) issueNodeSVID(rel policies.Release) (*issued, error) {
+// X.509-SVID from the SPIFFE authority, with the trust domain's bundle;
+// tpm_resident, the SVID for the key the node created in its TPM for the
+// release (verified by verify.Verified.WithResidentKeys, and by Release
+// against the release's PCRs), with no key in the payload. checkSPIFFE
+// has checked that the authority exists and the ID is in its trust
+// domain.
+func (r *Releaser) issueNodeSVID(v *verify.Verified, rel policies.Release) (*issued, error) {
 	if r.spiffe == nil {
 		return nil, errors.New("no SPIFFE trust domain is configured")
 	}
-	svid, err := r.spiffe.IssueX509SVID(rel.SPIFFEID, rel.TTL)
+	var svid *issue.X509SVID
+	var err error
+	if rel.Mode == policies.ModeTPMResident {
+		k := v.ResidentKey(rel.Name)
+		if k == nil { // Release checked it first
+			return nil, fmt.Errorf("release %q: no resident key offered", rel.Name)
+		}
+		svid, err = r.spiffe.IssueX509SVIDForKey(rel.SPIFFEID, k.Public(), rel.TTL)
+	} else {
+		svid, err = r.spiffe.IssueX509SVID(rel.SPIFFEID, rel.TTL)
+	}
 	if err != nil {
 		return nil, err
 	}

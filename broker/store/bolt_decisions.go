@@ -174,7 +174,7 @@ func unindexNodeSVIDs(tx *bolt.Tx, ekHash string) error {
 	if v == nil {
 		return nil
 	}
-	prev, err := decodeNode(ekHash, v)
+	prev, err := decodeNodeHead(ekHash, v)
 	if err != nil {
 		return err
 	}

@@ -106,6 +106,34 @@ func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	return n, nil
 }
 
+// GetNodeHead implements NodeHeads.
+func (b *Bolt) GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+	}
+	if ekHash == "" || len(ekHash) > maxEKHashLength {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
+	}
+	var n NodeRecord
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketNodes)
+		if bk == nil {
+			return ErrNotFound
+		}
+		v := bk.Get([]byte(ekHash))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		n, err = decodeNodeHead(ekHash, v)
+		return err
+	})
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+	}
+	return n, nil
+}
+
 // ListNodes implements Nodes: in EK hash order.
 func (b *Bolt) ListNodes(ctx context.Context, opts ListNodesOpts) ([]NodeRecord, error) {
 	if err := ctx.Err(); err != nil {

@@ -168,7 +168,7 @@ func (e *Etcd) nodeOps(ctx context.Context, d *Decision, enc *encoded) ([]client
 	var nodeRev int64
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		nodeRev = kvs[0].ModRevision
-		if prev, err = decodeNode(ek, kvs[0].Value); err != nil {
+		if prev, err = decodeNodeHead(ek, kvs[0].Value); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -140,6 +140,28 @@ func (e *Etcd) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	return n, nil
 }
 
+// GetNodeHead implements NodeHeads: one read, without the event log's.
+func (e *Etcd) GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", e.explain(ctx, err))
+	}
+	if ekHash == "" || len(ekHash) > maxEKHashLength {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
+	}
+	v, err := e.get(ctx, e.key(etcdNodes, ekHash))
+	switch {
+	case err != nil:
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", e.explain(ctx, err))
+	case v == nil:
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
+	}
+	n, err := decodeNodeHead(ekHash, v)
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
+	}
+	return n, nil
+}
+
 func (e *Etcd) getNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 	v, err := e.get(ctx, e.key(etcdNodes, ekHash))
 	if err != nil {

@@ -150,6 +150,15 @@ func decodeNode(ekHash string, v []byte) (NodeRecord, error) {
 	return n, nil
 }
 
+// decodeNodeHead is decodeNode without the evidence (unmarshalNodeHead).
+func decodeNodeHead(ekHash string, v []byte) (NodeRecord, error) {
+	n, err := unmarshalNodeHead(v)
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("unable to decode node record %s: %w", ekHash, err)
+	}
+	return n, nil
+}
+
 // validSerial reports whether s is a serial as NodeSVID.Serial holds it.
 func validSerial(s string) bool {
 	if s == "" || len(s) > MaxSerialLength || (len(s) > 1 && s[0] == '0') {

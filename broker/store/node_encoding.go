@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keybroker/keybroker/broker/attestation"
@@ -76,16 +77,40 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 
 // unmarshalNode decodes a stored node record, in either form.
 func unmarshalNode(v []byte) (NodeRecord, error) {
+	return unmarshalNodeFields(v, true)
+}
+
+// unmarshalNodeHead decodes a stored node record without its evidence
+// (Evidence is zero): what a decision needs of the previous record, at a
+// fraction of the cost — the evidence is most of a record.
+func unmarshalNodeHead(v []byte) (NodeRecord, error) {
+	return unmarshalNodeFields(v, false)
+}
+
+// nodeEvidenceField is storev1.NodeRecord's evidence field number.
+const nodeEvidenceField = 9
+
+func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 	switch {
 	case len(v) > 0 && v[0] == '{':
 		var n NodeRecord
 		err := json.Unmarshal(v, &n)
+		if !withEvidence {
+			n.Evidence = attestation.Evidence{}
+		}
 		return n, err
 	case len(v) == 0 || v[0] != nodeRecordV1:
 		return NodeRecord{}, errors.New("unknown encoding")
 	}
+	body := v[1:]
+	if !withEvidence {
+		var err error
+		if body, err = withoutField(body, nodeEvidenceField); err != nil {
+			return NodeRecord{}, err
+		}
+	}
 	var pb storev1.NodeRecord
-	if err := proto.Unmarshal(v[1:], &pb); err != nil {
+	if err := proto.Unmarshal(body, &pb); err != nil {
 		return NodeRecord{}, err
 	}
 	n := NodeRecord{
@@ -101,32 +126,10 @@ func unmarshalNode(v []byte) (NodeRecord, error) {
 		Quarantined:    pb.GetQuarantined(),
 		BootstrapToken: pb.GetBootstrapToken(),
 	}
-	pe := pb.GetEvidence()
-	if len(pe.GetSecretHash()) != len(n.Evidence.SecretHash) {
-		return NodeRecord{}, fmt.Errorf("evidence secret hash has %d bytes, want %d", len(pe.GetSecretHash()), len(n.Evidence.SecretHash))
-	}
-	n.Evidence = attestation.Evidence{
-		Time:            fromUnixNano(pe.GetTime()),
-		ChallengeID:     pe.GetChallengeId(),
-		EKPublic:        pe.GetEkPublic(),
-		EKCertificate:   pe.GetEkCertificate(),
-		EKIntermediates: pe.GetEkIntermediates(),
-		AKPublic:        pe.GetAkPublic(),
-		EventLog:        pe.GetEventLog(),
-		EventLogSHA256:  pe.GetEventLogSha256(),
-	}
-	copy(n.Evidence.SecretHash[:], pe.GetSecretHash())
-	for _, q := range pe.GetQuotes() {
-		if q.GetBank() > 0xffff {
-			return NodeRecord{}, fmt.Errorf("quote bank 0x%x is not a TPM_ALG_ID", q.GetBank())
+	if withEvidence {
+		if err := evidenceFromProto(&n, pb.GetEvidence()); err != nil {
+			return NodeRecord{}, err
 		}
-		n.Evidence.Quotes = append(n.Evidence.Quotes, attestation.Quote{Attest: q.GetAttest(), Signature: q.GetSignature(), Bank: uint16(q.GetBank()), PCRs: q.GetPcrs()})
-	}
-	for _, k := range pe.GetResidentKeys() {
-		n.Evidence.ResidentKeys = append(n.Evidence.ResidentKeys, attestation.ResidentKey{Name: k.GetName(), Public: k.GetPublic(), CertifyInfo: k.GetCertifyInfo(), Signature: k.GetSignature()})
-	}
-	if p := pe.GetPrevious(); p != nil {
-		n.Evidence.Previous = &attestation.Counters{AKName: p.GetAkName(), Clock: p.GetClock(), ResetCount: p.GetResetCount(), RestartCount: p.GetRestartCount()}
 	}
 	for _, s := range pb.GetSvids() {
 		id, err := parseID(s.GetSpiffeId())
@@ -181,4 +184,63 @@ func parseID(s string) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("spiffe id %q: %w", s, err)
 	}
 	return id, nil
+}
+
+// evidenceFromProto sets n.Evidence from its stored form.
+func evidenceFromProto(n *NodeRecord, pe *storev1.Evidence) error {
+	if len(pe.GetSecretHash()) != len(n.Evidence.SecretHash) {
+		return fmt.Errorf("evidence secret hash has %d bytes, want %d", len(pe.GetSecretHash()), len(n.Evidence.SecretHash))
+	}
+	n.Evidence = attestation.Evidence{
+		Time:            fromUnixNano(pe.GetTime()),
+		ChallengeID:     pe.GetChallengeId(),
+		EKPublic:        pe.GetEkPublic(),
+		EKCertificate:   pe.GetEkCertificate(),
+		EKIntermediates: pe.GetEkIntermediates(),
+		AKPublic:        pe.GetAkPublic(),
+		EventLog:        pe.GetEventLog(),
+		EventLogSHA256:  pe.GetEventLogSha256(),
+	}
+	copy(n.Evidence.SecretHash[:], pe.GetSecretHash())
+	for _, q := range pe.GetQuotes() {
+		if q.GetBank() > 0xffff {
+			return fmt.Errorf("quote bank 0x%x is not a TPM_ALG_ID", q.GetBank())
+		}
+		n.Evidence.Quotes = append(n.Evidence.Quotes, attestation.Quote{Attest: q.GetAttest(), Signature: q.GetSignature(), Bank: uint16(q.GetBank()), PCRs: q.GetPcrs()})
+	}
+	for _, k := range pe.GetResidentKeys() {
+		n.Evidence.ResidentKeys = append(n.Evidence.ResidentKeys, attestation.ResidentKey{Name: k.GetName(), Public: k.GetPublic(), CertifyInfo: k.GetCertifyInfo(), Signature: k.GetSignature()})
+	}
+	if p := pe.GetPrevious(); p != nil {
+		n.Evidence.Previous = &attestation.Counters{AKName: p.GetAkName(), Clock: p.GetClock(), ResetCount: p.GetResetCount(), RestartCount: p.GetRestartCount()}
+	}
+	return nil
+}
+
+// withoutField returns the protobuf message b without its top-level fields
+// numbered num, or b itself when it has none.
+func withoutField(b []byte, num protowire.Number) ([]byte, error) {
+	var out []byte
+	for i := 0; i < len(b); {
+		n, typ, tagLen := protowire.ConsumeTag(b[i:])
+		if tagLen < 0 {
+			return nil, protowire.ParseError(tagLen)
+		}
+		valLen := protowire.ConsumeFieldValue(n, typ, b[i+tagLen:])
+		if valLen < 0 {
+			return nil, protowire.ParseError(valLen)
+		}
+		end := i + tagLen + valLen
+		switch {
+		case n == num && out == nil:
+			out = append(make([]byte, 0, len(b)), b[:i]...)
+		case n != num && out != nil:
+			out = append(out, b[i:end]...)
+		}
+		i = end
+	}
+	if out == nil {
+		return b, nil
+	}
+	return out, nil
 }

@@ -123,6 +123,19 @@ func TestNodeRecordEncoding(t *testing.T) {
 	}
 	t.Logf("stored form %d bytes, JSON %d", len(b), len(js))
 
+	// Without its evidence, every other field, in both forms.
+	head := n
+	head.Evidence = attestation.Evidence{}
+	for form, enc := range map[string][]byte{"compact": b, "JSON": js} {
+		got, err := decodeNodeHead(n.EKHash, enc)
+		if err != nil || !reflect.DeepEqual(got, head) {
+			t.Errorf("%s record without evidence decoded as\n%+v, %v\nwant\n%+v", form, got, err, head)
+		}
+	}
+	if _, err := decodeNodeHead("e", append(bytes.Clone(b), 0x4a)); err == nil {
+		t.Error("decodeNodeHead read a record with a truncated trailing field")
+	}
+
 	var zero NodeRecord
 	zero.EKHash = "e"
 	b, err = encodeNode(zero)

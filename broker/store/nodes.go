@@ -19,3 +19,11 @@ type Nodes interface {
 	// or ErrNotFound when the node is not on the deny list.
 	GetDenial(ctx context.Context, ekHash string) (Denial, error)
 }
+
+// NodeHeads is implemented by the stores that can read a node record
+// without its evidence, which is most of a record: a decision needs only the
+// previous record's counters and bookkeeping (Bolt, Etcd).
+type NodeHeads interface {
+	// GetNodeHead is GetNode with the record's Evidence left zero.
+	GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error)
+}

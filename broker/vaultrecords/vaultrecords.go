@@ -6,15 +6,25 @@
 // eval` read Vault-attested nodes with it exactly as they read the broker's
 // store.
 //
-// It needs a token with read and list on the mount's receipts/ and nodes/
-// paths (and read on config for the trust configuration), for example:
+// It also exports the auth method's receipt chain with its signed
+// checkpoints (ExportChain) for `receipts verify`, and reads the public key
+// of its checkpoints (CheckpointKey).
 //
-//	path "auth/tpm/receipts/*" { capabilities = ["read", "list"] }
-//	path "auth/tpm/nodes/*"    { capabilities = ["read", "list"] }
-//	path "auth/tpm/config"     { capabilities = ["read"] }
+// It needs a token with read and list on the mount's receipts/ and nodes/
+// paths (and read on config for the trust configuration; read and list on
+// checkpoints/, read on checkpoint-key for the chain, and update on
+// checkpoints to have the head signed before an export), for example:
+//
+//	path "auth/tpm/receipts/*"    { capabilities = ["read", "list"] }
+//	path "auth/tpm/nodes/*"       { capabilities = ["read", "list"] }
+//	path "auth/tpm/config"        { capabilities = ["read"] }
+//	path "auth/tpm/checkpoints/*" { capabilities = ["read", "list"] }
+//	path "auth/tpm/checkpoints"   { capabilities = ["list", "update"] }
+//	path "auth/tpm/checkpoint-key" { capabilities = ["read"] }
 package vaultrecords
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -26,6 +36,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,37 +146,152 @@ func (r *Reader) ListReceipts(ctx context.Context, opts store.ListOpts) ([]store
 	if err != nil {
 		return nil, err
 	}
+	var out []store.Receipt
+	err = r.eachReceipt(ctx, opts.Before, func(rec store.Receipt, _ []byte) bool {
+		if opts.EKHash == "" || rec.EKHash == opts.EKHash {
+			out = append(out, rec)
+		}
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// eachReceipt reads the receipts whose IDs sort before before (all when
+// empty), newest first, and calls fn with each and, for a chained one,
+// its stored canonical encoding, until fn answers false.
+func (r *Reader) eachReceipt(ctx context.Context, before string, fn func(rec store.Receipt, encoded []byte) bool) error {
 	ids, err := r.list(ctx, "receipts/")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	slices.Sort(ids)
 	slices.Reverse(ids) // IDs begin with their time
-	var out []store.Receipt
 	for _, id := range ids {
-		if len(out) == limit {
-			break
-		}
-		if opts.Before != "" && id >= opts.Before {
+		if before != "" && id >= before {
 			continue
 		}
 		data, err := r.read(ctx, "receipts/"+id)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if data == nil {
 			continue // deleted since the list
 		}
-		rec, err := receiptOf(data)
+		rec, encoded, err := receiptOf(data)
 		if err != nil {
-			return nil, fmt.Errorf("receipt %s: %w", id, err)
+			return fmt.Errorf("receipt %s: %w", id, err)
 		}
-		if opts.EKHash != "" && rec.EKHash != opts.EKHash {
+		if !fn(rec, encoded) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// ExportChain exports the auth method's receipt chain for "keybroker
+// receipts verify", as broker.ExportChain exports the broker's: it has the
+// auth method sign its chain head (a write to checkpoints, skipped when
+// the token may not), then gives emitReceipt every receipt, newest first,
+// in the bytes its chain hash covers (a chained receipt's stored encoding
+// as it is, one from before the chain encoded by store.EncodeReceipt), and
+// emitCheckpoint every checkpoint. Receipts chained after the newest
+// checkpoint are left out. It returns how many receipts it exported.
+func (r *Reader) ExportChain(ctx context.Context, emitReceipt func([]byte) error, emitCheckpoint func(store.Checkpoint) error) (int, error) {
+	full := r.mount + "/checkpoints"
+	if _, err := r.c.Logical().WriteWithContext(ctx, full, nil); err != nil {
+		var re *api.ResponseError
+		if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
+			return 0, vaultError("update", full, err)
+		}
+	}
+	cps, err := r.Checkpoints(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var through uint64
+	for _, c := range cps {
+		through = max(through, c.Seq)
+	}
+	n := 0
+	var emitErr error
+	err = r.eachReceipt(ctx, "", func(rec store.Receipt, encoded []byte) bool {
+		if through > 0 && rec.Seq > through {
+			return true
+		}
+		if encoded == nil {
+			encoded, emitErr = store.EncodeReceipt(&rec)
+		}
+		if emitErr == nil {
+			emitErr = emitReceipt(encoded)
+		}
+		if emitErr == nil {
+			n++
+		}
+		return emitErr == nil
+	})
+	if err = cmp.Or(err, emitErr); err != nil {
+		return n, err
+	}
+	for _, c := range cps {
+		if err := emitCheckpoint(c); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Checkpoints returns the signed checkpoints of the auth method's receipt
+// chain, lowest seq first. Each is one read.
+func (r *Reader) Checkpoints(ctx context.Context) ([]store.Checkpoint, error) {
+	seqs, err := r.list(ctx, "checkpoints/")
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(seqs) // 20 digits each
+	var out []store.Checkpoint
+	for _, seq := range seqs {
+		data, err := r.read(ctx, "checkpoints/"+seq)
+		if err != nil {
+			return nil, err
+		}
+		if data == nil {
 			continue
 		}
-		out = append(out, rec)
+		var w struct {
+			Seq       string `json:"seq"`
+			Head      string `json:"head"`
+			Time      string `json:"time"`
+			KeyID     string `json:"key_id"`
+			Signature []byte `json:"signature"`
+		}
+		if err := remarshal(data, &w); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", seq, err)
+		}
+		c := store.Checkpoint{Head: w.Head, KeyID: w.KeyID, Signature: w.Signature}
+		c.Seq, err = strconv.ParseUint(w.Seq, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %s: seq %q is not a number", seq, w.Seq)
+		}
+		if c.Time, err = time.Parse(time.RFC3339Nano, w.Time); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: time %q: %w", seq, w.Time, err)
+		}
+		out = append(out, c)
 	}
 	return out, nil
+}
+
+// CheckpointKey returns the PEM public key that verifies the auth method's
+// checkpoints, as its checkpoint-key path answers it.
+func (r *Reader) CheckpointKey(ctx context.Context) ([]byte, error) {
+	data, err := r.read(ctx, "checkpoint-key")
+	if err != nil {
+		return nil, err
+	}
+	key, _ := data["public_key"].(string)
+	if key == "" {
+		return nil, fmt.Errorf("%s answers no checkpoint key (is it keybroker's auth method, of a version that chains receipts?)", r.mount)
+	}
+	return []byte(key), nil
 }
 
 // ListNodes returns node records in EK hash order, evidence included, as
@@ -357,8 +483,21 @@ func vaultError(capability, path string, err error) error {
 	return fmt.Errorf("unable to %s %s from Vault: %w", capability, path, err)
 }
 
-// receiptOf is a receipt as receipts/<id> answers it.
-func receiptOf(data map[string]any) (store.Receipt, error) {
+// receiptOf is a receipt as receipts/<id> answers it, and for a chained
+// receipt its stored canonical encoding ("encoded", base64), which is
+// what it is decoded from.
+func receiptOf(data map[string]any) (store.Receipt, []byte, error) {
+	if s, ok := data["encoded"].(string); ok {
+		encoded, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return store.Receipt{}, nil, errors.New("encoded is not base64")
+		}
+		var rec store.Receipt
+		if err := json.Unmarshal(encoded, &rec); err != nil {
+			return store.Receipt{}, nil, fmt.Errorf("encoded is not a receipt: %w", err)
+		}
+		return rec, encoded, nil
+	}
 	var w struct {
 		ID          string   `json:"id"`
 		Time        string   `json:"time"`
@@ -373,22 +512,22 @@ func receiptOf(data map[string]any) (store.Receipt, error) {
 		QuoteDigest string   `json:"quote_digest"`
 	}
 	if err := remarshal(data, &w); err != nil {
-		return store.Receipt{}, err
+		return store.Receipt{}, nil, err
 	}
 	t, err := time.Parse(time.RFC3339Nano, w.Time)
 	if err != nil {
-		return store.Receipt{}, fmt.Errorf("time %q: %w", w.Time, err)
+		return store.Receipt{}, nil, fmt.Errorf("time %q: %w", w.Time, err)
 	}
 	digest, err := hex.DecodeString(w.QuoteDigest)
 	if err != nil {
-		return store.Receipt{}, fmt.Errorf("quote_digest %q is not hex", w.QuoteDigest)
+		return store.Receipt{}, nil, fmt.Errorf("quote_digest %q is not hex", w.QuoteDigest)
 	}
 	if len(digest) == 0 {
 		digest = nil
 	}
 	return store.Receipt{ID: w.ID, Time: t, ChallengeID: w.ChallengeID, EKHash: w.EKHash, Allowed: w.Allowed,
 		Check: w.Check, Policies: w.Policies, PolicyHash: w.PolicyHash, Failures: w.Failures,
-		DenyListed: w.DenyListed, QuoteDigest: digest}, nil
+		DenyListed: w.DenyListed, QuoteDigest: digest}, nil, nil
 }
 
 // remarshal decodes v, a value of Vault's JSON answer, into out.

@@ -2,9 +2,13 @@ package vaultrecords_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,12 +17,13 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/keybroker/keybroker/broker/receiptchain"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/vaultrecords"
 )
 
 // fakeVault answers Vault's API for the paths in data (under /v1/),
-// lists from keys, and 403 for the paths in forbidden. The Vault auth
+// lists from keys, and 403 for the paths in forbidden (or "METHOD path"). The Vault auth
 // method's own answers are tested in plugins/vaultauth and, through a real
 // Vault, in e2e/vault; this tests the reader's side.
 type fakeVault struct {
@@ -30,7 +35,7 @@ type fakeVault struct {
 
 func (f *fakeVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
-	if r.Header.Get("X-Vault-Token") != "t0ken" || f.forbidden[path] {
+	if r.Header.Get("X-Vault-Token") != "t0ken" || f.forbidden[path] || f.forbidden[r.Method+" "+path] {
 		w.WriteHeader(http.StatusForbidden)
 		w.Write([]byte(`{"errors":["permission denied"]}`))
 		return
@@ -179,5 +184,112 @@ func TestReaderRefusals(t *testing.T) {
 	}
 	if _, err := vaultrecords.New(vaultrecords.Opts{Address: "http://127.0.0.1:1", Token: "t"}); err == nil {
 		t.Error("no mount accepted")
+	}
+}
+
+// chainData is a chain of n receipts as the auth method answers them
+// (receipts/<id> with encoded), a receipt from before the chain, and a
+// signed checkpoint of seq through.
+func chainData(t *testing.T, n int, through uint64) (*fakeVault, receiptchain.Keys) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := receiptchain.NewSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeVault{data: map[string]any{}, keys: map[string][]string{}}
+	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	f.data["auth/tpm/receipts/r00"] = map[string]any{"id": "r00", "time": at.Format(time.RFC3339Nano), "ek_hash": ekA, "allowed": true}
+	f.keys["auth/tpm/receipts"] = []string{"r00"}
+	head := store.ChainHead{Hash: store.GenesisHash}
+	for i := 1; i <= n; i++ {
+		rec := store.Receipt{Seq: uint64(i), Prev: head.Hash, ID: fmt.Sprintf("r%02d", i), Time: at.Add(time.Duration(i) * time.Second), EKHash: ekB, Check: "policy"}
+		enc, err := store.EncodeReceipt(&rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.data["auth/tpm/receipts/"+rec.ID] = map[string]any{"id": rec.ID, "seq": fmt.Sprint(i), "prev": rec.Prev,
+			"encoded": base64.StdEncoding.EncodeToString(enc)}
+		f.keys["auth/tpm/receipts"] = append(f.keys["auth/tpm/receipts"], rec.ID)
+		head = store.ChainHead{Seq: uint64(i), Hash: store.ReceiptHash(enc)}
+		if head.Seq == through {
+			c, err := signer.Seal(head)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq := fmt.Sprintf("%020d", c.Seq)
+			f.data["auth/tpm/checkpoints/"+seq] = map[string]any{"seq": fmt.Sprint(c.Seq), "head": c.Head,
+				"time": c.Time.Format(time.RFC3339Nano), "key_id": c.KeyID, "signature": c.Signature}
+			f.keys["auth/tpm/checkpoints"] = []string{seq}
+		}
+	}
+	pemKey, err := signer.PublicKeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.data["auth/tpm/checkpoint-key"] = map[string]any{"public_key": string(pemKey), "key_id": signer.KeyID()}
+	keys := receiptchain.Keys{}
+	if err := receiptchain.ParseKeys(pemKey, keys); err != nil {
+		t.Fatal(err)
+	}
+	return f, keys
+}
+
+// export runs ExportChain into a verifier.
+func export(t *testing.T, r *vaultrecords.Reader, keys receiptchain.Keys) (int, receiptchain.Report) {
+	t.Helper()
+	v := receiptchain.NewVerifier(keys)
+	n, err := r.ExportChain(context.Background(), func(b []byte) error { v.Add(b); return nil },
+		func(c store.Checkpoint) error { v.AddCheckpoint(c); return nil })
+	if err != nil {
+		t.Fatalf("ExportChain: %v", err)
+	}
+	return n, v.Report()
+}
+
+// ExportChain exports the stored bytes of each chained receipt, up to the
+// newest checkpoint, and the checkpoints: the export verifies; a receipt
+// whose stored bytes changed is named.
+func TestExportChain(t *testing.T) {
+	f, keys := chainData(t, 5, 4)
+	f.forbidden = map[string]bool{"PUT auth/tpm/checkpoints": true} // the head is not signed on request
+	r := newReader(t, f)
+	n, rep := export(t, r, keys)
+	if n != 5 || !rep.OK() || rep.Receipts != 4 || rep.Unchained != 1 || rep.Covered != 4 {
+		t.Fatalf("exported %d, report %+v (%v); want the unchained one and seq 1-4 verified", n, rep, rep.Problems)
+	}
+	if pemKey, err := r.CheckpointKey(context.Background()); err != nil || !strings.Contains(string(pemKey), "PUBLIC KEY") {
+		t.Errorf("CheckpointKey = %q, %v", pemKey, err)
+	}
+	if rs, err := r.ListReceipts(context.Background(), store.ListOpts{Limit: 1}); err != nil || len(rs) != 1 || rs[0].Seq != 5 || rs[0].Check != "policy" {
+		t.Errorf("ListReceipts of a chained receipt = %+v, %v", rs, err)
+	}
+
+	d := f.data["auth/tpm/receipts/r02"].(map[string]any)
+	enc, _ := base64.StdEncoding.DecodeString(d["encoded"].(string))
+	d["encoded"] = base64.StdEncoding.EncodeToString([]byte(strings.Replace(string(enc), `"policy"`, `"polica"`, 1)))
+	if _, rep := export(t, r, keys); rep.OK() || !strings.HasPrefix(rep.Problems[0].String(), "receipt seq 2 (r02)") {
+		t.Errorf("a changed receipt: problems %v, want seq 2 named first", rep.Problems)
+	}
+
+	// The head signed on request; a token that may not list the
+	// checkpoints exports nothing.
+	f.forbidden = nil
+	f.data["auth/tpm/checkpoints"] = map[string]any{"seq": "4", "head": "x"}
+	if n, _ := export(t, r, keys); n != 5 {
+		t.Errorf("exported %d receipts after signing the head, want 5", n)
+	}
+	stop := errors.New("disk full")
+	if n, err := r.ExportChain(context.Background(), func([]byte) error { return stop }, func(store.Checkpoint) error { return nil }); !errors.Is(err, stop) || n != 0 {
+		t.Errorf("ExportChain whose writer fails = %d, %v; want 0, the writer's error", n, err)
+	}
+	f.forbidden = map[string]bool{"GET auth/tpm/checkpoints": true}
+	emitted := 0
+	_, err := r.ExportChain(context.Background(), func([]byte) error { emitted++; return nil }, func(store.Checkpoint) error { return nil })
+	if want := "token lacks list on auth/tpm/checkpoints/"; err == nil || !strings.Contains(err.Error(), want) || emitted != 0 {
+		t.Errorf("ExportChain without list on checkpoints: %v, %d receipts; want none and %q", err, emitted, want)
 	}
 }

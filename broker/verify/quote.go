@@ -258,9 +258,17 @@ func pcrIndices(bitmap []byte) []uint32 {
 }
 
 func clonePCRs(in map[uint32][]byte) map[uint32][]byte {
+	n := 0
+	for _, v := range in {
+		n += len(v)
+	}
+	// One backing array for every value: a quote carries up to 24 digests.
+	buf := make([]byte, 0, n)
 	out := make(map[uint32][]byte, len(in))
 	for k, v := range in {
-		out[k] = slices.Clone(v)
+		start := len(buf)
+		buf = append(buf, v...)
+		out[k] = buf[start:len(buf):len(buf)]
 	}
 	return out
 }

@@ -39,6 +39,11 @@ type ResidentKeyEvidence struct {
 type ResidentKey struct {
 	name   string
 	public crypto.PublicKey
+	// authPolicy and userWithAuth are from the certified public area:
+	// what CheckResidentPCRPolicy compares with the quoted PCRs.
+	authPolicy   []byte
+	userWithAuth bool
+	nameAlg      tpm2.TPMAlgID
 }
 
 // Name is the release the key was certified for.
@@ -164,7 +169,45 @@ func (v *Verified) residentKey(k *ResidentKeyEvidence, opts Opts) (*ResidentKey,
 	if err != nil {
 		return nil, bad("%s", err.Error())
 	}
-	return &ResidentKey{name: k.Name, public: key}, nil
+	return &ResidentKey{name: k.Name, public: key, authPolicy: bytes.Clone(pub.AuthPolicy.Buffer),
+		userWithAuth: pub.ObjectAttributes.UserWithAuth, nameAlg: pub.NameAlg}, nil
+}
+
+// CheckResidentPCRPolicy checks that the verified resident key of release
+// name signs only while the PCRs idx of bank hold the values this
+// attestation quoted: its certified public area has no userWithAuth (its
+// password alone does not authorize signing), name algorithm SHA-256, and
+// as authPolicy exactly TPM2_PolicyPCR over those values
+// (resident.PCRs.PolicyDigest), compared in constant time. A failure is
+// check resident_key.
+func (v *Verified) CheckResidentPCRPolicy(name string, bank tpm2.TPMAlgID, idx []uint32) error {
+	k := v.ResidentKey(name)
+	if k == nil {
+		return fail(CheckResidentKey, fmt.Sprintf("resident key %q was not offered", name), nil)
+	}
+	sel := resident.PCRs{Bank: bank, PCRs: idx}
+	switch {
+	case k.userWithAuth:
+		return fail(CheckResidentKey, fmt.Sprintf("resident key %q: signs with its password (userWithAuth), not only under a PCR policy", name), nil)
+	case k.nameAlg != tpm2.TPMAlgSHA256:
+		return fail(CheckResidentKey, fmt.Sprintf("resident key %q: a PCR-bound key needs name algorithm SHA-256", name), nil)
+	}
+	values := make([][]byte, 0, len(idx))
+	for _, i := range idx {
+		val, ok := v.pcrs[bank][i]
+		if !ok {
+			return fail(CheckResidentKey, fmt.Sprintf("resident key %q: PCR %s:%d was not quoted", name, BankName(bank), i), nil)
+		}
+		values = append(values, val)
+	}
+	want, err := sel.PolicyDigest(values)
+	if err != nil {
+		return fail(CheckResidentKey, fmt.Sprintf("resident key %q: unable to compute the PCR policy", name), err)
+	}
+	if subtle.ConstantTimeCompare(k.authPolicy, want) != 1 {
+		return fail(CheckResidentKey, fmt.Sprintf("resident key %q: authPolicy is not the PolicyPCR of the quoted %s values", name, sel.String()), nil)
+	}
+	return nil
 }
 
 // residentPublic is the public key of a resident key's public area: ECC

@@ -166,3 +166,72 @@ func TestTPMResidentKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestResidentPCRPolicy: a key bound to the PCRs a release names is one
+// whose authPolicy is the PolicyPCR of the values the quote carried; a key
+// bound to other values or PCRs, one that also signs with its password, or
+// a release over PCRs the quote did not carry is refused with check
+// resident_key.
+func TestResidentPCRPolicy(t *testing.T) {
+	s := openSimNode(t)
+	secret := newSecret(0x5c)
+	v, err := verify.Quotes(s.node, sha256.Sum256(secret), []verify.Quote{quote(t, s.ak, legacy.AlgSHA256, []int{0, 7}, secret)}, verify.Opts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	akHandle := uint32(s.ak.Handle())
+	create := func(name, pcrs string) verify.ResidentKeyEvidence {
+		t.Helper()
+		var opts resident.CreateOpts
+		if pcrs != "" {
+			sel, err := resident.ParsePCRs(pcrs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.PCRs = sel
+		}
+		k, err := resident.CreateWith(s.rw, akHandle, secret, name, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evidenceOf(k)
+	}
+	bound := create("bound", "sha256:0,7")
+	boundTo0 := create("bound-to-0", "sha256:0")
+	unbound := create("unbound", "")
+	// A key created after PCR 7 moved on: bound to values the quote did
+	// not carry.
+	sum := sha256.Sum256([]byte("later"))
+	if err := legacy.PCRExtend(s.rw, 7, legacy.AlgSHA256, sum[:], ""); err != nil {
+		t.Fatal(err)
+	}
+	stale := create("stale", "sha256:0,7")
+	v, err = v.WithResidentKeys([]verify.ResidentKeyEvidence{bound, boundTo0, unbound, stale}, verify.Opts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		key     string
+		pcrs    []uint32
+		wantErr string
+	}{
+		{"bound to the quoted values", "bound", []uint32{0, 7}, ""},
+		{"bound to fewer PCRs", "bound-to-0", []uint32{0, 7}, `resident key "bound-to-0": authPolicy is not the PolicyPCR of the quoted sha256:0,7 values`},
+		{"bound to other values", "stale", []uint32{0, 7}, `resident key "stale": authPolicy is not the PolicyPCR of the quoted sha256:0,7 values`},
+		{"signs with its password", "unbound", []uint32{0, 7}, `resident key "unbound": signs with its password (userWithAuth), not only under a PCR policy`},
+		{"PCR not quoted", "bound", []uint32{0, 1}, `resident key "bound": PCR sha256:1 was not quoted`},
+		{"not offered", "other", []uint32{0}, `resident key "other" was not offered`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := v.CheckResidentPCRPolicy(tt.key, tpm2.TPMAlgSHA256, tt.pcrs)
+			if tt.wantErr == "" {
+				assertCheck(t, err, "", "")
+				return
+			}
+			assertCheck(t, err, verify.CheckResidentKey, tt.wantErr)
+		})
+	}
+}

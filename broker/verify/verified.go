@@ -2,6 +2,7 @@ package verify
 
 import (
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 
@@ -69,6 +70,22 @@ func (v *Verified) PCRs(bank tpm2.TPMAlgID) map[uint32][]byte {
 		return nil
 	}
 	return clonePCRs(p)
+}
+
+// PCRValues yields the verified PCR values of a bank (nothing if the bank was
+// not quoted), in no particular order, without copying them: the caller must
+// not modify the slices.
+func (v *Verified) PCRValues(bank tpm2.TPMAlgID) iter.Seq2[uint32, []byte] {
+	return maps.All(v.pcrs[bank])
+}
+
+// NumPCRs returns how many PCRs of a bank were quoted.
+func (v *Verified) NumPCRs(bank tpm2.TPMAlgID) int { return len(v.pcrs[bank]) }
+
+// QuotedPCR reports whether PCR idx of a bank was quoted.
+func (v *Verified) QuotedPCR(bank tpm2.TPMAlgID, idx uint32) bool {
+	_, ok := v.pcrs[bank][idx]
+	return ok
 }
 
 // SealPCRs returns the verified values of the PCRs idx of a bank, in the

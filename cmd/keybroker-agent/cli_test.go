@@ -111,6 +111,10 @@ func TestUsageErrors(t *testing.T) {
 			"keybroker-agent reopen: --tpm: unknown TPM \"tpm0\": want simulator, tcp://HOST:PORT or a device path\nkeybroker-agent reopen: missing required flag --cache\nkeybroker-agent reopen: missing required flag --out\n"},
 		{"reopen takes no broker", []string{"reopen", "--cache", "c", "--out", "o", "--broker", "127.0.0.1:1"}, "reopen: unknown flag: --broker"},
 		{"unknown shell", []string{"completion", "tcsh"}, `unknown command "tcsh"`},
+		{"tpm-resident PCRs", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--tpm-resident", "node-svid=sha256:0,24"},
+			"bootstrap: --tpm-resident node-svid=sha256:0,24: PCR selection \"sha256:0,24\": \"24\" is not a PCR from 0 to 23\n"},
+		{"run cache without out", []string{"run", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--cache", "c", "--tpm-resident", "node-svid=sha1:7"},
+			"run: --kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out\nkeybroker-agent run: --tpm-resident node-svid=sha1:7: PCR selection \"sha1:7\": bank \"sha1\" is not sha256, sha384 or sha512\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

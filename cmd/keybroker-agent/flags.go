@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/cli"
+	"github.com/keybroker/keybroker/resident"
 )
 
 // nodeFlags are the flags of every command that attests with the TPM.
@@ -29,6 +33,9 @@ type nodeFlags struct {
 type nodeInputs struct {
 	eventLog      []byte
 	intermediates [][]byte
+	// residentNames and residentPCRs are --tpm-resident.
+	residentNames []string
+	residentPCRs  map[string]*resident.PCRs
 }
 
 func (n *nodeFlags) register(f *pflag.FlagSet, timeoutHelp string) {
@@ -184,4 +191,47 @@ func (r *resultFlags) check(p *cli.Problems) []byte {
 		p.Addf("--ear-nonce must be %d to %d bytes (%d to %d hex digits), not %d bytes", minResultNonce, maxResultNonce, 2*minResultNonce, 2*maxResultNonce, len(nonce))
 	}
 	return nonce
+}
+
+// residentFlags are the repeated --tpm-resident NAME[=BANK:PCRS] of the
+// commands that attest.
+type residentFlags struct{ specs []string }
+
+func (r *residentFlags) register(f *pflag.FlagSet, use string) {
+	f.StringArrayVar(&r.specs, "tpm-resident", nil, "name of a tpm_resident release (repeat for each, at most 8): create its key inside the TPM, have the AK certify it, "+
+		"and let the broker sign only its certificate; "+use+". NAME=BANK:PCRS (e.g. node-svid=sha256:0,7) binds the key to the values those PCRs hold now "+
+		"(PolicyPCR: the TPM signs with it only in this boot state), for an x509_svid release whose pcrs ask for it; OpenSSL's tpm2 provider cannot use such a key")
+}
+
+// check records every problem with --tpm-resident and returns the release
+// names and the PCRs their keys are bound to.
+func (r *residentFlags) check(p *cli.Problems) ([]string, map[string]*resident.PCRs) {
+	var names []string
+	var pcrs map[string]*resident.PCRs
+	for _, spec := range r.specs {
+		name, sel, bound := strings.Cut(spec, "=")
+		names = append(names, name)
+		if !bound {
+			continue
+		}
+		s, err := resident.ParsePCRs(sel)
+		if err != nil {
+			p.Addf("--tpm-resident %s: %v", spec, err)
+			continue
+		}
+		if pcrs == nil {
+			pcrs = map[string]*resident.PCRs{}
+		}
+		pcrs[name] = s
+	}
+	return names, pcrs
+}
+
+// runOnChange runs the --on-change shell command after the credentials in
+// out changed, with KEYBROKER_OUT and KEYBROKER_SERIAL in its environment.
+func runOnChange(ctx context.Context, command, out, serial string, stdout, stderr io.Writer) error {
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+out, "KEYBROKER_SERIAL="+serial)
+	return cmd.Run()
 }

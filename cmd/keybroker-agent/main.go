@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,16 +33,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type bootstrapOpts struct {
-	node        nodeFlags
-	broker      brokerFlags
-	out         string
-	kubeconfig  string
-	bootKube    string
-	onChange    string
-	quiet       bool
-	result      resultFlags
-	tpmResident []string
-	cache       string
+	node       nodeFlags
+	broker     brokerFlags
+	out        string
+	kubeconfig string
+	bootKube   string
+	onChange   string
+	quiet      bool
+	result     resultFlags
+	resident   residentFlags
+	cache      string
 }
 
 func bootstrapCmd() *cobra.Command {
@@ -81,6 +80,7 @@ state can open them until they expire — as the running node can.`,
 			in := o.node.check(&p)
 			p.Required(cmd, "out")
 			nonce := o.result.check(&p)
+			in.residentNames, in.residentPCRs = o.resident.check(&p)
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -94,7 +94,7 @@ state can open them until they expire — as the running node can.`,
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "where to write the bootstrap kubeconfig of a kubelet release in bootstrap_token mode (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the credentials changed (e.g. 'systemctl reload nginx')")
 	o.node.register(f, "give up after this long")
-	f.StringArrayVar(&o.tpmResident, "tpm-resident", nil, "name of a tpm_resident release (repeat for each, at most 8): create its key inside the TPM, have the AK certify it and write it to --out/key.pem as a TSS2 key file (-----BEGIN TSS2 PRIVATE KEY-----, parent TPM_RH_OWNER, empty password) that OpenSSL's tpm2 provider loads; the broker signs only the certificate")
+	o.resident.register(f, "the key is written to --out/key.pem (a tls_certificate) or --out/svid_key.pem (an x509_svid, with --out/svid.pem) as a TSS2 key file (-----BEGIN TSS2 PRIVATE KEY-----, parent TPM_RH_OWNER, empty password) that OpenSSL's tpm2 provider loads")
 	o.result.register(f)
 	f.StringVar(&o.cache, "cache", "", "also keep the released credentials, still sealed, in this directory (sealed-credentials.json, 0600) for reopen after a reboot without the broker (created if missing)")
 	f.BoolVar(&o.quiet, "quiet", false, "print only errors")
@@ -111,7 +111,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, TPMResident: o.tpmResident})
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, TPMResident: in.residentNames, TPMResidentPCRs: in.residentPCRs})
 	if err != nil {
 		fmt.Fprintf(stderr, "bootstrap failed at tpm: %v\n", err)
 		return 1
@@ -141,10 +141,7 @@ func bootstrap(o bootstrapOpts, caPEM []byte, in nodeInputs, nonce []byte, stdou
 		return 1
 	}
 	if o.onChange != "" && res.Changed {
-		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", o.onChange)
-		cmd.Stdout, cmd.Stderr = stdout, stderr
-		cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+o.out, "KEYBROKER_SERIAL="+res.Serial)
-		if err := cmd.Run(); err != nil {
+		if err := runOnChange(ctx, o.onChange, o.out, res.Serial, stdout, stderr); err != nil {
 			fmt.Fprintf(stderr, "bootstrap: credentials written, but --on-change failed: %v\n", err)
 			return 1
 		}

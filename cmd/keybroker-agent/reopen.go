@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ type reopenOpts struct {
 	out        string
 	kubeconfig string
 	bootKube   string
+	onChange   string
 }
 
 // reopenCmd is a command of its own rather than a bootstrap flag: it takes
@@ -40,7 +42,13 @@ others or does not open in this TPM.
 Trade-off: the cache holds only TPM-bound blobs, so a stolen disk alone opens
 nothing; but whoever has the disk and this same TPM in the same boot state
 can open them until they expire — as the running node can. The expiry of a
-Vault secret or token is read from the cache file only.`,
+Vault secret or token is read from the cache file only.
+
+With --on-change it runs a shell command when the files it wrote differ from
+what --out held (KEYBROKER_OUT and KEYBROKER_SERIAL set, as bootstrap does),
+e.g. to restart a service only when reopen restored older credentials. It
+runs once and does not loop: while the broker is reachable, run --out
+--cache keeps both the files and the cache current.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -58,6 +66,7 @@ Vault secret or token is read from the cache file only.`,
 	f.StringVar(&o.out, "out", "", "directory for the files bootstrap --out writes (required; created if missing)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the kubeconfig of a kubelet release (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "where to write the bootstrap kubeconfig of a kubelet release in bootstrap_token mode (default: --out/bootstrap-kubelet.kubeconfig)")
+	f.StringVar(&o.onChange, "on-change", "", "shell command to run after the files written differ from what --out held (e.g. 'systemctl restart nginx')")
 	return cmd
 }
 
@@ -85,5 +94,11 @@ func reopen(o reopenOpts, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "reopened receipt %s from %s, wrote %s (valid until %s)\n", res.ReceiptID, o.cache, o.out, res.NotAfter.UTC().Format(time.RFC3339))
+	if o.onChange != "" && res.Changed {
+		if err := runOnChange(context.Background(), o.onChange, o.out, res.Serial, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "reopen: credentials written, but --on-change failed: %v\n", err)
+			return 1
+		}
+	}
 	return 0
 }

@@ -7,9 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,6 +39,9 @@ type runOpts struct {
 	// out and the kubeconfig paths: where the file credentials go (--out);
 	// onChange runs after they changed.
 	out, kubeconfig, bootKube, onChange string
+	// cache keeps the credentials still sealed, with --out.
+	cache    string
+	resident residentFlags
 }
 
 func runCmd() *cobra.Command {
@@ -56,7 +59,17 @@ rewrites them atomically and runs --on-change when they changed, and the
 agent re-attests at half the life of the earliest of the node SVID and the
 files. A failed re-attestation leaves the files as they are, until they
 expire, and is retried (--retry-max). When the broker releases no node SVID,
-run with --out keeps the files current and serves no Workload API.`,
+run with --out keeps the files current and serves no Workload API. With
+--cache DIR (and --out) each attestation also rewrites
+DIR/sealed-credentials.json as bootstrap --cache does, for reopen after a
+reboot without the broker.
+
+With --tpm-resident NAME for a tpm_resident x509_svid release, the node
+SVID's key is created inside the TPM and the agent's mutual TLS to the
+broker (workload SVIDs, JWT-SVIDs, bundles) signs its handshakes in the TPM,
+opening it for each signature; bound to PCRs (NAME=sha256:0,7), the TPM
+stops signing once the boot state changes, until an attestation the
+policies allow creates a key for the new state.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -74,9 +87,10 @@ run with --out keeps the files current and serves no Workload API.`,
 					p.Addf("--workload-sigstore-dir must be absolute, not %q", d)
 				}
 			}
-			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "") {
-				p.Addf("--kubeconfig, --bootstrap-kubeconfig and --on-change need --out")
+			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "" || o.cache != "") {
+				p.Addf("--kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out")
 			}
+			in.residentNames, in.residentPCRs = o.resident.check(&p)
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -98,6 +112,8 @@ run with --out keeps the files current and serves no Workload API.`,
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --out: where to write a kubelet release's kubeconfig (default: --out/kubelet.kubeconfig)")
 	f.StringVar(&o.bootKube, "bootstrap-kubeconfig", "", "with --out: where to write a bootstrap_token kubelet release's bootstrap kubeconfig (default: --out/bootstrap-kubelet.kubeconfig)")
 	f.StringVar(&o.onChange, "on-change", "", "with --out: shell command to run after the files changed (e.g. 'systemctl reload nginx')")
+	f.StringVar(&o.cache, "cache", "", "with --out: also keep the released credentials, still sealed, in this directory (sealed-credentials.json, 0600), rewritten at each attestation, for reopen after a reboot without the broker (created if missing)")
+	o.resident.register(f, "a tpm_resident x509_svid's key (the node SVID) signs the agent's TLS handshakes with the broker inside the TPM; with --out, keys are written as bootstrap writes them")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at GET /metrics on this HOST:PORT, over plain HTTP (default: off; keep it on loopback or a monitoring network)")
 	return cmd
 }
@@ -140,7 +156,9 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	}
 	defer lis.Close()
 
-	tpm := &tpmSession{spec: o.node.tpm, opts: agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates}}
+	tpm := &tpmSession{spec: o.node.tpm}
+	tpm.opts = agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates,
+		TPMResident: in.residentNames, TPMResidentPCRs: in.residentPCRs, TPM: tpm.withRW}
 	defer tpm.close()
 	client := pb.NewBrokerClient(conn)
 	var out *agent.FileOut
@@ -157,7 +175,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 		var att *agent.Attestation
 		err = tpm.with(func(node *agent.Node) error {
 			var err error
-			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m, Out: out})
+			att, err = agent.Attest(ctx, client, node, agent.AttestOpts{EventLog: logBytes, Progress: progress, Metrics: m, Out: out, CacheDir: o.cache})
 			return err
 		})
 		if err != nil || out == nil {
@@ -168,10 +186,7 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 			return nil, err
 		}
 		if changed && o.onChange != "" {
-			cmd := exec.CommandContext(runCtx, "/bin/sh", "-c", o.onChange)
-			cmd.Stdout, cmd.Stderr = stdout, stderr
-			cmd.Env = append(os.Environ(), "KEYBROKER_OUT="+o.out, "KEYBROKER_SERIAL="+att.Result.Serial)
-			if err := cmd.Run(); err != nil {
+			if err := runOnChange(runCtx, o.onChange, o.out, att.Result.Serial, stdout, stderr); err != nil {
 				log.Error("the credentials were written, but --on-change failed", "error", err)
 			}
 		}
@@ -258,19 +273,24 @@ func startMetrics(addr string, log *slog.Logger) (*metrics.Agent, func(), error)
 	return m, func() { ep.Close() }, nil
 }
 
-// tpmSession opens the TPM for each attestation and closes it after, so
-// that a TPM serving one client at a time (swtpm over TCP) is free in
-// between; the embedded simulator, whose state a reopen would lose, stays
-// open.
+// tpmSession opens the TPM for each attestation, and each signature by a
+// tpm_resident node SVID's key, and closes it after, so that a TPM serving
+// one client at a time (swtpm over TCP) is free in between; the embedded
+// simulator, whose state a reopen would lose, stays open. One user at a
+// time: the renewal loop and the Workload API's handshakes with the broker
+// take turns.
 type tpmSession struct {
 	spec string
 	opts agent.NodeOpts
 
+	mu   sync.Mutex
 	rw   io.ReadWriteCloser // held open: simulator only
 	node *agent.Node
 }
 
 func (t *tpmSession) with(fn func(*agent.Node) error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.node != nil {
 		return fn(t.node)
 	}
@@ -292,7 +312,28 @@ func (t *tpmSession) with(fn func(*agent.Node) error) error {
 	return fn(node)
 }
 
+// withRW runs fn with the TPM alone, for a signature (agent.NodeOpts.TPM):
+// the held simulator, or the TPM opened for fn.
+func (t *tpmSession) withRW(fn func(io.ReadWriter) error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.rw != nil {
+		return fn(t.rw)
+	}
+	if t.spec == "simulator" {
+		return errors.New("the simulator is not open: no attestation yet")
+	}
+	rw, err := agent.OpenTPM(t.spec)
+	if err != nil {
+		return err
+	}
+	defer rw.Close()
+	return fn(rw)
+}
+
 func (t *tpmSession) close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.node != nil {
 		t.node.Close()
 		t.rw.Close()

@@ -156,12 +156,13 @@ func TestNodesUsage(t *testing.T) {
 
 func TestNodesHelp(t *testing.T) {
 	for name, usage := range map[string]string{
-		"nodes":           "keybroker nodes [command]",
-		"nodes list":      "keybroker nodes list (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) [flags]",
-		"nodes show":      "keybroker nodes show (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) EKHASH [flags]",
-		"nodes forget":    "keybroker nodes forget (--config broker.hcl | --data-dir DIR) EKHASH --reason TEXT [flags]",
-		"nodes allow":     "keybroker nodes allow (--config broker.hcl | --data-dir DIR) EKHASH --reason TEXT [flags]",
-		"receipts export": "keybroker receipts export (--config broker.hcl | --data-dir DIR) [--after TIME] [--before TIME] [--ek HASH] [flags]",
+		"nodes":                   "keybroker nodes [command]",
+		"nodes list":              "keybroker nodes list (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) [flags]",
+		"nodes show":              "keybroker nodes show (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) EKHASH [flags]",
+		"nodes forget":            "keybroker nodes forget (--config broker.hcl | --data-dir DIR) EKHASH --reason TEXT [flags]",
+		"nodes allow":             "keybroker nodes allow (--config broker.hcl | --data-dir DIR) EKHASH --reason TEXT [flags]",
+		"receipts export":         "keybroker receipts export (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) [--after TIME] [--before TIME] [--ek HASH] [flags]",
+		"receipts checkpoint-key": "keybroker receipts checkpoint-key (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) [flags]",
 	} {
 		code, stdout, stderr := runCmd(t, append(strings.Fields(name), "--help")...)
 		if code != 0 || stderr != "" || strings.Count(stdout, "Usage:") != 1 || !strings.Contains(stdout, usage) {

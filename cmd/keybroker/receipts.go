@@ -174,23 +174,40 @@ an export without --after, --before or --ek. --after and --before take RFC
 --after is inclusive, --before exclusive.
 It reads through the running broker's admin socket, or from the store when
 no broker runs, a page at a time. With stderr on a terminal it reports its
-progress there every 10,000 receipts.`
+progress there every 10,000 receipts.
+
+With --vault-mount it exports the chain of the Vault auth method mounted
+there instead (VAULT_ADDR, VAULT_TOKEN as for "receipts list"), in the same
+format: it asks the auth method to sign its chain head (update on
+checkpoints; skipped when the token may not), then writes every receipt
+(each chained one in its stored bytes) and every checkpoint, leaving out
+receipts chained after the newest checkpoint. The token needs read and list
+on receipts/ and checkpoints/. Verify the export with the auth method's own
+key: "keybroker receipts checkpoint-key --vault-mount auth/tpm".
+--after, --before and --ek do not apply there.`
 
 type exportOpts struct {
 	storeFlags
+	vault             vaultFlags
 	ek, after, before string
 }
 
 func receiptsExportCmd() *cobra.Command {
 	var o exportOpts
 	cmd := &cobra.Command{
-		Use:   "export (--config broker.hcl | --data-dir DIR) [--after TIME] [--before TIME] [--ek HASH]",
+		Use:   "export (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm) [--after TIME] [--before TIME] [--ek HASH]",
 		Short: "Write receipts as JSON lines, newest first, for archiving",
 		Long:  receiptsExportLong,
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.check(&p)
+			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
+			switch {
+			case !o.vault.set():
+				o.check(&p)
+			case o.ek != "" || o.after != "" || o.before != "":
+				p.Addf("--vault-mount exports the whole chain: leave out --after, --before and --ek")
+			}
 			after, err := parseTimeFlag(o.after)
 			p.Check("after", err)
 			before, err := parseTimeFlag(o.before)
@@ -206,6 +223,7 @@ func receiptsExportCmd() *cobra.Command {
 		},
 	}
 	o.add(cmd)
+	o.vault.add(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.ek, "ek", "", "only receipts for this EK hash")
 	f.StringVar(&o.after, "after", "", "only receipts made at or after this time")
@@ -217,10 +235,6 @@ func receiptsExportCmd() *cobra.Command {
 const progressEvery = 10000
 
 func receiptsExport(o exportOpts, opts broker.ExportOpts, stdout, stderr io.Writer) int {
-	where, ok := o.load("receipts export", stderr)
-	if !ok {
-		return 1
-	}
 	bw := bufio.NewWriter(stdout)
 	line := func(b []byte, err error) error {
 		if err == nil {
@@ -228,17 +242,32 @@ func receiptsExport(o exportOpts, opts broker.ExportOpts, stdout, stderr io.Writ
 		}
 		return err
 	}
+	checkpoint := func(c store.Checkpoint) error { return line(receiptchain.CheckpointLine(c)) }
 	progress, written := isTerminal(stderr), 0
-	n, err := broker.ExportChain(context.Background(), where, opts, func(r store.Receipt) error {
-		if err := line(store.EncodeReceipt(&r)); err != nil {
-			return err
+	var n int
+	var err error
+	if o.vault.set() {
+		r, ok := o.vault.open("receipts export", stderr)
+		if !ok {
+			return 1
 		}
-		if progress && written%progressEvery == progressEvery-1 {
-			fmt.Fprintf(stderr, "receipts export: %d receipts, down to %s\n", written+1, r.Time.UTC().Format(time.RFC3339))
+		n, err = r.ExportChain(context.Background(), func(b []byte) error { return line(b, nil) }, checkpoint)
+	} else {
+		where, ok := o.load("receipts export", stderr)
+		if !ok {
+			return 1
 		}
-		written++
-		return nil
-	}, func(c store.Checkpoint) error { return line(receiptchain.CheckpointLine(c)) })
+		n, err = broker.ExportChain(context.Background(), where, opts, func(r store.Receipt) error {
+			if err := line(store.EncodeReceipt(&r)); err != nil {
+				return err
+			}
+			if progress && written%progressEvery == progressEvery-1 {
+				fmt.Fprintf(stderr, "receipts export: %d receipts, down to %s\n", written+1, r.Time.UTC().Format(time.RFC3339))
+			}
+			written++
+			return nil
+		}, checkpoint)
+	}
 	if ferr := bw.Flush(); err == nil {
 		err = ferr
 	}

@@ -173,33 +173,53 @@ func firstBad(p receiptchain.Problem) string {
 
 func receiptsCheckpointKeyCmd() *cobra.Command {
 	var o storeFlags
+	var vault vaultFlags
 	cmd := &cobra.Command{
-		Use:   "checkpoint-key (--config broker.hcl | --data-dir DIR)",
+		Use:   "checkpoint-key (--config broker.hcl | --data-dir DIR | --vault-mount auth/tpm)",
 		Short: "Print the public key that verifies the broker's receipt checkpoints",
 		Long: `Prints the PEM public key (ECDSA P-256, PKIX "PUBLIC KEY") of the broker's
 receipt checkpoint key: receipt_checkpoints' key_file, or the key the broker
 made in data_dir/receipts on its first start. Publish it for auditors, who
-pass it to "keybroker receipts verify --key". It never creates a key.`,
+pass it to "keybroker receipts verify --key". It never creates a key.
+With --vault-mount it prints the key of the Vault auth method mounted there
+(its checkpoint-key path; the token needs read on it), which the auth
+method makes on first use.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.check(&p)
+			vault.check(&p, o.configPath != "" || o.dataDir != "")
+			if !vault.set() {
+				o.check(&p)
+			}
 			if err := p.Err(); err != nil {
 				return err
 			}
-			cfg, ok := o.load("receipts checkpoint-key", cmd.ErrOrStderr())
-			if !ok {
-				return cli.Code(1)
-			}
-			pemKey, err := broker.CheckpointPublicKey(cfg)
-			if err != nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "receipts checkpoint-key: %v (has the broker started?)\n", err)
-				return cli.Code(1)
+			var pemKey []byte
+			var err error
+			if vault.set() {
+				r, ok := vault.open("receipts checkpoint-key", cmd.ErrOrStderr())
+				if !ok {
+					return cli.Code(1)
+				}
+				if pemKey, err = r.CheckpointKey(cmd.Context()); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "receipts checkpoint-key: %v\n", err)
+					return cli.Code(1)
+				}
+			} else {
+				cfg, ok := o.load("receipts checkpoint-key", cmd.ErrOrStderr())
+				if !ok {
+					return cli.Code(1)
+				}
+				if pemKey, err = broker.CheckpointPublicKey(cfg); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "receipts checkpoint-key: %v (has the broker started?)\n", err)
+					return cli.Code(1)
+				}
 			}
 			_, err = cmd.OutOrStdout().Write(pemKey)
 			return err
 		},
 	}
 	o.add(cmd)
+	vault.add(cmd)
 	return cmd
 }

@@ -156,6 +156,14 @@ func TestReceiptsVerifyUsage(t *testing.T) {
 		{"no file, no store", []string{"receipts", "verify"}, "--config or --data-dir is required"},
 		{"file without a key", []string{"receipts", "verify", "export.jsonl"}, "--key, --config or --data-dir is required to check checkpoint signatures"},
 		{"checkpoint-key without a store", []string{"receipts", "checkpoint-key"}, "--config or --data-dir is required"},
+		{"Vault export with a filter", []string{"receipts", "export", "--vault-mount", "auth/tpm", "--ek", "aa"},
+			"--vault-mount exports the whole chain: leave out --after, --before and --ek"},
+		{"Vault export and a store", []string{"receipts", "export", "--vault-mount", "auth/tpm", "--data-dir", "/tmp"},
+			"--vault-mount reads Vault instead of the broker: leave out --config and --data-dir"},
+		{"Vault checkpoint key and a store", []string{"receipts", "checkpoint-key", "--vault-mount", "auth/tpm", "--config", "b.hcl"},
+			"--vault-mount reads Vault instead of the broker: leave out --config and --data-dir"},
+		{"Vault address without a mount", []string{"receipts", "export", "--vault-addr", "https://vault:8200", "--data-dir", "/tmp"},
+			"--vault-addr needs --vault-mount"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, _, stderr := runCmd(t, tt.args...)

@@ -48,8 +48,13 @@
 //     `keybroker policy eval --vault-mount auth/tpm`
 //     verifies the node's stored evidence again with the mount's trust and
 //     allows it under a role policy matching its PCR 7, denies it under one
-//     that does not; a token without those capabilities is refused ("Vault
-//     refused: token lacks list on auth/tpm/receipts/").
+//     that does not; `keybroker receipts export --vault-mount auth/tpm`
+//     exports the receipt chain with a checkpoint signed by the auth
+//     method's key (`receipts checkpoint-key --vault-mount`), which
+//     `receipts verify --key` accepts offline and refuses, naming the
+//     receipt, once a byte of it changed; a token without those
+//     capabilities is refused ("Vault refused: token lacks list on
+//     auth/tpm/receipts/").
 //   - TestChallengeAcrossClusterNodes: a cluster of three cores (sys/leader
 //     names one active core; the two standbys forward to it). A proxy sends
 //     the agent's challenge to one standby and its login to the other: the

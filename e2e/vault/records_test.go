@@ -15,11 +15,15 @@ import (
 )
 
 // recordsPolicy is the Vault ACL policy of an operator who reads the auth
-// method's receipts, node records and trust configuration.
+// method's receipts, node records and trust configuration, and exports
+// its receipt chain.
 const recordsPolicy = `
-path "auth/tpm/receipts/*" { capabilities = ["read", "list"] }
-path "auth/tpm/nodes/*"    { capabilities = ["read", "list"] }
-path "auth/tpm/config"     { capabilities = ["read"] }
+path "auth/tpm/receipts/*"     { capabilities = ["read", "list"] }
+path "auth/tpm/nodes/*"        { capabilities = ["read", "list"] }
+path "auth/tpm/config"         { capabilities = ["read"] }
+path "auth/tpm/checkpoints/*"  { capabilities = ["read", "list"] }
+path "auth/tpm/checkpoints"    { capabilities = ["list", "update"] }
+path "auth/tpm/checkpoint-key" { capabilities = ["read"] }
 `
 
 // runKeybroker runs the keybroker CLI with args, Vault's address and CA
@@ -53,8 +57,12 @@ func runKeybroker(t *testing.T, c *cluster, token string, args ...string) agentR
 // evidence, and `keybroker policy eval --vault-mount auth/tpm`
 // verifies the node's stored evidence again with the mount's trust and
 // evaluates candidate role policies on it: allowed by one that matches its
-// PCR 7, denied by one that does not. A token without read on the mount's
-// paths is refused with a message naming the path.
+// PCR 7, denied by one that does not. `keybroker receipts export
+// --vault-mount auth/tpm` exports the auth method's receipt chain with a
+// checkpoint signed by the auth method's own key (`receipts checkpoint-key
+// --vault-mount`), which `receipts verify --key` accepts offline, and
+// refuses naming the receipt once one byte of it changed. A token without
+// read on the mount's paths is refused with a message naming the path.
 func TestKeybrokerReadsVaultRecords(t *testing.T) {
 	c, n, _ := setup(t, nil)
 	ekHash := strings.TrimSpace(runAgent(t, n.home, "ek-hash", "--tpm", n.tpm.spec()).stdout)
@@ -91,6 +99,37 @@ func TestKeybrokerReadsVaultRecords(t *testing.T) {
 		t.Errorf("text receipts list exit %d lacks %s:\n%s", r.code, receipt.ID, r.stdout)
 	}
 
+	// The receipt chain, exported and verified offline.
+	dir := t.TempDir()
+	keyFile, exportFile := filepath.Join(dir, "checkpoint.pub"), filepath.Join(dir, "receipts.jsonl")
+	r = runKeybroker(t, c, operator, "receipts", "checkpoint-key", mountFlag)
+	if r.code != 0 || !strings.Contains(r.stdout, "PUBLIC KEY") {
+		t.Fatalf("receipts checkpoint-key exit %d: %s", r.code, r.stderr)
+	}
+	if err := os.WriteFile(keyFile, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = runKeybroker(t, c, operator, "receipts", "export", mountFlag)
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || !strings.Contains(lines[0], `"seq":1,`) || !strings.Contains(lines[0], receipt.ID) ||
+		!strings.HasPrefix(lines[1], `{"checkpoint":{"seq":1,`) {
+		t.Fatalf("receipts export exit %d: %q, want the receipt (seq 1) and a checkpoint of it", r.code, r.stdout)
+	}
+	if err := os.WriteFile(exportFile, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runKeybroker(t, c, operator, "receipts", "verify", exportFile, "--key", keyFile); r.code != 0 || !strings.Contains(r.stdout, "OK") {
+		t.Errorf("receipts verify of the Vault export: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	changed := strings.Replace(r.stdout, `"allowed":true`, `"allowed":false`, 1)
+	if err := os.WriteFile(exportFile, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runKeybroker(t, c, operator, "receipts", "verify", exportFile, "--key", keyFile); r.code != 1 ||
+		!strings.Contains(r.stdout, "first bad receipt: seq 1 ("+receipt.ID+")") {
+		t.Errorf("receipts verify of a changed export: exit %d, want 1 naming seq 1\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
 	// The node's record, by an EK hash prefix, with its evidence.
 	if r := runKeybroker(t, c, operator, "nodes", "list", mountFlag); r.code != 0 || !strings.Contains(r.stdout, ekHash) || !strings.Contains(r.stdout, receipt.ID) {
 		t.Errorf("nodes list exit %d lacks %s and %s:\n%s", r.code, ekHash, receipt.ID, r.stdout)
@@ -110,7 +149,6 @@ func TestKeybrokerReadsVaultRecords(t *testing.T) {
 	}
 
 	// Candidate role policies on the node's stored evidence.
-	dir := t.TempDir()
 	write := func(name, pcr7 string) string {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, []byte(fmt.Sprintf(rolePolicy, pcr7)), 0o600); err != nil {

@@ -106,6 +106,11 @@ type Opts struct {
 	// Workloads replaces the workload blocks of SPIFFEPolicy (default
 	// Workloads).
 	Workloads string
+	// SVIDMode, if set, is the mode of SPIFFEPolicy's node-svid release
+	// ("tpm_resident" for a node SVID whose key the agent creates in the
+	// TPM), with SVIDExtra as its extra lines (such as "\n    pcrs = [0,
+	// 7]"); default: as Mode, tpm_bound when Mode is tpm_resident.
+	SVIDMode, SVIDExtra string
 	// Server, if set, may change the server options before the server is
 	// made.
 	Server func(*broker.ServerOpts)
@@ -162,11 +167,14 @@ func New(tb testing.TB, o Opts) *Env {
 		if workloads == "" {
 			workloads = Workloads
 		}
-		svidMode := mode
-		if mode == "tpm_resident" {
-			svidMode = "tpm_bound" // not for x509_svid releases (yet)
+		svidMode, svidExtra := mode, extra
+		switch {
+		case o.SVIDMode != "":
+			svidMode, svidExtra = o.SVIDMode, o.SVIDExtra
+		case mode == "tpm_resident":
+			svidMode = "tpm_bound"
 		}
-		src += fmt.Sprintf(SPIFFEPolicy, e.EKHash, pcr0, pcr7, svidMode, extra, workloads)
+		src += fmt.Sprintf(SPIFFEPolicy, e.EKHash, pcr0, pcr7, svidMode, svidExtra, workloads)
 	}
 	e.PolicySource = src
 	pol, err := policies.Parse([]byte(src), "test.hcl")

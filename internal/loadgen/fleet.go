@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -20,6 +21,11 @@ import (
 // with opts.EKCA its EK certificate, issued by it), generating them on
 // every core. The nodes share opts' PCR values and event log.
 func NewFleet(n int, opts softtpm.Opts) ([]*softtpm.Node, error) {
+	return makeFleet(n, opts, new(atomic.Int64))
+}
+
+// makeFleet is NewFleet counting the nodes made in made.
+func makeFleet(n int, opts softtpm.Opts, made *atomic.Int64) ([]*softtpm.Node, error) {
 	nodes := make([]*softtpm.Node, n)
 	errs := make([]error, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
@@ -34,6 +40,7 @@ func NewFleet(n int, opts softtpm.Opts) ([]*softtpm.Node, error) {
 					return
 				}
 				nodes[i] = node
+				made.Add(1)
 			}
 		}()
 	}

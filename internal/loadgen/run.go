@@ -94,7 +94,14 @@ func Run(ctx context.Context, o Opts) (*Summary, error) {
 		return nil, err
 	}
 	start := time.Now()
-	nodes, err := NewFleet(o.Nodes, nodeOpts)
+	// RSA keys take a while to generate (about a minute per thousand nodes
+	// on two cores): say how far it got.
+	var made atomic.Int64
+	stop := ticker(o.Progress, func() string {
+		return fmt.Sprintf("loadgen: generating %s node keys: %d/%d", o.Key, made.Load(), o.Nodes)
+	})
+	nodes, err := makeFleet(o.Nodes, nodeOpts, &made)
+	stop()
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +291,16 @@ func drive(ctx context.Context, o Opts, nodes []*softtpm.Node, addr string, caPE
 
 // progress prints done/total and the rate every second until stopped.
 func progress(w io.Writer, total int, start time.Time, done, failed *atomic.Int64) (stop func()) {
+	return ticker(w, func() string {
+		d := done.Load()
+		return fmt.Sprintf("loadgen: %d/%d done, %d errors, %.0f releases/s",
+			d, total, failed.Load(), float64(d-failed.Load())/time.Since(start).Seconds())
+	})
+}
+
+// ticker writes line() to w every second until stop is called; nil w:
+// nothing.
+func ticker(w io.Writer, line func() string) (stop func()) {
 	if w == nil {
 		return func() {}
 	}
@@ -299,9 +316,7 @@ func progress(w io.Writer, total int, start time.Time, done, failed *atomic.Int6
 			case <-quit:
 				return
 			case <-tick.C:
-				d := done.Load()
-				fmt.Fprintf(w, "loadgen: %d/%d done, %d errors, %.0f releases/s\n",
-					d, total, failed.Load(), float64(d-failed.Load())/time.Since(start).Seconds())
+				fmt.Fprintln(w, line())
 			}
 		}
 	}()

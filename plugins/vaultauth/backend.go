@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/broker/receiptchain"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -60,6 +61,16 @@ type tpmAuthBackend struct {
 	// redeeming a ticket.
 	storageLocks []*locksutil.LockEntry
 	limiter      *rateLimiter
+
+	// chain serializes extending the receipt chain (chain.go); cp signs
+	// its checkpoints every cpEvery receipts or cpInterval
+	// (checkpoints.go), made on first use under cpMu.
+	chain      chain
+	cpMu       sync.Mutex
+	cp         *receiptchain.Checkpointer
+	cpSigner   *receiptchain.Signer
+	cpEvery    uint64
+	cpInterval time.Duration
 }
 
 // cachedPolicy is a role's parsed policy document and the SHA-256 of the
@@ -86,8 +97,9 @@ func backend() *tpmAuthBackend {
 		},
 		PathsSpecial: &logical.Paths{
 			Unauthenticated: []string{"login", "challenge"},
-			SealWrapStorage: []string{configPath, challengeKeysPath},
-			LocalStorage:    []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix},
+			SealWrapStorage: []string{configPath, challengeKeysPath, checkpointKeyPath},
+			LocalStorage: []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix,
+				chainHeadPath, chainSeqPrefix, checkpointPrefix, checkpointKeyPath},
 		},
 		Paths: []*framework.Path{
 			pathConfig(b),
@@ -97,6 +109,9 @@ func backend() *tpmAuthBackend {
 			pathLogin(b),
 			pathReceiptList(b),
 			pathReceipt(b),
+			pathCheckpointList(b),
+			pathCheckpoint(b),
+			pathCheckpointKey(b),
 			pathNodeList(b),
 			pathNode(b),
 		},
@@ -119,7 +134,8 @@ func (b *tpmAuthBackend) invalidate(_ context.Context, key string) {
 }
 
 // periodic deletes the markers of expired challenges and unredeemed
-// tickets, and forgets idle rate-limit windows.
+// tickets, forgets idle rate-limit windows, and signs the receipt chain's
+// head when a checkpoint is due (checkpoints.go).
 // Vault runs it about once a minute.
 func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) error {
 	now := b.now()
@@ -143,7 +159,8 @@ func (b *tpmAuthBackend) periodic(ctx context.Context, req *logical.Request) err
 	if n > 0 {
 		b.Logger().Debug("unredeemed tickets purged", "count", n)
 	}
-	return nil
+	_, err = b.signCheckpoint(ctx, req.Storage, false)
+	return err
 }
 
 // policy returns the parsed policy document of a role, parsing it only

@@ -329,11 +329,12 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 
 	// The same storage seen from a performance standby: challenge and
 	// login are forwarded to the active node (ErrReadOnly asks Vault to
-	// forward), which alone issues challenges and uses them up.
+	// forward), which alone issues challenges and uses them up, and so is
+	// signing the receipt chain's head, which the active node extends.
 	sys := logical.TestSystemView()
 	sys.ReplicationStateVal = consts.ReplicationPerformanceStandby
 	standby := restartOn(t, e.storage, e.clock, sys)
-	for path, d := range map[string]map[string]any{"challenge": n.challengeData(), "login": data} {
+	for path, d := range map[string]map[string]any{"challenge": n.challengeData(), "login": data, "checkpoints": nil} {
 		if _, err := standby.request(logical.UpdateOperation, path, d); err != logical.ErrReadOnly {
 			t.Errorf("%s on a performance standby: %v, want it forwarded", path, err)
 		}
@@ -352,10 +353,13 @@ func TestPerformanceStandbyForwards(t *testing.T) {
 	}
 	// The challenge keys stay in the cluster whose markers they go with,
 	// and are seal-wrapped like the config.
-	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix}) {
+	// So do the receipts, their chain and its checkpoints; the checkpoint
+	// key is seal-wrapped too.
+	if !slices.Equal(e.b.PathsSpecial.LocalStorage, []string{challengeKeysPath, consumedPrefix, nodePrefix, ticketPrefix, receiptPrefix, deniedPrefix, eventLogPrefix,
+		chainHeadPath, chainSeqPrefix, checkpointPrefix, checkpointKeyPath}) {
 		t.Errorf("LocalStorage = %v", e.b.PathsSpecial.LocalStorage)
 	}
-	if !slices.Equal(e.b.PathsSpecial.SealWrapStorage, []string{configPath, challengeKeysPath}) {
+	if !slices.Equal(e.b.PathsSpecial.SealWrapStorage, []string{configPath, challengeKeysPath, checkpointKeyPath}) {
 		t.Errorf("SealWrapStorage = %v", e.b.PathsSpecial.SealWrapStorage)
 	}
 }

@@ -49,6 +49,7 @@
 // transactions) and the rate limit is counted in memory. Replication to
 // standbys is eventual; only the active node decides. The auth method
 // keeps what the broker keeps (storage.go): a receipt per decision, written
-// before the login answers, each node's record with its evidence, and the
-// deny list.
+// before the login answers and chained by hash (chain.go) with checkpoints
+// signed by a key of its own (checkpoints.go), each node's record with its
+// evidence, and the deny list.
 package vaultauth

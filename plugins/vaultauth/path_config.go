@@ -20,6 +20,12 @@ import (
 const (
 	defaultChallengesPerMinute = 10
 	maxChallengesPerMinute     = 1000
+	// The receipt chain's checkpoints (checkpoints.go), as the broker's
+	// receipt_checkpoints.
+	defaultCheckpointEvery    = 1000
+	maxCheckpointEvery        = 1_000_000
+	defaultCheckpointInterval = time.Minute
+	maxCheckpointInterval     = 24 * time.Hour
 )
 
 func pathConfig(b *tpmAuthBackend) *framework.Path {
@@ -72,6 +78,18 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 				Type:        framework.TypeString,
 				Description: "The name vault_addr's TLS certificate must hold, when it differs from vault_addr's host.",
 			},
+			"checkpoint_every": {
+				Type:    framework.TypeInt,
+				Default: defaultCheckpointEvery,
+				Description: fmt.Sprintf("Sign a checkpoint of the receipt chain whenever its seq is a multiple of this: at most this many receipts apart; "+
+					"1 to %d. Default %d.", maxCheckpointEvery, defaultCheckpointEvery),
+			},
+			"checkpoint_interval": {
+				Type:    framework.TypeDurationSecond,
+				Default: int(defaultCheckpointInterval / time.Second),
+				Description: "Sign a checkpoint of the receipt chain at least this often while receipts are added; 1s to 24h. " +
+					"Default 60s. It is checked by the periodic function, which Vault runs about once a minute.",
+			},
 			"challenges_per_minute": {
 				Type:    framework.TypeInt,
 				Default: defaultChallengesPerMinute,
@@ -108,6 +126,10 @@ type configEntry struct {
 	VaultAddr           string               `json:"vault_addr,omitempty"`
 	VaultCACert         string               `json:"vault_ca_cert,omitempty"`
 	VaultTLSServerName  string               `json:"vault_tls_server_name,omitempty"`
+	// CheckpointEvery and CheckpointInterval: 0 (a configuration written
+	// before they existed) is the default.
+	CheckpointEvery    int           `json:"checkpoint_every,omitempty"`
+	CheckpointInterval time.Duration `json:"checkpoint_interval,omitempty"`
 }
 
 // ekCAEntry is one named EK certificate authority, as PEM.
@@ -122,6 +144,8 @@ type config struct {
 	verify              verify.Opts // indexed
 	challengeTTL        time.Duration
 	challengesPerMinute int
+	checkpointEvery     uint64
+	checkpointInterval  time.Duration
 	// vault completes logins of roles with token_envelope; nil without
 	// vault_addr.
 	vault *selfClient
@@ -147,6 +171,19 @@ func (e configEntry) build() (*config, error) {
 	}
 	if e.ChallengesPerMinute < 1 || e.ChallengesPerMinute > maxChallengesPerMinute {
 		bad("challenges_per_minute must be between 1 and %d", maxChallengesPerMinute)
+	}
+	c.checkpointEvery, c.checkpointInterval = defaultCheckpointEvery, defaultCheckpointInterval
+	switch {
+	case e.CheckpointEvery < 0 || e.CheckpointEvery > maxCheckpointEvery:
+		bad("checkpoint_every must be between 1 and %d", maxCheckpointEvery)
+	case e.CheckpointEvery > 0:
+		c.checkpointEvery = uint64(e.CheckpointEvery)
+	}
+	switch {
+	case e.CheckpointInterval < 0 || e.CheckpointInterval > maxCheckpointInterval:
+		bad("checkpoint_interval must be between 1s and %s", maxCheckpointInterval)
+	case e.CheckpointInterval > 0:
+		c.checkpointInterval = e.CheckpointInterval
 	}
 	if e.VaultAddr != "" || e.VaultCACert != "" || e.VaultTLSServerName != "" {
 		v, err := newSelfClient(e.VaultAddr, e.VaultCACert, e.VaultTLSServerName)
@@ -214,6 +251,8 @@ func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Reques
 		"pcr_banks":             banks,
 		"challenge_ttl":         int64(c.challengeTTL / time.Second),
 		"challenges_per_minute": c.challengesPerMinute,
+		"checkpoint_every":      c.checkpointEvery,
+		"checkpoint_interval":   int64(c.checkpointInterval / time.Second),
 		"vault_addr":            c.entry.VaultAddr,
 		"vault_ca_cert":         c.entry.VaultCACert,
 		"vault_tls_server_name": c.entry.VaultTLSServerName,
@@ -262,6 +301,16 @@ func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Reque
 	}
 	if v, ok := d.GetOk("challenges_per_minute"); ok {
 		e.ChallengesPerMinute = v.(int)
+	}
+	if v, ok := d.GetOk("checkpoint_every"); ok {
+		if e.CheckpointEvery = v.(int); e.CheckpointEvery == 0 {
+			e.CheckpointEvery = -1 // refused: 0 is the stored form of the default
+		}
+	}
+	if v, ok := d.GetOk("checkpoint_interval"); ok {
+		if e.CheckpointInterval = time.Duration(v.(int)) * time.Second; e.CheckpointInterval == 0 {
+			e.CheckpointInterval = -1
+		}
 	}
 	if v, ok := d.GetOk("vault_addr"); ok {
 		e.VaultAddr = strings.TrimRight(strings.TrimSpace(v.(string)), "/")
@@ -341,6 +390,9 @@ configuration is stored seal-wrapped where the seal supports it.
   pcr_banks              banks whose quotes count, e.g. sha256,sha384 (default all)
   challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
   challenges_per_minute  challenges per EK per minute (default 10)
+  checkpoint_every       sign a receipt chain checkpoint every this many receipts (default 1000)
+  checkpoint_interval    and at least this often while receipts are added (default 60s, 1s-24h;
+                         checked about once a minute)
   vault_addr             this Vault's API address, for roles with token_envelope
   vault_ca_cert          PEM roots for vault_addr (default: system roots)
   vault_tls_server_name  name in vault_addr's certificate, if not its host

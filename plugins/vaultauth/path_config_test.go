@@ -65,6 +65,16 @@ func TestConfigValidation(t *testing.T) {
 			wantErr: []string{"challenge_ttl must be between 1s and 10m0s"},
 		},
 		{
+			name:    "zero checkpoint schedule",
+			data:    map[string]any{"ek_allow": hashA, "checkpoint_every": 0, "checkpoint_interval": 0},
+			wantErr: []string{"checkpoint_every must be between 1 and 1000000", "checkpoint_interval must be between 1s and 24h0m0s"},
+		},
+		{
+			name:    "checkpoint schedule too long",
+			data:    map[string]any{"ek_allow": hashA, "checkpoint_every": 1_000_001, "checkpoint_interval": "25h"},
+			wantErr: []string{"checkpoint_every must be between 1 and 1000000", "checkpoint_interval must be between 1s and 24h0m0s"},
+		},
+		{
 			name:    "too many challenges",
 			data:    map[string]any{"ek_allow": hashA, "challenges_per_minute": 1001},
 			wantErr: []string{"challenges_per_minute must be between 1 and 1000"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -68,7 +69,7 @@ func (b *tpmAuthBackend) pathReceiptList(ctx context.Context, req *logical.Reque
 }
 
 func (b *tpmAuthBackend) pathReceiptRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := b.store(req.Storage).GetReceipt(ctx, d.Get("id").(string))
+	encoded, r, err := b.store(req.Storage).receipt(ctx, d.Get("id").(string))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, nil
@@ -90,6 +91,13 @@ func (b *tpmAuthBackend) pathReceiptRead(ctx context.Context, req *logical.Reque
 	if len(r.QuoteDigest) > 0 {
 		data["quote_digest"] = hex.EncodeToString(r.QuoteDigest)
 	}
+	if r.Seq != 0 {
+		// The stored canonical encoding, which the chain hashes:
+		// "keybroker receipts export" writes it as it is.
+		data["seq"] = strconv.FormatUint(r.Seq, 10)
+		data["prev"] = r.Prev
+		data["encoded"] = encoded // base64 in Vault's JSON
+	}
 	return &logical.Response{Data: data}, nil
 }
 
@@ -105,5 +113,9 @@ receipts/<id>.`
 A receipt names the challenge, the node (EK hash), whether the login was
 allowed, the failed check of a refusal, the policies that allowed it and
 their hash, the policy failures, the digest of the verified quotes, and
-whether the refusal put the node on the deny list.`
+whether the refusal put the node on the deny list. A chained receipt also
+answers seq (its place in the chain, in decimal), prev (the hash of the
+receipt before it) and encoded (base64 of the stored canonical encoding,
+whose SHA-256 the next receipt's prev names): see checkpoints/ and
+docs/receipts.md. Receipts written before the chain have none of these.`
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -33,9 +34,12 @@ import (
 //   - eventlog/<SHA-256 of the log>: an event log, as presented (logs
 //     larger than maxStoredEventLog are not kept: the record names them by
 //     digest only);
-//   - receipt/<receipt ID>: the receipt of each decision (store.Receipt,
-//     JSON), written before the login answers: no token without its
-//     receipt; listed and read at receipts/;
+//   - receipt/<receipt ID>: the receipt of each decision, chained (Seq,
+//     Prev) and stored as its canonical encoding (store.EncodeReceipt),
+//     written before the login answers: no token without its receipt;
+//     listed and read at receipts/. chain/head and chain/seq/<seq> order
+//     the chain (chain.go), checkpoint/<seq> and checkpoint_key sign it
+//     (checkpoints.go);
 //   - denied/<EK hash>: the node's deny-list entry (store.Denial, JSON),
 //     added and removed as the broker's are.
 //
@@ -43,7 +47,10 @@ import (
 type vaultStore struct {
 	s     logical.Storage
 	locks []*locksutil.LockEntry
+	chain *chain
 	now   func() time.Time
+	// chained is told the head after each receipt chained (nil: nothing).
+	chained func(ctx context.Context, head store.ChainHead)
 }
 
 var (
@@ -52,7 +59,24 @@ var (
 )
 
 func (b *tpmAuthBackend) store(s logical.Storage) *vaultStore {
-	return &vaultStore{s: s, locks: b.storageLocks, now: b.now}
+	return &vaultStore{s: s, locks: b.storageLocks, chain: &b.chain, now: b.now,
+		chained: func(ctx context.Context, head store.ChainHead) { b.receiptChained(ctx, s, head) }}
+}
+
+// receiptChained signs the chain head when it is a multiple of the
+// configured checkpoint_every; a failure is logged (the periodic function
+// tries again), the login goes on.
+func (b *tpmAuthBackend) receiptChained(ctx context.Context, s logical.Storage, head store.ChainHead) {
+	every, _, err := b.checkpointSchedule(ctx, s)
+	if err == nil && head.Seq%every != 0 {
+		return
+	}
+	if err == nil {
+		_, err = b.signCheckpoint(ctx, s, true)
+	}
+	if err != nil {
+		b.Logger().Error("unable to sign a receipt checkpoint", "seq", head.Seq, "error", err)
+	}
 }
 
 // markerEntry is the stored form of a used challenge.
@@ -135,13 +159,14 @@ func (v *vaultStore) AddChallengeKey(ctx context.Context, k store.ChallengeKey, 
 
 // Record implements store.Decisions. Vault storage has no transactions:
 // under the locks of the marker and of the node record, Record checks that
-// the challenge has no marker, writes the marker, then the node's counters.
-// "login" runs on the active node (performance standbys forward it), so
-// the locks cover the cluster and of concurrent Records on one challenge
-// exactly one succeeds. Then the receipt, the node record and the
-// deny-list change are written, each its own storage write (Vault storage
-// has no transactions): if one fails the challenge stays used up and the
-// caller issues nothing, so no token exists without its receipt.
+// the challenge has no marker and writes the marker. "login" runs on the
+// active node (performance standbys forward it), so the locks cover the
+// cluster and of concurrent Records on one challenge exactly one succeeds.
+// Then the receipt is chained (appendReceipt: seq index entry, receipt,
+// head, under the chain lock), and the node record and the deny-list
+// change are written, each its own storage write: if one fails the
+// challenge stays used up and the caller issues nothing, so no token
+// exists without its receipt.
 func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	if err := d.Validate(); err != nil {
 		return err
@@ -185,8 +210,9 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 			return err
 		}
 	}
-	if err := v.putJSON(ctx, receiptPrefix+r.ID, r); err != nil {
-		return fmt.Errorf("unable to write the receipt: %w", err)
+	head, err := v.appendReceipt(ctx, r)
+	if err != nil {
+		return err
 	}
 	if d.Node != nil {
 		if err := v.putNode(ctx, d.Node); err != nil {
@@ -195,11 +221,14 @@ func (v *vaultStore) Record(ctx context.Context, d *store.Decision) error {
 	}
 	switch d.Deny {
 	case store.DenyAdd:
-		return v.putJSON(ctx, deniedPrefix+r.EKHash, store.Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check})
+		err = v.putJSON(ctx, deniedPrefix+r.EKHash, store.Denial{EKHash: r.EKHash, Time: r.Time, ReceiptID: r.ID, Check: r.Check})
 	case store.DenyRemove:
-		return v.s.Delete(ctx, deniedPrefix+r.EKHash)
+		err = v.s.Delete(ctx, deniedPrefix+r.EKHash)
 	}
-	return nil
+	if err == nil && v.chained != nil {
+		v.chained(ctx, head)
+	}
+	return err
 }
 
 func (v *vaultStore) putJSON(ctx context.Context, key string, val any) error {
@@ -295,21 +324,28 @@ func (v *vaultStore) GetNode(ctx context.Context, ekHash string) (store.NodeReco
 
 // GetReceipt returns a receipt, or store.ErrNotFound.
 func (v *vaultStore) GetReceipt(ctx context.Context, id string) (store.Receipt, error) {
+	_, r, err := v.receipt(ctx, id)
+	return r, err
+}
+
+// receipt returns a receipt and its stored bytes (a chained receipt's
+// canonical encoding), or store.ErrNotFound.
+func (v *vaultStore) receipt(ctx context.Context, id string) ([]byte, store.Receipt, error) {
 	if !validKey(strings.ReplaceAll(id, ".", "-")) { // receipt IDs hold their time's fraction
-		return store.Receipt{}, store.ErrNotFound
+		return nil, store.Receipt{}, store.ErrNotFound
 	}
 	raw, err := v.s.Get(ctx, receiptPrefix+id)
 	switch {
 	case err != nil:
-		return store.Receipt{}, err
+		return nil, store.Receipt{}, err
 	case raw == nil:
-		return store.Receipt{}, store.ErrNotFound
+		return nil, store.Receipt{}, store.ErrNotFound
 	}
 	var r store.Receipt
-	if err := raw.DecodeJSON(&r); err != nil {
-		return store.Receipt{}, fmt.Errorf("unable to decode receipt %s: %w", id, err)
+	if err := json.Unmarshal(raw.Value, &r); err != nil {
+		return nil, store.Receipt{}, fmt.Errorf("unable to decode receipt %s: %w", id, err)
 	}
-	return r, nil
+	return raw.Value, r, nil
 }
 
 // GetDenial returns a node's deny-list entry, or store.ErrNotFound.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
 )
 
@@ -31,6 +32,17 @@ func testNodeWrittenWithDecision(t *testing.T, b store.Backend) {
 	}
 	if want := asRead(first); !reflect.DeepEqual(got, want) {
 		t.Errorf("GetNode = %+v\nwant %+v", got, want)
+	}
+	if h, ok := b.(store.NodeHeads); ok {
+		head, err := h.GetNodeHead(ctx, "ek")
+		want := asRead(first)
+		want.Evidence = attestation.Evidence{}
+		if err != nil || !reflect.DeepEqual(head, want) {
+			t.Errorf("GetNodeHead = %+v, %v\nwant the record without its evidence %+v", head, err, want)
+		}
+		if _, err := h.GetNodeHead(ctx, "ek-other"); !isNotFound(err) {
+			t.Errorf("GetNodeHead of an unknown node: got %v, want ErrNotFound", err)
+		}
 	}
 
 	// The next decision replaces the record; one without a node leaves it.

@@ -1610,7 +1610,8 @@ func (x *ImportBlob) GetPcrs() *PCRValues {
 type X509SVIDCredential struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	// PKCS#8 private key, PEM.
+	// PKCS#8 private key, PEM; empty for TPM_RESIDENT (the key is in the
+	// node's TPM: the SVID certifies its ResidentKey of the same name).
 	KeyPem []byte `protobuf:"bytes,2,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
 	// The SVID certificate, then intermediates, PEM.
 	CertificatesPem []byte `protobuf:"bytes,3,opt,name=certificates_pem,json=certificatesPem,proto3" json:"certificates_pem,omitempty"`

@@ -1,0 +1,60 @@
+package verify
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"testing"
+)
+
+// The P-256 and RSA-2048 fast paths of EKHash encode exactly as x509 does.
+func TestEKHashFastPaths(t *testing.T) {
+	for range 64 {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p256SPKI(&k.PublicKey); !bytes.Equal(got, want) {
+			t.Fatalf("p256SPKI = %x\nwant %x", got, want)
+		}
+		sum := sha256.Sum256(want)
+		if h, err := EKHash(&k.PublicKey); err != nil || h != hex.EncodeToString(sum[:]) {
+			t.Fatalf("EKHash = %s, %v; want %x", h, err, sum)
+		}
+	}
+	for range 3 {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if got := rsa2048SPKI(&k.PublicKey); !bytes.Equal(got, want) {
+			t.Fatalf("rsa2048SPKI = %x\nwant %x", got, want)
+		}
+		// Another exponent is not the fast path's.
+		other := k.PublicKey
+		other.E = 3
+		if rsa2048SPKI(&other) != nil {
+			t.Fatal("rsa2048SPKI encoded exponent 3")
+		}
+	}
+	// Other curves take x509's path.
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	sum := sha256.Sum256(der)
+	if h, err := EKHash(&k.PublicKey); err != nil || h != hex.EncodeToString(sum[:]) {
+		t.Fatalf("EKHash(P-384) = %s, %v; want %x", h, err, sum)
+	}
+}
