@@ -413,7 +413,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err})
 	}
 	*released = out
-	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries}
+	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries, WorkloadTrust: out.WorkloadTrust}
 	nodeRec.WorkloadEntries, nodeRec.SVIDs = out.NodeEntries, out.SVIDs
 	rec.Allowed, rec.Released = true, out.Items
 	stages.Done(metrics.StageRelease)

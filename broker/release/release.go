@@ -107,7 +107,10 @@ type Released struct {
 	// NodeEntries the same for the node record.
 	WorkloadEntries []*pb.WorkloadEntry
 	NodeEntries     []store.WorkloadEntry
-	revocable       []revocable // revoked if the release is not delivered
+	// WorkloadTrust is the trust material of the entries' signed
+	// selectors, for the reply (nil when none).
+	WorkloadTrust *pb.WorkloadTrust
+	revocable     []revocable // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
@@ -203,6 +206,7 @@ func (r *Releaser) Release(ctx context.Context, v *verify.Verified, d policies.D
 		}
 	}
 	out.WorkloadEntries, out.NodeEntries = workloadEntries(d.WorkloadEntries)
+	out.WorkloadTrust = d.WorkloadTrust.ToProto()
 	return out, nil
 }
 

@@ -664,8 +664,13 @@ type AttestResponse struct {
 	// this receipt_id and the node's EK hash, iat/exp, and
 	// relying_party_nonce as eat_nonce. See package broker/ear.
 	AttestationResult string `protobuf:"bytes,4,opt,name=attestation_result,json=attestationResult,proto3" json:"attestation_result,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The trust material the signed selectors of workload_entries use
+	// (signed:key:<name>, signed:identity:<issuer>/<subject>): the policy's
+	// signer and trusted_root blocks. Empty when no entry has a signed
+	// selector.
+	WorkloadTrust *WorkloadTrust `protobuf:"bytes,6,opt,name=workload_trust,json=workloadTrust,proto3" json:"workload_trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AttestResponse) Reset() {
@@ -726,6 +731,188 @@ func (x *AttestResponse) GetAttestationResult() string {
 	return ""
 }
 
+func (x *AttestResponse) GetWorkloadTrust() *WorkloadTrust {
+	if x != nil {
+		return x.WorkloadTrust
+	}
+	return nil
+}
+
+// WorkloadTrust is what the agent verifies workload executables'
+// Sigstore bundles against, offline.
+type WorkloadTrust struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 64.
+	Signers []*WorkloadSigner `protobuf:"bytes,1,rep,name=signers,proto3" json:"signers,omitempty"`
+	// At most 16.
+	TrustedRoots  []*WorkloadTrustedRoot `protobuf:"bytes,2,rep,name=trusted_roots,json=trustedRoots,proto3" json:"trusted_roots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadTrust) Reset() {
+	*x = WorkloadTrust{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadTrust) ProtoMessage() {}
+
+func (x *WorkloadTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadTrust.ProtoReflect.Descriptor instead.
+func (*WorkloadTrust) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *WorkloadTrust) GetSigners() []*WorkloadSigner {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
+func (x *WorkloadTrust) GetTrustedRoots() []*WorkloadTrustedRoot {
+	if x != nil {
+		return x.TrustedRoots
+	}
+	return nil
+}
+
+// WorkloadSigner is a public key trusted to sign workload executables
+// (selector signed:key:<name>).
+type WorkloadSigner struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// PKIX SubjectPublicKeyInfo, DER.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadSigner) Reset() {
+	*x = WorkloadSigner{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadSigner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadSigner) ProtoMessage() {}
+
+func (x *WorkloadSigner) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadSigner.ProtoReflect.Descriptor instead.
+func (*WorkloadSigner) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *WorkloadSigner) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadSigner) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+// WorkloadTrustedRoot is a Sigstore trusted root and the OIDC issuers
+// whose keyless certificates it vouches for (selector
+// signed:identity:<issuer>/<subject>).
+type WorkloadTrustedRoot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// trusted_root.json (application/vnd.dev.sigstore.trustedroot+json;version=0.1).
+	Json          []byte   `protobuf:"bytes,2,opt,name=json,proto3" json:"json,omitempty"`
+	Issuers       []string `protobuf:"bytes,3,rep,name=issuers,proto3" json:"issuers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadTrustedRoot) Reset() {
+	*x = WorkloadTrustedRoot{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadTrustedRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadTrustedRoot) ProtoMessage() {}
+
+func (x *WorkloadTrustedRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadTrustedRoot.ProtoReflect.Descriptor instead.
+func (*WorkloadTrustedRoot) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WorkloadTrustedRoot) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadTrustedRoot) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+func (x *WorkloadTrustedRoot) GetIssuers() []string {
+	if x != nil {
+		return x.Issuers
+	}
+	return nil
+}
+
 // WorkloadEntry maps local workloads, recognised by all of their selectors,
 // to a SPIFFE ID.
 type WorkloadEntry struct {
@@ -743,7 +930,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +942,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +955,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -803,9 +990,10 @@ func (x *WorkloadEntry) GetTtlSeconds() int64 {
 // Workload API socket's peer credentials.
 type Selector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The selector type: "unix".
+	// The selector type: "unix" or "signed".
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	// For unix: "uid:<n>", "gid:<n>", "path:<absolute path>", "sha256:<hex>".
+	// For signed: "key:<name>", "identity:<issuer>/<subject>".
 	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -813,7 +1001,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1013,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1026,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Selector) GetType() string {
@@ -865,7 +1053,7 @@ type IssueWorkloadX509SVIDsRequest struct {
 
 func (x *IssueWorkloadX509SVIDsRequest) Reset() {
 	*x = IssueWorkloadX509SVIDsRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1065,7 @@ func (x *IssueWorkloadX509SVIDsRequest) String() string {
 func (*IssueWorkloadX509SVIDsRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1078,7 @@ func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IssueWorkloadX509SVIDsRequest) GetCsrs() []*WorkloadCSR {
@@ -912,7 +1100,7 @@ type WorkloadCSR struct {
 
 func (x *WorkloadCSR) Reset() {
 	*x = WorkloadCSR{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1112,7 @@ func (x *WorkloadCSR) String() string {
 func (*WorkloadCSR) ProtoMessage() {}
 
 func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1125,7 @@ func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadCSR.ProtoReflect.Descriptor instead.
 func (*WorkloadCSR) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WorkloadCSR) GetSpiffeId() string {
@@ -963,7 +1151,7 @@ type IssueWorkloadX509SVIDsResponse struct {
 
 func (x *IssueWorkloadX509SVIDsResponse) Reset() {
 	*x = IssueWorkloadX509SVIDsResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1163,7 @@ func (x *IssueWorkloadX509SVIDsResponse) String() string {
 func (*IssueWorkloadX509SVIDsResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1176,7 @@ func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IssueWorkloadX509SVIDsResponse) GetSvids() []*WorkloadX509SVID {
@@ -1010,7 +1198,7 @@ type WorkloadX509SVID struct {
 
 func (x *WorkloadX509SVID) Reset() {
 	*x = WorkloadX509SVID{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1210,7 @@ func (x *WorkloadX509SVID) String() string {
 func (*WorkloadX509SVID) ProtoMessage() {}
 
 func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1223,7 @@ func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadX509SVID.ProtoReflect.Descriptor instead.
 func (*WorkloadX509SVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WorkloadX509SVID) GetSpiffeId() string {
@@ -1070,7 +1258,7 @@ type IssueWorkloadJWTSVIDRequest struct {
 
 func (x *IssueWorkloadJWTSVIDRequest) Reset() {
 	*x = IssueWorkloadJWTSVIDRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1270,7 @@ func (x *IssueWorkloadJWTSVIDRequest) String() string {
 func (*IssueWorkloadJWTSVIDRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1283,7 @@ func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IssueWorkloadJWTSVIDRequest) GetSpiffeId() string {
@@ -1123,7 +1311,7 @@ type IssueWorkloadJWTSVIDResponse struct {
 
 func (x *IssueWorkloadJWTSVIDResponse) Reset() {
 	*x = IssueWorkloadJWTSVIDResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1323,7 @@ func (x *IssueWorkloadJWTSVIDResponse) String() string {
 func (*IssueWorkloadJWTSVIDResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1336,7 @@ func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IssueWorkloadJWTSVIDResponse) GetToken() string {
@@ -1173,7 +1361,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1373,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1386,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 type GetBundleResponse struct {
@@ -1213,7 +1401,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1413,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1426,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1276,7 +1464,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1476,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1489,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Credential) GetName() string {
@@ -1376,7 +1564,7 @@ type ImportBlob struct {
 
 func (x *ImportBlob) Reset() {
 	*x = ImportBlob{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1576,7 @@ func (x *ImportBlob) String() string {
 func (*ImportBlob) ProtoMessage() {}
 
 func (x *ImportBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1589,7 @@ func (x *ImportBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBlob.ProtoReflect.Descriptor instead.
 func (*ImportBlob) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ImportBlob) GetDuplicate() []byte {
@@ -1449,7 +1637,7 @@ type X509SVIDCredential struct {
 
 func (x *X509SVIDCredential) Reset() {
 	*x = X509SVIDCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1649,7 @@ func (x *X509SVIDCredential) String() string {
 func (*X509SVIDCredential) ProtoMessage() {}
 
 func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1662,7 @@ func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDCredential.ProtoReflect.Descriptor instead.
 func (*X509SVIDCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *X509SVIDCredential) GetSpiffeId() string {
@@ -1520,7 +1708,7 @@ type TLSCredential struct {
 
 func (x *TLSCredential) Reset() {
 	*x = TLSCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1720,7 @@ func (x *TLSCredential) String() string {
 func (*TLSCredential) ProtoMessage() {}
 
 func (x *TLSCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1733,7 @@ func (x *TLSCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSCredential.ProtoReflect.Descriptor instead.
 func (*TLSCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TLSCredential) GetKeyPem() []byte {
@@ -1585,7 +1773,7 @@ type SecretCredential struct {
 
 func (x *SecretCredential) Reset() {
 	*x = SecretCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1785,7 @@ func (x *SecretCredential) String() string {
 func (*SecretCredential) ProtoMessage() {}
 
 func (x *SecretCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1798,7 @@ func (x *SecretCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretCredential.ProtoReflect.Descriptor instead.
 func (*SecretCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SecretCredential) GetData() map[string]string {
@@ -1653,7 +1841,7 @@ type VaultTokenCredential struct {
 
 func (x *VaultTokenCredential) Reset() {
 	*x = VaultTokenCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1853,7 @@ func (x *VaultTokenCredential) String() string {
 func (*VaultTokenCredential) ProtoMessage() {}
 
 func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1866,7 @@ func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VaultTokenCredential.ProtoReflect.Descriptor instead.
 func (*VaultTokenCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VaultTokenCredential) GetToken() string {
@@ -1736,7 +1924,7 @@ type KubeletCredential struct {
 
 func (x *KubeletCredential) Reset() {
 	*x = KubeletCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1936,7 @@ func (x *KubeletCredential) String() string {
 func (*KubeletCredential) ProtoMessage() {}
 
 func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1949,7 @@ func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
 func (*KubeletCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KubeletCredential) GetNodeName() string {
@@ -1821,7 +2009,7 @@ type GetAttestationResultKeysRequest struct {
 
 func (x *GetAttestationResultKeysRequest) Reset() {
 	*x = GetAttestationResultKeysRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +2021,7 @@ func (x *GetAttestationResultKeysRequest) String() string {
 func (*GetAttestationResultKeysRequest) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +2034,7 @@ func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 type GetAttestationResultKeysResponse struct {
@@ -1860,7 +2048,7 @@ type GetAttestationResultKeysResponse struct {
 
 func (x *GetAttestationResultKeysResponse) Reset() {
 	*x = GetAttestationResultKeysResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2060,7 @@ func (x *GetAttestationResultKeysResponse) String() string {
 func (*GetAttestationResultKeysResponse) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2073,7 @@ func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetAttestationResultKeysResponse) GetJwks() []byte {
@@ -1937,13 +2125,25 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x06values\x18\x02 \x03(\v2#.keybroker.v1.PCRValues.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xe2\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xa6\x02\n" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12:\n" +
 	"\vcredentials\x18\x02 \x03(\v2\x18.keybroker.v1.CredentialR\vcredentials\x12F\n" +
 	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\x12-\n" +
-	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\"\x97\x01\n" +
+	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\x12B\n" +
+	"\x0eworkload_trust\x18\x06 \x01(\v2\x1b.keybroker.v1.WorkloadTrustR\rworkloadTrust\"\x8f\x01\n" +
+	"\rWorkloadTrust\x126\n" +
+	"\asigners\x18\x01 \x03(\v2\x1c.keybroker.v1.WorkloadSignerR\asigners\x12F\n" +
+	"\rtrusted_roots\x18\x02 \x03(\v2!.keybroker.v1.WorkloadTrustedRootR\ftrustedRoots\"C\n" +
+	"\x0eWorkloadSigner\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"W\n" +
+	"\x13WorkloadTrustedRoot\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04json\x18\x02 \x01(\fR\x04json\x12\x18\n" +
+	"\aissuers\x18\x03 \x03(\tR\aissuers\"\x97\x01\n" +
 	"\rWorkloadEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
@@ -2057,7 +2257,7 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                         // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                      // 1: keybroker.v1.CredentialType
@@ -2068,60 +2268,66 @@ var file_keybroker_v1_broker_proto_goTypes = []any{
 	(*Quote)(nil),                            // 6: keybroker.v1.Quote
 	(*PCRValues)(nil),                        // 7: keybroker.v1.PCRValues
 	(*AttestResponse)(nil),                   // 8: keybroker.v1.AttestResponse
-	(*WorkloadEntry)(nil),                    // 9: keybroker.v1.WorkloadEntry
-	(*Selector)(nil),                         // 10: keybroker.v1.Selector
-	(*IssueWorkloadX509SVIDsRequest)(nil),    // 11: keybroker.v1.IssueWorkloadX509SVIDsRequest
-	(*WorkloadCSR)(nil),                      // 12: keybroker.v1.WorkloadCSR
-	(*IssueWorkloadX509SVIDsResponse)(nil),   // 13: keybroker.v1.IssueWorkloadX509SVIDsResponse
-	(*WorkloadX509SVID)(nil),                 // 14: keybroker.v1.WorkloadX509SVID
-	(*IssueWorkloadJWTSVIDRequest)(nil),      // 15: keybroker.v1.IssueWorkloadJWTSVIDRequest
-	(*IssueWorkloadJWTSVIDResponse)(nil),     // 16: keybroker.v1.IssueWorkloadJWTSVIDResponse
-	(*GetBundleRequest)(nil),                 // 17: keybroker.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),                // 18: keybroker.v1.GetBundleResponse
-	(*Credential)(nil),                       // 19: keybroker.v1.Credential
-	(*ImportBlob)(nil),                       // 20: keybroker.v1.ImportBlob
-	(*X509SVIDCredential)(nil),               // 21: keybroker.v1.X509SVIDCredential
-	(*TLSCredential)(nil),                    // 22: keybroker.v1.TLSCredential
-	(*SecretCredential)(nil),                 // 23: keybroker.v1.SecretCredential
-	(*VaultTokenCredential)(nil),             // 24: keybroker.v1.VaultTokenCredential
-	(*KubeletCredential)(nil),                // 25: keybroker.v1.KubeletCredential
-	(*GetAttestationResultKeysRequest)(nil),  // 26: keybroker.v1.GetAttestationResultKeysRequest
-	(*GetAttestationResultKeysResponse)(nil), // 27: keybroker.v1.GetAttestationResultKeysResponse
-	nil,                                      // 28: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                      // 29: keybroker.v1.SecretCredential.DataEntry
+	(*WorkloadTrust)(nil),                    // 9: keybroker.v1.WorkloadTrust
+	(*WorkloadSigner)(nil),                   // 10: keybroker.v1.WorkloadSigner
+	(*WorkloadTrustedRoot)(nil),              // 11: keybroker.v1.WorkloadTrustedRoot
+	(*WorkloadEntry)(nil),                    // 12: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                         // 13: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),    // 14: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                      // 15: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil),   // 16: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),                 // 17: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),      // 18: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),     // 19: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),                 // 20: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),                // 21: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                       // 22: keybroker.v1.Credential
+	(*ImportBlob)(nil),                       // 23: keybroker.v1.ImportBlob
+	(*X509SVIDCredential)(nil),               // 24: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                    // 25: keybroker.v1.TLSCredential
+	(*SecretCredential)(nil),                 // 26: keybroker.v1.SecretCredential
+	(*VaultTokenCredential)(nil),             // 27: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),                // 28: keybroker.v1.KubeletCredential
+	(*GetAttestationResultKeysRequest)(nil),  // 29: keybroker.v1.GetAttestationResultKeysRequest
+	(*GetAttestationResultKeysResponse)(nil), // 30: keybroker.v1.GetAttestationResultKeysResponse
+	nil,                                      // 31: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                      // 32: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	6,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
 	5,  // 1: keybroker.v1.AttestRequest.resident_keys:type_name -> keybroker.v1.ResidentKey
 	7,  // 2: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	28, // 3: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
-	19, // 4: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
-	9,  // 5: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
-	10, // 6: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
-	12, // 7: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
-	14, // 8: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
-	1,  // 9: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
-	0,  // 10: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
-	20, // 11: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
-	7,  // 12: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	29, // 13: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
-	2,  // 14: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 15: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	11, // 16: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
-	15, // 17: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
-	17, // 18: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	26, // 19: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
-	3,  // 20: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	8,  // 21: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	13, // 22: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	16, // 23: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	18, // 24: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	27, // 25: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	31, // 3: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	22, // 4: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
+	12, // 5: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
+	9,  // 6: keybroker.v1.AttestResponse.workload_trust:type_name -> keybroker.v1.WorkloadTrust
+	10, // 7: keybroker.v1.WorkloadTrust.signers:type_name -> keybroker.v1.WorkloadSigner
+	11, // 8: keybroker.v1.WorkloadTrust.trusted_roots:type_name -> keybroker.v1.WorkloadTrustedRoot
+	13, // 9: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
+	15, // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
+	17, // 11: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
+	1,  // 12: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
+	0,  // 13: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
+	23, // 14: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
+	7,  // 15: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
+	32, // 16: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	2,  // 17: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 18: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	14, // 19: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	18, // 20: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	20, // 21: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	29, // 22: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
+	3,  // 23: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	8,  // 24: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	16, // 25: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	19, // 26: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	21, // 27: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	30, // 28: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -2135,7 +2341,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
