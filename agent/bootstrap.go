@@ -19,6 +19,7 @@ import (
 	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/provenance"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -119,6 +120,9 @@ type Result struct {
 	NodeSVID *NodeSVID
 	// Entries are the workload entries the broker returned.
 	Entries []workload.Entry
+	// WorkloadTrust verifies the signed selectors of Entries; nil when
+	// they have none.
+	WorkloadTrust *provenance.Trust
 	// KubeletNode is the node name of the kubelet credential written, if
 	// the broker released one.
 	KubeletNode string
@@ -295,7 +299,7 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 			mode = kube.mode
 		}
 	}
-	svid, entries, err := openSPIFFE(node, resp)
+	svid, entries, trust, err := openSPIFFE(node, resp)
 	if err != nil {
 		return nil, nil, &StepError{StepOpen, err}
 	}
@@ -318,7 +322,7 @@ func openFiles(node *Node, resp *pb.AttestResponse, out FileOut, needFile bool, 
 	// The result's validity is the earliest of the files' — a certificate's,
 	// a Vault token's — so that renewing at half of it renews them all. A
 	// bootstrap token is used once and not renewed: it does not count.
-	res := &Result{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries, AttestationResult: resp.GetAttestationResult()}
+	res := &Result{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries, WorkloadTrust: trust, AttestationResult: resp.GetAttestationResult()}
 	earliest := func(t time.Time) {
 		if !t.IsZero() && (res.NotAfter.IsZero() || t.Before(res.NotAfter)) {
 			res.NotAfter = t

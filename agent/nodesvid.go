@@ -18,6 +18,7 @@ import (
 	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/provenance"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/resident"
 )
@@ -45,6 +46,9 @@ type Attestation struct {
 	// none.
 	NodeSVID *NodeSVID
 	Entries  []workload.Entry
+	// WorkloadTrust verifies the signed selectors of Entries; nil when
+	// they have none.
+	WorkloadTrust *provenance.Trust
 	// Files are the file credentials to write (AttestOpts.Out), and Result
 	// what Bootstrap would say of them; NotAfter is Result's validity.
 	Files  []atomicfile.File
@@ -111,7 +115,7 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 		if err != nil {
 			return nil, err
 		}
-		att := &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, Files: files, Result: res}
+		att := &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: res.NodeSVID, Entries: res.Entries, WorkloadTrust: res.WorkloadTrust, Files: files, Result: res}
 		if opts.CacheDir != "" {
 			if att.cache, err = cacheFiles(opts.CacheDir, resp); err != nil {
 				return nil, &StepError{StepWrite, err}
@@ -119,7 +123,7 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 		}
 		return att, nil
 	}
-	svid, entries, err := openSPIFFE(node, resp)
+	svid, entries, trust, err := openSPIFFE(node, resp)
 	if err != nil {
 		return nil, &StepError{StepOpen, err}
 	}
@@ -128,13 +132,13 @@ func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts 
 	}
 	lap(StepOpen, fmt.Sprintf("node SVID %s opened inside the TPM (%s), valid until %s; workload entries: %d",
 		svid.SVID.ID, svid.Mode, svid.SVID.Certificates[0].NotAfter.UTC().Format(time.RFC3339), len(entries)))
-	return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries}, nil
+	return &Attestation{ReceiptID: resp.GetReceiptId(), NodeSVID: svid, Entries: entries, WorkloadTrust: trust}, nil
 }
 
 // openSPIFFE opens the first X509_SVID credential of resp (nil if there is
 // none) and converts the workload entries, which must belong to its trust
 // domain.
-func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entry, error) {
+func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entry, *provenance.Trust, error) {
 	var svid *NodeSVID
 	for _, c := range resp.GetCredentials() {
 		if c.GetType() != pb.CredentialType_X509_SVID {
@@ -142,7 +146,7 @@ func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entr
 		}
 		payload, err := node.openSealed(c)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if c.GetMode() == pb.ReleaseMode_TPM_RESIDENT {
 			svid, err = node.residentNodeSVID(c.GetName(), payload)
@@ -151,7 +155,7 @@ func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entr
 		}
 		clear(payload)
 		if err != nil {
-			return nil, nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
+			return nil, nil, nil, fmt.Errorf("credential %q: %w", c.GetName(), err)
 		}
 		svid.Mode = c.GetMode()
 		break
@@ -162,9 +166,13 @@ func openSPIFFE(node *Node, resp *pb.AttestResponse) (*NodeSVID, []workload.Entr
 	}
 	entries, err := entriesFromProto(td, resp.GetWorkloadEntries())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return svid, entries, nil
+	trust, err := provenance.TrustFromProto(resp.GetWorkloadTrust())
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("workload trust: %w", err)
+	}
+	return svid, entries, trust, nil
 }
 
 // parseNodeSVID decodes an X509SVIDCredential payload and checks that the

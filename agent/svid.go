@@ -23,6 +23,7 @@ import (
 	"github.com/keybroker/keybroker/agent/metrics"
 	"github.com/keybroker/keybroker/agent/workload"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/provenance"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -71,6 +72,7 @@ type SVIDManager struct {
 	nodeAt    time.Time // when node was installed
 	renewBy   time.Time // when the attestation is half through its life (node SVID, files)
 	entries   []workload.Entry
+	trust     *provenance.Trust
 	bundle    *spiffebundle.Bundle
 	svids     map[spiffeid.ID]issuedSVID
 	jwts      map[jwtKey]cachedJWT
@@ -161,6 +163,7 @@ func (m *SVIDManager) Snapshot() (*workload.Snapshot, <-chan struct{}) {
 func (m *SVIDManager) publishLocked() {
 	snap := &workload.Snapshot{
 		Entries:   slices.Clone(m.entries),
+		Trust:     m.trust,
 		X509SVIDs: make(map[spiffeid.ID]*x509svid.SVID, len(m.svids)),
 		Bundle:    m.bundle.Clone(),
 		Lapse:     m.lapseLocked(),
@@ -210,6 +213,10 @@ func (m *SVIDManager) Update(ctx context.Context, att *Attestation) error {
 	m.renewBy = att.renewBy(m.nodeAt)
 	m.metrics.NodeSVIDExpires(att.NodeSVID.SVID.Certificates[0].NotAfter)
 	m.entries = slices.Clone(att.Entries)
+	// The same trust again keeps its cache of verified executables.
+	if t := att.WorkloadTrust; t == nil || m.trust == nil || t.Digest() != m.trust.Digest() {
+		m.trust = t
+	}
 	m.bundle = att.NodeSVID.Bundle.Clone()
 	m.suspended, m.lapsed = false, false
 	ids := m.entryIDsLocked()

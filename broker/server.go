@@ -423,7 +423,7 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err})
 	}
 	*released = out
-	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries, PcrApprovals: out.Approvals}
+	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries, WorkloadTrust: out.WorkloadTrust, PcrApprovals: out.Approvals}
 	if pn != nil {
 		resp.PolicyCounterMin = pn.Version
 	}

@@ -90,6 +90,15 @@
 //     SVID's expiry an open FetchX509SVID stream and new calls get
 //     PermissionDenied "identity expired"; SIGTERM stops the agent with exit
 //     0 and removes the socket.
+//   - TestSignedSelectorsOnSWTPM (provenance_test.go): a policy with a
+//     signer key and a trusted root (a test Sigstore: CA and timestamp
+//     authority) lists workload entries selecting signed:key and
+//     signed:identity; a plain go-spiffe workload (testdata/fetchsvid) gets
+//     its SVID from `keybroker-agent run` when its executable is signed by
+//     the key (sigstore-go's signing API, and the cosign CLI when
+//     $KEYBROKER_COSIGN names it) or keylessly under the root, and
+//     PermissionDenied with one byte of the executable changed, signed by
+//     another key, or unsigned; the agent log names each reason.
 //   - TestTPMResidentOpenSSL (resident_test.go): a tpm_resident TLS release
 //     is refused to an agent without --tpm-resident (FailedPrecondition,
 //     nothing written); with it the agent writes a TSS2 key file (0600)

@@ -68,6 +68,18 @@
 //	  }
 //	}
 //
+// Signed workload selectors (see below) use trust material declared in
+// signer and trusted_root blocks, in any document of the Set, names unique
+// across it:
+//
+//	signer "release" {
+//	  public_key = file("keys/release.pub")   # PEM PUBLIC KEY or DER
+//	}
+//	trusted_root "sigstore" {
+//	  json    = file("trusted_root.json")     # a Sigstore trusted root
+//	  issuers = ["https://oauth2.sigstore.dev/auth"]
+//	}
+//
 // Operators label nodes in node blocks, in any document of the Set (one
 // block per EK hash across the Set):
 //
@@ -159,9 +171,16 @@
 // A workload block is an entry the node's agent serves on its Workload
 // API: processes that match every one of its selectors get an SVID for its
 // spiffe_id (static, not a template), valid for at most its ttl. Selectors
-// are "type:value" strings; the type so far is "unix" (see
-// SelectorTypeUnix): uid:<n>, gid:<n>, path:<absolute path> and
-// sha256:<64 lowercase hex>. An entry needs 1 to MaxSelectors selectors, no
+// are "type:value" strings of type "unix" (see SelectorTypeUnix): uid:<n>,
+// gid:<n>, path:<absolute path> and sha256:<64 lowercase hex>; or "signed"
+// (see SelectorTypeSigned): key:<signer name> and
+// identity:<issuer>/<subject>, which hold when the agent verifies a
+// Sigstore bundle of the executable by that signer, or a keyless
+// certificate for subject from issuer under the trusted_root that declares
+// issuer (package internal/provenance). file() reads a path relative to
+// the document; the Set's Hash covers what it read. Issuers must not be
+// prefixes of one another, so that <issuer>/<subject> splits one way. A
+// Decision carries the signers and roots its entries use (WorkloadTrust). An entry needs 1 to MaxSelectors selectors, no
 // duplicates. Policy, release and workload names are unique across a Set,
 // and a Set holds at most MaxWorkloadEntries workload entries.
 //

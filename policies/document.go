@@ -3,6 +3,7 @@ package policies
 import (
 	"crypto/sha256"
 	"fmt"
+	"path/filepath"
 
 	"github.com/google/cel-go/cel"
 	"github.com/hashicorp/hcl/v2"
@@ -10,14 +11,17 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/keybroker/keybroker/internal/hcldiag"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
 )
 
 // documentHCL is a policy document as decoded from HCL, before validation.
 // Attributes are kept as *hcl.Attribute (nil when absent) so that every
 // problem can be reported at its position.
 type documentHCL struct {
-	Policies []policyHCL `hcl:"policy,block"`
-	Nodes    []nodeHCL   `hcl:"node,block"`
+	Policies     []policyHCL      `hcl:"policy,block"`
+	Nodes        []nodeHCL        `hcl:"node,block"`
+	Signers      []signerHCL      `hcl:"signer,block"`
+	TrustedRoots []trustedRootHCL `hcl:"trusted_root,block"`
 }
 
 // nodeHCL is a node block: labels for one EK.
@@ -44,12 +48,15 @@ type selectHCL struct {
 	Labels   *hcl.Attribute `hcl:"labels,optional"`
 }
 
-// document is one parsed document: its policies and the digest of its
-// source.
+// document is one parsed document: its policies, node labels and trust
+// material, and the digest of its source (and of the files its file()
+// calls read).
 type document struct {
 	digest   [sha256.Size]byte
 	policies []*policy
 	nodes    []*nodeLabels
+	signers  []*signer
+	roots    []*trustedRoot
 }
 
 // nodeLabels are the labels of one EK, from a node block.
@@ -100,8 +107,14 @@ func parseDocument(src []byte, filename string) (*document, hcl.Diagnostics) {
 		return nil, append(diags, errorAt(hcl.Range{Filename: filename, Start: hcl.InitialPos},
 			"unable to build the CEL environment: %v", err))
 	}
-	c := &compiler{env: env, diags: diags}
-	doc := &document{digest: sha256.Sum256(src)}
+	h := sha256.New()
+	h.Write(src)
+	c := &compiler{env: env, diags: diags, fileCtx: &hcl.EvalContext{Functions: map[string]function.Function{
+		"file": fileFunc(filepath.Dir(filename), func(path string, data []byte) {
+			fmt.Fprintf(h, "\x00file %q %x", path, sha256.Sum256(data))
+		}),
+	}}}
+	doc := &document{}
 	for i := range raw.Policies {
 		doc.policies = append(doc.policies, c.policy(&raw.Policies[i]))
 	}
@@ -110,9 +123,20 @@ func parseDocument(src []byte, filename string) (*document, hcl.Diagnostics) {
 			doc.nodes = append(doc.nodes, n)
 		}
 	}
-	if len(raw.Policies) == 0 && len(raw.Nodes) == 0 && !c.diags.HasErrors() {
-		c.errorf(hcl.Range{Filename: filename, Start: hcl.InitialPos}, "document defines no policy and no node")
+	for i := range raw.Signers {
+		if s := c.signer(&raw.Signers[i]); s != nil {
+			doc.signers = append(doc.signers, s)
+		}
 	}
+	for i := range raw.TrustedRoots {
+		if r := c.trustedRoot(&raw.TrustedRoots[i]); r != nil {
+			doc.roots = append(doc.roots, r)
+		}
+	}
+	if len(raw.Policies)+len(raw.Nodes)+len(raw.Signers)+len(raw.TrustedRoots) == 0 && !c.diags.HasErrors() {
+		c.errorf(hcl.Range{Filename: filename, Start: hcl.InitialPos}, "document defines no policy, node, signer or trusted_root")
+	}
+	h.Sum(doc.digest[:0])
 	return doc, c.diags
 }
 
@@ -121,6 +145,8 @@ func parseDocument(src []byte, filename string) (*document, hcl.Diagnostics) {
 type compiler struct {
 	env   *cel.Env
 	diags hcl.Diagnostics
+	// fileCtx offers file() to the attributes of trust blocks.
+	fileCtx *hcl.EvalContext
 }
 
 func (c *compiler) errorf(rng hcl.Range, format string, args ...any) {

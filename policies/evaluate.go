@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/provenance"
 )
 
 // Decision is the outcome of evaluating a Set for a verified node.
@@ -28,6 +29,10 @@ type Decision struct {
 	// entries, sorted by name: the SPIFFE IDs the node may obtain SVIDs
 	// for, and which of its workloads may have them.
 	WorkloadEntries []WorkloadEntry
+	// WorkloadTrust is the trust material the signed selectors of
+	// WorkloadEntries use (signer and trusted_root blocks), sorted by
+	// name; the agent verifies workloads' signatures with it.
+	WorkloadTrust provenance.Material
 	// Failures lists every failed condition of every policy that selected
 	// the node, for operators; see the package documentation.
 	Failures []string
@@ -69,6 +74,7 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 	}
 	tmpl := templateContext(v.EKHash(), v.EKCA())
 	selected := false
+	var signers, roots []string
 	for _, p := range s.policies {
 		if !p.selects(v, labels) {
 			continue
@@ -86,12 +92,14 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		d.Releases = append(d.Releases, releases...)
 		for _, w := range p.workloads {
 			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.Clone())
+			signers, roots = append(signers, w.signers...), append(roots, w.roots...)
 		}
 	}
 	if !selected {
 		d.Failures = []string{failNoSelection}
 	}
 	d.Allowed = len(d.Policies) > 0
+	d.WorkloadTrust = s.material(signers, roots)
 	slices.Sort(d.Appraised)
 	d.Appraised = slices.Compact(d.Appraised)
 	slices.SortStableFunc(d.Releases, func(a, b Release) int { return strings.Compare(a.Name, b.Name) })

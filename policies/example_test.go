@@ -91,7 +91,7 @@ func ExampleParseSelector() {
 	// Output:
 	// "unix" "uid:1000" <nil>
 	// "unix" "path:/usr/bin/web" <nil>
-	// "" "" "k8s:ns:default" has an unknown selector type "k8s"; use "unix"
+	// "" "" "k8s:ns:default" has an unknown selector type "k8s"; use "signed" or "unix"
 }
 
 func ExampleFactDocs() {

@@ -69,7 +69,7 @@ policy "db" {
 		{
 			name:    "no policy",
 			src:     "# nothing here\n",
-			wantErr: `p.hcl:1:1: document defines no policy and no node`,
+			wantErr: `p.hcl:1:1: document defines no policy, node, signer or trusted_root`,
 		},
 		{
 			name: "unknown attribute and block",
@@ -404,8 +404,8 @@ p.hcl:27:5: policy "web": release "tls-with-id": spiffe_id is only allowed with 
 			wantErr: `p.hcl:3:3: policy "web": workload "no-selectors": selectors is required: an entry without selectors would match every process
 p.hcl:8:17: policy "web": workload "empty-selectors": selectors cannot be empty: an entry without selectors would match every process
 p.hcl:11:17: policy "web": workload "bad-selectors": spiffe_id "example.org/web" is not a SPIFFE ID: scheme is missing or invalid
-p.hcl:12:35: policy "web": workload "bad-selectors": selectors[1] "k8s:ns:default" has an unknown selector type "k8s"; use "unix"
-p.hcl:12:53: policy "web": workload "bad-selectors": selectors[2] "uid:1000" has an unknown selector type "uid"; use "unix"
+p.hcl:12:35: policy "web": workload "bad-selectors": selectors[1] "k8s:ns:default" has an unknown selector type "k8s"; use "signed" or "unix"
+p.hcl:12:53: policy "web": workload "bad-selectors": selectors[2] "uid:1000" has an unknown selector type "uid"; use "signed" or "unix"
 p.hcl:12:65: policy "web": workload "bad-selectors": selectors[3] "unix:uid:-1": uid must be a decimal number below 2^32
 p.hcl:12:80: policy "web": workload "bad-selectors": selectors[4] "unix:path:relative/bin": path must be absolute and clean
 p.hcl:12:106: policy "web": workload "bad-selectors": selectors[5] "unix:path:/usr/../bin": path must be absolute and clean

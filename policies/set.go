@@ -24,7 +24,9 @@ type Set struct {
 	labels   map[string]map[string]string // EK hash -> labels, from node blocks
 	// nodeRanges are where the node blocks' EK hashes are written.
 	nodeRanges map[string]hcl.Range
-	hash       string
+	// trust holds the signer and trusted_root blocks of every document.
+	trust trustIndex
+	hash  string
 }
 
 // Parse parses and validates one policy document. filename is used in
@@ -107,7 +109,10 @@ func Load(paths ...string) (*Set, error) {
 // reported along with everything else; the caller discards the Set then.
 func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
-	s := &Set{labels: map[string]map[string]string{}}
+	s := &Set{labels: map[string]map[string]string{}, trust: trustIndex{signers: map[string]*signer{}, roots: map[string]*trustedRoot{}}}
+	for _, doc := range docs {
+		diags = append(diags, s.trust.add(doc)...)
+	}
 	nodeAt := map[string]hcl.Range{}
 	var digests [][sha256.Size]byte
 	policyAt := map[string]hcl.Range{}
@@ -145,6 +150,7 @@ func newSet(docs []*document) (*Set, hcl.Diagnostics) {
 				}
 				workloadAt[w.entry.Name] = w.nameRange
 				workloads = append(workloads, w.nameRange)
+				diags = append(diags, s.trust.checkSigned(p, w)...)
 			}
 		}
 	}

@@ -48,6 +48,14 @@ type Selector = workloadentry.Selector
 //	unix:sha256:<hex>     the SHA-256 of its executable, 64 lowercase hex digits
 const SelectorTypeUnix = workloadentry.SelectorTypeUnix
 
+// SelectorTypeSigned is the selector type of facts the agent verifies
+// about a workload's executable: a Sigstore signature by trust material of
+// the Set (signer and trusted_root blocks):
+//
+//	signed:key:<signer name>
+//	signed:identity:<issuer>/<subject>  issuer declared by a trusted_root
+const SelectorTypeSigned = workloadentry.SelectorTypeSigned
+
 // ParseSelector parses a selector written "type:value", checking that the
 // type is known and the value valid for it.
 func ParseSelector(s string) (Selector, error) { return workloadentry.ParseSelector(s) }
@@ -66,6 +74,11 @@ type workload struct {
 	entry     WorkloadEntry
 	nameRange hcl.Range
 	idRange   hcl.Range // the spiffe_id attribute's value
+	// selectorRanges are where entry.Selectors are written.
+	selectorRanges []hcl.Range
+	// signers and roots name the trust material its signed selectors use
+	// (set by the Set, which knows every document's).
+	signers, roots []string
 }
 
 func (c *compiler) workload(raw *workloadHCL, policyWhere string) *workload {
@@ -107,6 +120,7 @@ func (c *compiler) workload(raw *workloadHCL, policyWhere string) *workload {
 				c.errorf(e.Range(), "%s: selectors[%d] %q is listed twice", where, i, s)
 			default:
 				w.entry.Selectors = append(w.entry.Selectors, sel)
+				w.selectorRanges = append(w.selectorRanges, e.Range())
 			}
 		}
 	}

@@ -7,11 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
+
+	"github.com/keybroker/keybroker/internal/provenance"
 )
 
 // DefaultProcDir is where the agent reads callers' executables.
@@ -23,14 +27,15 @@ const maxHashCache = 1024
 // attestor turns a connection's peer credentials into a Caller.
 type attestor struct {
 	procDir string
+	bundles BundleLocations
 	log     *slog.Logger
 
 	mu     sync.Mutex
 	hashes map[fileKey]string
 }
 
-func newAttestor(procDir string, log *slog.Logger) *attestor {
-	return &attestor{procDir: procDir, log: log, hashes: map[fileKey]string{}}
+func newAttestor(procDir string, bundles BundleLocations, log *slog.Logger) *attestor {
+	return &attestor{procDir: procDir, bundles: bundles, log: log, hashes: map[fileKey]string{}}
 }
 
 // errCallerGone means the process that connected is no longer the one
@@ -123,4 +128,111 @@ func processStartTime(procDir string, pid int32) (uint64, error) {
 		return 0, fmt.Errorf("process %d: malformed stat: %w", pid, err)
 	}
 	return v, nil
+}
+
+// BundleLocations says where the agent looks for the Sigstore bundles of
+// a caller's executable (JSON, at most provenance.MaxBundleSize bytes).
+// Every bundle found is verified, and the signed selectors any of them
+// makes hold are the caller's. The zero value looks nowhere: signed
+// selectors never hold.
+type BundleLocations struct {
+	// BesideExecutable reads <exe>.sigstore.json and <exe>.bundle, <exe>
+	// being the executable's path as the caller sees it, read through
+	// /proc/<pid>/root (so in the caller's mount namespace).
+	BesideExecutable bool
+	// Dirs are directories of bundles named by the executable's SHA-256:
+	// <dir>/<64 lowercase hex>.sigstore.json or .bundle.
+	Dirs []string
+}
+
+// bundleSuffixes are the names a bundle file may end in.
+var bundleSuffixes = []string{".sigstore.json", ".bundle"}
+
+// WithBundles sets where the server looks for the Sigstore bundles of
+// callers' executables, for signed selectors. Default: nowhere.
+func WithBundles(l BundleLocations) Option {
+	return func(s *Server) {
+		s.bundles = BundleLocations{BesideExecutable: l.BesideExecutable, Dirs: slices.Clone(l.Dirs)}
+	}
+}
+
+// selectors returns the facts c is matched against in snap: c.Selectors(),
+// and the signed selectors its executable's bundles make hold when snap's
+// entries have signed selectors.
+func (a *attestor) selectors(c Caller, snap *Snapshot) []Selector {
+	sel := c.Selectors()
+	if c.SHA256 == "" || snap.Trust.Empty() || !snap.hasSigned() {
+		return sel
+	}
+	digest, err := hex.DecodeString(c.SHA256)
+	if err != nil {
+		return sel
+	}
+	paths := a.bundlePaths(c)
+	found := 0
+	for _, p := range paths {
+		data, err := readBundle(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil:
+			a.log.Warn("caller's Sigstore bundle unreadable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "bundle", p, "error", err)
+			continue
+		}
+		found++
+		facts, err := snap.Trust.Verify(digest, data)
+		if err != nil {
+			a.log.Warn("caller's Sigstore bundle not trusted", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "bundle", p, "error", err)
+			continue
+		}
+		for _, f := range facts {
+			sel = append(sel, Selector{Type: SelectorTypeSigned, Value: f})
+		}
+	}
+	if found == 0 {
+		a.log.Info("no Sigstore bundle for the caller's executable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "looked_in", paths)
+	}
+	return sel
+}
+
+// bundlePaths lists where c's bundles may be.
+func (a *attestor) bundlePaths(c Caller) []string {
+	var out []string
+	if a.bundles.BesideExecutable && c.Path != "" {
+		exe := filepath.Join(a.procDir, strconv.Itoa(int(c.PID)), "root", c.Path)
+		for _, s := range bundleSuffixes {
+			out = append(out, exe+s)
+		}
+	}
+	for _, d := range a.bundles.Dirs {
+		for _, s := range bundleSuffixes {
+			out = append(out, filepath.Join(d, c.SHA256+s))
+		}
+	}
+	return out
+}
+
+// readBundle reads a regular file of at most provenance.MaxBundleSize
+// bytes.
+func readBundle(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, provenance.MaxBundleSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > provenance.MaxBundleSize {
+		return nil, fmt.Errorf("larger than %d bytes", provenance.MaxBundleSize)
+	}
+	return data, nil
 }

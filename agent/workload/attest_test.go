@@ -58,7 +58,7 @@ func TestAttestCaller(t *testing.T) {
 	}
 	sum := sha256.Sum256([]byte("program v1"))
 	dir := fakeProc(t, "42", "777", exe)
-	a := newAttestor(dir, quietLog())
+	a := newAttestor(dir, BundleLocations{}, quietLog())
 	peer := PeerInfo{PID: 42, UID: 1000, GID: 100, StartTime: 777}
 
 	c, err := a.attest(peer)
@@ -106,7 +106,7 @@ func TestAttestCaller(t *testing.T) {
 	})
 	t.Run("unreadable executable: uid and gid only", func(t *testing.T) {
 		dir := fakeProc(t, "42", "777", filepath.Join(t.TempDir(), "missing"))
-		c, err := newAttestor(dir, quietLog()).attest(peer)
+		c, err := newAttestor(dir, BundleLocations{}, quietLog()).attest(peer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +134,7 @@ func TestAttestSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newAttestor(DefaultProcDir, quietLog()).attest(PeerInfo{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), StartTime: st})
+	c, err := newAttestor(DefaultProcDir, BundleLocations{}, quietLog()).attest(PeerInfo{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), StartTime: st})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,12 @@
 // call. A call whose pid now belongs to another process than the one that
 // connected (a different start time) is refused. The caller's selectors are
 // unix:uid:<n>, unix:gid:<n> (primary group), unix:path:<executable> and
-// unix:sha256:<hex>; an entry matches when all of its selectors are among
+// unix:sha256:<hex>; when the snapshot's entries use signed selectors
+// (signed:key:<name>, signed:identity:<issuer>/<subject>), also those that
+// the Sigstore bundles of the executable make hold, verified offline
+// against the snapshot's Trust (bundles found where WithBundles says:
+// beside the executable, or in directories by digest; see
+// BundleLocations). An entry matches when all of its selectors are among
 // them. A caller that matches no entry gets PermissionDenied "no identity
 // issued"; once the node's identity lapsed (its X.509-SVID expired, plus
 // the agent's grace), SVID calls get PermissionDenied "identity expired".

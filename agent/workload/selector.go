@@ -6,9 +6,15 @@ import (
 	"github.com/keybroker/keybroker/internal/workloadentry"
 )
 
-// SelectorTypeUnix is the only selector type: facts the agent learns about
-// a caller from the socket's peer credentials and /proc.
+// SelectorTypeUnix is the selector type of facts the agent learns about a
+// caller from the socket's peer credentials and /proc.
 const SelectorTypeUnix = workloadentry.SelectorTypeUnix
+
+// SelectorTypeSigned is the selector type of facts the agent verifies
+// about a caller's executable: a Sigstore bundle for its SHA-256 (found
+// where BundleLocations say), signed by trust material the broker sent
+// with the entries (Snapshot.Trust).
+const SelectorTypeSigned = workloadentry.SelectorTypeSigned
 
 // MaxSelectors bounds the selectors of one entry.
 const MaxSelectors = workloadentry.MaxSelectors
@@ -21,6 +27,13 @@ const MaxSelectors = workloadentry.MaxSelectors
 //	gid:<n>          the caller's primary group ID (from SO_PEERCRED)
 //	path:<abs path>  the caller's executable, as /proc/<pid>/exe names it
 //	sha256:<hex>     the SHA-256 of the caller's executable, lowercase hex
+//
+// Values of type signed, holding when a bundle for the executable's SHA-256
+// verifies (offline, package internal/provenance):
+//
+//	key:<name>                   signed by the policy's signer "<name>"
+//	identity:<issuer>/<subject>  a keyless certificate for <subject> from <issuer>,
+//	                             chaining to a trusted root that declares <issuer>
 //
 // It is the broker's type (policies.Selector, store.Selector): one parser
 // and validation for both sides.

@@ -58,6 +58,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	procDir string
+	bundles BundleLocations
 	att     *attestor
 	rec     Recorder
 	unary   []grpc.UnaryServerInterceptor
@@ -97,7 +98,7 @@ func NewServer(src Source, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	s.att = newAttestor(s.procDir, s.log)
+	s.att = newAttestor(s.procDir, s.bundles, s.log)
 	return s
 }
 
@@ -165,7 +166,7 @@ func (s *Server) identity(c Caller, method string) (*Snapshot, []Entry, <-chan s
 	if snap == nil {
 		return nil, nil, nil, status.Error(codes.Unavailable, msgNotReady)
 	}
-	entries := snap.Match(c.Selectors())
+	entries := snap.Match(s.att.selectors(c, snap))
 	if len(entries) == 0 {
 		s.log.Info("workload API caller matches no entry", "method", method, "pid", c.PID, "uid", c.UID, "gid", c.GID, "path", c.Path, "sha256", c.SHA256)
 		return nil, nil, nil, status.Error(codes.PermissionDenied, msgNoIdentity)

@@ -9,6 +9,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/keybroker/keybroker/internal/provenance"
 )
 
 // Source supplies the identities the Workload API hands out. The agent's
@@ -39,6 +41,10 @@ type Snapshot struct {
 	// Lapse is when the node's identity ends: its X.509-SVID's expiry
 	// plus the configured grace. From then on no SVID is served.
 	Lapse time.Time
+	// Trust verifies the Sigstore bundles of callers' executables for
+	// the entries' signed selectors (signer keys and trusted roots the
+	// broker sent with the entries); nil when no entry has one.
+	Trust *provenance.Trust
 }
 
 // Match returns the entries whose selectors all hold for the caller.
@@ -50,6 +56,19 @@ func (s *Snapshot) Match(caller []Selector) []Entry {
 		}
 	}
 	return out
+}
+
+// hasSigned reports whether an entry has a signed selector, so that
+// callers' executables are worth verifying.
+func (s *Snapshot) hasSigned() bool {
+	for _, e := range s.Entries {
+		for _, sel := range e.Selectors {
+			if sel.Type == SelectorTypeSigned {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Lapsed reports whether the node's identity has ended at now.

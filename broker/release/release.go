@@ -115,7 +115,10 @@ type Released struct {
 	// Approvals are the PCR-policy approvals of the node's pcr_policy
 	// "authorized" releases (ReleaseFor); none without.
 	Approvals []*pb.PCRApproval
-	revocable []revocable // revoked if the release is not delivered
+	// WorkloadTrust is the trust material of the entries' signed
+	// selectors, for the reply (nil when none).
+	WorkloadTrust *pb.WorkloadTrust
+	revocable     []revocable // revoked if the release is not delivered
 }
 
 // Kind says why a decision could not be released.
@@ -225,6 +228,7 @@ func (r *Releaser) ReleaseFor(ctx context.Context, v *verify.Verified, d policie
 		}
 	}
 	out.WorkloadEntries, out.NodeEntries = workloadEntries(d.WorkloadEntries)
+	out.WorkloadTrust = d.WorkloadTrust.ToProto()
 	approvals, err := r.approvals(v, d, node)
 	if err != nil {
 		f := failure(policies.Release{Name: "pcr-policy approvals"}, err)

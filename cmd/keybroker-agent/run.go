@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -25,10 +26,13 @@ type runOpts struct {
 	broker    brokerFlags
 	socket    string
 	bundleOut string
-	grace     time.Duration
-	retryMax  time.Duration
-	logJSON   bool
-	quiet     bool
+	// sigstore says where the Sigstore bundles of workload executables
+	// are, for signed selectors.
+	sigstore workload.BundleLocations
+	grace    time.Duration
+	retryMax time.Duration
+	logJSON  bool
+	quiet    bool
 	// metricsListen is where to serve Prometheus metrics; empty: none.
 	metricsListen string
 	// out and the kubeconfig paths: where the file credentials go (--out);
@@ -86,6 +90,11 @@ goes with each attestation and the broker replays it against the quoted PCR
 			}
 			p.Check("metrics-listen", checkListenAddr(o.metricsListen))
 			o.identity.check(&p)
+			for _, d := range o.sigstore.Dirs {
+				if !filepath.IsAbs(d) {
+					p.Addf("--workload-sigstore-dir must be absolute, not %q", d)
+				}
+			}
 			if o.out == "" && (o.kubeconfig != "" || o.bootKube != "" || o.onChange != "" || o.cache != "") {
 				p.Addf("--kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out")
 			}
@@ -99,6 +108,8 @@ goes with each attestation and the broker replays it against the quoted PCR
 	f := cmd.Flags()
 	o.broker.register(f)
 	f.StringVar(&o.socket, "workload-socket", workload.DefaultSocket, "unix socket for the SPIFFE Workload API (absolute; directory created 0755, socket 0777); workloads set SPIFFE_ENDPOINT_SOCKET=unix://PATH")
+	f.BoolVar(&o.sigstore.BesideExecutable, "workload-sigstore-beside-exe", true, "for signed:* workload selectors: look for the caller's Sigstore bundle next to its executable, <exe>.sigstore.json or <exe>.bundle (read through /proc/<pid>/root)")
+	f.StringSliceVar(&o.sigstore.Dirs, "workload-sigstore-dir", nil, "for signed:* workload selectors: also look for Sigstore bundles in this directory (absolute), named by the executable's SHA-256: <64 hex>.sigstore.json or <64 hex>.bundle (repeatable)")
 	f.StringVar(&o.bundleOut, "bundle-out", "", "also write the trust domain's SPIFFE bundle (JWKS) to this file, atomically, whenever it changes")
 	f.DurationVar(&o.grace, "grace", 0, "keep serving the workload SVIDs already issued for this long after the node SVID expired without a successful re-attestation (never beyond each SVID's own expiry)")
 	o.node.register(f, "give up on one attestation after this long")
@@ -233,7 +244,8 @@ func runAgent(o runOpts, caPEM []byte, in nodeInputs, stdout, stderr io.Writer) 
 	}
 
 	srv := workload.NewServer(mgr, append(recorderOption(idLog, tpm),
-		workload.WithLogger(log), workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))...)
+		workload.WithLogger(log), workload.WithBundles(o.sigstore),
+		workload.WithInterceptors(m.UnaryServerInterceptor(), m.StreamServerInterceptor()))...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, lis) }()
 	log.Info("workload API serving", "socket", o.socket, "SPIFFE_ENDPOINT_SOCKET", "unix://"+o.socket,

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,15 @@ import (
 //	unix:path:<path>      its executable, as /proc/<pid>/exe names it; an absolute, clean path
 //	unix:sha256:<hex>     the SHA-256 of its executable, 64 lowercase hex digits
 const SelectorTypeUnix = "unix"
+
+// SelectorTypeSigned is the selector type of facts an agent verifies about
+// a caller's executable: a Sigstore signature by trust material the policy
+// names (package internal/provenance):
+//
+//	signed:key:<name>                   signed by the policy's signer "<name>"
+//	signed:identity:<issuer>/<subject>  a keyless certificate for <subject> from <issuer>,
+//	                                    chaining to a trusted root that declares <issuer>
+const SelectorTypeSigned = "signed"
 
 // MaxSelectors bounds the selectors of one entry.
 const MaxSelectors = 16
@@ -55,7 +65,8 @@ type Entry struct {
 // the check of its values. A new type (and the agent's support for it) is
 // one more entry.
 var selectorTypes = map[string]func(value string) error{
-	SelectorTypeUnix: checkUnixSelector,
+	SelectorTypeUnix:   checkUnixSelector,
+	SelectorTypeSigned: checkSignedSelector,
 }
 
 // ParseSelector parses a selector written "type:value", checking that the
@@ -119,6 +130,44 @@ func checkUnixSelector(v string) error {
 		}
 	default:
 		return fmt.Errorf("unknown unix selector %q; use uid, gid, path or sha256", key)
+	}
+	return nil
+}
+
+// maxIdentity bounds a signed:identity selector's value.
+const maxIdentity = 2048
+
+// namePattern is the form of signer and trusted root names, which appear
+// in signed:key selectors.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// CheckTrustName checks the name of a signer or trusted root: 1 to 64
+// letters, digits, '.', '_' or '-', starting with a letter or digit.
+func CheckTrustName(name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("name %q must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+func checkSignedSelector(v string) error {
+	key, val, ok := strings.Cut(v, ":")
+	if !ok || val == "" {
+		return errors.New("a signed selector is key:<signer name> or identity:<issuer>/<subject>")
+	}
+	switch key {
+	case "key":
+		return CheckTrustName(val)
+	case "identity":
+		scheme, rest, ok := strings.Cut(val, "://")
+		if !ok || (scheme != "https" && scheme != "http") || !strings.Contains(rest, "/") || strings.HasSuffix(rest, "/") {
+			return errors.New("identity must be <issuer URL>/<subject>, such as https://token.actions.githubusercontent.com/https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main")
+		}
+		if len(val) > maxIdentity || strings.ContainsFunc(val, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return fmt.Errorf("identity must be at most %d bytes without control characters", maxIdentity)
+		}
+	default:
+		return fmt.Errorf("unknown signed selector %q; use key or identity", key)
 	}
 	return nil
 }

@@ -822,8 +822,13 @@ type AttestResponse struct {
 	// pcr_approvals: above the version of every approval revoked since the
 	// node last attested (0: no counter in use).
 	PolicyCounterMin uint64 `protobuf:"varint,7,opt,name=policy_counter_min,json=policyCounterMin,proto3" json:"policy_counter_min,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The trust material the signed selectors of workload_entries use
+	// (signed:key:<name>, signed:identity:<issuer>/<subject>): the policy's
+	// signer and trusted_root blocks. Empty when no entry has a signed
+	// selector.
+	WorkloadTrust *WorkloadTrust `protobuf:"bytes,6,opt,name=workload_trust,json=workloadTrust,proto3" json:"workload_trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AttestResponse) Reset() {
@@ -898,6 +903,188 @@ func (x *AttestResponse) GetPolicyCounterMin() uint64 {
 	return 0
 }
 
+func (x *AttestResponse) GetWorkloadTrust() *WorkloadTrust {
+	if x != nil {
+		return x.WorkloadTrust
+	}
+	return nil
+}
+
+// WorkloadTrust is what the agent verifies workload executables'
+// Sigstore bundles against, offline.
+type WorkloadTrust struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 64.
+	Signers []*WorkloadSigner `protobuf:"bytes,1,rep,name=signers,proto3" json:"signers,omitempty"`
+	// At most 16.
+	TrustedRoots  []*WorkloadTrustedRoot `protobuf:"bytes,2,rep,name=trusted_roots,json=trustedRoots,proto3" json:"trusted_roots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadTrust) Reset() {
+	*x = WorkloadTrust{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadTrust) ProtoMessage() {}
+
+func (x *WorkloadTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadTrust.ProtoReflect.Descriptor instead.
+func (*WorkloadTrust) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WorkloadTrust) GetSigners() []*WorkloadSigner {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
+func (x *WorkloadTrust) GetTrustedRoots() []*WorkloadTrustedRoot {
+	if x != nil {
+		return x.TrustedRoots
+	}
+	return nil
+}
+
+// WorkloadSigner is a public key trusted to sign workload executables
+// (selector signed:key:<name>).
+type WorkloadSigner struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// PKIX SubjectPublicKeyInfo, DER.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadSigner) Reset() {
+	*x = WorkloadSigner{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadSigner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadSigner) ProtoMessage() {}
+
+func (x *WorkloadSigner) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadSigner.ProtoReflect.Descriptor instead.
+func (*WorkloadSigner) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WorkloadSigner) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadSigner) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+// WorkloadTrustedRoot is a Sigstore trusted root and the OIDC issuers
+// whose keyless certificates it vouches for (selector
+// signed:identity:<issuer>/<subject>).
+type WorkloadTrustedRoot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// trusted_root.json (application/vnd.dev.sigstore.trustedroot+json;version=0.1).
+	Json          []byte   `protobuf:"bytes,2,opt,name=json,proto3" json:"json,omitempty"`
+	Issuers       []string `protobuf:"bytes,3,rep,name=issuers,proto3" json:"issuers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadTrustedRoot) Reset() {
+	*x = WorkloadTrustedRoot{}
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadTrustedRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadTrustedRoot) ProtoMessage() {}
+
+func (x *WorkloadTrustedRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadTrustedRoot.ProtoReflect.Descriptor instead.
+func (*WorkloadTrustedRoot) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WorkloadTrustedRoot) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadTrustedRoot) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+func (x *WorkloadTrustedRoot) GetIssuers() []string {
+	if x != nil {
+		return x.Issuers
+	}
+	return nil
+}
+
 // WorkloadEntry maps local workloads, recognised by all of their selectors,
 // to a SPIFFE ID.
 type WorkloadEntry struct {
@@ -915,7 +1102,7 @@ type WorkloadEntry struct {
 
 func (x *WorkloadEntry) Reset() {
 	*x = WorkloadEntry{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1114,7 @@ func (x *WorkloadEntry) String() string {
 func (*WorkloadEntry) ProtoMessage() {}
 
 func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1127,7 @@ func (x *WorkloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEntry.ProtoReflect.Descriptor instead.
 func (*WorkloadEntry) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkloadEntry) GetName() string {
@@ -975,9 +1162,10 @@ func (x *WorkloadEntry) GetTtlSeconds() int64 {
 // Workload API socket's peer credentials.
 type Selector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The selector type: "unix".
+	// The selector type: "unix" or "signed".
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	// For unix: "uid:<n>", "gid:<n>", "path:<absolute path>", "sha256:<hex>".
+	// For signed: "key:<name>", "identity:<issuer>/<subject>".
 	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -985,7 +1173,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1185,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1198,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Selector) GetType() string {
@@ -1037,7 +1225,7 @@ type IssueWorkloadX509SVIDsRequest struct {
 
 func (x *IssueWorkloadX509SVIDsRequest) Reset() {
 	*x = IssueWorkloadX509SVIDsRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1237,7 @@ func (x *IssueWorkloadX509SVIDsRequest) String() string {
 func (*IssueWorkloadX509SVIDsRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1250,7 @@ func (x *IssueWorkloadX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IssueWorkloadX509SVIDsRequest) GetCsrs() []*WorkloadCSR {
@@ -1084,7 +1272,7 @@ type WorkloadCSR struct {
 
 func (x *WorkloadCSR) Reset() {
 	*x = WorkloadCSR{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1284,7 @@ func (x *WorkloadCSR) String() string {
 func (*WorkloadCSR) ProtoMessage() {}
 
 func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1297,7 @@ func (x *WorkloadCSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadCSR.ProtoReflect.Descriptor instead.
 func (*WorkloadCSR) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WorkloadCSR) GetSpiffeId() string {
@@ -1135,7 +1323,7 @@ type IssueWorkloadX509SVIDsResponse struct {
 
 func (x *IssueWorkloadX509SVIDsResponse) Reset() {
 	*x = IssueWorkloadX509SVIDsResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1335,7 @@ func (x *IssueWorkloadX509SVIDsResponse) String() string {
 func (*IssueWorkloadX509SVIDsResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1348,7 @@ func (x *IssueWorkloadX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IssueWorkloadX509SVIDsResponse) GetSvids() []*WorkloadX509SVID {
@@ -1182,7 +1370,7 @@ type WorkloadX509SVID struct {
 
 func (x *WorkloadX509SVID) Reset() {
 	*x = WorkloadX509SVID{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1382,7 @@ func (x *WorkloadX509SVID) String() string {
 func (*WorkloadX509SVID) ProtoMessage() {}
 
 func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1395,7 @@ func (x *WorkloadX509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadX509SVID.ProtoReflect.Descriptor instead.
 func (*WorkloadX509SVID) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WorkloadX509SVID) GetSpiffeId() string {
@@ -1242,7 +1430,7 @@ type IssueWorkloadJWTSVIDRequest struct {
 
 func (x *IssueWorkloadJWTSVIDRequest) Reset() {
 	*x = IssueWorkloadJWTSVIDRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1442,7 @@ func (x *IssueWorkloadJWTSVIDRequest) String() string {
 func (*IssueWorkloadJWTSVIDRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1455,7 @@ func (x *IssueWorkloadJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IssueWorkloadJWTSVIDRequest) GetSpiffeId() string {
@@ -1295,7 +1483,7 @@ type IssueWorkloadJWTSVIDResponse struct {
 
 func (x *IssueWorkloadJWTSVIDResponse) Reset() {
 	*x = IssueWorkloadJWTSVIDResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1495,7 @@ func (x *IssueWorkloadJWTSVIDResponse) String() string {
 func (*IssueWorkloadJWTSVIDResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1508,7 @@ func (x *IssueWorkloadJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IssueWorkloadJWTSVIDResponse) GetToken() string {
@@ -1345,7 +1533,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1545,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1558,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 type GetBundleResponse struct {
@@ -1385,7 +1573,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1585,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1598,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1448,7 +1636,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1648,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1661,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Credential) GetName() string {
@@ -1554,7 +1742,7 @@ type ImportBlob struct {
 
 func (x *ImportBlob) Reset() {
 	*x = ImportBlob{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1754,7 @@ func (x *ImportBlob) String() string {
 func (*ImportBlob) ProtoMessage() {}
 
 func (x *ImportBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1767,7 @@ func (x *ImportBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBlob.ProtoReflect.Descriptor instead.
 func (*ImportBlob) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ImportBlob) GetDuplicate() []byte {
@@ -1644,7 +1832,7 @@ type PolicyAuthorization struct {
 
 func (x *PolicyAuthorization) Reset() {
 	*x = PolicyAuthorization{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1844,7 @@ func (x *PolicyAuthorization) String() string {
 func (*PolicyAuthorization) ProtoMessage() {}
 
 func (x *PolicyAuthorization) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1857,7 @@ func (x *PolicyAuthorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyAuthorization.ProtoReflect.Descriptor instead.
 func (*PolicyAuthorization) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PolicyAuthorization) GetHashAlg() uint32 {
@@ -1724,7 +1912,7 @@ type X509SVIDCredential struct {
 
 func (x *X509SVIDCredential) Reset() {
 	*x = X509SVIDCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1924,7 @@ func (x *X509SVIDCredential) String() string {
 func (*X509SVIDCredential) ProtoMessage() {}
 
 func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1937,7 @@ func (x *X509SVIDCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDCredential.ProtoReflect.Descriptor instead.
 func (*X509SVIDCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *X509SVIDCredential) GetSpiffeId() string {
@@ -1795,7 +1983,7 @@ type TLSCredential struct {
 
 func (x *TLSCredential) Reset() {
 	*x = TLSCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1995,7 @@ func (x *TLSCredential) String() string {
 func (*TLSCredential) ProtoMessage() {}
 
 func (x *TLSCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +2008,7 @@ func (x *TLSCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TLSCredential.ProtoReflect.Descriptor instead.
 func (*TLSCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TLSCredential) GetKeyPem() []byte {
@@ -1860,7 +2048,7 @@ type SecretCredential struct {
 
 func (x *SecretCredential) Reset() {
 	*x = SecretCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2060,7 @@ func (x *SecretCredential) String() string {
 func (*SecretCredential) ProtoMessage() {}
 
 func (x *SecretCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2073,7 @@ func (x *SecretCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretCredential.ProtoReflect.Descriptor instead.
 func (*SecretCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SecretCredential) GetData() map[string]string {
@@ -1928,7 +2116,7 @@ type VaultTokenCredential struct {
 
 func (x *VaultTokenCredential) Reset() {
 	*x = VaultTokenCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2128,7 @@ func (x *VaultTokenCredential) String() string {
 func (*VaultTokenCredential) ProtoMessage() {}
 
 func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2141,7 @@ func (x *VaultTokenCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VaultTokenCredential.ProtoReflect.Descriptor instead.
 func (*VaultTokenCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VaultTokenCredential) GetToken() string {
@@ -2011,7 +2199,7 @@ type KubeletCredential struct {
 
 func (x *KubeletCredential) Reset() {
 	*x = KubeletCredential{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2211,7 @@ func (x *KubeletCredential) String() string {
 func (*KubeletCredential) ProtoMessage() {}
 
 func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[26]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2224,7 @@ func (x *KubeletCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KubeletCredential.ProtoReflect.Descriptor instead.
 func (*KubeletCredential) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KubeletCredential) GetNodeName() string {
@@ -2096,7 +2284,7 @@ type GetAttestationResultKeysRequest struct {
 
 func (x *GetAttestationResultKeysRequest) Reset() {
 	*x = GetAttestationResultKeysRequest{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2296,7 @@ func (x *GetAttestationResultKeysRequest) String() string {
 func (*GetAttestationResultKeysRequest) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[27]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2309,7 @@ func (x *GetAttestationResultKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 type GetAttestationResultKeysResponse struct {
@@ -2135,7 +2323,7 @@ type GetAttestationResultKeysResponse struct {
 
 func (x *GetAttestationResultKeysResponse) Reset() {
 	*x = GetAttestationResultKeysResponse{}
-	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2335,7 @@ func (x *GetAttestationResultKeysResponse) String() string {
 func (*GetAttestationResultKeysResponse) ProtoMessage() {}
 
 func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_broker_proto_msgTypes[28]
+	mi := &file_keybroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2348,7 @@ func (x *GetAttestationResultKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResultKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetAttestationResultKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_keybroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetAttestationResultKeysResponse) GetJwks() []byte {
@@ -2221,7 +2409,7 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x06values\x18\x02 \x03(\v2#.keybroker.v1.PCRValues.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xd0\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\x94\x03\n" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12:\n" +
@@ -2229,7 +2417,19 @@ const file_keybroker_v1_broker_proto_rawDesc = "" +
 	"\x10workload_entries\x18\x03 \x03(\v2\x1b.keybroker.v1.WorkloadEntryR\x0fworkloadEntries\x12-\n" +
 	"\x12attestation_result\x18\x04 \x01(\tR\x11attestationResult\x12>\n" +
 	"\rpcr_approvals\x18\x05 \x03(\v2\x19.keybroker.v1.PCRApprovalR\fpcrApprovals\x12,\n" +
-	"\x12policy_counter_min\x18\a \x01(\x04R\x10policyCounterMin\"\x97\x01\n" +
+	"\x12policy_counter_min\x18\a \x01(\x04R\x10policyCounterMin\x12B\n" +
+	"\x0eworkload_trust\x18\x06 \x01(\v2\x1b.keybroker.v1.WorkloadTrustR\rworkloadTrust\"\x8f\x01\n" +
+	"\rWorkloadTrust\x126\n" +
+	"\asigners\x18\x01 \x03(\v2\x1c.keybroker.v1.WorkloadSignerR\asigners\x12F\n" +
+	"\rtrusted_roots\x18\x02 \x03(\v2!.keybroker.v1.WorkloadTrustedRootR\ftrustedRoots\"C\n" +
+	"\x0eWorkloadSigner\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"W\n" +
+	"\x13WorkloadTrustedRoot\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04json\x18\x02 \x01(\fR\x04json\x12\x18\n" +
+	"\aissuers\x18\x03 \x03(\tR\aissuers\"\x97\x01\n" +
 	"\rWorkloadEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
@@ -2350,7 +2550,7 @@ func file_keybroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_keybroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_keybroker_v1_broker_proto_goTypes = []any{
 	(ReleaseMode)(0),                         // 0: keybroker.v1.ReleaseMode
 	(CredentialType)(0),                      // 1: keybroker.v1.CredentialType
@@ -2363,28 +2563,31 @@ var file_keybroker_v1_broker_proto_goTypes = []any{
 	(*Quote)(nil),                            // 8: keybroker.v1.Quote
 	(*PCRValues)(nil),                        // 9: keybroker.v1.PCRValues
 	(*AttestResponse)(nil),                   // 10: keybroker.v1.AttestResponse
-	(*WorkloadEntry)(nil),                    // 11: keybroker.v1.WorkloadEntry
-	(*Selector)(nil),                         // 12: keybroker.v1.Selector
-	(*IssueWorkloadX509SVIDsRequest)(nil),    // 13: keybroker.v1.IssueWorkloadX509SVIDsRequest
-	(*WorkloadCSR)(nil),                      // 14: keybroker.v1.WorkloadCSR
-	(*IssueWorkloadX509SVIDsResponse)(nil),   // 15: keybroker.v1.IssueWorkloadX509SVIDsResponse
-	(*WorkloadX509SVID)(nil),                 // 16: keybroker.v1.WorkloadX509SVID
-	(*IssueWorkloadJWTSVIDRequest)(nil),      // 17: keybroker.v1.IssueWorkloadJWTSVIDRequest
-	(*IssueWorkloadJWTSVIDResponse)(nil),     // 18: keybroker.v1.IssueWorkloadJWTSVIDResponse
-	(*GetBundleRequest)(nil),                 // 19: keybroker.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),                // 20: keybroker.v1.GetBundleResponse
-	(*Credential)(nil),                       // 21: keybroker.v1.Credential
-	(*ImportBlob)(nil),                       // 22: keybroker.v1.ImportBlob
-	(*PolicyAuthorization)(nil),              // 23: keybroker.v1.PolicyAuthorization
-	(*X509SVIDCredential)(nil),               // 24: keybroker.v1.X509SVIDCredential
-	(*TLSCredential)(nil),                    // 25: keybroker.v1.TLSCredential
-	(*SecretCredential)(nil),                 // 26: keybroker.v1.SecretCredential
-	(*VaultTokenCredential)(nil),             // 27: keybroker.v1.VaultTokenCredential
-	(*KubeletCredential)(nil),                // 28: keybroker.v1.KubeletCredential
-	(*GetAttestationResultKeysRequest)(nil),  // 29: keybroker.v1.GetAttestationResultKeysRequest
-	(*GetAttestationResultKeysResponse)(nil), // 30: keybroker.v1.GetAttestationResultKeysResponse
-	nil,                                      // 31: keybroker.v1.PCRValues.ValuesEntry
-	nil,                                      // 32: keybroker.v1.SecretCredential.DataEntry
+	(*WorkloadTrust)(nil),                    // 11: keybroker.v1.WorkloadTrust
+	(*WorkloadSigner)(nil),                   // 12: keybroker.v1.WorkloadSigner
+	(*WorkloadTrustedRoot)(nil),              // 13: keybroker.v1.WorkloadTrustedRoot
+	(*WorkloadEntry)(nil),                    // 14: keybroker.v1.WorkloadEntry
+	(*Selector)(nil),                         // 15: keybroker.v1.Selector
+	(*IssueWorkloadX509SVIDsRequest)(nil),    // 16: keybroker.v1.IssueWorkloadX509SVIDsRequest
+	(*WorkloadCSR)(nil),                      // 17: keybroker.v1.WorkloadCSR
+	(*IssueWorkloadX509SVIDsResponse)(nil),   // 18: keybroker.v1.IssueWorkloadX509SVIDsResponse
+	(*WorkloadX509SVID)(nil),                 // 19: keybroker.v1.WorkloadX509SVID
+	(*IssueWorkloadJWTSVIDRequest)(nil),      // 20: keybroker.v1.IssueWorkloadJWTSVIDRequest
+	(*IssueWorkloadJWTSVIDResponse)(nil),     // 21: keybroker.v1.IssueWorkloadJWTSVIDResponse
+	(*GetBundleRequest)(nil),                 // 22: keybroker.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),                // 23: keybroker.v1.GetBundleResponse
+	(*Credential)(nil),                       // 24: keybroker.v1.Credential
+	(*ImportBlob)(nil),                       // 25: keybroker.v1.ImportBlob
+	(*PolicyAuthorization)(nil),              // 26: keybroker.v1.PolicyAuthorization
+	(*X509SVIDCredential)(nil),               // 27: keybroker.v1.X509SVIDCredential
+	(*TLSCredential)(nil),                    // 28: keybroker.v1.TLSCredential
+	(*SecretCredential)(nil),                 // 29: keybroker.v1.SecretCredential
+	(*VaultTokenCredential)(nil),             // 30: keybroker.v1.VaultTokenCredential
+	(*KubeletCredential)(nil),                // 31: keybroker.v1.KubeletCredential
+	(*GetAttestationResultKeysRequest)(nil),  // 32: keybroker.v1.GetAttestationResultKeysRequest
+	(*GetAttestationResultKeysResponse)(nil), // 33: keybroker.v1.GetAttestationResultKeysResponse
+	nil,                                      // 34: keybroker.v1.PCRValues.ValuesEntry
+	nil,                                      // 35: keybroker.v1.SecretCredential.DataEntry
 }
 var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	8,  // 0: keybroker.v1.AttestRequest.quotes:type_name -> keybroker.v1.Quote
@@ -2392,36 +2595,39 @@ var file_keybroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 2: keybroker.v1.AttestRequest.policy_counter:type_name -> keybroker.v1.PolicyCounter
 	9,  // 3: keybroker.v1.PCRApproval.pcrs:type_name -> keybroker.v1.PCRValues
 	9,  // 4: keybroker.v1.Quote.pcrs:type_name -> keybroker.v1.PCRValues
-	31, // 5: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
-	21, // 6: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
-	11, // 7: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
+	34, // 5: keybroker.v1.PCRValues.values:type_name -> keybroker.v1.PCRValues.ValuesEntry
+	24, // 6: keybroker.v1.AttestResponse.credentials:type_name -> keybroker.v1.Credential
+	14, // 7: keybroker.v1.AttestResponse.workload_entries:type_name -> keybroker.v1.WorkloadEntry
 	6,  // 8: keybroker.v1.AttestResponse.pcr_approvals:type_name -> keybroker.v1.PCRApproval
-	12, // 9: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
-	14, // 10: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
-	16, // 11: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
-	1,  // 12: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
-	0,  // 13: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
-	22, // 14: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
-	9,  // 15: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
-	23, // 16: keybroker.v1.ImportBlob.authorization:type_name -> keybroker.v1.PolicyAuthorization
-	32, // 17: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
-	2,  // 18: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
-	4,  // 19: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
-	13, // 20: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
-	17, // 21: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
-	19, // 22: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
-	29, // 23: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
-	3,  // 24: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
-	10, // 25: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
-	15, // 26: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
-	18, // 27: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
-	20, // 28: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
-	30, // 29: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	11, // 9: keybroker.v1.AttestResponse.workload_trust:type_name -> keybroker.v1.WorkloadTrust
+	12, // 10: keybroker.v1.WorkloadTrust.signers:type_name -> keybroker.v1.WorkloadSigner
+	13, // 11: keybroker.v1.WorkloadTrust.trusted_roots:type_name -> keybroker.v1.WorkloadTrustedRoot
+	15, // 12: keybroker.v1.WorkloadEntry.selectors:type_name -> keybroker.v1.Selector
+	17, // 13: keybroker.v1.IssueWorkloadX509SVIDsRequest.csrs:type_name -> keybroker.v1.WorkloadCSR
+	19, // 14: keybroker.v1.IssueWorkloadX509SVIDsResponse.svids:type_name -> keybroker.v1.WorkloadX509SVID
+	1,  // 15: keybroker.v1.Credential.type:type_name -> keybroker.v1.CredentialType
+	0,  // 16: keybroker.v1.Credential.mode:type_name -> keybroker.v1.ReleaseMode
+	25, // 17: keybroker.v1.Credential.blob:type_name -> keybroker.v1.ImportBlob
+	9,  // 18: keybroker.v1.ImportBlob.pcrs:type_name -> keybroker.v1.PCRValues
+	26, // 19: keybroker.v1.ImportBlob.authorization:type_name -> keybroker.v1.PolicyAuthorization
+	35, // 20: keybroker.v1.SecretCredential.data:type_name -> keybroker.v1.SecretCredential.DataEntry
+	2,  // 21: keybroker.v1.Broker.Challenge:input_type -> keybroker.v1.ChallengeRequest
+	4,  // 22: keybroker.v1.Broker.Attest:input_type -> keybroker.v1.AttestRequest
+	16, // 23: keybroker.v1.Broker.IssueWorkloadX509SVIDs:input_type -> keybroker.v1.IssueWorkloadX509SVIDsRequest
+	20, // 24: keybroker.v1.Broker.IssueWorkloadJWTSVID:input_type -> keybroker.v1.IssueWorkloadJWTSVIDRequest
+	22, // 25: keybroker.v1.Broker.GetBundle:input_type -> keybroker.v1.GetBundleRequest
+	32, // 26: keybroker.v1.Broker.GetAttestationResultKeys:input_type -> keybroker.v1.GetAttestationResultKeysRequest
+	3,  // 27: keybroker.v1.Broker.Challenge:output_type -> keybroker.v1.ChallengeResponse
+	10, // 28: keybroker.v1.Broker.Attest:output_type -> keybroker.v1.AttestResponse
+	18, // 29: keybroker.v1.Broker.IssueWorkloadX509SVIDs:output_type -> keybroker.v1.IssueWorkloadX509SVIDsResponse
+	21, // 30: keybroker.v1.Broker.IssueWorkloadJWTSVID:output_type -> keybroker.v1.IssueWorkloadJWTSVIDResponse
+	23, // 31: keybroker.v1.Broker.GetBundle:output_type -> keybroker.v1.GetBundleResponse
+	33, // 32: keybroker.v1.Broker.GetAttestationResultKeys:output_type -> keybroker.v1.GetAttestationResultKeysResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_broker_proto_init() }
@@ -2435,7 +2641,7 @@ func file_keybroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_broker_proto_rawDesc), len(file_keybroker_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
