@@ -208,7 +208,7 @@ func TestSignedSelectorsOnSWTPM(t *testing.T) {
 		}
 	})
 	log := a.stderr.String()
-	for _, want := range []string{"caller's Sigstore bundle not trusted", "failed to verify signature", "no Sigstore bundle for the caller's executable"} {
+	for _, want := range []string{"caller's Sigstore bundle not trusted", "failed to verify signature", `sigstore_bundle="none found"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("agent log lacks %q", want)
 		}

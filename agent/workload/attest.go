@@ -158,15 +158,18 @@ func WithBundles(l BundleLocations) Option {
 
 // selectors returns the facts c is matched against in snap: c.Selectors(),
 // and the signed selectors its executable's bundles make hold when snap's
-// entries have signed selectors.
-func (a *attestor) selectors(c Caller, snap *Snapshot) []Selector {
-	sel := c.Selectors()
+// entries have signed selectors. missing lists where it looked when it found
+// no bundle at all: logged at debug level here (a caller matching unsigned
+// entries has none, on every call), and with the refusal if c matches no
+// entry.
+func (a *attestor) selectors(c Caller, snap *Snapshot) (sel []Selector, missing []string) {
+	sel = c.Selectors()
 	if c.SHA256 == "" || snap.Trust.Empty() || !snap.hasSigned() {
-		return sel
+		return sel, nil
 	}
 	digest, err := hex.DecodeString(c.SHA256)
 	if err != nil {
-		return sel
+		return sel, nil
 	}
 	paths := a.bundlePaths(c)
 	found := 0
@@ -190,9 +193,10 @@ func (a *attestor) selectors(c Caller, snap *Snapshot) []Selector {
 		}
 	}
 	if found == 0 {
-		a.log.Info("no Sigstore bundle for the caller's executable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "looked_in", paths)
+		a.log.Debug("no Sigstore bundle for the caller's executable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "looked_in", paths)
+		return sel, paths
 	}
-	return sel
+	return sel, nil
 }
 
 // bundlePaths lists where c's bundles may be.

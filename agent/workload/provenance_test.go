@@ -30,14 +30,15 @@ func signedFacts(t *testing.T, exe string, loc BundleLocations, trust *provenanc
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	a := newAttestor(dir, loc, slog.New(slog.NewTextHandler(&logs, nil)))
+	a := newAttestor(dir, loc, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	c, err := a.attest(PeerInfo{PID: 42, UID: 1000, GID: 100, StartTime: 777})
 	if err != nil {
 		t.Fatal(err)
 	}
 	snap := &Snapshot{Trust: trust, Entries: []Entry{{Name: "signed", ID: webID, Selectors: []Selector{{Type: SelectorTypeSigned, Value: "key:release"}}}}}
 	var out []string
-	for _, s := range a.selectors(c, snap) {
+	sel, _ := a.selectors(c, snap)
+	for _, s := range sel {
 		if s.Type == SelectorTypeSigned {
 			out = append(out, s.String())
 		}

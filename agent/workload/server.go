@@ -166,9 +166,14 @@ func (s *Server) identity(c Caller, method string) (*Snapshot, []Entry, <-chan s
 	if snap == nil {
 		return nil, nil, nil, status.Error(codes.Unavailable, msgNotReady)
 	}
-	entries := snap.Match(s.att.selectors(c, snap))
+	sel, noBundle := s.att.selectors(c, snap)
+	entries := snap.Match(sel)
 	if len(entries) == 0 {
-		s.log.Info("workload API caller matches no entry", "method", method, "pid", c.PID, "uid", c.UID, "gid", c.GID, "path", c.Path, "sha256", c.SHA256)
+		args := []any{"method", method, "pid", c.PID, "uid", c.UID, "gid", c.GID, "path", c.Path, "sha256", c.SHA256}
+		if noBundle != nil {
+			args = append(args, "sigstore_bundle", "none found", "looked_in", noBundle)
+		}
+		s.log.Info("workload API caller matches no entry", args...)
 		return nil, nil, nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
 	return snap, entries, changed, nil
