@@ -31,7 +31,18 @@ func signedFacts(t *testing.T, exe string, loc BundleLocations, trust *provenanc
 	}
 	var logs bytes.Buffer
 	a := newAttestor(dir, loc, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	c, err := a.attest(PeerInfo{PID: 42, UID: 1000, GID: 100, StartTime: 777})
+	return callerSignedFacts(t, a, trust), logs.String()
+}
+
+// callerSignedFacts connects pid 42 of a's /proc and returns its signed
+// selectors against trust.
+func callerSignedFacts(t *testing.T, a *attestor, trust *provenance.Trust) []string {
+	t.Helper()
+	p, err := a.connected(PeerInfo{PID: 42, UID: 1000, GID: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := a.attest(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +54,7 @@ func signedFacts(t *testing.T, exe string, loc BundleLocations, trust *provenanc
 			out = append(out, s.String())
 		}
 	}
-	return out, logs.String()
+	return out
 }
 
 func writeExe(t *testing.T, content string) string {
