@@ -4,12 +4,18 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keybroker/keybroker/internal/provenance"
 	"github.com/keybroker/keybroker/internal/provenance/provenancetest"
@@ -98,15 +104,37 @@ func TestSignedSelectorsOfCaller(t *testing.T) {
 			t.Fatalf("signed selectors = %v", got)
 		}
 	})
-	t.Run("executable changed after signing", func(t *testing.T) {
+	t.Run("executable changed after signing, same size, same attestor", func(t *testing.T) {
 		exe := writeExe(t, "program v1")
 		release.SignFile(t, exe, exe+".sigstore.json")
-		if err := os.WriteFile(exe, []byte("program v1!"), 0o755); err != nil {
+		dir := fakeProc(t, "42", "777", exe)
+		if err := os.Symlink("/", filepath.Join(dir, "42", "root")); err != nil {
 			t.Fatal(err)
 		}
-		got, logs := signedFacts(t, exe, beside, trust)
-		if len(got) != 0 || !strings.Contains(logs, "caller's Sigstore bundle not trusted") || !strings.Contains(logs, `signer \"release\"`) {
-			t.Fatalf("signed selectors = %v, log:\n%s", got, logs)
+		var logs bytes.Buffer
+		a := newAttestor(dir, beside, slog.New(slog.NewTextHandler(&logs, nil)))
+		if got := callerSignedFacts(t, a, trust); !slices.Equal(got, []string{"signed:key:release"}) {
+			t.Fatalf("signed selectors before the change = %v", got)
+		}
+		fi, err := os.Stat(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Let the filesystem's clock move on, so that the change time of
+		// the rewrite differs from the one the hash was cached under; the
+		// modification time is put back as a forger would.
+		time.Sleep(20 * time.Millisecond)
+		if err := os.WriteFile(exe, []byte("program v2"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(exe, time.Time{}, fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+		if got := callerSignedFacts(t, a, trust); len(got) != 0 || !strings.Contains(logs.String(), "caller's Sigstore bundle not trusted") || !strings.Contains(logs.String(), `signer \"release\"`) {
+			t.Fatalf("signed selectors after the change = %v, log:\n%s", got, logs.String())
+		}
+		if len(a.hashes) != 2 {
+			t.Errorf("%d cached hashes, want 2 (one per content)", len(a.hashes))
 		}
 	})
 	t.Run("signed by an untrusted key", func(t *testing.T) {
@@ -148,6 +176,156 @@ func TestSignedSelectorsOfCaller(t *testing.T) {
 			t.Fatalf("signed selectors = %v without trust, log:\n%s", got, logs)
 		}
 	})
+}
+
+// TestSignedSelectorsRefusedForProcess checks that a signature is not
+// taken for the process when something else than the signed bytes may run
+// in it: the refusals leave the caller its unix selectors only.
+func TestSignedSelectorsRefusedForProcess(t *testing.T) {
+	release := provenancetest.NewKeySigner(t)
+	der, err := provenance.ParsePublicKey(release.PublicKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := provenance.NewTrust([]provenance.Key{{Name: "release", DER: der}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		status  string // replaces /proc/42/status when set
+		environ string // replaces /proc/42/environ when set
+		remove  string // a /proc/42 file to remove
+		wantLog string
+	}{
+		{name: "traced", status: "Name:\tweb\nTracerPid:\t4242\n", wantLog: "the process is traced by process 4242"},
+		{name: "no TracerPid", status: "Name:\tweb\n", wantLog: "no TracerPid in the caller's status"},
+		{name: "LD_PRELOAD", environ: "PATH=/bin\x00LD_PRELOAD=/tmp/evil.so\x00", wantLog: "the process's environment sets LD_PRELOAD"},
+		{name: "LD_AUDIT", environ: "LD_AUDIT=/tmp/evil.so\x00", wantLog: "the process's environment sets LD_AUDIT"},
+		{name: "LD_LIBRARY_PATH", environ: "HOME=/\x00LD_LIBRARY_PATH=/tmp\x00", wantLog: "the process's environment sets LD_LIBRARY_PATH"},
+		{name: "environment too large", environ: strings.Repeat("A", maxEnvironSize+1), wantLog: "larger than 1048576 bytes"},
+		{name: "environment unreadable", remove: "environ", wantLog: "unable to read the caller's environment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exe := writeExe(t, "program v1")
+			release.SignFile(t, exe, exe+".sigstore.json")
+			dir := fakeProc(t, "42", "777", exe)
+			if err := os.Symlink("/", filepath.Join(dir, "42", "root")); err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			a := newAttestor(dir, BundleLocations{BesideExecutable: true}, slog.New(slog.NewTextHandler(&logs, nil)))
+			if got := callerSignedFacts(t, a, trust); !slices.Equal(got, []string{"signed:key:release"}) {
+				t.Fatalf("signed selectors of a clean process = %v, log:\n%s", got, logs.String())
+			}
+			for name, content := range map[string]string{"status": tt.status, "environ": tt.environ} {
+				if content != "" {
+					if err := os.WriteFile(filepath.Join(dir, "42", name), []byte(content), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if tt.remove != "" {
+				if err := os.Remove(filepath.Join(dir, "42", tt.remove)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := callerSignedFacts(t, a, trust)
+			if len(got) != 0 || !strings.Contains(logs.String(), "no signed selectors for the caller") || !strings.Contains(logs.String(), tt.wantLog) {
+				t.Fatalf("signed selectors = %v, log:\n%s", got, logs.String())
+			}
+		})
+	}
+}
+
+func TestReadBundle(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "web.sigstore.json")
+	if err := os.WriteFile(bundle, []byte(`{"mediaType":"x"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := readBundle("", bundle); err != nil || string(data) != `{"mediaType":"x"}` {
+		t.Fatalf("readBundle = %q, %v", data, err)
+	}
+
+	t.Run("FIFO refused without blocking", func(t *testing.T) {
+		fifo := filepath.Join(dir, "fifo.bundle")
+		if err := unix.Mkfifo(fifo, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := readBundle("", fifo); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || err.Error() != "not a regular file" {
+				t.Errorf("readBundle(FIFO) = %v, want not a regular file", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("readBundle blocked on a FIFO")
+		}
+	})
+	t.Run("symbolic link refused", func(t *testing.T) {
+		link := filepath.Join(dir, "link.bundle")
+		if err := os.Symlink(bundle, link); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readBundle("", link); !errors.Is(err, unix.ELOOP) {
+			t.Errorf("readBundle(symlink) = %v, want ELOOP", err)
+		}
+	})
+	t.Run("absolute symbolic links resolve inside the caller's root", func(t *testing.T) {
+		// The caller's root has /app -> <dir>: in the agent's filesystem
+		// <dir>/web.sigstore.json exists, in the caller's it does not.
+		root := t.TempDir()
+		if err := os.Symlink(dir, filepath.Join(root, "app")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readBundle(root, "/app/web.sigstore.json"); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("readBundle through an absolute link = %v, want not found", err)
+		}
+		inside := filepath.Join(root, dir)
+		if err := os.MkdirAll(inside, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(inside, "web.sigstore.json"), []byte("inside"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if data, err := readBundle(root, "/app/web.sigstore.json"); err != nil || string(data) != "inside" {
+			t.Errorf("readBundle inside the root = %q, %v; want the root's file", data, err)
+		}
+	})
+	t.Run("magic links refused", func(t *testing.T) {
+		f, err := os.Open(bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		magic := filepath.Join("/proc/self/fd", strconv.Itoa(int(f.Fd())))
+		if _, err := readBundle("", magic); err == nil {
+			t.Error("readBundle through a /proc magic link succeeded")
+		}
+	})
+}
+
+func TestOnLocalFilesystem(t *testing.T) {
+	for _, tt := range []struct {
+		path      string
+		wantLocal bool
+	}{
+		{path: "/proc/self/stat", wantLocal: false}, // procfs: not on the list
+		{path: writeExe(t, "program"), wantLocal: true},
+	} {
+		f, err := os.Open(tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, fsType, err := onLocalFilesystem(f)
+		f.Close()
+		if err != nil || local != tt.wantLocal {
+			t.Errorf("onLocalFilesystem(%s) = %v (%s), %v; want %v", tt.path, local, fsType, err, tt.wantLocal)
+		}
+	}
 }
 
 func sha256Hex(t *testing.T, path string) string {
