@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path/filepath"
 	"slices"
@@ -132,12 +131,5 @@ func readBundle(root, name string) ([]byte, error) {
 	if fi.Size() > provenance.MaxBundleSize {
 		return nil, fmt.Errorf("larger than %d bytes", provenance.MaxBundleSize)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, provenance.MaxBundleSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > provenance.MaxBundleSize {
-		return nil, fmt.Errorf("larger than %d bytes", provenance.MaxBundleSize)
-	}
-	return data, nil
+	return readAllBounded(f, provenance.MaxBundleSize)
 }

@@ -31,13 +31,21 @@ const (
 // agent's log.
 func signedFacts(t *testing.T, exe string, loc BundleLocations, trust *provenance.Trust) ([]string, string) {
 	t.Helper()
+	a, _, logs := signedAttestor(t, exe, loc)
+	return callerSignedFacts(t, a, trust), logs.String()
+}
+
+// signedAttestor returns an attestor of a fake /proc (returned too) with
+// pid 42 running exe, whose root is the real one, and its log (debug
+// level).
+func signedAttestor(t *testing.T, exe string, loc BundleLocations) (*attestor, string, *bytes.Buffer) {
+	t.Helper()
 	dir := fakeProc(t, "42", "777", exe)
 	if err := os.Symlink("/", filepath.Join(dir, "42", "root")); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	a := newAttestor(dir, loc, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	return callerSignedFacts(t, a, trust), logs.String()
+	logs := new(bytes.Buffer)
+	return newAttestor(dir, loc, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), dir, logs
 }
 
 // callerSignedFacts connects pid 42 of a's /proc and returns its signed
@@ -107,12 +115,7 @@ func TestSignedSelectorsOfCaller(t *testing.T) {
 	t.Run("executable changed after signing, same size, same attestor", func(t *testing.T) {
 		exe := writeExe(t, "program v1")
 		release.SignFile(t, exe, exe+".sigstore.json")
-		dir := fakeProc(t, "42", "777", exe)
-		if err := os.Symlink("/", filepath.Join(dir, "42", "root")); err != nil {
-			t.Fatal(err)
-		}
-		var logs bytes.Buffer
-		a := newAttestor(dir, beside, slog.New(slog.NewTextHandler(&logs, nil)))
+		a, _, logs := signedAttestor(t, exe, beside)
 		if got := callerSignedFacts(t, a, trust); !slices.Equal(got, []string{"signed:key:release"}) {
 			t.Fatalf("signed selectors before the change = %v", got)
 		}
@@ -210,12 +213,7 @@ func TestSignedSelectorsRefusedForProcess(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			exe := writeExe(t, "program v1")
 			release.SignFile(t, exe, exe+".sigstore.json")
-			dir := fakeProc(t, "42", "777", exe)
-			if err := os.Symlink("/", filepath.Join(dir, "42", "root")); err != nil {
-				t.Fatal(err)
-			}
-			var logs bytes.Buffer
-			a := newAttestor(dir, BundleLocations{BesideExecutable: true}, slog.New(slog.NewTextHandler(&logs, nil)))
+			a, dir, logs := signedAttestor(t, exe, BundleLocations{BesideExecutable: true})
 			if got := callerSignedFacts(t, a, trust); !slices.Equal(got, []string{"signed:key:release"}) {
 				t.Fatalf("signed selectors of a clean process = %v, log:\n%s", got, logs.String())
 			}
