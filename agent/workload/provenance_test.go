@@ -237,6 +237,45 @@ func TestSignedSelectorsRefusedForProcess(t *testing.T) {
 	}
 }
 
+// TestSignedSelectorsNeedLocalFilesystem runs the same bytes, signed,
+// from a local file and from a procfs file (a filesystem not on the list):
+// only the first gets signed selectors, and the second is not cached.
+func TestSignedSelectorsNeedLocalFilesystem(t *testing.T) {
+	const procFile = "/proc/sys/kernel/ostype"
+	content, err := os.ReadFile(procFile)
+	if err != nil {
+		t.Skipf("no %s: %v", procFile, err)
+	}
+	release := provenancetest.NewKeySigner(t)
+	der, err := provenance.ParsePublicKey(release.PublicKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := provenance.NewTrust([]provenance.Key{{Name: "release", DER: der}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(content)
+	bundles := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bundles, hex.EncodeToString(sum[:])+".sigstore.json"), release.Sign(t, content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loc := BundleLocations{Dirs: []string{bundles}}
+
+	local := writeExe(t, string(content))
+	if got, logs := signedFacts(t, local, loc, trust); !slices.Equal(got, []string{"signed:key:release"}) {
+		t.Fatalf("signed selectors from a local file = %v, log:\n%s", got, logs)
+	}
+	a, _, logs := signedAttestor(t, procFile, loc)
+	got := callerSignedFacts(t, a, trust)
+	if len(got) != 0 || !strings.Contains(logs.String(), "the executable is not on a local filesystem") {
+		t.Fatalf("signed selectors from procfs = %v, log:\n%s", got, logs.String())
+	}
+	if len(a.hashes) != 0 {
+		t.Errorf("%d cached hashes for a file on procfs, want none", len(a.hashes))
+	}
+}
+
 func TestReadBundle(t *testing.T) {
 	dir := t.TempDir()
 	bundle := filepath.Join(dir, "web.sigstore.json")
