@@ -185,15 +185,7 @@ func TestSignedSelectorsOfCaller(t *testing.T) {
 // taken for the process when something else than the signed bytes may run
 // in it: the refusals leave the caller its unix selectors only.
 func TestSignedSelectorsRefusedForProcess(t *testing.T) {
-	release := provenancetest.NewKeySigner(t)
-	der, err := provenance.ParsePublicKey(release.PublicKeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := provenance.NewTrust([]provenance.Key{{Name: "release", DER: der}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	release, trust := releaseTrust(t)
 	tests := []struct {
 		name    string
 		status  string // replaces /proc/42/status when set
@@ -246,15 +238,7 @@ func TestSignedSelectorsNeedLocalFilesystem(t *testing.T) {
 	if err != nil {
 		t.Skipf("no %s: %v", procFile, err)
 	}
-	release := provenancetest.NewKeySigner(t)
-	der, err := provenance.ParsePublicKey(release.PublicKeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := provenance.NewTrust([]provenance.Key{{Name: "release", DER: der}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	release, trust := releaseTrust(t)
 	sum := sha256.Sum256(content)
 	bundles := t.TempDir()
 	if err := os.WriteFile(filepath.Join(bundles, hex.EncodeToString(sum[:])+".sigstore.json"), release.Sign(t, content), 0o644); err != nil {
@@ -363,6 +347,22 @@ func TestOnLocalFilesystem(t *testing.T) {
 			t.Errorf("onLocalFilesystem(%s) = %v (%s), %v; want %v", tt.path, local, fsType, err, tt.wantLocal)
 		}
 	}
+}
+
+// releaseTrust returns a key signer and a trust with it as signer
+// "release".
+func releaseTrust(t *testing.T) (*provenancetest.KeySigner, *provenance.Trust) {
+	t.Helper()
+	release := provenancetest.NewKeySigner(t)
+	der, err := provenance.ParsePublicKey(release.PublicKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := provenance.NewTrust([]provenance.Key{{Name: "release", DER: der}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return release, trust
 }
 
 func sha256Hex(t *testing.T, path string) string {
