@@ -149,8 +149,21 @@ func TestFileRefusals(t *testing.T) {
 	if _, err := idlog.Open(dir, idlog.Opts{PCR: 14, BootID: "b"}, agent.TPMPCR{RW: rw, Index: 14}); err == nil || !strings.Contains(err.Error(), "extends PCR 15, not 14") {
 		t.Fatalf("other PCR: %v", err)
 	}
-	if _, err := idlog.Open(dir, idlog.Opts{PCR: 16}, pcr); err == nil || err.Error() != "PCR 16 cannot hold the identity record: software may reset it" {
-		t.Fatalf("PCR 16: %v", err)
+	// Only 10-15 reset to zero at boot and only then: 16 and 23 software
+	// may reset, 17-22 start all one and a dynamic launch resets them.
+	for _, bad := range []int{9, 16, 17, 20, 22, 23} {
+		want := fmt.Sprintf("PCR %d cannot hold the identity record: use one of 10-15", bad)
+		if _, err := idlog.Open(t.TempDir(), idlog.Opts{PCR: bad}, agent.TPMPCR{RW: rw, Index: bad}); err == nil || err.Error() != want {
+			t.Fatalf("PCR %d: %v, want %q", bad, err, want)
+		}
+	}
+	for _, good := range []int{10, 11, 15} {
+		if err := idlog.ValidPCR(good); err != nil {
+			t.Fatalf("PCR %d: %v", good, err)
+		}
+	}
+	if idlog.PCRWarning(10) == "" || idlog.PCRWarning(15) != "" {
+		t.Fatal("PCR 10 (IMA) is not warned about, or PCR 15 is")
 	}
 
 	// A file that does not parse stops the agent while the PCR says this

@@ -112,17 +112,25 @@ func HandoutRecord(h Issued) Record {
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
-// ValidPCR checks that pcr may hold the record: not a firmware or boot
-// loader PCR (0-9, whose values the event log explains), not one software
-// may reset (16, the debug PCR, and 23), within 0-23.
+// ValidPCR checks that pcr may hold the record: one of 10-15, which reset
+// to all zero at boot and only then. PCRs 0-9 are the firmware's and boot
+// loader's (the event log explains them), 16 and 23 software may reset, and
+// 17-22 start all one and are reset by a dynamic launch (DRTM, locality
+// 2-4): a record there could be wiped and rewritten within a boot.
 func ValidPCR(pcr int) error {
-	switch {
-	case pcr < 10 || pcr > 22:
-		return fmt.Errorf("PCR %d cannot hold the identity record: use one of 10-15 or 17-22", pcr)
-	case pcr == 16:
-		return errors.New("PCR 16 cannot hold the identity record: software may reset it")
+	if pcr < 10 || pcr > 15 {
+		return fmt.Errorf("PCR %d cannot hold the identity record: use one of 10-15", pcr)
 	}
 	return nil
+}
+
+// PCRWarning is what an operator should hear about pcr as the record's
+// PCR, or "": PCR 10 is where IMA measures, when it runs.
+func PCRWarning(pcr int) string {
+	if pcr == 10 {
+		return "PCR 10 is IMA's: if IMA measures on this machine, the identity record does not replay; pick another of 11-15"
+	}
+	return ""
 }
 
 // Encode returns r as the line the log holds (without the newline),

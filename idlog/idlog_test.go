@@ -40,8 +40,9 @@ func TestParse(t *testing.T) {
 		{"bad SPIFFE ID", bootLine + "\n" + strings.Replace(x509Line, "spiffe://example.org/web", "https://example.org/web", 1) + "\n", "identity log record 2: spiffe_id: scheme is missing or invalid"},
 		{"short exe digest", bootLine + "\n" + strings.Replace(x509Line, "0123456789abcdef0123", "", 1) + "\n", "identity log record 2: exe_sha256 is not a SHA-256 in lowercase hex"},
 		{"no uid", bootLine + "\n" + strings.Replace(x509Line, `,"uid":1000`, "", 1) + "\n", "identity log record 2: handout record without uid"},
-		{"resettable PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":16`, 1) + "\n", "identity log record 1: PCR 16 cannot hold the identity record: software may reset it"},
-		{"firmware PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":7`, 1) + "\n", "identity log record 1: PCR 7 cannot hold the identity record: use one of 10-15 or 17-22"},
+		{"resettable PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":16`, 1) + "\n", "identity log record 1: PCR 16 cannot hold the identity record: use one of 10-15"},
+		{"firmware PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":7`, 1) + "\n", "identity log record 1: PCR 7 cannot hold the identity record: use one of 10-15"},
+		{"DRTM PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":17`, 1) + "\n", "identity log record 1: PCR 17 cannot hold the identity record: use one of 10-15"},
 		{"bad time", strings.Replace(bootLine, `2026-12-05T12:00:00Z`, `yesterday`, 1) + "\n", "identity log record 1: time is not an RFC 3339 time"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
