@@ -213,7 +213,113 @@ func TestFileRefusals(t *testing.T) {
 
 type failingPCR struct{ idlog.PCR }
 
+// lostResponsePCR extends, then reports an error: a TPM whose response to
+// an extend that ran was lost.
+type lostResponsePCR struct{ idlog.PCR }
+
+func (p lostResponsePCR) Extend(d [32]byte) error {
+	if err := p.PCR.Extend(d); err != nil {
+		return err
+	}
+	return errors.New("response lost")
+}
+
+// A record the PCR does not explain only because its extend never ran (a
+// crash between the fsync and the extend) is dropped at Open, and a
+// record whose extend ran although the TPM reported an error is kept: the
+// node is not refused until the next boot for either.
+func TestFileRecovers(t *testing.T) {
+	rw := tpmtest.Open(t)
+	pcr := agent.TPMPCR{RW: rw, Index: 15}
+	dir := t.TempDir()
+	lf, err := idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := lf.Append(handout(1), lostResponsePCR{pcr}); !ok || err != nil {
+		t.Fatalf("an extend that ran but reported an error: %v, %v; want the record kept", ok, err)
+	}
+	if !lf.Recorded(handout(1)) {
+		t.Fatal("the handout whose extend ran is not recorded")
+	}
+	replays(t, lf, pcr)
+	lf.Close()
+
+	// The agent stops between the fsync of a record and its extend.
+	line, err := idlog.Encode(idlog.HandoutRecord(handout(2)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, idlog.FileName), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(line, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	lf, err = idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if !lf.DroppedLast || lf.Mismatch || lf.Recorded(handout(2)) {
+		t.Fatalf("dropped %v, mismatch %v, recorded %v: want the unextended record dropped", lf.DroppedLast, lf.Mismatch, lf.Recorded(handout(2)))
+	}
+	if l := replays(t, lf, pcr); len(l.Issued) != 1 {
+		t.Fatalf("%d handouts, want 1", len(l.Issued))
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, idlog.FileName))
+	if bytes.Contains(raw, line) {
+		t.Fatal("the file still holds the unextended record")
+	}
+	// And it records again.
+	if ok, err := lf.Append(handout(2), pcr); !ok || err != nil {
+		t.Fatalf("append after recovery: %v, %v", ok, err)
+	}
+	replays(t, lf, pcr)
+}
+
 func (failingPCR) Extend([32]byte) error { return errors.New("refused") }
 
 // reboot resets the simulator as a reboot of its machine does.
 func reboot(rw any) error { return rw.(interface{ Reset() error }).Reset() }
+
+// ReadSegment hands a one-shot attestation the current boot's segment
+// without writing: nothing while the PCR is reset, the segment once it is
+// extended, and a refusal for a segment of another PCR.
+func TestReadSegment(t *testing.T) {
+	rw := tpmtest.Open(t)
+	pcr := agent.TPMPCR{RW: rw, Index: 15}
+	dir := t.TempDir()
+	if seg, err := idlog.ReadSegment(dir, 15, pcr); seg != nil || err != nil {
+		t.Fatalf("no file: %q, %v", seg, err)
+	}
+	lf, err := idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if _, err := lf.Append(handout(1), pcr); err != nil {
+		t.Fatal(err)
+	}
+	seg, err := idlog.ReadSegment(dir, 15, pcr)
+	if err != nil || !bytes.Equal(seg, lf.Segment()) {
+		t.Fatalf("segment %q, %v; want the file's", seg, err)
+	}
+	if _, err := idlog.ReadSegment(dir, 14, agent.TPMPCR{RW: rw, Index: 14}); err != nil {
+		t.Fatalf("PCR 14 reset: %v, want no log and no error", err)
+	}
+	if err := (agent.TPMPCR{RW: rw, Index: 14}).Extend([32]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idlog.ReadSegment(dir, 14, agent.TPMPCR{RW: rw, Index: 14}); err == nil || !strings.Contains(err.Error(), "extends PCR 15, not 14") {
+		t.Fatalf("another PCR: %v", err)
+	}
+	if err := reboot(rw); err != nil {
+		t.Fatal(err)
+	}
+	if seg, err := idlog.ReadSegment(dir, 15, pcr); seg != nil || err != nil {
+		t.Fatalf("after a reboot: %q, %v; want nothing", seg, err)
+	}
+}
