@@ -24,6 +24,10 @@ const (
 // again (a new segment).
 var ErrFull = errors.New("the identity log is full until the next boot")
 
+// ErrNoRoomForJWT refuses a JWT-SVID handout once the segment reaches
+// MaxSize-X509Reserve: the rest is kept for X.509-SVID rotations.
+var ErrNoRoomForJWT = errors.New("the identity log has no more room for JWT-SVIDs until the next boot (the rest is kept for X.509-SVIDs)")
+
 // PCR is the TPM PCR a File extends, in the SHA-256 bank.
 type PCR interface {
 	// Read returns the PCR's SHA-256 value.
@@ -250,8 +254,11 @@ func (lf *File) append(r Record, pcr PCR, first bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if len(lf.segment)+len(line)+1 > MaxSize {
+	switch size := len(lf.segment) + len(line) + 1; {
+	case size > MaxSize:
 		return false, ErrFull
+	case r.Type == TypeJWT && size > MaxSize-X509Reserve:
+		return false, ErrNoRoomForJWT
 	}
 	rec := append(line, '\n')
 	if _, err := lf.f.Write(rec); err != nil {

@@ -323,3 +323,58 @@ func TestReadSegment(t *testing.T) {
 		t.Fatalf("after a reboot: %q, %v; want nothing", seg, err)
 	}
 }
+
+// JWT-SVIDs cannot fill the end of a segment kept for X.509-SVIDs: a
+// workload asking for tokens of ever new audiences does not block X.509
+// rotations until the next boot.
+func TestFileX509Reserve(t *testing.T) {
+	rw := tpmtest.Open(t)
+	pcr := agent.TPMPCR{RW: rw, Index: 15}
+	lf, err := idlog.Open(t.TempDir(), idlog.Opts{}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	var refused error
+	n := 0
+	for ; n < idlog.MaxSize/100 && refused == nil; n++ {
+		h := handout(n)
+		h.Type, h.Expires = idlog.TypeJWT, h.Time.Add(5*time.Minute)
+		_, refused = lf.Append(h, pcr)
+	}
+	if !errors.Is(refused, idlog.ErrNoRoomForJWT) {
+		t.Fatalf("JWT-SVIDs: %v after %d, want ErrNoRoomForJWT", refused, n)
+	}
+	if size := len(lf.Segment()); size > idlog.MaxSize-idlog.X509Reserve {
+		t.Fatalf("JWT-SVIDs filled %d bytes, more than %d", size, idlog.MaxSize-idlog.X509Reserve)
+	}
+	for i := range 100 {
+		if ok, err := lf.Append(handout(100000+i), pcr); !ok || err != nil {
+			t.Fatalf("X.509-SVID %d after the JWT-SVIDs: %v, %v", i, ok, err)
+		}
+	}
+	replays(t, lf, pcr)
+}
+
+// The same SVID to the same executable and uid under another gid is
+// another handout.
+func TestFileGID(t *testing.T) {
+	rw := tpmtest.Open(t)
+	pcr := agent.TPMPCR{RW: rw, Index: 15}
+	lf, err := idlog.Open(t.TempDir(), idlog.Opts{}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	g1, g2 := uint32(1), uint32(2)
+	a, b := handout(1), handout(1)
+	a.GID, b.GID = &g1, &g2
+	for _, h := range []idlog.Issued{a, a, b} {
+		if _, err := lf.Append(h, pcr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := replays(t, lf, pcr); len(l.Issued) != 2 || *l.Issued[0].GID != 1 || *l.Issued[1].GID != 2 {
+		t.Fatalf("handouts %+v, want one per gid", l.Issued)
+	}
+}

@@ -43,6 +43,11 @@ const (
 	MaxSize = 256 << 10
 	// MaxRecordSize bounds one record.
 	MaxRecordSize = 4 << 10
+	// X509Reserve is the end of a segment that only X.509-SVID records may
+	// fill: a workload asking for JWT-SVIDs of ever new audiences cannot
+	// use the whole segment and block the rotation of X.509-SVIDs until
+	// the next boot (ErrNoRoomForJWT).
+	X509Reserve = 64 << 10
 	// DefaultPCR is the PCR the agent extends unless told otherwise.
 	DefaultPCR = 15
 	// maxBootID bounds the boot record's boot_id.
@@ -71,13 +76,16 @@ type Record struct {
 	BootID string `json:"boot_id,omitempty"`
 	// The handout: the SVID's SPIFFE ID, serial and expiry, the selectors
 	// of the workload entry it was issued for, the calling executable's
-	// SHA-256 (empty if the agent could not read it) and the caller's uid.
+	// SHA-256 (empty if the agent could not read it) and the caller's uid
+	// and gid.
 	SPIFFEID  string   `json:"spiffe_id,omitempty"`
 	Serial    string   `json:"serial,omitempty"`
 	Expires   string   `json:"expires,omitempty"`
 	Selectors []string `json:"selectors,omitempty"`
 	ExeSHA256 string   `json:"exe_sha256,omitempty"`
 	UID       *uint32  `json:"uid,omitempty"`
+	// GID is the caller's gid; absent in records of agents before it.
+	GID *uint32 `json:"gid,omitempty"`
 	// Time is when the record was appended, RFC 3339 in UTC.
 	Time string `json:"time"`
 }
@@ -91,7 +99,9 @@ type Issued struct {
 	Selectors []string  `json:"selectors"`
 	ExeSHA256 string    `json:"exe_sha256"`
 	UID       uint32    `json:"uid"`
-	Time      time.Time `json:"time"`
+	// GID is nil in records written before the agent recorded it.
+	GID  *uint32   `json:"gid,omitempty"`
+	Time time.Time `json:"time"`
 }
 
 // BootRecord returns the record that starts a segment extending pcr.
@@ -104,6 +114,10 @@ func HandoutRecord(h Issued) Record {
 	uid := h.UID
 	r := Record{Type: h.Type, SPIFFEID: h.SPIFFEID, Serial: h.Serial, Selectors: slices.Clone(h.Selectors),
 		ExeSHA256: h.ExeSHA256, UID: &uid, Time: formatTime(h.Time)}
+	if h.GID != nil {
+		gid := *h.GID
+		r.GID = &gid
+	}
 	if !h.Expires.IsZero() {
 		r.Expires = formatTime(h.Expires)
 	}
@@ -197,7 +211,7 @@ func Parse(raw []byte) (*Log, error) {
 			continue
 		}
 		iss := Issued{Type: r.Type, SPIFFEID: r.SPIFFEID, Serial: r.Serial, Selectors: r.Selectors,
-			ExeSHA256: r.ExeSHA256, UID: *r.UID, Time: t}
+			ExeSHA256: r.ExeSHA256, UID: *r.UID, GID: r.GID, Time: t}
 		if r.Expires != "" {
 			iss.Expires, _ = time.Parse(time.RFC3339Nano, r.Expires)
 		}
@@ -251,7 +265,7 @@ func (r Record) check(first bool) error {
 			return errors.New("boot record without pcr")
 		case len(r.BootID) > maxBootID || strings.ContainsFunc(r.BootID, notPrintable):
 			return errors.New("boot_id is not a boot ID")
-		case r.SPIFFEID != "" || r.Serial != "" || r.Expires != "" || r.Selectors != nil || r.ExeSHA256 != "" || r.UID != nil:
+		case r.SPIFFEID != "" || r.Serial != "" || r.Expires != "" || r.Selectors != nil || r.ExeSHA256 != "" || r.UID != nil || r.GID != nil:
 			return errors.New("boot record with handout fields")
 		}
 		return ValidPCR(*r.PCR)
@@ -301,14 +315,17 @@ func isHex(s string, minLen, maxLen int) bool {
 	return true
 }
 
-// key identifies a handout for deduplication: one record per SVID, caller
-// executable and uid.
+// key identifies a handout for deduplication: one record per SVID and
+// caller — its executable (by content, whatever its pid) and its uid and
+// gid.
 func (r Record) key() string {
-	uid := uint32(0)
-	if r.UID != nil {
-		uid = *r.UID
+	id := func(p *uint32) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprint(*p)
 	}
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%d", r.Type, r.SPIFFEID, r.Serial, r.ExeSHA256, uid)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s", r.Type, r.SPIFFEID, r.Serial, r.ExeSHA256, id(r.UID), id(r.GID))
 }
 
 // SerialOfToken is the Serial of a JWT-SVID: the SHA-256 of the token.
