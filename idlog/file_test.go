@@ -229,13 +229,8 @@ func (p lostResponsePCR) Extend(d [32]byte) error {
 // record whose extend ran although the TPM reported an error is kept: the
 // node is not refused until the next boot for either.
 func TestFileRecovers(t *testing.T) {
-	rw := tpmtest.Open(t)
-	pcr := agent.TPMPCR{RW: rw, Index: 15}
 	dir := t.TempDir()
-	lf, err := idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lf, pcr := openOn(t, dir, idlog.Opts{BootID: "b"})
 	if ok, err := lf.Append(handout(1), lostResponsePCR{pcr}); !ok || err != nil {
 		t.Fatalf("an extend that ran but reported an error: %v, %v; want the record kept", ok, err)
 	}
@@ -328,13 +323,7 @@ func TestReadSegment(t *testing.T) {
 // workload asking for tokens of ever new audiences does not block X.509
 // rotations until the next boot.
 func TestFileX509Reserve(t *testing.T) {
-	rw := tpmtest.Open(t)
-	pcr := agent.TPMPCR{RW: rw, Index: 15}
-	lf, err := idlog.Open(t.TempDir(), idlog.Opts{}, pcr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
+	lf, pcr := openFresh(t)
 	var refused error
 	n := 0
 	for ; n < idlog.MaxSize/100 && refused == nil; n++ {
@@ -359,13 +348,7 @@ func TestFileX509Reserve(t *testing.T) {
 // The same SVID to the same executable and uid under another gid is
 // another handout.
 func TestFileGID(t *testing.T) {
-	rw := tpmtest.Open(t)
-	pcr := agent.TPMPCR{RW: rw, Index: 15}
-	lf, err := idlog.Open(t.TempDir(), idlog.Opts{}, pcr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
+	lf, pcr := openFresh(t)
 	g1, g2 := uint32(1), uint32(2)
 	a, b := handout(1), handout(1)
 	a.GID, b.GID = &g1, &g2
@@ -377,4 +360,23 @@ func TestFileGID(t *testing.T) {
 	if l := replays(t, lf, pcr); len(l.Issued) != 2 || *l.Issued[0].GID != 1 || *l.Issued[1].GID != 2 {
 		t.Fatalf("handouts %+v, want one per gid", l.Issued)
 	}
+}
+
+// openFresh opens a new log on PCR 15 of a fresh TPM, closed with the test.
+func openFresh(t *testing.T) (*idlog.File, idlog.PCR) {
+	t.Helper()
+	return openOn(t, t.TempDir(), idlog.Opts{})
+}
+
+// openOn opens the log in dir on PCR 15 of a fresh TPM, closed with the
+// test.
+func openOn(t *testing.T, dir string, opts idlog.Opts) (*idlog.File, idlog.PCR) {
+	t.Helper()
+	pcr := agent.TPMPCR{RW: tpmtest.Open(t), Index: 15}
+	lf, err := idlog.Open(dir, opts, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() })
+	return lf, pcr
 }
