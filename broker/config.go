@@ -26,6 +26,7 @@ import (
 //	allow_sha1    = false
 //	pcr_banks     = ["sha256", "sha384"]  # banks whose quotes count; default all
 //	identity_log_pcr = 15                  # PCR of the nodes' identity record, 10-15; 0: off (docs/identities.md)
+//	identity_log_required = false          # refuse nodes that send no identity log while that PCR is extended
 //	policies      = ["policies"]          # files or directories of *.hcl
 //	policy_poll_interval = "2s"           # reload policies when their files change; "0" disables
 //	ek_allow      = ["<EK hash>"]         # EKs trusted without a certificate
@@ -68,6 +69,7 @@ type FileConfig struct {
 	AllowSHA1          bool            `hcl:"allow_sha1,optional"`
 	PCRBanks           []string        `hcl:"pcr_banks,optional"`
 	IdentityLogPCR     *int            `hcl:"identity_log_pcr,optional"`
+	IdentityLogReq     bool            `hcl:"identity_log_required,optional"`
 	Policies           []string        `hcl:"policies"`
 	PolicyPollInterval string          `hcl:"policy_poll_interval,optional"`
 	EKAllow            []string        `hcl:"ek_allow,optional"`

@@ -80,6 +80,11 @@ func TestParseConfig(t *testing.T) {
 			wantPoll: broker.DefaultPolicyPollInterval,
 		},
 		{
+			name:    "identity_log_required with the record off",
+			src:     base + "\nidentity_log_pcr = 0\nidentity_log_required = true",
+			wantErr: []string{"broker.hcl:5:25: identity_log_required needs the identity record: identity_log_pcr is 0"},
+		},
+		{
 			name:    "syntax error with position",
 			src:     "data_dir = \n",
 			wantErr: []string{"broker.hcl:1:12: invalid expression: expected the start of an expression, but found an invalid expression token"},

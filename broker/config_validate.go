@@ -175,7 +175,7 @@ func parseDuration(s, name string, at spot, p *problems) (time.Duration, bool) {
 // with verify.ParseOpts, the parser the Vault auth method's config endpoint
 // uses too, each problem at what it is about.
 func (fc *FileConfig) buildVerify(abs func(string) string, at spot, p *problems) verify.Opts {
-	oc := verify.OptsConfig{EKAllow: fc.EKAllow, AllowSHA1: fc.AllowSHA1, PCRBanks: fc.PCRBanks, IdentityLogPCR: fc.IdentityLogPCR}
+	oc := verify.OptsConfig{EKAllow: fc.EKAllow, AllowSHA1: fc.AllowSHA1, PCRBanks: fc.PCRBanks, IdentityLogPCR: fc.IdentityLogPCR, IdentityLogRequired: fc.IdentityLogReq}
 	for _, ca := range fc.EKCAs {
 		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: ca.Name,
 			Roots: readCertSources(ca.Roots, abs), Intermediates: readCertSources(ca.Intermediates, abs)})

@@ -164,7 +164,8 @@ func TestDecideIdentityLog(t *testing.T) {
 
 	// The PCR is the verifier's: a log naming another PCR is refused
 	// (a node would otherwise record a boot line in an unused PCR and hide
-	// PCR 15's handouts), and no log while the PCR was extended is too.
+	// PCR 15's handouts), and, with identity_log_required, no log while
+	// the PCR was extended is too.
 	other, err := idlog.Open(t.TempDir(), idlog.Opts{PCR: 14, BootID: "boot-1"}, agent.TPMPCR{RW: sim.RW, Index: 14})
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +178,8 @@ func TestDecideIdentityLog(t *testing.T) {
 		want string // "": not refused for the identity log
 	}{
 		{"a log naming another PCR", other.Segment(), opts, "identity_log: the identity log extends PCR 14, but identity_log_pcr is 15"},
-		{"no log while the PCR is extended", nil, opts, "identity_log: no identity log, but sha256 PCR 15 (identity_log_pcr) was extended"},
+		{"no log while the PCR is extended, required", nil, requireIdentityLog(opts), "identity_log: no identity log, but sha256 PCR 15 (identity_log_pcr) was extended"},
+		{"no log while the PCR is extended, not required", nil, opts, ""},
 		{"that PCR configured", other.Segment(), withIdentityLog(opts, 14, false), ""},
 		{"turned off, no log", nil, withIdentityLog(opts, 0, true), ""},
 		{"turned off, a log", segment, withIdentityLog(opts, 0, true), "identity_log: the identity record is turned off here (identity_log_pcr = 0): send no identity log"},
@@ -212,6 +214,11 @@ func TestDecideIdentityLog(t *testing.T) {
 }
 
 // withIdentityLog returns opts with the identity record at pcr, or off.
+func requireIdentityLog(opts verify.Opts) verify.Opts {
+	opts.IdentityLogRequired = true
+	return opts
+}
+
 func withIdentityLog(opts verify.Opts, pcr int, off bool) verify.Opts {
 	opts.IdentityLogPCR, opts.IdentityLogOff = pcr, off
 	return opts

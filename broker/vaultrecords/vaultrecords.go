@@ -405,11 +405,12 @@ func (r *Reader) VerifyOpts(ctx context.Context) (verify.Opts, error) {
 		AllowSHA1      bool     `json:"allow_sha1"`
 		PCRBanks       []string `json:"pcr_banks"`
 		IdentityLogPCR *int     `json:"identity_log_pcr"`
+		IdentityLogReq bool     `json:"identity_log_required"`
 	}
 	if err := remarshal(data, &c); err != nil {
 		return verify.Opts{}, fmt.Errorf("%s/config: %w", r.mount, err)
 	}
-	oc := verify.OptsConfig{AllowSHA1: c.AllowSHA1, IdentityLogPCR: c.IdentityLogPCR}
+	oc := verify.OptsConfig{AllowSHA1: c.AllowSHA1, IdentityLogPCR: c.IdentityLogPCR, IdentityLogRequired: c.IdentityLogReq}
 	if len(c.EKAllow) > 0 { // the config read answers [] for none
 		oc.EKAllow = c.EKAllow
 	}

@@ -30,10 +30,10 @@ type IdentityLog struct {
 // at most idlog.MaxSize bytes) against the verified quotes: its boot record
 // must name opts' identity log PCR (Opts.IdentityLogPCR) and, replayed from
 // a reset PCR, it must reach that PCR's quoted SHA-256 value (compared in
-// constant time). An empty log is accepted only while that PCR, if quoted,
-// is still reset (all zero): a node cannot extend its handouts into the PCR
-// and withhold their record. Policies then see identities.present ==
-// false. With Opts.IdentityLogOff no log is required and any log is
+// constant time). With Opts.IdentityLogRequired an empty log is accepted
+// only while that PCR, if quoted, is still reset (all zero): a node cannot
+// extend its handouts into the PCR and withhold their record. Policies see
+// identities.present == false for an empty log. With Opts.IdentityLogOff no log is required and any log is
 // refused. A refusal is CheckIdentityLog, after the node's TPM answered the
 // challenge (FromTPM), as a bad event log is.
 func (v *Verified) WithIdentityLog(raw []byte, opts Opts) (out *Verified, err error) {
@@ -50,7 +50,7 @@ func (v *Verified) WithIdentityLog(raw []byte, opts Opts) (out *Verified, err er
 	}
 	pcr := opts.identityLogPCR()
 	if len(raw) == 0 {
-		if quoted, ok := v.identityPCR(pcr); ok && !isReset(quoted) {
+		if quoted, ok := v.identityPCR(pcr); ok && opts.IdentityLogRequired && !isReset(quoted) {
 			return nil, fail(CheckIdentityLog, fmt.Sprintf("no identity log, but sha256 PCR %d (identity_log_pcr) was extended", pcr), nil)
 		}
 		return v, nil

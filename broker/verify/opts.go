@@ -28,11 +28,19 @@ type Opts struct {
 	Banks []tpm2.TPMAlgID
 	// IdentityLogPCR is the PCR (SHA-256 bank) that holds the nodes'
 	// record of issued identities (package idlog; identity_log_pcr): a
-	// log whose boot record names another PCR is refused, and so is an
-	// attestation that sends no log while this PCR, quoted, is not reset
-	// (all zero) — the record is otherwise hidden by extending another
-	// PCR. 0 means idlog.DefaultPCR (15).
+	// log whose boot record names another PCR is refused — the record is
+	// otherwise hidden by extending another PCR. 0 means
+	// idlog.DefaultPCR (15).
 	IdentityLogPCR int
+	// IdentityLogRequired (identity_log_required) also refuses an
+	// attestation that sends no log while that PCR, quoted, is not reset
+	// (all zero): a node cannot extend its handouts and withhold their
+	// record. Off by default, because systemd measures into PCR 15 on
+	// machines booted from a unified kernel image (and cryptsetup may):
+	// such nodes, without the agent's record, would be refused and
+	// deny-listed. Without it a node that sends no log has
+	// identities.present == false, which a policy may require.
+	IdentityLogRequired bool
 	// IdentityLogOff turns the identity record off (identity_log_pcr = 0),
 	// for fleets where something else extends every PCR the record could
 	// use: no log is required, and a log sent is refused. Default false.

@@ -29,6 +29,9 @@ type OptsConfig struct {
 	// the nodes' identity record extends, 10-15; nil: idlog.DefaultPCR
 	// (15); 0 turns the record off (Opts.IdentityLogOff).
 	IdentityLogPCR *int
+	// IdentityLogRequired is identity_log_required
+	// (Opts.IdentityLogRequired); refused with the record turned off.
+	IdentityLogRequired bool
 }
 
 // CAConfig is one ek_ca entry: a name and where its roots and
@@ -139,6 +142,12 @@ func ParseOpts(c OptsConfig) (Opts, []ConfigProblem) {
 			bad("identity_log_pcr", -1, "identity_log_pcr: %v (0 turns the identity record off)", err)
 		}
 		o.IdentityLogPCR = *pcr
+	}
+	if c.IdentityLogRequired {
+		if o.IdentityLogOff {
+			bad("identity_log_required", -1, "identity_log_required needs the identity record: identity_log_pcr is 0")
+		}
+		o.IdentityLogRequired = true
 	}
 	o.Banks = parseBanks(c.PCRBanks, c.AllowSHA1, func(i int, format string, args ...any) { bad("pcr_banks", i, format, args...) })
 	return o, ps

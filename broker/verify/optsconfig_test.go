@@ -56,6 +56,14 @@ func TestParseOpts(t *testing.T) {
 					t.Fatal("identity_log_pcr = 0 did not turn the record off")
 				}
 			}},
+		{name: "identity_log_required", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogRequired: true},
+			check: func(t *testing.T, o verify.Opts) {
+				if !o.IdentityLogRequired || o.IdentityLogOff {
+					t.Fatalf("required %v off %v, want required", o.IdentityLogRequired, o.IdentityLogOff)
+				}
+			}},
+		{name: "identity_log_required with the record off", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogPCR: intp(0), IdentityLogRequired: true},
+			want: []loc{{"identity_log_required", -1, "", -1, "identity_log_required needs the identity record: identity_log_pcr is 0"}}},
 		{name: "identity_log_pcr resettable by DRTM", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogPCR: intp(17)},
 			want: []loc{{"identity_log_pcr", -1, "", -1, "identity_log_pcr: PCR 17 cannot hold the identity record: use one of 10-15 (0 turns the identity record off)"}}},
 		{name: "ek_allow written empty", in: verify.OptsConfig{EKAllow: []string{}},

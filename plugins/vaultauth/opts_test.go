@@ -53,10 +53,11 @@ func TestConfigOptsReachLogin(t *testing.T) {
 	wantDenied(t, resp, err, "pcr_bank") // SHA-1 is refused even when it does not count
 }
 
-// identity_log_pcr reaches the login through the one verify.Opts: a node
-// whose PCR 15 was extended and that sends no identity log is refused by
-// default, accepted with the record turned off (0); a PCR a dynamic launch
-// resets is refused when written.
+// identity_log_pcr and identity_log_required reach the login through the
+// one verify.Opts: a node whose PCR 15 was extended and that sends no
+// identity log is accepted with the record turned off (0) and by default,
+// refused with identity_log_required; a PCR a dynamic launch resets is
+// refused when written, and so is a required record turned off.
 func TestConfigIdentityLogPCR(t *testing.T) {
 	e := newEnv(t)
 	n := openNode(t, 0)
@@ -76,9 +77,18 @@ func TestConfigIdentityLogPCR(t *testing.T) {
 
 	e.configure(map[string]any{"identity_log_pcr": 15})
 	cfg, err := e.b.config(t.Context(), e.storage)
-	if err != nil || cfg.verify.IdentityLogOff || cfg.verify.IdentityLogPCR != 15 {
+	if err != nil || cfg.verify.IdentityLogOff || cfg.verify.IdentityLogPCR != 15 || cfg.verify.IdentityLogRequired {
 		t.Fatalf("options = %+v, %v", cfg.verify, err)
 	}
+	if resp, err := e.login(n, "any"); err != nil || resp.Auth == nil {
+		t.Fatalf("login without an identity log, not required: %v %v", err, resp.Error())
+	}
+
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]any{"identity_log_pcr": 0, "identity_log_required": true})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "identity_log_required needs the identity record") {
+		t.Fatalf("identity_log_required with the record off: %v %v", err, resp.Error())
+	}
+	e.configure(map[string]any{"identity_log_pcr": 15, "identity_log_required": true})
 	resp, err = e.login(n, "any")
 	wantDenied(t, resp, err, "identity_log")
 }

@@ -63,8 +63,12 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 				Type:    framework.TypeInt,
 				Default: idlog.DefaultPCR,
 				Description: "The PCR (SHA-256 bank, 10-15) that holds the nodes' record of issued identities: a log " +
-					"naming another PCR is refused, and so is a login without a log while this PCR is extended. " +
-					"0 turns the record off (no log required, any log refused). Default 15.",
+					"naming another PCR is refused. 0 turns the record off (any log refused). Default 15.",
+			},
+			"identity_log_required": {
+				Type: framework.TypeBool,
+				Description: "Refuse a login without an identity log while identity_log_pcr is extended (not all zero). " +
+					"Default false: systemd extends PCR 15 on machines booted from a unified kernel image.",
 			},
 			"challenge_ttl": {
 				Type:        framework.TypeDurationSecond,
@@ -132,6 +136,7 @@ type configEntry struct {
 	// IdentityLogPCR: nil (a configuration written before it existed) is
 	// the default.
 	IdentityLogPCR      *int          `json:"identity_log_pcr,omitempty"`
+	IdentityLogRequired bool          `json:"identity_log_required,omitempty"`
 	ChallengeTTL        time.Duration `json:"challenge_ttl"`
 	ChallengesPerMinute int           `json:"challenges_per_minute"`
 	VaultAddr           string        `json:"vault_addr,omitempty"`
@@ -167,7 +172,7 @@ func (e configEntry) build() (*config, error) {
 	c := &config{entry: e, challengeTTL: e.ChallengeTTL, challengesPerMinute: e.ChallengesPerMinute}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks, IdentityLogPCR: e.IdentityLogPCR}
+	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks, IdentityLogPCR: e.IdentityLogPCR, IdentityLogRequired: e.IdentityLogRequired}
 	for _, name := range slices.Sorted(maps.Keys(e.EKCAs)) {
 		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: name,
 			Roots: verify.PEMBundle(e.EKCAs[name].Roots), Intermediates: verify.PEMBundle(e.EKCAs[name].Intermediates)})
@@ -265,6 +270,7 @@ func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Reques
 		"allow_sha1":            c.entry.AllowSHA1,
 		"pcr_banks":             banks,
 		"identity_log_pcr":      identityLogPCR,
+		"identity_log_required": c.entry.IdentityLogRequired,
 		"challenge_ttl":         int64(c.challengeTTL / time.Second),
 		"challenges_per_minute": c.challengesPerMinute,
 		"checkpoint_every":      c.checkpointEvery,
@@ -315,6 +321,9 @@ func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Reque
 	if v, ok := d.GetOk("identity_log_pcr"); ok {
 		pcr := v.(int)
 		e.IdentityLogPCR = &pcr
+	}
+	if v, ok := d.GetOk("identity_log_required"); ok {
+		e.IdentityLogRequired = v.(bool)
 	}
 	if v, ok := d.GetOk("challenge_ttl"); ok {
 		e.ChallengeTTL = time.Duration(v.(int)) * time.Second
@@ -409,6 +418,7 @@ configuration is stored seal-wrapped where the seal supports it.
   allow_sha1             accept SHA-1 banks, signatures and AK names (default false)
   pcr_banks              banks whose quotes count, e.g. sha256,sha384 (default all)
   identity_log_pcr       PCR of the nodes' identity record, 10-15 (default 15); 0: off
+  identity_log_required  refuse logins without a log while that PCR is extended (false)
   challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
   challenges_per_minute  challenges per EK per minute (default 10)
   checkpoint_every       sign a receipt chain checkpoint every this many receipts (default 1000)
