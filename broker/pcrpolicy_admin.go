@@ -49,7 +49,7 @@ func RevokePCRState(ctx context.Context, cfg *Config, a PCRStateAction) (store.P
 func ListPCRApprovals(ctx context.Context, cfg *Config) ([]store.PCRApproval, error) {
 	var out []store.PCRApproval
 	err := query(ctx, cfg, "/v1/pcr-approvals", &out, func(st store.Backend) (err error) {
-		out, err = st.PCRApprovals(ctx)
+		out, _, err = st.PCRApprovals(ctx)
 		return err
 	})
 	return out, err
@@ -166,7 +166,7 @@ func wrapInvalid(err error) error {
 // approval, 409 ambiguous node prefix.
 func handlePCRApprovals(mux *http.ServeMux, st store.Backend) {
 	mux.HandleFunc("GET /v1/pcr-approvals", func(w http.ResponseWriter, r *http.Request) {
-		out, err := st.PCRApprovals(r.Context())
+		out, _, err := st.PCRApprovals(r.Context())
 		if err != nil {
 			http.Error(w, "unable to list PCR approvals", http.StatusInternalServerError)
 			return

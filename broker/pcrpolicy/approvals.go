@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
@@ -30,30 +32,35 @@ func StateID(bank uint32, pcrs map[uint32][]byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-// Epoch is the broker's revocation epoch: the number of revoked approvals
-// in stored. Records are never deleted, so it only grows, and every
-// replica reading the same records agrees on it.
-func Epoch(stored []store.PCRApproval) uint64 {
-	var n uint64
-	for _, a := range stored {
-		if !a.Revoked.IsZero() {
-			n++
-		}
-	}
-	return n
-}
+// ErrCounter is wrapped by Bound's refusals: the node's reported policy
+// counter cannot be taken as it is.
+var ErrCounter = errors.New("policy counter refused")
 
 // Bound is the version to sign a node's approvals at, from the version of
-// its record (prevBound, set at epoch prevEpoch), the broker's epoch now and
-// the counter value the node reported: never below either, and above
-// prevBound when something was revoked since, so that the node's counter,
-// advanced to it, stops every approval signed before.
-func Bound(prevBound, prevEpoch, epoch, reported uint64) uint64 {
-	b := max(prevBound, reported)
-	if epoch > prevEpoch && prevBound > 0 && b <= prevBound {
-		b = prevBound + 1
+// its record (prevBound, set at revocation epoch prevEpoch; both 0 for a
+// node without one), the store's revocation epoch now and the counter value
+// the node reported: never below either, and one above both whenever the
+// epoch is not the one of the record (a revocation since, or a record
+// forgotten), so that the node's counter, advanced to it, stops every
+// approval signed before.
+//
+// The reported value is not certified by the TPM, so it is bounded: a
+// node with a record cannot report more than sealing.MaxCounterSteps above
+// its bound (signing at a version its counter never reaches would make its
+// approvals unrevocable: the agent advances at most that many steps), and a
+// version past the counter's range is refused.
+func Bound(prevBound, prevEpoch, epoch, reported uint64) (uint64, error) {
+	if prevBound > 0 && reported > prevBound && reported-prevBound > sealing.MaxCounterSteps {
+		return 0, fmt.Errorf("%w: the node reports %d, more than %d above the version %d its approvals are signed at", ErrCounter, reported, sealing.MaxCounterSteps, prevBound)
 	}
-	return b
+	b := max(prevBound, reported)
+	if epoch != prevEpoch {
+		if b == math.MaxUint64 {
+			return 0, fmt.Errorf("%w: the version cannot be raised past %d", ErrCounter, b)
+		}
+		b++
+	}
+	return b, nil
 }
 
 // Selection is one authorized release's PCR selection and the states its

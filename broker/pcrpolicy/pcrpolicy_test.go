@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"errors"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -32,18 +34,34 @@ func TestBound(t *testing.T) {
 		name                                  string
 		prevBound, prevEpoch, epoch, reported uint64
 		want                                  uint64
+		wantErr                               string
 	}{
-		{"first attestation: the counter as it is", 0, 0, 3, 5, 5},
-		{"nothing revoked: unchanged", 5, 3, 3, 5, 5},
-		{"counter moved on: follow it", 5, 3, 3, 9, 9},
-		{"revoked since: above every earlier version", 5, 3, 4, 5, 6},
-		{"revoked since, counter already above", 5, 3, 4, 8, 8},
-		{"a node reporting less never lowers it", 5, 3, 3, 1, 5},
+		{name: "first attestation, nothing revoked: the counter as it is", reported: 5, want: 5},
+		{name: "first attestation after revocations: above the counter", epoch: 3, reported: 5, want: 6},
+		{name: "record forgotten: above the counter", prevBound: 0, prevEpoch: 0, epoch: 4, reported: 9, want: 10},
+		{name: "nothing revoked: unchanged", prevBound: 5, prevEpoch: 3, epoch: 3, reported: 5, want: 5},
+		{name: "counter moved on: follow it", prevBound: 5, prevEpoch: 3, epoch: 3, reported: 9, want: 9},
+		{name: "revoked since: above every earlier version", prevBound: 5, prevEpoch: 3, epoch: 4, reported: 5, want: 6},
+		{name: "revoked since, counter already above: above it too", prevBound: 5, prevEpoch: 3, epoch: 4, reported: 8, want: 9},
+		{name: "epoch went back (store restored): raised", prevBound: 5, prevEpoch: 3, epoch: 1, reported: 5, want: 6},
+		{name: "a node reporting less never lowers it", prevBound: 5, prevEpoch: 3, epoch: 3, reported: 1, want: 5},
+		{name: "the most steps the agent advances", prevBound: 5, prevEpoch: 3, epoch: 3, reported: 5 + sealing.MaxCounterSteps, want: 5 + sealing.MaxCounterSteps},
+		{name: "more steps than the agent advances: refused", prevBound: 5, prevEpoch: 3, epoch: 3, reported: 6 + sealing.MaxCounterSteps,
+			wantErr: "policy counter refused: the node reports 70, more than 64 above the version 5"},
+		{name: "overflow: refused", prevBound: math.MaxUint64, prevEpoch: 3, epoch: 4, reported: math.MaxUint64,
+			wantErr: "the version cannot be raised past 18446744073709551615"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := pcrpolicy.Bound(tt.prevBound, tt.prevEpoch, tt.epoch, tt.reported); got != tt.want {
-				t.Fatalf("Bound = %d, want %d", got, tt.want)
+			got, err := pcrpolicy.Bound(tt.prevBound, tt.prevEpoch, tt.epoch, tt.reported)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, pcrpolicy.ErrCounter) {
+					t.Fatalf("Bound = %d, %v; want %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Bound = %d, %v; want %d", got, err, tt.want)
 			}
 		})
 	}
@@ -89,9 +107,6 @@ func TestApprovals(t *testing.T) {
 	slices.Sort(states)
 	if got, want := strings.Join(states, ","), "1,3"; got != want {
 		t.Errorf("approved states (PCR 7) = %s, want %s: attested and the stored approval, each once, no revoked or partial state", got, want)
-	}
-	if e := pcrpolicy.Epoch(stored); e != 2 {
-		t.Errorf("Epoch = %d, want 2", e)
 	}
 }
 

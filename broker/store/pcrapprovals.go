@@ -63,14 +63,63 @@ func (a PCRApproval) Validate() error {
 	return errors.Join(errs...)
 }
 
+// ErrUnrevoke is returned when an update would take back a revocation:
+// a revoked record stays revoked, with its revocation time.
+var ErrUnrevoke = errors.New("a revoked PCR approval cannot be approved again")
+
 // PCRApprovals keeps the approved PCR states, shared by every replica.
 // Implementations are safe for concurrent use, also across processes.
 type PCRApprovals interface {
 	// PCRApprovals returns every stored approval, revoked ones included,
-	// oldest first.
-	PCRApprovals(ctx context.Context) ([]PCRApproval, error)
-	// PutPCRApproval stores a, replacing the record with the same ID.
-	PutPCRApproval(ctx context.Context, a PCRApproval) error
+	// oldest first, and the revocation epoch, read together.
+	PCRApprovals(ctx context.Context) ([]PCRApproval, uint64, error)
+	// UpdatePCRApproval stores the record fn returns, given every stored
+	// record, as one atomic step: no other update lands between the read
+	// and the write. An error from fn stores nothing and is returned. The
+	// store refuses (ErrUnrevoke) a record that would clear or move the
+	// revocation of a stored one, and when the record newly revokes, it
+	// bumps the revocation epoch in the same step.
+	UpdatePCRApproval(ctx context.Context, fn func(all []PCRApproval) (PCRApproval, error)) (PCRApproval, error)
+}
+
+// checkPCRApprovalUpdate checks that a may replace old (nil: none): valid,
+// not taking back old's revocation. It reports whether a newly revokes.
+func checkPCRApprovalUpdate(old *PCRApproval, a PCRApproval) (bool, error) {
+	if err := a.Validate(); err != nil {
+		return false, err
+	}
+	if old == nil {
+		return !a.Revoked.IsZero(), nil
+	}
+	if !old.Revoked.IsZero() {
+		if !a.Revoked.Equal(old.Revoked) {
+			return false, fmt.Errorf("PCR approval %s: %w", a.ID, ErrUnrevoke)
+		}
+		return false, nil
+	}
+	return !a.Revoked.IsZero(), nil
+}
+
+// initialEpoch is the epoch of a store without a stored one: its number of
+// revoked records.
+func initialEpoch(all []PCRApproval) uint64 {
+	var n uint64
+	for _, a := range all {
+		if !a.Revoked.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+// findApproval returns the record of id in all, if any.
+func findApproval(all []PCRApproval, id string) *PCRApproval {
+	for i := range all {
+		if all[i].ID == id {
+			return &all[i]
+		}
+	}
+	return nil
 }
 
 // sortOldestFirst orders approvals by creation time, oldest first (then by
