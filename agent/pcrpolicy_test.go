@@ -100,7 +100,7 @@ func TestReopenInApprovedState(t *testing.T) {
 		t.Fatalf("Approve: %v", err)
 	}
 	// A routine attestation, still in the old state, brings the approval.
-	bootstrapInto(t, env, cache)
+	bootstrapInto(t, env, cache, allowed)
 	if n := len(cachedApprovals(t, cache)); n != 2 {
 		t.Fatalf("%d approvals after the approval; want the attested and the approved state", n)
 	}
@@ -120,19 +120,34 @@ func TestReopenInApprovedState(t *testing.T) {
 	}
 
 	brokertest.Extend(t, env.RW, 7, "an update nobody approved")
-	bootstrapInto(t, env, filepath.Join(t.TempDir(), "unused")) // refused: the policy pins PCR 7
+	bootstrapInto(t, env, cache, refused) // the policy pins PCR 7
+	if _, err := os.Stat(filepath.Join(cache, agent.ApprovalsFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("approvals file after a refusal: %v; want it deleted", err)
+	}
 	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
 		t.Fatalf("Reopen in an unapproved state = %v; want %v", err, sealing.ErrNotApproved)
 	}
 }
 
-// bootstrapInto attests env's node again with cache; in a state the
-// policy does not allow it is refused and writes nothing.
-func bootstrapInto(t *testing.T, env *brokertest.Env, cache string) {
+// The outcomes bootstrapInto expects.
+const (
+	allowed = false
+	refused = true
+)
+
+// bootstrapInto attests env's node again with cache and checks the
+// outcome: allowed, or refused by policy (a state it does not allow) with
+// nothing written.
+func bootstrapInto(t *testing.T, env *brokertest.Env, cache string, wantRefused bool) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "tls")
 	_, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out, CacheDir: cache})
-	if err != nil && !strings.Contains(err.Error(), "no policy allows this node") {
+	switch {
+	case wantRefused && (err == nil || !strings.Contains(err.Error(), "no policy allows this node")):
+		t.Fatalf("Bootstrap = %v; want refused by policy", err)
+	case wantRefused:
+		assertNothingWritten(t, out)
+	case err != nil:
 		t.Fatalf("Bootstrap: %v", err)
 	}
 }
@@ -147,7 +162,7 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bootstrapInto(t, env, cache)
+	bootstrapInto(t, env, cache, allowed)
 	withApproval := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
 
 	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
@@ -156,7 +171,7 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a revoked state = %v; want %v", err, pcrpolicy.ErrRevoked)
 	}
-	bootstrapInto(t, env, cache) // the broker has the node advance its counter
+	bootstrapInto(t, env, cache, allowed) // the broker has the node advance its counter
 	if got := cachedApprovals(t, cache); len(got) != 1 || got[0].GetVersion() <= approvalVersion(t, withApproval) {
 		t.Errorf("approvals after the revocation = %v; want the attested state's only, at a higher version", got)
 	}
@@ -167,6 +182,41 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	err = reopenErr(t, env, cache)
 	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
 		t.Fatalf("Reopen with a revoked approval = %v; want the TPM's refusal", err)
+	}
+}
+
+// A node refused after a revocation stops opening the revoked state too:
+// the refusal carries the raised bound, the agent advances its counter and
+// deletes its cached approvals, and approvals kept from before stop
+// opening in the TPM.
+func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
+	env := authorizedEnv(t)
+	_, cache := bootstrapCached(t, env)
+	s1 := nextState(t, env, "kernel 6.20")
+	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, s1, "explicit", "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrapInto(t, env, cache, allowed)
+	withApproval := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
+	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// The node reboots into S1 and attests: the policy (PCR 7 pinned)
+	// refuses it.
+	brokertest.Extend(t, env.RW, 7, "kernel 6.20")
+	bootstrapInto(t, env, cache, refused)
+	if _, err := os.Stat(filepath.Join(cache, agent.ApprovalsFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("approvals file after the refusal: %v; want it deleted", err)
+	}
+	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
+		t.Fatalf("Reopen after the refusal = %v; want %v", err, sealing.ErrNotApproved)
+	}
+	// Approvals kept from before the revocation: the counter passed them.
+	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), withApproval)
+	err = reopenErr(t, env, cache)
+	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
+		t.Fatalf("Reopen in the revoked state with approvals of before = %v; want the TPM's refusal", err)
 	}
 }
 

@@ -48,12 +48,13 @@ func TestAttestRefusesForeignPolicyCounters(t *testing.T) {
 	if rs := env.Receipts(t); len(rs) != 0 {
 		t.Fatalf("receipts after refused input: %+v; want none", rs)
 	}
-	// A well-formed counter is taken, and unused without authorized releases.
+	// A well-formed counter is taken, and its bound returned, also without
+	// authorized releases (it is the node's counter, whatever it opens).
 	ch, secret := env.Challenge(t)
 	req := env.AttestRequest(t, ch, secret)
 	req.PolicyCounter = &pb.PolicyCounter{NvPublic: good, Value: 1}
 	resp, err := env.Server.Attest(context.Background(), req)
-	if err != nil || len(resp.GetPcrApprovals()) != 0 || resp.GetPolicyCounterMin() != 0 {
+	if err != nil || len(resp.GetPcrApprovals()) != 0 || resp.GetPolicyCounterMin() != 1 {
 		t.Fatalf("Attest with a counter and no authorized release = %v, %v; want credentials and no approvals", resp, err)
 	}
 }
