@@ -117,14 +117,43 @@ func TestPCRPolicyKeys(t *testing.T) {
 		t.Fatalf("keys: exit %d, stderr %q, stdout:\n%s\nwant the current then the next public key", code, stderr, stdout)
 	}
 	code, stdout, stderr = runCmd(t, "pcr-policy", "keys", "--config", write("none.hcl", ""))
-	if code != 1 || stdout != "" || !strings.Contains(stderr, "unable to load the PCR-policy signing key") {
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "unable to load PCR-policy signing key") {
 		t.Errorf("keys before the broker made one: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	code, _, stderr = runCmd(t, "pcr-policy", "keys", "--config", write("same.hcl", "pcr_policy {\n  key_file = \"current.pem\"\n  next_key_file = \"current.pem\"\n}\n"))
 	if code != 1 || !strings.Contains(stderr, "pcr_policy: next_key_file holds the same key as key_file") {
 		t.Errorf("keys with next = current: exit %d, stderr %q", code, stderr)
 	}
+	// A key file group or others may read is refused, named as what it is.
+	open := filepath.Join(dir, "open.pem")
+	if err := os.WriteFile(open, readFileT(t, filepath.Join(dir, "current.pem")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCmd(t, "pcr-policy", "keys", "--config", write("open.hcl", "pcr_policy {\n  key_file = \"open.pem\"\n}\n"))
+	if code != 1 || !strings.Contains(stderr, "unable to load PCR-policy signing key") || !strings.Contains(stderr, "readable or writable by group or others (mode 0644)") || strings.Contains(stderr, "JWT") {
+		t.Errorf("keys with a key file of mode 0644: exit %d, stderr %q", code, stderr)
+	}
+	// With store "etcd" every replica must sign with the same key.
+	etcd := "store \"etcd\" {\n  endpoints = [\"http://127.0.0.1:2379\"]\n}\n"
+	for name, body := range map[string]string{"etcd-block.hcl": etcd + "pcr_policy {\n  next_key_file = \"next.pem\"\n}\n", "etcd-none.hcl": etcd} {
+		code, _, stderr = runCmd(t, "pcr-policy", "keys", "--config", write(name, body))
+		if code != 1 || !strings.Contains(stderr, `pcr_policy: key_file is required with store "etcd"`) {
+			t.Errorf("keys with store etcd and no key_file (%s): exit %d, stderr %q", name, code, stderr)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
 		t.Errorf("pcr-policy keys made the data directory: %v", err)
 	}
+}
+
+func readFileT(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
