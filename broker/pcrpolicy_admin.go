@@ -8,8 +8,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/pcrpolicy"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -131,21 +135,44 @@ func pcrState(ctx context.Context, st store.Backend, a PCRStateAction) (uint32, 
 	if len(a.PCRs) == 0 {
 		return 0, nil, "", fmt.Errorf("%w: name the PCRs to take from node %s", ErrInvalidAction, ek)
 	}
-	for _, q := range rec.Evidence.Quotes {
-		if uint32(q.Bank) != bank {
-			continue
-		}
-		pcrs := make(map[uint32][]byte, len(a.PCRs))
-		for _, i := range a.PCRs {
-			v, ok := q.PCRs[i]
-			if !ok {
-				return 0, nil, "", fmt.Errorf("%w: node %s did not quote PCR %s:%d", ErrInvalidAction, ek, name, i)
-			}
-			pcrs[i] = v
-		}
-		return bank, pcrs, "node " + ek, wrapInvalid(pcrpolicy.CheckState(bank, pcrs))
+	pcrs, err := attestedState(ctx, st, ek, rec, b, a.PCRs)
+	if err != nil {
+		return 0, nil, "", err
 	}
-	return 0, nil, "", fmt.Errorf("%w: node %s did not quote the %s bank", ErrInvalidAction, ek, name)
+	return bank, pcrs, "node " + ek, wrapInvalid(pcrpolicy.CheckState(bank, pcrs))
+}
+
+// ErrNotAllowedNode refuses to take a state from a node whose last
+// attestation was refused: its state is not one the policy accepted.
+var ErrNotAllowedNode = errors.New("the node's last attestation was refused")
+
+// attestedState is the values of pcrs in bank that node ek's last
+// attestation (rec) proved, taken only when that attestation was allowed
+// (its receipt) and its stored evidence verifies again: the quotes'
+// signatures by the stored AK over the stored PCR values and the
+// challenge's secret (evidence.Reverify, with the node's own EK hash as
+// the trust: what is re-checked is the stored evidence, not the EK's
+// trust, which the allowed decision already decided).
+func attestedState(ctx context.Context, st store.Backend, ek string, rec *store.NodeRecord, bank tpm2.TPMAlgID, pcrs []uint32) (map[uint32][]byte, error) {
+	if rec.LastReceiptID == "" {
+		return nil, fmt.Errorf("%w: node %s has no receipt of its last attestation", ErrInvalidAction, ek)
+	}
+	r, err := st.GetReceipt(ctx, rec.LastReceiptID)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read node %s's last receipt: %w", ek, err)
+	}
+	if !r.Allowed {
+		return nil, fmt.Errorf("%w: node %s (receipt %s, check %s): %w", ErrInvalidAction, ek, r.ID, r.Check, ErrNotAllowedNode)
+	}
+	v, err := evidence.Reverify(rec.Evidence, verify.Opts{Trust: verify.Trust{EKHashes: []string{ek}}})
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %s's stored evidence does not verify: %w", ErrInvalidAction, ek, err)
+	}
+	got, err := v.SealPCRs(bank, pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %s: %w", ErrInvalidAction, ek, err)
+	}
+	return got.GetPcrs(), nil
 }
 
 func wrapInvalid(err error) error {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -17,39 +19,63 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/attestation"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/brokertest"
 )
 
-// canaryStore writes a bolt store with one node whose last attestation
-// quoted sha256 PCR 0 and 7, and returns its data directory.
-func canaryStore(t *testing.T) string {
+// canary is a simulated node's last attestation, as canaryStore stores
+// it.
+type canary struct {
+	allowed bool                           // the decision
+	tamper  func(ev *attestation.Evidence) // changes the stored evidence, if set
+}
+
+// canaryStore writes a bolt store with one node (a simulated TPM, PCR 0
+// and 7 extended) whose last attestation, real evidence, was decided as
+// c says, and returns its data directory, the node's EK hash and the
+// sha256 values of PCR 0 and 7 it quoted.
+func canaryStore(t *testing.T, c canary) (string, string, map[uint32][]byte) {
 	t.Helper()
+	sim := brokertest.NewSim(t)
+	now := time.Now().UTC()
+	ev := sim.Evidence(t, now)
+	var pcrs map[uint32][]byte
+	for _, q := range ev.Quotes {
+		if q.Bank == 0x000b {
+			pcrs = map[uint32][]byte{0: q.PCRs[0], 7: q.PCRs[7]}
+		}
+	}
+	if c.tamper != nil {
+		c.tamper(&ev)
+	}
 	dir := t.TempDir()
 	st, err := store.OpenBolt(filepath.Join(dir, broker.BoltFile), store.BoltOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	now := time.Now().UTC()
-	pcrs := map[uint32][]byte{0: []byte(strings.Repeat("\x00", 32)), 7: []byte(strings.Repeat("\x77", 32))}
-	d := &store.Decision{Receipt: &store.Receipt{Time: now, EKHash: ekOK, Allowed: true}, Node: &store.NodeRecord{EKHash: ekOK, FirstSeen: now, LastSeen: now,
-		Evidence: attestation.Evidence{Quotes: []attestation.Quote{{Attest: []byte("a"), Signature: []byte("s"), Bank: 0x000b, PCRs: pcrs}}}}}
+	id := store.NewReceiptID(now)
+	d := &store.Decision{Receipt: &store.Receipt{ID: id, Time: now, EKHash: sim.EKHash, Allowed: c.allowed}, Node: &store.NodeRecord{EKHash: sim.EKHash, FirstSeen: now, LastSeen: now,
+		LastReceiptID: id, Evidence: ev}}
 	if err := st.Record(context.Background(), d); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return dir, sim.EKHash, pcrs
 }
 
 func TestPCRPolicyCommands(t *testing.T) {
-	dir := canaryStore(t)
-	v7 := strings.Repeat("77", 32)
+	dir, ekOK, quoted := canaryStore(t, canary{allowed: true})
+	v0, v7 := hex.EncodeToString(quoted[0]), hex.EncodeToString(quoted[7])
 
 	code, stdout, stderr := runCmd(t, "pcr-policy", "approve", "--data-dir", dir, "--node", ekOK[:8], "--pcrs", "0,7", "--note", "canary", "--json")
 	var fromNode store.PCRApproval
 	if code != 0 || json.Unmarshal([]byte(stdout), &fromNode) != nil || fromNode.Source != "node "+ekOK || len(fromNode.PCRs) != 2 || !strings.HasPrefix(fromNode.Note, "canary (by ") {
 		t.Fatalf("approve --node: exit %d, stderr %q, stdout %s", code, stderr, stdout)
 	}
-	code, stdout, stderr = runCmd(t, "pcr-policy", "approve", "--data-dir", dir, "--pcr", "0="+strings.Repeat("00", 32), "--pcr", "7="+v7)
-	if code != 0 || !strings.Contains(stdout, "approved: state "+fromNode.ID+" (sha256, 0=00000000…,7=77777777…)") {
+	if !bytes.Equal(fromNode.PCRs[0], quoted[0]) || !bytes.Equal(fromNode.PCRs[7], quoted[7]) {
+		t.Fatalf("approve --node approved %x, want the values quoted %x", fromNode.PCRs, quoted)
+	}
+	code, stdout, stderr = runCmd(t, "pcr-policy", "approve", "--data-dir", dir, "--pcr", "0="+v0, "--pcr", "7="+v7)
+	if code != 0 || !strings.Contains(stdout, "approved: state "+fromNode.ID+" (sha256, 0="+v0[:8]+"…,7="+v7[:8]+"…)") {
 		t.Fatalf("approve --pcr of the same state: exit %d, stderr %q, stdout %s; want the same record", code, stderr, stdout)
 	}
 	code, stdout, stderr = runCmd(t, "pcr-policy", "revoke", "--data-dir", dir, fromNode.ID)
@@ -72,8 +98,6 @@ func TestPCRPolicyCommands(t *testing.T) {
 		{"node without pcrs", []string{"approve", "--node", ekOK}, "--node needs --pcrs"},
 		{"short value", []string{"approve", "--pcr", "7=abcd"}, "PCR 7 has 2 bytes, want 32 for its bank"},
 		{"bad index", []string{"approve", "--pcr", "24=" + v7}, `--pcr "24=`},
-		{"unquoted PCR", []string{"approve", "--node", ekOK, "--pcrs", "8"}, "did not quote PCR sha256:8"},
-		{"unquoted bank", []string{"approve", "--node", ekOK, "--pcrs", "7", "--bank", "sha384"}, "did not quote the sha384 bank"},
 		{"unknown node", []string{"approve", "--node", strings.Repeat("e", 64), "--pcrs", "7"}, "no record or deny-list entry"},
 		{"unknown ID", []string{"revoke", "0123456789abcdef"}, "no such PCR approval"},
 	}
@@ -83,6 +107,46 @@ func TestPCRPolicyCommands(t *testing.T) {
 			code, _, stderr := runCmd(t, append(args, tt.args[1:]...)...)
 			if code == 0 || !strings.Contains(stderr, tt.wantErr) {
 				t.Fatalf("exit %d, stderr %q; want %q", code, stderr, tt.wantErr)
+			}
+		})
+	}
+}
+
+// approve --node takes a state only from a node whose last attestation was
+// allowed and whose stored evidence verifies again; nothing is stored
+// otherwise.
+func TestPCRPolicyApproveNodeChecksEvidence(t *testing.T) {
+	tests := []struct {
+		name    string
+		c       canary
+		wantErr string
+	}{
+		{"last attestation refused", canary{allowed: false}, "the node's last attestation was refused"},
+		{"a stored PCR value changed", canary{allowed: true, tamper: func(ev *attestation.Evidence) {
+			for i := range ev.Quotes {
+				if ev.Quotes[i].Bank == 0x000b {
+					ev.Quotes[i].PCRs[7] = bytes.Repeat([]byte{0x77}, 32)
+				}
+			}
+		}}, "stored evidence does not verify"},
+		{"the stored signature changed", canary{allowed: true, tamper: func(ev *attestation.Evidence) {
+			for i := range ev.Quotes {
+				s := bytes.Clone(ev.Quotes[i].Signature)
+				s[len(s)-1] ^= 1
+				ev.Quotes[i].Signature = s
+			}
+		}}, "stored evidence does not verify"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, ek, _ := canaryStore(t, tt.c)
+			code, _, stderr := runCmd(t, "pcr-policy", "approve", "--data-dir", dir, "--node", ek, "--pcrs", "0,7")
+			if code == 0 || !strings.Contains(stderr, tt.wantErr) {
+				t.Fatalf("approve --node: exit %d, stderr %q; want %q", code, stderr, tt.wantErr)
+			}
+			code, stdout, _ := runCmd(t, "pcr-policy", "list", "--data-dir", dir)
+			if code != 0 || strings.Count(stdout, "\n") != 1 {
+				t.Fatalf("list after a refused approve: exit %d, %q; want nothing stored", code, stdout)
 			}
 		})
 	}
