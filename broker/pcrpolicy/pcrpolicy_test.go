@@ -2,11 +2,13 @@ package pcrpolicy_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -98,15 +100,92 @@ func TestApprovals(t *testing.T) {
 		t.Fatal(err)
 	}
 	var states []string
+	auth := s.Authorization(tpm2.TPMAlgSHA256, []uint32{0, 7}, "ek", node.Counter)
+	otherNode := s.Authorization(tpm2.TPMAlgSHA256, []uint32{0, 7}, "ek2", node.Counter)
+	otherCounter := s.Authorization(tpm2.TPMAlgSHA256, []uint32{0, 7}, "ek", sealing.CounterPublic(sealing.DefaultCounterIndex+1))
 	for _, a := range got {
 		if a.Version != 7 || len(a.PCRs.GetPcrs()) != 2 {
 			t.Errorf("approval at version %d over %d PCRs", a.Version, len(a.PCRs.GetPcrs()))
+		}
+		// Signed by the current key (signer 0), for this node and its
+		// counter, at the node's version.
+		if i, err := auth.CheckApproval(a); err != nil || i != 0 {
+			t.Errorf("CheckApproval = signer %d, %v; want the current key's signature", i, err)
+		}
+		if _, err := otherNode.CheckApproval(a); err == nil {
+			t.Error("an approval for node ek checks for node ek2")
+		}
+		if _, err := otherCounter.CheckApproval(a); err == nil {
+			t.Error("an approval over the node's counter checks for another counter index")
+		}
+		higher := *a
+		higher.Version++
+		if _, err := auth.CheckApproval(&higher); err == nil {
+			t.Error("an approval checks at a version it was not signed at")
 		}
 		states = append(states, string(rune('0'+a.PCRs.GetPcrs()[7][0])))
 	}
 	slices.Sort(states)
 	if got, want := strings.Join(states, ","), "1,3"; got != want {
 		t.Errorf("approved states (PCR 7) = %s, want %s: attested and the stored approval, each once, no revoked or partial state", got, want)
+	}
+}
+
+// Approve, Revoke and RevokeState on a real store: a revocation is final
+// (approving the state again is refused, also of a state a revocation of
+// fewer PCRs covers), each new revocation moves the epoch once, and a
+// refused call stores nothing.
+func TestApproveRevoke(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	v := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	s1 := map[uint32][]byte{0: v(0), 7: v(1)}
+	a, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "first", now)
+	if err != nil || a.ID != pcrpolicy.StateID(0x000b, s1) || !a.Revoked.IsZero() {
+		t.Fatalf("Approve = %+v, %v", a, err)
+	}
+	again, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "second", now.Add(time.Hour))
+	if err != nil || !again.Created.Equal(now) || again.Note != "second" {
+		t.Fatalf("Approve again = %+v, %v; want the same record, created at first, note updated", again, err)
+	}
+	epoch := func() uint64 {
+		_, e, err := st.PCRApprovals(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	r, err := pcrpolicy.Revoke(ctx, st, a.ID, "bad", now.Add(2*time.Hour))
+	if err != nil || r.Revoked.IsZero() || epoch() != 1 {
+		t.Fatalf("Revoke = %+v, %v at epoch %d; want revoked at epoch 1", r, err, epoch())
+	}
+	if r2, err := pcrpolicy.Revoke(ctx, st, a.ID, "", now.Add(3*time.Hour)); err != nil || !r2.Revoked.Equal(r.Revoked) || epoch() != 1 {
+		t.Fatalf("Revoke again = %+v, %v at epoch %d; want unchanged", r2, err, epoch())
+	}
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
+		t.Fatalf("Approve of a revoked state = %v; want ErrRevoked", err)
+	}
+	// A revocation of PCR 7 alone covers every state with that value.
+	if _, err := pcrpolicy.RevokeState(ctx, st, 0x000b, map[uint32][]byte{7: v(2)}, "explicit", "", now); err != nil || epoch() != 2 {
+		t.Fatalf("RevokeState = %v at epoch %d; want epoch 2", err, epoch())
+	}
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{0: v(9), 7: v(2)}, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
+		t.Fatalf("Approve of a state a revocation covers = %v; want ErrRevoked", err)
+	}
+	if _, err := pcrpolicy.Revoke(ctx, st, "0123456789abcdef", "", now); !errors.Is(err, pcrpolicy.ErrUnknownApproval) {
+		t.Fatalf("Revoke of an unknown ID = %v; want ErrUnknownApproval", err)
+	}
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{7: {1, 2}}, "explicit", "", now); err == nil {
+		t.Fatal("Approve of a malformed state succeeded")
+	}
+	all, e, err := st.PCRApprovals(ctx)
+	if err != nil || len(all) != 2 || e != 2 {
+		t.Fatalf("stored %d records at epoch %d, %v; want the two revocations only", len(all), e, err)
 	}
 }
 
