@@ -48,7 +48,7 @@ type pcrStateFlags struct {
 func (o *pcrStateFlags) add(cmd *cobra.Command) {
 	o.storeFlags.add(cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.node, "node", "", "take the state from this node's last verified attestation (EK hash or a unique prefix)")
+	f.StringVar(&o.node, "node", "", "take the state from this node's last attestation, if it was allowed and its evidence verifies again (EK hash or a unique prefix)")
 	f.UintSliceVar(&o.pcrs, "pcrs", nil, "with --node: the PCRs to take, e.g. 0,7")
 	f.StringArrayVar(&o.values, "pcr", nil, "an explicit PCR value, INDEX=HEX (repeat for each PCR)")
 	f.StringVar(&o.bank, "bank", "sha256", "the PCR bank: sha256, sha384 or sha512")
@@ -111,7 +111,10 @@ func pcrPolicyApproveCmd() *cobra.Command {
 approve stores the state under an ID derived from its bank and values
 (approving it again keeps one record). A revoked state cannot be approved
 again. The state must give every PCR of the releases it is for: a state of
-fewer PCRs than a release seals to approves nothing for it.`,
+fewer PCRs than a release seals to approves nothing for it. With --node the
+node's last attestation must have been allowed, and its stored evidence must
+verify again (the quotes' signatures by its AK over the stored PCR values);
+the values approved are printed.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -239,7 +242,9 @@ first and then the next one (pcr_policy.next_key_file), for operators to pin:
 a pcr_policy "authorized" import blob opens only with approvals by these keys
 (its TPM2_PolicyAuthorize names them). It reads the key files of the
 pcr_policy block, or the key the broker made in data_dir/pcr-policy on its
-first start, and never creates one.`,
+first start, and never creates one. With store "etcd" pcr_policy.key_file is
+required (every replica must sign with the same key). Key files must not be
+readable by group or others (chmod 600).`,
 		"broker configuration file", pcrPolicyKeys)
 }
 
