@@ -96,7 +96,7 @@ func TestReopenInApprovedState(t *testing.T) {
 	approvalsBefore := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
 
 	updated := nextState(t, env, "dbx update")
-	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "dbx 2026-12", time.Now()); err != nil {
+	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "dbx 2026-12", time.Now()); err != nil {
 		t.Fatalf("Approve: %v", err)
 	}
 	// A routine attestation, still in the old state, brings the approval.
@@ -158,7 +158,7 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	env := authorizedEnv(t)
 	_, cache := bootstrapCached(t, env)
 	updated := nextState(t, env, "kernel 6.19")
-	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "", time.Now())
+	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
+	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a revoked state = %v; want %v", err, pcrpolicy.ErrRevoked)
 	}
 	bootstrapInto(t, env, cache, allowed) // the broker has the node advance its counter
@@ -193,7 +193,7 @@ func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
 	env := authorizedEnv(t)
 	_, cache := bootstrapCached(t, env)
 	s1 := nextState(t, env, "kernel 6.20")
-	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, s1, "explicit", "", time.Now())
+	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, s1, nil, "explicit", "", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,9 @@ type PCRStateAction struct {
 	Values map[uint32]string `json:"values,omitempty"`
 	// Bank is "sha256" (default), "sha384" or "sha512".
 	Bank string `json:"bank,omitempty"`
+	// Releases scopes an approval to the pcr_policy "authorized" releases
+	// of those names (approve only); empty: every such release.
+	Releases []string `json:"releases,omitempty"`
 	// Note is the operator's comment; Operator who ran the command.
 	Note     string `json:"note,omitempty"`
 	Operator string `json:"operator,omitempty"`
@@ -79,6 +82,9 @@ func pcrStateOn(ctx context.Context, st store.Backend, verb string, a PCRStateAc
 	if a.Operator != "" {
 		note = fmt.Sprintf("%s (by %s)", a.Note, a.Operator)
 	}
+	if verb == "revoke" && len(a.Releases) > 0 {
+		return store.PCRApproval{}, fmt.Errorf("%w: a revocation applies to every release; --release is for approve", ErrInvalidAction)
+	}
 	if verb == "revoke" && a.ID != "" {
 		if a.Node != "" || len(a.Values) > 0 {
 			return store.PCRApproval{}, fmt.Errorf("%w: an approval ID, or a state, not both", ErrInvalidAction)
@@ -92,7 +98,7 @@ func pcrStateOn(ctx context.Context, st store.Backend, verb string, a PCRStateAc
 	if verb == "revoke" {
 		return pcrpolicy.RevokeState(ctx, st, bank, pcrs, source, note, now)
 	}
-	return pcrpolicy.Approve(ctx, st, bank, pcrs, source, note, now)
+	return pcrpolicy.Approve(ctx, st, bank, pcrs, a.Releases, source, note, now)
 }
 
 // pcrState is the state a names: the values a.Node last attested for

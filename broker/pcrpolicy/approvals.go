@@ -66,6 +66,9 @@ func Bound(prevBound, prevEpoch, epoch, reported uint64) (uint64, error) {
 // Selection is one authorized release's PCR selection and the states its
 // policy expects.
 type Selection struct {
+	// Release is the release's name: stored approvals scoped to other
+	// releases do not apply to it.
+	Release  string
 	Bank     tpm2.TPMAlgID
 	PCRs     []uint32
 	Expected []map[uint32][]byte
@@ -86,7 +89,8 @@ type Node struct {
 
 // Approvals signs, with the current key, an approval of every state each
 // selection may open in: the attested state, its expected states and the
-// stored approvals of its bank that give all its PCRs — except the states
+// stored approvals of its bank, in scope for its release, that give all
+// its PCRs — except the states
 // a revocation covers (see revoked) — each once, at most
 // sealing.MaxApprovals in all.
 func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval) ([]*sealing.Approval, error) {
@@ -100,7 +104,7 @@ func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval)
 		states := []map[uint32][]byte{attested.GetPcrs()}
 		states = append(states, sel.Expected...)
 		for _, a := range stored {
-			if a.Revoked.IsZero() && a.Bank == uint32(sel.Bank) {
+			if a.Revoked.IsZero() && a.Bank == uint32(sel.Bank) && inScope(a, sel.Release) {
 				if st, ok := restrict(a.PCRs, sel.PCRs); ok {
 					states = append(states, st)
 				}
@@ -123,6 +127,12 @@ func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval)
 		}
 	}
 	return out, nil
+}
+
+// inScope reports whether the stored approval a applies to release: it
+// names no releases, or names it.
+func inScope(a store.PCRApproval, release string) bool {
+	return len(a.Releases) == 0 || slices.Contains(a.Releases, release)
 }
 
 // restrict returns state's values of pcrs, if it gives them all.

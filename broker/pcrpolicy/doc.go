@@ -8,7 +8,8 @@
 // PolicyPCR(state) ∧ PolicyNV(counter ≤ version) (sealing.SignApproval):
 // the state the node attested, the release's expected_states and the
 // states the operator approved with `keybroker pcr-policy approve`
-// (store.PCRApprovals). The node receives the approvals at each
+// (store.PCRApprovals), each only for the releases its scope names (every
+// authorized release when it names none). The node receives the approvals at each
 // attestation and keeps them with its cached credentials, so a credential
 // re-opens after an approved update without a new release, and never in a
 // state nobody approved.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -46,19 +47,21 @@ func CheckState(bank uint32, pcrs map[uint32][]byte) error {
 	return nil
 }
 
-// Approve approves state (bank, pcrs) for every node whose pcr_policy
-// "authorized" releases cover those PCRs: stored under StateID, it reaches
-// each node at its next attestation. Approving a state again updates its
-// note; a revoked state, or one a revocation covers, is refused with
-// ErrRevoked. The check and the write are one store update, so a
-// concurrent revocation is never undone.
-func Approve(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, source, note string, now time.Time) (store.PCRApproval, error) {
+// Approve approves state (bank, pcrs) for the pcr_policy "authorized"
+// releases named in releases — every such release when releases is empty
+// — of every node whose releases cover those PCRs: stored under StateID,
+// it reaches each node at its next attestation. Approving a state again
+// updates its scope and note; a revoked state, or one a revocation covers,
+// is refused with ErrRevoked. The check and the write are one store
+// update, so a concurrent revocation is never undone.
+func Approve(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, releases []string, source, note string, now time.Time) (store.PCRApproval, error) {
 	if err := CheckState(bank, pcrs); err != nil {
 		return store.PCRApproval{}, err
 	}
 	id := StateID(bank, pcrs)
+	releases = slices.Compact(slices.Sorted(slices.Values(releases)))
 	return st.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
-		a := store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Source: source, Note: note, Created: now.UTC()}
+		a := store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Releases: releases, Source: source, Note: note, Created: now.UTC()}
 		if old := find(all, id); old != nil {
 			if !old.Revoked.IsZero() {
 				return store.PCRApproval{}, fmt.Errorf("state %s: %w at %s", id, ErrRevoked, old.Revoked.UTC().Format(time.RFC3339))

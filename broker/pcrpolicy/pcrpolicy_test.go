@@ -84,16 +84,18 @@ func TestApprovals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sel := pcrpolicy.Selection{Bank: tpm2.TPMAlgSHA256, PCRs: []uint32{0, 7},
+	sel := pcrpolicy.Selection{Release: "node-tls", Bank: tpm2.TPMAlgSHA256, PCRs: []uint32{0, 7},
 		Expected: []map[uint32][]byte{{0: v(0), 7: v(2)}, {0: v(0), 7: v(1)}}}
 	now := time.Now()
 	stored := []store.PCRApproval{
-		{ID: "01", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(3), 8: v(9)}, Created: now},         // approved, more PCRs: restricted
-		{ID: "02", Bank: 0x000b, PCRs: map[uint32][]byte{7: v(4)}, Created: now},                           // approved, fewer PCRs: not enough
-		{ID: "03", Bank: 0x000c, PCRs: map[uint32][]byte{0: v(0), 7: v(5)}, Created: now},                  // another bank
-		{ID: "04", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(6)}, Created: now, Revoked: now},    // revoked, never approved
-		{ID: "05", Bank: 0x000b, PCRs: map[uint32][]byte{7: v(2)}, Created: now, Revoked: now},             // revokes expected 7=2
-		{ID: "06", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(6)}, Created: now.Add(time.Second)}, // approved again after: still revoked
+		{ID: "01", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(3), 8: v(9)}, Created: now},                             // approved, more PCRs: restricted
+		{ID: "02", Bank: 0x000b, PCRs: map[uint32][]byte{7: v(4)}, Created: now},                                               // approved, fewer PCRs: not enough
+		{ID: "03", Bank: 0x000c, PCRs: map[uint32][]byte{0: v(0), 7: v(5)}, Created: now},                                      // another bank
+		{ID: "04", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(6)}, Created: now, Revoked: now},                        // revoked, never approved
+		{ID: "05", Bank: 0x000b, PCRs: map[uint32][]byte{7: v(2)}, Created: now, Revoked: now},                                 // revokes expected 7=2
+		{ID: "06", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(6)}, Created: now.Add(time.Second)},                     // approved again after: still revoked
+		{ID: "07", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(7)}, Releases: []string{"other"}, Created: now},         // scoped to another release
+		{ID: "08", Bank: 0x000b, PCRs: map[uint32][]byte{0: v(0), 7: v(8)}, Releases: []string{"a", "node-tls"}, Created: now}, // scoped to this one
 	}
 	got, err := s.Approvals(node, []pcrpolicy.Selection{sel, sel}, stored)
 	if err != nil {
@@ -126,8 +128,8 @@ func TestApprovals(t *testing.T) {
 		states = append(states, string(rune('0'+a.PCRs.GetPcrs()[7][0])))
 	}
 	slices.Sort(states)
-	if got, want := strings.Join(states, ","), "1,3"; got != want {
-		t.Errorf("approved states (PCR 7) = %s, want %s: attested and the stored approval, each once, no revoked or partial state", got, want)
+	if got, want := strings.Join(states, ","), "1,3,8"; got != want {
+		t.Errorf("approved states (PCR 7) = %s, want %s: attested and the stored approvals in scope, each once, no revoked, partial or other release's state", got, want)
 	}
 }
 
@@ -145,11 +147,11 @@ func TestApproveRevoke(t *testing.T) {
 	v := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	s1 := map[uint32][]byte{0: v(0), 7: v(1)}
-	a, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "first", now)
+	a, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, nil, "explicit", "first", now)
 	if err != nil || a.ID != pcrpolicy.StateID(0x000b, s1) || !a.Revoked.IsZero() {
 		t.Fatalf("Approve = %+v, %v", a, err)
 	}
-	again, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "second", now.Add(time.Hour))
+	again, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, nil, "explicit", "second", now.Add(time.Hour))
 	if err != nil || !again.Created.Equal(now) || again.Note != "second" {
 		t.Fatalf("Approve again = %+v, %v; want the same record, created at first, note updated", again, err)
 	}
@@ -167,20 +169,20 @@ func TestApproveRevoke(t *testing.T) {
 	if r2, err := pcrpolicy.Revoke(ctx, st, a.ID, "", now.Add(3*time.Hour)); err != nil || !r2.Revoked.Equal(r.Revoked) || epoch() != 1 {
 		t.Fatalf("Revoke again = %+v, %v at epoch %d; want unchanged", r2, err, epoch())
 	}
-	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, s1, nil, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a revoked state = %v; want ErrRevoked", err)
 	}
 	// A revocation of PCR 7 alone covers every state with that value.
 	if _, err := pcrpolicy.RevokeState(ctx, st, 0x000b, map[uint32][]byte{7: v(2)}, "explicit", "", now); err != nil || epoch() != 2 {
 		t.Fatalf("RevokeState = %v at epoch %d; want epoch 2", err, epoch())
 	}
-	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{0: v(9), 7: v(2)}, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{0: v(9), 7: v(2)}, nil, "explicit", "", now); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a state a revocation covers = %v; want ErrRevoked", err)
 	}
 	if _, err := pcrpolicy.Revoke(ctx, st, "0123456789abcdef", "", now); !errors.Is(err, pcrpolicy.ErrUnknownApproval) {
 		t.Fatalf("Revoke of an unknown ID = %v; want ErrUnknownApproval", err)
 	}
-	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{7: {1, 2}}, "explicit", "", now); err == nil {
+	if _, err := pcrpolicy.Approve(ctx, st, 0x000b, map[uint32][]byte{7: {1, 2}}, nil, "explicit", "", now); err == nil {
 		t.Fatal("Approve of a malformed state succeeded")
 	}
 	all, e, err := st.PCRApprovals(ctx)

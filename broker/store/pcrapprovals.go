@@ -11,8 +11,11 @@ import (
 // MaxApprovedPCRs bounds the PCR values of one approved state.
 const MaxApprovedPCRs = 24
 
-// maxApprovalNote bounds an approval's source and note.
+// maxApprovalNote bounds an approval's source, note and release names.
 const maxApprovalNote = 256
+
+// maxApprovalReleases bounds the releases an approval is scoped to.
+const maxApprovalReleases = 32
 
 // PCRApproval is a PCR state the operator approved (or revoked) for
 // pcr_policy "authorized" releases. The store only keeps these records;
@@ -27,6 +30,9 @@ type PCRApproval struct {
 	Bank uint32 `json:"bank"`
 	// PCRs are the approved values by PCR index.
 	PCRs map[uint32][]byte `json:"pcrs"`
+	// Releases, when set, scopes the approval to the pcr_policy
+	// "authorized" releases of those names; empty: every such release.
+	Releases []string `json:"releases,omitempty"`
 	// Source says where the state came from ("node <EK hash>",
 	// "explicit"); Note is the operator's comment.
 	Source string `json:"source,omitempty"`
@@ -52,6 +58,15 @@ func (a PCRApproval) Validate() error {
 	for i, v := range a.PCRs {
 		if i > 23 || len(v) == 0 || len(v) > 64 {
 			errs = append(errs, fmt.Errorf("PCR approval value of PCR %d is not a PCR value", i))
+		}
+	}
+	if len(a.Releases) > maxApprovalReleases {
+		errs = append(errs, fmt.Errorf("PCR approval must name at most %d releases", maxApprovalReleases))
+	}
+	for _, r := range a.Releases {
+		if r == "" || len(r) > maxApprovalNote {
+			errs = append(errs, fmt.Errorf("PCR approval release names must be 1 to %d bytes", maxApprovalNote))
+			break
 		}
 	}
 	if len(a.Source) > maxApprovalNote || len(a.Note) > maxApprovalNote {

@@ -43,6 +43,8 @@ type pcrStateFlags struct {
 	bank   string
 	note   string
 	asJSON bool
+	// releases is approve's --release: the releases the approval is for.
+	releases []string
 }
 
 func (o *pcrStateFlags) add(cmd *cobra.Command) {
@@ -59,7 +61,7 @@ func (o *pcrStateFlags) add(cmd *cobra.Command) {
 // action checks the flags and returns the action they name.
 func (o *pcrStateFlags) action(p *cli.Problems, id string) broker.PCRStateAction {
 	o.check(p)
-	a := broker.PCRStateAction{ID: id, Node: o.node, Bank: o.bank, Note: o.note, Operator: operatorName()}
+	a := broker.PCRStateAction{ID: id, Node: o.node, Bank: o.bank, Note: o.note, Operator: operatorName(), Releases: o.releases}
 	named := 0
 	for _, set := range []bool{id != "", o.node != "", len(o.values) > 0} {
 		if set {
@@ -104,14 +106,17 @@ func (o *pcrStateFlags) action(p *cli.Problems, id string) broker.PCRStateAction
 func pcrPolicyApproveCmd() *cobra.Command {
 	var o pcrStateFlags
 	cmd := &cobra.Command{
-		Use:   "approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...)",
+		Use:   "approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...) [--release NAME ...]",
 		Short: "Approve a PCR state for pcr_policy \"authorized\" releases",
 		Long: pcrPolicyLong + `
 
 approve stores the state under an ID derived from its bank and values
 (approving it again keeps one record). A revoked state cannot be approved
 again. The state must give every PCR of the releases it is for: a state of
-fewer PCRs than a release seals to approves nothing for it. With --node the
+fewer PCRs than a release seals to approves nothing for it. Without
+--release the state is approved for every pcr_policy "authorized" release of
+every node whose releases cover its PCRs; with --release NAME (repeat for
+more) only for the releases of those names. With --node the
 node's last attestation must have been allowed, and its stored evidence must
 verify again (the quotes' signatures by its AK over the stored PCR values);
 the values approved are printed.`,
@@ -126,6 +131,7 @@ the values approved are printed.`,
 		},
 	}
 	o.add(cmd)
+	cmd.Flags().StringArrayVar(&o.releases, "release", nil, "approve the state only for the pcr_policy \"authorized\" release of this name (repeat for more); default: every such release")
 	return cmd
 }
 
@@ -176,7 +182,11 @@ func pcrStateRun(o pcrStateFlags, verb string, a broker.PCRStateAction, do func(
 	if !rec.Revoked.IsZero() {
 		what = "revoked"
 	}
-	fmt.Fprintf(stdout, "%s: state %s (%s, %s)\n", what, rec.ID, bankName(rec.Bank), formatState(rec.PCRs))
+	scope := ""
+	if len(rec.Releases) > 0 {
+		scope = ", releases " + strings.Join(rec.Releases, ",")
+	}
+	fmt.Fprintf(stdout, "%s: state %s (%s, %s%s)\n", what, rec.ID, bankName(rec.Bank), formatState(rec.PCRs), scope)
 	return 0
 }
 
@@ -226,7 +236,11 @@ func pcrPolicyList(o pcrPolicyListOpts, stdout, stderr io.Writer) int {
 		if !r.Revoked.IsZero() {
 			status = "revoked " + r.Revoked.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, status, bankName(r.Bank), formatState(r.PCRs), r.Source, r.Note)
+		source := r.Source
+		if len(r.Releases) > 0 {
+			source += " (releases " + strings.Join(r.Releases, ",") + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, status, bankName(r.Bank), formatState(r.PCRs), source, r.Note)
 	}
 	if err := tw.Flush(); err != nil {
 		fmt.Fprintf(stderr, "pcr-policy list: %v\n", err)

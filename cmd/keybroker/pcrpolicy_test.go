@@ -78,12 +78,22 @@ func TestPCRPolicyCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "approved: state "+fromNode.ID+" (sha256, 0="+v0[:8]+"…,7="+v7[:8]+"…)") {
 		t.Fatalf("approve --pcr of the same state: exit %d, stderr %q, stdout %s; want the same record", code, stderr, stdout)
 	}
+	// Scoped to releases: stored with the approval, printed.
+	v8 := strings.Repeat("88", 32)
+	code, stdout, stderr = runCmd(t, "pcr-policy", "approve", "--data-dir", dir, "--pcr", "7="+v8, "--release", "node-tls", "--release", "db")
+	if code != 0 || !strings.Contains(stdout, "releases db,node-tls)") {
+		t.Fatalf("approve --release: exit %d, stderr %q, stdout %s", code, stderr, stdout)
+	}
+	code, stdout, stderr = runCmd(t, "pcr-policy", "list", "--data-dir", dir, "--json")
+	if code != 0 || !strings.Contains(stdout, `"releases":["db","node-tls"]`) {
+		t.Fatalf("list --json after approve --release: exit %d, stderr %q, stdout %s", code, stderr, stdout)
+	}
 	code, stdout, stderr = runCmd(t, "pcr-policy", "revoke", "--data-dir", dir, fromNode.ID)
 	if code != 0 || !strings.Contains(stdout, "revoked: state "+fromNode.ID) {
 		t.Fatalf("revoke: exit %d, stderr %q, stdout %s", code, stderr, stdout)
 	}
 	code, stdout, stderr = runCmd(t, "pcr-policy", "list", "--data-dir", dir)
-	if code != 0 || strings.Count(stdout, "\n") != 2 || !strings.Contains(stdout, fromNode.ID+"  revoked ") {
+	if code != 0 || strings.Count(stdout, "\n") != 3 || !strings.Contains(stdout, fromNode.ID+"  revoked ") {
 		t.Fatalf("list: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
 	}
 
@@ -100,6 +110,7 @@ func TestPCRPolicyCommands(t *testing.T) {
 		{"bad index", []string{"approve", "--pcr", "24=" + v7}, `--pcr "24=`},
 		{"unknown node", []string{"approve", "--node", strings.Repeat("e", 64), "--pcrs", "7"}, "no record or deny-list entry"},
 		{"unknown ID", []string{"revoke", "0123456789abcdef"}, "no such PCR approval"},
+		{"revoke with --release", []string{"revoke", "--pcr", "7=" + v7, "--release", "x"}, "unknown flag: --release"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
