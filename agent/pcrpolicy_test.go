@@ -155,19 +155,7 @@ func bootstrapInto(t *testing.T, env *brokertest.Env, cache string, wantRefused 
 // A revoked approval stops opening once the node attested after the
 // revocation: its counter passed the version the approval was signed at.
 func TestRevokedApprovalStopsOpening(t *testing.T) {
-	env := authorizedEnv(t)
-	_, cache := bootstrapCached(t, env)
-	updated := nextState(t, env, "kernel 6.19")
-	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	bootstrapInto(t, env, cache, allowed)
-	withApproval := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
-
-	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	env, cache, updated, withApproval := approvedThenRevoked(t, "kernel 6.19")
 	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a revoked state = %v; want %v", err, pcrpolicy.ErrRevoked)
 	}
@@ -179,20 +167,21 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	// Whoever kept the approvals of before the revocation gains nothing.
 	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), withApproval)
 	brokertest.Extend(t, env.RW, 7, "kernel 6.19")
-	err = reopenErr(t, env, cache)
+	err := reopenErr(t, env, cache)
 	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
 		t.Fatalf("Reopen with a revoked approval = %v; want the TPM's refusal", err)
 	}
 }
 
-// A node refused after a revocation stops opening the revoked state too:
-// the refusal carries the raised bound, the agent advances its counter and
-// deletes its cached approvals, and approvals kept from before stop
-// opening in the TPM.
-func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
+// approvedThenRevoked bootstraps an authorizedEnv node with a cache, has
+// the operator approve the state after event (S1), attests to bring the
+// approval, and revokes S1. It returns the env, the cache, S1 and the
+// approvals file as it was before the revocation.
+func approvedThenRevoked(t *testing.T, event string) (*brokertest.Env, string, map[uint32][]byte, []byte) {
+	t.Helper()
 	env := authorizedEnv(t)
 	_, cache := bootstrapCached(t, env)
-	s1 := nextState(t, env, "kernel 6.20")
+	s1 := nextState(t, env, event)
 	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, s1, nil, "explicit", "", time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +191,15 @@ func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
 	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	return env, cache, s1, withApproval
+}
+
+// A node refused after a revocation stops opening the revoked state too:
+// the refusal carries the raised bound, the agent advances its counter and
+// deletes its cached approvals, and approvals kept from before stop
+// opening in the TPM.
+func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
+	env, cache, _, withApproval := approvedThenRevoked(t, "kernel 6.20")
 	// The node reboots into S1 and attests: the policy (PCR 7 pinned)
 	// refuses it.
 	brokertest.Extend(t, env.RW, 7, "kernel 6.20")
@@ -214,7 +212,7 @@ func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
 	}
 	// Approvals kept from before the revocation: the counter passed them.
 	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), withApproval)
-	err = reopenErr(t, env, cache)
+	err := reopenErr(t, env, cache)
 	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
 		t.Fatalf("Reopen in the revoked state with approvals of before = %v; want the TPM's refusal", err)
 	}

@@ -167,13 +167,15 @@ func TestPCRPolicyApproveNodeChecksEvidence(t *testing.T) {
 func TestPCRPolicyKeys(t *testing.T) {
 	dir := t.TempDir()
 	var pubs []string
+	var privs [][]byte
 	for _, name := range []string{"current.pem", "next.pem"} {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}
 		der, _ := x509.MarshalPKCS8PrivateKey(key)
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		privs = append(privs, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+		if err := os.WriteFile(filepath.Join(dir, name), privs[len(privs)-1], 0o600); err != nil {
 			t.Fatal(err)
 		}
 		pkix, _ := x509.MarshalPKIXPublicKey(key.Public())
@@ -201,7 +203,7 @@ func TestPCRPolicyKeys(t *testing.T) {
 	}
 	// A key file group or others may read is refused, named as what it is.
 	open := filepath.Join(dir, "open.pem")
-	if err := os.WriteFile(open, readFileT(t, filepath.Join(dir, "current.pem")), 0o644); err != nil {
+	if err := os.WriteFile(open, privs[0], 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(open, 0o644); err != nil {
@@ -222,13 +224,4 @@ func TestPCRPolicyKeys(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
 		t.Errorf("pcr-policy keys made the data directory: %v", err)
 	}
-}
-
-func readFileT(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
