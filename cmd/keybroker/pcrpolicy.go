@@ -116,10 +116,10 @@ again. The state must give every PCR of the releases it is for: a state of
 fewer PCRs than a release seals to approves nothing for it. Without
 --release the state is approved for every pcr_policy "authorized" release of
 every node whose releases cover its PCRs; with --release NAME (repeat for
-more) only for the releases of those names. With --node the
-node's last attestation must have been allowed, and its stored evidence must
-verify again (the quotes' signatures by its AK over the stored PCR values);
-the values approved are printed.`,
+more) only for the releases of those names. With --node the node's last
+attestation must have been allowed, and its stored evidence must verify
+again (the quotes' signatures by its AK over the stored PCR values); the
+values approved are printed.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
