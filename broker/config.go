@@ -25,6 +25,7 @@ import (
 //	challenge_ttl = "60s"
 //	allow_sha1    = false
 //	pcr_banks     = ["sha256", "sha384"]  # banks whose quotes count; default all
+//	identity_log_pcr = 15                  # PCR of the nodes' identity record, 10-15; 0: off (docs/identities.md)
 //	policies      = ["policies"]          # files or directories of *.hcl
 //	policy_poll_interval = "2s"           # reload policies when their files change; "0" disables
 //	ek_allow      = ["<EK hash>"]         # EKs trusted without a certificate
@@ -66,6 +67,7 @@ type FileConfig struct {
 	ChallengeTTL       string          `hcl:"challenge_ttl,optional"`
 	AllowSHA1          bool            `hcl:"allow_sha1,optional"`
 	PCRBanks           []string        `hcl:"pcr_banks,optional"`
+	IdentityLogPCR     *int            `hcl:"identity_log_pcr,optional"`
 	Policies           []string        `hcl:"policies"`
 	PolicyPollInterval string          `hcl:"policy_poll_interval,optional"`
 	EKAllow            []string        `hcl:"ek_allow,optional"`

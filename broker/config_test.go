@@ -70,6 +70,16 @@ func TestParseConfig(t *testing.T) {
 			wantPoll: broker.DefaultPolicyPollInterval,
 		},
 		{
+			name:    "identity_log_pcr resettable within a boot",
+			src:     base + "\nidentity_log_pcr = 17",
+			wantErr: []string{"broker.hcl:4:20: identity_log_pcr: PCR 17 cannot hold the identity record: use one of 10-15 (0 turns the identity record off)"},
+		},
+		{
+			name:     "identity_log_pcr",
+			src:      base + "\nidentity_log_pcr = 14",
+			wantPoll: broker.DefaultPolicyPollInterval,
+		},
+		{
 			name:    "syntax error with position",
 			src:     "data_dir = \n",
 			wantErr: []string{"broker.hcl:1:12: invalid expression: expected the start of an expression, but found an invalid expression token"},

@@ -171,11 +171,11 @@ func parseDuration(s, name string, at spot, p *problems) (time.Duration, bool) {
 	return d, true
 }
 
-// buildVerify parses allow_sha1, pcr_banks, ek_allow and the ek_ca blocks
+// buildVerify parses allow_sha1, pcr_banks, identity_log_pcr, ek_allow and the ek_ca blocks
 // with verify.ParseOpts, the parser the Vault auth method's config endpoint
 // uses too, each problem at what it is about.
 func (fc *FileConfig) buildVerify(abs func(string) string, at spot, p *problems) verify.Opts {
-	oc := verify.OptsConfig{EKAllow: fc.EKAllow, AllowSHA1: fc.AllowSHA1, PCRBanks: fc.PCRBanks}
+	oc := verify.OptsConfig{EKAllow: fc.EKAllow, AllowSHA1: fc.AllowSHA1, PCRBanks: fc.PCRBanks, IdentityLogPCR: fc.IdentityLogPCR}
 	for _, ca := range fc.EKCAs {
 		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: ca.Name,
 			Roots: readCertSources(ca.Roots, abs), Intermediates: readCertSources(ca.Intermediates, abs)})

@@ -24,6 +24,10 @@ const (
 // again (a new segment).
 var ErrFull = errors.New("the identity log is full until the next boot")
 
+// ErrNoRoomForJWT refuses a JWT-SVID handout once the segment reaches
+// MaxSize-X509Reserve: the rest is kept for X.509-SVID rotations.
+var ErrNoRoomForJWT = errors.New("the identity log has no more room for JWT-SVIDs until the next boot (the rest is kept for X.509-SVIDs)")
+
 // PCR is the TPM PCR a File extends, in the SHA-256 bank.
 type PCR interface {
 	// Read returns the PCR's SHA-256 value.
@@ -51,11 +55,18 @@ type File struct {
 	pcr     int
 	now     func() time.Time
 	segment []byte
-	seen    map[string]bool
+	// value is what segment replays to from a reset PCR.
+	value [32]byte
+	seen  map[string]bool
 	// Mismatch is set when Open found the PCR at a value the segment does
 	// not replay to (the PCR was extended out of band, or the file edited):
 	// attestations with this segment are refused until the next boot.
 	Mismatch bool
+	// DroppedLast is set when Open dropped the segment's last record: it
+	// was written but never extended (the agent stopped between the fsync
+	// and the extend, or the extend failed and the record could not be
+	// taken back), and the segment without it replays to the PCR.
+	DroppedLast bool
 }
 
 // Open opens the log in dir (created 0700 if missing). If the file's
@@ -63,10 +74,12 @@ type File struct {
 // within a boot). Otherwise, when pcr is still reset (all zero: the file,
 // whatever it holds, is another boot's) or the segment names another boot,
 // the file moves to PreviousFileName and a new segment starts with a boot
-// record, extended into pcr. A segment that
-// neither replays nor is another boot's is continued with File.Mismatch set.
-// A trailing partial record (a write cut short before its extend) is
-// dropped.
+// record, extended into pcr. A segment whose last record was written but
+// never extended (a crash between the fsync and the extend) is continued
+// without that record when the rest replays (File.DroppedLast). A segment
+// that neither replays nor is another boot's is continued with
+// File.Mismatch set. A trailing partial record (a write cut short before
+// its extend) is dropped.
 func Open(dir string, opts Opts, pcr PCR) (*File, error) {
 	if opts.PCR == 0 {
 		opts.PCR = DefaultPCR
@@ -103,9 +116,12 @@ func Open(dir string, opts Opts, pcr PCR) (*File, error) {
 	lf := &File{pcr: opts.PCR, now: opts.Now, seen: map[string]bool{}}
 	switch {
 	case log != nil && subtle.ConstantTimeCompare(log.Value[:], current[:]) == 1:
-		lf.segment = raw
+		lf.segment, lf.value = raw, log.Value
+	case log != nil && len(log.Issued) > 0 && unextendedLast(raw, current) > 0:
+		cut := unextendedLast(raw, current)
+		lf.segment, lf.value, lf.DroppedLast = raw[:cut], current, true
 	case log != nil && current != [32]byte{} && (opts.BootID == "" || log.BootID == opts.BootID):
-		lf.segment, lf.Mismatch = raw, true
+		lf.segment, lf.value, lf.Mismatch = raw, log.Value, true
 	default:
 		// A PCR extended before this boot's first record cannot replay.
 		lf.Mismatch = current != [32]byte{}
@@ -130,6 +146,48 @@ func Open(dir string, opts Opts, pcr PCR) (*File, error) {
 	}
 	lf.indexSegment()
 	return lf, nil
+}
+
+// unextendedLast returns the length of raw without its last record when
+// that shorter segment replays to current (the last record was never
+// extended), or 0.
+func unextendedLast(raw []byte, current [32]byte) int {
+	cut := bytes.LastIndexByte(raw[:len(raw)-1], '\n') + 1
+	if cut == 0 {
+		return 0
+	}
+	l, err := Parse(raw[:cut])
+	if err != nil || subtle.ConstantTimeCompare(l.Value[:], current[:]) != 1 {
+		return 0
+	}
+	return cut
+}
+
+// ReadSegment returns the current boot's segment in dir without writing
+// anything, for a one-shot attestation (keybroker-agent vault-login) next
+// to an agent that keeps the file: nil when there is no file or pcr is
+// still reset (the file is another boot's, and a reset PCR needs no log).
+// A segment that does not parse, or names another PCR, is an error. The
+// agent may extend a new record between this read and the quote: the
+// attestation is then refused and may be retried.
+func ReadSegment(dir string, index int, pcr PCR) ([]byte, error) {
+	current, err := pcr.Read()
+	if err != nil {
+		return nil, fmt.Errorf("unable to read PCR %d: %w", index, err)
+	}
+	path := filepath.Join(dir, FileName)
+	raw, err := readSegment(path)
+	if err != nil || len(raw) == 0 || current == ([32]byte{}) {
+		return nil, err
+	}
+	log, err := Parse(raw)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("identity log %s: %w", path, err)
+	case log.PCR != index:
+		return nil, fmt.Errorf("identity log %s extends PCR %d, not %d", path, log.PCR, index)
+	}
+	return raw, nil
 }
 
 // readSegment reads the file up to its last newline.
@@ -196,8 +254,11 @@ func (lf *File) append(r Record, pcr PCR, first bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if len(lf.segment)+len(line)+1 > MaxSize {
+	switch size := len(lf.segment) + len(line) + 1; {
+	case size > MaxSize:
 		return false, ErrFull
+	case r.Type == TypeJWT && size > MaxSize-X509Reserve:
+		return false, ErrNoRoomForJWT
 	}
 	rec := append(line, '\n')
 	if _, err := lf.f.Write(rec); err != nil {
@@ -210,15 +271,22 @@ func (lf *File) append(r Record, pcr PCR, first bool) (bool, error) {
 	}
 	// Durable before the extend: a record may be on disk without its
 	// extend (a crash between), never the reverse.
+	next := Extend(lf.value, Digest(line))
 	if err := pcr.Extend(Digest(line)); err != nil {
-		// Not extended: take the record back so that the log still
-		// replays.
+		// The TPM may have run the extend and failed after (a lost
+		// response): the PCR says which. Extended: keep the record.
+		if v, rerr := pcr.Read(); rerr == nil && subtle.ConstantTimeCompare(v[:], next[:]) == 1 {
+			lf.segment, lf.value = append(lf.segment, rec...), next
+			return true, nil
+		}
+		// Not extended (or unknown): take the record back so that the log
+		// still replays; Open drops it if it stays.
 		if terr := lf.f.Truncate(int64(len(lf.segment))); terr != nil {
 			lf.Mismatch = true
 		}
 		return false, fmt.Errorf("unable to extend PCR %d: %w", lf.pcr, err)
 	}
-	lf.segment = append(lf.segment, rec...)
+	lf.segment, lf.value = append(lf.segment, rec...), next
 	return true, nil
 }
 

@@ -149,8 +149,21 @@ func TestFileRefusals(t *testing.T) {
 	if _, err := idlog.Open(dir, idlog.Opts{PCR: 14, BootID: "b"}, agent.TPMPCR{RW: rw, Index: 14}); err == nil || !strings.Contains(err.Error(), "extends PCR 15, not 14") {
 		t.Fatalf("other PCR: %v", err)
 	}
-	if _, err := idlog.Open(dir, idlog.Opts{PCR: 16}, pcr); err == nil || err.Error() != "PCR 16 cannot hold the identity record: software may reset it" {
-		t.Fatalf("PCR 16: %v", err)
+	// Only 10-15 reset to zero at boot and only then: 16 and 23 software
+	// may reset, 17-22 start all one and a dynamic launch resets them.
+	for _, bad := range []int{9, 16, 17, 20, 22, 23} {
+		want := fmt.Sprintf("PCR %d cannot hold the identity record: use one of 10-15", bad)
+		if _, err := idlog.Open(t.TempDir(), idlog.Opts{PCR: bad}, agent.TPMPCR{RW: rw, Index: bad}); err == nil || err.Error() != want {
+			t.Fatalf("PCR %d: %v, want %q", bad, err, want)
+		}
+	}
+	for _, good := range []int{10, 11, 15} {
+		if err := idlog.ValidPCR(good); err != nil {
+			t.Fatalf("PCR %d: %v", good, err)
+		}
+	}
+	if idlog.PCRWarning(10) == "" || idlog.PCRWarning(15) != "" {
+		t.Fatal("PCR 10 (IMA) is not warned about, or PCR 15 is")
 	}
 
 	// A file that does not parse stops the agent while the PCR says this
@@ -200,7 +213,170 @@ func TestFileRefusals(t *testing.T) {
 
 type failingPCR struct{ idlog.PCR }
 
+// lostResponsePCR extends, then reports an error: a TPM whose response to
+// an extend that ran was lost.
+type lostResponsePCR struct{ idlog.PCR }
+
+func (p lostResponsePCR) Extend(d [32]byte) error {
+	if err := p.PCR.Extend(d); err != nil {
+		return err
+	}
+	return errors.New("response lost")
+}
+
+// A record the PCR does not explain only because its extend never ran (a
+// crash between the fsync and the extend) is dropped at Open, and a
+// record whose extend ran although the TPM reported an error is kept: the
+// node is not refused until the next boot for either.
+func TestFileRecovers(t *testing.T) {
+	dir := t.TempDir()
+	lf, pcr := openOn(t, dir, idlog.Opts{BootID: "b"})
+	if ok, err := lf.Append(handout(1), lostResponsePCR{pcr}); !ok || err != nil {
+		t.Fatalf("an extend that ran but reported an error: %v, %v; want the record kept", ok, err)
+	}
+	if !lf.Recorded(handout(1)) {
+		t.Fatal("the handout whose extend ran is not recorded")
+	}
+	replays(t, lf, pcr)
+	lf.Close()
+
+	// The agent stops between the fsync of a record and its extend.
+	line, err := idlog.Encode(idlog.HandoutRecord(handout(2)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, idlog.FileName), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(line, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	lf, err = idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if !lf.DroppedLast || lf.Mismatch || lf.Recorded(handout(2)) {
+		t.Fatalf("dropped %v, mismatch %v, recorded %v: want the unextended record dropped", lf.DroppedLast, lf.Mismatch, lf.Recorded(handout(2)))
+	}
+	if l := replays(t, lf, pcr); len(l.Issued) != 1 {
+		t.Fatalf("%d handouts, want 1", len(l.Issued))
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, idlog.FileName))
+	if bytes.Contains(raw, line) {
+		t.Fatal("the file still holds the unextended record")
+	}
+	// And it records again.
+	if ok, err := lf.Append(handout(2), pcr); !ok || err != nil {
+		t.Fatalf("append after recovery: %v, %v", ok, err)
+	}
+	replays(t, lf, pcr)
+}
+
 func (failingPCR) Extend([32]byte) error { return errors.New("refused") }
 
 // reboot resets the simulator as a reboot of its machine does.
 func reboot(rw any) error { return rw.(interface{ Reset() error }).Reset() }
+
+// ReadSegment hands a one-shot attestation the current boot's segment
+// without writing: nothing while the PCR is reset, the segment once it is
+// extended, and a refusal for a segment of another PCR.
+func TestReadSegment(t *testing.T) {
+	rw := tpmtest.Open(t)
+	pcr := agent.TPMPCR{RW: rw, Index: 15}
+	dir := t.TempDir()
+	if seg, err := idlog.ReadSegment(dir, 15, pcr); seg != nil || err != nil {
+		t.Fatalf("no file: %q, %v", seg, err)
+	}
+	lf, err := idlog.Open(dir, idlog.Opts{BootID: "b"}, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if _, err := lf.Append(handout(1), pcr); err != nil {
+		t.Fatal(err)
+	}
+	seg, err := idlog.ReadSegment(dir, 15, pcr)
+	if err != nil || !bytes.Equal(seg, lf.Segment()) {
+		t.Fatalf("segment %q, %v; want the file's", seg, err)
+	}
+	if _, err := idlog.ReadSegment(dir, 14, agent.TPMPCR{RW: rw, Index: 14}); err != nil {
+		t.Fatalf("PCR 14 reset: %v, want no log and no error", err)
+	}
+	if err := (agent.TPMPCR{RW: rw, Index: 14}).Extend([32]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idlog.ReadSegment(dir, 14, agent.TPMPCR{RW: rw, Index: 14}); err == nil || !strings.Contains(err.Error(), "extends PCR 15, not 14") {
+		t.Fatalf("another PCR: %v", err)
+	}
+	if err := reboot(rw); err != nil {
+		t.Fatal(err)
+	}
+	if seg, err := idlog.ReadSegment(dir, 15, pcr); seg != nil || err != nil {
+		t.Fatalf("after a reboot: %q, %v; want nothing", seg, err)
+	}
+}
+
+// JWT-SVIDs cannot fill the end of a segment kept for X.509-SVIDs: a
+// workload asking for tokens of ever new audiences does not block X.509
+// rotations until the next boot.
+func TestFileX509Reserve(t *testing.T) {
+	lf, pcr := openFresh(t)
+	var refused error
+	n := 0
+	for ; n < idlog.MaxSize/100 && refused == nil; n++ {
+		h := handout(n)
+		h.Type, h.Expires = idlog.TypeJWT, h.Time.Add(5*time.Minute)
+		_, refused = lf.Append(h, pcr)
+	}
+	if !errors.Is(refused, idlog.ErrNoRoomForJWT) {
+		t.Fatalf("JWT-SVIDs: %v after %d, want ErrNoRoomForJWT", refused, n)
+	}
+	if size := len(lf.Segment()); size > idlog.MaxSize-idlog.X509Reserve {
+		t.Fatalf("JWT-SVIDs filled %d bytes, more than %d", size, idlog.MaxSize-idlog.X509Reserve)
+	}
+	for i := range 100 {
+		if ok, err := lf.Append(handout(100000+i), pcr); !ok || err != nil {
+			t.Fatalf("X.509-SVID %d after the JWT-SVIDs: %v, %v", i, ok, err)
+		}
+	}
+	replays(t, lf, pcr)
+}
+
+// The same SVID to the same executable and uid under another gid is
+// another handout.
+func TestFileGID(t *testing.T) {
+	lf, pcr := openFresh(t)
+	g1, g2 := uint32(1), uint32(2)
+	a, b := handout(1), handout(1)
+	a.GID, b.GID = &g1, &g2
+	for _, h := range []idlog.Issued{a, a, b} {
+		if _, err := lf.Append(h, pcr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := replays(t, lf, pcr); len(l.Issued) != 2 || *l.Issued[0].GID != 1 || *l.Issued[1].GID != 2 {
+		t.Fatalf("handouts %+v, want one per gid", l.Issued)
+	}
+}
+
+// openFresh opens a new log on PCR 15 of a fresh TPM, closed with the test.
+func openFresh(t *testing.T) (*idlog.File, idlog.PCR) {
+	t.Helper()
+	return openOn(t, t.TempDir(), idlog.Opts{})
+}
+
+// openOn opens the log in dir on PCR 15 of a fresh TPM, closed with the
+// test.
+func openOn(t *testing.T, dir string, opts idlog.Opts) (*idlog.File, idlog.PCR) {
+	t.Helper()
+	pcr := agent.TPMPCR{RW: tpmtest.Open(t), Index: 15}
+	lf, err := idlog.Open(dir, opts, pcr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() })
+	return lf, pcr
+}

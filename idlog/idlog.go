@@ -43,6 +43,11 @@ const (
 	MaxSize = 256 << 10
 	// MaxRecordSize bounds one record.
 	MaxRecordSize = 4 << 10
+	// X509Reserve is the end of a segment that only X.509-SVID records may
+	// fill: a workload asking for JWT-SVIDs of ever new audiences cannot
+	// use the whole segment and block the rotation of X.509-SVIDs until
+	// the next boot (ErrNoRoomForJWT).
+	X509Reserve = 64 << 10
 	// DefaultPCR is the PCR the agent extends unless told otherwise.
 	DefaultPCR = 15
 	// maxBootID bounds the boot record's boot_id.
@@ -71,13 +76,16 @@ type Record struct {
 	BootID string `json:"boot_id,omitempty"`
 	// The handout: the SVID's SPIFFE ID, serial and expiry, the selectors
 	// of the workload entry it was issued for, the calling executable's
-	// SHA-256 (empty if the agent could not read it) and the caller's uid.
+	// SHA-256 (empty if the agent could not read it) and the caller's uid
+	// and gid.
 	SPIFFEID  string   `json:"spiffe_id,omitempty"`
 	Serial    string   `json:"serial,omitempty"`
 	Expires   string   `json:"expires,omitempty"`
 	Selectors []string `json:"selectors,omitempty"`
 	ExeSHA256 string   `json:"exe_sha256,omitempty"`
 	UID       *uint32  `json:"uid,omitempty"`
+	// GID is the caller's gid; absent in records of agents before it.
+	GID *uint32 `json:"gid,omitempty"`
 	// Time is when the record was appended, RFC 3339 in UTC.
 	Time string `json:"time"`
 }
@@ -91,7 +99,9 @@ type Issued struct {
 	Selectors []string  `json:"selectors"`
 	ExeSHA256 string    `json:"exe_sha256"`
 	UID       uint32    `json:"uid"`
-	Time      time.Time `json:"time"`
+	// GID is nil in records written before the agent recorded it.
+	GID  *uint32   `json:"gid,omitempty"`
+	Time time.Time `json:"time"`
 }
 
 // BootRecord returns the record that starts a segment extending pcr.
@@ -104,6 +114,10 @@ func HandoutRecord(h Issued) Record {
 	uid := h.UID
 	r := Record{Type: h.Type, SPIFFEID: h.SPIFFEID, Serial: h.Serial, Selectors: slices.Clone(h.Selectors),
 		ExeSHA256: h.ExeSHA256, UID: &uid, Time: formatTime(h.Time)}
+	if h.GID != nil {
+		gid := *h.GID
+		r.GID = &gid
+	}
 	if !h.Expires.IsZero() {
 		r.Expires = formatTime(h.Expires)
 	}
@@ -112,17 +126,25 @@ func HandoutRecord(h Issued) Record {
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
-// ValidPCR checks that pcr may hold the record: not a firmware or boot
-// loader PCR (0-9, whose values the event log explains), not one software
-// may reset (16, the debug PCR, and 23), within 0-23.
+// ValidPCR checks that pcr may hold the record: one of 10-15, which reset
+// to all zero at boot and only then. PCRs 0-9 are the firmware's and boot
+// loader's (the event log explains them), 16 and 23 software may reset, and
+// 17-22 start all one and are reset by a dynamic launch (DRTM, locality
+// 2-4): a record there could be wiped and rewritten within a boot.
 func ValidPCR(pcr int) error {
-	switch {
-	case pcr < 10 || pcr > 22:
-		return fmt.Errorf("PCR %d cannot hold the identity record: use one of 10-15 or 17-22", pcr)
-	case pcr == 16:
-		return errors.New("PCR 16 cannot hold the identity record: software may reset it")
+	if pcr < 10 || pcr > 15 {
+		return fmt.Errorf("PCR %d cannot hold the identity record: use one of 10-15", pcr)
 	}
 	return nil
+}
+
+// PCRWarning is what an operator should hear about pcr as the record's
+// PCR, or "": PCR 10 is where IMA measures, when it runs.
+func PCRWarning(pcr int) string {
+	if pcr == 10 {
+		return "PCR 10 is IMA's: if IMA measures on this machine, the identity record does not replay; pick another of 11-15"
+	}
+	return ""
 }
 
 // Encode returns r as the line the log holds (without the newline),
@@ -189,7 +211,7 @@ func Parse(raw []byte) (*Log, error) {
 			continue
 		}
 		iss := Issued{Type: r.Type, SPIFFEID: r.SPIFFEID, Serial: r.Serial, Selectors: r.Selectors,
-			ExeSHA256: r.ExeSHA256, UID: *r.UID, Time: t}
+			ExeSHA256: r.ExeSHA256, UID: *r.UID, GID: r.GID, Time: t}
 		if r.Expires != "" {
 			iss.Expires, _ = time.Parse(time.RFC3339Nano, r.Expires)
 		}
@@ -243,7 +265,7 @@ func (r Record) check(first bool) error {
 			return errors.New("boot record without pcr")
 		case len(r.BootID) > maxBootID || strings.ContainsFunc(r.BootID, notPrintable):
 			return errors.New("boot_id is not a boot ID")
-		case r.SPIFFEID != "" || r.Serial != "" || r.Expires != "" || r.Selectors != nil || r.ExeSHA256 != "" || r.UID != nil:
+		case r.SPIFFEID != "" || r.Serial != "" || r.Expires != "" || r.Selectors != nil || r.ExeSHA256 != "" || r.UID != nil || r.GID != nil:
 			return errors.New("boot record with handout fields")
 		}
 		return ValidPCR(*r.PCR)
@@ -293,14 +315,17 @@ func isHex(s string, minLen, maxLen int) bool {
 	return true
 }
 
-// key identifies a handout for deduplication: one record per SVID, caller
-// executable and uid.
+// key identifies a handout for deduplication: one record per SVID and
+// caller — its executable (by content, whatever its pid) and its uid and
+// gid.
 func (r Record) key() string {
-	uid := uint32(0)
-	if r.UID != nil {
-		uid = *r.UID
+	id := func(p *uint32) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprint(*p)
 	}
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%d", r.Type, r.SPIFFEID, r.Serial, r.ExeSHA256, uid)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s", r.Type, r.SPIFFEID, r.Serial, r.ExeSHA256, id(r.UID), id(r.GID))
 }
 
 // SerialOfToken is the Serial of a JWT-SVID: the SHA-256 of the token.

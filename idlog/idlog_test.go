@@ -20,8 +20,13 @@ func TestParse(t *testing.T) {
 	}
 	want := idlog.Extend(idlog.Extend([32]byte{}, idlog.Digest([]byte(bootLine))), idlog.Digest([]byte(x509Line)))
 	if l.Value != want || l.PCR != 15 || l.BootID != "b1" || len(l.Issued) != 1 || l.Issued[0].Serial != "1f" || l.Issued[0].UID != 1000 ||
-		l.Issued[0].Expires.IsZero() {
+		l.Issued[0].Expires.IsZero() || l.Issued[0].GID != nil {
 		t.Fatalf("parsed %+v", l)
+	}
+	// A record with the caller's gid (agents since it is recorded).
+	withGID := strings.Replace(x509Line, `"uid":1000`, `"uid":1000,"gid":50`, 1)
+	if l, err := idlog.Parse([]byte(bootLine + "\n" + withGID + "\n")); err != nil || l.Issued[0].GID == nil || *l.Issued[0].GID != 50 {
+		t.Fatalf("record with gid: %+v, %v", l, err)
 	}
 	for _, tt := range []struct {
 		name, log, wantErr string
@@ -39,9 +44,11 @@ func TestParse(t *testing.T) {
 		{"upper-case serial", bootLine + "\n" + strings.Replace(x509Line, `"1f"`, `"1F"`, 1) + "\n", "identity log record 2: serial is not lowercase hex"},
 		{"bad SPIFFE ID", bootLine + "\n" + strings.Replace(x509Line, "spiffe://example.org/web", "https://example.org/web", 1) + "\n", "identity log record 2: spiffe_id: scheme is missing or invalid"},
 		{"short exe digest", bootLine + "\n" + strings.Replace(x509Line, "0123456789abcdef0123", "", 1) + "\n", "identity log record 2: exe_sha256 is not a SHA-256 in lowercase hex"},
+		{"gid on a boot record", strings.Replace(bootLine, `"time"`, `"gid":0,"time"`, 1) + "\n", "identity log record 1: boot record with handout fields"},
 		{"no uid", bootLine + "\n" + strings.Replace(x509Line, `,"uid":1000`, "", 1) + "\n", "identity log record 2: handout record without uid"},
-		{"resettable PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":16`, 1) + "\n", "identity log record 1: PCR 16 cannot hold the identity record: software may reset it"},
-		{"firmware PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":7`, 1) + "\n", "identity log record 1: PCR 7 cannot hold the identity record: use one of 10-15 or 17-22"},
+		{"resettable PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":16`, 1) + "\n", "identity log record 1: PCR 16 cannot hold the identity record: use one of 10-15"},
+		{"firmware PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":7`, 1) + "\n", "identity log record 1: PCR 7 cannot hold the identity record: use one of 10-15"},
+		{"DRTM PCR", strings.Replace(bootLine, `"pcr":15`, `"pcr":17`, 1) + "\n", "identity log record 1: PCR 17 cannot hold the identity record: use one of 10-15"},
 		{"bad time", strings.Replace(bootLine, `2026-12-05T12:00:00Z`, `yesterday`, 1) + "\n", "identity log record 1: time is not an RFC 3339 time"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

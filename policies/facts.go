@@ -54,7 +54,7 @@ var factDocs = []FactDoc{
 	{"identities.present", "bool", "whether the node sent a record of issued identities (it replayed to its quoted PCR)"},
 	{"identities.pcr", "int", "the PCR the record extends (SHA-256 bank); 0 without a record"},
 	{"identities.boot_id", "string", "the boot the record is of, as the agent read it; \"\" if unknown"},
-	{"identities.issued", "list(map)", "the SVIDs the agent handed to workloads this boot, in order: {type: \"x509\" or \"jwt\", spiffe_id, serial, expires (RFC 3339 or \"\"), selectors: list(string) of the entry, exe_sha256: the caller's executable (\"\" if unread), uid: int, time: RFC 3339}"},
+	{"identities.issued", "list(map)", "the SVIDs the agent handed to workloads this boot, in order: {type: \"x509\" or \"jwt\", spiffe_id, serial, expires (RFC 3339 or \"\"), selectors: list(string) of the entry, exe_sha256: the caller's executable (\"\" if unread), uid: int, gid: int (-1 if not recorded), time: RFC 3339}"},
 	{"node.labels", "map(string, string)", "the labels a node block of the policy documents gives this EK; empty if none"},
 }
 
@@ -113,7 +113,7 @@ func FactDocs() []FactDoc {
 //	identities.pcr            int, the PCR the record extends (SHA-256 bank)
 //	identities.boot_id        string, the boot the record is of
 //	identities.issued         list(map), the SVIDs handed out this boot: {type, spiffe_id, serial,
-//	                          expires, selectors, exe_sha256, uid, time}
+//	                          expires, selectors, exe_sha256, uid, gid, time}
 //
 // Without an event log, eventlog.present is false and every other eventlog
 // fact is empty (false, "", []); likewise the identities facts without an
@@ -252,9 +252,13 @@ func identityFacts(l *verify.IdentityLog) map[string]any {
 		if selectors == nil {
 			selectors = []string{}
 		}
+		gid := int64(-1) // not recorded by agents before gid was
+		if i.GID != nil {
+			gid = int64(*i.GID)
+		}
 		issued = append(issued, map[string]any{
 			"type": i.Type, "spiffe_id": i.SPIFFEID, "serial": i.Serial, "expires": expires,
-			"selectors": selectors, "exe_sha256": i.ExeSHA256, "uid": int64(i.UID),
+			"selectors": selectors, "exe_sha256": i.ExeSHA256, "uid": int64(i.UID), "gid": gid,
 			"time": i.Time.UTC().Format(time.RFC3339),
 		})
 	}

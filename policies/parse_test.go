@@ -200,6 +200,23 @@ p.hcl:6:36: policy "web": release "tls": pcrs[4] 0 is listed twice
 p.hcl:6:39: policy "web": release "tls": pcrs[5] must be a number`,
 		},
 		{
+			name: "pcr_sealed to software-resettable PCRs",
+			src: withRelease(`    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcrs        = [7, 16, 23]
+    common_name = "a"`),
+			wantErr: `p.hcl:6:23: policy "web": release "tls": pcrs[1]: PCR 16 can be reset by software at locality 0 and cannot bind a key or a secret
+p.hcl:6:27: policy "web": release "tls": pcrs[2]: PCR 23 can be reset by software at locality 0 and cannot bind a key or a secret`,
+		},
+		{
+			name: "tpm_resident key bound to a software-resettable PCR",
+			src: withRelease(`    type      = "x509_svid"
+    mode      = "tpm_resident"
+    pcrs      = [23]
+    spiffe_id = "spiffe://example.org/node"`),
+			wantErr: `p.hcl:6:18: policy "web": release "tls": pcrs[0]: PCR 23 can be reset by software at locality 0 and cannot bind a key or a secret`,
+		},
+		{
 			name: "bad ttl",
 			src: withRelease(`    type        = "tls_certificate"
     ttl         = "1d"

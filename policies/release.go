@@ -16,6 +16,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/internal/hcldiag"
+	"github.com/keybroker/keybroker/resident"
 )
 
 // Mode says how a release is sealed to the node's TPM.
@@ -649,6 +650,10 @@ func (c *compiler) pcrs(attr *hcl.Attribute, where string) ([]uint32, bool) {
 		}
 		if slices.Contains(out, uint32(n)) {
 			c.errorf(e.Range(), "%s: pcrs[%d] %d is listed twice", where, i, n)
+			continue
+		}
+		if err := resident.CheckBindable(uint32(n)); err != nil {
+			c.errorf(e.Range(), "%s: pcrs[%d]: %v", where, i, err)
 			continue
 		}
 		out = append(out, uint32(n))

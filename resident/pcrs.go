@@ -25,11 +25,25 @@ type PCRs struct {
 	PCRs []uint32      // ascending, each at most MaxPCR
 }
 
+// CheckBindable refuses the PCRs a key or a secret must not be bound to:
+// 16 (debug) and 23 (application support) can be reset by any software at
+// locality 0 (TPM2_PCR_Reset), so a value bound to them is one anyone on
+// the machine can reproduce. PCRs 17 to 22 are reset by a dynamic launch
+// (DRTM, localities 2 to 4) and hold its measurements; they are accepted,
+// and only mean something on machines that perform one. Policies and the
+// agent's flags share this rule.
+func CheckBindable(pcr uint32) error {
+	if pcr == 16 || pcr == 23 {
+		return fmt.Errorf("PCR %d can be reset by software at locality 0 and cannot bind a key or a secret", pcr)
+	}
+	return nil
+}
+
 var banks = map[string]tpm2.TPMAlgID{"sha256": tpm2.TPMAlgSHA256, "sha384": tpm2.TPMAlgSHA384, "sha512": tpm2.TPMAlgSHA512}
 
 // ParsePCRs reads a PCR selection as tpm2-tools writes it, BANK:I,J,...
 // (sha256:0,7): one bank of sha256, sha384 or sha512, at least one PCR,
-// each at most MaxPCR, none twice. The result is sorted.
+// each at most MaxPCR and bindable (CheckBindable), none twice. The result is sorted.
 func ParsePCRs(s string) (*PCRs, error) {
 	bank, list, ok := strings.Cut(s, ":")
 	if !ok || list == "" {
@@ -47,6 +61,9 @@ func ParsePCRs(s string) (*PCRs, error) {
 		}
 		if slices.Contains(p.PCRs, uint32(i)) {
 			return nil, fmt.Errorf("PCR selection %q: PCR %d is listed twice", s, i)
+		}
+		if err := CheckBindable(uint32(i)); err != nil {
+			return nil, fmt.Errorf("PCR selection %q: %w", s, err)
 		}
 		p.PCRs = append(p.PCRs, uint32(i))
 	}

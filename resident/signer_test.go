@@ -158,6 +158,8 @@ func TestParsePCRs(t *testing.T) {
 		{"sha256:24", `PCR selection "sha256:24": "24" is not a PCR from 0 to 23`},
 		{"sha256:0,,7", `PCR selection "sha256:0,,7": "" is not a PCR from 0 to 23`},
 		{"sha256:7,7", `PCR selection "sha256:7,7": PCR 7 is listed twice`},
+		{"sha256:0,16", `PCR selection "sha256:0,16": PCR 16 can be reset by software at locality 0 and cannot bind a key or a secret`},
+		{"sha256:23", `PCR selection "sha256:23": PCR 23 can be reset by software at locality 0 and cannot bind a key or a secret`},
 		{"sha256:", `PCR selection "sha256:": want BANK:I,J,... such as sha256:0,7`},
 	} {
 		t.Run(tt.in, func(t *testing.T) {

@@ -7,15 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
-
-	"github.com/keybroker/keybroker/internal/provenance"
 )
 
 // DefaultProcDir is where the agent reads callers' executables.
@@ -23,6 +19,10 @@ const DefaultProcDir = "/proc"
 
 // maxHashCache bounds the executable hash cache; when full it starts over.
 const maxHashCache = 1024
+
+// MaxExecutableSize bounds the executables the agent hashes: a caller
+// whose executable is larger is attested by uid and gid only.
+const MaxExecutableSize = 1 << 30
 
 // attestor turns a connection's peer credentials into a Caller.
 type attestor struct {
@@ -42,68 +42,145 @@ func newAttestor(procDir string, bundles BundleLocations, log *slog.Logger) *att
 // holding its PID.
 var errCallerGone = errors.New("the calling process exited")
 
-// attest describes the caller: uid and gid from the kernel, the executable
-// from /proc/<pid>/exe read now (so a process that exec'd another program
-// since it connected is described as that program). It fails if the PID now
-// belongs to another process than the one that connected. An executable
-// the agent cannot read leaves Path and SHA256 empty (and is logged), so
-// only entries selecting on uid and gid alone can match.
-func (a *attestor) attest(p PeerInfo) (Caller, error) {
-	c := Caller{PID: p.PID, UID: p.UID, GID: p.GID}
-	exe := filepath.Join(a.procDir, strconv.Itoa(int(p.PID)), "exe")
-	path, sum, exeErr := a.executable(exe)
+// errExecChanged means the process that connected runs another executable
+// than the one it ran when it connected: it called execve since, or the
+// file changed.
+var errExecChanged = errors.New("the calling process runs another executable than when it connected")
+
+// executable is what the agent learned about a caller's executable when
+// the caller connected, all through one open file of /proc/<pid>/exe.
+type executable struct {
+	path   string
+	sha256 string
+	key    fileKey
+	// local is true when the file is on a filesystem of localFilesystems:
+	// only then may signed selectors hold.
+	local bool
+	// err is why the executable could not be read; then the caller is
+	// described by uid and gid only.
+	err error
+}
+
+// connected completes p, the peer credentials of a new connection, with
+// the process's start time and its executable as they are now. Every call
+// on the connection is checked against them (recheck).
+func (a *attestor) connected(p PeerInfo) (PeerInfo, error) {
+	st, err := processStartTime(a.procDir, p.PID)
+	if err != nil {
+		return PeerInfo{}, err
+	}
+	p.StartTime = st
+	p.exe = a.executable(p.PID)
 	// Checked after reading the executable: if the PID was reused in the
 	// meantime, what was read may be another program's.
 	if st, err := processStartTime(a.procDir, p.PID); err != nil || st != p.StartTime {
-		return Caller{}, errCallerGone
+		return PeerInfo{}, errCallerGone
 	}
-	if exeErr != nil {
-		a.log.Warn("caller attested without its executable", "pid", p.PID, "uid", p.UID, "error", exeErr)
+	return p, nil
+}
+
+// attest describes the caller of a call on p's connection: uid and gid
+// from the kernel, the executable as it was when the caller connected. It
+// fails if the PID now belongs to another process than the one that
+// connected, or if that process runs another executable now (recheck). An
+// executable the agent could not read leaves Path and SHA256 empty (and is
+// logged), so only entries selecting on uid and gid alone can match.
+func (a *attestor) attest(p PeerInfo) (Caller, error) {
+	c := Caller{PID: p.PID, UID: p.UID, GID: p.GID, startTime: p.StartTime, exe: p.exe}
+	if err := a.recheck(c); err != nil {
+		return Caller{}, err
+	}
+	if p.exe.err != nil {
+		a.log.Warn("caller attested without its executable", "pid", p.PID, "uid", p.UID, "error", p.exe.err)
 		return c, nil
 	}
-	c.Path, c.SHA256 = path, sum
+	c.Path, c.SHA256 = p.exe.path, p.exe.sha256
 	return c, nil
 }
 
-// executable returns the path and SHA-256 of the program /proc/<pid>/exe
-// points at. The hash is cached by device, inode, size, mtime and ctime.
-func (a *attestor) executable(exe string) (string, string, error) {
-	path, err := os.Readlink(exe)
-	if err != nil {
-		return "", "", fmt.Errorf("unable to read the caller's executable: %w", err)
+// recheck fails if c's process is gone or its executable is not the file
+// it ran when it connected (device, inode, size, modification and change
+// time). It is done at every call and before every streamed response.
+func (a *attestor) recheck(c Caller) error {
+	exe := filepath.Join(a.procDir, strconv.Itoa(int(c.PID)), "exe")
+	fi, statErr := os.Stat(exe)
+	if st, err := processStartTime(a.procDir, c.PID); err != nil || st != c.startTime {
+		return errCallerGone
 	}
-	f, err := os.Open(exe)
+	if c.exe.err != nil {
+		return nil
+	}
+	if statErr != nil {
+		return fmt.Errorf("%w: %w", errExecChanged, statErr)
+	}
+	if key, ok := keyOf(fi); !ok || key != c.exe.key {
+		return errExecChanged
+	}
+	return nil
+}
+
+// executable opens /proc/<pid>/exe once and describes that open file: its
+// path, identity and SHA-256. The hash is cached by device, inode, size,
+// mtime and ctime for files on local filesystems only.
+func (a *attestor) executable(pid int32) executable {
+	f, err := os.Open(filepath.Join(a.procDir, strconv.Itoa(int(pid)), "exe"))
 	if err != nil {
-		return "", "", fmt.Errorf("unable to open the caller's executable: %w", err)
+		return executable{err: fmt.Errorf("unable to open the caller's executable: %w", err)}
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", "", fmt.Errorf("unable to stat the caller's executable: %w", err)
+		return executable{err: fmt.Errorf("unable to stat the caller's executable: %w", err)}
 	}
-	key, cacheable := keyOf(fi)
-	if cacheable {
+	if !fi.Mode().IsRegular() {
+		return executable{err: errors.New("the caller's executable is not a regular file")}
+	}
+	if fi.Size() > MaxExecutableSize {
+		return executable{err: fmt.Errorf("the caller's executable is larger than %d bytes", MaxExecutableSize)}
+	}
+	key, ok := keyOf(fi)
+	if !ok {
+		return executable{err: errors.New("unable to identify the caller's executable")}
+	}
+	path, err := openedPath(f)
+	if err != nil {
+		return executable{err: fmt.Errorf("unable to read the caller's executable's path: %w", err)}
+	}
+	local, fsType, err := onLocalFilesystem(f)
+	if err != nil {
+		return executable{err: err}
+	}
+	if !local {
+		a.log.Debug("caller's executable is not on a local filesystem: hashed at each connection, no signed selectors", "pid", pid, "path", path, "filesystem", fsType)
+	}
+	exe := executable{path: path, key: key, local: local}
+	if local {
 		a.mu.Lock()
 		sum, ok := a.hashes[key]
 		a.mu.Unlock()
 		if ok {
-			return path, sum, nil
+			exe.sha256 = sum
+			return exe
 		}
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", "", fmt.Errorf("unable to hash the caller's executable: %w", err)
+	n, err := io.Copy(h, io.LimitReader(f, MaxExecutableSize+1))
+	switch {
+	case err != nil:
+		return executable{err: fmt.Errorf("unable to hash the caller's executable: %w", err)}
+	case n > MaxExecutableSize:
+		return executable{err: fmt.Errorf("the caller's executable is larger than %d bytes", MaxExecutableSize)}
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	if cacheable {
+	exe.sha256 = hex.EncodeToString(h.Sum(nil))
+	if local {
 		a.mu.Lock()
 		if len(a.hashes) >= maxHashCache {
 			clear(a.hashes)
 		}
-		a.hashes[key] = sum
+		a.hashes[key] = exe.sha256
 		a.mu.Unlock()
 	}
-	return path, sum, nil
+	return exe
 }
 
 // processStartTime reads field 22 (starttime) of /proc/<pid>/stat.
@@ -130,113 +207,90 @@ func processStartTime(procDir string, pid int32) (uint64, error) {
 	return v, nil
 }
 
-// BundleLocations says where the agent looks for the Sigstore bundles of
-// a caller's executable (JSON, at most provenance.MaxBundleSize bytes).
-// Every bundle found is verified, and the signed selectors any of them
-// makes hold are the caller's. The zero value looks nowhere: signed
-// selectors never hold.
-type BundleLocations struct {
-	// BesideExecutable reads <exe>.sigstore.json and <exe>.bundle, <exe>
-	// being the executable's path as the caller sees it, read through
-	// /proc/<pid>/root (so in the caller's mount namespace).
-	BesideExecutable bool
-	// Dirs are directories of bundles named by the executable's SHA-256:
-	// <dir>/<64 lowercase hex>.sigstore.json or .bundle.
-	Dirs []string
-}
+// Bounds of the /proc files read to decide whether signed selectors may
+// hold for a process.
+const (
+	maxStatusSize  = 64 << 10
+	maxEnvironSize = 1 << 20
+)
 
-// bundleSuffixes are the names a bundle file may end in.
-var bundleSuffixes = []string{".sigstore.json", ".bundle"}
+// loaderVariables make the dynamic loader run code the executable's
+// signature does not cover.
+var loaderVariables = [][]byte{[]byte("LD_PRELOAD="), []byte("LD_AUDIT="), []byte("LD_LIBRARY_PATH=")}
 
-// WithBundles sets where the server looks for the Sigstore bundles of
-// callers' executables, for signed selectors. Default: nowhere.
-func WithBundles(l BundleLocations) Option {
-	return func(s *Server) {
-		s.bundles = BundleLocations{BesideExecutable: l.BesideExecutable, Dirs: slices.Clone(l.Dirs)}
+// signable returns why signed selectors must not hold for c's process, or
+// nil: a signature vouches for the executable's bytes, so the process must
+// run them from a local filesystem, not be traced (another process could
+// change its memory), and not have the loader run other code first. The
+// environment is the one the process was started with
+// (/proc/<pid>/environ): unreadable, or larger than 1 MiB, means no.
+func (a *attestor) signable(c Caller) error {
+	if !c.exe.local {
+		return errors.New("the executable is not on a local filesystem")
 	}
-}
-
-// selectors returns the facts c is matched against in snap: c.Selectors(),
-// and the signed selectors its executable's bundles make hold when snap's
-// entries have signed selectors. missing lists where it looked when it found
-// no bundle at all: logged at debug level here (a caller matching unsigned
-// entries has none, on every call), and with the refusal if c matches no
-// entry.
-func (a *attestor) selectors(c Caller, snap *Snapshot) (sel []Selector, missing []string) {
-	sel = c.Selectors()
-	if c.SHA256 == "" || snap.Trust.Empty() || !snap.hasSigned() {
-		return sel, nil
-	}
-	digest, err := hex.DecodeString(c.SHA256)
+	dir := filepath.Join(a.procDir, strconv.Itoa(int(c.PID)))
+	status, err := readBounded(filepath.Join(dir, "status"), maxStatusSize)
 	if err != nil {
-		return sel, nil
+		return fmt.Errorf("unable to read the caller's status: %w", err)
 	}
-	paths := a.bundlePaths(c)
-	found := 0
-	for _, p := range paths {
-		data, err := readBundle(p)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			continue
-		case err != nil:
-			a.log.Warn("caller's Sigstore bundle unreadable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "bundle", p, "error", err)
-			continue
-		}
-		found++
-		facts, err := snap.Trust.Verify(digest, data)
-		if err != nil {
-			a.log.Warn("caller's Sigstore bundle not trusted", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "bundle", p, "error", err)
-			continue
-		}
-		for _, f := range facts {
-			sel = append(sel, Selector{Type: SelectorTypeSigned, Value: f})
-		}
-	}
-	if found == 0 {
-		a.log.Debug("no Sigstore bundle for the caller's executable", "pid", c.PID, "path", c.Path, "sha256", c.SHA256, "looked_in", paths)
-		return sel, paths
-	}
-	return sel, nil
-}
-
-// bundlePaths lists where c's bundles may be.
-func (a *attestor) bundlePaths(c Caller) []string {
-	var out []string
-	if a.bundles.BesideExecutable && c.Path != "" {
-		exe := filepath.Join(a.procDir, strconv.Itoa(int(c.PID)), "root", c.Path)
-		for _, s := range bundleSuffixes {
-			out = append(out, exe+s)
-		}
-	}
-	for _, d := range a.bundles.Dirs {
-		for _, s := range bundleSuffixes {
-			out = append(out, filepath.Join(d, c.SHA256+s))
-		}
-	}
-	return out
-}
-
-// readBundle reads a regular file of at most provenance.MaxBundleSize
-// bytes.
-func readBundle(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
+	tracer, err := tracerPID(status)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
+	if tracer != 0 {
+		return fmt.Errorf("the process is traced by process %d", tracer)
 	}
+	env, err := readBounded(filepath.Join(dir, "environ"), maxEnvironSize)
+	if err != nil {
+		return fmt.Errorf("unable to read the caller's environment: %w", err)
+	}
+	for _, v := range bytes.Split(env, []byte{0}) {
+		for _, l := range loaderVariables {
+			if bytes.HasPrefix(v, l) {
+				return fmt.Errorf("the process's environment sets %s", l[:len(l)-1])
+			}
+		}
+	}
+	// Both files were read by PID: make sure they were c's.
+	if st, err := processStartTime(a.procDir, c.PID); err != nil || st != c.startTime {
+		return errCallerGone
+	}
+	return nil
+}
+
+// tracerPID reads the TracerPid line of /proc/<pid>/status.
+func tracerPID(status []byte) (int, error) {
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte("TracerPid:")); ok {
+			n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
+			if err != nil {
+				return 0, fmt.Errorf("malformed TracerPid in the caller's status: %w", err)
+			}
+			return n, nil
+		}
+	}
+	return 0, errors.New("no TracerPid in the caller's status")
+}
+
+// readBounded reads a file of at most limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, provenance.MaxBundleSize+1))
+	return readAllBounded(f, limit)
+}
+
+// readAllBounded reads r to its end, failing if it holds more than limit
+// bytes.
+func readAllBounded(r io.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > provenance.MaxBundleSize {
-		return nil, fmt.Errorf("larger than %d bytes", provenance.MaxBundleSize)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes", limit)
 	}
 	return data, nil
 }

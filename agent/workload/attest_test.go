@@ -12,8 +12,9 @@ import (
 	"testing"
 )
 
-// fakeProc makes a /proc with one process: stat with the given start time
-// and exe pointing at exe.
+// fakeProc makes a /proc with one process: stat with the given start time,
+// exe pointing at exe, an untraced status and an environment without
+// loader variables.
 func fakeProc(t *testing.T, pid, startTime, exe string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -24,6 +25,12 @@ func fakeProc(t *testing.T, pid, startTime, exe string) string {
 	// The command name holds spaces and parentheses, as it may.
 	stat := pid + " (a (weird) name) S 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 " + startTime + " 1000 100\n"
 	if err := os.WriteFile(filepath.Join(p, "stat"), []byte(stat), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p, "status"), []byte("Name:\tweb\nState:\tS (sleeping)\nTracerPid:\t0\nUid:\t1000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p, "environ"), []byte("PATH=/usr/bin\x00HOME=/\x00"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if exe != "" {
@@ -59,15 +66,25 @@ func TestAttestCaller(t *testing.T) {
 	sum := sha256.Sum256([]byte("program v1"))
 	dir := fakeProc(t, "42", "777", exe)
 	a := newAttestor(dir, BundleLocations{}, quietLog())
-	peer := PeerInfo{PID: 42, UID: 1000, GID: 100, StartTime: 777}
+	connect := func(t *testing.T) PeerInfo {
+		t.Helper()
+		p, err := a.connected(PeerInfo{PID: 42, UID: 1000, GID: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	peer := connect(t)
+	if peer.StartTime != 777 {
+		t.Fatalf("start time %d, want 777", peer.StartTime)
+	}
 
 	c, err := a.attest(peer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Caller{PID: 42, UID: 1000, GID: 100, Path: exe, SHA256: hex.EncodeToString(sum[:])}
-	if c != want {
-		t.Fatalf("attest = %+v, want %+v", c, want)
+	if c.PID != 42 || c.UID != 1000 || c.GID != 100 || c.Path != exe || c.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("attest = %+v, want pid 42, uid 1000, gid 100, path %s, sha256 %x", c, exe, sum)
 	}
 
 	t.Run("hash cached while the file is unchanged", func(t *testing.T) {
@@ -77,16 +94,19 @@ func TestAttestCaller(t *testing.T) {
 		for k := range a.hashes {
 			a.hashes[k] = "cached"
 		}
-		if c, _ := a.attest(peer); c.SHA256 != "cached" {
+		if c, _ := a.attest(connect(t)); c.SHA256 != "cached" {
 			t.Errorf("SHA256 = %q, want the cached value", c.SHA256)
 		}
 	})
-	t.Run("a changed file is hashed again", func(t *testing.T) {
+	t.Run("a changed file ends the connection and is hashed again", func(t *testing.T) {
 		if err := os.WriteFile(exe, []byte("program v2, longer"), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := a.attest(peer); !errors.Is(err, errExecChanged) {
+			t.Errorf("attest on the old connection = %v, want errExecChanged", err)
+		}
 		sum := sha256.Sum256([]byte("program v2, longer"))
-		if c, _ := a.attest(peer); c.SHA256 != hex.EncodeToString(sum[:]) {
+		if c, _ := a.attest(connect(t)); c.SHA256 != hex.EncodeToString(sum[:]) {
 			t.Errorf("SHA256 = %q after the executable changed, want %x", c.SHA256, sum)
 		}
 	})
@@ -103,15 +123,43 @@ func TestAttestCaller(t *testing.T) {
 		if _, err := a.attest(gone); !errors.Is(err, errCallerGone) {
 			t.Errorf("attest = %v, want errCallerGone", err)
 		}
+		if _, err := a.connected(gone); err == nil {
+			t.Error("connected succeeded for a missing process")
+		}
 	})
 	t.Run("unreadable executable: uid and gid only", func(t *testing.T) {
 		dir := fakeProc(t, "42", "777", filepath.Join(t.TempDir(), "missing"))
-		c, err := newAttestor(dir, BundleLocations{}, quietLog()).attest(peer)
+		a := newAttestor(dir, BundleLocations{}, quietLog())
+		p, err := a.connected(PeerInfo{PID: 42, UID: 1000, GID: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := a.attest(p)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if c.Path != "" || c.SHA256 != "" || c.UID != 1000 {
 			t.Errorf("attest = %+v, want uid and gid only", c)
+		}
+	})
+	t.Run("executable too large to hash: uid and gid only", func(t *testing.T) {
+		big := filepath.Join(t.TempDir(), "big")
+		if err := os.WriteFile(big, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(big, MaxExecutableSize+1); err != nil { // sparse
+			t.Fatal(err)
+		}
+		a := newAttestor(fakeProc(t, "42", "777", big), BundleLocations{}, quietLog())
+		p, err := a.connected(PeerInfo{PID: 42, UID: 1000, GID: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.exe.err == nil || !strings.Contains(p.exe.err.Error(), "larger than 1073741824 bytes") {
+			t.Errorf("executable error = %v, want larger than 1073741824 bytes", p.exe.err)
+		}
+		if c, err := a.attest(p); err != nil || c.SHA256 != "" || c.Path != "" {
+			t.Errorf("attest = %+v, %v; want uid and gid only", c, err)
 		}
 	})
 }
@@ -130,11 +178,12 @@ func TestAttestSelf(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
-	st, err := processStartTime(DefaultProcDir, int32(os.Getpid()))
+	a := newAttestor(DefaultProcDir, BundleLocations{}, quietLog())
+	p, err := a.connected(PeerInfo{PID: int32(os.Getpid()), UID: uint32(os.Getuid())})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newAttestor(DefaultProcDir, BundleLocations{}, quietLog()).attest(PeerInfo{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), StartTime: st})
+	c, err := a.attest(p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,17 +14,25 @@
 // Every call must carry the gRPC metadata workload.spiffe.io: true
 // (InvalidArgument otherwise). The caller is then attested from the
 // socket's peer credentials: the kernel's SO_PEERCRED gives its uid, gid
-// and pid when it connected, and /proc/<pid>/exe its executable, read and
-// hashed (SHA-256, cached by device, inode, size, mtime and ctime) at each
-// call. A call whose pid now belongs to another process than the one that
-// connected (a different start time) is refused. The caller's selectors are
+// and pid when it connected, and /proc/<pid>/exe its executable, opened
+// once when the connection is accepted: its path, identity (device, inode,
+// size, mtime, ctime) and SHA-256 (cached by that identity on local
+// filesystems; at most MaxExecutableSize bytes) all come from that open
+// file. Every call and every streamed response re-checks that the pid has
+// the same start time and runs the same file: a process that executed
+// another program since it connected is refused (PermissionDenied "unable
+// to attest the caller"). The caller's selectors are
 // unix:uid:<n>, unix:gid:<n> (primary group), unix:path:<executable> and
 // unix:sha256:<hex>; when the snapshot's entries use signed selectors
 // (signed:key:<name>, signed:identity:<issuer>/<subject>), also those that
 // the Sigstore bundles of the executable make hold, verified offline
 // against the snapshot's Trust (bundles found where WithBundles says:
 // beside the executable, or in directories by digest; see
-// BundleLocations). An entry matches when all of its selectors are among
+// BundleLocations). A signature vouches for the executable, not for the
+// process: signed selectors hold only for an executable on a local
+// filesystem (see docs/workload-provenance.md), a process that is not
+// traced and whose environment sets no LD_PRELOAD, LD_AUDIT or
+// LD_LIBRARY_PATH. An entry matches when all of its selectors are among
 // them. A caller that matches no entry gets PermissionDenied "no identity
 // issued"; once the node's identity lapsed (its X.509-SVID expired, plus
 // the agent's grace), SVID calls get PermissionDenied "identity expired".

@@ -20,6 +20,9 @@ type PeerInfo struct {
 	// StartTime is the process's start time (/proc/<pid>/stat field 22)
 	// when it connected: a later process reusing the PID has another one.
 	StartTime uint64
+
+	// exe is the executable the process ran when it connected.
+	exe executable
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -29,9 +32,10 @@ const peerAuthType = "unix-peercred"
 
 // peerCredentials is the server's transport "security": it does no
 // cryptography (the socket is local) and records each connection's peer
-// credentials for the handlers to attest the caller.
+// credentials, start time and executable for the handlers to attest the
+// caller.
 type peerCredentials struct {
-	procDir string
+	att *attestor
 }
 
 func (c peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -39,7 +43,7 @@ func (c peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.A
 	if err != nil {
 		return nil, nil, err
 	}
-	if info.StartTime, err = processStartTime(c.procDir, info.PID); err != nil {
+	if info, err = c.att.connected(info); err != nil {
 		return nil, nil, err
 	}
 	info.SecurityLevel = credentials.NoSecurity

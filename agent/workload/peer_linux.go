@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,23 +32,4 @@ func peerCred(conn net.Conn) (PeerInfo, error) {
 		return PeerInfo{}, errors.New("unable to read peer credentials: no peer process")
 	}
 	return PeerInfo{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
-}
-
-// fileKey identifies an executable's content for the hash cache: the same
-// device, inode, size and modification time mean the same bytes.
-type fileKey struct {
-	dev, ino   uint64
-	size       int64
-	mtime, ctm int64
-}
-
-func keyOf(fi os.FileInfo) (fileKey, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileKey{}, false
-	}
-	return fileKey{
-		dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size,
-		mtime: st.Mtim.Nano(), ctm: st.Ctim.Nano(),
-	}, true
 }

@@ -32,7 +32,8 @@ func (s *Server) record(c Caller, entries []Entry, handouts []idlog.Issued) erro
 	}
 	now := s.now()
 	for _, h := range handouts {
-		h.ExeSHA256, h.UID, h.Time = c.SHA256, c.UID, now
+		gid := c.GID
+		h.ExeSHA256, h.UID, h.GID, h.Time = c.SHA256, c.UID, &gid, now
 		for _, e := range entries {
 			if e.ID.String() == h.SPIFFEID {
 				for _, sel := range e.Selectors {

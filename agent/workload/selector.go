@@ -53,6 +53,10 @@ type Caller struct {
 	// not read it (then only uid and gid selectors match).
 	Path   string
 	SHA256 string
+
+	// startTime and exe are the process's as it connected, for recheck.
+	startTime uint64
+	exe       executable
 }
 
 // Selectors returns the facts entries are matched against.

@@ -119,7 +119,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return h(srv, ss)
 	})
 	g := grpc.NewServer(
-		grpc.Creds(peerCredentials{procDir: s.procDir}),
+		grpc.Creds(peerCredentials{att: s.att}),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	)
@@ -160,8 +160,14 @@ func (s *Server) caller(ctx context.Context, method string) (Caller, error) {
 }
 
 // identity returns the current snapshot and the entries c matches, or the
-// status to refuse c with.
+// status to refuse c with. It is called at every call and before every
+// streamed response, and refuses a caller whose process ran another
+// executable since it connected.
 func (s *Server) identity(c Caller, method string) (*Snapshot, []Entry, <-chan struct{}, error) {
+	if err := s.att.recheck(c); err != nil {
+		s.log.Warn("workload API caller not attested", "method", method, "pid", c.PID, "uid", c.UID, "path", c.Path, "error", err)
+		return nil, nil, nil, status.Error(codes.PermissionDenied, msgNotAttested)
+	}
 	snap, changed := s.src.Snapshot()
 	if snap == nil {
 		return nil, nil, nil, status.Error(codes.Unavailable, msgNotReady)

@@ -143,8 +143,8 @@ func checkRefusal(err error, deny bool) *Refusal {
 }
 
 // FillReceipt sets rec's fields that the decision knows: the node's EK
-// hash and AK name, the quotes' digest, and the policies' names, hash and
-// failures.
+// hash and AK name, the quotes' digest, the verified identity log's digest
+// and PCR value, and the policies' names, hash and failures.
 func (o *Outcome) FillReceipt(rec *store.Receipt) {
 	if o.Node != nil {
 		rec.EKHash, rec.AKName = o.Node.EKHash(), o.Node.AKName()
@@ -153,6 +153,9 @@ func (o *Outcome) FillReceipt(rec *store.Receipt) {
 		rec.QuoteDigest = o.QuoteDigest[:]
 	}
 	if o.Verified != nil {
+		if l := o.Verified.IdentityLog(); l != nil {
+			rec.IdentityLogSHA256, rec.IdentityLogPCR = l.SHA256[:], l.Value[:]
+		}
 		rec.Policies, rec.PolicyHash, rec.Failures = o.Decision.Policies, o.Decision.PolicyHash, o.Decision.Failures
 	}
 }

@@ -6,6 +6,7 @@ package evidence
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"slices"
 
 	"github.com/google/go-tpm/tpm2"
@@ -69,7 +70,7 @@ func verifyEvidence(ev attestation.Evidence, opts verify.Opts, vouch *verify.Vou
 	if v, err = v.WithEventLog(ev.EventLog); err != nil {
 		return node, nil, err
 	}
-	if v, err = v.WithIdentityLog(ev.IdentityLog); err != nil {
+	if v, err = v.WithIdentityLog(ev.IdentityLog, opts); err != nil {
 		return node, nil, err
 	}
 	keys := make([]verify.ResidentKeyEvidence, 0, len(ev.ResidentKeys))
@@ -121,30 +122,72 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 		// So are the version its PCR-policy approvals are signed at and
 		// its pinned counter, which only the policy-counter step changes.
 		n.PolicyCounterBound, n.PolicyEpoch, n.PolicyCounterName = prev.PolicyCounterBound, prev.PolicyEpoch, prev.PolicyCounterName
-		n.EarlierIdentityLogs = earlierIdentityLogs(prev, ev.IdentityLog)
+		n.EarlierIdentityLogs = earlierIdentityLogs(prev, v, ev.IdentityLog)
 	}
 	return n
 }
 
 // earlierIdentityLogs returns the identity logs of the node's earlier
-// boots, given its previous record and the identity log just verified:
-// when that log is not a continuation of the previous one (another boot,
-// or none any more), the previous one, bound to its receipt, becomes the
-// newest earlier log. Whole logs are kept, newest first, while they hold
-// at most idlog.MaxSize bytes in all.
-func earlierIdentityLogs(prev *store.NodeRecord, current []byte) []store.IdentityLog {
-	earlier := prev.EarlierIdentityLogs
-	if last := prev.Evidence.IdentityLog; len(last) > 0 {
-		boot := last[:bytes.IndexByte(last, '\n')+1]
-		if !bytes.HasPrefix(current, boot) {
-			earlier = append([]store.IdentityLog{{ReceiptID: prev.LastReceiptID, Log: last}}, earlier...)
-		}
+// boots, given its previous record and the verified record v of the
+// attestation that carries current. The log just verified continues the
+// previous one only when the TPM did not reset in between (same AK, same
+// reset count) and the whole previous log is a byte prefix of it; otherwise
+// the previous one, bound to its receipt, becomes the newest earlier log —
+// a node cannot drop its last verified log by resending its boot record
+// after a reboot. Whole logs are kept, newest first, while they hold at most
+// idlog.MaxSize bytes in all; older ones are not silently lost: their
+// number and a digest chain over them stay on the oldest entry kept
+// (store.IdentityLog.DroppedSHA256).
+func earlierIdentityLogs(prev *store.NodeRecord, v *verify.Verified, current []byte) []store.IdentityLog {
+	earlier := slices.Clone(prev.EarlierIdentityLogs)
+	if last := prev.Evidence.IdentityLog; len(last) > 0 && !continues(prev, v, last, current) {
+		earlier = append([]store.IdentityLog{{ReceiptID: prev.LastReceiptID, Log: last}}, earlier...)
 	}
-	size := 0
-	for i, l := range earlier {
-		if size += len(l.Log); size > idlog.MaxSize {
-			return slices.Clone(earlier[:i])
-		}
+	return capIdentityLogs(earlier)
+}
+
+// continues reports whether current continues last, the identity log of
+// the node's previous record prev, within the same boot.
+func continues(prev *store.NodeRecord, v *verify.Verified, last, current []byte) bool {
+	sameBoot := bytes.Equal(prev.AKName, v.AKName()) && prev.ResetCount == v.Clock().ResetCount
+	return sameBoot && bytes.HasPrefix(current, last)
+}
+
+// capIdentityLogs keeps the newest whole logs that fit idlog.MaxSize and
+// folds the others into the dropped count and digest chain of the oldest
+// entry kept.
+func capIdentityLogs(logs []store.IdentityLog) []store.IdentityLog {
+	if len(logs) == 0 {
+		return nil
 	}
-	return slices.Clone(earlier)
+	keep, size := 0, 0
+	for keep < len(logs) && size+len(logs[keep].Log) <= idlog.MaxSize {
+		size += len(logs[keep].Log)
+		keep++
+	}
+	if keep == len(logs) {
+		return logs
+	}
+	if keep == 0 {
+		keep = 1 // the newest is at most idlog.MaxSize: it always fits
+	}
+	// Fold from the oldest: the oldest entry's own chain first, then each
+	// log that drops, oldest first.
+	oldest := logs[len(logs)-1]
+	dropped, chain := oldest.Dropped, oldest.DroppedSHA256
+	if len(chain) == 0 {
+		chain = make([]byte, sha256.Size)
+	}
+	for i := len(logs) - 1; i >= keep; i-- {
+		if i != len(logs)-1 {
+			dropped += logs[i].Dropped // set on the oldest only
+		}
+		sum := sha256.Sum256(logs[i].Log)
+		next := sha256.Sum256(append(slices.Clone(chain), sum[:]...))
+		chain = next[:]
+		dropped++
+	}
+	out := slices.Clone(logs[:keep])
+	out[keep-1].Dropped, out[keep-1].DroppedSHA256 = dropped, chain
+	return out
 }

@@ -2,6 +2,7 @@ package evidence_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"reflect"
 	"strings"
@@ -86,26 +87,47 @@ func TestDecideIdentityLog(t *testing.T) {
 		t.Fatalf("failures %q do not name the identities condition", o.Decision.Failures)
 	}
 
+	// The receipt covers the verified log: its SHA-256 and the PCR value
+	// it replayed to.
+	var rec store.Receipt
+	o.FillReceipt(&rec)
+	sum := sha256.Sum256(segment)
+	if !bytes.Equal(rec.IdentityLogSHA256, sum[:]) || !bytes.Equal(rec.IdentityLogPCR, got.Value[:]) || got.Value == ([32]byte{}) {
+		t.Fatalf("receipt identity log %x / %x, want %x / %x", rec.IdentityLogSHA256, rec.IdentityLogPCR, sum, got.Value)
+	}
+
 	lines := bytes.SplitAfter(segment, []byte("\n"))
 	// The record of an earlier boot moves to EarlierIdentityLogs, bound to
-	// the receipt that verified it; the same boot's record does not.
+	// the receipt that verified it; the same boot's record does not. A
+	// continuation is the same TPM boot (reset count) and the whole stored
+	// log a prefix of the new one: the same boot line resent after a
+	// reboot does not drop the previous boot's log.
 	prev := *o.NodeRecord
 	prev.LastReceiptID = "receipt-of-boot-0"
 	boot0 := bytes.Replace(segment, []byte("boot-1"), []byte("boot-0"), 1)
+	firstTwo := segment[:len(lines[0])+len(lines[1])]
+	otherHandout := bytes.Join([][]byte{lines[0], bytes.Replace(lines[1], []byte("w0"), []byte("w7"), 1)}, nil)
+	big := make([]byte, idlog.MaxSize-len(boot0))
+	xSum := sha256.Sum256([]byte("x"))
+	chain := sha256.Sum256(append(make([]byte, 32), xSum[:]...))
 	for _, tt := range []struct {
-		name    string
-		last    []byte
-		earlier []store.IdentityLog
-		want    []store.IdentityLog
+		name       string
+		last       []byte
+		resetCount uint32 // added to the node's
+		earlier    []store.IdentityLog
+		want       []store.IdentityLog
 	}{
-		{"another boot", boot0, nil, []store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}}},
-		{"the same boot", segment[:len(lines[0])+len(lines[1])], nil, nil},
-		{"kept while they fit", boot0, []store.IdentityLog{{ReceiptID: "r-1", Log: make([]byte, idlog.MaxSize-len(boot0))}, {ReceiptID: "r-2", Log: []byte("x")}},
-			[]store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}, {ReceiptID: "r-1", Log: make([]byte, idlog.MaxSize-len(boot0))}}},
+		{"another boot", boot0, 0, nil, []store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}}},
+		{"the same boot", firstTwo, 0, nil, nil},
+		{"the same boot line after a reboot", firstTwo, 1, nil, []store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: firstTwo}}},
+		{"the same boot line, other handouts", otherHandout, 0, nil, []store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: otherHandout}}},
+		{"older ones dropped into a digest chain", boot0, 0, []store.IdentityLog{{ReceiptID: "r-1", Log: big}, {ReceiptID: "r-2", Log: []byte("x")}},
+			[]store.IdentityLog{{ReceiptID: "receipt-of-boot-0", Log: boot0}, {ReceiptID: "r-1", Log: big, Dropped: 1, DroppedSHA256: chain[:]}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := prev
 			p.Evidence.IdentityLog, p.EarlierIdentityLogs = tt.last, tt.earlier
+			p.ResetCount -= tt.resetCount
 			ev := sim.Evidence(t, now.Add(time.Second))
 			ev.IdentityLog = segment
 			o := evidence.Decide(evidence.Inputs{Evidence: ev, Opts: opts, Policies: set,
@@ -140,6 +162,45 @@ func TestDecideIdentityLog(t *testing.T) {
 		})
 	}
 
+	// The PCR is the verifier's: a log naming another PCR is refused
+	// (a node would otherwise record a boot line in an unused PCR and hide
+	// PCR 15's handouts), and no log while the PCR was extended is too.
+	other, err := idlog.Open(t.TempDir(), idlog.Opts{PCR: 14, BootID: "boot-1"}, agent.TPMPCR{RW: sim.RW, Index: 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, tt := range []struct {
+		name string
+		log  []byte
+		opts verify.Opts
+		want string // "": not refused for the identity log
+	}{
+		{"a log naming another PCR", other.Segment(), opts, "identity_log: the identity log extends PCR 14, but identity_log_pcr is 15"},
+		{"no log while the PCR is extended", nil, opts, "identity_log: no identity log, but sha256 PCR 15 (identity_log_pcr) was extended"},
+		{"that PCR configured", other.Segment(), withIdentityLog(opts, 14, false), ""},
+		{"turned off, no log", nil, withIdentityLog(opts, 0, true), ""},
+		{"turned off, a log", segment, withIdentityLog(opts, 0, true), "identity_log: the identity record is turned off here (identity_log_pcr = 0): send no identity log"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := sim.Evidence(t, now)
+			ev.IdentityLog = tt.log
+			o := evidence.Decide(evidence.Inputs{Evidence: ev, Opts: tt.opts, Policies: set, Previous: none})
+			if tt.want == "" {
+				if o.Refusal != nil && o.Refusal.Check != evidence.CheckPolicy {
+					t.Fatalf("refusal %+v, want none but the policy's", o.Refusal)
+				}
+				return
+			}
+			if o.Refusal == nil || o.Refusal.Check != string(verify.CheckIdentityLog) || !o.Refusal.Deny || o.NodeRecord != nil {
+				t.Fatalf("refusal %+v: want identity_log, deny-listed, nothing recorded", o.Refusal)
+			}
+			if o.Refusal.Err.Error() != tt.want {
+				t.Fatalf("error %q, want %q", o.Refusal.Err, tt.want)
+			}
+		})
+	}
+
 	// The PCR extended out of band: the untouched log no longer replays.
 	if err := pcr.Extend([32]byte{1}); err != nil {
 		t.Fatal(err)
@@ -148,4 +209,10 @@ func TestDecideIdentityLog(t *testing.T) {
 	if o.Refusal == nil || o.Refusal.Check != string(verify.CheckIdentityLog) || !o.Refusal.Deny {
 		t.Fatalf("out-of-band extend: refusal %+v", o.Refusal)
 	}
+}
+
+// withIdentityLog returns opts with the identity record at pcr, or off.
+func withIdentityLog(opts verify.Opts, pcr int, off bool) verify.Opts {
+	opts.IdentityLogPCR, opts.IdentityLogOff = pcr, off
+	return opts
 }

@@ -83,6 +83,14 @@ type NodeRecord struct {
 type IdentityLog struct {
 	ReceiptID string `json:"receipt_id"`
 	Log       []byte `json:"log"`
+	// Dropped counts the older logs that no longer fit, on the oldest
+	// entry kept; DroppedSHA256 chains their digests, oldest first: each
+	// drop makes it SHA-256(DroppedSHA256 || SHA-256(log dropped)), from
+	// 32 zero bytes. Each dropped log's SHA-256 is in the receipt that
+	// verified it (Receipt.IdentityLogSHA256), so the chain can be checked
+	// against the receipts.
+	Dropped       uint64 `json:"dropped,omitempty"`
+	DroppedSHA256 []byte `json:"dropped_sha256,omitempty"`
 }
 
 // NodeSVID identifies a node X.509-SVID the broker released.

@@ -66,7 +66,8 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 		pb.Svids = append(pb.Svids, &storev1.NodeSVID{Serial: s.Serial, SpiffeId: idString(s.ID), NotAfter: unixNano(s.NotAfter)})
 	}
 	for _, l := range n.EarlierIdentityLogs {
-		pb.EarlierIdentityLogs = append(pb.EarlierIdentityLogs, &storev1.IdentityLog{ReceiptId: l.ReceiptID, Log: l.Log})
+		pb.EarlierIdentityLogs = append(pb.EarlierIdentityLogs, &storev1.IdentityLog{ReceiptId: l.ReceiptID, Log: l.Log,
+			Dropped: l.Dropped, DroppedSha256: l.DroppedSHA256})
 	}
 	for _, w := range n.WorkloadEntries {
 		e := &storev1.WorkloadEntry{Name: w.Name, SpiffeId: idString(w.ID), TtlNanos: int64(w.TTL)}
@@ -156,7 +157,8 @@ func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 		n.Evidence.IdentityLog = identityLog
 	}
 	for _, l := range pb.GetEarlierIdentityLogs() {
-		n.EarlierIdentityLogs = append(n.EarlierIdentityLogs, IdentityLog{ReceiptID: l.GetReceiptId(), Log: l.GetLog()})
+		n.EarlierIdentityLogs = append(n.EarlierIdentityLogs, IdentityLog{ReceiptID: l.GetReceiptId(), Log: l.GetLog(),
+			Dropped: l.GetDropped(), DroppedSHA256: l.GetDroppedSha256()})
 	}
 	for _, s := range pb.GetSvids() {
 		id, err := parseID(s.GetSpiffeId())

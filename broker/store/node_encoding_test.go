@@ -59,7 +59,7 @@ func fullNode() NodeRecord {
 			Previous:       &attestation.Counters{AKName: []byte{0, 11, 9}, Clock: 99, ResetCount: 1, RestartCount: 2},
 			ResidentKeys:   []attestation.ResidentKey{{Name: "web", Public: []byte{0, 35, 1}, CertifyInfo: []byte{0xff, 0x54, 0x43, 0x47}, Signature: []byte{0, 24, 2}}},
 		},
-		EarlierIdentityLogs: []IdentityLog{{ReceiptID: "20260101T000000.000000000Z-00", Log: []byte("{}\n")}},
+		EarlierIdentityLogs: []IdentityLog{{ReceiptID: "20260101T000000.000000000Z-00", Log: []byte("{}\n"), Dropped: 2, DroppedSHA256: bytes.Repeat([]byte{7}, 32)}},
 		SVIDs:               []NodeSVID{{Serial: "1f", ID: id, NotAfter: time.Date(2026, 3, 1, 0, 0, 0, 1, time.UTC)}},
 		WorkloadEntries: []WorkloadEntry{{Name: "web", ID: w, TTL: time.Hour,
 			Selectors: []Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "path:/bin/web"}}}},

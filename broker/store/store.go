@@ -74,7 +74,13 @@ type Receipt struct {
 	EKHash      string    `json:"ek_hash,omitempty"`
 	AKName      []byte    `json:"ak_name,omitempty"`
 	QuoteDigest []byte    `json:"quote_digest,omitempty"`
-	Allowed     bool      `json:"allowed"`
+	// IdentityLogSHA256 is the SHA-256 of the identity log the attestation
+	// carried and that verified (package idlog), IdentityLogPCR the PCR
+	// value it replayed to; empty without one (and on receipts written
+	// before they existed: omitted, their encoding is unchanged).
+	IdentityLogSHA256 []byte `json:"identity_log_sha256,omitempty"`
+	IdentityLogPCR    []byte `json:"identity_log_pcr,omitempty"`
+	Allowed           bool   `json:"allowed"`
 	// Check names the failed check, or "policy" when policy denied; empty
 	// when allowed.
 	Check string `json:"check,omitempty"`

@@ -386,7 +386,7 @@ func (r *Reader) GetDenial(ctx context.Context, ekHash string) (store.Denial, er
 }
 
 // VerifyOpts reads the mount's config (ek_allow, ek_ca, allow_sha1,
-// pcr_banks) and parses it with verify.ParseOpts, as the auth method does:
+// pcr_banks, identity_log_pcr) and parses it with verify.ParseOpts, as the auth method does:
 // the trust its logins were verified with.
 func (r *Reader) VerifyOpts(ctx context.Context) (verify.Opts, error) {
 	data, err := r.read(ctx, "config")
@@ -402,13 +402,14 @@ func (r *Reader) VerifyOpts(ctx context.Context) (verify.Opts, error) {
 			Roots         string `json:"roots"`
 			Intermediates string `json:"intermediates"`
 		} `json:"ek_ca"`
-		AllowSHA1 bool     `json:"allow_sha1"`
-		PCRBanks  []string `json:"pcr_banks"`
+		AllowSHA1      bool     `json:"allow_sha1"`
+		PCRBanks       []string `json:"pcr_banks"`
+		IdentityLogPCR *int     `json:"identity_log_pcr"`
 	}
 	if err := remarshal(data, &c); err != nil {
 		return verify.Opts{}, fmt.Errorf("%s/config: %w", r.mount, err)
 	}
-	oc := verify.OptsConfig{AllowSHA1: c.AllowSHA1}
+	oc := verify.OptsConfig{AllowSHA1: c.AllowSHA1, IdentityLogPCR: c.IdentityLogPCR}
 	if len(c.EKAllow) > 0 { // the config read answers [] for none
 		oc.EKAllow = c.EKAllow
 	}

@@ -4,6 +4,8 @@ import (
 	"slices"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // Opts are everything verification is configured with: the one value the
@@ -24,6 +26,25 @@ type Opts struct {
 	// a node with no quote of these banks is refused (pcr_bank). A SHA-1
 	// quote is still refused without AllowSHA1. Empty: every bank counts.
 	Banks []tpm2.TPMAlgID
+	// IdentityLogPCR is the PCR (SHA-256 bank) that holds the nodes'
+	// record of issued identities (package idlog; identity_log_pcr): a
+	// log whose boot record names another PCR is refused, and so is an
+	// attestation that sends no log while this PCR, quoted, is not reset
+	// (all zero) — the record is otherwise hidden by extending another
+	// PCR. 0 means idlog.DefaultPCR (15).
+	IdentityLogPCR int
+	// IdentityLogOff turns the identity record off (identity_log_pcr = 0),
+	// for fleets where something else extends every PCR the record could
+	// use: no log is required, and a log sent is refused. Default false.
+	IdentityLogOff bool
+}
+
+// identityLogPCR is the PCR the identity record is pinned to.
+func (o Opts) identityLogPCR() int {
+	if o.IdentityLogPCR == 0 {
+		return idlog.DefaultPCR
+	}
+	return o.IdentityLogPCR
 }
 
 // Index returns o with its Trust indexed (Trust.Index): what verifies many

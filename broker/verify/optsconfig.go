@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // OptsConfig is the configuration of verification as operators write it,
@@ -23,6 +25,10 @@ type OptsConfig struct {
 	// PCRBanks is pcr_banks, bank names such as "sha256"; nil counts
 	// every bank, an empty list is an error.
 	PCRBanks []string
+	// IdentityLogPCR is identity_log_pcr (Opts.IdentityLogPCR): the PCR
+	// the nodes' identity record extends, 10-15; nil: idlog.DefaultPCR
+	// (15); 0 turns the record off (Opts.IdentityLogOff).
+	IdentityLogPCR *int
 }
 
 // CAConfig is one ek_ca entry: a name and where its roots and
@@ -57,7 +63,7 @@ type CertSource struct {
 // method in its error response.
 type ConfigProblem struct {
 	// Attr is the attribute it is about: "ek_allow", "pcr_banks",
-	// "ek_ca", or "" for the configuration as a whole.
+	// "ek_ca", "identity_log_pcr", or "" for the configuration as a whole.
 	Attr string
 	// Index is the entry of ek_allow or pcr_banks, or the index of the
 	// ek_ca in OptsConfig.EKCAs; -1: the attribute as a whole.
@@ -75,7 +81,8 @@ func (p ConfigProblem) Error() string { return p.Err.Error() }
 // ek_allow entry that is not an EK hash, an ek_ca name that is empty,
 // padded or repeated, roots that are missing, a certificate that does not
 // parse, pcr_banks that are empty, unknown, repeated or sha1 without
-// allow_sha1, and no EK trusted at all. The Opts are meaningful only
+// allow_sha1, an identity_log_pcr outside 10-15 (idlog.ValidPCR) other
+// than 0, and no EK trusted at all. The Opts are meaningful only
 // without problems; they are not indexed (Opts.Index).
 func ParseOpts(c OptsConfig) (Opts, []ConfigProblem) {
 	var ps []ConfigProblem
@@ -122,6 +129,16 @@ func ParseOpts(c OptsConfig) (Opts, []ConfigProblem) {
 		bad("", -1, "no EK is trusted: set ek_allow or ek_ca")
 	case len(c.EKAllow) == 0 && len(c.EKCAs) == 0:
 		bad("ek_allow", -1, "no EK is trusted: ek_allow is empty and there is no ek_ca")
+	}
+	switch pcr := c.IdentityLogPCR; {
+	case pcr == nil:
+	case *pcr == 0:
+		o.IdentityLogOff = true
+	default:
+		if err := idlog.ValidPCR(*pcr); err != nil {
+			bad("identity_log_pcr", -1, "identity_log_pcr: %v (0 turns the identity record off)", err)
+		}
+		o.IdentityLogPCR = *pcr
 	}
 	o.Banks = parseBanks(c.PCRBanks, c.AllowSHA1, func(i int, format string, args ...any) { bad("pcr_banks", i, format, args...) })
 	return o, ps

@@ -38,6 +38,26 @@ func TestParseOpts(t *testing.T) {
 	}{
 		{name: "nothing written", in: verify.OptsConfig{},
 			want: []loc{{"", -1, "", -1, "no EK is trusted: set ek_allow or ek_ca"}}},
+		{name: "identity_log_pcr default", in: verify.OptsConfig{EKAllow: []string{hash}},
+			check: func(t *testing.T, o verify.Opts) {
+				if o.IdentityLogPCR != 0 || o.IdentityLogOff {
+					t.Fatalf("identity log PCR %d off %v, want the default", o.IdentityLogPCR, o.IdentityLogOff)
+				}
+			}},
+		{name: "identity_log_pcr set", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogPCR: intp(12)},
+			check: func(t *testing.T, o verify.Opts) {
+				if o.IdentityLogPCR != 12 || o.IdentityLogOff {
+					t.Fatalf("identity log PCR %d off %v, want 12", o.IdentityLogPCR, o.IdentityLogOff)
+				}
+			}},
+		{name: "identity_log_pcr off", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogPCR: intp(0)},
+			check: func(t *testing.T, o verify.Opts) {
+				if !o.IdentityLogOff {
+					t.Fatal("identity_log_pcr = 0 did not turn the record off")
+				}
+			}},
+		{name: "identity_log_pcr resettable by DRTM", in: verify.OptsConfig{EKAllow: []string{hash}, IdentityLogPCR: intp(17)},
+			want: []loc{{"identity_log_pcr", -1, "", -1, "identity_log_pcr: PCR 17 cannot hold the identity record: use one of 10-15 (0 turns the identity record off)"}}},
 		{name: "ek_allow written empty", in: verify.OptsConfig{EKAllow: []string{}},
 			want: []loc{{"ek_allow", -1, "", -1, "no EK is trusted: ek_allow is empty and there is no ek_ca"}}},
 		{name: "defaults: SHA-1 refused, every bank counts", in: verify.OptsConfig{EKAllow: []string{hash}},
@@ -120,3 +140,5 @@ func TestParseOpts(t *testing.T) {
 		})
 	}
 }
+
+func intp(i int) *int { return &i }

@@ -113,6 +113,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown shell", []string{"completion", "tcsh"}, `unknown command "tcsh"`},
 		{"tpm-resident PCRs", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--tpm-resident", "node-svid=sha256:0,24"},
 			"bootstrap: --tpm-resident node-svid=sha256:0,24: PCR selection \"sha256:0,24\": \"24\" is not a PCR from 0 to 23\n"},
+		{"tpm-resident software-resettable PCR", []string{"bootstrap", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--out", "d", "--tpm-resident", "node-svid=sha256:7,16"},
+			"bootstrap: --tpm-resident node-svid=sha256:7,16: PCR selection \"sha256:7,16\": PCR 16 can be reset by software at locality 0 and cannot bind a key or a secret\n"},
 		{"run cache without out", []string{"run", "--broker", "127.0.0.1:1", "--ca", testCA(t), "--cache", "c", "--tpm-resident", "node-svid=sha1:7"},
 			"run: --kubeconfig, --bootstrap-kubeconfig, --on-change and --cache need --out\nkeybroker-agent run: --tpm-resident node-svid=sha1:7: PCR selection \"sha1:7\": bank \"sha1\" is not sha256, sha384 or sha512\n"},
 	}

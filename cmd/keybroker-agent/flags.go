@@ -222,7 +222,7 @@ type residentFlags struct{ specs []string }
 func (r *residentFlags) register(f *pflag.FlagSet, use string) {
 	f.StringArrayVar(&r.specs, "tpm-resident", nil, "name of a tpm_resident release (repeat for each, at most 8): create its key inside the TPM, have the AK certify it, "+
 		"and let the broker sign only its certificate; "+use+". NAME=BANK:PCRS (e.g. node-svid=sha256:0,7) binds the key to the values those PCRs hold now "+
-		"(PolicyPCR: the TPM signs with it only in this boot state), for an x509_svid release whose pcrs ask for it; OpenSSL's tpm2 provider cannot use such a key")
+		"(PolicyPCR: the TPM signs with it only in this boot state), for an x509_svid release whose pcrs ask for it (PCRs 16 and 23 are refused: software can reset them); OpenSSL's tpm2 provider cannot use such a key")
 }
 
 // check records every problem with --tpm-resident and returns the release

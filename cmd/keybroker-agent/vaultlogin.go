@@ -40,6 +40,7 @@ type vaultLoginOpts struct {
 	tokenFile string
 	format    string
 	quiet     bool
+	identity  identityFlags
 }
 
 func vaultLoginCmd() *cobra.Command {
@@ -55,6 +56,7 @@ method, then writes the token to ~/.vault-token (0600) or prints it as JSON
 			var p cli.Problems
 			caPEM := o.check(cmd, &p)
 			in := o.node.check(&p)
+			o.identity.check(&p)
 			if err := p.Err(); err != nil {
 				return err
 			}
@@ -70,6 +72,7 @@ method, then writes the token to ~/.vault-token (0600) or prints it as JSON
 	f.StringVar(&o.format, "format", "text", "output: text (steps, then where the token was written) or json (Vault's auth block, token included, on stdout)")
 	o.node.register(f, "give up after this long")
 	f.BoolVar(&o.quiet, "quiet", false, "text format: print only errors")
+	o.identity.register(f)
 	return cmd
 }
 
@@ -114,7 +117,13 @@ func vaultLogin(o vaultLoginOpts, caPEM []byte, in nodeInputs, stdout, stderr io
 		return 1
 	}
 	defer rw.Close()
-	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, PolicyCounter: in.counter})
+	identityLog, err := readIdentityLog(o.identity, rw)
+	if err != nil {
+		fmt.Fprintf(stderr, "vault-login failed at tpm: %v\n", err)
+		return 1
+	}
+	node, err := agent.NewNode(rw, agent.NodeOpts{AK: o.node.ak, EKIntermediates: in.intermediates, PolicyCounter: in.counter,
+		IdentityLog: func() []byte { return identityLog }})
 	if err != nil {
 		fmt.Fprintf(stderr, "vault-login failed at tpm: %v\n", err)
 		return 1

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -61,10 +62,16 @@ func auditShowCmd() *cobra.Command {
 	return cmd
 }
 
+// noCurrentRecord says that the node's last attestation carried no record.
+const noCurrentRecord = "its last verified attestation carried no record of issued identities (agent run without --identity-log-dir?)"
+
 // auditRecord is what audit show prints with --json.
 type auditRecord struct {
 	EKHash     string    `json:"ek_hash"`
 	AttestedAt time.Time `json:"attested_at"`
+	// Current reports that the last attestation carried a record (the
+	// boot fields below); earlier boots are printed either way.
+	Current bool `json:"current"`
 	auditBoot
 	// Earlier are the records of earlier boots the broker keeps, newest
 	// first.
@@ -78,6 +85,11 @@ type auditBoot struct {
 	PCR       int            `json:"pcr"`
 	BootID    string         `json:"boot_id,omitempty"`
 	Issued    []idlog.Issued `json:"issued"`
+	// Dropped and DroppedSHA256 are set on the oldest earlier boot kept:
+	// how many older records the broker no longer keeps, and the SHA-256
+	// chain over them (store.IdentityLog).
+	Dropped       uint64 `json:"dropped,omitempty"`
+	DroppedSHA256 string `json:"dropped_sha256,omitempty"`
 }
 
 // bootOf parses a stored record.
@@ -98,15 +110,21 @@ func auditShow(o auditShowOpts, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	if n.Evidence == nil || len(n.Evidence.IdentityLog) == 0 {
-		fmt.Fprintf(stderr, "audit: node %s: its last verified attestation carried no record of issued identities (agent run without --identity-log-dir?)\n", n.EKHash)
+	current := n.Evidence != nil && len(n.Evidence.IdentityLog) > 0
+	if !current && len(n.EarlierIdentityLogs) == 0 {
+		fmt.Fprintf(stderr, "audit: node %s: %s\n", n.EKHash, noCurrentRecord)
 		return 1
 	}
-	rec := auditRecord{EKHash: n.EKHash, AttestedAt: n.Evidence.Time}
-	var err error
-	if rec.auditBoot, err = bootOf(n.LastReceiptID, n.Evidence.IdentityLog); err != nil {
-		fmt.Fprintf(stderr, "audit: node %s: the stored record does not parse: %v\n", n.EKHash, err)
-		return 1
+	rec := auditRecord{EKHash: n.EKHash, Current: current, auditBoot: auditBoot{Issued: []idlog.Issued{}}}
+	if n.Evidence != nil {
+		rec.AttestedAt = n.Evidence.Time
+	}
+	if current {
+		var err error
+		if rec.auditBoot, err = bootOf(n.LastReceiptID, n.Evidence.IdentityLog); err != nil {
+			fmt.Fprintf(stderr, "audit: node %s: the stored record does not parse: %v\n", n.EKHash, err)
+			return 1
+		}
 	}
 	for _, e := range n.EarlierIdentityLogs {
 		b, err := bootOf(e.ReceiptID, e.Log)
@@ -114,6 +132,7 @@ func auditShow(o auditShowOpts, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "audit: node %s: the stored record of receipt %s does not parse: %v\n", n.EKHash, e.ReceiptID, err)
 			return 1
 		}
+		b.Dropped, b.DroppedSHA256 = e.Dropped, hex.EncodeToString(e.DroppedSHA256)
 		rec.Earlier = append(rec.Earlier, b)
 	}
 	if o.asJSON {
@@ -125,13 +144,20 @@ func auditShow(o auditShowOpts, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s\n", b)
 		return 0
 	}
-	fmt.Fprintf(stdout, "node %s: %d identities issued in boot %s (sha256 PCR %d), verified at %s, receipt %s\n",
-		rec.EKHash, len(rec.Issued), orDash(rec.BootID), rec.PCR, rfc3339(rec.AttestedAt), orDash(rec.ReceiptID))
-	printIssued(stdout, rec.Issued)
+	if current {
+		fmt.Fprintf(stdout, "node %s: %d identities issued in boot %s (sha256 PCR %d), verified at %s, receipt %s\n",
+			rec.EKHash, len(rec.Issued), orDash(rec.BootID), rec.PCR, rfc3339(rec.AttestedAt), orDash(rec.ReceiptID))
+		printIssued(stdout, rec.Issued)
+	} else {
+		fmt.Fprintf(stdout, "node %s: %s\n", rec.EKHash, noCurrentRecord)
+	}
 	for _, b := range rec.Earlier {
 		fmt.Fprintf(stdout, "\nearlier boot %s: %d identities issued (sha256 PCR %d), verified by receipt %s\n",
 			orDash(b.BootID), len(b.Issued), b.PCR, orDash(b.ReceiptID))
 		printIssued(stdout, b.Issued)
+		if b.Dropped > 0 {
+			fmt.Fprintf(stdout, "\n%d older boots' records no longer kept; sha256 chain over them: %s\n", b.Dropped, b.DroppedSHA256)
+		}
 	}
 	return 0
 }

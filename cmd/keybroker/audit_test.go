@@ -39,7 +39,8 @@ func TestAuditShow(t *testing.T) {
 		{Receipt: &store.Receipt{Time: now, EKHash: ekOK, Allowed: true}, Node: &store.NodeRecord{EKHash: ekOK, FirstSeen: now, LastSeen: now,
 			Evidence: attestation.Evidence{Time: now, EKPublic: []byte("ek"), IdentityLog: log}}},
 		{Receipt: &store.Receipt{Time: now, EKHash: ekDenied, Allowed: true}, Node: &store.NodeRecord{EKHash: ekDenied, FirstSeen: now, LastSeen: now,
-			Evidence: attestation.Evidence{Time: now, EKPublic: []byte("ek")}}},
+			Evidence:            attestation.Evidence{Time: now, EKPublic: []byte("ek")},
+			EarlierIdentityLogs: []store.IdentityLog{{ReceiptID: "r-0", Log: log, Dropped: 3, DroppedSHA256: make([]byte, 32)}}}},
 	} {
 		if err := st.Record(context.Background(), d); err != nil {
 			t.Fatal(err)
@@ -58,9 +59,12 @@ func TestAuditShow(t *testing.T) {
 		rec.Issued[0].ExeSHA256 != strings.Repeat("ab", 32) || !rec.Issued[1].Expires.Equal(now.Add(time.Hour)) {
 		t.Fatalf("audit show --json: exit %d, %v:\n%s", code, err, stdout)
 	}
-	code, _, stderr = runCmd(t, "audit", "show", "--data-dir", dir, "--node", ekDenied)
-	if code != 1 || !strings.Contains(stderr, "its last verified attestation carried no record of issued identities") {
-		t.Fatalf("a node without a record: exit %d, stderr %q", code, stderr)
+	// No record in the last attestation: earlier boots are still printed.
+	code, stdout, stderr = runCmd(t, "audit", "show", "--data-dir", dir, "--node", ekDenied)
+	if code != 0 || !strings.Contains(stdout, "its last verified attestation carried no record of issued identities") ||
+		!strings.Contains(stdout, "earlier boot boot-1: 2 identities issued (sha256 PCR 15), verified by receipt r-0") ||
+		!strings.Contains(stdout, "3 older boots' records no longer kept") {
+		t.Fatalf("a node without a current record: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
 	}
 	if code, _, stderr = runCmd(t, "audit", "show", "--data-dir", dir); code != 2 || !strings.Contains(stderr, "--node") {
 		t.Fatalf("without --node: exit %d, stderr %q", code, stderr)

@@ -17,7 +17,7 @@ import (
 func TestCosignSignBlob(t *testing.T) {
 	bin := provenancetest.Cosign(t)
 	if bin == "" {
-		t.Skip(provenancetest.CosignEnv + " is not set (.ci/run builds cosign and sets it)")
+		t.Skip(provenancetest.CosignEnv + " is not set: this test needs the cosign CLI and is skipped here; CI runs it (.ci/run builds cosign and sets " + provenancetest.CosignEnv + ")")
 	}
 	dir := t.TempDir()
 	provenancetest.RunCosign(t, bin, dir, "generate-key-pair")

@@ -2,12 +2,14 @@ package provenance
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
+	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/verify"
 )
@@ -33,7 +35,10 @@ var ErrNoSignature = errors.New("no trusted signature")
 // values of the signed selectors it makes hold ("key:<name>",
 // "identity:<issuer>/<subject>"), sorted. A bundle signed by a key is tried
 // against every trusted key; one with a certificate against every trusted
-// root, whose issuer must be one the root declares. When nothing holds the
+// root, whose issuer must be one the root declares. The bundle must sign
+// the artifact itself (a message signature), or be a DSSE in-toto
+// statement of build provenance (ProvenancePredicateTypes) whose subject
+// is the artifact: other attestations that name the digest do not count. When nothing holds the
 // error wraps ErrNoSignature and says, for each key or root, why it did not
 // verify; it holds no secret (bundles and keys are public).
 //
@@ -60,6 +65,9 @@ func (t *Trust) verify(digest []byte, bundleJSON []byte) ([]string, error) {
 	var b bundle.Bundle
 	if err := b.UnmarshalJSON(bundleJSON); err != nil {
 		return nil, fmt.Errorf("unable to parse the bundle: %w", err)
+	}
+	if err := checkContent(&b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoSignature, err)
 	}
 	vc, err := b.VerificationContent()
 	if err != nil {
@@ -113,6 +121,47 @@ func (t *Trust) verify(digest []byte, bundleJSON []byte) ([]string, error) {
 	}
 	slices.Sort(facts)
 	return slices.Compact(facts), nil
+}
+
+// InTotoPayloadType is the DSSE payload type of an in-toto statement.
+const InTotoPayloadType = "application/vnd.in-toto+json"
+
+// ProvenancePredicateTypes are the in-toto predicate types of the DSSE
+// attestations that count as a signature of the artifact they name: SLSA
+// build provenance, a statement that the signer built it. Any other
+// attestation (an SBOM, a vulnerability scan, a test report) names the
+// artifact's digest without vouching for it, and is refused.
+var ProvenancePredicateTypes = []string{
+	"https://slsa.dev/provenance/v1",
+	"https://slsa.dev/provenance/v0.2",
+}
+
+// checkContent accepts a bundle signing the artifact itself (a message
+// signature) or a DSSE in-toto statement with a predicate type of
+// ProvenancePredicateTypes. The statement is the payload the signature
+// covers, so reading it before verification only ever refuses.
+func checkContent(b *bundle.Bundle) error {
+	switch c := b.GetContent().(type) {
+	case *protobundle.Bundle_MessageSignature:
+		return nil
+	case *protobundle.Bundle_DsseEnvelope:
+		env := c.DsseEnvelope
+		if env.GetPayloadType() != InTotoPayloadType {
+			return fmt.Errorf("the bundle's DSSE payload type %q is not %s", env.GetPayloadType(), InTotoPayloadType)
+		}
+		var st struct {
+			PredicateType string `json:"predicateType"`
+		}
+		if err := json.Unmarshal(env.GetPayload(), &st); err != nil {
+			return fmt.Errorf("unable to parse the bundle's in-toto statement: %w", err)
+		}
+		if !slices.Contains(ProvenancePredicateTypes, st.PredicateType) {
+			return fmt.Errorf("the bundle's attestation has predicate type %q, not build provenance", st.PredicateType)
+		}
+		return nil
+	default:
+		return errors.New("the bundle holds neither a message signature nor a DSSE envelope")
+	}
 }
 
 // maxCache bounds the cached results of one Trust; when full it starts

@@ -1,10 +1,12 @@
 package vaultauth
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/legacy/tpm2"
 	tpm2b "github.com/google/go-tpm/tpm2"
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/agent"
 )
@@ -49,4 +51,34 @@ func TestConfigOptsReachLogin(t *testing.T) {
 	}
 	resp, err = e.login(n, "any")
 	wantDenied(t, resp, err, "pcr_bank") // SHA-1 is refused even when it does not count
+}
+
+// identity_log_pcr reaches the login through the one verify.Opts: a node
+// whose PCR 15 was extended and that sends no identity log is refused by
+// default, accepted with the record turned off (0); a PCR a dynamic launch
+// resets is refused when written.
+func TestConfigIdentityLogPCR(t *testing.T) {
+	e := newEnv(t)
+	n := openNode(t, 0)
+	e.configure(map[string]any{"ek_allow": n.ekHash, "identity_log_pcr": 0})
+	e.write("role/any", map[string]any{"policy": `policy "nodes" {
+  select { ek_hashes = ["` + n.ekHash + `"] }
+}`})
+	n.extend(15)
+	if resp, err := e.login(n, "any"); err != nil || resp.Auth == nil {
+		t.Fatalf("login with the identity record off: %v %v", err, resp.Error())
+	}
+
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]any{"identity_log_pcr": 17})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "identity_log_pcr: PCR 17 cannot hold the identity record: use one of 10-15") {
+		t.Fatalf("identity_log_pcr = 17: %v %v", err, resp.Error())
+	}
+
+	e.configure(map[string]any{"identity_log_pcr": 15})
+	cfg, err := e.b.config(t.Context(), e.storage)
+	if err != nil || cfg.verify.IdentityLogOff || cfg.verify.IdentityLogPCR != 15 {
+		t.Fatalf("options = %+v, %v", cfg.verify, err)
+	}
+	resp, err = e.login(n, "any")
+	wantDenied(t, resp, err, "identity_log")
 }

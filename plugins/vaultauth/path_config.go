@@ -14,6 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/idlog"
 )
 
 // Defaults and limits of the config path.
@@ -57,6 +58,13 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 				Description: "The PCR banks whose quotes count: sha256, sha384, sha512 (sha1 with allow_sha1). " +
 					"Quotes of other banks are skipped (neither verified nor seen by role policies); a login " +
 					"without a quote of these banks is refused (pcr_bank). Default: every bank counts.",
+			},
+			"identity_log_pcr": {
+				Type:    framework.TypeInt,
+				Default: idlog.DefaultPCR,
+				Description: "The PCR (SHA-256 bank, 10-15) that holds the nodes' record of issued identities: a log " +
+					"naming another PCR is refused, and so is a login without a log while this PCR is extended. " +
+					"0 turns the record off (no log required, any log refused). Default 15.",
 			},
 			"challenge_ttl": {
 				Type:        framework.TypeDurationSecond,
@@ -117,15 +125,18 @@ func pathConfig(b *tpmAuthBackend) *framework.Path {
 
 // configEntry is the stored configuration (sealwrapped).
 type configEntry struct {
-	EKAllow             []string             `json:"ek_allow"`
-	EKCAs               map[string]ekCAEntry `json:"ek_ca"`
-	AllowSHA1           bool                 `json:"allow_sha1"`
-	PCRBanks            []string             `json:"pcr_banks,omitempty"`
-	ChallengeTTL        time.Duration        `json:"challenge_ttl"`
-	ChallengesPerMinute int                  `json:"challenges_per_minute"`
-	VaultAddr           string               `json:"vault_addr,omitempty"`
-	VaultCACert         string               `json:"vault_ca_cert,omitempty"`
-	VaultTLSServerName  string               `json:"vault_tls_server_name,omitempty"`
+	EKAllow   []string             `json:"ek_allow"`
+	EKCAs     map[string]ekCAEntry `json:"ek_ca"`
+	AllowSHA1 bool                 `json:"allow_sha1"`
+	PCRBanks  []string             `json:"pcr_banks,omitempty"`
+	// IdentityLogPCR: nil (a configuration written before it existed) is
+	// the default.
+	IdentityLogPCR      *int          `json:"identity_log_pcr,omitempty"`
+	ChallengeTTL        time.Duration `json:"challenge_ttl"`
+	ChallengesPerMinute int           `json:"challenges_per_minute"`
+	VaultAddr           string        `json:"vault_addr,omitempty"`
+	VaultCACert         string        `json:"vault_ca_cert,omitempty"`
+	VaultTLSServerName  string        `json:"vault_tls_server_name,omitempty"`
 	// CheckpointEvery and CheckpointInterval: 0 (a configuration written
 	// before they existed) is the default.
 	CheckpointEvery    int           `json:"checkpoint_every,omitempty"`
@@ -156,7 +167,7 @@ func (e configEntry) build() (*config, error) {
 	c := &config{entry: e, challengeTTL: e.ChallengeTTL, challengesPerMinute: e.ChallengesPerMinute}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks}
+	oc := verify.OptsConfig{EKAllow: e.EKAllow, AllowSHA1: e.AllowSHA1, PCRBanks: e.PCRBanks, IdentityLogPCR: e.IdentityLogPCR}
 	for _, name := range slices.Sorted(maps.Keys(e.EKCAs)) {
 		oc.EKCAs = append(oc.EKCAs, verify.CAConfig{Name: name,
 			Roots: verify.PEMBundle(e.EKCAs[name].Roots), Intermediates: verify.PEMBundle(e.EKCAs[name].Intermediates)})
@@ -244,11 +255,16 @@ func (b *tpmAuthBackend) pathConfigRead(ctx context.Context, req *logical.Reques
 	if banks == nil {
 		banks = []string{}
 	}
+	identityLogPCR := idlog.DefaultPCR
+	if c.entry.IdentityLogPCR != nil {
+		identityLogPCR = *c.entry.IdentityLogPCR
+	}
 	return &logical.Response{Data: map[string]any{
 		"ek_allow":              allow,
 		"ek_ca":                 cas,
 		"allow_sha1":            c.entry.AllowSHA1,
 		"pcr_banks":             banks,
+		"identity_log_pcr":      identityLogPCR,
 		"challenge_ttl":         int64(c.challengeTTL / time.Second),
 		"challenges_per_minute": c.challengesPerMinute,
 		"checkpoint_every":      c.checkpointEvery,
@@ -295,6 +311,10 @@ func (b *tpmAuthBackend) pathConfigWrite(ctx context.Context, req *logical.Reque
 		if e.PCRBanks = v.([]string); len(e.PCRBanks) == 0 {
 			e.PCRBanks = nil
 		}
+	}
+	if v, ok := d.GetOk("identity_log_pcr"); ok {
+		pcr := v.(int)
+		e.IdentityLogPCR = &pcr
 	}
 	if v, ok := d.GetOk("challenge_ttl"); ok {
 		e.ChallengeTTL = time.Duration(v.(int)) * time.Second
@@ -388,6 +408,7 @@ configuration is stored seal-wrapped where the seal supports it.
   ek_ca                  {"<name>": {"roots": "<PEM>", "intermediates": "<PEM>"}}
   allow_sha1             accept SHA-1 banks, signatures and AK names (default false)
   pcr_banks              banks whose quotes count, e.g. sha256,sha384 (default all)
+  identity_log_pcr       PCR of the nodes' identity record, 10-15 (default 15); 0: off
   challenge_ttl          how long a challenge may be answered (default 60s, at most 10m)
   challenges_per_minute  challenges per EK per minute (default 10)
   checkpoint_every       sign a receipt chain checkpoint every this many receipts (default 1000)

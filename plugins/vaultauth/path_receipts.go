@@ -91,6 +91,10 @@ func (b *tpmAuthBackend) pathReceiptRead(ctx context.Context, req *logical.Reque
 	if len(r.QuoteDigest) > 0 {
 		data["quote_digest"] = hex.EncodeToString(r.QuoteDigest)
 	}
+	if len(r.IdentityLogSHA256) > 0 {
+		data["identity_log_sha256"] = hex.EncodeToString(r.IdentityLogSHA256)
+		data["identity_log_pcr"] = hex.EncodeToString(r.IdentityLogPCR)
+	}
 	if r.Seq != 0 {
 		// The stored canonical encoding, which the chain hashes:
 		// "keybroker receipts export" writes it as it is.

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/policies"
+	"github.com/keybroker/keybroker/resident"
 )
 
 func pathRoleList(b *tpmAuthBackend) *framework.Path {
@@ -75,7 +76,7 @@ func pathRole(b *tpmAuthBackend) *framework.Path {
 			},
 			"token_envelope_pcrs": {
 				Type:        framework.TypeCommaIntSlice,
-				Description: "With token_envelope=pcr_sealed: the PCRs (0-23) the token is sealed to. Required then.",
+				Description: "With token_envelope=pcr_sealed: the PCRs (0-22 but 16) the token is sealed to. Required then. 16 and 23 are refused: software can reset them.",
 			},
 			"token_envelope_pcr_bank": {
 				Type:        framework.TypeLowerCaseString,
@@ -277,6 +278,8 @@ func (r *roleEntry) parseEnvelope(d *framework.FieldData) []error {
 				switch {
 				case i < 0 || i > 23:
 					errs = append(errs, fmt.Errorf("token_envelope_pcrs: %d is not a PCR index 0-23", i))
+				case resident.CheckBindable(uint32(i)) != nil:
+					errs = append(errs, fmt.Errorf("token_envelope_pcrs: %w", resident.CheckBindable(uint32(i))))
 				case !seen[i]:
 					seen[i] = true
 					r.EnvelopePCRs = append(r.EnvelopePCRs, uint32(i))

@@ -158,6 +158,14 @@ func TestRoleValidation(t *testing.T) {
 			wantErr: []string{"token_envelope=pcr_sealed needs token_envelope_pcrs"},
 		},
 		{
+			name: "pcr_sealed to software-resettable PCRs",
+			data: map[string]any{"policy": rolePolicy, "token_envelope": "pcr_sealed", "token_envelope_pcrs": "7,16,23"},
+			wantErr: []string{
+				"token_envelope_pcrs: PCR 16 can be reset by software at locality 0 and cannot bind a key or a secret",
+				"token_envelope_pcrs: PCR 23 can be reset by software at locality 0 and cannot bind a key or a secret",
+			},
+		},
+		{
 			name:    "PCRs without pcr_sealed",
 			data:    map[string]any{"policy": rolePolicy, "token_envelope": "tpm_bound", "token_envelope_pcrs": "7"},
 			wantErr: []string{"token_envelope_pcrs and token_envelope_pcr_bank are only allowed with token_envelope=pcr_sealed"},

@@ -7,9 +7,12 @@ package provenancetest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
+	"encoding/json"
 	"math/big"
 	"net/url"
 	"os"
@@ -53,6 +56,28 @@ func NewKeySigner(tb testing.TB) *KeySigner {
 func (s *KeySigner) Sign(tb testing.TB, artifact []byte) []byte {
 	tb.Helper()
 	b, err := sign.Bundle(&sign.PlainData{Data: artifact}, s.kp, sign.BundleOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return marshal(tb, b)
+}
+
+// SignStatement returns a Sigstore bundle (JSON) of a DSSE envelope
+// holding an in-toto statement of predicateType whose subject is artifact,
+// with no timestamp and no transparency log entry.
+func (s *KeySigner) SignStatement(tb testing.TB, artifact []byte, predicateType string) []byte {
+	tb.Helper()
+	sum := sha256.Sum256(artifact)
+	st, err := json.Marshal(map[string]any{
+		"_type":         "https://in-toto.io/Statement/v1",
+		"subject":       []any{map[string]any{"name": "artifact", "digest": map[string]string{"sha256": hex.EncodeToString(sum[:])}}},
+		"predicateType": predicateType,
+		"predicate":     map[string]any{},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b, err := sign.Bundle(&sign.DSSEData{Data: st, PayloadType: "application/vnd.in-toto+json"}, s.kp, sign.BundleOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}

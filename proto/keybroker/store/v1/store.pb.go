@@ -221,9 +221,13 @@ func (x *NodeRecord) GetEarlierIdentityLogs() []*IdentityLog {
 // An identity log as an attestation carried and verified it, and that
 // attestation's receipt.
 type IdentityLog struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ReceiptId     string                 `protobuf:"bytes,1,opt,name=receipt_id,json=receiptId,proto3" json:"receipt_id,omitempty"`
-	Log           []byte                 `protobuf:"bytes,2,opt,name=log,proto3" json:"log,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ReceiptId string                 `protobuf:"bytes,1,opt,name=receipt_id,json=receiptId,proto3" json:"receipt_id,omitempty"`
+	Log       []byte                 `protobuf:"bytes,2,opt,name=log,proto3" json:"log,omitempty"`
+	// Set on the oldest entry only, when earlier logs no longer fit: how many
+	// were dropped, and the SHA-256 chain over their digests (store.IdentityLog).
+	Dropped       uint64 `protobuf:"varint,3,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	DroppedSha256 []byte `protobuf:"bytes,4,opt,name=dropped_sha256,json=droppedSha256,proto3" json:"dropped_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +272,20 @@ func (x *IdentityLog) GetReceiptId() string {
 func (x *IdentityLog) GetLog() []byte {
 	if x != nil {
 		return x.Log
+	}
+	return nil
+}
+
+func (x *IdentityLog) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *IdentityLog) GetDroppedSha256() []byte {
+	if x != nil {
+		return x.DroppedSha256
 	}
 	return nil
 }
@@ -827,11 +845,13 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\x14policy_counter_bound\x18\x0f \x01(\x04R\x12policyCounterBound\x12!\n" +
 	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\x12.\n" +
 	"\x13policy_counter_name\x18\x13 \x01(\fR\x11policyCounterName\x12S\n" +
-	"\x15earlier_identity_logs\x18\x11 \x03(\v2\x1f.keybroker.store.v1.IdentityLogR\x13earlierIdentityLogs\">\n" +
+	"\x15earlier_identity_logs\x18\x11 \x03(\v2\x1f.keybroker.store.v1.IdentityLogR\x13earlierIdentityLogs\"\x7f\n" +
 	"\vIdentityLog\x12\x1d\n" +
 	"\n" +
 	"receipt_id\x18\x01 \x01(\tR\treceiptId\x12\x10\n" +
-	"\x03log\x18\x02 \x01(\fR\x03log\"\x8b\x04\n" +
+	"\x03log\x18\x02 \x01(\fR\x03log\x12\x18\n" +
+	"\adropped\x18\x03 \x01(\x04R\adropped\x12%\n" +
+	"\x0edropped_sha256\x18\x04 \x01(\fR\rdroppedSha256\"\x8b\x04\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\x03R\x04time\x12!\n" +
 	"\fchallenge_id\x18\x02 \x01(\tR\vchallengeId\x12\x1b\n" +
