@@ -16,7 +16,8 @@ import (
 // broker signs with its own key in data_dir, created on first start —
 // except with store "etcd", where every replica must sign with the same
 // key: there key_file is required, and without a pcr_policy block the
-// broker has no signing key (authorized releases are refused). Key files
+// broker has no signing key and refuses policies with an authorized
+// release (CheckPolicies: at start and at each reload). Key files
 // must not be readable by group or others. Publish the public keys
 // ("keybroker pcr-policy keys") so operators can pin them.
 //

@@ -33,12 +33,40 @@ var checkConfigs = map[string]*Config{
 		File:   "broker.hcl",
 		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
 	},
+	// etcd is bare on store "etcd" without pcr_policy.key_file.
+	"etcd": {
+		File:   "broker.hcl",
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
+		Store:  StoreConfig{Kind: StoreEtcd},
+	},
+	// etcdKey is etcd with pcr_policy.key_file.
+	"etcdKey": {
+		File:      "broker.hcl",
+		Verify:    verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
+		Store:     StoreConfig{Kind: StoreEtcd},
+		PCRPolicy: PCRPolicyConfig{KeyFile: "/etc/keybroker/pcr-policy.pem"},
+	},
 	// sha256 is bare counting only the sha256 bank (pcr_banks).
 	"sha256": {
 		File:   "broker.hcl",
 		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}, Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}},
 	},
 }
+
+// authorizedPolicy has one pcr_policy "authorized" release.
+const authorizedPolicy = `
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `"] }
+  release "updates" {
+    type        = "tls_certificate"
+    mode        = "pcr_sealed"
+    pcr_bank    = "sha256"
+    pcrs        = [7]
+    pcr_policy  = "authorized"
+    common_name = "web"
+  }
+}
+`
 
 func TestCheckPolicies(t *testing.T) {
 	tests := []struct {
@@ -148,6 +176,17 @@ policy "web" {
 }
 `,
 			want: []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
+		},
+		{
+			name:   "pcr_policy authorized on etcd without key_file",
+			config: "etcd",
+			policy: authorizedPolicy,
+			want:   []string{`p.hcl:5:19: policy "web": release "updates" is pcr_policy "authorized", but broker.hcl uses store "etcd" without pcr_policy.key_file: every replica must sign with the same key`},
+		},
+		{
+			name:   "pcr_policy authorized on etcd with key_file",
+			config: "etcdKey",
+			policy: authorizedPolicy,
 		},
 		{
 			name:   "ek_ca without any ek_ca block",
