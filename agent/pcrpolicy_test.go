@@ -104,6 +104,7 @@ func TestReopenInApprovedState(t *testing.T) {
 	if n := len(cachedApprovals(t, cache)); n != 2 {
 		t.Fatalf("%d approvals after the approval; want the attested and the approved state", n)
 	}
+	approvalsNewest := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
 	// The credentials released before the approval, with the approvals of
 	// now.
 	writeFile(t, filepath.Join(cache, agent.CacheFile), credsBefore)
@@ -120,6 +121,11 @@ func TestReopenInApprovedState(t *testing.T) {
 	}
 
 	brokertest.Extend(t, env.RW, 7, "an update nobody approved")
+	// The newest approvals do not open it either.
+	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), approvalsNewest)
+	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
+		t.Fatalf("Reopen in an unapproved state with the newest approvals = %v; want %v", err, sealing.ErrNotApproved)
+	}
 	bootstrapInto(t, env, cache, refused) // the policy pins PCR 7
 	if _, err := os.Stat(filepath.Join(cache, agent.ApprovalsFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("approvals file after a refusal: %v; want it deleted", err)
