@@ -30,7 +30,7 @@ func checkPolicyCounter(pc *pb.PolicyCounter) error {
 
 // errCounterChanged refuses a node whose policy counter is not the one
 // pinned in its record.
-var errCounterChanged = errors.New("the node reports another policy counter than the one pinned in its record (forget the node to bootstrap it again)")
+var errCounterChanged = errors.New("the node reports another policy counter than the one pinned in its record (forget the node — keybroker nodes forget — to bootstrap it again)")
 
 // policyCounter is the node's policy counter as the broker takes it, for
 // every attestation that verified, whatever the decision: nil when the
