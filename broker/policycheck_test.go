@@ -53,17 +53,19 @@ var checkConfigs = map[string]*Config{
 	},
 }
 
-// authorizedPolicy has one pcr_policy "authorized" release.
-const authorizedPolicy = `
+// authorizedPolicy has one pcr_policy "authorized" release, sealed to the
+// sha384 bank with one expected state.
+var authorizedPolicy = `
 policy "web" {
   select { ek_hashes = ["` + checkEKA + `"] }
   release "updates" {
-    type        = "tls_certificate"
-    mode        = "pcr_sealed"
-    pcr_bank    = "sha256"
-    pcrs        = [7]
-    pcr_policy  = "authorized"
-    common_name = "web"
+    type            = "tls_certificate"
+    mode            = "pcr_sealed"
+    pcr_bank        = "sha384"
+    pcrs            = [7]
+    pcr_policy      = "authorized"
+    expected_states = [{ 7 = "` + strings.Repeat("ab", 48) + `" }]
+    common_name     = "web"
   }
 }
 `
@@ -161,27 +163,14 @@ policy "web" {
 		{
 			name:   "expected_states in a bank pcr_banks does not count",
 			config: "sha256",
-			policy: `
-policy "web" {
-  select { ek_hashes = ["` + checkEKA + `"] }
-  release "updates" {
-    type            = "tls_certificate"
-    mode            = "pcr_sealed"
-    pcr_bank        = "sha384"
-    pcrs            = [7]
-    pcr_policy      = "authorized"
-    expected_states = [{ 7 = "` + strings.Repeat("ab", 48) + `" }]
-    common_name     = "web"
-  }
-}
-`,
-			want: []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
+			policy: authorizedPolicy,
+			want:   []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
 		},
 		{
 			name:   "pcr_policy authorized on etcd without key_file",
 			config: "etcd",
 			policy: authorizedPolicy,
-			want:   []string{`p.hcl:5:19: policy "web": release "updates" is pcr_policy "authorized", but broker.hcl uses store "etcd" without pcr_policy.key_file: every replica must sign with the same key`},
+			want:   []string{`p.hcl:5:23: policy "web": release "updates" is pcr_policy "authorized", but broker.hcl uses store "etcd" without pcr_policy.key_file: every replica must sign with the same key`},
 		},
 		{
 			name:   "pcr_policy authorized on etcd with key_file",
