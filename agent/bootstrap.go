@@ -219,7 +219,7 @@ func outDirs(outDir string, files []atomicfile.File) []string {
 // TPM: the result (without Files and Changed), the files to write and the
 // credential cache to write with them (opts.CacheDir), if any.
 func attestAndOpen(ctx context.Context, broker pb.BrokerClient, node *Node, opts BootstrapOpts, lap func(Step, string)) (*Result, []atomicfile.File, []atomicfile.File, error) {
-	resp, err := attest(ctx, broker, node, opts.EventLog, opts.RelyingPartyNonce, lap)
+	resp, err := attest(ctx, broker, node, opts.EventLog, opts.RelyingPartyNonce, opts.CacheDir, lap)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -439,7 +439,11 @@ func newLap(progress func(Step, time.Duration, string)) func(Step, string) {
 
 // attest runs the two round trips: challenge, activate, quote, attest. It
 // returns the broker's response, the released credentials still sealed.
-func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, rpNonce []byte, lap func(Step, string)) (*pb.AttestResponse, error) {
+//
+// With cacheDir it keeps the cache's ApprovalsFile in step with the policy
+// counter: written right after the counter advanced, deleted when the
+// broker refused the node (Node.takeRefusal).
+func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, rpNonce []byte, cacheDir string, lap func(Step, string)) (*pb.AttestResponse, error) {
 	req, err := node.ChallengeRequest()
 	if err != nil {
 		return nil, &StepError{StepChallenge, err}
@@ -463,9 +467,13 @@ func attest(ctx context.Context, broker pb.BrokerClient, node *Node, eventLog, r
 		EkPublic: req.GetEkPublic(), EkCertificate: req.GetEkCertificate(), EkIntermediates: req.GetEkIntermediates(), AkPublic: req.GetAkPublic(),
 		RelyingPartyNonce: rpNonce, PolicyCounter: counter})
 	if err != nil {
+		if cerr := node.takeRefusal(err, cacheDir); cerr != nil {
+			err = fmt.Errorf("%w (and the policy counter: %v)", rpcError(err), cerr)
+			return nil, &StepError{StepAttest, err}
+		}
 		return nil, &StepError{StepAttest, rpcError(err)}
 	}
-	if err := node.takeApprovals(resp); err != nil {
+	if err := node.takeApprovals(resp, cacheDir); err != nil {
 		return nil, &StepError{StepOpen, err}
 	}
 	lap(StepAttest, fmt.Sprintf("receipt %s, %d credential(s)", resp.GetReceiptId(), len(resp.GetCredentials())))

@@ -106,7 +106,7 @@ func Attest(ctx context.Context, broker pb.BrokerClient, node *Node, opts Attest
 
 func attestSPIFFE(ctx context.Context, broker pb.BrokerClient, node *Node, opts AttestOpts) (*Attestation, error) {
 	lap := newLap(opts.Progress)
-	resp, err := attest(ctx, broker, node, opts.EventLog, nil, lap)
+	resp, err := attest(ctx, broker, node, opts.EventLog, nil, opts.CacheDir, lap)
 	if err != nil {
 		return nil, err
 	}

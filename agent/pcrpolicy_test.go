@@ -96,14 +96,15 @@ func TestReopenInApprovedState(t *testing.T) {
 	approvalsBefore := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
 
 	updated := nextState(t, env, "dbx update")
-	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "dbx 2026-12", time.Now()); err != nil {
+	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "dbx 2026-12", time.Now()); err != nil {
 		t.Fatalf("Approve: %v", err)
 	}
 	// A routine attestation, still in the old state, brings the approval.
-	bootstrapInto(t, env, cache)
+	bootstrapInto(t, env, cache, allowed)
 	if n := len(cachedApprovals(t, cache)); n != 2 {
 		t.Fatalf("%d approvals after the approval; want the attested and the approved state", n)
 	}
+	approvalsNewest := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
 	// The credentials released before the approval, with the approvals of
 	// now.
 	writeFile(t, filepath.Join(cache, agent.CacheFile), credsBefore)
@@ -120,19 +121,39 @@ func TestReopenInApprovedState(t *testing.T) {
 	}
 
 	brokertest.Extend(t, env.RW, 7, "an update nobody approved")
-	bootstrapInto(t, env, filepath.Join(t.TempDir(), "unused")) // refused: the policy pins PCR 7
+	// The newest approvals do not open it either.
+	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), approvalsNewest)
+	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
+		t.Fatalf("Reopen in an unapproved state with the newest approvals = %v; want %v", err, sealing.ErrNotApproved)
+	}
+	bootstrapInto(t, env, cache, refused) // the policy pins PCR 7
+	if _, err := os.Stat(filepath.Join(cache, agent.ApprovalsFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("approvals file after a refusal: %v; want it deleted", err)
+	}
 	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
 		t.Fatalf("Reopen in an unapproved state = %v; want %v", err, sealing.ErrNotApproved)
 	}
 }
 
-// bootstrapInto attests env's node again with cache; in a state the
-// policy does not allow it is refused and writes nothing.
-func bootstrapInto(t *testing.T, env *brokertest.Env, cache string) {
+// The outcomes bootstrapInto expects.
+const (
+	allowed = false
+	refused = true
+)
+
+// bootstrapInto attests env's node again with cache and checks the
+// outcome: allowed, or refused by policy (a state it does not allow) with
+// nothing written.
+func bootstrapInto(t *testing.T, env *brokertest.Env, cache string, wantRefused bool) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "tls")
 	_, err := agent.Bootstrap(context.Background(), direct{srv: env.Server}, env.Node, agent.BootstrapOpts{OutDir: out, CacheDir: cache})
-	if err != nil && !strings.Contains(err.Error(), "no policy allows this node") {
+	switch {
+	case wantRefused && (err == nil || !strings.Contains(err.Error(), "no policy allows this node")):
+		t.Fatalf("Bootstrap = %v; want refused by policy", err)
+	case wantRefused:
+		assertNothingWritten(t, out)
+	case err != nil:
 		t.Fatalf("Bootstrap: %v", err)
 	}
 }
@@ -140,23 +161,11 @@ func bootstrapInto(t *testing.T, env *brokertest.Env, cache string) {
 // A revoked approval stops opening once the node attested after the
 // revocation: its counter passed the version the approval was signed at.
 func TestRevokedApprovalStopsOpening(t *testing.T) {
-	env := authorizedEnv(t)
-	_, cache := bootstrapCached(t, env)
-	updated := nextState(t, env, "kernel 6.19")
-	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	bootstrapInto(t, env, cache)
-	withApproval := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
-
-	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
+	env, cache, updated, withApproval := approvedThenRevoked(t, "kernel 6.19")
+	if _, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, updated, nil, "explicit", "", time.Now()); !errors.Is(err, pcrpolicy.ErrRevoked) {
 		t.Fatalf("Approve of a revoked state = %v; want %v", err, pcrpolicy.ErrRevoked)
 	}
-	bootstrapInto(t, env, cache) // the broker has the node advance its counter
+	bootstrapInto(t, env, cache, allowed) // the broker has the node advance its counter
 	if got := cachedApprovals(t, cache); len(got) != 1 || got[0].GetVersion() <= approvalVersion(t, withApproval) {
 		t.Errorf("approvals after the revocation = %v; want the attested state's only, at a higher version", got)
 	}
@@ -164,9 +173,54 @@ func TestRevokedApprovalStopsOpening(t *testing.T) {
 	// Whoever kept the approvals of before the revocation gains nothing.
 	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), withApproval)
 	brokertest.Extend(t, env.RW, 7, "kernel 6.19")
-	err = reopenErr(t, env, cache)
+	err := reopenErr(t, env, cache)
 	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
 		t.Fatalf("Reopen with a revoked approval = %v; want the TPM's refusal", err)
+	}
+}
+
+// approvedThenRevoked bootstraps an authorizedEnv node with a cache, has
+// the operator approve the state after event (S1), attests to bring the
+// approval, and revokes S1. It returns the env, the cache, S1 and the
+// approvals file as it was before the revocation.
+func approvedThenRevoked(t *testing.T, event string) (*brokertest.Env, string, map[uint32][]byte, []byte) {
+	t.Helper()
+	env := authorizedEnv(t)
+	_, cache := bootstrapCached(t, env)
+	s1 := nextState(t, env, event)
+	a, err := pcrpolicy.Approve(context.Background(), env.Store, 0x000b, s1, nil, "explicit", "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrapInto(t, env, cache, allowed)
+	withApproval := readFile(t, filepath.Join(cache, agent.ApprovalsFile))
+	if _, err := pcrpolicy.Revoke(context.Background(), env.Store, a.ID, "bad kernel", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return env, cache, s1, withApproval
+}
+
+// A node refused after a revocation stops opening the revoked state too:
+// the refusal carries the raised bound, the agent advances its counter and
+// deletes its cached approvals, and approvals kept from before stop
+// opening in the TPM.
+func TestRefusedNodeStopsOpeningRevokedState(t *testing.T) {
+	env, cache, _, withApproval := approvedThenRevoked(t, "kernel 6.20")
+	// The node reboots into S1 and attests: the policy (PCR 7 pinned)
+	// refuses it.
+	brokertest.Extend(t, env.RW, 7, "kernel 6.20")
+	bootstrapInto(t, env, cache, refused)
+	if _, err := os.Stat(filepath.Join(cache, agent.ApprovalsFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("approvals file after the refusal: %v; want it deleted", err)
+	}
+	if err := reopenErr(t, env, cache); !errors.Is(err, sealing.ErrNotApproved) {
+		t.Fatalf("Reopen after the refusal = %v; want %v", err, sealing.ErrNotApproved)
+	}
+	// Approvals kept from before the revocation: the counter passed them.
+	writeFile(t, filepath.Join(cache, agent.ApprovalsFile), withApproval)
+	err := reopenErr(t, env, cache)
+	if !errors.Is(err, sealing.ErrImport) || !strings.Contains(err.Error(), "refused its PCR-policy approval") {
+		t.Fatalf("Reopen in the revoked state with approvals of before = %v; want the TPM's refusal", err)
 	}
 }
 

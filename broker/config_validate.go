@@ -91,7 +91,7 @@ func (fc *FileConfig) build(base string, at spot, p *problems) *Config {
 		c.AttestationResults = fc.AttestationResults.build(abs, at.block("attestation_results", 0), p)
 	}
 	if fc.PCRPolicy != nil {
-		c.PCRPolicy = fc.PCRPolicy.build(abs, at.block("pcr_policy", 0), p)
+		c.PCRPolicy = fc.PCRPolicy.build(abs, c.Store.Kind, at.block("pcr_policy", 0), p)
 	}
 	c.ChallengeKeyRotation = challenge.DefaultKeyRotation
 	if d, ok := parseDays(fc.ChallengeKeyRotation, "challenge_key_rotation", at, p); ok {

@@ -8,8 +8,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/broker/evidence"
 	"github.com/keybroker/keybroker/broker/pcrpolicy"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -26,6 +30,9 @@ type PCRStateAction struct {
 	Values map[uint32]string `json:"values,omitempty"`
 	// Bank is "sha256" (default), "sha384" or "sha512".
 	Bank string `json:"bank,omitempty"`
+	// Releases scopes an approval to the pcr_policy "authorized" releases
+	// of those names (approve only); empty: every such release.
+	Releases []string `json:"releases,omitempty"`
 	// Note is the operator's comment; Operator who ran the command.
 	Note     string `json:"note,omitempty"`
 	Operator string `json:"operator,omitempty"`
@@ -49,7 +56,7 @@ func RevokePCRState(ctx context.Context, cfg *Config, a PCRStateAction) (store.P
 func ListPCRApprovals(ctx context.Context, cfg *Config) ([]store.PCRApproval, error) {
 	var out []store.PCRApproval
 	err := query(ctx, cfg, "/v1/pcr-approvals", &out, func(st store.Backend) (err error) {
-		out, err = st.PCRApprovals(ctx)
+		out, _, err = st.PCRApprovals(ctx)
 		return err
 	})
 	return out, err
@@ -75,6 +82,9 @@ func pcrStateOn(ctx context.Context, st store.Backend, verb string, a PCRStateAc
 	if a.Operator != "" {
 		note = fmt.Sprintf("%s (by %s)", a.Note, a.Operator)
 	}
+	if verb == "revoke" && len(a.Releases) > 0 {
+		return store.PCRApproval{}, fmt.Errorf("%w: a revocation applies to every release; --release is for approve", ErrInvalidAction)
+	}
 	if verb == "revoke" && a.ID != "" {
 		if a.Node != "" || len(a.Values) > 0 {
 			return store.PCRApproval{}, fmt.Errorf("%w: an approval ID, or a state, not both", ErrInvalidAction)
@@ -88,7 +98,7 @@ func pcrStateOn(ctx context.Context, st store.Backend, verb string, a PCRStateAc
 	if verb == "revoke" {
 		return pcrpolicy.RevokeState(ctx, st, bank, pcrs, source, note, now)
 	}
-	return pcrpolicy.Approve(ctx, st, bank, pcrs, source, note, now)
+	return pcrpolicy.Approve(ctx, st, bank, pcrs, a.Releases, source, note, now)
 }
 
 // pcrState is the state a names: the values a.Node last attested for
@@ -131,21 +141,44 @@ func pcrState(ctx context.Context, st store.Backend, a PCRStateAction) (uint32, 
 	if len(a.PCRs) == 0 {
 		return 0, nil, "", fmt.Errorf("%w: name the PCRs to take from node %s", ErrInvalidAction, ek)
 	}
-	for _, q := range rec.Evidence.Quotes {
-		if uint32(q.Bank) != bank {
-			continue
-		}
-		pcrs := make(map[uint32][]byte, len(a.PCRs))
-		for _, i := range a.PCRs {
-			v, ok := q.PCRs[i]
-			if !ok {
-				return 0, nil, "", fmt.Errorf("%w: node %s did not quote PCR %s:%d", ErrInvalidAction, ek, name, i)
-			}
-			pcrs[i] = v
-		}
-		return bank, pcrs, "node " + ek, wrapInvalid(pcrpolicy.CheckState(bank, pcrs))
+	pcrs, err := attestedState(ctx, st, ek, rec, b, a.PCRs)
+	if err != nil {
+		return 0, nil, "", err
 	}
-	return 0, nil, "", fmt.Errorf("%w: node %s did not quote the %s bank", ErrInvalidAction, ek, name)
+	return bank, pcrs, "node " + ek, wrapInvalid(pcrpolicy.CheckState(bank, pcrs))
+}
+
+// ErrNotAllowedNode refuses to take a state from a node whose last
+// attestation was refused: its state is not one the policy accepted.
+var ErrNotAllowedNode = errors.New("the node's last attestation was refused")
+
+// attestedState is the values of pcrs in bank that node ek's last
+// attestation (rec) proved, taken only when that attestation was allowed
+// (its receipt) and its stored evidence verifies again: the quotes'
+// signatures by the stored AK over the stored PCR values and the
+// challenge's secret (evidence.Reverify, with the node's own EK hash as
+// the trust: what is re-checked is the stored evidence, not the EK's
+// trust, which the allowed decision already decided).
+func attestedState(ctx context.Context, st store.Backend, ek string, rec *store.NodeRecord, bank tpm2.TPMAlgID, pcrs []uint32) (map[uint32][]byte, error) {
+	if rec.LastReceiptID == "" {
+		return nil, fmt.Errorf("%w: node %s has no receipt of its last attestation", ErrInvalidAction, ek)
+	}
+	r, err := st.GetReceipt(ctx, rec.LastReceiptID)
+	if err != nil {
+		return nil, fmt.Errorf("unable to read node %s's last receipt: %w", ek, err)
+	}
+	if !r.Allowed {
+		return nil, fmt.Errorf("%w: node %s (receipt %s, check %s): %w", ErrInvalidAction, ek, r.ID, r.Check, ErrNotAllowedNode)
+	}
+	v, err := evidence.Reverify(rec.Evidence, verify.Opts{Trust: verify.Trust{EKHashes: []string{ek}}})
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %s's stored evidence does not verify: %w", ErrInvalidAction, ek, err)
+	}
+	got, err := v.SealPCRs(bank, pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %s: %w", ErrInvalidAction, ek, err)
+	}
+	return got.GetPcrs(), nil
 }
 
 func wrapInvalid(err error) error {
@@ -166,7 +199,7 @@ func wrapInvalid(err error) error {
 // approval, 409 ambiguous node prefix.
 func handlePCRApprovals(mux *http.ServeMux, st store.Backend) {
 	mux.HandleFunc("GET /v1/pcr-approvals", func(w http.ResponseWriter, r *http.Request) {
-		out, err := st.PCRApprovals(r.Context())
+		out, _, err := st.PCRApprovals(r.Context())
 		if err != nil {
 			http.Error(w, "unable to list PCR approvals", http.StatusInternalServerError)
 			return

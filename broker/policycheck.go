@@ -116,6 +116,8 @@ func (c *Config) checkReleases(p *problems, releases []policies.Ref, conf string
 			p.at(r.Range, "policy %q: release %q asks for quarantine, but the kubernetes block of %s has no token_file for the broker to taint nodes with", r.Policy, r.Name, conf)
 		case r.Type == policies.TypeKubelet && r.KubeletAuth == policies.KubeletBootstrapToken && c.Kubernetes.API == nil:
 			p.at(r.Range, "policy %q: release %q is a bootstrap_token kubelet, but the kubernetes block of %s has no token_file for the broker to create bootstrap tokens with", r.Policy, r.Name, conf)
+		case r.PCRPolicy == policies.PCRPolicyAuthorized && c.Store.Kind == StoreEtcd && c.PCRPolicy.KeyFile == "":
+			p.at(r.Range, "policy %q: release %q is pcr_policy \"authorized\", but %s uses store \"etcd\" without pcr_policy.key_file: every replica must sign with the same key", r.Policy, r.Name, conf)
 		case r.PCRBank != 0 && len(c.Verify.Banks) > 0 && !slices.Contains(c.Verify.Banks, r.PCRBank):
 			var counted []string
 			for _, b := range c.Verify.Banks {

@@ -33,12 +33,42 @@ var checkConfigs = map[string]*Config{
 		File:   "broker.hcl",
 		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
 	},
+	// etcd is bare on store "etcd" without pcr_policy.key_file.
+	"etcd": {
+		File:   "broker.hcl",
+		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
+		Store:  StoreConfig{Kind: StoreEtcd},
+	},
+	// etcdKey is etcd with pcr_policy.key_file.
+	"etcdKey": {
+		File:      "broker.hcl",
+		Verify:    verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}},
+		Store:     StoreConfig{Kind: StoreEtcd},
+		PCRPolicy: PCRPolicyConfig{KeyFile: "/etc/keybroker/pcr-policy.pem"},
+	},
 	// sha256 is bare counting only the sha256 bank (pcr_banks).
 	"sha256": {
 		File:   "broker.hcl",
 		Verify: verify.Opts{Trust: verify.Trust{EKHashes: []string{checkEKA}}, Banks: []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}},
 	},
 }
+
+// authorizedPolicy has one pcr_policy "authorized" release, sealed to the
+// sha384 bank with one expected state.
+var authorizedPolicy = `
+policy "web" {
+  select { ek_hashes = ["` + checkEKA + `"] }
+  release "updates" {
+    type            = "tls_certificate"
+    mode            = "pcr_sealed"
+    pcr_bank        = "sha384"
+    pcrs            = [7]
+    pcr_policy      = "authorized"
+    expected_states = [{ 7 = "` + strings.Repeat("ab", 48) + `" }]
+    common_name     = "web"
+  }
+}
+`
 
 func TestCheckPolicies(t *testing.T) {
 	tests := []struct {
@@ -133,21 +163,19 @@ policy "web" {
 		{
 			name:   "expected_states in a bank pcr_banks does not count",
 			config: "sha256",
-			policy: `
-policy "web" {
-  select { ek_hashes = ["` + checkEKA + `"] }
-  release "updates" {
-    type            = "tls_certificate"
-    mode            = "pcr_sealed"
-    pcr_bank        = "sha384"
-    pcrs            = [7]
-    pcr_policy      = "authorized"
-    expected_states = [{ 7 = "` + strings.Repeat("ab", 48) + `" }]
-    common_name     = "web"
-  }
-}
-`,
-			want: []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
+			policy: authorizedPolicy,
+			want:   []string{`p.hcl:5:23: policy "web": release "updates" is sealed to the sha384 bank, but pcr_banks of broker.hcl counts only sha256: nodes do not quote it, and its 1 expected_states can never be approved`},
+		},
+		{
+			name:   "pcr_policy authorized on etcd without key_file",
+			config: "etcd",
+			policy: authorizedPolicy,
+			want:   []string{`p.hcl:5:23: policy "web": release "updates" is pcr_policy "authorized", but broker.hcl uses store "etcd" without pcr_policy.key_file: every replica must sign with the same key`},
+		},
+		{
+			name:   "pcr_policy authorized on etcd with key_file",
+			config: "etcdKey",
+			policy: authorizedPolicy,
 		},
 		{
 			name:   "ek_ca without any ek_ca block",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -229,6 +230,10 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("unable to load the attestation result key: %w", err)
 	}
 	pcrSigner, err := loadPCRPolicySigner(cfg, true)
+	if errors.Is(err, errNoEtcdPCRPolicyKey) {
+		log.Warn("no PCR-policy signing key: pcr_policy \"authorized\" releases are refused", "reason", err)
+		pcrSigner, err = nil, nil
+	}
 	if err != nil {
 		st.Close()
 		closeVault()

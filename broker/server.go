@@ -291,7 +291,7 @@ func (s *Server) Attest(ctx context.Context, req *pb.AttestRequest) (*pb.AttestR
 	if refusal != nil {
 		s.log.Warn("attestation refused", "receipt", rec.ID, "ek", rec.EKHash, "check", refusal.check, "failures", rec.Failures,
 			"deny_listed", rec.DenyListed, "error", refusal.cause)
-		return nil, status.Errorf(refusal.code, "%s (receipt %s)", refusal.msg, rec.ID)
+		return nil, refusal.status(rec.ID)
 	}
 	s.log.Info("credentials released", "receipt", rec.ID, "ek", rec.EKHash, "policies", rec.Policies, "released", len(rec.Released))
 	resp.ReceiptId = rec.ID
@@ -371,6 +371,21 @@ type refusal struct {
 	msg   string
 	cause error
 	deny  bool
+	// counterMin, when not 0, is the version the node's policy counter
+	// must reach (takePolicyCounter): sent with the refusal, as an
+	// AttestResponse with only policy_counter_min in the status details.
+	counterMin uint64
+}
+
+// status is r as the gRPC status the node receives for receipt id.
+func (r *refusal) status(id string) error {
+	st := status.Newf(r.code, "%s (receipt %s)", r.msg, id)
+	if r.counterMin > 0 {
+		if d, err := st.WithDetails(&pb.AttestResponse{PolicyCounterMin: r.counterMin}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
 
 // denies marks r as putting the node on the deny list: the refusal came
@@ -405,32 +420,58 @@ func (s *Server) attest(ctx context.Context, ch challenge.Challenge, req *pb.Att
 	if o.AKChanged {
 		s.log.Warn("node attested with another AK than last time; its TPM counters cannot be compared", "ek", rec.EKHash)
 	}
+	// The policy counter is taken before the decision: a node refused
+	// after a revocation must still advance its counter past the
+	// approvals it holds (refusal.counterMin).
+	pc, pcErr := s.takePolicyCounter(ctx, req.GetPolicyCounter(), o.NodeRecord)
+	withCounter := func(r *refusal) *refusal {
+		if pc != nil {
+			r.counterMin = pc.version
+		}
+		return r
+	}
 	if r := o.Refusal; r != nil {
-		return nil, o.NodeRecord, decisionRefusal(r)
+		return nil, o.NodeRecord, withCounter(decisionRefusal(r))
 	}
 	v, d, nodeRec := o.Verified, o.Decision, o.NodeRecord
-	pn, err := s.policyNode(ctx, req.GetPolicyCounter(), d, nodeRec)
-	if err != nil {
-		return nil, nodeRec, &refusal{code: codes.Unavailable, check: "release", msg: "release: unable to read the PCR-policy approvals", cause: err}
+	if pcErr != nil {
+		rec.Failures = append(rec.Failures, pcErr.Error())
+		return nil, nodeRec, counterRefusal(pcErr)
 	}
-	out, err := s.releaser.ReleaseFor(ctx, v, d, rec.ID, pn)
+	out, err := s.releaser.ReleaseFor(ctx, v, d, rec.ID, policyNode(pc, d))
 	var f *release.Failure
 	switch {
 	case errors.As(err, &f):
 		rec.Failures = append(rec.Failures, f.Notes...)
-		return nil, nodeRec, releaseRefusal(f)
+		return nil, nodeRec, withCounter(releaseRefusal(f))
 	case err != nil:
-		return nil, nodeRec, denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err})
+		return nil, nodeRec, withCounter(denies(&refusal{code: codes.Internal, check: "release", msg: "release: internal error", cause: err}))
 	}
 	*released = out
 	resp := &pb.AttestResponse{Credentials: out.Credentials, WorkloadEntries: out.WorkloadEntries, WorkloadTrust: out.WorkloadTrust, PcrApprovals: out.Approvals}
-	if pn != nil {
-		resp.PolicyCounterMin = pn.Version
+	if pc != nil {
+		resp.PolicyCounterMin = pc.version
 	}
 	nodeRec.WorkloadEntries, nodeRec.SVIDs = out.NodeEntries, out.SVIDs
 	rec.Allowed, rec.Released = true, out.Items
 	stages.Done(metrics.StageRelease)
 	return resp, nodeRec, nil
+}
+
+// counterRefusal is the refusal of a node whose policy counter the broker
+// cannot take (takePolicyCounter): another counter than the pinned one, a
+// value out of bounds, or the approvals unreadable.
+func counterRefusal(err error) *refusal {
+	r := &refusal{code: codes.FailedPrecondition, check: "release", cause: err}
+	switch {
+	case errors.Is(err, errCounterChanged):
+		r.msg = "release: " + errCounterChanged.Error()
+	case errors.Is(err, pcrpolicy.ErrCounter):
+		r.msg = "release: the policy counter's value is out of bounds"
+	default:
+		r.code, r.msg = codes.Unavailable, "release: unable to read the PCR-policy approvals"
+	}
+	return r
 }
 
 // decisionRefusal is the gRPC refusal of a decision that allows nothing.

@@ -61,6 +61,15 @@
 //     this TPM no longer holds") and writes nothing, and once the same boot
 //     is measured again it writes the bootstrapped files byte for byte,
 //     running --on-change then and not when a reopen changes nothing.
+//   - TestAuthorizedUpdateOnSWTPM (pcrpolicy_test.go): pcr_policy
+//     "authorized" with a policy counter: an update's state approved through
+//     the admin socket reaches the node at its next attestation, and reopen
+//     opens the cached credentials in that state with the broker gone, not
+//     in a state nobody approved.
+//   - TestAuthorizedRevocationOnSWTPM (pcrpolicy_test.go): a state approved,
+//     brought to the node and then revoked: the node booted into it is
+//     refused, the refusal still advances its counter and deletes its cached
+//     approvals, and reopen fails there, also with the old approvals put back.
 //   - TestAttestationResultOnSWTPM (ear_test.go): with attestation_results,
 //     `keybroker-agent bootstrap --ear-out --ear-nonce` writes the broker's
 //     EAR (0600), which verifies with `keybroker ear jwks` for that nonce,

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,12 +11,10 @@ import (
 	"github.com/keybroker/keybroker/internal/swtpmtest"
 )
 
-// pcr_policy "authorized" across processes on swtpm: the agent defines its
-// policy counter, the operator approves an update's state through the
-// running broker's admin socket, the next attestation brings the approval,
-// and after a reboot into the updated state reopen opens the cached
-// credentials with the broker gone; a state nobody approved does not.
-func TestAuthorizedUpdateOnSWTPM(t *testing.T) {
+// startAuthorized starts swtpm, measured as bootMeasured does, and a
+// broker whose TLS release is pcr_sealed with pcr_policy "authorized".
+func startAuthorized(t *testing.T) (*swtpmtest.TPM, *pcrs, *brokerProc) {
+	t.Helper()
 	skipUnlessE2E(t)
 	t.Parallel()
 	tpm := swtpmtest.Start(t, swtpmtest.Opts{})
@@ -24,7 +23,16 @@ func TestAuthorizedUpdateOnSWTPM(t *testing.T) {
 	if !strings.Contains(policy, "pcr_policy") {
 		t.Fatal("the policy has no pcr_policy")
 	}
-	b := startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy})
+	return tpm, p, startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy})
+}
+
+// pcr_policy "authorized" across processes on swtpm: the agent defines its
+// policy counter, the operator approves an update's state through the
+// running broker's admin socket, the next attestation brings the approval,
+// and after a reboot into the updated state reopen opens the cached
+// credentials with the broker gone; a state nobody approved does not.
+func TestAuthorizedUpdateOnSWTPM(t *testing.T) {
+	tpm, p, b := startAuthorized(t)
 	out, cache := filepath.Join(t.TempDir(), "tls"), filepath.Join(t.TempDir(), "cache")
 	counter := []string{"--cache", cache, "--pcr-policy-counter", "default"}
 
@@ -66,4 +74,57 @@ func TestAuthorizedUpdateOnSWTPM(t *testing.T) {
 	r = reopen(t)
 	wantExit(t, r, 1)
 	wantContains(t, "reopen stderr", r.stderr, "the broker has approved none the TPM holds now")
+}
+
+// Revocation across processes on swtpm: the operator approves a state S1,
+// the node's attestation brings the approval, the operator revokes S1, the
+// node reboots into S1 and attests — the policy refuses it, and the
+// refusal still has the agent advance its counter and delete its cached
+// approvals — and reopen in S1 fails, also with the approvals of before
+// the revocation put back.
+func TestAuthorizedRevocationOnSWTPM(t *testing.T) {
+	tpm, p, b := startAuthorized(t)
+	out, cache := filepath.Join(t.TempDir(), "tls"), filepath.Join(t.TempDir(), "cache")
+	counter := []string{"--cache", cache, "--pcr-policy-counter", "default"}
+	wantBootstrapped(t, bootstrap(t, tpm, b, out, counter...), "PCR_SEALED")
+
+	ev := sha256.Sum256([]byte("e2e kernel update"))
+	s1 := sha256.Sum256(append(append([]byte(nil), p.values[7]...), ev[:]...))
+	state := []string{"--pcr", "0=" + p.value(0), "--pcr", "7=" + hex.EncodeToString(s1[:])}
+	r := keybroker(t, append([]string{"pcr-policy", "approve", "--config", b.configFile}, state...)...)
+	wantExit(t, r, 0)
+	wantBootstrapped(t, bootstrap(t, tpm, b, out, counter...), "PCR_SEALED")
+	approvals := filepath.Join(cache, "pcr-approvals.json")
+	before, err := os.ReadFile(approvals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = keybroker(t, append([]string{"pcr-policy", "revoke", "--config", b.configFile}, state...)...)
+	wantExit(t, r, 0)
+	wantContains(t, "pcr-policy revoke", r.stdout, "revoked: state ")
+
+	tpm.Reset(t)
+	inS1 := bootMeasured(t, tpm)
+	inS1.measure(t, 7, "e2e kernel update")
+	r = bootstrap(t, tpm, b, out, counter...)
+	wantExit(t, r, 1)
+	wantContains(t, "bootstrap stderr", r.stderr, "no policy allows this node")
+	if _, err := os.Stat(approvals); !os.IsNotExist(err) {
+		t.Fatalf("approvals after the refusal: %v; want them deleted", err)
+	}
+	if code := b.stop(t); code != 0 {
+		t.Fatalf("broker exit %d", code)
+	}
+	reopen := func() result {
+		return agent(t, "reopen", "--tpm", "tcp://"+tpm.Addr, "--cache", cache, "--out", filepath.Join(t.TempDir(), "tls"))
+	}
+	r = reopen()
+	wantExit(t, r, 1)
+	wantContains(t, "reopen stderr", r.stderr, "the broker has approved none the TPM holds now")
+	if err := os.WriteFile(approvals, before, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = reopen()
+	wantExit(t, r, 1)
+	wantContains(t, "reopen stderr", r.stderr, "refused its PCR-policy approval")
 }

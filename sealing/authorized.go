@@ -366,3 +366,60 @@ func counterPolicy(counter *tpm2.TPMSNVPublic, version uint64) (*tpm2.PolicyNV, 
 		Operation: tpm2.TPMEOUnsignedLE,
 	}, nil
 }
+
+// CheckApproval checks in software what the TPM checks when ap opens an
+// envelope bound to a: that ap is signed by one of a's signers over
+// PolicyPCR(ap's state) [∧ PolicyNV(a's counter ≤ ap.Version)] for a's PCR
+// selection and node. It returns the index of the signer. The TPM remains
+// the judge (TPM2_VerifySignature, TPM2_PolicyAuthorize); this lets the
+// broker's tests and tools inspect approvals without one.
+func (a *Authorization) CheckApproval(ap *Approval) (int, error) {
+	if err := checkAuthorization(a); err != nil {
+		return 0, err
+	}
+	if ap == nil {
+		return 0, errors.New("no PCR-policy approval")
+	}
+	sel, _, err := pcrPolicyArgs(ap.PCRs)
+	if err != nil {
+		return 0, err
+	}
+	want, err := selection(a.Bank, a.PCRs)
+	if err != nil {
+		return 0, err
+	}
+	if !bytes.Equal(tpm2.Marshal(sel), tpm2.Marshal(want)) {
+		return 0, errors.New("the approval is over another PCR selection")
+	}
+	version := ap.Version
+	if a.Counter == nil {
+		version = 0
+	}
+	policy, err := ApprovedPolicy(ap.PCRs, a.Counter, version)
+	if err != nil {
+		return 0, err
+	}
+	digest := approvalDigest(policy, policyRef(want, a.Node))
+	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](ap.Signature)
+	if err != nil {
+		return 0, fmt.Errorf("the approval's signature is not a TPMT_SIGNATURE: %w", err)
+	}
+	ecc, err := sig.Signature.ECDSA()
+	if err != nil || sig.SigAlg != tpm2.TPMAlgECDSA || ecc.Hash != tpm2.TPMAlgSHA256 {
+		return 0, errors.New("the approval's signature is not ECDSA-SHA256")
+	}
+	r, s := new(big.Int).SetBytes(ecc.SignatureR.Buffer), new(big.Int).SetBytes(ecc.SignatureS.Buffer)
+	for i, signer := range a.Signers {
+		if !bytes.Equal(signer, ap.Signer) {
+			continue
+		}
+		pub, _, err := signerKey(signer)
+		if err != nil {
+			return 0, err
+		}
+		if ecdsa.Verify(pub, digest, r, s) {
+			return i, nil
+		}
+	}
+	return 0, errors.New("the approval is not signed by a signer of the envelope over its policy")
+}

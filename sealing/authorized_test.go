@@ -15,6 +15,7 @@ import (
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	legacy "github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpmutil"
 
 	"github.com/keybroker/keybroker/internal/tpmtest"
@@ -192,6 +193,16 @@ func TestAuthorizedRefusesForgedApprovals(t *testing.T) {
 	// Signed by a key the blob does not name, claiming to be the right key.
 	byStranger := n.approve(t, stranger, now)
 	byStranger.Signer = signerPublic(t, n.current)
+	// Variants past the Go-side filter (signer, selection, current state),
+	// so that the TPM's own check of each binding is what refuses them:
+	// signed over fewer PCRs, relabelled as the whole selection;
+	fewer := n.approve(t, n.current, &tpmpb.PCRs{Hash: now.GetHash(), Pcrs: map[uint32][]byte{7: now.GetPcrs()[7]}})
+	fewer.PCRs = now
+	// signed over another counter index (PolicyNV names the counter);
+	otherCounter, err := sealing.SignApproval(n.current, now, []byte(thisNode), sealing.CounterPublic(sealing.DefaultCounterIndex+1), n.version)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A valid approval for an envelope bound to another key, presented
 	// with an envelope that claims to be bound to the stranger.
 	otherEnv := n.wrap(t, stranger)
@@ -209,6 +220,9 @@ func TestAuthorizedRefusesForgedApprovals(t *testing.T) {
 		{"approval for another node", env, []*sealing.Approval{n.approveFor(t, n.current, now, "node-b")}, sealing.ErrImport},
 		{"approval over fewer PCRs", env, []*sealing.Approval{n.approve(t, n.current, &tpmpb.PCRs{Hash: now.GetHash(), Pcrs: map[uint32][]byte{7: now.GetPcrs()[7]}})}, sealing.ErrNotApproved},
 		{"blob bound to another key", otherEnv, []*sealing.Approval{n.approve(t, n.current, now)}, sealing.ErrImport},
+		{"in the TPM: signed over fewer PCRs, relabelled", env, []*sealing.Approval{fewer}, sealing.ErrImport},
+		{"in the TPM: signed over another counter index", env, []*sealing.Approval{otherCounter}, sealing.ErrImport},
+		{"in the TPM: for another node (policyRef)", env, []*sealing.Approval{n.approveFor(t, n.current, now, "node-b"), n.approveFor(t, n.current, now, thisNode+"x")}, sealing.ErrImport},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,13 +250,46 @@ func TestAuthorizedRevocationByCounter(t *testing.T) {
 	n.version = v
 	mustOpen(t, n, env, n.approve(t, n.current, n.state(t)))
 
-	// A counter defined again cannot go back: AdvanceCounter never lowers.
+	// AdvanceCounter never lowers.
 	if v, err := sealing.AdvanceCounter(n.rw, sealing.DefaultCounterIndex, 1); err != nil || v != n.version {
 		t.Fatalf("AdvanceCounter to a lower target = %d, %v; want %d unchanged", v, err, n.version)
 	}
+	// A counter deleted and defined again cannot go back: the TPM starts it
+	// at the highest count it ever held, so the approval of before the
+	// advance still does not open.
+	tpm := transport.FromReadWriter(n.rw)
+	name, err := tpm2.NVName(n.counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: tpm2.NamedHandle{Handle: sealing.DefaultCounterIndex, Name: *name}}).Execute(tpm); err != nil {
+		t.Fatalf("NV_UndefineSpace: %v", err)
+	}
+	_, again, err := sealing.EnsureCounter(n.rw, sealing.DefaultCounterIndex)
+	if err != nil || again < n.version {
+		t.Fatalf("counter defined again = %d, %v; want at least %d", again, err, n.version)
+	}
+	mustRefuse(t, n, sealing.ErrImport, env, old)
+	n.version = again
 	if _, err := sealing.AdvanceCounter(n.rw, sealing.DefaultCounterIndex, n.version+sealing.MaxCounterSteps+1); err == nil {
 		t.Fatal("AdvanceCounter took more than MaxCounterSteps steps")
 	}
+}
+
+// Every approval of the current state is tried in order: one the TPM
+// refuses (signed before the counter advanced) does not hide a later one
+// that opens.
+func TestAuthorizedTriesEveryMatchingApproval(t *testing.T) {
+	n := newAuthorizedNode(t)
+	env := n.wrap(t, n.current)
+	old := n.approve(t, n.current, n.state(t))
+	v, err := sealing.AdvanceCounter(n.rw, sealing.DefaultCounterIndex, n.version+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.version = v
+	mustOpen(t, n, env, old, n.approve(t, n.current, n.state(t)))
+	mustRefuse(t, n, sealing.ErrImport, env, old, old)
 }
 
 // Rotation: a blob bound to the current and the next signing key opens with

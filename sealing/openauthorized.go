@@ -54,22 +54,32 @@ func OpenAuthorized(rw io.ReadWriter, ek *client.Key, env *Envelope, approvals [
 	if err != nil {
 		return nil, err
 	}
-	a, err := pickApproval(rw, env.Authorization, tpm2.Marshal(want), approvals)
+	matching, err := matchingApprovals(rw, env.Authorization, tpm2.Marshal(want), approvals)
 	if err != nil {
 		return nil, err
 	}
-	cek, err := unsealAuthorized(transport.FromReadWriter(rw), ek, env, a)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrImport, err)
+	// Every matching approval in order: one the TPM refuses (a key
+	// rotated out, a version below the counter) does not hide a later one
+	// that opens.
+	var errs []error
+	for _, a := range matching {
+		cek, err := unsealAuthorized(transport.FromReadWriter(rw), ek, env, a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		defer clear(cek)
+		return decrypt(cek, env.JWE)
 	}
-	defer clear(cek)
-	return decrypt(cek, env.JWE)
+	return nil, fmt.Errorf("%w: %w", ErrImport, errors.Join(errs...))
 }
 
-// pickApproval returns the approval, by one of auth's signers and over the
-// envelope's PCR selection (the TPML_PCR_SELECTION want), of the state the
-// TPM's PCRs hold now.
-func pickApproval(rw io.ReadWriter, auth *Authorization, want []byte, approvals []*Approval) (*Approval, error) {
+// matchingApprovals returns the approvals, by one of auth's signers and
+// over the envelope's PCR selection (the TPML_PCR_SELECTION want), of the
+// state the TPM's PCRs hold now, in order; ErrNotApproved when there is
+// none.
+func matchingApprovals(rw io.ReadWriter, auth *Authorization, want []byte, approvals []*Approval) ([]*Approval, error) {
+	var out []*Approval
 	for _, a := range approvals {
 		if !slices.ContainsFunc(auth.Signers, func(s []byte) bool { return bytes.Equal(s, a.Signer) }) {
 			continue
@@ -86,10 +96,13 @@ func pickApproval(rw io.ReadWriter, auth *Authorization, want []byte, approvals 
 			return nil, fmt.Errorf("unable to read PCRs: %w", err)
 		}
 		if samePCRs(cur, a.PCRs) {
-			return a, nil
+			out = append(out, a)
 		}
 	}
-	return nil, ErrNotApproved
+	if len(out) == 0 {
+		return nil, ErrNotApproved
+	}
+	return out, nil
 }
 
 func samePCRs(cur, want *tpmpb.PCRs) bool {

@@ -119,9 +119,9 @@ func NodeRecord(v *verify.Verified, prev *store.NodeRecord, ev attestation.Evide
 		// The quarantine state outlives the decision unless the decision
 		// changes it (the broker's quarantine step).
 		n.Kubelet, n.Quarantined, n.BootstrapToken = prev.Kubelet, prev.Quarantined, prev.BootstrapToken
-		// So is the version its PCR-policy approvals are signed at, which
-		// only the release step raises.
-		n.PolicyCounterBound, n.PolicyEpoch = prev.PolicyCounterBound, prev.PolicyEpoch
+		// So are the version its PCR-policy approvals are signed at and
+		// its pinned counter, which only the policy-counter step changes.
+		n.PolicyCounterBound, n.PolicyEpoch, n.PolicyCounterName = prev.PolicyCounterBound, prev.PolicyEpoch, prev.PolicyCounterName
 		n.EarlierIdentityLogs = earlierIdentityLogs(prev, v, ev.IdentityLog)
 	}
 	return n

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -104,21 +105,69 @@ func hasURI(cert *x509.Certificate, u *url.URL) bool {
 // LoadSigningKey loads the ECDSA P-256 private key in the PEM file at path
 // (PKCS#8, or SEC 1 as openssl writes it): a JWT signing key.
 func LoadSigningKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("unable to load JWT key: %w", err)
-	}
-	return parseSigningKey(data)
+	return LoadKey(path, KeyOpts{})
 }
 
-func parseSigningKey(data []byte) (*ecdsa.PrivateKey, error) {
+// KeyOpts tune LoadKey and LoadOrCreateKey. The zero value loads a JWT
+// key.
+type KeyOpts struct {
+	// What names the key in errors; empty: "JWT key".
+	What string
+	// OwnerOnly refuses a file readable or writable by group or others
+	// (mode & 0o077), checked on the opened file.
+	OwnerOnly bool
+}
+
+func (o KeyOpts) what() string {
+	if o.What == "" {
+		return "JWT key"
+	}
+	return o.What
+}
+
+// LoadKey loads the ECDSA P-256 private key in the PEM file at path, as
+// LoadSigningKey does, with opts.
+func LoadKey(path string, opts KeyOpts) (*ecdsa.PrivateKey, error) {
+	data, err := readKeyFile(path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load %s: %w", opts.what(), err)
+	}
+	return parseKey(data, opts)
+}
+
+// readKeyFile reads the key file at path, refusing with opts.OwnerOnly a
+// mode that lets group or others in.
+func readKeyFile(path string, opts KeyOpts) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if opts.OwnerOnly {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if m := fi.Mode().Perm(); m&0o077 != 0 {
+			return nil, fmt.Errorf("%s is readable or writable by group or others (mode %04o): chmod 600 it", path, m)
+		}
+	}
+	return io.ReadAll(io.LimitReader(f, maxKeyFile))
+}
+
+// maxKeyFile bounds a key file.
+const maxKeyFile = 64 << 10
+
+func parseSigningKey(data []byte) (*ecdsa.PrivateKey, error) { return parseKey(data, KeyOpts{}) }
+
+func parseKey(data []byte, opts KeyOpts) (*ecdsa.PrivateKey, error) {
 	signer, err := parseKeyPEM(data)
 	if err != nil {
-		return nil, fmt.Errorf("unable to load JWT key: %w", err)
+		return nil, fmt.Errorf("unable to load %s: %w", opts.what(), err)
 	}
 	key, ok := signer.(*ecdsa.PrivateKey)
 	if !ok || key.Curve != elliptic.P256() {
-		return nil, errors.New("unable to load JWT key: not an ECDSA P-256 key")
+		return nil, fmt.Errorf("unable to load %s: not an ECDSA P-256 key", opts.what())
 	}
 	return key, nil
 }
@@ -127,23 +176,28 @@ func parseSigningKey(data []byte) (*ecdsa.PrivateKey, error) {
 // does, or, when there is no file, generates a P-256 key and writes it
 // there (PKCS#8 PEM, 0600, atomically, never replacing a file).
 func LoadOrCreateSigningKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(path)
+	return LoadOrCreateKey(path, KeyOpts{})
+}
+
+// LoadOrCreateKey is LoadOrCreateSigningKey with opts.
+func LoadOrCreateKey(path string, opts KeyOpts) (*ecdsa.PrivateKey, error) {
+	data, err := readKeyFile(path, opts)
 	switch {
 	case err == nil:
-		return parseSigningKey(data)
+		return parseKey(data, opts)
 	case !errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("unable to load JWT key: %w", err)
+		return nil, fmt.Errorf("unable to load %s: %w", opts.what(), err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("unable to generate JWT key: %w", err)
+		return nil, fmt.Errorf("unable to generate %s: %w", opts.what(), err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("unable to encode JWT key: %w", err)
+		return nil, fmt.Errorf("unable to encode %s: %w", opts.what(), err)
 	}
 	if err := atomicfile.WriteNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, fmt.Errorf("unable to write JWT key: %w", err)
+		return nil, fmt.Errorf("unable to write %s: %w", opts.what(), err)
 	}
 	return key, nil
 }

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
@@ -30,35 +32,43 @@ func StateID(bank uint32, pcrs map[uint32][]byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-// Epoch is the broker's revocation epoch: the number of revoked approvals
-// in stored. Records are never deleted, so it only grows, and every
-// replica reading the same records agrees on it.
-func Epoch(stored []store.PCRApproval) uint64 {
-	var n uint64
-	for _, a := range stored {
-		if !a.Revoked.IsZero() {
-			n++
-		}
-	}
-	return n
-}
+// ErrCounter is wrapped by Bound's refusals: the node's reported policy
+// counter cannot be taken as it is.
+var ErrCounter = errors.New("policy counter refused")
 
 // Bound is the version to sign a node's approvals at, from the version of
-// its record (prevBound, set at epoch prevEpoch), the broker's epoch now and
-// the counter value the node reported: never below either, and above
-// prevBound when something was revoked since, so that the node's counter,
-// advanced to it, stops every approval signed before.
-func Bound(prevBound, prevEpoch, epoch, reported uint64) uint64 {
-	b := max(prevBound, reported)
-	if epoch > prevEpoch && prevBound > 0 && b <= prevBound {
-		b = prevBound + 1
+// its record (prevBound, set at revocation epoch prevEpoch; both 0 for a
+// node without one), the store's revocation epoch now and the counter value
+// the node reported: never below either, and one above both whenever the
+// epoch is not the one of the record (a revocation since, or a record
+// forgotten), so that the node's counter, advanced to it, stops every
+// approval signed before.
+//
+// The reported value is not certified by the TPM, so it is bounded: a
+// node with a record cannot report more than sealing.MaxCounterSteps above
+// its bound (signing at a version its counter never reaches would make its
+// approvals unrevocable: the agent advances at most that many steps), and a
+// version past the counter's range is refused.
+func Bound(prevBound, prevEpoch, epoch, reported uint64) (uint64, error) {
+	if prevBound > 0 && reported > prevBound && reported-prevBound > sealing.MaxCounterSteps {
+		return 0, fmt.Errorf("%w: the node reports %d, more than %d above the version %d its approvals are signed at", ErrCounter, reported, sealing.MaxCounterSteps, prevBound)
 	}
-	return b
+	b := max(prevBound, reported)
+	if epoch != prevEpoch {
+		if b == math.MaxUint64 {
+			return 0, fmt.Errorf("%w: the version cannot be raised past %d", ErrCounter, b)
+		}
+		b++
+	}
+	return b, nil
 }
 
 // Selection is one authorized release's PCR selection and the states its
 // policy expects.
 type Selection struct {
+	// Release is the release's name: stored approvals scoped to other
+	// releases do not apply to it.
+	Release  string
 	Bank     tpm2.TPMAlgID
 	PCRs     []uint32
 	Expected []map[uint32][]byte
@@ -79,7 +89,8 @@ type Node struct {
 
 // Approvals signs, with the current key, an approval of every state each
 // selection may open in: the attested state, its expected states and the
-// stored approvals of its bank that give all its PCRs — except the states
+// stored approvals of its bank, in scope for its release, that give all
+// its PCRs — except the states
 // a revocation covers (see revoked) — each once, at most
 // sealing.MaxApprovals in all.
 func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval) ([]*sealing.Approval, error) {
@@ -93,7 +104,7 @@ func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval)
 		states := []map[uint32][]byte{attested.GetPcrs()}
 		states = append(states, sel.Expected...)
 		for _, a := range stored {
-			if a.Revoked.IsZero() && a.Bank == uint32(sel.Bank) {
+			if a.Revoked.IsZero() && a.Bank == uint32(sel.Bank) && inScope(a, sel.Release) {
 				if st, ok := restrict(a.PCRs, sel.PCRs); ok {
 					states = append(states, st)
 				}
@@ -116,6 +127,12 @@ func (s *Signer) Approvals(n Node, sels []Selection, stored []store.PCRApproval)
 		}
 	}
 	return out, nil
+}
+
+// inScope reports whether the stored approval a applies to release: it
+// names no releases, or names it.
+func inScope(a store.PCRApproval, release string) bool {
+	return len(a.Releases) == 0 || slices.Contains(a.Releases, release)
 }
 
 // restrict returns state's values of pcrs, if it gives them all.

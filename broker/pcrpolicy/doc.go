@@ -8,7 +8,8 @@
 // PolicyPCR(state) ∧ PolicyNV(counter ≤ version) (sealing.SignApproval):
 // the state the node attested, the release's expected_states and the
 // states the operator approved with `keybroker pcr-policy approve`
-// (store.PCRApprovals). The node receives the approvals at each
+// (store.PCRApprovals), each only for the releases its scope names (every
+// authorized release when it names none). The node receives the approvals at each
 // attestation and keeps them with its cached credentials, so a credential
 // re-opens after an approved update without a new release, and never in a
 // state nobody approved.
@@ -19,12 +20,15 @@
 // node's policy-version counter: a TPM_NT_COUNTER NV index the agent
 // defines (sealing.EnsureCounter) and reports in Attest. An approval holds
 // only while the counter is at most its version. Revoking a state
-// (`keybroker pcr-policy revoke`) stores the revocation and so raises the
-// broker's epoch (Epoch: the number of revocations); at the node's next
-// attestation the broker raises the node's version above every version it
-// signed before (Bound), tells the agent to advance its counter to it
-// (AttestResponse.policy_counter_min) and re-signs the states still
-// approved at the new version. From then on no approval signed before the
+// (`keybroker pcr-policy revoke`) stores the revocation and, in the same
+// store transaction, bumps the store's revocation epoch (a counter of its
+// own that only grows; store.PCRApprovals). At the node's next verified
+// attestation, allowed or refused, the broker raises the node's version
+// above every version it signed before (Bound, which also bounds the
+// unverified reported value), tells the agent to advance its counter to it
+// (AttestResponse.policy_counter_min, a status detail with a refusal) and
+// re-signs the states still approved at the new version. The counter's
+// name is pinned in the node record: a node reporting another is refused. From then on no approval signed before the
 // revocation opens anything on that TPM, and the revoked state is never
 // signed again. A counter only grows, and a counter deleted and defined
 // again starts at the highest value the TPM ever counted, so neither can
@@ -34,6 +38,8 @@
 // approvals of several states at once, as an update in progress needs.)
 // A node that has not attested since the revocation still opens with its
 // old approvals: revocation takes effect at each node's next attestation.
+// A leaked signing key defeats revocation for blobs naming it: the remedy
+// is a new key and new releases.
 //
 // # Rotation: the next key
 //

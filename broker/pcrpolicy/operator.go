@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -46,91 +47,83 @@ func CheckState(bank uint32, pcrs map[uint32][]byte) error {
 	return nil
 }
 
-// Approve approves state (bank, pcrs) for every node whose pcr_policy
-// "authorized" releases cover those PCRs: stored under StateID, it reaches
-// each node at its next attestation. Approving a state again updates its
-// note; a revoked state is refused with ErrRevoked.
-func Approve(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, source, note string, now time.Time) (store.PCRApproval, error) {
-	id, all, err := readState(ctx, st, bank, pcrs)
-	if err != nil {
+// Approve approves state (bank, pcrs) for the pcr_policy "authorized"
+// releases named in releases — every such release when releases is empty
+// — of every node whose releases cover those PCRs: stored under StateID,
+// it reaches each node at its next attestation. Approving a state again
+// updates its scope and note; a revoked state, or one a revocation covers,
+// is refused with ErrRevoked. The check and the write are one store
+// update, so a concurrent revocation is never undone.
+func Approve(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, releases []string, source, note string, now time.Time) (store.PCRApproval, error) {
+	if err := CheckState(bank, pcrs); err != nil {
 		return store.PCRApproval{}, err
 	}
-	a := store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Source: source, Note: note, Created: now.UTC()}
-	for _, old := range all {
-		if old.ID != id {
-			continue
+	id := StateID(bank, pcrs)
+	releases = slices.Compact(slices.Sorted(slices.Values(releases)))
+	return st.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
+		a := store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Releases: releases, Source: source, Note: note, Created: now.UTC()}
+		if old := find(all, id); old != nil {
+			if !old.Revoked.IsZero() {
+				return store.PCRApproval{}, fmt.Errorf("state %s: %w at %s", id, ErrRevoked, old.Revoked.UTC().Format(time.RFC3339))
+			}
+			a.Created = old.Created
 		}
-		if !old.Revoked.IsZero() {
-			return store.PCRApproval{}, fmt.Errorf("state %s: %w at %s", id, ErrRevoked, old.Revoked.UTC().Format(time.RFC3339))
+		if revoked(bank, pcrs, all) {
+			return store.PCRApproval{}, fmt.Errorf("state %s: %w (a revocation covers it)", id, ErrRevoked)
 		}
-		a.Created = old.Created
-	}
-	if revoked(bank, pcrs, all) {
-		return store.PCRApproval{}, fmt.Errorf("state %s: %w (a revocation covers it)", id, ErrRevoked)
-	}
-	if err := st.PutPCRApproval(ctx, a); err != nil {
-		return store.PCRApproval{}, err
-	}
-	return a, nil
+		return a, nil
+	})
 }
 
 // Revoke revokes the stored approval id: no node receives it again, and at
 // each node's next attestation its counter passes every version signed
 // before, so approvals it holds stop opening (see the package doc). It
-// returns the record as stored.
+// returns the record as stored; revoking a revoked record changes nothing.
 func Revoke(ctx context.Context, st store.PCRApprovals, id, note string, now time.Time) (store.PCRApproval, error) {
-	all, err := st.PCRApprovals(ctx)
-	if err != nil {
-		return store.PCRApproval{}, err
-	}
-	for _, a := range all {
-		if a.ID != id {
-			continue
+	return st.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
+		old := find(all, id)
+		if old == nil {
+			return store.PCRApproval{}, fmt.Errorf("%w: %s", ErrUnknownApproval, id)
 		}
-		if !a.Revoked.IsZero() {
-			return a, nil
-		}
-		a.Revoked = now.UTC()
-		if note != "" {
-			a.Note = note
-		}
-		if err := st.PutPCRApproval(ctx, a); err != nil {
-			return store.PCRApproval{}, err
-		}
-		return a, nil
-	}
-	return store.PCRApproval{}, fmt.Errorf("%w: %s", ErrUnknownApproval, id)
+		return revokeRecord(*old, note, now), nil
+	})
 }
 
 // RevokeState revokes state (bank, pcrs) whether or not it was approved
 // through the store (an attested state, a policy's expected state): as
 // Revoke, for every state that agrees with it on the PCRs they share.
 func RevokeState(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte, source, note string, now time.Time) (store.PCRApproval, error) {
-	id, all, err := readState(ctx, st, bank, pcrs)
-	if err != nil {
+	if err := CheckState(bank, pcrs); err != nil {
 		return store.PCRApproval{}, err
 	}
-	for _, a := range all {
-		if a.ID == id {
-			return Revoke(ctx, st, id, note, now)
+	id := StateID(bank, pcrs)
+	return st.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
+		if old := find(all, id); old != nil {
+			return revokeRecord(*old, note, now), nil
 		}
-	}
-	a := store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Source: source, Note: note, Created: now.UTC(), Revoked: now.UTC()}
-	if err := st.PutPCRApproval(ctx, a); err != nil {
-		return store.PCRApproval{}, err
-	}
-	return a, nil
+		return store.PCRApproval{ID: id, Bank: bank, PCRs: pcrs, Source: source, Note: note, Created: now.UTC(), Revoked: now.UTC()}, nil
+	})
 }
 
-// readState checks state (bank, pcrs) and returns its ID and every stored
-// record.
-func readState(ctx context.Context, st store.PCRApprovals, bank uint32, pcrs map[uint32][]byte) (string, []store.PCRApproval, error) {
-	if err := CheckState(bank, pcrs); err != nil {
-		return "", nil, err
+// revokeRecord is a revoked at now (unchanged if it already is), with note
+// if given.
+func revokeRecord(a store.PCRApproval, note string, now time.Time) store.PCRApproval {
+	if !a.Revoked.IsZero() {
+		return a
 	}
-	all, err := st.PCRApprovals(ctx)
-	if err != nil {
-		return "", nil, err
+	a.Revoked = now.UTC()
+	if note != "" {
+		a.Note = note
 	}
-	return StateID(bank, pcrs), all, nil
+	return a
+}
+
+// find returns the record of id in all, if any.
+func find(all []store.PCRApproval, id string) *store.PCRApproval {
+	for i := range all {
+		if all[i].ID == id {
+			return &all[i]
+		}
+	}
+	return nil
 }

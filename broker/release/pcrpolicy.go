@@ -59,7 +59,7 @@ func (r *Releaser) approvals(v *verify.Verified, d policies.Decision, node *Poli
 	var sels []pcrpolicy.Selection
 	for _, rel := range d.Releases {
 		if rel.PCRPolicy == policies.PCRPolicyAuthorized {
-			sels = append(sels, pcrpolicy.Selection{Bank: rel.PCRBank, PCRs: rel.PCRs, Expected: rel.ExpectedStates})
+			sels = append(sels, pcrpolicy.Selection{Release: rel.Name, Bank: rel.PCRBank, PCRs: rel.PCRs, Expected: rel.ExpectedStates})
 		}
 	}
 	if len(sels) == 0 {

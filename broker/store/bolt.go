@@ -31,13 +31,15 @@ var (
 	bucketReceiptsBySeq = []byte("receipts_by_seq") // Seq (big-endian) -> receipt ID
 	bucketCheckpoints   = []byte("checkpoints")     // Seq (big-endian) -> Checkpoint
 	bucketPCRApprovals  = []byte("pcr_approvals")   // approval ID -> PCRApproval
+	bucketPCRPolicy     = []byte("pcr_policy")      // keyPCREpoch -> revocation epoch (big-endian)
+	keyPCREpoch         = []byte("epoch")
 	keyChainHead        = []byte("head")
 )
 
 // buckets are every bucket a writable open creates.
 var buckets = [][]byte{bucketConsumed, bucketReceipts, bucketReceiptsByEK, bucketNodes,
 	bucketNodeSVIDs, bucketDenied, bucketEventLogs, bucketChallengeKeys, bucketChain, bucketReceiptsBySeq,
-	bucketCheckpoints, bucketPCRApprovals}
+	bucketCheckpoints, bucketPCRApprovals, bucketPCRPolicy}
 
 // BoltOpts configures OpenBolt. The zero value opens the file for writing,
 // waiting DefaultLockTimeout for the lock.

@@ -39,6 +39,7 @@ const (
 	etcdReceiptsBySeq = "receipts_by_seq/" // Seq (20 decimal digits) -> receipt ID
 	etcdCheckpoints   = "checkpoints/"     // Seq (20 decimal digits) -> Checkpoint
 	etcdPCRApprovals  = "pcr_approvals/"   // approval ID -> PCRApproval
+	etcdPCREpoch      = "pcr_policy_epoch" // the PCR revocation epoch (decimal)
 )
 
 // EtcdOpts configures OpenEtcd.

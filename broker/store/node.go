@@ -65,6 +65,11 @@ type NodeRecord struct {
 	// when the bound was set (broker/pcrpolicy).
 	PolicyCounterBound uint64 `json:"policy_counter_bound,omitempty"`
 	PolicyEpoch        uint64 `json:"policy_epoch,omitempty"`
+	// PolicyCounterName is the TPM name of the policy counter the node
+	// first reported, pinned: a node reporting another counter is refused
+	// until an operator forgets it (its counter decides what revocation
+	// means for it).
+	PolicyCounterName []byte `json:"policy_counter_name,omitempty"`
 	// EarlierIdentityLogs are the node's records of issued identities of
 	// earlier boots (package idlog), newest first, each as the last
 	// attestation of its boot carried and verified it, with that

@@ -39,6 +39,7 @@ func marshalNode(n *NodeRecord) ([]byte, error) {
 		BootstrapToken:     n.BootstrapToken,
 		PolicyCounterBound: n.PolicyCounterBound,
 		PolicyEpoch:        n.PolicyEpoch,
+		PolicyCounterName:  n.PolicyCounterName,
 		Evidence: &storev1.Evidence{
 			Time:            unixNano(ev.Time),
 			ChallengeId:     ev.ChallengeID,
@@ -146,6 +147,7 @@ func unmarshalNodeFields(v []byte, withEvidence bool) (NodeRecord, error) {
 		BootstrapToken:     pb.GetBootstrapToken(),
 		PolicyCounterBound: pb.GetPolicyCounterBound(),
 		PolicyEpoch:        pb.GetPolicyEpoch(),
+		PolicyCounterName:  pb.GetPolicyCounterName(),
 	}
 	if withEvidence {
 		if err := evidenceFromProto(&n, pb.GetEvidence()); err != nil {

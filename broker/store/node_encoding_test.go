@@ -40,6 +40,7 @@ func fullNode() NodeRecord {
 		BootstrapToken:     "abcdef",
 		PolicyCounterBound: 41,
 		PolicyEpoch:        2,
+		PolicyCounterName:  []byte{0, 0x0b, 1, 2, 3},
 		Evidence: attestation.Evidence{
 			Time:            time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC),
 			ChallengeID:     "clOtTkourgWXIJduzxljyg",

@@ -74,13 +74,15 @@ receipt ID and each credential's expiry, in DIR/sealed-credentials.json
 only TPM-bound blobs; whoever has the disk and this same TPM in the same boot
 state can open them until they expire — as the running node can. It also
 keeps the PCR-policy approvals of pcr_policy "authorized" releases in
-DIR/pcr-approvals.json (0600), replaced at each attestation: a credential
-cached before re-opens in any state the broker approved since.
+DIR/pcr-approvals.json (0600), replaced at each attestation right after the
+policy counter advanced, and deleted when the broker refuses the node: a
+credential cached before re-opens in any state the broker approved since.
 
 With --pcr-policy-counter default (or an NV index) the agent defines, on
 first use, its policy-version NV counter (a TPM_NT_COUNTER in the owner
-range), reports it with each attestation and advances it when the broker
-says an approval was revoked: pcr_policy "authorized" releases need it.`,
+range), reports it with each attestation and advances it to the bound the
+broker sends, also with a refusal (after a revocation): pcr_policy
+"authorized" releases need it.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems

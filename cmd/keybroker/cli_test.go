@@ -26,7 +26,7 @@ func TestHelpOnce(t *testing.T) {
 		"ear":                "keybroker ear [command]",
 		"ear jwks":           "keybroker ear jwks --config broker.hcl [flags]",
 		"pcr-policy":         "keybroker pcr-policy [command]",
-		"pcr-policy approve": "keybroker pcr-policy approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...) [flags]",
+		"pcr-policy approve": "keybroker pcr-policy approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...) [--release NAME ...] [flags]",
 		"pcr-policy revoke":  "keybroker pcr-policy revoke (--config broker.hcl | --data-dir DIR) (ID | --node EKHASH --pcrs 0,7 | --pcr 7=HEX ...) [flags]",
 		"pcr-policy list":    "keybroker pcr-policy list (--config broker.hcl | --data-dir DIR) [flags]",
 		"pcr-policy keys":    "keybroker pcr-policy keys --config broker.hcl [flags]",

@@ -43,12 +43,14 @@ type pcrStateFlags struct {
 	bank   string
 	note   string
 	asJSON bool
+	// releases is approve's --release: the releases the approval is for.
+	releases []string
 }
 
 func (o *pcrStateFlags) add(cmd *cobra.Command) {
 	o.storeFlags.add(cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.node, "node", "", "take the state from this node's last verified attestation (EK hash or a unique prefix)")
+	f.StringVar(&o.node, "node", "", "take the state from this node's last attestation, if it was allowed and its evidence verifies again (EK hash or a unique prefix)")
 	f.UintSliceVar(&o.pcrs, "pcrs", nil, "with --node: the PCRs to take, e.g. 0,7")
 	f.StringArrayVar(&o.values, "pcr", nil, "an explicit PCR value, INDEX=HEX (repeat for each PCR)")
 	f.StringVar(&o.bank, "bank", "sha256", "the PCR bank: sha256, sha384 or sha512")
@@ -59,7 +61,7 @@ func (o *pcrStateFlags) add(cmd *cobra.Command) {
 // action checks the flags and returns the action they name.
 func (o *pcrStateFlags) action(p *cli.Problems, id string) broker.PCRStateAction {
 	o.check(p)
-	a := broker.PCRStateAction{ID: id, Node: o.node, Bank: o.bank, Note: o.note, Operator: operatorName()}
+	a := broker.PCRStateAction{ID: id, Node: o.node, Bank: o.bank, Note: o.note, Operator: operatorName(), Releases: o.releases}
 	named := 0
 	for _, set := range []bool{id != "", o.node != "", len(o.values) > 0} {
 		if set {
@@ -104,14 +106,20 @@ func (o *pcrStateFlags) action(p *cli.Problems, id string) broker.PCRStateAction
 func pcrPolicyApproveCmd() *cobra.Command {
 	var o pcrStateFlags
 	cmd := &cobra.Command{
-		Use:   "approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...)",
+		Use:   "approve (--config broker.hcl | --data-dir DIR) (--node EKHASH --pcrs 0,7 | --pcr 7=HEX ...) [--release NAME ...]",
 		Short: "Approve a PCR state for pcr_policy \"authorized\" releases",
 		Long: pcrPolicyLong + `
 
 approve stores the state under an ID derived from its bank and values
 (approving it again keeps one record). A revoked state cannot be approved
 again. The state must give every PCR of the releases it is for: a state of
-fewer PCRs than a release seals to approves nothing for it.`,
+fewer PCRs than a release seals to approves nothing for it. Without
+--release the state is approved for every pcr_policy "authorized" release of
+every node whose releases cover its PCRs; with --release NAME (repeat for
+more) only for the releases of those names. With --node the node's last
+attestation must have been allowed, and its stored evidence must verify
+again (the quotes' signatures by its AK over the stored PCR values); the
+values approved are printed.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
@@ -123,6 +131,7 @@ fewer PCRs than a release seals to approves nothing for it.`,
 		},
 	}
 	o.add(cmd)
+	cmd.Flags().StringArrayVar(&o.releases, "release", nil, "approve the state only for the pcr_policy \"authorized\" release of this name (repeat for more); default: every such release")
 	return cmd
 }
 
@@ -173,7 +182,11 @@ func pcrStateRun(o pcrStateFlags, verb string, a broker.PCRStateAction, do func(
 	if !rec.Revoked.IsZero() {
 		what = "revoked"
 	}
-	fmt.Fprintf(stdout, "%s: state %s (%s, %s)\n", what, rec.ID, bankName(rec.Bank), formatState(rec.PCRs))
+	scope := ""
+	if len(rec.Releases) > 0 {
+		scope = ", releases " + strings.Join(rec.Releases, ",")
+	}
+	fmt.Fprintf(stdout, "%s: state %s (%s, %s%s)\n", what, rec.ID, bankName(rec.Bank), formatState(rec.PCRs), scope)
 	return 0
 }
 
@@ -223,7 +236,11 @@ func pcrPolicyList(o pcrPolicyListOpts, stdout, stderr io.Writer) int {
 		if !r.Revoked.IsZero() {
 			status = "revoked " + r.Revoked.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, status, bankName(r.Bank), formatState(r.PCRs), r.Source, r.Note)
+		source := r.Source
+		if len(r.Releases) > 0 {
+			source += " (releases " + strings.Join(r.Releases, ",") + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, status, bankName(r.Bank), formatState(r.PCRs), source, r.Note)
 	}
 	if err := tw.Flush(); err != nil {
 		fmt.Fprintf(stderr, "pcr-policy list: %v\n", err)
@@ -239,7 +256,9 @@ first and then the next one (pcr_policy.next_key_file), for operators to pin:
 a pcr_policy "authorized" import blob opens only with approvals by these keys
 (its TPM2_PolicyAuthorize names them). It reads the key files of the
 pcr_policy block, or the key the broker made in data_dir/pcr-policy on its
-first start, and never creates one.`,
+first start, and never creates one. With store "etcd" pcr_policy.key_file is
+required (every replica must sign with the same key). Key files must not be
+readable by group or others (chmod 600).`,
 		"broker configuration file", pcrPolicyKeys)
 }
 

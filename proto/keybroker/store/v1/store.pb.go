@@ -52,6 +52,10 @@ type NodeRecord struct {
 	// the broker's revocation epoch when that version was set.
 	PolicyCounterBound uint64 `protobuf:"varint,15,opt,name=policy_counter_bound,json=policyCounterBound,proto3" json:"policy_counter_bound,omitempty"`
 	PolicyEpoch        uint64 `protobuf:"varint,16,opt,name=policy_epoch,json=policyEpoch,proto3" json:"policy_epoch,omitempty"`
+	// The TPM name (nameAlg || digest of its TPMS_NV_PUBLIC) of the policy
+	// counter the node first reported: a node that reports another is
+	// refused until an operator forgets it.
+	PolicyCounterName []byte `protobuf:"bytes,19,opt,name=policy_counter_name,json=policyCounterName,proto3" json:"policy_counter_name,omitempty"`
 	// The node's identity logs of earlier boots, newest first.
 	EarlierIdentityLogs []*IdentityLog `protobuf:"bytes,17,rep,name=earlier_identity_logs,json=earlierIdentityLogs,proto3" json:"earlier_identity_logs,omitempty"`
 	unknownFields       protoimpl.UnknownFields
@@ -198,6 +202,13 @@ func (x *NodeRecord) GetPolicyEpoch() uint64 {
 		return x.PolicyEpoch
 	}
 	return 0
+}
+
+func (x *NodeRecord) GetPolicyCounterName() []byte {
+	if x != nil {
+		return x.PolicyCounterName
+	}
+	return nil
 }
 
 func (x *NodeRecord) GetEarlierIdentityLogs() []*IdentityLog {
@@ -811,7 +822,7 @@ var File_keybroker_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xc9\x05\n" +
+	"\x1ekeybroker/store/v1/store.proto\x12\x12keybroker.store.v1\"\xf9\x05\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\aek_hash\x18\x01 \x01(\tR\x06ekHash\x12\x1d\n" +
@@ -832,7 +843,8 @@ const file_keybroker_store_v1_store_proto_rawDesc = "" +
 	"\vquarantined\x18\r \x01(\bR\vquarantined\x12'\n" +
 	"\x0fbootstrap_token\x18\x0e \x01(\tR\x0ebootstrapToken\x120\n" +
 	"\x14policy_counter_bound\x18\x0f \x01(\x04R\x12policyCounterBound\x12!\n" +
-	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\x12S\n" +
+	"\fpolicy_epoch\x18\x10 \x01(\x04R\vpolicyEpoch\x12.\n" +
+	"\x13policy_counter_name\x18\x13 \x01(\fR\x11policyCounterName\x12S\n" +
 	"\x15earlier_identity_logs\x18\x11 \x03(\v2\x1f.keybroker.store.v1.IdentityLogR\x13earlierIdentityLogs\"\x7f\n" +
 	"\vIdentityLog\x12\x1d\n" +
 	"\n" +
