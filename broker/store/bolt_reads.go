@@ -80,6 +80,18 @@ func (b *Bolt) GetDenial(ctx context.Context, ekHash string) (Denial, error) {
 
 // GetNode implements Nodes.
 func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
+	return b.getNode(ctx, ekHash, loadNode)
+}
+
+// GetNodeHead implements NodeHeads.
+func (b *Bolt) GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error) {
+	return b.getNode(ctx, ekHash, func(_ *bolt.Tx, ekHash string, v []byte) (NodeRecord, error) {
+		return decodeNodeHead(ekHash, v)
+	})
+}
+
+// getNode reads the record of ekHash and decodes it with decode.
+func (b *Bolt) getNode(ctx context.Context, ekHash string, decode func(tx *bolt.Tx, ekHash string, v []byte) (NodeRecord, error)) (NodeRecord, error) {
 	if err := ctx.Err(); err != nil {
 		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
 	}
@@ -97,35 +109,7 @@ func (b *Bolt) GetNode(ctx context.Context, ekHash string) (NodeRecord, error) {
 			return ErrNotFound
 		}
 		var err error
-		n, err = loadNode(tx, ekHash, v)
-		return err
-	})
-	if err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
-	}
-	return n, nil
-}
-
-// GetNodeHead implements NodeHeads.
-func (b *Bolt) GetNodeHead(ctx context.Context, ekHash string) (NodeRecord, error) {
-	if err := ctx.Err(); err != nil {
-		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", err)
-	}
-	if ekHash == "" || len(ekHash) > maxEKHashLength {
-		return NodeRecord{}, fmt.Errorf("unable to get node record: %w", ErrNotFound)
-	}
-	var n NodeRecord
-	err := b.db.View(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketNodes)
-		if bk == nil {
-			return ErrNotFound
-		}
-		v := bk.Get([]byte(ekHash))
-		if v == nil {
-			return ErrNotFound
-		}
-		var err error
-		n, err = decodeNodeHead(ekHash, v)
+		n, err = decode(tx, ekHash, v)
 		return err
 	})
 	if err != nil {
