@@ -1,8 +1,14 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +29,29 @@ func startAuthorized(t *testing.T) (*swtpmtest.TPM, *pcrs, *brokerProc) {
 	if !strings.Contains(policy, "pcr_policy") {
 		t.Fatal("the policy has no pcr_policy")
 	}
-	return tpm, p, startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy})
+	// A key file of its own, as every replica of an etcd store needs
+	// (make test-etcd runs this on etcd).
+	return tpm, p, startBroker(t, brokerOpts{ekCAs: []ekCA{swtpmCA(tpm)}, policy: policy,
+		extra: fmt.Sprintf("pcr_policy {\n  key_file = %q\n}\n", pcrPolicyKeyFile(t))})
+}
+
+// pcrPolicyKeyFile writes a fresh P-256 PCR-policy signing key (PKCS #8
+// PEM, mode 0600) and returns its path.
+func pcrPolicyKeyFile(t *testing.T) string {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pcr-policy.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // pcr_policy "authorized" across processes on swtpm: the agent defines its
