@@ -90,6 +90,9 @@ type Etcd struct {
 	// queue holds the decisions waiting for the head (etcd_commit.go).
 	qmu   sync.Mutex
 	queue []*chained
+	// approvalsMu serializes this process's PCR-approval updates, which
+	// then conflict only with other processes' (etcd_pcrapprovals.go).
+	approvalsMu sync.Mutex
 }
 
 var _ Backend = (*Etcd)(nil)

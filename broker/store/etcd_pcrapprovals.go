@@ -63,6 +63,8 @@ func (e *Etcd) pcrApprovals(ctx context.Context) ([]PCRApproval, uint64, int64, 
 // ModRevision), so that updates apply one after the other; on a conflict
 // it reads again and calls fn again.
 func (e *Etcd) UpdatePCRApproval(ctx context.Context, fn func(all []PCRApproval) (PCRApproval, error)) (PCRApproval, error) {
+	e.approvalsMu.Lock()
+	defer e.approvalsMu.Unlock()
 	for range maxPCRApprovalRetries {
 		all, epoch, rev, err := e.pcrApprovals(ctx)
 		if err != nil {

@@ -97,6 +97,15 @@ func TestEtcdRaceAcrossClients(t *testing.T) {
 	}
 }
 
+// TestEtcdPCRApprovalsAcrossClients approves and revokes the same records
+// at once through two stores, each with its own connection, as two broker
+// replicas would: their transactions conflict, and none undoes another's.
+func TestEtcdPCRApprovalsAcrossClients(t *testing.T) {
+	c := startEtcd(t, etcdtest.Opts{Members: 1})
+	prefix := "/approvals/"
+	storetest.PCRApprovalsConcurrent(t, openEtcd(t, c, store.EtcdOpts{Prefix: prefix}), openEtcd(t, c, store.EtcdOpts{Prefix: prefix}))
+}
+
 // TestEtcdUnavailable stops all of etcd: Record fails promptly with an
 // error, and the same store works again once etcd is back.
 func TestEtcdUnavailable(t *testing.T) {

@@ -86,7 +86,7 @@ func testPCRApprovals(t *testing.T, b store.Backend) {
 	if got, _, _ := b.PCRApprovals(ctx); len(got) != 2 {
 		t.Errorf("refused approvals were stored: %d records", len(got))
 	}
-	testPCRApprovalsConcurrent(t, b)
+	PCRApprovalsConcurrent(t, b)
 }
 
 // put stores a as it is.
@@ -95,12 +95,14 @@ func put(ctx context.Context, b store.Backend, a store.PCRApproval) error {
 	return err
 }
 
-// testPCRApprovalsConcurrent runs approvals that check "not revoked" and
-// revocations of the same records at once: every update is atomic, so no
-// approval lands over a revocation, and the epoch counts each record
-// revoked exactly once.
-func testPCRApprovalsConcurrent(t *testing.T, b store.Backend) {
+// PCRApprovalsConcurrent runs approvals that check "not revoked" and
+// revocations of the same records at once, spread over bs (stores of one
+// database, as replicas have): every update is atomic, so no approval
+// lands over a revocation, and the epoch counts each record revoked
+// exactly once.
+func PCRApprovalsConcurrent(t *testing.T, bs ...store.Backend) {
 	ctx := ctxT(t)
+	b := bs[0]
 	_, before, err := b.PCRApprovals(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +112,12 @@ func testPCRApprovalsConcurrent(t *testing.T, b store.Backend) {
 	var wg sync.WaitGroup
 	errs := make(chan error, records*rounds*2)
 	for i := range records {
-		for range rounds {
+		for r := range rounds {
 			wg.Add(2)
+			approver, revoker := bs[(i+r)%len(bs)], bs[(i+r+1)%len(bs)]
 			go func() { // approve unless revoked
 				defer wg.Done()
-				_, err := b.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
+				_, err := approver.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
 					for _, a := range all {
 						if a.ID == id(i) && !a.Revoked.IsZero() {
 							return store.PCRApproval{}, errRevokedHere
@@ -128,7 +131,7 @@ func testPCRApprovalsConcurrent(t *testing.T, b store.Backend) {
 			}()
 			go func() { // revoke
 				defer wg.Done()
-				_, err := b.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
+				_, err := revoker.UpdatePCRApproval(ctx, func(all []store.PCRApproval) (store.PCRApproval, error) {
 					for _, a := range all {
 						if a.ID == id(i) && !a.Revoked.IsZero() {
 							return a, nil
