@@ -43,10 +43,7 @@ func auditShowCmd() *cobra.Command {
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
-			if !o.vault.set() {
-				o.check(&p)
-			}
+			o.checkWith(&p, &o.vault)
 			p.Required(cmd, "node")
 			if err := p.Err(); err != nil {
 				return err

@@ -52,10 +52,7 @@ it lists those the Vault auth method mounted there keeps (its nodes/ path).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
-			if !o.vault.set() {
-				o.check(&p)
-			}
+			o.checkWith(&p, &o.vault)
 			if o.limit < 1 || o.limit > store.MaxListLimit {
 				p.Addf("--limit must be 1 to %d", store.MaxListLimit)
 			}
@@ -142,10 +139,7 @@ its last verified attestation (see 'keybroker evidence show'). With
 		Args: oneEK,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var p cli.Problems
-			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
-			if !o.vault.set() {
-				o.check(&p)
-			}
+			o.checkWith(&p, &o.vault)
 			if err := p.Err(); err != nil {
 				return err
 			}

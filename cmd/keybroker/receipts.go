@@ -35,6 +35,15 @@ func (s *storeFlags) check(p *cli.Problems) {
 	}
 }
 
+// checkWith checks s and v of a command that reads the broker's store or,
+// with --vault-mount, the Vault auth method's: one of them, not both.
+func (s *storeFlags) checkWith(p *cli.Problems, v *vaultFlags) {
+	v.check(p, s.configPath != "" || s.dataDir != "")
+	if !v.set() {
+		s.check(p)
+	}
+}
+
 // load returns the configuration naming the store; a bad one is reported
 // on stderr, prefixed by name.
 func (s *storeFlags) load(name string, stderr io.Writer) (*broker.Config, bool) {
@@ -81,10 +90,7 @@ instead: the token (VAULT_TOKEN) needs read and list on receipts/.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var p cli.Problems
-			o.vault.check(&p, o.configPath != "" || o.dataDir != "")
-			if !o.vault.set() {
-				o.check(&p)
-			}
+			o.checkWith(&p, &o.vault)
 			if err := p.Err(); err != nil {
 				return err
 			}
