@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -38,11 +40,22 @@ const MaxRequestSize = 2 << 20
 // fixed flow-control windows as large as an event log, which turn off
 // grpc-go's bandwidth estimation (a PING and a WINDOW_UPDATE written on
 // the first data of every connection); write buffers shared between
-// connections instead of 32 KiB held by each; and a bound on concurrent
-// calls per connection.
+// connections instead of 32 KiB held by each; no read buffer of its own
+// (crypto/tls buffers each record it decrypts already); a bound on
+// concurrent calls per connection; calls run on a pool of long-lived
+// goroutines, whose stacks have grown already, rather than on a new
+// goroutine each.
+//
+// A peer that vanishes is found by HTTP/2 PINGs after connTime of
+// silence (unanswered for connTimeout), and a connection without calls
+// for connIdle is closed, instead of by TCP keepalives: those cost four
+// setsockopt calls on every accepted connection.
 const (
 	streamWindow         = 1 << 20
 	maxStreamsPerConnect = 128
+	connTime             = time.Minute
+	connTimeout          = 20 * time.Second
+	connIdle             = 5 * time.Minute
 )
 
 func transportOptions() []grpc.ServerOption {
@@ -51,9 +64,43 @@ func transportOptions() []grpc.ServerOption {
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(streamWindow),
 		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(0),
 		grpc.MaxConcurrentStreams(maxStreamsPerConnect),
+		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: connTime, Timeout: connTimeout, MaxConnectionIdle: connIdle}),
 	}
 }
+
+// streamWorkers is the size of the pool that runs calls: enough for the
+// calls of a boot storm waiting on their commit at once. A call that
+// finds every worker busy runs on a goroutine of its own.
+func streamWorkers() uint32 { return uint32(64 * runtime.GOMAXPROCS(0)) }
+
+// listenTCP listens on addr without TCP keepalives (see connTime).
+func listenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: false}, KeepAlive: -1}
+	lis, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return plainListener{lis}, nil
+}
+
+// plainListener hands out connections that do not expose their file
+// descriptor (syscall.Conn): grpc-go reads four socket options of every
+// such connection for channelz, which the broker does not serve.
+type plainListener struct{ net.Listener }
+
+func (l plainListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return plainConn{c}, nil
+}
+
+// plainConn is a net.Conn and nothing more.
+type plainConn struct{ net.Conn }
 
 // Paths inside the data directory.
 const (
@@ -271,7 +318,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 		closeVault()
 		return nil, err
 	}
-	lis, err := net.Listen("tcp", cfg.Listen)
+	lis, err := listenTCP(cfg.Listen)
 	if err != nil {
 		admin.Close()
 		st.Close()
