@@ -60,12 +60,16 @@ connection to credential opened), generator_cpu_ms_per_release (the load
 generator's own CPU), broker_cpu_ms_per_release and
 broker_peak_rss_bytes (from /proc of the broker: with --serve or
 --broker-pid), store_bytes_per_release (--serve), floor_ms (the crypto floor
-for the nodes' key type measured in process before the run: AK signature
-verify, MakeCredential, import blob, P-256 key and certificate, TLS 1.3
-server handshake, and with --ek-certs ek_chain_ms: one node's EK certificate
-chain parsed and verified to the root) and floor_ratio = broker CPU per
-release / floor_ms; ek_certs says whether the nodes presented EK
-certificates; event_log_bytes is the size of the event log each node sent (0
+for the nodes' key type measured in process before the run, as CPU time of
+the thread doing it, one operation at a time: AK signature verify,
+MakeCredential, import blob, P-256 key and certificate, TLS 1.3 server
+handshake, and with --ek-certs ek_chain_ms: one node's EK certificate chain
+parsed and verified to the root) and floor_ratio = broker CPU per release /
+floor_ms; floor_saturated_ms, the same floor with floor_threads operations
+at once (one per CPU), every CPU busy as during the run (hardware threads
+sharing a core then slow each other down), and floor_saturated_ratio =
+broker CPU per release / floor_saturated_ms; ek_certs says whether the
+nodes presented EK certificates; event_log_bytes is the size of the event log each node sent (0
 without --event-log).
 It exits 1 if any release failed.`
 

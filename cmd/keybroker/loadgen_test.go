@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -42,7 +43,8 @@ func TestLoadgenServeJSON(t *testing.T) {
 		t.Fatalf("summary is not JSON: %v\n%s", err, stdout)
 	}
 	for _, k := range []string{"nodes", "concurrency", "errors", "wall_seconds", "releases_per_second", "p50_ms", "p95_ms", "p99_ms",
-		"broker_cpu_ms_per_release", "generator_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio"} {
+		"broker_cpu_ms_per_release", "generator_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio",
+		"floor_threads", "floor_saturated_ms", "floor_saturated_ratio", "floor_saturated"} {
 		v, ok := sum[k]
 		if !ok || v == nil {
 			t.Errorf("summary has no %s: %s", k, stdout)
@@ -63,6 +65,18 @@ func TestLoadgenServeJSON(t *testing.T) {
 	floor, _ := sum["floor"].(map[string]any)
 	if _, chain := floor["ek_chain_ms"]; sum["ek_certs"] != false || chain {
 		t.Errorf("ek_certs %v, floor %v; want false and no ek_chain_ms", sum["ek_certs"], floor)
+	}
+	cpu, _ := sum["broker_cpu_ms_per_release"].(float64)
+	for _, k := range []string{"floor", "floor_saturated"} {
+		total, _ := sum[k+"_ms"].(float64)
+		f, _ := sum[k].(map[string]any)
+		r, _ := sum[k+"_ratio"].(float64)
+		if total <= 0 || f["total_ms"] != total || r <= 0 || math.Abs(r-cpu/total) > 1e-9 {
+			t.Errorf("%s_ms %v, %s %v, %s_ratio %v: want a positive total and the ratio broker CPU / total", k, total, k, f, k, r)
+		}
+	}
+	if threads, _ := sum["floor_threads"].(float64); threads < 1 {
+		t.Errorf("floor_threads %v; want the generator's CPUs", sum["floor_threads"])
 	}
 }
 

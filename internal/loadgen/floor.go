@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"runtime"
 	"slices"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"golang.org/x/sys/unix"
 
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/internal/softtpm"
@@ -60,8 +62,22 @@ const (
 )
 
 // MeasureFloor times each floor operation in a loop, in process, with
-// node's keys and, with ekCA (nil: none), its EK certificate.
+// node's keys and, with ekCA (nil: none), its EK certificate, one
+// operation at a time: the floor of a broker with the machine to itself.
 func MeasureFloor(node *softtpm.Node, ekCA *softtpm.EKCA) (Floor, error) {
+	return measureFloor(node, ekCA, 1)
+}
+
+// MeasureFloorSaturated is MeasureFloor with procs operations at once,
+// each on its own thread: the floor when every CPU is busy, as the
+// broker's are during a boot storm. On CPUs whose hardware threads share
+// a core (SMT) and its caches, the same operation then costs more CPU
+// time than it does alone.
+func MeasureFloorSaturated(node *softtpm.Node, ekCA *softtpm.EKCA, procs int) (Floor, error) {
+	return measureFloor(node, ekCA, max(procs, 1))
+}
+
+func measureFloor(node *softtpm.Node, ekCA *softtpm.EKCA, procs int) (Floor, error) {
 	ops, err := floorOps(node)
 	if err != nil {
 		return Floor{}, err
@@ -73,10 +89,10 @@ func MeasureFloor(node *softtpm.Node, ekCA *softtpm.EKCA) (Floor, error) {
 		if err != nil {
 			return Floor{}, err
 		}
-		ops, out = append(ops, timed(verify)), append(out, &f.EKChainMs)
+		ops, out = append(ops, cpuTimed(verify)), append(out, &f.EKChainMs)
 	}
 	for i, op := range ops {
-		ms, err := timeOp(op)
+		ms, err := timeOpOn(op, procs)
 		if err != nil {
 			return Floor{}, fmt.Errorf("unable to measure the crypto floor: %w", err)
 		}
@@ -86,8 +102,35 @@ func MeasureFloor(node *softtpm.Node, ekCA *softtpm.EKCA) (Floor, error) {
 	return f, nil
 }
 
-// timeOp is op's mean cost in ms; op returns the cost of one run.
+// timeOpOn runs op on procs threads at once and returns its mean cost in
+// ms over all of them.
+func timeOpOn(op func() (time.Duration, error), procs int) (float64, error) {
+	type result struct {
+		ms  float64
+		err error
+	}
+	results := make(chan result, procs)
+	for range procs {
+		go func() {
+			ms, err := timeOp(op)
+			results <- result{ms, err}
+		}()
+	}
+	var sum float64
+	var err error
+	for range procs {
+		r := <-results
+		sum += r.ms
+		err = errors.Join(err, r.err)
+	}
+	return sum / float64(procs), err
+}
+
+// timeOp is op's mean cost in ms, op running on a thread of its own and
+// returning the cost of one run.
 func timeOp(op func() (time.Duration, error)) (float64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var total time.Duration
 	runs := 0
 	for start := time.Now(); runs < floorMinRuns || time.Since(start) < floorBudget; runs++ {
@@ -100,13 +143,30 @@ func timeOp(op func() (time.Duration, error)) (float64, error) {
 	return float64(total) / float64(runs) / float64(time.Millisecond), nil
 }
 
-// timed is an operation whose cost is its wall time.
-func timed(op func() error) func() (time.Duration, error) {
+// cpuTimed is an operation whose cost is the CPU time of the thread that
+// runs it (locked to it by timeOp): time blocked on I/O, and time the
+// thread waits for a CPU, does not count.
+func cpuTimed(op func() error) func() (time.Duration, error) {
 	return func() (time.Duration, error) {
-		t0 := time.Now()
-		err := op()
-		return time.Since(t0), err
+		cpu0, err := threadCPU()
+		if err != nil {
+			return 0, err
+		}
+		if err := op(); err != nil {
+			return 0, err
+		}
+		cpu1, err := threadCPU()
+		return cpu1 - cpu0, err
 	}
+}
+
+// threadCPU is the CPU time the calling thread has used.
+func threadCPU() (time.Duration, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		return 0, fmt.Errorf("unable to read the thread's CPU time: %w", err)
+	}
+	return time.Duration(ts.Nano()), nil
 }
 
 // floorOps are the floor's operations in Floor's field order.
@@ -122,16 +182,16 @@ func floorOps(node *softtpm.Node) ([]func() (time.Duration, error), error) {
 	ek, akName := node.EKPublic(), node.AKName()
 	secret, payload := make([]byte, challenge.SecretSize), make([]byte, 32)
 	return []func() (time.Duration, error){
-		timed(verify),
-		timed(func() error {
+		cpuTimed(verify),
+		cpuTimed(func() error {
 			_, _, err := challenge.MakeCredential(ek, akName, secret)
 			return err
 		}),
-		timed(func() error {
+		cpuTimed(func() error {
 			_, err := sealing.SealCredential(ek, "floor", pb.CredentialType_TLS_CERTIFICATE, payload, nil)
 			return err
 		}),
-		timed(issue),
+		cpuTimed(issue),
 		func() (time.Duration, error) { return serverHandshake(tlsCfg) },
 	}, nil
 }
@@ -273,9 +333,11 @@ func certIssuer() (func() error, *tls.Config, error) {
 	return func() error { _, _, err := issue(); return err }, cfg, nil
 }
 
-// serverHandshake runs one TLS 1.3 handshake over loopback TCP and returns
-// the server's work: the handshake's time less the time the server spent
-// blocked reading the client.
+// serverHandshake runs one TLS 1.3 handshake over loopback TCP, the
+// client on another goroutine, and returns the server's work: the CPU
+// time of the calling thread (locked to it by timeOp) from the accepted
+// connection to the handshake's end, time blocked reading the client
+// excluded.
 func serverHandshake(cfg *tls.Config) (time.Duration, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -296,27 +358,17 @@ func serverHandshake(cfg *tls.Config) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	conn := &timedConn{Conn: raw}
-	t0 := time.Now()
-	srv := tls.Server(conn, cfg)
+	cpu0, err := threadCPU()
+	if err != nil {
+		raw.Close()
+		return 0, err
+	}
+	srv := tls.Server(raw, cfg)
 	err = srv.HandshakeContext(context.Background())
-	work := time.Since(t0) - conn.reading
+	cpu1, cpuErr := threadCPU()
 	srv.Close()
 	if cerr := <-clientErr; err == nil {
-		err = cerr
+		err = errors.Join(cerr, cpuErr)
 	}
-	return work, err
-}
-
-// timedConn adds up the time spent in Read.
-type timedConn struct {
-	net.Conn
-	reading time.Duration
-}
-
-func (c *timedConn) Read(p []byte) (int, error) {
-	t0 := time.Now()
-	n, err := c.Conn.Read(p)
-	c.reading += time.Since(t0)
-	return n, err
+	return cpu1 - cpu0, err
 }

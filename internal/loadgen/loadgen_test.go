@@ -92,7 +92,7 @@ func TestDriveReleasesToEveryNode(t *testing.T) {
 			if sum.Key != key.String() || sum.P50Ms <= 0 || sum.P50Ms > sum.P95Ms || sum.P95Ms > sum.P99Ms {
 				t.Errorf("summary %+v: want the key type and 0 < p50 <= p95 <= p99", sum)
 			}
-			if sum.BrokerCPUMsPerRelease != nil || sum.FloorRatio != nil || sum.StoreBytesPerRelease != nil {
+			if sum.BrokerCPUMsPerRelease != nil || sum.FloorRatio != nil || sum.FloorSaturatedRatio != nil || sum.StoreBytesPerRelease != nil {
 				t.Errorf("broker figures measured without a broker process or store: %+v", sum)
 			}
 			n, err := CountReleaseReceipts(context.Background(), dataDir, EKHashes(fleet))
@@ -388,17 +388,24 @@ func TestMeasureFloor(t *testing.T) {
 	for _, key := range []softtpm.KeyType{softtpm.ECC, softtpm.RSA} {
 		for _, ekCA := range []*softtpm.EKCA{nil, ca} {
 			t.Run(fmt.Sprintf("%s ek_certs=%v", key, ekCA != nil), func(t *testing.T) {
-				f, err := MeasureFloor(newCertFleet(t, 1, key, ekCA)[0], ekCA)
+				node := newCertFleet(t, 1, key, ekCA)[0]
+				single, err := MeasureFloor(node, ekCA)
 				if err != nil {
 					t.Fatal(err)
 				}
-				parts := []float64{f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs}
-				if ekCA != nil {
-					parts = append(parts, f.EKChainMs)
-				} else if f.EKChainMs != 0 {
-					t.Errorf("EK chain %v ms measured without EK certificates", f.EKChainMs)
+				saturated, err := MeasureFloorSaturated(node, ekCA, 2)
+				if err != nil {
+					t.Fatal(err)
 				}
-				checkFloorParts(t, f, parts)
+				for _, f := range []Floor{single, saturated} {
+					parts := []float64{f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs}
+					if ekCA != nil {
+						parts = append(parts, f.EKChainMs)
+					} else if f.EKChainMs != 0 {
+						t.Errorf("EK chain %v ms measured without EK certificates", f.EKChainMs)
+					}
+					checkFloorParts(t, f, parts)
+				}
 			})
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -152,8 +153,15 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 		fmt.Fprintf(o.Progress, "loadgen: %d %s nodes at concurrency %d, trusted by %s, %s\n",
 			sum.Nodes, sum.Key, sum.Concurrency, sum.trust(), log)
 	}
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "loadgen: measuring the crypto floor, one operation at a time, then on all %d CPUs at once\n", runtime.GOMAXPROCS(0))
+	}
 	var err error
 	if sum.Floor, err = MeasureFloor(nodes[0], o.EKCA); err != nil {
+		return nil, err
+	}
+	sum.FloorThreads = runtime.GOMAXPROCS(0)
+	if sum.FloorSaturated, err = MeasureFloorSaturated(nodes[0], o.EKCA, sum.FloorThreads); err != nil {
 		return nil, err
 	}
 	if o.Ready != nil {
@@ -180,6 +188,15 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 	}
 	b.Cleanup()
 	return sum, err
+}
+
+// ratio is cpu/floor, nil when either is unknown.
+func ratio(cpu *float64, floor float64) *float64 {
+	if cpu == nil || floor <= 0 {
+		return nil
+	}
+	r := *cpu / floor
+	return &r
 }
 
 // target is the broker under load and where its figures are read.
@@ -223,10 +240,8 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		}
 		sum.BrokerPeakRSSBytes = &rss
 		sum.BrokerCPUMsPerRelease = perRelease(float64(cpu1-cpu0)/float64(time.Millisecond), sum.Released)
-		if sum.BrokerCPUMsPerRelease != nil && sum.Floor.TotalMs > 0 {
-			r := *sum.BrokerCPUMsPerRelease / sum.Floor.TotalMs
-			sum.FloorRatio = &r
-		}
+		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)
+		sum.FloorSaturatedRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorSaturated.TotalMs)
 	}
 	if t.store != "" {
 		store1, err := fileSize(t.store)

@@ -49,8 +49,16 @@ type Summary struct {
 	Receipts   *int     `json:"receipts,omitempty"`
 	FloorMs    float64  `json:"floor_ms"`
 	FloorRatio *float64 `json:"floor_ratio"`
-	// Floor is the crypto floor part by part.
+	// Floor is the crypto floor part by part, one operation at a time.
 	Floor Floor `json:"floor"`
+	// FloorSaturated is the same floor measured with FloorThreads
+	// operations at once (one per CPU the generator may use), so that
+	// every CPU is busy as during the run; FloorSaturatedRatio is the
+	// broker's CPU per release over it.
+	FloorThreads        int      `json:"floor_threads"`
+	FloorSaturatedMs    float64  `json:"floor_saturated_ms"`
+	FloorSaturatedRatio *float64 `json:"floor_saturated_ratio"`
+	FloorSaturated      Floor    `json:"floor_saturated"`
 	// FleetSeconds is how long making the nodes' keys (and EK
 	// certificates) took.
 	FleetSeconds float64 `json:"fleet_seconds"`
@@ -65,6 +73,7 @@ func (s *Summary) fill(lat []time.Duration) {
 	}
 	s.P50Ms, s.P95Ms, s.P99Ms = percentile(lat, 50), percentile(lat, 95), percentile(lat, 99)
 	s.FloorMs = s.Floor.TotalMs
+	s.FloorSaturatedMs = s.FloorSaturated.TotalMs
 }
 
 // perRelease is total/released, or nil when nothing was released.
@@ -103,16 +112,22 @@ func (s *Summary) WriteText(w io.Writer) error {
 	if s.Receipts != nil {
 		fmt.Fprintf(&b, "receipts         %d\n", *s.Receipts)
 	}
-	f := s.Floor
-	chain := ""
-	if s.EKCerts {
-		chain = fmt.Sprintf(", EK chain %.3f", f.EKChainMs)
-	}
-	fmt.Fprintf(&b, "crypto floor     %.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f%s)\n",
-		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs, chain)
-	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 1))
+	fmt.Fprintf(&b, "crypto floor     %s\n", s.Floor.text(s.EKCerts))
+	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 2))
+	fmt.Fprintf(&b, "floor, %d busy   %s\n", s.FloorThreads, s.FloorSaturated.text(s.EKCerts))
+	fmt.Fprintf(&b, "ratio to it      %s x\n", optional(s.FloorSaturatedRatio, 2))
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// text is f for people.
+func (f Floor) text(ekCerts bool) string {
+	chain := ""
+	if ekCerts {
+		chain = fmt.Sprintf(", EK chain %.3f", f.EKChainMs)
+	}
+	return fmt.Sprintf("%.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f%s)",
+		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs, chain)
 }
 
 // trust says how the broker trusts the nodes.
