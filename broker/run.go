@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -34,73 +33,6 @@ import (
 
 // MaxRequestSize bounds a gRPC request: a full event log plus four quotes.
 const MaxRequestSize = 2 << 20
-
-// Per-connection bounds of the gRPC transport. Nodes connect, make two
-// unary calls and leave, so the transport is tuned for short connections:
-// fixed flow-control windows as large as an event log, which turn off
-// grpc-go's bandwidth estimation (a PING and a WINDOW_UPDATE written on
-// the first data of every connection); write buffers shared between
-// connections instead of 32 KiB held by each; no read buffer of its own
-// (crypto/tls buffers each record it decrypts already); a bound on
-// concurrent calls per connection; calls run on a pool of long-lived
-// goroutines, whose stacks have grown already, rather than on a new
-// goroutine each.
-//
-// A peer that vanishes is found by HTTP/2 PINGs after connTime of
-// silence (unanswered for connTimeout), and a connection without calls
-// for connIdle is closed, instead of by TCP keepalives: those cost four
-// setsockopt calls on every accepted connection.
-const (
-	streamWindow         = 1 << 20
-	maxStreamsPerConnect = 128
-	connTime             = time.Minute
-	connTimeout          = 20 * time.Second
-	connIdle             = 5 * time.Minute
-)
-
-func transportOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(MaxRequestSize),
-		grpc.InitialWindowSize(streamWindow),
-		grpc.InitialConnWindowSize(streamWindow),
-		grpc.SharedWriteBuffer(true),
-		grpc.ReadBufferSize(0),
-		grpc.MaxConcurrentStreams(maxStreamsPerConnect),
-		grpc.NumStreamWorkers(streamWorkers()),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: connTime, Timeout: connTimeout, MaxConnectionIdle: connIdle}),
-	}
-}
-
-// streamWorkers is the size of the pool that runs calls: enough for the
-// calls of a boot storm waiting on their commit at once. A call that
-// finds every worker busy runs on a goroutine of its own.
-func streamWorkers() uint32 { return uint32(64 * runtime.GOMAXPROCS(0)) }
-
-// listenTCP listens on addr without TCP keepalives (see connTime).
-func listenTCP(addr string) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: false}, KeepAlive: -1}
-	lis, err := lc.Listen(context.Background(), "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	return plainListener{lis}, nil
-}
-
-// plainListener hands out connections that do not expose their file
-// descriptor (syscall.Conn): grpc-go reads four socket options of every
-// such connection for channelz, which the broker does not serve.
-type plainListener struct{ net.Listener }
-
-func (l plainListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return plainConn{c}, nil
-}
-
-// plainConn is a net.Conn and nothing more.
-type plainConn struct{ net.Conn }
 
 // Paths inside the data directory.
 const (
@@ -117,18 +49,20 @@ type Running struct {
 	// SPIFFE is the trust domain's authority, nil without a spiffe block.
 	SPIFFE *issue.SPIFFE
 
-	dataDir  string
-	lis      net.Listener
-	grpc     *grpc.Server
-	admin    *http.Server
-	metrics  *metrics.Endpoint // nil without metrics_listen
-	st       store.Backend
-	vault    *vaultsource.Client // nil without a vault block
-	policies *policyReloader
-	once     sync.Once
-	done     chan error
-	stop     chan struct{}
-	tasks    sync.WaitGroup // purge, checkpoints and the policy watcher
+	dataDir string
+	lis     net.Listener
+	grpc    *grpc.Server
+	// handshakes runs the gRPC server's TLS handshakes.
+	handshakes *handshakePool
+	admin      *http.Server
+	metrics    *metrics.Endpoint // nil without metrics_listen
+	st         store.Backend
+	vault      *vaultsource.Client // nil without a vault block
+	policies   *policyReloader
+	once       sync.Once
+	done       chan error
+	stop       chan struct{}
+	tasks      sync.WaitGroup // purge, checkpoints and the policy watcher
 	// checkpoints signs the receipt chain's head (checkpoints.go).
 	checkpoints *checkpointer
 }
@@ -335,8 +269,9 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 			return nil, err
 		}
 	}
+	handshakes := newHandshakePool(credentials.NewTLS(tlsConfig), workersPerCPU*runtime.GOMAXPROCS(0))
 	g := grpc.NewServer(append(transportOptions(),
-		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.Creds(handshakes),
 		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), recoverPanics(log)),
 	)...)
 	pb.RegisterBrokerServer(g, srv)
@@ -346,7 +281,7 @@ func Start(cfg *Config, log *slog.Logger) (*Running, error) {
 	reflection.Register(g)
 
 	reloader.install = srv.SetPolicies
-	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, admin: admin, metrics: mep, st: st, vault: vc, policies: reloader,
+	r := &Running{dataDir: cfg.DataDir, Server: srv, CA: ca, SPIFFE: sp, lis: lis, grpc: g, handshakes: handshakes, admin: admin, metrics: mep, st: st, vault: vc, policies: reloader,
 		done: make(chan error, 1), stop: make(chan struct{}), checkpoints: checkpoints}
 	go func() { r.done <- g.Serve(lis) }()
 	r.tasks.Go(func() { r.purge(log, cfg.ReceiptRetention) })
@@ -386,6 +321,7 @@ func (r *Running) Stop() {
 	r.once.Do(func() {
 		close(r.stop)
 		r.grpc.GracefulStop()
+		r.handshakes.close()
 		r.admin.Close()
 		if r.metrics != nil {
 			r.metrics.Close()
