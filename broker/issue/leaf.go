@@ -94,7 +94,7 @@ func (c *CA) signLeaf(l *leafTemplate, pub crypto.PublicKey) ([]byte, error) {
 	b := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(sig)+32))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
-		addAlgorithm(b, oidSignatureECDSAWithSHA256, nil)
+		b.AddBytes(derECDSAWithSHA256)
 		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
 			b.AddUint8(0) // no unused bits
 			b.AddBytes(sig)
@@ -103,24 +103,62 @@ func (c *CA) signLeaf(l *leafTemplate, pub crypto.PublicKey) ([]byte, error) {
 	return b.Bytes()
 }
 
-// Object identifiers of what a leaf holds.
+// DER encodings (tag, length, value) of the object identifiers a leaf
+// holds and of its fixed parts, made once.
 var (
-	oidSignatureECDSAWithSHA256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
-	oidPublicKeyECDSA           = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
-	oidPublicKeyRSA             = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 1}
-	oidCurveP256                = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
-	oidCurveP384                = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
-	oidOrganization             = asn1.ObjectIdentifier{2, 5, 4, 10}
-	oidCommonName               = asn1.ObjectIdentifier{2, 5, 4, 3}
-	oidSerialNumber             = asn1.ObjectIdentifier{2, 5, 4, 5}
-	oidExtKeyUsage              = asn1.ObjectIdentifier{2, 5, 29, 37}
-	oidExtKeyUsageServerAuth    = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 1}
-	oidExtKeyUsageClientAuth    = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
-	oidExtBasicConstraints      = asn1.ObjectIdentifier{2, 5, 29, 19}
-	oidExtKeyUsageBits          = asn1.ObjectIdentifier{2, 5, 29, 15}
-	oidExtAuthorityKeyID        = asn1.ObjectIdentifier{2, 5, 29, 35}
-	oidExtSubjectAltName        = asn1.ObjectIdentifier{2, 5, 29, 17}
+	derOrganization      = derOID(2, 5, 4, 10)
+	derCommonName        = derOID(2, 5, 4, 3)
+	derSerialNumber      = derOID(2, 5, 4, 5)
+	derExtKeyUsage       = derOID(2, 5, 29, 15)
+	derExtExtKeyUsage    = derOID(2, 5, 29, 37)
+	derExtAuthorityKeyID = derOID(2, 5, 29, 35)
+	derExtSubjectAltName = derOID(2, 5, 29, 17)
+	derServerAuth        = derOID(1, 3, 6, 1, 5, 5, 7, 3, 1)
+	derClientAuth        = derOID(1, 3, 6, 1, 5, 5, 7, 3, 2)
+
+	// derVersion3 is the TBSCertificate's [0] EXPLICIT version v3.
+	derVersion3 = der(func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddASN1Int64(2) })
+	})
+	// derECDSAWithSHA256 is the AlgorithmIdentifier of a P-256 CA's
+	// signature: no parameters.
+	derECDSAWithSHA256 = derAlgorithm(derOID(1, 2, 840, 10045, 4, 3, 2), nil)
+	// The AlgorithmIdentifiers of subject public keys.
+	derKeyP256 = derAlgorithm(derOID(1, 2, 840, 10045, 2, 1), derOID(1, 2, 840, 10045, 3, 1, 7))
+	derKeyP384 = derAlgorithm(derOID(1, 2, 840, 10045, 2, 1), derOID(1, 3, 132, 0, 34))
+	derKeyRSA  = derAlgorithm(derOID(1, 2, 840, 113549, 1, 1, 1), []byte{0x05, 0x00}) // NULL parameters
+	// derBasicConstraintsLeaf is the critical basic constraints extension
+	// of a leaf: CA=false, no path length, an empty SEQUENCE.
+	derBasicConstraintsLeaf = der(func(b *cryptobyte.Builder) {
+		addExtension(b, derOID(2, 5, 29, 19), true, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
+		})
+	})
 )
+
+// der returns what add adds. The values above are fixed, so nothing can
+// fail; a mistake would show as bytes that differ from
+// x509.CreateCertificate's in the tests.
+func der(add func(*cryptobyte.Builder)) []byte {
+	var b cryptobyte.Builder
+	add(&b)
+	out, _ := b.Bytes()
+	return out
+}
+
+func derOID(arcs ...int) []byte {
+	return der(func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(asn1.ObjectIdentifier(arcs)) })
+}
+
+// derAlgorithm returns an AlgorithmIdentifier; params (DER) may be nil.
+func derAlgorithm(oid, params []byte) []byte {
+	return der(func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddBytes(oid)
+			b.AddBytes(params)
+		})
+	})
+}
 
 // GeneralName tags of a subjectAltName (RFC 5280 4.2.1.6).
 const (
@@ -149,11 +187,9 @@ func (l *leafTemplate) encodeTBS(issuer *x509.Certificate, pub crypto.PublicKey)
 	}
 	b := cryptobyte.NewBuilder(make([]byte, 0, 512))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1Int64(2) // v3
-		})
+		b.AddBytes(derVersion3)
 		b.AddASN1BigInt(l.serial)
-		addAlgorithm(b, oidSignatureECDSAWithSHA256, nil)
+		b.AddBytes(derECDSAWithSHA256)
 		b.AddBytes(issuer.RawSubject)
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			addTime(b, l.notBefore)
@@ -193,12 +229,12 @@ func (l *leafTemplate) encodeSubject() ([]byte, bool) {
 	}
 	b := cryptobyte.NewBuilder(make([]byte, 0, 128))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		addRDN(b, oidOrganization, l.organization...)
+		addRDN(b, derOrganization, l.organization...)
 		if l.commonName != "" {
-			addRDN(b, oidCommonName, l.commonName)
+			addRDN(b, derCommonName, l.commonName)
 		}
 		if l.serialNumber != "" {
-			addRDN(b, oidSerialNumber, l.serialNumber)
+			addRDN(b, derSerialNumber, l.serialNumber)
 		}
 	})
 	der, err := b.Bytes()
@@ -207,7 +243,7 @@ func (l *leafTemplate) encodeSubject() ([]byte, bool) {
 
 // addRDN adds the relative distinguished name of values of type oid, or
 // nothing when there are none.
-func addRDN(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, values ...string) {
+func addRDN(b *cryptobyte.Builder, oid []byte, values ...string) {
 	switch len(values) {
 	case 0:
 		return
@@ -230,13 +266,13 @@ func addRDN(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, values ...string) 
 }
 
 // addAttribute adds an AttributeTypeAndValue with a string value.
-func addAttribute(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, value string) {
+func addAttribute(b *cryptobyte.Builder, oid []byte, value string) {
 	tag := cbasn1.PrintableString
 	if !isPrintable(value) {
 		tag = cbasn1.UTF8String
 	}
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(oid)
+		b.AddBytes(oid)
 		b.AddASN1(tag, func(b *cryptobyte.Builder) { b.AddBytes([]byte(value)) })
 	})
 }
@@ -300,27 +336,17 @@ func appendDigits(dst []byte, v, n int) []byte {
 	return dst
 }
 
-// addAlgorithm adds an AlgorithmIdentifier; params (DER) may be nil.
-func addAlgorithm(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, params func(*cryptobyte.Builder)) {
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(oid)
-		if params != nil {
-			params(b)
-		}
-	})
-}
-
 // addPublicKey adds the SubjectPublicKeyInfo of an ECDSA P-256 or P-384
 // key or an RSA key, and sets an error for any other key.
 func addPublicKey(b *cryptobyte.Builder, pub crypto.PublicKey) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		var curve asn1.ObjectIdentifier
+		var alg []byte
 		switch k.Curve {
 		case elliptic.P256():
-			curve = oidCurveP256
+			alg = derKeyP256
 		case elliptic.P384():
-			curve = oidCurveP384
+			alg = derKeyP384
 		default:
 			b.SetError(errors.New("unsupported curve"))
 			return
@@ -331,7 +357,7 @@ func addPublicKey(b *cryptobyte.Builder, pub crypto.PublicKey) {
 			return
 		}
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			addAlgorithm(b, oidPublicKeyECDSA, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(curve) })
+			b.AddBytes(alg)
 			addBitString(b, func(b *cryptobyte.Builder) { b.AddBytes(point) })
 		})
 	case *rsa.PublicKey:
@@ -340,7 +366,7 @@ func addPublicKey(b *cryptobyte.Builder, pub crypto.PublicKey) {
 			return
 		}
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			addAlgorithm(b, oidPublicKeyRSA, func(b *cryptobyte.Builder) { b.AddASN1NULL() })
+			b.AddBytes(derKeyRSA)
 			addBitString(b, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 					b.AddASN1BigInt(k.N)
@@ -368,17 +394,17 @@ func addBitString(b *cryptobyte.Builder, content func(*cryptobyte.Builder)) {
 // IA5String, sets an error.
 func (l *leafTemplate) addExtensions(b *cryptobyte.Builder, authorityKeyID []byte, subjectIsEmpty bool) {
 	if l.keyUsage != 0 {
-		addExtension(b, oidExtKeyUsageBits, true, func(b *cryptobyte.Builder) { addKeyUsage(b, l.keyUsage) })
+		addExtension(b, derExtKeyUsage, true, func(b *cryptobyte.Builder) { addKeyUsage(b, l.keyUsage) })
 	}
 	if len(l.extKeyUsage) > 0 {
-		addExtension(b, oidExtKeyUsage, false, func(b *cryptobyte.Builder) {
+		addExtension(b, derExtExtKeyUsage, false, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 				for _, u := range l.extKeyUsage {
 					switch u {
 					case x509.ExtKeyUsageServerAuth:
-						b.AddASN1ObjectIdentifier(oidExtKeyUsageServerAuth)
+						b.AddBytes(derServerAuth)
 					case x509.ExtKeyUsageClientAuth:
-						b.AddASN1ObjectIdentifier(oidExtKeyUsageClientAuth)
+						b.AddBytes(derClientAuth)
 					default:
 						b.SetError(errors.New("unsupported extended key usage"))
 					}
@@ -386,19 +412,16 @@ func (l *leafTemplate) addExtensions(b *cryptobyte.Builder, authorityKeyID []byt
 			})
 		})
 	}
-	// CA=false, no path length: an empty SEQUENCE.
-	addExtension(b, oidExtBasicConstraints, true, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-	})
+	b.AddBytes(derBasicConstraintsLeaf)
 	if len(authorityKeyID) > 0 {
-		addExtension(b, oidExtAuthorityKeyID, false, func(b *cryptobyte.Builder) {
+		addExtension(b, derExtAuthorityKeyID, false, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(authorityKeyID) })
 			})
 		})
 	}
 	if len(l.dnsNames) > 0 || len(l.ipAddresses) > 0 || len(l.uris) > 0 {
-		addExtension(b, oidExtSubjectAltName, subjectIsEmpty, l.addSANs)
+		addExtension(b, derExtSubjectAltName, subjectIsEmpty, l.addSANs)
 	}
 }
 
@@ -452,9 +475,9 @@ func addKeyUsage(b *cryptobyte.Builder, ku x509.KeyUsage) {
 }
 
 // addExtension adds an Extension whose value content adds.
-func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical bool, content func(*cryptobyte.Builder)) {
+func addExtension(b *cryptobyte.Builder, oid []byte, critical bool, content func(*cryptobyte.Builder)) {
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(oid)
+		b.AddBytes(oid)
 		if critical {
 			b.AddASN1Boolean(true)
 		}
