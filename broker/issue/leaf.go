@@ -136,9 +136,9 @@ var (
 	})
 )
 
-// der returns what add adds. The values above are fixed, so nothing can
-// fail; a mistake would show as bytes that differ from
-// x509.CreateCertificate's in the tests.
+// der returns what add adds. It cannot fail: the values above are fixed
+// (a mistake would show as bytes that differ from x509.CreateCertificate's
+// in the tests), and an attribute is a string of any length.
 func der(add func(*cryptobyte.Builder)) []byte {
 	var b cryptobyte.Builder
 	add(&b)
@@ -253,9 +253,7 @@ func addRDN(b *cryptobyte.Builder, oid []byte, values ...string) {
 	}
 	atvs := make([][]byte, len(values))
 	for i, v := range values {
-		var ab cryptobyte.Builder
-		addAttribute(&ab, oid, v)
-		atvs[i] = ab.BytesOrPanic()
+		atvs[i] = der(func(b *cryptobyte.Builder) { addAttribute(b, oid, v) })
 	}
 	slices.SortFunc(atvs, bytes.Compare) // DER SET OF order
 	b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
