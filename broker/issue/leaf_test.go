@@ -23,11 +23,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // testCAWithKey is a self-signed CA whose key is key, made as createCA
 // makes the broker's.
-func testCAWithKey(t *testing.T, key crypto.Signer, subject pkix.Name) *CA {
+func testCAWithKey(t testing.TB, key crypto.Signer, subject pkix.Name) *CA {
 	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -50,7 +52,7 @@ func testCAWithKey(t *testing.T, key crypto.Signer, subject pkix.Name) *CA {
 }
 
 // newKey generates a key: "p-256", "p-384", "p-521" or "rsa" (2048 bits).
-func newKey(t *testing.T, kind string) crypto.Signer {
+func newKey(t testing.TB, kind string) crypto.Signer {
 	t.Helper()
 	var k crypto.Signer
 	var err error
@@ -361,4 +363,65 @@ func TestSignLeafFaultySigner(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzLeafTBS: for any subject strings, names, addresses, times and
+// usages, the TBSCertificate encodeTBS makes is x509.CreateCertificate's;
+// what it does not encode, it leaves to x509.CreateCertificate.
+func FuzzLeafTBS(f *testing.F) {
+	f.Add("web", "system:nodes", "", "web.example", []byte{10, 0, 0, 1}, "node/1", int64(1_741_064_767), int64(3600), uint8(1), uint16(x509.KeyUsageDigitalSignature), false)
+	f.Add("nœud", "zeta", "alpha", "*.example", []byte(net.ParseIP("2001:db8::1")), "", int64(2_524_607_999), int64(2), uint8(3), uint16(0x1ff), false)
+	f.Add("", "", "", "", []byte(nil), "a/b", int64(-631_152_000), int64(1), uint8(0), uint16(0), true)
+	f.Add("Smith & Sons", "R&D", "", "", []byte{192, 0, 2, 1}, "", int64(0), int64(60), uint8(1), uint16(1), false)
+	f.Add("a&b*", "", "", "x", []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, "p q/%", int64(4_102_444_800), int64(1<<40), uint8(2), uint16(0x8000), true)
+	f.Add("\xff", "\xc3", "", "bücher", []byte{1, 2}, "é", int64(253_402_300_799), int64(1), uint8(7), uint16(5), false)
+	ca := testCAWithKey(f, newKey(f, "p-256"), pkix.Name{CommonName: DefaultCACommonName})
+	pub := newKey(f, "p-256").Public()
+	f.Fuzz(func(t *testing.T, cn, org1, org2, dns string, ip []byte, uriPath string, notBefore, ttl int64, eku uint8, ku uint16, svid bool) {
+		l := &leafTemplate{
+			serial:    big.NewInt(notBefore & 0xffffff),
+			notBefore: time.Unix(notBefore, 0),
+			notAfter:  time.Unix(notBefore, 0).Add(time.Duration(ttl) * time.Second),
+			keyUsage:  x509.KeyUsage(ku),
+		}
+		if svid {
+			l.serialNumber = cn
+			l.uris = []*url.URL{{Scheme: "spiffe", Host: "example.org", Path: "/" + uriPath}}
+		} else {
+			l.commonName = cn
+		}
+		for _, o := range []string{org1, org2} {
+			if o != "" {
+				l.organization = append(l.organization, o)
+			}
+		}
+		if dns != "" {
+			l.dnsNames = []string{dns, "second.example"}
+		}
+		if len(ip) > 0 {
+			l.ipAddresses = []net.IP{ip}
+		}
+		for i, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageCodeSigning} {
+			if eku&(1<<i) != 0 {
+				l.extKeyUsage = append(l.extKeyUsage, u)
+			}
+		}
+		got, ok := l.encodeTBS(ca.cert, pub)
+		der, err := x509.CreateCertificate(rand.Reader, l.x509(), ca.cert, pub, ca.signer)
+		switch {
+		case !ok:
+			return // left to x509.CreateCertificate, whatever it does
+		case err != nil:
+			t.Fatalf("encodeTBS encoded what x509.CreateCertificate refuses: %v", err)
+		}
+		// The TBSCertificate read off the DER: x509 makes certificates it
+		// cannot parse back (an IP address of 2 bytes, say).
+		var cert, want cryptobyte.String
+		if input := cryptobyte.String(der); !input.ReadASN1(&cert, cbasn1.SEQUENCE) || !cert.ReadASN1Element(&want, cbasn1.SEQUENCE) {
+			t.Fatalf("x509.CreateCertificate made no certificate: %x", der)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("TBSCertificate differs from x509.CreateCertificate's\n got %x\nwant %x", got, []byte(want))
+		}
+	})
 }
