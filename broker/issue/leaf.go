@@ -237,8 +237,8 @@ func (l *leafTemplate) encodeSubject() ([]byte, bool) {
 			addRDN(b, derSerialNumber, l.serialNumber)
 		}
 	})
-	der, err := b.Bytes()
-	return der, err == nil
+	out, err := b.Bytes()
+	return out, err == nil
 }
 
 // addRDN adds the relative distinguished name of values of type oid, or
