@@ -29,6 +29,7 @@ FUZZ_TARGETS += ./broker/verify:FuzzWire:40000
 FUZZ_TARGETS += ./broker:FuzzAttest:15000
 FUZZ_TARGETS += ./broker:FuzzLoadConfig:2000
 FUZZ_TARGETS += ./broker/verify/tcglog:FuzzParse:15000
+FUZZ_TARGETS += ./broker/issue:FuzzLeafTBS:20000
 
 .PHONY: help all build test test-etcd unit e2e e2e-vault e2e-kubernetes bench sizing fuzz demo lint generate generate-check tidy clean
 

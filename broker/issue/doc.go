@@ -19,4 +19,12 @@
 //
 // The CA is created on first use as a self-signed ECDSA P-256 root valid for
 // ten years, with its key written atomically with mode 0600.
+//
+// Leaf certificates (TLS certificates and X.509-SVIDs) from a P-256 CA for
+// P-256, P-384 and RSA keys are encoded by this package with cryptobyte,
+// byte for byte as x509.CreateCertificate would encode them but without
+// encoding/asn1's reflection, which was a third of a release's issuing
+// cost; anything else (another CA key, a string x509 would refuse) goes to
+// x509.CreateCertificate. Either way the CA's signature is verified before
+// a certificate is returned.
 package issue

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
@@ -319,17 +318,15 @@ func (s *SPIFFE) sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (
 	if notAfter.After(s.ca.cert.NotAfter) {
 		notAfter = s.ca.cert.NotAfter
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{SerialNumber: serial.String()},
-		URIs:                  []*url.URL{id.URL()},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.ca.cert, pub, s.ca.signer)
+	der, err := s.ca.signLeaf(&leafTemplate{
+		serial:       serial,
+		serialNumber: serial.String(),
+		uris:         []*url.URL{id.URL()},
+		notBefore:    now.Add(-backdate),
+		notAfter:     notAfter,
+		keyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
+		extKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}, pub)
 	if err != nil {
 		return nil, fmt.Errorf("unable to sign svid: %w", err)
 	}

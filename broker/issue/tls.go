@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -171,18 +170,17 @@ func (c *CA) signTLS(t TLSTemplate, pub crypto.PublicKey) (*x509.Certificate, er
 	if t.Client || !t.Server {
 		eku = append(eku, x509.ExtKeyUsageClientAuth)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: t.CommonName, Organization: t.Organization},
-		DNSNames:              t.DNSNames,
-		IPAddresses:           t.IPAddresses,
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           eku,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.signer)
+	der, err := c.signLeaf(&leafTemplate{
+		serial:       serial,
+		commonName:   t.CommonName,
+		organization: t.Organization,
+		dnsNames:     t.DNSNames,
+		ipAddresses:  t.IPAddresses,
+		notBefore:    now.Add(-backdate),
+		notAfter:     notAfter,
+		keyUsage:     x509.KeyUsageDigitalSignature,
+		extKeyUsage:  eku,
+	}, pub)
 	if err != nil {
 		return nil, fmt.Errorf("unable to sign certificate: %w", err)
 	}
