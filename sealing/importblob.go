@@ -52,9 +52,6 @@ func parseEK(ek *tpm2.TPMTPublic) (*tpmcred.Key, error) {
 // policy session whose digest is authPolicy opens it (adminWithPolicy, as
 // go-tpm-tools' import blobs). Every release mode makes its blob here.
 func importBlob(ek *tpmcred.Key, secret, authPolicy []byte) (*tpmpb.ImportBlob, error) {
-	if ek == nil {
-		return nil, fmt.Errorf("unable to use the EK: no EK")
-	}
 	h, err := sealedObjectNameAlg.Hash()
 	if err != nil {
 		return nil, err

@@ -214,9 +214,6 @@ func MakeCredential(ek *tpm2.TPMTPublic, akName, secret []byte) (credentialBlob,
 // MakeCredentialTo is MakeCredential to an EK already parsed, such as
 // verify.NodeIdentity.EKKey.
 func MakeCredentialTo(ek *tpmcred.Key, akName, secret []byte) (credentialBlob, encryptedSecret []byte, err error) {
-	if ek == nil {
-		return nil, nil, errors.New("unable to use EK for credential activation: no EK")
-	}
 	idObject, encSecret, err := ek.MakeCredential(rand.Reader, akName, secret)
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to make credential: %w", err)

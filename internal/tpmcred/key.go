@@ -74,7 +74,12 @@ func NewKey(pub *tpm2.TPMTPublic) (*Key, error) {
 }
 
 // NameAlg returns the key's name algorithm, which the seed's KDFs use.
-func (k *Key) NameAlg() tpm2.TPMAlgID { return k.nameAlg }
+func (k *Key) NameAlg() tpm2.TPMAlgID {
+	if k == nil {
+		return tpm2.TPMAlgNull
+	}
+	return k.nameAlg
+}
 
 func (k *Key) parseRSA(pub *tpm2.TPMTPublic) (*tpm2.TPMTSymDefObject, error) {
 	parms, err := pub.Parameters.RSADetail()

@@ -177,3 +177,18 @@ func TestEncapsulateRefusesShortRandomness(t *testing.T) {
 		t.Fatalf("MakeCredential with 10 random bytes = %x, %x, %v", id, enc, err)
 	}
 }
+
+// A Key not made by NewKey protects nothing.
+func TestZeroKeyRefuses(t *testing.T) {
+	for _, k := range []*tpmcred.Key{nil, {}} {
+		if id, enc, err := k.MakeCredential(rand.Reader, []byte{0, 0xb}, []byte("s")); err == nil || id != nil || enc != nil {
+			t.Errorf("MakeCredential with %#v = %x, %x, %v", k, id, enc, err)
+		}
+		if dup, seed, err := k.Duplicate(rand.Reader, []byte{0, 0xb}, []byte("s")); err == nil || dup != nil || seed != nil {
+			t.Errorf("Duplicate with %#v = %x, %x, %v", k, dup, seed, err)
+		}
+		if s, enc, err := k.Encapsulate(rand.Reader, "SECRET"); err == nil || s != nil || enc != nil {
+			t.Errorf("Encapsulate with %#v = %x, %x, %v", k, s, enc, err)
+		}
+	}
+}

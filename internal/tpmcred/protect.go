@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/rsa"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
@@ -30,6 +31,8 @@ const (
 	MaxNameSize       = 2 + 64
 	MaxSensitiveSize  = 2048
 )
+
+var errNoKey = errors.New("no key: make one with NewKey")
 
 // OAEP labels of the seed: the seed label and its terminating zero.
 var (
@@ -59,6 +62,9 @@ func (k *Key) Encapsulate(random io.Reader, label string) (seed, encSecret []byt
 }
 
 func (k *Key) encapsulate(random io.Reader, label string, oaepLabel []byte) (seed, encSecret []byte, err error) {
+	if k == nil || k.rsa == nil && k.ecc == nil {
+		return nil, nil, errNoKey
+	}
 	if k.rsa != nil {
 		seed = make([]byte, k.oaepHash.Size())
 		if _, err := io.ReadFull(random, seed); err != nil {
@@ -125,6 +131,9 @@ func (k *Key) Duplicate(random io.Reader, name, sensitive []byte) (duplicate, en
 // HMAC under KDFa(seed, "INTEGRITY") over that ciphertext || name (TPM 2.0
 // Part 1, §24.4 to §24.5 and §23.3.2.3).
 func (k *Key) protect(random io.Reader, label string, oaepLabel, name, data []byte) (wrapped, encSecret []byte, err error) {
+	if k == nil {
+		return nil, nil, errNoKey
+	}
 	if len(name) > MaxNameSize {
 		return nil, nil, fmt.Errorf("name has %d bytes, more than %d", len(name), MaxNameSize)
 	}
