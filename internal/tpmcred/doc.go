@@ -22,9 +22,15 @@
 //   - Duplicate wraps an object's TPMT_SENSITIVE in an outer wrapper only,
 //     as TPM2_Import under the key takes it, seed label "DUPLICATE".
 //
-// Their outputs are byte for byte what go-tpm's tpm2.CreateCredential and
-// tpm2.CreateDuplicate return for the same key and randomness; the tests
-// hold them to it, and a TPM (the simulator) activates and imports them.
+// MakeCredential's and Duplicate's outputs are byte for byte what go-tpm's
+// tpm2.CreateCredential and tpm2.CreateDuplicate return for the same key
+// and randomness; the tests hold them to it, and a TPM (the simulator)
+// activates and imports them.
+//
+// KDFa and KDFe are the TPM's key derivation functions: go-tpm's tpm2.KDFa
+// and tpm2.KDFe (which do not reflect, and which the tests hold them to)
+// with fewer allocations. The TPM side of internal/softtpm derives with
+// them too.
 //
 //	key, err := tpmcred.NewKey(ekPublic) // once per node
 //	idObject, encSecret, err := key.MakeCredential(rand.Reader, akName, secret)

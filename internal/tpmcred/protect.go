@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	"github.com/google/go-tpm/tpm2"
 )
 
 // Seed labels (TPM 2.0 Part 1, §24.4 and §23.3.2.3), and the KDFa labels of
@@ -93,7 +91,7 @@ func (k *Key) encapsulate(random io.Reader, label string, oaepLabel []byte) (see
 		return nil, nil, fmt.Errorf("ephemeral key is not an uncompressed point")
 	}
 	x, y := pt[1:1+size], pt[1+size:]
-	seed = tpm2.KDFe(k.nameHash, z, label, x, k.eccX, k.nameHash.Size()*8)
+	seed = KDFe(k.nameHash, z, label, x, k.eccX, k.nameHash.Size()*8)
 	// TPMS_ECC_POINT: x and y, each a TPM2B_ECC_PARAMETER.
 	encSecret = make([]byte, 0, 4+2*size)
 	encSecret = appendTPM2B(encSecret, x)
@@ -150,7 +148,9 @@ func (k *Key) protect(random io.Reader, label string, oaepLabel, name, data []by
 	binary.BigEndian.PutUint16(enc, uint16(len(data)))
 	copy(enc[2:], data)
 
-	symKey := tpm2.KDFa(k.nameHash, seed, labelStorage, name, nil, k.symBytes*8)
+	// Both keys are KDFa of the seed: one HMAC keyed with it serves both.
+	seedMAC := hmac.New(k.nameHash.New, seed)
+	symKey := kdfa(seedMAC, labelStorage, name, nil, k.symBytes*8)
 	defer clear(symKey)
 	block, err := aes.NewCipher(symKey)
 	if err != nil {
@@ -160,7 +160,8 @@ func (k *Key) protect(random io.Reader, label string, oaepLabel, name, data []by
 	//nolint:staticcheck // CFB with a zero IV is what the TPM specifies.
 	cipher.NewCFBEncrypter(block, iv[:]).XORKeyStream(enc, enc)
 
-	macKey := tpm2.KDFa(k.nameHash, seed, labelIntegrity, nil, nil, macSize*8)
+	seedMAC.Reset()
+	macKey := kdfa(seedMAC, labelIntegrity, nil, nil, macSize*8)
 	defer clear(macKey)
 	mac := hmac.New(k.nameHash.New, macKey)
 	mac.Write(enc)
