@@ -319,7 +319,7 @@ func (f *cryptoFloor) verifyAK(tb testing.TB) {
 
 // makeCredential encrypts a challenge secret to the EK for the AK's name.
 func (f *cryptoFloor) makeCredential(tb testing.TB) {
-	if _, _, err := challenge.MakeCredential(f.node.EKPublic(), f.akName, make([]byte, challenge.SecretSize)); err != nil {
+	if _, _, err := challenge.MakeCredentialTo(f.node.EKKey(), f.akName, make([]byte, challenge.SecretSize)); err != nil {
 		tb.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/keybroker/keybroker/internal/tpmcred"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -15,8 +16,19 @@ import (
 // returns it as the keybroker API's Credential: TPM_BOUND when pcrs is nil,
 // PCR_SEALED to those values (one bank) otherwise. The broker's releases
 // and the Vault auth method's sealed tokens are both made here, so a node
-// opens either with the same code.
+// opens either with the same code. It parses ek on every call;
+// SealCredentialTo takes an EK parsed once.
 func SealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, pcrs *tpmpb.PCRs) (*pb.Credential, error) {
+	key, err := parseEK(ek)
+	if err != nil {
+		return nil, err
+	}
+	return SealCredentialTo(key, name, typ, payload, pcrs)
+}
+
+// SealCredentialTo is SealCredential to an EK already parsed, such as
+// verify.NodeIdentity.EKKey.
+func SealCredentialTo(ek *tpmcred.Key, name string, typ pb.CredentialType, payload []byte, pcrs *tpmpb.PCRs) (*pb.Credential, error) {
 	return sealCredential(ek, name, typ, payload, WrapOpts{PCRs: pcrs, KeyID: name})
 }
 
@@ -24,13 +36,23 @@ func SealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, pay
 // PCR_SEALED Credential bound to approvals as auth says (see
 // WrapOpts.Authorization), whose blob carries auth as its authorization.
 func SealAuthorized(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, auth *Authorization) (*pb.Credential, error) {
+	key, err := parseEK(ek)
+	if err != nil {
+		return nil, err
+	}
+	return SealAuthorizedTo(key, name, typ, payload, auth)
+}
+
+// SealAuthorizedTo is SealAuthorized to an EK already parsed, such as
+// verify.NodeIdentity.EKKey.
+func SealAuthorizedTo(ek *tpmcred.Key, name string, typ pb.CredentialType, payload []byte, auth *Authorization) (*pb.Credential, error) {
 	if auth == nil {
 		return nil, errors.New("no PCR-policy authorization")
 	}
 	return sealCredential(ek, name, typ, payload, WrapOpts{Authorization: auth, KeyID: name})
 }
 
-func sealCredential(ek *tpm2.TPMTPublic, name string, typ pb.CredentialType, payload []byte, opts WrapOpts) (*pb.Credential, error) {
+func sealCredential(ek *tpmcred.Key, name string, typ pb.CredentialType, payload []byte, opts WrapOpts) (*pb.Credential, error) {
 	env, err := wrap(ek, payload, opts)
 	if err != nil {
 		return nil, err

@@ -10,15 +10,17 @@ import (
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm-tools/server"
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // sealedObjectNameAlg is the name algorithm of the sealed data object that
 // carries the CEK, and the hash of every policy session that opens it.
 const sealedObjectNameAlg = tpm2.TPMAlgSHA256
 
-// ekPublicFromKey returns the TPMT_PUBLIC of an EK made from the TCG default
-// template (RSA-2048 or ECC P-256) whose public key is ek.
-func ekPublicFromKey(ek crypto.PublicKey) (*tpm2.TPMTPublic, error) {
+// ekFromKey returns, parsed, the EK made from the TCG default template
+// (RSA-2048 or ECC P-256) whose public key is ek.
+func ekFromKey(ek crypto.PublicKey) (*tpmcred.Key, error) {
 	legacyPub, err := server.CreateEKPublicAreaFromKey(ek)
 	if err != nil {
 		return nil, fmt.Errorf("unable to use the EK: %w", err)
@@ -31,7 +33,16 @@ func ekPublicFromKey(ek crypto.PublicKey) (*tpm2.TPMTPublic, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unable to use the EK: %w", err)
 	}
-	return pub, nil
+	return parseEK(pub)
+}
+
+// parseEK parses the EK public area ek to make import blobs to it.
+func parseEK(ek *tpm2.TPMTPublic) (*tpmcred.Key, error) {
+	key, err := tpmcred.NewKey(ek)
+	if err != nil {
+		return nil, fmt.Errorf("unable to use the EK: %w", err)
+	}
+	return key, nil
 }
 
 // importBlob makes the import blob of secret to ek: a sealed keyed-hash
@@ -40,11 +51,7 @@ func ekPublicFromKey(ek crypto.PublicKey) (*tpm2.TPMTPublic, error) {
 // object opened with an empty password (userWithAuth); otherwise only a
 // policy session whose digest is authPolicy opens it (adminWithPolicy, as
 // go-tpm-tools' import blobs). Every release mode makes its blob here.
-func importBlob(ek *tpm2.TPMTPublic, secret, authPolicy []byte) (*tpmpb.ImportBlob, error) {
-	encap, err := tpm2.ImportEncapsulationKey(ek)
-	if err != nil {
-		return nil, fmt.Errorf("unable to use the EK: %w", err)
-	}
+func importBlob(ek *tpmcred.Key, secret, authPolicy []byte) (*tpmpb.ImportBlob, error) {
 	h, err := sealedObjectNameAlg.Hash()
 	if err != nil {
 		return nil, err
@@ -61,7 +68,7 @@ func importBlob(ek *tpm2.TPMTPublic, secret, authPolicy []byte) (*tpmpb.ImportBl
 	name := append([]byte{byte(sealedObjectNameAlg >> 8), byte(sealedObjectNameAlg)}, nameHash[:]...)
 	sensitive := sealedSensitive(seed, secret)
 	defer clear(sensitive)
-	dup, encSeed, err := tpm2.CreateDuplicate(rand.Reader, encap, name, sensitive)
+	dup, encSeed, err := ek.Duplicate(rand.Reader, name, sensitive)
 	if err != nil {
 		return nil, fmt.Errorf("unable to duplicate the sealed object to the EK: %w", err)
 	}

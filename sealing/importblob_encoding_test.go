@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // The hand-written TPMT_PUBLIC, name and TPMT_SENSITIVE of the sealed
@@ -36,7 +38,7 @@ func TestSealedEncoding(t *testing.T) {
 			t.Fatalf("policy %x: sealedPublic = %x\nwant %x", authPolicy, got, want)
 		}
 		// The name importBlob computes from those bytes is the TPM's.
-		blob, err := importBlob(testEKPublic(t), secret, authPolicy)
+		blob, err := importBlob(testEK(t), secret, authPolicy)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,17 +61,16 @@ func TestSealedEncoding(t *testing.T) {
 	}
 }
 
-// testEKPublic is the TPMT_PUBLIC of an ECC P-256 EK (TCG default template)
-// with a fresh key.
-func testEKPublic(t *testing.T) *tpm2.TPMTPublic {
+// testEK is an ECC P-256 EK (TCG default template) with a fresh key.
+func testEK(t *testing.T) *tpmcred.Key {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := ekPublicFromKey(&k.PublicKey)
+	ek, err := ekFromKey(&k.PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pub
+	return ek
 }

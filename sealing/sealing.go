@@ -23,7 +23,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
-	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // CEKSize is the size of the content-encryption key in bytes.
@@ -60,15 +61,15 @@ type WrapOpts struct {
 // be the public key of an EK made from the TCG default template (RSA-2048 or
 // ECC P-256).
 func Wrap(ek crypto.PublicKey, payload []byte, opts WrapOpts) (*Envelope, error) {
-	ekPub, err := ekPublicFromKey(ek)
+	key, err := ekFromKey(ek)
 	if err != nil {
 		return nil, err
 	}
-	return wrap(ekPub, payload, opts)
+	return wrap(key, payload, opts)
 }
 
-// wrap is Wrap to the EK whose public area is ek.
-func wrap(ek *tpm2.TPMTPublic, payload []byte, opts WrapOpts) (*Envelope, error) {
+// wrap is Wrap to the EK ek.
+func wrap(ek *tpmcred.Key, payload []byte, opts WrapOpts) (*Envelope, error) {
 	var authPolicy []byte
 	switch {
 	case opts.PCRs != nil && opts.Authorization != nil:

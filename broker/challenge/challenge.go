@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // SecretSize is the size of the activation secret in bytes.
@@ -140,7 +141,7 @@ func (i *Issuer) issue(ctx context.Context, node *verify.NodeIdentity, ev Eviden
 		return nil, fmt.Errorf("unable to generate challenge secret: %w", err)
 	}
 	defer clear(secret)
-	blob, encSecret, err := MakeCredential(node.EKPublic(), node.AKName(), secret)
+	blob, encSecret, err := MakeCredentialTo(node.EKKey(), node.AKName(), secret)
 	if err != nil {
 		return nil, err
 	}
@@ -200,13 +201,20 @@ func (i *Issuer) Open(ctx context.Context, token string, ev Evidence) (Challenge
 // MakeCredential performs TPM2_MakeCredential in software: it encrypts secret
 // to the EK so that TPM2_ActivateCredential releases it only for an object
 // named akName in the same TPM. It returns the TPM2B_ID_OBJECT and the
-// TPM2B_ENCRYPTED_SECRET.
+// TPM2B_ENCRYPTED_SECRET. It parses ek on every call; MakeCredentialTo
+// takes an EK parsed once.
 func MakeCredential(ek *tpm2.TPMTPublic, akName, secret []byte) (credentialBlob, encryptedSecret []byte, err error) {
-	key, err := tpm2.ImportEncapsulationKey(ek)
+	key, err := tpmcred.NewKey(ek)
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to use EK for credential activation: %w", err)
 	}
-	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, key, akName, secret)
+	return MakeCredentialTo(key, akName, secret)
+}
+
+// MakeCredentialTo is MakeCredential to an EK already parsed, such as
+// verify.NodeIdentity.EKKey.
+func MakeCredentialTo(ek *tpmcred.Key, akName, secret []byte) (credentialBlob, encryptedSecret []byte, err error) {
+	idObject, encSecret, err := ek.MakeCredential(rand.Reader, akName, secret)
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to make credential: %w", err)
 	}

@@ -411,12 +411,12 @@ func (r *Releaser) release(ctx context.Context, v *verify.Verified, rel policies
 		item.PCRBank, item.PCRs = verify.BankName(rel.PCRBank), rel.PCRs
 	}
 	seal := func(payload []byte, typ pb.CredentialType) (*pb.Credential, error) {
-		return sealing.SealCredential(v.Node().EKPublic(), rel.Name, typ, payload, pcrs)
+		return sealing.SealCredentialTo(v.Node().EKKey(), rel.Name, typ, payload, pcrs)
 	}
 	if rel.PCRPolicy == policies.PCRPolicyAuthorized {
 		auth := r.pcrs.Authorization(rel.PCRBank, rel.PCRs, v.EKHash(), node.Counter)
 		seal = func(payload []byte, typ pb.CredentialType) (*pb.Credential, error) {
-			return sealing.SealAuthorized(v.Node().EKPublic(), rel.Name, typ, payload, auth)
+			return sealing.SealAuthorizedTo(v.Node().EKKey(), rel.Name, typ, payload, auth)
 		}
 	}
 	var iss *issued

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // Input size limits. The broker's API enforces the same numbers.
@@ -104,6 +106,7 @@ type EKCert struct {
 // Quotes, adds.
 type NodeIdentity struct {
 	ekPublic tpm2.TPMTPublic
+	ekKey    *tpmcred.Key // ekPublic, parsed to protect secrets to it
 	ekName   []byte
 	ekHash   string
 	ekCA     string
@@ -132,8 +135,12 @@ type Vouch struct {
 // Vouch returns what Node concluded of the EK's trust.
 func (n *NodeIdentity) Vouch() Vouch { return n.vouch }
 
-// EKPublic returns the EK public area, for MakeCredential and import blobs.
+// EKPublic returns the EK public area.
 func (n *NodeIdentity) EKPublic() *tpm2.TPMTPublic { return &n.ekPublic }
+
+// EKKey returns the EK parsed once to protect secrets to it: what
+// challenge.MakeCredentialTo and sealing.SealCredentialTo take.
+func (n *NodeIdentity) EKKey() *tpmcred.Key { return n.ekKey }
 
 // EKHash returns the EK's identity hash (see EKHash).
 func (n *NodeIdentity) EKHash() string { return n.ekHash }
@@ -272,7 +279,8 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
 		return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
 	}
-	if _, err := tpm2.ImportEncapsulationKey(pub); err != nil {
+	ekKey, err := tpmcred.NewKey(pub)
+	if err != nil {
 		return fail(CheckInput, "ek_public cannot receive a credential", err)
 	}
 	hash, err := EKHash(key)
@@ -283,7 +291,7 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if err != nil {
 		return fail(CheckInput, "unable to compute the EK name", err)
 	}
-	n.ekPublic, n.ekHash, n.ekName = *pub, hash, name
+	n.ekPublic, n.ekKey, n.ekHash, n.ekName = *pub, ekKey, hash, name
 
 	var certErr error
 	if len(ekCertDER) > 0 {

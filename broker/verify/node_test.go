@@ -121,6 +121,15 @@ func TestNodeEK(t *testing.T) {
 		{name: "EK whose name algorithm cannot seal a credential", ek: rsaEK,
 			mutate:    func(p *tpm2.TPMTPublic) { p.NameAlg = tpm2.TPMAlgSHA3256 },
 			wantCheck: verify.CheckInput, wantErr: "ek_public cannot receive a credential"},
+		{name: "EK without a symmetric algorithm for the outer wrapper", ek: eccEK, mutate: func(p *tpm2.TPMTPublic) {
+			parms, _ := p.Parameters.ECCDetail()
+			c := *parms
+			c.Symmetric = tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
+			p.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &c)
+		}, wantCheck: verify.CheckInput, wantErr: "ek_public cannot receive a credential"},
+		{name: "EK with a 1024-bit RSA key", ek: ekPublicRSA(&akRSA1024().PublicKey),
+			trust:     &verify.Trust{EKHashes: []string{mustEKHash(t, &akRSA1024().PublicKey)}},
+			wantCheck: verify.CheckInput, wantErr: "ek_public cannot receive a credential"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,6 +155,9 @@ func TestNodeEK(t *testing.T) {
 			}
 			if got := n.EKPublic(); !bytes.Equal(tpm2.Marshal(*got), tpm2.Marshal(ek)) {
 				t.Error("EKPublic() is not the EK public area that was presented")
+			}
+			if k := n.EKKey(); k == nil || k.NameAlg() != ek.NameAlg {
+				t.Errorf("EKKey() = %v, not the EK parsed", k)
 			}
 		})
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/keybroker/keybroker/broker/challenge"
 	"github.com/keybroker/keybroker/broker/issue"
 	"github.com/keybroker/keybroker/internal/softtpm"
+	"github.com/keybroker/keybroker/internal/tpmcred"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 	"github.com/keybroker/keybroker/sealing"
 )
@@ -39,9 +40,11 @@ import (
 type Floor struct {
 	// AKVerifyMs: one quote signature verified with the AK.
 	AKVerifyMs float64 `json:"ak_verify_ms"`
-	// MakeCredentialMs: one challenge secret encrypted to the EK.
+	// MakeCredentialMs: one challenge secret encrypted to the EK (parsed
+	// once, as verify.NodeIdentity.EKKey).
 	MakeCredentialMs float64 `json:"make_credential_ms"`
-	// ImportBlobMs: sealing.SealCredential of a 32-byte payload to the EK.
+	// ImportBlobMs: sealing.SealCredentialTo of a 32-byte payload to the
+	// EK (parsed once).
 	ImportBlobMs float64 `json:"import_blob_ms"`
 	// CertificateMs: one P-256 key and its certificate signed by a CA, as
 	// the broker issues a tls_certificate release (issue.CA.IssueTLS).
@@ -183,16 +186,20 @@ func floorOps(node *softtpm.Node) ([]func() (time.Duration, error), error) {
 	if err != nil {
 		return nil, err
 	}
-	ek, akName := node.EKPublic(), node.AKName()
+	ek, err := tpmcred.NewKey(node.EKPublic())
+	if err != nil {
+		return nil, err
+	}
+	akName := node.AKName()
 	secret, payload := make([]byte, challenge.SecretSize), make([]byte, 32)
 	return []func() (time.Duration, error){
 		cpuTimed(verify),
 		cpuTimed(func() error {
-			_, _, err := challenge.MakeCredential(ek, akName, secret)
+			_, _, err := challenge.MakeCredentialTo(ek, akName, secret)
 			return err
 		}),
 		cpuTimed(func() error {
-			_, err := sealing.SealCredential(ek, "floor", pb.CredentialType_TLS_CERTIFICATE, payload, nil)
+			_, err := sealing.SealCredentialTo(ek, "floor", pb.CredentialType_TLS_CERTIFICATE, payload, nil)
 			return err
 		}),
 		cpuTimed(issue),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/keybroker/keybroker/internal/tpmcred"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -87,7 +88,7 @@ func (n *Node) unwrap(encSeed []byte, label string, wrapped, name []byte) ([]byt
 		return nil, fmt.Errorf("outer HMAC has the wrong size: %w", ErrIntegrity)
 	}
 	mac, ct := wrapped[2:2+macSize], wrapped[2+macSize:]
-	macKey := tpm2.KDFa(sha256Hash, seed, "INTEGRITY", nil, nil, sha256.Size*8)
+	macKey := tpmcred.KDFa(sha256Hash, seed, "INTEGRITY", nil, nil, sha256.Size*8)
 	defer clear(macKey)
 	h := hmac.New(sha256.New, macKey)
 	h.Write(ct)
@@ -95,7 +96,7 @@ func (n *Node) unwrap(encSeed []byte, label string, wrapped, name []byte) ([]byt
 	if subtle.ConstantTimeCompare(h.Sum(nil), mac) != 1 {
 		return nil, ErrIntegrity
 	}
-	symKey := tpm2.KDFa(sha256Hash, seed, "STORAGE", name, nil, ekSymBits)
+	symKey := tpmcred.KDFa(sha256Hash, seed, "STORAGE", name, nil, ekSymBits)
 	defer clear(symKey)
 	block, err := aes.NewCipher(symKey)
 	if err != nil {
@@ -140,7 +141,7 @@ func (n *Node) decryptSeed(encSeed []byte, label string) ([]byte, error) {
 	}
 	defer clear(z)
 	ekX := n.ekECC.PublicKey().Bytes()[1:33]
-	return tpm2.KDFe(sha256Hash, z, label, x, ekX, sha256.Size*8), nil
+	return tpmcred.KDFe(sha256Hash, z, label, x, ekX, sha256.Size*8), nil
 }
 
 // tpm2b returns the body of b, which must be exactly one TPM2B of at most

@@ -117,7 +117,7 @@ func (b *tpmAuthBackend) loginSealed(ctx context.Context, req *logical.Request, 
 		}
 		return nil, errors.New("token_envelope: vault_addr answered with another token; the Vault server log has the details")
 	}
-	cred, err := sealing.SealCredential(v.Node().EKPublic(), EnvelopeName, pb.CredentialType_SECRET, auth.raw, pcrs)
+	cred, err := sealing.SealCredentialTo(v.Node().EKKey(), EnvelopeName, pb.CredentialType_SECRET, auth.raw, pcrs)
 	if err == nil {
 		var resp *logical.Response
 		if resp, err = sealedResponse(cred, auth); err == nil {
