@@ -32,6 +32,10 @@ const (
 	connTime             = time.Minute
 	connTimeout          = 20 * time.Second
 	connIdle             = 5 * time.Minute
+	// handshakeTimeout bounds a connection's TLS handshake (grpc-go's
+	// default, 120 s, would let silent connections hold handshake workers
+	// and stretch a graceful stop for two minutes).
+	handshakeTimeout = 30 * time.Second
 )
 
 func transportOptions() []grpc.ServerOption {
@@ -44,6 +48,7 @@ func transportOptions() []grpc.ServerOption {
 		grpc.MaxConcurrentStreams(maxStreamsPerConnect),
 		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: connTime, Timeout: connTimeout, MaxConnectionIdle: connIdle}),
+		grpc.ConnectionTimeout(handshakeTimeout),
 	}
 }
 
@@ -68,7 +73,9 @@ func listenTCP(addr string) (net.Listener, error) {
 
 // plainListener hands out connections that do not expose their file
 // descriptor (syscall.Conn): grpc-go reads four socket options of every
-// such connection for channelz, which the broker does not serve.
+// such connection for channelz, which the broker does not serve. (grpc-go
+// then also leaves TCP_USER_TIMEOUT unset; an unanswered keepalive PING
+// still closes a dead peer's connection after connTime + connTimeout.)
 type plainListener struct{ net.Listener }
 
 func (l plainListener) Accept() (net.Conn, error) {

@@ -57,9 +57,10 @@ var shapes = []shape{
 
 // TestMatchesGoTPM holds MakeCredential, Duplicate and Encapsulate to
 // go-tpm's tpm2.CreateCredential, tpm2.CreateDuplicate and the
-// LabeledEncapsulationKey's Encapsulate: with the same randomness (a seeded
-// crypto/rand, which ecdh.GenerateKey draws from whatever reader it is
-// given), the same bytes.
+// LabeledEncapsulationKey's Encapsulate: with the same randomness, the
+// same bytes. The randomness is crypto/rand's global source, seeded by
+// cryptotest.SetGlobalRandom: since Go 1.26 ecdh.GenerateKey ignores the
+// reader it is given (unless GODEBUG=cryptocustomrand=1) and draws from it.
 func TestMatchesGoTPM(t *testing.T) {
 	name := append([]byte{0x00, 0x0b}, bytes.Repeat([]byte{0xa5}, 32)...)
 	secret := bytes.Repeat([]byte{0x5a}, 32)

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"math"
 	"math/big"
 
 	// the hashes hashOf names, linked in for crypto.Hash.New
@@ -115,8 +116,9 @@ func (k *Key) parseRSA(pub *tpm2.TPMTPublic) (*tpm2.TPMTSymDefObject, error) {
 		return nil, fmt.Errorf("%w: RSA modulus has %d bits, want %d to %d", ErrUnsupported, bits, MinRSABits, MaxRSABits)
 	case n.Bit(0) == 0:
 		return nil, fmt.Errorf("%w: RSA modulus is even", ErrUnsupported)
-	case e < 3 || e&1 == 0:
-		return nil, fmt.Errorf("%w: RSA exponent %d is not odd and at least 3", ErrUnsupported, e)
+	case e < 3 || e&1 == 0 || e > math.MaxInt32:
+		// crypto/rsa refuses exponents beyond 2^31-1 when encrypting.
+		return nil, fmt.Errorf("%w: RSA exponent %d is not odd, at least 3 and below 2^31", ErrUnsupported, e)
 	}
 	k.rsa = &rsa.PublicKey{N: n, E: e}
 	return &parms.Symmetric, nil

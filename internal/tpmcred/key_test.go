@@ -63,7 +63,10 @@ func TestNewKeyRefuses(t *testing.T) {
 		}), false, "unsupported key: RSA modulus is even"},
 		{"RSA even exponent", withRSA(2048, func(p *tpm2.TPMSRSAParms, _ *tpm2.TPM2BPublicKeyRSA) {
 			p.Exponent = 65536
-		}), false, "unsupported key: RSA exponent 65536 is not odd and at least 3"},
+		}), false, "unsupported key: RSA exponent 65536 is not odd, at least 3 and below 2^31"},
+		{"RSA exponent beyond 2^31-1", withRSA(2048, func(p *tpm2.TPMSRSAParms, _ *tpm2.TPM2BPublicKeyRSA) {
+			p.Exponent = 0x80000001
+		}), false, "unsupported key: RSA exponent 2147483649 is not odd, at least 3 and below 2^31"},
 		{"RSA null symmetric", withRSA(2048, func(p *tpm2.TPMSRSAParms, _ *tpm2.TPM2BPublicKeyRSA) {
 			p.Symmetric = tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
 		}), false, "unsupported key: symmetric algorithm 0x0010 is not AES"},

@@ -21,7 +21,9 @@ const (
 )
 
 // The TPM's bounds on what it unwraps: a credential is a TPM2B_DIGEST
-// (at most the largest digest, SHA-512's), a name is a hash algorithm and a
+// (at most the largest digest, SHA-512's, which ActivateCredential
+// accepts; TPM2_MakeCredential itself would also refuse one longer than
+// the EK name algorithm's digest, a bound not applied here), a name is a hash algorithm and a
 // digest, and a duplicated TPMT_SENSITIVE fits a TPM2B_PRIVATE (with
 // room for an RSA-4096 private key).
 const (
