@@ -11,7 +11,8 @@ import (
 // BenchmarkBoltRecord records decisions with a full node record (two
 // banks of 24 PCRs, an EK certificate), from as many goroutines as
 // -cpu times 16, as the broker's concurrent Attests do: allocations and
-// time per decision, and decisions per commit.
+// time per decision, decisions per commit and bbolt's page writes per
+// commit.
 func BenchmarkBoltRecord(b *testing.B) {
 	st, _ := openTemp(b)
 	var commits atomic.Int64
@@ -20,6 +21,7 @@ func BenchmarkBoltRecord(b *testing.B) {
 	exp := time.Now().Add(time.Hour)
 	b.SetParallelism(16)
 	b.ReportAllocs()
+	before := st.db.Stats().TxStats
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -36,6 +38,9 @@ func BenchmarkBoltRecord(b *testing.B) {
 	})
 	b.StopTimer()
 	if c := commits.Load(); c > 0 {
+		after := st.db.Stats().TxStats
 		b.ReportMetric(float64(b.N)/float64(c), "decisions/commit")
+		b.ReportMetric(float64(after.GetWrite()-before.GetWrite())/float64(c), "writes/commit")
+		b.ReportMetric(float64(after.GetSpill()-before.GetSpill())/float64(b.N), "spills/decision")
 	}
 }
