@@ -97,7 +97,7 @@ func TestMarshalNodeIsProto(t *testing.T) {
 
 	edges := fullNode()
 	edges.FirstSeen = time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC) // a negative int64
-	edges.Evidence.EventLog = bytes.Repeat([]byte{'l'}, 70_000)   // a three-byte length, inside three messages
+	edges.Evidence.EventLog = bytes.Repeat([]byte{'l'}, 70_000)   // a three-byte length, inside the evidence
 	edges.Evidence.EKIntermediates = [][]byte{{}, nil, {1}}
 	edges.Evidence.Quotes = append(edges.Evidence.Quotes,
 		attestation.Quote{PCRs: map[uint32][]byte{0: nil, 1 << 31: {}, 7: {1}}}, // key 0, empty values
