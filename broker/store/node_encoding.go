@@ -17,9 +17,10 @@ import (
 // A node record is stored as nodeRecordV1 followed by the protobuf
 // storev1.NodeRecord: its TPM artifacts and PCR values as bytes rather
 // than base64 text (a third smaller than its JSON, or more), and no
-// reflection to encode. Records
-// stored as JSON (a value starting with '{') still read, and are written
-// in the new form when the node next attests.
+// reflection to encode (marshalNode, node_marshal.go, writes what proto's
+// deterministic marshal would). Records stored as JSON (a value starting
+// with '{') still read, and are written in the new form when the node next
+// attests.
 const nodeRecordV1 = 0x01
 
 // unmarshalNode decodes a stored node record, in either form.
