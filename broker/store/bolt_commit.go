@@ -34,7 +34,7 @@ var ErrClosed = errors.New("the store is closed")
 type pending struct {
 	d *Decision
 	*encoded
-	keys *boltKeys
+	keys boltKeys
 	done chan error
 }
 
@@ -218,7 +218,7 @@ func (b *Bolt) ObserveCommits(o CommitObserver) {
 // chained after head (which it moves), the node record and the deny-list
 // change.
 func (t *decisionTx) apply(p *pending, head *ChainHead) error {
-	d, k := p.d, p.keys
+	d, k := p.d, &p.keys
 	if k.challenge != nil {
 		if t.consumed.Get(k.challenge) != nil {
 			return ErrConsumed

@@ -29,7 +29,7 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	p := &pending{d: d, encoded: enc, keys: newBoltKeys(d), done: make(chan error, 1)}
+	p := &pending{d: d, encoded: enc, keys: makeBoltKeys(d), done: make(chan error, 1)}
 	if err := b.commits.submit(p); err != nil {
 		d.Receipt.Seq, d.Receipt.Prev = 0, "" // not chained: not written
 		return fmt.Errorf("unable to record decision: %w", err)
@@ -104,7 +104,7 @@ type boltKeys struct {
 	node              []byte // the node record's EK hash: nil without a record
 }
 
-func newBoltKeys(d *Decision) *boltKeys {
+func makeBoltKeys(d *Decision) boltKeys {
 	r, ek := d.Receipt, d.Receipt.EKHash
 	var node string
 	if d.Node != nil {
@@ -118,7 +118,7 @@ func newBoltKeys(d *Decision) *boltKeys {
 		at = len(buf)
 		return b
 	}
-	k := &boltKeys{}
+	var k boltKeys
 	if d.ChallengeID != "" {
 		buf = append(buf, d.ChallengeID...)
 		k.challenge = cut()
