@@ -34,6 +34,7 @@ var ErrClosed = errors.New("the store is closed")
 type pending struct {
 	d *Decision
 	*encoded
+	keys boltKeys
 	done chan error
 }
 
@@ -156,9 +157,9 @@ func (c *committer) commit(batch []*pending) {
 		if err != nil {
 			return err
 		}
-		start := head.Seq
+		start, dtx := head.Seq, newDecisionTx(tx)
 		for i, p := range batch {
-			err := applyPending(tx, p, &head)
+			err := dtx.apply(p, &head)
 			if err != nil && !errors.Is(err, ErrConsumed) {
 				return errBatchAbort{err}
 			}
@@ -212,31 +213,30 @@ func (b *Bolt) ObserveCommits(o CommitObserver) {
 	b.commits.mu.Unlock()
 }
 
-// applyPending writes one decision in tx: the challenge's marker (refusing
-// a used challenge, ErrConsumed, before anything is written), the
-// receipt, chained after head (which it moves), the node record and the
-// deny-list change.
-func applyPending(tx *bolt.Tx, p *pending, head *ChainHead) error {
-	d := p.d
-	if d.ChallengeID != "" {
-		markers := tx.Bucket(bucketConsumed)
-		if markers.Get([]byte(d.ChallengeID)) != nil {
+// apply writes one decision: the challenge's marker (refusing a used
+// challenge, ErrConsumed, before anything is written), the receipt,
+// chained after head (which it moves), the node record and the deny-list
+// change.
+func (t *decisionTx) apply(p *pending, head *ChainHead) error {
+	d, k := p.d, &p.keys
+	if k.challenge != nil {
+		if t.consumed.Get(k.challenge) != nil {
 			return ErrConsumed
 		}
-		if err := markers.Put([]byte(d.ChallengeID), markerValue(d.ChallengeExpiry)); err != nil {
+		if err := t.consumed.Put(k.challenge, k.marker); err != nil {
 			return err
 		}
 	}
-	if err := putReceipt(tx, d.Receipt, p.receipt, head); err != nil {
+	if err := t.putReceipt(d.Receipt, k, p.receipt, head); err != nil {
 		return err
 	}
 	if p.node != nil {
-		if err := putNode(tx, p.stored, p.node, p.log); err != nil {
+		if err := t.putNode(&p.stored, k.node, p.node, p.log); err != nil {
 			return err
 		}
 	}
-	if err := forgetNode(tx, d.ForgetNode); err != nil {
+	if err := t.forgetNode(d.ForgetNode); err != nil {
 		return err
 	}
-	return applyDeny(tx, d, p.denial)
+	return t.applyDeny(d, k.ekHash, p.denial)
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -157,6 +158,48 @@ func TestGroupCommitFailsAlone(t *testing.T) {
 	}
 	if _, err := b.GetReceipt(ctx, bad.Receipt.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the failed decision left its receipt: %v", err)
+	}
+	// The batch was retried one by one with the keys its decisions made
+	// before queueing: every sequence number leads to its receipt, and each
+	// EK's index leads to its receipt alone.
+	assertIndexes(t, b)
+	for i := range 5 {
+		ek := fmt.Sprintf("%064x", 0x100+i)
+		rs, err := b.ListReceipts(ctx, ListOpts{EKHash: ek})
+		if err != nil || len(rs) != 1 || rs[0].ChallengeID != fmt.Sprintf("ch-ok-%d", i) {
+			t.Fatalf("receipts of EK %d: %+v, %v; want its one receipt", i, rs, err)
+		}
+	}
+}
+
+// assertIndexes fails unless the receipts' sequence index holds 1 to the
+// chain head's Seq, each leading to the receipt of that Seq.
+func assertIndexes(t *testing.T, b *Bolt) {
+	t.Helper()
+	head, err := b.ChainHead(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		want := uint64(1)
+		c := tx.Bucket(bucketReceiptsBySeq).Cursor()
+		for k, id := c.First(); k != nil; k, id = c.Next() {
+			if got := binary.BigEndian.Uint64(k); got != want {
+				return fmt.Errorf("sequence index holds %d, want %d", got, want)
+			}
+			r, err := decodeReceipt(string(id), tx.Bucket(bucketReceipts).Get(id))
+			if err != nil || r.Seq != want {
+				return fmt.Errorf("seq %d leads to receipt %s of seq %d (%v)", want, id, r.Seq, err)
+			}
+			want++
+		}
+		if want-1 != head.Seq {
+			return fmt.Errorf("sequence index ends at %d, the chain head at %d", want-1, head.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -29,17 +29,18 @@ func (b *Bolt) Record(ctx context.Context, d *Decision) error {
 	if err != nil {
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
-	if err := b.commits.submit(&pending{d: d, encoded: enc, done: make(chan error, 1)}); err != nil {
+	p := &pending{d: d, encoded: enc, keys: makeBoltKeys(d), done: make(chan error, 1)}
+	if err := b.commits.submit(p); err != nil {
 		d.Receipt.Seq, d.Receipt.Prev = 0, "" // not chained: not written
 		return fmt.Errorf("unable to record decision: %w", err)
 	}
 	return nil
 }
 
-// markerValue is a consumed-challenge marker: the challenge's expiry in
-// unix nanoseconds, big-endian.
-func markerValue(expiry time.Time) []byte {
-	return binary.BigEndian.AppendUint64(nil, uint64(expiry.UnixNano()))
+// appendMarker appends a consumed-challenge marker to b: the challenge's
+// expiry in unix nanoseconds, big-endian.
+func appendMarker(b []byte, expiry time.Time) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(expiry.UnixNano()))
 }
 
 // Used implements Decisions.
@@ -67,47 +68,115 @@ func (b *Bolt) Used(ctx context.Context, challengeID string) (bool, error) {
 // when they split.
 const receiptsFillPercent = 0.9
 
-// putReceipt writes r, encoded without Seq and Prev as body, chained
-// after head (which it moves), with its sequence and EK index entries.
-func putReceipt(tx *bolt.Tx, r *Receipt, body []byte, head *ChainHead) error {
-	bk := tx.Bucket(bucketReceipts)
+// decisionTx is a write transaction's buckets that decisions write, looked
+// up once per commit rather than once per write.
+type decisionTx struct {
+	consumed, receipts, bySeq, byEK, nodes, svids, denied, logs *bolt.Bucket
+}
+
+func newDecisionTx(tx *bolt.Tx) *decisionTx {
+	t := &decisionTx{
+		consumed: tx.Bucket(bucketConsumed),
+		receipts: tx.Bucket(bucketReceipts),
+		bySeq:    tx.Bucket(bucketReceiptsBySeq),
+		byEK:     tx.Bucket(bucketReceiptsByEK),
+		nodes:    tx.Bucket(bucketNodes),
+		svids:    tx.Bucket(bucketNodeSVIDs),
+		denied:   tx.Bucket(bucketDenied),
+		logs:     tx.Bucket(bucketEventLogs),
+	}
 	// Receipt IDs start with their time: receipts are appended, and pages
 	// split at bbolt's default half fill would stay half empty.
-	bk.FillPercent = receiptsFillPercent
-	if bk.Get([]byte(r.ID)) != nil {
+	t.receipts.FillPercent = receiptsFillPercent
+	t.bySeq.FillPercent = 1 // sequence numbers only grow
+	return t
+}
+
+// boltKeys are the keys and values of a decision's writes that do not
+// depend on the commit, made once before it queues, in one allocation:
+// bbolt keeps them until the transaction ends.
+type boltKeys struct {
+	challenge, marker []byte // the challenge's marker: nil for no challenge
+	receipt           []byte // the receipt's ID
+	seq               []byte // its sequence number, set when it is chained
+	ekIndex           []byte // its receipts_by_ek entry: nil without an EK hash
+	ekHash            []byte // the receipt's EK hash: its deny-list entry
+	node              []byte // the node record's EK hash: nil without a record
+}
+
+func makeBoltKeys(d *Decision) boltKeys {
+	r, ek := d.Receipt, d.Receipt.EKHash
+	var node string
+	if d.Node != nil {
+		node = d.Node.EKHash
+	}
+	buf := make([]byte, 0, len(d.ChallengeID)+8+len(r.ID)+8+2+2*len(ek)+len(r.ID)+len(node))
+	at := 0
+	// cut returns what was appended to buf since the last cut.
+	cut := func() []byte {
+		b := buf[at:len(buf):len(buf)]
+		at = len(buf)
+		return b
+	}
+	var k boltKeys
+	if d.ChallengeID != "" {
+		buf = append(buf, d.ChallengeID...)
+		k.challenge = cut()
+		buf = appendMarker(buf, d.ChallengeExpiry)
+		k.marker = cut()
+	}
+	buf = append(buf, r.ID...)
+	k.receipt = cut()
+	buf = binary.BigEndian.AppendUint64(buf, 0)
+	k.seq = cut()
+	if ek != "" {
+		buf = appendEKIndexKey(buf, ek, r.ID)
+		k.ekIndex = cut()
+		buf = append(buf, ek...)
+		k.ekHash = cut()
+	}
+	if d.Node != nil {
+		buf = append(buf, node...)
+		k.node = cut()
+	}
+	return k
+}
+
+// putReceipt writes r, encoded without Seq and Prev as body, chained
+// after head (which it moves), with its sequence and EK index entries.
+func (t *decisionTx) putReceipt(r *Receipt, k *boltKeys, body []byte, head *ChainHead) error {
+	if t.receipts.Get(k.receipt) != nil {
 		return fmt.Errorf("receipt id %w", ErrExists)
 	}
-	if err := bk.Put([]byte(r.ID), head.next(r, body)); err != nil {
+	if err := t.receipts.Put(k.receipt, head.next(r, body)); err != nil {
 		return err
 	}
-	bySeq := tx.Bucket(bucketReceiptsBySeq)
-	bySeq.FillPercent = 1 // sequence numbers only grow
-	if err := bySeq.Put(seqKey(r.Seq), []byte(r.ID)); err != nil {
+	binary.BigEndian.PutUint64(k.seq, r.Seq)
+	if err := t.bySeq.Put(k.seq, k.receipt); err != nil {
 		return err
 	}
-	if r.EKHash == "" {
+	if k.ekIndex == nil {
 		return nil
 	}
-	return tx.Bucket(bucketReceiptsByEK).Put(ekIndexKey(r.EKHash, r.ID), []byte{})
+	return t.byEK.Put(k.ekIndex, []byte{})
 }
 
 // putNode writes stored, the node record as stored (splitEventLog) and
 // encoded as val, its event log once by content hash (nil: none), and its
-// SVIDs' index entries.
-func putNode(tx *bolt.Tx, stored NodeRecord, val, log []byte) error {
+// SVIDs' index entries; key is its EK hash.
+func (t *decisionTx) putNode(stored *NodeRecord, key, val, log []byte) error {
 	if len(log) > 0 {
-		logs := tx.Bucket(bucketEventLogs)
-		key := []byte(stored.Evidence.EventLogSHA256)
-		if logs.Get(key) == nil {
-			if err := logs.Put(key, log); err != nil {
+		sum := []byte(stored.Evidence.EventLogSHA256)
+		if t.logs.Get(sum) == nil {
+			if err := t.logs.Put(sum, log); err != nil {
 				return err
 			}
 		}
 	}
-	if err := indexNodeSVIDs(tx, stored); err != nil {
+	if err := t.indexNodeSVIDs(stored); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketNodes).Put([]byte(stored.EKHash), val)
+	return t.nodes.Put(key, val)
 }
 
 // splitEventLog returns n as stored, with its event log replaced by the
@@ -126,41 +195,39 @@ func splitEventLog(n NodeRecord) (NodeRecord, []byte) {
 
 // forgetNode deletes the record of ekHash ("": nothing) and its SVIDs'
 // index entries. Its event log stays: other nodes may share it.
-func forgetNode(tx *bolt.Tx, ekHash string) error {
+func (t *decisionTx) forgetNode(ekHash string) error {
 	if ekHash == "" {
 		return nil
 	}
-	if err := unindexNodeSVIDs(tx, ekHash); err != nil {
+	if err := t.unindexNodeSVIDs(ekHash); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketNodes).Delete([]byte(ekHash))
+	return t.nodes.Delete([]byte(ekHash))
 }
 
-// applyDeny applies d's deny-list change; denial is the encoded entry
-// DenyAdd puts.
-func applyDeny(tx *bolt.Tx, d *Decision, denial []byte) error {
-	bk := tx.Bucket(bucketDenied)
+// applyDeny applies d's deny-list change to the entry of key, the
+// receipt's EK hash; denial is the encoded entry DenyAdd puts.
+func (t *decisionTx) applyDeny(d *Decision, key, denial []byte) error {
 	switch d.Deny {
 	case DenyAdd:
-		return bk.Put([]byte(d.Receipt.EKHash), denial)
+		return t.denied.Put(key, denial)
 	case DenyRemove:
-		return bk.Delete([]byte(d.Receipt.EKHash))
+		return t.denied.Delete(key)
 	}
 	return nil
 }
 
 // indexNodeSVIDs points the serials of n's SVIDs at n in the node SVID
 // index, removing those of the record n replaces.
-func indexNodeSVIDs(tx *bolt.Tx, n NodeRecord) error {
-	if err := unindexNodeSVIDs(tx, n.EKHash); err != nil {
+func (t *decisionTx) indexNodeSVIDs(n *NodeRecord) error {
+	if err := t.unindexNodeSVIDs(n.EKHash); err != nil {
 		return err
 	}
-	idx := tx.Bucket(bucketNodeSVIDs)
 	for _, s := range n.SVIDs {
-		if owner := idx.Get([]byte(s.Serial)); owner != nil && string(owner) != n.EKHash {
+		if owner := t.svids.Get([]byte(s.Serial)); owner != nil && string(owner) != n.EKHash {
 			return fmt.Errorf("node svid serial %s is already recorded for another node", s.Serial)
 		}
-		if err := idx.Put([]byte(s.Serial), []byte(n.EKHash)); err != nil {
+		if err := t.svids.Put([]byte(s.Serial), []byte(n.EKHash)); err != nil {
 			return err
 		}
 	}
@@ -169,8 +236,8 @@ func indexNodeSVIDs(tx *bolt.Tx, n NodeRecord) error {
 
 // unindexNodeSVIDs removes the index entries of the SVIDs of the stored
 // record of ekHash.
-func unindexNodeSVIDs(tx *bolt.Tx, ekHash string) error {
-	v := tx.Bucket(bucketNodes).Get([]byte(ekHash))
+func (t *decisionTx) unindexNodeSVIDs(ekHash string) error {
+	v := t.nodes.Get([]byte(ekHash))
 	if v == nil {
 		return nil
 	}
@@ -178,10 +245,9 @@ func unindexNodeSVIDs(tx *bolt.Tx, ekHash string) error {
 	if err != nil {
 		return err
 	}
-	idx := tx.Bucket(bucketNodeSVIDs)
 	for _, s := range prev.SVIDs {
-		if string(idx.Get([]byte(s.Serial))) == ekHash {
-			if err := idx.Delete([]byte(s.Serial)); err != nil {
+		if string(t.svids.Get([]byte(s.Serial))) == ekHash {
+			if err := t.svids.Delete([]byte(s.Serial)); err != nil {
 				return err
 			}
 		}

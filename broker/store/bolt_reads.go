@@ -244,10 +244,14 @@ func lastBefore(c *bolt.Cursor, before, prefix []byte) ([]byte, []byte) {
 // ekIndexKey is len(ekHash) as 2 bytes, ekHash, then id: unambiguous for any
 // EK hash.
 func ekIndexKey(ekHash, id string) []byte {
-	k := make([]byte, 2, 2+len(ekHash)+len(id))
-	binary.BigEndian.PutUint16(k, uint16(len(ekHash)))
-	k = append(k, ekHash...)
-	return append(k, id...)
+	return appendEKIndexKey(make([]byte, 0, 2+len(ekHash)+len(id)), ekHash, id)
+}
+
+// appendEKIndexKey appends ekIndexKey(ekHash, id) to b.
+func appendEKIndexKey(b []byte, ekHash, id string) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(ekHash)))
+	b = append(b, ekHash...)
+	return append(b, id...)
 }
 
 func decodeReceipt(id string, v []byte) (Receipt, error) {

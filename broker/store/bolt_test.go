@@ -22,7 +22,7 @@ import (
 
 var t0 = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 
-func openTemp(t *testing.T) (*Bolt, string) {
+func openTemp(t testing.TB) (*Bolt, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "state", "broker.db")
 	b, err := OpenBolt(path, BoltOpts{})

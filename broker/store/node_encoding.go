@@ -17,71 +17,11 @@ import (
 // A node record is stored as nodeRecordV1 followed by the protobuf
 // storev1.NodeRecord: its TPM artifacts and PCR values as bytes rather
 // than base64 text (a third smaller than its JSON, or more), and no
-// reflection to encode. Records
-// stored as JSON (a value starting with '{') still read, and are written
-// in the new form when the node next attests.
+// reflection to encode (marshalNode, node_marshal.go, writes what proto's
+// deterministic marshal would). Records stored as JSON (a value starting
+// with '{') still read, and are written in the new form when the node next
+// attests.
 const nodeRecordV1 = 0x01
-
-// marshalNode encodes n as stored.
-func marshalNode(n *NodeRecord) ([]byte, error) {
-	ev := &n.Evidence
-	pb := &storev1.NodeRecord{
-		EkHash:             n.EKHash,
-		FirstSeen:          unixNano(n.FirstSeen),
-		LastSeen:           unixNano(n.LastSeen),
-		AkName:             n.AKName,
-		Clock:              n.Clock,
-		ResetCount:         n.ResetCount,
-		RestartCount:       n.RestartCount,
-		LastReceiptId:      n.LastReceiptID,
-		Kubelet:            n.Kubelet,
-		Quarantined:        n.Quarantined,
-		BootstrapToken:     n.BootstrapToken,
-		PolicyCounterBound: n.PolicyCounterBound,
-		PolicyEpoch:        n.PolicyEpoch,
-		PolicyCounterName:  n.PolicyCounterName,
-		Evidence: &storev1.Evidence{
-			Time:            unixNano(ev.Time),
-			ChallengeId:     ev.ChallengeID,
-			EkPublic:        ev.EKPublic,
-			EkCertificate:   ev.EKCertificate,
-			EkIntermediates: ev.EKIntermediates,
-			AkPublic:        ev.AKPublic,
-			SecretHash:      ev.SecretHash[:],
-			EventLog:        ev.EventLog,
-			EventLogSha256:  ev.EventLogSHA256,
-			IdentityLog:     ev.IdentityLog,
-		},
-	}
-	for _, q := range ev.Quotes {
-		pb.Evidence.Quotes = append(pb.Evidence.Quotes, &storev1.Quote{Attest: q.Attest, Signature: q.Signature, Bank: uint32(q.Bank), Pcrs: q.PCRs})
-	}
-	for _, k := range ev.ResidentKeys {
-		pb.Evidence.ResidentKeys = append(pb.Evidence.ResidentKeys, &storev1.ResidentKey{Name: k.Name, Public: k.Public, CertifyInfo: k.CertifyInfo, Signature: k.Signature})
-	}
-	if p := ev.Previous; p != nil {
-		pb.Evidence.Previous = &storev1.Counters{AkName: p.AKName, Clock: p.Clock, ResetCount: p.ResetCount, RestartCount: p.RestartCount}
-	}
-	for _, s := range n.SVIDs {
-		pb.Svids = append(pb.Svids, &storev1.NodeSVID{Serial: s.Serial, SpiffeId: idString(s.ID), NotAfter: unixNano(s.NotAfter)})
-	}
-	for _, l := range n.EarlierIdentityLogs {
-		pb.EarlierIdentityLogs = append(pb.EarlierIdentityLogs, &storev1.IdentityLog{ReceiptId: l.ReceiptID, Log: l.Log,
-			Dropped: l.Dropped, DroppedSha256: l.DroppedSHA256})
-	}
-	for _, w := range n.WorkloadEntries {
-		e := &storev1.WorkloadEntry{Name: w.Name, SpiffeId: idString(w.ID), TtlNanos: int64(w.TTL)}
-		for _, sel := range w.Selectors {
-			e.Selectors = append(e.Selectors, &storev1.Selector{Type: sel.Type, Value: sel.Value})
-		}
-		pb.WorkloadEntries = append(pb.WorkloadEntries, e)
-	}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(pb)
-	if err != nil {
-		return nil, err
-	}
-	return append([]byte{nodeRecordV1}, b...), nil
-}
 
 // unmarshalNode decodes a stored node record, in either form.
 func unmarshalNode(v []byte) (NodeRecord, error) {
