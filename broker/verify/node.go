@@ -276,11 +276,13 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if err != nil {
 		return fail(CheckInput, "ek_public holds no usable public key", err)
 	}
-	if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
-		return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
-	}
+	// NewKey validates an ECC point as onCurve does: onCurve only tells
+	// which refusal a key NewKey refuses gets.
 	ekKey, err := tpmcred.NewKey(pub)
 	if err != nil {
+		if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
+			return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
+		}
 		return fail(CheckInput, "ek_public cannot receive a credential", err)
 	}
 	hash, err := EKHash(key)
