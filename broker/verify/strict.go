@@ -1,8 +1,10 @@
 package verify
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/subtle"
@@ -108,9 +110,13 @@ func appendQualifiedName(dst []byte, nameAlg tpm2.TPMIAlgHash, parentQN, name []
 }
 
 // appendDigest appends the h digest of data to dst, without allocating
-// for SHA-256, SHA-384 and SHA-512.
+// for the hashes TPM names use (SHA-1, SHA-256, SHA-384, SHA-512), so that
+// callers may hash from and into buffers on their stack.
 func appendDigest(dst []byte, h crypto.Hash, data []byte) []byte {
 	switch h {
+	case crypto.SHA1:
+		sum := sha1.Sum(data)
+		return append(dst, sum[:]...)
 	case crypto.SHA256:
 		sum := sha256.Sum256(data)
 		return append(dst, sum[:]...)
@@ -121,8 +127,9 @@ func appendDigest(dst []byte, h crypto.Hash, data []byte) []byte {
 		sum := sha512.Sum512(data)
 		return append(dst, sum[:]...)
 	}
+	// Another hash: data is copied, so that it does not escape.
 	d := h.New()
-	d.Write(data)
+	d.Write(bytes.Clone(data))
 	return d.Sum(dst)
 }
 
