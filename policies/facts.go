@@ -220,7 +220,7 @@ func (f *factSet) ResolveName(name string) (any, bool) {
 	case "ek":
 		return f.ek, true
 	case "pcrs":
-		return f.pcrs, true
+		return celPCRs(f.pcrs), true
 	case "tpm":
 		return f.tpm, true
 	case "history":
