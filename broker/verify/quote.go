@@ -9,6 +9,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -286,7 +287,14 @@ func errBadSignature() error {
 
 // pcrIndices lists the PCRs set in a TPMS_PCR_SELECTION bitmap, ascending.
 func pcrIndices(bitmap []byte) []uint32 {
-	var out []uint32
+	n := 0
+	for _, b := range bitmap {
+		n += bits.OnesCount8(b)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]uint32, 0, n)
 	for i, b := range bitmap {
 		for bit := 0; bit < 8; bit++ {
 			if b&(1<<bit) != 0 {
