@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/google/cel-go/cel"
 	"github.com/hashicorp/hcl/v2"
@@ -78,8 +79,11 @@ type policy struct {
 	ekHashRefs, ekCARefs []Ref
 	labelsRange          hcl.Range
 	requires             []requirement
-	releases             []*release
-	workloads            []*workload
+	// reads are the fact groups (FactGroups) the require expressions
+	// read, sorted.
+	reads     []string
+	releases  []*release
+	workloads []*workload
 }
 
 // requirement is a compiled require expression. cel.Program is safe for
@@ -87,8 +91,6 @@ type policy struct {
 type requirement struct {
 	src string
 	prg cel.Program
-	// reads are the fact groups (FactGroups) the expression reads.
-	reads []string
 }
 
 // parseDocument parses and validates one document. It returns a nil
@@ -299,8 +301,11 @@ func (c *compiler) requires(p *policy, attr *hcl.Attribute, where string) {
 			c.errorf(e.Range(), "%s: require[%d]: unable to build the CEL program: %v", where, i, err)
 			continue
 		}
-		p.requires = append(p.requires, requirement{src: src, prg: prg, reads: factGroupsRead(ast)})
+		p.requires = append(p.requires, requirement{src: src, prg: prg})
+		p.reads = append(p.reads, factGroupsRead(ast)...)
 	}
+	slices.Sort(p.reads)
+	p.reads = slices.Compact(p.reads)
 }
 
 // list returns the elements of a static list attribute, or nil if the

@@ -62,16 +62,8 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 		d.Failures = []string{failNoNode}
 		return d
 	}
-	facts := Facts(v)
 	labels := s.labels[v.EKHash()]
-	if labels != nil {
-		facts["node"] = map[string]any{"labels": labels}
-	}
-	act, err := cel.NewActivation(facts)
-	if err != nil {
-		d.Failures = []string{fmt.Sprintf("unable to present the node's facts: %v", err)}
-		return d
-	}
+	act := newFactSet(v, labels, false)
 	tmpl := templateContext(v.EKHash(), v.EKCA())
 	selected := false
 	var signers, roots []string
@@ -86,10 +78,12 @@ func (s *Set) Evaluate(v *verify.Verified) Decision {
 			continue
 		}
 		d.Policies = append(d.Policies, p.name)
-		for _, r := range p.requires {
-			d.Appraised = append(d.Appraised, r.reads...)
+		d.Appraised = append(d.Appraised, p.reads...)
+		if d.Releases == nil {
+			d.Releases = releases // this evaluation's own
+		} else {
+			d.Releases = append(d.Releases, releases...)
 		}
-		d.Releases = append(d.Releases, releases...)
 		for _, w := range p.workloads {
 			d.WorkloadEntries = append(d.WorkloadEntries, w.entry.Clone())
 			signers, roots = append(signers, w.signers...), append(roots, w.roots...)
@@ -130,47 +124,52 @@ func (p *policy) selects(v *verify.Verified, labels map[string]string) bool {
 // evaluate runs every condition of a policy that selected the node and
 // returns its rendered releases, or every failure.
 func (p *policy) evaluate(v *verify.Verified, act cel.Activation, tmpl *hcl.EvalContext) (releases []Release, fails []string) {
-	where := fmt.Sprintf("policy %q", p.name)
 	defer func() {
 		// Nothing below is expected to panic; if it does, the node is
 		// denied by this policy rather than the caller crashing.
 		if r := recover(); r != nil {
 			releases = nil
-			fails = append(fails, fmt.Sprintf("%s: internal error: %v", where, r))
+			fails = append(fails, fmt.Sprintf("%s: internal error: %v", p.where(), r))
 		}
 	}()
 	for i, req := range p.requires {
 		out, _, err := req.prg.Eval(act)
 		switch {
 		case err != nil:
-			fails = append(fails, fmt.Sprintf("%s: require[%d] %s: %v", where, i, req.src, err))
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s: %v", p.where(), i, req.src, err))
 		case out.Type() != types.BoolType:
-			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is not a bool but %s", where, i, req.src, out.Type().TypeName()))
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is not a bool but %s", p.where(), i, req.src, out.Type().TypeName()))
 		case out != types.True:
-			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is false", where, i, req.src))
+			fails = append(fails, fmt.Sprintf("%s: require[%d] %s is false", p.where(), i, req.src))
 		}
 	}
 	for _, r := range p.releases {
-		rwhere := fmt.Sprintf("%s: release %q", where, r.name)
+		// rwhere names the release in failures; only formatted for one.
+		rwhere := func() string { return fmt.Sprintf("%s: release %q", p.where(), r.name) }
 		if r.mode == ModePCRSealed {
 			if v.NumPCRs(r.bank) == 0 {
-				fails = append(fails, fmt.Sprintf("%s: bank %s was not quoted", rwhere, verify.BankName(r.bank)))
+				fails = append(fails, fmt.Sprintf("%s: bank %s was not quoted", rwhere(), verify.BankName(r.bank)))
 			} else {
 				for _, idx := range r.pcrs {
 					if !v.QuotedPCR(r.bank, idx) {
-						fails = append(fails, fmt.Sprintf("%s: PCR %d of bank %s was not quoted", rwhere, idx, verify.BankName(r.bank)))
+						fails = append(fails, fmt.Sprintf("%s: PCR %d of bank %s was not quoted", rwhere(), idx, verify.BankName(r.bank)))
 					}
 				}
 			}
 		}
 		rel, rfails := r.render(tmpl)
 		for _, f := range rfails {
-			fails = append(fails, rwhere+": "+f)
+			fails = append(fails, rwhere()+": "+f)
 		}
-		releases = append(releases, rel)
+		if len(fails) == 0 {
+			releases = append(releases, rel)
+		}
 	}
 	if len(fails) > 0 {
 		return nil, fails
 	}
 	return releases, nil
 }
+
+// where names the policy in failures.
+func (p *policy) where() string { return fmt.Sprintf("policy %q", p.name) }

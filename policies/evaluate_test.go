@@ -21,7 +21,7 @@ var zeros = strings.Repeat("0", 64)
 
 // fill replaces EKHASH and PCR7 in a policy source with the simulator's EK
 // hash and the SHA-256 value of PCR 7 in v.
-func fill(t *testing.T, v *verify.Verified, src string) string {
+func fill(t testing.TB, v *verify.Verified, src string) string {
 	t.Helper()
 	pcr7 := hex.EncodeToString(v.PCRs(tpm2.TPMAlgSHA256)[7])
 	return strings.NewReplacer("EKHASH", ekHash(t), "PCR7", pcr7).Replace(src)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/interpreter"
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/keybroker/keybroker/broker/verify"
@@ -139,10 +140,106 @@ func FactNames() []string {
 // CEL: "ek" (map[string]any), "pcrs" (map[string]map[int64]string), "tpm"
 // (map[string]int64), "history" (map[string]any) and "eventlog"
 // (map[string]any) and "identities" (map[string]any). It returns nil for a nil or zero Verified.
+// The maps are the caller's.
 func Facts(v *verify.Verified) map[string]any {
 	if v == nil || v.Node() == nil {
 		return nil
 	}
+	f := newFactSet(v, nil, true)
+	return map[string]any{
+		"eventlog":   f.eventlog,
+		"identities": f.identities,
+		"node":       f.node,
+		"history":    f.history,
+		"ek":         f.ek,
+		"pcrs":       f.pcrs,
+		"tpm":        f.tpm,
+	}
+}
+
+// factSet holds the fact groups of a node, the variables of require
+// expressions; it is the CEL activation Evaluate runs them with.
+type factSet struct {
+	ek         map[string]any
+	pcrs       map[string]map[int64]string
+	tpm        map[string]int64
+	history    map[string]any
+	node       map[string]any
+	eventlog   map[string]any
+	identities map[string]any
+}
+
+// emptyGroups are the fact groups of what a node did not send: no event
+// log, no record of identities, no history, no labels. newFactSet shares
+// them between evaluations unless the caller owns its facts; nothing may
+// modify them (CEL only reads its variables).
+var emptyGroups = struct {
+	eventlog, identities, history, node map[string]any
+}{eventLogFacts(nil), identityFacts(nil), historyFacts(nil), nodeFacts(nil)}
+
+// newFactSet gathers the facts of v, a verified node, with the labels the
+// policies give it. Unless owned, the groups of what the node did not send
+// are emptyGroups'.
+func newFactSet(v *verify.Verified, labels map[string]string, owned bool) *factSet {
+	f := &factSet{
+		ek:   ekFacts(v),
+		pcrs: pcrFacts(v),
+		tpm:  tpmFacts(v),
+	}
+	h, el, ids := v.History(), v.EventLog(), v.IdentityLog()
+	switch {
+	case owned || h != nil:
+		f.history = historyFacts(h)
+	default:
+		f.history = emptyGroups.history
+	}
+	switch {
+	case owned || el != nil:
+		f.eventlog = eventLogFacts(el)
+	default:
+		f.eventlog = emptyGroups.eventlog
+	}
+	switch {
+	case owned || ids != nil:
+		f.identities = identityFacts(ids)
+	default:
+		f.identities = emptyGroups.identities
+	}
+	switch {
+	case owned || labels != nil:
+		f.node = nodeFacts(labels)
+	default:
+		f.node = emptyGroups.node
+	}
+	return f
+}
+
+// ResolveName returns the fact group name, for CEL.
+func (f *factSet) ResolveName(name string) (any, bool) {
+	switch name {
+	case "ek":
+		return f.ek, true
+	case "pcrs":
+		return celPCRs(f.pcrs), true
+	case "tpm":
+		return f.tpm, true
+	case "history":
+		return f.history, true
+	case "node":
+		return f.node, true
+	case "eventlog":
+		return f.eventlog, true
+	case "identities":
+		return f.identities, true
+	}
+	return nil, false
+}
+
+// Parent is nil: the facts are all the variables there are.
+func (f *factSet) Parent() interpreter.Activation { return nil }
+
+// ekFacts presents the verified EK.
+func ekFacts(v *verify.Verified) map[string]any {
 	ek := map[string]any{
 		"hash":         v.EKHash(),
 		"ca":           v.EKCA(),
@@ -157,25 +254,36 @@ func Facts(v *verify.Verified) map[string]any {
 		ek["model"] = c.Model
 		ek["version"] = c.Version
 	}
-	pcrs := map[string]map[int64]string{}
-	for _, bank := range v.Banks() {
+	return ek
+}
+
+// pcrFacts presents the verified PCR values, by bank name.
+func pcrFacts(v *verify.Verified) map[string]map[int64]string {
+	banks := v.Banks()
+	pcrs := make(map[string]map[int64]string, len(banks))
+	for _, bank := range banks {
 		pcrs[verify.BankName(bank)] = hexPCRs(v, bank)
 	}
+	return pcrs
+}
+
+// tpmFacts presents the TPM's counters from the quote.
+func tpmFacts(v *verify.Verified) map[string]int64 {
 	clock := v.Clock()
-	return map[string]any{
-		"eventlog":   eventLogFacts(v.EventLog()),
-		"identities": identityFacts(v.IdentityLog()),
-		"node":       map[string]any{"labels": map[string]string{}},
-		"history":    historyFacts(v.History()),
-		"ek":         ek,
-		"pcrs":       pcrs,
-		"tpm": map[string]int64{
-			"reset_count":      int64(clock.ResetCount),
-			"restart_count":    int64(clock.RestartCount),
-			"clock":            clampInt64(clock.Clock),
-			"firmware_version": clampInt64(v.FirmwareVersion()),
-		},
+	return map[string]int64{
+		"reset_count":      int64(clock.ResetCount),
+		"restart_count":    int64(clock.RestartCount),
+		"clock":            clampInt64(clock.Clock),
+		"firmware_version": clampInt64(v.FirmwareVersion()),
 	}
+}
+
+// nodeFacts presents what the policy documents say about the node.
+func nodeFacts(labels map[string]string) map[string]any {
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return map[string]any{"labels": labels}
 }
 
 // historyFacts presents the counters' history; without one the group is
@@ -318,16 +426,15 @@ func factGroupsRead(ast *cel.Ast) []string {
 // hexPCRs returns a bank's PCR values as lowercase hex, all of them slices of
 // one string: one allocation per bank instead of one per PCR.
 func hexPCRs(v *verify.Verified, bank tpm2.TPMAlgID) map[int64]string {
-	n := 0
-	for _, d := range v.PCRValues(bank) {
-		n += hex.EncodedLen(len(d))
-	}
-	buf := make([]byte, 0, n)
+	// A bank holds at most 24 PCRs of at most 64 bytes: both fit on the
+	// stack, and only the string and the map are allocated.
+	var stack [24 * 2 * 64]byte
 	type span struct {
 		idx        int64
 		start, end int
 	}
-	spans := make([]span, 0, v.NumPCRs(bank))
+	var spanStack [24]span
+	buf, spans := stack[:0], spanStack[:0]
 	for idx, d := range v.PCRValues(bank) {
 		start := len(buf)
 		buf = hex.AppendEncode(buf, d)

@@ -23,8 +23,11 @@ func TestEKHashFastPaths(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := p256SPKI(&k.PublicKey); !bytes.Equal(got, want) {
-			t.Fatalf("p256SPKI = %x\nwant %x", got, want)
+		if got := appendP256SPKI(nil, &k.PublicKey, false); !bytes.Equal(got, want) {
+			t.Fatalf("appendP256SPKI = %x\nwant %x", got, want)
+		}
+		if got := appendP256SPKI(nil, &k.PublicKey, true); !bytes.Equal(got, want) {
+			t.Fatalf("appendP256SPKI of a point on the curve = %x\nwant %x", got, want)
 		}
 		sum := sha256.Sum256(want)
 		if h, err := EKHash(&k.PublicKey); err != nil || h != hex.EncodeToString(sum[:]) {
@@ -37,14 +40,14 @@ func TestEKHashFastPaths(t *testing.T) {
 			t.Fatal(err)
 		}
 		want, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
-		if got := rsa2048SPKI(&k.PublicKey); !bytes.Equal(got, want) {
-			t.Fatalf("rsa2048SPKI = %x\nwant %x", got, want)
+		if got := appendRSA2048SPKI(nil, &k.PublicKey); !bytes.Equal(got, want) {
+			t.Fatalf("appendRSA2048SPKI = %x\nwant %x", got, want)
 		}
 		// Another exponent is not the fast path's.
 		other := k.PublicKey
 		other.E = 3
-		if rsa2048SPKI(&other) != nil {
-			t.Fatal("rsa2048SPKI encoded exponent 3")
+		if appendRSA2048SPKI(nil, &other) != nil {
+			t.Fatal("appendRSA2048SPKI encoded exponent 3")
 		}
 	}
 	// Other curves take x509's path.

@@ -55,3 +55,6 @@ func EventLogCached(v *Verified, raw []byte) bool {
 	_, ok := eventLogCache.get(eventLogKey(raw, v.pcrs))
 	return ok
 }
+
+// VerifyECDSA is verifyECDSA.
+var VerifyECDSA = verifyECDSA

@@ -85,7 +85,13 @@ func (v *Verified) withHistory(prev *ClockInfo, akChanged bool) (*Verified, erro
 		return nil, fail(CheckInput, "no verified quote", nil)
 	}
 	cur := v.clock
-	h := &History{AKChanged: akChanged}
+	// The Verified and its History in one allocation.
+	out := &struct {
+		Verified
+		h History
+	}{Verified: *v}
+	h := &out.h
+	h.AKChanged = akChanged
 	if prev == nil {
 		h.FirstSeen = true
 	} else {
@@ -112,9 +118,8 @@ func (v *Verified) withHistory(prev *ClockInfo, akChanged bool) (*Verified, erro
 				fmt.Errorf("clock %d ms (reset count %d, restart count %d)", cur.Clock, cur.ResetCount, cur.RestartCount)))
 		}
 	}
-	out := *v
 	out.history = h
-	return &out, nil
+	return &out.Verified, nil
 }
 
 // serialDiff returns how far cur is ahead of prev modulo 2^32, or backwards

@@ -152,14 +152,23 @@ func (n *NodeIdentity) AKName() []byte { return slices.Clone(n.akName) }
 // public key in PKIX (SubjectPublicKeyInfo) DER form. It is the same whether
 // computed from the TPM public area or from the EK certificate.
 func EKHash(pub crypto.PublicKey) (string, error) {
+	return ekHash(pub, false)
+}
+
+// ekHash is EKHash; onCurve tells that pub, if an ECDSA key, is known to
+// be a point on its curve (checkEK's tpmcred.NewKey checked it), so that
+// encoding it need not check it again.
+func ekHash(pub crypto.PublicKey, onCurve bool) (string, error) {
+	// The SPKIs of the fast paths are encoded on the stack.
+	var buf [len(rsa2048SPKIPrefix) + 256 + len(rsa2048SPKISuffix)]byte
 	var der []byte
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve == elliptic.P256() {
-			der = p256SPKI(k)
+			der = appendP256SPKI(buf[:0], k, onCurve)
 		}
 	case *rsa.PublicKey:
-		der = rsa2048SPKI(k)
+		der = appendRSA2048SPKI(buf[:0], k)
 	}
 	if der == nil {
 		var err error
@@ -174,45 +183,58 @@ func EKHash(pub crypto.PublicKey) (string, error) {
 // rsa2048SPKIPrefix is the DER of an RSA-2048 SubjectPublicKeyInfo up to
 // its modulus: SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING {
 // SEQUENCE { INTEGER (257 bytes: 0x00 and the modulus), ...
-var rsa2048SPKIPrefix = []byte{
+var rsa2048SPKIPrefix = [...]byte{
 	0x30, 0x82, 0x01, 0x22, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
 	0x03, 0x82, 0x01, 0x0f, 0x00, 0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01, 0x00,
 }
 
 // rsa2048SPKISuffix is the exponent 65537 that ends it: INTEGER 0x010001 }}}.
-var rsa2048SPKISuffix = []byte{0x02, 0x03, 0x01, 0x00, 0x01}
+var rsa2048SPKISuffix = [...]byte{0x02, 0x03, 0x01, 0x00, 0x01}
 
-// rsa2048SPKI is x509.MarshalPKIXPublicKey for an RSA key with a 2048-bit
-// modulus and exponent 65537 (the RSA EK of the TCG template), or nil for
-// any other key.
-func rsa2048SPKI(k *rsa.PublicKey) []byte {
+// appendRSA2048SPKI appends x509.MarshalPKIXPublicKey of an RSA key with a
+// 2048-bit modulus and exponent 65537 (the RSA EK of the TCG template) to
+// dst, or returns nil for any other key.
+func appendRSA2048SPKI(dst []byte, k *rsa.PublicKey) []byte {
 	if k.N == nil || k.N.BitLen() != 2048 || k.E != 65537 {
 		return nil
 	}
-	der := make([]byte, len(rsa2048SPKIPrefix)+256+len(rsa2048SPKISuffix))
-	copy(der, rsa2048SPKIPrefix)
-	k.N.FillBytes(der[len(rsa2048SPKIPrefix) : len(rsa2048SPKIPrefix)+256])
-	copy(der[len(rsa2048SPKIPrefix)+256:], rsa2048SPKISuffix)
-	return der
+	dst = append(dst, rsa2048SPKIPrefix[:]...)
+	n := len(dst)
+	dst = append(dst, make([]byte, 256)...)
+	k.N.FillBytes(dst[n:])
+	return append(dst, rsa2048SPKISuffix[:]...)
 }
 
 // p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
 // uncompressed point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 },
 // BIT STRING (66 bytes, no unused bits) }.
-var p256SPKIPrefix = []byte{
+var p256SPKIPrefix = [...]byte{
 	0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 }
 
-// p256SPKI is x509.MarshalPKIXPublicKey for a P-256 key (the ECC EK of
-// every node), without asn1's reflection: it is hashed twice per release.
-// It returns nil if k does not encode (TestEKHashP256 holds it to x509).
-func p256SPKI(k *ecdsa.PublicKey) []byte {
-	pt, err := k.Bytes() // 0x04 || X || Y, 65 bytes
-	if err != nil || len(pt) != 65 {
+// appendP256SPKI appends x509.MarshalPKIXPublicKey of a P-256 key (the ECC
+// EK of every node) to dst, without asn1's reflection: it is hashed twice
+// per release. It returns nil if k does not encode (TestEKHashFastPaths
+// holds it to x509); with onCurve, k is known to be a point on P-256 and
+// its coordinates are encoded as they are.
+func appendP256SPKI(dst []byte, k *ecdsa.PublicKey, onCurve bool) []byte {
+	if !onCurve {
+		pt, err := k.Bytes() // 0x04 || X || Y, 65 bytes; checks the point
+		if err != nil || len(pt) != 65 {
+			return nil
+		}
+		return append(append(dst, p256SPKIPrefix[:]...), pt...)
+	}
+	if k.X == nil || k.Y == nil || k.X.Sign() < 0 || k.Y.Sign() < 0 || k.X.BitLen() > 256 || k.Y.BitLen() > 256 {
 		return nil
 	}
-	return append(append(make([]byte, 0, len(p256SPKIPrefix)+len(pt)), p256SPKIPrefix...), pt...)
+	dst = append(append(dst, p256SPKIPrefix[:]...), 4)
+	n := len(dst)
+	dst = append(dst, make([]byte, 64)...)
+	k.X.FillBytes(dst[n : n+32])
+	k.Y.FillBytes(dst[n+32:])
+	return dst
 }
 
 // Node checks the EK (trusted by hash or by certificate chain, opts.Trust)
@@ -276,14 +298,16 @@ func (n *NodeIdentity) checkEK(ekPublic, ekCertDER []byte, intermediates [][]byt
 	if err != nil {
 		return fail(CheckInput, "ek_public holds no usable public key", err)
 	}
-	if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
-		return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
-	}
+	// NewKey validates an ECC point as onCurve does: onCurve only tells
+	// which refusal a key NewKey refuses gets.
 	ekKey, err := tpmcred.NewKey(pub)
 	if err != nil {
+		if k, ok := key.(*ecdsa.PublicKey); ok && !onCurve(pub, k) {
+			return fail(CheckInput, "EK public key is not a point on "+curveName(k), nil)
+		}
 		return fail(CheckInput, "ek_public cannot receive a credential", err)
 	}
-	hash, err := EKHash(key)
+	hash, err := ekHash(key, true) // NewKey checked the point
 	if err != nil {
 		return fail(CheckInput, "ek_public holds no usable public key", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"math/big"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -97,7 +97,7 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 		}
 		return nil, fail(CheckBank, fmt.Sprintf("no quote of an allowed bank (%s)", strings.Join(names, ", ")), nil)
 	}
-	copy(v.quoteDigest[:], digest.Sum(nil))
+	digest.Sum(v.quoteDigest[:0])
 	return v, nil
 }
 
@@ -148,7 +148,9 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 	if len(selected) != len(q.PCRs) {
 		return nil, fromTPM(fail(CheckPCRDigest, "reported PCRs differ from the quoted selection", nil))
 	}
-	h := sigHash.New()
+	// The values digested, on the stack: at most 24 of at most 64 bytes.
+	var valBuf [(maxPCRIndex + 1) * 64]byte
+	vals := valBuf[:0]
 	for _, idx := range selected {
 		val, ok := q.PCRs[idx]
 		if !ok {
@@ -157,9 +159,10 @@ func verifyQuote(node *NodeIdentity, nonceHash [sha256.Size]byte, q *Quote, opts
 		if len(val) != bankHash.Size() {
 			return nil, fromTPM(fail(CheckInput, fmt.Sprintf("PCR %d value has the wrong size for bank %s", idx, BankName(q.Bank)), nil))
 		}
-		h.Write(val)
+		vals = append(vals, val...)
 	}
-	if subtle.ConstantTimeCompare(h.Sum(nil), att.pcrDigest) != 1 {
+	var sum [64]byte
+	if subtle.ConstantTimeCompare(appendDigest(sum[:0], sigHash, vals), att.pcrDigest) != 1 {
 		return nil, fromTPM(fail(CheckPCRDigest, fmt.Sprintf("reported %s PCR values do not match the quoted digest", BankName(q.Bank)), nil))
 	}
 	return att, nil
@@ -198,7 +201,7 @@ func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool
 	if err != nil {
 		return 0, exactFailure(CheckInput, "quote signature", "TPMT_SIGNATURE", err)
 	}
-	bad := fail(CheckSignature, "quote signature does not verify with the AK", nil)
+	var digest [64]byte
 	switch key := node.akKey.(type) {
 	case *rsa.PublicKey:
 		switch sig.alg {
@@ -207,8 +210,8 @@ func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool
 			if err != nil {
 				return 0, err
 			}
-			if rsa.VerifyPKCS1v15(key, h, digestOf(h, attest), sig.sig) != nil {
-				return 0, bad
+			if rsa.VerifyPKCS1v15(key, h, appendDigest(digest[:0], h, attest), sig.sig) != nil {
+				return 0, errBadSignature()
 			}
 			return h, nil
 		case tpm2.TPMAlgRSAPSS:
@@ -216,8 +219,8 @@ func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool
 			if err != nil {
 				return 0, err
 			}
-			if rsa.VerifyPSS(key, h, digestOf(h, attest), sig.sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
-				return 0, bad
+			if rsa.VerifyPSS(key, h, appendDigest(digest[:0], h, attest), sig.sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+				return 0, errBadSignature()
 			}
 			return h, nil
 		}
@@ -227,10 +230,8 @@ func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool
 			if err != nil {
 				return 0, err
 			}
-			r := new(big.Int).SetBytes(sig.r)
-			ss := new(big.Int).SetBytes(sig.s)
-			if !ecdsa.Verify(key, digestOf(h, attest), r, ss) {
-				return 0, bad
+			if !verifyECDSA(key, appendDigest(digest[:0], h, attest), sig.r, sig.s) {
+				return 0, errBadSignature()
 			}
 			return h, nil
 		}
@@ -238,15 +239,62 @@ func verifySignature(node *NodeIdentity, attest, sigBytes []byte, allowSHA1 bool
 	return 0, fail(CheckSignature, fmt.Sprintf("signature scheme 0x%04x does not match the AK", uint16(sig.alg)), nil)
 }
 
-func digestOf(h crypto.Hash, b []byte) []byte {
-	d := h.New()
-	d.Write(b)
-	return d.Sum(nil)
+// verifyECDSA is ecdsa.Verify for r and s as the TPM encodes them
+// (unsigned big-endian), without converting them to big.Int and back: it
+// encodes them as ecdsa.Verify does, an ASN.1 SEQUENCE of two minimal
+// INTEGERs, for ecdsa.VerifyASN1. Like ecdsa.Verify it refuses a zero r
+// or s; it also refuses either longer than 66 bytes, the order of P-521,
+// which no signature by a supported curve has.
+func verifyECDSA(key *ecdsa.PublicKey, digest, r, s []byte) bool {
+	const maxLen = 66
+	r, s = bytes.TrimLeft(r, "\x00"), bytes.TrimLeft(s, "\x00")
+	if len(r) == 0 || len(s) == 0 || len(r) > maxLen || len(s) > maxLen {
+		return false
+	}
+	var buf [3 + 2*(2+1+maxLen)]byte
+	body := derIntLen(r) + derIntLen(s)
+	der := append(buf[:0], 0x30)
+	if body >= 0x80 {
+		der = append(der, 0x81)
+	}
+	der = append(der, byte(body))
+	der = appendDERInt(appendDERInt(der, r), s)
+	return ecdsa.VerifyASN1(key, digest, der)
+}
+
+// derIntLen is the length of the DER INTEGER of x, unsigned, minimal and
+// at most 126 bytes.
+func derIntLen(x []byte) int {
+	if x[0]&0x80 != 0 {
+		return 2 + 1 + len(x)
+	}
+	return 2 + len(x)
+}
+
+// appendDERInt appends the DER INTEGER of x (see derIntLen).
+func appendDERInt(der, x []byte) []byte {
+	der = append(der, 0x02, byte(derIntLen(x)-2))
+	if x[0]&0x80 != 0 {
+		der = append(der, 0)
+	}
+	return append(der, x...)
+}
+
+// errBadSignature is the refusal of a signature that does not verify.
+func errBadSignature() error {
+	return fail(CheckSignature, "quote signature does not verify with the AK", nil)
 }
 
 // pcrIndices lists the PCRs set in a TPMS_PCR_SELECTION bitmap, ascending.
 func pcrIndices(bitmap []byte) []uint32 {
-	var out []uint32
+	n := 0
+	for _, b := range bitmap {
+		n += bits.OnesCount8(b)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]uint32, 0, n)
 	for i, b := range bitmap {
 		for bit := 0; bit < 8; bit++ {
 			if b&(1<<bit) != 0 {

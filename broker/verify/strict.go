@@ -1,7 +1,12 @@
 package verify
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
@@ -61,34 +66,71 @@ func curveName(key *ecdsa.PublicKey) string { return key.Curve.Params().Name }
 // public area and the EK alone.
 func qualifiedNames(ekName []byte, akNameAlg tpm2.TPMIAlgHash, akName []byte) ([][]byte, error) {
 	ekNameAlg := tpm2.TPMIAlgHash(binary.BigEndian.Uint16(ekName))
-	ekQN, err := qualifiedName(ekNameAlg, tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement), ekName)
+	var ekQNBuf [2 + 64]byte
+	ekQN, err := appendQualifiedName(ekQNBuf[:0], ekNameAlg, hierarchyNames[1], ekName)
 	if err != nil {
 		return nil, err
 	}
-	var out [][]byte
-	for _, parent := range [][]byte{
-		tpm2.PrimaryHandleName(tpm2.TPMRHOwner), tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement),
-		tpm2.PrimaryHandleName(tpm2.TPMRHPlatform), tpm2.PrimaryHandleName(tpm2.TPMRHNull), ekQN,
-	} {
-		qn, err := qualifiedName(akNameAlg, parent, akName)
-		if err != nil {
+	h, err := akNameAlg.Hash()
+	if err != nil {
+		return nil, err
+	}
+	parents := [...][]byte{hierarchyNames[0], hierarchyNames[1], hierarchyNames[2], hierarchyNames[3], ekQN}
+	// One backing array for the five names.
+	size := 2 + h.Size()
+	buf := make([]byte, 0, len(parents)*size)
+	out := make([][]byte, 0, len(parents))
+	for _, parent := range parents {
+		start := len(buf)
+		if buf, err = appendQualifiedName(buf, akNameAlg, parent, akName); err != nil {
 			return nil, err
 		}
-		out = append(out, qn)
+		out = append(out, buf[start:len(buf):len(buf)])
 	}
 	return out, nil
 }
 
-// qualifiedName is nameAlg || H_nameAlg(parentQN || name).
-func qualifiedName(nameAlg tpm2.TPMIAlgHash, parentQN, name []byte) ([]byte, error) {
+// hierarchyNames are the names of the owner, endorsement, platform and null
+// hierarchies, in the order qualifiedNames lists them.
+var hierarchyNames = [][]byte{
+	tpm2.PrimaryHandleName(tpm2.TPMRHOwner), tpm2.PrimaryHandleName(tpm2.TPMRHEndorsement),
+	tpm2.PrimaryHandleName(tpm2.TPMRHPlatform), tpm2.PrimaryHandleName(tpm2.TPMRHNull),
+}
+
+// appendQualifiedName appends nameAlg || H_nameAlg(parentQN || name) to dst.
+func appendQualifiedName(dst []byte, nameAlg tpm2.TPMIAlgHash, parentQN, name []byte) ([]byte, error) {
 	h, err := nameAlg.Hash()
 	if err != nil {
 		return nil, err
 	}
+	// Names are at most 2 + 64 bytes: parentQN || name fits on the stack.
+	var in [2 * (2 + 64)]byte
+	dst = binary.BigEndian.AppendUint16(dst, uint16(nameAlg))
+	return appendDigest(dst, h, append(append(in[:0], parentQN...), name...)), nil
+}
+
+// appendDigest appends the h digest of data to dst, without allocating
+// for the hashes TPM names use (SHA-1, SHA-256, SHA-384, SHA-512), so that
+// callers may hash from and into buffers on their stack.
+func appendDigest(dst []byte, h crypto.Hash, data []byte) []byte {
+	switch h {
+	case crypto.SHA1:
+		sum := sha1.Sum(data)
+		return append(dst, sum[:]...)
+	case crypto.SHA256:
+		sum := sha256.Sum256(data)
+		return append(dst, sum[:]...)
+	case crypto.SHA384:
+		sum := sha512.Sum384(data)
+		return append(dst, sum[:]...)
+	case crypto.SHA512:
+		sum := sha512.Sum512(data)
+		return append(dst, sum[:]...)
+	}
+	// Another hash: data is copied, so that it does not escape.
 	d := h.New()
-	d.Write(parentQN)
-	d.Write(name)
-	return d.Sum(binary.BigEndian.AppendUint16(nil, uint16(nameAlg))), nil
+	d.Write(bytes.Clone(data))
+	return d.Sum(dst)
 }
 
 // checkQualifiedSigner refuses a quote whose qualifiedSigner is none of the

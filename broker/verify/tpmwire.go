@@ -406,7 +406,6 @@ func objectName(pub *tpm2.TPMTPublic, public []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := h.New()
-	d.Write(public)
-	return d.Sum(binary.BigEndian.AppendUint16(nil, uint16(pub.NameAlg))), nil
+	name := make([]byte, 0, 2+h.Size())
+	return appendDigest(binary.BigEndian.AppendUint16(name, uint16(pub.NameAlg)), h, public), nil
 }

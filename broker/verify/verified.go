@@ -60,7 +60,12 @@ func (v *Verified) AKName() []byte { return v.node.AKName() }
 
 // Banks returns the verified PCR banks, in ascending algorithm order.
 func (v *Verified) Banks() []tpm2.TPMAlgID {
-	return slices.Sorted(maps.Keys(v.pcrs))
+	banks := make([]tpm2.TPMAlgID, 0, len(v.pcrs))
+	for b := range v.pcrs {
+		banks = append(banks, b)
+	}
+	slices.Sort(banks)
+	return banks
 }
 
 // PCRs returns a copy of the verified PCR values of a bank (nil if the bank
