@@ -318,6 +318,9 @@ func (s *SPIFFE) sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (
 	if notAfter.After(s.ca.cert.NotAfter) {
 		notAfter = s.ca.cert.NotAfter
 	}
+	if !notAfter.After(now) {
+		return nil, fmt.Errorf("spiffe ca certificate expired at %s", s.ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	der, err := s.ca.signLeaf(&leafTemplate{
 		serial:       serial,
 		serialNumber: serial.String(),

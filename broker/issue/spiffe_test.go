@@ -181,3 +181,33 @@ func TestIssueJWTSVID(t *testing.T) {
 		}
 	}
 }
+
+// Once its CA has expired, the authority issues no X509-SVID (for a key it
+// makes or one the caller holds) rather than certificates that are already
+// invalid.
+func TestX509SVIDRefusedAfterCAExpiry(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	s, err := issue.LoadOrCreateSPIFFE(t.TempDir(), "example.org", issue.CAOpts{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://example.org/w")
+	if _, err := s.IssueX509SVID(id, time.Hour); err != nil {
+		t.Fatalf("before expiry: %v", err)
+	}
+	now = s.Bundle().X509Authorities()[0].NotAfter.Add(time.Second)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, issueSVID := range map[string]func() (*issue.X509SVID, error){
+		"fresh key": func() (*issue.X509SVID, error) { return s.IssueX509SVID(id, time.Hour) },
+		"held key":  func() (*issue.X509SVID, error) { return s.IssueX509SVIDForKey(id, key.Public(), time.Hour) },
+	} {
+		svid, err := issueSVID()
+		if svid != nil || err == nil || !strings.Contains(err.Error(), "spiffe ca certificate expired at") {
+			t.Errorf("%s after the CA's expiry = %v, %v; want nothing and an expiry error", name, svid, err)
+		}
+	}
+}
