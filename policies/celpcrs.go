@@ -25,7 +25,9 @@ type (
 var celAdapter = sync.OnceValue(func() types.Adapter {
 	env, err := celEnv()
 	if err != nil {
-		return types.DefaultTypeAdapter
+		// Nothing compiles without the environment, so no policy can
+		// reach here; were one to, it must not evaluate differently.
+		panic("policies: the CEL environment does not build: " + err.Error())
 	}
 	return env.CELTypeAdapter()
 })

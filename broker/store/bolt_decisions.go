@@ -151,6 +151,9 @@ func (t *decisionTx) putReceipt(r *Receipt, k *boltKeys, body []byte, head *Chai
 	if err := t.receipts.Put(k.receipt, head.next(r, body)); err != nil {
 		return err
 	}
+	// k.seq is written in place: bbolt holds the key by reference until
+	// the transaction ends, which is safe because a decision is applied
+	// once per transaction (a retry runs in a fresh one).
 	binary.BigEndian.PutUint64(k.seq, r.Seq)
 	if err := t.bySeq.Put(k.seq, k.receipt); err != nil {
 		return err

@@ -14,8 +14,8 @@ import (
 // strings refused unless UTF-8), written directly with protowire in one
 // buffer sized beforehand. proto's own marshal walks the quotes' PCR maps
 // by reflection, allocating for every PCR twice (size, then marshal): most
-// of the allocations of a decision. node_encoding_test.go checks both
-// encodings agree.
+// of the allocations of a decision. TestMarshalNodeIsProto
+// (node_marshal_test.go) checks both encodings agree.
 func marshalNode(n *NodeRecord) ([]byte, error) {
 	w := protoWriter{b: make([]byte, 1, nodeSizeHint(n))}
 	w.b[0] = nodeRecordV1

@@ -226,7 +226,8 @@ func appendP256SPKI(dst []byte, k *ecdsa.PublicKey, onCurve bool) []byte {
 		}
 		return append(append(dst, p256SPKIPrefix[:]...), pt...)
 	}
-	if k.X == nil || k.Y == nil || k.X.Sign() < 0 || k.Y.Sign() < 0 || k.X.BitLen() > 256 || k.Y.BitLen() > 256 {
+	p := elliptic.P256().Params().P
+	if k.X == nil || k.Y == nil || k.X.Sign() < 0 || k.Y.Sign() < 0 || k.X.Cmp(p) >= 0 || k.Y.Cmp(p) >= 0 {
 		return nil
 	}
 	dst = append(append(dst, p256SPKIPrefix[:]...), 4)

@@ -97,7 +97,10 @@ func Quotes(node *NodeIdentity, nonceHash [sha256.Size]byte, quotes []Quote, opt
 		}
 		return nil, fail(CheckBank, fmt.Sprintf("no quote of an allowed bank (%s)", strings.Join(names, ", ")), nil)
 	}
-	digest.Sum(v.quoteDigest[:0])
+	if got := digest.Sum(v.quoteDigest[:0]); len(got) != len(v.quoteDigest) {
+		// A hash of another size would have left the array as it was.
+		return nil, fmt.Errorf("quote digest is %d bytes, not %d", len(got), len(v.quoteDigest))
+	}
 	return v, nil
 }
 
