@@ -1,24 +1,20 @@
 package broker
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/keybroker/keybroker/broker/issue"
 )
 
 // The broker's listener hands gRPC connections without TCP keepalives
@@ -153,26 +149,20 @@ func TestHandshakePool(t *testing.T) {
 	}
 }
 
-// testTLSPair is a server configuration with a self-signed P-256
-// certificate for 127.0.0.1 and a client configuration trusting it.
+// testTLSPair is a server configuration with the broker CA's serving
+// certificate for 127.0.0.1 and a client configuration trusting that CA.
 func testTLSPair(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := issue.LoadOrCreateCA(t.TempDir(), issue.CAOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
+	serving, err := ca.ServingCertificate([]string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS13},
+	pool.AddCert(ca.Certificate())
+	return &tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS13},
 		&tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}}
 }

@@ -98,9 +98,9 @@ func sealedPublic(authPolicy, unique []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgKeyedHash))
 	b = binary.BigEndian.AppendUint16(b, uint16(sealedObjectNameAlg))
 	b = binary.BigEndian.AppendUint32(b, attrs)
-	b = appendTPM2B(b, authPolicy)
+	b = tpmcred.AppendTPM2B(b, authPolicy)
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgNull)) // TPMT_KEYEDHASH_SCHEME
-	return appendTPM2B(b, unique)
+	return tpmcred.AppendTPM2B(b, unique)
 }
 
 // sealedSensitive is the TPMT_SENSITIVE of that object: no authValue, the
@@ -108,12 +108,7 @@ func sealedPublic(authPolicy, unique []byte) []byte {
 func sealedSensitive(seed, secret []byte) []byte {
 	b := make([]byte, 0, 8+len(seed)+len(secret))
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgKeyedHash))
-	b = appendTPM2B(b, nil)
-	b = appendTPM2B(b, seed)
-	return appendTPM2B(b, secret)
-}
-
-// appendTPM2B appends a TPM2B: a 16-bit size, then data.
-func appendTPM2B(b, data []byte) []byte {
-	return append(binary.BigEndian.AppendUint16(b, uint16(len(data))), data...)
+	b = tpmcred.AppendTPM2B(b, nil)
+	b = tpmcred.AppendTPM2B(b, seed)
+	return tpmcred.AppendTPM2B(b, secret)
 }

@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -218,11 +217,6 @@ func MakeCredentialTo(ek *tpmcred.Key, akName, secret []byte) (credentialBlob, e
 	if err != nil {
 		return nil, nil, fmt.Errorf("unable to make credential: %w", err)
 	}
-	return sized(idObject), sized(encSecret), nil
-}
-
-// sized prefixes b with its 16-bit big-endian length, as in every TPM2B.
-func sized(b []byte) []byte {
-	out := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(b)), uint16(len(b)))
-	return append(out, b...)
+	return tpmcred.AppendTPM2B(make([]byte, 0, 2+len(idObject)), idObject),
+		tpmcred.AppendTPM2B(make([]byte, 0, 2+len(encSecret)), encSecret), nil
 }

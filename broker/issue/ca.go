@@ -222,6 +222,22 @@ func (c *CA) BundlePEM() []byte {
 	return encodeCerts(c.bundle...)
 }
 
+// validity is the validity period of a leaf the CA signs now for ttl:
+// backdated for clock skew, and cut to the CA's own NotAfter. It refuses
+// once the CA has expired, rather than sign a certificate already
+// invalid.
+func (c *CA) validity(ttl time.Duration) (notBefore, notAfter time.Time, err error) {
+	now := c.now()
+	notAfter = now.Add(ttl)
+	if notAfter.After(c.cert.NotAfter) {
+		notAfter = c.cert.NotAfter
+	}
+	if !notAfter.After(now) {
+		return time.Time{}, time.Time{}, fmt.Errorf("ca certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return now.Add(-backdate), notAfter, nil
+}
+
 // newSerial returns a random positive serial of at most 128 bits.
 func newSerial() (*big.Int, error) {
 	limit := new(big.Int).Lsh(big.NewInt(1), 128)

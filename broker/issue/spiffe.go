@@ -313,19 +313,15 @@ func (s *SPIFFE) sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (
 	if err != nil {
 		return nil, err
 	}
-	now := s.ca.now()
-	notAfter := now.Add(ttl)
-	if notAfter.After(s.ca.cert.NotAfter) {
-		notAfter = s.ca.cert.NotAfter
-	}
-	if !notAfter.After(now) {
-		return nil, fmt.Errorf("spiffe ca certificate expired at %s", s.ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	notBefore, notAfter, err := s.ca.validity(ttl)
+	if err != nil {
+		return nil, err
 	}
 	der, err := s.ca.signLeaf(&leafTemplate{
 		serial:       serial,
 		serialNumber: serial.String(),
 		uris:         []*url.URL{id.URL()},
-		notBefore:    now.Add(-backdate),
+		notBefore:    notBefore,
 		notAfter:     notAfter,
 		keyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		extKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

@@ -206,7 +206,7 @@ func TestX509SVIDRefusedAfterCAExpiry(t *testing.T) {
 		"held key":  func() (*issue.X509SVID, error) { return s.IssueX509SVIDForKey(id, key.Public(), time.Hour) },
 	} {
 		svid, err := issueSVID()
-		if svid != nil || err == nil || !strings.Contains(err.Error(), "spiffe ca certificate expired at") {
+		if svid != nil || err == nil || !strings.Contains(err.Error(), "ca certificate expired at") {
 			t.Errorf("%s after the CA's expiry = %v, %v; want nothing and an expiry error", name, svid, err)
 		}
 	}

@@ -155,13 +155,9 @@ func (c *CA) signTLS(t TLSTemplate, pub crypto.PublicKey) (*x509.Certificate, er
 	if err != nil {
 		return nil, err
 	}
-	now := c.now()
-	notAfter := now.Add(t.TTL)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
-	}
-	if !notAfter.After(now) {
-		return nil, fmt.Errorf("ca certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+	notBefore, notAfter, err := c.validity(t.TTL)
+	if err != nil {
+		return nil, err
 	}
 	var eku []x509.ExtKeyUsage
 	if t.Server || !t.Client {
@@ -176,7 +172,7 @@ func (c *CA) signTLS(t TLSTemplate, pub crypto.PublicKey) (*x509.Certificate, er
 		organization: t.Organization,
 		dnsNames:     t.DNSNames,
 		ipAddresses:  t.IPAddresses,
-		notBefore:    now.Add(-backdate),
+		notBefore:    notBefore,
 		notAfter:     notAfter,
 		keyUsage:     x509.KeyUsageDigitalSignature,
 		extKeyUsage:  eku,

@@ -131,6 +131,12 @@ func TestIssueTLSValidity(t *testing.T) {
 	if !cred.NotAfter.Equal(ca.Certificate().NotAfter) {
 		t.Errorf("NotAfter = %v, want the CA's %v", cred.NotAfter, ca.Certificate().NotAfter)
 	}
+	// Nor is one signed once the CA has expired.
+	expired := *ca
+	expired.now = fixedClock(ca.Certificate().NotAfter.Add(time.Second))
+	if cred, err := expired.IssueTLS(TLSTemplate{CommonName: "n", TTL: time.Hour}); cred != nil || err == nil || !strings.Contains(err.Error(), "ca certificate expired at") {
+		t.Errorf("IssueTLS after the CA's expiry = %v, %v; want nothing and an expiry error", cred, err)
+	}
 
 	// Serials are fresh.
 	a, _ := ca.IssueTLS(TLSTemplate{CommonName: "n", TTL: time.Hour})

@@ -96,8 +96,8 @@ func (k *Key) encapsulate(random io.Reader, label string, oaepLabel []byte) (see
 	seed = KDFe(k.nameHash, z, label, x, k.eccX, k.nameHash.Size()*8)
 	// TPMS_ECC_POINT: x and y, each a TPM2B_ECC_PARAMETER.
 	encSecret = make([]byte, 0, 4+2*size)
-	encSecret = appendTPM2B(encSecret, x)
-	encSecret = appendTPM2B(encSecret, y)
+	encSecret = AppendTPM2B(encSecret, x)
+	encSecret = AppendTPM2B(encSecret, y)
 	return seed, encSecret, nil
 }
 
@@ -172,7 +172,7 @@ func (k *Key) protect(random io.Reader, label string, oaepLabel, name, data []by
 	return wrapped, encSecret, nil
 }
 
-// appendTPM2B appends a TPM2B: a 16-bit size, then data.
-func appendTPM2B(b, data []byte) []byte {
+// AppendTPM2B appends a TPM2B: a 16-bit big-endian size, then data.
+func AppendTPM2B(b, data []byte) []byte {
 	return append(binary.BigEndian.AppendUint16(b, uint16(len(data))), data...)
 }
