@@ -80,6 +80,7 @@ type loadgenOpts struct {
 	ekCerts                       bool
 	eventLogPath                  string
 	eventLog                      []byte // read from eventLogPath by check
+	cpuProfile                    string
 }
 
 func loadgenCmd() *cobra.Command {
@@ -109,6 +110,7 @@ func loadgenCmd() *cobra.Command {
 	f.StringVar(&o.ekCAOut, "ek-ca-out", "", "with --ek-certs, write the EK CA's root (PEM) to this file; with --addr, required, and loadgen waits for a line on stdin before starting")
 	f.StringVar(&o.eventLogPath, "event-log", "", "a binary TCG event log every node sends with its attestation, its SHA-256 PCRs being what the log replays to")
 	f.BoolVar(&o.asJSON, "json", false, "print the summary as JSON")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator itself, while it drives the nodes, to this file (go tool pprof); the broker's is on its admin socket")
 	return cmd
 }
 
@@ -207,6 +209,15 @@ func runLoadgen(ctx context.Context, o loadgenOpts, stdin io.Reader, stdout, std
 		if o.addr != "" {
 			opts.Ready = func([]*softtpm.Node) error { return waitEKCA(o.ekCAOut, stdin, stderr) }
 		}
+	}
+	if o.cpuProfile != "" {
+		f, err := os.OpenFile(o.cpuProfile, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			fmt.Fprintf(stderr, "loadgen: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		opts.CPUProfile = f
 	}
 	sum, err := loadgen.Run(ctx, opts)
 	if err != nil {
