@@ -17,6 +17,17 @@ import (
 // caPEM (the broker's own CA bundle, pinned). serverName overrides the name
 // checked in the broker's certificate; empty means the host part of addr.
 func Dial(addr string, caPEM []byte, serverName string) (*grpc.ClientConn, error) {
+	cfg, err := TLSConfig(addr, caPEM, serverName)
+	if err != nil {
+		return nil, err
+	}
+	return DialConfig(addr, cfg)
+}
+
+// TLSConfig is the TLS client configuration Dial uses: TLS 1.3, trusting
+// only the CA certificates in caPEM, checking serverName (empty: the host
+// part of addr) in the broker's certificate.
+func TLSConfig(addr string, caPEM []byte, serverName string) (*tls.Config, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("the broker CA bundle holds no PEM certificate")
@@ -28,7 +39,14 @@ func Dial(addr string, caPEM []byte, serverName string) (*grpc.ClientConn, error
 		}
 		serverName = host
 	}
-	return dialTLS(addr, &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13})
+	return &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13}, nil
+}
+
+// DialConfig connects to a broker at addr over TLS with cfg (as made by
+// TLSConfig, which many connections may share), with the agent's
+// connection settings.
+func DialConfig(addr string, cfg *tls.Config) (*grpc.ClientConn, error) {
+	return dialTLS(addr, cfg)
 }
 
 // callWindow is the flow-control window of the agent's connections, larger

@@ -71,7 +71,14 @@ sharing a core then slow each other down), and floor_saturated_ratio =
 broker CPU per release / floor_saturated_ms; ek_certs says whether the
 nodes presented EK certificates; event_log_bytes is the size of the event log each node sent (0
 without --event-log).
-It exits 1 if any release failed.`
+It exits 1 if any release failed.
+
+To leave the broker on the same machine as much CPU as it can, the generator
+verifies the broker's certificate chain once per distinct serving
+certificate (each handshake still checks the server's signature with its
+key) and runs its garbage collector at GOGC=400 while it drives (unless GOGC
+is set). --cpuprofile FILE writes a CPU profile of the generator for that
+time; the broker's is on its admin socket.`
 
 type loadgenOpts struct {
 	nodes, concurrency, brokerPID int

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -86,7 +87,8 @@ func TestLoadgenServeJSON(t *testing.T) {
 // and the text summary name the trust.
 func TestLoadgenServeEKCerts(t *testing.T) {
 	t.Setenv(asKeybroker, "1")
-	code, stdout, stderr := runCmd(t, "loadgen", "--serve", "--nodes", "24", "--concurrency", "4", "--ek-certs", "--json")
+	prof := filepath.Join(t.TempDir(), "loadgen.pprof")
+	code, stdout, stderr := runCmd(t, "loadgen", "--serve", "--nodes", "24", "--concurrency", "4", "--ek-certs", "--json", "--cpuprofile", prof)
 	if code != 0 {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}
@@ -106,6 +108,30 @@ func TestLoadgenServeEKCerts(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "trusted by EK certificate") {
 		t.Errorf("progress does not name the trust:\n%s", stderr)
+	}
+	checkProfile(t, prof)
+}
+
+// checkProfile checks that path holds a CPU profile: pprof's gzipped
+// protocol buffer, whose samples are CPU time (a short run may have
+// none).
+func checkProfile(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("no CPU profile: %v", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("the CPU profile is not gzipped: %v", err)
+	}
+	raw, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("the CPU profile does not decompress: %v", err)
+	}
+	if !bytes.Contains(raw, []byte("cpu")) || !bytes.Contains(raw, []byte("nanoseconds")) {
+		t.Errorf("the profile (%d bytes) is not of CPU time", len(raw))
 	}
 }
 

@@ -83,11 +83,11 @@ func errorKey(err error) string {
 	return "other"
 }
 
-// release runs one node through the protocol on a fresh connection (one
-// TLS handshake per node, as a booting machine) and checks that the
-// released TLS key matches its certificate.
-func release(ctx context.Context, node *softtpm.Node, addr string, caPEM []byte) error {
-	conn, err := agent.Dial(addr, caPEM, "")
+// release runs one node through the protocol on a fresh connection to
+// addr with tlsCfg (one TLS handshake per node, as a booting machine) and
+// checks that the released TLS key matches its certificate.
+func release(ctx context.Context, node *softtpm.Node, addr string, tlsCfg *tls.Config) error {
+	conn, err := agent.DialConfig(addr, tlsCfg)
 	if err != nil {
 		return &stageError{"dial", err}
 	}
