@@ -1,0 +1,612 @@
+package softtpm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	mrand "math/rand/v2"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keybroker/keybroker/internal/tpmcred"
+	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
+	"github.com/keybroker/keybroker/sealing"
+)
+
+// The hand-written encodings of tpmwire.go are go-tpm's: encoders against
+// tpm2.Marshal, decoders against gotpmExact (tpm2.Unmarshal refusing
+// trailing and non-canonical bytes, what the node used before).
+
+// gotpmExact decodes b as one T with go-tpm, refusing trailing bytes and
+// encodings that are not T's canonical one.
+func gotpmExact[T tpm2.Marshallable, P interface {
+	*T
+	tpm2.Unmarshallable
+}](b []byte) (*T, error) {
+	v, err := tpm2.Unmarshal[T, P](b)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tpm2.Marshal(P(v)), b) {
+		return nil, errors.New("trailing or non-canonical bytes")
+	}
+	return v, nil
+}
+
+// randBytes returns n random bytes from r.
+func randBytes(r *mrand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// pick1 returns one of vs at random.
+func pick1[T any](r *mrand.Rand, vs ...T) T { return vs[r.IntN(len(vs))] }
+
+// The banks a node quotes.
+var quoteBanks = []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512}
+
+// gotpmAttest is a quote's TPMS_ATTEST as go-tpm's structure.
+func gotpmAttest(a *quoteAttest) tpm2.TPMSAttest {
+	return tpm2.TPMSAttest{
+		Magic:           tpm2.TPMGeneratedValue,
+		Type:            tpm2.TPMSTAttestQuote,
+		QualifiedSigner: tpm2.TPM2BName{Buffer: a.signer},
+		ExtraData:       tpm2.TPM2BData{Buffer: a.extraData},
+		ClockInfo:       a.clock,
+		FirmwareVersion: a.firmware,
+		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
+			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{
+				{Hash: a.bank, PCRSelect: a.pcrSelect},
+			}},
+			PCRDigest: tpm2.TPM2BDigest{Buffer: a.pcrDigest},
+		}),
+	}
+}
+
+func TestQuoteAttestEncoding(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(1, 2))
+	full := []byte{0xff, 0xff, 0xff}
+	digest := sha256.Sum256([]byte("pcrs"))
+	tests := []struct {
+		name string
+		a    quoteAttest
+	}{
+		{"zero clock, no qualifying data", quoteAttest{signer: randBytes(r, 34), bank: tpm2.TPMAlgSHA256, pcrSelect: full, pcrDigest: digest[:]}},
+		{"extreme clock", quoteAttest{signer: randBytes(r, 34), extraData: randBytes(r, 32),
+			clock:    tpm2.TPMSClockInfo{Clock: math.MaxUint64, ResetCount: math.MaxUint32, RestartCount: math.MaxUint32, Safe: true},
+			firmware: math.MaxUint64, bank: tpm2.TPMAlgSHA1, pcrSelect: full, pcrDigest: digest[:]}},
+		{"64 bytes of qualifying data", quoteAttest{signer: randBytes(r, 34), extraData: randBytes(r, MaxQualifyingData),
+			clock: tpm2.TPMSClockInfo{Clock: 1}, firmware: firmwareVersion, bank: tpm2.TPMAlgSHA384, pcrSelect: full, pcrDigest: digest[:]}},
+		{"empty selection and digest", quoteAttest{bank: tpm2.TPMAlgSHA512}},
+	}
+	for range 500 {
+		tests = append(tests, struct {
+			name string
+			a    quoteAttest
+		}{"random", quoteAttest{
+			signer:    randBytes(r, pick1(r, 0, 34, 66)),
+			extraData: randBytes(r, r.IntN(MaxQualifyingData+1)),
+			clock: tpm2.TPMSClockInfo{Clock: pick1(r, 0, math.MaxUint64, r.Uint64()),
+				ResetCount: pick1(r, 0, math.MaxUint32, r.Uint32()), RestartCount: pick1(r, 0, math.MaxUint32, r.Uint32()),
+				Safe: r.IntN(2) == 1},
+			firmware:  pick1(r, 0, math.MaxUint64, r.Uint64()),
+			bank:      pick1(r, quoteBanks...),
+			pcrSelect: randBytes(r, pick1(r, 3, 4)),
+			pcrDigest: randBytes(r, pick1(r, 20, 32, 48, 64)),
+		}})
+	}
+	for _, tt := range tests {
+		got, want := tt.a.encode(), tpm2.Marshal(gotpmAttest(&tt.a))
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: encode\n got %x\nwant %x (tpm2.Marshal)", tt.name, got, want)
+		}
+	}
+}
+
+func TestSignatureEncoding(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(3, 4))
+	zero, ones := make([]byte, 32), bytes.Repeat([]byte{0xff}, 32)
+	type ecdsaSig struct{ r, s []byte }
+	ecdsaSigs := []ecdsaSig{{zero, zero}, {ones, ones}, {append([]byte{0}, randBytes(r, 31)...), randBytes(r, 32)}}
+	rsaSigs := [][]byte{make([]byte, 256), bytes.Repeat([]byte{0xff}, 256), append([]byte{0, 0}, randBytes(r, 254)...)}
+	for range 500 {
+		ecdsaSigs = append(ecdsaSigs, ecdsaSig{randBytes(r, 32), randBytes(r, 32)})
+		rsaSigs = append(rsaSigs, randBytes(r, 256))
+	}
+	for _, sig := range ecdsaSigs {
+		want := tpm2.Marshal(tpm2.TPMTSignature{
+			SigAlg: tpm2.TPMAlgECDSA,
+			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
+				Hash:       tpm2.TPMAlgSHA256,
+				SignatureR: tpm2.TPM2BECCParameter{Buffer: sig.r},
+				SignatureS: tpm2.TPM2BECCParameter{Buffer: sig.s},
+			}),
+		})
+		if got := encodeECDSASignature(tpm2.TPMAlgSHA256, sig.r, sig.s); !bytes.Equal(got, want) {
+			t.Fatalf("ECDSA signature\n got %x\nwant %x (tpm2.Marshal)", got, want)
+		}
+	}
+	for _, sig := range rsaSigs {
+		want := tpm2.Marshal(tpm2.TPMTSignature{
+			SigAlg: tpm2.TPMAlgRSASSA,
+			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
+				Hash: tpm2.TPMAlgSHA256, Sig: tpm2.TPM2BPublicKeyRSA{Buffer: sig},
+			}),
+		})
+		if got := encodeRSASSASignature(tpm2.TPMAlgSHA256, sig); !bytes.Equal(got, want) {
+			t.Fatalf("RSASSA signature\n got %x\nwant %x (tpm2.Marshal)", got, want)
+		}
+	}
+}
+
+// 500 quotes of each key type, of every bank, with 0 to 64 bytes of
+// qualifying data: go-tpm decodes each attest and signature to what the
+// node quoted and encodes it back to the same bytes.
+func TestQuotesRoundTripGoTPM(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(5, 6))
+	for _, key := range keyTypes {
+		t.Run(key.String(), func(t *testing.T) {
+			node, err := New(Opts{Key: key, Banks: quoteBanks})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 500 {
+				bank := quoteBanks[i%len(quoteBanks)]
+				secret := randBytes(r, r.IntN(MaxQualifyingData+1))
+				qs, err := node.Quote(secret, bank)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkQuote(t, node, secret, bank, qs[0])
+			}
+		})
+	}
+}
+
+func checkQuote(t *testing.T, node *Node, secret []byte, bank tpm2.TPMAlgID, q *pb.Quote) {
+	t.Helper()
+	attest, err := gotpmExact[tpm2.TPMSAttest](q.GetAttest())
+	if err != nil {
+		t.Fatalf("attest %x: %v", q.GetAttest(), err)
+	}
+	info, err := attest.Attested.Quote()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.New()
+	for i := range uint32(NumPCRs) {
+		digest.Write(q.GetPcrs().GetValues()[i])
+	}
+	sel := info.PCRSelect.PCRSelections
+	switch {
+	case attest.Magic != tpm2.TPMGeneratedValue || attest.Type != tpm2.TPMSTAttestQuote:
+		t.Errorf("magic %#x, type %#x", attest.Magic, attest.Type)
+	case !bytes.Equal(attest.QualifiedSigner.Buffer, node.akSigner) || !bytes.Equal(attest.ExtraData.Buffer, secret):
+		t.Errorf("signer %x, qualifying data %x; want %x, %x", attest.QualifiedSigner.Buffer, attest.ExtraData.Buffer, node.akSigner, secret)
+	case attest.FirmwareVersion != firmwareVersion || !attest.ClockInfo.Safe:
+		t.Errorf("firmware %#x, clock %+v", attest.FirmwareVersion, attest.ClockInfo)
+	case len(sel) != 1 || sel[0].Hash != bank || !bytes.Equal(sel[0].PCRSelect, []byte{0xff, 0xff, 0xff}):
+		t.Errorf("PCR selection %+v, want all of bank %v", sel, bank)
+	case !bytes.Equal(info.PCRDigest.Buffer, digest.Sum(nil)):
+		t.Errorf("PCR digest %x is not that of the quoted values", info.PCRDigest.Buffer)
+	}
+	sig, err := gotpmExact[tpm2.TPMTSignature](q.GetSignature())
+	if err != nil {
+		t.Fatalf("signature %x: %v", q.GetSignature(), err)
+	}
+	switch node.Key() {
+	case ECC:
+		ecc, err := sig.Signature.ECDSA()
+		if err != nil || sig.SigAlg != tpm2.TPMAlgECDSA || ecc.Hash != tpm2.TPMAlgSHA256 ||
+			len(ecc.SignatureR.Buffer) != 32 || len(ecc.SignatureS.Buffer) != 32 {
+			t.Errorf("ECDSA signature %x (%v)", q.GetSignature(), err)
+		}
+	case RSA:
+		rsa, err := sig.Signature.RSASSA()
+		if err != nil || sig.SigAlg != tpm2.TPMAlgRSASSA || rsa.Hash != tpm2.TPMAlgSHA256 || len(rsa.Sig.Buffer) != 256 {
+			t.Errorf("RSASSA signature %x (%v)", q.GetSignature(), err)
+		}
+	}
+}
+
+// describePublic prints what the node reads of a public area, nil and
+// empty buffers alike.
+func describePublic(p *keyedHashPublic) string {
+	return fmt.Sprintf("nameAlg %#04x attributes %#08x authPolicy %x scheme %#04x (%#04x, %#04x) unique %x",
+		p.nameAlg, p.attributes, p.authPolicy, p.scheme, p.schemeHash, p.schemeKDF, p.unique)
+}
+
+// fromGoTPMPublic is what decodeKeyedHashPublic should read of pub, a
+// keyed-hash object's public area as go-tpm decoded it.
+func fromGoTPMPublic(t testing.TB, pub *tpm2.TPMTPublic) *keyedHashPublic {
+	t.Helper()
+	parms, err := pub.Parameters.KeyedHashDetail()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unique, err := pub.Unique.KeyedHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &keyedHashPublic{nameAlg: pub.NameAlg, attributes: binary.BigEndian.Uint32(tpm2.Marshal(pub.ObjectAttributes)),
+		authPolicy: pub.AuthPolicy.Buffer, scheme: parms.Scheme.Scheme, unique: unique.Buffer}
+	switch p.scheme {
+	case tpm2.TPMAlgHMAC:
+		d, err := parms.Scheme.Details.HMAC()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.schemeHash = d.HashAlg
+	case tpm2.TPMAlgXOR:
+		d, err := parms.Scheme.Details.XOR()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.schemeHash, p.schemeKDF = d.HashAlg, d.KDF
+	}
+	return p
+}
+
+// randomPublic is a random keyed-hash public area, encoded by go-tpm.
+func randomPublic(t testing.TB, r *mrand.Rand) []byte {
+	t.Helper()
+	attrs, err := tpm2.Unmarshal[tpm2.TPMAObject](binary.BigEndian.AppendUint32(nil, pick1(r, 0, 1<<6, 1<<7, r.Uint32())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}
+	switch r.IntN(3) {
+	case 1:
+		scheme = tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgHMAC, Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC,
+			&tpm2.TPMSSchemeHMAC{HashAlg: pick1(r, tpm2.TPMAlgSHA256, tpm2.TPMAlgID(r.Uint32()))})}
+	case 2:
+		scheme = tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgXOR, Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgXOR,
+			&tpm2.TPMSSchemeXOR{HashAlg: pick1(r, tpm2.TPMAlgSHA256, tpm2.TPMAlgID(r.Uint32())), KDF: tpm2.TPMAlgID(r.Uint32())})}
+	}
+	return tpm2.Marshal(tpm2.TPMTPublic{
+		Type:             tpm2.TPMAlgKeyedHash,
+		NameAlg:          pick1(r, tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512, tpm2.TPMAlgID(r.Uint32())),
+		ObjectAttributes: *attrs,
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: randBytes(r, pick1(r, 0, 32, r.IntN(100)))},
+		Parameters:       tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: scheme}),
+		Unique:           tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: randBytes(r, pick1(r, 0, 32, r.IntN(100)))}),
+	})
+}
+
+// describeSensitive prints a decoded TPMT_SENSITIVE, nil and empty
+// buffers alike.
+func describeSensitive(s *objectSensitive) string {
+	return fmt.Sprintf("type %#04x authValue %x seedValue %x sensitive %x", s.sensitiveType, s.authValue, s.seedValue, s.sensitive)
+}
+
+// fromGoTPMSensitive is what decodeSensitive should read of sens.
+func fromGoTPMSensitive(t testing.TB, sens *tpm2.TPMTSensitive) *objectSensitive {
+	t.Helper()
+	s := &objectSensitive{sensitiveType: sens.SensitiveType, authValue: sens.AuthValue.Buffer, seedValue: sens.SeedValue.Buffer}
+	buffer := func(v *tpm2.TPM2BData, err error) []byte {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Buffer
+	}
+	switch sens.SensitiveType {
+	case tpm2.TPMAlgRSA:
+		v, err := sens.Sensitive.RSA()
+		s.sensitive = buffer((*tpm2.TPM2BData)(v), err)
+	case tpm2.TPMAlgECC:
+		v, err := sens.Sensitive.ECC()
+		s.sensitive = buffer((*tpm2.TPM2BData)(v), err)
+	case tpm2.TPMAlgKeyedHash:
+		v, err := sens.Sensitive.Bits()
+		s.sensitive = buffer((*tpm2.TPM2BData)(v), err)
+	case tpm2.TPMAlgSymCipher:
+		v, err := sens.Sensitive.Sym()
+		s.sensitive = buffer((*tpm2.TPM2BData)(v), err)
+	}
+	return s
+}
+
+// randomSensitive is a random TPMT_SENSITIVE of any type, encoded by
+// go-tpm.
+func randomSensitive(r *mrand.Rand) []byte {
+	body := randBytes(r, pick1(r, 0, 32, r.IntN(300)))
+	s := tpm2.TPMTSensitive{
+		SensitiveType: pick1(r, tpm2.TPMAlgKeyedHash, tpm2.TPMAlgRSA, tpm2.TPMAlgECC, tpm2.TPMAlgSymCipher, tpm2.TPMAlgNull),
+		AuthValue:     tpm2.TPM2BAuth{Buffer: randBytes(r, pick1(r, 0, r.IntN(64)))},
+		SeedValue:     tpm2.TPM2BDigest{Buffer: randBytes(r, pick1(r, 0, 32, r.IntN(64)))},
+	}
+	switch s.SensitiveType {
+	case tpm2.TPMAlgKeyedHash:
+		s.Sensitive = tpm2.NewTPMUSensitiveComposite(s.SensitiveType, &tpm2.TPM2BSensitiveData{Buffer: body})
+	case tpm2.TPMAlgRSA:
+		s.Sensitive = tpm2.NewTPMUSensitiveComposite(s.SensitiveType, &tpm2.TPM2BPrivateKeyRSA{Buffer: body})
+	case tpm2.TPMAlgECC:
+		s.Sensitive = tpm2.NewTPMUSensitiveComposite(s.SensitiveType, &tpm2.TPM2BECCParameter{Buffer: body})
+	case tpm2.TPMAlgSymCipher:
+		s.Sensitive = tpm2.NewTPMUSensitiveComposite(s.SensitiveType, &tpm2.TPM2BSymKey{Buffer: body})
+	}
+	return tpm2.Marshal(s)
+}
+
+// randomECCPoint is a random TPMS_ECC_POINT, encoded by go-tpm.
+func randomECCPoint(r *mrand.Rand) []byte {
+	return tpm2.Marshal(tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: randBytes(r, pick1(r, 0, 31, 32, 33, r.IntN(80)))},
+		Y: tpm2.TPM2BECCParameter{Buffer: randBytes(r, pick1(r, 0, 31, 32, 33, r.IntN(80)))},
+	})
+}
+
+// Random structures go-tpm encodes decode to what go-tpm decodes of them.
+func TestDecodersRoundTripGoTPM(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(7, 8))
+	for range 1000 {
+		enc := randomPublic(t, r)
+		want, err := gotpmExact[tpm2.TPMTPublic](enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := decodeKeyedHashPublic(enc)
+		if err != nil {
+			t.Fatalf("public area %x: %v", enc, err)
+		}
+		if g, w := describePublic(got), describePublic(fromGoTPMPublic(t, want)); g != w {
+			t.Fatalf("public area %x:\n got %s\nwant %s", enc, g, w)
+		}
+
+		enc = randomSensitive(r)
+		sens, err := gotpmExact[tpm2.TPMTSensitive](enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotSens, err := decodeSensitive(enc)
+		if err != nil {
+			t.Fatalf("sensitive area %x: %v", enc, err)
+		}
+		if g, w := describeSensitive(gotSens), describeSensitive(fromGoTPMSensitive(t, sens)); g != w {
+			t.Fatalf("sensitive area %x:\n got %s\nwant %s", enc, g, w)
+		}
+
+		enc = randomECCPoint(r)
+		point, err := gotpmExact[tpm2.TPMSECCPoint](enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, y, err := decodeECCPoint(enc)
+		if err != nil || !bytes.Equal(x, point.X.Buffer) || !bytes.Equal(y, point.Y.Buffer) {
+			t.Fatalf("ECC point %x: got %x, %x (%v); want %x, %x", enc, x, y, err, point.X.Buffer, point.Y.Buffer)
+		}
+	}
+}
+
+// sealedPublicArea is the public area of a credential sealing makes for
+// node without PCRs.
+func sealedPublicArea(t *testing.T, node *Node) []byte {
+	t.Helper()
+	cred := seal(t, node.EKPublic(), []byte("payload"), nil)
+	blob, err := sealing.BlobFromProto(cred.GetBlob())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob.GetPublicArea()
+}
+
+// Each malformed structure is refused by the node's decoder and by go-tpm
+// alike, with errNotTPM (errNotKeyedHash for another object type).
+func TestDecodersRefuse(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(9, 10))
+	public := sealedPublicArea(t, newNode(t, ECC))
+	sensitive := tpm2.Marshal(tpm2.TPMTSensitive{
+		SensitiveType: tpm2.TPMAlgKeyedHash,
+		SeedValue:     tpm2.TPM2BDigest{Buffer: randBytes(r, 32)},
+		Sensitive:     tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BSensitiveData{Buffer: randBytes(r, 32)}),
+	})
+	point := tpm2.Marshal(tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: randBytes(r, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: randBytes(r, 32)}})
+	rsaPublic := newNode(t, RSA).ChallengeRequest().GetAkPublic()
+
+	// edit returns a copy of b with f applied.
+	edit := func(b []byte, f func([]byte) []byte) []byte { return f(bytes.Clone(b)) }
+	put16 := func(off int, v uint16) func([]byte) []byte {
+		return func(b []byte) []byte { binary.BigEndian.PutUint16(b[off:], v); return b }
+	}
+	// Offsets in the sealed public: type 0, nameAlg 2, attributes 4,
+	// authPolicy 8 (empty), scheme 10, unique 12.
+	tests := []struct {
+		name    string
+		kind    string // "public", "sensitive" or "point"
+		in      []byte
+		wantErr error
+	}{
+		{"public: trailing byte", "public", append(bytes.Clone(public), 0), errNotTPM},
+		{"public: empty", "public", nil, errNotTPM},
+		{"public: type only", "public", public[:2], errNotTPM},
+		{"public: unique truncated", "public", public[:len(public)-1], errNotTPM},
+		{"public: unique size one more", "public", edit(public, put16(12, 33)), errNotTPM},
+		{"public: unique size one less", "public", edit(public, put16(12, 31)), errNotTPM},
+		{"public: authPolicy size beyond the end", "public", edit(public, put16(8, 0xffff)), errNotTPM},
+		{"public: unknown object type", "public", edit(public, put16(0, 0x7777)), errNotTPM},
+		{"public: TPM_ALG_ERROR type", "public", edit(public, put16(0, 0)), errNotTPM},
+		{"public: unknown keyed-hash scheme", "public", edit(public, put16(10, uint16(tpm2.TPMAlgECDSA))), errNotTPM},
+		{"public: zero keyed-hash scheme", "public", edit(public, put16(10, 0)), errNotTPM},
+		{"public: HMAC scheme tag in a null-scheme area", "public", edit(public, put16(10, uint16(tpm2.TPMAlgHMAC))), errNotTPM},
+		{"public: RSA key", "public", rsaPublic, errNotKeyedHash},
+		{"sensitive: trailing byte", "sensitive", append(bytes.Clone(sensitive), 0), errNotTPM},
+		{"sensitive: truncated", "sensitive", sensitive[:len(sensitive)-1], errNotTPM},
+		{"sensitive: no sensitive data", "sensitive", sensitive[:len(sensitive)-34], errNotTPM},
+		{"sensitive: data size one more", "sensitive", edit(sensitive, put16(len(sensitive)-34, 33)), errNotTPM},
+		{"sensitive: seed size one less", "sensitive", edit(sensitive, put16(4, 31)), errNotTPM},
+		{"sensitive: unknown type", "sensitive", edit(sensitive, put16(0, 0x7777)), errNotTPM},
+		{"point: trailing byte", "point", append(bytes.Clone(point), 0), errNotTPM},
+		{"point: no Y", "point", point[:34], errNotTPM},
+		{"point: Y truncated", "point", point[:len(point)-1], errNotTPM},
+		{"point: X size one more", "point", edit(point, put16(0, 33)), errNotTPM},
+		{"point: X size one less", "point", edit(point, put16(0, 31)), errNotTPM},
+		{"point: one size byte", "point", []byte{0}, errNotTPM},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err, gotpmErr error
+			switch tt.kind {
+			case "public":
+				_, err = decodeKeyedHashPublic(tt.in)
+				var pub *tpm2.TPMTPublic
+				if pub, gotpmErr = gotpmExact[tpm2.TPMTPublic](tt.in); gotpmErr == nil && pub.Type == tpm2.TPMAlgKeyedHash {
+					t.Errorf("go-tpm accepts %x as a keyed-hash public area", tt.in)
+				}
+			case "sensitive":
+				_, err = decodeSensitive(tt.in)
+				_, gotpmErr = gotpmExact[tpm2.TPMTSensitive](tt.in)
+			case "point":
+				_, _, err = decodeECCPoint(tt.in)
+				_, gotpmErr = gotpmExact[tpm2.TPMSECCPoint](tt.in)
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("decoding %x: %v, want %v", tt.in, err, tt.wantErr)
+			}
+			if gotpmErr == nil && tt.wantErr != errNotKeyedHash {
+				t.Errorf("go-tpm accepts %x", tt.in)
+			}
+		})
+	}
+}
+
+// Malformed structures in an import blob or an encrypted seed are refused
+// by Open and Activate, with nothing released.
+func TestOpenActivateRefuseMalformed(t *testing.T) {
+	node := newNode(t, ECC)
+	payload := []byte("payload")
+	rewrap := func(field []byte, f func([]byte) []byte) []byte {
+		return tpmcred.AppendTPM2B(nil, f(bytes.Clone(field[2:])))
+	}
+	trailing := func(b []byte) []byte { return append(b, 0) }
+	t.Run("public area with a trailing byte", func(t *testing.T) {
+		cred := seal(t, node.EKPublic(), payload, nil)
+		cred.Blob.PublicArea = rewrap(cred.Blob.PublicArea, trailing)
+		got, err := node.Open(cred)
+		if !errors.Is(err, sealing.ErrImport) || !errors.Is(err, errNotTPM) || got != nil {
+			t.Errorf("Open: %x, %v; want %v and %v", got, err, sealing.ErrImport, errNotTPM)
+		}
+	})
+	t.Run("public area of the EK", func(t *testing.T) {
+		cred := seal(t, node.EKPublic(), payload, nil)
+		cred.Blob.PublicArea = tpmcred.AppendTPM2B(nil, node.ChallengeRequest().GetEkPublic())
+		got, err := node.Open(cred)
+		if !errors.Is(err, sealing.ErrImport) || err == nil || got != nil ||
+			err.Error() != sealing.ErrImport.Error()+": public area: "+errNotKeyedHash.Error() {
+			t.Errorf("Open: %x, %v", got, err)
+		}
+	})
+	t.Run("encrypted seed with a trailing byte", func(t *testing.T) {
+		cred := seal(t, node.EKPublic(), payload, nil)
+		cred.Blob.EncryptedSeed = rewrap(cred.Blob.EncryptedSeed, trailing)
+		got, err := node.Open(cred)
+		if !errors.Is(err, sealing.ErrImport) || !errors.Is(err, errNotTPM) || got != nil {
+			t.Errorf("Open: %x, %v; want %v and %v", got, err, sealing.ErrImport, errNotTPM)
+		}
+	})
+	t.Run("credential's encrypted secret with X one byte short", func(t *testing.T) {
+		resp := makeCredential(t, node.EKPublic(), node.AKName(), random(t, 32))
+		resp.EncryptedSecret = rewrap(resp.EncryptedSecret, func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b, 31)
+			return b
+		})
+		got, err := node.Activate(resp)
+		if !errors.Is(err, errNotTPM) || got != nil {
+			t.Errorf("Activate: %x, %v; want %v", got, err, errNotTPM)
+		}
+	})
+	// The unmodified credential still opens: the refusals consumed nothing.
+	cred := seal(t, node.EKPublic(), payload, nil)
+	if got, err := node.Open(cred); err != nil || !bytes.Equal(got, payload) {
+		t.Errorf("Open after refusals: %x, %v", got, err)
+	}
+}
+
+// FuzzDecodeKeyedHashPublic: decodeKeyedHashPublic accepts exactly the
+// keyed-hash public areas go-tpm decodes and encodes back unchanged, and
+// reads the same values.
+func FuzzDecodeKeyedHashPublic(f *testing.F) {
+	r := mrand.New(mrand.NewPCG(11, 12))
+	for range 20 {
+		f.Add(randomPublic(f, r))
+	}
+	f.Add(newNode(f, RSA).ChallengeRequest().GetAkPublic())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := decodeKeyedHashPublic(b)
+		want, gotpmErr := gotpmExact[tpm2.TPMTPublic](b)
+		if gotpmErr == nil && want.Type != tpm2.TPMAlgKeyedHash {
+			if !errors.Is(err, errNotKeyedHash) {
+				t.Fatalf("%x: a public area of type %#04x: %v, want %v", b, want.Type, err, errNotKeyedHash)
+			}
+			return
+		}
+		if (err == nil) != (gotpmErr == nil) {
+			t.Fatalf("%x: decodeKeyedHashPublic: %v, go-tpm: %v", b, err, gotpmErr)
+		}
+		if err != nil {
+			if !errors.Is(err, errNotTPM) && !errors.Is(err, errNotKeyedHash) {
+				t.Fatalf("%x: %v is neither %v nor %v", b, err, errNotTPM, errNotKeyedHash)
+			}
+			return
+		}
+		if g, w := describePublic(got), describePublic(fromGoTPMPublic(t, want)); g != w {
+			t.Fatalf("%x:\n got %s\nwant %s", b, g, w)
+		}
+	})
+}
+
+// FuzzDecodeSensitive: decodeSensitive accepts exactly the TPMT_SENSITIVE
+// go-tpm decodes and encodes back unchanged, and reads the same values.
+func FuzzDecodeSensitive(f *testing.F) {
+	r := mrand.New(mrand.NewPCG(13, 14))
+	for range 20 {
+		f.Add(randomSensitive(r))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := decodeSensitive(b)
+		want, gotpmErr := gotpmExact[tpm2.TPMTSensitive](b)
+		if (err == nil) != (gotpmErr == nil) {
+			t.Fatalf("%x: decodeSensitive: %v, go-tpm: %v", b, err, gotpmErr)
+		}
+		if err != nil {
+			if !errors.Is(err, errNotTPM) {
+				t.Fatalf("%x: %v is not %v", b, err, errNotTPM)
+			}
+			return
+		}
+		if g, w := describeSensitive(got), describeSensitive(fromGoTPMSensitive(t, want)); g != w {
+			t.Fatalf("%x:\n got %s\nwant %s", b, g, w)
+		}
+	})
+}
+
+// FuzzDecodeECCPoint: decodeECCPoint accepts exactly the TPMS_ECC_POINT
+// go-tpm decodes and encodes back unchanged, and reads the same values.
+func FuzzDecodeECCPoint(f *testing.F) {
+	r := mrand.New(mrand.NewPCG(15, 16))
+	for range 20 {
+		f.Add(randomECCPoint(r))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		x, y, err := decodeECCPoint(b)
+		want, gotpmErr := gotpmExact[tpm2.TPMSECCPoint](b)
+		if (err == nil) != (gotpmErr == nil) {
+			t.Fatalf("%x: decodeECCPoint: %v, go-tpm: %v", b, err, gotpmErr)
+		}
+		if err != nil {
+			if !errors.Is(err, errNotTPM) {
+				t.Fatalf("%x: %v is not %v", b, err, errNotTPM)
+			}
+			return
+		}
+		if !bytes.Equal(x, want.X.Buffer) || !bytes.Equal(y, want.Y.Buffer) {
+			t.Fatalf("%x: got %x, %x; want %x, %x", b, x, y, want.X.Buffer, want.Y.Buffer)
+		}
+	})
+}
