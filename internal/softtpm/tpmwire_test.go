@@ -216,9 +216,9 @@ func checkQuote(t *testing.T, node *Node, secret []byte, bank tpm2.TPMAlgID, q *
 	}
 }
 
-// describePublic prints what the node reads of a public area, nil and
+// String prints what the node reads of a public area, nil and
 // empty buffers alike.
-func describePublic(p *keyedHashPublic) string {
+func (p *keyedHashPublic) String() string {
 	return fmt.Sprintf("nameAlg %#04x attributes %#08x authPolicy %x scheme %#04x (%#04x, %#04x) unique %x",
 		p.nameAlg, p.attributes, p.authPolicy, p.scheme, p.schemeHash, p.schemeKDF, p.unique)
 }
@@ -280,9 +280,9 @@ func randomPublic(t testing.TB, r *mrand.Rand) []byte {
 	})
 }
 
-// describeSensitive prints a decoded TPMT_SENSITIVE, nil and empty
+// String prints a decoded TPMT_SENSITIVE, nil and empty
 // buffers alike.
-func describeSensitive(s *objectSensitive) string {
+func (s *objectSensitive) String() string {
 	return fmt.Sprintf("type %#04x authValue %x seedValue %x sensitive %x", s.sensitiveType, s.authValue, s.seedValue, s.sensitive)
 }
 
@@ -343,44 +343,105 @@ func randomECCPoint(r *mrand.Rand) []byte {
 	})
 }
 
+// agreement pairs one of the node's decoders with go-tpm's reading of the
+// same structure (gotpmExact), each printing what it read.
+type agreement struct {
+	decode func(b []byte) (string, error)
+	// gotpm returns errNotKeyedHash for a structure go-tpm reads but the
+	// node refuses by design.
+	gotpm func(t testing.TB, b []byte) (string, error)
+}
+
+// printed is decode with its result printed.
+func printed[T fmt.Stringer](decode func([]byte) (T, error)) func([]byte) (string, error) {
+	return func(b []byte) (string, error) {
+		v, err := decode(b)
+		if err != nil {
+			return "", err
+		}
+		return v.String(), nil
+	}
+}
+
+var (
+	publicAgreement = agreement{
+		decode: printed(decodeKeyedHashPublic),
+		gotpm: func(t testing.TB, b []byte) (string, error) {
+			p, err := gotpmExact[tpm2.TPMTPublic](b)
+			switch {
+			case err != nil:
+				return "", err
+			case p.Type != tpm2.TPMAlgKeyedHash:
+				return "", errNotKeyedHash
+			}
+			return fromGoTPMPublic(t, p).String(), nil
+		},
+	}
+	sensitiveAgreement = agreement{
+		decode: printed(decodeSensitive),
+		gotpm: func(t testing.TB, b []byte) (string, error) {
+			s, err := gotpmExact[tpm2.TPMTSensitive](b)
+			if err != nil {
+				return "", err
+			}
+			return fromGoTPMSensitive(t, s).String(), nil
+		},
+	}
+	pointAgreement = agreement{
+		decode: func(b []byte) (string, error) {
+			x, y, err := decodeECCPoint(b)
+			return fmt.Sprintf("x %x y %x", x, y), err
+		},
+		gotpm: func(_ testing.TB, b []byte) (string, error) {
+			p, err := gotpmExact[tpm2.TPMSECCPoint](b)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("x %x y %x", p.X.Buffer, p.Y.Buffer), nil
+		},
+	}
+)
+
+// check fails t unless the node's decoder accepts b exactly when go-tpm
+// does, reading the same values, and refuses it with errNotTPM or, for a
+// structure refused by design, errNotKeyedHash. It reports whether b was
+// accepted.
+func (a agreement) check(t testing.TB, b []byte) bool {
+	t.Helper()
+	got, err := a.decode(b)
+	want, gotpmErr := a.gotpm(t, b)
+	switch {
+	case errors.Is(gotpmErr, errNotKeyedHash):
+		if !errors.Is(err, errNotKeyedHash) {
+			t.Fatalf("%x: %v, want %v", b, err, errNotKeyedHash)
+		}
+	case (err == nil) != (gotpmErr == nil):
+		t.Fatalf("%x: the node's decoder: %v, go-tpm: %v", b, err, gotpmErr)
+	case err != nil:
+		if !errors.Is(err, errNotTPM) && !errors.Is(err, errNotKeyedHash) {
+			t.Fatalf("%x: %v is neither %v nor %v", b, err, errNotTPM, errNotKeyedHash)
+		}
+	case got != want:
+		t.Fatalf("%x:\n got %s\nwant %s (go-tpm)", b, got, want)
+	}
+	return err == nil
+}
+
 // Random structures go-tpm encodes decode to what go-tpm decodes of them.
 func TestDecodersRoundTripGoTPM(t *testing.T) {
 	r := mrand.New(mrand.NewPCG(7, 8))
 	for range 1000 {
-		enc := randomPublic(t, r)
-		want, err := gotpmExact[tpm2.TPMTPublic](enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := decodeKeyedHashPublic(enc)
-		if err != nil {
-			t.Fatalf("public area %x: %v", enc, err)
-		}
-		if g, w := describePublic(got), describePublic(fromGoTPMPublic(t, want)); g != w {
-			t.Fatalf("public area %x:\n got %s\nwant %s", enc, g, w)
-		}
-
-		enc = randomSensitive(r)
-		sens, err := gotpmExact[tpm2.TPMTSensitive](enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gotSens, err := decodeSensitive(enc)
-		if err != nil {
-			t.Fatalf("sensitive area %x: %v", enc, err)
-		}
-		if g, w := describeSensitive(gotSens), describeSensitive(fromGoTPMSensitive(t, sens)); g != w {
-			t.Fatalf("sensitive area %x:\n got %s\nwant %s", enc, g, w)
-		}
-
-		enc = randomECCPoint(r)
-		point, err := gotpmExact[tpm2.TPMSECCPoint](enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, y, err := decodeECCPoint(enc)
-		if err != nil || !bytes.Equal(x, point.X.Buffer) || !bytes.Equal(y, point.Y.Buffer) {
-			t.Fatalf("ECC point %x: got %x, %x (%v); want %x, %x", enc, x, y, err, point.X.Buffer, point.Y.Buffer)
+		for _, enc := range []struct {
+			a agreement
+			b []byte
+		}{
+			{publicAgreement, randomPublic(t, r)},
+			{sensitiveAgreement, randomSensitive(r)},
+			{pointAgreement, randomECCPoint(r)},
+		} {
+			if !enc.a.check(t, enc.b) {
+				t.Fatalf("%x refused", enc.b)
+			}
 		}
 	}
 }
@@ -398,7 +459,8 @@ func sealedPublicArea(t *testing.T, node *Node) []byte {
 }
 
 // Each malformed structure is refused by the node's decoder and by go-tpm
-// alike, with errNotTPM (errNotKeyedHash for another object type).
+// alike, with errNotTPM (errNotKeyedHash for another object type, which
+// go-tpm reads).
 func TestDecodersRefuse(t *testing.T) {
 	r := mrand.New(mrand.NewPCG(9, 10))
 	public := sealedPublicArea(t, newNode(t, ECC))
@@ -419,58 +481,44 @@ func TestDecodersRefuse(t *testing.T) {
 	// authPolicy 8 (empty), scheme 10, unique 12.
 	tests := []struct {
 		name    string
-		kind    string // "public", "sensitive" or "point"
+		a       agreement
 		in      []byte
 		wantErr error
 	}{
-		{"public: trailing byte", "public", append(bytes.Clone(public), 0), errNotTPM},
-		{"public: empty", "public", nil, errNotTPM},
-		{"public: type only", "public", public[:2], errNotTPM},
-		{"public: unique truncated", "public", public[:len(public)-1], errNotTPM},
-		{"public: unique size one more", "public", edit(public, put16(12, 33)), errNotTPM},
-		{"public: unique size one less", "public", edit(public, put16(12, 31)), errNotTPM},
-		{"public: authPolicy size beyond the end", "public", edit(public, put16(8, 0xffff)), errNotTPM},
-		{"public: unknown object type", "public", edit(public, put16(0, 0x7777)), errNotTPM},
-		{"public: TPM_ALG_ERROR type", "public", edit(public, put16(0, 0)), errNotTPM},
-		{"public: unknown keyed-hash scheme", "public", edit(public, put16(10, uint16(tpm2.TPMAlgECDSA))), errNotTPM},
-		{"public: zero keyed-hash scheme", "public", edit(public, put16(10, 0)), errNotTPM},
-		{"public: HMAC scheme tag in a null-scheme area", "public", edit(public, put16(10, uint16(tpm2.TPMAlgHMAC))), errNotTPM},
-		{"public: RSA key", "public", rsaPublic, errNotKeyedHash},
-		{"sensitive: trailing byte", "sensitive", append(bytes.Clone(sensitive), 0), errNotTPM},
-		{"sensitive: truncated", "sensitive", sensitive[:len(sensitive)-1], errNotTPM},
-		{"sensitive: no sensitive data", "sensitive", sensitive[:len(sensitive)-34], errNotTPM},
-		{"sensitive: data size one more", "sensitive", edit(sensitive, put16(len(sensitive)-34, 33)), errNotTPM},
-		{"sensitive: seed size one less", "sensitive", edit(sensitive, put16(4, 31)), errNotTPM},
-		{"sensitive: unknown type", "sensitive", edit(sensitive, put16(0, 0x7777)), errNotTPM},
-		{"point: trailing byte", "point", append(bytes.Clone(point), 0), errNotTPM},
-		{"point: no Y", "point", point[:34], errNotTPM},
-		{"point: Y truncated", "point", point[:len(point)-1], errNotTPM},
-		{"point: X size one more", "point", edit(point, put16(0, 33)), errNotTPM},
-		{"point: X size one less", "point", edit(point, put16(0, 31)), errNotTPM},
-		{"point: one size byte", "point", []byte{0}, errNotTPM},
+		{"public: trailing byte", publicAgreement, append(bytes.Clone(public), 0), errNotTPM},
+		{"public: empty", publicAgreement, nil, errNotTPM},
+		{"public: type only", publicAgreement, public[:2], errNotTPM},
+		{"public: unique truncated", publicAgreement, public[:len(public)-1], errNotTPM},
+		{"public: unique size one more", publicAgreement, edit(public, put16(12, 33)), errNotTPM},
+		{"public: unique size one less", publicAgreement, edit(public, put16(12, 31)), errNotTPM},
+		{"public: authPolicy size beyond the end", publicAgreement, edit(public, put16(8, 0xffff)), errNotTPM},
+		{"public: unknown object type", publicAgreement, edit(public, put16(0, 0x7777)), errNotTPM},
+		{"public: TPM_ALG_ERROR type", publicAgreement, edit(public, put16(0, 0)), errNotTPM},
+		{"public: unknown keyed-hash scheme", publicAgreement, edit(public, put16(10, uint16(tpm2.TPMAlgECDSA))), errNotTPM},
+		{"public: zero keyed-hash scheme", publicAgreement, edit(public, put16(10, 0)), errNotTPM},
+		{"public: HMAC scheme tag in a null-scheme area", publicAgreement, edit(public, put16(10, uint16(tpm2.TPMAlgHMAC))), errNotTPM},
+		{"public: RSA key", publicAgreement, rsaPublic, errNotKeyedHash},
+		{"sensitive: trailing byte", sensitiveAgreement, append(bytes.Clone(sensitive), 0), errNotTPM},
+		{"sensitive: truncated", sensitiveAgreement, sensitive[:len(sensitive)-1], errNotTPM},
+		{"sensitive: no sensitive data", sensitiveAgreement, sensitive[:len(sensitive)-34], errNotTPM},
+		{"sensitive: data size one more", sensitiveAgreement, edit(sensitive, put16(len(sensitive)-34, 33)), errNotTPM},
+		{"sensitive: seed size one less", sensitiveAgreement, edit(sensitive, put16(4, 31)), errNotTPM},
+		{"sensitive: unknown type", sensitiveAgreement, edit(sensitive, put16(0, 0x7777)), errNotTPM},
+		{"point: trailing byte", pointAgreement, append(bytes.Clone(point), 0), errNotTPM},
+		{"point: no Y", pointAgreement, point[:34], errNotTPM},
+		{"point: Y truncated", pointAgreement, point[:len(point)-1], errNotTPM},
+		{"point: X size one more", pointAgreement, edit(point, put16(0, 33)), errNotTPM},
+		{"point: X size one less", pointAgreement, edit(point, put16(0, 31)), errNotTPM},
+		{"point: one size byte", pointAgreement, []byte{0}, errNotTPM},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var err, gotpmErr error
-			switch tt.kind {
-			case "public":
-				_, err = decodeKeyedHashPublic(tt.in)
-				var pub *tpm2.TPMTPublic
-				if pub, gotpmErr = gotpmExact[tpm2.TPMTPublic](tt.in); gotpmErr == nil && pub.Type == tpm2.TPMAlgKeyedHash {
-					t.Errorf("go-tpm accepts %x as a keyed-hash public area", tt.in)
-				}
-			case "sensitive":
-				_, err = decodeSensitive(tt.in)
-				_, gotpmErr = gotpmExact[tpm2.TPMTSensitive](tt.in)
-			case "point":
-				_, _, err = decodeECCPoint(tt.in)
-				_, gotpmErr = gotpmExact[tpm2.TPMSECCPoint](tt.in)
+			if tt.a.check(t, tt.in) {
+				t.Fatalf("%x accepted", tt.in)
 			}
+			_, err := tt.a.decode(tt.in)
 			if !errors.Is(err, tt.wantErr) {
 				t.Errorf("decoding %x: %v, want %v", tt.in, err, tt.wantErr)
-			}
-			if gotpmErr == nil && tt.wantErr != errNotKeyedHash {
-				t.Errorf("go-tpm accepts %x", tt.in)
 			}
 		})
 	}
@@ -537,28 +585,7 @@ func FuzzDecodeKeyedHashPublic(f *testing.F) {
 		f.Add(randomPublic(f, r))
 	}
 	f.Add(newNode(f, RSA).ChallengeRequest().GetAkPublic())
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := decodeKeyedHashPublic(b)
-		want, gotpmErr := gotpmExact[tpm2.TPMTPublic](b)
-		if gotpmErr == nil && want.Type != tpm2.TPMAlgKeyedHash {
-			if !errors.Is(err, errNotKeyedHash) {
-				t.Fatalf("%x: a public area of type %#04x: %v, want %v", b, want.Type, err, errNotKeyedHash)
-			}
-			return
-		}
-		if (err == nil) != (gotpmErr == nil) {
-			t.Fatalf("%x: decodeKeyedHashPublic: %v, go-tpm: %v", b, err, gotpmErr)
-		}
-		if err != nil {
-			if !errors.Is(err, errNotTPM) && !errors.Is(err, errNotKeyedHash) {
-				t.Fatalf("%x: %v is neither %v nor %v", b, err, errNotTPM, errNotKeyedHash)
-			}
-			return
-		}
-		if g, w := describePublic(got), describePublic(fromGoTPMPublic(t, want)); g != w {
-			t.Fatalf("%x:\n got %s\nwant %s", b, g, w)
-		}
-	})
+	f.Fuzz(func(t *testing.T, b []byte) { publicAgreement.check(t, b) })
 }
 
 // FuzzDecodeSensitive: decodeSensitive accepts exactly the TPMT_SENSITIVE
@@ -568,22 +595,7 @@ func FuzzDecodeSensitive(f *testing.F) {
 	for range 20 {
 		f.Add(randomSensitive(r))
 	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := decodeSensitive(b)
-		want, gotpmErr := gotpmExact[tpm2.TPMTSensitive](b)
-		if (err == nil) != (gotpmErr == nil) {
-			t.Fatalf("%x: decodeSensitive: %v, go-tpm: %v", b, err, gotpmErr)
-		}
-		if err != nil {
-			if !errors.Is(err, errNotTPM) {
-				t.Fatalf("%x: %v is not %v", b, err, errNotTPM)
-			}
-			return
-		}
-		if g, w := describeSensitive(got), describeSensitive(fromGoTPMSensitive(t, want)); g != w {
-			t.Fatalf("%x:\n got %s\nwant %s", b, g, w)
-		}
-	})
+	f.Fuzz(func(t *testing.T, b []byte) { sensitiveAgreement.check(t, b) })
 }
 
 // FuzzDecodeECCPoint: decodeECCPoint accepts exactly the TPMS_ECC_POINT
@@ -593,20 +605,5 @@ func FuzzDecodeECCPoint(f *testing.F) {
 	for range 20 {
 		f.Add(randomECCPoint(r))
 	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		x, y, err := decodeECCPoint(b)
-		want, gotpmErr := gotpmExact[tpm2.TPMSECCPoint](b)
-		if (err == nil) != (gotpmErr == nil) {
-			t.Fatalf("%x: decodeECCPoint: %v, go-tpm: %v", b, err, gotpmErr)
-		}
-		if err != nil {
-			if !errors.Is(err, errNotTPM) {
-				t.Fatalf("%x: %v is not %v", b, err, errNotTPM)
-			}
-			return
-		}
-		if !bytes.Equal(x, want.X.Buffer) || !bytes.Equal(y, want.Y.Buffer) {
-			t.Fatalf("%x: got %x, %x; want %x, %x", b, x, y, want.X.Buffer, want.Y.Buffer)
-		}
-	})
+	f.Fuzz(func(t *testing.T, b []byte) { pointAgreement.check(t, b) })
 }
