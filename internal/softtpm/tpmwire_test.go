@@ -607,3 +607,70 @@ func FuzzDecodeECCPoint(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) { pointAgreement.check(t, b) })
 }
+
+// What the node reads of a sealed object decides as TPM2_Load and
+// TPM2_Unseal do: objects built with go-tpm's attribute names, decoded by
+// the node's decoders, are opened or refused with the error promised.
+func TestSealedObjectChecks(t *testing.T) {
+	seed, data := bytes.Repeat([]byte{1}, 32), []byte("content key")
+	unique := sha256.Sum256(append(bytes.Clone(seed), data...))
+	sealed := tpm2.TPMAObject{UserWithAuth: true}
+	tests := []struct {
+		name      string
+		attrs     tpm2.TPMAObject
+		unique    []byte
+		sensType  tpm2.TPMAlgID
+		authValue []byte
+		wantErr   string
+	}{
+		{name: "sealed data object", attrs: sealed},
+		{name: "other attributes set", attrs: tpm2.TPMAObject{UserWithAuth: true, FixedTPM: true, FixedParent: true, AdminWithPolicy: true, NoDA: true}},
+		{name: "signing key", attrs: tpm2.TPMAObject{UserWithAuth: true, SignEncrypt: true}, wantErr: "object is not a sealed data object"},
+		{name: "decryption key", attrs: tpm2.TPMAObject{UserWithAuth: true, Decrypt: true}, wantErr: "object is not a sealed data object"},
+		{name: "policy only", attrs: tpm2.TPMAObject{AdminWithPolicy: true}, wantErr: "object needs a policy session and the credential names no PCRs"},
+		{name: "password", attrs: sealed, authValue: []byte("pw"), wantErr: "object has a password"},
+		{name: "RSA sensitive area", attrs: sealed, sensType: tpm2.TPMAlgRSA, wantErr: "sensitive area type does not match the public area"},
+		{name: "unique of other data", attrs: sealed, unique: make([]byte, 32), wantErr: "public area is not bound to the sensitive area"},
+	}
+	node := newNode(t, ECC)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, typ := unique[:], tpm2.TPMAlgKeyedHash
+			if tt.unique != nil {
+				u = tt.unique
+			}
+			if tt.sensType != 0 {
+				typ = tt.sensType
+			}
+			pub, err := decodeKeyedHashPublic(tpm2.Marshal(tpm2.TPMTPublic{
+				Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256, ObjectAttributes: tt.attrs,
+				Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{}),
+				Unique:     tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: u}),
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			composite := tpm2.NewTPMUSensitiveComposite(typ, &tpm2.TPM2BSensitiveData{Buffer: data})
+			if typ == tpm2.TPMAlgRSA {
+				composite = tpm2.NewTPMUSensitiveComposite(typ, &tpm2.TPM2BPrivateKeyRSA{Buffer: data})
+			}
+			sens, err := decodeSensitive(tpm2.Marshal(tpm2.TPMTSensitive{
+				SensitiveType: typ, AuthValue: tpm2.TPM2BAuth{Buffer: tt.authValue}, SeedValue: tpm2.TPM2BDigest{Buffer: seed},
+				Sensitive: composite,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := sealedData(pub, sens)
+			if err == nil {
+				err = node.authorizeUnseal(pub, sens, nil)
+			}
+			switch {
+			case tt.wantErr == "" && (err != nil || !bytes.Equal(got, data)):
+				t.Errorf("got %q, %v; want %q", got, err, data)
+			case tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr):
+				t.Errorf("got %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
