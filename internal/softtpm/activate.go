@@ -13,8 +13,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/keybroker/keybroker/internal/tpmcred"
 	pb "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -119,11 +117,10 @@ func (n *Node) decryptSeed(encSeed []byte, label string) ([]byte, error) {
 		}
 		return seed, nil
 	}
-	point, err := unmarshalExact[tpm2.TPMSECCPoint](encSeed)
+	x, y, err := decodeECCPoint(encSeed)
 	if err != nil {
 		return nil, fmt.Errorf("encrypted seed is not a TPMS_ECC_POINT: %w", err)
 	}
-	x, y := point.X.Buffer, point.Y.Buffer
 	if len(x) == 0 || len(x) > 32 || len(y) == 0 || len(y) > 32 {
 		return nil, fmt.Errorf("encrypted seed is not a P-256 point: %w", errNotTPM)
 	}
@@ -157,20 +154,4 @@ func tpm2b(b []byte, maxSize int) ([]byte, error) {
 		return nil, fmt.Errorf("TPM2B size %d, %d bytes follow: %w", size, len(b)-2, errNotTPM)
 	}
 	return b[2:], nil
-}
-
-// unmarshalExact decodes b as one T, refusing trailing bytes and encodings
-// that are not T's canonical one.
-func unmarshalExact[T tpm2.Marshallable, P interface {
-	*T
-	tpm2.Unmarshallable
-}](b []byte) (*T, error) {
-	v, err := tpm2.Unmarshal[T, P](b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errNotTPM, err)
-	}
-	if !bytes.Equal(tpm2.Marshal(P(v)), b) {
-		return nil, fmt.Errorf("trailing or non-canonical bytes: %w", errNotTPM)
-	}
-	return v, nil
 }

@@ -68,3 +68,52 @@ func BenchmarkActivateQuoteOpen(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQuote is one Quote of the node's SHA-256 bank with a 32-byte
+// secret: the TPMS_ATTEST and TPMT_SIGNATURE encodings and the signature.
+func BenchmarkQuote(b *testing.B) {
+	for _, key := range keyTypes {
+		b.Run(key.String(), func(b *testing.B) {
+			node := newNode(b, key)
+			secret := random(b, challenge.SecretSize)
+			for b.Loop() {
+				if _, err := node.Quote(secret); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkOpen is one Open of a credential sealing.SealCredential made
+// for the node: "bound" without PCRs (a TLS credential of loadgen), "sealed"
+// under PolicyPCR over PCRs 0 and 7. The same credential is opened on every
+// iteration: Open does not consume it.
+func BenchmarkOpen(b *testing.B) {
+	for _, key := range keyTypes {
+		node := newNode(b, key)
+		pcrs, err := node.PCRs(tpm2.TPMAlgSHA256)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, mode := range []struct {
+			name string
+			sel  *tpmpb.PCRs
+		}{
+			{"bound", nil},
+			{"sealed", &tpmpb.PCRs{Hash: tpmpb.HashAlgo_SHA256, Pcrs: pick(pcrs, 0, 7)}},
+		} {
+			b.Run(key.String()+"/"+mode.name, func(b *testing.B) {
+				cred, err := sealing.SealCredential(node.EKPublic(), "bench", pb.CredentialType_SECRET, random(b, 600), mode.sel)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for b.Loop() {
+					if _, err := node.Open(cred); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

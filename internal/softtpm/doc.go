@@ -25,6 +25,14 @@
 // simulator and the broker's own code (MakeCredential, verify.Quotes,
 // sealing.SealCredential).
 //
+// The TPM structures of every release — the quote's TPMS_ATTEST and
+// TPMT_SIGNATURE, an ECC EK's encrypted seed, the sealed object's
+// TPMT_PUBLIC and TPMT_SENSITIVE — are encoded and decoded by hand, in
+// tpm2.Marshal's bytes and with the strictness of decoding with
+// tpm2.Unmarshal and refusing what does not encode back unchanged: Activate,
+// Quote and Open of a credential without PCRs run no go-tpm reflection
+// (Open of a PCR-sealed one runs go-tpm's policy calculator).
+//
 // Usage, against a broker client c that trusts node.EKHash():
 //
 //	node, err := softtpm.New(softtpm.Opts{Key: softtpm.ECC})

@@ -1,8 +1,8 @@
 package softtpm
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
@@ -57,11 +57,16 @@ func encodePublic(tmpl *tpm2.TPMTPublic, key []byte) []byte {
 	return append(out, key...)
 }
 
-// sha256Name is the TPM name of an object whose name algorithm is SHA-256:
-// TPM_ALG_SHA256 || SHA-256(TPMT_PUBLIC).
-func sha256Name(public []byte) []byte {
-	sum := sha256.Sum256(public)
-	return append(binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgSHA256)), sum[:]...)
+// objectName is the TPM name of an object: nameAlg || H(public), public
+// being its TPMT_PUBLIC as encoded.
+func objectName(nameAlg tpm2.TPMAlgID, public []byte) ([]byte, error) {
+	h, err := nameAlg.Hash()
+	if err != nil {
+		return nil, fmt.Errorf("unable to compute the object's name: %w", err)
+	}
+	d := h.New()
+	d.Write(public)
+	return d.Sum(binary.BigEndian.AppendUint16(make([]byte, 0, 2+h.Size()), uint16(nameAlg))), nil
 }
 
 // The templates New fills in.

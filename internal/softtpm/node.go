@@ -161,7 +161,10 @@ func (n *Node) newRSAKeys() error {
 // keys, and derives the names and the EK hash.
 func (n *Node) setPublics(ekTmpl *tpm2.TPMTPublic, ekKey []byte, akTmpl *tpm2.TPMTPublic, akKey []byte) error {
 	n.ekPublic, n.akPublic = encodePublic(ekTmpl, ekKey), encodePublic(akTmpl, akKey)
-	n.akName = sha256Name(n.akPublic)
+	var err error
+	if n.akName, err = objectName(akTmpl.NameAlg, n.akPublic); err != nil {
+		return err
+	}
 	// The qualified name of a primary key: H(hierarchy handle || name).
 	h := sha256.New()
 	h.Write(tpm2.PrimaryHandleName(tpm2.TPMRHOwner))

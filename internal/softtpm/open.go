@@ -59,18 +59,17 @@ func (n *Node) Open(cred *pb.Credential) ([]byte, error) {
 // body, public the TPMT_PUBLIC; pcrs, when set, is the PolicyPCR selection
 // the unseal session runs.
 func (n *Node) importUnseal(dup, seed, public []byte, pcrs *pb.PCRValues) ([]byte, error) {
-	pub, err := unmarshalExact[tpm2.TPMTPublic](public)
+	pub, err := decodeKeyedHashPublic(public)
 	if err != nil {
 		return nil, fmt.Errorf("public area: %w", err)
 	}
-	if pub.Type != tpm2.TPMAlgKeyedHash {
-		return nil, errors.New("public area is not a keyed-hash object")
-	}
-	name, err := tpm2.ObjectName(pub)
+	// The public area as decoded is its one canonical encoding: the name
+	// is that of the bytes received.
+	name, err := objectName(pub.nameAlg, public)
 	if err != nil {
-		return nil, fmt.Errorf("unable to compute the object's name: %w", err)
+		return nil, err
 	}
-	plain, err := n.unwrap(seed, labelDuplicate, dup, name.Buffer)
+	plain, err := n.unwrap(seed, labelDuplicate, dup, name)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +78,7 @@ func (n *Node) importUnseal(dup, seed, public []byte, pcrs *pb.PCRValues) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("duplicate is not a TPM2B_SENSITIVE: %w", err)
 	}
-	sens, err := unmarshalExact[tpm2.TPMTSensitive](body)
+	sens, err := decodeSensitive(body)
 	if err != nil {
 		return nil, fmt.Errorf("duplicate is not a TPMT_SENSITIVE: %w", err)
 	}
@@ -96,32 +95,24 @@ func (n *Node) importUnseal(dup, seed, public []byte, pcrs *pb.PCRValues) ([]byt
 // sealedData checks what TPM2_Load and TPM2_Unseal check of a sealed data
 // object — sensitive type, no sign or decrypt attribute, the public area's
 // unique bound to the sensitive data — and returns that data.
-func sealedData(pub *tpm2.TPMTPublic, sens *tpm2.TPMTSensitive) ([]byte, error) {
-	if sens.SensitiveType != pub.Type {
+func sealedData(pub *keyedHashPublic, sens *objectSensitive) ([]byte, error) {
+	if sens.sensitiveType != tpm2.TPMAlgKeyedHash {
 		return nil, errors.New("sensitive area type does not match the public area")
 	}
-	if pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Decrypt {
+	if pub.attributes&(attrSignEncrypt|attrDecrypt) != 0 {
 		return nil, errors.New("object is not a sealed data object")
 	}
-	bits, err := sens.Sensitive.Bits()
-	if err != nil {
-		return nil, fmt.Errorf("sensitive area holds no data: %w", err)
-	}
-	unique, err := pub.Unique.KeyedHash()
-	if err != nil {
-		return nil, fmt.Errorf("public area has no keyed-hash unique: %w", err)
-	}
-	h, err := pub.NameAlg.Hash()
+	h, err := pub.nameAlg.Hash()
 	if err != nil {
 		return nil, fmt.Errorf("object name algorithm: %w", err)
 	}
 	d := h.New()
-	d.Write(sens.SeedValue.Buffer)
-	d.Write(bits.Buffer)
-	if subtle.ConstantTimeCompare(d.Sum(nil), unique.Buffer) != 1 {
+	d.Write(sens.seedValue)
+	d.Write(sens.sensitive)
+	if subtle.ConstantTimeCompare(d.Sum(nil), pub.unique) != 1 {
 		return nil, errors.New("public area is not bound to the sensitive area")
 	}
-	return bits.Buffer, nil
+	return sens.sensitive, nil
 }
 
 // authorizeUnseal is the unseal's authorization: without pcrs, a password
@@ -129,12 +120,12 @@ func sealedData(pub *tpm2.TPMTPublic, sens *tpm2.TPMTSensitive) ([]byte, error) 
 // with pcrs, a policy session (SHA-256) in which TPM2_PolicyPCR over that
 // selection ran on the node's current values, whose digest must be the
 // object's authPolicy.
-func (n *Node) authorizeUnseal(pub *tpm2.TPMTPublic, sens *tpm2.TPMTSensitive, pcrs *pb.PCRValues) error {
+func (n *Node) authorizeUnseal(pub *keyedHashPublic, sens *objectSensitive, pcrs *pb.PCRValues) error {
 	if pcrs == nil {
-		if !pub.ObjectAttributes.UserWithAuth {
+		if pub.attributes&attrUserWithAuth == 0 {
 			return errors.New("object needs a policy session and the credential names no PCRs")
 		}
-		if len(sens.AuthValue.Buffer) != 0 {
+		if len(sens.authValue) != 0 {
 			return errors.New("object has a password")
 		}
 		return nil
@@ -143,7 +134,7 @@ func (n *Node) authorizeUnseal(pub *tpm2.TPMTPublic, sens *tpm2.TPMTSensitive, p
 	if err != nil {
 		return err
 	}
-	if len(pub.AuthPolicy.Buffer) == 0 || subtle.ConstantTimeCompare(digest, pub.AuthPolicy.Buffer) != 1 {
+	if len(pub.authPolicy) == 0 || subtle.ConstantTimeCompare(digest, pub.authPolicy) != 1 {
 		return ErrPolicy
 	}
 	return nil

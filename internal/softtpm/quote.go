@@ -61,21 +61,16 @@ func (n *Node) quote(secret []byte, bank tpm2.TPMAlgID) (*pb.Quote, error) {
 		digest.Write(v)
 		values[uint32(i)] = slices.Clone(v)
 	}
-	attest := tpm2.TPMSAttest{
-		Magic:           tpm2.TPMGeneratedValue,
-		Type:            tpm2.TPMSTAttestQuote,
-		QualifiedSigner: tpm2.TPM2BName{Buffer: n.akSigner},
-		ExtraData:       tpm2.TPM2BData{Buffer: secret},
-		ClockInfo:       clock,
-		FirmwareVersion: n.firmware,
-		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
-			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{
-				{Hash: bank, PCRSelect: []byte{0xff, 0xff, 0xff}},
-			}},
-			PCRDigest: tpm2.TPM2BDigest{Buffer: digest.Sum(nil)},
-		}),
+	attest := quoteAttest{
+		signer:    n.akSigner,
+		extraData: secret,
+		clock:     clock,
+		firmware:  n.firmware,
+		bank:      bank,
+		pcrSelect: []byte{0xff, 0xff, 0xff},
+		pcrDigest: digest.Sum(nil),
 	}
-	msg := tpm2.Marshal(attest)
+	msg := attest.encode()
 	sig, err := n.sign(msg)
 	if err != nil {
 		return nil, err
@@ -92,25 +87,13 @@ func (n *Node) sign(msg []byte) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("unable to sign the quote: %w", err)
 		}
-		return tpm2.Marshal(tpm2.TPMTSignature{
-			SigAlg: tpm2.TPMAlgECDSA,
-			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-				Hash:       tpm2.TPMAlgSHA256,
-				SignatureR: tpm2.TPM2BECCParameter{Buffer: fixed(r)},
-				SignatureS: tpm2.TPM2BECCParameter{Buffer: fixed(s)},
-			}),
-		}), nil
+		return encodeECDSASignature(tpm2.TPMAlgSHA256, fixed(r), fixed(s)), nil
 	case *rsa.PrivateKey:
 		s, err := rsa.SignPKCS1v15(nil, ak, sha256Hash, d[:])
 		if err != nil {
 			return nil, fmt.Errorf("unable to sign the quote: %w", err)
 		}
-		return tpm2.Marshal(tpm2.TPMTSignature{
-			SigAlg: tpm2.TPMAlgRSASSA,
-			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
-				Hash: tpm2.TPMAlgSHA256, Sig: tpm2.TPM2BPublicKeyRSA{Buffer: s},
-			}),
-		}), nil
+		return encodeRSASSASignature(tpm2.TPMAlgSHA256, s), nil
 	}
 	return nil, fmt.Errorf("unsupported AK type %T", n.ak)
 }
