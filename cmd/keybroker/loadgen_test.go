@@ -45,7 +45,7 @@ func TestLoadgenServeJSON(t *testing.T) {
 	}
 	for _, k := range []string{"nodes", "concurrency", "errors", "wall_seconds", "releases_per_second", "p50_ms", "p95_ms", "p99_ms",
 		"broker_cpu_ms_per_release", "generator_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio",
-		"floor_threads", "floor_saturated_ms", "floor_saturated_ratio", "floor_saturated"} {
+		"floor_threads", "floor_saturated_ms", "floor_saturated_ratio", "floor_saturated", "floor_in_run_samples"} {
 		v, ok := sum[k]
 		if !ok || v == nil {
 			t.Errorf("summary has no %s: %s", k, stdout)

@@ -81,11 +81,21 @@ func TestDriveReleasesToEveryNode(t *testing.T) {
 		t.Run(key.String(), func(t *testing.T) {
 			fleet := newFleet(t, 20, key)
 			r, dataDir := startBroker(t, fleet)
-			sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 4, Addr: r.Addr(), CAPEM: r.CA.BundlePEM()})
+			sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 4, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), FloorInterval: time.Millisecond})
 			if err != nil {
 				t.Fatal(err)
 			}
 			r.Stop()
+			switch {
+			case sum.FloorInRunSamples >= minInRunSamples && sum.FloorInRun != nil:
+				checkFloorParts(t, *sum.FloorInRun, []float64{sum.FloorInRun.AKVerifyMs, sum.FloorInRun.MakeCredentialMs,
+					sum.FloorInRun.ImportBlobMs, sum.FloorInRun.CertificateMs, sum.FloorInRun.TLSHandshakeMs})
+			case sum.FloorInRunSamples >= minInRunSamples || sum.FloorInRun != nil:
+				t.Errorf("%d in-run floor samples, floor %+v: want a floor from %d samples on", sum.FloorInRunSamples, sum.FloorInRun, minInRunSamples)
+			}
+			if sum.FloorInRunRatio != nil {
+				t.Errorf("in-run floor ratio %v without a broker process", *sum.FloorInRunRatio)
+			}
 			if len(sum.Errors) != 0 || sum.Released != 20 || sum.Nodes != 20 {
 				t.Fatalf("released %d of %d, errors %v; want all 20, none", sum.Released, sum.Nodes, sum.Errors)
 			}
@@ -411,6 +421,47 @@ func TestMeasureFloor(t *testing.T) {
 	}
 }
 
+// The floor sampled during a run: every step timed, for both key types and
+// with an EK chain; a sampler stopped before its first interval has no
+// floor; one that cannot measure a step says so.
+func TestSampleFloor(t *testing.T) {
+	ca := newEKCA(t)
+	for _, key := range []softtpm.KeyType{softtpm.ECC, softtpm.RSA} {
+		t.Run(key.String(), func(t *testing.T) {
+			node := newCertFleet(t, 1, key, ca)[0]
+			s, err := SampleFloor(node, ca, time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(30 * time.Second); s.n.Load() < minInRunSamples && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			f, n, err := s.Stop()
+			if err != nil || n < minInRunSamples {
+				t.Fatalf("%d samples, %v; want %d at least", n, err, minInRunSamples)
+			}
+			checkFloorParts(t, f, []float64{f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs, f.EKChainMs})
+		})
+	}
+	t.Run("stopped at once", func(t *testing.T) {
+		s, err := SampleFloor(newFleet(t, 1, softtpm.ECC)[0], nil, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f, n, err := s.Stop(); err != nil || n != 0 || f != (Floor{}) {
+			t.Errorf("Stop before the first interval: %+v, %d samples, %v; want a zero floor, 0, nil", f, n, err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		if _, err := SampleFloor(newFleet(t, 1, softtpm.ECC)[0], ca, time.Second); err == nil || err.Error() != "the node has no EK certificate" {
+			t.Errorf("sampling the EK chain of a node without a certificate: %v", err)
+		}
+		if _, err := SampleFloor(newFleet(t, 1, softtpm.ECC)[0], nil, 0); err == nil {
+			t.Error("sampling every 0 s: no error")
+		}
+	})
+}
+
 // Measuring the EK chain of a node that has no EK certificate, or one from
 // another CA, is an error, not a zero.
 func TestMeasureFloorEKChainRefused(t *testing.T) {
@@ -515,6 +566,47 @@ func TestSummaryEventLog(t *testing.T) {
 		}
 		if !strings.Contains(text.String(), tc.wantText) {
 			t.Errorf("text:\n%s\nwant %q", text.String(), tc.wantText)
+		}
+	}
+}
+
+// The floor sampled during the run is in both forms when measured, and
+// said to be unknown (null in JSON) when the run was too short.
+func TestSummaryFloorInRun(t *testing.T) {
+	f := Floor{AKVerifyMs: 0.1, MakeCredentialMs: 0.1, ImportBlobMs: 0.1, CertificateMs: 0.2, TLSHandshakeMs: 0.4, TotalMs: 0.9}
+	cpu, r := 1.8, 2.0
+	for _, tc := range []struct {
+		sum      Summary
+		wantJSON string
+		wantText []string
+	}{
+		{Summary{FloorInRunSamples: 40, FloorInRun: &f, FloorInRunMs: &f.TotalMs, FloorInRunRatio: &r, BrokerCPUMsPerRelease: &cpu},
+			`"floor_in_run_samples":40,"floor_in_run_ms":0.9,"floor_in_run_ratio":2,"floor_in_run":{`,
+			[]string{"floor in run     0.900 ms (AK verify 0.100,", ", 40 samples\n", "ratio to it      2.00 x\n"}},
+		{Summary{FloorInRunSamples: 3},
+			`"floor_in_run_samples":3,"floor_in_run_ms":null,"floor_in_run_ratio":null,"floor_in_run":null`,
+			[]string{"floor in run     unknown (3 samples: run too short)\n", "ratio to it      unknown x\n"}},
+	} {
+		s := tc.sum
+		s.Errors = map[string]int{}
+		var js, text bytes.Buffer
+		if err := s.WriteJSON(&js); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteText(&text); err != nil {
+			t.Fatal(err)
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, js.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(compact.String(), tc.wantJSON) {
+			t.Errorf("JSON %s\nwant %s", compact.String(), tc.wantJSON)
+		}
+		for _, w := range tc.wantText {
+			if !strings.Contains(text.String(), w) {
+				t.Errorf("text:\n%s\nwant %q", text.String(), w)
+			}
 		}
 	}
 }

@@ -59,6 +59,9 @@ type Opts struct {
 	Progress io.Writer
 	// Timeout bounds one node's release; default one minute.
 	Timeout time.Duration
+	// FloorInterval is how often the floor is sampled during the run
+	// (Summary.FloorInRun); default floorInterval.
+	FloorInterval time.Duration
 	// CPUProfile, if set, receives a CPU profile (pprof) of this process
 	// while it drives the nodes: the generator's own cost, without the
 	// fleet's key generation and the floor. Nil: none.
@@ -74,6 +77,9 @@ func (o *Opts) defaults() error {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = time.Minute
+	}
+	if o.FloorInterval == 0 {
+		o.FloorInterval = floorInterval
 	}
 	switch {
 	case o.Nodes < 0 || o.Concurrency < 0:
@@ -243,8 +249,20 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	if os.Getenv("GOGC") == "" {
 		defer debug.SetGCPercent(debug.SetGCPercent(generatorGCPercent))
 	}
+	sampler, err := SampleFloor(nodes[0], o.EKCA, o.FloorInterval)
+	if err != nil {
+		return err
+	}
 	self0, selfErr := processCPU(os.Getpid())
 	lat := drive(ctx, o, nodes, t.addr, pinVerified(tlsCfg), sum)
+	inRun, samples, err := sampler.Stop()
+	if err != nil {
+		return err
+	}
+	sum.FloorInRunSamples = samples
+	if samples >= minInRunSamples {
+		sum.FloorInRun, sum.FloorInRunMs = &inRun, &inRun.TotalMs
+	}
 	if o.CPUProfile != nil {
 		pprof.StopCPUProfile()
 	}
@@ -265,6 +283,9 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		sum.BrokerCPUMsPerRelease = perRelease(float64(cpu1-cpu0)/float64(time.Millisecond), sum.Released)
 		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)
 		sum.FloorSaturatedRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorSaturated.TotalMs)
+		if sum.FloorInRun != nil {
+			sum.FloorInRunRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorInRun.TotalMs)
+		}
 	}
 	if t.store != "" {
 		store1, err := fileSize(t.store)
@@ -275,6 +296,14 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	}
 	return nil
 }
+
+// floorInterval is how often the floor is sampled during a run, and
+// minInRunSamples how many samples make a floor: a run shorter than about
+// a second and a half has no floor of its own.
+const (
+	floorInterval   = 250 * time.Millisecond
+	minInRunSamples = 5
+)
 
 // generatorGCPercent is the generator's GOGC while it drives the nodes
 // (unless GOGC is set): its heap is mostly the fleet's keys, live for the

@@ -59,6 +59,17 @@ type Summary struct {
 	FloorSaturatedMs    float64  `json:"floor_saturated_ms"`
 	FloorSaturatedRatio *float64 `json:"floor_saturated_ratio"`
 	FloorSaturated      Floor    `json:"floor_saturated"`
+	// FloorInRun is the same floor sampled while the run went on
+	// (FloorSampler: each operation once every quarter second, on a
+	// thread of its own), FloorInRunSamples times: the host's speed,
+	// which a shared machine changes from one minute to the next, is the
+	// same for it as for the broker's CPU. FloorInRunRatio is the broker's
+	// CPU per release over it. Null when the run took fewer than
+	// minInRunSamples samples.
+	FloorInRunSamples int      `json:"floor_in_run_samples"`
+	FloorInRunMs      *float64 `json:"floor_in_run_ms"`
+	FloorInRunRatio   *float64 `json:"floor_in_run_ratio"`
+	FloorInRun        *Floor   `json:"floor_in_run"`
 	// FleetSeconds is how long making the nodes' keys (and EK
 	// certificates) took.
 	FleetSeconds float64 `json:"fleet_seconds"`
@@ -116,6 +127,12 @@ func (s *Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 2))
 	fmt.Fprintf(&b, "floor, %d busy   %s\n", s.FloorThreads, s.FloorSaturated.text(s.EKCerts))
 	fmt.Fprintf(&b, "ratio to it      %s x\n", optional(s.FloorSaturatedRatio, 2))
+	if s.FloorInRun != nil {
+		fmt.Fprintf(&b, "floor in run     %s, %d samples\n", s.FloorInRun.text(s.EKCerts), s.FloorInRunSamples)
+	} else {
+		fmt.Fprintf(&b, "floor in run     unknown (%d samples: run too short)\n", s.FloorInRunSamples)
+	}
+	fmt.Fprintf(&b, "ratio to it      %s x\n", optional(s.FloorInRunRatio, 2))
 	_, err := w.Write(b.Bytes())
 	return err
 }
