@@ -32,10 +32,10 @@ import (
 const floorPayloadSize = 1536
 
 // BenchmarkCryptoFloor times the crypto one release needs, one step by one
-// and in sequence ("all"): what no implementation of the pipeline can
-// avoid, each step done by the broker's own code for it alone (as
-// keybroker loadgen's floor), so that work cut from a step lowers the floor
-// with it.
+// and in sequence ("all"), each step done by the broker's own code for it
+// alone (as keybroker loadgen's floor): the encoding around each step's
+// crypto counts as floor, and work cut from a step lowers the floor with
+// it.
 func BenchmarkCryptoFloor(b *testing.B) {
 	f := newCryptoFloor(b, newBenchNode(b))
 	ops := []struct {

@@ -69,13 +69,14 @@ floor_ms; floor_saturated_ms, the same floor with floor_threads operations
 at once (one per CPU), every CPU busy as during the run (hardware threads
 sharing a core then slow each other down), and floor_saturated_ratio =
 broker CPU per release / floor_saturated_ms; floor_in_run_ms, the same
-floor sampled while the run goes on (each operation once every quarter
-second, on a thread of its own: the host's speed and the run's contention for
-caches and CPUs are the same for it as for the broker; null for a run of
-under floor_in_run_samples = 5 samples), and floor_in_run_ratio = broker CPU
-per release / floor_in_run_ms; ek_certs says whether the
-nodes presented EK certificates; event_log_bytes is the size of the event log each node sent (0
-without --event-log).
+floor sampled while the run goes on (every half second each operation run
+once to warm the caches, then timed three times, on a thread of its own: the
+host's speed is the same for it as for the broker; floor_in_run_samples
+counts the timed runs of each operation, and the in-run floor is null under
+nine of them, or with floor_in_run_error when sampling failed), and
+floor_in_run_ratio = broker CPU per release / floor_in_run_ms; ek_certs says
+whether the nodes presented EK certificates; event_log_bytes is the size of
+the event log each node sent (0 without --event-log).
 It exits 1 if any release failed.
 
 To leave the broker on the same machine as much CPU as it can, the generator

@@ -16,7 +16,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -130,78 +129,6 @@ func (f *Floor) set(ms []float64) {
 		*out[i] = v
 		f.TotalMs += v
 	}
-}
-
-// FloorSampler times the floor's operations while a run goes on: every
-// interval each of them once, in turn, on a thread of its own, as CPU time
-// of that thread (see MeasureFloor). Measured on the same host at the same
-// moments as the broker's CPU, its mean is not moved by the host's speed
-// drifting between the floor's measurement and the run; the work it adds
-// is about a thousandth of a second of CPU per interval.
-type FloorSampler struct {
-	ops        []func() (time.Duration, error)
-	sum        []time.Duration
-	n          atomic.Int64 // samples taken
-	err        error
-	quit, done chan struct{}
-}
-
-// SampleFloor starts a FloorSampler for node (and ekCA, nil: none); Stop
-// ends it.
-func SampleFloor(node *softtpm.Node, ekCA *softtpm.EKCA, interval time.Duration) (*FloorSampler, error) {
-	if interval <= 0 {
-		return nil, errors.New("the floor's sampling interval must be positive")
-	}
-	ops, err := floorSteps(node, ekCA)
-	if err != nil {
-		return nil, err
-	}
-	s := &FloorSampler{ops: ops, sum: make([]time.Duration, len(ops)), quit: make(chan struct{}), done: make(chan struct{})}
-	go s.loop(interval)
-	return s, nil
-}
-
-func (s *FloorSampler) loop(interval time.Duration) {
-	defer close(s.done)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-tick.C:
-		}
-		for i, op := range s.ops {
-			d, err := op()
-			if err != nil {
-				s.err = fmt.Errorf("unable to measure the crypto floor during the run: %w", err)
-				return
-			}
-			s.sum[i] += d
-		}
-		s.n.Add(1)
-	}
-}
-
-// Stop ends the sampling and returns the mean of each operation over the
-// samples taken and their number (0: the run was shorter than one
-// interval; the Floor is then zero).
-func (s *FloorSampler) Stop() (Floor, int, error) {
-	close(s.quit)
-	<-s.done
-	var f Floor
-	n := int(s.n.Load())
-	if s.err != nil || n == 0 {
-		return f, n, s.err
-	}
-	ms := make([]float64, len(s.sum))
-	for i, d := range s.sum {
-		ms[i] = float64(d) / float64(n) / float64(time.Millisecond)
-	}
-	f.set(ms)
-	return f, n, nil
 }
 
 // timeOpOn runs op on procs threads at once and returns its mean cost in

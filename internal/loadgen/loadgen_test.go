@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -423,7 +425,7 @@ func TestMeasureFloor(t *testing.T) {
 
 // The floor sampled during a run: every step timed, for both key types and
 // with an EK chain; a sampler stopped before its first interval has no
-// floor; one that cannot measure a step says so.
+// floor; one whose step fails says so and keeps no floor.
 func TestSampleFloor(t *testing.T) {
 	ca := newEKCA(t)
 	for _, key := range []softtpm.KeyType{softtpm.ECC, softtpm.RSA} {
@@ -450,6 +452,30 @@ func TestSampleFloor(t *testing.T) {
 		}
 		if f, n, err := s.Stop(); err != nil || n != 0 || f != (Floor{}) {
 			t.Errorf("Stop before the first interval: %+v, %d samples, %v; want a zero floor, 0, nil", f, n, err)
+		}
+	})
+	t.Run("failing step", func(t *testing.T) {
+		// The second run of the first step fails: the samples taken
+		// are dropped and the error says what failed.
+		var runs atomic.Int64
+		failing := func() (time.Duration, error) {
+			if runs.Add(1) == 2 {
+				return 0, errors.New("no listener")
+			}
+			return time.Millisecond, nil
+		}
+		s := startSampler([]func() (time.Duration, error){failing}, time.Millisecond)
+		for deadline := time.Now().Add(30 * time.Second); runs.Load() < 2 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		f, n, err := s.Stop()
+		if err == nil || err.Error() != "unable to measure the crypto floor during the run: no listener" || n != 0 || f != (Floor{}) {
+			t.Errorf("Stop after a failed step: %+v, %d samples, %v; want a zero floor, 0 and the step's error", f, n, err)
+		}
+		var sum Summary
+		sum.setFloorInRun(f, n, err)
+		if sum.FloorInRun != nil || sum.FloorInRunError == "" {
+			t.Errorf("summary after a failed step: %+v", sum)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
@@ -582,10 +608,13 @@ func TestSummaryFloorInRun(t *testing.T) {
 	}{
 		{Summary{FloorInRunSamples: 40, FloorInRun: &f, FloorInRunMs: &f.TotalMs, FloorInRunRatio: &r, BrokerCPUMsPerRelease: &cpu},
 			`"floor_in_run_samples":40,"floor_in_run_ms":0.9,"floor_in_run_ratio":2,"floor_in_run":{`,
-			[]string{"floor in run     0.900 ms (AK verify 0.100,", ", 40 samples\n", "ratio to it      2.00 x\n"}},
+			[]string{"floor in run     0.900 ms (AK verify 0.100,", ", 40 samples\n", "ratio, in run    2.00 x\n"}},
 		{Summary{FloorInRunSamples: 3},
 			`"floor_in_run_samples":3,"floor_in_run_ms":null,"floor_in_run_ratio":null,"floor_in_run":null`,
-			[]string{"floor in run     unknown (3 samples: run too short)\n", "ratio to it      unknown x\n"}},
+			[]string{"floor in run     unknown (3 samples: run too short)\n", "ratio, in run    unknown x\n"}},
+		{Summary{FloorInRunError: "unable to measure the crypto floor during the run: no listener"},
+			`"floor_in_run":null,"floor_in_run_error":"unable to measure the crypto floor during the run: no listener"`,
+			[]string{"floor in run     unknown: unable to measure the crypto floor during the run: no listener\n"}},
 	} {
 		s := tc.sum
 		s.Errors = map[string]int{}

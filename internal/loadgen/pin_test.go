@@ -6,9 +6,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/broker/issue"
@@ -133,5 +137,85 @@ func TestPinVerifiedBounded(t *testing.T) {
 	}
 	if n := len(pin.verified); n != maxPinned {
 		t.Fatalf("%d certificates remembered, want %d", n, maxPinned)
+	}
+}
+
+// connState is the state of a handshake with a server presenting cert's
+// chain.
+func connState(t *testing.T, cert tls.Certificate) tls.ConnectionState {
+	t.Helper()
+	var cs tls.ConnectionState
+	for _, der := range cert.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs.PeerCertificates = append(cs.PeerCertificates, c)
+	}
+	return cs
+}
+
+// The first handshakes of a run verify the same certificate at once: it is
+// remembered once, so that a rotated certificate still finds room.
+func TestPinVerifiedConcurrentFirst(t *testing.T) {
+	caPEM, serving := testCA(t)
+	base, err := agent.TLSConfig("127.0.0.1:1", caPEM, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := newPinned(base)
+	cs := connState(t, serving)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- pin.verify(cs)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(pin.verified); n != 1 {
+		t.Errorf("%d entries for one certificate, want 1", n)
+	}
+	if err := pin.verify(tls.ConnectionState{}); !errors.Is(err, errNoServerCertificate) {
+		t.Errorf("no certificate: %v", err)
+	}
+}
+
+// A remembered certificate is accepted only until the first expiry in its
+// chain, on the configuration's clock; after it, it is verified again, and
+// refused as expired.
+func TestPinVerifiedExpiry(t *testing.T) {
+	caPEM, serving := testCA(t)
+	base, err := agent.TLSConfig("127.0.0.1:1", caPEM, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	base.Time = func() time.Time { return now }
+	pin := newPinned(base)
+	cs := connState(t, serving)
+	if err := pin.verify(cs); err != nil {
+		t.Fatal(err)
+	}
+	until := cs.PeerCertificates[0].NotAfter
+	if got := pin.verified[0].until; !got.Equal(until) {
+		t.Errorf("remembered until %v, want the leaf's expiry %v (the CA's is later)", got, until)
+	}
+	now = until.Add(-time.Second)
+	if err := pin.verify(cs); err != nil {
+		t.Errorf("a second before expiry: %v", err)
+	}
+	now = until.Add(time.Second)
+	var invalid x509.CertificateInvalidError
+	if err := pin.verify(cs); !errors.As(err, &invalid) || invalid.Reason != x509.Expired {
+		t.Errorf("after expiry: %v, want the certificate refused as expired", err)
 	}
 }

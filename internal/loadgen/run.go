@@ -84,6 +84,8 @@ func (o *Opts) defaults() error {
 	switch {
 	case o.Nodes < 0 || o.Concurrency < 0:
 		return errors.New("nodes and concurrency must be positive")
+	case o.FloorInterval < 0:
+		return errors.New("the floor's sampling interval must be positive")
 	case o.Serve && o.Addr != "":
 		return errors.New("serve and an address are exclusive")
 	case !o.Serve && (o.Addr == "" || len(o.CAPEM) == 0):
@@ -224,23 +226,9 @@ type target struct {
 // measure drives the fleet against t and fills sum with the broker's
 // figures read before and after.
 func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum *Summary) error {
-	var cpu0 time.Duration
-	var store0 int64
-	var err error
-	if t.pid != 0 {
-		if cpu0, err = processCPU(t.pid); err != nil {
-			return err
-		}
-	}
-	if t.store != "" {
-		if store0, err = fileSize(t.store); err != nil {
-			return err
-		}
-	}
-	if o.CPUProfile != nil {
-		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
-			return fmt.Errorf("unable to profile the load generator: %w", err)
-		}
+	before, err := t.read()
+	if err != nil {
+		return err
 	}
 	tlsCfg, err := agent.TLSConfig(t.addr, t.caPEM, "")
 	if err != nil {
@@ -253,34 +241,64 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	if err != nil {
 		return err
 	}
+	if o.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
+			sampler.Stop()
+			return fmt.Errorf("unable to profile the load generator: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	self0, selfErr := processCPU(os.Getpid())
 	lat := drive(ctx, o, nodes, t.addr, pinVerified(tlsCfg), sum)
-	inRun, samples, err := sampler.Stop()
+	self1, selfErr1 := processCPU(os.Getpid())
+	sum.fill(lat)
+	if selfErr == nil && selfErr1 == nil {
+		sum.GeneratorCPUMsPerRelease = perRelease(float64(self1-self0)/float64(time.Millisecond), sum.Released)
+	}
+	sum.setFloorInRun(sampler.Stop())
+	after, err := t.read()
 	if err != nil {
 		return err
 	}
-	sum.FloorInRunSamples = samples
-	if samples >= minInRunSamples {
-		sum.FloorInRun, sum.FloorInRunMs = &inRun, &inRun.TotalMs
-	}
-	if o.CPUProfile != nil {
-		pprof.StopCPUProfile()
-	}
-	sum.fill(lat)
-	if self1, err := processCPU(os.Getpid()); err == nil && selfErr == nil {
-		sum.GeneratorCPUMsPerRelease = perRelease(float64(self1-self0)/float64(time.Millisecond), sum.Released)
-	}
+	t.fill(sum, before, after)
+	return nil
+}
+
+// brokerReading is what measure reads of the broker before and after the
+// run; fields of what t does not know stay zero.
+type brokerReading struct {
+	cpu   time.Duration
+	rss   int64
+	store int64
+}
+
+// read reads the broker's CPU and peak RSS (with its pid) and the store's
+// size (with its path).
+func (t target) read() (brokerReading, error) {
+	var r brokerReading
+	var err error
 	if t.pid != 0 {
-		cpu1, err := processCPU(t.pid)
-		if err != nil {
-			return err
+		if r.cpu, err = processCPU(t.pid); err != nil {
+			return r, err
 		}
-		rss, err := peakRSS(t.pid)
-		if err != nil {
-			return err
+		if r.rss, err = peakRSS(t.pid); err != nil {
+			return r, err
 		}
-		sum.BrokerPeakRSSBytes = &rss
-		sum.BrokerCPUMsPerRelease = perRelease(float64(cpu1-cpu0)/float64(time.Millisecond), sum.Released)
+	}
+	if t.store != "" {
+		if r.store, err = fileSize(t.store); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// fill sets sum's broker figures from the readings before and after the
+// run.
+func (t target) fill(sum *Summary, before, after brokerReading) {
+	if t.pid != 0 {
+		sum.BrokerPeakRSSBytes = &after.rss
+		sum.BrokerCPUMsPerRelease = perRelease(float64(after.cpu-before.cpu)/float64(time.Millisecond), sum.Released)
 		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)
 		sum.FloorSaturatedRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorSaturated.TotalMs)
 		if sum.FloorInRun != nil {
@@ -288,21 +306,16 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		}
 	}
 	if t.store != "" {
-		store1, err := fileSize(t.store)
-		if err != nil {
-			return err
-		}
-		sum.StoreBytesPerRelease = perRelease(float64(store1-store0), sum.Released)
+		sum.StoreBytesPerRelease = perRelease(float64(after.store-before.store), sum.Released)
 	}
-	return nil
 }
 
 // floorInterval is how often the floor is sampled during a run, and
-// minInRunSamples how many samples make a floor: a run shorter than about
-// a second and a half has no floor of its own.
+// minInRunSamples how many timed runs of each step make a floor: a run
+// shorter than three intervals has no floor of its own.
 const (
-	floorInterval   = 250 * time.Millisecond
-	minInRunSamples = 5
+	floorInterval   = 500 * time.Millisecond
+	minInRunSamples = 3 * sampleBurst
 )
 
 // generatorGCPercent is the generator's GOGC while it drives the nodes

@@ -60,16 +60,18 @@ type Summary struct {
 	FloorSaturatedRatio *float64 `json:"floor_saturated_ratio"`
 	FloorSaturated      Floor    `json:"floor_saturated"`
 	// FloorInRun is the same floor sampled while the run went on
-	// (FloorSampler: each operation once every quarter second, on a
-	// thread of its own), FloorInRunSamples times: the host's speed,
-	// which a shared machine changes from one minute to the next, is the
-	// same for it as for the broker's CPU. FloorInRunRatio is the broker's
-	// CPU per release over it. Null when the run took fewer than
-	// minInRunSamples samples.
+	// (FloorSampler: every half second each operation warmed up and then
+	// timed a few times, on a thread of its own), FloorInRunSamples timed
+	// runs of each: the host's speed, which a shared machine changes from
+	// one minute to the next, is the same for it as for the broker's CPU.
+	// FloorInRunRatio is the broker's CPU per release over it. Null when
+	// the run took fewer than minInRunSamples samples, or when sampling
+	// failed (FloorInRunError says why; the run's other figures stand).
 	FloorInRunSamples int      `json:"floor_in_run_samples"`
 	FloorInRunMs      *float64 `json:"floor_in_run_ms"`
 	FloorInRunRatio   *float64 `json:"floor_in_run_ratio"`
 	FloorInRun        *Floor   `json:"floor_in_run"`
+	FloorInRunError   string   `json:"floor_in_run_error,omitempty"`
 	// FleetSeconds is how long making the nodes' keys (and EK
 	// certificates) took.
 	FleetSeconds float64 `json:"fleet_seconds"`
@@ -85,6 +87,17 @@ func (s *Summary) fill(lat []time.Duration) {
 	s.P50Ms, s.P95Ms, s.P99Ms = percentile(lat, 50), percentile(lat, 95), percentile(lat, 99)
 	s.FloorMs = s.Floor.TotalMs
 	s.FloorSaturatedMs = s.FloorSaturated.TotalMs
+}
+
+// setFloorInRun records what a FloorSampler's Stop returned.
+func (s *Summary) setFloorInRun(f Floor, samples int, err error) {
+	s.FloorInRunSamples = samples
+	switch {
+	case err != nil:
+		s.FloorInRunError = err.Error()
+	case samples >= minInRunSamples:
+		s.FloorInRun, s.FloorInRunMs = &f, &f.TotalMs
+	}
 }
 
 // perRelease is total/released, or nil when nothing was released.
@@ -126,13 +139,16 @@ func (s *Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "crypto floor     %s\n", s.Floor.text(s.EKCerts))
 	fmt.Fprintf(&b, "floor ratio      %s x\n", optional(s.FloorRatio, 2))
 	fmt.Fprintf(&b, "floor, %d busy   %s\n", s.FloorThreads, s.FloorSaturated.text(s.EKCerts))
-	fmt.Fprintf(&b, "ratio to it      %s x\n", optional(s.FloorSaturatedRatio, 2))
-	if s.FloorInRun != nil {
+	fmt.Fprintf(&b, "ratio, %d busy   %s x\n", s.FloorThreads, optional(s.FloorSaturatedRatio, 2))
+	switch {
+	case s.FloorInRun != nil:
 		fmt.Fprintf(&b, "floor in run     %s, %d samples\n", s.FloorInRun.text(s.EKCerts), s.FloorInRunSamples)
-	} else {
+	case s.FloorInRunError != "":
+		fmt.Fprintf(&b, "floor in run     unknown: %s\n", s.FloorInRunError)
+	default:
 		fmt.Fprintf(&b, "floor in run     unknown (%d samples: run too short)\n", s.FloorInRunSamples)
 	}
-	fmt.Fprintf(&b, "ratio to it      %s x\n", optional(s.FloorInRunRatio, 2))
+	fmt.Fprintf(&b, "ratio, in run    %s x\n", optional(s.FloorInRunRatio, 2))
 	_, err := w.Write(b.Bytes())
 	return err
 }
