@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/policies"
 )
 
@@ -50,10 +51,7 @@ var pcrExprs = struct{ hold, fail []string }{
 func TestEvaluatePCRExprs(t *testing.T) {
 	v := attest(t, node{pcrs: []int{0, 7}})
 	for _, e := range pcrExprs.hold {
-		s, err := policies.Parse([]byte(fill(t, v, `policy "p" {
-  select { ek_hashes = ["EKHASH"] }
-  require = [`+quoteHCL(e)+`]
-}`)), "test.hcl")
+		s, err := exprPolicy(t, v, e)
 		if err != nil {
 			t.Errorf("%s: %v", e, err)
 			continue
@@ -64,10 +62,7 @@ func TestEvaluatePCRExprs(t *testing.T) {
 	}
 	var got []string
 	for _, e := range pcrExprs.fail {
-		s, err := policies.Parse([]byte(fill(t, v, `policy "p" {
-  select { ek_hashes = ["EKHASH"] }
-  require = [`+quoteHCL(e)+`]
-}`)), "test.hcl")
+		s, err := exprPolicy(t, v, e)
 		if err != nil {
 			t.Errorf("%s: %v", e, err)
 			continue
@@ -90,6 +85,16 @@ func TestEvaluatePCRExprs(t *testing.T) {
 	if g, w := strings.Join(got, "\n"), fill(t, v, strings.Join(want, "\n")); g != w {
 		t.Errorf("failures:\n%s\nwant:\n%s", g, w)
 	}
+}
+
+// exprPolicy is a policy selecting v's node that requires the CEL
+// expression e and nothing else.
+func exprPolicy(t *testing.T, v *verify.Verified, e string) (*policies.Set, error) {
+	t.Helper()
+	return policies.Parse([]byte(fill(t, v, `policy "p" {
+  select { ek_hashes = ["EKHASH"] }
+  require = [`+quoteHCL(e)+`]
+}`)), "test.hcl")
 }
 
 // quoteHCL quotes a CEL expression as an HCL string.
