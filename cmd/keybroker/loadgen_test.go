@@ -45,7 +45,8 @@ func TestLoadgenServeJSON(t *testing.T) {
 	}
 	for _, k := range []string{"nodes", "concurrency", "errors", "wall_seconds", "releases_per_second", "p50_ms", "p95_ms", "p99_ms",
 		"broker_cpu_ms_per_release", "generator_cpu_ms_per_release", "broker_peak_rss_bytes", "store_bytes_per_release", "floor_ms", "floor_ratio",
-		"floor_threads", "floor_saturated_ms", "floor_saturated_ratio", "floor_saturated", "floor_in_run_samples"} {
+		"floor_threads", "floor_saturated_ms", "floor_saturated_ratio", "floor_saturated", "floor_in_run_samples",
+		"generator_floor_ms", "generator_floor_ratio", "generator_floor", "cpus", "broker_cpu_share", "wall_seconds_floor"} {
 		v, ok := sum[k]
 		if !ok || v == nil {
 			t.Errorf("summary has no %s: %s", k, stdout)
@@ -78,6 +79,18 @@ func TestLoadgenServeJSON(t *testing.T) {
 	}
 	if threads, _ := sum["floor_threads"].(float64); threads < 1 {
 		t.Errorf("floor_threads %v; want the generator's CPUs", sum["floor_threads"])
+	}
+	// The broker's share of the CPU both used, and the least wall time
+	// of the run with both at their floors on this machine's CPUs.
+	gen, _ := sum["generator_cpu_ms_per_release"].(float64)
+	if share, _ := sum["broker_cpu_share"].(float64); math.Abs(share-cpu/(cpu+gen)) > 1e-9 {
+		t.Errorf("broker_cpu_share %v, want broker / (broker + generator) CPU = %v", share, cpu/(cpu+gen))
+	}
+	floorMs, _ := sum["floor_ms"].(float64)
+	genFloor, _ := sum["generator_floor_ms"].(float64)
+	cpus, _ := sum["cpus"].(float64)
+	if wall, _ := sum["wall_seconds_floor"].(float64); genFloor <= 0 || cpus < 1 || math.Abs(wall-20*(floorMs+genFloor)/cpus/1000) > 1e-9 {
+		t.Errorf("wall_seconds_floor %v, generator_floor_ms %v, cpus %v: want nodes × (floor + generator floor) / CPUs", wall, genFloor, cpus)
 	}
 }
 

@@ -322,6 +322,21 @@ var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 // fresh CA, and a TLS server configuration with that CA's serving
 // certificate for 127.0.0.1, as the broker's listener has.
 func certIssuer() (func() error, *tls.Config, error) {
+	ca, cfg, err := floorCA()
+	if err != nil {
+		return nil, nil, err
+	}
+	return func() error { _, err := ca.IssueTLS(floorLeaf); return err }, cfg, nil
+}
+
+// floorLeaf is the certificate the floor issues, as the load generator's
+// policy has the broker issue to each node.
+var floorLeaf = issue.TLSTemplate{CommonName: "node-floor", DNSNames: []string{"floor.nodes.test"}, TTL: 2 * time.Hour}
+
+// floorCA makes a fresh CA and a TLS server configuration with its
+// serving certificate for 127.0.0.1, as the broker's listener has, which
+// also trusts the CA and names 127.0.0.1 for clients made from it.
+func floorCA() (*issue.CA, *tls.Config, error) {
 	dir, err := os.MkdirTemp("", "keybroker-floor-")
 	if err != nil {
 		return nil, nil, err
@@ -337,12 +352,10 @@ func certIssuer() (func() error, *tls.Config, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Certificate())
-	cfg := &tls.Config{
+	return ca, &tls.Config{
 		Certificates: []tls.Certificate{serving},
 		RootCAs:      pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13,
-	}
-	leaf := issue.TLSTemplate{CommonName: "node-floor", DNSNames: []string{"floor.nodes.test"}, TTL: 2 * time.Hour}
-	return func() error { _, err := ca.IssueTLS(leaf); return err }, cfg, nil
+	}, nil
 }
 
 // serverHandshake runs one TLS 1.3 handshake over loopback TCP, the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/verify"
 	"github.com/keybroker/keybroker/internal/softtpm"
+	"github.com/keybroker/keybroker/internal/tpmcred"
 )
 
 // startBroker starts a broker in process from WriteConfig's files, trusting
@@ -104,8 +106,16 @@ func TestDriveReleasesToEveryNode(t *testing.T) {
 			if sum.Key != key.String() || sum.P50Ms <= 0 || sum.P50Ms > sum.P95Ms || sum.P95Ms > sum.P99Ms {
 				t.Errorf("summary %+v: want the key type and 0 < p50 <= p95 <= p99", sum)
 			}
-			if sum.BrokerCPUMsPerRelease != nil || sum.FloorRatio != nil || sum.FloorSaturatedRatio != nil || sum.StoreBytesPerRelease != nil {
+			if sum.BrokerCPUMsPerRelease != nil || sum.FloorRatio != nil || sum.FloorSaturatedRatio != nil || sum.StoreBytesPerRelease != nil ||
+				sum.BrokerCPUShare != nil || sum.WallSecondsFloor != nil {
 				t.Errorf("broker figures measured without a broker process or store: %+v", sum)
+			}
+			g := sum.GeneratorFloor
+			checkFloorParts(t, Floor{TotalMs: g.TotalMs}, []float64{g.ActivateMs, g.QuoteMs, g.OpenMs, g.TLSHandshakeMs})
+			if sum.GeneratorFloorMs != g.TotalMs || sum.GeneratorCPUMsPerRelease == nil || sum.GeneratorFloorRatio == nil ||
+				*sum.GeneratorFloorRatio != *sum.GeneratorCPUMsPerRelease/g.TotalMs || sum.CPUs < 1 {
+				t.Errorf("generator floor %v ms, ratio %v, CPU %v, %d CPUs: want the floor, the generator's CPU over it, the CPUs",
+					sum.GeneratorFloorMs, sum.GeneratorFloorRatio, sum.GeneratorCPUMsPerRelease, sum.CPUs)
 			}
 			n, err := CountReleaseReceipts(context.Background(), dataDir, EKHashes(fleet))
 			if err != nil {
@@ -631,6 +641,102 @@ func TestSummaryFloorInRun(t *testing.T) {
 		}
 		if !strings.Contains(compact.String(), tc.wantJSON) {
 			t.Errorf("JSON %s\nwant %s", compact.String(), tc.wantJSON)
+		}
+		for _, w := range tc.wantText {
+			if !strings.Contains(text.String(), w) {
+				t.Errorf("text:\n%s\nwant %q", text.String(), w)
+			}
+		}
+	}
+}
+
+// The nodes' side of the floor is measured for both key types with the
+// generator's own steps, every part positive and the total their sum; a
+// challenge and credential made for another node's EK are refused by the
+// node's activation, and the floor says so instead of timing a failure.
+func TestMeasureNodeFloor(t *testing.T) {
+	for _, key := range []softtpm.KeyType{softtpm.ECC, softtpm.RSA} {
+		t.Run(key.String(), func(t *testing.T) {
+			nodes := newFleet(t, 2, key)
+			f, err := MeasureNodeFloor(nodes[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkFloorParts(t, Floor{TotalMs: f.TotalMs}, []float64{f.ActivateMs, f.QuoteMs, f.OpenMs, f.TLSHandshakeMs})
+			other, err := tpmcred.NewKey(nodes[1].EKPublic())
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = measureNodeFloor(nodes[0], other)
+			if err == nil || !strings.HasPrefix(err.Error(), "unable to measure the generator's floor: activate: ") || !errors.Is(err, softtpm.ErrIntegrity) {
+				t.Errorf("floor with another node's EK: %v; want the activation's integrity failure", err)
+			}
+		})
+	}
+}
+
+// A client whose pinned verification refuses the server's certificate
+// (another CA) fails the floor's handshake with the verification's error.
+func TestClientHandshakeRefusesOtherCA(t *testing.T) {
+	_, serverCfg, err := floorCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherCfg, err := floorCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pinVerified(&tls.Config{RootCAs: otherCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})
+	if _, err := clientHandshake(serverCfg, cfg); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("handshake with a server of another CA: %v", err)
+	}
+	if cpu, err := clientHandshake(serverCfg, pinVerified(&tls.Config{RootCAs: serverCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})); err != nil || cpu <= 0 {
+		t.Errorf("handshake with the server's CA: %v CPU, %v", cpu, err)
+	}
+}
+
+// The generator's floor, its ratio, the CPU shares and the wall-time
+// floor are in both forms; without the broker's CPU the share and the
+// wall-time floor are unknown, not zero.
+func TestSummaryGeneratorFloor(t *testing.T) {
+	nf := NodeFloor{ActivateMs: 0.05, QuoteMs: 0.05, OpenMs: 0.1, TLSHandshakeMs: 0.3, TotalMs: 0.5}
+	broker, gen := 1.5, 1.0
+	known := Summary{Nodes: 10000, CPUs: 2, FloorMs: 0.7, GeneratorFloor: nf, BrokerCPUMsPerRelease: &broker, GeneratorCPUMsPerRelease: &gen}
+	known.setShares()
+	unknown := Summary{Nodes: 10000, CPUs: 2, FloorMs: 0.7, GeneratorFloor: nf, GeneratorCPUMsPerRelease: &gen}
+	unknown.setShares()
+	for _, tc := range []struct {
+		sum      Summary
+		wantJSON string
+		wantText []string
+	}{
+		{known,
+			`"generator_floor_ms":0.5,"generator_floor_ratio":2,"generator_floor":{"activate_ms":0.05,"quote_ms":0.05,"open_ms":0.1,"tls_handshake_ms":0.3,"total_ms":0.5},"cpus":2,"broker_cpu_share":0.6,"wall_seconds_floor":6`,
+			[]string{"generator floor  0.500 ms (activate 0.050, quote 0.050, open and key check 0.100, TLS 1.3 client handshake 0.300)\n",
+				"generator ratio  2.00 x\n", "CPU share        broker 60%, generator 40%\n",
+				"wall-time floor  6.00 s: 10000 releases at the broker's and the generator's floors on 2 CPUs\n"}},
+		{unknown,
+			`"generator_floor_ratio":2,`,
+			[]string{"CPU share        unknown\n", "wall-time floor  unknown (the broker's process is not on this machine or not known)\n"}},
+	} {
+		s := tc.sum
+		s.Errors = map[string]int{}
+		var js, text bytes.Buffer
+		if err := s.WriteJSON(&js); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteText(&text); err != nil {
+			t.Fatal(err)
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, js.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(compact.String(), tc.wantJSON) {
+			t.Errorf("JSON %s\nwant %s", compact.String(), tc.wantJSON)
+		}
+		if tc.sum.BrokerCPUMsPerRelease == nil && !strings.Contains(compact.String(), `"broker_cpu_share":null,"wall_seconds_floor":null`) {
+			t.Errorf("JSON %s: want a null share and wall-time floor", compact.String())
 		}
 		for _, w := range tc.wantText {
 			if !strings.Contains(text.String(), w) {

@@ -114,6 +114,7 @@ func (t target) fill(sum *Summary, before, after brokerReading) {
 	if t.store != "" {
 		sum.StoreBytesPerRelease = perRelease(float64(after.store-before.store), sum.Released)
 	}
+	sum.setShares()
 }
 
 // floorInterval is how often the floor is sampled during a run, and

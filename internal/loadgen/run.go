@@ -167,7 +167,7 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 			sum.Nodes, sum.Key, sum.Concurrency, sum.trust(), log)
 	}
 	if o.Progress != nil {
-		fmt.Fprintf(o.Progress, "loadgen: measuring the crypto floor, one operation at a time, then on all %d CPUs at once\n", runtime.GOMAXPROCS(0))
+		fmt.Fprintf(o.Progress, "loadgen: measuring the crypto floor, one operation at a time, then on all %d CPUs at once, then the nodes' side\n", runtime.GOMAXPROCS(0))
 	}
 	var err error
 	if sum.Floor, err = MeasureFloor(nodes[0], o.EKCA); err != nil {
@@ -177,6 +177,10 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 	if sum.FloorSaturated, err = MeasureFloorSaturated(nodes[0], o.EKCA, sum.FloorThreads); err != nil {
 		return nil, err
 	}
+	if sum.GeneratorFloor, err = MeasureNodeFloor(nodes[0]); err != nil {
+		return nil, err
+	}
+	sum.CPUs = runtime.NumCPU()
 	if o.Ready != nil {
 		if err := o.Ready(nodes); err != nil {
 			return nil, err

@@ -72,9 +72,41 @@ type Summary struct {
 	FloorInRunRatio   *float64 `json:"floor_in_run_ratio"`
 	FloorInRun        *Floor   `json:"floor_in_run"`
 	FloorInRunError   string   `json:"floor_in_run_error,omitempty"`
+	// GeneratorFloor is the nodes' side of one release (NodeFloor), one
+	// operation at a time; GeneratorFloorRatio is the generator's CPU per
+	// release over it.
+	GeneratorFloorMs    float64   `json:"generator_floor_ms"`
+	GeneratorFloorRatio *float64  `json:"generator_floor_ratio"`
+	GeneratorFloor      NodeFloor `json:"generator_floor"`
+	// CPUs is how many CPUs this machine lets the generator use.
+	CPUs int `json:"cpus"`
+	// BrokerCPUShare is the broker's part of the CPU the broker and the
+	// generator used together, 0 to 1.
+	BrokerCPUShare *float64 `json:"broker_cpu_share"`
+	// WallSecondsFloor, for a broker on this machine (its process known),
+	// is the least wall time the run could take here: every release at
+	// the broker's floor and the generator's, every CPU busy, nothing
+	// else. A target below it cannot be met on this machine with the
+	// generator beside the broker, whatever either does.
+	WallSecondsFloor *float64 `json:"wall_seconds_floor"`
 	// FleetSeconds is how long making the nodes' keys (and EK
 	// certificates) took.
 	FleetSeconds float64 `json:"fleet_seconds"`
+}
+
+// setShares sets the figures that compare the broker's CPU with the
+// generator's, from those measured.
+func (s *Summary) setShares() {
+	s.GeneratorFloorMs = s.GeneratorFloor.TotalMs
+	s.GeneratorFloorRatio = ratio(s.GeneratorCPUMsPerRelease, s.GeneratorFloorMs)
+	if b, g := s.BrokerCPUMsPerRelease, s.GeneratorCPUMsPerRelease; b != nil && g != nil && *b+*g > 0 {
+		share := *b / (*b + *g)
+		s.BrokerCPUShare = &share
+	}
+	if s.BrokerCPUMsPerRelease != nil && s.CPUs > 0 && s.FloorMs > 0 && s.GeneratorFloorMs > 0 {
+		wall := float64(s.Nodes) * (s.FloorMs + s.GeneratorFloorMs) / float64(s.CPUs) / 1000
+		s.WallSecondsFloor = &wall
+	}
 }
 
 // fill sets the counts, rate and percentiles from the successful latencies.
@@ -149,6 +181,19 @@ func (s *Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "floor in run     unknown (%d samples: run too short)\n", s.FloorInRunSamples)
 	}
 	fmt.Fprintf(&b, "ratio, in run    %s x\n", optional(s.FloorInRunRatio, 2))
+	fmt.Fprintf(&b, "generator floor  %s\n", s.GeneratorFloor.text())
+	fmt.Fprintf(&b, "generator ratio  %s x\n", optional(s.GeneratorFloorRatio, 2))
+	if s.BrokerCPUShare != nil {
+		fmt.Fprintf(&b, "CPU share        broker %.0f%%, generator %.0f%%\n", 100**s.BrokerCPUShare, 100-100**s.BrokerCPUShare)
+	} else {
+		fmt.Fprintf(&b, "CPU share        unknown\n")
+	}
+	if s.WallSecondsFloor != nil {
+		fmt.Fprintf(&b, "wall-time floor  %.2f s: %d releases at the broker's and the generator's floors on %d CPUs\n",
+			*s.WallSecondsFloor, s.Nodes, s.CPUs)
+	} else {
+		fmt.Fprintf(&b, "wall-time floor  unknown (the broker's process is not on this machine or not known)\n")
+	}
 	_, err := w.Write(b.Bytes())
 	return err
 }
