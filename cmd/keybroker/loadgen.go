@@ -76,13 +76,16 @@ counts the timed runs of each operation, and the in-run floor is null under
 nine of them, or with floor_in_run_error when sampling failed), and
 floor_in_run_ratio = broker CPU per release / floor_in_run_ms;
 generator_floor_ms, the nodes' side of one release measured the same way
-(activate, quote, open the credential and check its key, TLS 1.3 client
-handshake) and generator_floor_ratio = generator CPU per release /
-generator_floor_ms; cpus, the CPUs of this machine; broker_cpu_share, the
-broker's part of the CPU the broker and the generator used; and
-wall_seconds_floor (broker process known) = nodes x (floor_ms +
-generator_floor_ms) / cpus, the least wall time of the run on this machine
-with the generator beside the broker, whatever either does; ek_certs says
+with the generator's own code (generator_floor: activate_ms, quote_ms,
+open_ms, tls_handshake_ms for the client's side with the chain pinned; the
+generator's check of each key against its certificate left out) and
+generator_floor_ratio = generator CPU per release / generator_floor_ms;
+cpus, the CPUs the generator (and, its process known, the broker) may run
+on; broker_cpu_share, the broker's part of the CPU the broker and the
+generator used; and wall_seconds_floor (broker process known) = releases x
+(floor_ms + generator_floor_ms) / cpus, the least wall time of the releases
+on this machine with the two side by side, however little either did
+beyond these steps; ek_certs says
 whether the nodes presented EK certificates; event_log_bytes is the size of
 the event log each node sent (0 without --event-log).
 It exits 1 if any release failed.

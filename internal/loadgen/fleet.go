@@ -114,19 +114,28 @@ func release(ctx context.Context, node *softtpm.Node, addr string, tlsCfg *tls.C
 
 // openTLS opens the one TLS credential released and checks its key pair.
 func openTLS(node *softtpm.Node, creds []*pb.Credential) error {
-	if len(creds) != 1 || creds[0].GetType() != pb.CredentialType_TLS_CERTIFICATE {
-		return &stageError{"no_credential", fmt.Errorf("%d credentials released, want one TLS certificate", len(creds))}
-	}
-	payload, err := node.Open(creds[0])
+	tc, err := openCredential(node, creds)
 	if err != nil {
-		return &stageError{"open", err}
-	}
-	var tc pb.TLSCredential
-	if err := proto.Unmarshal(payload, &tc); err != nil {
-		return &stageError{"open", fmt.Errorf("unable to decode the TLS credential: %w", err)}
+		return err
 	}
 	if _, err := tls.X509KeyPair(tc.GetCertificatePem(), tc.GetKeyPem()); err != nil {
 		return &stageError{"key_mismatch", err}
 	}
 	return nil
+}
+
+// openCredential opens the one TLS credential released and decodes it.
+func openCredential(node *softtpm.Node, creds []*pb.Credential) (*pb.TLSCredential, error) {
+	if len(creds) != 1 || creds[0].GetType() != pb.CredentialType_TLS_CERTIFICATE {
+		return nil, &stageError{"no_credential", fmt.Errorf("%d credentials released, want one TLS certificate", len(creds))}
+	}
+	payload, err := node.Open(creds[0])
+	if err != nil {
+		return nil, &stageError{"open", err}
+	}
+	tc := new(pb.TLSCredential)
+	if err := proto.Unmarshal(payload, tc); err != nil {
+		return nil, &stageError{"open", fmt.Errorf("unable to decode the TLS credential: %w", err)}
+	}
+	return tc, nil
 }

@@ -213,6 +213,7 @@ func floorOps(node *softtpm.Node) ([]func() (time.Duration, error), error) {
 		return nil, err
 	}
 	akName := node.AKName()
+	clientCfg := &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: tlsCfg.ServerName, MinVersion: tls.VersionTLS13}
 	secret, payload := make([]byte, challenge.SecretSize), make([]byte, 32)
 	return []func() (time.Duration, error){
 		cpuTimed(verify),
@@ -225,7 +226,7 @@ func floorOps(node *softtpm.Node) ([]func() (time.Duration, error), error) {
 			return err
 		}),
 		cpuTimed(issue),
-		func() (time.Duration, error) { return serverHandshake(tlsCfg) },
+		func() (time.Duration, error) { return loopbackHandshake(tlsCfg, clientCfg, false) },
 	}, nil
 }
 
@@ -358,42 +359,88 @@ func floorCA() (*issue.CA, *tls.Config, error) {
 	}, nil
 }
 
-// serverHandshake runs one TLS 1.3 handshake over loopback TCP, the
-// client on another goroutine, and returns the server's work: the CPU
-// time of the calling thread (locked to it by timeOp) from the accepted
-// connection to the handshake's end, time blocked reading the client
-// excluded.
-func serverHandshake(cfg *tls.Config) (time.Duration, error) {
+// loopbackHandshake runs one TLS 1.3 handshake over loopback TCP between
+// a server with serverCfg and a client with clientCfg, one of them on
+// another goroutine, and returns the work of the side on the calling
+// thread (locked to it by timeOp): the client's with timeClient, else the
+// server's, as that thread's CPU time from the connection made to the
+// handshake's end; time blocked reading the other side is not counted.
+// The handshake must end within handshakeLimit.
+func loopbackHandshake(serverCfg, clientCfg *tls.Config, timeClient bool) (time.Duration, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
 	defer l.Close()
-	clientErr := make(chan error, 1)
-	go func() {
-		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})
-		if err == nil {
-			// Wait for the server to finish reading the client's Finished.
-			_, _ = c.Read(make([]byte, 1))
-			c.Close()
+	deadline := time.Now().Add(handshakeLimit)
+	server := func(self bool) (time.Duration, error) {
+		raw, err := l.Accept()
+		if err != nil {
+			return 0, err
 		}
-		clientErr <- err
+		defer raw.Close()
+		return handshakeSide(tls.Server(raw, serverCfg), deadline, self)
+	}
+	client := func(self bool) (time.Duration, error) {
+		raw, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			return 0, err
+		}
+		defer raw.Close()
+		c := tls.Client(raw, clientCfg)
+		if !self {
+			// Wait for the server to finish reading the client's
+			// Finished: the server's side is the one timed.
+			defer func() { _ = c.SetReadDeadline(deadline); _, _ = c.Read(make([]byte, 1)) }()
+		}
+		return handshakeSide(c, deadline, self)
+	}
+	timed, other := server, client
+	if timeClient {
+		timed, other = client, server
+	}
+	otherErr := make(chan error, 1)
+	go func() {
+		_, err := other(false)
+		otherErr <- err
 	}()
-	raw, err := l.Accept()
+	d, err := timed(true)
 	if err != nil {
+		// Unblock the other side: its peer or its listener is gone.
+		l.Close()
+	}
+	// Either side's failure, both when both failed: the refusal may be
+	// the other side's, and the timed one only told of it.
+	return d, errors.Join(err, <-otherErr)
+}
+
+// handshakeLimit bounds one of the floor's handshakes over loopback.
+const handshakeLimit = 10 * time.Second
+
+// handshakeSide runs c's handshake by deadline and, with timed, returns
+// the CPU time of the calling thread it took; c is closed after.
+func handshakeSide(c *tls.Conn, deadline time.Time, timed bool) (time.Duration, error) {
+	if err := c.SetDeadline(deadline); err != nil {
 		return 0, err
 	}
-	cpu0, err := threadCPU()
+	var cpu0 time.Duration
+	var err error
+	if timed {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if cpu0, err = threadCPU(); err != nil {
+			return 0, err
+		}
+	}
+	err = c.HandshakeContext(context.Background())
+	var took time.Duration
+	if timed {
+		cpu1, cpuErr := threadCPU()
+		took, err = cpu1-cpu0, errors.Join(err, cpuErr)
+	}
 	if err != nil {
-		raw.Close()
+		c.Close()
 		return 0, err
 	}
-	srv := tls.Server(raw, cfg)
-	err = srv.HandshakeContext(context.Background())
-	cpu1, cpuErr := threadCPU()
-	srv.Close()
-	if cerr := <-clientErr; err == nil {
-		err = errors.Join(cerr, cpuErr)
-	}
-	return cpu1 - cpu0, err
+	return took, nil
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -626,25 +627,13 @@ func TestSummaryFloorInRun(t *testing.T) {
 			`"floor_in_run":null,"floor_in_run_error":"unable to measure the crypto floor during the run: no listener"`,
 			[]string{"floor in run     unknown: unable to measure the crypto floor during the run: no listener\n"}},
 	} {
-		s := tc.sum
-		s.Errors = map[string]int{}
-		var js, text bytes.Buffer
-		if err := s.WriteJSON(&js); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.WriteText(&text); err != nil {
-			t.Fatal(err)
-		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, js.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(compact.String(), tc.wantJSON) {
-			t.Errorf("JSON %s\nwant %s", compact.String(), tc.wantJSON)
+		js, text := renderSummary(t, tc.sum)
+		if !strings.Contains(js, tc.wantJSON) {
+			t.Errorf("JSON %s\nwant %s", js, tc.wantJSON)
 		}
 		for _, w := range tc.wantText {
-			if !strings.Contains(text.String(), w) {
-				t.Errorf("text:\n%s\nwant %q", text.String(), w)
+			if !strings.Contains(text, w) {
+				t.Errorf("text:\n%s\nwant %q", text, w)
 			}
 		}
 	}
@@ -676,8 +665,9 @@ func TestMeasureNodeFloor(t *testing.T) {
 }
 
 // A client whose pinned verification refuses the server's certificate
-// (another CA) fails the floor's handshake with the verification's error.
-func TestClientHandshakeRefusesOtherCA(t *testing.T) {
+// (another CA) fails the floor's handshake with the verification's error;
+// the server's own CA passes.
+func TestLoopbackHandshakeRefusesOtherCA(t *testing.T) {
 	_, serverCfg, err := floorCA()
 	if err != nil {
 		t.Fatal(err)
@@ -686,62 +676,134 @@ func TestClientHandshakeRefusesOtherCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := pinVerified(&tls.Config{RootCAs: otherCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})
-	if _, err := clientHandshake(serverCfg, cfg); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
-		t.Errorf("handshake with a server of another CA: %v", err)
-	}
-	if cpu, err := clientHandshake(serverCfg, pinVerified(&tls.Config{RootCAs: serverCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})); err != nil || cpu <= 0 {
-		t.Errorf("handshake with the server's CA: %v CPU, %v", cpu, err)
+	for _, timeClient := range []bool{true, false} {
+		cfg := pinVerified(&tls.Config{RootCAs: otherCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})
+		if _, err := loopbackHandshake(serverCfg, cfg, timeClient); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+			t.Errorf("client timed %v: handshake with a server of another CA: %v", timeClient, err)
+		}
+		cfg = pinVerified(&tls.Config{RootCAs: serverCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})
+		if cpu, err := loopbackHandshake(serverCfg, cfg, timeClient); err != nil || cpu <= 0 {
+			t.Errorf("client timed %v: handshake with the server's CA: %v CPU, %v", timeClient, cpu, err)
+		}
 	}
 }
 
+// The floor's handshake counts the CPU of the side timed, not the time it
+// waits for the other: a server that sleeps 200 ms before answering, or a
+// client that sleeps 200 ms before its Finished, adds nothing to it.
+func TestLoopbackHandshakeTimesOneSide(t *testing.T) {
+	_, serverCfg, err := floorCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pause = 200 * time.Millisecond
+	slowServer := serverCfg.Clone()
+	slowServer.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		time.Sleep(pause)
+		return nil, nil
+	}
+	client := &tls.Config{RootCAs: serverCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}
+	slowClient := client.Clone()
+	slowClient.VerifyConnection = func(tls.ConnectionState) error { time.Sleep(pause); return nil }
+	for _, tc := range []struct {
+		name           string
+		server, client *tls.Config
+		timeClient     bool
+	}{
+		{"client timed, server slow", slowServer, client, true},
+		{"server timed, client slow", serverCfg, slowClient, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			start := time.Now()
+			cpu, err := loopbackHandshake(tc.server, tc.client, tc.timeClient)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wall := time.Since(start); wall < pause || cpu <= 0 || cpu >= pause/2 {
+				t.Errorf("handshake took %v of wall time and %v of CPU; want the pause in the first, not in the second", wall, cpu)
+			}
+		})
+	}
+}
+
+// renderSummary is s as JSON (compact) and as text.
+func renderSummary(t *testing.T, s Summary) (string, string) {
+	t.Helper()
+	s.Errors = map[string]int{}
+	var js, text, compact bytes.Buffer
+	if err := s.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Compact(&compact, js.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	return compact.String(), text.String()
+}
+
 // The generator's floor, its ratio, the CPU shares and the wall-time
-// floor are in both forms; without the broker's CPU the share and the
-// wall-time floor are unknown, not zero.
+// floor are in both forms; the wall-time floor counts the releases made,
+// and is unknown (null), not zero, without the broker's process or
+// without a release.
 func TestSummaryGeneratorFloor(t *testing.T) {
 	nf := NodeFloor{ActivateMs: 0.05, QuoteMs: 0.05, OpenMs: 0.1, TLSHandshakeMs: 0.3, TotalMs: 0.5}
 	broker, gen := 1.5, 1.0
-	known := Summary{Nodes: 10000, CPUs: 2, FloorMs: 0.7, GeneratorFloor: nf, BrokerCPUMsPerRelease: &broker, GeneratorCPUMsPerRelease: &gen}
-	known.setShares()
-	unknown := Summary{Nodes: 10000, CPUs: 2, FloorMs: 0.7, GeneratorFloor: nf, GeneratorCPUMsPerRelease: &gen}
-	unknown.setShares()
+	summary := func(released int, sameMachine bool) Summary {
+		s := Summary{Nodes: 10000, Released: released, CPUs: 2, Floor: Floor{TotalMs: 0.7}, GeneratorFloor: nf,
+			BrokerCPUMsPerRelease: &broker, GeneratorCPUMsPerRelease: &gen}
+		s.fill(make([]time.Duration, released))
+		s.setShares(sameMachine)
+		return s
+	}
 	for _, tc := range []struct {
+		name     string
 		sum      Summary
-		wantJSON string
+		wantJSON []string
 		wantText []string
 	}{
-		{known,
-			`"generator_floor_ms":0.5,"generator_floor_ratio":2,"generator_floor":{"activate_ms":0.05,"quote_ms":0.05,"open_ms":0.1,"tls_handshake_ms":0.3,"total_ms":0.5},"cpus":2,"broker_cpu_share":0.6,"wall_seconds_floor":6`,
-			[]string{"generator floor  0.500 ms (activate 0.050, quote 0.050, open and key check 0.100, TLS 1.3 client handshake 0.300)\n",
+		{"broker on this machine", summary(8000, true),
+			[]string{`"generator_floor_ms":0.5,"generator_floor_ratio":2,"generator_floor":{"activate_ms":0.05,"quote_ms":0.05,"open_ms":0.1,"tls_handshake_ms":0.3,"total_ms":0.5},"cpus":2,"broker_cpu_share":0.6,"wall_seconds_floor":4.8`},
+			[]string{"generator floor  0.500 ms (activate 0.050, quote 0.050, open 0.100, TLS 1.3 client handshake 0.300)\n",
 				"generator ratio  2.00 x\n", "CPU share        broker 60%, generator 40%\n",
-				"wall-time floor  6.00 s: 10000 releases at the broker's and the generator's floors on 2 CPUs\n"}},
-		{unknown,
-			`"generator_floor_ratio":2,`,
-			[]string{"CPU share        unknown\n", "wall-time floor  unknown (the broker's process is not on this machine or not known)\n"}},
+				"wall-time floor  4.80 s: 8000 releases at the broker's and the generator's floors on 2 CPUs\n"}},
+		{"broker process unknown", summary(8000, false),
+			[]string{`"generator_floor_ratio":2,`, `"wall_seconds_floor":null`},
+			[]string{"wall-time floor  unknown (no release, or the broker's process not known)\n"}},
+		{"nothing released", summary(0, true),
+			[]string{`"wall_seconds_floor":null`},
+			[]string{"wall-time floor  unknown (no release, or the broker's process not known)\n"}},
+		{"no CPU figures", Summary{GeneratorFloor: nf},
+			[]string{`"generator_floor_ratio":null,`, `"broker_cpu_share":null,"wall_seconds_floor":null`},
+			[]string{"generator ratio  unknown x\n", "CPU share        unknown\n"}},
 	} {
-		s := tc.sum
-		s.Errors = map[string]int{}
-		var js, text bytes.Buffer
-		if err := s.WriteJSON(&js); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.WriteText(&text); err != nil {
-			t.Fatal(err)
-		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, js.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(compact.String(), tc.wantJSON) {
-			t.Errorf("JSON %s\nwant %s", compact.String(), tc.wantJSON)
-		}
-		if tc.sum.BrokerCPUMsPerRelease == nil && !strings.Contains(compact.String(), `"broker_cpu_share":null,"wall_seconds_floor":null`) {
-			t.Errorf("JSON %s: want a null share and wall-time floor", compact.String())
-		}
-		for _, w := range tc.wantText {
-			if !strings.Contains(text.String(), w) {
-				t.Errorf("text:\n%s\nwant %q", text.String(), w)
+		t.Run(tc.name, func(t *testing.T) {
+			js, text := renderSummary(t, tc.sum)
+			for _, w := range tc.wantJSON {
+				if !strings.Contains(js, w) {
+					t.Errorf("JSON %s\nwant %s", js, w)
+				}
 			}
-		}
+			for _, w := range tc.wantText {
+				if !strings.Contains(text, w) {
+					t.Errorf("text:\n%s\nwant %q", text, w)
+				}
+			}
+		})
+	}
+}
+
+// cpusOf counts the CPUs of this process's affinity mask, and of two
+// processes' the union: at least this process's.
+func TestCPUsOf(t *testing.T) {
+	self := cpusOf(os.Getpid())
+	if self < 1 || self != runtime.NumCPU() {
+		t.Errorf("cpusOf(self) = %d, runtime.NumCPU() = %d", self, runtime.NumCPU())
+	}
+	if both := cpusOf(os.Getpid(), os.Getppid()); both < self {
+		t.Errorf("cpusOf(self, parent) = %d, fewer than self's %d", both, self)
 	}
 }

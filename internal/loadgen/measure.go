@@ -8,7 +8,6 @@ import (
 	"runtime/pprof"
 	"time"
 
-	"github.com/keybroker/keybroker/agent"
 	"github.com/keybroker/keybroker/internal/softtpm"
 )
 
@@ -36,7 +35,7 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := agent.TLSConfig(t.addr, t.caPEM, "")
+	tlsCfg, err := generatorTLS(t.addr, t.caPEM)
 	if err != nil {
 		return err
 	}
@@ -55,7 +54,7 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		defer pprof.StopCPUProfile()
 	}
 	self0, selfErr := processCPU(os.Getpid())
-	lat := drive(ctx, o, nodes, t.addr, pinVerified(tlsCfg), sum)
+	lat := drive(ctx, o, nodes, t.addr, tlsCfg, sum)
 	self1, selfErr1 := processCPU(os.Getpid())
 	sum.fill(lat)
 	if selfErr == nil && selfErr1 == nil {
@@ -103,6 +102,7 @@ func (t target) read() (brokerReading, error) {
 // run.
 func (t target) fill(sum *Summary, before, after brokerReading) {
 	if t.pid != 0 {
+		sum.CPUs = cpusOf(os.Getpid(), t.pid)
 		sum.BrokerPeakRSSBytes = &after.rss
 		sum.BrokerCPUMsPerRelease = perRelease(float64(after.cpu-before.cpu)/float64(time.Millisecond), sum.Released)
 		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)
@@ -114,7 +114,7 @@ func (t target) fill(sum *Summary, before, after brokerReading) {
 	if t.store != "" {
 		sum.StoreBytesPerRelease = perRelease(float64(after.store-before.store), sum.Released)
 	}
-	sum.setShares()
+	sum.setShares(t.pid != 0)
 }
 
 // floorInterval is how often the floor is sampled during a run, and

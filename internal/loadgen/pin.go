@@ -7,6 +7,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/keybroker/keybroker/agent"
 )
 
 // pinVerified returns cfg, which verifies the server's certificate chain to
@@ -21,6 +23,17 @@ import (
 // from the broker it measures.
 func pinVerified(cfg *tls.Config) *tls.Config {
 	return newPinned(cfg).config
+}
+
+// generatorTLS is the TLS configuration the generator's nodes connect to
+// the broker at addr with: the agent's (trusting caPEM, the broker's CA
+// bundle), its chain verification pinned.
+func generatorTLS(addr string, caPEM []byte) (*tls.Config, error) {
+	cfg, err := agent.TLSConfig(addr, caPEM, "")
+	if err != nil {
+		return nil, err
+	}
+	return pinVerified(cfg), nil
 }
 
 func newPinned(cfg *tls.Config) *pinned {

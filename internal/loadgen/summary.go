@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Summary is what one run measured. Per-release figures divide by the
@@ -78,16 +81,19 @@ type Summary struct {
 	GeneratorFloorMs    float64   `json:"generator_floor_ms"`
 	GeneratorFloorRatio *float64  `json:"generator_floor_ratio"`
 	GeneratorFloor      NodeFloor `json:"generator_floor"`
-	// CPUs is how many CPUs this machine lets the generator use.
+	// CPUs is how many CPUs the generator may run on and, with the
+	// broker's process known, the broker too (the union of their
+	// affinity masks).
 	CPUs int `json:"cpus"`
 	// BrokerCPUShare is the broker's part of the CPU the broker and the
 	// generator used together, 0 to 1.
 	BrokerCPUShare *float64 `json:"broker_cpu_share"`
 	// WallSecondsFloor, for a broker on this machine (its process known),
-	// is the least wall time the run could take here: every release at
-	// the broker's floor and the generator's, every CPU busy, nothing
-	// else. A target below it cannot be met on this machine with the
-	// generator beside the broker, whatever either does.
+	// is the least wall time of the releases made, here: every one at the
+	// broker's floor and the generator's, on CPUs that do nothing else. A
+	// target below it cannot be met on this machine by this broker's and
+	// this generator's steps (Go's TLS defaults among them) with the two
+	// side by side, however little either does beyond them.
 	WallSecondsFloor *float64 `json:"wall_seconds_floor"`
 	// FleetSeconds is how long making the nodes' keys (and EK
 	// certificates) took.
@@ -95,16 +101,16 @@ type Summary struct {
 }
 
 // setShares sets the figures that compare the broker's CPU with the
-// generator's, from those measured.
-func (s *Summary) setShares() {
-	s.GeneratorFloorMs = s.GeneratorFloor.TotalMs
+// generator's, from those measured; sameMachine: the broker's process is
+// known, so it runs on this machine.
+func (s *Summary) setShares(sameMachine bool) {
 	s.GeneratorFloorRatio = ratio(s.GeneratorCPUMsPerRelease, s.GeneratorFloorMs)
 	if b, g := s.BrokerCPUMsPerRelease, s.GeneratorCPUMsPerRelease; b != nil && g != nil && *b+*g > 0 {
 		share := *b / (*b + *g)
 		s.BrokerCPUShare = &share
 	}
-	if s.BrokerCPUMsPerRelease != nil && s.CPUs > 0 && s.FloorMs > 0 && s.GeneratorFloorMs > 0 {
-		wall := float64(s.Nodes) * (s.FloorMs + s.GeneratorFloorMs) / float64(s.CPUs) / 1000
+	if sameMachine && s.Released > 0 && s.CPUs > 0 && s.FloorMs > 0 && s.GeneratorFloorMs > 0 {
+		wall := float64(s.Released) * (s.FloorMs + s.GeneratorFloorMs) / float64(s.CPUs) / 1000
 		s.WallSecondsFloor = &wall
 	}
 }
@@ -119,6 +125,7 @@ func (s *Summary) fill(lat []time.Duration) {
 	s.P50Ms, s.P95Ms, s.P99Ms = percentile(lat, 50), percentile(lat, 95), percentile(lat, 99)
 	s.FloorMs = s.Floor.TotalMs
 	s.FloorSaturatedMs = s.FloorSaturated.TotalMs
+	s.GeneratorFloorMs = s.GeneratorFloor.TotalMs
 }
 
 // setFloorInRun records what a FloorSampler's Stop returned.
@@ -190,9 +197,9 @@ func (s *Summary) WriteText(w io.Writer) error {
 	}
 	if s.WallSecondsFloor != nil {
 		fmt.Fprintf(&b, "wall-time floor  %.2f s: %d releases at the broker's and the generator's floors on %d CPUs\n",
-			*s.WallSecondsFloor, s.Nodes, s.CPUs)
+			*s.WallSecondsFloor, s.Released, s.CPUs)
 	} else {
-		fmt.Fprintf(&b, "wall-time floor  unknown (the broker's process is not on this machine or not known)\n")
+		fmt.Fprintf(&b, "wall-time floor  unknown (no release, or the broker's process not known)\n")
 	}
 	_, err := w.Write(b.Bytes())
 	return err
@@ -250,6 +257,23 @@ func errorsText(errs map[string]int) string {
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every
 // Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond
+
+// cpusOf is how many CPUs any of processes pids may run on (the union of
+// their affinity masks); this process's CPUs (runtime.NumCPU) when a mask
+// cannot be read.
+func cpusOf(pids ...int) int {
+	var union unix.CPUSet
+	for _, pid := range pids {
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(pid, &set); err != nil {
+			return runtime.NumCPU()
+		}
+		for i := range union {
+			union[i] |= set[i]
+		}
+	}
+	return union.Count()
+}
 
 // processCPU is the user plus system CPU time of process pid so far.
 func processCPU(pid int) (time.Duration, error) {
