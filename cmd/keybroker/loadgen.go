@@ -59,7 +59,10 @@ step), wall_seconds, releases_per_second, p50_ms, p95_ms, p99_ms (per node,
 connection to credential opened), generator_cpu_ms_per_release (the load
 generator's own CPU), broker_cpu_ms_per_release and
 broker_peak_rss_bytes (from /proc of the broker: with --serve or
---broker-pid), store_bytes_per_release (--serve), floor_ms (the crypto floor
+--broker-pid; or, for a broker on another machine, with --broker-metrics
+URL from its metrics endpoint: process_cpu_seconds_total, and
+process_resident_memory_bytes sampled every half second, the highest kept;
+broker_figures says which), store_bytes_per_release (--serve), floor_ms (the crypto floor
 for the nodes' key type measured in process before the run, as CPU time of
 the thread doing it, one operation at a time: AK signature verify,
 MakeCredential, import blob, P-256 key and certificate, TLS 1.3 server
@@ -100,6 +103,7 @@ time; the broker's is on its admin socket.`
 type loadgenOpts struct {
 	nodes, concurrency, brokerPID int
 	key, addr, caPath, ekCAOut    string
+	brokerMetrics                 string
 	serve, asJSON, printHashes    bool
 	ekCerts                       bool
 	eventLogPath                  string
@@ -129,6 +133,7 @@ func loadgenCmd() *cobra.Command {
 	f.StringVar(&o.addr, "addr", "", "address of a running broker (instead of --serve)")
 	f.StringVar(&o.caPath, "ca", "", "the running broker's CA bundle (its data_dir/ca/ca.pem), pinned; with --addr")
 	f.IntVar(&o.brokerPID, "broker-pid", 0, "process id of the broker at --addr, for its CPU and memory figures")
+	f.StringVar(&o.brokerMetrics, "broker-metrics", "", "URL of the metrics endpoint of the broker at --addr (its metrics_listen, http://HOST:PORT/metrics), for its CPU and memory figures when it runs on another machine")
 	f.BoolVar(&o.printHashes, "print-ek-hashes", false, "print the nodes' EK hashes on stdout; with --addr, wait for a line on stdin before starting")
 	f.BoolVar(&o.ekCerts, "ek-certs", false, "give the nodes EK certificates from a fresh EK CA (root and intermediate) and have the broker trust that CA instead of their EK hashes")
 	f.StringVar(&o.ekCAOut, "ek-ca-out", "", "with --ek-certs, write the EK CA's root (PEM) to this file; with --addr, required, and loadgen waits for a line on stdin before starting")
@@ -158,11 +163,18 @@ func (o *loadgenOpts) check() error {
 		p.Addf("--serve or --addr is required")
 	case o.addr != "" && o.caPath == "":
 		p.Addf("--ca is required with --addr")
-	case o.serve && (o.caPath != "" || o.brokerPID != 0):
-		p.Addf("--ca and --broker-pid go with --addr, not --serve")
+	case o.serve && (o.caPath != "" || o.brokerPID != 0 || o.brokerMetrics != ""):
+		p.Addf("--ca, --broker-pid and --broker-metrics go with --addr, not --serve")
+	case o.brokerPID != 0 && o.brokerMetrics != "":
+		p.Addf("--broker-pid and --broker-metrics are exclusive: the process id is for a broker on this machine")
 	}
 	if o.brokerPID < 0 {
 		p.Addf("--broker-pid must be a process id")
+	}
+	if o.brokerMetrics != "" {
+		if err := loadgen.CheckMetricsURL(o.brokerMetrics); err != nil {
+			p.Addf("--broker-metrics: %v", err)
+		}
 	}
 	switch {
 	case o.ekCAOut != "" && !o.ekCerts:
@@ -211,7 +223,7 @@ func runLoadgen(ctx context.Context, o loadgenOpts, stdin io.Reader, stdout, std
 	defer stop()
 	key, _ := keyType(o.key)
 	opts := loadgen.Opts{Nodes: o.nodes, Concurrency: o.concurrency, Key: key, Serve: o.serve,
-		Addr: o.addr, BrokerPID: o.brokerPID, EventLog: o.eventLog, Progress: stderr}
+		Addr: o.addr, BrokerPID: o.brokerPID, BrokerMetrics: o.brokerMetrics, EventLog: o.eventLog, Progress: stderr}
 	if o.addr != "" {
 		ca, err := os.ReadFile(o.caPath)
 		if err != nil {

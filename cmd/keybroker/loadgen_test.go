@@ -212,6 +212,12 @@ func TestLoadgenAddrUnreachable(t *testing.T) {
 	if code != 1 || !strings.Contains(stdout, "errors           Unavailable 3") || !strings.Contains(stdout, "released         0 in") {
 		t.Errorf("exit %d, stdout:\n%s\nwant exit 1, 0 released, 3 Unavailable", code, stdout)
 	}
+	// Its metrics endpoint, named by --broker-metrics, is read before the
+	// run: not there, nothing is driven.
+	code, stdout, stderr := runCmd(t, "loadgen", "--addr", "127.0.0.1:1", "--ca", caPath, "--nodes", "3", "--broker-metrics", "http://127.0.0.1:1/metrics")
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "unable to read the broker's metrics at http://127.0.0.1:1/metrics: ") {
+		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit 1, no summary, the metrics' error", code, stdout, stderr)
+	}
 }
 
 func TestLoadgenUsage(t *testing.T) {
@@ -223,7 +229,12 @@ func TestLoadgenUsage(t *testing.T) {
 		{"no target", nil, "--serve or --addr is required"},
 		{"both targets", []string{"--serve", "--addr", "127.0.0.1:1"}, "--serve and --addr are exclusive"},
 		{"addr without ca", []string{"--addr", "127.0.0.1:1"}, "--ca is required with --addr"},
-		{"ca with serve", []string{"--serve", "--ca", "ca.pem"}, "--ca and --broker-pid go with --addr, not --serve"},
+		{"ca with serve", []string{"--serve", "--ca", "ca.pem"}, "--ca, --broker-pid and --broker-metrics go with --addr, not --serve"},
+		{"metrics with serve", []string{"--serve", "--broker-metrics", "http://127.0.0.1:9464/metrics"}, "--ca, --broker-pid and --broker-metrics go with --addr, not --serve"},
+		{"metrics and pid", []string{"--addr", "127.0.0.1:1", "--ca", "ca.pem", "--broker-pid", "1", "--broker-metrics", "http://127.0.0.1:9464/metrics"},
+			"--broker-pid and --broker-metrics are exclusive: the process id is for a broker on this machine"},
+		{"metrics not a URL", []string{"--addr", "127.0.0.1:1", "--ca", "ca.pem", "--broker-metrics", "127.0.0.1:9464"},
+			`--broker-metrics: "127.0.0.1:9464" is not an http or https URL with a host`},
 		{"bad key", []string{"--serve", "--key", "dsa"}, `--key: unknown key type "dsa": want ecc or rsa`},
 		{"no nodes", []string{"--serve", "--nodes", "0"}, "--nodes must be at least 1"},
 		{"no concurrency", []string{"--serve", "--concurrency", "-1"}, "--concurrency must be at least 1"},
@@ -311,7 +322,7 @@ func TestLoadgenHelp(t *testing.T) {
 	if code != 0 || stderr != "" || strings.Count(stdout, "Usage:") != 1 {
 		t.Fatalf("exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
 	}
-	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--print-ek-hashes", "--ek-certs", "--ek-ca-out", "--event-log", "--json", "floor_ratio", "ek_chain_ms", "event_log_bytes"} {
+	for _, flag := range []string{"--nodes", "--concurrency", "--key", "--serve", "--addr", "--ca", "--broker-pid", "--broker-metrics", "broker_figures", "--print-ek-hashes", "--ek-certs", "--ek-ca-out", "--event-log", "--json", "floor_ratio", "ek_chain_ms", "event_log_bytes"} {
 		if !strings.Contains(stdout, flag) {
 			t.Errorf("help does not mention %s", flag)
 		}

@@ -9,6 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -34,8 +37,9 @@ func startBroker(t *testing.T, nodes []*softtpm.Node) (*broker.Running, string) 
 }
 
 // startBrokerWith starts a broker in process from WriteConfig's files for
-// nodes and ekCA, and returns it with its configuration.
-func startBrokerWith(t *testing.T, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (*broker.Running, *broker.Config) {
+// nodes and ekCA, each of change applied to its configuration first, and
+// returns it with its configuration.
+func startBrokerWith(t *testing.T, nodes []*softtpm.Node, ekCA *softtpm.EKCA, change ...func(*broker.Config)) (*broker.Running, *broker.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	path, err := WriteConfig(dir, "127.0.0.1:0", nodes, ekCA)
@@ -45,6 +49,9 @@ func startBrokerWith(t *testing.T, nodes []*softtpm.Node, ekCA *softtpm.EKCA) (*
 	cfg, err := broker.LoadConfig(path)
 	if err != nil {
 		t.Fatalf("the generated configuration does not load: %v", err)
+	}
+	for _, c := range change {
+		c(cfg)
 	}
 	r, err := broker.Start(cfg, nil)
 	if err != nil {
@@ -365,6 +372,12 @@ func TestOptsRefused(t *testing.T) {
 		{"negative", Opts{Nodes: -1, Addr: "127.0.0.1:1", CAPEM: []byte("x")}, "nodes and concurrency must be positive"},
 		{"not an event log", Opts{Addr: "127.0.0.1:1", CAPEM: []byte("x"), EventLog: []byte("not a log")},
 			"unable to boot the nodes from the event log: not a TCG event log: event 0: record is truncated"},
+		{"metrics with serve", Opts{Serve: true, BrokerMetrics: "http://127.0.0.1:1/metrics"},
+			"the broker's metrics URL goes with an address, without its process id"},
+		{"metrics with pid", Opts{Addr: "127.0.0.1:1", CAPEM: []byte("x"), BrokerPID: 1, BrokerMetrics: "http://127.0.0.1:1/metrics"},
+			"the broker's metrics URL goes with an address, without its process id"},
+		{"metrics not a URL", Opts{Addr: "127.0.0.1:1", CAPEM: []byte("x"), BrokerMetrics: "127.0.0.1:9464"},
+			`the broker's metrics URL: "127.0.0.1:9464" is not an http or https URL with a host: want http://HOST:PORT/metrics (the broker's metrics_listen)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -805,5 +818,108 @@ func TestCPUsOf(t *testing.T) {
 	}
 	if both := cpusOf(os.Getpid(), os.Getppid()); both < self {
 		t.Errorf("cpusOf(self, parent) = %d, fewer than self's %d", both, self)
+	}
+}
+
+// A broker on another machine is measured through its metrics endpoint:
+// its CPU per release and highest resident memory come from its process
+// collector, the summary says so, and the wall-time floor (this machine's
+// CPUs) is not given.
+func TestDriveBrokerMetrics(t *testing.T) {
+	fleet := newFleet(t, 20, softtpm.ECC)
+	r, _ := startBrokerWith(t, fleet, nil, func(c *broker.Config) { c.MetricsListen = "127.0.0.1:0" })
+	url := "http://" + r.MetricsAddr() + "/metrics"
+	sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 4, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), BrokerMetrics: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Released != 20 || len(sum.Errors) != 0 {
+		t.Fatalf("released %d, errors %v; want 20, none", sum.Released, sum.Errors)
+	}
+	if sum.BrokerFigures != url || sum.BrokerCPUMsPerRelease == nil || *sum.BrokerCPUMsPerRelease <= 0 ||
+		sum.BrokerPeakRSSBytes == nil || *sum.BrokerPeakRSSBytes <= 0 || sum.FloorRatio == nil {
+		t.Errorf("broker figures %q, CPU %v, peak RSS %v, floor ratio %v; want all from %s", sum.BrokerFigures,
+			sum.BrokerCPUMsPerRelease, sum.BrokerPeakRSSBytes, sum.FloorRatio, url)
+	}
+	if sum.WallSecondsFloor != nil || sum.StoreBytesPerRelease != nil {
+		t.Errorf("wall-time floor %v, store growth %v for a broker known only by its metrics; want neither", sum.WallSecondsFloor, sum.StoreBytesPerRelease)
+	}
+	_, text := renderSummary(t, *sum)
+	if !strings.Contains(text, "broker figures   from its metrics at "+url+" (the floors are this machine's)\n") {
+		t.Errorf("text:\n%s\nwant where the broker's figures come from", text)
+	}
+}
+
+// A metrics endpoint that is not the broker's, or whose figures cannot be
+// read, fails the scrape with what is wrong; no figure is made up.
+func TestScrapeBrokerRefused(t *testing.T) {
+	const good = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.5\n" +
+		"# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 4.2e+07\n"
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		want   string
+	}{
+		{"not found", http.StatusNotFound, "", "HTTP 404 Not Found"},
+		{"no process figures", http.StatusOK, "# TYPE up gauge\nup 1\n", "no process_cpu_seconds_total or process_resident_memory_bytes"},
+		{"not the text format", http.StatusOK, "<html>metrics</html>\n", "text format parsing error"},
+		{"two series", http.StatusOK, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total{a=\"1\"} 1\n" +
+			"process_cpu_seconds_total{a=\"2\"} 2\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1\n",
+			"process_cpu_seconds_total has 2 series, want 1"},
+		{"a histogram", http.StatusOK, "# TYPE process_cpu_seconds_total histogram\nprocess_cpu_seconds_total_bucket{le=\"+Inf\"} 1\n" +
+			"process_cpu_seconds_total_sum 1\nprocess_cpu_seconds_total_count 1\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1\n",
+			"process_cpu_seconds_total is not a counter or a gauge"},
+		{"negative", http.StatusOK, strings.Replace(good, "12.5", "-1", 1), "process_cpu_seconds_total is -1"},
+		{"too large", http.StatusOK, good + "# " + strings.Repeat("x", maxMetricsBytes) + "\n", "over 8388608 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(tc.status)
+				io.WriteString(w, tc.body)
+			}))
+			defer srv.Close()
+			cpu, rss, err := scrapeBroker(context.Background(), srv.URL)
+			if err == nil || !strings.HasPrefix(err.Error(), "unable to read the broker's metrics at "+srv.URL+": ") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("scrape: %v CPU, %d bytes, %v; want %q", cpu, rss, err, tc.want)
+			}
+		})
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, good) }))
+	defer srv.Close()
+	if cpu, rss, err := scrapeBroker(context.Background(), srv.URL); err != nil || cpu != 12500*time.Millisecond || rss != 42e6 {
+		t.Errorf("scrape of good figures: %v CPU, %d bytes, %v; want 12.5s, 42000000", cpu, rss, err)
+	}
+}
+
+// The broker's memory sampled on its metrics endpoint keeps the highest
+// reading, the last one (given to Stop) among them; a failed scrape is
+// reported, not read as zero.
+func TestPollRSS(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		rss := []int{10, 50, 20}[n.Add(1)%3]
+		fmt.Fprintf(w, "process_cpu_seconds_total 1\nprocess_resident_memory_bytes %d\n", rss)
+	}))
+	defer srv.Close()
+	p := pollRSS(srv.URL, time.Millisecond, 1)
+	for n.Load() < 6 {
+		time.Sleep(time.Millisecond)
+	}
+	if peak, err := p.Stop(5); peak != 50 || err != nil {
+		t.Errorf("peak %d, %v; want 50, nil", peak, err)
+	}
+	p = pollRSS(srv.URL, time.Millisecond, 1)
+	for n.Load() < 12 {
+		time.Sleep(time.Millisecond)
+	}
+	if peak, err := p.Stop(70); peak != 70 || err != nil {
+		t.Errorf("peak %d, %v; want the last reading, 70", peak, err)
+	}
+	srv.Close()
+	p = pollRSS(srv.URL, time.Millisecond, 1)
+	time.Sleep(20 * time.Millisecond)
+	if _, err := p.Stop(1); err == nil || !strings.Contains(err.Error(), "unable to read the broker's metrics at "+srv.URL) {
+		t.Errorf("polling a closed endpoint: %v; want the scrape's error", err)
 	}
 }

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -22,11 +23,16 @@ func ratio(cpu *float64, floor float64) *float64 {
 
 // target is the broker under load and where its figures are read.
 type target struct {
-	addr  string
-	caPEM []byte
-	pid   int    // 0: unknown
-	store string // "": unknown
+	addr    string
+	caPEM   []byte
+	pid     int    // 0: unknown
+	metrics string // the broker's metrics URL, read when pid is unknown; "": none
+	store   string // "": unknown
 }
+
+// rssInterval is how often the broker's resident memory is sampled on its
+// metrics endpoint during a run (its peak is not there).
+const rssInterval = 500 * time.Millisecond
 
 // measure drives the fleet against t and fills sum with the broker's
 // figures read before and after.
@@ -53,6 +59,10 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var rss *rssPoller
+	if t.pid == 0 && t.metrics != "" {
+		rss = pollRSS(t.metrics, rssInterval, before.rss)
+	}
 	self0, selfErr := processCPU(os.Getpid())
 	lat := drive(ctx, o, nodes, t.addr, tlsCfg, sum)
 	self1, selfErr1 := processCPU(os.Getpid())
@@ -62,6 +72,11 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	}
 	sum.setFloorInRun(sampler.Stop())
 	after, err := t.read()
+	if rss != nil {
+		var pollErr error
+		after.rss, pollErr = rss.Stop(after.rss)
+		err = errors.Join(err, pollErr)
+	}
 	if err != nil {
 		return err
 	}
@@ -77,16 +92,22 @@ type brokerReading struct {
 	store int64
 }
 
-// read reads the broker's CPU and peak RSS (with its pid) and the store's
-// size (with its path).
+// read reads the broker's CPU and peak RSS (with its pid), or its CPU and
+// resident memory now (with its metrics URL), and the store's size (with
+// its path).
 func (t target) read() (brokerReading, error) {
 	var r brokerReading
 	var err error
-	if t.pid != 0 {
+	switch {
+	case t.pid != 0:
 		if r.cpu, err = processCPU(t.pid); err != nil {
 			return r, err
 		}
 		if r.rss, err = peakRSS(t.pid); err != nil {
+			return r, err
+		}
+	case t.metrics != "":
+		if r.cpu, r.rss, err = scrapeBroker(context.Background(), t.metrics); err != nil {
 			return r, err
 		}
 	}
@@ -101,8 +122,14 @@ func (t target) read() (brokerReading, error) {
 // fill sets sum's broker figures from the readings before and after the
 // run.
 func (t target) fill(sum *Summary, before, after brokerReading) {
-	if t.pid != 0 {
+	switch {
+	case t.pid != 0:
 		sum.CPUs = cpusOf(os.Getpid(), t.pid)
+		sum.BrokerFigures = fmt.Sprintf("/proc/%d", t.pid)
+	case t.metrics != "":
+		sum.BrokerFigures = t.metrics
+	}
+	if sum.BrokerFigures != "" {
 		sum.BrokerPeakRSSBytes = &after.rss
 		sum.BrokerCPUMsPerRelease = perRelease(float64(after.cpu-before.cpu)/float64(time.Millisecond), sum.Released)
 		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)

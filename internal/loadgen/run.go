@@ -44,6 +44,11 @@ type Opts struct {
 	// BrokerPID, with Addr, is the broker's process id for CPU and memory
 	// figures; 0 leaves them out.
 	BrokerPID int
+	// BrokerMetrics, with Addr and without BrokerPID, is the URL of the
+	// broker's metrics endpoint (metrics_listen's /metrics), from which
+	// its CPU and memory figures are read instead: for a broker on
+	// another machine, with the generator's CPU not taken from it.
+	BrokerMetrics string
 	// Serve starts a broker as a separate process (Executable serve) with
 	// a temporary data directory trusting the fleet, and stops it after.
 	Serve bool
@@ -87,6 +92,13 @@ func (o *Opts) defaults() error {
 		return errors.New("serve and an address are exclusive")
 	case !o.Serve && (o.Addr == "" || len(o.CAPEM) == 0):
 		return errors.New("a broker address and CA, or serve, are required")
+	case o.BrokerMetrics != "" && (o.Serve || o.BrokerPID != 0):
+		return errors.New("the broker's metrics URL goes with an address, without its process id")
+	}
+	if o.BrokerMetrics != "" {
+		if err := CheckMetricsURL(o.BrokerMetrics); err != nil {
+			return fmt.Errorf("the broker's metrics URL: %w", err)
+		}
 	}
 	if o.Serve && o.Executable == "" {
 		exe, err := os.Executable()
@@ -187,7 +199,7 @@ func Drive(ctx context.Context, nodes []*softtpm.Node, o Opts) (*Summary, error)
 		}
 	}
 	if !o.Serve {
-		t := target{addr: o.Addr, caPEM: o.CAPEM, pid: o.BrokerPID}
+		t := target{addr: o.Addr, caPEM: o.CAPEM, pid: o.BrokerPID, metrics: o.BrokerMetrics}
 		err = t.measure(ctx, o, nodes, sum)
 		return sum, err
 	}

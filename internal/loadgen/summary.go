@@ -41,6 +41,12 @@ type Summary struct {
 	P95Ms                 float64  `json:"p95_ms"`
 	P99Ms                 float64  `json:"p99_ms"`
 	BrokerCPUMsPerRelease *float64 `json:"broker_cpu_ms_per_release"`
+	// BrokerFigures is where the broker's CPU and memory were read:
+	// /proc/<pid> of its process (on this machine), or the URL of its
+	// metrics endpoint (its process collector's CPU seconds, and its
+	// resident memory sampled every half second, the highest kept); ""
+	// when neither was known.
+	BrokerFigures string `json:"broker_figures"`
 	// GeneratorCPUMsPerRelease is the load generator's own CPU per release
 	// (its nodes' TPM work and the client half of every TLS handshake): on
 	// the broker's machine it competes with the broker.
@@ -165,6 +171,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "errors           %s\n", errorsText(s.Errors))
 	fmt.Fprintf(&b, "latency          p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", s.P50Ms, s.P95Ms, s.P99Ms)
 	fmt.Fprintf(&b, "broker CPU       %s ms per release\n", optional(s.BrokerCPUMsPerRelease, 3))
+	fmt.Fprintf(&b, "broker figures   %s\n", s.brokerFigures())
 	fmt.Fprintf(&b, "generator CPU    %s ms per release\n", optional(s.GeneratorCPUMsPerRelease, 3))
 	if s.BrokerPeakRSSBytes != nil {
 		fmt.Fprintf(&b, "broker peak RSS  %.1f MiB\n", float64(*s.BrokerPeakRSSBytes)/(1<<20))
@@ -213,6 +220,18 @@ func (f Floor) text(ekCerts bool) string {
 	}
 	return fmt.Sprintf("%.3f ms (AK verify %.3f, MakeCredential %.3f, import blob %.3f, P-256 cert %.3f, TLS 1.3 handshake %.3f%s)",
 		f.TotalMs, f.AKVerifyMs, f.MakeCredentialMs, f.ImportBlobMs, f.CertificateMs, f.TLSHandshakeMs, chain)
+}
+
+// brokerFigures says where the broker's CPU and memory were read.
+func (s *Summary) brokerFigures() string {
+	switch {
+	case s.BrokerFigures == "":
+		return "unknown (neither the broker's process nor its metrics endpoint known)"
+	case strings.HasPrefix(s.BrokerFigures, "/proc/"):
+		return "from " + s.BrokerFigures
+	default:
+		return "from its metrics at " + s.BrokerFigures + " (the floors are this machine's)"
+	}
 }
 
 // trust says how the broker trusts the nodes.
