@@ -62,7 +62,10 @@ broker_peak_rss_bytes (from /proc of the broker: with --serve or
 --broker-pid; or, for a broker on another machine, with --broker-metrics
 URL from its metrics endpoint: process_cpu_seconds_total, and
 process_resident_memory_bytes sampled every half second, the highest kept;
-broker_figures says which), store_bytes_per_release (--serve), floor_ms (the crypto floor
+broker_figures says which, and broker_figures_error why they are missing
+when the endpoint failed or the broker restarted during the run; the
+in-run ratio, the CPU share and the wall-time floor then are not given),
+store_bytes_per_release (--serve), floor_ms (the crypto floor
 for the nodes' key type measured in process before the run, as CPU time of
 the thread doing it, one operation at a time: AK signature verify,
 MakeCredential, import blob, P-256 key and certificate, TLS 1.3 server

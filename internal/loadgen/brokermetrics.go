@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,8 +22,9 @@ import (
 // Names of the broker's process collector's figures (client_golang's,
 // read from the broker's own /proc) on its metrics endpoint.
 const (
-	metricCPU = "process_cpu_seconds_total"
-	metricRSS = "process_resident_memory_bytes"
+	metricCPU   = "process_cpu_seconds_total"
+	metricRSS   = "process_resident_memory_bytes"
+	metricStart = "process_start_time_seconds"
 )
 
 // maxMetricsBytes bounds a scrape of the broker's metrics endpoint.
@@ -37,60 +40,87 @@ func CheckMetricsURL(raw string) error {
 	return nil
 }
 
-// metricsClient scrapes a broker's metrics endpoint.
-var metricsClient = &http.Client{Timeout: 10 * time.Second}
-
-// scrapeBroker reads the broker's CPU time so far and its resident memory
-// now from its metrics endpoint at addr (metrics_listen's /metrics), as
-// its process collector reports them.
-func scrapeBroker(ctx context.Context, addr string) (time.Duration, int64, error) {
-	cpu, rss, err := scrape(ctx, addr)
+// redacted is raw, a URL CheckMetricsURL accepted, without its password.
+func redacted(raw string) string {
+	u, err := url.Parse(raw)
 	if err != nil {
-		return 0, 0, fmt.Errorf("unable to read the broker's metrics at %s: %w", addr, err)
+		return raw
 	}
-	return cpu, rss, nil
+	return u.Redacted()
 }
 
-func scrape(ctx context.Context, addr string) (time.Duration, int64, error) {
+// metricsClient scrapes a broker's metrics endpoint, which does not
+// redirect: a redirect is refused rather than followed elsewhere.
+var metricsClient = &http.Client{
+	Timeout:       10 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// processFigures are the broker's process figures read in one scrape.
+type processFigures struct {
+	cpu   time.Duration // CPU time so far
+	rss   int64         // resident memory now
+	start float64       // the process's start time (Unix seconds): a new value is a new process
+}
+
+// scrapeBroker reads the broker's process figures from its metrics
+// endpoint at addr (metrics_listen's /metrics), as its process collector
+// reports them.
+func scrapeBroker(ctx context.Context, addr string) (processFigures, error) {
+	p, err := scrape(ctx, addr)
+	if err != nil {
+		return processFigures{}, fmt.Errorf("unable to read the broker's metrics at %s: %w", redacted(addr), err)
+	}
+	return p, nil
+}
+
+func scrape(ctx context.Context, addr string) (processFigures, error) {
+	var p processFigures
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr, nil)
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
 	req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
 	resp, err := metricsClient.Do(req)
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("HTTP %s", resp.Status)
+		return p, fmt.Errorf("HTTP %s", resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetricsBytes+1))
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
 	if len(body) > maxMetricsBytes {
-		return 0, 0, fmt.Errorf("over %d bytes", maxMetricsBytes)
+		return p, fmt.Errorf("over %d bytes", maxMetricsBytes)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
-	cpu, err := single(families[metricCPU], func(f float64) bool { return f >= 0 })
+	// Seconds and bytes that fit a time.Duration and an int64.
+	const maxSeconds, maxBytes = float64(math.MaxInt64 / int64(time.Second)), float64(1 << 62)
+	cpu, err := single(families[metricCPU], dto.MetricType_COUNTER, maxSeconds)
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
-	rss, err := single(families[metricRSS], func(f float64) bool { return f >= 0 && f < math.MaxInt64 })
+	rss, err := single(families[metricRSS], dto.MetricType_GAUGE, maxBytes)
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
-	return time.Duration(cpu * float64(time.Second)), int64(rss), nil
+	if p.start, err = single(families[metricStart], dto.MetricType_GAUGE, math.MaxFloat64); err != nil {
+		return p, err
+	}
+	p.cpu, p.rss = time.Duration(cpu*float64(time.Second)), int64(rss)
+	return p, nil
 }
 
-// single is the value of a family with one metric (a counter, a gauge,
-// or untyped) that passes ok.
-func single(f *dto.MetricFamily, ok func(float64) bool) (float64, error) {
+// single is the value of family f: one series, of type typ (or untyped),
+// finite, from 0 to below limit.
+func single(f *dto.MetricFamily, typ dto.MetricType, limit float64) (float64, error) {
 	if f == nil {
 		return 0, errNoProcessMetrics
 	}
@@ -100,64 +130,69 @@ func single(f *dto.MetricFamily, ok func(float64) bool) (float64, error) {
 	m := f.GetMetric()[0]
 	var v float64
 	switch {
-	case m.GetCounter() != nil:
-		v = m.GetCounter().GetValue()
-	case m.GetGauge() != nil:
-		v = m.GetGauge().GetValue()
-	case m.GetUntyped() != nil:
+	case f.GetType() == dto.MetricType_UNTYPED && m.GetUntyped() != nil:
 		v = m.GetUntyped().GetValue()
+	case f.GetType() != typ:
+		return 0, fmt.Errorf("%s is a %s, want a %s", f.GetName(), strings.ToLower(f.GetType().String()), strings.ToLower(typ.String()))
+	case typ == dto.MetricType_COUNTER:
+		v = m.GetCounter().GetValue()
 	default:
-		return 0, fmt.Errorf("%s is not a counter or a gauge", f.GetName())
+		v = m.GetGauge().GetValue()
 	}
-	if math.IsNaN(v) || !ok(v) {
+	if math.IsNaN(v) || v < 0 || v >= limit {
 		return 0, fmt.Errorf("%s is %v", f.GetName(), v)
 	}
 	return v, nil
 }
 
-var errNoProcessMetrics = errors.New("no " + metricCPU + " or " + metricRSS + " (the broker's process figures, on Linux)")
+var errNoProcessMetrics = errors.New("no " + metricCPU + ", " + metricRSS + " or " + metricStart + " (the broker's process figures, on Linux)")
 
 // rssPoller samples the broker's resident memory on its metrics endpoint
-// every interval until stopped, keeping the highest.
+// every interval until stopped, keeping the highest reading of the
+// process it started with.
 type rssPoller struct {
-	stop chan struct{}
-	done chan struct{}
+	cancel context.CancelFunc
+	stop   func()
 
-	mu   sync.Mutex
-	peak int64
-	err  error
+	mu     sync.Mutex
+	peak   int64
+	failed int
+	err    error // the first failed reading
 }
 
-func pollRSS(addr string, interval time.Duration, start int64) *rssPoller {
-	p := &rssPoller{stop: make(chan struct{}), done: make(chan struct{}), peak: start}
-	go func() {
-		defer close(p.done)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-p.stop:
-				return
-			case <-tick.C:
-			}
-			_, rss, err := scrapeBroker(context.Background(), addr)
-			p.mu.Lock()
-			if err != nil && p.err == nil {
-				p.err = err
-			}
-			p.peak = max(p.peak, rss)
-			p.mu.Unlock()
+func pollRSS(addr string, interval time.Duration, first processFigures) *rssPoller {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &rssPoller{cancel: cancel, peak: first.rss}
+	p.stop = repeat(interval, false, func() bool {
+		got, err := scrapeBroker(ctx, addr)
+		if err == nil && got.start != first.start {
+			err = errRestarted
 		}
-	}()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if err != nil {
+			if ctx.Err() == nil {
+				p.failed++
+				p.err = cmp.Or(p.err, err)
+			}
+			return true
+		}
+		p.peak = max(p.peak, got.rss)
+		return true
+	})
 	return p
 }
 
-// Stop ends the sampling and returns the highest resident memory seen,
-// with end (a last reading) among them, and the first failed scrape.
-func (p *rssPoller) Stop(end int64) (int64, error) {
-	close(p.stop)
-	<-p.done
+// errRestarted: the broker's process changed during the run.
+var errRestarted = errors.New("the broker restarted during the run (its process start time changed)")
+
+// Stop ends the sampling, cutting a reading in progress short, and
+// returns the highest resident memory read, and how many readings failed
+// with the first failure.
+func (p *rssPoller) Stop() (peak int64, failed int, err error) {
+	p.cancel()
+	p.stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return max(p.peak, end), p.err
+	return p.peak, p.failed, p.err
 }

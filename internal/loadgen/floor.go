@@ -362,17 +362,21 @@ func floorCA() (*issue.CA, *tls.Config, error) {
 // loopbackHandshake runs one TLS 1.3 handshake over loopback TCP between
 // a server with serverCfg and a client with clientCfg, one of them on
 // another goroutine, and returns the work of the side on the calling
-// thread (locked to it by timeOp): the client's with timeClient, else the
-// server's, as that thread's CPU time from the connection made to the
-// handshake's end; time blocked reading the other side is not counted.
-// The handshake must end within handshakeLimit.
+// goroutine: the client's with timeClient, else the server's, as the CPU
+// time of its thread (locked to it meanwhile) from the connection made to
+// the handshake's end; time blocked reading the other side is not
+// counted. Everything, accepting the connection included, must end
+// within handshakeLimit.
 func loopbackHandshake(serverCfg, clientCfg *tls.Config, timeClient bool) (time.Duration, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return 0, err
 	}
 	defer l.Close()
 	deadline := time.Now().Add(handshakeLimit)
+	if err := l.SetDeadline(deadline); err != nil {
+		return 0, err
+	}
 	server := func(self bool) (time.Duration, error) {
 		raw, err := l.Accept()
 		if err != nil {
@@ -402,6 +406,10 @@ func loopbackHandshake(serverCfg, clientCfg *tls.Config, timeClient bool) (time.
 	otherErr := make(chan error, 1)
 	go func() {
 		_, err := other(false)
+		if err != nil {
+			// Unblock the timed side: its peer is gone.
+			l.Close()
+		}
 		otherErr <- err
 	}()
 	d, err := timed(true)
@@ -418,7 +426,8 @@ func loopbackHandshake(serverCfg, clientCfg *tls.Config, timeClient bool) (time.
 const handshakeLimit = 10 * time.Second
 
 // handshakeSide runs c's handshake by deadline and, with timed, returns
-// the CPU time of the calling thread it took; c is closed after.
+// the CPU time of the calling thread it took (the goroutine locked to the
+// thread meanwhile); c is closed if the handshake fails.
 func handshakeSide(c *tls.Conn, deadline time.Time, timed bool) (time.Duration, error) {
 	if err := c.SetDeadline(deadline); err != nil {
 		return 0, err

@@ -13,12 +13,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/evidence"
@@ -701,41 +704,47 @@ func TestLoopbackHandshakeRefusesOtherCA(t *testing.T) {
 	}
 }
 
-// The floor's handshake counts the CPU of the side timed, not the time it
-// waits for the other: a server that sleeps 200 ms before answering, or a
-// client that sleeps 200 ms before its Finished, adds nothing to it.
+// The floor's handshake counts the CPU of the side timed, not the other
+// side's: a server or a client that spins 200 ms of CPU on the other side
+// adds nothing to it, and the same spin on the timed side is counted.
 func TestLoopbackHandshakeTimesOneSide(t *testing.T) {
 	_, serverCfg, err := floorCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	const pause = 200 * time.Millisecond
-	slowServer := serverCfg.Clone()
-	slowServer.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		time.Sleep(pause)
-		return nil, nil
+	const spin = 200 * time.Millisecond
+	busy := func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		for start, _ := threadCPU(); ; {
+			if now, _ := threadCPU(); now-start >= spin {
+				return
+			}
+		}
 	}
+	slowServer := serverCfg.Clone()
+	slowServer.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { busy(); return nil, nil }
 	client := &tls.Config{RootCAs: serverCfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}
 	slowClient := client.Clone()
-	slowClient.VerifyConnection = func(tls.ConnectionState) error { time.Sleep(pause); return nil }
+	slowClient.VerifyConnection = func(tls.ConnectionState) error { busy(); return nil }
 	for _, tc := range []struct {
 		name           string
 		server, client *tls.Config
 		timeClient     bool
+		counted        bool
 	}{
-		{"client timed, server slow", slowServer, client, true},
-		{"server timed, client slow", serverCfg, slowClient, false},
+		{"client timed, server spins", slowServer, client, true, false},
+		{"server timed, client spins", serverCfg, slowClient, false, false},
+		{"client timed and spins", serverCfg, slowClient, true, true},
+		{"server timed and spins", slowServer, client, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			start := time.Now()
 			cpu, err := loopbackHandshake(tc.server, tc.client, tc.timeClient)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if wall := time.Since(start); wall < pause || cpu <= 0 || cpu >= pause/2 {
-				t.Errorf("handshake took %v of wall time and %v of CPU; want the pause in the first, not in the second", wall, cpu)
+			if counted := cpu >= spin; counted != tc.counted || cpu <= 0 {
+				t.Errorf("handshake CPU %v; want the spin of %v counted: %v", cpu, spin, tc.counted)
 			}
 		})
 	}
@@ -767,9 +776,9 @@ func TestSummaryGeneratorFloor(t *testing.T) {
 	broker, gen := 1.5, 1.0
 	summary := func(released int, sameMachine bool) Summary {
 		s := Summary{Nodes: 10000, Released: released, CPUs: 2, Floor: Floor{TotalMs: 0.7}, GeneratorFloor: nf,
-			BrokerCPUMsPerRelease: &broker, GeneratorCPUMsPerRelease: &gen}
+			BrokerCPUMsPerRelease: &broker, GeneratorCPUMsPerRelease: &gen, brokerHere: sameMachine}
 		s.fill(make([]time.Duration, released))
-		s.setShares(sameMachine)
+		s.setShares()
 		return s
 	}
 	for _, tc := range []struct {
@@ -784,11 +793,11 @@ func TestSummaryGeneratorFloor(t *testing.T) {
 				"generator ratio  2.00 x\n", "CPU share        broker 60%, generator 40%\n",
 				"wall-time floor  4.80 s: 8000 releases at the broker's and the generator's floors on 2 CPUs\n"}},
 		{"broker process unknown", summary(8000, false),
-			[]string{`"generator_floor_ratio":2,`, `"wall_seconds_floor":null`},
-			[]string{"wall-time floor  unknown (no release, or the broker's process not known)\n"}},
+			[]string{`"generator_floor_ratio":2,`, `"broker_cpu_share":null,"wall_seconds_floor":null`},
+			[]string{"wall-time floor  unknown (no release, or the broker's process not known here)\n", "CPU share        unknown\n"}},
 		{"nothing released", summary(0, true),
 			[]string{`"wall_seconds_floor":null`},
-			[]string{"wall-time floor  unknown (no release, or the broker's process not known)\n"}},
+			[]string{"wall-time floor  unknown (no release, or the broker's process not known here)\n"}},
 		{"no CPU figures", Summary{GeneratorFloor: nf},
 			[]string{`"generator_floor_ratio":null,`, `"broker_cpu_share":null,"wall_seconds_floor":null`},
 			[]string{"generator ratio  unknown x\n", "CPU share        unknown\n"}},
@@ -809,15 +818,41 @@ func TestSummaryGeneratorFloor(t *testing.T) {
 	}
 }
 
-// cpusOf counts the CPUs of this process's affinity mask, and of two
-// processes' the union: at least this process's.
+// cpusOf counts the CPUs of the union of processes' affinity masks:
+// two processes each held to one CPU of their own make two, one makes
+// one; without a process, or for one that is gone, this process's CPUs.
 func TestCPUsOf(t *testing.T) {
-	self := cpusOf(os.Getpid())
-	if self < 1 || self != runtime.NumCPU() {
-		t.Errorf("cpusOf(self) = %d, runtime.NumCPU() = %d", self, runtime.NumCPU())
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two CPUs")
 	}
-	if both := cpusOf(os.Getpid(), os.Getppid()); both < self {
-		t.Errorf("cpusOf(self, parent) = %d, fewer than self's %d", both, self)
+	var pids []int
+	for cpu := range 2 {
+		cmd := exec.Command("sleep", "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(cmd.Process.Pid, &set); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, cmd.Process.Pid)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		pids []int
+		want int
+	}{
+		{pids[:1], 1}, {pids[1:], 1}, {pids, 2}, {[]int{pids[0], pids[0]}, 1},
+		{nil, runtime.NumCPU()}, {[]int{dead.Process.Pid}, runtime.NumCPU()},
+	} {
+		if got := cpusOf(tc.pids...); got != tc.want {
+			t.Errorf("cpusOf(%v) = %d, want %d", tc.pids, got, tc.want)
+		}
 	}
 }
 
@@ -841,8 +876,9 @@ func TestDriveBrokerMetrics(t *testing.T) {
 		t.Errorf("broker figures %q, CPU %v, peak RSS %v, floor ratio %v; want all from %s", sum.BrokerFigures,
 			sum.BrokerCPUMsPerRelease, sum.BrokerPeakRSSBytes, sum.FloorRatio, url)
 	}
-	if sum.WallSecondsFloor != nil || sum.StoreBytesPerRelease != nil {
-		t.Errorf("wall-time floor %v, store growth %v for a broker known only by its metrics; want neither", sum.WallSecondsFloor, sum.StoreBytesPerRelease)
+	if sum.WallSecondsFloor != nil || sum.StoreBytesPerRelease != nil || sum.BrokerCPUShare != nil || sum.FloorInRunRatio != nil {
+		t.Errorf("wall-time floor %v, store growth %v, CPU share %v, in-run ratio %v for a broker known only by its metrics; want none",
+			sum.WallSecondsFloor, sum.StoreBytesPerRelease, sum.BrokerCPUShare, sum.FloorInRunRatio)
 	}
 	_, text := renderSummary(t, *sum)
 	if !strings.Contains(text, "broker figures   from its metrics at "+url+" (the floors are this machine's)\n") {
@@ -850,11 +886,56 @@ func TestDriveBrokerMetrics(t *testing.T) {
 	}
 }
 
+// A broker known only by its metrics that restarts during the run, or
+// whose metrics cannot be read after it, loses its figures, which the
+// summary says, and the run's other figures stand.
+func TestDriveBrokerMetricsLost(t *testing.T) {
+	fleet := newFleet(t, 6, softtpm.ECC)
+	r, _ := startBroker(t, fleet)
+	for _, tc := range []struct {
+		name string
+		page func(n int64) (int, string)
+		want string
+	}{
+		{"restarted", func(n int64) (int, string) {
+			return http.StatusOK, processMetrics(float64(n), 1e6, float64(1700000000+n))
+		},
+			"the broker restarted during the run (its process start time changed)"},
+		{"gone", func(n int64) (int, string) {
+			if n > 1 {
+				return http.StatusServiceUnavailable, ""
+			}
+			return http.StatusOK, processMetrics(1, 1e6, 1700000000)
+		}, "unable to read the broker's metrics at "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				code, body := tc.page(n.Add(1))
+				w.WriteHeader(code)
+				io.WriteString(w, body)
+			}))
+			defer srv.Close()
+			sum, err := Drive(context.Background(), fleet, Opts{Concurrency: 2, Addr: r.Addr(), CAPEM: r.CA.BundlePEM(), BrokerMetrics: srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum.Released != 6 || sum.BrokerFigures != "" || sum.BrokerCPUMsPerRelease != nil || sum.BrokerPeakRSSBytes != nil ||
+				!strings.Contains(sum.BrokerFiguresError, tc.want) {
+				t.Errorf("released %d, broker figures %q (%q), CPU %v, RSS %v; want 6 released, no broker figures and %q",
+					sum.Released, sum.BrokerFigures, sum.BrokerFiguresError, sum.BrokerCPUMsPerRelease, sum.BrokerPeakRSSBytes, tc.want)
+			}
+			if _, text := renderSummary(t, *sum); !strings.Contains(text, "broker figures   unknown: "+sum.BrokerFiguresError+"\n") {
+				t.Errorf("text:\n%s\nwant why the broker's figures are unknown", text)
+			}
+		})
+	}
+}
+
 // A metrics endpoint that is not the broker's, or whose figures cannot be
 // read, fails the scrape with what is wrong; no figure is made up.
 func TestScrapeBrokerRefused(t *testing.T) {
-	const good = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.5\n" +
-		"# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 4.2e+07\n"
+	good := processMetrics(12.5, 4.2e7, 1700000000)
 	for _, tc := range []struct {
 		name   string
 		status int
@@ -862,64 +943,100 @@ func TestScrapeBrokerRefused(t *testing.T) {
 		want   string
 	}{
 		{"not found", http.StatusNotFound, "", "HTTP 404 Not Found"},
-		{"no process figures", http.StatusOK, "# TYPE up gauge\nup 1\n", "no process_cpu_seconds_total or process_resident_memory_bytes"},
+		{"a redirect", http.StatusFound, good, "HTTP 302 Found"},
+		{"no process figures", http.StatusOK, "# TYPE up gauge\nup 1\n", "no process_cpu_seconds_total, process_resident_memory_bytes or process_start_time_seconds"},
+		{"no start time", http.StatusOK, strings.Replace(good, "process_start_time_seconds", "other_start_time_seconds", 2), "no process_cpu_seconds_total"},
 		{"not the text format", http.StatusOK, "<html>metrics</html>\n", "text format parsing error"},
 		{"two series", http.StatusOK, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total{a=\"1\"} 1\n" +
 			"process_cpu_seconds_total{a=\"2\"} 2\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1\n",
 			"process_cpu_seconds_total has 2 series, want 1"},
 		{"a histogram", http.StatusOK, "# TYPE process_cpu_seconds_total histogram\nprocess_cpu_seconds_total_bucket{le=\"+Inf\"} 1\n" +
 			"process_cpu_seconds_total_sum 1\nprocess_cpu_seconds_total_count 1\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1\n",
-			"process_cpu_seconds_total is not a counter or a gauge"},
-		{"negative", http.StatusOK, strings.Replace(good, "12.5", "-1", 1), "process_cpu_seconds_total is -1"},
+			"process_cpu_seconds_total is a histogram, want a counter"},
+		{"CPU a gauge", http.StatusOK, strings.Replace(good, "process_cpu_seconds_total counter", "process_cpu_seconds_total gauge", 1),
+			"process_cpu_seconds_total is a gauge, want a counter"},
+		{"negative", http.StatusOK, strings.Replace(good, " 12.5\n", " -1\n", 1), "process_cpu_seconds_total is -1"},
+		{"not a number", http.StatusOK, strings.Replace(good, " 12.5\n", " NaN\n", 1), "process_cpu_seconds_total is NaN"},
+		{"infinite", http.StatusOK, strings.Replace(good, " 12.5\n", " +Inf\n", 1), "process_cpu_seconds_total is +Inf"},
+		{"past a duration", http.StatusOK, strings.Replace(good, " 12.5\n", " 1e10\n", 1), "process_cpu_seconds_total is 1e+10"},
 		{"too large", http.StatusOK, good + "# " + strings.Repeat("x", maxMetricsBytes) + "\n", "over 8388608 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if tc.status == http.StatusFound {
+					w.Header().Set("Location", "http://127.0.0.1:1/metrics")
+				}
 				w.WriteHeader(tc.status)
 				io.WriteString(w, tc.body)
 			}))
 			defer srv.Close()
-			cpu, rss, err := scrapeBroker(context.Background(), srv.URL)
+			got, err := scrapeBroker(context.Background(), srv.URL)
 			if err == nil || !strings.HasPrefix(err.Error(), "unable to read the broker's metrics at "+srv.URL+": ") || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("scrape: %v CPU, %d bytes, %v; want %q", cpu, rss, err, tc.want)
+				t.Errorf("scrape: %+v, %v; want %q", got, err, tc.want)
 			}
 		})
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, good) }))
 	defer srv.Close()
-	if cpu, rss, err := scrapeBroker(context.Background(), srv.URL); err != nil || cpu != 12500*time.Millisecond || rss != 42e6 {
-		t.Errorf("scrape of good figures: %v CPU, %d bytes, %v; want 12.5s, 42000000", cpu, rss, err)
+	if got, err := scrapeBroker(context.Background(), srv.URL); err != nil || got != (processFigures{12500 * time.Millisecond, 42e6, 1700000000}) {
+		t.Errorf("scrape of good figures: %+v, %v; want 12.5s, 42000000, its start", got, err)
+	}
+	// A password in the URL is not repeated in errors.
+	u := strings.Replace(srv.URL, "http://", "http://loadgen:secret@", 1) + "/none"
+	srv.Config.Handler = http.NotFoundHandler()
+	if _, err := scrapeBroker(context.Background(), u); err == nil || strings.Contains(err.Error(), "secret") {
+		t.Errorf("scrape with a password: %v; want an error without it", err)
 	}
 }
 
+// processMetrics is a metrics page with the broker's process figures.
+func processMetrics(cpu, rss, start float64) string {
+	return fmt.Sprintf("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %v\n"+
+		"# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %v\n"+
+		"# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %v\n", cpu, rss, start)
+}
+
 // The broker's memory sampled on its metrics endpoint keeps the highest
-// reading, the last one (given to Stop) among them; a failed scrape is
-// reported, not read as zero.
+// reading; failed readings, and readings of another process (a restart),
+// are counted and the first reported, not read as figures.
 func TestPollRSS(t *testing.T) {
 	var n atomic.Int64
+	start := atomic.Int64{}
+	start.Store(1700000000)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		rss := []int{10, 50, 20}[n.Add(1)%3]
-		fmt.Fprintf(w, "process_cpu_seconds_total 1\nprocess_resident_memory_bytes %d\n", rss)
+		rss := []float64{10, 50, 20}[n.Add(1)%3]
+		io.WriteString(w, processMetrics(1, rss, float64(start.Load())))
 	}))
 	defer srv.Close()
-	p := pollRSS(srv.URL, time.Millisecond, 1)
-	for n.Load() < 6 {
-		time.Sleep(time.Millisecond)
+	first := processFigures{time.Second, 1, 1700000000}
+	waitFor := func(min int64) {
+		for n.Load() < min {
+			time.Sleep(time.Millisecond)
+		}
 	}
-	if peak, err := p.Stop(5); peak != 50 || err != nil {
-		t.Errorf("peak %d, %v; want 50, nil", peak, err)
+	p := pollRSS(srv.URL, time.Millisecond, first)
+	waitFor(6)
+	if peak, failed, err := p.Stop(); peak != 50 || failed != 0 || err != nil {
+		t.Errorf("peak %d, %d failed, %v; want 50, none", peak, failed, err)
 	}
-	p = pollRSS(srv.URL, time.Millisecond, 1)
-	for n.Load() < 12 {
-		time.Sleep(time.Millisecond)
-	}
-	if peak, err := p.Stop(70); peak != 70 || err != nil {
-		t.Errorf("peak %d, %v; want the last reading, 70", peak, err)
+	start.Store(1700000100)
+	p = pollRSS(srv.URL, time.Millisecond, first)
+	waitFor(n.Load() + 3)
+	if peak, failed, err := p.Stop(); peak != 1 || failed == 0 || !errors.Is(err, errRestarted) {
+		t.Errorf("after a restart: peak %d, %d failed, %v; want the first reading, failures, the restart", peak, failed, err)
 	}
 	srv.Close()
-	p = pollRSS(srv.URL, time.Millisecond, 1)
-	time.Sleep(20 * time.Millisecond)
-	if _, err := p.Stop(1); err == nil || !strings.Contains(err.Error(), "unable to read the broker's metrics at "+srv.URL) {
+	p = pollRSS(srv.URL, time.Millisecond, first)
+	for {
+		p.mu.Lock()
+		failed := p.failed
+		p.mu.Unlock()
+		if failed > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, _, err := p.Stop(); err == nil || !strings.Contains(err.Error(), "unable to read the broker's metrics at "+srv.URL) {
 		t.Errorf("polling a closed endpoint: %v; want the scrape's error", err)
 	}
 }

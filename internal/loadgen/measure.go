@@ -2,7 +2,6 @@ package loadgen
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -60,8 +59,8 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		defer pprof.StopCPUProfile()
 	}
 	var rss *rssPoller
-	if t.pid == 0 && t.metrics != "" {
-		rss = pollRSS(t.metrics, rssInterval, before.rss)
+	if t.remote() {
+		rss = pollRSS(t.metrics, rssInterval, before.process)
 	}
 	self0, selfErr := processCPU(os.Getpid())
 	lat := drive(ctx, o, nodes, t.addr, tlsCfg, sum)
@@ -72,24 +71,42 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 	}
 	sum.setFloorInRun(sampler.Stop())
 	after, err := t.read()
-	if rss != nil {
-		var pollErr error
-		after.rss, pollErr = rss.Stop(after.rss)
-		err = errors.Join(err, pollErr)
+	if !t.remote() {
+		if err != nil {
+			return err
+		}
+		t.fill(sum, before, after)
+		return nil
 	}
-	if err != nil {
-		return err
+	// A broker known by its metrics alone: a reading that failed, or
+	// that shows another process, loses its figures, not the run's.
+	peak, failed, pollErr := rss.Stop()
+	switch {
+	case err != nil:
+		sum.BrokerFiguresError = err.Error()
+	case after.process.start != before.process.start || after.process.cpu < before.process.cpu:
+		sum.BrokerFiguresError = errRestarted.Error()
+	default:
+		after.process.rss = max(after.process.rss, peak)
+		if failed > 0 {
+			sum.BrokerFiguresError = fmt.Sprintf("%d memory readings failed (the peak is of the others); the first: %v", failed, pollErr)
+		}
+		t.fill(sum, before, after)
+		return nil
 	}
+	t.metrics = ""
 	t.fill(sum, before, after)
 	return nil
 }
 
+// remote: the broker is known by its metrics endpoint, not its process.
+func (t target) remote() bool { return t.pid == 0 && t.metrics != "" }
+
 // brokerReading is what measure reads of the broker before and after the
 // run; fields of what t does not know stay zero.
 type brokerReading struct {
-	cpu   time.Duration
-	rss   int64
-	store int64
+	process processFigures // rss: the peak so far, with a pid
+	store   int64
 }
 
 // read reads the broker's CPU and peak RSS (with its pid), or its CPU and
@@ -100,14 +117,14 @@ func (t target) read() (brokerReading, error) {
 	var err error
 	switch {
 	case t.pid != 0:
-		if r.cpu, err = processCPU(t.pid); err != nil {
+		if r.process.cpu, err = processCPU(t.pid); err != nil {
 			return r, err
 		}
-		if r.rss, err = peakRSS(t.pid); err != nil {
+		if r.process.rss, err = peakRSS(t.pid); err != nil {
 			return r, err
 		}
 	case t.metrics != "":
-		if r.cpu, r.rss, err = scrapeBroker(context.Background(), t.metrics); err != nil {
+		if r.process, err = scrapeBroker(context.Background(), t.metrics); err != nil {
 			return r, err
 		}
 	}
@@ -125,23 +142,25 @@ func (t target) fill(sum *Summary, before, after brokerReading) {
 	switch {
 	case t.pid != 0:
 		sum.CPUs = cpusOf(os.Getpid(), t.pid)
-		sum.BrokerFigures = fmt.Sprintf("/proc/%d", t.pid)
+		sum.BrokerFigures, sum.brokerHere = fmt.Sprintf("/proc/%d", t.pid), true
 	case t.metrics != "":
-		sum.BrokerFigures = t.metrics
+		sum.BrokerFigures = redacted(t.metrics)
 	}
 	if sum.BrokerFigures != "" {
-		sum.BrokerPeakRSSBytes = &after.rss
-		sum.BrokerCPUMsPerRelease = perRelease(float64(after.cpu-before.cpu)/float64(time.Millisecond), sum.Released)
+		sum.BrokerPeakRSSBytes = &after.process.rss
+		sum.BrokerCPUMsPerRelease = perRelease(float64(after.process.cpu-before.process.cpu)/float64(time.Millisecond), sum.Released)
 		sum.FloorRatio = ratio(sum.BrokerCPUMsPerRelease, sum.Floor.TotalMs)
 		sum.FloorSaturatedRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorSaturated.TotalMs)
-		if sum.FloorInRun != nil {
+		if sum.FloorInRun != nil && sum.brokerHere {
+			// Sampled beside this generator: a floor for this machine's
+			// broker only.
 			sum.FloorInRunRatio = ratio(sum.BrokerCPUMsPerRelease, sum.FloorInRun.TotalMs)
 		}
 	}
 	if t.store != "" {
 		sum.StoreBytesPerRelease = perRelease(float64(after.store-before.store), sum.Released)
 	}
-	sum.setShares(t.pid != 0)
+	sum.setShares()
 }
 
 // floorInterval is how often the floor is sampled during a run, and

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"runtime"
@@ -84,11 +83,11 @@ func nodeFloorOps(node *softtpm.Node, ek *tpmcred.Key) ([]func() (time.Duration,
 		return nil, fmt.Errorf("challenge: %w", err)
 	}
 	ch := &pb.ChallengeResponse{CredentialBlob: blob, EncryptedSecret: enc}
-	cred, serverCfg, err := floorRelease(ek)
+	cred, serverCfg, caPEM, err := floorRelease(ek)
 	if err != nil {
 		return nil, err
 	}
-	clientCfg, err := generatorTLS("127.0.0.1:0", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: serverCfg.Certificates[0].Certificate[1]}))
+	clientCfg, err := generatorTLS("127.0.0.1:0", caPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -124,25 +123,26 @@ func nodeFloorOps(node *softtpm.Node, ek *tpmcred.Key) ([]func() (time.Duration,
 
 // floorRelease makes a fresh CA, the TLS credential it issues for the
 // floor sealed to ek as the generator's broker releases it (tpm_bound),
-// and the TLS server configuration of floorCA.
-func floorRelease(ek *tpmcred.Key) (*pb.Credential, *tls.Config, error) {
+// and floorCA's TLS server configuration and the CA's bundle (PEM), which
+// the generator trusts.
+func floorRelease(ek *tpmcred.Key) (*pb.Credential, *tls.Config, []byte, error) {
 	ca, serverCfg, err := floorCA()
 	if err != nil {
-		return nil, nil, fmt.Errorf("CA: %w", err)
+		return nil, nil, nil, fmt.Errorf("CA: %w", err)
 	}
 	tc, err := ca.IssueTLS(floorLeaf)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	payload, err := proto.Marshal(&pb.TLSCredential{KeyPem: tc.KeyPEM, CertificatePem: tc.CertificatePEM, ChainPem: tc.ChainPEM})
 	if err != nil {
-		return nil, nil, fmt.Errorf("unable to encode the TLS credential: %w", err)
+		return nil, nil, nil, fmt.Errorf("unable to encode the TLS credential: %w", err)
 	}
 	cred, err := sealing.SealCredentialTo(ek, "node-tls", pb.CredentialType_TLS_CERTIFICATE, payload, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return cred, serverCfg, nil
+	return cred, serverCfg, ca.BundlePEM(), nil
 }
 
 // text is f for people.

@@ -285,23 +285,38 @@ func ticker(w io.Writer, line func() string) (stop func()) {
 	if w == nil {
 		return func() {}
 	}
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
+	return repeat(time.Second, false, func() bool {
+		fmt.Fprintln(w, line())
+		return true
+	})
+}
+
+// repeat calls f every interval on a goroutine of its own until f returns
+// false or stop is called; stop waits for the goroutine to end. With
+// locked, the goroutine keeps one thread (for f to read its CPU time).
+func repeat(interval time.Duration, locked bool, f func() bool) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(time.Second)
+		defer close(done)
+		if locked {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+		}
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
 			case <-quit:
 				return
 			case <-tick.C:
-				fmt.Fprintln(w, line())
+			}
+			if !f() {
+				return
 			}
 		}
 	}()
-	return func() { close(quit); wg.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { close(quit) }); <-done }
 }
 
 // percentile is the nearest-rank p-th percentile of sorted, in ms.

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -21,11 +20,11 @@ import (
 // cold caches a floor must not count. The work it adds is about 3 ms of
 // CPU per interval.
 type FloorSampler struct {
-	ops        []func() (time.Duration, error)
-	sum        []time.Duration
-	n          atomic.Int64 // timed runs of each operation
-	err        error
-	quit, done chan struct{}
+	ops  []func() (time.Duration, error)
+	sum  []time.Duration
+	n    atomic.Int64 // timed runs of each operation
+	err  error
+	stop func()
 }
 
 // sampleBurst is how many runs of each operation a FloorSampler times per
@@ -46,28 +45,15 @@ func SampleFloor(node *softtpm.Node, ekCA *softtpm.EKCA, interval time.Duration)
 }
 
 func startSampler(ops []func() (time.Duration, error), interval time.Duration) *FloorSampler {
-	s := &FloorSampler{ops: ops, sum: make([]time.Duration, len(ops)), quit: make(chan struct{}), done: make(chan struct{})}
-	go s.loop(interval)
-	return s
-}
-
-func (s *FloorSampler) loop(interval time.Duration) {
-	defer close(s.done)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-tick.C:
-		}
+	s := &FloorSampler{ops: ops, sum: make([]time.Duration, len(ops))}
+	s.stop = repeat(interval, true, func() bool {
 		if err := s.sample(); err != nil {
 			s.err = fmt.Errorf("unable to measure the crypto floor during the run: %w", err)
-			return
+			return false
 		}
-	}
+		return true
+	})
+	return s
 }
 
 // sample runs each operation once untimed, then sampleBurst times timed.
@@ -91,8 +77,7 @@ func (s *FloorSampler) sample() error {
 // timed runs and their number (0: the run was shorter than one interval;
 // the Floor is then zero). After an error the samples taken are dropped.
 func (s *FloorSampler) Stop() (Floor, int, error) {
-	close(s.quit)
-	<-s.done
+	s.stop()
 	var f Floor
 	n := int(s.n.Load())
 	if s.err != nil {

@@ -44,9 +44,16 @@ type Summary struct {
 	// BrokerFigures is where the broker's CPU and memory were read:
 	// /proc/<pid> of its process (on this machine), or the URL of its
 	// metrics endpoint (its process collector's CPU seconds, and its
-	// resident memory sampled every half second, the highest kept); ""
-	// when neither was known.
-	BrokerFigures string `json:"broker_figures"`
+	// resident memory sampled every half second, the highest kept;
+	// without a password). Empty (omitted) when neither was known, or
+	// when its metrics could not be read after the run or showed another
+	// process (BrokerFiguresError says why; the run's other figures
+	// stand). BrokerFiguresError also counts failed memory readings.
+	BrokerFigures      string `json:"broker_figures,omitempty"`
+	BrokerFiguresError string `json:"broker_figures_error,omitempty"`
+	// brokerHere: the broker's figures are from its process, on this
+	// machine.
+	brokerHere bool
 	// GeneratorCPUMsPerRelease is the load generator's own CPU per release
 	// (its nodes' TPM work and the client half of every TLS handshake): on
 	// the broker's machine it competes with the broker.
@@ -91,8 +98,8 @@ type Summary struct {
 	// broker's process known, the broker too (the union of their
 	// affinity masks).
 	CPUs int `json:"cpus"`
-	// BrokerCPUShare is the broker's part of the CPU the broker and the
-	// generator used together, 0 to 1.
+	// BrokerCPUShare, for a broker on this machine, is its part of the
+	// CPU the broker and the generator used together, 0 to 1.
 	BrokerCPUShare *float64 `json:"broker_cpu_share"`
 	// WallSecondsFloor, for a broker on this machine (its process known),
 	// is the least wall time of the releases made, here: every one at the
@@ -107,15 +114,17 @@ type Summary struct {
 }
 
 // setShares sets the figures that compare the broker's CPU with the
-// generator's, from those measured; sameMachine: the broker's process is
-// known, so it runs on this machine.
-func (s *Summary) setShares(sameMachine bool) {
+// generator's, from those measured, for a broker on this machine.
+func (s *Summary) setShares() {
 	s.GeneratorFloorRatio = ratio(s.GeneratorCPUMsPerRelease, s.GeneratorFloorMs)
+	if !s.brokerHere {
+		return
+	}
 	if b, g := s.BrokerCPUMsPerRelease, s.GeneratorCPUMsPerRelease; b != nil && g != nil && *b+*g > 0 {
 		share := *b / (*b + *g)
 		s.BrokerCPUShare = &share
 	}
-	if sameMachine && s.Released > 0 && s.CPUs > 0 && s.FloorMs > 0 && s.GeneratorFloorMs > 0 {
+	if s.Released > 0 && s.CPUs > 0 && s.FloorMs > 0 && s.GeneratorFloorMs > 0 {
 		wall := float64(s.Released) * (s.FloorMs + s.GeneratorFloorMs) / float64(s.CPUs) / 1000
 		s.WallSecondsFloor = &wall
 	}
@@ -206,7 +215,7 @@ func (s *Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "wall-time floor  %.2f s: %d releases at the broker's and the generator's floors on %d CPUs\n",
 			*s.WallSecondsFloor, s.Released, s.CPUs)
 	} else {
-		fmt.Fprintf(&b, "wall-time floor  unknown (no release, or the broker's process not known)\n")
+		fmt.Fprintf(&b, "wall-time floor  unknown (no release, or the broker's process not known here)\n")
 	}
 	_, err := w.Write(b.Bytes())
 	return err
@@ -224,14 +233,22 @@ func (f Floor) text(ekCerts bool) string {
 
 // brokerFigures says where the broker's CPU and memory were read.
 func (s *Summary) brokerFigures() string {
+	var b strings.Builder
 	switch {
 	case s.BrokerFigures == "":
-		return "unknown (neither the broker's process nor its metrics endpoint known)"
-	case strings.HasPrefix(s.BrokerFigures, "/proc/"):
-		return "from " + s.BrokerFigures
+		b.WriteString("unknown")
+		if s.BrokerFiguresError == "" {
+			b.WriteString(" (neither the broker's process nor its metrics endpoint known)")
+		}
+	case s.brokerHere:
+		b.WriteString("from " + s.BrokerFigures)
 	default:
-		return "from its metrics at " + s.BrokerFigures + " (the floors are this machine's)"
+		b.WriteString("from its metrics at " + s.BrokerFigures + " (the floors are this machine's)")
 	}
+	if s.BrokerFiguresError != "" {
+		b.WriteString(": " + s.BrokerFiguresError)
+	}
+	return b.String()
 }
 
 // trust says how the broker trusts the nodes.
@@ -279,8 +296,11 @@ const clockTick = 10 * time.Millisecond
 
 // cpusOf is how many CPUs any of processes pids may run on (the union of
 // their affinity masks); this process's CPUs (runtime.NumCPU) when a mask
-// cannot be read.
+// cannot be read or no process is named.
 func cpusOf(pids ...int) int {
+	if len(pids) == 0 {
+		return runtime.NumCPU()
+	}
 	var union unix.CPUSet
 	for _, pid := range pids {
 		var set unix.CPUSet
