@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"math/big"
 	"testing"
 )
 
@@ -59,5 +60,43 @@ func TestEKHashFastPaths(t *testing.T) {
 	sum := sha256.Sum256(der)
 	if h, err := EKHash(&k.PublicKey); err != nil || h != hex.EncodeToString(sum[:]) {
 		t.Fatalf("EKHash(P-384) = %s, %v; want %x", h, err, sum)
+	}
+}
+
+// A P-256 key whose coordinates are not field elements, or that is not
+// on the curve, has no fast-path encoding, and EKHash refuses it rather
+// than hash it.
+func TestEKHashFastPathRefusals(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := elliptic.P256().Params().P
+	for _, tc := range []struct {
+		name string
+		x, y *big.Int
+	}{
+		{"x is p", new(big.Int).Set(p), k.Y},
+		{"y past p", k.X, new(big.Int).Add(p, big.NewInt(1))},
+		{"x negative", new(big.Int).Neg(k.X), k.Y},
+		{"x missing", nil, k.Y},
+	} {
+		bad := &ecdsa.PublicKey{Curve: elliptic.P256(), X: tc.x, Y: tc.y}
+		if got := appendP256SPKI(nil, bad, true); got != nil {
+			t.Errorf("%s: appendP256SPKI of a known point = %x, want nil", tc.name, got)
+		}
+		if tc.x == nil {
+			continue // ecdsa.PublicKey.Bytes, the path without onCurve, needs both coordinates
+		}
+		if got := appendP256SPKI(nil, bad, false); got != nil {
+			t.Errorf("%s: appendP256SPKI = %x, want nil", tc.name, got)
+		}
+	}
+	off := &ecdsa.PublicKey{Curve: elliptic.P256(), X: big.NewInt(1), Y: big.NewInt(1)}
+	if got := appendP256SPKI(nil, off, false); got != nil {
+		t.Errorf("appendP256SPKI of a point off the curve = %x, want nil", got)
+	}
+	if h, err := EKHash(off); err == nil {
+		t.Errorf("EKHash of a point off the curve = %s, want an error", h)
 	}
 }

@@ -89,19 +89,30 @@ func measureFloor(node *softtpm.Node, ekCA *softtpm.EKCA, procs int) (Floor, err
 	if err != nil {
 		return Floor{}, err
 	}
+	ms, err := timeSteps(ops, procs)
+	if err != nil {
+		return Floor{}, fmt.Errorf("unable to measure the crypto floor: %w", err)
+	}
+	var f Floor
+	f.set(ms)
+	return f, nil
+}
+
+// timeSteps is the mean cost in ms of each of ops, one after the other,
+// each on procs threads at once.
+func timeSteps(ops []func() (time.Duration, error), procs int) ([]float64, error) {
 	ms := make([]float64, len(ops))
 	for i, op := range ops {
 		// Collect what came before (the fleet's keys: thousands of
 		// them) now, not with background mark workers during the
 		// measurement.
 		runtime.GC()
+		var err error
 		if ms[i], err = timeOpOn(op, procs); err != nil {
-			return Floor{}, fmt.Errorf("unable to measure the crypto floor: %w", err)
+			return nil, err
 		}
 	}
-	var f Floor
-	f.set(ms)
-	return f, nil
+	return ms, nil
 }
 
 // floorSteps are the floor's operations for node, and with ekCA (nil:

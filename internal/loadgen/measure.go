@@ -94,7 +94,7 @@ func (t target) measure(ctx context.Context, o Opts, nodes []*softtpm.Node, sum 
 		t.fill(sum, before, after)
 		return nil
 	}
-	t.metrics = ""
+	t.metrics = "" // the broker's figures unknown; the rest filled
 	t.fill(sum, before, after)
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"runtime"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -58,12 +57,9 @@ func measureNodeFloor(node *softtpm.Node, ek *tpmcred.Key) (NodeFloor, error) {
 	if err != nil {
 		return NodeFloor{}, fmt.Errorf("unable to measure the generator's floor: %w", err)
 	}
-	ms := make([]float64, len(ops))
-	for i, op := range ops {
-		runtime.GC()
-		if ms[i], err = timeOpOn(op, 1); err != nil {
-			return NodeFloor{}, fmt.Errorf("unable to measure the generator's floor: %w", err)
-		}
+	ms, err := timeSteps(ops, 1)
+	if err != nil {
+		return NodeFloor{}, fmt.Errorf("unable to measure the generator's floor: %w", err)
 	}
 	f := NodeFloor{ActivateMs: ms[0], QuoteMs: ms[1], OpenMs: ms[2], TLSHandshakeMs: ms[3]}
 	for _, v := range ms {
